@@ -1,0 +1,122 @@
+"""Units and exact amounts: integers in the ledger, Decimal at the edges, floats never stored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from enum import Enum
+
+from .errors import InvalidRequest
+from .validation import MAX_AMOUNT
+
+MICROCENTS_PER_USD = 10**8
+
+
+class Unit(str, Enum):
+    USD_MICROCENTS = "USD_MICROCENTS"
+    TOKENS = "TOKENS"
+    CREDITS = "CREDITS"
+    RISK_POINTS = "RISK_POINTS"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """A non-negative integer quantity of one unit, e.g. `Amount(Unit.TOKENS, 1000)`."""
+
+    unit: Unit
+    amount: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.unit, Unit):
+            try:
+                object.__setattr__(self, "unit", Unit(self.unit))
+            except ValueError:
+                names = ", ".join(u.value for u in Unit)
+                raise InvalidRequest(f"Amount.unit: {self.unit!r} is not one of {names}") from None
+        amount = self.amount
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise InvalidRequest(f"Amount.amount: expected a whole number of {self.unit.value}, "
+                                 f"got {amount!r} (use usd() for dollars)")
+        if not 0 <= amount <= MAX_AMOUNT:
+            raise InvalidRequest(f"Amount.amount: {amount} is outside 0..{MAX_AMOUNT}")
+
+    def __repr__(self) -> str:
+        return f"Amount({self.unit.value}, {self.amount})"
+
+    def __str__(self) -> str:
+        return format_amount(self.unit, self.amount)
+
+
+def to_decimal(value: object, field: str) -> Decimal:
+    """Read a number exactly; a float is read by its shortest repr, so 0.05 means 0.05."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{field}: expected a number, got {value!r}")
+    try:
+        if isinstance(value, float):
+            number = Decimal(repr(value))
+        elif isinstance(value, (int, str, Decimal)):
+            number = Decimal(value)
+        else:
+            raise InvalidRequest(f"{field}: expected a number, got {value!r}")
+    except InvalidOperation:
+        raise InvalidRequest(f"{field}: {value!r} is not a number") from None
+    if not number.is_finite() or number < 0:
+        raise InvalidRequest(f"{field}: {value!r} must be a finite number >= 0")
+    return number
+
+
+def usd_to_microcents(value: object, field: str = "usd") -> int:
+    """Dollars to USD_MICROCENTS, rounding up so that an estimate never shrinks."""
+    microcents = (to_decimal(value, field) * MICROCENTS_PER_USD).to_integral_value(ROUND_CEILING)
+    if microcents > MAX_AMOUNT:
+        raise InvalidRequest(f"{field}: {value!r} dollars is more than the ledger can hold")
+    return int(microcents)
+
+
+def usd(dollars: int | float | str | Decimal) -> Amount:
+    """`usd(0.05)` is `Amount(USD_MICROCENTS, 5_000_000)`; fractions of a microcent round up."""
+    return Amount(Unit.USD_MICROCENTS, usd_to_microcents(dollars))
+
+
+def tokens(count: int) -> Amount:
+    return Amount(Unit.TOKENS, count)
+
+
+def credits(count: int) -> Amount:
+    return Amount(Unit.CREDITS, count)
+
+
+def microcents_to_usd(microcents: int) -> Decimal:
+    return Decimal(microcents) / MICROCENTS_PER_USD
+
+
+def format_amount(unit: Unit, amount: int) -> str:
+    """Human text for a ledger amount: `$0.12`, `1,000 tokens`."""
+    if unit is Unit.USD_MICROCENTS:
+        dollars = microcents_to_usd(amount)
+        text = f"{dollars:,.2f}" if dollars == dollars.quantize(Decimal("0.01")) else f"{dollars:,}"
+        return f"-${text[1:]}" if text.startswith("-") else f"${text}"
+    return f"{amount:,} {unit.value.lower().replace('_', ' ')}"
+
+
+AmountsLike = Amount | Iterable[Amount]
+
+
+def amounts_by_unit(value: AmountsLike, field: str) -> dict[Unit, int]:
+    """One amount per unit, from an Amount or several; a unit given twice is refused."""
+    items = [value] if isinstance(value, Amount) else list(value)
+    if not items:
+        raise InvalidRequest(f"{field}: give at least one Amount")
+    result: dict[Unit, int] = {}
+    for item in items:
+        if not isinstance(item, Amount):
+            raise InvalidRequest(f"{field}: expected Amount values (usd(), tokens(), ...), "
+                                 f"got {item!r}")
+        if item.unit in result:
+            raise InvalidRequest(f"{field}: {item.unit.value} is given twice")
+        result[item.unit] = item.amount
+    return result

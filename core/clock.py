@@ -1,0 +1,29 @@
+"""Clocks in integer milliseconds. A store owns one clock; tests move a manual one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+def system_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ManualClock:
+    """A clock that moves only when told to, for tests of expiry and period rollover."""
+
+    def __init__(self, start_ms: int = 1_795_000_000_000) -> None:
+        self._now = start_ms
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        return self._now
+
+    def advance(self, ms: int) -> int:
+        with self._lock:
+            self._now += ms
+            return self._now
+
+    def set(self, now_ms: int) -> None:
+        self._now = now_ms

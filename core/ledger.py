@@ -1,0 +1,155 @@
+"""Ledger arithmetic (Cycles semantics), free of storage: what a check refuses, what a
+commit charges. The memory store runs it under its lock; the Redis scripts mirror it.
+
+Identity kept by every change: allocated = remaining + reserved + spent + debt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from .amounts import Unit
+from .errors import BudgetExceeded, InvalidRequest
+from .models import BudgetStatus, Decision, FundOperation, Outcome, OveragePolicy, Reason
+from .periods import Period, bucket_end_ms
+
+__all__ = ["Ledger", "OveragePolicy", "Plan", "apply", "denial", "fund", "plan",
+           "reserve_refusal"]
+
+
+@dataclass
+class Ledger:
+    allocated: int
+    limit_seen: int
+    reserved: int = 0
+    spent: int = 0
+    debt: int = 0
+    over_limit: bool = False
+    touched_ms: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.allocated - self.reserved - self.spent - self.debt
+
+    def follow_limit(self, limit: int) -> None:
+        """A changed definition moves this bucket's allocation by the difference."""
+        self.allocated = max(0, self.allocated + limit - self.limit_seen)
+        self.limit_seen = limit
+
+    def recompute_over_limit(self, overdraft_limit: int) -> None:
+        self.over_limit = self.debt > overdraft_limit
+
+
+def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,
+                    amount: int) -> str | None:
+    """Why this ledger refuses `amount`, in the Cycles order; None when it fits."""
+    if status is BudgetStatus.FROZEN:
+        return Reason.BUDGET_FROZEN
+    if status is BudgetStatus.CLOSED:
+        return Reason.BUDGET_CLOSED
+    if state.over_limit:
+        return Reason.OVERDRAFT_LIMIT_EXCEEDED
+    if state.debt > 0 and overdraft_limit == 0:
+        return Reason.DEBT_OUTSTANDING
+    if state.remaining < amount:
+        return Reason.BUDGET_EXCEEDED
+    return None
+
+
+def denial(reason: str, scope: str, unit: Unit, period: Period | None, state: Ledger,
+           requested: int, now: int) -> Decision:
+    retry = None
+    if period is not None and reason == Reason.BUDGET_EXCEEDED:
+        retry = bucket_end_ms(period, now) - now
+    return Decision(outcome=Outcome.DENY, reason=reason, scope=scope, unit=unit,
+                    remaining=state.remaining, limit=state.allocated, requested=requested,
+                    retry_after_ms=retry)
+
+
+class Plan(NamedTuple):
+    """One ledger's part of a settlement, computed before anything is written."""
+
+    key: Any
+    definition: Any
+    state: Ledger
+    change: tuple[int, int, int, bool]  # reserved −, spent +, debt +, becomes over-limit
+
+
+Row = tuple[Any, Any, Ledger, OveragePolicy]
+
+
+def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
+         release_reserved: bool, now: int) -> list[Plan]:
+    """Settle `actual` against held `estimate` on every ledger, or raise and change nothing.
+
+    actual ≤ estimate charges actual. Above it, each ledger's overage policy decides:
+    REJECT refuses unless the excess fits; ALLOW_IF_AVAILABLE charges what the tightest
+    ledger still has and flags those that could not cover the excess; ALLOW_WITH_OVERDRAFT
+    (with a positive overdraft_limit) turns the part it cannot cover into debt, up to the
+    limit. Every ledger of a unit is charged the same amount, so spend adds up per scope.
+    Plans come back in the order of `rows`.
+    """
+    extra: dict[Unit, int] = {}
+    for unit, held in estimate.items():
+        delta = actual[unit] - held
+        unit_rows = [row for row in rows if row[0][1] is unit]
+        for key, _, state, policy in unit_rows:
+            if delta > 0 and policy is OveragePolicy.REJECT and state.remaining < delta:
+                raise BudgetExceeded(denial(Reason.BUDGET_EXCEEDED, key[0], unit, key[2],
+                                            state, delta, now))
+        covers = [max(row[2].remaining, 0) for row in unit_rows if not _takes_debt(row)]
+        extra[unit] = min([delta, *covers]) if delta > 0 else delta
+    plans = []
+    for row in rows:
+        key, d, state, _ = row
+        unit = key[1]
+        held, delta = estimate[unit], actual[unit] - estimate[unit]
+        shortfall = max(0, extra[unit] - max(state.remaining, 0)) if _takes_debt(row) else 0
+        if shortfall and state.debt + shortfall > d.overdraft_limit:
+            raise BudgetExceeded(denial(Reason.OVERDRAFT_LIMIT_EXCEEDED, key[0], unit, key[2],
+                                        state, delta, now))
+        flag = extra[unit] < delta and state.remaining < delta and not _takes_debt(row)
+        plans.append(Plan(key, d, state, (held if release_reserved else 0,
+                                          held + extra[unit] - shortfall, shortfall, flag)))
+    return plans
+
+
+def _takes_debt(row: Row) -> bool:
+    return row[3] is OveragePolicy.ALLOW_WITH_OVERDRAFT and row[1].overdraft_limit > 0
+
+
+def apply(plans: list[Plan], now: int) -> dict[Unit, int]:
+    """Write a checked settlement; returns what was charged per unit."""
+    charged: dict[Unit, int] = {}
+    for key, _, state, (reserved, spent, debt, flag) in plans:
+        state.reserved -= reserved
+        state.spent += spent
+        state.debt += debt
+        state.over_limit = state.over_limit or flag
+        state.touched_ms = now
+        charged[key[1]] = spent + debt
+    return charged
+
+
+def fund(state: Ledger, operation: FundOperation, amount: int, spent: int | None,
+         overdraft_limit: int) -> Ledger | None:
+    """The ledger after a funding operation, or None when a debit would overdraw it."""
+    after = replace(state)
+    if operation is FundOperation.CREDIT:
+        after.allocated += amount
+    elif operation is FundOperation.DEBIT:
+        if state.remaining < amount:
+            return None
+        after.allocated -= amount
+    elif operation is FundOperation.RESET:
+        after.allocated = amount
+    elif operation is FundOperation.RESET_SPENT:
+        after.allocated = amount
+        after.spent = spent or 0
+    elif operation is FundOperation.REPAY_DEBT:
+        if amount > state.debt:
+            raise InvalidRequest(f"amount: repay at most the debt ({state.debt}), got {amount}")
+        after.debt -= amount
+    after.recompute_over_limit(overdraft_limit)
+    return after

@@ -1,0 +1,244 @@
+"""Typed values that cross the public boundary.
+
+Inputs (`Action`, and `Subject`/`Amount` elsewhere) are validated models. Outputs (decisions,
+balances, results) are slotted dataclasses, typed and cheap to build on the hot path; treat
+them as read-only records.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from pydantic import field_validator
+
+from .amounts import Amount, Unit, format_amount
+from .scopes import Subject
+from .validation import Model
+
+ACTION_KIND = re.compile(r"[a-z0-9_]{1,32}(\.[a-z0-9_]{1,32}){1,3}")
+
+
+class Action(Model):
+    """What is being paid for: `Action("llm.completion", "openai:gpt-4o")`."""
+
+    kind: str
+    name: str
+    tags: tuple[str, ...] = ()
+
+    def __init__(self, kind: str | None = None, name: str | None = None, /,
+                 **data: object) -> None:
+        if kind is not None:
+            data["kind"] = kind
+        if name is not None:
+            data["name"] = name
+        super().__init__(**data)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if len(value) > 64 or not ACTION_KIND.fullmatch(value):
+            raise ValueError("write it as <category>.<operation>, e.g. llm.completion "
+                             "(a-z, 0-9, _; at most 64 characters)")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not 1 <= len(value) <= 256 or not value.isprintable():
+            raise ValueError("must be 1-256 printable characters, e.g. openai:gpt-4o")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > 10 or any(not 1 <= len(tag) <= 64 for tag in value):
+            raise ValueError("at most 10 tags of 1-64 characters")
+        return value
+
+
+class Outcome(str, Enum):
+    ALLOW = "ALLOW"
+    ALLOW_WITH_CAPS = "ALLOW_WITH_CAPS"
+    DENY = "DENY"
+
+
+class Reason:
+    """Decision reason codes (Cycles names, plus ours). An open set: stored as plain strings."""
+
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    BUDGET_FROZEN = "BUDGET_FROZEN"
+    BUDGET_CLOSED = "BUDGET_CLOSED"
+    OVERDRAFT_LIMIT_EXCEEDED = "OVERDRAFT_LIMIT_EXCEEDED"
+    DEBT_OUTSTANDING = "DEBT_OUTSTANDING"
+    BUDGET_NOT_FOUND = "BUDGET_NOT_FOUND"
+    TENANT_CLOSED = "TENANT_CLOSED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    CONCURRENCY_EXCEEDED = "CONCURRENCY_EXCEEDED"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    TOOL_NOT_ALLOWED = "TOOL_NOT_ALLOWED"
+
+    BUDGET = frozenset({BUDGET_EXCEEDED, BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
+                        DEBT_OUTSTANDING})
+    QUOTA = frozenset({QUOTA_EXCEEDED, CONCURRENCY_EXCEEDED})
+    ACCESS = frozenset({MODEL_NOT_ALLOWED, TOOL_NOT_ALLOWED})
+
+
+class OveragePolicy(str, Enum):
+    REJECT = "REJECT"
+    ALLOW_IF_AVAILABLE = "ALLOW_IF_AVAILABLE"
+    ALLOW_WITH_OVERDRAFT = "ALLOW_WITH_OVERDRAFT"
+
+
+class BudgetStatus(str, Enum):
+    ACTIVE = "ACTIVE"
+    FROZEN = "FROZEN"
+    CLOSED = "CLOSED"
+
+
+class ReservationStatus(str, Enum):
+    ACTIVE = "ACTIVE"
+    COMMITTED = "COMMITTED"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(slots=True)
+class Caps:
+    """Limits a call must run under instead of being denied (ALLOW_WITH_CAPS)."""
+
+    max_tokens: int | None = None
+    tool_allowlist: tuple[str, ...] | None = None
+    tool_denylist: tuple[str, ...] | None = None
+    cooldown_ms: int | None = None
+    max_steps_remaining: int | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Balance:
+    """One ledger: a budget's state for one period bucket (and one dimension value)."""
+
+    scope: str
+    unit: Unit
+    period: str | None
+    bucket: str
+    allocated: int
+    reserved: int
+    spent: int
+    debt: int
+    overdraft_limit: int
+    is_over_limit: bool
+    status: BudgetStatus
+
+    @property
+    def remaining(self) -> int:
+        """allocated − reserved − spent − debt; negative only through debt or overdraft."""
+        return self.allocated - self.reserved - self.spent - self.debt
+
+
+@dataclass(slots=True)
+class Decision:
+    """The answer to "may this call proceed?", precise enough to show to the end user."""
+
+    outcome: Outcome
+    caps: Caps | None = None
+    reason: str | None = None
+    scope: str | None = None
+    unit: Unit | None = None
+    remaining: int | None = None
+    limit: int | None = None
+    requested: int | None = None
+    retry_after_ms: int | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is not Outcome.DENY
+
+    def explain(self) -> str:
+        if self.allowed:
+            return f"{self.outcome.value}" + (f" with {self.caps}" if self.caps else "")
+        where = self.scope or "this subject"
+        text = f"{where}: {self.reason}"
+        if self.unit is not None and self.limit is not None:
+            text += f" (budget {format_amount(self.unit, self.limit)}"
+            if self.remaining is not None:
+                text += f", remaining {format_amount(self.unit, self.remaining)}"
+            if self.requested is not None:
+                text += f", requested {format_amount(self.unit, self.requested)}"
+            text += ")"
+        if self.retry_after_ms is not None:
+            text += f"; frees up in {self.retry_after_ms / 1000:.0f} s"
+        return text
+
+
+@dataclass(slots=True)
+class ReservationInfo:
+    """A reservation as the store keeps it."""
+
+    id: str
+    tenant: str
+    status: ReservationStatus
+    subject: Subject
+    action: Action
+    estimate: tuple[Amount, ...]
+    scopes: tuple[str, ...]
+    created_at_ms: int
+    expires_at_ms: int
+    grace_ms: int
+    extensions: int
+    overage_policy: OveragePolicy | None = None
+    charged: tuple[Amount, ...] = ()
+    finalized_at_ms: int | None = None
+
+
+@dataclass(slots=True)
+class CommitResult:
+    reservation_id: str
+    status: ReservationStatus
+    charged: tuple[Amount, ...]
+    released: tuple[Amount, ...]
+    balances: tuple[Balance, ...]
+
+
+@dataclass(slots=True)
+class ReleaseResult:
+    reservation_id: str
+    status: ReservationStatus
+    released: tuple[Amount, ...]
+    balances: tuple[Balance, ...]
+
+
+@dataclass(slots=True)
+class ExtendResult:
+    reservation_id: str
+    expires_at_ms: int
+    extensions: int
+
+
+@dataclass(slots=True)
+class RecordResult:
+    event_id: str
+    charged: tuple[Amount, ...]
+    balances: tuple[Balance, ...]
+
+
+class FundOperation(str, Enum):
+    CREDIT = "CREDIT"
+    DEBIT = "DEBIT"
+    RESET = "RESET"
+    RESET_SPENT = "RESET_SPENT"
+    REPAY_DEBT = "REPAY_DEBT"
+
+
+@dataclass(slots=True)
+class FundResult:
+    before: Balance
+    after: Balance
+
+
+@dataclass(slots=True)
+class TransferResult:
+    source: Balance
+    destination: Balance

@@ -1,0 +1,126 @@
+"""A live reservation: settle it with `commit`, `release` or `extend`, or use it as a
+context manager that releases when the block raises and charges the estimate when the
+block ends without settling (work that ran is never free)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .amounts import Amount, AmountsLike
+from .errors import AllotmentError
+from .models import (
+    Balance,
+    Caps,
+    CommitResult,
+    Decision,
+    ExtendResult,
+    ReleaseResult,
+    ReservationInfo,
+    ReservationStatus,
+)
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+
+class Reservation:
+    def __init__(self, guard: Guard, info: ReservationInfo, decision: Decision,
+                 balances: tuple[Balance, ...]) -> None:
+        self.guard = guard
+        self.info = info
+        self.decision = decision
+        self.balances = balances
+        self.result: CommitResult | ReleaseResult | None = None
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def caps(self) -> Caps | None:
+        return self.decision.caps
+
+    @property
+    def estimate(self) -> tuple[Amount, ...]:
+        return self.info.estimate
+
+    @property
+    def expires_at_ms(self) -> int:
+        return self.info.expires_at_ms
+
+    @property
+    def settled(self) -> bool:
+        return self.result is not None
+
+    def __repr__(self) -> str:
+        return f"<Reservation {self.id} {self.decision.outcome.value} {list(self.estimate)}>"
+
+    def commit(self, actual: AmountsLike, *, idempotency_key: str | None = None) -> CommitResult:
+        result = self.guard.commit(self.id, actual, idempotency_key=idempotency_key)
+        self.result = result
+        return result
+
+    async def acommit(self, actual: AmountsLike, *,
+                      idempotency_key: str | None = None) -> CommitResult:
+        result = await self.guard.acommit(self.id, actual, idempotency_key=idempotency_key)
+        self.result = result
+        return result
+
+    def release(self, reason: str = "released", *,
+                idempotency_key: str | None = None) -> ReleaseResult:
+        result = self.guard.release(self.id, reason, idempotency_key=idempotency_key)
+        self.result = result
+        return result
+
+    async def arelease(self, reason: str = "released", *,
+                       idempotency_key: str | None = None) -> ReleaseResult:
+        result = await self.guard.arelease(self.id, reason, idempotency_key=idempotency_key)
+        self.result = result
+        return result
+
+    def extend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
+        result = self.guard.extend(self.id, by_ms, idempotency_key=idempotency_key)
+        self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
+                            extensions=result.extensions)
+        return result
+
+    async def aextend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
+        result = await self.guard.aextend(self.id, by_ms, idempotency_key=idempotency_key)
+        self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
+                            extensions=result.extensions)
+        return result
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self.settled:
+            return
+        if error is None:
+            self.commit(self.estimate)
+            return
+        # The original exception matters more; an expired hold went back on its own.
+        with contextlib.suppress(AllotmentError):
+            self.release(f"error: {kind.__name__ if kind else 'unknown'}")
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        if self.settled:
+            return
+        if error is None:
+            await self.acommit(self.estimate)
+            return
+        with contextlib.suppress(AllotmentError):
+            await self.arelease(f"error: {kind.__name__ if kind else 'unknown'}")
+
+    @property
+    def status(self) -> ReservationStatus:
+        """The status as last seen by this handle (use `guard.get(id)` for the store's)."""
+        return self.result.status if self.result is not None else self.info.status

@@ -1,0 +1,127 @@
+"""Subjects and scope paths: who is spending, and which budgets that touches."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from functools import cached_property
+
+from pydantic import Field, field_validator
+
+from .errors import InvalidRequest
+from .validation import Model, check_key, check_name
+
+LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
+"""The canonical order; derived scopes are its cumulative prefixes, missing levels skipped."""
+
+MAX_DIMENSIONS = 16
+
+
+class Subject(Model):
+    """Who a call is for. `dimensions` carry per-run, per-user or per-session identities."""
+
+    tenant: str
+    workspace: str | None = None
+    app: str | None = None
+    workflow: str | None = None
+    agent: str | None = None
+    toolset: str | None = None
+    dimensions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tenant", "workspace", "app", "workflow", "agent", "toolset", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        if value is None:
+            return None
+        try:
+            return check_name(value, "value")
+        except InvalidRequest as error:
+            raise ValueError(str(error).removeprefix("value: ")) from None
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _dimensions(cls, value: object) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a dict of str to str")
+        if len(value) > MAX_DIMENSIONS:
+            raise ValueError(f"at most {MAX_DIMENSIONS} dimensions, got {len(value)}")
+        try:
+            return {check_dimension_key(k): check_name(v, f"dimensions[{k!r}]")
+                    for k, v in value.items()}
+        except InvalidRequest as error:
+            raise ValueError(str(error)) from None
+
+    def levels(self) -> list[tuple[str, str]]:
+        return [(level, value) for level in LEVELS if (value := getattr(self, level)) is not None]
+
+    def scopes(self) -> tuple[str, ...]:
+        """Derived standard scopes, outermost first: `tenant:acme`, `tenant:acme/agent:x`, ..."""
+        return self._derived
+
+    @cached_property
+    def _derived(self) -> tuple[str, ...]:
+        segments = [f"{level}:{value}" for level, value in self.levels()]
+        return tuple("/".join(segments[: i + 1]) for i in range(len(segments)))
+
+    @cached_property
+    def dimension_items(self) -> tuple[tuple[str, str], ...]:
+        """Dimensions as sorted pairs: the canonical form stores and fingerprints use."""
+        return tuple(sorted(self.dimensions.items()))
+
+    @property
+    def scope_path(self) -> str:
+        return self.scopes()[-1]
+
+
+def check_dimension_key(key: object) -> str:
+    name = check_key(key, "dimension key")
+    if name in LEVELS:
+        raise InvalidRequest(f"dimension key {name!r} is a scope level; use the {name}= field")
+    return name
+
+
+class ScopePath(NamedTuple):
+    """A parsed scope: its tenant, its standard part, and at most one trailing dimension."""
+
+    tenant: str
+    base: str
+    dimension: tuple[str, str] | None
+
+    @property
+    def path(self) -> str:
+        if self.dimension is None:
+            return self.base
+        return f"{self.base}/{self.dimension[0]}:{self.dimension[1]}"
+
+
+def parse_scope(text: object) -> ScopePath:
+    """Parse `tenant:acme/workspace:prod[/run:r1]`, lower-casing values, refusing anything else."""
+    rule = ("write a scope as tenant:<name>[/workspace:<name>...] with levels in the order "
+            + " > ".join(LEVELS) + ", optionally ending in one <dimension>:<value>")
+    if not isinstance(text, str) or not text:
+        raise InvalidRequest(f"scope: expected a string; {rule}")
+    segments: list[tuple[str, str]] = []
+    dimension: tuple[str, str] | None = None
+    last_level = -1
+    for part in text.split("/"):
+        level, sep, value = part.partition(":")
+        level = level.lower()
+        if not sep or dimension is not None:
+            raise InvalidRequest(f"scope {text!r}: bad segment {part!r}; {rule}")
+        if level in LEVELS:
+            index = LEVELS.index(level)
+            if index <= last_level or (not segments and level != "tenant"):
+                raise InvalidRequest(f"scope {text!r}: level {level!r} is out of order; {rule}")
+            last_level = index
+            segments.append((level, check_name(value, f"scope {text!r} {level}")))
+        elif segments:
+            dimension = (check_key(level, f"scope {text!r} dimension key"),
+                         check_name(value, f"scope {text!r} {level}"))
+        else:
+            raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
+    base = "/".join(f"{level}:{value}" for level, value in segments)
+    return ScopePath(segments[0][1], base, dimension)
+
+
+def scope_tenant(scope: str) -> str:
+    return parse_scope(scope).tenant

@@ -1,0 +1,183 @@
+"""The store contract: each operation is one request record, executed as one atomic step.
+
+The guard validates input and derives everything that needs no state; a store evaluates and
+changes state for one operation at once (one lock-held call in memory, one script call in
+Redis). Sync and async entry points take the same operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from ..amounts import Unit
+from ..models import (
+    Action,
+    Balance,
+    BudgetStatus,
+    CommitResult,
+    Decision,
+    ExtendResult,
+    FundOperation,
+    FundResult,
+    OveragePolicy,
+    RecordResult,
+    ReleaseResult,
+    ReservationInfo,
+    TransferResult,
+)
+from ..periods import Period
+from ..scopes import Subject
+
+R = TypeVar("R")
+Units = tuple[tuple[Unit, int], ...]
+"""Amounts per unit, in `Unit` declaration order: the canonical form for fingerprints."""
+
+PERIOD_ORDER: dict[Period | None, int] = {None: 0, **{p: i + 1 for i, p in enumerate(Period)}}
+UNIT_ORDER: dict[Unit, int] = {u: i for i, u in enumerate(Unit)}
+
+
+class PeriodChoice:
+    """Marks a period left to the store: the budget's only one in that unit."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO = PeriodChoice()
+
+
+@dataclass
+class Op(Generic[R]):
+    tenant: str
+
+
+@dataclass
+class Keyed:
+    """Idempotency for a mutating operation: the key and a fingerprint of the payload."""
+
+    idempotency_key: str | None
+    fingerprint: str
+
+
+@dataclass
+class ReserveOutcome:
+    decision: Decision
+    reservation: ReservationInfo | None
+    balances: tuple[Balance, ...]
+
+
+@dataclass
+class SetBudget(Op[tuple[Balance, ...]]):
+    scope: str
+    per: str | None
+    unit: Unit
+    period: Period | None
+    limit: int
+    overdraft_limit: int
+    overage_policy: OveragePolicy
+
+
+@dataclass
+class SetStatus(Op[int]):
+    scope: str
+    unit: Unit | None
+    status: BudgetStatus
+
+
+@dataclass
+class Reserve(Op[ReserveOutcome], Keyed):
+    scopes: tuple[str, ...]
+    dimensions: tuple[tuple[str, str], ...]
+    subject: Subject
+    action: Action
+    estimate: Units
+    ttl_ms: int
+    grace_ms: int
+    max_extensions: int
+    overage_policy: OveragePolicy | None
+    dry_run: bool = False
+
+
+@dataclass
+class Commit(Op[CommitResult], Keyed):
+    reservation_id: str
+    actual: Units
+
+
+@dataclass
+class Release(Op[ReleaseResult], Keyed):
+    reservation_id: str
+    reason: str
+
+
+@dataclass
+class Extend(Op[ExtendResult], Keyed):
+    reservation_id: str
+    by_ms: int
+
+
+@dataclass
+class Record(Op[RecordResult], Keyed):
+    scopes: tuple[str, ...]
+    dimensions: tuple[tuple[str, str], ...]
+    subject: Subject
+    action: Action
+    actual: Units
+    overage_policy: OveragePolicy | None
+
+
+@dataclass
+class Get(Op[ReservationInfo]):
+    reservation_id: str
+
+
+@dataclass
+class Balances(Op[tuple[Balance, ...]]):
+    scope: str
+
+
+@dataclass
+class Fund(Op[FundResult], Keyed):
+    scope: str
+    unit: Unit
+    period: Period | PeriodChoice | None
+    operation: FundOperation
+    amount: int
+    spent: int | None
+
+
+@dataclass
+class Transfer(Op[TransferResult], Keyed):
+    source: str
+    destination: str
+    unit: Unit
+    period: Period | PeriodChoice | None
+    amount: int
+
+
+@dataclass
+class Sweep(Op[int]):
+    """Expire due reservations and drop what is past retention, across tenants."""
+
+    limit: int
+
+
+class Store(Protocol):
+    def execute(self, op: Op[R]) -> R: ...
+
+    async def aexecute(self, op: Op[R]) -> R: ...
+
+    def close(self) -> None: ...
+
+
+def store_from_url(url: str, **options: Any) -> Store:
+    """`memory://` for the embedded store; other schemes belong to optional backends."""
+    from ..errors import InvalidRequest
+
+    if url.startswith("memory://"):
+        from .memory import MemoryStore
+
+        return MemoryStore(**options)
+    raise InvalidRequest(f"store url {url!r}: unknown scheme; use memory:// "
+                         "(redis:// arrives with the redis extra)")
