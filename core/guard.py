@@ -231,14 +231,14 @@ class Guard:
         return await self.store.aexecute(ops.Get(tenant=_rid_tenant(reservation_id),
                                                  reservation_id=reservation_id))
 
-    def balances(self, scope: str) -> tuple[Balance, ...]:
-        """Current balances of every budget at or below `scope` (O(tenant), no scan)."""
-        path = parse_scope(scope)
-        return self.store.execute(ops.Balances(tenant=path.tenant, scope=path.path))
+    def balances(self, scope: str, *, include_children: bool = True) -> tuple[Balance, ...]:
+        """Current balances of the budgets at `scope` and (by default) below it, dimension
+        ledgers included. Reads one tenant's state only, never the keyspace."""
+        return self.store.execute(_balances_op(scope, include_children))
 
-    async def abalances(self, scope: str) -> tuple[Balance, ...]:
-        path = parse_scope(scope)
-        return await self.store.aexecute(ops.Balances(tenant=path.tenant, scope=path.path))
+    async def abalances(self, scope: str, *,
+                        include_children: bool = True) -> tuple[Balance, ...]:
+        return await self.store.aexecute(_balances_op(scope, include_children))
 
     def sweep(self, limit: int = 1_000) -> int:
         """Expire up to `limit` overdue reservations now; returns how many expired."""
@@ -390,6 +390,12 @@ def denied(decision: Decision) -> Denied:
     if decision.reason in Reason.ACCESS:
         return NotAllowed(decision)
     return Denied(decision)
+
+
+def _balances_op(scope: str, include_children: bool) -> ops.Balances:
+    path = parse_scope(scope)
+    return ops.Balances(tenant=path.tenant, scope=path.path,
+                        include_children=bool(include_children))
 
 
 def _subject(subject: Subject | None) -> Subject:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from functools import cached_property
+from typing import NamedTuple
 
 from pydantic import Field, field_validator
 

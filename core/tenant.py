@@ -119,11 +119,12 @@ class TenantGuard:
     async def aget(self, reservation_id: str) -> ReservationInfo:
         return await self.guard.aget(self._own_reservation(reservation_id))
 
-    def balances(self, scope: str | None = None) -> tuple[Balance, ...]:
-        return self.guard.balances(self._own_scope(scope or f"tenant:{self.name}"))
+    def balances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
+        return self.guard.balances(self._own_scope(scope or f"tenant:{self.name}"), **options)
 
-    async def abalances(self, scope: str | None = None) -> tuple[Balance, ...]:
-        return await self.guard.abalances(self._own_scope(scope or f"tenant:{self.name}"))
+    async def abalances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
+        return await self.guard.abalances(self._own_scope(scope or f"tenant:{self.name}"),
+                                          **options)
 
     def set_budget(self, scope: str, **options: Any) -> tuple[Balance, ...]:
         return self.guard.set_budget(self._own_scope(scope), **options)

@@ -19,12 +19,16 @@ def clock() -> al.ManualClock:
     return al.ManualClock(START_MS)
 
 
+def make_store(kind: str, clock: al.ManualClock) -> al.MemoryStore:
+    """A fresh, empty store of `kind` driven by `clock`."""
+    if kind == "memory":
+        return al.MemoryStore(clock)
+    raise AssertionError(f"unknown store kind {kind!r}")
+
+
 @pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, clock: al.ManualClock) -> Iterator[al.MemoryStore]:
-    if request.param == "memory":
-        store = al.MemoryStore(clock)
-    else:  # pragma: no cover - every kind listed above is handled
-        raise AssertionError(request.param)
+    store = make_store(request.param, clock)
     yield store
     store.close()
 

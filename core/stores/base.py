@@ -135,6 +135,7 @@ class Get(Op[ReservationInfo]):
 @dataclass
 class Balances(Op[tuple[Balance, ...]]):
     scope: str
+    include_children: bool = True
 
 
 @dataclass

@@ -372,21 +372,21 @@ class MemoryStore:
 
     def _balances(self, t: _Tenant, op: Balances, now: int) -> tuple[Balance, ...]:
         path = parse_scope(op.scope)
-        below = op.scope + "/"
+        below = op.scope + "/" if op.include_children else None
         result: list[Balance] = []
         for scope, defs in t.definitions.items():
-            if path.dimension is None and scope != op.scope and not scope.startswith(below):
-                continue
-            if path.dimension is not None and scope != path.base:
+            if scope != path.base and not (below and scope.startswith(below)):
                 continue
             for d in defs.values():
                 current = bucket(d.period, now)
                 if d.per is None:
                     keys: Iterator[LedgerKey] = iter(
                         () if path.dimension else ((scope, d.unit, d.period, current),))
-                else:
+                elif path.dimension or below:
                     keys = (k for k in self._dimension_ledgers(t, d, current)
                             if path.dimension is None or k[0] == path.path)
+                else:
+                    continue
                 result += [_balance(k, self._ledger(t, k, d, now), d) for k in keys]
         return tuple(result)
 

@@ -1,0 +1,31 @@
+"""The README's code and the example scripts run as shown."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_python_blocks_run_in_order() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 4
+    namespace: dict[str, object] = {
+        "call_the_model": lambda: {"usage": 1}, "cost_of": lambda response: "0.01"}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], "tenants that completed every job: 49 of 49"),
+    (["--no-enforcement"], "tenants that completed every job: 0 of 49"),
+])
+def test_runaway_tenant_demo(args: list[str], expected: str) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "runaway_tenant.py"), *args],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert expected in out
