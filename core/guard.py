@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .amounts import Amount, AmountsLike, Unit, amounts_by_unit, to_decimal, usd_to_microcents
@@ -17,6 +18,7 @@ from .errors import (
     NotAllowed,
     QuotaExceeded,
 )
+from .events import AuditRecord, Notification, ReportRow, Sink, Subscriber, dispatch
 from .models import (
     Action,
     Balance,
@@ -34,6 +36,8 @@ from .models import (
     TransferResult,
 )
 from .periods import Period, parse_period
+from .plans import Plan, relative_scope
+from .policy import AccessRule, Degrade, Elastic, QuotaKind, QuotaRule, glob_list
 from .reservation import Reservation
 from .scopes import Subject, parse_scope
 from .stores import base as ops
@@ -48,10 +52,16 @@ GRACE_RANGE = (0, 60_000)
 
 
 class Guard:
-    """Enforces budgets for every tenant on one store (the embedded memory store by default)."""
+    """Enforces budgets for every tenant on one store (the embedded memory store by default).
+
+    `mode="shadow"` never denies: would-be denials are recorded and spend is tracked, to size
+    budgets from real traffic (a tenant's own mode, `set_mode`, takes precedence).
+    `default_plan` is installed for a tenant the first time it reserves.
+    """
 
     def __init__(self, store: Store | None = None, *, ttl_ms: int = 60_000,
-                 grace_ms: int = 5_000, max_extensions: int = 10) -> None:
+                 grace_ms: int = 5_000, max_extensions: int = 10, mode: str = "enforce",
+                 default_plan: Plan | None = None, sink: Sink | None = None) -> None:
         if store is None:
             from .stores.memory import MemoryStore
 
@@ -60,12 +70,20 @@ class Guard:
         self.ttl_ms = check_int(ttl_ms, "ttl_ms", *TTL_RANGE)
         self.grace_ms = check_int(grace_ms, "grace_ms", *GRACE_RANGE)
         self.max_extensions = check_int(max_extensions, "max_extensions", 0, 1_000)
+        self.mode = _mode(mode, allow_none=False)
+        if default_plan is not None and not isinstance(default_plan, Plan):
+            raise InvalidRequest(f"default_plan: expected a Plan, got {default_plan!r}")
+        self.default_plan = default_plan
+        self._default_plans: dict[str, ops.ApplyPlan] = {}
+        self._subscribers: dict[str, list[Subscriber]] = {}
+        self._sinks: list[Sink] = [] if sink is None else [sink]
+        store.subscribe(self._notify)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Guard:
         """`memory://` (embedded); guard options (ttl_ms, ...) go to the guard, the rest to
         the store."""
-        guard_keys = {"ttl_ms", "grace_ms", "max_extensions"}
+        guard_keys = {"ttl_ms", "grace_ms", "max_extensions", "mode", "default_plan", "sink"}
         guard_options = {k: v for k, v in options.items() if k in guard_keys}
         store_options = {k: v for k, v in options.items() if k not in guard_keys}
         return cls(ops.store_from_url(url, **store_options), **guard_options)
@@ -79,29 +97,119 @@ class Guard:
     def close(self) -> None:
         self.store.close()
 
+    # -- notifications --------------------------------------------------------------------
+
+    def on(self, event_type: str, callback: Subscriber | None = None) -> Any:
+        """Call `callback(notification)` for each `event_type` ("*" for all); usable as a
+        decorator. A failing callback is logged and never breaks enforcement."""
+        def register(fn: Subscriber) -> Subscriber:
+            self._subscribers.setdefault(event_type, []).append(fn)
+            return fn
+
+        return register if callback is None else register(callback)
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def _notify(self, notifications: list[Notification]) -> None:
+        dispatch(notifications, self._subscribers, self._sinks)
+
     # -- administration -----------------------------------------------------------------
 
     def set_budget(self, scope: str, *, usd: Any = None, tokens: int | None = None,
                    credits: int | None = None, amount: int | None = None,
                    unit: Unit | str | None = None, period: Period | str | None = None,
                    per: str | None = None, overdraft_limit: Any = 0,
-                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE
-                   ) -> tuple[Balance, ...]:
+                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
+                   degrade: Any = (), alerts: Any = None) -> tuple[Balance, ...]:
         """Create or change the budget of `scope` in one unit (and period). A change adjusts
-        the current bucket's allocation by the difference and keeps what was spent."""
+        the current bucket's allocation by the difference and keeps what was spent.
+
+        `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
+        when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions used that notify.
+        """
         return self.store.execute(self._set_budget_op(
             scope, usd, tokens, credits, amount, unit, period, per, overdraft_limit,
-            overage_policy))
+            overage_policy, degrade, alerts))
 
     async def aset_budget(self, scope: str, *, usd: Any = None, tokens: int | None = None,
                           credits: int | None = None, amount: int | None = None,
                           unit: Unit | str | None = None, period: Period | str | None = None,
                           per: str | None = None, overdraft_limit: Any = 0,
-                          overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE
-                          ) -> tuple[Balance, ...]:
+                          overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
+                          degrade: Any = (), alerts: Any = None) -> tuple[Balance, ...]:
         return await self.store.aexecute(self._set_budget_op(
             scope, usd, tokens, credits, amount, unit, period, per, overdraft_limit,
-            overage_policy))
+            overage_policy, degrade, alerts))
+
+    def remove_budget(self, scope: str, unit: Unit | str, *, period: Period | str | None = None,
+                      per: str | None = None) -> int:
+        """Drop a budget definition (its ledgers stay readable until pruned)."""
+        return self.store.execute(self._remove_budget_op(scope, unit, period, per))
+
+    async def aremove_budget(self, scope: str, unit: Unit | str, *,
+                             period: Period | str | None = None, per: str | None = None) -> int:
+        return await self.store.aexecute(self._remove_budget_op(scope, unit, period, per))
+
+    def set_quota(self, scope: str, *, calls: int | None = None, runs: int | None = None,
+                  concurrent: int | None = None, window: Period | str | None = None,
+                  action_kind: str = "*") -> None:
+        """One quota under `scope`: `calls` or `runs` (distinct run ids first seen) per
+        tumbling UTC `window`, or `concurrent` active reservations. `action_kind` (a glob,
+        e.g. "tool.*") limits it to some actions. Setting the same quota again replaces it."""
+        self.store.execute(self._quota_op(scope, calls, runs, concurrent, window, action_kind,
+                                          remove=False))
+
+    async def aset_quota(self, scope: str, *, calls: int | None = None, runs: int | None = None,
+                         concurrent: int | None = None, window: Period | str | None = None,
+                         action_kind: str = "*") -> None:
+        await self.store.aexecute(self._quota_op(scope, calls, runs, concurrent, window,
+                                                 action_kind, remove=False))
+
+    def remove_quota(self, scope: str, kind: str, *, window: Period | str | None = None,
+                     action_kind: str = "*") -> None:
+        """Drop the quota of `kind` ("calls", "runs" or "concurrent") with that window."""
+        self.store.execute(self._quota_op(scope, *_quota_kind(kind), window, action_kind,
+                                          remove=True))
+
+    def set_access(self, scope: str, *, models_allow: Any = None, models_deny: Any = None,
+                   tools_allow: Any = None, tools_deny: Any = None,
+                   max_tokens_per_call: int | None = None) -> None:
+        """The access rules of `scope` (replacing any before): globs on the model or tool
+        name (`gpt-4o*` matches `openai:gpt-4o-mini`) and a per-call output token cap."""
+        self.store.execute(self._access_op(scope, models_allow, models_deny, tools_allow,
+                                           tools_deny, max_tokens_per_call))
+
+    async def aset_access(self, scope: str, *, models_allow: Any = None,
+                          models_deny: Any = None, tools_allow: Any = None,
+                          tools_deny: Any = None, max_tokens_per_call: int | None = None
+                          ) -> None:
+        await self.store.aexecute(self._access_op(scope, models_allow, models_deny,
+                                                  tools_allow, tools_deny,
+                                                  max_tokens_per_call))
+
+    def clear_access(self, scope: str) -> None:
+        path = parse_scope(scope)
+        self.store.execute(ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None))
+
+    def set_mode(self, tenant: str, mode: str | None) -> None:
+        """"shadow" (never deny, record what would have been denied), "enforce", or None to
+        follow the guard's own mode."""
+        self.store.execute(ops.SetMode(tenant=check_name(tenant, "tenant"),
+                                       mode=_mode(mode, allow_none=True)))
+
+    async def aset_mode(self, tenant: str, mode: str | None) -> None:
+        await self.store.aexecute(ops.SetMode(tenant=check_name(tenant, "tenant"),
+                                              mode=_mode(mode, allow_none=True)))
+
+    def assign_plan(self, tenant: str, plan: Plan) -> None:
+        """Install `plan` for `tenant` in one step. Re-assigning (an upgrade) changes limits
+        in place and keeps the period's spend; what the old plan had and the new one lacks
+        is removed."""
+        self.store.execute(self._plan_op(tenant, plan))
+
+    async def aassign_plan(self, tenant: str, plan: Plan) -> None:
+        await self.store.aexecute(self._plan_op(tenant, plan))
 
     def freeze(self, scope: str, unit: Unit | str | None = None) -> int:
         """Refuse new reservations on the budgets of `scope`; returns how many were frozen."""
@@ -152,16 +260,21 @@ class Guard:
 
     # -- enforcement ----------------------------------------------------------------------
 
-    def reserve(self, subject: Subject | None, action: Action, estimate: AmountsLike, *,
+    def reserve(self, subject: Subject | None, action: Action,
+                estimate: AmountsLike | Elastic, *,
                 ttl_ms: int | None = None, grace_ms: int | None = None,
                 overage_policy: OveragePolicy | str | None = None,
                 idempotency_key: str | None = None) -> Reservation:
-        """Hold `estimate` on every budget of the subject, or raise `Denied` (a subclass)."""
+        """Hold `estimate` on every budget of the subject, or raise `Denied` (a subclass).
+
+        Access rules, quotas and budgets are all checked, and all charged, in one atomic
+        step. An `al.Elastic` estimate may be reserved smaller, answered ALLOW_WITH_CAPS."""
         op = self._reserve_op(subject, action, estimate, ttl_ms, grace_ms, overage_policy,
                               idempotency_key, dry_run=False)
         return self._reserved(self.store.execute(op))
 
-    async def areserve(self, subject: Subject | None, action: Action, estimate: AmountsLike, *,
+    async def areserve(self, subject: Subject | None, action: Action,
+                       estimate: AmountsLike | Elastic, *,
                        ttl_ms: int | None = None, grace_ms: int | None = None,
                        overage_policy: OveragePolicy | str | None = None,
                        idempotency_key: str | None = None) -> Reservation:
@@ -169,13 +282,14 @@ class Guard:
                               idempotency_key, dry_run=False)
         return self._reserved(await self.store.aexecute(op))
 
-    def decide(self, subject: Subject | None, action: Action, estimate: AmountsLike) -> Decision:
+    def decide(self, subject: Subject | None, action: Action,
+               estimate: AmountsLike | Elastic) -> Decision:
         """What `reserve` would answer now, changing nothing."""
         op = self._reserve_op(subject, action, estimate, None, None, None, None, dry_run=True)
         return self._decided(op)
 
     async def adecide(self, subject: Subject | None, action: Action,
-                      estimate: AmountsLike) -> Decision:
+                      estimate: AmountsLike | Elastic) -> Decision:
         op = self._reserve_op(subject, action, estimate, None, None, None, None, dry_run=True)
         return await self._adecided(op)
 
@@ -240,6 +354,26 @@ class Guard:
                         include_children: bool = True) -> tuple[Balance, ...]:
         return await self.store.aexecute(_balances_op(scope, include_children))
 
+    def audit(self, tenant: str, *, since: int | datetime | None = None,
+              types: Any = None, limit: int = 100) -> tuple[AuditRecord, ...]:
+        """The tenant's audit records, newest last: at most `limit`, from `since` (epoch ms
+        or an aware datetime), of `types` (e.g. ["reservation.denied"])."""
+        return self.store.execute(_audit_op(tenant, since, types, limit))
+
+    async def aaudit(self, tenant: str, *, since: int | datetime | None = None,
+                     types: Any = None, limit: int = 100) -> tuple[AuditRecord, ...]:
+        return await self.store.aexecute(_audit_op(tenant, since, types, limit))
+
+    def report(self, tenant: str, *, period: Period | str = "month",
+               at: int | datetime | None = None) -> tuple[ReportRow, ...]:
+        """Per scope, for the period containing `at` (default now): reservations, commits,
+        releases, expiries, denials by reason, reserved vs committed, exhaustions."""
+        return self.store.execute(_report_op(tenant, period, at))
+
+    async def areport(self, tenant: str, *, period: Period | str = "month",
+                      at: int | datetime | None = None) -> tuple[ReportRow, ...]:
+        return await self.store.aexecute(_report_op(tenant, period, at))
+
     def sweep(self, limit: int = 1_000) -> int:
         """Expire up to `limit` overdue reservations now; returns how many expired."""
         return self.store.execute(ops.Sweep(tenant="", limit=check_int(limit, "limit", 1)))
@@ -252,7 +386,8 @@ class Guard:
 
     def _set_budget_op(self, scope: str, usd: Any, tokens: int | None, credits: int | None,
                        amount: int | None, unit: Unit | str | None, period: Any, per: Any,
-                       overdraft_limit: Any, overage_policy: Any) -> ops.SetBudget:
+                       overdraft_limit: Any, overage_policy: Any, degrade: Any = (),
+                       alerts: Any = None) -> ops.SetBudget:
         path = parse_scope(scope)
         if path.dimension is not None:
             raise InvalidRequest(f"scope {scope!r}: set a budget for every {path.dimension[0]} "
@@ -278,7 +413,70 @@ class Guard:
             tenant=path.tenant, scope=path.base, per=None if per is None else check_key(per, "per"),
             unit=budget_unit, period=parse_period(period), limit=limit,
             overdraft_limit=_limit_like(overdraft_limit, budget_unit, kind == "usd"),
-            overage_policy=_policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE)
+            overage_policy=_policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
+            degrade=_degrade(degrade), alerts=_alerts(alerts))
+
+    def _remove_budget_op(self, scope: str, unit: Unit | str, period: Any,
+                          per: Any) -> ops.RemoveBudget:
+        path = parse_scope(scope)
+        return ops.RemoveBudget(tenant=path.tenant, scope=path.base, unit=_unit(unit),
+                                period=parse_period(period),
+                                per=None if per is None else check_key(per, "per"))
+
+    def _quota_op(self, scope: str, calls: int | None, runs: int | None,
+                  concurrent: int | None, window: Any, action_kind: str,
+                  remove: bool) -> ops.SetQuota:
+        path = parse_scope(scope)
+        if path.dimension is not None:
+            raise InvalidRequest(f"scope {scope!r}: quotas belong to a standard scope; runs "
+                                 "quotas count the run dimension themselves")
+        given = {k: v for k, v in (("calls", calls), ("runs", runs),
+                                   ("concurrent", concurrent)) if v is not None}
+        if len(given) != 1:
+            raise InvalidRequest("set_quota: give exactly one of calls=, runs= or concurrent= "
+                                 f"(got {sorted(given) or 'none'})")
+        (name, limit), = given.items()
+        kind = QuotaKind(name)
+        period = parse_period(window)
+        if kind is QuotaKind.CONCURRENT and period is not None:
+            raise InvalidRequest("window: a concurrent quota has no window")
+        if kind is not QuotaKind.CONCURRENT and period is None:
+            raise InvalidRequest(f"window: {name}= needs a window (minute, hour, day, month)")
+        if not isinstance(action_kind, str) or not 0 < len(action_kind) <= 64:
+            raise InvalidRequest("action_kind: expected a glob on action kinds, e.g. 'tool.*'")
+        rule = QuotaRule(path.base, kind, check_int(limit, name), period, action_kind)
+        return ops.SetQuota(tenant=path.tenant, rule=rule, remove=remove)
+
+    def _access_op(self, scope: str, models_allow: Any, models_deny: Any, tools_allow: Any,
+                   tools_deny: Any, max_tokens_per_call: int | None) -> ops.SetAccess:
+        path = parse_scope(scope)
+        rule = AccessRule(
+            path.base, glob_list(models_allow, "models_allow"),
+            glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
+            glob_list(tools_deny, "tools_deny"),
+            None if max_tokens_per_call is None else check_int(
+                max_tokens_per_call, "max_tokens_per_call", 1))
+        return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule)
+
+    def _plan_op(self, tenant: str, plan: Plan) -> ops.ApplyPlan:
+        if not isinstance(plan, Plan):
+            raise InvalidRequest(f"plan: expected an al.Plan, got {plan!r}")
+        tenant = check_name(tenant, "tenant")
+        definitions: list[ops.SetBudget | ops.SetQuota | ops.SetAccess] = []
+        for b in plan.budgets:
+            definitions.append(self._set_budget_op(
+                relative_scope(tenant, b.scope), b.usd, b.tokens, b.credits, b.amount, b.unit,
+                b.period, b.per, b.overdraft_limit, b.overage_policy, b.degrade, b.alerts))
+        for q in plan.quotas:
+            definitions.append(self._quota_op(relative_scope(tenant, q.scope), q.calls, q.runs,
+                                              q.concurrent, q.window, q.action_kind,
+                                              remove=False))
+        for a in plan.access:
+            definitions.append(self._access_op(relative_scope(tenant, a.scope), a.models_allow,
+                                               a.models_deny, a.tools_allow, a.tools_deny,
+                                               a.max_tokens_per_call))
+        return ops.ApplyPlan(tenant=tenant, name=plan.name, definitions=tuple(definitions),
+                             mode=plan.mode)
 
     def _status_op(self, scope: str, unit: Unit | str | None,
                    status: BudgetStatus) -> ops.SetStatus:
@@ -315,13 +513,19 @@ class Guard:
                             period=period, amount=value,
                             **_keyed(key, "transfer", src.path, dst.path, unit, period, value))
 
-    def _reserve_op(self, subject: Subject | None, action: Action, estimate: AmountsLike,
-                    ttl_ms: int | None, grace_ms: int | None, overage_policy: Any,
-                    key: str | None, dry_run: bool) -> ops.Reserve:
+    def _reserve_op(self, subject: Subject | None, action: Action,
+                    estimate: AmountsLike | Elastic, ttl_ms: int | None, grace_ms: int | None,
+                    overage_policy: Any, key: str | None, dry_run: bool) -> ops.Reserve:
         subject = _subject(subject)
         if not isinstance(action, Action):
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
-        units = _units(estimate, "estimate")
+        elastic = None
+        if isinstance(estimate, Elastic):
+            units = _ordered(estimate.units())
+            elastic = ops.Elastic(_ordered(estimate.rates()), estimate.max_tokens,
+                                  estimate.floor)
+        else:
+            units = _units(estimate, "estimate")
         ttl = self.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms", *TTL_RANGE)
         grace = self.grace_ms if grace_ms is None else check_int(grace_ms, "grace_ms",
                                                                  *GRACE_RANGE)
@@ -330,7 +534,17 @@ class Guard:
             tenant=subject.tenant, scopes=subject.scopes(), dimensions=subject.dimension_items,
             subject=subject, action=action, estimate=units, ttl_ms=ttl, grace_ms=grace,
             max_extensions=self.max_extensions, overage_policy=policy, dry_run=dry_run,
-            **_keyed(key, "reserve", subject, action, units, ttl, grace, policy))
+            elastic=elastic, shadow=self.mode == "shadow",
+            default_plan=self._default_plan(subject.tenant),
+            **_keyed(key, "reserve", subject, action, units, elastic, ttl, grace, policy))
+
+    def _default_plan(self, tenant: str) -> ops.ApplyPlan | None:
+        if self.default_plan is None:
+            return None
+        op = self._default_plans.get(tenant)
+        if op is None:
+            op = self._default_plans[tenant] = self._plan_op(tenant, self.default_plan)
+        return op
 
     def _commit_op(self, rid: str, actual: AmountsLike, key: str | None) -> ops.Commit:
         units = _units(actual, "actual")
@@ -358,7 +572,7 @@ class Guard:
         return ops.Record(
             tenant=subject.tenant, scopes=subject.scopes(),
             dimensions=subject.dimension_items, subject=subject,
-            action=action, actual=units, overage_policy=policy,
+            action=action, actual=units, overage_policy=policy, shadow=self.mode == "shadow",
             **_keyed(key, "record", subject, action, units, policy))
 
     # -- interpreting results -------------------------------------------------------------
@@ -406,6 +620,72 @@ def _subject(subject: Subject | None) -> Subject:
     if not isinstance(subject, Subject):
         raise InvalidRequest(f"subject: expected a Subject, got {subject!r}")
     return subject
+
+
+def _ordered(by_unit: dict[Unit, int]) -> Units:
+    return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
+
+
+def _mode(value: Any, allow_none: bool) -> str | None:
+    if value is None and allow_none:
+        return None
+    if value not in ("enforce", "shadow"):
+        raise InvalidRequest(f"mode: {value!r} is not 'enforce' or 'shadow'"
+                             + (" (or None to follow the guard)" if allow_none else ""))
+    return str(value)
+
+
+def _quota_kind(kind: str) -> tuple[int | None, int | None, int | None]:
+    """The calls/runs/concurrent triple that names one quota kind (limits are not needed
+    to remove one)."""
+    try:
+        index = [k.value for k in QuotaKind].index(kind)
+    except ValueError:
+        raise InvalidRequest(f"kind: {kind!r} is not calls, runs or concurrent") from None
+    triple: list[int | None] = [None, None, None]
+    triple[index] = 0
+    return triple[0], triple[1], triple[2]
+
+
+def _degrade(value: Any) -> tuple[Degrade, ...]:
+    if not value:
+        return ()
+    rules = tuple(v if isinstance(v, Degrade) else Degrade(**v) for v in value)
+    return tuple(sorted(rules, key=lambda rule: -rule.below))
+
+
+def _alerts(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return (0.5, 0.8, 1.0)
+    fractions = tuple(value)
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+               for f in fractions):
+        raise InvalidRequest("alerts: expected fractions of the allocation in (0, 1], "
+                             "e.g. [0.5, 0.8, 1.0]")
+    return tuple(sorted(float(f) for f in fractions))
+
+
+def _audit_op(tenant: str, since: int | datetime | None, types: Any, limit: int) -> ops.Audit:
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            raise InvalidRequest("since: give an aware datetime (with tzinfo) or epoch ms")
+        since = int(since.timestamp() * 1000)
+    elif since is not None:
+        since = check_int(since, "since")
+    kinds = None if types is None else frozenset([types] if isinstance(types, str) else types)
+    return ops.Audit(tenant=check_name(tenant, "tenant"), since_ms=since, types=kinds,
+                     limit=check_int(limit, "limit", 1, 100_000))
+
+
+def _report_op(tenant: str, period: Any, at: int | datetime | None) -> ops.Report:
+    window = parse_period(period)
+    if window is None:
+        raise InvalidRequest("period: a report covers one period: day, week, month or year")
+    if isinstance(at, datetime):
+        at = int(at.timestamp() * 1000)
+    elif at is not None:
+        at = check_int(at, "at")
+    return ops.Report(tenant=check_name(tenant, "tenant"), period=window, at_ms=at)
 
 
 def _units(value: AmountsLike, field: str) -> Units:

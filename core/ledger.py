@@ -14,7 +14,7 @@ from .errors import BudgetExceeded, InvalidRequest
 from .models import BudgetStatus, Decision, FundOperation, Outcome, OveragePolicy, Reason
 from .periods import Period, bucket_end_ms
 
-__all__ = ["Ledger", "OveragePolicy", "Plan", "apply", "denial", "fund", "plan",
+__all__ = ["Ledger", "OveragePolicy", "Plan", "Settlement", "apply", "denial", "fund", "plan",
            "reserve_refusal"]
 
 
@@ -27,6 +27,9 @@ class Ledger:
     debt: int = 0
     over_limit: bool = False
     touched_ms: int = 0
+    alerted: int = 0  # how many alert thresholds this bucket has crossed (notified once)
+    exhausted: bool = False  # budget.exhausted sent for this bucket
+    over_notified: bool = False  # budget.over_limit_entered sent since the flag was raised
 
     @property
     def remaining(self) -> int:
@@ -79,8 +82,13 @@ class Plan(NamedTuple):
 Row = tuple[Any, Any, Ledger, OveragePolicy]
 
 
+class Settlement(NamedTuple):
+    plans: list[Plan]
+    charged: dict[Unit, int]  # per unit, the same on every ledger (and actual where none)
+
+
 def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
-         release_reserved: bool, now: int) -> list[Plan]:
+         release_reserved: bool, now: int) -> Settlement:
     """Settle `actual` against held `estimate` on every ledger, or raise and change nothing.
 
     actual ≤ estimate charges actual. Above it, each ledger's overage policy decides:
@@ -88,7 +96,7 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
     ledger still has and flags those that could not cover the excess; ALLOW_WITH_OVERDRAFT
     (with a positive overdraft_limit) turns the part it cannot cover into debt, up to the
     limit. Every ledger of a unit is charged the same amount, so spend adds up per scope.
-    Plans come back in the order of `rows`.
+    Plans come back in the order of `rows`; a unit without ledgers is charged its actual.
     """
     extra: dict[Unit, int] = {}
     for unit, held in estimate.items():
@@ -112,24 +120,22 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
         flag = extra[unit] < delta and state.remaining < delta and not _takes_debt(row)
         plans.append(Plan(key, d, state, (held if release_reserved else 0,
                                           held + extra[unit] - shortfall, shortfall, flag)))
-    return plans
+    return Settlement(plans, {unit: held + extra[unit] for unit, held in estimate.items()})
 
 
 def _takes_debt(row: Row) -> bool:
     return row[3] is OveragePolicy.ALLOW_WITH_OVERDRAFT and row[1].overdraft_limit > 0
 
 
-def apply(plans: list[Plan], now: int) -> dict[Unit, int]:
+def apply(settlement: Settlement, now: int) -> dict[Unit, int]:
     """Write a checked settlement; returns what was charged per unit."""
-    charged: dict[Unit, int] = {}
-    for key, _, state, (reserved, spent, debt, flag) in plans:
+    for _, _, state, (reserved, spent, debt, flag) in settlement.plans:
         state.reserved -= reserved
         state.spent += spent
         state.debt += debt
         state.over_limit = state.over_limit or flag
         state.touched_ms = now
-        charged[key[1]] = spent + debt
-    return charged
+    return settlement.charged
 
 
 def fund(state: Ledger, operation: FundOperation, amount: int, spent: int | None,

@@ -151,6 +151,8 @@ class Decision:
     limit: int | None = None
     requested: int | None = None
     retry_after_ms: int | None = None
+    observed: Decision | None = None
+    """In shadow mode: the denial enforce mode would have answered (the call proceeds)."""
 
     @property
     def allowed(self) -> bool:

@@ -7,10 +7,12 @@ Redis). Sync and async entry points take the same operations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..amounts import Unit
+from ..events import AuditRecord, Notification, ReportRow
 from ..models import (
     Action,
     Balance,
@@ -27,6 +29,7 @@ from ..models import (
     TransferResult,
 )
 from ..periods import Period
+from ..policy import AccessRule, Degrade, QuotaRule
 from ..scopes import Subject
 
 R = TypeVar("R")
@@ -76,6 +79,43 @@ class SetBudget(Op[tuple[Balance, ...]]):
     limit: int
     overdraft_limit: int
     overage_policy: OveragePolicy
+    degrade: tuple[Degrade, ...] = ()
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+
+
+@dataclass
+class RemoveBudget(Op[int]):
+    scope: str
+    unit: Unit
+    period: Period | None
+    per: str | None
+
+
+@dataclass
+class SetQuota(Op[None]):
+    rule: QuotaRule
+    remove: bool = False
+
+
+@dataclass
+class SetAccess(Op[None]):
+    scope: str
+    rule: AccessRule | None  # None removes the scope's rules
+
+
+@dataclass
+class SetMode(Op[None]):
+    mode: str | None  # "enforce", "shadow", or None for the guard's own mode
+
+
+@dataclass
+class ApplyPlan(Op[None]):
+    """Install a plan's definitions at once, dropping those of the previous plan that the new
+    one no longer has."""
+
+    name: str
+    definitions: tuple[SetBudget | SetQuota | SetAccess, ...]
+    mode: str | None = None
 
 
 @dataclass
@@ -97,6 +137,18 @@ class Reserve(Op[ReserveOutcome], Keyed):
     max_extensions: int
     overage_policy: OveragePolicy | None
     dry_run: bool = False
+    elastic: Elastic | None = None
+    shadow: bool = False  # the guard's mode; a tenant's own mode overrides it
+    default_plan: ApplyPlan | None = None
+
+
+@dataclass
+class Elastic:
+    """The shrinkable part of an estimate: per-million-output-token rates by unit."""
+
+    rates: tuple[tuple[Unit, int], ...]
+    max_tokens: int
+    floor: int
 
 
 @dataclass
@@ -125,6 +177,7 @@ class Record(Op[RecordResult], Keyed):
     action: Action
     actual: Units
     overage_policy: OveragePolicy | None
+    shadow: bool = False
 
 
 @dataclass
@@ -158,6 +211,19 @@ class Transfer(Op[TransferResult], Keyed):
 
 
 @dataclass
+class Audit(Op[tuple[AuditRecord, ...]]):
+    since_ms: int | None
+    types: frozenset[str] | None
+    limit: int
+
+
+@dataclass
+class Report(Op[tuple[ReportRow, ...]]):
+    period: Period
+    at_ms: int | None
+
+
+@dataclass
 class Sweep(Op[int]):
     """Expire due reservations and drop what is past retention, across tenants."""
 
@@ -168,6 +234,9 @@ class Store(Protocol):
     def execute(self, op: Op[R]) -> R: ...
 
     async def aexecute(self, op: Op[R]) -> R: ...
+
+    def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
+        """Receive each operation's notifications after its atomic step."""
 
     def close(self) -> None: ...
 

@@ -1,8 +1,9 @@
 """The embedded store: all state in one process, every operation under one lock.
 
-Each public operation is one method run while holding the lock, so a reservation checks and
-charges every ledger it touches in one step, as the Redis store does in one script call.
-Every check runs before the first write.
+Each public operation is one method run while holding the lock, so a reservation evaluates
+access rules, quotas and every ledger, and then charges all of them, in one step — as the
+Redis store does in one script call. Every check runs before the first write, and the audit
+record of a change is written in the same step as the change.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import heapq
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .. import ledger
+from .. import ledger, policy
 from ..amounts import Amount, Unit
 from ..clock import system_ms
 from ..errors import (
@@ -28,10 +30,12 @@ from ..errors import (
     ReservationFinalized,
     UnitMismatch,
 )
+from ..events import AuditRecord, AuditType, Notification, NotificationType, ReportRow
 from ..models import (
     Action,
     Balance,
     BudgetStatus,
+    Caps,
     CommitResult,
     Decision,
     ExtendResult,
@@ -45,12 +49,14 @@ from ..models import (
     ReservationStatus,
     TransferResult,
 )
-from ..periods import Period, bucket
+from ..periods import Period, bucket, bucket_end_ms
 from ..scopes import Subject, parse_scope
 from .base import (
     AUTO,
     PERIOD_ORDER,
     UNIT_ORDER,
+    ApplyPlan,
+    Audit,
     Balances,
     Commit,
     Extend,
@@ -59,9 +65,14 @@ from .base import (
     Op,
     Record,
     Release,
+    RemoveBudget,
+    Report,
     Reserve,
     ReserveOutcome,
+    SetAccess,
     SetBudget,
+    SetMode,
+    SetQuota,
     SetStatus,
     Sweep,
     Transfer,
@@ -73,6 +84,7 @@ DefKey = tuple[str, Unit, "Period | None", "str | None"]
 """A budget definition: (scope, unit, period, per-dimension key or None)."""
 LedgerKey = tuple[str, Unit, "Period | None", str]
 """A ledger: (scope path incl. any dimension, unit, period, bucket)."""
+QuotaKey = tuple[str, policy.QuotaKind, "Period | None", str]
 
 DAY_MS = 86_400_000
 ALLOW = Decision(Outcome.ALLOW)
@@ -87,6 +99,8 @@ class _Definition:
     limit: int
     overdraft_limit: int
     overage_policy: OveragePolicy
+    degrade: tuple[policy.Degrade, ...] = ()
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
     status: BudgetStatus = BudgetStatus.ACTIVE
 
     @property
@@ -111,6 +125,8 @@ class _Reservation:
     grace_ms: int
     max_extensions: int
     overage_policy: OveragePolicy | None
+    concurrency: list[QuotaKey]
+    shadow: bool
     status: ReservationStatus = ReservationStatus.ACTIVE
     extensions: int = 0
     charged: Units = ()
@@ -126,7 +142,7 @@ class _Reservation:
     def info(self) -> ReservationInfo:
         return ReservationInfo(
             self.id, self.subject.tenant, self.status, self.subject, self.action,
-            _amounts(_ordered(self.estimate)), tuple(dict.fromkeys(k[0] for k, _ in self.ledgers)),
+            _amounts(_ordered(self.estimate)), _scopes(self),
             self.created_at_ms, self.expires_at_ms, self.grace_ms, self.extensions,
             self.overage_policy, _amounts(self.charged), self.finalized_at_ms)
 
@@ -139,12 +155,49 @@ class _Idempotent:
 
 
 @dataclass
+class _Counts:
+    reservations: int = 0
+    commits: int = 0
+    releases: int = 0
+    expiries: int = 0
+    records: int = 0
+    exhaustions: int = 0
+    denials: dict[str, int] = field(default_factory=dict)
+    reserved: dict[Unit, int] = field(default_factory=dict)
+    committed: dict[Unit, int] = field(default_factory=dict)
+
+
+@dataclass
 class _Tenant:
     definitions: dict[str, dict[DefKey, _Definition]] = field(default_factory=dict)
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
     reservations: dict[str, _Reservation] = field(default_factory=dict)
     expiry: list[tuple[int, str]] = field(default_factory=list)  # (deadline, id), lazily pruned
     idempotency: dict[tuple[str, str], _Idempotent] = field(default_factory=dict)
+    quotas: dict[str, dict[QuotaKey, policy.QuotaRule]] = field(default_factory=dict)
+    access: dict[str, policy.AccessRule] = field(default_factory=dict)
+    calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
+    runs: dict[tuple[QuotaKey, str], set[str]] = field(default_factory=dict)
+    active: dict[QuotaKey, int] = field(default_factory=dict)
+    mode: str | None = None
+    plan: str | None = None
+    plan_keys: set[tuple[str, Any]] = field(default_factory=set)
+    audit: deque[AuditRecord] = field(default_factory=deque)
+    seq: int = 0
+    counts: dict[tuple[str, str], _Counts] = field(default_factory=dict)  # (scope, day)
+
+
+@dataclass
+class _Evaluation:
+    """Everything a reservation would do, worked out before anything is written."""
+
+    denial: Decision | None
+    states: list[tuple[LedgerKey, _Definition, ledger.Ledger]]
+    estimate: dict[Unit, int]
+    caps: Caps | None
+    calls: list[tuple[QuotaKey, str]]
+    runs: list[tuple[QuotaKey, str, str]]
+    concurrency: list[QuotaKey]
 
 
 class MemoryStore:
@@ -152,33 +205,48 @@ class MemoryStore:
 
     def __init__(self, clock: Callable[[], int] = system_ms, *, reap_batch: int = 16,
                  idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
-                 dimension_idle_ttl_ms: int = 30 * DAY_MS) -> None:
+                 dimension_idle_ttl_ms: int = 30 * DAY_MS, audit_retention: int = 10_000
+                 ) -> None:
         self.clock = clock
         self.reap_batch = reap_batch
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.finished_retention_ms = finished_retention_ms
         self.dimension_idle_ttl_ms = dimension_idle_ttl_ms
+        self.audit_retention = audit_retention
         self._lock = threading.Lock()
         self._tenants: dict[str, _Tenant] = {}
+        self._listeners: list[Callable[[list[Notification]], None]] = []
+        self._notes: list[Notification] = []
         self._handlers: dict[type[Any], Callable[[_Tenant, Any, int], Any]] = {
-            SetBudget: self._set_budget, SetStatus: self._set_status, Reserve: self._reserve,
+            SetBudget: self._set_budget, RemoveBudget: self._remove_budget,
+            SetStatus: self._set_status, SetQuota: self._set_quota, SetAccess: self._set_access,
+            SetMode: self._set_mode, ApplyPlan: self._apply_plan, Reserve: self._reserve,
             Commit: self._commit, Release: self._release, Extend: self._extend,
             Record: self._record, Get: self._get, Balances: self._balances, Fund: self._fund,
-            Transfer: self._transfer,
+            Transfer: self._transfer, Audit: self._audit, Report: self._report,
         }
+
+    def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
+        """Called with each operation's notifications, after the lock is released."""
+        self._listeners.append(listener)
 
     def execute(self, op: Op[R]) -> R:
         with self._lock:
             now = self.clock()
             if isinstance(op, Sweep):
-                return self._sweep(op, now)  # type: ignore[return-value]
-            tenant = self._tenants.get(op.tenant)
-            if tenant is None:
-                tenant = self._tenants[op.tenant] = _Tenant()
-            elif tenant.expiry and tenant.expiry[0][0] < now:
-                self._reap(tenant, now, self.reap_batch)
-            result: R = self._handlers[type(op)](tenant, op, now)
-            return result
+                result: R = self._sweep(op, now)  # type: ignore[assignment]
+            else:
+                tenant = self._tenants.get(op.tenant)
+                if tenant is None:
+                    tenant = self._tenants[op.tenant] = _Tenant()
+                elif tenant.expiry and tenant.expiry[0][0] < now:
+                    self._reap(tenant, op.tenant, now, self.reap_batch)
+                result = self._handlers[type(op)](tenant, op, now)
+            notes, self._notes = self._notes, []
+        if notes:
+            for listener in self._listeners:
+                listener(notes)
+        return result
 
     async def aexecute(self, op: Op[R]) -> R:
         # The lock is held for microseconds and never across an await, so calling through
@@ -188,25 +256,36 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
-    # -- administration -----------------------------------------------------------------
+    # -- definitions ----------------------------------------------------------------------
 
     def _set_budget(self, t: _Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
         defs = t.definitions.setdefault(op.scope, {})
         d = defs.get((op.scope, op.unit, op.period, op.per))
         if d is None:
             d = _Definition(op.scope, op.unit, op.period, op.per, op.limit, op.overdraft_limit,
-                            op.overage_policy)
+                            op.overage_policy, op.degrade, op.alerts)
             defs[d.key] = d
             t.definitions[op.scope] = dict(sorted(defs.items(), key=lambda kv: kv[1].order()))
         else:
             d.limit, d.overdraft_limit, d.overage_policy = (op.limit, op.overdraft_limit,
                                                             op.overage_policy)
+            d.degrade, d.alerts = op.degrade, op.alerts
+        self._log(t, op.tenant, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
+            "unit": op.unit.value, "limit": op.limit, "period": _name(op.period), "per": op.per})
         if op.per is not None:
             return ()  # each dimension ledger follows the new limit when next touched
         key = (op.scope, op.unit, op.period, bucket(op.period, now))
         state = t.ledgers[key] = self._ledger(t, key, d, now)
         state.recompute_over_limit(d.overdraft_limit)
         return (_balance(key, state, d),)
+
+    def _remove_budget(self, t: _Tenant, op: RemoveBudget, now: int) -> int:
+        removed = t.definitions.get(op.scope, {}).pop((op.scope, op.unit, op.period, op.per),
+                                                      None)
+        if removed is not None:
+            self._log(t, op.tenant, now, AuditType.BUDGET_SET, scopes=(op.scope,),
+                      detail={"unit": op.unit.value, "removed": True})
+        return int(removed is not None)
 
     def _set_status(self, t: _Tenant, op: SetStatus, now: int) -> int:
         matched = [d for d in t.definitions.get(op.scope, {}).values()
@@ -216,7 +295,56 @@ class MemoryStore:
                            + (f" in {op.unit.value}" if op.unit else ""))
         for d in matched:
             d.status = op.status
+        self._log(t, op.tenant, now, AuditType.BUDGET_STATUS, scopes=(op.scope,),
+                  detail={"status": op.status.value, "budgets": len(matched)})
         return len(matched)
+
+    def _set_quota(self, t: _Tenant, op: SetQuota, now: int) -> None:
+        rules = t.quotas.setdefault(op.rule.scope, {})
+        if op.remove:
+            rules.pop(op.rule.key, None)
+        else:
+            rules[op.rule.key] = op.rule
+        self._log(t, op.tenant, now, AuditType.QUOTA_SET, scopes=(op.rule.scope,), detail={
+            "kind": op.rule.kind.value, "limit": None if op.remove else op.rule.limit,
+            "window": _name(op.rule.window), "action_kind": op.rule.action_kind})
+
+    def _set_access(self, t: _Tenant, op: SetAccess, now: int) -> None:
+        if op.rule is None:
+            t.access.pop(op.scope, None)
+        else:
+            t.access[op.scope] = op.rule
+        self._log(t, op.tenant, now, AuditType.ACCESS_SET, scopes=(op.scope,),
+                  detail={"removed": op.rule is None})
+
+    def _set_mode(self, t: _Tenant, op: SetMode, now: int) -> None:
+        t.mode = op.mode
+        self._log(t, op.tenant, now, AuditType.MODE_SET, detail={"mode": op.mode})
+
+    def _apply_plan(self, t: _Tenant, op: ApplyPlan, now: int) -> None:
+        keys: set[tuple[str, Any]] = set()
+        for definition in op.definitions:
+            if isinstance(definition, SetBudget):
+                keys.add(("budget", (definition.scope, definition.unit, definition.period,
+                                     definition.per)))
+            elif isinstance(definition, SetQuota):
+                keys.add(("quota", definition.rule.key))
+            else:
+                keys.add(("access", definition.scope))
+            self._handlers[type(definition)](t, definition, now)
+        for kind, key in t.plan_keys - keys:  # what the previous plan had and this one lacks
+            if kind == "budget":
+                t.definitions.get(key[0], {}).pop(key, None)
+            elif kind == "quota":
+                t.quotas.get(key[0], {}).pop(key, None)
+            else:
+                t.access.pop(key, None)
+        t.plan, t.plan_keys = op.name, keys
+        if op.mode is not None:
+            t.mode = op.mode
+        self._log(t, op.tenant, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name})
+
+    # -- administration of allocations ------------------------------------------------------
 
     def _fund(self, t: _Tenant, op: Fund, now: int) -> FundResult:
         replay = self._replay(t, "fund", op.idempotency_key, op.fingerprint, now)
@@ -231,6 +359,9 @@ class MemoryStore:
         t.ledgers[key] = after
         result = FundResult(_balance(key, state, d), _balance(key, after, d))
         self._remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
+        self._log(t, op.tenant, now, AuditType.BUDGET_FUNDED, scopes=(key[0],),
+                  idempotency_key=op.idempotency_key, actual=(Amount(op.unit, op.amount),),
+                  detail={"operation": op.operation.value})
         return result
 
     def _transfer(self, t: _Tenant, op: Transfer, now: int) -> TransferResult:
@@ -251,6 +382,8 @@ class MemoryStore:
         t.ledgers[skey], t.ledgers[dkey] = source, destination
         result = TransferResult(_balance(skey, source, sdef), _balance(dkey, destination, ddef))
         self._remember(t, "transfer", op.idempotency_key, op.fingerprint, result, now)
+        self._log(t, op.tenant, now, AuditType.BUDGET_TRANSFERRED, scopes=(skey[0], dkey[0]),
+                  idempotency_key=op.idempotency_key, actual=(Amount(op.unit, op.amount),))
         return result
 
     # -- enforcement ----------------------------------------------------------------------
@@ -260,29 +393,174 @@ class MemoryStore:
             replay = self._replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
             if replay is not None:
                 return replay  # type: ignore[no-any-return]
-        estimate = dict(op.estimate)
-        targets = self._targets(t, op.scopes, op.dimensions, estimate, now)
-        states = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
-        for key, d, state in states:
-            reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, estimate[d.unit])
-            if reason is not None:
-                decision = ledger.denial(reason, key[0], d.unit, d.period, state,
-                                         estimate[d.unit], now)
-                return ReserveOutcome(decision, None, _balances(states))
+            if op.default_plan is not None and t.plan is None and not t.definitions:
+                self._apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
+        shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
+        ev = self._evaluate(t, op, now, shadow)
+        balances = _balances(ev.states)
         if op.dry_run:
-            return ReserveOutcome(ALLOW, None, _balances(states))
-        for key, d, state in states:
-            state.reserved += estimate[d.unit]
+            return ReserveOutcome(ev.denial or self._allowed(ev.caps), None, balances)
+        if ev.denial is not None and not shadow:
+            self._denied(t, op, ev.denial, now)
+            return ReserveOutcome(ev.denial, None, balances)
+        for key, d, state in ev.states:
+            state.reserved += ev.estimate[d.unit]
             state.touched_ms = now
             t.ledgers[key] = state
-        res = _Reservation(f"{op.tenant}:{uuid.uuid4().hex}", op.subject, op.action, estimate,
-                           [(key, d.key) for key, d in targets], now, now + op.ttl_ms,
-                           op.grace_ms, op.max_extensions, op.overage_policy)
+        for calls in ev.calls:
+            t.calls[calls] = t.calls.get(calls, 0) + 1
+        for rule_key, window, run in ev.runs:
+            t.runs.setdefault((rule_key, window), set()).add(run)
+        for rule_key in ev.concurrency:
+            t.active[rule_key] = t.active.get(rule_key, 0) + 1
+        res = _Reservation(f"{op.tenant}:{uuid.uuid4().hex}", op.subject, op.action,
+                           ev.estimate, [(key, d.key) for key, d, _ in ev.states], now,
+                           now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
+                           ev.concurrency, shadow)
         t.reservations[res.id] = res
         heapq.heappush(t.expiry, (res.deadline_ms, res.id))
-        outcome = ReserveOutcome(ALLOW, res.info(), _balances(states))
+        info = res.info()
+        decision = self._allowed(ev.caps)
+        counts = self._count(t, op.subject, now)
+        if ev.denial is not None:  # shadow: what enforce mode would have said, on record
+            decision = Decision(decision.outcome, decision.caps, observed=ev.denial)
+            self._log(t, op.tenant, now, AuditType.OBSERVED_DENIED,
+                      scopes=(ev.denial.scope or "",), subject=op.subject, action=op.action,
+                      reservation_id=res.id, estimate=info.estimate, reason=ev.denial.reason)
+            observed = f"observed:{ev.denial.reason}"
+            counts.denials[observed] = counts.denials.get(observed, 0) + 1
+        outcome = ReserveOutcome(decision, info, _balances(ev.states))
         self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
+        self._log(t, op.tenant, now, AuditType.RESERVED, scopes=info.scopes,
+                  subject=op.subject, action=op.action, reservation_id=res.id,
+                  idempotency_key=op.idempotency_key, estimate=info.estimate,
+                  detail=_caps_detail(decision.caps))
+        counts.reservations += 1
+        for unit, amount in ev.estimate.items():
+            counts.reserved[unit] = counts.reserved.get(unit, 0) + amount
+        for key, d, state in ev.states:
+            self._alert(t, op.tenant, key, d, state, now, res.id)
         return outcome
+
+    def _evaluate(self, t: _Tenant, op: Reserve, now: int, shadow: bool) -> _Evaluation:
+        """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
+        evaluation goes on, since the reservation is made anyway)."""
+        denial: Decision | None = None
+        caps = policy.CapsBuilder()
+        kind, name = op.action.kind, op.action.name
+        for scope in op.scopes:
+            rule = t.access.get(scope)
+            if rule is None:
+                continue
+            reason = policy.access_refusal(rule, kind, name)
+            if reason is not None and denial is None:
+                denial = Decision(Outcome.DENY, reason=reason, scope=scope)
+            if kind.startswith("llm."):
+                caps.add_access(rule)
+        calls: list[tuple[QuotaKey, str]] = []
+        runs: list[tuple[QuotaKey, str, str]] = []
+        concurrency: list[QuotaKey] = []
+        run = dict(op.dimensions).get("run")
+        for scope in op.scopes:
+            for rule_key, quota in t.quotas.get(scope, {}).items():
+                if not quota.applies_to(kind):
+                    continue
+                refusal = self._quota_refusal(t, quota, rule_key, run, now, calls, runs,
+                                              concurrency)
+                if refusal is not None and denial is None:
+                    denial = refusal
+        if denial is not None and not shadow:
+            return _Evaluation(denial, [], {}, None, [], [], [])
+        return self._fit(t, op, now, denial, caps, calls, runs, concurrency)
+
+    def _quota_refusal(self, t: _Tenant, quota: policy.QuotaRule, key: QuotaKey,
+                       run: str | None, now: int, calls: list[tuple[QuotaKey, str]],
+                       runs: list[tuple[QuotaKey, str, str]],
+                       concurrency: list[QuotaKey]) -> Decision | None:
+        if quota.kind is policy.QuotaKind.CONCURRENT:
+            used = t.active.get(key, 0)
+            concurrency.append(key)
+            if used < quota.limit:
+                return None
+            return Decision(Outcome.DENY, reason=Reason.CONCURRENCY_EXCEEDED, scope=quota.scope,
+                            remaining=0, limit=quota.limit, requested=1)
+        assert quota.window is not None
+        window = bucket(quota.window, now)
+        if quota.kind is policy.QuotaKind.CALLS:
+            used = t.calls.get((key, window), 0)
+            calls.append((key, window))
+        else:
+            if run is None:
+                return None  # only runs are counted; a call outside a run is not one
+            seen = t.runs.get((key, window), set())
+            if run in seen:
+                return None
+            used = len(seen)
+            runs.append((key, window, run))
+        if used < quota.limit:
+            return None
+        return Decision(Outcome.DENY, reason=Reason.QUOTA_EXCEEDED, scope=quota.scope,
+                        remaining=0, limit=quota.limit, requested=1,
+                        retry_after_ms=bucket_end_ms(quota.window, now) - now)
+
+    def _fit(self, t: _Tenant, op: Reserve, now: int, denial: Decision | None,
+             caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
+             runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey]
+             ) -> _Evaluation:
+        """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits,
+        down to its floor, before a budget refuses."""
+        fixed = dict(op.estimate)
+        targets = self._targets(t, op.scopes, op.dimensions, fixed, now)
+        if targets is None:
+            targets = []
+            denial = denial or Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
+                                        scope=op.scopes[-1])
+        states = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
+        for _, d, state in states:
+            for rule in d.degrade:
+                fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
+                if fraction < rule.below:
+                    caps.add(rule.caps(), severity=rule.below)
+        elastic = op.elastic
+        rates = dict(elastic.rates) if elastic else {}
+        tokens = elastic.max_tokens if elastic else 0
+        if elastic and caps.max_tokens is not None:
+            tokens = min(tokens, caps.max_tokens)
+        floor = min(elastic.floor, tokens) if elastic else 0
+
+        def need(unit: Unit) -> int:
+            return policy.elastic_amount(fixed[unit], rates.get(unit, 0), tokens)
+
+        for key, d, state in states:
+            reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, need(d.unit))
+            if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
+                fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
+                if fits >= floor:
+                    tokens, reason = fits, None
+            if reason is not None and denial is None:
+                denial = ledger.denial(reason, key[0], d.unit, d.period, state, need(d.unit),
+                                       now)
+        if elastic and tokens < elastic.max_tokens:
+            caps.max_tokens = tokens
+        estimate = {unit: need(unit) for unit in fixed}
+        return _Evaluation(denial, states, estimate, caps.build(), calls, runs, concurrency)
+
+    @staticmethod
+    def _allowed(caps: Caps | None) -> Decision:
+        return ALLOW if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
+
+    def _denied(self, t: _Tenant, op: Reserve, decision: Decision, now: int) -> None:
+        self._log(t, op.tenant, now, AuditType.DENIED, scopes=(decision.scope or "",),
+                  subject=op.subject, action=op.action, idempotency_key=op.idempotency_key,
+                  estimate=_amounts(op.estimate), reason=decision.reason,
+                  detail={"remaining": decision.remaining, "limit": decision.limit})
+        counts = self._count(t, op.subject, now)
+        reason = decision.reason or "DENIED"
+        counts.denials[reason] = counts.denials.get(reason, 0) + 1
+        self._notes.append(Notification(
+            NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
+            unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
+            allocated=decision.limit))
 
     def _commit(self, t: _Tenant, op: Commit, now: int) -> CommitResult:
         res = self._reservation(t, op.reservation_id)
@@ -290,7 +568,7 @@ class MemoryStore:
             replayed: CommitResult = _replayed(res.commit[1:], op.fingerprint,
                                                op.idempotency_key, "commit")
             return replayed
-        self._require_active(t, res, now, grace=True)
+        self._require_active(t, op.tenant, res, now, grace=True)
         actual = dict(op.actual)
         unknown = actual.keys() - res.estimate.keys()
         if unknown:
@@ -299,15 +577,26 @@ class MemoryStore:
                                f"{sorted(u.value for u in res.estimate)}")
         for unit, held in res.estimate.items():
             actual.setdefault(unit, held)  # a unit left out is charged as estimated
-        plans = self._settle(t, res.ledgers, res.estimate, actual, res.overage_policy, now,
-                             release_reserved=True)
-        charged = ledger.apply(plans, now)
+        settlement = self._settle(t, res.ledgers, res.estimate, actual, res.overage_policy,
+                                  now, release_reserved=True, shadow=res.shadow)
+        charged = ledger.apply(settlement, now)
+        plans = settlement.plans
         released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
         result = CommitResult(res.id, ReservationStatus.COMMITTED, _amounts(_ordered(charged)),
                               _amounts(_ordered(released)), _plan_balances(plans))
-        self._finish(res, ReservationStatus.COMMITTED, now, _ordered(charged))
+        self._finish(t, res, ReservationStatus.COMMITTED, now, _ordered(charged))
         if op.idempotency_key:
             res.commit = (op.idempotency_key, op.fingerprint, result)
+        self._log(t, op.tenant, now, AuditType.COMMITTED, scopes=_scopes(res),
+                  reservation_id=res.id, idempotency_key=op.idempotency_key,
+                  estimate=_amounts(_ordered(res.estimate)),
+                  actual=_amounts(_ordered(actual)), charged=result.charged)
+        counts = self._count(t, res.subject, now)
+        counts.commits += 1
+        for unit, amount in charged.items():
+            counts.committed[unit] = counts.committed.get(unit, 0) + amount
+        for plan in plans:
+            self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, res.id)
         return result
 
     def _release(self, t: _Tenant, op: Release, now: int) -> ReleaseResult:
@@ -316,13 +605,17 @@ class MemoryStore:
             again: ReleaseResult = _replayed(res.release[1:], op.fingerprint,
                                              op.idempotency_key, "release")
             return again
-        self._require_active(t, res, now, grace=True)
+        self._require_active(t, op.tenant, res, now, grace=True)
         balances = self._return_estimate(t, res, now)
         result = ReleaseResult(res.id, ReservationStatus.RELEASED,
                                _amounts(_ordered(res.estimate)), balances)
-        self._finish(res, ReservationStatus.RELEASED, now)
+        self._finish(t, res, ReservationStatus.RELEASED, now)
         if op.idempotency_key:
             res.release = (op.idempotency_key, op.fingerprint, result)
+        self._log(t, op.tenant, now, AuditType.RELEASED, scopes=_scopes(res),
+                  reservation_id=res.id, idempotency_key=op.idempotency_key,
+                  estimate=result.released, detail={"reason": op.reason})
+        self._count(t, res.subject, now).releases += 1
         return result
 
     def _extend(self, t: _Tenant, op: Extend, now: int) -> ExtendResult:
@@ -332,7 +625,7 @@ class MemoryStore:
             extended: ExtendResult = _replayed(seen, op.fingerprint, op.idempotency_key,
                                                "extension")
             return extended
-        self._require_active(t, res, now, grace=False)
+        self._require_active(t, op.tenant, res, now, grace=False)
         if res.extensions >= res.max_extensions:
             raise MaxExtensionsExceeded(f"reservation {res.id} was extended {res.extensions} "
                                         "times, the most allowed")
@@ -342,6 +635,9 @@ class MemoryStore:
         result = ExtendResult(res.id, res.expires_at_ms, res.extensions)
         if op.idempotency_key:
             res.extends[op.idempotency_key] = (op.fingerprint, result)
+        self._log(t, op.tenant, now, AuditType.EXTENDED, reservation_id=res.id,
+                  idempotency_key=op.idempotency_key,
+                  detail={"by_ms": op.by_ms, "expires_at_ms": res.expires_at_ms})
         return result
 
     def _record(self, t: _Tenant, op: Record, now: int) -> RecordResult:
@@ -349,20 +645,36 @@ class MemoryStore:
         if replay is not None:
             return replay  # type: ignore[no-any-return]
         actual = dict(op.actual)
+        shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
         targets = self._targets(t, op.scopes, op.dimensions, actual, now)
+        if targets is None:
+            raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
+                                  scope=op.scopes[-1]))
         for key, d in targets:  # records pass debt and over-limit, never a frozen budget
-            if d.status is not BudgetStatus.ACTIVE:
+            if d.status is not BudgetStatus.ACTIVE and not shadow:
                 reason = (Reason.BUDGET_FROZEN if d.status is BudgetStatus.FROZEN
                           else Reason.BUDGET_CLOSED)
                 raise BudgetExceeded(ledger.denial(reason, key[0], d.unit, d.period,
                                                    self._ledger(t, key, d, now),
                                                    actual[d.unit], now))
-        plans = self._settle(t, [(k, d.key) for k, d in targets], dict.fromkeys(actual, 0),
-                             actual, op.overage_policy, now, release_reserved=False)
-        charged = ledger.apply(plans, now)
+        settlement = self._settle(t, [(k, d.key) for k, d in targets],
+                                  dict.fromkeys(actual, 0), actual, op.overage_policy, now,
+                                  release_reserved=False, shadow=shadow)
+        charged = ledger.apply(settlement, now)
+        plans = settlement.plans
         result = RecordResult(f"{op.tenant}:{uuid.uuid4().hex}", _amounts(_ordered(charged)),
                               _plan_balances(plans))
         self._remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
+        self._log(t, op.tenant, now, AuditType.RECORDED,
+                  scopes=tuple(dict.fromkeys(k[0] for k, _ in targets)), subject=op.subject,
+                  action=op.action, idempotency_key=op.idempotency_key,
+                  actual=_amounts(op.actual), charged=result.charged)
+        counts = self._count(t, op.subject, now)
+        counts.records += 1
+        for unit, amount in charged.items():
+            counts.committed[unit] = counts.committed.get(unit, 0) + amount
+        for plan in plans:
+            self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, None)
         return result
 
     # -- reads ----------------------------------------------------------------------------
@@ -390,16 +702,34 @@ class MemoryStore:
                 result += [_balance(k, self._ledger(t, k, d, now), d) for k in keys]
         return tuple(result)
 
+    def _audit(self, t: _Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
+        found = [r for r in reversed(t.audit)
+                 if (op.since_ms is None or r.at_ms >= op.since_ms)
+                 and (op.types is None or r.type in op.types)]
+        return tuple(reversed(found[: op.limit]))
+
+    def _report(self, t: _Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
+        label = bucket(op.period, op.at_ms if op.at_ms is not None else now)
+        rows: dict[str, ReportRow] = {}
+        for (scope, day), counts in t.counts.items():
+            if bucket(op.period, _day_start_ms(day)) != label:
+                continue
+            parts = scope.split("/")
+            for depth in range(1, len(parts) + 1):
+                prefix = "/".join(parts[:depth])
+                _add(rows.setdefault(prefix, ReportRow(prefix, label)), counts)
+        return tuple(rows[scope] for scope in sorted(rows))
+
     # -- maintenance ----------------------------------------------------------------------
 
     def _sweep(self, op: Sweep, now: int) -> int:
         expired = 0
-        for t in self._tenants.values():
-            expired += self._reap(t, now, op.limit - expired)
+        for name, t in self._tenants.items():
+            expired += self._reap(t, name, now, op.limit - expired)
             self._prune(t, now)
         return expired
 
-    def _reap(self, t: _Tenant, now: int, limit: int) -> int:
+    def _reap(self, t: _Tenant, tenant: str, now: int, limit: int) -> int:
         """Expire up to `limit` reservations whose ttl and grace have passed."""
         expired = 0
         while t.expiry and t.expiry[0][0] < now and expired < limit:
@@ -409,12 +739,13 @@ class MemoryStore:
                 continue
             if res.deadline_ms >= now:
                 continue  # extended since: a later entry stands in the heap
-            self._expire(t, res, now)
+            self._expire(t, tenant, res, now)
             expired += 1
         return expired
 
     def _prune(self, t: _Tenant, now: int) -> None:
-        """Drop finished reservations, idempotency records and idle dimension ledgers."""
+        """Drop finished reservations, idempotency records, idle dimension ledgers and quota
+        windows that have closed."""
         for rid, res in list(t.reservations.items()):
             if res.finalized_at_ms is not None and (
                     res.finalized_at_ms + self.finished_retention_ms < now):
@@ -429,17 +760,19 @@ class MemoryStore:
             base = lkey[0].rsplit("/", 1)[0]
             if idle and state.reserved == 0 and (base, lkey[1], lkey[2]) in templates:
                 del t.ledgers[lkey]
+        for window in [w for w in t.calls if w[1] != bucket(w[0][2], now)]:
+            del t.calls[window]
+        for window in [w for w in t.runs if w[1] != bucket(w[0][2], now)]:
+            del t.runs[window]
 
     # -- helpers --------------------------------------------------------------------------
 
     def _targets(self, t: _Tenant, scopes: tuple[str, ...],
                  dimensions: tuple[tuple[str, str], ...], units: dict[Unit, int],
-                 now: int) -> list[tuple[LedgerKey, _Definition]]:
-        """The ledgers a subject charges in these units, in canonical order.
-
-        Raises `Denied(BUDGET_NOT_FOUND)` when no budget applies to the subject at all, and
-        `UnitMismatch` when budgets apply but none in the given units.
-        """
+                 now: int) -> list[tuple[LedgerKey, _Definition]] | None:
+        """The ledgers a subject charges in these units, in canonical order; None when no
+        budget applies to the subject at all. Raises `UnitMismatch` when budgets apply but
+        none in these units."""
         dims = dict(dimensions)
         applicable = 0
         targets = []
@@ -460,7 +793,7 @@ class MemoryStore:
             held = sorted({d.unit.value for s in scopes for d in t.definitions.get(s, {}).values()})
             raise UnitMismatch(f"no budget of {scopes[-1]} is in "
                                f"{sorted(u.value for u in units)}; its budgets hold {held}")
-        raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND, scope=scopes[-1]))
+        return None
 
     def _ledger(self, t: _Tenant, key: LedgerKey, d: _Definition, now: int) -> ledger.Ledger:
         """The ledger at `key`; a new one (not yet stored) when never touched."""
@@ -490,13 +823,18 @@ class MemoryStore:
 
     def _settle(self, t: _Tenant, ledgers: list[tuple[LedgerKey, DefKey]],
                 estimate: dict[Unit, int], actual: dict[Unit, int],
-                policy: OveragePolicy | None, now: int, release_reserved: bool
-                ) -> list[ledger.Plan]:
+                policy_: OveragePolicy | None, now: int, release_reserved: bool,
+                shadow: bool = False) -> ledger.Settlement:
+        """Plan a settlement; in shadow mode nothing is refused and any overage beyond a
+        budget is tracked as debt, so the spend stays visible."""
         rows = []
         for key, dkey in ledgers:
             d = _definition(t, dkey)
             state = t.ledgers[key] = self._ledger(t, key, d, now)
-            rows.append((key, d, state, policy or d.overage_policy))
+            if shadow:
+                rows.append((key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT))
+            else:
+                rows.append((key, d, state, policy_ or d.overage_policy))
         return ledger.plan(rows, estimate, actual, release_reserved, now)
 
     def _return_estimate(self, t: _Tenant, res: _Reservation, now: int) -> tuple[Balance, ...]:
@@ -509,9 +847,12 @@ class MemoryStore:
             balances.append(_balance(key, state, d))
         return tuple(balances)
 
-    def _expire(self, t: _Tenant, res: _Reservation, now: int) -> None:
+    def _expire(self, t: _Tenant, tenant: str, res: _Reservation, now: int) -> None:
         self._return_estimate(t, res, now)
-        self._finish(res, ReservationStatus.EXPIRED, now)
+        self._finish(t, res, ReservationStatus.EXPIRED, now)
+        self._log(t, tenant, now, AuditType.EXPIRED, scopes=_scopes(res),
+                  reservation_id=res.id, estimate=_amounts(_ordered(res.estimate)))
+        self._count(t, res.subject, now).expiries += 1
 
     def _reservation(self, t: _Tenant, rid: str) -> _Reservation:
         res = t.reservations.get(rid)
@@ -519,21 +860,24 @@ class MemoryStore:
             raise NotFound(f"no reservation {rid} (never made, or past its retention)")
         return res
 
-    def _require_active(self, t: _Tenant, res: _Reservation, now: int, grace: bool) -> None:
+    def _require_active(self, t: _Tenant, tenant: str, res: _Reservation, now: int,
+                        grace: bool) -> None:
         if res.status is ReservationStatus.EXPIRED:
             raise ReservationExpired(f"reservation {res.id} expired; its estimate went back "
                                      "to the budgets (charge the spend with record())")
         if res.status is not ReservationStatus.ACTIVE:
             raise ReservationFinalized(f"reservation {res.id} is already {res.status.value}")
         if now > res.deadline_ms:
-            self._expire(t, res, now)
+            self._expire(t, tenant, res, now)
         if now > (res.deadline_ms if grace else res.expires_at_ms):
             raise ReservationExpired(f"reservation {res.id} expired at {res.expires_at_ms} ms")
 
     @staticmethod
-    def _finish(res: _Reservation, status: ReservationStatus, now: int,
+    def _finish(t: _Tenant, res: _Reservation, status: ReservationStatus, now: int,
                 charged: Units = ()) -> None:
         res.status, res.finalized_at_ms, res.charged = status, now, charged
+        for key in res.concurrency:
+            t.active[key] = max(0, t.active.get(key, 0) - 1)
 
     def _replay(self, t: _Tenant, kind: str, key: str | None, fingerprint: str,
                 now: int) -> Any:
@@ -550,6 +894,55 @@ class MemoryStore:
             t.idempotency[(kind, key)] = _Idempotent(fingerprint, result,
                                                      now + self.idempotency_ttl_ms)
 
+    def _log(self, t: _Tenant, tenant: str, now: int, kind: str, *,
+             subject: Subject | None = None, action: Action | None = None,
+             **fields: Any) -> None:
+        t.seq += 1
+        t.audit.append(AuditRecord(
+            t.seq, now, kind, tenant, subject=subject,
+            action=None if action is None else f"{action.kind} {action.name}", **fields))
+        if len(t.audit) > self.audit_retention:
+            t.audit.popleft()
+
+    def _count(self, t: _Tenant, subject: Subject, now: int) -> _Counts:
+        key = (subject.scope_path, bucket(Period.DAY, now))
+        counts = t.counts.get(key)
+        if counts is None:
+            counts = t.counts[key] = _Counts()
+        return counts
+
+    def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
+               state: ledger.Ledger, now: int, rid: str | None) -> None:
+        """Threshold, exhaustion and over-limit notifications, once per crossing."""
+        if state.allocated <= 0:
+            return
+        used = state.allocated - state.remaining
+
+        def note(kind: str, threshold: float | None = None) -> None:
+            self._notes.append(Notification(
+                kind, tenant, now, scope=key[0], unit=key[1], bucket=key[3],
+                threshold=threshold, remaining=state.remaining, allocated=state.allocated,
+                reservation_id=rid))
+
+        thresholds = sorted(d.alerts)
+        while state.alerted < len(thresholds) and (
+                used * 1_000_000 >= round(thresholds[state.alerted] * 1_000_000) *
+                state.allocated):
+            note(NotificationType.THRESHOLD_CROSSED, thresholds[state.alerted])
+            state.alerted += 1
+        if state.remaining <= 0 and not state.exhausted:
+            state.exhausted = True
+            note(NotificationType.EXHAUSTED)
+            self._count_scope(t, key[0], now).exhaustions += 1
+        if state.over_limit and not state.over_notified:
+            note(NotificationType.OVER_LIMIT_ENTERED)
+        state.over_notified = state.over_limit
+
+    def _count_scope(self, t: _Tenant, scope: str, now: int) -> _Counts:
+        base = parse_scope(scope).base
+        key = (base, bucket(Period.DAY, now))
+        return t.counts.setdefault(key, _Counts())
+
     @staticmethod
     def _dimension_ledgers(t: _Tenant, d: _Definition, current: str) -> Iterator[LedgerKey]:
         prefix = f"{d.scope}/{d.per}:"
@@ -559,6 +952,10 @@ class MemoryStore:
                 yield key
 
 
+def _scopes(res: _Reservation) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(key[0] for key, _ in res.ledgers))
+
+
 def _definition(t: _Tenant, key: DefKey) -> _Definition:
     """A reservation's budget definition, or a neutral stand-in if it was removed since."""
     d = t.definitions.get(key[0], {}).get(key)
@@ -566,6 +963,12 @@ def _definition(t: _Tenant, key: DefKey) -> _Definition:
         d = _Definition(*key, limit=0, overdraft_limit=0,
                         overage_policy=OveragePolicy.ALLOW_IF_AVAILABLE)
     return d
+
+
+def _unlimited(d: _Definition) -> _Definition:
+    """Shadow mode settles every overage as debt: spend is tracked, never refused."""
+    return _Definition(d.scope, d.unit, d.period, d.per, d.limit, 2**62,
+                       OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status)
 
 
 def _replayed(stored: tuple[str, Any], fingerprint: str, key: str | None, kind: str) -> Any:
@@ -596,3 +999,34 @@ def _amounts(units: Units) -> tuple[Amount, ...]:
 
 def _ordered(by_unit: dict[Unit, int]) -> Units:
     return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
+
+
+def _name(period: Period | None) -> str | None:
+    return None if period is None else period.value
+
+
+def _caps_detail(caps: Caps | None) -> dict[str, Any]:
+    if caps is None:
+        return {}
+    return {"caps": {k: v for k in Caps.__slots__ if (v := getattr(caps, k)) is not None}}
+
+
+def _day_start_ms(day: str) -> int:
+    from datetime import datetime, timezone
+
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) * 1000
+
+
+def _add(row: ReportRow, counts: _Counts) -> None:
+    row.reservations += counts.reservations
+    row.commits += counts.commits
+    row.releases += counts.releases
+    row.expiries += counts.expiries
+    row.records += counts.records
+    row.exhaustions += counts.exhaustions
+    for reason, n in counts.denials.items():
+        row.denials[reason] = row.denials.get(reason, 0) + n
+    for unit, n in counts.reserved.items():
+        row.reserved[unit] = row.reserved.get(unit, 0) + n
+    for unit, n in counts.committed.items():
+        row.committed[unit] = row.committed.get(unit, 0) + n

@@ -1,0 +1,126 @@
+"""What happened, on the record: audit records (every change, written in the same atomic
+step), notifications (once per crossing per period) and report rows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from .amounts import Amount, Unit
+from .scopes import Subject
+
+log = logging.getLogger("allotment")
+
+
+class AuditType:
+    """Audit record types (Cycles event names where one exists)."""
+
+    RESERVED = "reservation.reserved"
+    COMMITTED = "reservation.committed"
+    RELEASED = "reservation.released"
+    EXTENDED = "reservation.extended"
+    EXPIRED = "reservation.expired"
+    DENIED = "reservation.denied"
+    OBSERVED_DENIED = "reservation.observed_denied"
+    RECORDED = "event.recorded"
+    BUDGET_SET = "budget.set"
+    BUDGET_FUNDED = "budget.funded"
+    BUDGET_TRANSFERRED = "budget.transferred"
+    BUDGET_STATUS = "budget.status_changed"
+    QUOTA_SET = "quota.set"
+    ACCESS_SET = "access.set"
+    MODE_SET = "tenant.mode_set"
+    PLAN_ASSIGNED = "plan.assigned"
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """One change (or denial) of one tenant. `seq` orders records within the tenant."""
+
+    seq: int
+    at_ms: int
+    type: str
+    tenant: str
+    scopes: tuple[str, ...] = ()
+    subject: Subject | None = None
+    action: str | None = None
+    reservation_id: str | None = None
+    idempotency_key: str | None = None
+    estimate: tuple[Amount, ...] = ()
+    actual: tuple[Amount, ...] = ()
+    charged: tuple[Amount, ...] = ()
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class NotificationType:
+    THRESHOLD_CROSSED = "budget.threshold_crossed"
+    EXHAUSTED = "budget.exhausted"
+    OVER_LIMIT_ENTERED = "budget.over_limit_entered"
+    RESERVATION_DENIED = "reservation.denied"
+
+
+@dataclass(slots=True)
+class Notification:
+    type: str
+    tenant: str
+    at_ms: int
+    scope: str | None = None
+    unit: Unit | None = None
+    bucket: str | None = None
+    threshold: float | None = None
+    reason: str | None = None
+    remaining: int | None = None
+    allocated: int | None = None
+    reservation_id: str | None = None
+
+
+class Sink(Protocol):
+    """Ships notifications elsewhere (a queue, a webhook sender). Called after the store
+    step, outside any lock; an exception is logged and never reaches the caller."""
+
+    def emit(self, notification: Notification) -> None: ...
+
+
+Subscriber = Callable[[Notification], Any]
+
+
+@dataclass(slots=True)
+class ReportRow:
+    """What happened under one scope in one period: the numbers that size a limit."""
+
+    scope: str
+    period: str
+    reservations: int = 0
+    commits: int = 0
+    releases: int = 0
+    expiries: int = 0
+    records: int = 0
+    denials: dict[str, int] = field(default_factory=dict)
+    reserved: dict[Unit, int] = field(default_factory=dict)
+    committed: dict[Unit, int] = field(default_factory=dict)
+    exhaustions: int = 0
+
+    def committed_ratio(self, unit: Unit = Unit.USD_MICROCENTS) -> Decimal | None:
+        """committed ÷ reserved: how tight estimates are (1 = exact, small = over-reserving)."""
+        reserved = self.reserved.get(unit, 0)
+        return None if not reserved else Decimal(self.committed.get(unit, 0)) / reserved
+
+
+def dispatch(notifications: list[Notification], subscribers: dict[str, list[Subscriber]],
+             sinks: list[Sink]) -> None:
+    """Deliver to `guard.on(...)` subscribers and sinks; a failure never breaks enforcement."""
+    for note in notifications:
+        for callback in subscribers.get(note.type, []) + subscribers.get("*", []):
+            try:
+                callback(note)
+            except Exception:
+                log.exception("notification subscriber failed on %s", note.type)
+        for sink in sinks:
+            try:
+                sink.emit(note)
+            except Exception:
+                log.exception("notification sink failed on %s", note.type)

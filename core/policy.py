@@ -1,0 +1,207 @@
+"""Policy definitions and their pure evaluation: access rules, quotas, degrade rules,
+elastic estimates and how caps from several sources merge into one `Caps`.
+
+Stores call these inside their atomic step; nothing here reads or writes state.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import field_validator, model_validator
+
+from .amounts import Amount, Unit
+from .errors import InvalidRequest
+from .models import Caps
+from .periods import Period
+from .validation import MAX_AMOUNT, Model, check_int
+
+PER_MILLION = 1_000_000
+
+
+class QuotaKind(str, Enum):
+    CALLS = "calls"
+    RUNS = "runs"
+    CONCURRENT = "concurrent"
+
+
+@dataclass(slots=True)
+class QuotaRule:
+    """`limit` calls / distinct runs per window, or concurrent reservations, under a scope."""
+
+    scope: str
+    kind: QuotaKind
+    limit: int
+    window: Period | None  # tumbling, UTC-aligned; None for CONCURRENT
+    action_kind: str  # glob on Action.kind; "*" for every action
+
+    @property
+    def key(self) -> tuple[str, QuotaKind, Period | None, str]:
+        return (self.scope, self.kind, self.window, self.action_kind)
+
+    def applies_to(self, action_kind: str) -> bool:
+        return self.action_kind == "*" or fnmatch.fnmatchcase(action_kind, self.action_kind)
+
+
+@dataclass(slots=True)
+class AccessRule:
+    """Allow/deny lists (globs) for models and tools, and a per-call token cap, at a scope."""
+
+    scope: str
+    models_allow: tuple[str, ...] = ()
+    models_deny: tuple[str, ...] = ()
+    tools_allow: tuple[str, ...] = ()
+    tools_deny: tuple[str, ...] = ()
+    max_tokens_per_call: int | None = None
+
+
+class Degrade(Model):
+    """Below `below` of the allocation remaining, run with these caps instead of denying."""
+
+    below: float
+    max_tokens: int | None = None
+    model: str | None = None
+    cooldown_ms: int | None = None
+
+    @field_validator("below", mode="before")
+    @classmethod
+    def _fraction(cls, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError("must be a fraction of the allocation in (0, 1], e.g. 0.2")
+        return float(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> Degrade:
+        if self.max_tokens is None and self.model is None and self.cooldown_ms is None:
+            raise ValueError("give at least one of max_tokens, model, cooldown_ms")
+        return self
+
+    def caps(self) -> Caps:
+        return Caps(max_tokens=self.max_tokens, model=self.model, cooldown_ms=self.cooldown_ms)
+
+
+class Elastic(Model):
+    """An estimate that may shrink: `fixed` plus `per_mtok` for every million output tokens,
+    for up to `max_tokens` output tokens and no fewer than `floor`.
+
+    If the whole estimate does not fit but one with a smaller max_tokens (≥ floor) does, the
+    reservation holds the smaller amount and answers ALLOW_WITH_CAPS(max_tokens=k).
+    """
+
+    fixed: tuple[Amount, ...]
+    per_mtok: tuple[Amount, ...]
+    max_tokens: int
+    floor: int = 1
+
+    @field_validator("fixed", "per_mtok", mode="before")
+    @classmethod
+    def _amounts(cls, value: object) -> tuple[Amount, ...]:
+        items = (value,) if isinstance(value, Amount) else tuple(value)  # type: ignore[arg-type]
+        if len({a.unit for a in items}) != len(items):
+            raise ValueError("give each unit once")
+        return items
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Elastic:
+        check_int(self.max_tokens, "max_tokens", 1, MAX_AMOUNT)
+        check_int(self.floor, "floor", 0, self.max_tokens)
+        return self
+
+    def rates(self) -> dict[Unit, int]:
+        return {a.unit: a.amount for a in self.per_mtok}
+
+    def units(self) -> dict[Unit, int]:
+        """Fixed parts by unit, with every rated unit present."""
+        fixed = {a.unit: a.amount for a in self.fixed}
+        return {u: fixed.get(u, 0) for u in [*fixed, *(u for u in self.rates() if u not in fixed)]}
+
+
+def elastic_amount(fixed: int, rate: int, tokens: int) -> int:
+    """fixed + rate·tokens/10^6, rounded up: never below the true cost."""
+    return fixed + -(-rate * tokens // PER_MILLION)
+
+
+def tokens_that_fit(room: int, fixed: int, rate: int) -> int:
+    """The most output tokens whose elastic amount fits in `room` (−1 if not even fixed)."""
+    if room < fixed:
+        return -1
+    if rate == 0:
+        return MAX_AMOUNT
+    return (room - fixed) * PER_MILLION // rate
+
+
+def name_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    """Globs match the whole action name or the part after its provider prefix, so
+    `gpt-4o*` matches `openai:gpt-4o-mini`."""
+    bare = name.rsplit(":", 1)[-1]
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(bare, p) for p in patterns)
+
+
+def is_tool(action_kind: str) -> bool:
+    return action_kind.startswith("tool.")
+
+
+def access_refusal(rule: AccessRule, action_kind: str, action_name: str) -> str | None:
+    """MODEL_NOT_ALLOWED / TOOL_NOT_ALLOWED when the rule forbids this action."""
+    if is_tool(action_kind):
+        allow, deny, reason = rule.tools_allow, rule.tools_deny, "TOOL_NOT_ALLOWED"
+    elif action_kind.startswith("llm."):
+        allow, deny, reason = rule.models_allow, rule.models_deny, "MODEL_NOT_ALLOWED"
+    else:
+        return None
+    if name_matches(action_name, deny) or (allow and not name_matches(action_name, allow)):
+        return reason
+    return None
+
+
+@dataclass(slots=True)
+class CapsBuilder:
+    """Merges caps from several sources: the tightest of each wins."""
+
+    max_tokens: int | None = None
+    tool_allowlist: set[str] | None = None
+    tool_denylist: set[str] = field(default_factory=set)
+    cooldown_ms: int | None = None
+    model: str | None = None
+    model_severity: float = 2.0
+
+    def add(self, caps: Caps, severity: float = 1.0) -> None:
+        if caps.max_tokens is not None:
+            self.max_tokens = min(self.max_tokens or caps.max_tokens, caps.max_tokens)
+        if caps.tool_allowlist is not None:
+            allowed = set(caps.tool_allowlist)
+            self.tool_allowlist = allowed if self.tool_allowlist is None else (
+                self.tool_allowlist & allowed)
+        if caps.tool_denylist:
+            self.tool_denylist |= set(caps.tool_denylist)
+        if caps.cooldown_ms is not None:
+            self.cooldown_ms = max(self.cooldown_ms or 0, caps.cooldown_ms)
+        if caps.model is not None and severity < self.model_severity:
+            self.model, self.model_severity = caps.model, severity  # the deepest cut wins
+
+    def add_access(self, rule: AccessRule) -> None:
+        self.add(Caps(max_tokens=rule.max_tokens_per_call,
+                      tool_allowlist=rule.tools_allow or None,
+                      tool_denylist=rule.tools_deny or None))
+
+    def build(self) -> Caps | None:
+        caps = Caps(
+            max_tokens=self.max_tokens,
+            tool_allowlist=None if self.tool_allowlist is None else tuple(sorted(
+                self.tool_allowlist)),
+            tool_denylist=tuple(sorted(self.tool_denylist)) or None,
+            cooldown_ms=self.cooldown_ms, model=self.model)
+        return None if caps == Caps() else caps
+
+
+def glob_list(value: Any, field_name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(v, str) and 0 < len(v) <= 256
+                                         for v in value):
+        raise InvalidRequest(f"{field_name}: expected a list of glob patterns like "
+                             "['gpt-4o*', 'claude-*']")
+    return tuple(value)
