@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import LLM
 
 import allotment as al
+
+from conftest import LLM
 
 ACME = "tenant:acme"
 TOOL = al.Action("tool.call", "web_search")
