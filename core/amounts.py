@@ -44,6 +44,14 @@ class Amount:
         if not 0 <= amount <= MAX_AMOUNT:
             raise InvalidRequest(f"Amount.amount: {amount} is outside 0..{MAX_AMOUNT}")
 
+    @classmethod
+    def trusted(cls, unit: Unit, amount: int) -> Amount:
+        """Build from values a store already validated, skipping the checks (hot path)."""
+        made = object.__new__(cls)
+        object.__setattr__(made, "unit", unit)
+        object.__setattr__(made, "amount", amount)
+        return made
+
     def __repr__(self) -> str:
         return f"Amount({self.unit.value}, {self.amount})"
 

@@ -397,12 +397,12 @@ class MemoryStore:
                 self._apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
         shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
         ev = self._evaluate(t, op, now, shadow)
-        balances = _balances(ev.states)
         if op.dry_run:
-            return ReserveOutcome(ev.denial or self._allowed(ev.caps), None, balances)
+            return ReserveOutcome(ev.denial or self._allowed(ev.caps), None,
+                                  _balances(ev.states))
         if ev.denial is not None and not shadow:
             self._denied(t, op, ev.denial, now)
-            return ReserveOutcome(ev.denial, None, balances)
+            return ReserveOutcome(ev.denial, None, _balances(ev.states))
         for key, d, state in ev.states:
             state.reserved += ev.estimate[d.unit]
             state.touched_ms = now
@@ -914,29 +914,36 @@ class MemoryStore:
     def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
                state: ledger.Ledger, now: int, rid: str | None) -> None:
         """Threshold, exhaustion and over-limit notifications, once per crossing."""
-        if state.allocated <= 0:
+        allocated, remaining = state.allocated, state.remaining
+        if allocated <= 0:
             return
-        used = state.allocated - state.remaining
+        thresholds = d.alerts  # sorted when set
+        crossed = state.alerted
+        while crossed < len(thresholds) and (
+                (allocated - remaining) * 1_000_000
+                >= round(thresholds[crossed] * 1_000_000) * allocated):
+            crossed += 1
+        exhausted = remaining <= 0 and not state.exhausted
+        over = state.over_limit and not state.over_notified
+        state.over_notified = state.over_limit
+        if crossed == state.alerted and not exhausted and not over:
+            return
 
         def note(kind: str, threshold: float | None = None) -> None:
             self._notes.append(Notification(
                 kind, tenant, now, scope=key[0], unit=key[1], bucket=key[3],
-                threshold=threshold, remaining=state.remaining, allocated=state.allocated,
+                threshold=threshold, remaining=remaining, allocated=allocated,
                 reservation_id=rid))
 
-        thresholds = sorted(d.alerts)
-        while state.alerted < len(thresholds) and (
-                used * 1_000_000 >= round(thresholds[state.alerted] * 1_000_000) *
-                state.allocated):
-            note(NotificationType.THRESHOLD_CROSSED, thresholds[state.alerted])
-            state.alerted += 1
-        if state.remaining <= 0 and not state.exhausted:
+        for index in range(state.alerted, crossed):
+            note(NotificationType.THRESHOLD_CROSSED, thresholds[index])
+        state.alerted = crossed
+        if exhausted:
             state.exhausted = True
             note(NotificationType.EXHAUSTED)
             self._count_scope(t, key[0], now).exhaustions += 1
-        if state.over_limit and not state.over_notified:
+        if over:
             note(NotificationType.OVER_LIMIT_ENTERED)
-        state.over_notified = state.over_limit
 
     def _count_scope(self, t: _Tenant, scope: str, now: int) -> _Counts:
         base = parse_scope(scope).base
@@ -994,10 +1001,12 @@ def _plan_balances(plans: list[ledger.Plan]) -> tuple[Balance, ...]:
 
 
 def _amounts(units: Units) -> tuple[Amount, ...]:
-    return tuple(Amount(unit, amount) for unit, amount in units)
+    return tuple([Amount.trusted(unit, amount) for unit, amount in units])
 
 
 def _ordered(by_unit: dict[Unit, int]) -> Units:
+    if len(by_unit) == 1:
+        return tuple(by_unit.items())
     return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
 
 
