@@ -249,5 +249,12 @@ def store_from_url(url: str, **options: Any) -> Store:
         from .memory import MemoryStore
 
         return MemoryStore(**options)
-    raise InvalidRequest(f"store url {url!r}: unknown scheme; use memory:// "
-                         "(redis:// arrives with the redis extra)")
+    if url.split("://", 1)[0] in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
+        try:
+            from .redis import RedisStore
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise InvalidRequest("redis:// needs the redis extra: pip install "
+                                 "'allotment[redis]'") from None
+        return RedisStore.from_url(url, **options)
+    raise InvalidRequest(f"store url {url!r}: unknown scheme; use memory://, redis://, "
+                         "rediss://, unix://, redis+cluster:// or redis+sentinel://")

@@ -30,7 +30,14 @@ from ..errors import (
     ReservationFinalized,
     UnitMismatch,
 )
-from ..events import AuditRecord, AuditType, Notification, NotificationType, ReportRow
+from ..events import (
+    AuditRecord,
+    AuditType,
+    Notification,
+    NotificationType,
+    ReportRow,
+    report_rows,
+)
 from ..models import (
     Action,
     Balance,
@@ -155,19 +162,6 @@ class _Idempotent:
 
 
 @dataclass
-class _Counts:
-    reservations: int = 0
-    commits: int = 0
-    releases: int = 0
-    expiries: int = 0
-    records: int = 0
-    exhaustions: int = 0
-    denials: dict[str, int] = field(default_factory=dict)
-    reserved: dict[Unit, int] = field(default_factory=dict)
-    committed: dict[Unit, int] = field(default_factory=dict)
-
-
-@dataclass
 class _Tenant:
     definitions: dict[str, dict[DefKey, _Definition]] = field(default_factory=dict)
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
@@ -184,7 +178,7 @@ class _Tenant:
     plan_keys: set[tuple[str, Any]] = field(default_factory=set)
     audit: deque[AuditRecord] = field(default_factory=deque)
     seq: int = 0
-    counts: dict[tuple[str, str], _Counts] = field(default_factory=dict)  # (scope, day)
+    report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
 
 
 @dataclass
@@ -421,23 +415,22 @@ class MemoryStore:
         heapq.heappush(t.expiry, (res.deadline_ms, res.id))
         info = res.info()
         decision = self._allowed(ev.caps)
-        counts = self._count(t, op.subject, now)
+        scope = op.subject.scope_path
         if ev.denial is not None:  # shadow: what enforce mode would have said, on record
             decision = Decision(decision.outcome, decision.caps, observed=ev.denial)
             self._log(t, op.tenant, now, AuditType.OBSERVED_DENIED,
                       scopes=(ev.denial.scope or "",), subject=op.subject, action=op.action,
                       reservation_id=res.id, estimate=info.estimate, reason=ev.denial.reason)
-            observed = f"observed:{ev.denial.reason}"
-            counts.denials[observed] = counts.denials.get(observed, 0) + 1
+            self._tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
         outcome = ReserveOutcome(decision, info, _balances(ev.states))
         self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
         self._log(t, op.tenant, now, AuditType.RESERVED, scopes=info.scopes,
                   subject=op.subject, action=op.action, reservation_id=res.id,
                   idempotency_key=op.idempotency_key, estimate=info.estimate,
                   detail=_caps_detail(decision.caps))
-        counts.reservations += 1
+        self._tally(t, now, scope, "reservations")
         for unit, amount in ev.estimate.items():
-            counts.reserved[unit] = counts.reserved.get(unit, 0) + amount
+            self._tally(t, now, scope, f"reserved:{unit.value}", amount)
         for key, d, state in ev.states:
             self._alert(t, op.tenant, key, d, state, now, res.id)
         return outcome
@@ -554,9 +547,7 @@ class MemoryStore:
                   subject=op.subject, action=op.action, idempotency_key=op.idempotency_key,
                   estimate=_amounts(op.estimate), reason=decision.reason,
                   detail={"remaining": decision.remaining, "limit": decision.limit})
-        counts = self._count(t, op.subject, now)
-        reason = decision.reason or "DENIED"
-        counts.denials[reason] = counts.denials.get(reason, 0) + 1
+        self._tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
         self._notes.append(Notification(
             NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
             unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
@@ -591,10 +582,9 @@ class MemoryStore:
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=_amounts(_ordered(res.estimate)),
                   actual=_amounts(_ordered(actual)), charged=result.charged)
-        counts = self._count(t, res.subject, now)
-        counts.commits += 1
+        self._tally(t, now, res.subject.scope_path, "commits")
         for unit, amount in charged.items():
-            counts.committed[unit] = counts.committed.get(unit, 0) + amount
+            self._tally(t, now, res.subject.scope_path, f"committed:{unit.value}", amount)
         for plan in plans:
             self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, res.id)
         return result
@@ -615,7 +605,7 @@ class MemoryStore:
         self._log(t, op.tenant, now, AuditType.RELEASED, scopes=_scopes(res),
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=result.released, detail={"reason": op.reason})
-        self._count(t, res.subject, now).releases += 1
+        self._tally(t, now, res.subject.scope_path, "releases")
         return result
 
     def _extend(self, t: _Tenant, op: Extend, now: int) -> ExtendResult:
@@ -669,10 +659,9 @@ class MemoryStore:
                   scopes=tuple(dict.fromkeys(k[0] for k, _ in targets)), subject=op.subject,
                   action=op.action, idempotency_key=op.idempotency_key,
                   actual=_amounts(op.actual), charged=result.charged)
-        counts = self._count(t, op.subject, now)
-        counts.records += 1
+        self._tally(t, now, op.subject.scope_path, "records")
         for unit, amount in charged.items():
-            counts.committed[unit] = counts.committed.get(unit, 0) + amount
+            self._tally(t, now, op.subject.scope_path, f"committed:{unit.value}", amount)
         for plan in plans:
             self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, None)
         return result
@@ -686,17 +675,17 @@ class MemoryStore:
         path = parse_scope(op.scope)
         below = op.scope + "/" if op.include_children else None
         result: list[Balance] = []
-        for scope, defs in t.definitions.items():
+        for scope in sorted(t.definitions):
             if scope != path.base and not (below and scope.startswith(below)):
                 continue
-            for d in defs.values():
+            for d in t.definitions[scope].values():
                 current = bucket(d.period, now)
                 if d.per is None:
                     keys: Iterator[LedgerKey] = iter(
                         () if path.dimension else ((scope, d.unit, d.period, current),))
                 elif path.dimension or below:
-                    keys = (k for k in self._dimension_ledgers(t, d, current)
-                            if path.dimension is None or k[0] == path.path)
+                    keys = iter(sorted(k for k in self._dimension_ledgers(t, d, current)
+                                       if path.dimension is None or k[0] == path.path))
                 else:
                     continue
                 result += [_balance(k, self._ledger(t, k, d, now), d) for k in keys]
@@ -709,16 +698,7 @@ class MemoryStore:
         return tuple(reversed(found[: op.limit]))
 
     def _report(self, t: _Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
-        label = bucket(op.period, op.at_ms if op.at_ms is not None else now)
-        rows: dict[str, ReportRow] = {}
-        for (scope, day), counts in t.counts.items():
-            if bucket(op.period, _day_start_ms(day)) != label:
-                continue
-            parts = scope.split("/")
-            for depth in range(1, len(parts) + 1):
-                prefix = "/".join(parts[:depth])
-                _add(rows.setdefault(prefix, ReportRow(prefix, label)), counts)
-        return tuple(rows[scope] for scope in sorted(rows))
+        return report_rows(t.report, op.period, op.at_ms if op.at_ms is not None else now)
 
     # -- maintenance ----------------------------------------------------------------------
 
@@ -852,7 +832,7 @@ class MemoryStore:
         self._finish(t, res, ReservationStatus.EXPIRED, now)
         self._log(t, tenant, now, AuditType.EXPIRED, scopes=_scopes(res),
                   reservation_id=res.id, estimate=_amounts(_ordered(res.estimate)))
-        self._count(t, res.subject, now).expiries += 1
+        self._tally(t, now, res.subject.scope_path, "expiries")
 
     def _reservation(self, t: _Tenant, rid: str) -> _Reservation:
         res = t.reservations.get(rid)
@@ -904,12 +884,10 @@ class MemoryStore:
         if len(t.audit) > self.audit_retention:
             t.audit.popleft()
 
-    def _count(self, t: _Tenant, subject: Subject, now: int) -> _Counts:
-        key = (subject.scope_path, bucket(Period.DAY, now))
-        counts = t.counts.get(key)
-        if counts is None:
-            counts = t.counts[key] = _Counts()
-        return counts
+    @staticmethod
+    def _tally(t: _Tenant, now: int, scope: str, counter: str, by: int = 1) -> None:
+        key = f"{bucket(Period.DAY, now)}|{scope}|{counter}"
+        t.report[key] = t.report.get(key, 0) + by
 
     def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
                state: ledger.Ledger, now: int, rid: str | None) -> None:
@@ -941,14 +919,10 @@ class MemoryStore:
         if exhausted:
             state.exhausted = True
             note(NotificationType.EXHAUSTED)
-            self._count_scope(t, key[0], now).exhaustions += 1
+            self._tally(t, now, parse_scope(key[0]).base, "exhaustions")
         if over:
             note(NotificationType.OVER_LIMIT_ENTERED)
 
-    def _count_scope(self, t: _Tenant, scope: str, now: int) -> _Counts:
-        base = parse_scope(scope).base
-        key = (base, bucket(Period.DAY, now))
-        return t.counts.setdefault(key, _Counts())
 
     @staticmethod
     def _dimension_ledgers(t: _Tenant, d: _Definition, current: str) -> Iterator[LedgerKey]:
@@ -1018,24 +992,3 @@ def _caps_detail(caps: Caps | None) -> dict[str, Any]:
     if caps is None:
         return {}
     return {"caps": {k: v for k in Caps.__slots__ if (v := getattr(caps, k)) is not None}}
-
-
-def _day_start_ms(day: str) -> int:
-    from datetime import datetime, timezone
-
-    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()) * 1000
-
-
-def _add(row: ReportRow, counts: _Counts) -> None:
-    row.reservations += counts.reservations
-    row.commits += counts.commits
-    row.releases += counts.releases
-    row.expiries += counts.expiries
-    row.records += counts.records
-    row.exhaustions += counts.exhaustions
-    for reason, n in counts.denials.items():
-        row.denials[reason] = row.denials.get(reason, 0) + n
-    for unit, n in counts.reserved.items():
-        row.reserved[unit] = row.reserved.get(unit, 0) + n
-    for unit, n in counts.committed.items():
-        row.committed[unit] = row.committed.get(unit, 0) + n

@@ -1,0 +1,507 @@
+"""The shared store: the same semantics as the memory store, one script call per operation.
+
+Every key of a tenant carries the tenant as its hash tag (`al:{acme}:...`), so a tenant is one
+cluster slot and one atomic domain, and each script declares all of its keys. The scripts live
+in `redis_lua/` beside this module: a shared prelude plus one file per kind of operation.
+Redis `TIME` is the clock, unless a test hands in its own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, TimeoutError
+
+from ..amounts import Amount, Unit
+from ..errors import (
+    AllotmentError,
+    BudgetExceeded,
+    Denied,
+    IdempotencyMismatch,
+    InvalidRequest,
+    MaxExtensionsExceeded,
+    NotFound,
+    ReservationExpired,
+    ReservationFinalized,
+    StoreUnavailable,
+    UnitMismatch,
+)
+from ..events import AuditRecord, Notification, ReportRow, report_rows
+from ..models import (
+    Action,
+    Balance,
+    BudgetStatus,
+    Caps,
+    CommitResult,
+    Decision,
+    ExtendResult,
+    FundResult,
+    Outcome,
+    OveragePolicy,
+    RecordResult,
+    ReleaseResult,
+    ReservationInfo,
+    ReservationStatus,
+    TransferResult,
+)
+from ..periods import Period
+from ..scopes import Subject, parse_scope
+from . import base as ops
+
+R = TypeVar("R")
+DAY_MS = 86_400_000
+TENANTS_KEY = "al:tenants"
+"""Every tenant with definitions: where the sweeper finds them (not on any hot path)."""
+
+SCRIPTS = {
+    "reserve": ("common", "definitions", "reserve"),
+    "admin": ("common", "definitions", "admin"),
+    "settle": ("common", "settle"),
+    "record": ("common", "record"),
+    "read": ("common", "read"),
+    "sweep": ("common", "sweep"),
+}
+ERRORS: dict[str, type[AllotmentError]] = {
+    "NOT_FOUND": NotFound, "INVALID_REQUEST": InvalidRequest,
+    "IDEMPOTENCY_MISMATCH": IdempotencyMismatch, "UNIT_MISMATCH": UnitMismatch,
+    "RESERVATION_EXPIRED": ReservationExpired, "RESERVATION_FINALIZED": ReservationFinalized,
+    "MAX_EXTENSIONS_EXCEEDED": MaxExtensionsExceeded,
+}
+
+
+def _source(parts: tuple[str, ...]) -> str:
+    folder = resources.files("allotment.stores") / "redis_lua"
+    return "\n".join((folder / f"{name}.lua").read_text() for name in parts)
+
+
+def tenant_keys(tenant: str) -> list[str]:
+    """The ten keys every script of a tenant declares (KEYS[1..10])."""
+    tag = f"al:{{{tenant}}}:"
+    return [tag + name for name in ("defs", "ledgers", "quotas", "access", "qcount", "qruns",
+                                    "meta", "exp", "audit", "report")]
+
+
+def reservation_key(tenant: str, rid: str) -> str:
+    return f"al:{{{tenant}}}:r:{rid}"
+
+
+def idempotency_key(tenant: str, kind: str, key: str | None) -> str:
+    if key is None:
+        return f"al:{{{tenant}}}:none"
+    return f"al:{{{tenant}}}:i:{kind}:{key}"
+
+
+class RedisStore:
+    """redis-py sync and asyncio clients over the same scripts.
+
+    `clock` replaces Redis `TIME` (tests move it); leave it None in production.
+    """
+
+    def __init__(self, client: Any = None, *, aclient: Any = None, url: str | None = None,
+                 clock: Callable[[], int] | None = None, reap_batch: int = 16,
+                 idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
+                 audit_retention: int = 10_000) -> None:
+        if client is None and url is None:
+            url = "redis://localhost:6379/0"
+        self.url = url
+        self.client = client if client is not None else redis.Redis.from_url(url)  # type: ignore[arg-type]
+        self._aclient = aclient
+        self.clock = clock
+        self.settings = json.dumps({
+            "reap_batch": reap_batch, "idempotency_ttl_ms": idempotency_ttl_ms,
+            "finished_retention_ms": finished_retention_ms, "audit_retention": audit_retention})
+        self._sources = {name: _source(parts) for name, parts in SCRIPTS.items()}
+        self._scripts = {name: self.client.register_script(src)
+                         for name, src in self._sources.items()}
+        self._ascripts: dict[str, Any] = {}
+        self._listeners: list[Callable[[list[Notification]], None]] = []
+        self._known: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStore:
+        """redis://, rediss:// and unix:// through redis-py; `redis+cluster://host:port`
+        for a Redis Cluster; `redis+sentinel://host:port/service` for Sentinel."""
+        if url.startswith("redis+cluster://"):
+            from redis.cluster import RedisCluster
+
+            plain = "redis://" + url.removeprefix("redis+cluster://")
+            return cls(RedisCluster.from_url(plain), url=None, **options)
+        if url.startswith("redis+sentinel://"):
+            from redis.sentinel import Sentinel
+
+            rest = url.removeprefix("redis+sentinel://")
+            hostport, _, service = rest.partition("/")
+            host, _, port = hostport.partition(":")
+            sentinel = Sentinel([(host, int(port or 26379))])  # type: ignore[no-untyped-call]
+            master = sentinel.master_for(service or "mymaster")  # type: ignore[no-untyped-call]
+            return cls(master, url=None, **options)
+        return cls(url=url, **options)
+
+    def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- entry points -------------------------------------------------------------------
+
+    def execute(self, op: ops.Op[R]) -> R:
+        if isinstance(op, ops.Sweep):
+            return self._sweep(op.limit)  # type: ignore[return-value]
+        script, keys, payload = self._call(op)
+        try:
+            raw = self._scripts[script](keys=keys, args=self._args(payload))
+        except (RedisConnectionError, TimeoutError) as error:
+            raise StoreUnavailable(f"redis unreachable: {error}") from error
+        except RedisError as error:
+            raise StoreUnavailable(f"redis error: {error}") from error
+        result: R = self._finish(op, json.loads(raw))
+        return result
+
+    async def aexecute(self, op: ops.Op[R]) -> R:
+        if isinstance(op, ops.Sweep):
+            return self._sweep(op.limit)  # type: ignore[return-value]
+        script, keys, payload = self._call(op)
+        try:
+            raw = await self._ascript(script)(keys=keys, args=self._args(payload))
+        except (RedisConnectionError, TimeoutError) as error:
+            raise StoreUnavailable(f"redis unreachable: {error}") from error
+        except RedisError as error:
+            raise StoreUnavailable(f"redis error: {error}") from error
+        result: R = self._finish(op, json.loads(raw))
+        return result
+
+    def _ascript(self, name: str) -> Any:
+        if self._aclient is None:
+            if self.url is None:
+                raise InvalidRequest("the async twins need an asyncio client: pass aclient= "
+                                     "(redis.asyncio) when building a RedisStore from a client")
+            self._aclient = aredis.Redis.from_url(self.url)
+        script = self._ascripts.get(name)
+        if script is None:
+            script = self._ascripts[name] = self._aclient.register_script(self._sources[name])
+        return script
+
+    def _args(self, payload: dict[str, Any]) -> list[str]:
+        now = "" if self.clock is None else str(self.clock())
+        return [json.dumps(payload, separators=(",", ":")), now, self.settings]
+
+    # -- operations to script calls -------------------------------------------------------
+
+    def _call(self, op: ops.Op[Any]) -> tuple[str, list[str], dict[str, Any]]:
+        tenant = op.tenant
+        keys = tenant_keys(tenant)
+        res, idem, kind = f"al:{{{tenant}}}:none", f"al:{{{tenant}}}:none", ""
+        script = "admin"
+        payload: dict[str, Any]
+        if isinstance(op, ops.Reserve):
+            rid = uuid.uuid4().hex
+            payload = {"op": "reserve", **_reserve_payload(op), "rid": f"{tenant}:{rid}"}
+            script, kind, res = "reserve", "reserve", reservation_key(tenant, f"{tenant}:{rid}")
+        elif isinstance(op, (ops.Commit, ops.Release, ops.Extend)):
+            script, res = "settle", reservation_key(tenant, op.reservation_id)
+            payload = {"rid": op.reservation_id}
+            if isinstance(op, ops.Commit):
+                payload.update(op="commit", actual=_pairs(op.actual))
+            elif isinstance(op, ops.Release):
+                payload.update(op="release", reason=op.reason)
+            else:
+                payload.update(op="extend", by_ms=op.by_ms)
+        elif isinstance(op, ops.Record):
+            script, kind = "record", "record"
+            payload = {"op": "record", "scopes": list(op.scopes),
+                       "dims": [list(p) for p in op.dimensions], "subject": _subject(op.subject),
+                       "action": _action(op.action), "actual": _pairs(op.actual),
+                       "policy": _value(op.overage_policy), "shadow": op.shadow,
+                       "event_id": f"{tenant}:{uuid.uuid4().hex}"}
+        elif isinstance(op, ops.Get):
+            script, res = "read", reservation_key(tenant, op.reservation_id)
+            payload = {"op": "get", "rid": op.reservation_id}
+        elif isinstance(op, ops.Balances):
+            path = parse_scope(op.scope)
+            script = "read"
+            payload = {"op": "balances", "scope": path.path, "base": path.base,
+                       "dimension": list(path.dimension) if path.dimension else None,
+                       "children": op.include_children}
+        elif isinstance(op, ops.Audit):
+            script = "read"
+            payload = {"op": "audit", "since": op.since_ms, "limit": op.limit,
+                       "types": sorted(op.types) if op.types is not None else None}
+        elif isinstance(op, ops.Report):
+            script, payload = "read", {"op": "report"}
+        elif isinstance(op, ops.Fund):
+            path = parse_scope(op.scope)
+            kind = "fund"
+            payload = {"op": "fund", "scope": path.path, "base": path.base,
+                       "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
+                       "period": _period_choice(op.period), "operation": op.operation.value,
+                       "amount": op.amount, "spent": op.spent}
+        elif isinstance(op, ops.Transfer):
+            src, dst = parse_scope(op.source), parse_scope(op.destination)
+            kind = "transfer"
+            payload = {"op": "transfer", "source": src.path, "source_base": src.base,
+                       "source_per": src.dimension[0] if src.dimension else "",
+                       "destination": dst.path, "destination_base": dst.base,
+                       "destination_per": dst.dimension[0] if dst.dimension else "",
+                       "unit": op.unit.value, "period": _period_choice(op.period),
+                       "amount": op.amount}
+        else:
+            payload = _definition_payload(op)
+        if isinstance(op, ops.Keyed) and kind:
+            idem = idempotency_key(tenant, kind, op.idempotency_key)
+            payload.update(key=op.idempotency_key, fp=op.fingerprint)
+        elif isinstance(op, ops.Keyed):
+            payload.update(key=op.idempotency_key, fp=op.fingerprint)
+        payload["tenant"] = tenant
+        if script in ("admin", "reserve") and tenant not in self._known:
+            self.client.sadd(TENANTS_KEY, tenant)  # once per process and tenant: for sweeps
+            self._known.add(tenant)
+        return script, [*keys, res, idem], payload
+
+    def _sweep(self, limit: int) -> int:
+        expired = 0
+        for raw in self.client.sscan_iter(TENANTS_KEY, count=500):
+            if expired >= limit:
+                break
+            tenant = raw.decode() if isinstance(raw, bytes) else raw
+            keys = [*tenant_keys(tenant), f"al:{{{tenant}}}:none", f"al:{{{tenant}}}:none"]
+            reply = self._scripts["sweep"](keys=keys, args=self._args(
+                {"op": "sweep", "limit": limit - expired, "tenant": tenant}))
+            expired += int(json.loads(reply)["expired"])
+        return expired
+
+    # -- replies to results ---------------------------------------------------------------
+
+    def _finish(self, op: ops.Op[Any], body: dict[str, Any]) -> Any:
+        if "error" in body:
+            raise _error(body)
+        notes = body.get("notes")
+        if notes:
+            notifications = [_note(op.tenant, n, self.clock) for n in notes]
+            for listener in self._listeners:
+                listener(notifications)
+        if isinstance(op, ops.Reserve):
+            decision = _decision(body["decision"])
+            reservation = body.get("reservation")
+            info = None if reservation is None else _info(reservation)
+            return ops.ReserveOutcome(decision, info, _balances(body.get("balances")))
+        if isinstance(op, ops.Commit):
+            return CommitResult(body["reservation_id"], ReservationStatus.COMMITTED,
+                                _amounts(body["charged"]), _amounts(body["released"]),
+                                _balances(body["balances"]))
+        if isinstance(op, ops.Release):
+            return ReleaseResult(body["reservation_id"], ReservationStatus.RELEASED,
+                                 _amounts(body["released"]), _balances(body["balances"]))
+        if isinstance(op, ops.Extend):
+            return ExtendResult(body["reservation_id"], int(body["expires_at_ms"]),
+                                int(body["extensions"]))
+        if isinstance(op, ops.Record):
+            return RecordResult(body["event_id"], _amounts(body["charged"]),
+                                _balances(body["balances"]))
+        if isinstance(op, ops.Get):
+            return _info(body["reservation"])
+        if isinstance(op, (ops.Balances, ops.SetBudget)):
+            return _balances(body["balances"])
+        if isinstance(op, ops.Audit):
+            return tuple(_record(op.tenant, fields) for fields in reversed(body["records"]))
+        if isinstance(op, ops.Report):
+            flat = body["counts"]
+            counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+            now = op.at_ms if op.at_ms is not None else _now(self.clock)
+            return report_rows(counts, op.period, now)
+        if isinstance(op, ops.Fund):
+            return FundResult(_balance(body["before"]), _balance(body["after"]))
+        if isinstance(op, ops.Transfer):
+            return TransferResult(_balance(body["source"]), _balance(body["destination"]))
+        if isinstance(op, ops.SetStatus):
+            return int(body["changed"])
+        if isinstance(op, ops.RemoveBudget):
+            return int(body["removed"])
+        return None
+
+
+# -- payloads ---------------------------------------------------------------------------------
+
+
+def _value(enum: Any) -> Any:
+    return None if enum is None else enum.value
+
+
+def _pairs(units: ops.Units) -> list[list[Any]]:
+    return [[unit.value, amount] for unit, amount in units]
+
+
+def _period(period: Period | None) -> str:
+    return "" if period is None else period.value
+
+
+def _period_choice(period: Any) -> str:
+    return "*" if period is ops.AUTO else _period(period)
+
+
+def _subject(subject: Subject) -> str:
+    return json.dumps({**subject.model_dump(exclude_defaults=True),
+                       "scope_path": subject.scope_path}, separators=(",", ":"))
+
+
+def _action(action: Action) -> dict[str, Any]:
+    return {"kind": action.kind, "name": action.name, "tags": list(action.tags)}
+
+
+def _reserve_payload(op: ops.Reserve) -> dict[str, Any]:
+    elastic = None
+    if op.elastic is not None:
+        elastic = {"rates": _pairs(op.elastic.rates), "max_tokens": op.elastic.max_tokens,
+                   "floor": op.elastic.floor}
+    return {"scopes": list(op.scopes), "dims": [list(p) for p in op.dimensions],
+            "subject": _subject(op.subject), "action": _action(op.action),
+            "estimate": _pairs(op.estimate), "ttl": op.ttl_ms, "grace": op.grace_ms,
+            "maxext": op.max_extensions, "policy": _value(op.overage_policy),
+            "dry_run": op.dry_run, "elastic": elastic, "shadow": op.shadow,
+            "plan": None if op.default_plan is None else _definition_payload(op.default_plan)}
+
+
+def _definition_payload(op: ops.Op[Any]) -> dict[str, Any]:
+    if isinstance(op, ops.SetBudget):
+        return {"op": "set_budget", "scope": op.scope, "unit": op.unit.value,
+                "period": _period(op.period), "per": op.per or "", "limit": op.limit,
+                "od": op.overdraft_limit, "policy": op.overage_policy.value,
+                "alerts": list(op.alerts),
+                "degrade": [rule.model_dump() for rule in op.degrade]}
+    if isinstance(op, ops.RemoveBudget):
+        return {"op": "remove_budget", "scope": op.scope, "unit": op.unit.value,
+                "period": _period(op.period), "per": op.per or ""}
+    if isinstance(op, ops.SetQuota):
+        rule = op.rule
+        return {"op": "set_quota", "scope": rule.scope, "kind": rule.kind.value,
+                "limit": rule.limit, "window": _period(rule.window),
+                "action_kind": rule.action_kind, "remove": op.remove}
+    if isinstance(op, ops.SetAccess):
+        access = None if op.rule is None else {
+            "models_allow": list(op.rule.models_allow), "models_deny": list(op.rule.models_deny),
+            "tools_allow": list(op.rule.tools_allow), "tools_deny": list(op.rule.tools_deny),
+            "max_tokens_per_call": op.rule.max_tokens_per_call}
+        return {"op": "set_access", "scope": op.scope, "rule": access}
+    if isinstance(op, ops.SetMode):
+        return {"op": "set_mode", "mode": op.mode}
+    if isinstance(op, ops.SetStatus):
+        return {"op": "set_status", "scope": op.scope, "status": op.status.value,
+                "unit": _value(op.unit)}
+    if isinstance(op, ops.ApplyPlan):
+        return {"op": "apply_plan", "name": op.name, "mode": op.mode,
+                "definitions": [_definition_payload(d) for d in op.definitions]}
+    raise AssertionError(f"no script for {type(op).__name__}")
+
+
+# -- reply parsing ----------------------------------------------------------------------------
+
+
+def _now(clock: Callable[[], int] | None) -> int:
+    from ..clock import system_ms
+
+    return clock() if clock is not None else system_ms()
+
+
+def _amounts(packed: str) -> tuple[Amount, ...]:
+    out = []
+    for part in filter(None, packed.split(",")):
+        unit, _, amount = part.partition("=")
+        out.append(Amount.trusted(Unit(unit), int(amount)))
+    return tuple(out)
+
+
+def _balance(row: list[Any]) -> Balance:
+    scope, unit, period, bucket, a, r, sp, debt, od, over, status = row
+    return Balance(scope, Unit(unit), period or None, bucket, int(a), int(r), int(sp), int(debt),
+                   int(od), bool(int(over)), BudgetStatus(status))
+
+
+def _balances(rows: list[Any] | None) -> tuple[Balance, ...]:
+    return tuple(_balance(row) for row in rows or [])
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _decision(body: dict[str, Any]) -> Decision:
+    caps = body.get("caps")
+    observed = body.get("observed")
+    return Decision(
+        Outcome(body["outcome"]),
+        None if not caps else Caps(
+            max_tokens=caps.get("max_tokens"),
+            tool_allowlist=tuple(caps["tool_allowlist"]) if "tool_allowlist" in caps else None,
+            tool_denylist=tuple(caps["tool_denylist"]) if "tool_denylist" in caps else None,
+            cooldown_ms=caps.get("cooldown_ms"), model=caps.get("model")),
+        body.get("reason"), body.get("scope"),
+        Unit(body["unit"]) if body.get("unit") else None, _int(body.get("remaining")),
+        _int(body.get("limit")), _int(body.get("requested")), _int(body.get("retry_after_ms")),
+        None if not observed else _decision(observed))
+
+
+def _info(row: list[Any]) -> ReservationInfo:
+    (rid, tenant, status, subject, action, estimate, scopes, created, expires, grace, ext,
+     policy, charged, finalized) = row
+    fields = json.loads(subject)
+    fields.pop("scope_path", None)
+    act = json.loads(action)
+    return ReservationInfo(
+        rid, tenant, ReservationStatus(status), Subject(**fields),
+        Action(act["kind"], act["name"], tags=tuple(act.get("tags") or ())),
+        _amounts(estimate), tuple(scopes) if isinstance(scopes, list) else (),
+        int(created), int(expires), int(grace), int(ext),
+        OveragePolicy(policy) if policy else None, _amounts(charged), _int(finalized))
+
+
+def _error(body: dict[str, Any]) -> AllotmentError:
+    code, message = body["error"], body.get("message", "")
+    decision = body.get("decision")
+    if decision:
+        found = _decision(decision)
+        if code == "BUDGET_NOT_FOUND":
+            return Denied(found)
+        return BudgetExceeded(found)
+    return ERRORS.get(code, StoreUnavailable)(message)
+
+
+def _note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notification:
+    kind, scope, unit, bucket, threshold, remaining, allocated, rid = row[:8]
+    return Notification(kind, tenant, _now(clock), scope=scope, unit=Unit(unit) if unit else None,
+                        bucket=bucket or None, threshold=threshold, reason=row[8] if len(row) > 8
+                        else None, remaining=_int(remaining), allocated=_int(allocated),
+                        reservation_id=rid or None)
+
+
+def _record(tenant: str, flat: list[str]) -> AuditRecord:
+    f = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+    subject = None
+    if f.get("subject"):
+        fields = json.loads(f["subject"])
+        fields.pop("scope_path", None)
+        subject = Subject(**fields)
+    return AuditRecord(
+        int(f["seq"]), int(f["at"]), f["type"], tenant,
+        scopes=tuple(json.loads(f["scopes"])) if "scopes" in f else (), subject=subject,
+        action=f.get("action"), reservation_id=f.get("reservation_id"),
+        idempotency_key=f.get("idempotency_key") or None,
+        estimate=_amounts(f.get("estimate", "")), actual=_amounts(f.get("actual", "")),
+        charged=_amounts(f.get("charged", "")), reason=f.get("reason"),
+        detail=_detail(f.get("detail")))
+
+
+def _detail(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    detail = json.loads(text)
+    return detail if isinstance(detail, dict) else {}
+
+
+__all__ = ["RedisStore", "ReportRow", "reservation_key", "tenant_keys"]

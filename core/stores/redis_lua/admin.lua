@@ -1,0 +1,117 @@
+-- Administration: definitions, modes and plans, funding and transfers. One call each.
+
+local function locate(scope, base, per, unit, period)
+  -- the current ledger of the one budget at scope in unit (and period, unless "*")
+  local found = {}
+  for _, d in ipairs(defs_of(base)) do
+    if d.unit == unit and d.per == per and (period == '*' or d.period == period) then
+      found[#found + 1] = d
+    end
+  end
+  if #found == 0 then
+    return nil, fail('NOT_FOUND', 'no budget at ' .. scope .. ' in ' .. unit ..
+      (period == '*' and '' or ' for period ' .. period))
+  end
+  if #found > 1 then
+    local periods = {}
+    for i, d in ipairs(found) do periods[i] = d.period ~= '' and d.period or 'None' end
+    return nil, fail('INVALID_REQUEST', scope .. ' has ' .. unit .. ' budgets for periods [' ..
+      table.concat(periods, ', ') .. ']; say which with period=')
+  end
+  local d = found[1]
+  return {L = lload(lfield(scope, unit, d.period, bucket(d.period, NOW)), d), d = d}
+end
+
+local op = P.op
+if op == 'set_budget' then
+  return reply({balances = set_budget(P)})
+elseif op == 'remove_budget' then
+  return reply({removed = remove_budget(P)})
+elseif op == 'set_quota' then
+  set_quota(P)
+  return reply({})
+elseif op == 'set_access' then
+  set_access(P)
+  return reply({})
+elseif op == 'apply_plan' then
+  apply_plan(P)
+  return reply({})
+elseif op == 'set_mode' then
+  if nz(P.mode) then redis.call('HSET', K_META, 'mode', P.mode)
+  else redis.call('HDEL', K_META, 'mode') end
+  audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}})
+  return reply({})
+elseif op == 'set_status' then
+  local list, matched = defs_of(P.scope), 0
+  for _, d in ipairs(list) do
+    if nz(P.unit) == nil or d.unit == P.unit then
+      d.status = P.status
+      matched = matched + 1
+    end
+  end
+  if matched == 0 then
+    return fail('NOT_FOUND', 'no budget at ' .. P.scope .. (nz(P.unit) and ' in ' .. P.unit or ''))
+  end
+  save_defs(P.scope, list)
+  audit('budget.status_changed', {scopes = {P.scope}, detail = {status = P.status,
+    budgets = matched}})
+  return reply({changed = matched})
+end
+
+-- funding and transfers are idempotent by key
+local again = replay(op)
+if again then return again end
+if op == 'fund' then
+  local at, err = locate(P.scope, P.base, P.per, P.unit, P.period)
+  if err then return err end
+  local L, d = at.L, at.d
+  local before = balance(L, d)
+  local x = P.amount
+  if P.operation == 'CREDIT' then L.a = L.a + x
+  elseif P.operation == 'DEBIT' then
+    if remaining(L) < x then
+      return fail('BUDGET_EXCEEDED', 'not enough remaining to debit',
+        denial_of('BUDGET_EXCEEDED', P.scope, P.unit, '', L, x))
+    end
+    L.a = L.a - x
+  elseif P.operation == 'RESET' then L.a = x
+  elseif P.operation == 'RESET_SPENT' then L.a = x L.sp = nz(P.spent) or 0
+  elseif P.operation == 'REPAY_DEBT' then
+    if x > L.debt then
+      return fail('INVALID_REQUEST', 'amount: repay at most the debt (' .. s(L.debt) ..
+        '), got ' .. s(x))
+    end
+    L.debt = L.debt - x
+  end
+  L.over = L.debt > d.od and 1 or 0
+  lsave(L)
+  local body = cjson.encode({before = before, after = balance(L, d), notes = {}})
+  remember(body)
+  audit('budget.funded', {scopes = {P.scope}, idempotency_key = nz(P.key) or '',
+    actual = P.unit .. '=' .. s(x), detail = {operation = P.operation}})
+  return body
+elseif op == 'transfer' then
+  local src, err = locate(P.source, P.source_base, P.source_per, P.unit, P.period)
+  if err then return err end
+  local dst, err2 = locate(P.destination, P.destination_base, P.destination_per, P.unit, P.period)
+  if err2 then return err2 end
+  if src.L.field == dst.L.field then
+    return fail('INVALID_REQUEST', 'transfer: source and destination are the same budget')
+  end
+  if remaining(src.L) < P.amount then
+    return fail('BUDGET_EXCEEDED', 'the source cannot give that much',
+      denial_of('BUDGET_EXCEEDED', P.source, P.unit, '', src.L, P.amount))
+  end
+  src.L.a = src.L.a - P.amount
+  dst.L.a = dst.L.a + P.amount
+  dst.L.over = dst.L.debt > dst.d.od and 1 or 0
+  lsave(src.L)
+  lsave(dst.L)
+  local body = cjson.encode({source = balance(src.L, src.d),
+    destination = balance(dst.L, dst.d), notes = {}})
+  remember(body)
+  audit('budget.transferred', {scopes = {P.source, P.destination},
+    idempotency_key = nz(P.key) or '', actual = P.unit .. '=' .. s(P.amount)})
+  return body
+end
+return fail('INVALID_REQUEST', 'unknown operation ' .. tostring(op))

@@ -1,0 +1,490 @@
+-- Shared prelude of every allotment script. Each operation's own file is appended to it and
+-- the result runs as one EVALSHA: one atomic step per operation, with every check before the
+-- first write (Redis does not roll a script back).
+--
+-- KEYS (all of one tenant, one hash tag, so one cluster slot):
+--   1 defs     HASH scope -> JSON list of budget definitions (canonical order)
+--   2 ledgers  HASH "path|unit|period|bucket" -> packed ledger
+--   3 quotas   HASH scope -> JSON list of quota rules
+--   4 access   HASH scope -> JSON access rule
+--   5 qcount   HASH quota key -> "bucket|count" (calls, runs) or count (concurrent)
+--   6 qruns    HASH quota key.."|"..run -> bucket the run was first seen in
+--   7 meta     HASH mode, plan, plan_keys, seq
+--   8 exp      ZSET reservation id -> expires_at + grace
+--   9 audit    STREAM of audit records (capped)
+--  10 report   HASH "day|scope|counter" -> count
+--  11 res      HASH one reservation (or a placeholder key)
+--  12 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
+-- ARGV: 1 the operation as JSON, 2 a clock override in ms ("" = Redis TIME), 3 settings JSON.
+-- Integers travel as JSON numbers into the script (exact below 2^53) and as strings out of
+-- it (cjson prints only 14 significant digits).
+
+local P = cjson.decode(ARGV[1])
+local CFG = cjson.decode(ARGV[3])
+local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_QCOUNT, K_QRUNS, K_META, K_EXP = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_AUDIT, K_REPORT, K_RES, K_IDEM = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local NULL = cjson.null
+local NOTES = {}
+
+local function now_ms()
+  if ARGV[2] ~= '' then return tonumber(ARGV[2]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = now_ms()
+
+local function s(n) return string.format('%.0f', n) end
+local function split(text, sep)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(text, sep, start, true)
+    if not i then
+      out[#out + 1] = string.sub(text, start)
+      return out
+    end
+    out[#out + 1] = string.sub(text, start, i - 1)
+    start = i + 1
+  end
+end
+local function nz(v) if v == nil or v == NULL then return nil end return v end
+
+-- calendar buckets in UTC (days <-> civil date, after H. Hinnant) -------------------------
+local MIN, HOUR, DAY = 60000, 3600000, 86400000
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local LABELS = {}
+local function bucket(period, ms)
+  if period == '' then return '' end
+  local memo = period .. math.floor(ms / MIN)
+  if LABELS[memo] then return LABELS[memo] end
+  local days = math.floor(ms / DAY)
+  local y, m, d = civil(days)
+  local rest = ms - days * DAY
+  local label
+  if period == 'minute' then
+    label = string.format('%04d-%02d-%02dT%02d:%02d', y, m, d, math.floor(rest / HOUR),
+      math.floor((rest % HOUR) / MIN))
+  elseif period == 'hour' then
+    label = string.format('%04d-%02d-%02dT%02d', y, m, d, math.floor(rest / HOUR))
+  elseif period == 'day' then
+    label = string.format('%04d-%02d-%02d', y, m, d)
+  elseif period == 'week' then
+    local thursday = days - (days + 3) % 7 + 3
+    local wy = civil(thursday)
+    label = string.format('%04d-W%02d', wy, math.floor((thursday - days_from_civil(wy, 1, 1)) / 7) + 1)
+  elseif period == 'month' then
+    label = string.format('%04d-%02d', y, m)
+  else
+    label = string.format('%04d', y)
+  end
+  LABELS[memo] = label
+  return label
+end
+local function bucket_end(period, ms)
+  if period == 'minute' then return (math.floor(ms / MIN) + 1) * MIN end
+  if period == 'hour' then return (math.floor(ms / HOUR) + 1) * HOUR end
+  local days = math.floor(ms / DAY)
+  if period == 'day' then return (days + 1) * DAY end
+  if period == 'week' then return (days - (days + 3) % 7 + 7) * DAY end
+  local y, m = civil(days)
+  if period == 'month' then
+    if m == 12 then return days_from_civil(y + 1, 1, 1) * DAY end
+    return days_from_civil(y, m + 1, 1) * DAY
+  end
+  return days_from_civil(y + 1, 1, 1) * DAY
+end
+
+-- definitions ------------------------------------------------------------------------------
+local UNIT_ORDER = {USD_MICROCENTS = 0, TOKENS = 1, CREDITS = 2, RISK_POINTS = 3}
+local PERIOD_ORDER = {[''] = 0, minute = 1, hour = 2, day = 3, week = 4, month = 5, year = 6}
+local function def_before(a, b)
+  local ta, tb = a.per ~= '' and 1 or 0, b.per ~= '' and 1 or 0
+  if ta ~= tb then return ta < tb end
+  if a.unit ~= b.unit then return UNIT_ORDER[a.unit] < UNIT_ORDER[b.unit] end
+  if a.period ~= b.period then return PERIOD_ORDER[a.period] < PERIOD_ORDER[b.period] end
+  return a.per < b.per
+end
+local DEF_CACHE = {}
+local function defs_of(scope)
+  local cached = DEF_CACHE[scope]
+  if cached then return cached end
+  local raw = redis.call('HGET', K_DEFS, scope)
+  local list = raw and cjson.decode(raw) or {}
+  for _, d in ipairs(list) do
+    d.scope = scope
+    d.limit = tonumber(d.limit)
+    d.od = tonumber(d.od)
+  end
+  DEF_CACHE[scope] = list
+  return list
+end
+local function save_defs(scope, list)
+  DEF_CACHE[scope] = nil
+  if #list == 0 then redis.call('HDEL', K_DEFS, scope) return end
+  local out = {}
+  for i, d in ipairs(list) do
+    out[i] = {unit = d.unit, period = d.period, per = d.per, limit = s(d.limit), od = s(d.od),
+      policy = d.policy, status = d.status, alerts = d.alerts, degrade = d.degrade}
+  end
+  redis.call('HSET', K_DEFS, scope, cjson.encode(out))
+end
+local function def_key(d) return d.scope .. '|' .. d.unit .. '|' .. d.period .. '|' .. d.per end
+local function find_def(scope, unit, period, per)
+  for _, d in ipairs(defs_of(scope)) do
+    if d.unit == unit and d.period == period and d.per == per then return d end
+  end
+  return nil
+end
+local function neutral_def(scope, unit, period, per)
+  return {scope = scope, unit = unit, period = period, per = per, limit = 0, od = 0,
+    policy = 'ALLOW_IF_AVAILABLE', status = 'ACTIVE', alerts = {}, degrade = {}}
+end
+
+-- ledgers ----------------------------------------------------------------------------------
+local function lfield(path, unit, period, b) return path .. '|' .. unit .. '|' .. period .. '|' .. b end
+local function lload(field, d)
+  -- the ledger at field (a fresh one, not yet stored, when never touched)
+  local raw = redis.call('HGET', K_LEDGERS, field)
+  if not raw then
+    return {field = field, a = d.limit, ls = d.limit, r = 0, sp = 0, debt = 0, over = 0,
+      t = NOW, al = 0, ex = 0, on = 0}
+  end
+  local a, ls, r, sp, debt, over, t, al, ex, on = string.match(raw,
+    '^(-?%d+),(-?%d+),(-?%d+),(-?%d+),(-?%d+),(%d),(%d+),(%d+),(%d),(%d)$')
+  local L = {field = field, a = tonumber(a), ls = tonumber(ls), r = tonumber(r),
+    sp = tonumber(sp), debt = tonumber(debt), over = tonumber(over), t = tonumber(t),
+    al = tonumber(al), ex = tonumber(ex), on = tonumber(on)}
+  if L.ls ~= d.limit and string.sub(field, -#bucket(d.period, NOW) - 1) ==
+      '|' .. bucket(d.period, NOW) then
+    L.a = math.max(0, L.a + d.limit - L.ls)  -- a changed definition moves this bucket
+    L.ls = d.limit
+  end
+  return L
+end
+local function lsave(L)
+  redis.call('HSET', K_LEDGERS, L.field, s(L.a) .. ',' .. s(L.ls) .. ',' .. s(L.r) .. ',' ..
+    s(L.sp) .. ',' .. s(L.debt) .. ',' .. L.over .. ',' .. s(L.t) .. ',' .. L.al .. ',' ..
+    L.ex .. ',' .. L.on)
+end
+local function remaining(L) return L.a - L.r - L.sp - L.debt end
+local function field_parts(field)
+  return string.match(field, '^(.*)|([%u_]+)|(%l*)|([^|]*)$')
+end
+local function balance(L, d)
+  local path, unit, period, b = field_parts(L.field)
+  return {path, unit, period, b, s(L.a), s(L.r), s(L.sp), s(L.debt), s(d.od), L.over,
+    d.status}
+end
+
+-- records: audit, report counters, notifications -------------------------------------------
+local function audit(kind, f)
+  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+  local fields = {'seq', seq, 'at', s(NOW), 'type', kind}
+  for k, v in pairs(f) do
+    fields[#fields + 1] = k
+    fields[#fields + 1] = type(v) == 'table' and cjson.encode(v) or tostring(v)
+  end
+  redis.call('XADD', K_AUDIT, 'MAXLEN', '~', CFG.audit_retention, '*', unpack(fields))
+end
+local function day_of(ms) return bucket('day', ms) end
+local LEVELS = {tenant = true, workspace = true, app = true, workflow = true, agent = true,
+  toolset = true}
+local function base_scope(path)
+  -- a ledger path without its trailing dimension segment (`.../run:r1` -> `...`)
+  local head, key = string.match(path, '^(.*)/([^/:]+):[^/]*$')
+  if head and not LEVELS[key] then return head end
+  return path
+end
+local function ordered_units(by_unit)
+  local units = {}
+  for unit in pairs(by_unit) do units[#units + 1] = unit end
+  table.sort(units, function(a, b) return UNIT_ORDER[a] < UNIT_ORDER[b] end)
+  return units
+end
+local function count(scope, counter, by)
+  redis.call('HINCRBY', K_REPORT, day_of(NOW) .. '|' .. scope .. '|' .. counter, by or 1)
+end
+local function alert(L, d, rid)
+  if L.a <= 0 then return end
+  local used = L.a - remaining(L)
+  local crossed = L.al
+  local thresholds = d.alerts or {}
+  while crossed < #thresholds and used * 1000000 >=
+      math.floor(thresholds[crossed + 1] * 1000000 + 0.5) * L.a do
+    crossed = crossed + 1
+  end
+  local exhausted = remaining(L) <= 0 and L.ex == 0
+  local over = L.over == 1 and L.on == 0
+  L.on = L.over
+  if crossed == L.al and not exhausted and not over then return end
+  local path, unit, _, b = field_parts(L.field)
+  local function note(kind, threshold)
+    NOTES[#NOTES + 1] = {kind, path, unit, b, threshold or NULL, s(remaining(L)), s(L.a),
+      rid or NULL}
+  end
+  for i = L.al + 1, crossed do note('budget.threshold_crossed', thresholds[i]) end
+  L.al = crossed
+  if exhausted then
+    L.ex = 1
+    note('budget.exhausted')
+    count(base_scope(path), 'exhaustions')
+  end
+  if over then note('budget.over_limit_entered') end
+end
+
+-- ledger arithmetic (as core/ledger.py) ----------------------------------------------------
+local function refusal(L, d, amount)
+  if d.status == 'FROZEN' then return 'BUDGET_FROZEN' end
+  if d.status == 'CLOSED' then return 'BUDGET_CLOSED' end
+  if L.over == 1 then return 'OVERDRAFT_LIMIT_EXCEEDED' end
+  if L.debt > 0 and d.od == 0 then return 'DEBT_OUTSTANDING' end
+  if remaining(L) < amount then return 'BUDGET_EXCEEDED' end
+  return nil
+end
+local function denial_of(reason, path, unit, period, L, requested)
+  local retry = NULL
+  if period ~= '' and reason == 'BUDGET_EXCEEDED' then retry = s(bucket_end(period, NOW) - NOW) end
+  return {outcome = 'DENY', reason = reason, scope = path, unit = unit,
+    remaining = s(remaining(L)), limit = s(L.a), requested = s(requested), retry_after_ms = retry}
+end
+local function takes_debt(row) return row.policy == 'ALLOW_WITH_OVERDRAFT' and row.d.od > 0 end
+-- rows: {L, d, policy, unit}; returns plans (row -> change) and charged by unit, or a denial
+local function settle(rows, estimate, actual, release_reserved)
+  local extra = {}
+  for _, unit in ipairs(ordered_units(estimate)) do
+    local held = estimate[unit]
+    local delta = actual[unit] - held
+    local cover = delta
+    for _, row in ipairs(rows) do
+      if row.unit == unit then
+        if delta > 0 and row.policy == 'REJECT' and remaining(row.L) < delta then
+          local _, _, period = field_parts(row.L.field)
+          return nil, nil, denial_of('BUDGET_EXCEEDED', field_parts(row.L.field), unit, period,
+            row.L, delta)
+        end
+        if delta > 0 and not takes_debt(row) then
+          cover = math.min(cover, math.max(remaining(row.L), 0))
+        end
+      end
+    end
+    extra[unit] = cover
+  end
+  local changes = {}
+  for i, row in ipairs(rows) do
+    local unit, L = row.unit, row.L
+    local held, delta = estimate[unit], actual[unit] - estimate[unit]
+    local shortfall = 0
+    if takes_debt(row) then shortfall = math.max(0, extra[unit] - math.max(remaining(L), 0)) end
+    if shortfall > 0 and L.debt + shortfall > row.d.od then
+      local _, _, period = field_parts(L.field)
+      return nil, nil, denial_of('OVERDRAFT_LIMIT_EXCEEDED', field_parts(L.field), unit, period,
+        L, delta)
+    end
+    local flag = extra[unit] < delta and remaining(L) < delta and not takes_debt(row)
+    changes[i] = {release_reserved and held or 0, held + extra[unit] - shortfall, shortfall, flag}
+  end
+  local charged = {}
+  for unit, held in pairs(estimate) do charged[unit] = held + extra[unit] end
+  return changes, charged, nil
+end
+local function apply(rows, changes)
+  for i, row in ipairs(rows) do
+    local L, c = row.L, changes[i]
+    L.r = L.r - c[1]
+    L.sp = L.sp + c[2]
+    L.debt = L.debt + c[3]
+    if c[4] then L.over = 1 end
+    L.t = NOW
+    lsave(L)
+  end
+end
+local function unlimited(d)
+  return {scope = d.scope, unit = d.unit, period = d.period, per = d.per, limit = d.limit,
+    od = 4611686018427387904, policy = 'ALLOW_WITH_OVERDRAFT', status = d.status,
+    alerts = d.alerts, degrade = d.degrade}
+end
+
+-- targets: the ledgers a subject charges -----------------------------------------------------
+-- returns list of {field, d} or nil when no budget applies at all; errors on unit mismatch
+local function targets(scopes, dims, units)
+  local found, applicable, held = {}, 0, {}
+  for _, scope in ipairs(scopes) do
+    for _, d in ipairs(defs_of(scope)) do
+      local path
+      if d.per == '' then path = scope elseif dims[d.per] then
+        path = scope .. '/' .. d.per .. ':' .. dims[d.per]
+      end
+      if path then
+        applicable = applicable + 1
+        held[d.unit] = true
+        if units[d.unit] then
+          found[#found + 1] = {field = lfield(path, d.unit, d.period, bucket(d.period, NOW)), d = d,
+            path = path}
+        end
+      end
+    end
+  end
+  if #found > 0 then return found end
+  if applicable > 0 then
+    local have, want = {}, {}
+    for u in pairs(held) do have[#have + 1] = u end
+    for u in pairs(units) do want[#want + 1] = u end
+    table.sort(have) table.sort(want)
+    return nil, {error = 'UNIT_MISMATCH', message = 'no budget of ' .. scopes[#scopes] ..
+      ' is in ' .. table.concat(want, ', ') .. '; its budgets hold ' .. table.concat(have, ', ')}
+  end
+  return nil
+end
+
+-- reservations -----------------------------------------------------------------------------
+local function unpack_units(text)
+  local out, order = {}, {}
+  if text == nil or text == '' then return out, order end
+  for unit, amount in string.gmatch(text, '([%u_]+)=(%d+)') do
+    out[unit] = tonumber(amount)
+    order[#order + 1] = unit
+  end
+  return out, order
+end
+local function pack_units(by_unit)
+  local units = ordered_units(by_unit)
+  local parts = {}
+  for i, unit in ipairs(units) do parts[i] = unit .. '=' .. s(by_unit[unit]) end
+  return table.concat(parts, ',')
+end
+local function res_ledgers(R)
+  local out = {}
+  for line in string.gmatch(R.ledgers or '', '[^\n]+') do
+    local parts = split(line, '\t')
+    local field, dscope, dper = parts[1], parts[2], parts[3]
+    local _, unit, period = field_parts(field)
+    out[#out + 1] = {field = field, dscope = dscope, dper = dper, unit = unit, period = period}
+  end
+  return out
+end
+local function res_def(entry)
+  return find_def(entry.dscope, entry.unit, entry.period, entry.dper) or
+    neutral_def(entry.dscope, entry.unit, entry.period, entry.dper)
+end
+local function res_scopes(R)
+  local seen, out = {}, {}
+  for _, e in ipairs(res_ledgers(R)) do
+    local path = field_parts(e.field)
+    if not seen[path] then seen[path] = true out[#out + 1] = path end
+  end
+  return out
+end
+local function load_res(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local R = {}
+  for i = 1, #flat, 2 do R[flat[i]] = flat[i + 1] end
+  R.expires = tonumber(R.expires)
+  R.grace = tonumber(R.grace)
+  R.ext = tonumber(R.ext)
+  R.maxext = tonumber(R.maxext)
+  return R
+end
+local function res_info(R)
+  return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
+    s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
+end
+local function return_estimate(R, key)
+  local est = unpack_units(R.estimate)
+  local balances = {}
+  for _, e in ipairs(res_ledgers(R)) do
+    local d = res_def(e)
+    local L = lload(e.field, d)
+    L.r = L.r - est[e.unit]
+    L.t = NOW
+    lsave(L)
+    balances[#balances + 1] = balance(L, d)
+  end
+  return balances
+end
+local function finish(R, key, status, charged)
+  redis.call('HSET', key, 'status', status, 'finalized', s(NOW), 'charged', charged or '')
+  redis.call('PEXPIRE', key, CFG.finished_retention_ms)
+  redis.call('ZREM', K_EXP, R.id)
+  for qkey in string.gmatch(R.concurrency or '', '[^\n]+') do
+    local n = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
+    redis.call('HSET', K_QCOUNT, qkey, math.max(0, n - 1))
+  end
+end
+local function subject_scope(R) return cjson.decode(R.subject).scope_path end
+local function expire(R, key)
+  return_estimate(R, key)
+  finish(R, key, 'EXPIRED')
+  audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
+    estimate = R.estimate})
+  count(subject_scope(R), 'expiries')
+end
+local function reap(limit)
+  -- expire up to `limit` reservations past expires_at + grace; entries whose hash is gone
+  -- or already final are dropped from the index on every path
+  local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', '(' .. s(NOW), 'LIMIT', 0, limit)
+  local expired = 0
+  local prefix = string.match(K_EXP, '^(.*):exp$') .. ':r:'
+  for _, rid in ipairs(due) do
+    local key = prefix .. rid
+    local R = load_res(key)
+    if R == nil or R.status ~= 'ACTIVE' then
+      redis.call('ZREM', K_EXP, rid)
+    elseif R.expires + R.grace < NOW then
+      R.id = rid
+      expire(R, key)
+      expired = expired + 1
+    end
+  end
+  return expired
+end
+
+-- idempotency ------------------------------------------------------------------------------
+local function replay(kind)
+  if nz(P.key) == nil then return nil end
+  local stored = redis.call('GET', K_IDEM)
+  if not stored then return nil end
+  local nl = string.find(stored, '\n', 1, true)
+  if string.sub(stored, 1, nl - 1) ~= P.fp then
+    return cjson.encode({error = 'IDEMPOTENCY_MISMATCH', message = 'idempotency key ' .. P.key ..
+      ' was used for a different ' .. kind .. ' request'})
+  end
+  return string.sub(stored, nl + 1)
+end
+local function remember(reply)
+  if nz(P.key) ~= nil then
+    redis.call('SET', K_IDEM, P.fp .. '\n' .. reply, 'PX', CFG.idempotency_ttl_ms)
+  end
+  return reply
+end
+local function fail(code, message, decision)
+  return cjson.encode({error = code, message = message, decision = decision or NULL})
+end
+local function reply(body)
+  body.notes = NOTES
+  return cjson.encode(body)
+end
+
+if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end

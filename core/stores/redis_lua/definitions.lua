@@ -1,0 +1,113 @@
+-- Writers of definitions (budgets, quotas, access rules, plans), shared by admin.lua and by
+-- reserve.lua (which installs a guard's default plan for a tenant seen the first time).
+
+local function set_budget(x)
+  local list = defs_of(x.scope)
+  local d = find_def(x.scope, x.unit, x.period, x.per)
+  if d == nil then
+    d = {scope = x.scope, unit = x.unit, period = x.period, per = x.per}
+    list[#list + 1] = d
+    table.sort(list, def_before)
+  end
+  d.limit, d.od, d.policy = x.limit, x.od, x.policy
+  d.alerts, d.degrade = x.alerts, x.degrade
+  d.status = d.status or 'ACTIVE'
+  save_defs(x.scope, list)
+  audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = x.limit,
+    period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL}})
+  if x.per ~= '' then return {} end
+  d = find_def(x.scope, x.unit, x.period, x.per)
+  local L = lload(lfield(x.scope, x.unit, x.period, bucket(x.period, NOW)), d)
+  L.over = L.debt > d.od and 1 or 0
+  lsave(L)
+  return {balance(L, d)}
+end
+
+local function remove_budget(x)
+  local list, kept, removed = defs_of(x.scope), {}, 0
+  for _, d in ipairs(list) do
+    if d.unit == x.unit and d.period == x.period and d.per == x.per then
+      removed = removed + 1
+    else
+      kept[#kept + 1] = d
+    end
+  end
+  if removed > 0 then
+    save_defs(x.scope, kept)
+    audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, removed = true}})
+  end
+  return removed
+end
+
+local function quota_key(q) return q.kind .. '|' .. q.window .. '|' .. q.action_kind end
+
+local function set_quota(x)
+  local raw = redis.call('HGET', K_QUOTAS, x.scope)
+  local list, kept = raw and cjson.decode(raw) or {}, {}
+  for _, q in ipairs(list) do
+    if quota_key(q) ~= quota_key(x) then kept[#kept + 1] = q end
+  end
+  if not x.remove then
+    kept[#kept + 1] = {kind = x.kind, limit = x.limit, window = x.window,
+      action_kind = x.action_kind}
+  end
+  if #kept == 0 then redis.call('HDEL', K_QUOTAS, x.scope)
+  else redis.call('HSET', K_QUOTAS, x.scope, cjson.encode(kept)) end
+  audit('quota.set', {scopes = {x.scope}, detail = {kind = x.kind,
+    limit = x.remove and NULL or x.limit, window = x.window ~= '' and x.window or NULL,
+    action_kind = x.action_kind}})
+end
+
+local function set_access(x)
+  if nz(x.rule) == nil then redis.call('HDEL', K_ACCESS, x.scope)
+  else redis.call('HSET', K_ACCESS, x.scope, cjson.encode(x.rule)) end
+  audit('access.set', {scopes = {x.scope}, detail = {removed = nz(x.rule) == nil}})
+end
+
+local function apply_plan(x)
+  local keys, previous = {}, cjson.decode(redis.call('HGET', K_META, 'plan_keys') or '[]')
+  for _, item in ipairs(x.definitions) do
+    local key
+    if item.op == 'set_budget' then
+      set_budget(item)
+      key = 'budget\t' .. item.scope .. '\t' .. item.unit .. '\t' .. item.period .. '\t' .. item.per
+    elseif item.op == 'set_quota' then
+      set_quota(item)
+      key = 'quota\t' .. item.scope .. '\t' .. quota_key(item)
+    else
+      set_access(item)
+      key = 'access\t' .. item.scope
+    end
+    keys[#keys + 1] = key
+  end
+  local now_keys = {}
+  for _, k in ipairs(keys) do now_keys[k] = true end
+  for _, k in ipairs(previous) do  -- what the previous plan had and this one lacks
+    if not now_keys[k] then
+      local parts = split(k, '\t')
+      local kind, scope = parts[1], parts[2]
+      if kind == 'budget' then
+        local list, kept = defs_of(scope), {}
+        for _, d in ipairs(list) do
+          if not (d.unit == parts[3] and d.period == parts[4] and d.per == parts[5]) then
+            kept[#kept + 1] = d
+          end
+        end
+        save_defs(scope, kept)
+      elseif kind == 'quota' then
+        local raw = redis.call('HGET', K_QUOTAS, scope)
+        local kept = {}
+        for _, q in ipairs(raw and cjson.decode(raw) or {}) do
+          if quota_key(q) ~= parts[3] then kept[#kept + 1] = q end
+        end
+        if #kept == 0 then redis.call('HDEL', K_QUOTAS, scope)
+        else redis.call('HSET', K_QUOTAS, scope, cjson.encode(kept)) end
+      else
+        redis.call('HDEL', K_ACCESS, scope)
+      end
+    end
+  end
+  redis.call('HSET', K_META, 'plan', x.name, 'plan_keys', cjson.encode(keys))
+  if nz(x.mode) then redis.call('HSET', K_META, 'mode', x.mode) end
+  audit('plan.assigned', {detail = {plan = x.name}})
+end

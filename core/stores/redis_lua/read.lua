@@ -1,0 +1,76 @@
+-- reads: one reservation, balances, audit records, report counters. Nothing is written.
+
+local op = P.op
+if op == 'get' then
+  local R = load_res(K_RES)
+  if R == nil then
+    return fail('NOT_FOUND', 'no reservation ' .. P.rid .. ' (never made, or past its retention)')
+  end
+  return cjson.encode({reservation = res_info(R)})
+
+elseif op == 'balances' then
+  local flat = redis.call('HGETALL', K_DEFS)
+  local scopes = {}
+  for i = 1, #flat, 2 do
+    local scope = flat[i]
+    if scope == P.base or (P.children and string.sub(scope, 1, #P.scope + 1) == P.scope .. '/') then
+      scopes[#scopes + 1] = scope
+    end
+  end
+  table.sort(scopes)
+  local out = {}
+  for _, scope in ipairs(scopes) do
+    for _, d in ipairs(defs_of(scope)) do
+      local current = bucket(d.period, NOW)
+      if d.per == '' then
+        if nz(P.dimension) == nil then
+          out[#out + 1] = balance(lload(lfield(scope, d.unit, d.period, current), d), d)
+        end
+      elseif nz(P.dimension) or P.children then
+        local suffix = '|' .. d.unit .. '|' .. d.period .. '|' .. current
+        local fields, cursor = {}, '0'
+        repeat
+          local page = redis.call('HSCAN', K_LEDGERS, cursor, 'MATCH',
+            scope .. '/' .. d.per .. ':*' .. suffix, 'COUNT', 1000)
+          cursor = page[1]
+          for i = 1, #page[2], 2 do
+            local field = page[2][i]
+            local path = field_parts(field)
+            if not string.find(string.sub(path, #scope + 2), '/', 1, true) and
+                (nz(P.dimension) == nil or path == P.scope) then
+              fields[#fields + 1] = field
+            end
+          end
+        until cursor == '0'
+        table.sort(fields)
+        for _, field in ipairs(fields) do out[#out + 1] = balance(lload(field, d), d) end
+      end
+    end
+  end
+  return cjson.encode({balances = out})
+
+elseif op == 'audit' then
+  local wanted = nil
+  if nz(P.types) then
+    wanted = {}
+    for _, t in ipairs(P.types) do wanted[t] = true end
+  end
+  local found, last = {}, '+'
+  while #found < P.limit do
+    local page = redis.call('XREVRANGE', K_AUDIT, last, '-', 'COUNT', 200)
+    if #page == 0 then break end
+    for _, entry in ipairs(page) do
+      local f = {}
+      for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+      if nz(P.since) and tonumber(f.at) < P.since then page = {} break end
+      if (wanted == nil or wanted[f.type]) and #found < P.limit then found[#found + 1] = entry[2] end
+    end
+    if #page < 200 then break end
+    last = '(' .. page[#page][1]
+  end
+  return cjson.encode({records = found})
+
+elseif op == 'report' then
+  return cjson.encode({counts = redis.call('HGETALL', K_REPORT)})
+end
+return fail('INVALID_REQUEST', 'unknown read ' .. tostring(op))

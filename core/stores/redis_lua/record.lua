@@ -1,0 +1,57 @@
+-- record: charge a cost known only afterwards, without a reservation.
+
+local again = replay('record')
+if again then return again end
+local mode = redis.call('HGET', K_META, 'mode') or (P.shadow and 'shadow' or 'enforce')
+local shadow = mode == 'shadow'
+local dims = {}
+for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
+local actual, zero = {}, {}
+for _, pair in ipairs(P.actual) do
+  actual[pair[1]] = pair[2]
+  zero[pair[1]] = 0
+end
+local found, err = targets(P.scopes, dims, actual)
+if err then return cjson.encode(err) end
+if found == nil then
+  return fail('BUDGET_NOT_FOUND', 'no budget applies',
+    {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]})
+end
+local rows = {}
+for i, t in ipairs(found) do
+  local L = lload(t.field, t.d)
+  if t.d.status ~= 'ACTIVE' and not shadow then  -- records pass debt, never a frozen budget
+    local reason = t.d.status == 'FROZEN' and 'BUDGET_FROZEN' or 'BUDGET_CLOSED'
+    return fail(reason, 'the budget is ' .. t.d.status,
+      denial_of(reason, t.path, t.d.unit, t.d.period, L, actual[t.d.unit]))
+  end
+  local d, policy = t.d, nz(P.policy) or t.d.policy
+  if shadow then d, policy = unlimited(t.d), 'ALLOW_WITH_OVERDRAFT' end
+  rows[i] = {L = L, d = d, policy = policy, unit = t.d.unit, real = t.d}
+end
+local changes, charged, refused = settle(rows, zero, actual, false)
+if refused then
+  return fail(refused.reason, 'the record exceeds what remains', refused)
+end
+apply(rows, changes)
+local balances = {}
+for i, row in ipairs(rows) do balances[i] = balance(row.L, row.real) end
+local subject = cjson.decode(P.subject)
+local body = {event_id = P.event_id, charged = pack_units(charged), balances = balances,
+  notes = {}}
+remember(cjson.encode(body))
+local scopes, seen = {}, {}
+for _, t in ipairs(found) do
+  if not seen[t.path] then seen[t.path] = true scopes[#scopes + 1] = t.path end
+end
+audit('event.recorded', {scopes = scopes, subject = P.subject,
+  action = P.action.kind .. ' ' .. P.action.name, idempotency_key = nz(P.key) or '',
+  actual = pack_units(actual), charged = pack_units(charged)})
+count(subject.scope_path, 'records')
+for unit, amount in pairs(charged) do count(subject.scope_path, 'committed:' .. unit, amount) end
+for _, row in ipairs(rows) do
+  alert(row.L, row.real, NULL)
+  lsave(row.L)
+end
+body.notes = NOTES
+return cjson.encode(body)

@@ -1,0 +1,255 @@
+-- reserve (and decide, with dry_run): access rules, then quotas, then budgets; the first
+-- refusal wins. In shadow mode evaluation goes on and the reservation is made anyway.
+-- (Prelude: common.lua; plan.lua's apply_plan is prepended for a guard's default plan.)
+
+if not P.dry_run then
+  local again = replay('reserve')
+  if again then return again end
+  if nz(P.plan) and not redis.call('HGET', K_META, 'plan') and redis.call('HLEN', K_DEFS) == 0 then
+    apply_plan(P.plan)  -- a tenant seen for the first time
+  end
+end
+local mode = redis.call('HGET', K_META, 'mode') or (P.shadow and 'shadow' or 'enforce')
+local shadow = mode == 'shadow'
+local kind, name = P.action.kind, P.action.name
+local dims = {}
+for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
+local denial = nil
+
+-- access rules, and the caps they give model calls ------------------------------------------
+local caps = {tool_deny = {}}
+local function add_caps(c, severity)
+  if nz(c.max_tokens) then caps.max_tokens = math.min(caps.max_tokens or c.max_tokens, c.max_tokens) end
+  if nz(c.tool_allowlist) then
+    if caps.tool_allow == nil then
+      caps.tool_allow = {}
+      for _, t in ipairs(c.tool_allowlist) do caps.tool_allow[t] = true end
+    else
+      local keep = {}
+      for _, t in ipairs(c.tool_allowlist) do if caps.tool_allow[t] then keep[t] = true end end
+      caps.tool_allow = keep
+    end
+  end
+  if nz(c.tool_denylist) then for _, t in ipairs(c.tool_denylist) do caps.tool_deny[t] = true end end
+  if nz(c.cooldown_ms) then caps.cooldown_ms = math.max(caps.cooldown_ms or 0, c.cooldown_ms) end
+  if nz(c.model) and severity < (caps.severity or 2) then
+    caps.model, caps.severity = c.model, severity
+  end
+end
+local function glob(pattern)
+  local out = string.gsub(pattern, '[%^%$%(%)%%%.%[%]%+%-]', '%%%0')
+  out = string.gsub(out, '%*', '.*')
+  out = string.gsub(out, '%?', '.')
+  return '^' .. out .. '$'
+end
+local function matches(value, patterns)
+  local bare = string.match(value, '([^:]*)$')
+  for _, p in ipairs(patterns) do
+    local g = glob(p)
+    if string.find(value, g) or string.find(bare, g) then return true end
+  end
+  return false
+end
+local is_tool = string.sub(kind, 1, 5) == 'tool.'
+local is_llm = string.sub(kind, 1, 4) == 'llm.'
+local access = redis.call('HMGET', K_ACCESS, unpack(P.scopes))
+for i, scope in ipairs(P.scopes) do
+  if access[i] then
+    local rule = cjson.decode(access[i])
+    local allow, deny, reason
+    if is_tool then
+      allow, deny, reason = rule.tools_allow, rule.tools_deny, 'TOOL_NOT_ALLOWED'
+    elseif is_llm then
+      allow, deny, reason = rule.models_allow, rule.models_deny, 'MODEL_NOT_ALLOWED'
+    end
+    if reason and denial == nil and (matches(name, deny) or (#allow > 0 and not matches(name, allow))) then
+      denial = {outcome = 'DENY', reason = reason, scope = scope}
+    end
+    if is_llm then
+      add_caps({max_tokens = rule.max_tokens_per_call,
+        tool_allowlist = #rule.tools_allow > 0 and rule.tools_allow or NULL,
+        tool_denylist = rule.tools_deny}, 1)
+    end
+  end
+end
+
+-- quotas -------------------------------------------------------------------------------------
+local calls, runs, concurrency = {}, {}, {}
+local run = dims['run']
+local quota_lists = redis.call('HMGET', K_QUOTAS, unpack(P.scopes))
+for i, scope in ipairs(P.scopes) do
+  if quota_lists[i] then
+    for _, q in ipairs(cjson.decode(quota_lists[i])) do
+      if q.action_kind == '*' or string.find(kind, glob(q.action_kind)) then
+        local qkey = scope .. '|' .. q.kind .. '|' .. q.window .. '|' .. q.action_kind
+        local refused = nil
+        if q.kind == 'concurrent' then
+          local used = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
+          concurrency[#concurrency + 1] = qkey
+          if used >= q.limit then
+            refused = {outcome = 'DENY', reason = 'CONCURRENCY_EXCEEDED', scope = scope,
+              remaining = '0', limit = s(q.limit), requested = '1'}
+          end
+        else
+          local window = bucket(q.window, NOW)
+          local stored = redis.call('HGET', K_QCOUNT, qkey)
+          local used = 0
+          if stored then
+            local b, n = string.match(stored, '^(.*)|(%d+)$')
+            if b == window then used = tonumber(n) end
+          end
+          local counts = true
+          if q.kind == 'calls' then
+            calls[#calls + 1] = {qkey, window, used}
+          elseif run == nil then
+            counts = false  -- only runs are counted; a call outside a run is not one
+          elseif redis.call('HGET', K_QRUNS, qkey .. '|' .. run) == window then
+            counts = false  -- this run was already counted in this window
+          else
+            runs[#runs + 1] = {qkey, window, used}
+          end
+          if counts and used >= q.limit then
+            refused = {outcome = 'DENY', reason = 'QUOTA_EXCEEDED', scope = scope,
+              remaining = '0', limit = s(q.limit), requested = '1',
+              retry_after_ms = s(bucket_end(q.window, NOW) - NOW)}
+          end
+        end
+        if refused and denial == nil then denial = refused end
+      end
+    end
+  end
+end
+
+-- budgets: degrade caps, then an elastic estimate shrinks to what fits ---------------------
+local fixed = {}
+for _, pair in ipairs(P.estimate) do fixed[pair[1]] = pair[2] end
+local states, estimate = {}, {}
+if denial == nil or shadow then
+  local found, err = targets(P.scopes, dims, fixed)
+  if err then return cjson.encode(err) end
+  if found == nil then
+    found = {}
+    denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
+  end
+  for i, t in ipairs(found) do states[i] = {L = lload(t.field, t.d), d = t.d} end
+  for _, st in ipairs(states) do
+    for _, rule in ipairs(st.d.degrade or {}) do
+      local fraction = st.L.a > 0 and remaining(st.L) / st.L.a or 0
+      if fraction < rule.below then add_caps(rule, rule.below) end
+    end
+  end
+  local rates, tokens, floor = {}, 0, 0
+  if nz(P.elastic) then
+    for _, pair in ipairs(P.elastic.rates) do rates[pair[1]] = pair[2] end
+    tokens = P.elastic.max_tokens
+    if caps.max_tokens then tokens = math.min(tokens, caps.max_tokens) end
+    floor = math.min(P.elastic.floor, tokens)
+  end
+  local function need(unit)
+    return fixed[unit] + math.ceil((rates[unit] or 0) * tokens / 1000000)
+  end
+  for _, st in ipairs(states) do
+    local unit = st.d.unit
+    local reason = refusal(st.L, st.d, need(unit))
+    if reason == 'BUDGET_EXCEEDED' and (rates[unit] or 0) > 0 then
+      local room = remaining(st.L)
+      if room >= fixed[unit] then
+        local fits = math.floor((room - fixed[unit]) * 1000000 / rates[unit])
+        if fits >= floor then tokens, reason = fits, nil end
+      end
+    end
+    if reason and denial == nil then
+      local path, _, period = field_parts(st.L.field)
+      denial = denial_of(reason, path, unit, period, st.L, need(unit))
+    end
+  end
+  if nz(P.elastic) and tokens < P.elastic.max_tokens then caps.max_tokens = tokens end
+  for unit in pairs(fixed) do estimate[unit] = need(unit) end
+end
+
+local function built_caps()
+  local out, any = {}, false
+  if caps.max_tokens then out.max_tokens = caps.max_tokens any = true end
+  if caps.tool_allow then
+    local list = {}
+    for t in pairs(caps.tool_allow) do list[#list + 1] = t end
+    table.sort(list)
+    out.tool_allowlist = list
+    any = true
+  end
+  local deny = {}
+  for t in pairs(caps.tool_deny) do deny[#deny + 1] = t end
+  if #deny > 0 then table.sort(deny) out.tool_denylist = deny any = true end
+  if caps.cooldown_ms then out.cooldown_ms = caps.cooldown_ms any = true end
+  if caps.model then out.model = caps.model any = true end
+  if any then return out end
+  return nil
+end
+local function balances()
+  local out = {}
+  for i, st in ipairs(states) do out[i] = balance(st.L, st.d) end
+  return out
+end
+local capped = built_caps()
+local allowed = {outcome = capped and 'ALLOW_WITH_CAPS' or 'ALLOW', caps = capped or NULL}
+if P.dry_run then
+  return reply({decision = denial or allowed, balances = balances()})
+end
+local subject = cjson.decode(P.subject)
+if denial and not shadow then
+  audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
+    action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
+    estimate = pack_units(fixed), reason = denial.reason,
+    detail = {remaining = denial.remaining and tonumber(denial.remaining) or NULL,
+      limit = denial.limit and tonumber(denial.limit) or NULL}})
+  count(subject.scope_path, 'denials:' .. denial.reason)
+  NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
+    denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
+  return reply({decision = denial, balances = balances()})
+end
+
+-- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
+local ledger_lines = {}
+for i, st in ipairs(states) do
+  st.L.r = st.L.r + estimate[st.d.unit]
+  st.L.t = NOW
+  ledger_lines[i] = st.L.field .. '\t' .. st.d.scope .. '\t' .. st.d.per
+end
+for _, c in ipairs(calls) do redis.call('HSET', K_QCOUNT, c[1], c[2] .. '|' .. (c[3] + 1)) end
+for _, r in ipairs(runs) do
+  redis.call('HSET', K_QCOUNT, r[1], r[2] .. '|' .. (r[3] + 1))
+  redis.call('HSET', K_QRUNS, r[1] .. '|' .. run, r[2])
+end
+for _, qkey in ipairs(concurrency) do redis.call('HINCRBY', K_QCOUNT, qkey, 1) end
+local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject,
+  action = cjson.encode(P.action), estimate = pack_units(estimate),
+  ledgers = table.concat(ledger_lines, '\n'), created = s(NOW), expires = NOW + P.ttl,
+  grace = P.grace, ext = 0, maxext = P.maxext, policy = nz(P.policy) or '',
+  concurrency = table.concat(concurrency, '\n'), shadow = shadow and '1' or '0'}
+redis.call('HSET', K_RES, 'id', R.id, 'tenant', R.tenant, 'status', R.status, 'subject',
+  R.subject, 'action', R.action, 'estimate', R.estimate, 'ledgers', R.ledgers, 'created',
+  R.created, 'expires', s(R.expires), 'grace', s(R.grace), 'ext', 0, 'maxext', R.maxext,
+  'policy', R.policy, 'concurrency', R.concurrency, 'shadow', R.shadow)
+redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
+local decision = allowed
+if denial then  -- shadow: what enforce mode would have said, on record
+  decision = {outcome = allowed.outcome, caps = allowed.caps, observed = denial}
+  audit('reservation.observed_denied', {scopes = {denial.scope or ''}, subject = P.subject,
+    action = kind .. ' ' .. name, reservation_id = R.id, estimate = R.estimate,
+    reason = denial.reason})
+  count(subject.scope_path, 'denials:observed:' .. denial.reason)
+end
+audit('reservation.reserved', {scopes = res_scopes(R), subject = P.subject,
+  action = kind .. ' ' .. name, reservation_id = R.id, idempotency_key = nz(P.key) or '',
+  estimate = R.estimate, detail = capped and {caps = capped} or {}})
+count(subject.scope_path, 'reservations')
+for unit, amount in pairs(estimate) do count(subject.scope_path, 'reserved:' .. unit, amount) end
+local held = balances()
+for _, st in ipairs(states) do
+  alert(st.L, st.d, R.id)
+  lsave(st.L)
+end
+local body = {decision = decision, reservation = res_info(R), balances = held, notes = {}}
+remember(cjson.encode(body))
+body.notes = NOTES
+return cjson.encode(body)

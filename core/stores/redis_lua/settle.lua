@@ -1,0 +1,115 @@
+-- commit, release and extend of one reservation (KEYS[11]); idempotency lives on it.
+
+local R = load_res(K_RES)
+if R == nil then
+  return fail('NOT_FOUND', 'no reservation ' .. P.rid .. ' (never made, or past its retention)')
+end
+local kind = P.op
+local stored_key = R[kind .. '_key']
+if kind == 'extend' and nz(P.key) then stored_key = R['extend_key:' .. P.key] and P.key end
+if nz(P.key) and stored_key == P.key then
+  local fp_field = kind == 'extend' and ('extend_fp:' .. P.key) or (kind .. '_fp')
+  if R[fp_field] ~= P.fp then
+    return fail('IDEMPOTENCY_MISMATCH', 'idempotency key ' .. P.key .. ' was used for a different ' ..
+      (kind == 'extend' and 'extension' or kind) .. ' request')
+  end
+  return R[kind == 'extend' and ('extend_result:' .. P.key) or (kind .. '_result')]
+end
+if R.status == 'EXPIRED' then
+  return fail('RESERVATION_EXPIRED', 'reservation ' .. R.id .. ' expired; its estimate went back ' ..
+    'to the budgets (charge the spend with record())')
+end
+if R.status ~= 'ACTIVE' then
+  return fail('RESERVATION_FINALIZED', 'reservation ' .. R.id .. ' is already ' .. R.status)
+end
+if NOW > R.expires + R.grace then expire(R, K_RES) end
+if NOW > (kind == 'extend' and R.expires or R.expires + R.grace) then
+  return fail('RESERVATION_EXPIRED', 'reservation ' .. R.id .. ' expired at ' .. s(R.expires) .. ' ms')
+end
+
+local function save_reply(body)
+  local text = cjson.encode(body)
+  if nz(P.key) then
+    if kind == 'extend' then
+      redis.call('HSET', K_RES, 'extend_key:' .. P.key, '1', 'extend_fp:' .. P.key, P.fp,
+        'extend_result:' .. P.key, text)
+    else
+      redis.call('HSET', K_RES, kind .. '_key', P.key, kind .. '_fp', P.fp, kind .. '_result', text)
+    end
+  end
+  body.notes = NOTES
+  return cjson.encode(body)
+end
+
+if kind == 'extend' then
+  if R.ext >= R.maxext then
+    return fail('MAX_EXTENSIONS_EXCEEDED', 'reservation ' .. R.id .. ' was extended ' .. s(R.ext) ..
+      ' times, the most allowed')
+  end
+  R.expires = R.expires + P.by_ms
+  R.ext = R.ext + 1
+  redis.call('HSET', K_RES, 'expires', s(R.expires), 'ext', R.ext)
+  redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
+  audit('reservation.extended', {reservation_id = R.id, idempotency_key = nz(P.key) or '',
+    detail = {by_ms = P.by_ms, expires_at_ms = R.expires}})
+  return save_reply({reservation_id = R.id, expires_at_ms = s(R.expires), extensions = R.ext})
+end
+
+local scope_path = subject_scope(R)
+if kind == 'release' then
+  local balances = return_estimate(R, K_RES)
+  finish(R, K_RES, 'RELEASED')
+  audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
+    idempotency_key = nz(P.key) or '', estimate = R.estimate, detail = {reason = P.reason}})
+  count(scope_path, 'releases')
+  return save_reply({reservation_id = R.id, status = 'RELEASED', released = R.estimate,
+    balances = balances})
+end
+
+-- commit
+local estimate = unpack_units(R.estimate)
+local actual = {}
+for _, pair in ipairs(P.actual) do
+  if estimate[pair[1]] == nil then
+    local held = {}
+    for unit in pairs(estimate) do held[#held + 1] = unit end
+    table.sort(held)
+    return fail('UNIT_MISMATCH', 'commit: ' .. pair[1] .. ' not in the reservation\'s estimate ' ..
+      table.concat(held, ', '))
+  end
+  actual[pair[1]] = pair[2]
+end
+for unit, held in pairs(estimate) do
+  if actual[unit] == nil then actual[unit] = held end  -- a unit left out is charged as estimated
+end
+local shadow = R.shadow == '1'
+local rows = {}
+for i, e in ipairs(res_ledgers(R)) do
+  local d = res_def(e)
+  local policy = R.policy ~= '' and R.policy or d.policy
+  if shadow then d, policy = unlimited(d), 'ALLOW_WITH_OVERDRAFT' end
+  rows[i] = {L = lload(e.field, d), d = d, policy = policy, unit = e.unit}
+end
+local changes, charged, refused = settle(rows, estimate, actual, true)
+if refused then
+  return fail(refused.reason, refused.reason == 'BUDGET_EXCEEDED' and
+    'the actual exceeds the estimate by more than remains (overage policy REJECT)' or
+    'the overage would pass the overdraft limit', refused)
+end
+apply(rows, changes)
+local released = {}
+for unit, held in pairs(estimate) do released[unit] = math.max(0, held - charged[unit]) end
+local balances = {}
+for i, row in ipairs(rows) do balances[i] = balance(row.L, res_def(res_ledgers(R)[i])) end
+finish(R, K_RES, 'COMMITTED', pack_units(charged))
+audit('reservation.committed', {scopes = res_scopes(R), reservation_id = R.id,
+  idempotency_key = nz(P.key) or '', estimate = R.estimate, actual = pack_units(actual),
+  charged = pack_units(charged)})
+count(scope_path, 'commits')
+for unit, amount in pairs(charged) do count(scope_path, 'committed:' .. unit, amount) end
+for _, row in ipairs(rows) do
+  alert(row.L, row.d, R.id)
+  lsave(row.L)
+end
+return save_reply({reservation_id = R.id, status = 'COMMITTED', charged = pack_units(charged),
+  released = pack_units(released), balances = balances})
