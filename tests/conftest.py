@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import redis
-from redis_server import redis_server
 
 import allotment as al
+
+from redis_server import redis_server
 
 START_MS = int(datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()) * 1000
 STORE_KINDS = ["memory", "redis"]
