@@ -8,8 +8,10 @@ Redis `TIME` is the clock, unless a test hands in its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+import weakref
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -120,7 +122,8 @@ class RedisStore:
         self._sources = {name: _source(parts) for name, parts in SCRIPTS.items()}
         self._scripts = {name: self.client.register_script(src)
                          for name, src in self._sources.items()}
-        self._ascripts: dict[str, Any] = {}
+        self._ascripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
+            weakref.WeakKeyDictionary())
         self._listeners: list[Callable[[list[Notification]], None]] = []
         self._known: set[str] = set()
 
@@ -179,15 +182,22 @@ class RedisStore:
         return result
 
     def _ascript(self, name: str) -> Any:
-        if self._aclient is None:
-            if self.url is None:
-                raise InvalidRequest("the async twins need an asyncio client: pass aclient= "
-                                     "(redis.asyncio) when building a RedisStore from a client")
-            self._aclient = aredis.Redis.from_url(self.url)
-        script = self._ascripts.get(name)
-        if script is None:
-            script = self._ascripts[name] = self._aclient.register_script(self._sources[name])
-        return script
+        """The script on this event loop's asyncio client (a client belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        scripts = self._ascripts.get(loop)
+        if scripts is None:
+            client = self._aclient
+            if client is None or self._ascripts:
+                if self.url is None:
+                    raise InvalidRequest("the async twins need an asyncio client: pass "
+                                         "aclient= (redis.asyncio) with a client-built store")
+                # Many tasks share a bounded pool and wait for a connection, never fail.
+                pool = aredis.BlockingConnectionPool.from_url(self.url, max_connections=64,
+                                                              timeout=30)
+                client = aredis.Redis(connection_pool=pool)
+            scripts = self._ascripts[loop] = {
+                script: client.register_script(src) for script, src in self._sources.items()}
+        return scripts[name]
 
     def _args(self, payload: dict[str, Any]) -> list[str]:
         now = "" if self.clock is None else str(self.clock())
