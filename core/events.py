@@ -63,6 +63,8 @@ class NotificationType:
     EXHAUSTED = "budget.exhausted"
     OVER_LIMIT_ENTERED = "budget.over_limit_entered"
     RESERVATION_DENIED = "reservation.denied"
+    SPEND_UNRECORDED = "spend.unrecorded"
+    """A commit that failed on every try: the amounts the store never received."""
 
 
 @dataclass(slots=True)
@@ -78,6 +80,7 @@ class Notification:
     remaining: int | None = None
     allocated: int | None = None
     reservation_id: str | None = None
+    amounts: tuple[Amount, ...] = ()
 
 
 class Sink(Protocol):

@@ -4,12 +4,17 @@ operation to its store as one atomic step. Every method has an `a`-prefixed asyn
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
+import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .amounts import Amount, AmountsLike, Unit, amounts_by_unit, to_decimal, usd_to_microcents
+from .clock import system_ms
 from .context import current_subject
 from .errors import (
     BudgetExceeded,
@@ -17,6 +22,8 @@ from .errors import (
     InvalidRequest,
     NotAllowed,
     QuotaExceeded,
+    ReservationFinalized,
+    StoreUnavailable,
 )
 from .events import AuditRecord, Notification, ReportRow, Sink, Subscriber, dispatch
 from .models import (
@@ -28,11 +35,13 @@ from .models import (
     ExtendResult,
     FundOperation,
     FundResult,
+    Outcome,
     OveragePolicy,
     Reason,
     RecordResult,
     ReleaseResult,
     ReservationInfo,
+    ReservationStatus,
     TransferResult,
 )
 from .periods import Period, parse_period
@@ -42,10 +51,15 @@ from .reservation import Reservation
 from .scopes import Subject, parse_scope
 from .stores import base as ops
 from .stores.base import AUTO, UNIT_ORDER, PeriodChoice, Store, Units
+from .sweeper import Sweeper, retry_delays
 from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_key, check_name
 
 if TYPE_CHECKING:
     from .tenant import TenantGuard
+
+log = logging.getLogger("allotment")
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+SPEND_UNRECORDED = "spend.unrecorded"
 
 TTL_RANGE = (1_000, 86_400_000)
 GRACE_RANGE = (0, 60_000)
@@ -61,7 +75,8 @@ class Guard:
 
     def __init__(self, store: Store | None = None, *, ttl_ms: int = 60_000,
                  grace_ms: int = 5_000, max_extensions: int = 10, mode: str = "enforce",
-                 default_plan: Plan | None = None, sink: Sink | None = None) -> None:
+                 default_plan: Plan | None = None, sink: Sink | None = None,
+                 on_store_error: str = "deny", commit_retries: int = 3) -> None:
         if store is None:
             from .stores.memory import MemoryStore
 
@@ -77,13 +92,22 @@ class Guard:
         self._default_plans: dict[str, ops.ApplyPlan] = {}
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._sinks: list[Sink] = [] if sink is None else [sink]
+        if on_store_error not in ("deny", "allow"):
+            raise InvalidRequest(f"on_store_error: {on_store_error!r} is not 'deny' (fail "
+                                 "closed) or 'allow' (fail open)")
+        self.on_store_error = on_store_error
+        self.commit_retries = check_int(commit_retries, "commit_retries", 0, 10)
+        self.store_failures = 0
+        """Calls let through (fail open) or refused (fail closed) because the store failed."""
+        self._sweeper: Sweeper | None = None
         store.subscribe(self._notify)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Guard:
         """`memory://` (embedded); guard options (ttl_ms, ...) go to the guard, the rest to
         the store."""
-        guard_keys = {"ttl_ms", "grace_ms", "max_extensions", "mode", "default_plan", "sink"}
+        guard_keys = {"ttl_ms", "grace_ms", "max_extensions", "mode", "default_plan", "sink",
+                      "on_store_error", "commit_retries"}
         guard_options = {k: v for k, v in options.items() if k in guard_keys}
         store_options = {k: v for k, v in options.items() if k not in guard_keys}
         return cls(ops.store_from_url(url, **store_options), **guard_options)
@@ -95,7 +119,20 @@ class Guard:
         return TenantGuard(self, name)
 
     def close(self) -> None:
+        self.stop_sweeper()
         self.store.close()
+
+    def start_sweeper(self, interval_s: float = 1.0, batch: int = 1_000) -> None:
+        """Expire abandoned reservations in the background, every `interval_s`. Across
+        processes sharing a store only one sweeps at a time (it holds a lease in the store)."""
+        if self._sweeper is None:
+            self._sweeper = Sweeper(self, interval_s, batch)
+            self._sweeper.start()
+
+    def stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
 
     # -- notifications --------------------------------------------------------------------
 
@@ -271,7 +308,10 @@ class Guard:
         step. An `al.Elastic` estimate may be reserved smaller, answered ALLOW_WITH_CAPS."""
         op = self._reserve_op(subject, action, estimate, ttl_ms, grace_ms, overage_policy,
                               idempotency_key, dry_run=False)
-        return self._reserved(self.store.execute(op))
+        try:
+            return self._reserved(self.store.execute(op))
+        except StoreUnavailable as error:
+            return self._store_failed(op, error)
 
     async def areserve(self, subject: Subject | None, action: Action,
                        estimate: AmountsLike | Elastic, *,
@@ -280,7 +320,10 @@ class Guard:
                        idempotency_key: str | None = None) -> Reservation:
         op = self._reserve_op(subject, action, estimate, ttl_ms, grace_ms, overage_policy,
                               idempotency_key, dry_run=False)
-        return self._reserved(await self.store.aexecute(op))
+        try:
+            return self._reserved(await self.store.aexecute(op))
+        except StoreUnavailable as error:
+            return self._store_failed(op, error)
 
     def decide(self, subject: Subject | None, action: Action,
                estimate: AmountsLike | Elastic) -> Decision:
@@ -296,13 +339,38 @@ class Guard:
     def commit(self, reservation_id: str, actual: AmountsLike, *,
                idempotency_key: str | None = None) -> CommitResult:
         """Charge the actual usage and return the rest of the estimate. Units the estimate
-        held but `actual` leaves out are charged as estimated."""
-        return self.store.execute(self._commit_op(reservation_id, actual, idempotency_key))
+        held but `actual` leaves out are charged as estimated.
+
+        A store failure is retried (a lost answer to an applied commit is recognised, never
+        charged twice); if every try fails, `spend.unrecorded` is sent to the subscribers and
+        sinks with the amounts, and `StoreUnavailable` is raised."""
+        op = self._commit_op(reservation_id, actual, idempotency_key)
+        for attempt in retry_delays(self.commit_retries):
+            try:
+                return self.store.execute(op)
+            except StoreUnavailable as error:
+                failure = error
+            except ReservationFinalized:
+                if attempt == 0:
+                    raise
+                return self._applied_commit(self.get(reservation_id))
+            time.sleep(attempt)
+        raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
 
     async def acommit(self, reservation_id: str, actual: AmountsLike, *,
                       idempotency_key: str | None = None) -> CommitResult:
-        return await self.store.aexecute(self._commit_op(reservation_id, actual,
-                                                         idempotency_key))
+        op = self._commit_op(reservation_id, actual, idempotency_key)
+        for attempt in retry_delays(self.commit_retries):
+            try:
+                return await self.store.aexecute(op)
+            except StoreUnavailable as error:
+                failure = error
+            except ReservationFinalized:
+                if attempt == 0:
+                    raise
+                return self._applied_commit(await self.aget(reservation_id))
+            await asyncio.sleep(attempt)
+        raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
 
     def release(self, reservation_id: str, reason: str = "released", *,
                 idempotency_key: str | None = None) -> ReleaseResult:
@@ -576,6 +644,41 @@ class Guard:
             **_keyed(key, "record", subject, action, units, policy))
 
     # -- interpreting results -------------------------------------------------------------
+
+    def _store_failed(self, op: ops.Reserve, error: StoreUnavailable) -> Reservation:
+        """Fail closed (raise), or open: the call proceeds unguarded and its spend is
+        recorded when it commits, once the store answers again."""
+        self.store_failures += 1
+        if self.on_store_error == "deny":
+            raise error
+        log.warning("store unavailable, letting %s through unguarded: %s", op.tenant, error)
+        estimate = tuple(Amount.trusted(unit, amount) for unit, amount in op.estimate)
+        info = ReservationInfo(f"{op.tenant}:{uuid.uuid4().hex}", op.tenant,
+                               ReservationStatus.ACTIVE, op.subject, op.action, estimate,
+                               op.scopes, 0, 0, op.grace_ms, 0, op.overage_policy)
+        decision = Decision(Outcome.ALLOW, reason=STORE_UNAVAILABLE)
+        return Reservation(self, info, decision, (), unguarded=True)
+
+    def _applied_commit(self, info: ReservationInfo) -> CommitResult:
+        """A retried commit found its first try applied: answer from the stored record."""
+        if info.status is not ReservationStatus.COMMITTED:
+            raise ReservationFinalized(f"reservation {info.id} is already {info.status.value}")
+        charged = {a.unit: a.amount for a in info.charged}
+        released = tuple(Amount.trusted(a.unit, max(0, a.amount - charged.get(a.unit, 0)))
+                         for a in info.estimate)
+        return CommitResult(info.id, ReservationStatus.COMMITTED, info.charged, released, ())
+
+    def _unrecorded(self, tenant: str, reservation_id: str, actual: Units,
+                    error: StoreUnavailable) -> StoreUnavailable:
+        """Never drop spend silently: tell the subscribers and sinks what could not be
+        written, then let the caller know."""
+        amounts = tuple(Amount.trusted(unit, amount) for unit, amount in actual)
+        log.error("spend of %s on %s could not be recorded: %s", amounts, reservation_id, error)
+        self._notify([Notification(SPEND_UNRECORDED, tenant, system_ms(),
+                                   reservation_id=reservation_id, amounts=amounts)])
+        return StoreUnavailable(f"commit of {reservation_id} failed after "
+                                f"{self.commit_retries + 1} tries ({error}); the spend was sent "
+                                f"to the notification sinks as {SPEND_UNRECORDED}")
 
     def _reserved(self, outcome: ops.ReserveOutcome) -> Reservation:
         if outcome.reservation is None:

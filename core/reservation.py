@@ -17,6 +17,7 @@ from .models import (
     CommitResult,
     Decision,
     ExtendResult,
+    RecordResult,
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
@@ -28,12 +29,15 @@ if TYPE_CHECKING:
 
 class Reservation:
     def __init__(self, guard: Guard, info: ReservationInfo, decision: Decision,
-                 balances: tuple[Balance, ...]) -> None:
+                 balances: tuple[Balance, ...], unguarded: bool = False) -> None:
         self.guard = guard
         self.info = info
         self.decision = decision
         self.balances = balances
         self.result: CommitResult | ReleaseResult | None = None
+        self.unguarded = unguarded
+        """Let through while the store was down (fail open): nothing is held, and a commit
+        records the spend once the store answers again."""
 
     @property
     def id(self) -> str:
@@ -59,35 +63,58 @@ class Reservation:
         return f"<Reservation {self.id} {self.decision.outcome.value} {list(self.estimate)}>"
 
     def commit(self, actual: AmountsLike, *, idempotency_key: str | None = None) -> CommitResult:
-        result = self.guard.commit(self.id, actual, idempotency_key=idempotency_key)
+        if self.unguarded:
+            result = self._recorded(self.guard.record(
+                self.info.subject, self.info.action, actual, idempotency_key=self.id))
+        else:
+            result = self.guard.commit(self.id, actual, idempotency_key=idempotency_key)
         self.result = result
         return result
 
     async def acommit(self, actual: AmountsLike, *,
                       idempotency_key: str | None = None) -> CommitResult:
-        result = await self.guard.acommit(self.id, actual, idempotency_key=idempotency_key)
+        if self.unguarded:
+            result = self._recorded(await self.guard.arecord(
+                self.info.subject, self.info.action, actual, idempotency_key=self.id))
+        else:
+            result = await self.guard.acommit(self.id, actual, idempotency_key=idempotency_key)
         self.result = result
         return result
 
     def release(self, reason: str = "released", *,
                 idempotency_key: str | None = None) -> ReleaseResult:
-        result = self.guard.release(self.id, reason, idempotency_key=idempotency_key)
+        if self.unguarded:
+            result = ReleaseResult(self.id, ReservationStatus.RELEASED, (), ())
+        else:
+            result = self.guard.release(self.id, reason, idempotency_key=idempotency_key)
         self.result = result
         return result
 
     async def arelease(self, reason: str = "released", *,
                        idempotency_key: str | None = None) -> ReleaseResult:
-        result = await self.guard.arelease(self.id, reason, idempotency_key=idempotency_key)
+        if self.unguarded:
+            result = ReleaseResult(self.id, ReservationStatus.RELEASED, (), ())
+        else:
+            result = await self.guard.arelease(self.id, reason,
+                                               idempotency_key=idempotency_key)
         self.result = result
         return result
 
+    def _recorded(self, record: RecordResult) -> CommitResult:
+        return CommitResult(self.id, ReservationStatus.COMMITTED, record.charged, (),
+                            record.balances)
+
     def extend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
+        if self.unguarded:
+            return ExtendResult(self.id, self.info.expires_at_ms, self.info.extensions)
         result = self.guard.extend(self.id, by_ms, idempotency_key=idempotency_key)
         self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
                             extensions=result.extensions)
         return result
 
     async def aextend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
+        if self.unguarded:
+            return ExtendResult(self.id, self.info.expires_at_ms, self.info.extensions)
         result = await self.guard.aextend(self.id, by_ms, idempotency_key=idempotency_key)
         self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
                             extensions=result.extensions)

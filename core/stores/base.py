@@ -238,6 +238,9 @@ class Store(Protocol):
     def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
         """Receive each operation's notifications after its atomic step."""
 
+    def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or renew a named lease for `owner`; False while another owner holds it."""
+
     def close(self) -> None: ...
 
 

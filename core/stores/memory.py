@@ -220,6 +220,10 @@ class MemoryStore:
             Transfer: self._transfer, Audit: self._audit, Report: self._report,
         }
 
+    def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """One process holds all of this store: its sweeper never competes."""
+        return True
+
     def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
         """Called with each operation's notifications, after the lock is released."""
         self._listeners.append(listener)

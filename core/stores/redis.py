@@ -109,11 +109,20 @@ class RedisStore:
     def __init__(self, client: Any = None, *, aclient: Any = None, url: str | None = None,
                  clock: Callable[[], int] | None = None, reap_batch: int = 16,
                  idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
-                 audit_retention: int = 10_000) -> None:
+                 audit_retention: int = 10_000, durability: str = "fast", replicas: int = 0,
+                 wait_timeout_ms: int = 1_000, socket_timeout: float = 2.0) -> None:
         if client is None and url is None:
             url = "redis://localhost:6379/0"
+        if durability not in ("fast", "strict"):
+            raise InvalidRequest(f"durability: {durability!r} is not 'fast' or 'strict'")
         self.url = url
-        self.client = client if client is not None else redis.Redis.from_url(url)  # type: ignore[arg-type]
+        self.socket_timeout = socket_timeout
+        self.client = client if client is not None else redis.Redis.from_url(
+            url, socket_timeout=socket_timeout,  # type: ignore[arg-type]
+            socket_connect_timeout=socket_timeout, health_check_interval=30)
+        self.durability, self.replicas, self.wait_timeout_ms = (durability, replicas,
+                                                                wait_timeout_ms)
+        self._waitaof: bool | None = None
         self._aclient = aclient
         self.clock = clock
         self.settings = json.dumps({
@@ -122,6 +131,7 @@ class RedisStore:
         self._sources = {name: _source(parts) for name, parts in SCRIPTS.items()}
         self._scripts = {name: self.client.register_script(src)
                          for name, src in self._sources.items()}
+        self._lease = self.client.register_script(_source(("lease",)))
         self._ascripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
             weakref.WeakKeyDictionary())
         self._listeners: list[Callable[[list[Notification]], None]] = []
@@ -150,6 +160,13 @@ class RedisStore:
     def subscribe(self, listener: Callable[[list[Notification]], None]) -> None:
         self._listeners.append(listener)
 
+    def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """SET NX, or renew if we already hold it: one sweeper among many processes."""
+        try:
+            return bool(self._lease(keys=[f"al:lease:{name}"], args=[owner, ttl_ms]))
+        except RedisError as error:
+            raise StoreUnavailable(f"redis error: {error}") from error
+
     def close(self) -> None:
         self.client.close()
 
@@ -158,9 +175,12 @@ class RedisStore:
     def execute(self, op: ops.Op[R]) -> R:
         if isinstance(op, ops.Sweep):
             return self._sweep(op.limit)  # type: ignore[return-value]
-        script, keys, payload = self._call(op)
         try:
-            raw = self._scripts[script](keys=keys, args=self._args(payload))
+            script, keys, payload = self._call(op)
+            if self.durability == "strict" and isinstance(op, (ops.Commit, ops.Record)):
+                raw = self._durably(script, keys, payload)
+            else:
+                raw = self._scripts[script](keys=keys, args=self._args(payload))
         except (RedisConnectionError, TimeoutError) as error:
             raise StoreUnavailable(f"redis unreachable: {error}") from error
         except RedisError as error:
@@ -171,8 +191,8 @@ class RedisStore:
     async def aexecute(self, op: ops.Op[R]) -> R:
         if isinstance(op, ops.Sweep):
             return self._sweep(op.limit)  # type: ignore[return-value]
-        script, keys, payload = self._call(op)
         try:
+            script, keys, payload = self._call(op)
             raw = await self._ascript(script)(keys=keys, args=self._args(payload))
         except (RedisConnectionError, TimeoutError) as error:
             raise StoreUnavailable(f"redis unreachable: {error}") from error
@@ -180,6 +200,27 @@ class RedisStore:
             raise StoreUnavailable(f"redis error: {error}") from error
         result: R = self._finish(op, json.loads(raw))
         return result
+
+    def _durably(self, script: str, keys: list[str], payload: dict[str, Any]) -> Any:
+        """Strict mode: the script and a WAITAOF (Redis ≥ 7.2) or WAIT on one connection,
+        in one round trip; the commit returns only once it is on disk / on the replicas."""
+        if self._waitaof is None:
+            version = str(self.client.info("server").get("redis_version", "0"))
+            self._waitaof = tuple(int(p) for p in version.split(".")[:2]) >= (7, 2)
+        pipe = self.client.pipeline(transaction=False)
+        self._scripts[script](keys=keys, args=self._args(payload), client=pipe)
+        if self._waitaof:
+            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_timeout_ms)
+        else:
+            pipe.execute_command("WAIT", self.replicas, self.wait_timeout_ms)
+        raw, acks = pipe.execute()
+        local, replicated = (acks[0], acks[1]) if self._waitaof else (1, acks)
+        if local < 1 or replicated < self.replicas:
+            raise StoreUnavailable(
+                f"the write was applied but not confirmed durable in {self.wait_timeout_ms} ms "
+                f"(fsynced locally: {local}, replicas: {replicated} of {self.replicas}); a "
+                "retry with the same idempotency key is safe")
+        return raw
 
     def _ascript(self, name: str) -> Any:
         """The script on this event loop's asyncio client (a client belongs to one loop)."""
@@ -192,8 +233,10 @@ class RedisStore:
                     raise InvalidRequest("the async twins need an asyncio client: pass "
                                          "aclient= (redis.asyncio) with a client-built store")
                 # Many tasks share a bounded pool and wait for a connection, never fail.
-                pool = aredis.BlockingConnectionPool.from_url(self.url, max_connections=64,
-                                                              timeout=30)
+                pool = aredis.BlockingConnectionPool.from_url(
+                    self.url, max_connections=64, timeout=30,
+                    socket_timeout=self.socket_timeout,
+                    socket_connect_timeout=self.socket_timeout)
                 client = aredis.Redis(connection_pool=pool)
             scripts = self._ascripts[loop] = {
                 script: client.register_script(src) for script, src in self._sources.items()}
@@ -276,6 +319,12 @@ class RedisStore:
         return script, [*keys, res, idem], payload
 
     def _sweep(self, limit: int) -> int:
+        try:
+            return self._sweep_tenants(limit)
+        except RedisError as error:
+            raise StoreUnavailable(f"redis error during sweep: {error}") from error
+
+    def _sweep_tenants(self, limit: int) -> int:
         expired = 0
         for raw in self.client.sscan_iter(TENANTS_KEY, count=500):
             if expired >= limit:
