@@ -8,11 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import LLM
-from redis_server import free_port, redis_server
 
 import allotment as al
 from allotment.stores.redis import RedisStore
+
+from conftest import LLM
+from redis_server import free_port, redis_server
 
 ACME = al.Subject(tenant="acme")
 
@@ -102,13 +103,14 @@ def test_background_sweeper_one_at_a_time_returns_abandoned_budget(
     for _ in range(5):
         guards[0].reserve(ACME, LLM, al.usd(2), ttl_ms=1_000, grace_ms=0)
     assert guards[0].balances("tenant:acme")[0].remaining == 0
+    time.sleep(1.1)  # all five are now past ttl + grace; no operation of acme runs
     for guard in guards:
         guard.start_sweeper(interval_s=0.05)
+    sweepers = [g._sweeper for g in guards]
     deadline = time.monotonic() + 5
-    while guards[1].balances("tenant:acme")[0].reserved and time.monotonic() < deadline:
+    while sum(s.expired for s in sweepers if s) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     holder = redis.Redis.from_url(url).get("al:lease:sweeper")
-    sweepers = [g._sweeper for g in guards]
     for guard in guards:
         guard.stop_sweeper()
     (b,) = guards[1].balances("tenant:acme")
