@@ -9,16 +9,27 @@ from pathlib import Path
 
 import pytest
 
+import allotment as al
+
+from redis_server import redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_python_blocks_run_in_order() -> None:
+    """Run as written, against a real redis-server where a block names localhost:6379."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) >= 4
     namespace: dict[str, object] = {
         "call_the_model": lambda: {"usage": 1}, "cost_of": lambda response: "0.01"}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    with redis_server() as (url, _):
+        for block in blocks:
+            code = block.replace("redis://localhost:6379", url)
+            exec(compile(code, "README.md", "exec"), namespace)
+        guard = namespace["guard"]
+        assert isinstance(guard, al.Guard)
+        assert guard.balances("tenant:acme")[0].allocated == al.usd(2000).amount
+        guard.close()
 
 
 @pytest.mark.parametrize(("args", "expected"), [
