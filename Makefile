@@ -20,10 +20,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	rm -rf .typecheck && mkdir -p .typecheck/allotment
+	for f in core/*; do ln -s "../../$$f" ".typecheck/allotment/$${f#core/}"; done
+	ln -s ../../integrations .typecheck/allotment/integrations
+	$(BIN)/mypy .typecheck/allotment
 
 bench: $(STAMP)
 	$(BIN)/python bench/core_ops.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import LLM
 
 import allotment as al
+
+from conftest import LLM
 
 PLANS = Path(__file__).resolve().parent.parent / "examples" / "plans.yaml"
 
@@ -39,7 +40,7 @@ def test_plans_load_from_toml_and_dict(tmp_path: Path) -> None:
     with pytest.raises(al.InvalidRequest, match="budgets"):
         al.Plan.from_dict({"budgets": [{"usd": "lots"}]}, "bad")
     (tmp_path / "plans.json").write_text("{}")
-    with pytest.raises(al.InvalidRequest, match=".yaml"):
+    with pytest.raises(al.InvalidRequest, match=r"\.yaml"):
         al.Plan.load(tmp_path / "plans.json", "x")
 
 

@@ -6,9 +6,10 @@ import logging
 from decimal import Decimal
 
 import pytest
-from conftest import LLM, START_MS
 
 import allotment as al
+
+from conftest import LLM, START_MS
 
 ACME = "tenant:acme"
 

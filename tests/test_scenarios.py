@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import LLM
 
 import allotment as al
+
+from conftest import LLM
 
 PLANS = al.Plan.load_all(Path(__file__).resolve().parent.parent / "examples" / "plans.yaml")
 
@@ -142,6 +143,7 @@ def test_e_shadow_mode_reports_what_enforce_would_have_denied(clock: al.ManualCl
         enforce = al.Guard(make_store(kind, clock))
         shadow = al.Guard(make_store(kind, clock), mode="shadow")
         allowed, denied = traffic(enforce)
+        assert allowed + denied == 40
         assert traffic(shadow) == (40, 0)
         enforced = enforce.report("acme")[0].denials
         observed = shadow.report("acme")[0].denials

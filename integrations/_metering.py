@@ -1,0 +1,172 @@
+"""What every adapter does, written once: find the subject, estimate, reserve (or deny before
+any request leaves), apply caps, and settle — commit the real usage, or the estimate when a
+call reached the provider but its usage never arrived, or release when it never got there.
+
+Adapters only translate their framework's request and response shapes; they talk to the
+guard, never to a store.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import allotment as al
+from allotment.context import current_fields
+from allotment.estimation import input_tokens
+from allotment.pricing import ModelPrice, Pricer, TokenUsage
+from allotment.scopes import LEVELS
+
+log = logging.getLogger("allotment")
+
+DEFAULT_MAX_TOKENS = 4_096
+DEFAULT_FLOOR = 256
+OnDeny = Callable[[al.Denied], Any]
+
+
+def resolve_subject(wrapper: Mapping[str, Any], call: Mapping[str, Any] | None = None
+                    ) -> al.Subject:
+    """Wrapper arguments, then `al.scope(...)` in force, then per-call metadata: each later
+    source overrides the earlier ones, level by level; dimensions merge."""
+    merged: dict[str, Any] = {"dimensions": {}}
+    for source in (wrapper, current_fields(), call or {}):
+        for key, value in source.items():
+            if value is None:
+                continue
+            if key == "dimensions":
+                merged["dimensions"].update(value)
+            elif key in LEVELS:
+                merged[key] = value
+            else:
+                merged["dimensions"][key] = value
+    if not merged.get("tenant"):
+        raise al.InvalidRequest("no tenant: give tenant= to the wrapper or handler, open an "
+                                "al.scope(tenant=...), or pass it in the call's metadata")
+    return al.Subject(**merged)
+
+
+@dataclass(slots=True)
+class Meter:
+    """One guarded call from reservation to settlement; settles exactly once."""
+
+    guard: al.Guard
+    reservation: al.Reservation
+    provider: str
+    model: str
+    price: ModelPrice
+    usage: TokenUsage | None = None
+    settled: bool = False
+    result: Any = field(default=None)
+
+    @property
+    def caps(self) -> al.Caps | None:
+        return self.reservation.caps
+
+    def commit(self, usage: TokenUsage | None = None) -> None:
+        """Charge what was used; with no usage known, the estimate (never free)."""
+        if self.settled:
+            return
+        self.settled = True
+        usage = usage or self.usage
+        if usage is None:
+            log.warning("no usage reported for %s: committing the estimate",
+                        self.reservation.id)
+            self.result = self.reservation.commit(self.reservation.estimate)
+            return
+        self.result = self.reservation.commit(self.actual(usage))
+
+    async def acommit(self, usage: TokenUsage | None = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        usage = usage or self.usage
+        if usage is None:
+            log.warning("no usage reported for %s: committing the estimate",
+                        self.reservation.id)
+            self.result = await self.reservation.acommit(self.reservation.estimate)
+            return
+        self.result = await self.reservation.acommit(self.actual(usage))
+
+    def actual(self, usage: TokenUsage) -> list[al.Amount]:
+        """The real cost in dollars (at the model's price) and in tokens."""
+        return [al.usd(self.price.cost(usage)), al.tokens(usage.total_tokens)]
+
+    def release(self, reason: str) -> None:
+        if not self.settled:
+            self.settled = True
+            self.result = self.reservation.release(reason)
+
+    async def arelease(self, reason: str) -> None:
+        if not self.settled:
+            self.settled = True
+            self.result = await self.reservation.arelease(reason)
+
+
+@dataclass(slots=True)
+class Request:
+    """A model call as the guard sees it, whatever framework made it."""
+
+    subject: al.Subject
+    kind: str  # "llm.completion" | "llm.embedding"
+    provider: str
+    model: str
+    payload: Any  # what the input tokens are counted from
+    max_tokens: int | None  # None for calls without output tokens (embeddings)
+    overhead: int = 0
+
+
+class Metering:
+    """Shared settings of an adapter: the guard, prices, and what to do on a denial."""
+
+    def __init__(self, guard: al.Guard, *, pricer: Pricer | None = None,
+                 on_deny: OnDeny | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 floor: int = DEFAULT_FLOOR, ttl_ms: int | None = None) -> None:
+        if not isinstance(guard, al.Guard):
+            raise al.InvalidRequest(f"guard: expected an al.Guard, got {guard!r}")
+        self.guard = guard
+        self.pricer = pricer or Pricer()
+        self.on_deny = on_deny
+        self.default_max_tokens = default_max_tokens
+        self.floor = floor
+        self.ttl_ms = ttl_ms
+
+    def estimate(self, request: Request) -> tuple[ModelPrice, al.Elastic | list[al.Amount]]:
+        """USD and TOKENS upper bounds: input counted offline, output up to max_tokens."""
+        price = self.pricer.price_of(request.provider, request.model, request.subject.tenant)
+        prompt = input_tokens(request.payload, request.overhead)
+        input_cost = al.usd(price.cost(TokenUsage(input_tokens=prompt)))
+        if request.max_tokens is None:
+            return price, [input_cost, al.tokens(prompt)]
+        return price, al.Elastic(
+            fixed=[input_cost, al.tokens(prompt)],
+            per_mtok=[price.output_rate(), al.tokens(1_000_000)],
+            max_tokens=request.max_tokens, floor=min(self.floor, request.max_tokens))
+
+    def start(self, request: Request) -> Meter:
+        """Reserve, or raise `Denied` before anything is sent."""
+        price, estimate = self.estimate(request)
+        action = al.Action(request.kind, f"{request.provider}:{request.model}")
+        reservation = self.guard.reserve(request.subject, action, estimate, ttl_ms=self.ttl_ms)
+        return Meter(self.guard, reservation, request.provider, request.model, price)
+
+    async def astart(self, request: Request) -> Meter:
+        price, estimate = self.estimate(request)
+        action = al.Action(request.kind, f"{request.provider}:{request.model}")
+        reservation = await self.guard.areserve(request.subject, action, estimate,
+                                                ttl_ms=self.ttl_ms)
+        return Meter(self.guard, reservation, request.provider, request.model, price)
+
+
+def allowed_tools(names: list[str], caps: al.Caps | None) -> set[str]:
+    """The tool names the caps let a model be offered (globs in allow and deny lists)."""
+    if caps is None:
+        return set(names)
+    keep = set(names)
+    if caps.tool_allowlist is not None:
+        keep = {n for n in keep if any(fnmatch.fnmatchcase(n, p) for p in caps.tool_allowlist)}
+    if caps.tool_denylist:
+        keep = {n for n in keep if not any(fnmatch.fnmatchcase(n, p) for p in caps.tool_denylist)}
+    return keep

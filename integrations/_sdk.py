@@ -1,0 +1,248 @@
+"""One choke point for the OpenAI and Anthropic SDKs: their shared client base runs every
+endpoint — create, parse, the stream helpers, with_raw_response — through `request()`, once
+per logical call with the SDK's retries inside. A guarded client is a copy of the user's client
+whose class overrides `request()`; nothing global is patched and `isinstance` still holds.
+
+A provider module describes its endpoints with a `Shape`; this module does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+import allotment as al
+from allotment.pricing import TokenUsage
+
+from ._metering import Meter, Metering, Request, resolve_subject
+
+log = logging.getLogger("allotment")
+SUBJECT_HEADER = "x-allotment-"
+"""Per-call subject fields travel as `extra_headers={"x-allotment-run": "r1"}`; the guarded
+client takes them off the request before it is sent."""
+
+
+class StreamUsage(Protocol):
+    usage: TokenUsage | None
+
+    def see(self, event: Any) -> None: ...
+
+
+class Shape(Protocol):
+    """What one provider's requests and responses look like."""
+
+    provider: str
+
+    def describe(self, path: str, body: dict[str, Any], subject: al.Subject,
+                 default_max_tokens: int) -> Request | None:
+        """The call to meter (None: not a metered endpoint). May set a missing max_tokens on
+        `body` so the estimate's bound is real, and ask streams to report usage."""
+
+    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None: ...
+
+    def usage(self, response: Any) -> TokenUsage | None: ...
+
+    def stream_usage(self, path: str) -> StreamUsage: ...
+
+
+def guarded_copy(client: Any, metering: Metering, subject: dict[str, Any], shape: Shape) -> Any:
+    """A copy of `client` whose calls are reserved, capped and committed."""
+    guarded = client.copy()
+    guarded.__class__ = _guarded_class(type(client), asynchronous=_is_async(client))
+    guarded._allotment = (metering, subject, shape)
+    return guarded
+
+
+_classes: dict[tuple[type, bool], type] = {}
+
+
+def _is_async(client: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(type(client).request)
+
+
+def _guarded_class(base: type, asynchronous: bool) -> type:
+    cls = _classes.get((base, asynchronous))
+    if cls is None:
+        mixin = _AsyncGuarded if asynchronous else _SyncGuarded
+        cls = type(f"Guarded{base.__name__}", (mixin, base), {})
+        _classes[(base, asynchronous)] = cls
+    return cls
+
+
+class _Copying:
+    _allotment: tuple[Metering, dict[str, Any], Shape]
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        new = super().copy(*args, **kwargs)  # type: ignore[misc]
+        new._allotment = self._allotment
+        return new
+
+    def with_options(self, *args: Any, **kwargs: Any) -> Any:
+        return self.copy(*args, **kwargs)
+
+    def _begin(self, options: Any) -> tuple[Request | None, str]:
+        metering, fields, shape = self._allotment
+        body = options.json_data if isinstance(options.json_data, dict) else None
+        call = _take_subject_headers(options)
+        if body is None:
+            return None, options.url
+        subject = resolve_subject(fields, call)
+        return shape.describe(options.url, body, subject, metering.default_max_tokens), (
+            options.url)
+
+
+class _SyncGuarded(_Copying):
+    def request(self, cast_to: Any, options: Any, *, stream: bool = False,
+                stream_cls: Any = None) -> Any:
+        metering, _, shape = self._allotment
+        described, path = self._begin(options)
+        if described is None:
+            return super().request(cast_to, options, stream=stream,  # type: ignore[misc]
+                                   stream_cls=stream_cls)
+        try:
+            meter = metering.start(described)
+        except al.Denied as denied:
+            if metering.on_deny is None:
+                raise
+            return metering.on_deny(denied)
+        if meter.caps is not None:
+            shape.apply_caps(path, options.json_data, meter.caps)
+        try:
+            result = super().request(cast_to, options, stream=stream,  # type: ignore[misc]
+                                     stream_cls=stream_cls)
+        except BaseException:
+            meter.release("provider error")  # no answer came back: nothing to charge
+            raise
+        return _settle(result, meter, shape, path)
+
+
+class _AsyncGuarded(_Copying):
+    async def request(self, cast_to: Any, options: Any, *, stream: bool = False,
+                      stream_cls: Any = None) -> Any:
+        metering, _, shape = self._allotment
+        described, path = self._begin(options)
+        if described is None:
+            return await super().request(cast_to, options, stream=stream,  # type: ignore[misc]
+                                         stream_cls=stream_cls)
+        try:
+            meter = await metering.astart(described)
+        except al.Denied as denied:
+            if metering.on_deny is None:
+                raise
+            return metering.on_deny(denied)
+        if meter.caps is not None:
+            shape.apply_caps(path, options.json_data, meter.caps)
+        try:
+            result = await super().request(cast_to, options,  # type: ignore[misc]
+                                           stream=stream, stream_cls=stream_cls)
+        except BaseException:
+            await meter.arelease("provider error")
+            raise
+        return await _asettle(result, meter, shape, path)
+
+
+def _take_subject_headers(options: Any) -> dict[str, str]:
+    headers = options.headers if isinstance(options.headers, dict) else None
+    if not headers:
+        return {}
+    call = {}
+    for name in [h for h in headers if h.lower().startswith(SUBJECT_HEADER)]:
+        value = headers.pop(name)
+        call[name[len(SUBJECT_HEADER):].lower()] = value
+    return call
+
+
+def _settle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
+    parsed = result.parse() if _is_raw(result) else result  # parse() is cached by the SDK
+    if hasattr(parsed, "_iterator"):
+        _observe(parsed, meter, shape.stream_usage(path))
+        return result
+    _commit(meter, shape.usage(parsed))
+    return result
+
+
+async def _asettle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
+    parsed = (await result.parse()) if _is_raw(result) and _is_awaitable_parse(result) else (
+        result.parse() if _is_raw(result) else result)
+    if hasattr(parsed, "_iterator"):
+        _aobserve(parsed, meter, shape.stream_usage(path))
+        return result
+    await _acommit(meter, shape.usage(parsed))
+    return result
+
+
+def _is_raw(result: Any) -> bool:
+    return hasattr(result, "parse") and hasattr(result, "http_response")
+
+
+def _is_awaitable_parse(result: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(result.parse)
+
+
+def _commit(meter: Meter, usage: TokenUsage | None) -> None:
+    """Settle after the provider answered: a refused commit falls back to the estimate (the
+    call happened), a store failure is left to the guard's retries and sinks."""
+    try:
+        meter.commit(usage)
+    except al.BudgetExceeded:
+        meter.settled = False
+        meter.commit(None)
+    except al.AllotmentError as error:
+        log.error("could not commit %s: %s", meter.reservation.id, error)
+
+
+async def _acommit(meter: Meter, usage: TokenUsage | None) -> None:
+    try:
+        await meter.acommit(usage)
+    except al.BudgetExceeded:
+        meter.settled = False
+        await meter.acommit(None)
+    except al.AllotmentError as error:
+        log.error("could not commit %s: %s", meter.reservation.id, error)
+
+
+def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
+    """Meter a stream in place: the caller keeps the SDK's own Stream object. Whatever way it
+    ends — consumed, closed early, broken, or dropped unread — the usage seen (or else the
+    estimate) is committed once."""
+    original: Iterator[Any] = stream._iterator
+
+    def observed() -> Iterator[Any]:
+        try:
+            for event in original:
+                seen.see(event)
+                yield event
+        finally:
+            _commit(meter, seen.usage)
+
+    stream._iterator = observed()
+    weakref.finalize(stream, _commit_unless_settled, meter)
+
+
+def _aobserve(stream: Any, meter: Meter, seen: StreamUsage) -> None:
+    original: AsyncIterator[Any] = stream._iterator
+
+    async def observed() -> AsyncIterator[Any]:
+        try:
+            async for event in original:
+                seen.see(event)
+                yield event
+        finally:
+            await _acommit(meter, seen.usage)
+
+    stream._iterator = observed()
+    weakref.finalize(stream, _commit_unless_settled, meter)
+
+
+def _commit_unless_settled(meter: Meter) -> None:
+    if not meter.settled:
+        try:
+            _commit(meter, None)
+        except Exception:  # at interpreter exit the store may be gone
+            log.exception("could not settle %s", meter.reservation.id)

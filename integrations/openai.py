@@ -1,0 +1,143 @@
+"""OpenAI and AsyncOpenAI, guarded: `wrap_openai(OpenAI(), guard, tenant="acme")`.
+
+Covers chat.completions.create (streams included: `stream_options.include_usage` is added)
+and .parse, responses.create / .parse / .stream, embeddings.create, and with_raw_response —
+all through the client's one `request()` choke point. Per-call subject fields ride as
+`extra_headers={"x-allotment-run": "r1"}` and are taken off before the request is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import allotment as al
+from allotment.pricing import Pricer, TokenUsage
+
+from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, allowed_tools
+from ._sdk import guarded_copy
+
+__all__ = ["OpenAIShape", "wrap_openai"]
+
+CHAT, RESPONSES, EMBEDDINGS = "/chat/completions", "/responses", "/embeddings"
+TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def wrap_openai(client: Any, guard: al.Guard, *, pricer: Pricer | None = None,
+                on_deny: OnDeny | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                floor: int = DEFAULT_FLOOR, ttl_ms: int | None = None,
+                **subject: Any) -> Any:
+    """A guarded copy of an `openai.OpenAI` or `openai.AsyncOpenAI` client.
+
+    `subject` holds Subject fields (tenant=, workflow=, ...; other keywords are dimensions).
+    A call without max tokens gets `default_max_tokens`, so the estimate is a real bound; a
+    reservation may shrink it to what the budget holds (down to `floor`). A denial raises
+    `al.Denied` before any request is sent — or returns what `on_deny(denied)` returns.
+    """
+    metering = Metering(guard, pricer=pricer, on_deny=on_deny,
+                        default_max_tokens=default_max_tokens, floor=floor, ttl_ms=ttl_ms)
+    return guarded_copy(client, metering, subject, OpenAIShape())
+
+
+class OpenAIShape:
+    provider = "openai"
+
+    def describe(self, path: str, body: dict[str, Any], subject: al.Subject,
+                 default_max_tokens: int) -> Request | None:
+        model = body.get("model")
+        if not isinstance(model, str):
+            return None
+        if path == EMBEDDINGS:
+            return Request(subject, "llm.embedding", self.provider, model,
+                           {"input": body.get("input")}, None)
+        if path not in (CHAT, RESPONSES):
+            return None
+        field = _max_field(path, body)
+        if not isinstance(body.get(field), int):
+            body[field] = default_max_tokens
+        if path == CHAT and body.get("stream"):
+            options = body.get("stream_options") or {}
+            body["stream_options"] = {**options, "include_usage": True}
+        return Request(subject, "llm.completion", self.provider, model, body, body[field])
+
+    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
+        if path == EMBEDDINGS:
+            return
+        if caps.max_tokens is not None:
+            field = _max_field(path, body)
+            body[field] = min(body.get(field) or caps.max_tokens, caps.max_tokens)
+        if caps.model is not None:
+            body["model"] = caps.model
+        tools = body.get("tools")
+        if isinstance(tools, list) and (caps.tool_allowlist is not None or caps.tool_denylist):
+            names = [_tool_name(t) for t in tools]
+            keep = allowed_tools([n for n in names if n], caps)
+            body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
+            if not body["tools"]:
+                del body["tools"]
+                body.pop("tool_choice", None)
+
+    def usage(self, response: Any) -> TokenUsage | None:
+        return _usage(getattr(response, "usage", None))
+
+    def stream_usage(self, path: str) -> _StreamUsage:
+        return _StreamUsage()
+
+
+class _StreamUsage:
+    """Chat streams end in a choice-less chunk carrying usage; Responses streams in a
+    terminal event whose response carries it."""
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+
+    def see(self, event: Any) -> None:
+        if getattr(event, "type", None) in TERMINAL:
+            self.usage = _usage(getattr(event.response, "usage", None)) or self.usage
+        elif getattr(event, "usage", None) is not None:
+            self.usage = _usage(event.usage) or self.usage
+
+
+def _max_field(path: str, body: dict[str, Any]) -> str:
+    if path == RESPONSES:
+        return "max_output_tokens"
+    return "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+
+
+def _tool_name(tool: Any) -> str | None:
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    if isinstance(function, dict):
+        return function.get("name")
+    return tool.get("name")
+
+
+def _usage(usage: Any) -> TokenUsage | None:
+    """OpenAI counts cached tokens inside the prompt and reasoning inside the output."""
+    if usage is None:
+        return None
+    prompt = _first(usage, "prompt_tokens", "input_tokens")
+    output = _first(usage, "completion_tokens", "output_tokens")
+    inputs = _first_obj(usage, "prompt_tokens_details", "input_tokens_details")
+    outputs = _first_obj(usage, "completion_tokens_details", "output_tokens_details")
+    return TokenUsage(
+        input_tokens=prompt, output_tokens=output,
+        cache_read_tokens=_first(inputs, "cached_tokens"),
+        cache_write_tokens=_first(inputs, "cache_write_tokens"),
+        reasoning_tokens=_first(outputs, "reasoning_tokens"))
+
+
+def _first(obj: Any, *names: str) -> int:
+    for name in names:
+        value = getattr(obj, name, None) if obj is not None else None
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _first_obj(obj: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
