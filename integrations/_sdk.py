@@ -65,84 +65,89 @@ def _is_async(client: Any) -> bool:
 
 
 def _guarded_class(base: type, asynchronous: bool) -> type:
+    """A direct subclass of the client's class (so its instances can take its place) whose
+    request() meters every call and whose copies stay guarded."""
     cls = _classes.get((base, asynchronous))
-    if cls is None:
-        mixin = _AsyncGuarded if asynchronous else _SyncGuarded
-        cls = type(f"Guarded{base.__name__}", (mixin, base), {})
-        _classes[(base, asynchronous)] = cls
-    return cls
+    if cls is not None:
+        return cls
 
-
-class _Copying:
-    _allotment: tuple[Metering, dict[str, Any], Shape]
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        new = super().copy(*args, **kwargs)  # type: ignore[misc]
+    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        new = base.copy(self, *args, **kwargs)  # type: ignore[attr-defined]
         new._allotment = self._allotment
         return new
 
-    def with_options(self, *args: Any, **kwargs: Any) -> Any:
-        return self.copy(*args, **kwargs)
-
-    def _begin(self, options: Any) -> tuple[Request | None, str]:
-        metering, fields, shape = self._allotment
-        body = options.json_data if isinstance(options.json_data, dict) else None
-        call = _take_subject_headers(options)
-        if body is None:
-            return None, options.url
-        subject = resolve_subject(fields, call)
-        return shape.describe(options.url, body, subject, metering.default_max_tokens), (
-            options.url)
-
-
-class _SyncGuarded(_Copying):
-    def request(self, cast_to: Any, options: Any, *, stream: bool = False,
+    def request(self: Any, cast_to: Any, options: Any, *, stream: bool = False,
                 stream_cls: Any = None) -> Any:
-        metering, _, shape = self._allotment
-        described, path = self._begin(options)
-        if described is None:
-            return super().request(cast_to, options, stream=stream,  # type: ignore[misc]
-                                   stream_cls=stream_cls)
-        try:
-            meter = metering.start(described)
-        except al.Denied as denied:
-            if metering.on_deny is None:
-                raise
-            return metering.on_deny(denied)
-        if meter.caps is not None:
-            shape.apply_caps(path, options.json_data, meter.caps)
-        try:
-            result = super().request(cast_to, options, stream=stream,  # type: ignore[misc]
-                                     stream_cls=stream_cls)
-        except BaseException:
-            meter.release("provider error")  # no answer came back: nothing to charge
-            raise
-        return _settle(result, meter, shape, path)
+        return _request(self, base, cast_to, options, stream, stream_cls)
+
+    async def arequest(self: Any, cast_to: Any, options: Any, *, stream: bool = False,
+                       stream_cls: Any = None) -> Any:
+        return await _arequest(self, base, cast_to, options, stream, stream_cls)
+
+    namespace = {"copy": copy, "with_options": copy,
+                 "request": arequest if asynchronous else request}
+    cls = _classes[(base, asynchronous)] = type(f"Guarded{base.__name__}", (base,), namespace)
+    return cls
 
 
-class _AsyncGuarded(_Copying):
-    async def request(self, cast_to: Any, options: Any, *, stream: bool = False,
-                      stream_cls: Any = None) -> Any:
-        metering, _, shape = self._allotment
-        described, path = self._begin(options)
-        if described is None:
-            return await super().request(cast_to, options, stream=stream,  # type: ignore[misc]
-                                         stream_cls=stream_cls)
-        try:
-            meter = await metering.astart(described)
-        except al.Denied as denied:
-            if metering.on_deny is None:
-                raise
-            return metering.on_deny(denied)
-        if meter.caps is not None:
-            shape.apply_caps(path, options.json_data, meter.caps)
-        try:
-            result = await super().request(cast_to, options,  # type: ignore[misc]
-                                           stream=stream, stream_cls=stream_cls)
-        except BaseException:
-            await meter.arelease("provider error")
+def _begin(client: Any, options: Any) -> Request | None:
+    metering, fields, shape = client._allotment
+    body = options.json_data if isinstance(options.json_data, dict) else None
+    call = _take_subject_headers(options)
+    if body is None:
+        return None
+    subject = resolve_subject(fields, call)
+    described: Request | None = shape.describe(options.url, body, subject,
+                                               metering.default_max_tokens)
+    return described
+
+
+def _request(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
+             stream_cls: Any) -> Any:
+    metering, _, shape = client._allotment
+    described = _begin(client, options)
+    if described is None:
+        return base.request(client, cast_to, options, stream=stream,  # type: ignore[attr-defined]
+                            stream_cls=stream_cls)
+    try:
+        meter = metering.start(described)
+    except al.Denied as denied:
+        if metering.on_deny is None:
             raise
-        return await _asettle(result, meter, shape, path)
+        return metering.on_deny(denied)
+    if meter.caps is not None:
+        shape.apply_caps(options.url, options.json_data, meter.caps)
+    try:
+        result = base.request(client, cast_to, options, stream=stream,  # type: ignore[attr-defined]
+                              stream_cls=stream_cls)
+    except BaseException:
+        meter.release("provider error")  # no answer came back: nothing to charge
+        raise
+    return _settle(result, meter, shape, options.url)
+
+
+async def _arequest(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
+                    stream_cls: Any) -> Any:
+    metering, _, shape = client._allotment
+    described = _begin(client, options)
+    if described is None:
+        return await base.request(client, cast_to, options,  # type: ignore[attr-defined]
+                                  stream=stream, stream_cls=stream_cls)
+    try:
+        meter = await metering.astart(described)
+    except al.Denied as denied:
+        if metering.on_deny is None:
+            raise
+        return metering.on_deny(denied)
+    if meter.caps is not None:
+        shape.apply_caps(options.url, options.json_data, meter.caps)
+    try:
+        result = await base.request(client, cast_to, options,  # type: ignore[attr-defined]
+                                    stream=stream, stream_cls=stream_cls)
+    except BaseException:
+        await meter.arelease("provider error")
+        raise
+    return await _asettle(result, meter, shape, options.url)
 
 
 def _take_subject_headers(options: Any) -> dict[str, str]:
@@ -221,7 +226,15 @@ def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
         finally:
             _commit(meter, seen.usage)
 
-    stream._iterator = observed()
+    generator = observed()
+    stream._iterator = generator
+    close = stream.close
+
+    def closed() -> None:  # closing early settles now, not when the stream is collected
+        close()
+        generator.close()
+
+    stream.close = closed
     weakref.finalize(stream, _commit_unless_settled, meter)
 
 
@@ -236,7 +249,15 @@ def _aobserve(stream: Any, meter: Meter, seen: StreamUsage) -> None:
         finally:
             await _acommit(meter, seen.usage)
 
-    stream._iterator = observed()
+    generator = observed()
+    stream._iterator = generator
+    close = stream.close
+
+    async def closed() -> None:
+        await close()
+        await generator.aclose()
+
+    stream.close = closed
     weakref.finalize(stream, _commit_unless_settled, meter)
 
 

@@ -1,0 +1,53 @@
+"""Replaying recorded provider interactions (see cassettes/THIRD_PARTY.md for their origin)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import vcr
+from genai_prices import Usage, calc_price
+
+import allotment as al
+
+DIRECTORY = Path(__file__).resolve().parent / "cassettes"
+SENT: list[dict[str, Any]] = []
+"""The bodies the SDK really sent, in order (vcrpy's cassette only shows recorded ones)."""
+
+
+def _capture(sent: Any, recorded: Any) -> None:
+    SENT.append(json.loads(sent.body) if sent.body else {})
+
+
+# Bodies are not matched: the integration changes them (caps, include_usage) on purpose;
+# the first matcher only captures what was sent.
+_vcr = vcr.VCR(cassette_library_dir=str(DIRECTORY), record_mode="none",
+               match_on=["method", "scheme", "host", "path"])
+_vcr.register_matcher("capture", _capture)
+
+
+@contextmanager
+def replay(name: str) -> Iterator[Any]:
+    """A cassette context; `.play_count` counts the replays, `sent` holds the bodies."""
+    SENT.clear()
+    with _vcr.use_cassette(name, match_on=["capture", "method", "scheme", "host", "path"]) as c:
+        yield c
+
+
+def sent(index: int = 0) -> dict[str, Any]:
+    """The JSON body of the index-th request the SDK sent in the last replay."""
+    return SENT[index]
+
+
+def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int,
+                  cache_read: int = 0, cache_write: int = 0) -> int:
+    """The recorded usage priced straight from genai-prices, in USD_MICROCENTS (rounded up).
+    `input_tokens` includes cached tokens, as genai-prices counts them."""
+    price = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                             cache_read_tokens=cache_read, cache_write_tokens=cache_write),
+                       model_ref=model, provider_id=provider).total_price
+    return al.usd(Decimal(price)).amount
