@@ -10,10 +10,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from cassettes import expected_cost, replay, sent
 
 import allotment as al
 from allotment.integrations.openai import wrap_openai
+
+from cassettes import expected_cost, replay, sent
 
 ACME = "tenant:acme"
 
@@ -76,6 +77,7 @@ def test_chat_stream_commits_from_the_usage_chunk(funded: al.Guard) -> None:
             stream=True)
         assert isinstance(stream, openai.Stream)
         chunks = list(stream)
+    assert cassette.play_count == 1
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert sent()["stream_options"] == {"include_usage": True}
     assert spent(funded) == (expected_cost("openai", "gpt-4o-mini", 53, 15), 68)
@@ -156,7 +158,7 @@ def test_caps_reach_the_outgoing_body(guard: al.Guard) -> None:
     guard.record(al.Subject(tenant="acme"), al.Action("llm.completion", "openai:gpt-4o"),
                  al.usd("0.01"))
     guard.set_access(ACME, tools_deny=["shell*"])
-    with replay("openai_chat_tool_calls.yaml") as cassette:
+    with replay("openai_chat_tool_calls.yaml"):
         client(guard).chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "weather?"}],
             max_completion_tokens=2_000, tools=[
@@ -279,6 +281,7 @@ def test_an_abandoned_stream_commits_what_it_saw_or_the_estimate(funded: al.Guar
 
 def _recorded_chat() -> str:
     import yaml
+
     from cassettes import DIRECTORY
 
     data = yaml.safe_load((DIRECTORY / "openai_chat.yaml").read_text())
