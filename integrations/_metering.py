@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import allotment as al
@@ -146,18 +146,45 @@ class Metering:
             max_tokens=request.max_tokens, floor=min(self.floor, request.max_tokens))
 
     def start(self, request: Request) -> Meter:
-        """Reserve, or raise `Denied` before anything is sent."""
-        price, estimate = self.estimate(request)
-        action = al.Action(request.kind, f"{request.provider}:{request.model}")
-        reservation = self.guard.reserve(request.subject, action, estimate, ttl_ms=self.ttl_ms)
-        return Meter(self.guard, reservation, request.provider, request.model, price)
+        """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
+        the model, the hold is made again at the new model's price."""
+        meter = self._reserve(request)
+        switched = self._switched(request, meter)
+        if switched is not None:
+            meter.release("model switched by a degrade rule")
+            meter = self._reserve(switched)
+        return meter
 
     async def astart(self, request: Request) -> Meter:
+        meter = await self._areserve(request)
+        switched = self._switched(request, meter)
+        if switched is not None:
+            await meter.arelease("model switched by a degrade rule")
+            meter = await self._areserve(switched)
+        return meter
+
+    def _reserve(self, request: Request) -> Meter:
         price, estimate = self.estimate(request)
-        action = al.Action(request.kind, f"{request.provider}:{request.model}")
-        reservation = await self.guard.areserve(request.subject, action, estimate,
+        reservation = self.guard.reserve(request.subject, _action(request), estimate,
+                                         ttl_ms=self.ttl_ms)
+        return Meter(self.guard, reservation, request.provider, request.model, price)
+
+    async def _areserve(self, request: Request) -> Meter:
+        price, estimate = self.estimate(request)
+        reservation = await self.guard.areserve(request.subject, _action(request), estimate,
                                                 ttl_ms=self.ttl_ms)
         return Meter(self.guard, reservation, request.provider, request.model, price)
+
+    @staticmethod
+    def _switched(request: Request, meter: Meter) -> Request | None:
+        model = meter.caps.model if meter.caps is not None else None
+        if model is None or model == request.model:
+            return None
+        return replace(request, model=model)
+
+
+def _action(request: Request) -> al.Action:
+    return al.Action(request.kind, f"{request.provider}:{request.model}")
 
 
 def allowed_tools(names: list[str], caps: al.Caps | None) -> set[str]:

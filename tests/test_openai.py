@@ -287,3 +287,19 @@ def _recorded_chat() -> str:
     data = yaml.safe_load((DIRECTORY / "openai_chat.yaml").read_text())
     text: str = data["interactions"][0]["response"]["body"]["string"]
     return text
+
+
+def test_a_model_switch_is_held_and_charged_at_the_new_models_price(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10, degrade=[al.Degrade(below=1.0, model="gpt-4o-mini")])
+    guard.record(al.Subject(tenant="acme"), al.Action("llm.completion", "openai:gpt-4o"),
+                 al.usd("0.01"))
+    with replay("openai_chat.yaml"):
+        client(guard).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Hello!"}])
+    assert sent()["model"] == "gpt-4o-mini"
+    reserved = guard.audit("acme", types=["reservation.reserved"])
+    assert [r.action for r in reserved] == ["llm.completion openai:gpt-4o",
+                                            "llm.completion openai:gpt-4o-mini"]
+    assert reserved[1].estimate[0].amount < reserved[0].estimate[0].amount
+    (committed,) = guard.audit("acme", types=["reservation.committed"])
+    assert committed.charged[0].amount == expected_cost("openai", "gpt-4o-mini", 9, 9)
