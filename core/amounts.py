@@ -116,7 +116,13 @@ AmountsLike = Amount | Iterable[Amount]
 
 def amounts_by_unit(value: AmountsLike, field: str) -> dict[Unit, int]:
     """One amount per unit, from an Amount or several; a unit given twice is refused."""
-    items = [value] if isinstance(value, Amount) else list(value)
+    if isinstance(value, Amount):
+        items = [value]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise InvalidRequest(f"{field}: expected an Amount or a list of Amounts "
+                             f"(al.usd(0.05), al.tokens(1000), ...), got {value!r}")
     if not items:
         raise InvalidRequest(f"{field}: give at least one Amount")
     result: dict[Unit, int] = {}

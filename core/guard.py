@@ -48,11 +48,11 @@ from .periods import Period, parse_period
 from .plans import Plan, relative_scope
 from .policy import AccessRule, Degrade, Elastic, QuotaKind, QuotaRule, glob_list
 from .reservation import Reservation
-from .scopes import Subject, parse_scope
+from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import base as ops
 from .stores.base import AUTO, UNIT_ORDER, PeriodChoice, Store, Units
 from .sweeper import Sweeper, retry_delays
-from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_key, check_name
+from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_name
 
 if TYPE_CHECKING:
     from .tenant import TenantGuard
@@ -226,7 +226,7 @@ class Guard:
                                                   max_tokens_per_call))
 
     def clear_access(self, scope: str) -> None:
-        path = parse_scope(scope)
+        path = _standard_scope(scope, "clear_access")
         self.store.execute(ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None))
 
     def set_mode(self, tenant: str, mode: str | None) -> None:
@@ -478,7 +478,7 @@ class Guard:
         if kind != "amount" and unit is not None and _unit(unit) is not budget_unit:
             raise InvalidRequest(f"unit={unit!r} contradicts {kind}=")
         return ops.SetBudget(
-            tenant=path.tenant, scope=path.base, per=None if per is None else check_key(per, "per"),
+            tenant=path.tenant, scope=path.base, per=None if per is None else _per(per),
             unit=budget_unit, period=parse_period(period), limit=limit,
             overdraft_limit=_limit_like(overdraft_limit, budget_unit, kind == "usd"),
             overage_policy=_policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
@@ -486,10 +486,10 @@ class Guard:
 
     def _remove_budget_op(self, scope: str, unit: Unit | str, period: Any,
                           per: Any) -> ops.RemoveBudget:
-        path = parse_scope(scope)
+        path = _standard_scope(scope, "remove_budget")
         return ops.RemoveBudget(tenant=path.tenant, scope=path.base, unit=_unit(unit),
                                 period=parse_period(period),
-                                per=None if per is None else check_key(per, "per"))
+                                per=None if per is None else _per(per))
 
     def _quota_op(self, scope: str, calls: int | None, runs: int | None,
                   concurrent: int | None, window: Any, action_kind: str,
@@ -517,7 +517,7 @@ class Guard:
 
     def _access_op(self, scope: str, models_allow: Any, models_deny: Any, tools_allow: Any,
                    tools_deny: Any, max_tokens_per_call: int | None) -> ops.SetAccess:
-        path = parse_scope(scope)
+        path = _standard_scope(scope, "set_access")
         rule = AccessRule(
             path.base, glob_list(models_allow, "models_allow"),
             glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
@@ -548,7 +548,7 @@ class Guard:
 
     def _status_op(self, scope: str, unit: Unit | str | None,
                    status: BudgetStatus) -> ops.SetStatus:
-        path = parse_scope(scope)
+        path = _standard_scope(scope, "freeze, unfreeze and close_budget")
         return ops.SetStatus(tenant=path.tenant, scope=path.base,
                              unit=None if unit is None else _unit(unit), status=status)
 
@@ -711,8 +711,27 @@ def denied(decision: Decision) -> Denied:
 
 def _balances_op(scope: str, include_children: bool) -> ops.Balances:
     path = parse_scope(scope)
-    return ops.Balances(tenant=path.tenant, scope=path.path,
-                        include_children=bool(include_children))
+    if not isinstance(include_children, bool):
+        raise InvalidRequest(f"include_children: expected True or False, got "
+                             f"{include_children!r}")
+    return ops.Balances(tenant=path.tenant, scope=path.path, include_children=include_children)
+
+
+def _standard_scope(scope: str, what: str) -> ScopePath:
+    """A scope without a dimension: rules and statuses belong to standard scopes."""
+    path = parse_scope(scope)
+    if path.dimension is not None:
+        raise InvalidRequest(f"scope {scope!r}: {what} takes a standard scope such as "
+                             f"{path.base!r}; a {path.dimension[0]} ledger follows its "
+                             f"template (per={path.dimension[0]!r}) there")
+    return path
+
+
+def _per(value: Any) -> str:
+    try:
+        return check_dimension_key(value)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"per: {error}") from None
 
 
 def _subject(subject: Subject | None) -> Subject:
@@ -753,6 +772,10 @@ def _quota_kind(kind: str) -> tuple[int | None, int | None, int | None]:
 def _degrade(value: Any) -> tuple[Degrade, ...]:
     if not value:
         return ()
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (Degrade, dict)) for v in value):
+        raise InvalidRequest("degrade: expected a list of al.Degrade(below=..., max_tokens=..."
+                             ", model=...) or of dicts with those keys")
     rules = tuple(v if isinstance(v, Degrade) else Degrade(**v) for v in value)
     return tuple(sorted(rules, key=lambda rule: -rule.below))
 
@@ -760,6 +783,8 @@ def _degrade(value: Any) -> tuple[Degrade, ...]:
 def _alerts(value: Any) -> tuple[float, ...]:
     if value is None:
         return (0.5, 0.8, 1.0)
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequest("alerts: expected a list of fractions, e.g. [0.5, 0.8, 1.0]")
     fractions = tuple(value)
     if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
                for f in fractions):
@@ -856,7 +881,8 @@ def _rid_tenant(reservation_id: str) -> str:
     """Reservation ids are `<tenant>:<32 hex>`; anything else is refused before the store."""
     if isinstance(reservation_id, str):
         tenant, sep, token = reservation_id.partition(":")
-        if sep and len(token) == 32 and all(c in "0123456789abcdef" for c in token):
+        if (sep and len(token) == 32 and all(c in "0123456789abcdef" for c in token)
+                and tenant == tenant.lower()):
             return check_name(tenant, "reservation_id tenant")
     raise InvalidRequest(f"reservation_id: {reservation_id!r} is not a reservation id "
                          "(<tenant>:<32 hex digits>)")

@@ -45,10 +45,15 @@ class Subject(Model):
         if len(value) > MAX_DIMENSIONS:
             raise ValueError(f"at most {MAX_DIMENSIONS} dimensions, got {len(value)}")
         try:
-            return {check_dimension_key(k): check_name(v, f"dimensions[{k!r}]")
-                    for k, v in value.items()}
+            checked = {check_dimension_key(k): check_name(v, f"dimensions[{k!r}]")
+                       for k, v in value.items()}
         except InvalidRequest as error:
             raise ValueError(str(error)) from None
+        if len(checked) != len(value):
+            keys = sorted(value, key=str.lower)
+            raise ValueError(f"dimension keys {keys} are the same once lower-cased; give "
+                             "each key once")
+        return checked
 
     def levels(self) -> list[tuple[str, str]]:
         return [(level, value) for level in LEVELS if (value := getattr(self, level)) is not None]
@@ -97,8 +102,10 @@ def parse_scope(text: object) -> ScopePath:
     """Parse `tenant:acme/workspace:prod[/run:r1]`, lower-casing values, refusing anything else."""
     rule = ("write a scope as tenant:<name>[/workspace:<name>...] with levels in the order "
             + " > ".join(LEVELS) + ", optionally ending in one <dimension>:<value>")
-    if not isinstance(text, str) or not text:
-        raise InvalidRequest(f"scope: expected a string; {rule}")
+    if not isinstance(text, str):
+        raise InvalidRequest(f"scope: expected a string, got {text!r}; {rule}")
+    if not text:
+        raise InvalidRequest(f"scope: empty; {rule}")
     segments: list[tuple[str, str]] = []
     dimension: tuple[str, str] | None = None
     last_level = -1
@@ -107,9 +114,11 @@ def parse_scope(text: object) -> ScopePath:
         level = level.lower()
         if not sep or dimension is not None:
             raise InvalidRequest(f"scope {text!r}: bad segment {part!r}; {rule}")
+        if not segments and level != "tenant":
+            raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
         if level in LEVELS:
             index = LEVELS.index(level)
-            if index <= last_level or (not segments and level != "tenant"):
+            if index <= last_level:
                 raise InvalidRequest(f"scope {text!r}: level {level!r} is out of order; {rule}")
             last_level = index
             segments.append((level, check_name(value, f"scope {text!r} {level}")))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .amounts import Amount, AmountsLike
 from .errors import Forbidden
+from .events import AuditRecord, ReportRow
 from .models import (
     Action,
     Balance,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 class TenantGuard:
     def __init__(self, guard: Guard, tenant: str) -> None:
-        self.guard = guard
+        self._guard = guard  # private: the handle must not lead back to every tenant
         self.name = check_name(tenant, "tenant")
 
     def __repr__(self) -> str:
@@ -61,96 +62,124 @@ class TenantGuard:
         from .guard import _rid_tenant
 
         if _rid_tenant(reservation_id) != self.name:
-            raise Forbidden(f"reservation {reservation_id!r} belongs to another tenant")
+            raise Forbidden(f"reservation {reservation_id!r} belongs to another tenant than "
+                            f"{self.name!r}")
         return reservation_id
 
     # -- the guard's calls, checked -------------------------------------------------------
 
     def reserve(self, subject: Subject | None, action: Action, estimate: AmountsLike,
                 **options: Any) -> Reservation:
-        return self.guard.reserve(self._own_subject(subject), action, estimate, **options)
+        return self._guard.reserve(self._own_subject(subject), action, estimate, **options)
 
     async def areserve(self, subject: Subject | None, action: Action, estimate: AmountsLike,
                        **options: Any) -> Reservation:
-        return await self.guard.areserve(self._own_subject(subject), action, estimate,
+        return await self._guard.areserve(self._own_subject(subject), action, estimate,
                                          **options)
 
     def decide(self, subject: Subject | None, action: Action, estimate: AmountsLike) -> Decision:
-        return self.guard.decide(self._own_subject(subject), action, estimate)
+        return self._guard.decide(self._own_subject(subject), action, estimate)
 
     async def adecide(self, subject: Subject | None, action: Action,
                       estimate: AmountsLike) -> Decision:
-        return await self.guard.adecide(self._own_subject(subject), action, estimate)
+        return await self._guard.adecide(self._own_subject(subject), action, estimate)
 
     def record(self, subject: Subject | None, action: Action, actual: AmountsLike,
                **options: Any) -> RecordResult:
-        return self.guard.record(self._own_subject(subject), action, actual, **options)
+        return self._guard.record(self._own_subject(subject), action, actual, **options)
 
     async def arecord(self, subject: Subject | None, action: Action, actual: AmountsLike,
                       **options: Any) -> RecordResult:
-        return await self.guard.arecord(self._own_subject(subject), action, actual, **options)
+        return await self._guard.arecord(self._own_subject(subject), action, actual, **options)
 
     def commit(self, reservation_id: str, actual: AmountsLike, **options: Any) -> CommitResult:
-        return self.guard.commit(self._own_reservation(reservation_id), actual, **options)
+        return self._guard.commit(self._own_reservation(reservation_id), actual, **options)
 
     async def acommit(self, reservation_id: str, actual: AmountsLike,
                       **options: Any) -> CommitResult:
-        return await self.guard.acommit(self._own_reservation(reservation_id), actual,
+        return await self._guard.acommit(self._own_reservation(reservation_id), actual,
                                         **options)
 
     def release(self, reservation_id: str, reason: str = "released",
                 **options: Any) -> ReleaseResult:
-        return self.guard.release(self._own_reservation(reservation_id), reason, **options)
+        return self._guard.release(self._own_reservation(reservation_id), reason, **options)
 
     async def arelease(self, reservation_id: str, reason: str = "released",
                        **options: Any) -> ReleaseResult:
-        return await self.guard.arelease(self._own_reservation(reservation_id), reason,
+        return await self._guard.arelease(self._own_reservation(reservation_id), reason,
                                          **options)
 
     def extend(self, reservation_id: str, by_ms: int, **options: Any) -> ExtendResult:
-        return self.guard.extend(self._own_reservation(reservation_id), by_ms, **options)
+        return self._guard.extend(self._own_reservation(reservation_id), by_ms, **options)
 
     async def aextend(self, reservation_id: str, by_ms: int, **options: Any) -> ExtendResult:
-        return await self.guard.aextend(self._own_reservation(reservation_id), by_ms, **options)
+        return await self._guard.aextend(self._own_reservation(reservation_id), by_ms, **options)
 
     def get(self, reservation_id: str) -> ReservationInfo:
-        return self.guard.get(self._own_reservation(reservation_id))
+        return self._guard.get(self._own_reservation(reservation_id))
 
     async def aget(self, reservation_id: str) -> ReservationInfo:
-        return await self.guard.aget(self._own_reservation(reservation_id))
+        return await self._guard.aget(self._own_reservation(reservation_id))
 
     def balances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
-        return self.guard.balances(self._own_scope(scope or f"tenant:{self.name}"), **options)
+        return self._guard.balances(self._own_scope(scope or f"tenant:{self.name}"), **options)
 
     async def abalances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
-        return await self.guard.abalances(self._own_scope(scope or f"tenant:{self.name}"),
+        return await self._guard.abalances(self._own_scope(scope or f"tenant:{self.name}"),
                                           **options)
 
     def set_budget(self, scope: str, **options: Any) -> tuple[Balance, ...]:
-        return self.guard.set_budget(self._own_scope(scope), **options)
+        return self._guard.set_budget(self._own_scope(scope), **options)
 
     async def aset_budget(self, scope: str, **options: Any) -> tuple[Balance, ...]:
-        return await self.guard.aset_budget(self._own_scope(scope), **options)
+        return await self._guard.aset_budget(self._own_scope(scope), **options)
 
     def fund(self, scope: str, operation: Any, amount: Amount, **options: Any) -> FundResult:
-        return self.guard.fund(self._own_scope(scope), operation, amount, **options)
+        return self._guard.fund(self._own_scope(scope), operation, amount, **options)
 
     async def afund(self, scope: str, operation: Any, amount: Amount,
                     **options: Any) -> FundResult:
-        return await self.guard.afund(self._own_scope(scope), operation, amount, **options)
+        return await self._guard.afund(self._own_scope(scope), operation, amount, **options)
 
     def transfer(self, source: str, destination: str, amount: Amount,
                  **options: Any) -> TransferResult:
-        return self.guard.transfer(self._own_scope(source), self._own_scope(destination),
+        return self._guard.transfer(self._own_scope(source), self._own_scope(destination),
                                    amount, **options)
 
     async def atransfer(self, source: str, destination: str, amount: Amount,
                         **options: Any) -> TransferResult:
-        return await self.guard.atransfer(self._own_scope(source), self._own_scope(destination),
+        return await self._guard.atransfer(self._own_scope(source), self._own_scope(destination),
                                           amount, **options)
 
+    def audit(self, **options: Any) -> tuple[AuditRecord, ...]:
+        return self._guard.audit(self.name, **options)
+
+    async def aaudit(self, **options: Any) -> tuple[AuditRecord, ...]:
+        return await self._guard.aaudit(self.name, **options)
+
+    def report(self, **options: Any) -> tuple[ReportRow, ...]:
+        return self._guard.report(self.name, **options)
+
+    async def areport(self, **options: Any) -> tuple[ReportRow, ...]:
+        return await self._guard.areport(self.name, **options)
+
+    def set_quota(self, scope: str, **options: Any) -> None:
+        self._guard.set_quota(self._own_scope(scope), **options)
+
+    def set_access(self, scope: str, **options: Any) -> None:
+        self._guard.set_access(self._own_scope(scope), **options)
+
+    def clear_access(self, scope: str) -> None:
+        self._guard.clear_access(self._own_scope(scope))
+
+    def remove_budget(self, scope: str, unit: Any, **options: Any) -> int:
+        return self._guard.remove_budget(self._own_scope(scope), unit, **options)
+
+    def close_budget(self, scope: str, unit: Any = None) -> int:
+        return self._guard.close_budget(self._own_scope(scope), unit)
+
     def freeze(self, scope: str, unit: Any = None) -> int:
-        return self.guard.freeze(self._own_scope(scope), unit)
+        return self._guard.freeze(self._own_scope(scope), unit)
 
     def unfreeze(self, scope: str, unit: Any = None) -> int:
-        return self.guard.unfreeze(self._own_scope(scope), unit)
+        return self._guard.unfreeze(self._own_scope(scope), unit)

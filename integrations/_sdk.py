@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any, Protocol
 
 import allotment as al
@@ -218,7 +218,7 @@ def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
     estimate) is committed once."""
     original: Iterator[Any] = stream._iterator
 
-    def observed() -> Iterator[Any]:
+    def observed() -> Generator[Any, None, None]:
         try:
             for event in original:
                 seen.see(event)
@@ -241,7 +241,7 @@ def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
 def _aobserve(stream: Any, meter: Meter, seen: StreamUsage) -> None:
     original: AsyncIterator[Any] = stream._iterator
 
-    async def observed() -> AsyncIterator[Any]:
+    async def observed() -> AsyncGenerator[Any, None]:
         try:
             async for event in original:
                 seen.see(event)

@@ -81,3 +81,19 @@ def test_one_tenant_exhausting_its_budget_leaves_the_others_untouched(
         r.commit(al.usd(2))
         (b,) = guard.balances(f"tenant:{name}")
         assert (b.spent, b.remaining) == (al.usd(2).amount, al.usd(98).amount)
+
+
+def test_tenant_handle_reads_its_own_audit_and_report_only(guard: al.Guard) -> None:
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:rival", usd=10)
+    guard.reserve(al.Subject(tenant="rival"), LLM, al.usd(1)).commit(al.usd(1))
+    acme = guard.tenant("acme")
+    acme.reserve(acme.subject(), LLM, al.usd(2)).commit(al.usd(2))
+    assert {r.tenant for r in acme.audit(limit=100)} == {"acme"}
+    assert [row.committed for row in acme.report()] == [{al.Unit.USD_MICROCENTS: al.usd(2).amount}]
+    acme.set_quota("tenant:acme", calls=1, window="minute")
+    with pytest.raises(al.Forbidden):
+        acme.set_quota("tenant:rival", calls=0, window="minute")
+    with pytest.raises(al.Forbidden):
+        acme.set_access("tenant:rival", models_deny=["*"])
+    assert not hasattr(acme, "guard")  # the handle does not lead back to every tenant
