@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError
+from redis.exceptions import RedisClusterException, RedisError, TimeoutError
 
 from ..amounts import Amount, Unit
 from ..errors import (
@@ -59,6 +59,8 @@ from . import base as ops
 
 R = TypeVar("R")
 DAY_MS = 86_400_000
+FAILURES = (RedisError, RedisClusterException)
+"""What redis-py raises when the store cannot answer (cluster errors are not RedisErrors)."""
 TENANTS_KEY = "al:tenants"
 """Every tenant with definitions: where the sweeper finds them (not on any hot path)."""
 
@@ -116,6 +118,7 @@ class RedisStore:
         if durability not in ("fast", "strict"):
             raise InvalidRequest(f"durability: {durability!r} is not 'fast' or 'strict'")
         self.url = url
+        self.cluster_url: str | None = None
         self.socket_timeout = socket_timeout
         self.client = client if client is not None else redis.Redis.from_url(
             url, socket_timeout=socket_timeout,  # type: ignore[arg-type]
@@ -145,7 +148,12 @@ class RedisStore:
             from redis.cluster import RedisCluster
 
             plain = "redis://" + url.removeprefix("redis+cluster://")
-            return cls(RedisCluster.from_url(plain), url=None, **options)
+            timeout = options.get("socket_timeout", 2.0)
+            client = RedisCluster.from_url(plain, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout)
+            store = cls(client, url=None, **options)
+            store.cluster_url = plain
+            return store
         if url.startswith("redis+sentinel://"):
             from redis.sentinel import Sentinel
 
@@ -164,7 +172,7 @@ class RedisStore:
         """SET NX, or renew if we already hold it: one sweeper among many processes."""
         try:
             return bool(self._lease(keys=[f"al:lease:{name}"], args=[owner, ttl_ms]))
-        except RedisError as error:
+        except FAILURES as error:
             raise StoreUnavailable(f"redis error: {error}") from error
 
     def close(self) -> None:
@@ -183,7 +191,7 @@ class RedisStore:
                 raw = self._scripts[script](keys=keys, args=self._args(payload))
         except (RedisConnectionError, TimeoutError) as error:
             raise StoreUnavailable(f"redis unreachable: {error}") from error
-        except RedisError as error:
+        except FAILURES as error:
             raise StoreUnavailable(f"redis error: {error}") from error
         result: R = self._finish(op, json.loads(raw))
         return result
@@ -196,7 +204,7 @@ class RedisStore:
             raw = await self._ascript(script)(keys=keys, args=self._args(payload))
         except (RedisConnectionError, TimeoutError) as error:
             raise StoreUnavailable(f"redis unreachable: {error}") from error
-        except RedisError as error:
+        except FAILURES as error:
             raise StoreUnavailable(f"redis error: {error}") from error
         result: R = self._finish(op, json.loads(raw))
         return result
@@ -207,7 +215,10 @@ class RedisStore:
         if self._waitaof is None:
             version = str(self.client.info("server").get("redis_version", "0"))
             self._waitaof = tuple(int(p) for p in version.split(".")[:2]) >= (7, 2)
-        pipe = self.client.pipeline(transaction=False)
+        client: Any = self.client
+        if hasattr(client, "get_node_from_key"):  # a cluster: the tenant's own master
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        pipe = client.pipeline(transaction=False)
         self._scripts[script](keys=keys, args=self._args(payload), client=pipe)
         if self._waitaof:
             pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_timeout_ms)
@@ -227,8 +238,13 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         scripts = self._ascripts.get(loop)
         if scripts is None:
-            client = self._aclient
-            if client is None or self._ascripts:
+            client = self._aclient if not self._ascripts else None
+            if client is None and self.cluster_url is not None:
+                from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+                client = AsyncCluster.from_url(self.cluster_url,
+                                               socket_timeout=self.socket_timeout)
+            elif client is None:
                 if self.url is None:
                     raise InvalidRequest("the async twins need an asyncio client: pass "
                                          "aclient= (redis.asyncio) with a client-built store")
@@ -321,7 +337,7 @@ class RedisStore:
     def _sweep(self, limit: int) -> int:
         try:
             return self._sweep_tenants(limit)
-        except RedisError as error:
+        except FAILURES as error:
             raise StoreUnavailable(f"redis error during sweep: {error}") from error
 
     def _sweep_tenants(self, limit: int) -> int:
