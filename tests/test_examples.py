@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,13 +17,21 @@ from redis_server import redis_server
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_python_blocks_run_in_order() -> None:
-    """Run as written, against a real redis-server where a block names localhost:6379."""
+def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as written: against a real redis-server where a block names localhost:6379, and
+    the SDKs against the simulated provider on a loopback port."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) >= 4
     namespace: dict[str, object] = {
         "call_the_model": lambda: {"usage": 1}, "cost_of": lambda response: "0.01"}
-    with redis_server() as (url, _):
+    sys.path.insert(0, str(ROOT / "examples"))
+    from simulated_provider import serve
+
+    with redis_server() as (url, _), serve() as provider:
+        monkeypatch.setenv("OPENAI_BASE_URL", provider + "/v1")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", provider)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-simulated")
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-simulated")
         for block in blocks:
             code = block.replace("redis://localhost:6379", url)
             exec(compile(code, "README.md", "exec"), namespace)
@@ -30,6 +39,20 @@ def test_readme_python_blocks_run_in_order() -> None:
         assert isinstance(guard, al.Guard)
         assert guard.balances("tenant:acme")[0].allocated == al.usd(2000).amount
         guard.close()
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ("openai_wrapper.py", ["stopped: tenant:acme/workflow:support-chat/session:s-1: "
+                           "BUDGET_EXCEEDED", "refused: tenant:acme: MODEL_NOT_ALLOWED"]),
+    ("anthropic_wrapper.py", ["streamed usage:", "now capped: Caps(max_tokens=300"]),
+])
+def test_wrapper_examples_run_offline(script: str, expected: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    out = subprocess.run([sys.executable, script], cwd=ROOT / "examples", env=env,
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    for text in expected:
+        assert text in out
 
 
 @pytest.mark.parametrize(("args", "expected"), [
