@@ -103,7 +103,7 @@ def anthropic_http() -> httpx2.Client | None:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
         request = httpx2.Request("POST", f"http://sim{self.path}", content=self.rfile.read(length))
         reply = anthropic_reply(request) if "/messages" in self.path else openai_reply(request)
