@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .events import AuditRecord, Notification, ReportRow, Sink, Subscriber, dispatch
+from .ids import id_tenant, new_id
 from .models import (
     Action,
     Balance,
@@ -46,7 +46,15 @@ from .models import (
 )
 from .periods import Period, parse_period
 from .plans import Plan, relative_scope
-from .policy import AccessRule, Degrade, Elastic, QuotaKind, QuotaRule, glob_list
+from .policy import (
+    ELASTIC_LIMIT,
+    AccessRule,
+    Degrade,
+    Elastic,
+    QuotaKind,
+    QuotaRule,
+    glob_list,
+)
 from .reservation import Reservation
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import base as ops
@@ -406,11 +414,11 @@ class Guard:
     # -- reads and maintenance ------------------------------------------------------------
 
     def get(self, reservation_id: str) -> ReservationInfo:
-        return self.store.execute(ops.Get(tenant=_rid_tenant(reservation_id),
+        return self.store.execute(ops.Get(tenant=id_tenant(reservation_id),
                                           reservation_id=reservation_id))
 
     async def aget(self, reservation_id: str) -> ReservationInfo:
-        return await self.store.aexecute(ops.Get(tenant=_rid_tenant(reservation_id),
+        return await self.store.aexecute(ops.Get(tenant=id_tenant(reservation_id),
                                                  reservation_id=reservation_id))
 
     def balances(self, scope: str, *, include_children: bool = True) -> tuple[Balance, ...]:
@@ -589,6 +597,9 @@ class Guard:
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         elastic = None
         if isinstance(estimate, Elastic):
+            if any(r.amount * estimate.max_tokens > ELASTIC_LIMIT for r in estimate.per_mtok):
+                raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
+                                     "reserved exactly; lower max_tokens")
             units = _ordered(estimate.units())
             elastic = ops.Elastic(_ordered(estimate.rates()), estimate.max_tokens,
                                   estimate.floor)
@@ -616,18 +627,18 @@ class Guard:
 
     def _commit_op(self, rid: str, actual: AmountsLike, key: str | None) -> ops.Commit:
         units = _units(actual, "actual")
-        return ops.Commit(tenant=_rid_tenant(rid), reservation_id=rid, actual=units,
+        return ops.Commit(tenant=id_tenant(rid), reservation_id=rid, actual=units,
                           **_keyed(key, "commit", units))
 
     def _release_op(self, rid: str, reason: str, key: str | None) -> ops.Release:
         if not isinstance(reason, str) or len(reason) > 256:
             raise InvalidRequest("reason: expected a string of at most 256 characters")
-        return ops.Release(tenant=_rid_tenant(rid), reservation_id=rid, reason=reason,
+        return ops.Release(tenant=id_tenant(rid), reservation_id=rid, reason=reason,
                            **_keyed(key, "release", reason))
 
     def _extend_op(self, rid: str, by_ms: int, key: str | None) -> ops.Extend:
         by = check_int(by_ms, "by_ms", 1, TTL_RANGE[1])
-        return ops.Extend(tenant=_rid_tenant(rid), reservation_id=rid, by_ms=by,
+        return ops.Extend(tenant=id_tenant(rid), reservation_id=rid, by_ms=by,
                           **_keyed(key, "extend", by))
 
     def _record_op(self, subject: Subject | None, action: Action, actual: AmountsLike,
@@ -653,7 +664,7 @@ class Guard:
             raise error
         log.warning("store unavailable, letting %s through unguarded: %s", op.tenant, error)
         estimate = tuple(Amount.trusted(unit, amount) for unit, amount in op.estimate)
-        info = ReservationInfo(f"{op.tenant}:{uuid.uuid4().hex}", op.tenant,
+        info = ReservationInfo(new_id(op.tenant), op.tenant,
                                ReservationStatus.ACTIVE, op.subject, op.action, estimate,
                                op.scopes, 0, 0, op.grace_ms, 0, op.overage_policy)
         decision = Decision(Outcome.ALLOW, reason=STORE_UNAVAILABLE)
@@ -876,14 +887,4 @@ def _fingerprint(payload: tuple[Any, ...]) -> str:
     text = json.dumps(plain(payload), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
-
-def _rid_tenant(reservation_id: str) -> str:
-    """Reservation ids are `<tenant>:<32 hex>`; anything else is refused before the store."""
-    if isinstance(reservation_id, str):
-        tenant, sep, token = reservation_id.partition(":")
-        if (sep and len(token) == 32 and all(c in "0123456789abcdef" for c in token)
-                and tenant == tenant.lower()):
-            return check_name(tenant, "reservation_id tenant")
-    raise InvalidRequest(f"reservation_id: {reservation_id!r} is not a reservation id "
-                         "(<tenant>:<32 hex digits>)")
 

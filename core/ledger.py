@@ -13,6 +13,7 @@ from .amounts import Unit
 from .errors import BudgetExceeded, InvalidRequest
 from .models import BudgetStatus, Decision, FundOperation, Outcome, OveragePolicy, Reason
 from .periods import Period, bucket_end_ms
+from .validation import MAX_AMOUNT
 
 __all__ = ["Ledger", "OveragePolicy", "Plan", "Settlement", "apply", "denial", "fund", "plan",
            "reserve_refusal"]
@@ -157,5 +158,8 @@ def fund(state: Ledger, operation: FundOperation, amount: int, spent: int | None
         if amount > state.debt:
             raise InvalidRequest(f"amount: repay at most the debt ({state.debt}), got {amount}")
         after.debt -= amount
+    if after.allocated > MAX_AMOUNT:
+        raise InvalidRequest(f"amount: the allocation would be {after.allocated}, more than "
+                             f"a ledger holds ({MAX_AMOUNT})")
     after.recompute_over_limit(overdraft_limit)
     return after

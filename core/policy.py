@@ -20,6 +20,8 @@ from .periods import Period
 from .validation import MAX_AMOUNT, Model, check_int
 
 PER_MILLION = 1_000_000
+ELASTIC_LIMIT = 2**52
+"""rate × max_tokens stays below this, so every store computes an elastic amount exactly."""
 
 
 class QuotaKind(str, Enum):
@@ -108,6 +110,10 @@ class Elastic(Model):
     def _bounds(self) -> Elastic:
         check_int(self.max_tokens, "max_tokens", 1, MAX_AMOUNT)
         check_int(self.floor, "floor", 0, self.max_tokens)
+        for rate in self.per_mtok:
+            if rate.amount * self.max_tokens > ELASTIC_LIMIT:
+                raise ValueError(f"per_mtok {rate} for {self.max_tokens} tokens is more than "
+                                 "can be reserved exactly; lower max_tokens")
         return self
 
     def rates(self) -> dict[Unit, int]:

@@ -10,6 +10,7 @@ price is configured.
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from pydantic import field_validator
@@ -65,6 +66,7 @@ class ModelPrice(Model):
                  + usage.cache_write_tokens * cache_write + usage.output_tokens * self.output_mtok)
         return total / 1_000_000
 
+    @cached_property
     def output_rate(self) -> Amount:
         """The output price as a per-million amount, for an elastic estimate."""
         return Amount(Unit.USD_MICROCENTS, usd_to_microcents(self.output_mtok, "output_mtok"))

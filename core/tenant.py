@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .amounts import Amount, AmountsLike
 from .errors import Forbidden
 from .events import AuditRecord, ReportRow
+from .ids import id_tenant
 from .models import (
     Action,
     Balance,
@@ -59,9 +60,7 @@ class TenantGuard:
         return scope
 
     def _own_reservation(self, reservation_id: str) -> str:
-        from .guard import _rid_tenant
-
-        if _rid_tenant(reservation_id) != self.name:
+        if id_tenant(reservation_id) != self.name:
             raise Forbidden(f"reservation {reservation_id!r} belongs to another tenant than "
                             f"{self.name!r}")
         return reservation_id

@@ -19,9 +19,11 @@ from allotment.context import current_fields
 from allotment.estimation import input_tokens
 from allotment.pricing import ModelPrice, Pricer, TokenUsage
 from allotment.scopes import LEVELS
+from allotment.validation import check_int
 
 log = logging.getLogger("allotment")
 
+PER_TOKEN = al.tokens(1_000_000)  # one TOKENS unit per output token, per million
 DEFAULT_MAX_TOKENS = 4_096
 DEFAULT_FLOOR = 256
 OnDeny = Callable[[al.Denied], Any]
@@ -45,7 +47,21 @@ def resolve_subject(wrapper: Mapping[str, Any], call: Mapping[str, Any] | None =
     if not merged.get("tenant"):
         raise al.InvalidRequest("no tenant: give tenant= to the wrapper or handler, open an "
                                 "al.scope(tenant=...), or pass it in the call's metadata")
-    return al.Subject(**merged)
+    return _subject(repr(sorted((k, sorted(v.items()) if isinstance(v, dict) else v)
+                                for k, v in merged.items())), merged)
+
+
+_SUBJECTS: dict[str, al.Subject] = {}
+
+
+def _subject(key: str, fields: dict[str, Any]) -> al.Subject:
+    """Validated subjects, remembered: the same fields make the same (immutable) subject."""
+    subject = _SUBJECTS.get(key)
+    if subject is None:
+        if len(_SUBJECTS) > 10_000:
+            _SUBJECTS.clear()
+        subject = _SUBJECTS[key] = al.Subject(**fields)
+    return subject
 
 
 @dataclass(slots=True)
@@ -137,13 +153,14 @@ class Metering:
         """USD and TOKENS upper bounds: input counted offline, output up to max_tokens."""
         price = self.pricer.price_of(request.provider, request.model, request.subject.tenant)
         prompt = input_tokens(request.payload, request.overhead)
-        input_cost = al.usd(price.cost(TokenUsage(input_tokens=prompt)))
+        fixed = (al.usd(price.input_mtok * prompt / 1_000_000), al.tokens(prompt))
         if request.max_tokens is None:
-            return price, [input_cost, al.tokens(prompt)]
-        return price, al.Elastic(
-            fixed=[input_cost, al.tokens(prompt)],
-            per_mtok=[price.output_rate(), al.tokens(1_000_000)],
-            max_tokens=request.max_tokens, floor=min(self.floor, request.max_tokens))
+            return price, list(fixed)
+        # built from checked parts: the model's own validation would only repeat it
+        return price, al.Elastic.model_construct(
+            fixed=fixed, per_mtok=(price.output_rate, PER_TOKEN),
+            max_tokens=check_int(request.max_tokens, "max_tokens", 1),
+            floor=min(self.floor, request.max_tokens))
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches

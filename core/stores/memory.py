@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from ..events import (
     ReportRow,
     report_rows,
 )
+from ..ids import new_id
 from ..models import (
     Action,
     Balance,
@@ -58,6 +58,7 @@ from ..models import (
 )
 from ..periods import Period, bucket, bucket_end_ms
 from ..scopes import Subject, parse_scope
+from ..validation import MAX_AMOUNT
 from .base import (
     AUTO,
     PERIOD_ORDER,
@@ -374,6 +375,9 @@ class MemoryStore:
         if source.remaining < op.amount:
             raise BudgetExceeded(ledger.denial(Reason.BUDGET_EXCEEDED, skey[0], op.unit, None,
                                                source, op.amount, now))
+        if destination.allocated + op.amount > MAX_AMOUNT:
+            raise InvalidRequest(f"amount: {dkey[0]} would hold more than a ledger can "
+                                 f"({MAX_AMOUNT})")
         source.allocated -= op.amount
         destination.allocated += op.amount
         destination.recompute_over_limit(ddef.overdraft_limit)
@@ -411,7 +415,7 @@ class MemoryStore:
             t.runs.setdefault((rule_key, window), set()).add(run)
         for rule_key in ev.concurrency:
             t.active[rule_key] = t.active.get(rule_key, 0) + 1
-        res = _Reservation(f"{op.tenant}:{uuid.uuid4().hex}", op.subject, op.action,
+        res = _Reservation(new_id(op.tenant), op.subject, op.action,
                            ev.estimate, [(key, d.key) for key, d, _ in ev.states], now,
                            now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
                            ev.concurrency, shadow)
@@ -425,16 +429,15 @@ class MemoryStore:
             self._log(t, op.tenant, now, AuditType.OBSERVED_DENIED,
                       scopes=(ev.denial.scope or "",), subject=op.subject, action=op.action,
                       reservation_id=res.id, estimate=info.estimate, reason=ev.denial.reason)
-            self._tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
+            self._tally(t, now, scope, (f"denials:observed:{ev.denial.reason}", 1))
         outcome = ReserveOutcome(decision, info, _balances(ev.states))
         self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
         self._log(t, op.tenant, now, AuditType.RESERVED, scopes=info.scopes,
                   subject=op.subject, action=op.action, reservation_id=res.id,
                   idempotency_key=op.idempotency_key, estimate=info.estimate,
                   detail=_caps_detail(decision.caps))
-        self._tally(t, now, scope, "reservations")
-        for unit, amount in ev.estimate.items():
-            self._tally(t, now, scope, f"reserved:{unit.value}", amount)
+        self._tally(t, now, scope, ("reservations", 1),
+                    *((f"reserved:{unit.value}", n) for unit, n in ev.estimate.items()))
         for key, d, state in ev.states:
             self._alert(t, op.tenant, key, d, state, now, res.id)
         return outcome
@@ -551,7 +554,7 @@ class MemoryStore:
                   subject=op.subject, action=op.action, idempotency_key=op.idempotency_key,
                   estimate=_amounts(op.estimate), reason=decision.reason,
                   detail={"remaining": decision.remaining, "limit": decision.limit})
-        self._tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
+        self._tally(t, now, op.subject.scope_path, (f"denials:{decision.reason}", 1))
         self._notes.append(Notification(
             NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
             unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
@@ -586,9 +589,8 @@ class MemoryStore:
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=_amounts(_ordered(res.estimate)),
                   actual=_amounts(_ordered(actual)), charged=result.charged)
-        self._tally(t, now, res.subject.scope_path, "commits")
-        for unit, amount in charged.items():
-            self._tally(t, now, res.subject.scope_path, f"committed:{unit.value}", amount)
+        self._tally(t, now, res.subject.scope_path, ("commits", 1),
+                    *((f"committed:{unit.value}", n) for unit, n in charged.items()))
         for plan in plans:
             self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, res.id)
         return result
@@ -609,7 +611,7 @@ class MemoryStore:
         self._log(t, op.tenant, now, AuditType.RELEASED, scopes=_scopes(res),
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=result.released, detail={"reason": op.reason})
-        self._tally(t, now, res.subject.scope_path, "releases")
+        self._tally(t, now, res.subject.scope_path, ("releases", 1))
         return result
 
     def _extend(self, t: _Tenant, op: Extend, now: int) -> ExtendResult:
@@ -656,16 +658,15 @@ class MemoryStore:
                                   release_reserved=False, shadow=shadow)
         charged = ledger.apply(settlement, now)
         plans = settlement.plans
-        result = RecordResult(f"{op.tenant}:{uuid.uuid4().hex}", _amounts(_ordered(charged)),
+        result = RecordResult(new_id(op.tenant), _amounts(_ordered(charged)),
                               _plan_balances(plans))
         self._remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
         self._log(t, op.tenant, now, AuditType.RECORDED,
                   scopes=tuple(dict.fromkeys(k[0] for k, _ in targets)), subject=op.subject,
                   action=op.action, idempotency_key=op.idempotency_key,
                   actual=_amounts(op.actual), charged=result.charged)
-        self._tally(t, now, op.subject.scope_path, "records")
-        for unit, amount in charged.items():
-            self._tally(t, now, op.subject.scope_path, f"committed:{unit.value}", amount)
+        self._tally(t, now, op.subject.scope_path, ("records", 1),
+                    *((f"committed:{unit.value}", n) for unit, n in charged.items()))
         for plan in plans:
             self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, None)
         return result
@@ -836,7 +837,7 @@ class MemoryStore:
         self._finish(t, res, ReservationStatus.EXPIRED, now)
         self._log(t, tenant, now, AuditType.EXPIRED, scopes=_scopes(res),
                   reservation_id=res.id, estimate=_amounts(_ordered(res.estimate)))
-        self._tally(t, now, res.subject.scope_path, "expiries")
+        self._tally(t, now, res.subject.scope_path, ("expiries", 1))
 
     def _reservation(self, t: _Tenant, rid: str) -> _Reservation:
         res = t.reservations.get(rid)
@@ -889,9 +890,13 @@ class MemoryStore:
             t.audit.popleft()
 
     @staticmethod
-    def _tally(t: _Tenant, now: int, scope: str, counter: str, by: int = 1) -> None:
-        key = f"{bucket(Period.DAY, now)}|{scope}|{counter}"
-        t.report[key] = t.report.get(key, 0) + by
+    def _tally(t: _Tenant, now: int, scope: str, *counts: tuple[str, int]) -> None:
+        """Report counters, kept as `day|subject scope|counter` (the Redis store's form)."""
+        prefix = f"{bucket(Period.DAY, now)}|{scope}|"
+        report = t.report
+        for counter, by in counts:
+            key = prefix + counter
+            report[key] = report.get(key, 0) + by
 
     def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
                state: ledger.Ledger, now: int, rid: str | None) -> None:
@@ -923,7 +928,7 @@ class MemoryStore:
         if exhausted:
             state.exhausted = True
             note(NotificationType.EXHAUSTED)
-            self._tally(t, now, parse_scope(key[0]).base, "exhaustions")
+            self._tally(t, now, parse_scope(key[0]).base, ("exhaustions", 1))
         if over:
             note(NotificationType.OVER_LIMIT_ENTERED)
 

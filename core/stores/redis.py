@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 import weakref
 from collections.abc import Callable
 from importlib import resources
@@ -36,6 +35,7 @@ from ..errors import (
     UnitMismatch,
 )
 from ..events import AuditRecord, Notification, ReportRow, report_rows
+from ..ids import new_id
 from ..models import (
     Action,
     Balance,
@@ -271,9 +271,9 @@ class RedisStore:
         script = "admin"
         payload: dict[str, Any]
         if isinstance(op, ops.Reserve):
-            rid = uuid.uuid4().hex
-            payload = {"op": "reserve", **_reserve_payload(op), "rid": f"{tenant}:{rid}"}
-            script, kind, res = "reserve", "reserve", reservation_key(tenant, f"{tenant}:{rid}")
+            rid = new_id(tenant)
+            payload = {"op": "reserve", **_reserve_payload(op), "rid": rid}
+            script, kind, res = "reserve", "reserve", reservation_key(tenant, rid)
         elif isinstance(op, (ops.Commit, ops.Release, ops.Extend)):
             script, res = "settle", reservation_key(tenant, op.reservation_id)
             payload = {"rid": op.reservation_id}
@@ -289,7 +289,7 @@ class RedisStore:
                        "dims": [list(p) for p in op.dimensions], "subject": _subject(op.subject),
                        "action": _action(op.action), "actual": _pairs(op.actual),
                        "policy": _value(op.overage_policy), "shadow": op.shadow,
-                       "event_id": f"{tenant}:{uuid.uuid4().hex}"}
+                       "event_id": new_id(tenant)}
         elif isinstance(op, ops.Get):
             script, res = "read", reservation_key(tenant, op.reservation_id)
             payload = {"op": "get", "rid": op.reservation_id}

@@ -83,6 +83,10 @@ if op == 'fund' then
     end
     L.debt = L.debt - x
   end
+  if L.a > MAX_AMOUNT then
+    return fail('INVALID_REQUEST', 'amount: the allocation would be more than a ledger holds (' ..
+      s(MAX_AMOUNT) .. ')')
+  end
   L.over = L.debt > d.od and 1 or 0
   lsave(L)
   local body = cjson.encode({before = before, after = balance(L, d), notes = {}})
@@ -101,6 +105,10 @@ elseif op == 'transfer' then
   if remaining(src.L) < P.amount then
     return fail('BUDGET_EXCEEDED', 'the source cannot give that much',
       denial_of('BUDGET_EXCEEDED', P.source, P.unit, '', src.L, P.amount))
+  end
+  if dst.L.a + P.amount > MAX_AMOUNT then
+    return fail('INVALID_REQUEST', 'amount: ' .. P.destination ..
+      ' would hold more than a ledger can (' .. s(MAX_AMOUNT) .. ')')
   end
   src.L.a = src.L.a - P.amount
   dst.L.a = dst.L.a + P.amount

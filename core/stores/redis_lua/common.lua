@@ -25,6 +25,7 @@ local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_QCOUNT, K_QRUNS, K_META, K_EXP = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_AUDIT, K_REPORT, K_RES, K_IDEM = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local NULL = cjson.null
+local MAX_AMOUNT = 9007199254740991  -- 2^53 - 1: every integer up to it is exact here
 local NOTES = {}
 
 local function now_ms()

@@ -1,4 +1,5 @@
--- reads: one reservation, balances, audit records, report counters. Nothing is written.
+-- reads: one reservation, balances, audit records, report counters. Like every operation
+-- they first expire the tenant's overdue reservations (the prelude); they write nothing else.
 
 local op = P.op
 if op == 'get' then
