@@ -102,6 +102,7 @@ def anthropic_http() -> httpx2.Client | None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, as a real server's do
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
