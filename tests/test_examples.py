@@ -45,8 +45,17 @@ def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> N
     ("openai_wrapper.py", ["stopped: tenant:acme/workflow:support-chat/session:s-1: "
                            "BUDGET_EXCEEDED", "refused: tenant:acme: MODEL_NOT_ALLOWED"]),
     ("anthropic_wrapper.py", ["streamed usage:", "now capped: Caps(max_tokens=300"]),
+    ("per_run_budgets.py", ["run-7a3f: stopped after 48 steps", "run-8b4c: stopped after 48",
+                            "remaining $1,496.064"]),
+    ("tiers.py", ["from session 22 on, answers are capped at max_tokens=512",
+                  "spend kept $49.40", "newco: tenant:newco: MODEL_NOT_ALLOWED"]),
+    ("shadow_mode.py", ["enforce mode would have denied 4174 calls",
+                        "a daily budget that would have denied nothing: $112.49"]),
+    ("enterprise_reallocation.py", ["marketing: tenant:bigco/workspace:marketing: "
+                                    "BUDGET_EXCEEDED", "marketing: resumed",
+                                    "another tenant's budget: scope"]),
 ])
-def test_wrapper_examples_run_offline(script: str, expected: list[str]) -> None:
+def test_examples_run_offline(script: str, expected: list[str]) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     out = subprocess.run([sys.executable, script], cwd=ROOT / "examples", env=env,
