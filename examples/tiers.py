@@ -22,20 +22,19 @@ def month(guard: al.Guard, tenant: str) -> al.Balance:
 def main() -> None:
     guard = al.Guard(default_plan=PLANS["free"])
     guard.assign_plan("acme", PLANS["starter"])
-    spent_sessions, capped = 0, False
+    capped = False
     for n in range(100):
         session = al.Subject(tenant="acme", dimensions={"session": f"s{n}"})
         try:
             r = guard.reserve(session, CALL, al.usd("1.90"))
         except al.BudgetExceeded as denied:
-            print(f"starter: month used up after {spent_sessions} sessions: {denied}")
+            print(f"starter: month used up after {n} sessions: {denied}")
             break
         if r.caps is not None and r.caps.max_tokens and not capped:
             capped = True
             print(f"starter: from session {n} on, answers are capped at "
                   f"max_tokens={r.caps.max_tokens} (under 20% of the month left)")
         r.commit(al.usd("1.90"))
-        spent_sessions += 1
         if n == 25:
             guard.assign_plan("acme", PLANS["pro"])
             b = month(guard, "acme")
