@@ -83,28 +83,22 @@ class Meter:
 
     def commit(self, usage: TokenUsage | None = None) -> None:
         """Charge what was used; with no usage known, the estimate (never free)."""
-        if self.settled:
-            return
-        self.settled = True
-        usage = usage or self.usage
-        if usage is None:
-            log.warning("no usage reported for %s: committing the estimate",
-                        self.reservation.id)
-            self.result = self.reservation.commit(self.reservation.estimate)
-            return
-        self.result = self.reservation.commit(self.actual(usage))
+        if not self.settled:
+            self.settled = True
+            self.result = self.reservation.commit(self._charge(usage))
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
-        if self.settled:
-            return
-        self.settled = True
+        if not self.settled:
+            self.settled = True
+            self.result = await self.reservation.acommit(self._charge(usage))
+
+    def _charge(self, usage: TokenUsage | None) -> list[al.Amount] | tuple[al.Amount, ...]:
         usage = usage or self.usage
         if usage is None:
             log.warning("no usage reported for %s: committing the estimate",
                         self.reservation.id)
-            self.result = await self.reservation.acommit(self.reservation.estimate)
-            return
-        self.result = await self.reservation.acommit(self.actual(usage))
+            return self.reservation.estimate
+        return self.actual(usage)
 
     def actual(self, usage: TokenUsage) -> list[al.Amount]:
         """The real cost in dollars (at the model's price) and in tokens."""

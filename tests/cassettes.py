@@ -43,6 +43,14 @@ def sent(index: int = 0) -> dict[str, Any]:
     return SENT[index]
 
 
+def spent(guard: al.Guard, scope: str = "tenant:acme") -> tuple[int, int]:
+    """(USD_MICROCENTS, TOKENS) spent at `scope`, once every reservation has settled."""
+    by_unit = {b.unit: b for b in guard.balances(scope, include_children=False)}
+    usd, tok = by_unit[al.Unit.USD_MICROCENTS], by_unit[al.Unit.TOKENS]
+    assert usd.reserved == 0 and tok.reserved == 0, "every reservation settled"
+    return usd.spent, tok.spent
+
+
 def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int,
                   cache_read: int = 0, cache_write: int = 0) -> int:
     """The recorded usage priced straight from genai-prices, in USD_MICROCENTS (rounded up).

@@ -68,3 +68,11 @@ def guard(store: Any) -> al.Guard:
 
 
 LLM = al.Action("llm.completion", "openai:gpt-4o")
+
+
+@pytest.fixture
+def funded(guard: al.Guard) -> al.Guard:
+    """A guard whose tenant acme has $10 and a million tokens a day: room for any replay."""
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:acme", tokens=1_000_000, period="day")
+    return guard

@@ -13,25 +13,11 @@ import pytest
 import allotment as al
 from allotment.integrations.anthropic import wrap_anthropic
 
-from cassettes import expected_cost, replay, sent
+from cassettes import expected_cost, replay, sent, spent
 
 ACME = "tenant:acme"
 SONNET = "claude-sonnet-4-6"
 ASK = [{"role": "user", "content": "What's the capital of France?"}]
-
-
-@pytest.fixture
-def funded(guard: al.Guard) -> al.Guard:
-    guard.set_budget(ACME, usd=10)
-    guard.set_budget(ACME, tokens=1_000_000, period="day")
-    return guard
-
-
-def spent(guard: al.Guard) -> tuple[int, int]:
-    by_unit = {b.unit: b for b in guard.balances(ACME, include_children=False)}
-    usd, tok = by_unit[al.Unit.USD_MICROCENTS], by_unit[al.Unit.TOKENS]
-    assert usd.reserved == 0 and tok.reserved == 0, "every reservation settled"
-    return usd.spent, tok.spent
 
 
 def client(guard: al.Guard, **options: Any) -> Any:

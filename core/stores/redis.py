@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -78,6 +79,17 @@ ERRORS: dict[str, type[AllotmentError]] = {
     "RESERVATION_EXPIRED": ReservationExpired, "RESERVATION_FINALIZED": ReservationFinalized,
     "MAX_EXTENSIONS_EXCEEDED": MaxExtensionsExceeded,
 }
+
+
+@contextmanager
+def unavailable_on_failure() -> Iterator[None]:
+    """Whatever redis-py raises when the store cannot answer becomes `StoreUnavailable`."""
+    try:
+        yield
+    except (RedisConnectionError, TimeoutError) as error:
+        raise StoreUnavailable(f"redis unreachable: {error}") from error
+    except FAILURES as error:
+        raise StoreUnavailable(f"redis error: {error}") from error
 
 
 def _source(parts: tuple[str, ...]) -> str:
@@ -170,10 +182,8 @@ class RedisStore:
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """SET NX, or renew if we already hold it: one sweeper among many processes."""
-        try:
+        with unavailable_on_failure():
             return bool(self._lease(keys=[f"al:lease:{name}"], args=[owner, ttl_ms]))
-        except FAILURES as error:
-            raise StoreUnavailable(f"redis error: {error}") from error
 
     def close(self) -> None:
         self.client.close()
@@ -183,29 +193,21 @@ class RedisStore:
     def execute(self, op: ops.Op[R]) -> R:
         if isinstance(op, ops.Sweep):
             return self._sweep(op.limit)  # type: ignore[return-value]
-        try:
+        with unavailable_on_failure():
             script, keys, payload = self._call(op)
             if self.durability == "strict" and isinstance(op, (ops.Commit, ops.Record)):
                 raw = self._durably(script, keys, payload)
             else:
                 raw = self._scripts[script](keys=keys, args=self._args(payload))
-        except (RedisConnectionError, TimeoutError) as error:
-            raise StoreUnavailable(f"redis unreachable: {error}") from error
-        except FAILURES as error:
-            raise StoreUnavailable(f"redis error: {error}") from error
         result: R = self._finish(op, json.loads(raw))
         return result
 
     async def aexecute(self, op: ops.Op[R]) -> R:
         if isinstance(op, ops.Sweep):
             return self._sweep(op.limit)  # type: ignore[return-value]
-        try:
+        with unavailable_on_failure():
             script, keys, payload = self._call(op)
             raw = await self._ascript(script)(keys=keys, args=self._args(payload))
-        except (RedisConnectionError, TimeoutError) as error:
-            raise StoreUnavailable(f"redis unreachable: {error}") from error
-        except FAILURES as error:
-            raise StoreUnavailable(f"redis error: {error}") from error
         result: R = self._finish(op, json.loads(raw))
         return result
 
@@ -335,10 +337,8 @@ class RedisStore:
         return script, [*keys, res, idem], payload
 
     def _sweep(self, limit: int) -> int:
-        try:
+        with unavailable_on_failure():
             return self._sweep_tenants(limit)
-        except FAILURES as error:
-            raise StoreUnavailable(f"redis error during sweep: {error}") from error
 
     def _sweep_tenants(self, limit: int) -> int:
         expired = 0
