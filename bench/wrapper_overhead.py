@@ -1,0 +1,99 @@
+"""What wrapping an OpenAI client costs: wrapped vs unwrapped calls against a simulated
+provider served over loopback HTTP, measured in the same run, in alternating rounds (this
+machine is shared and noisy, so the ratio is what to read). Also the guard's own work per
+call (estimate, price, reserve, commit) without any HTTP.
+
+    python bench/wrapper_overhead.py [--calls 2000] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+
+import allotment as al
+from allotment.integrations._metering import Metering, Request
+from allotment.integrations.openai import wrap_openai
+from allotment.pricing import TokenUsage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from simulated_provider import serve
+
+MESSAGES = [{"role": "system", "content": "You answer questions about budgets."},
+            {"role": "user", "content": "Why does a shared platform need per-tenant limits?"}]
+TARGET = 1.10
+
+
+def timed_calls(client: Any, calls: int) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=200)
+        samples.append((time.perf_counter_ns() - start) / 1_000)
+    return samples
+
+
+def guard_work(calls: int) -> list[float]:
+    """estimate + price + reserve + commit, as the adapter does them, with no HTTP at all."""
+    guard = al.Guard()
+    guard.set_budget("tenant:acme", usd=10**6)
+    metering = Metering(guard)
+    subject = al.Subject(tenant="acme", workflow="bench")
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 200}
+    usage = TokenUsage(input_tokens=30, output_tokens=120)
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        meter = metering.start(Request(subject, "llm.completion", "openai", "gpt-4o-mini",
+                                       body, 200))
+        meter.commit(usage)
+        samples.append((time.perf_counter_ns() - start) / 1_000)
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per round and client")
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    guard = al.Guard()
+    guard.set_budget("tenant:acme", usd=10**6)
+    with serve() as provider:
+        plain = openai.OpenAI(api_key="sk-bench", base_url=provider + "/v1", max_retries=0)
+        wrapped = wrap_openai(plain, guard, tenant="acme", workflow="bench")
+        timed_calls(plain, 200)  # warm both paths up
+        timed_calls(wrapped, 200)
+        plain_p50, wrapped_p50 = [], []
+        for _ in range(args.rounds):
+            gc.collect()
+            plain_p50.append(statistics.median(timed_calls(plain, args.calls // args.rounds)))
+            gc.collect()
+            wrapped_p50.append(statistics.median(timed_calls(wrapped, args.calls
+                                                             // args.rounds)))
+    work = sorted(guard_work(args.calls))
+    base, guarded = statistics.median(plain_p50), statistics.median(wrapped_p50)
+    ratio = guarded / base
+    (balance,) = guard.balances("tenant:acme")
+    print(f"unwrapped call p50   {base:9.1f} µs   (loopback HTTP, simulated provider)")
+    print(f"wrapped call p50     {guarded:9.1f} µs")
+    print(f"ratio                {ratio:9.3f}×   target ≤ {TARGET}× "
+          f"{'PASS' if ratio <= TARGET else 'MISS'}")
+    print(f"guard's own work     p50 {work[len(work) // 2]:.1f} µs, "
+          f"p99 {work[int(len(work) * 0.99)]:.1f} µs per call "
+          "(estimate, price, reserve, commit)")
+    settled = balance.reserved == 0 and balance.allocated == (
+        balance.remaining + balance.reserved + balance.spent + balance.debt)
+    print(f"ledger after the run: spent {al.format_amount(balance.unit, balance.spent)}, "
+          f"reserved {balance.reserved}, identity {'holds' if settled else 'BROKEN'}")
+    return 0 if settled else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
