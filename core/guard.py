@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from .tenant import TenantGuard
 
 log = logging.getLogger("allotment")
+NO_KEY: dict[str, Any] = {"idempotency_key": None, "fingerprint": ""}
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = "spend.unrecorded"
 
@@ -870,7 +871,7 @@ def _keyed(key: str | None, *payload: Any) -> dict[str, Any]:
     """Idempotency fields: a caller's key gets a payload fingerprint; with no key there is
     nothing to replay, so none is stored."""
     if key is None:
-        return {"idempotency_key": None, "fingerprint": ""}
+        return NO_KEY
     return {"idempotency_key": check_idempotency_key(key), "fingerprint": _fingerprint(payload)}
 
 

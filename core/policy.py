@@ -194,13 +194,15 @@ class CapsBuilder:
                       tool_denylist=rule.tools_deny or None))
 
     def build(self) -> Caps | None:
-        caps = Caps(
+        if (self.max_tokens is None and self.tool_allowlist is None and not self.tool_denylist
+                and self.cooldown_ms is None and self.model is None):
+            return None  # nothing capped: the common case, answered without building a Caps
+        return Caps(
             max_tokens=self.max_tokens,
             tool_allowlist=None if self.tool_allowlist is None else tuple(sorted(
                 self.tool_allowlist)),
             tool_denylist=tuple(sorted(self.tool_denylist)) or None,
             cooldown_ms=self.cooldown_ms, model=self.model)
-        return None if caps == Caps() else caps
 
 
 def glob_list(value: Any, field_name: str) -> tuple[str, ...]:

@@ -906,10 +906,11 @@ class MemoryStore:
             return
         thresholds = d.alerts  # sorted when set
         crossed = state.alerted
-        while crossed < len(thresholds) and (
-                (allocated - remaining) * 1_000_000
-                >= round(thresholds[crossed] * 1_000_000) * allocated):
-            crossed += 1
+        if crossed < len(thresholds):
+            used = (allocated - remaining) * 1_000_000
+            while crossed < len(thresholds) and (
+                    used >= round(thresholds[crossed] * 1_000_000) * allocated):
+                crossed += 1
         exhausted = remaining <= 0 and not state.exhausted
         over = state.over_limit and not state.over_notified
         state.over_notified = state.over_limit
