@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from allotment.estimation import input_tokens
-from allotment.integrations.anthropic import THINKING_PROMPT, TOOL_PROMPT
+from allotment.integrations.anthropic import hidden_prompt_tokens
 
 CASSETTES = Path(__file__).resolve().parent.parent / "tests" / "cassettes"
 
@@ -40,10 +40,7 @@ def main() -> int:
         provider = path.name.split("_")[0]
         interaction = yaml.safe_load(path.read_text())["interactions"][0]
         request = json.loads(interaction["request"]["body"])
-        overhead = 0
-        if provider == "anthropic":
-            overhead = (TOOL_PROMPT if request.get("tools") else 0) + (
-                THINKING_PROMPT if request.get("thinking") else 0)
+        overhead = hidden_prompt_tokens(request) if provider == "anthropic" else 0
         estimate = input_tokens(request, overhead)
         real = reported(provider, interaction["response"]["body"]["string"])
         ratios.append(estimate / real)

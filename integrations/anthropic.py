@@ -44,10 +44,8 @@ class AnthropicShape:
             return None
         if not isinstance(body.get("max_tokens"), int):
             body["max_tokens"] = default_max_tokens
-        overhead = (TOOL_PROMPT if body.get("tools") else 0) + (
-            THINKING_PROMPT if body.get("thinking") else 0)
         return Request(subject, "llm.completion", self.provider, model, body,
-                       body["max_tokens"], overhead)
+                       body["max_tokens"], hidden_prompt_tokens(body))
 
     def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
         if caps.max_tokens is not None:
@@ -72,6 +70,13 @@ class AnthropicShape:
 
     def stream_usage(self, path: str) -> _StreamUsage:
         return _StreamUsage()
+
+
+def hidden_prompt_tokens(body: dict[str, Any]) -> int:
+    """What Anthropic adds to the prompt the request does not show: tool use and thinking
+    system prompts."""
+    return (TOOL_PROMPT if body.get("tools") else 0) + (
+        THINKING_PROMPT if body.get("thinking") else 0)
 
 
 class _StreamUsage:
