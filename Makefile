@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# LlamaIndex's OpenAI LLM pins openai<3: its tests run in an environment of their own.
+LI_VENV := .venv-llamaindex
+LI_STAMP := $(LI_VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
@@ -12,11 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(LI_STAMP): pyproject.toml tests/llamaindex/requirements.txt
+	$(PYTHON) -m venv $(LI_VENV)
+	$(LI_VENV)/bin/pip install --quiet --upgrade pip
+	$(LI_VENV)/bin/pip install --quiet -e . -r tests/llamaindex/requirements.txt
+	touch $(LI_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python examples/runaway_tenant.py
 
-test: $(STAMP)
+test: $(STAMP) $(LI_STAMP)
 	$(BIN)/python -m pytest
+	$(LI_VENV)/bin/python -m pytest tests/llamaindex
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/core_ops.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck
+	rm -rf $(VENV) $(LI_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

@@ -174,6 +174,14 @@ class Metering:
             meter = await self._areserve(switched)
         return meter
 
+    def reserve(self, request: Request) -> Meter:
+        """Reserve for exactly this request (no model switch: for hooks that cannot change
+        the call), or raise `Denied`."""
+        return self._reserve(request)
+
+    async def areserve(self, request: Request) -> Meter:
+        return await self._areserve(request)
+
     def _reserve(self, request: Request) -> Meter:
         price, estimate = self.estimate(request)
         reservation = self.guard.reserve(request.subject, _action(request), estimate,

@@ -1,0 +1,407 @@
+"""LlamaIndex, guarded: a callback handler that reserves before each LLM and embedding call
+and commits what the call used.
+
+    from llama_index.core.callbacks import CallbackManager
+    from allotment.integrations.llamaindex import BudgetHandler
+
+    handler = BudgetHandler(guard, tenant="acme")
+    llm = OpenAI(model="gpt-4o-mini", callback_manager=CallbackManager([handler]))
+    # or for everything: Settings.callback_manager = CallbackManager([handler])
+
+LlamaIndex's instrumentation handlers swallow exceptions, so enforcement uses the legacy
+callback events (`CBEventType.LLM` and `EMBEDDING`), which fire before the request is sent:
+a denial raises `al.Denied` out of `chat`/`complete`/`stream_chat`/`get_text_embedding`/...
+and nothing is sent. The end event commits the usage the response reports (`raw.usage`, or
+`additional_kwargs` prompt/completion tokens); embeddings are counted from their chunks with
+LlamaIndex's tokenizer. A call that failed is released; a stream its consumer walked away
+from (or that was cancelled) is charged the estimate, since it reached the provider.
+
+Subject: the handler's arguments, then `al.scope(...)`, then LlamaIndex's
+`instrument_tags({...})` in force (keys `tenant`, `workflow`, ... `run`, `session`, `user`,
+each also as `<key>_id`; see `TAG_FIELDS`), each later source overriding the earlier ones.
+
+A callback cannot change a request, so the handler denies but cannot cap: when the budget
+answers with caps (a degrade rule's max_tokens or model, a tool deny list), the call goes on
+uncapped and a warning is logged. To cap, hand LlamaIndex's OpenAI LLM a guarded client:
+
+    llm = OpenAI(model="gpt-4o-mini",
+                 openai_client=wrap_openai(openai.OpenAI(), guard, tenant="acme"),
+                 async_openai_client=wrap_openai(openai.AsyncOpenAI(), guard, tenant="acme"))
+
+The guarded client then reserves, caps the outgoing body and commits; the handler sees that
+the call's client is guarded and stands aside (each call is charged once), passing the
+`instrument_tags` subject fields on to the client as per-call `x-allotment-*` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import allotment as al
+from allotment.estimation import text_tokens
+from allotment.pricing import Pricer, TokenUsage
+from allotment.scopes import LEVELS
+
+from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
+from ._sdk import SUBJECT_HEADER
+from ._sdk import _commit as settle
+from .anthropic import _fields as anthropic_fields
+from .anthropic import _usage as anthropic_usage
+from .openai import _usage as openai_usage
+
+if TYPE_CHECKING:
+    _CallbackHandler = object
+else:
+    try:
+        from llama_index.core.callbacks.base_handler import (
+            BaseCallbackHandler as _CallbackHandler,
+        )
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("allotment.integrations.llamaindex needs llama-index-core: "
+                          "pip install 'allotment[llamaindex]'") from error
+
+__all__ = ["DEFAULT_EMBEDDING_TOKENS", "TAG_FIELDS", "BudgetHandler"]
+
+log = logging.getLogger("allotment")
+
+LLM, EMBEDDING = "llm", "embedding"  # CBEventType values (a str enum)
+MESSAGES, PROMPT, KWARGS, SERIALIZED = ("messages", "formatted_prompt", "additional_kwargs",
+                                        "serialized")  # EventPayload values (a str enum)
+RESPONSE, COMPLETION, CHUNKS, EXCEPTION = "response", "completion", "chunks", "exception"
+
+DEFAULT_EMBEDDING_TOKENS = 8_192
+"""What one embedding event holds before it runs: LlamaIndex names the model at the start of
+an embedding event but not the texts, so the hold is an allowance (one maximal input); the
+commit charges the tokens counted from the texts."""
+
+TAG_FIELDS: dict[str, str] = {
+    **{f"{name}_id": name for name in (*LEVELS, "run", "session", "user")},
+    **{name: name for name in (*LEVELS, "run", "session", "user")},
+}
+"""`instrument_tags` keys read as subject fields (levels, or dimensions for run/session/user).
+Other tags are left alone: observability tags do not become budget scopes."""
+
+PROVIDERS = (("azure", "azure"), ("anthropic", "anthropic"), ("bedrock", "aws"),
+             ("vertex", "google"), ("gemini", "google"), ("google", "google"),
+             ("mistral", "mistral"), ("groq", "groq"), ("deepseek", "deepseek"),
+             ("cohere", "cohere"), ("openai", "openai"))
+"""Provider ids for genai-prices, from the model class's `class_name()`, first match wins."""
+
+_FRAME_DEPTH = 12
+_MAX_PENDING = 10_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    meter: Meter
+    prompt: int  # the estimated input tokens, for a response that reports none
+
+
+class BudgetHandler(_CallbackHandler):
+    """Reserve before, and settle after, every LLM and embedding call LlamaIndex makes.
+
+    `subject` holds Subject fields (tenant=, workflow=, ...; other keywords are dimensions).
+    `provider` names the price table's provider when the model class does not say it.
+    A call without max_tokens (on the LLM or in the call) is held for `default_max_tokens`
+    of output; an embedding event for `embedding_tokens` of input. `token_counter(text)`
+    counts embedded texts (default: LlamaIndex's `Settings.tokenizer`).
+    """
+
+    def __init__(self, guard: al.Guard, *, pricer: Pricer | None = None,
+                 provider: str | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 embedding_tokens: int = DEFAULT_EMBEDDING_TOKENS,
+                 token_counter: Callable[[str], int] | None = None,
+                 tag_fields: Mapping[str, str] | None = None, ttl_ms: int | None = None,
+                 **subject: Any) -> None:
+        event_types = _framework("llama_index.core.callbacks.schema", "CBEventType")
+        # a hold the budget cannot fit is refused whole: a callback cannot shrink the call
+        self.metering = Metering(guard, pricer=pricer, default_max_tokens=default_max_tokens,
+                                 floor=sys.maxsize, ttl_ms=ttl_ms)
+        self.provider = provider
+        self.embedding_tokens = embedding_tokens
+        self.token_counter = token_counter
+        self.tag_fields = dict(TAG_FIELDS if tag_fields is None else tag_fields)
+        self.subject = subject
+        ignored = [e for e in event_types if e.value not in (LLM, EMBEDDING)]
+        self.event_starts_to_ignore = tuple(ignored)
+        self.event_ends_to_ignore = tuple(ignored)
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    # -- the callback interface ------------------------------------------------------------
+
+    def on_event_start(self, event_type: Any, payload: dict[str, Any] | None = None,
+                       event_id: str = "", parent_id: str = "", **kwargs: Any) -> str:
+        """Reserve, or raise `al.Denied` (nothing is sent)."""
+        if event_type not in (LLM, EMBEDDING):
+            return event_id
+        payload = payload or {}
+        tags = self._tags()
+        model, asynchronous = _caller()
+        if _delegates(model):
+            return event_id  # a wrapper LLM: the LLM it calls fires its own event
+        if _guarded_below(model, asynchronous):
+            _pass_on(payload.get(KWARGS), tags)
+            return event_id
+        request = self._describe(event_type, payload, resolve_subject(self.subject, tags))
+        meter = self.metering.reserve(request)  # no model switch: the call keeps its model
+        if meter.caps is not None:
+            log.warning("%s: caps %s cannot be applied by a callback handler (the call goes "
+                        "on uncapped); hand the LLM a wrap_openai client to cap it",
+                        meter.reservation.id, meter.caps)
+        with self._lock:
+            if len(self._pending) >= _MAX_PENDING:  # events that never ended: holds expire
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[event_id] = _Pending(meter, _prompt_of(request))
+        return event_id
+
+    def on_event_end(self, event_type: Any, payload: dict[str, Any] | None = None,
+                     event_id: str = "", **kwargs: Any) -> None:
+        """Commit the usage reported (or counted, or else the estimate); release a failure."""
+        with self._lock:
+            pending = self._pending.pop(event_id, None)
+        if pending is None:
+            return
+        payload = payload or {}
+        response = payload.get(RESPONSE, payload.get(COMPLETION))
+        error = payload.get(EXCEPTION)
+        if response is None and error is not None:
+            if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+                settle(pending.meter, None)  # a stream left early: it reached the provider
+            else:
+                _release(pending.meter)
+            return
+        if event_type == EMBEDDING:
+            settle(pending.meter, self._embedded(payload.get(CHUNKS)))
+            return
+        usage = _response_usage(response)
+        if usage is not None and usage.input_tokens == 0 and pending.prompt:
+            usage = usage.model_copy(update={"input_tokens": pending.prompt})
+        settle(pending.meter, usage)
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        pass
+
+    def end_trace(self, trace_id: str | None = None,
+                  trace_map: dict[str, list[str]] | None = None) -> None:
+        pass
+
+    # -- reading LlamaIndex's payloads -----------------------------------------------------
+
+    def _tags(self) -> dict[str, str]:
+        tags = _framework("llama_index.core.instrumentation.dispatcher",
+                          "active_instrument_tags").get()
+        found: dict[str, str] = {}
+        for key, name in self.tag_fields.items():
+            value = tags.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                found[name] = str(value)
+        return found
+
+    def _describe(self, event_type: Any, payload: dict[str, Any],
+                  subject: al.Subject) -> Request:
+        serialized = payload.get(SERIALIZED) or {}
+        model = serialized.get("model") or serialized.get("model_name")
+        if not isinstance(model, str) or not model:
+            raise al.InvalidRequest(f"no model name in the {event_type} event's payload")
+        provider = self.provider or _provider(serialized.get("class_name"))
+        if event_type == EMBEDDING:
+            return Request(subject, "llm.embedding", provider, model, None, None,
+                           overhead=self.embedding_tokens)
+        call = payload.get(KWARGS)
+        if not isinstance(call, dict):
+            call = {}
+        body: dict[str, Any] = {"messages": _messages(payload.get(MESSAGES)),
+                                "prompt": payload.get(PROMPT), "tools": call.get("tools")}
+        if serialized.get("class_name") == "openai_llm" and "stream_options" not in call:
+            # LlamaIndex's OpenAI LLM sends these only with stream=True: a stream then ends
+            # in a usage chunk instead of being charged the estimate
+            call["stream_options"] = {"include_usage": True}
+        return Request(subject, "llm.completion", provider, model, body,
+                       _max_tokens(call, serialized, self.metering.default_max_tokens))
+
+    def _embedded(self, chunks: Any) -> TokenUsage | None:
+        if not isinstance(chunks, list) or not chunks:
+            return None
+        texts = [c if isinstance(c, str) else str(c) for c in chunks]
+        try:
+            count = self.token_counter or _llamaindex_tokens
+            total = sum(count(t) for t in texts)
+        except Exception:  # no tokenizer at hand: the offline upper bound
+            log.warning("could not count embedded tokens; counting them offline")
+            total = sum(text_tokens(t) for t in texts)
+        return TokenUsage(input_tokens=total)
+
+
+def _caller() -> tuple[Any, bool]:
+    """The LLM or embedding model whose event is being fired, and whether the call is async.
+
+    LlamaIndex's callback payload does not carry the model object, so it is found in the
+    frames of the method that fired the event (`_self` in `llm_chat_callback` and
+    `llm_completion_callback`, `self` in the embedding methods)."""
+    kinds = (_framework("llama_index.core.base.llms.base", "BaseLLM"),
+             _framework("llama_index.core.base.embeddings.base", "BaseEmbedding"))
+    frame = inspect.currentframe()
+    try:
+        for _ in range(_FRAME_DEPTH):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                break
+            for name in ("_self", "self"):
+                if name not in frame.f_code.co_varnames:
+                    continue
+                candidate = frame.f_locals.get(name)
+                if isinstance(candidate, kinds):
+                    flags = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+                    return candidate, bool(frame.f_code.co_flags & flags)
+    finally:
+        del frame
+    return None, False
+
+
+def _release(meter: Meter) -> None:
+    """A failed call is released; a store failure here must not hide the call's own error."""
+    try:
+        meter.release("provider error")
+    except al.AllotmentError as error:
+        log.error("could not release %s: %s", meter.reservation.id, error)
+
+
+def _delegates(model: Any) -> bool:
+    """A wrapper such as StructuredLLM, whose calls go through another LLM's own events."""
+    if model is None:
+        return False
+    inner = getattr(model, "llm", None)
+    return isinstance(inner, _framework("llama_index.core.base.llms.base", "BaseLLM")) and (
+        inner is not model)
+
+
+def _guarded_below(model: Any, asynchronous: bool) -> bool:
+    """Whether the call goes through a client made by wrap_openai/wrap_anthropic, which
+    meters (and caps) it itself."""
+    if model is None or getattr(model, "reuse_client", True) is False:
+        return False  # without reuse_client LlamaIndex makes a fresh, unguarded client
+    client = getattr(model, "_aclient" if asynchronous else "_client", None)
+    return hasattr(client, "_allotment")
+
+
+def _pass_on(call: Any, fields: dict[str, str]) -> None:
+    """Give a guarded client the instrument-tag subject as per-call headers."""
+    if not fields or not isinstance(call, dict):
+        return
+    headers = dict(call.get("extra_headers") or {})
+    headers.update({f"{SUBJECT_HEADER}{k}": v for k, v in fields.items()})
+    call["extra_headers"] = headers
+
+
+def _provider(class_name: Any) -> str:
+    name = str(class_name or "").lower()
+    for marker, provider in PROVIDERS:
+        if marker in name:
+            return provider
+    return name or "unknown"
+
+
+def _messages(messages: Any) -> Any:
+    """ChatMessages as dicts (role, text blocks, images, tool calls) for the estimate."""
+    if not isinstance(messages, (list, tuple)):
+        return None
+    return [_plain(m) for m in messages]
+
+
+def _plain(message: Any) -> Any:
+    try:
+        return message.model_dump() if hasattr(message, "model_dump") else message
+    except Exception:  # a message pydantic cannot dump: its text still counts
+        return {"role": str(getattr(message, "role", "user")), "content": str(message)}
+
+
+def _max_tokens(call: Mapping[str, Any], serialized: Mapping[str, Any], default: int) -> int:
+    """The output bound: the larger of the call's own and the LLM's max_tokens (`num_output`
+    in its metadata; which one an integration sends varies), or else the default."""
+    found = [value for value in (call.get("max_completion_tokens"), call.get("max_tokens"),
+                                 serialized.get("max_tokens"), serialized.get("num_output"))
+             if isinstance(value, int) and not isinstance(value, bool) and value > 0]
+    return max(found, default=default)
+
+
+def _prompt_of(request: Request) -> int:
+    if request.kind != "llm.completion":
+        return 0
+    from allotment.estimation import input_tokens
+
+    return input_tokens(request.payload, request.overhead)
+
+
+def _llamaindex_tokens(text: str) -> int:
+    return len(_framework("llama_index.core", "Settings").tokenizer(text))
+
+
+def _framework(module: str, name: str) -> Any:
+    """A LlamaIndex object, imported when first needed (the package may not be installed
+    where allotment is type-checked)."""
+    return getattr(importlib.import_module(module), name)
+
+
+# -- usage, wherever the LLM integration put it --------------------------------------------
+
+INPUT_NAMES = ("prompt_tokens", "input_tokens", "prompt_token_count")
+OUTPUT_NAMES = ("completion_tokens", "output_tokens", "candidates_token_count")
+CACHE_NAMES = ("cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _response_usage(response: Any) -> TokenUsage | None:
+    """`raw.usage` (OpenAI objects, Anthropic's dict), `raw.usage_metadata`, then the
+    response's `additional_kwargs` (prompt_tokens...) and its message's `usage` — the order
+    LlamaIndex's own token counting uses."""
+    if response is None:
+        return None
+    raw = getattr(response, "raw", None)
+    message = getattr(response, "message", None)
+    for found in (_get(raw, "usage"), _get(raw, "usage_metadata"),
+                  getattr(response, "additional_kwargs", None),
+                  _get(getattr(message, "additional_kwargs", None), "usage")):
+        usage = _parse_usage(_namespace(found))
+        if usage is not None:
+            return usage
+    return None
+
+
+def _parse_usage(usage: Any) -> TokenUsage | None:
+    if usage is None or not any(_int(usage, n) is not None for n in INPUT_NAMES + OUTPUT_NAMES):
+        return None
+    if any(_int(usage, n) is not None for n in CACHE_NAMES):
+        return anthropic_usage(anthropic_fields(usage))  # cache tokens counted apart
+    if _int(usage, "prompt_token_count") is not None:  # Gemini's names
+        return TokenUsage(input_tokens=_int(usage, "prompt_token_count") or 0,
+                          output_tokens=_int(usage, "candidates_token_count") or 0)
+    return openai_usage(usage)
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _int(obj: Any, name: str) -> int | None:
+    value = getattr(obj, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _namespace(value: Any) -> Any:
+    """Dicts read like the SDKs' usage objects."""
+    if isinstance(value, Mapping):
+        return SimpleNamespace(**{str(k): _namespace(v) for k, v in value.items()})
+    return value

@@ -1,0 +1,1 @@
+"""The LlamaIndex suite, a package so that its conftest does not shadow ../conftest.py."""

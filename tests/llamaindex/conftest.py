@@ -1,0 +1,15 @@
+"""The LlamaIndex suite runs in its own environment (.venv-llamaindex, see requirements.txt
+here): llama-index-llms-openai pins openai<3, the project's own environment has openai 3.
+The fixtures (`guard`, `clock`, `store`) come from ../conftest.py, which pytest loads as this
+directory's parent conftest; `cassettes` and `redis_server` are importable from ../ likewise.
+
+Where LlamaIndex is not installed (the main run), nothing here is collected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+if importlib.util.find_spec("llama_index") is None or importlib.util.find_spec(
+        "llama_index.llms.openai") is None:
+    collect_ignore_glob = ["*"]
