@@ -604,3 +604,20 @@ def test_balances_at_a_scope_alone_or_with_everything_below(guard: al.Guard) -> 
     assert [b.scope for b in guard.balances("tenant:acme/workspace:w/run:r1")] == [
         "tenant:acme/workspace:w/run:r1"]
     assert guard.balances("tenant:nobody") == ()
+
+
+def test_idle_dimension_ledgers_are_dropped_by_the_sweep(guard: al.Guard,
+                                                         clock: al.ManualClock) -> None:
+    guard.set_budget(ACME, usd=100)
+    guard.set_budget(ACME, usd=1, per="run")
+    guard.set_quota(ACME, runs=5, window="day")
+    for run in ("r1", "r2"):
+        guard.reserve(subject(run), LLM, al.usd("0.5")).commit(al.usd("0.5"))
+    clock.advance(31 * 86_400_000)
+    guard.reserve(subject("r3"), LLM, al.usd("0.5"))  # r3 is in use: its ledger stays
+    for _ in range(3):
+        guard.sweep()
+    assert [b.scope for b in guard.balances(ACME)] == [ACME, "tenant:acme/run:r3"]
+    assert guard.balances(ACME)[0].spent == al.usd(1).amount  # the spend itself is kept
+    for run in ("r4", "r5", "r6", "r7"):  # runs of days gone by no longer count
+        guard.reserve(subject(run), LLM, al.usd("0.1"))

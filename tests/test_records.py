@@ -142,3 +142,14 @@ def test_report_counts_per_scope_and_period(guard: al.Guard, clock: al.ManualClo
     day = guard.report("acme", period="day")
     assert [row.records for row in day if row.scope == ACME] == [1]
     assert guard.report("acme", period="month", at=START_MS - 31 * 86_400_000) == ()
+
+
+def test_large_amounts_stay_exact_in_the_audit_details(guard: al.Guard) -> None:
+    guard.set_budget(ACME, amount=1_234_567_812_345_678, unit="TOKENS")
+    with pytest.raises(al.BudgetExceeded):
+        guard.reserve(al.Subject(tenant="acme"), LLM, al.tokens(2**53 - 1))
+    (budget_set,) = guard.audit("acme", types=["budget.set"])
+    (denied,) = guard.audit("acme", types=["reservation.denied"])
+    assert budget_set.detail["limit"] == 1_234_567_812_345_678
+    assert denied.detail == {"remaining": 1_234_567_812_345_678,
+                             "limit": 1_234_567_812_345_678}

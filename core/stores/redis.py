@@ -123,7 +123,8 @@ class RedisStore:
     def __init__(self, client: Any = None, *, aclient: Any = None, url: str | None = None,
                  clock: Callable[[], int] | None = None, reap_batch: int = 16,
                  idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
-                 audit_retention: int = 10_000, durability: str = "fast", replicas: int = 0,
+                 audit_retention: int = 10_000, dimension_idle_ttl_ms: int = 30 * DAY_MS,
+                 prune_batch: int = 500, durability: str = "fast", replicas: int = 0,
                  wait_timeout_ms: int = 1_000, socket_timeout: float = 2.0) -> None:
         if client is None and url is None:
             url = "redis://localhost:6379/0"
@@ -142,7 +143,8 @@ class RedisStore:
         self.clock = clock
         self.settings = json.dumps({
             "reap_batch": reap_batch, "idempotency_ttl_ms": idempotency_ttl_ms,
-            "finished_retention_ms": finished_retention_ms, "audit_retention": audit_retention})
+            "finished_retention_ms": finished_retention_ms, "audit_retention": audit_retention,
+            "dimension_idle_ttl_ms": dimension_idle_ttl_ms, "prune_batch": prune_batch})
         self._sources = {name: _source(parts) for name, parts in SCRIPTS.items()}
         self._scripts = {name: self.client.register_script(src)
                          for name, src in self._sources.items()}
@@ -572,11 +574,18 @@ def _record(tenant: str, flat: list[str]) -> AuditRecord:
         detail=_detail(f.get("detail")))
 
 
+INTEGER_DETAILS = frozenset({"limit", "remaining", "by_ms", "expires_at_ms"})
+"""Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
+
+
 def _detail(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     detail = json.loads(text)
-    return detail if isinstance(detail, dict) else {}
+    if not isinstance(detail, dict):
+        return {}
+    return {k: int(v) if k in INTEGER_DETAILS and isinstance(v, str) else v
+            for k, v in detail.items()}
 
 
 __all__ = ["RedisStore", "ReportRow", "reservation_key", "tenant_keys"]

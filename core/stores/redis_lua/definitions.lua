@@ -13,7 +13,7 @@ local function set_budget(x)
   d.alerts, d.degrade = x.alerts, x.degrade
   d.status = d.status or 'ACTIVE'
   save_defs(x.scope, list)
-  audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = x.limit,
+  audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = s(x.limit),
     period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL}})
   if x.per ~= '' then return {} end
   d = find_def(x.scope, x.unit, x.period, x.per)

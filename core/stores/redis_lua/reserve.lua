@@ -200,8 +200,7 @@ if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = pack_units(fixed), reason = denial.reason,
-    detail = {remaining = denial.remaining and tonumber(denial.remaining) or NULL,
-      limit = denial.limit and tonumber(denial.limit) or NULL}})
+    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL}})
   count(subject.scope_path, 'denials:' .. denial.reason)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}

@@ -51,7 +51,7 @@ if kind == 'extend' then
   redis.call('HSET', K_RES, 'expires', s(R.expires), 'ext', R.ext)
   redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
   audit('reservation.extended', {reservation_id = R.id, idempotency_key = nz(P.key) or '',
-    detail = {by_ms = P.by_ms, expires_at_ms = R.expires}})
+    detail = {by_ms = s(P.by_ms), expires_at_ms = s(R.expires)}})
   return save_reply({reservation_id = R.id, expires_at_ms = s(R.expires), extensions = R.ext})
 end
 
