@@ -92,6 +92,27 @@ class Meter:
             self.settled = True
             self.result = await self.reservation.acommit(self._charge(usage))
 
+    def settle(self, usage: TokenUsage | None) -> None:
+        """Settle after the provider answered: a commit refused under REJECT falls back to
+        the estimate (the call happened); a store failure is left to the guard, which retries
+        and sends unrecorded spend to the sinks — the caller keeps its response."""
+        try:
+            self.commit(usage)
+        except al.BudgetExceeded:
+            self.settled = False
+            self.commit(None)
+        except al.AllotmentError as error:
+            log.error("could not commit %s: %s", self.reservation.id, error)
+
+    async def asettle(self, usage: TokenUsage | None) -> None:
+        try:
+            await self.acommit(usage)
+        except al.BudgetExceeded:
+            self.settled = False
+            await self.acommit(None)
+        except al.AllotmentError as error:
+            log.error("could not commit %s: %s", self.reservation.id, error)
+
     def _charge(self, usage: TokenUsage | None) -> list[al.Amount] | tuple[al.Amount, ...]:
         usage = usage or self.usage
         if usage is None:

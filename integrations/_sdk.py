@@ -166,7 +166,7 @@ def _settle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
     if hasattr(parsed, "_iterator"):
         _observe(parsed, meter, shape.stream_usage(path))
         return result
-    _commit(meter, shape.usage(parsed))
+    meter.settle(shape.usage(parsed))
     return result
 
 
@@ -176,7 +176,7 @@ async def _asettle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
     if hasattr(parsed, "_iterator"):
         _aobserve(parsed, meter, shape.stream_usage(path))
         return result
-    await _acommit(meter, shape.usage(parsed))
+    await meter.asettle(shape.usage(parsed))
     return result
 
 
@@ -188,28 +188,6 @@ def _is_awaitable_parse(result: Any) -> bool:
     import inspect
 
     return inspect.iscoroutinefunction(result.parse)
-
-
-def _commit(meter: Meter, usage: TokenUsage | None) -> None:
-    """Settle after the provider answered: a refused commit falls back to the estimate (the
-    call happened), a store failure is left to the guard's retries and sinks."""
-    try:
-        meter.commit(usage)
-    except al.BudgetExceeded:
-        meter.settled = False
-        meter.commit(None)
-    except al.AllotmentError as error:
-        log.error("could not commit %s: %s", meter.reservation.id, error)
-
-
-async def _acommit(meter: Meter, usage: TokenUsage | None) -> None:
-    try:
-        await meter.acommit(usage)
-    except al.BudgetExceeded:
-        meter.settled = False
-        await meter.acommit(None)
-    except al.AllotmentError as error:
-        log.error("could not commit %s: %s", meter.reservation.id, error)
 
 
 def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
@@ -224,7 +202,7 @@ def _observe(stream: Any, meter: Meter, seen: StreamUsage) -> None:
                 seen.see(event)
                 yield event
         finally:
-            _commit(meter, seen.usage)
+            meter.settle(seen.usage)
 
     generator = observed()
     stream._iterator = generator
@@ -247,7 +225,7 @@ def _aobserve(stream: Any, meter: Meter, seen: StreamUsage) -> None:
                 seen.see(event)
                 yield event
         finally:
-            await _acommit(meter, seen.usage)
+            await meter.asettle(seen.usage)
 
     generator = observed()
     stream._iterator = generator
@@ -264,6 +242,6 @@ def _aobserve(stream: Any, meter: Meter, seen: StreamUsage) -> None:
 def _commit_unless_settled(meter: Meter) -> None:
     if not meter.settled:
         try:
-            _commit(meter, None)
+            meter.settle(None)
         except Exception:  # at interpreter exit the store may be gone
             log.exception("could not settle %s", meter.reservation.id)

@@ -53,7 +53,6 @@ from allotment.scopes import LEVELS
 
 from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
 from ._sdk import SUBJECT_HEADER
-from ._sdk import _commit as settle
 from .anthropic import _fields as anthropic_fields
 from .anthropic import _usage as anthropic_usage
 from .openai import _usage as openai_usage
@@ -176,17 +175,17 @@ class BudgetHandler(_CallbackHandler):
         error = payload.get(EXCEPTION)
         if response is None and error is not None:
             if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
-                settle(pending.meter, None)  # a stream left early: it reached the provider
+                pending.meter.settle(None)  # a stream left early: it reached the provider
             else:
                 _release(pending.meter)
             return
         if event_type == EMBEDDING:
-            settle(pending.meter, self._embedded(payload.get(CHUNKS)))
+            pending.meter.settle(self._embedded(payload.get(CHUNKS)))
             return
         usage = _response_usage(response)
         if usage is not None and usage.input_tokens == 0 and pending.prompt:
             usage = usage.model_copy(update={"input_tokens": pending.prompt})
-        settle(pending.meter, usage)
+        pending.meter.settle(usage)
 
     def start_trace(self, trace_id: str | None = None) -> None:
         pass

@@ -35,7 +35,7 @@ local function now_ms()
 end
 local NOW = now_ms()
 
-local function s(n) return string.format('%.0f', n) end
+local function s(n) return string.format('%d', n) end  -- exact below 2^63
 local function split(text, sep)
   local out, start = {}, 1
   while true do
@@ -311,6 +311,7 @@ local function settle(rows, estimate, actual, release_reserved)
   return changes, charged, nil
 end
 local function apply(rows, changes)
+  -- the caller saves each ledger once, after its alerts are worked out
   for i, row in ipairs(rows) do
     local L, c = row.L, changes[i]
     L.r = L.r - c[1]
@@ -318,7 +319,6 @@ local function apply(rows, changes)
     L.debt = L.debt + c[3]
     if c[4] then L.over = 1 end
     L.t = NOW
-    lsave(L)
   end
 end
 local function unlimited(d)
@@ -376,6 +376,7 @@ local function pack_units(by_unit)
   return table.concat(parts, ',')
 end
 local function res_ledgers(R)
+  if R.parsed_ledgers then return R.parsed_ledgers end
   local out = {}
   for line in string.gmatch(R.ledgers or '', '[^\n]+') do
     local parts = split(line, '\t')
@@ -383,6 +384,7 @@ local function res_ledgers(R)
     local _, unit, period = field_parts(field)
     out[#out + 1] = {field = field, dscope = dscope, dper = dper, unit = unit, period = period}
   end
+  R.parsed_ledgers = out
   return out
 end
 local function res_def(entry)
