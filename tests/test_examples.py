@@ -53,7 +53,8 @@ def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> N
                         "a daily budget that would have denied nothing: $112.49"]),
     ("langchain_callback.py", ["stopped: tenant:globex/workflow:research/run:r-1: "
                                "BUDGET_EXCEEDED",
-                               "capped: max_tokens 64", "agent: Stopped before another model call"]),
+                               "capped: max_tokens 64",
+                               "agent: Stopped before another model call"]),
     ("enterprise_reallocation.py", ["marketing: tenant:bigco/workspace:marketing: "
                                     "BUDGET_EXCEEDED", "marketing: resumed",
                                     "another tenant's budget: scope"]),
