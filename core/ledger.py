@@ -99,6 +99,12 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
     limit. Every ledger of a unit is charged the same amount, so spend adds up per scope.
     Plans come back in the order of `rows`; a unit without ledgers is charged its actual.
     """
+    if all(actual[unit] <= held for unit, held in estimate.items()):
+        # The common case: nothing above the estimate, so no policy has a say.
+        return Settlement([Plan(row[0], row[1], row[2],
+                                (estimate[row[0][1]] if release_reserved else 0,
+                                 actual[row[0][1]], 0, False)) for row in rows],
+                          {unit: actual[unit] for unit in estimate})
     extra: dict[Unit, int] = {}
     for unit, held in estimate.items():
         delta = actual[unit] - held

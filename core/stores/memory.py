@@ -93,8 +93,11 @@ DefKey = tuple[str, Unit, "Period | None", "str | None"]
 LedgerKey = tuple[str, Unit, "Period | None", str]
 """A ledger: (scope path incl. any dimension, unit, period, bucket)."""
 QuotaKey = tuple[str, policy.QuotaKind, "Period | None", str]
+AuditEntry = tuple[int, int, str, str, "Subject | None", "Action | None", dict[str, Any]]
+"""seq, at_ms, type, tenant, subject, action, other fields: an AuditRecord once read."""
 
 DAY_MS = 86_400_000
+_EMPTY: list[Any] = []  # never appended to: what a finished reservation keeps
 ALLOW = Decision(Outcome.ALLOW)
 
 
@@ -121,7 +124,7 @@ class _Definition:
                 self.per or "")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Reservation:
     id: str
     subject: Subject
@@ -142,6 +145,12 @@ class _Reservation:
     commit: tuple[str, str, CommitResult] | None = None  # key, fingerprint, result
     release: tuple[str, str, ReleaseResult] | None = None
     extends: dict[str, tuple[str, ExtendResult]] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+    estimate_amounts: tuple[Amount, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.scopes = tuple(dict.fromkeys(key[0] for key, _ in self.ledgers))
+        self.estimate_amounts = _amounts(_ordered(self.estimate))
 
     @property
     def deadline_ms(self) -> int:
@@ -150,7 +159,7 @@ class _Reservation:
     def info(self) -> ReservationInfo:
         return ReservationInfo(
             self.id, self.subject.tenant, self.status, self.subject, self.action,
-            _amounts(_ordered(self.estimate)), _scopes(self),
+            self.estimate_amounts, self.scopes,
             self.created_at_ms, self.expires_at_ms, self.grace_ms, self.extensions,
             self.overage_policy, _amounts(self.charged), self.finalized_at_ms)
 
@@ -177,9 +186,10 @@ class _Tenant:
     mode: str | None = None
     plan: str | None = None
     plan_keys: set[tuple[str, Any]] = field(default_factory=set)
-    audit: deque[AuditRecord] = field(default_factory=deque)
+    audit: deque[AuditEntry] = field(default_factory=deque)
     seq: int = 0
     report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
+    tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -448,6 +458,8 @@ class MemoryStore:
         denial: Decision | None = None
         caps = policy.CapsBuilder()
         kind, name = op.action.kind, op.action.name
+        if not t.access and not t.quotas:  # no rules at all: budgets only
+            return self._fit(t, op, now, None, caps, [], [], [])
         for scope in op.scopes:
             rule = t.access.get(scope)
             if rule is None:
@@ -522,6 +534,14 @@ class MemoryStore:
                 if fraction < rule.below:
                     caps.add(rule.caps(), severity=rule.below)
         elastic = op.elastic
+        if elastic is None:  # a fixed estimate: no closure, no elastic arithmetic
+            for key, d, state in states:
+                reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit,
+                                                fixed[d.unit])
+                if reason is not None and denial is None:
+                    denial = ledger.denial(reason, key[0], d.unit, d.period, state,
+                                           fixed[d.unit], now)
+            return _Evaluation(denial, states, fixed, caps.build(), calls, runs, concurrency)
         rates = dict(elastic.rates) if elastic else {}
         tokens = elastic.max_tokens if elastic else 0
         if elastic and caps.max_tokens is not None:
@@ -580,15 +600,18 @@ class MemoryStore:
         charged = ledger.apply(settlement, now)
         plans = settlement.plans
         released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
-        result = CommitResult(res.id, ReservationStatus.COMMITTED, _amounts(_ordered(charged)),
+        charged_units = _ordered(charged)
+        charged_amounts = _amounts(charged_units)
+        result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
                               _amounts(_ordered(released)), _plan_balances(plans))
-        self._finish(t, res, ReservationStatus.COMMITTED, now, _ordered(charged))
+        self._finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
         if op.idempotency_key:
             res.commit = (op.idempotency_key, op.fingerprint, result)
-        self._log(t, op.tenant, now, AuditType.COMMITTED, scopes=_scopes(res),
+        self._log(t, op.tenant, now, AuditType.COMMITTED, scopes=res.scopes,
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
-                  estimate=_amounts(_ordered(res.estimate)),
-                  actual=_amounts(_ordered(actual)), charged=result.charged)
+                  estimate=res.estimate_amounts,
+                  actual=charged_amounts if actual == charged else _amounts(_ordered(actual)),
+                  charged=charged_amounts)
         self._tally(t, now, res.subject.scope_path, ("commits", 1),
                     *((f"committed:{unit.value}", n) for unit, n in charged.items()))
         for plan in plans:
@@ -604,11 +627,11 @@ class MemoryStore:
         self._require_active(t, op.tenant, res, now, grace=True)
         balances = self._return_estimate(t, res, now)
         result = ReleaseResult(res.id, ReservationStatus.RELEASED,
-                               _amounts(_ordered(res.estimate)), balances)
+                               res.estimate_amounts, balances)
         self._finish(t, res, ReservationStatus.RELEASED, now)
         if op.idempotency_key:
             res.release = (op.idempotency_key, op.fingerprint, result)
-        self._log(t, op.tenant, now, AuditType.RELEASED, scopes=_scopes(res),
+        self._log(t, op.tenant, now, AuditType.RELEASED, scopes=res.scopes,
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=result.released, detail={"reason": op.reason})
         self._tally(t, now, res.subject.scope_path, ("releases", 1))
@@ -697,9 +720,9 @@ class MemoryStore:
         return tuple(result)
 
     def _audit(self, t: _Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
-        found = [r for r in reversed(t.audit)
-                 if (op.since_ms is None or r.at_ms >= op.since_ms)
-                 and (op.types is None or r.type in op.types)]
+        found = [_audit_record(r) for r in reversed(t.audit)
+                 if (op.since_ms is None or r[1] >= op.since_ms)
+                 and (op.types is None or r[2] in op.types)]
         return tuple(reversed(found[: op.limit]))
 
     def _report(self, t: _Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
@@ -835,8 +858,8 @@ class MemoryStore:
     def _expire(self, t: _Tenant, tenant: str, res: _Reservation, now: int) -> None:
         self._return_estimate(t, res, now)
         self._finish(t, res, ReservationStatus.EXPIRED, now)
-        self._log(t, tenant, now, AuditType.EXPIRED, scopes=_scopes(res),
-                  reservation_id=res.id, estimate=_amounts(_ordered(res.estimate)))
+        self._log(t, tenant, now, AuditType.EXPIRED, scopes=res.scopes,
+                  reservation_id=res.id, estimate=res.estimate_amounts)
         self._tally(t, now, res.subject.scope_path, ("expiries", 1))
 
     def _reservation(self, t: _Tenant, rid: str) -> _Reservation:
@@ -863,6 +886,9 @@ class MemoryStore:
         res.status, res.finalized_at_ms, res.charged = status, now, charged
         for key in res.concurrency:
             t.active[key] = max(0, t.active.get(key, 0) - 1)
+        # A finished reservation is kept only to answer get() and replays: drop what the
+        # collector would otherwise walk for a day.
+        res.ledgers, res.concurrency = _EMPTY, _EMPTY
 
     def _replay(self, t: _Tenant, kind: str, key: str | None, fingerprint: str,
                 now: int) -> Any:
@@ -883,16 +909,19 @@ class MemoryStore:
              subject: Subject | None = None, action: Action | None = None,
              **fields: Any) -> None:
         t.seq += 1
-        t.audit.append(AuditRecord(
-            t.seq, now, kind, tenant, subject=subject,
-            action=None if action is None else f"{action.kind} {action.name}", **fields))
+        t.audit.append((t.seq, now, kind, tenant, subject, action, fields))
         if len(t.audit) > self.audit_retention:
             t.audit.popleft()
 
     @staticmethod
     def _tally(t: _Tenant, now: int, scope: str, *counts: tuple[str, int]) -> None:
         """Report counters, kept as `day|subject scope|counter` (the Redis store's form)."""
-        prefix = f"{bucket(Period.DAY, now)}|{scope}|"
+        memo = (now // 60_000, scope)
+        prefix = t.tally_prefix.get(memo)
+        if prefix is None:
+            if len(t.tally_prefix) > 1024:
+                t.tally_prefix.clear()
+            prefix = t.tally_prefix[memo] = f"{bucket(Period.DAY, now)}|{scope}|"
         report = t.report
         for counter, by in counts:
             key = prefix + counter
@@ -901,7 +930,14 @@ class MemoryStore:
     def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
                state: ledger.Ledger, now: int, rid: str | None) -> None:
         """Threshold, exhaustion and over-limit notifications, once per crossing."""
-        allocated, remaining = state.allocated, state.remaining
+        allocated, crossed = state.allocated, state.alerted
+        used = state.reserved + state.spent + state.debt
+        if not state.over_limit and used < allocated and (
+                crossed >= len(d.alerts)
+                or used * 1_000_000 < round(d.alerts[crossed] * 1_000_000) * allocated):
+            state.over_notified = False
+            return  # the common case: no threshold crossed, nothing to send
+        remaining = state.remaining
         if allocated <= 0:
             return
         thresholds = d.alerts  # sorted when set
@@ -943,8 +979,12 @@ class MemoryStore:
                 yield key
 
 
-def _scopes(res: _Reservation) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(key[0] for key, _ in res.ledgers))
+def _audit_record(entry: AuditEntry) -> AuditRecord:
+    """An audit record, built when read (the write path keeps a plain tuple)."""
+    seq, at, kind, tenant, subject, action, fields = entry
+    return AuditRecord(seq, at, kind, tenant, subject=subject,
+                       action=None if action is None else f"{action.kind} {action.name}",
+                       **fields)
 
 
 def _definition(t: _Tenant, key: DefKey) -> _Definition:
