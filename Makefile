@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/core_ops.py
+	$(BIN)/python bench/policy_overhead.py
+	$(BIN)/python bench/wrapper_overhead.py
+	$(BIN)/python bench/estimator_error.py
+	$(BIN)/python bench/redis_ops.py --quick
 
 clean:
 	rm -rf $(VENV) $(LI_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck
