@@ -281,9 +281,12 @@ class MemoryStore:
             d.degrade, d.alerts = op.degrade, op.alerts
         self._log(t, op.tenant, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
             "unit": op.unit.value, "limit": op.limit, "period": _name(op.period), "per": op.per})
-        if op.per is not None:
-            return ()  # each dimension ledger follows the new limit when next touched
-        key = (op.scope, op.unit, op.period, bucket(op.period, now))
+        current = bucket(op.period, now)
+        if op.per is not None:  # every dimension ledger of this bucket follows, now
+            for key in list(self._dimension_ledgers(t, d, current)):
+                self._ledger(t, key, d, now).recompute_over_limit(d.overdraft_limit)
+            return ()
+        key = (op.scope, op.unit, op.period, current)
         state = t.ledgers[key] = self._ledger(t, key, d, now)
         state.recompute_over_limit(d.overdraft_limit)
         return (_balance(key, state, d),)
@@ -598,6 +601,8 @@ class MemoryStore:
         settlement = self._settle(t, res.ledgers, res.estimate, actual, res.overage_policy,
                                   now, release_reserved=True, shadow=res.shadow)
         charged = ledger.apply(settlement, now)
+        for plan in settlement.plans:
+            t.ledgers[plan.key] = plan.state
         plans = settlement.plans
         released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
         charged_units = _ordered(charged)
@@ -680,6 +685,8 @@ class MemoryStore:
                                   dict.fromkeys(actual, 0), actual, op.overage_policy, now,
                                   release_reserved=False, shadow=shadow)
         charged = ledger.apply(settlement, now)
+        for plan in settlement.plans:
+            t.ledgers[plan.key] = plan.state
         plans = settlement.plans
         result = RecordResult(new_id(op.tenant), _amounts(_ordered(charged)),
                               _plan_balances(plans))
@@ -838,7 +845,7 @@ class MemoryStore:
         rows = []
         for key, dkey in ledgers:
             d = _definition(t, dkey)
-            state = t.ledgers[key] = self._ledger(t, key, d, now)
+            state = self._ledger(t, key, d, now)  # stored by the caller once it applies
             if shadow:
                 rows.append((key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT))
             else:

@@ -15,8 +15,25 @@ local function set_budget(x)
   save_defs(x.scope, list)
   audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = s(x.limit),
     period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL}})
-  if x.per ~= '' then return {} end
   d = find_def(x.scope, x.unit, x.period, x.per)
+  if x.per ~= '' then  -- every dimension ledger of this bucket follows, now
+    local suffix = '|' .. x.unit .. '|' .. x.period .. '|' .. bucket(x.period, NOW)
+    local cursor = '0'
+    repeat
+      local page = redis.call('HSCAN', K_LEDGERS, cursor, 'MATCH',
+        x.scope .. '/' .. x.per .. ':*' .. suffix, 'COUNT', 1000)
+      cursor = page[1]
+      for i = 1, #page[2], 2 do
+        local path = field_parts(page[2][i])
+        if not string.find(string.sub(path, #x.scope + 2), '/', 1, true) then
+          local L = lload(page[2][i], d)
+          L.over = L.debt > d.od and 1 or 0
+          lsave(L)
+        end
+      end
+    until cursor == '0'
+    return {}
+  end
   local L = lload(lfield(x.scope, x.unit, x.period, bucket(x.period, NOW)), d)
   L.over = L.debt > d.od and 1 or 0
   lsave(L)
