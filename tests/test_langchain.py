@@ -38,27 +38,13 @@ from allotment.integrations.langchain import (
 )
 from allotment.pricing import Pricer
 
-from cassettes import DIRECTORY, expected_cost, replay, sent
+from cassettes import DIRECTORY, expected_cost, replay, sent, spent
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = "tenant:acme"
 MINI = "gpt-4o-mini"
 SONNET = "claude-sonnet-4-6"
 ASK = "What's the capital of France?"
-
-
-@pytest.fixture
-def funded(guard: al.Guard) -> al.Guard:
-    guard.set_budget(ACME, usd=10)
-    guard.set_budget(ACME, tokens=1_000_000, period="day")
-    return guard
-
-
-def spent(guard: al.Guard, scope: str = ACME) -> tuple[int, int]:
-    by_unit = {b.unit: b for b in guard.balances(scope, include_children=False)}
-    usd, tok = by_unit[al.Unit.USD_MICROCENTS], by_unit[al.Unit.TOKENS]
-    assert usd.reserved == 0 and tok.reserved == 0, "every reservation settled"
-    return usd.spent, tok.spent
 
 
 def usd_spent(guard: al.Guard, scope: str) -> int:

@@ -27,7 +27,7 @@ import allotment as al
 from allotment.integrations.llamaindex import BudgetHandler
 from allotment.integrations.openai import wrap_openai
 
-from cassettes import expected_cost, replay, sent
+from cassettes import expected_cost, replay, sent, spent
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = "tenant:acme"
@@ -36,20 +36,6 @@ UK = [ChatMessage(role="user", content="What is the capital of the UK?")]
 CHAT_COST = expected_cost("openai", "gpt-4o-mini", 9, 9)  # openai_chat.yaml
 STREAM_COST = expected_cost("openai", "gpt-4o-mini", 53, 15)  # openai_chat_stream.yaml, 1st
 EMBED_COST = expected_cost("openai", "text-embedding-ada-002", 8, 0)  # openai_embeddings.yaml
-
-
-@pytest.fixture
-def funded(guard: al.Guard) -> al.Guard:
-    guard.set_budget(ACME, usd=10)
-    guard.set_budget(ACME, tokens=1_000_000, period="day")
-    return guard
-
-
-def spent(guard: al.Guard, scope: str = ACME) -> tuple[int, int]:
-    by_unit = {b.unit: b for b in guard.balances(scope, include_children=False)}
-    usd, tok = by_unit[al.Unit.USD_MICROCENTS], by_unit[al.Unit.TOKENS]
-    assert usd.reserved == 0 and tok.reserved == 0, "every reservation settled"
-    return usd.spent, tok.spent
 
 
 def llm(handler: BudgetHandler, model: str = "gpt-4o-mini", **options: Any) -> OpenAI:
