@@ -1,0 +1,117 @@
+"""The same random operation sequence on the memory store and on Redis, in lockstep: every
+result, every refusal and every balance must be the same on both."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import allotment as al
+
+from conftest import START_MS, make_store
+
+LLM = al.Action("llm.completion", "openai:gpt-4o")
+SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]
+POLICIES = st.sampled_from(list(al.OveragePolicy))
+
+
+def subject(depth: int, run: str | None) -> al.Subject:
+    levels = dict(list({"workspace": "w", "agent": "a"}.items())[:depth])
+    return al.Subject(tenant="acme", dimensions={"run": run} if run else {}, **levels)
+
+
+def outcome(call: Any) -> Any:
+    """What a call answered, comparable across stores: its result without ids, or its
+    error class and decision."""
+    try:
+        result = call()
+    except al.AllotmentError as error:
+        decision = getattr(error, "decision", None)
+        return (type(error).__name__, None if decision is None else (
+            decision.reason, decision.scope, decision.remaining, decision.requested))
+    if isinstance(result, al.Reservation):
+        return ("reserved", result.decision.outcome, result.caps, result.estimate,
+                result.balances)
+    if isinstance(result, (al.CommitResult, al.ReleaseResult)):
+        return (result.status, getattr(result, "charged", None), result.balances)
+    if isinstance(result, al.RecordResult):
+        return ("recorded", result.charged, result.balances)
+    return result
+
+
+class Lockstep(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = al.ManualClock(START_MS)
+        self.guards = [al.Guard(make_store("memory", self.clock)),
+                       al.Guard(make_store("redis", self.clock))]
+        self.held: list[tuple[str, str]] = []  # the same reservation on each store
+
+    def both(self, call: Any) -> list[Any]:
+        results = [outcome(lambda g=guard: call(g)) for guard in self.guards]
+        assert results[0] == results[1], results
+        return results
+
+    @rule(scope=st.sampled_from(SCOPES), tokens=st.integers(0, 300), per=st.booleans(),
+          period=st.sampled_from([None, "minute", "day"]), policy=POLICIES,
+          overdraft=st.integers(0, 50))
+    def set_budget(self, scope: str, tokens: int, per: bool, period: str | None,
+                   policy: al.OveragePolicy, overdraft: int) -> None:
+        self.both(lambda g: g.set_budget(scope, tokens=tokens, per="run" if per else None,
+                                         period=period, overage_policy=policy,
+                                         overdraft_limit=overdraft))
+
+    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1", "r2"]),
+          amount=st.integers(0, 200))
+    def reserve(self, depth: int, run: str | None, amount: int) -> None:
+        made = []
+        for guard in self.guards:
+            try:
+                made.append(guard.reserve(subject(depth, run), LLM, al.tokens(amount)))
+            except al.AllotmentError as error:
+                made.append(error)
+        if isinstance(made[0], al.Reservation) and isinstance(made[1], al.Reservation):
+            self.held.append((made[0].id, made[1].id))
+        assert [type(m).__name__ for m in made] == [type(m).__name__ for m in made[::-1]]
+        if isinstance(made[0], al.Reservation):
+            assert isinstance(made[1], al.Reservation)
+            assert (made[0].estimate, made[0].balances) == (made[1].estimate, made[1].balances)
+        else:
+            decisions = [getattr(m, "decision", None) for m in made]
+            assert decisions[0] == decisions[1]
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data(), actual=st.integers(0, 400), commit=st.booleans())
+    def settle(self, data: st.DataObject, actual: int, commit: bool) -> None:
+        ids = data.draw(st.sampled_from(self.held))
+        results = [outcome(lambda g=g, rid=rid: g.commit(rid, al.tokens(actual)) if commit
+                           else g.release(rid)) for g, rid in zip(self.guards, ids,
+                                                                    strict=True)]
+        assert results[0] == results[1], results
+        if results[0][0] != "BudgetExceeded":
+            self.held.remove(ids)
+
+    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1"]),
+          amount=st.integers(0, 200), policy=st.one_of(st.none(), POLICIES))
+    def record(self, depth: int, run: str | None, amount: int,
+               policy: al.OveragePolicy | None) -> None:
+        self.both(lambda g: g.record(subject(depth, run), LLM, al.tokens(amount),
+                                     overage_policy=policy))
+
+    @rule(ms=st.sampled_from([1_000, 30_000, 65_001, 86_400_000]))
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms)
+        self.both(lambda g: g.sweep())
+
+    @invariant()
+    def balances_agree(self) -> None:
+        memory, redis = (g.balances("tenant:acme") for g in self.guards)
+        assert memory == redis
+
+
+Lockstep.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+TestMemoryAndRedisInLockstep = Lockstep.TestCase
