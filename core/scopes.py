@@ -129,7 +129,3 @@ def parse_scope(text: object) -> ScopePath:
             raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
     base = "/".join(f"{level}:{value}" for level, value in segments)
     return ScopePath(segments[0][1], base, dimension)
-
-
-def scope_tenant(scope: str) -> str:
-    return parse_scope(scope).tenant

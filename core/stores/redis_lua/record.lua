@@ -39,7 +39,7 @@ for i, row in ipairs(rows) do balances[i] = balance(row.L, row.real) end
 local subject = cjson.decode(P.subject)
 local body = {event_id = P.event_id, charged = pack_units(charged), balances = balances,
   notes = {}}
-remember(cjson.encode(body))
+if nz(P.key) then remember(cjson.encode(body)) end  -- the snapshot only a key can replay
 local scopes, seen = {}, {}
 for _, t in ipairs(found) do
   if not seen[t.path] then seen[t.path] = true scopes[#scopes + 1] = t.path end

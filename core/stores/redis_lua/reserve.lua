@@ -249,6 +249,6 @@ for _, st in ipairs(states) do
   lsave(st.L)
 end
 local body = {decision = decision, reservation = res_info(R), balances = held, notes = {}}
-remember(cjson.encode(body))
+if nz(P.key) then remember(cjson.encode(body)) end  -- the snapshot only a key can replay
 body.notes = NOTES
 return cjson.encode(body)
