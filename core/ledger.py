@@ -31,6 +31,11 @@ class Ledger:
     alerted: int = 0  # how many alert thresholds this bucket has crossed (notified once)
     exhausted: bool = False  # budget.exhausted sent for this bucket
     over_notified: bool = False  # budget.over_limit_entered sent since the flag was raised
+    # Below `quiet_below` used, no notification is due while the allocation and the
+    # thresholds stay those it was computed for (checked inline, without a call).
+    quiet_below: int = 0
+    quiet_allocated: int = -1
+    quiet_alerts: tuple[float, ...] = ()
 
     @property
     def remaining(self) -> int:

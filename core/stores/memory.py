@@ -11,9 +11,9 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import ledger, policy
 from ..amounts import Amount, Unit
@@ -98,6 +98,9 @@ AuditEntry = tuple[int, int, str, str, "Subject | None", "Action | None", dict[s
 
 DAY_MS = 86_400_000
 _EMPTY: list[Any] = []  # never appended to: what a finished reservation keeps
+RESERVED = {unit: f"reserved:{unit.value}" for unit in Unit}  # report counter names
+COMMITTED = {unit: f"committed:{unit.value}" for unit in Unit}
+ROUTE_CACHE = 1024  # routes kept per tenant (one per subject shape, run dimensions included)
 ALLOW = Decision(Outcome.ALLOW)
 
 
@@ -130,7 +133,10 @@ class _Reservation:
     subject: Subject
     action: Action
     estimate: dict[Unit, int]
-    ledgers: list[tuple[LedgerKey, DefKey]]
+    estimate_amounts: tuple[Amount, ...]
+    ledgers: list[tuple[LedgerKey, _Definition]]
+    scopes: tuple[str, ...]
+    epoch: int  # the tenant's definitions epoch when made: its definitions are current
     created_at_ms: int
     expires_at_ms: int
     grace_ms: int
@@ -144,13 +150,7 @@ class _Reservation:
     finalized_at_ms: int | None = None
     commit: tuple[str, str, CommitResult] | None = None  # key, fingerprint, result
     release: tuple[str, str, ReleaseResult] | None = None
-    extends: dict[str, tuple[str, ExtendResult]] = field(default_factory=dict)
-    scopes: tuple[str, ...] = ()
-    estimate_amounts: tuple[Amount, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.scopes = tuple(dict.fromkeys(key[0] for key, _ in self.ledgers))
-        self.estimate_amounts = _amounts(_ordered(self.estimate))
+    extends: dict[str, tuple[str, ExtendResult]] | None = None
 
     @property
     def deadline_ms(self) -> int:
@@ -174,6 +174,8 @@ class _Idempotent:
 @dataclass
 class _Tenant:
     definitions: dict[str, dict[DefKey, _Definition]] = field(default_factory=dict)
+    epoch: int = 0  # moves whenever a definition is added or removed
+    routes: dict[tuple[Any, ...], _Route] = field(default_factory=dict)  # of this epoch
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
     reservations: dict[str, _Reservation] = field(default_factory=dict)
     expiry: list[tuple[int, str]] = field(default_factory=list)  # (deadline, id), lazily pruned
@@ -192,11 +194,20 @@ class _Tenant:
     tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
+class _Route(NamedTuple):
+    """Where a subject's charges in some units go: (scope path, unit, period, definition)
+    per ledger, in canonical order, and the scope paths once each."""
+
+    ledgers: tuple[tuple[str, Unit, Period | None, _Definition], ...]
+    scopes: tuple[str, ...]
+
+
 @dataclass
 class _Evaluation:
     """Everything a reservation would do, worked out before anything is written."""
 
     denial: Decision | None
+    scopes: tuple[str, ...]
     states: list[tuple[LedgerKey, _Definition, ledger.Ledger]]
     estimate: dict[Unit, int]
     caps: Caps | None
@@ -275,6 +286,7 @@ class MemoryStore:
                             op.overage_policy, op.degrade, op.alerts)
             defs[d.key] = d
             t.definitions[op.scope] = dict(sorted(defs.items(), key=lambda kv: kv[1].order()))
+            _redefined(t)
         else:
             d.limit, d.overdraft_limit, d.overage_policy = (op.limit, op.overdraft_limit,
                                                             op.overage_policy)
@@ -295,6 +307,7 @@ class MemoryStore:
         removed = t.definitions.get(op.scope, {}).pop((op.scope, op.unit, op.period, op.per),
                                                       None)
         if removed is not None:
+            _redefined(t)
             self._log(t, op.tenant, now, AuditType.BUDGET_SET, scopes=(op.scope,),
                       detail={"unit": op.unit.value, "removed": True})
         return int(removed is not None)
@@ -347,6 +360,7 @@ class MemoryStore:
         for kind, key in t.plan_keys - keys:  # what the previous plan had and this one lacks
             if kind == "budget":
                 t.definitions.get(key[0], {}).pop(key, None)
+                _redefined(t)
             elif kind == "quota":
                 t.quotas.get(key[0], {}).pop(key, None)
             else:
@@ -428,8 +442,9 @@ class MemoryStore:
             t.runs.setdefault((rule_key, window), set()).add(run)
         for rule_key in ev.concurrency:
             t.active[rule_key] = t.active.get(rule_key, 0) + 1
-        res = _Reservation(new_id(op.tenant), op.subject, op.action,
-                           ev.estimate, [(key, d.key) for key, d, _ in ev.states], now,
+        res = _Reservation(new_id(op.tenant), op.subject, op.action, ev.estimate,
+                           _amounts(_ordered(ev.estimate)),
+                           [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
                            now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
                            ev.concurrency, shadow)
         t.reservations[res.id] = res
@@ -442,17 +457,15 @@ class MemoryStore:
             self._log(t, op.tenant, now, AuditType.OBSERVED_DENIED,
                       scopes=(ev.denial.scope or "",), subject=op.subject, action=op.action,
                       reservation_id=res.id, estimate=info.estimate, reason=ev.denial.reason)
-            self._tally(t, now, scope, (f"denials:observed:{ev.denial.reason}", 1))
+            self._tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
         outcome = ReserveOutcome(decision, info, _balances(ev.states))
         self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
         self._log(t, op.tenant, now, AuditType.RESERVED, scopes=info.scopes,
                   subject=op.subject, action=op.action, reservation_id=res.id,
                   idempotency_key=op.idempotency_key, estimate=info.estimate,
                   detail=_caps_detail(decision.caps))
-        self._tally(t, now, scope, ("reservations", 1),
-                    *((f"reserved:{unit.value}", n) for unit, n in ev.estimate.items()))
-        for key, d, state in ev.states:
-            self._alert(t, op.tenant, key, d, state, now, res.id)
+        self._tally(t, now, scope, "reservations", ev.estimate, RESERVED)
+        self._alerts(t, op.tenant, ev.states, now, res.id)
         return outcome
 
     def _evaluate(self, t: _Tenant, op: Reserve, now: int, shadow: bool) -> _Evaluation:
@@ -485,7 +498,7 @@ class MemoryStore:
                 if refusal is not None and denial is None:
                     denial = refusal
         if denial is not None and not shadow:
-            return _Evaluation(denial, [], {}, None, [], [], [])
+            return _Evaluation(denial, (), [], {}, None, [], [], [])
         return self._fit(t, op, now, denial, caps, calls, runs, concurrency)
 
     def _quota_refusal(self, t: _Tenant, quota: policy.QuotaRule, key: QuotaKey,
@@ -525,11 +538,13 @@ class MemoryStore:
         """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits,
         down to its floor, before a budget refuses."""
         fixed = dict(op.estimate)
-        targets = self._targets(t, op.scopes, op.dimensions, fixed, now)
-        if targets is None:
-            targets = []
+        found = self._targets(t, op.scopes, op.dimensions, fixed, now)
+        if found is None:
+            targets, scopes = [], ()
             denial = denial or Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
                                         scope=op.scopes[-1])
+        else:
+            targets, scopes = found
         states = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
         for _, d, state in states:
             for rule in d.degrade:
@@ -544,7 +559,8 @@ class MemoryStore:
                 if reason is not None and denial is None:
                     denial = ledger.denial(reason, key[0], d.unit, d.period, state,
                                            fixed[d.unit], now)
-            return _Evaluation(denial, states, fixed, caps.build(), calls, runs, concurrency)
+            return _Evaluation(denial, scopes, states, fixed, caps.build(), calls, runs,
+                               concurrency)
         rates = dict(elastic.rates) if elastic else {}
         tokens = elastic.max_tokens if elastic else 0
         if elastic and caps.max_tokens is not None:
@@ -566,7 +582,8 @@ class MemoryStore:
         if elastic and tokens < elastic.max_tokens:
             caps.max_tokens = tokens
         estimate = {unit: need(unit) for unit in fixed}
-        return _Evaluation(denial, states, estimate, caps.build(), calls, runs, concurrency)
+        return _Evaluation(denial, scopes, states, estimate, caps.build(), calls, runs,
+                           concurrency)
 
     @staticmethod
     def _allowed(caps: Caps | None) -> Decision:
@@ -577,7 +594,7 @@ class MemoryStore:
                   subject=op.subject, action=op.action, idempotency_key=op.idempotency_key,
                   estimate=_amounts(op.estimate), reason=decision.reason,
                   detail={"remaining": decision.remaining, "limit": decision.limit})
-        self._tally(t, now, op.subject.scope_path, (f"denials:{decision.reason}", 1))
+        self._tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
         self._notes.append(Notification(
             NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
             unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
@@ -598,8 +615,9 @@ class MemoryStore:
                                f"{sorted(u.value for u in res.estimate)}")
         for unit, held in res.estimate.items():
             actual.setdefault(unit, held)  # a unit left out is charged as estimated
-        settlement = self._settle(t, res.ledgers, res.estimate, actual, res.overage_policy,
-                                  now, release_reserved=True, shadow=res.shadow)
+        settlement = self._settle(t, res.ledgers, res.epoch, res.estimate, actual,
+                                  res.overage_policy, now, release_reserved=True,
+                                  shadow=res.shadow)
         charged = ledger.apply(settlement, now)
         for plan in settlement.plans:
             t.ledgers[plan.key] = plan.state
@@ -617,10 +635,8 @@ class MemoryStore:
                   estimate=res.estimate_amounts,
                   actual=charged_amounts if actual == charged else _amounts(_ordered(actual)),
                   charged=charged_amounts)
-        self._tally(t, now, res.subject.scope_path, ("commits", 1),
-                    *((f"committed:{unit.value}", n) for unit, n in charged.items()))
-        for plan in plans:
-            self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, res.id)
+        self._tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
+        self._alerts(t, op.tenant, [plan[:3] for plan in plans], now, res.id)
         return result
 
     def _release(self, t: _Tenant, op: Release, now: int) -> ReleaseResult:
@@ -639,12 +655,12 @@ class MemoryStore:
         self._log(t, op.tenant, now, AuditType.RELEASED, scopes=res.scopes,
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=result.released, detail={"reason": op.reason})
-        self._tally(t, now, res.subject.scope_path, ("releases", 1))
+        self._tally(t, now, res.subject.scope_path, "releases")
         return result
 
     def _extend(self, t: _Tenant, op: Extend, now: int) -> ExtendResult:
         res = self._reservation(t, op.reservation_id)
-        seen = res.extends.get(op.idempotency_key) if op.idempotency_key else None
+        seen = res.extends.get(op.idempotency_key) if op.idempotency_key and res.extends else None
         if seen is not None:
             extended: ExtendResult = _replayed(seen, op.fingerprint, op.idempotency_key,
                                                "extension")
@@ -658,6 +674,8 @@ class MemoryStore:
         heapq.heappush(t.expiry, (res.deadline_ms, res.id))
         result = ExtendResult(res.id, res.expires_at_ms, res.extensions)
         if op.idempotency_key:
+            if res.extends is None:
+                res.extends = {}
             res.extends[op.idempotency_key] = (op.fingerprint, result)
         self._log(t, op.tenant, now, AuditType.EXTENDED, reservation_id=res.id,
                   idempotency_key=op.idempotency_key,
@@ -670,10 +688,11 @@ class MemoryStore:
             return replay  # type: ignore[no-any-return]
         actual = dict(op.actual)
         shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
-        targets = self._targets(t, op.scopes, op.dimensions, actual, now)
-        if targets is None:
+        found = self._targets(t, op.scopes, op.dimensions, actual, now)
+        if found is None:
             raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
                                   scope=op.scopes[-1]))
+        targets, scopes = found
         for key, d in targets:  # records pass debt and over-limit, never a frozen budget
             if d.status is not BudgetStatus.ACTIVE and not shadow:
                 reason = (Reason.BUDGET_FROZEN if d.status is BudgetStatus.FROZEN
@@ -681,9 +700,8 @@ class MemoryStore:
                 raise BudgetExceeded(ledger.denial(reason, key[0], d.unit, d.period,
                                                    self._ledger(t, key, d, now),
                                                    actual[d.unit], now))
-        settlement = self._settle(t, [(k, d.key) for k, d in targets],
-                                  dict.fromkeys(actual, 0), actual, op.overage_policy, now,
-                                  release_reserved=False, shadow=shadow)
+        settlement = self._settle(t, targets, t.epoch, dict.fromkeys(actual, 0), actual,
+                                  op.overage_policy, now, release_reserved=False, shadow=shadow)
         charged = ledger.apply(settlement, now)
         for plan in settlement.plans:
             t.ledgers[plan.key] = plan.state
@@ -692,13 +710,11 @@ class MemoryStore:
                               _plan_balances(plans))
         self._remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
         self._log(t, op.tenant, now, AuditType.RECORDED,
-                  scopes=tuple(dict.fromkeys(k[0] for k, _ in targets)), subject=op.subject,
+                  scopes=scopes, subject=op.subject,
                   action=op.action, idempotency_key=op.idempotency_key,
                   actual=_amounts(op.actual), charged=result.charged)
-        self._tally(t, now, op.subject.scope_path, ("records", 1),
-                    *((f"committed:{unit.value}", n) for unit, n in charged.items()))
-        for plan in plans:
-            self._alert(t, op.tenant, plan.key, plan.definition, plan.state, now, None)
+        self._tally(t, now, op.subject.scope_path, "records", charged, COMMITTED)
+        self._alerts(t, op.tenant, [plan[:3] for plan in plans], now, None)
         return result
 
     # -- reads ----------------------------------------------------------------------------
@@ -784,13 +800,29 @@ class MemoryStore:
 
     def _targets(self, t: _Tenant, scopes: tuple[str, ...],
                  dimensions: tuple[tuple[str, str], ...], units: dict[Unit, int],
-                 now: int) -> list[tuple[LedgerKey, _Definition]] | None:
+                 now: int) -> tuple[list[tuple[LedgerKey, _Definition]], tuple[str, ...]] | None:
+        """The current ledgers a subject charges in these units, and their scope paths."""
+        memo = (scopes, dimensions, *units)
+        route = t.routes.get(memo)
+        if route is None:
+            route = self._route(t, scopes, dimensions, units)
+            if route is None:
+                return None
+            if len(t.routes) >= ROUTE_CACHE:
+                t.routes.clear()
+            t.routes[memo] = route
+        return ([((path, unit, period, bucket(period, now)), d)
+                 for path, unit, period, d in route.ledgers], route.scopes)
+
+    @staticmethod
+    def _route(t: _Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str], ...],
+               units: dict[Unit, int]) -> _Route | None:
         """The ledgers a subject charges in these units, in canonical order; None when no
         budget applies to the subject at all. Raises `UnitMismatch` when budgets apply but
         none in these units."""
         dims = dict(dimensions)
         applicable = 0
-        targets = []
+        found = []
         for scope in scopes:
             for d in t.definitions.get(scope, {}).values():
                 if d.per is None:
@@ -801,9 +833,9 @@ class MemoryStore:
                     continue
                 applicable += 1
                 if d.unit in units:
-                    targets.append(((path, d.unit, d.period, bucket(d.period, now)), d))
-        if targets:
-            return targets
+                    found.append((path, d.unit, d.period, d))
+        if found:
+            return _Route(tuple(found), tuple(dict.fromkeys(row[0] for row in found)))
         if applicable:
             held = sorted({d.unit.value for s in scopes for d in t.definitions.get(s, {}).values()})
             raise UnitMismatch(f"no budget of {scopes[-1]} is in "
@@ -836,15 +868,16 @@ class MemoryStore:
         d = found[0]
         return (path.path, unit, d.period, bucket(d.period, now)), d
 
-    def _settle(self, t: _Tenant, ledgers: list[tuple[LedgerKey, DefKey]],
+    def _settle(self, t: _Tenant, ledgers: list[tuple[LedgerKey, _Definition]], epoch: int,
                 estimate: dict[Unit, int], actual: dict[Unit, int],
                 policy_: OveragePolicy | None, now: int, release_reserved: bool,
                 shadow: bool = False) -> ledger.Settlement:
         """Plan a settlement; in shadow mode nothing is refused and any overage beyond a
         budget is tracked as debt, so the spend stays visible."""
         rows = []
-        for key, dkey in ledgers:
-            d = _definition(t, dkey)
+        for key, d in ledgers:
+            if epoch != t.epoch:
+                d = _definition(t, d.key)
             state = self._ledger(t, key, d, now)  # stored by the caller once it applies
             if shadow:
                 rows.append((key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT))
@@ -854,8 +887,9 @@ class MemoryStore:
 
     def _return_estimate(self, t: _Tenant, res: _Reservation, now: int) -> tuple[Balance, ...]:
         balances = []
-        for key, dkey in res.ledgers:
-            d = _definition(t, dkey)
+        for key, d in res.ledgers:
+            if res.epoch != t.epoch:
+                d = _definition(t, d.key)
             state = t.ledgers[key] = self._ledger(t, key, d, now)
             state.reserved -= res.estimate[key[1]]
             state.touched_ms = now
@@ -867,7 +901,7 @@ class MemoryStore:
         self._finish(t, res, ReservationStatus.EXPIRED, now)
         self._log(t, tenant, now, AuditType.EXPIRED, scopes=res.scopes,
                   reservation_id=res.id, estimate=res.estimate_amounts)
-        self._tally(t, now, res.subject.scope_path, ("expiries", 1))
+        self._tally(t, now, res.subject.scope_path, "expiries")
 
     def _reservation(self, t: _Tenant, rid: str) -> _Reservation:
         res = t.reservations.get(rid)
@@ -921,8 +955,11 @@ class MemoryStore:
             t.audit.popleft()
 
     @staticmethod
-    def _tally(t: _Tenant, now: int, scope: str, *counts: tuple[str, int]) -> None:
-        """Report counters, kept as `day|subject scope|counter` (the Redis store's form)."""
+    def _tally(t: _Tenant, now: int, scope: str, event: str,
+               amounts: dict[Unit, int] | None = None,
+               names: dict[Unit, str] | None = None) -> None:
+        """Count one `event`, and `amounts` under their unit's counter `names`. Report
+        counters are kept as `day|subject scope|counter` (the Redis store's form)."""
         memo = (now // 60_000, scope)
         prefix = t.tally_prefix.get(memo)
         if prefix is None:
@@ -930,9 +967,22 @@ class MemoryStore:
                 t.tally_prefix.clear()
             prefix = t.tally_prefix[memo] = f"{bucket(Period.DAY, now)}|{scope}|"
         report = t.report
-        for counter, by in counts:
-            key = prefix + counter
-            report[key] = report.get(key, 0) + by
+        key = prefix + event
+        report[key] = report.get(key, 0) + 1
+        if amounts and names:
+            for unit, by in amounts.items():
+                key = prefix + names[unit]
+                report[key] = report.get(key, 0) + by
+
+    def _alerts(self, t: _Tenant, tenant: str,
+                changed: Iterable[tuple[LedgerKey, _Definition, ledger.Ledger]], now: int,
+                rid: str | None) -> None:
+        for key, d, state in changed:
+            if (state.reserved + state.spent + state.debt < state.quiet_below
+                    and not state.over_limit and state.quiet_allocated == state.allocated
+                    and state.quiet_alerts is d.alerts):
+                continue  # below the next threshold, as computed for this allocation
+            self._alert(t, tenant, key, d, state, now, rid)
 
     def _alert(self, t: _Tenant, tenant: str, key: LedgerKey, d: _Definition,
                state: ledger.Ledger, now: int, rid: str | None) -> None:
@@ -943,7 +993,14 @@ class MemoryStore:
                 crossed >= len(d.alerts)
                 or used * 1_000_000 < round(d.alerts[crossed] * 1_000_000) * allocated):
             state.over_notified = False
-            return  # the common case: no threshold crossed, nothing to send
+            # The common case: nothing to send. Note how far usage may go before the next
+            # threshold (or exhaustion), so `_alerts` can skip this call until then.
+            due = allocated if crossed >= len(d.alerts) else min(
+                allocated, -(-round(d.alerts[crossed] * 1_000_000) * allocated // 1_000_000))
+            state.quiet_below, state.quiet_allocated, state.quiet_alerts = (
+                due, allocated, d.alerts)
+            return
+        state.quiet_allocated = -1  # past a threshold or over the limit: check every time
         remaining = state.remaining
         if allocated <= 0:
             return
@@ -972,7 +1029,7 @@ class MemoryStore:
         if exhausted:
             state.exhausted = True
             note(NotificationType.EXHAUSTED)
-            self._tally(t, now, parse_scope(key[0]).base, ("exhaustions", 1))
+            self._tally(t, now, parse_scope(key[0]).base, "exhaustions")
         if over:
             note(NotificationType.OVER_LIMIT_ENTERED)
 
@@ -992,6 +1049,12 @@ def _audit_record(entry: AuditEntry) -> AuditRecord:
     return AuditRecord(seq, at, kind, tenant, subject=subject,
                        action=None if action is None else f"{action.kind} {action.name}",
                        **fields)
+
+
+def _redefined(t: _Tenant) -> None:
+    """A definition was added or removed: cached routes and held definitions are stale."""
+    t.epoch += 1
+    t.routes.clear()
 
 
 def _definition(t: _Tenant, key: DefKey) -> _Definition:
@@ -1031,8 +1094,20 @@ def _plan_balances(plans: list[ledger.Plan]) -> tuple[Balance, ...]:
     return tuple(_balance(p.key, p.state, p.definition) for p in plans)
 
 
+_amount_cache: dict[tuple[Unit, int], Amount] = {}
+
+
 def _amounts(units: Units) -> tuple[Amount, ...]:
-    return tuple([Amount.trusted(unit, amount) for unit, amount in units])
+    """Amounts are immutable, and estimates repeat: share the objects of recent values."""
+    found = []
+    for pair in units:
+        made = _amount_cache.get(pair)
+        if made is None:
+            if len(_amount_cache) >= 4096:
+                _amount_cache.clear()
+            made = _amount_cache[pair] = Amount.trusted(*pair)
+        found.append(made)
+    return tuple(found)
 
 
 def _ordered(by_unit: dict[Unit, int]) -> Units:
