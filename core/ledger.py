@@ -104,12 +104,6 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
     limit. Every ledger of a unit is charged the same amount, so spend adds up per scope.
     Plans come back in the order of `rows`; a unit without ledgers is charged its actual.
     """
-    if all(actual[unit] <= held for unit, held in estimate.items()):
-        # The common case: nothing above the estimate, so no policy has a say.
-        return Settlement([Plan(row[0], row[1], row[2],
-                                (estimate[row[0][1]] if release_reserved else 0,
-                                 actual[row[0][1]], 0, False)) for row in rows],
-                          {unit: actual[unit] for unit in estimate})
     extra: dict[Unit, int] = {}
     for unit, held in estimate.items():
         delta = actual[unit] - held
@@ -133,6 +127,24 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
         plans.append(Plan(key, d, state, (held if release_reserved else 0,
                                           held + extra[unit] - shortfall, shortfall, flag)))
     return Settlement(plans, {unit: held + extra[unit] for unit, held in estimate.items()})
+
+
+def within(estimate: dict[Unit, int], actual: dict[Unit, int]) -> bool:
+    """True when no unit is charged above its estimate: no overage policy has a say."""
+    for unit, held in estimate.items():  # noqa: SIM110 - every commit runs it; all() is slower
+        if actual[unit] > held:
+            return False
+    return True
+
+
+def settle_within(states: list[tuple[Any, Any, Ledger]], estimate: dict[Unit, int],
+                  actual: dict[Unit, int], now: int) -> None:
+    """The common commit, where `within` holds: each ledger gives back what it held and is
+    charged the actual (ledger keys carry their unit second)."""
+    for key, _, state in states:
+        state.reserved -= estimate[key[1]]
+        state.spent += actual[key[1]]
+        state.touched_ms = now
 
 
 def _takes_debt(row: Row) -> bool:

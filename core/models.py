@@ -8,8 +8,10 @@ them as read-only records.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import Enum
+from typing import Any
 
 from pydantic import field_validator
 
@@ -195,21 +197,54 @@ class ReservationInfo:
     finalized_at_ms: int | None = None
 
 
-@dataclass(slots=True)
-class CommitResult:
+BalancesLater = Callable[[], tuple[Balance, ...]]
+"""A snapshot of balances that builds its `Balance` rows when called."""
+
+
+class _Settled:
+    """A result that carries the balances after its step. A store may hand them over as a
+    snapshot, built into `Balance` rows on first read: most callers never read them."""
+
+    __slots__ = ()
+    _balances: tuple[Balance, ...] | BalancesLater
+
+    @property
+    def balances(self) -> tuple[Balance, ...]:
+        if callable(self._balances):
+            self._balances = self._balances()  # type: ignore[misc]  # each subclass's slot
+        return self._balances
+
+    def _values(self) -> dict[str, Any]:
+        return {f.name.lstrip("_"): self.balances if f.name == "_balances"
+                else getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Settled) or type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self._values().items())
+        return f"{type(self).__name__}({shown})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class CommitResult(_Settled):
     reservation_id: str
     status: ReservationStatus
     charged: tuple[Amount, ...]
     released: tuple[Amount, ...]
-    balances: tuple[Balance, ...]
+    _balances: tuple[Balance, ...] | BalancesLater
 
 
-@dataclass(slots=True)
-class ReleaseResult:
+@dataclass(slots=True, eq=False, repr=False)
+class ReleaseResult(_Settled):
     reservation_id: str
     status: ReservationStatus
     released: tuple[Amount, ...]
-    balances: tuple[Balance, ...]
+    _balances: tuple[Balance, ...] | BalancesLater
 
 
 @dataclass(slots=True)
@@ -219,11 +254,11 @@ class ExtendResult:
     extensions: int
 
 
-@dataclass(slots=True)
-class RecordResult:
+@dataclass(slots=True, eq=False, repr=False)
+class RecordResult(_Settled):
     event_id: str
     charged: tuple[Amount, ...]
-    balances: tuple[Balance, ...]
+    _balances: tuple[Balance, ...] | BalancesLater
 
 
 class FundOperation(str, Enum):

@@ -5,6 +5,7 @@ block ends without settling (work that ran is never free)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -29,11 +30,12 @@ if TYPE_CHECKING:
 
 class Reservation:
     def __init__(self, guard: Guard, info: ReservationInfo, decision: Decision,
-                 balances: tuple[Balance, ...], unguarded: bool = False) -> None:
+                 balances: tuple[Balance, ...] | Callable[[], tuple[Balance, ...]],
+                 unguarded: bool = False) -> None:
         self.guard = guard
         self.info = info
         self.decision = decision
-        self.balances = balances
+        self._balances = balances
         self.result: CommitResult | ReleaseResult | None = None
         self.unguarded = unguarded
         """Let through while the store was down (fail open): nothing is held, and a commit
@@ -42,6 +44,13 @@ class Reservation:
     @property
     def id(self) -> str:
         return self.info.id
+
+    @property
+    def balances(self) -> tuple[Balance, ...]:
+        """The balances of the subject's budgets right after the reservation."""
+        if callable(self._balances):
+            self._balances = self._balances()
+        return self._balances
 
     @property
     def caps(self) -> Caps | None:

@@ -48,6 +48,19 @@ def test_reserve_holds_the_estimate_on_every_budgeted_scope(guard: al.Guard) -> 
     assert guard.get(r.id).scopes == (ACME, "tenant:acme/workspace:production")
 
 
+def test_balances_of_a_result_are_those_right_after_its_step(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=100)
+    r = guard.reserve(subject(), LLM, al.usd(2))
+    committed = r.commit(al.usd(1))
+    later = guard.reserve(subject(), LLM, al.usd(5))
+    later.release()
+    # read only now, after later steps moved the ledger: each shows its own moment
+    assert [(b.reserved, b.spent) for b in r.balances] == [(al.usd(2).amount, 0)]
+    assert [(b.reserved, b.spent) for b in committed.balances] == [(0, al.usd(1).amount)]
+    assert [(b.reserved, b.spent) for b in later.balances] == [(al.usd(5).amount,
+                                                                  al.usd(1).amount)]
+
+
 def test_estimate_equal_to_remaining_fits_and_one_more_does_not(guard: al.Guard) -> None:
     guard.set_budget(ACME, tokens=1000)
     guard.reserve(subject(), LLM, al.tokens(400))

@@ -89,3 +89,28 @@ def test_decision_explains_itself() -> None:
         "tenant:acme/agent:analyzer/run:run-7a3f: BUDGET_EXCEEDED (budget $25.00, "
         "remaining $0.12, requested $1.00); frees up in 3600 s")
     assert not decision.allowed
+
+
+def test_results_read_like_records_whether_balances_came_built_or_as_a_snapshot() -> None:
+    row = al.Balance("tenant:acme", al.Unit.USD_MICROCENTS, None, "", 10, 0, 4, 0, 0, False,
+                     al.BudgetStatus.ACTIVE)
+    calls: list[int] = []
+
+    def snapshot() -> tuple[al.Balance, ...]:
+        calls.append(1)
+        return (row,)
+
+    charged = (al.usd("0.04"),)
+    lazy = al.CommitResult("acme:" + "0" * 32, al.ReservationStatus.COMMITTED, charged, (),
+                           snapshot)
+    built = al.CommitResult("acme:" + "0" * 32, al.ReservationStatus.COMMITTED, charged, (),
+                            (row,))
+    assert calls == []  # nothing is built until read
+    assert lazy == built and repr(lazy) == repr(built)
+    assert "balances=(Balance(scope='tenant:acme'" in repr(lazy)
+    assert lazy.balances == (row,) and lazy.balances[0].remaining == 6
+    assert calls == [1]  # built once, then kept
+    assert lazy != al.ReleaseResult("acme:" + "0" * 32, al.ReservationStatus.RELEASED, (),
+                                    (row,))
+    with pytest.raises(TypeError):
+        hash(lazy)

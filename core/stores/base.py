@@ -67,7 +67,9 @@ class Keyed:
 class ReserveOutcome:
     decision: Decision
     reservation: ReservationInfo | None
-    balances: tuple[Balance, ...]
+    balances: tuple[Balance, ...] | Callable[[], tuple[Balance, ...]]
+    """The balances after the step; a store may hand over a snapshot that builds them
+    when first read (most callers never read them)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from .. import ledger, policy
@@ -262,7 +263,9 @@ class MemoryStore:
                 elif tenant.expiry and tenant.expiry[0][0] < now:
                     self._reap(tenant, op.tenant, now, self.reap_batch)
                 result = self._handlers[type(op)](tenant, op, now)
-            notes, self._notes = self._notes, []
+            notes = self._notes
+            if notes:
+                self._notes = []
         if notes:
             for listener in self._listeners:
                 listener(notes)
@@ -419,19 +422,20 @@ class MemoryStore:
 
     def _reserve(self, t: _Tenant, op: Reserve, now: int) -> ReserveOutcome:
         if not op.dry_run:
-            replay = self._replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
-            if replay is not None:
-                return replay  # type: ignore[no-any-return]
+            if op.idempotency_key is not None:
+                replay = self._replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
+                if replay is not None:
+                    return replay  # type: ignore[no-any-return]
             if op.default_plan is not None and t.plan is None and not t.definitions:
                 self._apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
         shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
         ev = self._evaluate(t, op, now, shadow)
         if op.dry_run:
             return ReserveOutcome(ev.denial or self._allowed(ev.caps), None,
-                                  _balances(ev.states))
+                                  _snapshot(ev.states))
         if ev.denial is not None and not shadow:
             self._denied(t, op, ev.denial, now)
-            return ReserveOutcome(ev.denial, None, _balances(ev.states))
+            return ReserveOutcome(ev.denial, None, _snapshot(ev.states))
         for key, d, state in ev.states:
             state.reserved += ev.estimate[d.unit]
             state.touched_ms = now
@@ -458,8 +462,9 @@ class MemoryStore:
                       scopes=(ev.denial.scope or "",), subject=op.subject, action=op.action,
                       reservation_id=res.id, estimate=info.estimate, reason=ev.denial.reason)
             self._tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
-        outcome = ReserveOutcome(decision, info, _balances(ev.states))
-        self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
+        outcome = ReserveOutcome(decision, info, _snapshot(ev.states))
+        if op.idempotency_key is not None:
+            self._remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
         self._log(t, op.tenant, now, AuditType.RESERVED, scopes=info.scopes,
                   subject=op.subject, action=op.action, reservation_id=res.id,
                   idempotency_key=op.idempotency_key, estimate=info.estimate,
@@ -539,13 +544,20 @@ class MemoryStore:
         down to its floor, before a budget refuses."""
         fixed = dict(op.estimate)
         found = self._targets(t, op.scopes, op.dimensions, fixed, now)
+        targets: list[tuple[LedgerKey, _Definition]] = []
+        scopes: tuple[str, ...] = ()
         if found is None:
-            targets, scopes = [], ()
             denial = denial or Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
                                         scope=op.scopes[-1])
         else:
             targets, scopes = found
-        states = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
+        ledgers = t.ledgers
+        states = []
+        for key, d in targets:
+            state = ledgers.get(key)
+            if state is None or state.limit_seen != d.limit:
+                state = self._ledger(t, key, d, now)
+            states.append((key, d, state))
         for _, d, state in states:
             for rule in d.degrade:
                 fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
@@ -554,6 +566,9 @@ class MemoryStore:
         elastic = op.elastic
         if elastic is None:  # a fixed estimate: no closure, no elastic arithmetic
             for key, d, state in states:
+                if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
+                        and state.allocated - state.reserved - state.spent >= fixed[d.unit]):
+                    continue  # fits: the common case, decided here without a call
                 reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit,
                                                 fixed[d.unit])
                 if reason is not None and denial is None:
@@ -601,32 +616,36 @@ class MemoryStore:
             allocated=decision.limit))
 
     def _commit(self, t: _Tenant, op: Commit, now: int) -> CommitResult:
-        res = self._reservation(t, op.reservation_id)
+        res = t.reservations.get(op.reservation_id) or self._reservation(t, op.reservation_id)
         if op.idempotency_key and res.commit and res.commit[0] == op.idempotency_key:
             replayed: CommitResult = _replayed(res.commit[1:], op.fingerprint,
                                                op.idempotency_key, "commit")
             return replayed
-        self._require_active(t, op.tenant, res, now, grace=True)
+        if res.status is not ReservationStatus.ACTIVE or now > res.expires_at_ms + res.grace_ms:
+            self._require_active(t, op.tenant, res, now, grace=True)
         actual = dict(op.actual)
-        unknown = actual.keys() - res.estimate.keys()
-        if unknown:
-            raise UnitMismatch(f"commit: {sorted(u.value for u in unknown)} not in the "
-                               f"reservation's estimate "
+        if not actual.keys() <= res.estimate.keys():
+            unknown = sorted(u.value for u in actual.keys() - res.estimate.keys())
+            raise UnitMismatch(f"commit: {unknown} not in the reservation's estimate "
                                f"{sorted(u.value for u in res.estimate)}")
-        for unit, held in res.estimate.items():
-            actual.setdefault(unit, held)  # a unit left out is charged as estimated
-        settlement = self._settle(t, res.ledgers, res.epoch, res.estimate, actual,
-                                  res.overage_policy, now, release_reserved=True,
-                                  shadow=res.shadow)
-        charged = ledger.apply(settlement, now)
-        for plan in settlement.plans:
-            t.ledgers[plan.key] = plan.state
-        plans = settlement.plans
+        if len(actual) < len(res.estimate):
+            for unit, held in res.estimate.items():
+                actual.setdefault(unit, held)  # a unit left out is charged as estimated
+        changed = self._held(t, res, now)
+        if ledger.within(res.estimate, actual):
+            ledger.settle_within(changed, res.estimate, actual, now)
+            charged = actual
+        else:
+            charged = ledger.apply(self._plan(changed, res.estimate, actual, res.overage_policy,
+                                              now, release_reserved=True, shadow=res.shadow),
+                                   now)
+        for key, _, state in changed:
+            t.ledgers[key] = state
         released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
         charged_units = _ordered(charged)
         charged_amounts = _amounts(charged_units)
         result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
-                              _amounts(_ordered(released)), _plan_balances(plans))
+                              _amounts(_ordered(released)), _snapshot(changed))
         self._finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
         if op.idempotency_key:
             res.commit = (op.idempotency_key, op.fingerprint, result)
@@ -636,7 +655,7 @@ class MemoryStore:
                   actual=charged_amounts if actual == charged else _amounts(_ordered(actual)),
                   charged=charged_amounts)
         self._tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
-        self._alerts(t, op.tenant, [plan[:3] for plan in plans], now, res.id)
+        self._alerts(t, op.tenant, changed, now, res.id)
         return result
 
     def _release(self, t: _Tenant, op: Release, now: int) -> ReleaseResult:
@@ -700,21 +719,21 @@ class MemoryStore:
                 raise BudgetExceeded(ledger.denial(reason, key[0], d.unit, d.period,
                                                    self._ledger(t, key, d, now),
                                                    actual[d.unit], now))
-        settlement = self._settle(t, targets, t.epoch, dict.fromkeys(actual, 0), actual,
-                                  op.overage_policy, now, release_reserved=False, shadow=shadow)
-        charged = ledger.apply(settlement, now)
-        for plan in settlement.plans:
-            t.ledgers[plan.key] = plan.state
-        plans = settlement.plans
+        changed = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
+        charged = ledger.apply(self._plan(changed, dict.fromkeys(actual, 0), actual,
+                                          op.overage_policy, now, release_reserved=False,
+                                          shadow=shadow), now)
+        for key, _, state in changed:
+            t.ledgers[key] = state
         result = RecordResult(new_id(op.tenant), _amounts(_ordered(charged)),
-                              _plan_balances(plans))
+                              _snapshot(changed))
         self._remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
         self._log(t, op.tenant, now, AuditType.RECORDED,
                   scopes=scopes, subject=op.subject,
                   action=op.action, idempotency_key=op.idempotency_key,
                   actual=_amounts(op.actual), charged=result.charged)
         self._tally(t, now, op.subject.scope_path, "records", charged, COMMITTED)
-        self._alerts(t, op.tenant, [plan[:3] for plan in plans], now, None)
+        self._alerts(t, op.tenant, changed, now, None)
         return result
 
     # -- reads ----------------------------------------------------------------------------
@@ -868,29 +887,35 @@ class MemoryStore:
         d = found[0]
         return (path.path, unit, d.period, bucket(d.period, now)), d
 
-    def _settle(self, t: _Tenant, ledgers: list[tuple[LedgerKey, _Definition]], epoch: int,
-                estimate: dict[Unit, int], actual: dict[Unit, int],
-                policy_: OveragePolicy | None, now: int, release_reserved: bool,
-                shadow: bool = False) -> ledger.Settlement:
+    def _held(self, t: _Tenant, res: _Reservation, now: int
+              ) -> list[tuple[LedgerKey, _Definition, ledger.Ledger]]:
+        """The ledgers a reservation holds, with their current definitions."""
+        if res.epoch == t.epoch:
+            return [(key, d, self._ledger(t, key, d, now)) for key, d in res.ledgers]
+        held = []
+        for key, d in res.ledgers:
+            d = _definition(t, d.key)
+            held.append((key, d, self._ledger(t, key, d, now)))
+        return held
+
+    @staticmethod
+    def _plan(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]],
+              estimate: dict[Unit, int], actual: dict[Unit, int],
+              policy_: OveragePolicy | None, now: int, release_reserved: bool,
+              shadow: bool) -> ledger.Settlement:
         """Plan a settlement; in shadow mode nothing is refused and any overage beyond a
         budget is tracked as debt, so the spend stays visible."""
-        rows = []
-        for key, d in ledgers:
-            if epoch != t.epoch:
-                d = _definition(t, d.key)
-            state = self._ledger(t, key, d, now)  # stored by the caller once it applies
-            if shadow:
-                rows.append((key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT))
-            else:
-                rows.append((key, d, state, policy_ or d.overage_policy))
+        if shadow:
+            rows = [(key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT)
+                    for key, d, state in states]
+        else:
+            rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
         return ledger.plan(rows, estimate, actual, release_reserved, now)
 
     def _return_estimate(self, t: _Tenant, res: _Reservation, now: int) -> tuple[Balance, ...]:
         balances = []
-        for key, d in res.ledgers:
-            if res.epoch != t.epoch:
-                d = _definition(t, d.key)
-            state = t.ledgers[key] = self._ledger(t, key, d, now)
+        for key, d, state in self._held(t, res, now):
+            t.ledgers[key] = state
             state.reserved -= res.estimate[key[1]]
             state.touched_ms = now
             balances.append(_balance(key, state, d))
@@ -1086,12 +1111,17 @@ def _balance(key: LedgerKey, state: ledger.Ledger, d: _Definition) -> Balance:
                    d.status)
 
 
-def _balances(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]]) -> tuple[Balance, ...]:
-    return tuple(_balance(key, state, d) for key, d, state in states)
+def _snapshot(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]]
+              ) -> Callable[[], tuple[Balance, ...]]:
+    """These ledgers' balances as they are now, built into `Balance` rows when read."""
+    rows = [(key, state.allocated, state.reserved, state.spent, state.debt,
+             d.overdraft_limit, state.over_limit, d.status) for key, d, state in states]
+    return partial(_snapshot_balances, rows)
 
 
-def _plan_balances(plans: list[ledger.Plan]) -> tuple[Balance, ...]:
-    return tuple(_balance(p.key, p.state, p.definition) for p in plans)
+def _snapshot_balances(rows: list[tuple[Any, ...]]) -> tuple[Balance, ...]:
+    return tuple(Balance(key[0], key[1], _name(key[2]), key[3], *values)
+                 for key, *values in rows)
 
 
 _amount_cache: dict[tuple[Unit, int], Amount] = {}
