@@ -58,7 +58,7 @@ from .policy import (
 from .reservation import Reservation
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import base as ops
-from .stores.base import AUTO, UNIT_ORDER, PeriodChoice, Store, Units
+from .stores.base import AUTO, PeriodChoice, Store, Units, in_unit_order
 from .sweeper import Sweeper, retry_delays
 from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_name
 
@@ -598,11 +598,12 @@ class Guard:
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         elastic = None
         if isinstance(estimate, Elastic):
-            if any(r.amount * estimate.max_tokens > ELASTIC_LIMIT for r in estimate.per_mtok):
-                raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
-                                     "reserved exactly; lower max_tokens")
-            units = _ordered(estimate.units())
-            elastic = ops.Elastic(_ordered(estimate.rates()), estimate.max_tokens,
+            for rate in estimate.per_mtok:  # again: model_construct() skips validation
+                if rate.amount * estimate.max_tokens > ELASTIC_LIMIT:
+                    raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
+                                         "reserved exactly; lower max_tokens")
+            units = in_unit_order(estimate.units())
+            elastic = ops.Elastic(in_unit_order(estimate.rates()), estimate.max_tokens,
                                   estimate.floor)
         else:
             units = _units(estimate, "estimate")
@@ -756,10 +757,6 @@ def _subject(subject: Subject | None) -> Subject:
     return subject
 
 
-def _ordered(by_unit: dict[Unit, int]) -> Units:
-    return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
-
-
 def _mode(value: Any, allow_none: bool) -> str | None:
     if value is None and allow_none:
         return None
@@ -831,8 +828,7 @@ def _report_op(tenant: str, period: Any, at: int | datetime | None) -> ops.Repor
 def _units(value: AmountsLike, field: str) -> Units:
     if isinstance(value, Amount):
         return ((value.unit, value.amount),)
-    by_unit = amounts_by_unit(value, field)
-    return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
+    return in_unit_order(amounts_by_unit(value, field))
 
 
 def _unit(value: Unit | str | None) -> Unit:

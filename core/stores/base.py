@@ -38,6 +38,14 @@ Units = tuple[tuple[Unit, int], ...]
 
 PERIOD_ORDER: dict[Period | None, int] = {None: 0, **{p: i + 1 for i, p in enumerate(Period)}}
 UNIT_ORDER: dict[Unit, int] = {u: i for i, u in enumerate(Unit)}
+UNITS = tuple(Unit)
+
+
+def in_unit_order(by_unit: dict[Unit, int]) -> Units:
+    """Amounts by unit in their canonical form."""
+    if len(by_unit) == 1:
+        return tuple(by_unit.items())
+    return tuple([(unit, by_unit[unit]) for unit in UNITS if unit in by_unit])
 
 
 class PeriodChoice:

@@ -86,6 +86,7 @@ from .base import (
     Sweep,
     Transfer,
     Units,
+    in_unit_order,
 )
 
 R = TypeVar("R")
@@ -447,7 +448,7 @@ class MemoryStore:
         for rule_key in ev.concurrency:
             t.active[rule_key] = t.active.get(rule_key, 0) + 1
         res = _Reservation(new_id(op.tenant), op.subject, op.action, ev.estimate,
-                           _amounts(_ordered(ev.estimate)),
+                           _amounts(in_unit_order(ev.estimate)),
                            [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
                            now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
                            ev.concurrency, shadow)
@@ -564,18 +565,6 @@ class MemoryStore:
                 if fraction < rule.below:
                     caps.add(rule.caps(), severity=rule.below)
         elastic = op.elastic
-        if elastic is None:  # a fixed estimate: no closure, no elastic arithmetic
-            for key, d, state in states:
-                if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
-                        and state.allocated - state.reserved - state.spent >= fixed[d.unit]):
-                    continue  # fits: the common case, decided here without a call
-                reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit,
-                                                fixed[d.unit])
-                if reason is not None and denial is None:
-                    denial = ledger.denial(reason, key[0], d.unit, d.period, state,
-                                           fixed[d.unit], now)
-            return _Evaluation(denial, scopes, states, fixed, caps.build(), calls, runs,
-                               concurrency)
         rates = dict(elastic.rates) if elastic else {}
         tokens = elastic.max_tokens if elastic else 0
         if elastic and caps.max_tokens is not None:
@@ -586,7 +575,11 @@ class MemoryStore:
             return policy.elastic_amount(fixed[unit], rates.get(unit, 0), tokens)
 
         for key, d, state in states:
-            reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, need(d.unit))
+            amount = need(d.unit) if rates else fixed[d.unit]
+            if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
+                    and state.allocated - state.reserved - state.spent >= amount):
+                continue  # fits: the common case, decided here without a call
+            reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount)
             if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
                 fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
                 if fits >= floor:
@@ -596,7 +589,7 @@ class MemoryStore:
                                        now)
         if elastic and tokens < elastic.max_tokens:
             caps.max_tokens = tokens
-        estimate = {unit: need(unit) for unit in fixed}
+        estimate = {unit: need(unit) for unit in fixed} if rates else fixed
         return _Evaluation(denial, scopes, states, estimate, caps.build(), calls, runs,
                            concurrency)
 
@@ -642,17 +635,17 @@ class MemoryStore:
         for key, _, state in changed:
             t.ledgers[key] = state
         released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
-        charged_units = _ordered(charged)
+        charged_units = in_unit_order(charged)
         charged_amounts = _amounts(charged_units)
         result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
-                              _amounts(_ordered(released)), _snapshot(changed))
+                              _amounts(in_unit_order(released)), _snapshot(changed))
         self._finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
         if op.idempotency_key:
             res.commit = (op.idempotency_key, op.fingerprint, result)
         self._log(t, op.tenant, now, AuditType.COMMITTED, scopes=res.scopes,
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=res.estimate_amounts,
-                  actual=charged_amounts if actual == charged else _amounts(_ordered(actual)),
+                  actual=charged_amounts if actual == charged else _amounts(in_unit_order(actual)),
                   charged=charged_amounts)
         self._tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
         self._alerts(t, op.tenant, changed, now, res.id)
@@ -725,7 +718,7 @@ class MemoryStore:
                                           shadow=shadow), now)
         for key, _, state in changed:
             t.ledgers[key] = state
-        result = RecordResult(new_id(op.tenant), _amounts(_ordered(charged)),
+        result = RecordResult(new_id(op.tenant), _amounts(in_unit_order(charged)),
                               _snapshot(changed))
         self._remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
         self._log(t, op.tenant, now, AuditType.RECORDED,
@@ -1138,12 +1131,6 @@ def _amounts(units: Units) -> tuple[Amount, ...]:
             made = _amount_cache[pair] = Amount.trusted(*pair)
         found.append(made)
     return tuple(found)
-
-
-def _ordered(by_unit: dict[Unit, int]) -> Units:
-    if len(by_unit) == 1:
-        return tuple(by_unit.items())
-    return tuple(sorted(by_unit.items(), key=lambda kv: UNIT_ORDER[kv[0]]))
 
 
 def _name(period: Period | None) -> str | None:
