@@ -9,7 +9,7 @@ on the same server and client: a trivial script `return 1` called with EVALSHA.
 
 1. Sequential latency and script cost at scope depth 1, 3 and 6 (a USD budget on each of
    tenant / workspace / app / workflow / agent / toolset): interleaved rounds of trivial,
-   reserve and commit phases through the guard, each timed per call (and the EVALSHA inside
+   reserve and commit phases through the guard, each timed per call (and the FCALL inside
    it) and bracketed by CONFIG RESETSTAT and INFO commandstats / latencystats; then the same
    operations as raw script calls (the store's payloads built first, then sent one after
    another), the server-side cost the targets are judged on, with the commands each script
@@ -33,7 +33,6 @@ nothing left reserved, and spent == Σ commits × the committed amount.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import os
@@ -68,9 +67,11 @@ ACTUAL = al.usd("0.031")
 ACTION = al.Action("llm.completion", "openai:gpt-4o")
 TTL_MS = 3_600_000  # reservations held across phases never expire mid-run
 TRIVIAL_LUA = "return 1"
-OUTER_COMMANDS = {"evalsha", "eval", "info", "config|resetstat", "script|load", "sadd", "ping",
-                  "client|setinfo", "hello", "memory|usage", "memory|stats",
-                  "script|exists"}
+SCRIPT_CALLS = ("evalsha", "fcall")
+"""How a script runs: the trivial baseline by EVALSHA, the store's operations by FCALL."""
+OUTER_COMMANDS = {"call", "evalsha", "fcall", "function|load", "eval", "info",
+                  "config|resetstat", "script|load", "sadd", "ping", "client|setinfo", "hello",
+                  "memory|usage", "memory|stats", "script|exists"}
 """Commands the benchmark sends itself; every other command in the stats ran inside a script."""
 
 
@@ -150,18 +151,18 @@ class Tally:
         if stats.p50 is not None:
             self.p50s.append(stats.p50)
 
-    def per_call(self, name: str = "evalsha") -> float:
+    def per_call(self, name: str = "call") -> float:
         """Mean server µs per call of `name` (usec_per_call over all phases)."""
         calls = self.calls.get(name, 0)
         return self.usec.get(name, 0) / calls if calls else math.nan
 
     def p50(self) -> float:
-        """Median over the phases of the EVALSHA p50 (µs)."""
+        """Median over the phases of the script call p50 (µs)."""
         return statistics.median(self.p50s) if self.p50s else math.nan
 
     def inner(self) -> dict[str, tuple[float, float]]:
-        """Per EVALSHA: how many of each inner command ran and their µs (nested in it)."""
-        scripts = self.calls.get("evalsha", 0) or 1
+        """Per script call: how many of each inner command ran and their µs (nested in it)."""
+        scripts = self.calls.get("call", 0) or 1
         return {name: (self.calls[name] / scripts, self.usec[name] / scripts)
                 for name in sorted(self.calls, key=lambda n: -self.usec[n])
                 if name not in OUTER_COMMANDS}
@@ -180,11 +181,16 @@ class Stats:
 
 
 def read_stats(client: redis.Redis) -> Stats:
+    """The phase's commands, plus "call": its script calls (EVALSHA or FCALL, whichever it
+    made; a phase makes one kind) with the latencystats p50 of that kind."""
     info = client.info("commandstats")
-    latency = client.info("latencystats").get("latency_percentiles_usec_evalsha")
-    return Stats({name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-                  for name, v in info.items()},
-                 float(latency["p50"]) if isinstance(latency, dict) else None)
+    commands = {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                for name, v in info.items()}
+    kind = max(SCRIPT_CALLS, key=lambda name: commands.get(name, (0, 0))[0])
+    commands["call"] = tuple(sum(commands.get(name, (0, 0))[i] for name in SCRIPT_CALLS)
+                             for i in (0, 1))  # type: ignore[assignment]
+    latency = client.info("latencystats").get(f"latency_percentiles_usec_{kind}")
+    return Stats(commands, float(latency["p50"]) if isinstance(latency, dict) else None)
 
 
 def server_cpu(client: redis.Redis) -> float:
@@ -214,12 +220,13 @@ def pipelined(store: RedisStore, batch: Sequence[ops.Op[Any]]) -> list[Any]:
     """Run operations through the store's own op → script mapping, in one pipeline (the
     store has no public batch call; this is what `store.execute` does, minus the round
     trips). Tenants of admin ops must already be in `store._known` (see `populate`)."""
+    store.load_library()  # a pipeline cannot load it on a miss, as single calls do
     pipe = store.client.pipeline(transaction=False)
     for op in batch:
         script, keys, payload = store._call(op)
         store._scripts[script](keys=keys, args=store._args(payload), client=pipe)
     raws = pipe.execute()
-    return [store._finish(op, json.loads(raw)) for op, raw in zip(batch, raws, strict=True)]
+    return [store._reply(op, raw) for op, raw in zip(batch, raws, strict=True)]
 
 
 def populate(store: RedisStore, guard: al.Guard, tenants: Sequence[str], depth: int,
@@ -328,7 +335,7 @@ def raw_calls(store: RedisStore, batch: Sequence[ops.Op[Any]]) -> tuple[list[Any
     reset_stats(store.client)
     raws = [script(keys=keys, args=args) for script, keys, args in calls]
     stats = read_stats(store.client)
-    return [store._finish(op, json.loads(raw)) for op, raw in zip(batch, raws, strict=True)], stats
+    return [store._reply(op, raw) for op, raw in zip(batch, raws, strict=True)], stats
 
 
 def pairs_raw(store: RedisStore, guard: al.Guard,
@@ -416,11 +423,11 @@ def run_depth(url: str, depth: int, settings: Settings) -> DepthResult:
 
 def print_depths(results: list[DepthResult]) -> None:
     print("1a. Sequential guard calls, one client. Client side (µs): the whole call (p50, p99), "
-          "the EVALSHA\n    round trip inside it (p50), python = the rest (payload, JSON, reply "
-          "parsing, the guard).\n    Server side (µs) of the same calls: commandstats "
+          "the script call\n    round trip inside it (p50, FCALL), python = the rest (payload, "
+          "reply parsing, the guard).\n    Server side (µs) of the same calls: commandstats "
           "usec_per_call (mean), latencystats p50.\n    ×t = multiple of the trivial EVALSHA "
           "measured in the same rounds.")
-    print(f"{'depth':>5} {'op':<8}{'p50':>8}{'p99':>8}{'p50 ×t':>7}{'evalsha':>8}{'python':>7}"
+    print(f"{'depth':>5} {'op':<8}{'p50':>8}{'p99':>8}{'p50 ×t':>7}{'call':>8}{'python':>7}"
           f"{'srv mean':>9}{'×t':>6}{'srv p50':>8}{'×t':>6}")
     for res in results:
         t50 = percentile(res.latency["trivial"], 0.5)
@@ -436,7 +443,7 @@ def print_depths(results: list[DepthResult]) -> None:
                   f"{us(w50):>8.1f}{us(p50 - w50):>7.1f}{mean:>9.1f}{mean / tmean:>6.1f}"
                   f"{sp50:>8.1f}{sp50 / tp50:>6.1f}")
     print("\n1b. Server-side script cost of the same operations as raw script calls: the store's "
-          "own EVALSHA\n    payloads built first, then sent one after another (no guard work "
+          "own FCALL\n    payloads built first, then sent one after another (no guard work "
           "between calls, during which\n    other jobs evict the idle server's caches). "
           "usec_per_call (mean) and latencystats p50 in µs;\n    /scope = (cost@6 − cost@1) / 5")
     print(f"{'op':<9}" + "".join(f"{'d' + str(r.depth) + ' mean':>9}{'×t':>6}{'p50':>7}{'×t':>6}"
@@ -457,7 +464,7 @@ def print_depths(results: list[DepthResult]) -> None:
 
 def print_breakdown(res: DepthResult) -> None:
     """What the scripts spend their server time on, from the commands they ran."""
-    print(f"\n    Inside the scripts at depth {res.depth}, raw calls (per EVALSHA: count × µs of "
+    print(f"\n    Inside the scripts at depth {res.depth}, raw calls (per call: count × µs of "
           "each command it ran;\n    the rest of its time is Lua itself)")
     for op in ("reserve", "commit"):
         tally = res.raw[op]
@@ -643,7 +650,7 @@ def print_throughput(phases: list[ConcPhase], procs: int, threads: int) -> None:
             print(f"   first error: {p.error}")
     print("   client cpu / server cpu = CPU time per pair of all client processes / of "
           "redis-server (the\n   machine has", os.cpu_count(), "cores for both, and other jobs); "
-          "srv = server µs per EVALSHA (usec_per_call, p50)")
+          "srv = server µs per script call (usec_per_call, p50)")
 
 
 # -- 3. scale and memory ---------------------------------------------------------------------

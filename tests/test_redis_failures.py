@@ -8,6 +8,7 @@ time is Redis' own `TIME` (no clock override), so expiry is waited for, briefly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import selectors
 import signal
@@ -601,6 +602,114 @@ def test_outage_mid_run_fails_closed_fast_and_the_same_guard_recovers(tmp_path: 
                 load.halt.set()
 
 
+def test_the_function_library_comes_back_by_itself(tmp_path: Path) -> None:
+    """The operations run as functions of one library. FUNCTION FLUSH, and a restart of a
+    server without persistence, both leave the server without it: the next call of every
+    kind (sync, async, strict durability) loads it again and succeeds, on the same guard."""
+    port = free_port()
+    store = RedisStore(url=f"redis://127.0.0.1:{port}", durability="strict")
+    guard = al.Guard(store)
+    subject = al.Subject(tenant="lib", workspace="w")
+
+    def every_kind() -> None:
+        guard.set_budget("tenant:lib", tokens=1_000)                     # admin
+        r = guard.reserve(subject, LLM, al.tokens(10))                     # reserve
+        r.extend(1_000)                                                    # settle
+        assert r.commit(al.tokens(4)).charged == (al.tokens(4),)         # settle, strict
+        guard.record(subject, LLM, al.tokens(1))                           # record, strict
+        assert guard.get(r.id).status is COMMITTED                         # read
+        assert guard.sweep() == 0                                          # sweep
+
+    async def async_kinds() -> None:
+        r = await guard.areserve(subject, LLM, al.tokens(2))
+        assert (await r.acommit(al.tokens(2))).charged == (al.tokens(2),)
+
+    for restart in (False, True):
+        with redis_server(port=port, directory=tmp_path) as (url, _):
+            admin = redis.Redis.from_url(url)
+            assert not admin.function_list(library=store.library_name)  # a fresh server
+            every_kind()
+            assert admin.function_list(library=store.library_name)
+            assert admin.function_flush()
+            every_kind()
+            assert admin.function_flush()
+            asyncio.run(async_kinds())
+            assert admin.function_list(library=store.library_name)
+            assert guard.balances("tenant:lib")[0].spent == 2 * (4 + 1) + 2, restart
+            admin.close()
+    guard.close()
+
+
+def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
+    """Ledgers, reservations and replay snapshots written before the compact formats (text
+    ledgers, one hash field per reservation attribute, JSON replies) are still understood:
+    a hold taken then commits, and a keyed reserve replays its JSON reply."""
+    store = RedisStore(url=shared_server.url)
+    guard = al.Guard(store)
+    guard.set_budget("tenant:old", tokens=100)
+    client = shared_server.client
+    now = server_ms(client)
+    field = "tenant:old|TOKENS||"
+    client.hset("al:{old}:ledgers", field, f"100,100,5,10,0,0,{now},0,0,0")
+    rid = "old:" + "cd" * 16
+    subject = al.Subject(tenant="old")
+    client.hset(f"al:{{old}}:r:{rid}", mapping={
+        "id": rid, "tenant": "old", "status": "ACTIVE",
+        "subject": json.dumps({"tenant": "old", "scope_path": "tenant:old"}),
+        "action": json.dumps({"kind": "llm.completion", "name": "m", "tags": []}),
+        "estimate": "TOKENS=5", "ledgers": f"{field}\ttenant:old\t", "created": str(now),
+        "expires": str(now + 60_000), "grace": "5000", "ext": "0", "maxext": "10",
+        "policy": "", "concurrency": "", "shadow": "0"})
+    client.zadd("al:{old}:exp", {rid: now + 65_000})
+    assert guard.get(rid).estimate == (al.tokens(5),)
+    result = guard.commit(rid, al.tokens(3))
+    assert result.charged == (al.tokens(3),)
+    (balance,) = guard.balances("tenant:old")
+    assert (balance.allocated, balance.reserved, balance.spent) == (100, 0, 13)
+    op = guard._reserve_op(subject, LLM, al.tokens(1), None, None, None, "k-old",
+                           dry_run=False)
+    reply = {"decision": {"outcome": "ALLOW"}, "balances": [], "notes": [],
+             "reservation": [rid, "old", "ACTIVE", json.dumps({"tenant": "old"}),
+                             json.dumps({"kind": LLM.kind, "name": LLM.name}), "TOKENS=1",
+                             ["tenant:old"], str(now), str(now + 60_000), "5000", "0", "",
+                             "", None]}
+    client.set("al:{old}:i:reserve:k-old", op.fingerprint + "\n" + json.dumps(reply))
+    again = guard.reserve(subject, LLM, al.tokens(1), idempotency_key="k-old")
+    assert again.id == rid and guard.balances("tenant:old")[0].reserved == 0
+
+
+def test_a_client_handed_in_that_does_not_decode_replies(shared_server: Server) -> None:
+    """The store's own clients decode replies to str; a client handed in may answer bytes.
+    Both give the same results, compact replies (reserve, commit, release, a replay) and
+    JSON ones (get, balances) alike."""
+    results = []
+    for tenant, client in (("dec", None), ("raw", redis.Redis.from_url(shared_server.url))):
+        store = RedisStore(client, url=None) if client is not None else RedisStore(
+            url=shared_server.url)
+        guard = al.Guard(store)
+        seen: list[str] = []
+        guard.on("budget.threshold_crossed", lambda n, seen=seen: seen.append(n.scope))
+        guard.set_budget(f"tenant:{tenant}", tokens=100)
+        guard.set_budget(f"tenant:{tenant}/workspace:w", tokens=50)
+        subject = al.Subject(tenant=tenant, workspace="w")
+        r = guard.reserve(subject, LLM, al.tokens(30), idempotency_key="k")
+        again = guard.reserve(subject, LLM, al.tokens(30), idempotency_key="k")
+        committed = r.commit(al.tokens(20))
+        released = guard.reserve(subject, LLM, al.tokens(5)).release("done")
+        info = guard.get(r.id)
+        results.append((
+            [(b.unit, b.allocated, b.reserved, b.spent) for b in r.balances],
+            again.id == r.id, again.info.estimate,
+            tuple(s.replace(tenant, "t") for s in r.info.scopes),
+            committed.charged, committed.released,
+            [(b.reserved, b.spent) for b in committed.balances],
+            released.released, [(b.reserved, b.spent) for b in released.balances],
+            info.status, info.charged, sorted(s.replace(tenant, "t") for s in seen)))
+        guard.close()
+    assert results[0] == results[1]
+    assert results[0][-1] == ["tenant:t/workspace:w"]  # a notification came in the reply
+
+
 def test_a_frozen_server_times_out_instead_of_hanging(server: Server) -> None:
     """SIGSTOP keeps connections open but answers nothing: socket_timeout bounds each call,
     which fails closed. After SIGCONT the same guard works, and a reserve that timed out but
@@ -954,7 +1063,8 @@ def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: s
         assert len(keys) == 12, (name, keys)
         assert all(k.startswith(f"al:{{{tenant}}}:") for k in keys), (name, keys)
         assert {key_slot(k.encode()) for k in keys} == {slot}, (name, keys)
-        assert payload["tenant"] == tenant, name
+        # JSON payloads name the tenant; flat ones (reserve, settle) carry it third
+        assert (payload[2] if isinstance(payload, list) else payload["tenant"]) == tenant, name
     reserve = store._call(operations(guard, tenant)["reserve"])[1]
     assert reserve[11] == f"al:{{{tenant}}}:i:reserve:k-reserve"  # idempotency key, tagged
     commit = store._call(operations(guard, tenant)["commit"])[1]

@@ -2,24 +2,33 @@
 
 Every key of a tenant carries the tenant as its hash tag (`al:{acme}:...`), so a tenant is one
 cluster slot and one atomic domain, and each script declares all of its keys. The scripts live
-in `redis_lua/` beside this module: a shared prelude plus one file per kind of operation.
+in `redis_lua/` beside this module: a shared prelude plus one file per kind of operation,
+loaded once per server as one Redis function library (FUNCTION LOAD, then one FCALL per
+operation), so the prelude is not rebuilt on every call; a server that lost the library
+(restart without persistence, FUNCTION FLUSH, failover) gets it again on the next call.
 Redis `TIME` is the clock, unless a test hands in its own.
+
+The hot operations travel light: reserve and settle take flat arguments instead of a JSON
+document, and reserve, commit and release answer with a compact array (integers as integers)
+from which the results are built with what the operation already holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, TimeoutError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError, TimeoutError
 
 from ..amounts import Amount, Unit
 from ..errors import (
@@ -65,14 +74,9 @@ FAILURES = (RedisError, RedisClusterException)
 TENANTS_KEY = "al:tenants"
 """Every tenant with definitions: where the sweeper finds them (not on any hot path)."""
 
-SCRIPTS = {
-    "reserve": ("common", "definitions", "reserve"),
-    "admin": ("common", "definitions", "admin"),
-    "settle": ("common", "settle"),
-    "record": ("common", "record"),
-    "read": ("common", "read"),
-    "sweep": ("common", "sweep"),
-}
+OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep")
+"""One function per operation file; reserve and settle take flat arguments (FLAT)."""
+FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
 ERRORS: dict[str, type[AllotmentError]] = {
     "NOT_FOUND": NotFound, "INVALID_REQUEST": InvalidRequest,
     "IDEMPOTENCY_MISMATCH": IdempotencyMismatch, "UNIT_MISMATCH": UnitMismatch,
@@ -97,11 +101,71 @@ def _source(parts: tuple[str, ...]) -> str:
     return "\n".join((folder / f"{name}.lua").read_text() for name in parts)
 
 
-def tenant_keys(tenant: str) -> list[str]:
-    """The ten keys every script of a tenant declares (KEYS[1..10])."""
+def library() -> tuple[str, str]:
+    """The function library's source and its name prefix.
+
+    common.lua and definitions.lua are the shared prelude; each operation's file becomes the
+    body of one function, registered as `<prefix>_<operation>`. The prefix carries a hash of
+    the source, so processes of two versions never replace each other's functions.
+    """
+    body = [_source(("common", "definitions"))]
+    for name in OPERATIONS:
+        body.append(f"local function op_{name}()\n{_source((name,))}\nend")
+    text = "\n".join(body)
+    prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
+    register = [f"redis.register_function('{prefix}_{name}', function(keys, args)\n"
+                f"  begin(keys, args, {FLAT.get(name, 'nil')})\n  return op_{name}()\nend)"
+                for name in OPERATIONS]
+    return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
+
+
+def _missing(error: Exception) -> bool:
+    """The server lacks the library: a fresh or restarted server, FUNCTION FLUSH, failover."""
+    return isinstance(error, ResponseError) and "function not found" in str(error).lower()
+
+
+class Function:
+    """One function of the library, called like a redis-py `Script`: (keys, args, client).
+
+    A server without the library gets it loaded (on every master of a cluster) and the call
+    is sent again. Given a pipeline as `client`, the call is only queued.
+    """
+
+    def __init__(self, client: Any, name: str, source: str) -> None:
+        self.client, self.name, self.source = client, name, source
+
+    def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        if client is not None and client is not self.client:
+            return client.fcall(self.name, len(keys), *keys, *args)
+        try:
+            return self.client.fcall(self.name, len(keys), *keys, *args)
+        except ResponseError as error:
+            if not _missing(error):
+                raise
+        self.client.function_load(self.source, replace=True)
+        return self.client.fcall(self.name, len(keys), *keys, *args)
+
+
+class AsyncFunction(Function):
+    """The same on a redis.asyncio client."""
+
+    async def __call__(self, keys: list[str], args: list[Any],
+                       client: Any = None) -> Any:
+        try:
+            return await self.client.fcall(self.name, len(keys), *keys, *args)
+        except ResponseError as error:
+            if not _missing(error):
+                raise
+        await self.client.function_load(self.source, replace=True)
+        return await self.client.fcall(self.name, len(keys), *keys, *args)
+
+
+@lru_cache(maxsize=4096)
+def tenant_keys(tenant: str) -> tuple[str, ...]:
+    """The ten keys every script of a tenant declares (KEYS[1..10]); built once per tenant."""
     tag = f"al:{{{tenant}}}:"
-    return [tag + name for name in ("defs", "ledgers", "quotas", "access", "qcount", "qruns",
-                                    "meta", "exp", "audit", "report")]
+    return tuple(tag + name for name in ("defs", "ledgers", "quotas", "access", "qcount",
+                                         "qruns", "meta", "exp", "audit", "report"))
 
 
 def reservation_key(tenant: str, rid: str) -> str:
@@ -135,7 +199,8 @@ class RedisStore:
         self.socket_timeout = socket_timeout
         self.client = client if client is not None else redis.Redis.from_url(
             url, socket_timeout=socket_timeout,  # type: ignore[arg-type]
-            socket_connect_timeout=socket_timeout, health_check_interval=30)
+            socket_connect_timeout=socket_timeout, health_check_interval=30,
+            decode_responses=True)
         self.durability, self.replicas, self.wait_timeout_ms = (durability, replicas,
                                                                 wait_timeout_ms)
         self._waitaof: bool | None = None
@@ -145,9 +210,11 @@ class RedisStore:
             "reap_batch": reap_batch, "idempotency_ttl_ms": idempotency_ttl_ms,
             "finished_retention_ms": finished_retention_ms, "audit_retention": audit_retention,
             "dimension_idle_ttl_ms": dimension_idle_ttl_ms, "prune_batch": prune_batch})
-        self._sources = {name: _source(parts) for name, parts in SCRIPTS.items()}
-        self._scripts = {name: self.client.register_script(src)
-                         for name, src in self._sources.items()}
+        self._library, prefix = library()
+        self.library_name = prefix
+        self._names = {name: f"{prefix}_{name}" for name in OPERATIONS}
+        self._scripts = {name: Function(self.client, fn, self._library)
+                         for name, fn in self._names.items()}
         self._lease = self.client.register_script(_source(("lease",)))
         self._ascripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
             weakref.WeakKeyDictionary())
@@ -164,7 +231,8 @@ class RedisStore:
             plain = "redis://" + url.removeprefix("redis+cluster://")
             timeout = options.get("socket_timeout", 2.0)
             client = RedisCluster.from_url(plain, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout)
+                                           socket_connect_timeout=timeout,
+                                           decode_responses=True)
             store = cls(client, url=None, **options)
             store.cluster_url = plain
             return store
@@ -190,6 +258,11 @@ class RedisStore:
     def close(self) -> None:
         self.client.close()
 
+    def load_library(self) -> None:
+        """Load the function library now (on every master of a cluster). Calls load it by
+        themselves when it is missing; a pipeline of calls cannot, so load it first."""
+        self.client.function_load(self._library, replace=True)
+
     # -- entry points -------------------------------------------------------------------
 
     def execute(self, op: ops.Op[R]) -> R:
@@ -201,7 +274,7 @@ class RedisStore:
                 raw = self._durably(script, keys, payload)
             else:
                 raw = self._scripts[script](keys=keys, args=self._args(payload))
-        result: R = self._finish(op, json.loads(raw))
+        result: R = self._reply(op, raw)
         return result
 
     async def aexecute(self, op: ops.Op[R]) -> R:
@@ -210,7 +283,7 @@ class RedisStore:
         with unavailable_on_failure():
             script, keys, payload = self._call(op)
             raw = await self._ascript(script)(keys=keys, args=self._args(payload))
-        result: R = self._finish(op, json.loads(raw))
+        result: R = self._reply(op, raw)
         return result
 
     def _durably(self, script: str, keys: list[str], payload: dict[str, Any]) -> Any:
@@ -222,13 +295,21 @@ class RedisStore:
         client: Any = self.client
         if hasattr(client, "get_node_from_key"):  # a cluster: the tenant's own master
             client = client.get_redis_connection(client.get_node_from_key(keys[0]))
-        pipe = client.pipeline(transaction=False)
-        self._scripts[script](keys=keys, args=self._args(payload), client=pipe)
-        if self._waitaof:
-            pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_timeout_ms)
-        else:
-            pipe.execute_command("WAIT", self.replicas, self.wait_timeout_ms)
-        raw, acks = pipe.execute()
+        args = self._args(payload)
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            self._scripts[script](keys=keys, args=args, client=pipe)
+            if self._waitaof:
+                pipe.execute_command("WAITAOF", 1, self.replicas, self.wait_timeout_ms)
+            else:
+                pipe.execute_command("WAIT", self.replicas, self.wait_timeout_ms)
+            try:
+                raw, acks = pipe.execute()
+                break
+            except ResponseError as error:  # the call did not run: load the library, again
+                if attempt == 2 or not _missing(error):
+                    raise
+                self.load_library()
         local, replicated = (acks[0], acks[1]) if self._waitaof else (1, acks)
         if local < 1 or replicated < self.replicas:
             raise StoreUnavailable(
@@ -247,7 +328,8 @@ class RedisStore:
                 from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
                 client = AsyncCluster.from_url(self.cluster_url,
-                                               socket_timeout=self.socket_timeout)
+                                               socket_timeout=self.socket_timeout,
+                                               decode_responses=True)
             elif client is None:
                 if self.url is None:
                     raise InvalidRequest("the async twins need an asyncio client: pass "
@@ -256,38 +338,48 @@ class RedisStore:
                 pool = aredis.BlockingConnectionPool.from_url(
                     self.url, max_connections=64, timeout=30,
                     socket_timeout=self.socket_timeout,
-                    socket_connect_timeout=self.socket_timeout)
+                    socket_connect_timeout=self.socket_timeout, decode_responses=True)
                 client = aredis.Redis(connection_pool=pool)
             scripts = self._ascripts[loop] = {
-                script: client.register_script(src) for script, src in self._sources.items()}
+                name: AsyncFunction(client, fn, self._library)
+                for name, fn in self._names.items()}
         return scripts[name]
 
-    def _args(self, payload: dict[str, Any]) -> list[str]:
+    def _args(self, payload: dict[str, Any] | list[Any]) -> list[Any]:
+        """A JSON document, or flat arguments (a list that starts with the operation)."""
         now = "" if self.clock is None else str(self.clock())
+        if isinstance(payload, list):
+            return [payload[0], now, self.settings, *payload[1:]]
         return [json.dumps(payload, separators=(",", ":")), now, self.settings]
 
     # -- operations to script calls -------------------------------------------------------
 
-    def _call(self, op: ops.Op[Any]) -> tuple[str, list[str], dict[str, Any]]:
+    def _call(self, op: ops.Op[Any]) -> tuple[str, list[str], Any]:
+        """The function, its keys, and its payload: a dict sent as JSON, or flat arguments."""
         tenant = op.tenant
         keys = tenant_keys(tenant)
+        if isinstance(op, ops.Reserve):
+            rid = new_id(tenant)
+            self._remember_tenant(tenant)
+            return "reserve", [*keys, reservation_key(tenant, rid),
+                               idempotency_key(tenant, "reserve", op.idempotency_key)], [
+                "reserve", rid, tenant, op.idempotency_key or "", op.fingerprint,
+                *_flat_reserve(op)]
+        if isinstance(op, (ops.Commit, ops.Release, ops.Extend)):
+            if isinstance(op, ops.Commit):
+                name, detail = "commit", _packed(op.actual)
+            elif isinstance(op, ops.Release):
+                name, detail = "release", op.reason
+            else:
+                name, detail = "extend", str(op.by_ms)
+            return "settle", [*keys, reservation_key(tenant, op.reservation_id),
+                              f"al:{{{tenant}}}:none"], [
+                name, op.reservation_id, tenant, op.idempotency_key or "", op.fingerprint,
+                detail]
         res, idem, kind = f"al:{{{tenant}}}:none", f"al:{{{tenant}}}:none", ""
         script = "admin"
         payload: dict[str, Any]
-        if isinstance(op, ops.Reserve):
-            rid = new_id(tenant)
-            payload = {"op": "reserve", **_reserve_payload(op), "rid": rid}
-            script, kind, res = "reserve", "reserve", reservation_key(tenant, rid)
-        elif isinstance(op, (ops.Commit, ops.Release, ops.Extend)):
-            script, res = "settle", reservation_key(tenant, op.reservation_id)
-            payload = {"rid": op.reservation_id}
-            if isinstance(op, ops.Commit):
-                payload.update(op="commit", actual=_pairs(op.actual))
-            elif isinstance(op, ops.Release):
-                payload.update(op="release", reason=op.reason)
-            else:
-                payload.update(op="extend", by_ms=op.by_ms)
-        elif isinstance(op, ops.Record):
+        if isinstance(op, ops.Record):
             script, kind = "record", "record"
             payload = {"op": "record", "scopes": list(op.scopes),
                        "dims": [list(p) for p in op.dimensions], "subject": _subject(op.subject),
@@ -333,10 +425,15 @@ class RedisStore:
         elif isinstance(op, ops.Keyed):
             payload.update(key=op.idempotency_key, fp=op.fingerprint)
         payload["tenant"] = tenant
-        if script in ("admin", "reserve") and tenant not in self._known:
-            self.client.sadd(TENANTS_KEY, tenant)  # once per process and tenant: for sweeps
-            self._known.add(tenant)
+        if script == "admin":
+            self._remember_tenant(tenant)
         return script, [*keys, res, idem], payload
+
+    def _remember_tenant(self, tenant: str) -> None:
+        """Once per process and tenant: the sweeper finds tenants in this set."""
+        if tenant not in self._known:
+            self.client.sadd(TENANTS_KEY, tenant)
+            self._known.add(tenant)
 
     def _sweep(self, limit: int) -> int:
         with unavailable_on_failure():
@@ -356,14 +453,49 @@ class RedisStore:
 
     # -- replies to results ---------------------------------------------------------------
 
+    def _reply(self, op: ops.Op[Any], raw: Any) -> Any:
+        """A compact reply (an array: reserve, commit, release) or a JSON document."""
+        if isinstance(raw, list):
+            return self._compact(op, raw)
+        return self._finish(op, json.loads(raw))
+
+    def _notify(self, tenant: str, notes: list[Any]) -> None:
+        notifications = [_note(tenant, n, self.clock) for n in notes]
+        for listener in self._listeners:
+            listener(notifications)
+
+    def _compact(self, op: ops.Op[Any], reply: list[Any]) -> Any:
+        """Results from a compact reply and what the operation already says (the subject,
+        action, ttl of a reservation are those the fingerprint of a replay matched)."""
+        if reply[-1]:
+            self._notify(op.tenant, json.loads(reply[-1]))
+        if isinstance(op, ops.Reserve):
+            said, rid, created, estimate, rows, _ = reply
+            decision = (Decision(Outcome.ALLOW) if said in (b"ALLOW", "ALLOW")
+                        else _decision(json.loads(said)))
+            info = None
+            if rid is not None:
+                info = ReservationInfo(
+                    _text(rid), op.tenant, ReservationStatus.ACTIVE, op.subject, op.action,
+                    _amounts(_text(estimate)),
+                    tuple(dict.fromkeys(_text(row[0]).rsplit("|", 3)[0] for row in rows)),
+                    created, created + op.ttl_ms, op.grace_ms, 0, op.overage_policy, (), None)
+            return ops.ReserveOutcome(decision, info, _later(rows))
+        if isinstance(op, ops.Commit):
+            charged, released, rows, _ = reply
+            return CommitResult(op.reservation_id, ReservationStatus.COMMITTED,
+                                _amounts(_text(charged)), _amounts(_text(released)), _later(rows))
+        assert isinstance(op, ops.Release), type(op).__name__  # the only other compact reply
+        released, rows, _ = reply
+        return ReleaseResult(op.reservation_id, ReservationStatus.RELEASED,
+                             _amounts(_text(released)), _later(rows))
+
     def _finish(self, op: ops.Op[Any], body: dict[str, Any]) -> Any:
         if "error" in body:
             raise _error(body)
         notes = body.get("notes")
         if notes:
-            notifications = [_note(op.tenant, n, self.clock) for n in notes]
-            for listener in self._listeners:
-                listener(notifications)
+            self._notify(op.tenant, notes)
         if isinstance(op, ops.Reserve):
             decision = _decision(body["decision"])
             reservation = body.get("reservation")
@@ -432,17 +564,48 @@ def _action(action: Action) -> dict[str, Any]:
     return {"kind": action.kind, "name": action.name, "tags": list(action.tags)}
 
 
-def _reserve_payload(op: ops.Reserve) -> dict[str, Any]:
-    elastic = None
-    if op.elastic is not None:
-        elastic = {"rates": _pairs(op.elastic.rates), "max_tokens": op.elastic.max_tokens,
-                   "floor": op.elastic.floor}
-    return {"scopes": list(op.scopes), "dims": [list(p) for p in op.dimensions],
-            "subject": _subject(op.subject), "action": _action(op.action),
-            "estimate": _pairs(op.estimate), "ttl": op.ttl_ms, "grace": op.grace_ms,
-            "maxext": op.max_extensions, "policy": _value(op.overage_policy),
-            "dry_run": op.dry_run, "elastic": elastic, "shadow": op.shadow,
-            "plan": None if op.default_plan is None else _definition_payload(op.default_plan)}
+def _packed(units: ops.Units) -> str:
+    """Amounts as "UNIT=amount,...": how flat arguments and reservations carry them."""
+    return ",".join(f"{unit.value}={amount}" for unit, amount in units)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+_ENCODED: dict[int, tuple[Any, str]] = {}
+"""Subjects and actions already encoded, by identity (callers reuse them call after call)."""
+
+
+def _encoded(value: Subject | Action, encode: Callable[[Any], str]) -> str:
+    """`encode(value)`, remembered while the same object comes back (bounded)."""
+    kept = _ENCODED.get(id(value))
+    if kept is not None and kept[0] is value:
+        return kept[1]
+    text = encode(value)
+    if len(_ENCODED) >= 512:
+        _ENCODED.clear()
+    _ENCODED[id(value)] = (value, text)
+    return text
+
+
+def _action_json(action: Action) -> str:
+    return _json(_action(action))
+
+
+def _flat_reserve(op: ops.Reserve) -> list[Any]:
+    """Arguments 8 onwards of reserve (see flat_reserve in common.lua)."""
+    elastic = "" if op.elastic is None else _json({
+        "rates": _pairs(op.elastic.rates), "max_tokens": op.elastic.max_tokens,
+        "floor": op.elastic.floor})
+    plan = "" if op.default_plan is None else _json(_definition_payload(op.default_plan))
+    action = op.action
+    return [_encoded(op.subject, _subject), op.subject.scope_path, action.kind, action.name,
+            _encoded(action, _action_json), _packed(op.estimate), op.ttl_ms, op.grace_ms,
+            op.max_extensions, _value(op.overage_policy) or "",
+            ("d" if op.dry_run else "") + ("s" if op.shadow else ""),
+            _json([list(p) for p in op.dimensions]) if op.dimensions else "", elastic, plan,
+            *op.scopes]
 
 
 def _definition_payload(op: ops.Op[Any]) -> dict[str, Any]:
@@ -486,11 +649,37 @@ def _now(clock: Callable[[], int] | None) -> int:
     return clock() if clock is not None else system_ms()
 
 
+UNITS: dict[Any, Unit] = {key: u for u in Unit for key in (u.value, u.value.encode())}
+STATUSES: dict[Any, BudgetStatus] = {key: s for s in BudgetStatus
+                                     for key in (s.value, s.value.encode())}
+
+
+def _text(value: Any) -> str:
+    """A reply string, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _rows(rows: list[list[Any]]) -> tuple[Balance, ...]:
+    """Balance rows of a compact reply: the ledger field ("path|unit|period|bucket"), then
+    integers as integers (the store's own clients decode strings; one handed in may not)."""
+    out = []
+    for field, a, r, sp, debt, od, over, status in rows:
+        scope, unit, period, bucket = _text(field).rsplit("|", 3)
+        out.append(Balance(scope, UNITS[unit], period or None, bucket, a, r, sp, debt, od,
+                           over == 1, STATUSES[status]))
+    return tuple(out)
+
+
+def _later(rows: list[list[Any]]) -> Callable[[], tuple[Balance, ...]]:
+    """Balance rows built when first read: most callers never read them."""
+    return partial(_rows, rows)
+
+
 def _amounts(packed: str) -> tuple[Amount, ...]:
     out = []
     for part in filter(None, packed.split(",")):
         unit, _, amount = part.partition("=")
-        out.append(Amount.trusted(Unit(unit), int(amount)))
+        out.append(Amount.trusted(UNITS[unit], int(amount)))
     return tuple(out)
 
 

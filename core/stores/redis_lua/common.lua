@@ -1,10 +1,12 @@
--- Shared prelude of every allotment script. Each operation's own file is appended to it and
--- the result runs as one EVALSHA: one atomic step per operation, with every check before the
--- first write (Redis does not roll a script back).
+-- Shared prelude of the allotment function library. Each operation's own file is the body
+-- of one function after it (see `library` in redis.py); the library is loaded once per
+-- server (FUNCTION LOAD), so these closures are built once, not on every call. Each call is
+-- one FCALL: one atomic step per operation, with every check before the first write (Redis
+-- does not roll a function back).
 --
--- KEYS (all of one tenant, one hash tag, so one cluster slot):
+-- keys (all of one tenant, one hash tag, so one cluster slot):
 --   1 defs     HASH scope -> JSON list of budget definitions (canonical order)
---   2 ledgers  HASH "path|unit|period|bucket" -> packed ledger
+--   2 ledgers  HASH "path|unit|period|bucket" -> ledger: LEDGER_FORMAT, integers (see lparse)
 --   3 quotas   HASH scope -> JSON list of quota rules
 --   4 access   HASH scope -> JSON access rule
 --   5 qcount   HASH quota key -> "bucket|count" (calls, runs) or count (concurrent)
@@ -13,27 +15,30 @@
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
 --  10 report   HASH "day|scope|counter" -> count
---  11 res      HASH one reservation (or a placeholder key)
+--  11 res      HASH one reservation: status, expires, ext, core (see save_res), and once
+--               finished finalized, charged, the replies kept for idempotent replays
+--               (or a placeholder key)
 --  12 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
--- ARGV: 1 the operation as JSON, 2 a clock override in ms ("" = Redis TIME), 3 settings JSON.
--- Integers travel as JSON numbers into the script (exact below 2^53) and as strings out of
--- it (cjson prints only 14 significant digits).
+-- args: 1 the operation as JSON, 2 a clock override in ms ("" = Redis TIME), 3 settings JSON;
+-- reserve and settle take flat arguments instead of the JSON document (see flat_reserve and
+-- flat_settle). Integers travel as JSON numbers or decimal strings into the library (exact
+-- below 2^53) and as strings in JSON out of it (cjson prints only 14 significant digits), or
+-- as integers in a compact reply.
+--
+-- The state of one call (P, CFG, NOW, NOTES, the K_* keys) lives in the upvalues below and is
+-- set by `begin` at the start of every call; Redis runs one call at a time.
 
-local P = cjson.decode(ARGV[1])
-local CFG = cjson.decode(ARGV[3])
-local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_QCOUNT, K_QRUNS, K_META, K_EXP = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_AUDIT, K_REPORT, K_RES, K_IDEM = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local NULL = cjson.null
+local P, CFG, CFG_TEXT, NOW, NOTES
+local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS, K_QCOUNT, K_QRUNS
+local K_META, K_EXP, K_AUDIT, K_REPORT, K_RES, K_IDEM
+local NULL  -- cjson.null: the libraries are reachable only inside a call
 local MAX_AMOUNT = 9007199254740991  -- 2^53 - 1: every integer up to it is exact here
-local NOTES = {}
 
-local function now_ms()
-  if ARGV[2] ~= '' then return tonumber(ARGV[2]) end
+local function now_ms(override)
+  if override ~= '' then return tonumber(override) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local NOW = now_ms()
 
 local function s(n) return string.format('%d', n) end  -- exact below 2^63
 local function split(text, sep)
@@ -75,7 +80,7 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
-local LABELS = {}
+local LABELS, LABEL_COUNT = {}, 0  -- pure, so kept across calls (bounded)
 local function bucket(period, ms)
   if period == '' then return '' end
   local memo = period .. math.floor(ms / MIN)
@@ -100,7 +105,9 @@ local function bucket(period, ms)
   else
     label = string.format('%04d', y)
   end
+  if LABEL_COUNT > 4096 then LABELS, LABEL_COUNT = {}, 0 end
   LABELS[memo] = label
+  LABEL_COUNT = LABEL_COUNT + 1
   return label
 end
 local function bucket_end(period, ms)
@@ -127,11 +134,8 @@ local function def_before(a, b)
   if a.period ~= b.period then return PERIOD_ORDER[a.period] < PERIOD_ORDER[b.period] end
   return a.per < b.per
 end
-local DEF_CACHE = {}
-local function defs_of(scope)
-  local cached = DEF_CACHE[scope]
-  if cached then return cached end
-  local raw = redis.call('HGET', K_DEFS, scope)
+local DEF_CACHE  -- this call's decoded definitions by scope
+local function decoded_defs(scope, raw)
   local list = raw and cjson.decode(raw) or {}
   for _, d in ipairs(list) do
     d.scope = scope
@@ -140,6 +144,19 @@ local function defs_of(scope)
   end
   DEF_CACHE[scope] = list
   return list
+end
+local function defs_of(scope)
+  return DEF_CACHE[scope] or decoded_defs(scope, redis.call('HGET', K_DEFS, scope))
+end
+local function prefetch_defs(scopes)
+  -- the definitions of several scopes with one command (defs_of then finds them)
+  local wanted = {}
+  for _, scope in ipairs(scopes) do
+    if DEF_CACHE[scope] == nil then wanted[#wanted + 1] = scope end
+  end
+  if #wanted == 0 then return end
+  local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
+  for i, scope in ipairs(wanted) do decoded_defs(scope, raws[i]) end
 end
 local function save_defs(scope, list)
   DEF_CACHE[scope] = nil
@@ -164,19 +181,32 @@ local function neutral_def(scope, unit, period, per)
 end
 
 -- ledgers ----------------------------------------------------------------------------------
+-- A ledger is one hash field of fixed-size integers (struct): a version byte 1, then
+-- allocated, the limit it follows, reserved, spent, debt (8 bytes each), the over-limit flag
+-- (1), last touch in ms (8), alerts crossed (2), the exhausted and over-limit-noted flags (1
+-- each). Amounts are bounded to 2^53 - 1, so every value is exact as a Lua number.
+local LEDGER_FORMAT = '<Bi8i8i8i8i8i1i8i2i1i1'
 local function lfield(path, unit, period, b) return path .. '|' .. unit .. '|' .. period .. '|' .. b end
-local function lload(field, d)
-  -- the ledger at field (a fresh one, not yet stored, when never touched)
-  local raw = redis.call('HGET', K_LEDGERS, field)
+local function lparse(raw)
+  -- a, ls, r, sp, debt, over, t, al, ex, on; the comma-separated text of earlier versions too
+  if string.byte(raw, 1) == 1 then
+    local _, a, ls, r, sp, debt, over, t, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+    return a, ls, r, sp, debt, over, t, al, ex, on
+  end
+  local a, ls, r, sp, debt, over, t, al, ex, on = string.match(raw,
+    '^(-?%d+),(-?%d+),(-?%d+),(-?%d+),(-?%d+),(%d),(%d+),(%d+),(%d),(%d)$')
+  return tonumber(a), tonumber(ls), tonumber(r), tonumber(sp), tonumber(debt), tonumber(over),
+    tonumber(t), tonumber(al), tonumber(ex), tonumber(on)
+end
+local function ledger(field, d, raw)
+  -- the ledger stored as raw at field (a fresh one, not yet stored, when raw is false)
   if not raw then
     return {field = field, a = d.limit, ls = d.limit, r = 0, sp = 0, debt = 0, over = 0,
       t = NOW, al = 0, ex = 0, on = 0}
   end
-  local a, ls, r, sp, debt, over, t, al, ex, on = string.match(raw,
-    '^(-?%d+),(-?%d+),(-?%d+),(-?%d+),(-?%d+),(%d),(%d+),(%d+),(%d),(%d)$')
-  local L = {field = field, a = tonumber(a), ls = tonumber(ls), r = tonumber(r),
-    sp = tonumber(sp), debt = tonumber(debt), over = tonumber(over), t = tonumber(t),
-    al = tonumber(al), ex = tonumber(ex), on = tonumber(on)}
+  local a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
+  local L = {field = field, a = a, ls = ls, r = r, sp = sp, debt = debt, over = over, t = t,
+    al = al, ex = ex, on = on}
   if L.ls ~= d.limit and string.sub(field, -#bucket(d.period, NOW) - 1) ==
       '|' .. bucket(d.period, NOW) then
     L.a = math.max(0, L.a + d.limit - L.ls)  -- a changed definition moves this bucket
@@ -184,10 +214,29 @@ local function lload(field, d)
   end
   return L
 end
-local function lsave(L)
-  redis.call('HSET', K_LEDGERS, L.field, s(L.a) .. ',' .. s(L.ls) .. ',' .. s(L.r) .. ',' ..
-    s(L.sp) .. ',' .. s(L.debt) .. ',' .. L.over .. ',' .. s(L.t) .. ',' .. L.al .. ',' ..
-    L.ex .. ',' .. L.on)
+local function lload(field, d) return ledger(field, d, redis.call('HGET', K_LEDGERS, field)) end
+local function lload_all(targets)
+  -- the ledgers of {field, d} targets with one command, in their order
+  local fields = {}
+  for i, t in ipairs(targets) do fields[i] = t.field end
+  if #fields == 0 then return {} end
+  local raws, out = redis.call('HMGET', K_LEDGERS, unpack(fields)), {}
+  for i, t in ipairs(targets) do out[i] = ledger(t.field, t.d, raws[i]) end
+  return out
+end
+local function packed_ledger(L)
+  return struct.pack(LEDGER_FORMAT, 1, L.a, L.ls, L.r, L.sp, L.debt, L.over, L.t, L.al, L.ex,
+    L.on)
+end
+local function lsave(L) redis.call('HSET', K_LEDGERS, L.field, packed_ledger(L)) end
+local function lsave_all(ledgers)
+  -- several ledgers with one command
+  local pairs_ = {}
+  for _, L in ipairs(ledgers) do
+    pairs_[#pairs_ + 1] = L.field
+    pairs_[#pairs_ + 1] = packed_ledger(L)
+  end
+  if #pairs_ > 0 then redis.call('HSET', K_LEDGERS, unpack(pairs_)) end
 end
 local function remaining(L) return L.a - L.r - L.sp - L.debt end
 local function field_parts(field)
@@ -198,14 +247,26 @@ local function balance(L, d)
   return {path, unit, period, b, s(L.a), s(L.r), s(L.sp), s(L.debt), s(d.od), L.over,
     d.status}
 end
+local function balance_row(L, d)
+  -- the same as a row of a compact reply: the ledger field ("path|unit|period|bucket") and
+  -- integers as integers (no formatting, exact to 2^53)
+  return {L.field, L.a, L.r, L.sp, L.debt, d.od, L.over, d.status}
+end
 
 -- records: audit, report counters, notifications -------------------------------------------
 local function audit(kind, f)
   local seq = redis.call('HINCRBY', K_META, 'seq', 1)
   local fields = {'seq', seq, 'at', s(NOW), 'type', kind}
-  for k, v in pairs(f) do
-    fields[#fields + 1] = k
-    fields[#fields + 1] = type(v) == 'table' and cjson.encode(v) or tostring(v)
+  for k, v in pairs(f) do  -- an empty value is left out: readers take it as absent
+    if type(v) == 'table' then
+      if next(v) ~= nil then
+        fields[#fields + 1] = k
+        fields[#fields + 1] = cjson.encode(v)
+      end
+    elseif v ~= '' then
+      fields[#fields + 1] = k
+      fields[#fields + 1] = tostring(v)
+    end
   end
   redis.call('XADD', K_AUDIT, 'MAXLEN', '~', CFG.audit_retention, '*', unpack(fields))
 end
@@ -331,6 +392,7 @@ end
 -- returns list of {field, d} or nil when no budget applies at all; errors on unit mismatch
 local function targets(scopes, dims, units)
   local found, applicable, held = {}, 0, {}
+  prefetch_defs(scopes)
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(defs_of(scope)) do
       local path
@@ -375,14 +437,24 @@ local function pack_units(by_unit)
   for i, unit in ipairs(units) do parts[i] = unit .. '=' .. s(by_unit[unit]) end
   return table.concat(parts, ',')
 end
+local LEDGER_ENTRY = {'field', 'path', 'unit', 'period', 'dscope', 'dper'}
 local function res_ledgers(R)
+  -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
+  -- flat list in its core, or from the text of earlier versions ("field\tscope\tper" lines)
   if R.parsed_ledgers then return R.parsed_ledgers end
-  local out = {}
-  for line in string.gmatch(R.ledgers or '', '[^\n]+') do
-    local parts = split(line, '\t')
-    local field, dscope, dper = parts[1], parts[2], parts[3]
-    local _, unit, period = field_parts(field)
-    out[#out + 1] = {field = field, dscope = dscope, dper = dper, unit = unit, period = period}
+  local out, flat = {}, R.ledger_list
+  if flat == nil then
+    for line in string.gmatch(R.ledgers or '', '[^\n]+') do
+      local parts = split(line, '\t')
+      local path, unit, period = field_parts(parts[1])
+      out[#out + 1] = {field = parts[1], path = path, unit = unit, period = period,
+        dscope = parts[2], dper = parts[3]}
+    end
+  else
+    for i = 1, #flat, 6 do
+      out[#out + 1] = {field = flat[i], path = flat[i + 1], unit = flat[i + 2],
+        period = flat[i + 3], dscope = flat[i + 4], dper = flat[i + 5]}
+    end
   end
   R.parsed_ledgers = out
   return out
@@ -394,37 +466,65 @@ end
 local function res_scopes(R)
   local seen, out = {}, {}
   for _, e in ipairs(res_ledgers(R)) do
-    local path = field_parts(e.field)
-    if not seen[path] then seen[path] = true out[#out + 1] = path end
+    if not seen[e.path] then seen[e.path] = true out[#out + 1] = e.path end
   end
   return out
 end
 local function load_res(key)
+  -- the reservation at key, or nil: never made, or finished longer ago than the retention
+  -- (the key's PEXPIRE says the same on Redis' own clock; this holds on any clock)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then return nil end
   local R = {}
   for i = 1, #flat, 2 do R[flat[i]] = flat[i + 1] end
+  if R.finalized and tonumber(R.finalized) + CFG.finished_retention_ms < NOW then return nil end
+  if R.core then
+    local c = cmsgpack.unpack(R.core)
+    R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list = c[1], c[2], c[3], c[4],
+      c[5], c[6]
+    R.created, R.grace, R.maxext, R.policy, R.concurrency = c[7], c[8], c[9], c[10], c[11]
+    R.shadow, R.scope_path, R.core = c[12], c[13], nil
+  end
   R.expires = tonumber(R.expires)
   R.grace = tonumber(R.grace)
   R.ext = tonumber(R.ext)
   R.maxext = tonumber(R.maxext)
   return R
 end
+local function save_res(R)
+  -- a new reservation: what changes in fields of their own, the rest packed in one (core)
+  local ledgers = {}
+  for _, e in ipairs(R.parsed_ledgers) do
+    for _, name in ipairs(LEDGER_ENTRY) do ledgers[#ledgers + 1] = e[name] end
+  end
+  redis.call('HSET', K_RES, 'status', R.status, 'expires', s(R.expires), 'ext', R.ext, 'core',
+    cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, ledgers, R.created, R.grace,
+      R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path}))
+end
 local function res_info(R)
   return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
     s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
 end
-local function return_estimate(R, key)
+local function res_targets(R)
+  -- {field, d} per ledger the reservation holds, their definitions fetched at once
+  local entries, scopes, targets_ = res_ledgers(R), {}, {}
+  for i, e in ipairs(entries) do scopes[i] = e.dscope end
+  prefetch_defs(scopes)
+  for i, e in ipairs(entries) do targets_[i] = {field = e.field, d = res_def(e)} end
+  return targets_
+end
+local function return_estimate(R, key, rows)
+  -- the balance rows after it: integers when `rows`, else formatted as for a JSON reply
   local est = unpack_units(R.estimate)
-  local balances = {}
-  for _, e in ipairs(res_ledgers(R)) do
-    local d = res_def(e)
-    local L = lload(e.field, d)
+  local balances, targets_ = {}, res_targets(R)
+  local ledgers = lload_all(targets_)
+  for i, e in ipairs(res_ledgers(R)) do
+    local L, d = ledgers[i], targets_[i].d
     L.r = L.r - est[e.unit]
     L.t = NOW
-    lsave(L)
-    balances[#balances + 1] = balance(L, d)
+    balances[i] = rows and balance_row(L, d) or balance(L, d)
   end
+  lsave_all(ledgers)
   return balances
 end
 local function finish(R, key, status, charged)
@@ -436,9 +536,9 @@ local function finish(R, key, status, charged)
     redis.call('HSET', K_QCOUNT, qkey, math.max(0, n - 1))
   end
 end
-local function subject_scope(R) return cjson.decode(R.subject).scope_path end
+local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
 local function expire(R, key)
-  return_estimate(R, key)
+  return_estimate(R, key, true)
   finish(R, key, 'EXPIRED')
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})
@@ -464,6 +564,19 @@ local function reap(limit)
   return expired
 end
 
+-- Compact replies (reserve, commit, release) are arrays, not JSON; their last item is the
+-- notifications as JSON, or false when there are none. A snapshot kept for a replay is the
+-- array without notifications, packed with cmsgpack (exact integers).
+local function notes_json()
+  if #NOTES == 0 then return false end
+  return cjson.encode(NOTES)
+end
+local function snapshot(body) return cmsgpack.pack(body) end
+local function from_snapshot(text)
+  if string.sub(text, 1, 1) == '{' then return text end  -- a JSON reply of earlier versions
+  return cmsgpack.unpack(text)
+end
+
 -- idempotency ------------------------------------------------------------------------------
 local function replay(kind)
   if nz(P.key) == nil then return nil end
@@ -474,7 +587,7 @@ local function replay(kind)
     return cjson.encode({error = 'IDEMPOTENCY_MISMATCH', message = 'idempotency key ' .. P.key ..
       ' was used for a different ' .. kind .. ' request'})
   end
-  return string.sub(stored, nl + 1)
+  return from_snapshot(string.sub(stored, nl + 1))
 end
 local function remember(reply)
   if nz(P.key) ~= nil then
@@ -490,4 +603,51 @@ local function reply(body)
   return cjson.encode(body)
 end
 
-if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end
+
+-- flat arguments of the hot operations: no JSON document to decode -------------------------
+local function opt(v) if v == '' then return nil end return v end
+local function json_opt(v) if v == '' then return nil end return cjson.decode(v) end
+local function unit_pairs(packed)
+  -- "UNIT=amount,..." -> {{unit, amount}, ...}
+  local out = {}
+  for unit, amount in string.gmatch(packed, '([%u_]+)=(%d+)') do
+    out[#out + 1] = {unit, tonumber(amount)}
+  end
+  return out
+end
+local function flat_reserve(args)
+  -- 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint, 8 subject JSON, 9 its scope path,
+  -- 10 action kind, 11 action name, 12 action JSON, 13 estimate, 14 ttl, 15 grace,
+  -- 16 max extensions, 17 overage policy, 18 flags ("d" dry run, "s" shadow), 19 dimensions
+  -- JSON, 20 elastic JSON, 21 default plan JSON (each "" when absent), 22... the scopes
+  local flags = args[18]
+  return {op = 'reserve', rid = args[4], tenant = args[5], key = opt(args[6]), fp = args[7],
+    subject = args[8], scope_path = args[9], action = {kind = args[10], name = args[11]},
+    action_json = args[12], estimate = unit_pairs(args[13]), ttl = tonumber(args[14]),
+    grace = tonumber(args[15]), maxext = tonumber(args[16]), policy = opt(args[17]),
+    dry_run = string.find(flags, 'd', 1, true) ~= nil,
+    shadow = string.find(flags, 's', 1, true) ~= nil, dims = json_opt(args[19]) or {},
+    elastic = json_opt(args[20]), plan = json_opt(args[21]), scopes = {unpack(args, 22)}}
+end
+local function flat_settle(args)
+  -- 1 commit | release | extend, 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint,
+  -- 8 the actual amounts ("UNIT=amount,..."), the reason, or the extension in ms
+  local P = {op = args[1], rid = args[4], tenant = args[5], key = opt(args[6]), fp = args[7]}
+  if P.op == 'commit' then P.actual = unit_pairs(args[8])
+  elseif P.op == 'release' then P.reason = args[8]
+  else P.by_ms = tonumber(args[8]) end
+  return P
+end
+
+-- the start of every call ------------------------------------------------------------------
+local function begin(keys, args, flat)
+  K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = keys[1], keys[2], keys[3], keys[4]
+  K_QCOUNT, K_QRUNS, K_META, K_EXP = keys[5], keys[6], keys[7], keys[8]
+  K_AUDIT, K_REPORT, K_RES, K_IDEM = keys[9], keys[10], keys[11], keys[12]
+  NULL = cjson.null
+  if flat then P = flat(args) else P = cjson.decode(args[1]) end
+  if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
+  NOW = now_ms(args[2])
+  NOTES, DEF_CACHE = {}, {}
+  if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end
+end

@@ -131,7 +131,9 @@ if denial == nil or shadow then
     found = {}
     denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
   end
-  for i, t in ipairs(found) do states[i] = {L = lload(t.field, t.d), d = t.d} end
+  for i, L in ipairs(lload_all(found)) do
+    states[i] = {L = L, d = found[i].d, path = found[i].path}
+  end
   for _, st in ipairs(states) do
     for _, rule in ipairs(st.d.degrade or {}) do
       local fraction = st.L.a > 0 and remaining(st.L) / st.L.a or 0
@@ -187,15 +189,23 @@ local function built_caps()
 end
 local function balances()
   local out = {}
-  for i, st in ipairs(states) do out[i] = balance(st.L, st.d) end
+  for i, st in ipairs(states) do out[i] = balance_row(st.L, st.d) end
   return out
+end
+local function answer(decision, R, rows)
+  -- the compact reply: decision ('ALLOW', or JSON), reservation id, created at, estimate held,
+  -- balance rows, notifications
+  local said = 'ALLOW'
+  if decision.outcome ~= 'ALLOW' or decision.observed then said = cjson.encode(decision) end
+  if R == nil then return {said, false, false, false, rows, notes_json()} end
+  return {said, R.id, NOW, R.estimate, rows, notes_json()}
 end
 local capped = built_caps()
 local allowed = {outcome = capped and 'ALLOW_WITH_CAPS' or 'ALLOW', caps = capped or NULL}
 if P.dry_run then
-  return reply({decision = denial or allowed, balances = balances()})
+  return answer(denial or allowed, nil, balances())
 end
-local subject = cjson.decode(P.subject)
+local subject = {scope_path = P.scope_path}
 if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
@@ -204,15 +214,18 @@ if denial and not shadow then
   count(subject.scope_path, 'denials:' .. denial.reason)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
-  return reply({decision = denial, balances = balances()})
+  return answer(denial, nil, balances())
 end
 
 -- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
-local ledger_lines = {}
+local held_ledgers, scopes, seen = {}, {}, {}
 for i, st in ipairs(states) do
   st.L.r = st.L.r + estimate[st.d.unit]
   st.L.t = NOW
-  ledger_lines[i] = st.L.field .. '\t' .. st.d.scope .. '\t' .. st.d.per
+  local path = st.path
+  held_ledgers[i] = {field = st.L.field, path = path, unit = st.d.unit, period = st.d.period,
+    dscope = st.d.scope, dper = st.d.per}
+  if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
 end
 for _, c in ipairs(calls) do redis.call('HSET', K_QCOUNT, c[1], c[2] .. '|' .. (c[3] + 1)) end
 for _, r in ipairs(runs) do
@@ -221,14 +234,11 @@ for _, r in ipairs(runs) do
 end
 for _, qkey in ipairs(concurrency) do redis.call('HINCRBY', K_QCOUNT, qkey, 1) end
 local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject,
-  action = cjson.encode(P.action), estimate = pack_units(estimate),
-  ledgers = table.concat(ledger_lines, '\n'), created = s(NOW), expires = NOW + P.ttl,
-  grace = P.grace, ext = 0, maxext = P.maxext, policy = nz(P.policy) or '',
-  concurrency = table.concat(concurrency, '\n'), shadow = shadow and '1' or '0'}
-redis.call('HSET', K_RES, 'id', R.id, 'tenant', R.tenant, 'status', R.status, 'subject',
-  R.subject, 'action', R.action, 'estimate', R.estimate, 'ledgers', R.ledgers, 'created',
-  R.created, 'expires', s(R.expires), 'grace', s(R.grace), 'ext', 0, 'maxext', R.maxext,
-  'policy', R.policy, 'concurrency', R.concurrency, 'shadow', R.shadow)
+  action = P.action_json, estimate = pack_units(estimate), parsed_ledgers = held_ledgers,
+  created = s(NOW), expires = NOW + P.ttl, grace = P.grace, ext = 0, maxext = P.maxext,
+  policy = nz(P.policy) or '', concurrency = table.concat(concurrency, '\n'),
+  shadow = shadow and '1' or '0', scope_path = P.scope_path}
+save_res(R)
 redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
 local decision = allowed
 if denial then  -- shadow: what enforce mode would have said, on record
@@ -238,17 +248,21 @@ if denial then  -- shadow: what enforce mode would have said, on record
     reason = denial.reason})
   count(subject.scope_path, 'denials:observed:' .. denial.reason)
 end
-audit('reservation.reserved', {scopes = res_scopes(R), subject = P.subject,
+audit('reservation.reserved', {scopes = scopes, subject = P.subject,
   action = kind .. ' ' .. name, reservation_id = R.id, idempotency_key = nz(P.key) or '',
   estimate = R.estimate, detail = capped and {caps = capped} or {}})
 count(subject.scope_path, 'reservations')
 for unit, amount in pairs(estimate) do count(subject.scope_path, 'reserved:' .. unit, amount) end
-local held = balances()
-for _, st in ipairs(states) do
+local held, ledgers = balances(), {}
+for i, st in ipairs(states) do
   alert(st.L, st.d, R.id)
-  lsave(st.L)
+  ledgers[i] = st.L
 end
-local body = {decision = decision, reservation = res_info(R), balances = held, notes = {}}
-if nz(P.key) then remember(cjson.encode(body)) end  -- the snapshot only a key can replay
-body.notes = NOTES
-return cjson.encode(body)
+lsave_all(ledgers)
+local body = answer(decision, R, held)
+if nz(P.key) then  -- the snapshot only a key can replay
+  body[6] = false
+  remember(snapshot(body))
+  body[6] = notes_json()
+end
+return body

@@ -13,7 +13,8 @@ if nz(P.key) and stored_key == P.key then
     return fail('IDEMPOTENCY_MISMATCH', 'idempotency key ' .. P.key .. ' was used for a different ' ..
       (kind == 'extend' and 'extension' or kind) .. ' request')
   end
-  return R[kind == 'extend' and ('extend_result:' .. P.key) or (kind .. '_result')]
+  return from_snapshot(
+    R[kind == 'extend' and ('extend_result:' .. P.key) or (kind .. '_result')])
 end
 if R.status == 'EXPIRED' then
   return fail('RESERVATION_EXPIRED', 'reservation ' .. R.id .. ' expired; its estimate went back ' ..
@@ -27,6 +28,15 @@ if NOW > (kind == 'extend' and R.expires or R.expires + R.grace) then
   return fail('RESERVATION_EXPIRED', 'reservation ' .. R.id .. ' expired at ' .. s(R.expires) .. ' ms')
 end
 
+local function save_compact(body)
+  -- commit and release answer with an array whose last item is the notifications
+  if nz(P.key) then
+    redis.call('HSET', K_RES, kind .. '_key', P.key, kind .. '_fp', P.fp, kind .. '_result',
+      snapshot(body))
+  end
+  body[#body] = notes_json()
+  return body
+end
 local function save_reply(body)
   local text = cjson.encode(body)
   if nz(P.key) then
@@ -57,13 +67,12 @@ end
 
 local scope_path = subject_scope(R)
 if kind == 'release' then
-  local balances = return_estimate(R, K_RES)
+  local balances = return_estimate(R, K_RES, true)
   finish(R, K_RES, 'RELEASED')
   audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
     idempotency_key = nz(P.key) or '', estimate = R.estimate, detail = {reason = P.reason}})
   count(scope_path, 'releases')
-  return save_reply({reservation_id = R.id, status = 'RELEASED', released = R.estimate,
-    balances = balances})
+  return save_compact({R.estimate, balances, false})
 end
 
 -- commit
@@ -83,12 +92,13 @@ for unit, held in pairs(estimate) do
   if actual[unit] == nil then actual[unit] = held end  -- a unit left out is charged as estimated
 end
 local shadow = R.shadow == '1'
-local rows = {}
+local rows, targets_ = {}, res_targets(R)
+local ledgers = lload_all(targets_)
 for i, e in ipairs(res_ledgers(R)) do
-  local d = res_def(e)
+  local d = targets_[i].d
   local policy = R.policy ~= '' and R.policy or d.policy
   if shadow then d, policy = unlimited(d), 'ALLOW_WITH_OVERDRAFT' end
-  rows[i] = {L = lload(e.field, d), d = d, policy = policy, unit = e.unit}
+  rows[i] = {L = ledgers[i], d = d, policy = policy, unit = e.unit}
 end
 local changes, charged, refused = settle(rows, estimate, actual, true)
 if refused then
@@ -100,16 +110,14 @@ apply(rows, changes)
 local released = {}
 for unit, held in pairs(estimate) do released[unit] = math.max(0, held - charged[unit]) end
 local balances = {}
-for i, row in ipairs(rows) do balances[i] = balance(row.L, res_def(res_ledgers(R)[i])) end
-finish(R, K_RES, 'COMMITTED', pack_units(charged))
+for i, row in ipairs(rows) do balances[i] = balance_row(row.L, targets_[i].d) end
+local charged_text = pack_units(charged)
+finish(R, K_RES, 'COMMITTED', charged_text)
 audit('reservation.committed', {scopes = res_scopes(R), reservation_id = R.id,
   idempotency_key = nz(P.key) or '', estimate = R.estimate, actual = pack_units(actual),
-  charged = pack_units(charged)})
+  charged = charged_text})
 count(scope_path, 'commits')
 for unit, amount in pairs(charged) do count(scope_path, 'committed:' .. unit, amount) end
-for _, row in ipairs(rows) do
-  alert(row.L, row.d, R.id)
-  lsave(row.L)
-end
-return save_reply({reservation_id = R.id, status = 'COMMITTED', charged = pack_units(charged),
-  released = pack_units(released), balances = balances})
+for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
+lsave_all(ledgers)
+return save_compact({charged_text, pack_units(released), balances, false})

@@ -16,8 +16,8 @@ end
 page(K_LEDGERS, 'prune_ledgers', function(field, packed)
   local path = field_parts(field)
   if base_scope(path) == path then return true end  -- a standard scope's ledger stays
-  local reserved, touched = string.match(packed, '^%-?%d+,%-?%d+,(%-?%d+),[^,]*,[^,]*,%d,(%d+),')
-  return tonumber(reserved) ~= 0 or tonumber(touched) + CFG.dimension_idle_ttl_ms >= NOW
+  local _, _, reserved, _, _, _, touched = lparse(packed)
+  return reserved ~= 0 or touched + CFG.dimension_idle_ttl_ms >= NOW
 end)
 page(K_QRUNS, 'prune_runs', function(field, window)
   local period = split(field, '|')[3]
