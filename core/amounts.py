@@ -31,6 +31,9 @@ class Amount:
     amount: int
 
     def __post_init__(self) -> None:
+        if type(self.amount) is int and 0 <= self.amount <= MAX_AMOUNT and type(
+                self.unit) is Unit:
+            return  # the usual case, checked in one step
         if not isinstance(self.unit, Unit):
             try:
                 object.__setattr__(self, "unit", Unit(self.unit))
@@ -116,10 +119,11 @@ AmountsLike = Amount | Iterable[Amount]
 
 def amounts_by_unit(value: AmountsLike, field: str) -> dict[Unit, int]:
     """One amount per unit, from an Amount or several; a unit given twice is refused."""
+    items: list[Amount] | tuple[Amount, ...]
     if isinstance(value, Amount):
-        items = [value]
+        items = (value,)
     elif isinstance(value, (list, tuple)):
-        items = list(value)
+        items = value
     else:
         raise InvalidRequest(f"{field}: expected an Amount or a list of Amounts "
                              f"(al.usd(0.05), al.tokens(1000), ...), got {value!r}")

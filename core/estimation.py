@@ -38,9 +38,36 @@ def input_tokens(payload: Any, overhead: int = 0) -> int:
 
 
 def text_tokens(text: str) -> int:
+    """Counted once per distinct text: a conversation resends its earlier messages (and its
+    system prompt) on every turn, and counting is the costly part of an estimate."""
+    known = _counted.get(text)
+    if known is None:
+        known = _count(text)
+        _remember(text, known)
+    return known
+
+
+_counted: dict[str, int] = {}
+_counted_chars = 0
+COUNTED_CHARS = 2_000_000  # what the remembered texts may hold; forgotten all at once beyond
+
+
+def _remember(text: str, count: int) -> None:
+    global _counted_chars
+    if _counted_chars + len(text) > COUNTED_CHARS:
+        _counted.clear()
+        _counted_chars = 0
+        if len(text) > COUNTED_CHARS:
+            return
+    _counted[text] = count
+    _counted_chars += len(text)
+
+
+def _count(text: str) -> int:
     total = 0
+    regular = REGULAR.fullmatch
     for piece in WORDS.findall(text):
-        if REGULAR.fullmatch(piece):
+        if regular(piece):
             total += 1 + len(piece) // 5
         elif piece[0].isalnum():
             total += len(piece)
@@ -50,26 +77,31 @@ def text_tokens(text: str) -> int:
 
 
 def _walk(value: Any) -> tuple[int, int, int]:
-    if isinstance(value, str):
-        return text_tokens(value), 0, 0
-    if isinstance(value, dict):
-        total, messages, images = 0, int("role" in value), 0
-        for key, item in value.items():
-            if key in SKIPPED_KEYS:
-                continue
-            if (key in IMAGE_KEYS and not isinstance(item, str)) or key == "image_url":
-                images += 1
-                continue
-            t, m, i = _walk(item)
-            total, messages, images = total + t + 1, messages + m, images + i
-        return total, messages, images
-    if isinstance(value, (list, tuple)):
-        total = messages = images = 0
-        for item in value:
-            if isinstance(item, int) and not isinstance(item, bool):
-                total += 1  # a pre-tokenised input: one token each
-                continue
-            t, m, i = _walk(item)
-            total, messages, images = total + t, messages + m, images + i
-        return total, messages, images
-    return 0, 0, 0
+    """Tokens, messages and images in a request body: one token per text's pieces, per key,
+    and per pre-tokenised id. Walked with a stack, not recursion, as it runs on every call."""
+    tokens = messages = images = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            tokens += _counted.get(item) or text_tokens(item)
+        elif isinstance(item, dict):
+            messages += "role" in item
+            for key, child in item.items():
+                if key in SKIPPED_KEYS:
+                    continue
+                if key == "image_url" or (key in IMAGE_KEYS and not isinstance(child, str)):
+                    images += 1
+                    continue
+                tokens += 1
+                if isinstance(child, str):  # the usual leaf, counted without a stack trip
+                    tokens += _counted.get(child) or text_tokens(child)
+                else:
+                    stack.append(child)
+        elif isinstance(item, (list, tuple)):
+            for child in item:
+                if isinstance(child, int) and not isinstance(child, bool):
+                    tokens += 1  # a pre-tokenised input: one token each
+                else:
+                    stack.append(child)
+    return tokens, messages, images

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import allotment as al
+from allotment.amounts import Amount, Unit
 from allotment.context import current_fields
 from allotment.estimation import input_tokens
-from allotment.pricing import ModelPrice, Pricer, TokenUsage
+from allotment.pricing import ModelPrice, Pricer, TokenUsage, assemble
 from allotment.scopes import LEVELS
 from allotment.validation import check_int
 
@@ -47,16 +48,40 @@ def resolve_subject(wrapper: Mapping[str, Any], call: Mapping[str, Any] | None =
     if not merged.get("tenant"):
         raise al.InvalidRequest("no tenant: give tenant= to the wrapper or handler, open an "
                                 "al.scope(tenant=...), or pass it in the call's metadata")
-    return _subject(repr(sorted((k, sorted(v.items()) if isinstance(v, dict) else v)
-                                for k, v in merged.items())), merged)
+    return _subject(merged)
 
 
-_SUBJECTS: dict[str, al.Subject] = {}
+class Subjects:
+    """A wrapper's own subject fields, resolved call by call. With no scope open and no
+    per-call fields — the usual case — the answer never changes, so it is worked out once."""
+
+    __slots__ = ("_plain", "fields")
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = fields
+        self._plain: al.Subject | None = None
+
+    def resolve(self, call: Mapping[str, Any] | None = None) -> al.Subject:
+        if call or current_fields() != _NO_SCOPE:
+            return resolve_subject(self.fields, call)
+        if self._plain is None:
+            self._plain = resolve_subject(self.fields)
+        return self._plain
 
 
-def _subject(key: str, fields: dict[str, Any]) -> al.Subject:
-    """Validated subjects, remembered: the same fields make the same (immutable) subject."""
-    subject = _SUBJECTS.get(key)
+_NO_SCOPE: dict[str, Any] = {"dimensions": {}}
+_SUBJECTS: dict[tuple[Any, ...], al.Subject] = {}
+
+
+def _subject(fields: dict[str, Any]) -> al.Subject:
+    """Validated subjects, remembered: the same fields make the same (immutable) subject.
+    Only text fields make a valid subject, so equal keys mean equal fields."""
+    try:
+        key = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
+                           for k, v in fields.items()))
+        subject = _SUBJECTS.get(key)
+    except TypeError:  # unhashable or unorderable values: let validation say what is wrong
+        return al.Subject(**fields)
     if subject is None:
         if len(_SUBJECTS) > 10_000:
             _SUBJECTS.clear()
@@ -85,12 +110,16 @@ class Meter:
         """Charge what was used; with no usage known, the estimate (never free)."""
         if not self.settled:
             self.settled = True
-            self.result = self.reservation.commit(self._charge(usage))
+            usage = usage or self.usage
+            self.result = self.reservation.commit(
+                self.actual(usage) if usage is not None else self._estimate())
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
         if not self.settled:
             self.settled = True
-            self.result = await self.reservation.acommit(self._charge(usage))
+            usage = usage or self.usage
+            self.result = await self.reservation.acommit(
+                self.actual(usage) if usage is not None else self._estimate())
 
     def settle(self, usage: TokenUsage | None) -> None:
         """Settle after the provider answered: a commit refused under REJECT falls back to
@@ -113,17 +142,14 @@ class Meter:
         except al.AllotmentError as error:
             log.error("could not commit %s: %s", self.reservation.id, error)
 
-    def _charge(self, usage: TokenUsage | None) -> list[al.Amount] | tuple[al.Amount, ...]:
-        usage = usage or self.usage
-        if usage is None:
-            log.warning("no usage reported for %s: committing the estimate",
-                        self.reservation.id)
-            return self.reservation.estimate
-        return self.actual(usage)
+    def _estimate(self) -> tuple[al.Amount, ...]:
+        log.warning("no usage reported for %s: committing the estimate", self.reservation.id)
+        return self.reservation.estimate
 
     def actual(self, usage: TokenUsage) -> list[al.Amount]:
         """The real cost in dollars (at the model's price) and in tokens."""
-        return [al.usd(self.price.cost(usage)), al.tokens(usage.total_tokens)]
+        return [Amount.trusted(Unit.USD_MICROCENTS, self.price.cost_microcents(usage)),
+                al.tokens(usage.input_tokens + usage.output_tokens)]
 
     def release(self, reason: str) -> None:
         if not self.settled:
@@ -168,14 +194,15 @@ class Metering:
         """USD and TOKENS upper bounds: input counted offline, output up to max_tokens."""
         price = self.pricer.price_of(request.provider, request.model, request.subject.tenant)
         prompt = input_tokens(request.payload, request.overhead)
-        fixed = (al.usd(price.input_mtok * prompt / 1_000_000), al.tokens(prompt))
+        fixed = (Amount.trusted(Unit.USD_MICROCENTS, price.input_microcents(prompt)),
+                 al.tokens(prompt))
         if request.max_tokens is None:
             return price, list(fixed)
         # built from checked parts: the model's own validation would only repeat it
-        return price, al.Elastic.model_construct(
-            fixed=fixed, per_mtok=(price.output_rate, PER_TOKEN),
-            max_tokens=check_int(request.max_tokens, "max_tokens", 1),
-            floor=min(self.floor, request.max_tokens))
+        return price, assemble(al.Elastic, {
+            "fixed": fixed, "per_mtok": (price.output_rate, PER_TOKEN),
+            "max_tokens": check_int(request.max_tokens, "max_tokens", 1),
+            "floor": min(self.floor, request.max_tokens)})
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
@@ -217,14 +244,25 @@ class Metering:
 
     @staticmethod
     def _switched(request: Request, meter: Meter) -> Request | None:
-        model = meter.caps.model if meter.caps is not None else None
+        caps = meter.reservation.decision.caps
+        model = caps.model if caps is not None else None
         if model is None or model == request.model:
             return None
         return replace(request, model=model)
 
 
 def _action(request: Request) -> al.Action:
-    return al.Action(request.kind, f"{request.provider}:{request.model}")
+    """Actions are immutable and few (one per kind and model), so each is built once."""
+    key = (request.kind, request.provider, request.model)
+    action = _ACTIONS.get(key)
+    if action is None:
+        if len(_ACTIONS) > 10_000:
+            _ACTIONS.clear()
+        action = _ACTIONS[key] = al.Action(request.kind, f"{request.provider}:{request.model}")
+    return action
+
+
+_ACTIONS: dict[tuple[str, str, str], al.Action] = {}
 
 
 def allowed_tools(names: list[str], caps: al.Caps | None) -> set[str]:

@@ -13,10 +13,12 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 import allotment as al
 from allotment.pricing import TokenUsage
 
-from ._metering import Meter, Metering, Request, resolve_subject
+from ._metering import Meter, Metering, Request, Subjects
 
 log = logging.getLogger("allotment")
 SUBJECT_HEADER = "x-allotment-"
@@ -47,11 +49,22 @@ class Shape(Protocol):
     def stream_usage(self, path: str) -> StreamUsage: ...
 
 
+class Guarding:
+    """What a guarded client meters its calls with."""
+
+    __slots__ = ("metering", "shape", "subjects")
+
+    def __init__(self, metering: Metering, subject: dict[str, Any], shape: Shape) -> None:
+        self.metering = metering
+        self.subjects = Subjects(subject)
+        self.shape = shape
+
+
 def guarded_copy(client: Any, metering: Metering, subject: dict[str, Any], shape: Shape) -> Any:
     """A copy of `client` whose calls are reserved, capped and committed."""
     guarded = client.copy()
     guarded.__class__ = _guarded_class(type(client), asynchronous=_is_async(client))
-    guarded._allotment = (metering, subject, shape)
+    guarded._allotment = Guarding(metering, subject, shape)
     return guarded
 
 
@@ -90,22 +103,22 @@ def _guarded_class(base: type, asynchronous: bool) -> type:
     return cls
 
 
-def _begin(client: Any, options: Any) -> Request | None:
-    metering, fields, shape = client._allotment
-    body = options.json_data if isinstance(options.json_data, dict) else None
+def _begin(guarding: Guarding, options: Any) -> Request | None:
+    body = options.json_data
     call = _take_subject_headers(options)
-    if body is None:
+    if not isinstance(body, dict):
         return None
-    subject = resolve_subject(fields, call)
-    described: Request | None = shape.describe(options.url, body, subject,
-                                               metering.default_max_tokens)
+    described: Request | None = guarding.shape.describe(
+        options.url, body, guarding.subjects.resolve(call),
+        guarding.metering.default_max_tokens)
     return described
 
 
 def _request(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
              stream_cls: Any) -> Any:
-    metering, _, shape = client._allotment
-    described = _begin(client, options)
+    guarding: Guarding = client._allotment
+    metering, shape = guarding.metering, guarding.shape
+    described = _begin(guarding, options)
     if described is None:
         return base.request(client, cast_to, options, stream=stream,  # type: ignore[attr-defined]
                             stream_cls=stream_cls)
@@ -115,8 +128,9 @@ def _request(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
         if metering.on_deny is None:
             raise
         return metering.on_deny(denied)
-    if meter.caps is not None:
-        shape.apply_caps(options.url, options.json_data, meter.caps)
+    caps = meter.reservation.decision.caps
+    if caps is not None:
+        shape.apply_caps(options.url, options.json_data, caps)
     try:
         result = base.request(client, cast_to, options, stream=stream,  # type: ignore[attr-defined]
                               stream_cls=stream_cls)
@@ -128,8 +142,9 @@ def _request(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
 
 async def _arequest(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
                     stream_cls: Any) -> Any:
-    metering, _, shape = client._allotment
-    described = _begin(client, options)
+    guarding: Guarding = client._allotment
+    metering, shape = guarding.metering, guarding.shape
+    described = _begin(guarding, options)
     if described is None:
         return await base.request(client, cast_to, options,  # type: ignore[attr-defined]
                                   stream=stream, stream_cls=stream_cls)
@@ -139,8 +154,9 @@ async def _arequest(client: Any, base: type, cast_to: Any, options: Any, stream:
         if metering.on_deny is None:
             raise
         return metering.on_deny(denied)
-    if meter.caps is not None:
-        shape.apply_caps(options.url, options.json_data, meter.caps)
+    caps = meter.reservation.decision.caps
+    if caps is not None:
+        shape.apply_caps(options.url, options.json_data, caps)
     try:
         result = await base.request(client, cast_to, options,  # type: ignore[attr-defined]
                                     stream=stream, stream_cls=stream_cls)
@@ -150,10 +166,10 @@ async def _arequest(client: Any, base: type, cast_to: Any, options: Any, stream:
     return await _asettle(result, meter, shape, options.url)
 
 
-def _take_subject_headers(options: Any) -> dict[str, str]:
-    headers = options.headers if isinstance(options.headers, dict) else None
-    if not headers:
-        return {}
+def _take_subject_headers(options: Any) -> dict[str, str] | None:
+    headers = options.headers
+    if not headers or not isinstance(headers, dict):
+        return None
     call = {}
     for name in [h for h in headers if h.lower().startswith(SUBJECT_HEADER)]:
         value = headers.pop(name)
@@ -162,6 +178,9 @@ def _take_subject_headers(options: Any) -> dict[str, str]:
 
 
 def _settle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
+    if isinstance(result, BaseModel):  # a parsed response, told apart without probing it
+        meter.settle(shape.usage(result))
+        return result
     parsed = result.parse() if _is_raw(result) else result  # parse() is cached by the SDK
     if hasattr(parsed, "_iterator"):
         _observe(parsed, meter, shape.stream_usage(path))
@@ -171,6 +190,9 @@ def _settle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
 
 
 async def _asettle(result: Any, meter: Meter, shape: Shape, path: str) -> Any:
+    if isinstance(result, BaseModel):
+        await meter.asettle(shape.usage(result))
+        return result
     parsed = (await result.parse()) if _is_raw(result) and _is_awaitable_parse(result) else (
         result.parse() if _is_raw(result) else result)
     if hasattr(parsed, "_iterator"):

@@ -108,6 +108,7 @@ def _fields(usage: Any) -> dict[str, int]:
 def _usage(counts: dict[str, int]) -> TokenUsage:
     cache_write = counts.get("cache_creation_input_tokens", 0)
     cache_read = counts.get("cache_read_input_tokens", 0)
-    return TokenUsage(input_tokens=counts.get("input_tokens", 0) + cache_write + cache_read,
-                      output_tokens=counts.get("output_tokens", 0),
-                      cache_read_tokens=cache_read, cache_write_tokens=cache_write)
+    return TokenUsage.counted(
+        input_tokens=counts.get("input_tokens", 0) + cache_write + cache_read,
+        output_tokens=counts.get("output_tokens", 0),
+        cache_read_tokens=cache_read, cache_write_tokens=cache_write)

@@ -113,31 +113,28 @@ def _tool_name(tool: Any) -> str | None:
 
 
 def _usage(usage: Any) -> TokenUsage | None:
-    """OpenAI counts cached tokens inside the prompt and reasoning inside the output."""
+    """OpenAI counts cached tokens inside the prompt and reasoning inside the output. Chat
+    names its counts prompt/completion, Responses input/output."""
     if usage is None:
         return None
-    prompt = _first(usage, "prompt_tokens", "input_tokens")
-    output = _first(usage, "completion_tokens", "output_tokens")
-    inputs = _first_obj(usage, "prompt_tokens_details", "input_tokens_details")
-    outputs = _first_obj(usage, "completion_tokens_details", "output_tokens_details")
-    return TokenUsage(
-        input_tokens=prompt, output_tokens=output,
-        cache_read_tokens=_first(inputs, "cached_tokens"),
-        cache_write_tokens=_first(inputs, "cache_write_tokens"),
-        reasoning_tokens=_first(outputs, "reasoning_tokens"))
+    prompt = getattr(usage, "prompt_tokens", None)
+    if not isinstance(prompt, int):
+        prompt = getattr(usage, "input_tokens", None)
+    output = getattr(usage, "completion_tokens", None)
+    if not isinstance(output, int):
+        output = getattr(usage, "output_tokens", None)
+    inputs = getattr(usage, "prompt_tokens_details", None)
+    if inputs is None:
+        inputs = getattr(usage, "input_tokens_details", None)
+    outputs = getattr(usage, "completion_tokens_details", None)
+    if outputs is None:
+        outputs = getattr(usage, "output_tokens_details", None)
+    return TokenUsage.counted(
+        input_tokens=_count(prompt), output_tokens=_count(output),
+        cache_read_tokens=_count(getattr(inputs, "cached_tokens", None)),
+        cache_write_tokens=_count(getattr(inputs, "cache_write_tokens", None)),
+        reasoning_tokens=_count(getattr(outputs, "reasoning_tokens", None)))
 
 
-def _first(obj: Any, *names: str) -> int:
-    for name in names:
-        value = getattr(obj, name, None) if obj is not None else None
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def _first_obj(obj: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0

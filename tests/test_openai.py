@@ -178,6 +178,28 @@ def test_subject_from_scope_and_per_call_headers(guard: al.Guard) -> None:
     assert run.spent == expected_cost("openai", "gpt-4o-mini", 9, 9)
 
 
+def test_the_remembered_subject_gives_way_to_scopes_and_headers(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=1)
+    guard.set_budget("tenant:acme/workflow:chat", usd=1)
+    wrapped = client(guard)
+    one = expected_cost("openai", "gpt-4o-mini", 9, 9)
+
+    def call(**options: Any) -> None:
+        with replay("openai_chat.yaml"):
+            wrapped.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+                **options)
+
+    call()
+    with al.scope(workflow="chat"):
+        call()
+    call()
+    call(extra_headers={"x-allotment-workflow": "chat"})
+    (chat,) = guard.balances("tenant:acme/workflow:chat", include_children=False)
+    (tenant,) = guard.balances(ACME, include_children=False)
+    assert (chat.spent, tenant.spent) == (2 * one, 4 * one)
+
+
 def test_an_unknown_model_is_refused_or_priced_by_fallback(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd=1)
     with replay("openai_chat.yaml") as cassette, pytest.raises(al.Denied) as denied:

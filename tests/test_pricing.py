@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import allotment as al
+from allotment.amounts import usd_to_microcents
 from allotment.estimation import input_tokens, text_tokens
 from allotment.pricing import ModelPrice, Pricer, TokenUsage
 
@@ -72,3 +75,35 @@ def test_the_input_estimate_bounds_every_recorded_request() -> None:
 def test_random_looking_text_costs_a_token_per_character() -> None:
     assert text_tokens("1ivE5wmtkDKwFCQT") == 16
     assert text_tokens("the cat sat on the mat") == 6
+
+
+PRICES = st.decimals(min_value=0, max_value=1_000, places=10, allow_nan=False,
+                     allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PRICES, PRICES, st.none() | PRICES, st.none() | PRICES, st.integers(0, 10**9),
+       st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9))
+def test_integer_costs_equal_the_decimal_sum_rounded_up(
+        input_mtok: Decimal, output_mtok: Decimal, read_mtok: Decimal | None,
+        write_mtok: Decimal | None, prompt: int, output: int, read: int, write: int) -> None:
+    price = ModelPrice(input_mtok=input_mtok, output_mtok=output_mtok,
+                       cache_read_mtok=read_mtok, cache_write_mtok=write_mtok)
+    usage = TokenUsage(input_tokens=prompt, output_tokens=output, cache_read_tokens=read,
+                       cache_write_tokens=write)
+    assert price.cost_microcents(usage) == usd_to_microcents(price.cost(usage), "cost")
+    assert price.input_microcents(prompt) == al.usd(input_mtok * prompt / 1_000_000).amount
+
+
+def test_counted_usage_is_the_validated_usage() -> None:
+    counted = TokenUsage.counted(input_tokens=30, output_tokens=120, reasoning_tokens=7)
+    made = TokenUsage(input_tokens=30, output_tokens=120, cache_read_tokens=0,
+                      cache_write_tokens=0, reasoning_tokens=7)
+    assert counted == made and repr(counted) == repr(made)
+    assert counted.model_dump() == made.model_dump() and counted.total_tokens == 150
+    with pytest.raises(Exception):  # noqa: B017 - frozen, like every model here
+        counted.input_tokens = 1  # type: ignore[misc]
+    assert TokenUsage.counted(input_tokens=True) == TokenUsage(input_tokens=1)  # type: ignore[arg-type]
+    for bad in (-1, 2**53, "5x"):
+        with pytest.raises(al.InvalidRequest):
+            TokenUsage.counted(output_tokens=bad)  # type: ignore[arg-type]
