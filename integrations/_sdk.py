@@ -99,7 +99,10 @@ def _guarded_class(base: type, asynchronous: bool) -> type:
 
     namespace = {"copy": copy, "with_options": copy,
                  "request": arequest if asynchronous else request}
-    cls = _classes[(base, asynchronous)] = type(f"Guarded{base.__name__}", (base,), namespace)
+    # The SDKs name themselves in the User-Agent header after the class: keep the provider
+    # seeing the client it would see unwrapped; the qualified name still says it is guarded.
+    cls = _classes[(base, asynchronous)] = type(base.__name__, (base,), namespace)
+    cls.__qualname__ = f"Guarded{base.__qualname__}"
     return cls
 
 

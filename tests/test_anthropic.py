@@ -31,6 +31,7 @@ def test_messages_create_commits_the_recorded_usage(funded: al.Guard) -> None:
     assert "Paris" in reply.content[0].text and cassette.play_count == 1
     assert spent(funded) == (expected_cost("anthropic", SONNET, 14, 11), 25)
     assert isinstance(client(funded), anthropic.Anthropic)
+    assert client(funded).user_agent == anthropic.Anthropic(api_key="k").user_agent
 
 
 def test_create_with_stream_true(funded: al.Guard) -> None:

@@ -41,6 +41,8 @@ def test_the_wrapped_client_is_still_an_openai_client(funded: al.Guard) -> None:
     original = openai.OpenAI(api_key="sk-test")
     wrap_openai(original, funded, tenant="acme")
     assert type(original) is openai.OpenAI  # nothing global, not even the original
+    assert wrapped.user_agent == original.user_agent  # the provider sees the same client
+    assert type(wrapped).__qualname__ == "GuardedOpenAI"
 
 
 def test_tool_call_chat_and_raw_response(funded: al.Guard) -> None:
