@@ -121,8 +121,10 @@ class Elastic(Model):
 
     def units(self) -> dict[Unit, int]:
         """Fixed parts by unit, with every rated unit present."""
-        fixed = {a.unit: a.amount for a in self.fixed}
-        return {u: fixed.get(u, 0) for u in [*fixed, *(u for u in self.rates() if u not in fixed)]}
+        units = {a.unit: a.amount for a in self.fixed}
+        for rate in self.per_mtok:
+            units.setdefault(rate.unit, 0)
+        return units
 
 
 def elastic_amount(fixed: int, rate: int, tokens: int) -> int:
