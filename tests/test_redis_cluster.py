@@ -638,3 +638,133 @@ def test_strict_durability_commits_on_a_cluster(fresh: Cluster,
             assert balance(guard, f"tenant:{tenant}").spent == al.usd(2).amount
     finally:
         guard.close()
+
+
+# -- routing: no key lookups on the hot path, and a slot that moves ----------------------------
+
+
+def getkeys_calls(cluster: Cluster) -> int:
+    """COMMAND GETKEYS calls the masters have answered since their last CONFIG RESETSTAT."""
+    total = 0
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            stats = node.info("commandstats").get("cmdstat_command|getkeys")
+            total += int(stats["calls"]) if stats else 0
+    return total
+
+
+def reset_stats(cluster: Cluster) -> None:
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            node.config_resetstat()
+
+
+def test_calls_are_routed_without_asking_a_node_for_their_keys(fresh: Cluster,
+                                                               clock: al.ManualClock) -> None:
+    """Every operation, sync and async, goes straight to the tenant's master: the client
+    finds the node in its own slot table and never sends COMMAND GETKEYS (an extra round
+    trip per call)."""
+    guard = al.Guard.from_url(fresh.url, clock=clock)
+    owners = slot_owners(fresh)
+    tenants = [next(t for t in TENANTS if owners[slot_of(t)] == p) for p in fresh.ports]
+    try:
+        for tenant in tenants:
+            guard.set_budget(f"tenant:{tenant}", usd=10)
+        reset_stats(fresh)
+        for tenant in tenants:
+            who = al.Subject(tenant=tenant)
+            guard.reserve(who, LLM, al.usd(1)).commit(al.usd(1))
+            guard.reserve(who, LLM, al.usd(1)).release()
+            guard.record(who, TOOL, al.usd(1))
+            assert balance(guard, f"tenant:{tenant}").spent == al.usd(2).amount
+
+        async def twins() -> None:
+            for tenant in tenants:
+                r = await guard.areserve(al.Subject(tenant=tenant), LLM, al.usd(1))
+                await r.acommit(al.usd(1))
+
+        asyncio.run(twins())
+        assert getkeys_calls(fresh) == 0
+        for tenant in tenants:
+            assert balance(guard, f"tenant:{tenant}").spent == al.usd(3).amount
+    finally:
+        guard.close()
+
+
+def node_id(cluster: Cluster, port: int) -> str:
+    with cluster.node(port) as node:
+        return str(node.execute_command("CLUSTER MYID").decode())
+
+
+def move_slot(cluster: Cluster, slot: int, source: int, target: int) -> None:
+    """Move one slot and its keys from one master to another, as resharding does."""
+    source_id, target_id = node_id(cluster, source), node_id(cluster, target)
+    with cluster.node(source) as src, cluster.node(target) as dst:
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5_000, "KEYS", *keys)
+    for port in cluster.ports:
+        with cluster.node(port) as node:
+            node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+
+def test_a_slot_moved_to_another_master_is_followed(fresh: Cluster,
+                                                    clock: al.ManualClock) -> None:
+    """The tenant's slot moves while the client's slot table still names the old master:
+    the call is redirected (MOVED), the table refreshed, and the ledger stays whole, sync
+    and async; then the slot moves back and the same holds."""
+    guard = al.Guard.from_url(fresh.url, clock=clock)
+    tenant = TENANTS[0]
+    who = al.Subject(tenant=tenant)
+    slot, home = slot_of(tenant), owner_port(fresh, tenant)
+    away = next(p for p in fresh.ports if p != home)
+    try:
+        guard.set_budget(f"tenant:{tenant}", usd=100)
+        held = guard.reserve(who, LLM, al.usd(2))
+        for source, target in ((home, away), (away, home)):
+            move_slot(fresh, slot, source, target)
+            assert owner_port(fresh, tenant) == target
+            held.commit(al.usd(1))
+            held = guard.reserve(who, LLM, al.usd(2))
+
+            async def twin() -> None:
+                await (await guard.areserve(who, LLM, al.usd(1))).acommit(al.usd(1))
+
+            asyncio.run(twin())
+            with fresh.node(target) as node:
+                assert node.exists(tenant_keys(tenant)[1])
+        top = balance(guard, f"tenant:{tenant}")
+        assert (top.spent, top.reserved) == (al.usd(4).amount, al.usd(2).amount)
+    finally:
+        guard.close()
+
+
+def test_a_master_that_stops_answering_fails_one_call_then_recovers(
+        fresh: Cluster, clock: al.ManualClock) -> None:
+    """The tenant's master is paused past the socket timeout: the routed call fails with
+    StoreUnavailable (the client drops its connection and refreshes its slot table), and
+    once the master answers again the next call, sync or async, works on a whole ledger."""
+    guard = al.Guard(RedisStore.from_url(fresh.url, clock=clock, socket_timeout=0.5))
+    port = fresh.ports[1]
+    tenant = next(t for t in TENANTS if owner_port(fresh, t) == port)
+    who = al.Subject(tenant=tenant)
+    try:
+        guard.set_budget(f"tenant:{tenant}", usd=100)
+        guard.reserve(who, LLM, al.usd(1)).commit(al.usd(1))
+        with fresh.node(port) as node:
+            node.execute_command("CLIENT PAUSE", 1_500, "ALL")
+        with pytest.raises(al.StoreUnavailable):
+            guard.reserve(who, LLM, al.usd(1))
+        time.sleep(1.6)
+        guard.reserve(who, LLM, al.usd(1)).commit(al.usd(1))
+
+        async def twin() -> None:
+            await (await guard.areserve(who, LLM, al.usd(1))).acommit(al.usd(1))
+
+        asyncio.run(twin())
+        top = balance(guard, f"tenant:{tenant}")
+        assert top.spent == al.usd(3).amount
+        assert top.reserved in (0, al.usd(1).amount)  # the timed-out reserve may have run
+    finally:
+        guard.close()

@@ -642,8 +642,9 @@ def test_the_function_library_comes_back_by_itself(tmp_path: Path) -> None:
 
 def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
     """Ledgers, reservations and replay snapshots written before the compact formats (text
-    ledgers, one hash field per reservation attribute, JSON replies) are still understood:
-    a hold taken then commits, and a keyed reserve replays its JSON reply."""
+    ledgers, one hash field per reservation attribute, JSON replies, JSON definitions) are
+    still understood: a hold taken then commits, a keyed reserve replays its JSON reply, and
+    a budget defined in JSON limits, alerts, and is rewritten in the packed form."""
     store = RedisStore(url=shared_server.url)
     guard = al.Guard(store)
     guard.set_budget("tenant:old", tokens=100)
@@ -676,6 +677,20 @@ def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
     client.set("al:{old}:i:reserve:k-old", op.fingerprint + "\n" + json.dumps(reply))
     again = guard.reserve(subject, LLM, al.tokens(1), idempotency_key="k-old")
     assert again.id == rid and guard.balances("tenant:old")[0].reserved == 0
+    client.hset("al:{old}:defs", "tenant:old/workspace:w", json.dumps([{
+        "unit": "TOKENS", "period": "", "per": "", "limit": "10", "od": "0",
+        "policy": "REJECT", "status": "ACTIVE", "alerts": [0.5], "degrade": []}]))
+    inner = al.Subject(tenant="old", workspace="w")
+    with pytest.raises(al.BudgetExceeded):
+        guard.reserve(inner, LLM, al.tokens(11))
+    notes: list[al.Notification] = []
+    store.subscribe(notes.extend)
+    guard.reserve(inner, LLM, al.tokens(6)).commit(al.tokens(6))
+    assert [n.threshold for n in notes if n.type == "budget.threshold_crossed"] == [0.5]
+    assert guard.freeze("tenant:old/workspace:w") == 1  # written back packed
+    (workspace,) = guard.balances("tenant:old/workspace:w")
+    assert (workspace.allocated, workspace.spent, workspace.status) == (
+        10, 6, al.BudgetStatus.FROZEN)
 
 
 def test_a_client_handed_in_that_does_not_decode_replies(shared_server: Server) -> None:

@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError, TimeoutError
+from redis.exceptions import (
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TimeoutError,
+)
 
 from ..amounts import Amount, Unit
 from ..errors import (
@@ -124,40 +130,74 @@ def _missing(error: Exception) -> bool:
     return isinstance(error, ResponseError) and "function not found" in str(error).lower()
 
 
+def _routed(client: Any) -> bool:
+    """A cluster client: it would ask a node for FCALL's keys (COMMAND GETKEYS) on every
+    call, so the call is sent to the node of its first key instead."""
+    return hasattr(client, "get_node_from_key") and hasattr(client, "nodes_manager")
+
+
 class Function:
     """One function of the library, called like a redis-py `Script`: (keys, args, client).
 
     A server without the library gets it loaded (on every master of a cluster) and the call
-    is sent again. Given a pipeline as `client`, the call is only queued.
+    is sent again. Given a pipeline as `client`, the call is only queued. On a cluster the
+    call goes straight to the master of the tenant's slot, found in the client's slot table;
+    a MOVED reply (a slot that moved) refreshes that table and follows the redirect.
     """
 
     def __init__(self, client: Any, name: str, source: str) -> None:
         self.client, self.name, self.source = client, name, source
+        self.routed = _routed(client)
+
+    def node(self, key: str) -> Any:
+        """The master of `key`'s slot in the client's table; None when the table has none
+        for it (the client's own routing then finds the node, refreshing its table)."""
+        try:
+            return self.client.get_node_from_key(key)
+        except SlotNotCoveredError:
+            return None
+
+    def send(self, keys: list[str], args: list[Any]) -> Any:
+        node = self.node(keys[0]) if self.routed else None
+        if node is not None:
+            return self.client.execute_command(
+                "FCALL", self.name, len(keys), *keys, *args, target_nodes=node)
+        return self.client.fcall(self.name, len(keys), *keys, *args)
 
     def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
         if client is not None and client is not self.client:
             return client.fcall(self.name, len(keys), *keys, *args)
         try:
-            return self.client.fcall(self.name, len(keys), *keys, *args)
+            return self.send(keys, args)
         except ResponseError as error:
             if not _missing(error):
                 raise
         self.client.function_load(self.source, replace=True)
-        return self.client.fcall(self.name, len(keys), *keys, *args)
+        return self.send(keys, args)
 
 
 class AsyncFunction(Function):
     """The same on a redis.asyncio client."""
 
+    async def send(self, keys: list[str], args: list[Any]) -> Any:
+        node = None
+        if self.routed:  # a fresh client, or one whose slot table a failure dropped
+            await self.client.initialize()
+            node = self.node(keys[0])
+        if node is not None:
+            return await self.client.execute_command(
+                "FCALL", self.name, len(keys), *keys, *args, target_nodes=node)
+        return await self.client.fcall(self.name, len(keys), *keys, *args)
+
     async def __call__(self, keys: list[str], args: list[Any],
                        client: Any = None) -> Any:
         try:
-            return await self.client.fcall(self.name, len(keys), *keys, *args)
+            return await self.send(keys, args)
         except ResponseError as error:
             if not _missing(error):
                 raise
         await self.client.function_load(self.source, replace=True)
-        return await self.client.fcall(self.name, len(keys), *keys, *args)
+        return await self.send(keys, args)
 
 
 @lru_cache(maxsize=4096)

@@ -5,7 +5,7 @@
 -- does not roll a function back).
 --
 -- keys (all of one tenant, one hash tag, so one cluster slot):
---   1 defs     HASH scope -> JSON list of budget definitions (canonical order)
+--   1 defs     HASH scope -> its budget definitions, packed (canonical order; see DEF_FORMAT)
 --   2 ledgers  HASH "path|unit|period|bucket" -> ledger: LEDGER_FORMAT, integers (see lparse)
 --   3 quotas   HASH scope -> JSON list of quota rules
 --   4 access   HASH scope -> JSON access rule
@@ -134,13 +134,65 @@ local function def_before(a, b)
   if a.period ~= b.period then return PERIOD_ORDER[a.period] < PERIOD_ORDER[b.period] end
   return a.per < b.per
 end
+-- A scope's definitions are one hash field: a version byte 2 and their count (uint16), then
+-- per definition DEF_FORMAT: unit, period, policy, status (codes), limit, overdraft limit,
+-- then three length-prefixed strings: the dimension (per), the alert thresholds (doubles)
+-- and the degrade rules (JSON, "" when none). Fixed-size fields decode in one step; alerts
+-- and degrade rules are read only when used. (Earlier versions wrote a JSON list.)
+local DEF_FORMAT = '<BBBBi8i8Hc0Hc0Hc0'
+local function codes(names)
+  local by_name = {}
+  for i = 0, #names do by_name[names[i]] = i end
+  return names, by_name
+end
+local UNIT_NAMES = {[0] = 'USD_MICROCENTS', 'TOKENS', 'CREDITS', 'RISK_POINTS'}
+local PERIOD_NAMES = {[0] = '', 'minute', 'hour', 'day', 'week', 'month', 'year'}
+local POLICY_NAMES, POLICY_CODES = codes({[0] = 'REJECT', 'ALLOW_IF_AVAILABLE',
+  'ALLOW_WITH_OVERDRAFT'})
+local STATUS_NAMES, STATUS_CODES = codes({[0] = 'ACTIVE', 'FROZEN', 'CLOSED'})
+local function packed_alerts(list)
+  if #list == 0 then return '' end
+  return struct.pack('<' .. string.rep('d', #list), unpack(list))
+end
+local function alert_count(d)
+  if d.alerts then return #d.alerts end
+  return #(d.alerts_raw or '') / 8
+end
+local function alert_at(d, i)
+  if d.alerts then return d.alerts[i] end
+  return (struct.unpack('<d', d.alerts_raw, 8 * i - 7))
+end
+local function degrade_rules(d)
+  if d.degrade == nil then
+    local raw = d.degrade_raw or ''
+    d.degrade = raw ~= '' and cjson.decode(raw) or {}
+  end
+  return d.degrade
+end
+local function unpacked_defs(scope, raw)
+  local list, pos = {}, 4
+  for i = 1, (struct.unpack('<H', raw, 2)) do
+    local u, p, policy, status, limit, od, per, alerts, degrade
+    u, p, policy, status, limit, od, per, alerts, degrade, pos = struct.unpack(DEF_FORMAT, raw,
+      pos)
+    list[i] = {scope = scope, unit = UNIT_NAMES[u], period = PERIOD_NAMES[p], per = per,
+      limit = limit, od = od, policy = POLICY_NAMES[policy], status = STATUS_NAMES[status],
+      alerts_raw = alerts, degrade_raw = degrade}
+  end
+  return list
+end
 local DEF_CACHE  -- this call's decoded definitions by scope
 local function decoded_defs(scope, raw)
-  local list = raw and cjson.decode(raw) or {}
-  for _, d in ipairs(list) do
-    d.scope = scope
-    d.limit = tonumber(d.limit)
-    d.od = tonumber(d.od)
+  local list
+  if not raw then list = {}
+  elseif string.byte(raw, 1) == 2 then list = unpacked_defs(scope, raw)
+  else
+    list = cjson.decode(raw)
+    for _, d in ipairs(list) do
+      d.scope = scope
+      d.limit = tonumber(d.limit)
+      d.od = tonumber(d.od)
+    end
   end
   DEF_CACHE[scope] = list
   return list
@@ -158,15 +210,20 @@ local function prefetch_defs(scopes)
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
   for i, scope in ipairs(wanted) do decoded_defs(scope, raws[i]) end
 end
+local function packed_def(d)
+  local alerts = d.alerts and packed_alerts(d.alerts) or d.alerts_raw
+  local rules = degrade_rules(d)
+  local degrade = next(rules) ~= nil and cjson.encode(rules) or ''
+  return struct.pack(DEF_FORMAT, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
+    POLICY_CODES[d.policy], STATUS_CODES[d.status], d.limit, d.od, #d.per, d.per, #alerts,
+    alerts, #degrade, degrade)
+end
 local function save_defs(scope, list)
   DEF_CACHE[scope] = nil
   if #list == 0 then redis.call('HDEL', K_DEFS, scope) return end
-  local out = {}
-  for i, d in ipairs(list) do
-    out[i] = {unit = d.unit, period = d.period, per = d.per, limit = s(d.limit), od = s(d.od),
-      policy = d.policy, status = d.status, alerts = d.alerts, degrade = d.degrade}
-  end
-  redis.call('HSET', K_DEFS, scope, cjson.encode(out))
+  local out = {struct.pack('<BH', 2, #list)}
+  for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
+  redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function def_key(d) return d.scope .. '|' .. d.unit .. '|' .. d.period .. '|' .. d.per end
 local function find_def(scope, unit, period, per)
@@ -285,16 +342,17 @@ local function ordered_units(by_unit)
   table.sort(units, function(a, b) return UNIT_ORDER[a] < UNIT_ORDER[b] end)
   return units
 end
+local DAY_PREFIX  -- this call's "day|", worked out on its first counter
 local function count(scope, counter, by)
-  redis.call('HINCRBY', K_REPORT, day_of(NOW) .. '|' .. scope .. '|' .. counter, by or 1)
+  if DAY_PREFIX == nil then DAY_PREFIX = day_of(NOW) .. '|' end
+  redis.call('HINCRBY', K_REPORT, DAY_PREFIX .. scope .. '|' .. counter, by or 1)
 end
 local function alert(L, d, rid)
   if L.a <= 0 then return end
   local used = L.a - remaining(L)
-  local crossed = L.al
-  local thresholds = d.alerts or {}
-  while crossed < #thresholds and used * 1000000 >=
-      math.floor(thresholds[crossed + 1] * 1000000 + 0.5) * L.a do
+  local crossed, thresholds = L.al, alert_count(d)
+  while crossed < thresholds and used * 1000000 >=
+      math.floor(alert_at(d, crossed + 1) * 1000000 + 0.5) * L.a do
     crossed = crossed + 1
   end
   local exhausted = remaining(L) <= 0 and L.ex == 0
@@ -306,7 +364,7 @@ local function alert(L, d, rid)
     NOTES[#NOTES + 1] = {kind, path, unit, b, threshold or NULL, s(remaining(L)), s(L.a),
       rid or NULL}
   end
-  for i = L.al + 1, crossed do note('budget.threshold_crossed', thresholds[i]) end
+  for i = L.al + 1, crossed do note('budget.threshold_crossed', alert_at(d, i)) end
   L.al = crossed
   if exhausted then
     L.ex = 1
@@ -385,7 +443,8 @@ end
 local function unlimited(d)
   return {scope = d.scope, unit = d.unit, period = d.period, per = d.per, limit = d.limit,
     od = 4611686018427387904, policy = 'ALLOW_WITH_OVERDRAFT', status = d.status,
-    alerts = d.alerts, degrade = d.degrade}
+    alerts = d.alerts, alerts_raw = d.alerts_raw, degrade = d.degrade,
+    degrade_raw = d.degrade_raw}
 end
 
 -- targets: the ledgers a subject charges -----------------------------------------------------
@@ -437,7 +496,6 @@ local function pack_units(by_unit)
   for i, unit in ipairs(units) do parts[i] = unit .. '=' .. s(by_unit[unit]) end
   return table.concat(parts, ',')
 end
-local LEDGER_ENTRY = {'field', 'path', 'unit', 'period', 'dscope', 'dper'}
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
   -- flat list in its core, or from the text of earlier versions ("field\tscope\tper" lines)
@@ -492,14 +550,11 @@ local function load_res(key)
   return R
 end
 local function save_res(R)
-  -- a new reservation: what changes in fields of their own, the rest packed in one (core)
-  local ledgers = {}
-  for _, e in ipairs(R.parsed_ledgers) do
-    for _, name in ipairs(LEDGER_ENTRY) do ledgers[#ledgers + 1] = e[name] end
-  end
+  -- a new reservation: what changes in fields of their own, the rest packed in one (core);
+  -- its ledgers as one flat list: field, path, unit, period, dscope, dper per ledger
   redis.call('HSET', K_RES, 'status', R.status, 'expires', s(R.expires), 'ext', R.ext, 'core',
-    cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, ledgers, R.created, R.grace,
-      R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path}))
+    cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list, R.created,
+      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path}))
 end
 local function res_info(R)
   return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
@@ -548,6 +603,7 @@ local function reap(limit)
   -- expire up to `limit` reservations past expires_at + grace; entries whose hash is gone
   -- or already final are dropped from the index on every path
   local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', '(' .. s(NOW), 'LIMIT', 0, limit)
+  if #due == 0 then return 0 end
   local expired = 0
   local prefix = string.match(K_EXP, '^(.*):exp$') .. ':r:'
   for _, rid in ipairs(due) do
@@ -648,6 +704,6 @@ local function begin(keys, args, flat)
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
-  NOTES, DEF_CACHE = {}, {}
+  NOTES, DEF_CACHE, DAY_PREFIX = {}, {}, nil
   if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end
 end

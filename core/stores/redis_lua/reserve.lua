@@ -135,7 +135,7 @@ if denial == nil or shadow then
     states[i] = {L = L, d = found[i].d, path = found[i].path}
   end
   for _, st in ipairs(states) do
-    for _, rule in ipairs(st.d.degrade or {}) do
+    for _, rule in ipairs(degrade_rules(st.d)) do
       local fraction = st.L.a > 0 and remaining(st.L) / st.L.a or 0
       if fraction < rule.below then add_caps(rule, rule.below) end
     end
@@ -220,11 +220,12 @@ end
 -- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
 local held_ledgers, scopes, seen = {}, {}, {}
 for i, st in ipairs(states) do
-  st.L.r = st.L.r + estimate[st.d.unit]
-  st.L.t = NOW
-  local path = st.path
-  held_ledgers[i] = {field = st.L.field, path = path, unit = st.d.unit, period = st.d.period,
-    dscope = st.d.scope, dper = st.d.per}
+  local L, d, path, n = st.L, st.d, st.path, 6 * i
+  L.r = L.r + estimate[d.unit]
+  L.t = NOW
+  -- the ledgers held, flat as the reservation keeps them (see save_res)
+  held_ledgers[n - 5], held_ledgers[n - 4], held_ledgers[n - 3] = L.field, path, d.unit
+  held_ledgers[n - 2], held_ledgers[n - 1], held_ledgers[n] = d.period, d.scope, d.per
   if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
 end
 for _, c in ipairs(calls) do redis.call('HSET', K_QCOUNT, c[1], c[2] .. '|' .. (c[3] + 1)) end
@@ -234,7 +235,7 @@ for _, r in ipairs(runs) do
 end
 for _, qkey in ipairs(concurrency) do redis.call('HINCRBY', K_QCOUNT, qkey, 1) end
 local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject,
-  action = P.action_json, estimate = pack_units(estimate), parsed_ledgers = held_ledgers,
+  action = P.action_json, estimate = pack_units(estimate), ledger_list = held_ledgers,
   created = s(NOW), expires = NOW + P.ttl, grace = P.grace, ext = 0, maxext = P.maxext,
   policy = nz(P.policy) or '', concurrency = table.concat(concurrency, '\n'),
   shadow = shadow and '1' or '0', scope_path = P.scope_path}
