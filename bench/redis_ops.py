@@ -474,9 +474,10 @@ def print_breakdown(res: DepthResult) -> None:
         parts = ", ".join(f"{name} {n:.0f}×{u / n:.1f}" for name, (n, u) in inner.items()
                           if u >= 0.05)
         print(f"    {op:<8}{total:6.1f} µs = commands {spent:5.1f} ({parts})\n"
-              f"{'':>12}+ Lua {total - spent:5.1f} (decoding ARGV and definitions, parsing and "
-              "formatting ledgers,\n"
-              f"{'':>20}building records and the JSON reply, the interpreter)")
+              f"{'':>12}+ Lua {total - spent:5.1f} (decoding arguments, definitions and "
+              "ledgers,\n"
+              f"{'':>20}building the audit record, the reservation and the reply, the "
+              "interpreter)")
 
 
 # -- 2. throughput over processes and threads -----------------------------------------------
