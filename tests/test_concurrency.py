@@ -23,6 +23,7 @@ import pytest
 import allotment as al
 
 from conftest import LLM
+from layouts import Layout
 
 T = TypeVar("T")
 USD = al.Unit.USD_MICROCENTS
@@ -58,37 +59,6 @@ def race(workers: int, work: Callable[[int, threading.Barrier], T]) -> list[T]:
 # -- a tenant's budget tree and what it should add up to -------------------------------
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Plain budgets by scope, per-dimension templates by base scope, and the subjects that
-    spend; `ledgers()` derives a subject's charged ledgers without asking the store."""
-
-    tenant: str
-    limits: dict[str, int]
-    templates: dict[str, tuple[str, int]]
-    subjects: tuple[al.Subject, ...]
-
-    def install(self, guard: al.Guard, policy: str) -> None:
-        for scope, limit in self.limits.items():
-            guard.set_budget(scope, amount=limit, unit=USD, overage_policy=policy)
-        for scope, (per, limit) in self.templates.items():
-            guard.set_budget(scope, amount=limit, unit=USD, per=per, overage_policy=policy)
-
-    def ledgers(self, subject: al.Subject) -> tuple[str, ...]:
-        derived = subject.scopes()
-        found = [scope for scope in derived if scope in self.limits]
-        for base, (per, _) in self.templates.items():
-            if base in derived and per in subject.dimensions:
-                found.append(f"{base}/{per}:{subject.dimensions[per]}")
-        return tuple(found)
-
-    def limit_of(self, ledger_scope: str) -> int:
-        if ledger_scope in self.limits:
-            return self.limits[ledger_scope]
-        base = ledger_scope.rsplit("/", 1)[0]
-        return self.templates[base][1]
-
-
 def nested(tenant: str, divisor: int = 1) -> Layout:
     """tenant > workspace > agent budgets plus a per-run template, each level tighter for some
     subjects than the level above it, so denials come from every level (limits in cents,
@@ -105,7 +75,7 @@ def nested(tenant: str, divisor: int = 1) -> Layout:
                  al.Subject(tenant=tenant, workspace="w1"),
                  al.Subject(tenant=tenant, workspace="w2"),
                  al.Subject(tenant=tenant)]
-    return Layout(tenant, {s: n * CENT // divisor for s, n in limits.items()},
+    return Layout({s: n * CENT // divisor for s, n in limits.items()},
                   {f"{w0}/agent:a0": ("run", 480 * CENT // divisor)}, tuple(subjects))
 
 
@@ -224,7 +194,7 @@ def assert_books(guard: al.Guard, layout: Layout, tally: Tally) -> None:
     """Every ledger balances and holds exactly what its reservations were charged."""
     expected = tally.spent_by_ledger(layout)
     seen: dict[str, al.Balance] = {}
-    for b in guard.balances(f"tenant:{layout.tenant}"):
+    for b in (b for tenant in layout.tenants for b in guard.balances(f"tenant:{tenant}")):
         assert b.scope not in seen, f"two ledgers for {b.scope}"
         seen[b.scope] = b
         assert b.allocated == b.remaining + b.reserved + b.spent + b.debt, b
@@ -254,7 +224,7 @@ def test_threads_racing_nested_budgets_never_oversubscribe(
     """12 threads × 200 reservations on tenant > workspace > agent > run budgets, with
     overage commits, releases and denials: the books balance exactly afterwards."""
     layout = nested("acme")
-    layout.install(guard, policy)
+    layout.install(guard, USD, policy)
     plans = [plan_steps(layout, seed, ROUNDS) for seed in range(THREADS)]
 
     tallies = race(THREADS, lambda i, barrier: spend(guard, layout, plans[i], policy, barrier))
@@ -276,7 +246,7 @@ def test_allow_if_available_overage_race_takes_no_debt(guard: al.Guard) -> None:
     """Overage-only commits racing on small budgets: whatever is charged comes out of what
     remains, so no ledger ever goes into debt or below zero remaining."""
     layout = nested("beta")
-    layout.install(guard, "ALLOW_IF_AVAILABLE")
+    layout.install(guard, USD, "ALLOW_IF_AVAILABLE")
 
     def work(index: int, barrier: threading.Barrier) -> Tally:
         steps = [Step(s.subject, s.estimate, "over", s.estimate * 3)
@@ -537,7 +507,7 @@ def test_async_tasks_racing_nested_budgets_balance(guard: al.Guard) -> None:
     """120 tasks under asyncio.gather, interleaving between reserve and commit, against the
     nested REJECT layout (budgets half the threaded run's): the same books hold."""
     layout = nested("acme", divisor=2)
-    layout.install(guard, "REJECT")
+    layout.install(guard, USD, "REJECT")
 
     async def main() -> list[Tally]:
         start = asyncio.Event()

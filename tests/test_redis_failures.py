@@ -33,6 +33,7 @@ from allotment.stores import base as ops
 from allotment.stores.redis import RedisStore
 
 from conftest import LLM
+from layouts import Layout
 from redis_server import free_port, redis_server
 
 TOKENS = al.Unit.TOKENS
@@ -115,39 +116,6 @@ def stop(process: subprocess.Popen[Any]) -> None:
 # -- budget layouts and their books --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Plain budgets by scope and per-run templates by base scope (all TOKENS, REJECT), plus
-    the subjects that spend; `ledgers()` derives what a subject charges without the store."""
-
-    limits: dict[str, int]
-    templates: dict[str, tuple[str, int]]
-    subjects: tuple[al.Subject, ...]
-
-    @property
-    def tenants(self) -> list[str]:
-        return sorted({s.tenant for s in self.subjects})
-
-    def install(self, guard: al.Guard) -> None:
-        for scope, limit in self.limits.items():
-            guard.set_budget(scope, tokens=limit, overage_policy="REJECT")
-        for scope, (per, limit) in self.templates.items():
-            guard.set_budget(scope, tokens=limit, per=per, overage_policy="REJECT")
-
-    def ledgers(self, subject: al.Subject) -> tuple[str, ...]:
-        derived = subject.scopes()
-        found = [scope for scope in derived if scope in self.limits]
-        for base, (per, _) in self.templates.items():
-            if base in derived and per in subject.dimensions:
-                found.append(f"{base}/{per}:{subject.dimensions[per]}")
-        return tuple(sorted(found))
-
-    def limit_of(self, scope: str) -> int:
-        if scope in self.limits:
-            return self.limits[scope]
-        return self.templates[scope.rsplit("/", 1)[0]][1]
-
-
 def nested(tenant: str, scale: int) -> Layout:
     """tenant > workspace > agent budgets and a per-run template, each level tighter than the
     one above for some subjects, so that denials come from every level."""
@@ -163,17 +131,6 @@ def nested(tenant: str, scale: int) -> Layout:
                  al.Subject(tenant=tenant)]
     limits = {t: 60 * scale, w0: 40 * scale, a0: 25 * scale, w1: 25 * scale}
     return Layout(limits, {a0: ("run", 4 * scale)}, tuple(subjects))
-
-
-def merged(layouts: list[Layout]) -> Layout:
-    limits: dict[str, int] = {}
-    templates: dict[str, tuple[str, int]] = {}
-    subjects: list[al.Subject] = []
-    for layout in layouts:
-        limits.update(layout.limits)
-        templates.update(layout.templates)
-        subjects += layout.subjects
-    return Layout(limits, templates, tuple(subjects))
 
 
 def assert_books(guard: al.Guard, layout: Layout, charges: Counter[str]) -> None:
@@ -312,9 +269,9 @@ def test_processes_racing_never_oversubscribe_and_abandoned_holds_expire(
     if tenants == 1:
         layout = nested("race", 100)
     else:
-        layout = merged([nested(f"t{n:03d}", 5) for n in range(tenants)])
+        layout = Layout.merged([nested(f"t{n:03d}", 5) for n in range(tenants)])
     guard = al.Guard(RedisStore(url=server.url))
-    layout.install(guard)
+    layout.install(guard, TOKENS, "REJECT")
 
     seen = race_processes(tmp_path, server.url, layout, processes=processes, threads=threads,
                           steps=steps, abandon=1)
@@ -343,7 +300,7 @@ def test_processes_racing_never_oversubscribe_and_abandoned_holds_expire(
 
     charges: Counter[str] = Counter()
     for rid, index, scopes, charged in settled:
-        ledgers = layout.ledgers(layout.subjects[index])
+        ledgers = tuple(sorted(layout.ledgers(layout.subjects[index])))
         assert tuple(scopes) == ledgers, (rid, scopes)
         for scope in ledgers:
             charges[scope] += charged
