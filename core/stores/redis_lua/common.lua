@@ -311,9 +311,25 @@ local function balance_row(L, d)
 end
 
 -- records: audit, report counters, notifications -------------------------------------------
+local function audit_fields(kind, fields)
+  -- fields: name, text, ... with nothing empty in it
+  redis.call('XADD', K_AUDIT, 'MAXLEN', '~', CFG.audit_retention, '*', 'seq',
+    redis.call('HINCRBY', K_META, 'seq', 1), 'at', s(NOW), 'type', kind, unpack(fields))
+end
+local function with_optional(fields, ...)
+  -- fields, then name, value pairs whose value is added when it is neither nil, false nor ''
+  local extra = {...}
+  for i = 1, select('#', ...), 2 do
+    local v = extra[i + 1]
+    if v and v ~= '' then
+      fields[#fields + 1] = extra[i]
+      fields[#fields + 1] = v
+    end
+  end
+  return fields
+end
 local function audit(kind, f)
-  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
-  local fields = {'seq', seq, 'at', s(NOW), 'type', kind}
+  local fields = {}
   for k, v in pairs(f) do  -- an empty value is left out: readers take it as absent
     if type(v) == 'table' then
       if next(v) ~= nil then
@@ -325,7 +341,7 @@ local function audit(kind, f)
       fields[#fields + 1] = tostring(v)
     end
   end
-  redis.call('XADD', K_AUDIT, 'MAXLEN', '~', CFG.audit_retention, '*', unpack(fields))
+  audit_fields(kind, fields)
 end
 local function day_of(ms) return bucket('day', ms) end
 local LEVELS = {tenant = true, workspace = true, app = true, workflow = true, agent = true,
@@ -336,10 +352,12 @@ local function base_scope(path)
   if head and not LEVELS[key] then return head end
   return path
 end
+local UNITS_IN_ORDER = {UNIT_NAMES[0], UNIT_NAMES[1], UNIT_NAMES[2], UNIT_NAMES[3]}
 local function ordered_units(by_unit)
   local units = {}
-  for unit in pairs(by_unit) do units[#units + 1] = unit end
-  table.sort(units, function(a, b) return UNIT_ORDER[a] < UNIT_ORDER[b] end)
+  for _, unit in ipairs(UNITS_IN_ORDER) do
+    if by_unit[unit] ~= nil then units[#units + 1] = unit end
+  end
   return units
 end
 local DAY_PREFIX  -- this call's "day|", worked out on its first counter
@@ -491,10 +509,14 @@ local function unpack_units(text)
   return out, order
 end
 local function pack_units(by_unit)
-  local units = ordered_units(by_unit)
-  local parts = {}
-  for i, unit in ipairs(units) do parts[i] = unit .. '=' .. s(by_unit[unit]) end
-  return table.concat(parts, ',')
+  local text = ''
+  for _, unit in ipairs(UNITS_IN_ORDER) do
+    local amount = by_unit[unit]
+    if amount ~= nil then
+      text = (text == '' and '' or text .. ',') .. unit .. '=' .. s(amount)
+    end
+  end
+  return text
 end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the

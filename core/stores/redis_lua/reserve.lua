@@ -2,14 +2,16 @@
 -- refusal wins. In shadow mode evaluation goes on and the reservation is made anyway.
 -- (Prelude: common.lua; plan.lua's apply_plan is prepended for a guard's default plan.)
 
+local meta = redis.call('HMGET', K_META, 'mode', 'plan')
 if not P.dry_run then
   local again = replay('reserve')
   if again then return again end
-  if nz(P.plan) and not redis.call('HGET', K_META, 'plan') and redis.call('HLEN', K_DEFS) == 0 then
+  if nz(P.plan) and not meta[2] and redis.call('HLEN', K_DEFS) == 0 then
     apply_plan(P.plan)  -- a tenant seen for the first time
+    meta[1] = redis.call('HGET', K_META, 'mode')
   end
 end
-local mode = redis.call('HGET', K_META, 'mode') or (P.shadow and 'shadow' or 'enforce')
+local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 local kind, name = P.action.kind, P.action.name
 local dims = {}
@@ -17,7 +19,7 @@ for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
 local denial = nil
 
 -- access rules, and the caps they give model calls ------------------------------------------
-local caps = {tool_deny = {}}
+local caps = {}
 local function add_caps(c, severity)
   if nz(c.max_tokens) then caps.max_tokens = math.min(caps.max_tokens or c.max_tokens, c.max_tokens) end
   if nz(c.tool_allowlist) then
@@ -30,7 +32,10 @@ local function add_caps(c, severity)
       caps.tool_allow = keep
     end
   end
-  if nz(c.tool_denylist) then for _, t in ipairs(c.tool_denylist) do caps.tool_deny[t] = true end end
+  if nz(c.tool_denylist) and #c.tool_denylist > 0 then
+    caps.tool_deny = caps.tool_deny or {}
+    for _, t in ipairs(c.tool_denylist) do caps.tool_deny[t] = true end
+  end
   if nz(c.cooldown_ms) then caps.cooldown_ms = math.max(caps.cooldown_ms or 0, c.cooldown_ms) end
   if nz(c.model) and severity < (caps.severity or 2) then
     caps.model, caps.severity = c.model, severity
@@ -52,7 +57,9 @@ local function matches(value, patterns)
 end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
-local access = redis.call('HMGET', K_ACCESS, unpack(P.scopes))
+-- (a hash with no fields does not exist: a tenant without rules skips the lookup)
+local access = redis.call('EXISTS', K_ACCESS) == 1 and
+  redis.call('HMGET', K_ACCESS, unpack(P.scopes)) or {}
 for i, scope in ipairs(P.scopes) do
   if access[i] then
     local rule = cjson.decode(access[i])
@@ -76,7 +83,8 @@ end
 -- quotas -------------------------------------------------------------------------------------
 local calls, runs, concurrency = {}, {}, {}
 local run = dims['run']
-local quota_lists = redis.call('HMGET', K_QUOTAS, unpack(P.scopes))
+local quota_lists = redis.call('EXISTS', K_QUOTAS) == 1 and
+  redis.call('HMGET', K_QUOTAS, unpack(P.scopes)) or {}
 for i, scope in ipairs(P.scopes) do
   if quota_lists[i] then
     for _, q in ipairs(cjson.decode(quota_lists[i])) do
@@ -123,7 +131,7 @@ end
 -- budgets: degrade caps, then an elastic estimate shrinks to what fits ---------------------
 local fixed = {}
 for _, pair in ipairs(P.estimate) do fixed[pair[1]] = pair[2] end
-local states, estimate = {}, {}
+local states, estimate = {}, {}  -- states: the targets ({field, d, path}) with their ledger L
 if denial == nil or shadow then
   local found, err = targets(P.scopes, dims, fixed)
   if err then return cjson.encode(err) end
@@ -131,9 +139,8 @@ if denial == nil or shadow then
     found = {}
     denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
   end
-  for i, L in ipairs(lload_all(found)) do
-    states[i] = {L = L, d = found[i].d, path = found[i].path}
-  end
+  for i, L in ipairs(lload_all(found)) do found[i].L = L end
+  states = found
   for _, st in ipairs(states) do
     for _, rule in ipairs(degrade_rules(st.d)) do
       local fraction = st.L.a > 0 and remaining(st.L) / st.L.a or 0
@@ -179,9 +186,13 @@ local function built_caps()
     out.tool_allowlist = list
     any = true
   end
-  local deny = {}
-  for t in pairs(caps.tool_deny) do deny[#deny + 1] = t end
-  if #deny > 0 then table.sort(deny) out.tool_denylist = deny any = true end
+  if caps.tool_deny then
+    local deny = {}
+    for t in pairs(caps.tool_deny) do deny[#deny + 1] = t end
+    table.sort(deny)
+    out.tool_denylist = deny
+    any = true
+  end
   if caps.cooldown_ms then out.cooldown_ms = caps.cooldown_ms any = true end
   if caps.model then out.model = caps.model any = true end
   if any then return out end
@@ -205,13 +216,12 @@ local allowed = {outcome = capped and 'ALLOW_WITH_CAPS' or 'ALLOW', caps = cappe
 if P.dry_run then
   return answer(denial or allowed, nil, balances())
 end
-local subject = {scope_path = P.scope_path}
 if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = pack_units(fixed), reason = denial.reason,
     detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL}})
-  count(subject.scope_path, 'denials:' .. denial.reason)
+  count(P.scope_path, 'denials:' .. denial.reason)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
   return answer(denial, nil, balances())
@@ -247,13 +257,14 @@ if denial then  -- shadow: what enforce mode would have said, on record
   audit('reservation.observed_denied', {scopes = {denial.scope or ''}, subject = P.subject,
     action = kind .. ' ' .. name, reservation_id = R.id, estimate = R.estimate,
     reason = denial.reason})
-  count(subject.scope_path, 'denials:observed:' .. denial.reason)
+  count(P.scope_path, 'denials:observed:' .. denial.reason)
 end
-audit('reservation.reserved', {scopes = scopes, subject = P.subject,
-  action = kind .. ' ' .. name, reservation_id = R.id, idempotency_key = nz(P.key) or '',
-  estimate = R.estimate, detail = capped and {caps = capped} or {}})
-count(subject.scope_path, 'reservations')
-for unit, amount in pairs(estimate) do count(subject.scope_path, 'reserved:' .. unit, amount) end
+audit_fields('reservation.reserved', with_optional({'scopes', cjson.encode(scopes),
+  'subject', P.subject, 'action', kind .. ' ' .. name, 'reservation_id', R.id},
+  'idempotency_key', nz(P.key), 'estimate', R.estimate,
+  'detail', capped and cjson.encode({caps = capped})))
+count(P.scope_path, 'reservations')
+for unit, amount in pairs(estimate) do count(P.scope_path, 'reserved:' .. unit, amount) end
 local held, ledgers = balances(), {}
 for i, st in ipairs(states) do
   alert(st.L, st.d, R.id)
