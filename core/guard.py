@@ -70,6 +70,8 @@ NO_KEY: dict[str, Any] = {"idempotency_key": None, "fingerprint": ""}
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = "spend.unrecorded"
 
+ElasticUnits = tuple[Units, int, int]
+"""An elastic estimate's per-million-output-token rates by unit, max_tokens and floor."""
 TTL_RANGE = (1_000, 86_400_000)
 GRACE_RANGE = (0, 60_000)
 
@@ -353,7 +355,13 @@ class Guard:
         A store failure is retried (a lost answer to an applied commit is recognised, never
         charged twice); if every try fails, `spend.unrecorded` is sent to the subscribers and
         sinks with the amounts, and `StoreUnavailable` is raised."""
-        op = self._commit_op(reservation_id, actual, idempotency_key)
+        return self._committed(self._commit_op(reservation_id, actual, idempotency_key))
+
+    async def acommit(self, reservation_id: str, actual: AmountsLike, *,
+                      idempotency_key: str | None = None) -> CommitResult:
+        return await self._acommitted(self._commit_op(reservation_id, actual, idempotency_key))
+
+    def _committed(self, op: ops.Commit) -> CommitResult:
         for attempt in retry_delays(self.commit_retries):
             try:
                 return self.store.execute(op)
@@ -362,13 +370,11 @@ class Guard:
             except ReservationFinalized:
                 if attempt == 0:
                     raise
-                return self._applied_commit(self.get(reservation_id))
+                return self._applied_commit(self.get(op.reservation_id))
             time.sleep(attempt)
-        raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
+        raise self._unrecorded(op.tenant, op.reservation_id, op.actual, failure)
 
-    async def acommit(self, reservation_id: str, actual: AmountsLike, *,
-                      idempotency_key: str | None = None) -> CommitResult:
-        op = self._commit_op(reservation_id, actual, idempotency_key)
+    async def _acommitted(self, op: ops.Commit) -> CommitResult:
         for attempt in retry_delays(self.commit_retries):
             try:
                 return await self.store.aexecute(op)
@@ -377,9 +383,46 @@ class Guard:
             except ReservationFinalized:
                 if attempt == 0:
                     raise
-                return self._applied_commit(await self.aget(reservation_id))
+                return self._applied_commit(await self.aget(op.reservation_id))
             await asyncio.sleep(attempt)
-        raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
+        raise self._unrecorded(op.tenant, op.reservation_id, op.actual, failure)
+
+    # -- the adapters' entry points -------------------------------------------------------
+    # An adapter calls the guard on every model call with values it built itself: a Subject
+    # and Action it holds, and integer units in unit order. These take them as they are
+    # instead of checking them again; the store sees the operations the public methods send.
+
+    def _reserve_units(self, subject: Subject, action: Action, units: Units,
+                       elastic: ElasticUnits | None = None,
+                       ttl_ms: int | None = None) -> Reservation:
+        """`reserve(subject, action, estimate, ttl_ms=...)` for checked integer units and,
+        for an elastic estimate, its per-million rates (in unit order), max_tokens and
+        floor."""
+        op = self._units_reserve_op(subject, action, units, elastic, ttl_ms)
+        try:
+            return self._reserved(self.store.execute(op))
+        except StoreUnavailable as error:
+            return self._store_failed(op, error)
+
+    async def _areserve_units(self, subject: Subject, action: Action, units: Units,
+                              elastic: ElasticUnits | None = None,
+                              ttl_ms: int | None = None) -> Reservation:
+        op = self._units_reserve_op(subject, action, units, elastic, ttl_ms)
+        try:
+            return self._reserved(await self.store.aexecute(op))
+        except StoreUnavailable as error:
+            return self._store_failed(op, error)
+
+    def _commit_units(self, tenant: str, reservation_id: str, actual: Units) -> CommitResult:
+        """`commit(reservation_id, actual)` for a live reservation's own id and tenant and
+        checked integer units."""
+        return self._committed(ops.Commit(tenant=tenant, reservation_id=reservation_id,
+                                          actual=actual, **NO_KEY))
+
+    async def _acommit_units(self, tenant: str, reservation_id: str,
+                             actual: Units) -> CommitResult:
+        return await self._acommitted(ops.Commit(tenant=tenant, reservation_id=reservation_id,
+                                                 actual=actual, **NO_KEY))
 
     def release(self, reservation_id: str, reason: str = "released", *,
                 idempotency_key: str | None = None) -> ReleaseResult:
@@ -598,26 +641,39 @@ class Guard:
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         elastic = None
         if isinstance(estimate, Elastic):
-            for rate in estimate.per_mtok:  # again: model_construct() skips validation
-                if rate.amount * estimate.max_tokens > ELASTIC_LIMIT:
-                    raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
-                                         "reserved exactly; lower max_tokens")
             units = in_unit_order(estimate.units())
-            elastic = ops.Elastic(in_unit_order(estimate.rates()), estimate.max_tokens,
-                                  estimate.floor)
+            elastic = _exact(ops.Elastic(in_unit_order(estimate.rates()), estimate.max_tokens,
+                                         estimate.floor))
         else:
             units = _units(estimate, "estimate")
         ttl = self.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms", *TTL_RANGE)
         grace = self.grace_ms if grace_ms is None else check_int(grace_ms, "grace_ms",
                                                                  *GRACE_RANGE)
         policy = _policy(overage_policy)
+        return self._checked_reserve_op(
+            subject, action, units, elastic, ttl, grace, policy, dry_run,
+            _keyed(key, "reserve", subject, action, units, elastic, ttl, grace, policy))
+
+    def _checked_reserve_op(self, subject: Subject, action: Action, units: Units,
+                            elastic: ops.Elastic | None, ttl: int, grace: int,
+                            policy: OveragePolicy | None, dry_run: bool,
+                            keyed: dict[str, Any]) -> ops.Reserve:
+        """The reserve operation from checked parts: one place, so the public and the
+        adapters' entry points send the store the same thing."""
         return ops.Reserve(
             tenant=subject.tenant, scopes=subject.scopes(), dimensions=subject.dimension_items,
             subject=subject, action=action, estimate=units, ttl_ms=ttl, grace_ms=grace,
             max_extensions=self.max_extensions, overage_policy=policy, dry_run=dry_run,
             elastic=elastic, shadow=self.mode == "shadow",
-            default_plan=self._default_plan(subject.tenant),
-            **_keyed(key, "reserve", subject, action, units, elastic, ttl, grace, policy))
+            default_plan=self._default_plan(subject.tenant), **keyed)
+
+    def _units_reserve_op(self, subject: Subject, action: Action, units: Units,
+                          elastic: ElasticUnits | None, ttl_ms: int | None) -> ops.Reserve:
+        """For `_reserve_units`: only what an adapter cannot vouch for is checked."""
+        shrinkable = None if elastic is None else _exact(ops.Elastic(*elastic))
+        ttl = self.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms", *TTL_RANGE)
+        return self._checked_reserve_op(subject, action, units, shrinkable, ttl,
+                                        self.grace_ms, None, False, NO_KEY)
 
     def _default_plan(self, tenant: str) -> ops.ApplyPlan | None:
         if self.default_plan is None:
@@ -823,6 +879,16 @@ def _report_op(tenant: str, period: Any, at: int | datetime | None) -> ops.Repor
     elif at is not None:
         at = check_int(at, "at")
     return ops.Report(tenant=check_name(tenant, "tenant"), period=window, at_ms=at)
+
+
+def _exact(elastic: ops.Elastic) -> ops.Elastic:
+    """An elastic estimate the store can hold exactly (checked again for every estimate:
+    `model_construct()` and the adapters' units skip the model's own validation)."""
+    for _, rate in elastic.rates:
+        if rate * elastic.max_tokens > ELASTIC_LIMIT:
+            raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
+                                 "reserved exactly; lower max_tokens")
+    return elastic
 
 
 def _units(value: AmountsLike, field: str) -> Units:

@@ -26,6 +26,7 @@ from .models import (
 
 if TYPE_CHECKING:
     from .guard import Guard
+    from .stores.base import Units
 
 
 class Reservation:
@@ -87,6 +88,21 @@ class Reservation:
                 self.info.subject, self.info.action, actual, idempotency_key=self.id))
         else:
             result = await self.guard.acommit(self.id, actual, idempotency_key=idempotency_key)
+        self.result = result
+        return result
+
+    def _commit_units(self, actual: Units) -> CommitResult:
+        """`commit` for an adapter's checked integer units, in unit order."""
+        if self.unguarded:
+            return self.commit(_amounts(actual))
+        result = self.guard._commit_units(self.info.tenant, self.id, actual)
+        self.result = result
+        return result
+
+    async def _acommit_units(self, actual: Units) -> CommitResult:
+        if self.unguarded:
+            return await self.acommit(_amounts(actual))
+        result = await self.guard._acommit_units(self.info.tenant, self.id, actual)
         self.result = result
         return result
 
@@ -160,3 +176,7 @@ class Reservation:
     def status(self) -> ReservationStatus:
         """The status as last seen by this handle (use `guard.get(id)` for the store's)."""
         return self.result.status if self.result is not None else self.info.status
+
+
+def _amounts(units: Units) -> list[Amount]:
+    return [Amount.trusted(unit, amount) for unit, amount in units]

@@ -12,19 +12,23 @@ import fnmatch
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import allotment as al
 from allotment.amounts import Amount, Unit
 from allotment.context import current_fields
 from allotment.estimation import input_tokens
-from allotment.pricing import ModelPrice, Pricer, TokenUsage, assemble
+from allotment.pricing import ModelPrice, Pricer, TokenUsage
 from allotment.scopes import LEVELS
 from allotment.validation import check_int
 
 log = logging.getLogger("allotment")
 
-PER_TOKEN = al.tokens(1_000_000)  # one TOKENS unit per output token, per million
+USD, TOKENS = Unit.USD_MICROCENTS, Unit.TOKENS
+PER_TOKEN = (TOKENS, 1_000_000)  # one TOKENS unit per output token, per million
+Units = tuple[tuple[Unit, int], ...]
+"""Integer amounts by unit, in unit order (USD before TOKENS): what the guard's adapter
+entry points take."""
 DEFAULT_MAX_TOKENS = 4_096
 DEFAULT_FLOOR = 256
 OnDeny = Callable[[al.Denied], Any]
@@ -111,15 +115,19 @@ class Meter:
         if not self.settled:
             self.settled = True
             usage = usage or self.usage
-            self.result = self.reservation.commit(
-                self.actual(usage) if usage is not None else self._estimate())
+            if usage is None:
+                self.result = self.reservation.commit(self._estimate())
+            else:
+                self.result = self.reservation._commit_units(self.units(usage))
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
         if not self.settled:
             self.settled = True
             usage = usage or self.usage
-            self.result = await self.reservation.acommit(
-                self.actual(usage) if usage is not None else self._estimate())
+            if usage is None:
+                self.result = await self.reservation.acommit(self._estimate())
+            else:
+                self.result = await self.reservation._acommit_units(self.units(usage))
 
     def settle(self, usage: TokenUsage | None) -> None:
         """Settle after the provider answered: a commit refused under REJECT falls back to
@@ -148,8 +156,12 @@ class Meter:
 
     def actual(self, usage: TokenUsage) -> list[al.Amount]:
         """The real cost in dollars (at the model's price) and in tokens."""
-        return [Amount.trusted(Unit.USD_MICROCENTS, self.price.cost_microcents(usage)),
-                al.tokens(usage.input_tokens + usage.output_tokens)]
+        return [Amount.trusted(unit, amount) for unit, amount in self.units(usage)]
+
+    def units(self, usage: TokenUsage) -> Units:
+        """`actual(usage)` as the guard's integer units."""
+        return ((USD, self.price.cost_microcents(usage)),
+                (TOKENS, check_int(usage.input_tokens + usage.output_tokens, "tokens")))
 
     def release(self, reason: str) -> None:
         if not self.settled:
@@ -160,6 +172,14 @@ class Meter:
         if not self.settled:
             self.settled = True
             self.result = await self.reservation.arelease(reason)
+
+
+class Estimate(NamedTuple):
+    """A call's estimate as the guard takes it from an adapter."""
+
+    price: ModelPrice
+    units: Units
+    elastic: tuple[Units, int, int] | None  # per-million rates, max_tokens, floor
 
 
 @dataclass(slots=True)
@@ -190,19 +210,17 @@ class Metering:
         self.floor = floor
         self.ttl_ms = ttl_ms
 
-    def estimate(self, request: Request) -> tuple[ModelPrice, al.Elastic | list[al.Amount]]:
-        """USD and TOKENS upper bounds: input counted offline, output up to max_tokens."""
+    def estimate(self, request: Request) -> Estimate:
+        """USD and TOKENS upper bounds: input counted offline, output up to max_tokens (an
+        elastic hold, at the output price per million tokens, that may shrink to a floor)."""
         price = self.pricer.price_of(request.provider, request.model, request.subject.tenant)
-        prompt = input_tokens(request.payload, request.overhead)
-        fixed = (Amount.trusted(Unit.USD_MICROCENTS, price.input_microcents(prompt)),
-                 al.tokens(prompt))
+        prompt = check_int(input_tokens(request.payload, request.overhead), "input tokens")
+        fixed = ((USD, price.input_microcents(prompt)), (TOKENS, prompt))
         if request.max_tokens is None:
-            return price, list(fixed)
-        # built from checked parts: the model's own validation would only repeat it
-        return price, assemble(al.Elastic, {
-            "fixed": fixed, "per_mtok": (price.output_rate, PER_TOKEN),
-            "max_tokens": check_int(request.max_tokens, "max_tokens", 1),
-            "floor": min(self.floor, request.max_tokens)})
+            return Estimate(price, fixed, None)
+        max_tokens = check_int(request.max_tokens, "max_tokens", 1)
+        return Estimate(price, fixed, (((USD, price.output_rate.amount), PER_TOKEN),
+                                       max_tokens, min(self.floor, max_tokens)))
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
@@ -231,15 +249,15 @@ class Metering:
         return await self._areserve(request)
 
     def _reserve(self, request: Request) -> Meter:
-        price, estimate = self.estimate(request)
-        reservation = self.guard.reserve(request.subject, _action(request), estimate,
-                                         ttl_ms=self.ttl_ms)
+        price, units, elastic = self.estimate(request)
+        reservation = self.guard._reserve_units(request.subject, _action(request), units,
+                                                elastic, self.ttl_ms)
         return Meter(self.guard, reservation, request.provider, request.model, price)
 
     async def _areserve(self, request: Request) -> Meter:
-        price, estimate = self.estimate(request)
-        reservation = await self.guard.areserve(request.subject, _action(request), estimate,
-                                                ttl_ms=self.ttl_ms)
+        price, units, elastic = self.estimate(request)
+        reservation = await self.guard._areserve_units(request.subject, _action(request),
+                                                       units, elastic, self.ttl_ms)
         return Meter(self.guard, reservation, request.provider, request.model, price)
 
     @staticmethod

@@ -448,7 +448,7 @@ class MemoryStore:
         for rule_key in ev.concurrency:
             t.active[rule_key] = t.active.get(rule_key, 0) + 1
         res = _Reservation(new_id(op.tenant), op.subject, op.action, ev.estimate,
-                           _amounts(in_unit_order(ev.estimate)),
+                           _amounts(_ordered(ev.estimate)),
                            [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
                            now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
                            ev.concurrency, shadow)
@@ -616,14 +616,14 @@ class MemoryStore:
             return replayed
         if res.status is not ReservationStatus.ACTIVE or now > res.expires_at_ms + res.grace_ms:
             self._require_active(t, op.tenant, res, now, grace=True)
-        actual = dict(op.actual)
-        if not actual.keys() <= res.estimate.keys():
-            unknown = sorted(u.value for u in actual.keys() - res.estimate.keys())
+        given = dict(op.actual)
+        if not given.keys() <= res.estimate.keys():
+            unknown = sorted(u.value for u in given.keys() - res.estimate.keys())
             raise UnitMismatch(f"commit: {unknown} not in the reservation's estimate "
                                f"{sorted(u.value for u in res.estimate)}")
-        if len(actual) < len(res.estimate):
-            for unit, held in res.estimate.items():
-                actual.setdefault(unit, held)  # a unit left out is charged as estimated
+        # in the estimate's (unit) order; a unit left out is charged as estimated
+        actual = given if len(given) == len(res.estimate) else {
+            unit: given.get(unit, held) for unit, held in res.estimate.items()}
         changed = self._held(t, res, now)
         if ledger.within(res.estimate, actual):
             ledger.settle_within(changed, res.estimate, actual, now)
@@ -634,18 +634,18 @@ class MemoryStore:
                                    now)
         for key, _, state in changed:
             t.ledgers[key] = state
-        released = {u: max(0, held - charged[u]) for u, held in res.estimate.items()}
-        charged_units = in_unit_order(charged)
+        released = tuple([(u, max(0, held - charged[u])) for u, held in res.estimate.items()])
+        charged_units = _ordered(charged)
         charged_amounts = _amounts(charged_units)
         result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
-                              _amounts(in_unit_order(released)), _snapshot(changed))
+                              _amounts(released), _snapshot(changed))
         self._finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
         if op.idempotency_key:
             res.commit = (op.idempotency_key, op.fingerprint, result)
         self._log(t, op.tenant, now, AuditType.COMMITTED, scopes=res.scopes,
                   reservation_id=res.id, idempotency_key=op.idempotency_key,
                   estimate=res.estimate_amounts,
-                  actual=charged_amounts if actual == charged else _amounts(in_unit_order(actual)),
+                  actual=charged_amounts if actual == charged else _amounts(_ordered(actual)),
                   charged=charged_amounts)
         self._tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
         self._alerts(t, op.tenant, changed, now, res.id)
@@ -1115,6 +1115,12 @@ def _snapshot(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]]
 def _snapshot_balances(rows: list[tuple[Any, ...]]) -> tuple[Balance, ...]:
     return tuple(Balance(key[0], key[1], _name(key[2]), key[3], *values)
                  for key, *values in rows)
+
+
+def _ordered(by_unit: dict[Unit, int]) -> Units:
+    """Amounts by unit from a dict built in unit order, as every estimate is (operations
+    carry their units in that order) and so every dict made by walking one."""
+    return tuple(by_unit.items())
 
 
 _amount_cache: dict[tuple[Unit, int], Amount] = {}
