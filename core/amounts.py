@@ -23,6 +23,11 @@ class Unit(str, Enum):
         return self.value
 
 
+Units = tuple[tuple[Unit, int], ...]
+"""Integer amounts per unit, in `Unit` declaration order: the canonical form the guard hands
+a store (and fingerprints), and what adapters hand the guard."""
+
+
 @dataclass(frozen=True, slots=True)
 class Amount:
     """A non-negative integer quantity of one unit, e.g. `Amount(Unit.TOKENS, 1000)`."""

@@ -12,7 +12,15 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .amounts import Amount, AmountsLike, Unit, amounts_by_unit, to_decimal, usd_to_microcents
+from .amounts import (
+    Amount,
+    AmountsLike,
+    Unit,
+    Units,
+    amounts_by_unit,
+    to_decimal,
+    usd_to_microcents,
+)
 from .clock import system_ms
 from .context import current_subject
 from .errors import (
@@ -58,7 +66,7 @@ from .policy import (
 from .reservation import Reservation
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import base as ops
-from .stores.base import AUTO, PeriodChoice, Store, Units, in_unit_order
+from .stores.base import AUTO, PeriodChoice, Store, in_unit_order
 from .sweeper import Sweeper, retry_delays
 from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_name
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .amounts import Amount, AmountsLike
+from .amounts import Amount, AmountsLike, Units
 from .errors import AllotmentError
 from .models import (
     Balance,
@@ -26,7 +26,6 @@ from .models import (
 
 if TYPE_CHECKING:
     from .guard import Guard
-    from .stores.base import Units
 
 
 class Reservation:

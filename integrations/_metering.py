@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import allotment as al
-from allotment.amounts import Amount, Unit
+from allotment.amounts import Amount, Unit, Units
 from allotment.context import current_fields
 from allotment.estimation import input_tokens
 from allotment.pricing import ModelPrice, Pricer, TokenUsage
@@ -26,9 +26,6 @@ log = logging.getLogger("allotment")
 
 USD, TOKENS = Unit.USD_MICROCENTS, Unit.TOKENS
 PER_TOKEN = (TOKENS, 1_000_000)  # one TOKENS unit per output token, per million
-Units = tuple[tuple[Unit, int], ...]
-"""Integer amounts by unit, in unit order (USD before TOKENS): what the guard's adapter
-entry points take."""
 DEFAULT_MAX_TOKENS = 4_096
 DEFAULT_FLOOR = 256
 OnDeny = Callable[[al.Denied], Any]

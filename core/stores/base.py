@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..amounts import Unit
+from ..amounts import Unit, Units
 from ..events import AuditRecord, Notification, ReportRow
 from ..models import (
     Action,
@@ -33,8 +33,6 @@ from ..policy import AccessRule, Degrade, QuotaRule
 from ..scopes import Subject
 
 R = TypeVar("R")
-Units = tuple[tuple[Unit, int], ...]
-"""Amounts per unit, in `Unit` declaration order: the canonical form for fingerprints."""
 
 PERIOD_ORDER: dict[Period | None, int] = {None: 0, **{p: i + 1 for i, p in enumerate(Period)}}
 UNIT_ORDER: dict[Unit, int] = {u: i for i, u in enumerate(Unit)}

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from .. import ledger, policy
-from ..amounts import Amount, Unit
+from ..amounts import Amount, Unit, Units
 from ..clock import system_ms
 from ..errors import (
     BudgetExceeded,
@@ -85,7 +85,6 @@ from .base import (
     SetStatus,
     Sweep,
     Transfer,
-    Units,
     in_unit_order,
 )
 

@@ -36,7 +36,7 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from ..amounts import Amount, Unit
+from ..amounts import Amount, Unit, Units
 from ..errors import (
     AllotmentError,
     BudgetExceeded,
@@ -583,7 +583,7 @@ def _value(enum: Any) -> Any:
     return None if enum is None else enum.value
 
 
-def _pairs(units: ops.Units) -> list[list[Any]]:
+def _pairs(units: Units) -> list[list[Any]]:
     return [[unit.value, amount] for unit, amount in units]
 
 
@@ -604,7 +604,7 @@ def _action(action: Action) -> dict[str, Any]:
     return {"kind": action.kind, "name": action.name, "tags": list(action.tags)}
 
 
-def _packed(units: ops.Units) -> str:
+def _packed(units: Units) -> str:
     """Amounts as "UNIT=amount,...": how flat arguments and reservations carry them."""
     return ",".join(f"{unit.value}={amount}" for unit, amount in units)
 
