@@ -5,8 +5,9 @@ call (estimate, price, reserve, commit) without any HTTP.
 
     python bench/wrapper_overhead.py [--calls 12000] [--rounds 60]
 
-Per-round ratios spread by about ±5 % on this machine, so the median of 20 rounds still
-moves by about ±3 % from run to run; 60 rounds of 200 calls per client narrow that to ±1.5 %.
+Single rounds' ratios spread widely on this machine (quartiles 2–5 % either side of the
+median, extremes 0.7–1.8×), so the median of 20 rounds moved by about ±4 % from run to run;
+60 rounds of 200 calls per client narrow that to about ±1 %.
 """
 
 from __future__ import annotations
@@ -64,9 +65,13 @@ def guard_work(calls: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=12_000,
-                        help="timed calls per client, split evenly over the rounds")
+                        help="timed calls per client, split evenly over the rounds "
+                             "(a remainder is dropped)")
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
+    if args.rounds < 2 or args.calls < args.rounds:
+        parser.error("needs --rounds ≥ 2 and --calls ≥ --rounds (calls are split evenly over "
+                     "the rounds; a remainder is not timed)")
     guard = al.Guard()
     guard.set_budget("tenant:acme", usd=10**6)
     with serve() as provider:

@@ -203,8 +203,9 @@ class Metering:
         self.guard = guard
         self.pricer = pricer or Pricer()
         self.on_deny = on_deny
-        self.default_max_tokens = default_max_tokens
-        self.floor = floor
+        # checked here: the guard's adapter entry points take them as they are
+        self.default_max_tokens = check_int(default_max_tokens, "default_max_tokens", 1)
+        self.floor = check_int(floor, "floor", 0)
         self.ttl_ms = ttl_ms
 
     def estimate(self, request: Request) -> Estimate:

@@ -39,7 +39,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import allotment as al
 from allotment.estimation import text_tokens
 from allotment.pricing import Pricer, TokenUsage
 from allotment.scopes import LEVELS
+from allotment.validation import MAX_AMOUNT
 
 from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
 from ._sdk import SUBJECT_HEADER
@@ -123,8 +123,9 @@ class BudgetHandler(_CallbackHandler):
                  **subject: Any) -> None:
         event_types = _framework("llama_index.core.callbacks.schema", "CBEventType")
         # a hold the budget cannot fit is refused whole: a callback cannot shrink the call
+        # (a floor at the largest amount is never below max_tokens)
         self.metering = Metering(guard, pricer=pricer, default_max_tokens=default_max_tokens,
-                                 floor=sys.maxsize, ttl_ms=ttl_ms)
+                                 floor=MAX_AMOUNT, ttl_ms=ttl_ms)
         self.provider = provider
         self.embedding_tokens = embedding_tokens
         self.token_counter = token_counter

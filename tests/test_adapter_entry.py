@@ -5,6 +5,7 @@ ledgers, results and audit trail as the public `reserve` and `commit`."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ def subject(**fields: str) -> al.Subject:
     return al.Subject(tenant="acme", workflow="triage", **fields)
 
 
-def twin_guards(kind: str, usd: float = 10) -> tuple[al.Guard, al.Guard]:
+def twin_guards(kind: str, usd: str = "10") -> tuple[al.Guard, al.Guard]:
     """Two guards on fresh stores of `kind` with the same budgets."""
     guards = []
     for _ in range(2):
@@ -50,10 +51,15 @@ def amounts(result: al.CommitResult) -> tuple[Any, ...]:
     return result.status, result.charged, result.released
 
 
+def trail(guard: al.Guard) -> list[al.AuditRecord]:
+    """The tenant's audit records, each whole but for its (random) reservation id."""
+    return [replace(record, reservation_id=None) for record in guard.audit("acme")]
+
+
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-@pytest.mark.parametrize("usd, outcome", [(10, "ALLOW"), (0.0101, "ALLOW_WITH_CAPS"),
-                                          (0.000001, "DENY")])
-def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: float,
+@pytest.mark.parametrize("usd, outcome", [("10", "ALLOW"), ("0.0101", "ALLOW_WITH_CAPS"),
+                                          ("0.000001", "DENY")])
+def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: str,
                                                               outcome: str) -> None:
     """Roomy, shrunk to what fits, and denied: alike either way."""
     public, units = twin_guards(kind, usd)
@@ -67,6 +73,7 @@ def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: fl
                                  (RATES, max_tokens, 10))
         assert again.value.decision == denied.value.decision
         assert ledgers(units) == ledgers(public)
+        assert trail(units) == trail(public)
         return
     held = public.reserve(subject(), LLM, elastic(fixed, max_tokens, 10))
     assert held.decision.outcome.value == outcome
@@ -83,8 +90,7 @@ def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: fl
     assert amounts(again) == amounts(committed)
     assert twin.settled and twin.status is al.ReservationStatus.COMMITTED
     assert ledgers(units) == ledgers(public)
-    assert [(r.type, r.estimate, r.charged) for r in units.audit("acme")] == [
-        (r.type, r.estimate, r.charged) for r in public.audit("acme")]
+    assert trail(units) == trail(public)
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
@@ -97,6 +103,7 @@ def test_units_commit_above_the_estimate_and_leaving_a_unit_out(kind: str) -> No
     assert twin.result is not None and twin.result.charged == (al.Amount(USD, 1_500),
                                                               al.tokens(10))
     assert ledgers(units) == ledgers(public)
+    assert trail(units) == trail(public)
 
 
 def test_units_entry_still_checks_what_an_adapter_cannot_vouch_for() -> None:
@@ -175,3 +182,18 @@ def test_meter_units_are_its_actual_amounts() -> None:
     assert [al.Amount(u, a) for u, a in meter.units(usage)] == meter.actual(usage)
     meter.settle(usage)
     assert meter.result is not None and meter.result.charged == tuple(meter.actual(usage))
+
+
+@pytest.mark.parametrize("option, value", [("floor", -5), ("floor", 1.5),
+                                           ("default_max_tokens", 0),
+                                           ("default_max_tokens", "512")])
+def test_wrapper_options_the_entry_points_trust_are_checked_up_front(option: str,
+                                                                     value: Any) -> None:
+    """floor and default_max_tokens reach the guard unchecked on every call, so a bad one is
+    refused when the client is wrapped (a negative floor would hold a negative output)."""
+    guard = al.Guard()
+    guard.set_budget("tenant:acme", usd="0.0000001")
+    with pytest.raises(al.InvalidRequest, match=option):
+        Metering(guard, **{option: value})
+    (balance,) = guard.balances("tenant:acme")
+    assert (balance.reserved, balance.spent) == (0, 0)

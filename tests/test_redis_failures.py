@@ -650,6 +650,34 @@ def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
         10, 6, al.BudgetStatus.FROZEN)
 
 
+def test_audit_entries_leave_empty_values_out(shared_server: Server) -> None:
+    """A raw audit entry has no empty field: readers take a missing field as empty. A shadow
+    reservation with no budget holds no ledger, so its entries have no scopes field at all
+    (not an empty JSON table); one with a budget lists its scopes as a JSON list."""
+    guard = al.Guard(RedisStore(url=shared_server.url), mode="shadow")
+    guard.reserve(al.Subject(tenant="bare"), LLM, al.usd(1)).commit(al.usd(1))
+    guard.set_budget("tenant:kept", usd=10)
+    guard.reserve(al.Subject(tenant="kept"), LLM, al.usd(1)).commit(al.usd(1))
+    client = shared_server.client
+
+    def entries(tenant: str) -> dict[str, dict[str, str]]:
+        raw = client.xrange(f"al:{{{tenant}}}:audit")
+        return {f[b"type"].decode(): {k.decode(): v.decode() for k, v in f.items()}
+                for _, f in raw if f[b"type"].startswith(b"reservation.")}
+
+    bare, kept = entries("bare"), entries("kept")
+    assert {"reservation.reserved", "reservation.committed"} <= bare.keys()
+    for fields in (*bare.values(), *kept.values()):
+        assert all(value != "" for value in fields.values()), fields
+    for kind in ("reservation.reserved", "reservation.committed"):
+        assert "scopes" not in bare[kind]
+        assert json.loads(kept[kind]["scopes"]) == ["tenant:kept"]
+        assert "idempotency_key" not in kept[kind]
+    read = {r.type: r.scopes for r in guard.audit("bare")}
+    assert read["reservation.reserved"] == read["reservation.committed"] == ()
+    assert read["reservation.observed_denied"] == ("tenant:bare",)  # BUDGET_NOT_FOUND
+
+
 def test_a_client_handed_in_that_does_not_decode_replies(shared_server: Server) -> None:
     """The store's own clients decode replies to str; a client handed in may answer bytes.
     Both give the same results, compact replies (reserve, commit, release, a replay) and

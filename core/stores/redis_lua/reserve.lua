@@ -1,6 +1,6 @@
 -- reserve (and decide, with dry_run): access rules, then quotas, then budgets; the first
 -- refusal wins. In shadow mode evaluation goes on and the reservation is made anyway.
--- (Prelude: common.lua; plan.lua's apply_plan is prepended for a guard's default plan.)
+-- (Prelude: common.lua, and definitions.lua, whose apply_plan installs a guard's default plan.)
 
 local meta = redis.call('HMGET', K_META, 'mode', 'plan')
 if not P.dry_run then
@@ -259,9 +259,10 @@ if denial then  -- shadow: what enforce mode would have said, on record
     reason = denial.reason})
   count(P.scope_path, 'denials:observed:' .. denial.reason)
 end
-audit_fields('reservation.reserved', with_optional({'scopes', cjson.encode(scopes),
-  'subject', P.subject, 'action', kind .. ' ' .. name, 'reservation_id', R.id},
-  'idempotency_key', nz(P.key), 'estimate', R.estimate,
+audit_fields('reservation.reserved', with_optional({'subject', P.subject,
+  'action', kind .. ' ' .. name, 'reservation_id', R.id},
+  'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
+  'estimate', R.estimate,
   'detail', capped and cjson.encode({caps = capped})))
 count(P.scope_path, 'reservations')
 for unit, amount in pairs(estimate) do count(P.scope_path, 'reserved:' .. unit, amount) end

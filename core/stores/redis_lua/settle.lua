@@ -113,8 +113,10 @@ local balances = {}
 for i, row in ipairs(rows) do balances[i] = balance_row(row.L, targets_[i].d) end
 local charged_text = pack_units(charged)
 finish(R, K_RES, 'COMMITTED', charged_text)
-audit_fields('reservation.committed', with_optional({'scopes', cjson.encode(res_scopes(R)),
-  'reservation_id', R.id}, 'idempotency_key', nz(P.key), 'estimate', R.estimate,
+local scopes = res_scopes(R)
+audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
+  'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
+  'estimate', R.estimate,
   'actual', pack_units(actual), 'charged', charged_text))
 count(scope_path, 'commits')
 for unit, amount in pairs(charged) do count(scope_path, 'committed:' .. unit, amount) end
