@@ -67,6 +67,11 @@ class Amount:
         return format_amount(self.unit, self.amount)
 
 
+def trusted_amounts(units: Units) -> tuple[Amount, ...]:
+    """`Amount`s of integer units that were checked already (see `Amount.trusted`)."""
+    return tuple([Amount.trusted(unit, amount) for unit, amount in units])
+
+
 def to_decimal(value: object, field: str) -> Decimal:
     """Read a number exactly; a float is read by its shortest repr, so 0.05 means 0.05."""
     if isinstance(value, bool):

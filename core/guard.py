@@ -19,6 +19,7 @@ from .amounts import (
     Units,
     amounts_by_unit,
     to_decimal,
+    trusted_amounts,
     usd_to_microcents,
 )
 from .clock import system_ms
@@ -729,7 +730,7 @@ class Guard:
         if self.on_store_error == "deny":
             raise error
         log.warning("store unavailable, letting %s through unguarded: %s", op.tenant, error)
-        estimate = tuple(Amount.trusted(unit, amount) for unit, amount in op.estimate)
+        estimate = trusted_amounts(op.estimate)
         info = ReservationInfo(new_id(op.tenant), op.tenant,
                                ReservationStatus.ACTIVE, op.subject, op.action, estimate,
                                op.scopes, 0, 0, op.grace_ms, 0, op.overage_policy)
@@ -749,7 +750,7 @@ class Guard:
                     error: StoreUnavailable) -> StoreUnavailable:
         """Never drop spend silently: tell the subscribers and sinks what could not be
         written, then let the caller know."""
-        amounts = tuple(Amount.trusted(unit, amount) for unit, amount in actual)
+        amounts = trusted_amounts(actual)
         log.error("spend of %s on %s could not be recorded: %s", amounts, reservation_id, error)
         self._notify([Notification(SPEND_UNRECORDED, tenant, system_ms(),
                                    reservation_id=reservation_id, amounts=amounts)])

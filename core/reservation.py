@@ -10,7 +10,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .amounts import Amount, AmountsLike, Units
+from .amounts import Amount, AmountsLike, Units, trusted_amounts
 from .errors import AllotmentError
 from .models import (
     Balance,
@@ -93,14 +93,14 @@ class Reservation:
     def _commit_units(self, actual: Units) -> CommitResult:
         """`commit` for an adapter's checked integer units, in unit order."""
         if self.unguarded:
-            return self.commit(_amounts(actual))
+            return self.commit(trusted_amounts(actual))
         result = self.guard._commit_units(self.info.tenant, self.id, actual)
         self.result = result
         return result
 
     async def _acommit_units(self, actual: Units) -> CommitResult:
         if self.unguarded:
-            return await self.acommit(_amounts(actual))
+            return await self.acommit(trusted_amounts(actual))
         result = await self.guard._acommit_units(self.info.tenant, self.id, actual)
         self.result = result
         return result
@@ -175,7 +175,3 @@ class Reservation:
     def status(self) -> ReservationStatus:
         """The status as last seen by this handle (use `guard.get(id)` for the store's)."""
         return self.result.status if self.result is not None else self.info.status
-
-
-def _amounts(units: Units) -> list[Amount]:
-    return [Amount.trusted(unit, amount) for unit, amount in units]

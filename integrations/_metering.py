@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import allotment as al
-from allotment.amounts import Amount, Unit, Units
+from allotment.amounts import Unit, Units, trusted_amounts
 from allotment.context import current_fields
 from allotment.estimation import input_tokens
+from allotment.guard import ElasticUnits
 from allotment.pricing import ModelPrice, Pricer, TokenUsage
 from allotment.scopes import LEVELS
 from allotment.validation import check_int
@@ -153,7 +154,7 @@ class Meter:
 
     def actual(self, usage: TokenUsage) -> list[al.Amount]:
         """The real cost in dollars (at the model's price) and in tokens."""
-        return [Amount.trusted(unit, amount) for unit, amount in self.units(usage)]
+        return list(trusted_amounts(self.units(usage)))
 
     def units(self, usage: TokenUsage) -> Units:
         """`actual(usage)` as the guard's integer units."""
@@ -176,7 +177,7 @@ class Estimate(NamedTuple):
 
     price: ModelPrice
     units: Units
-    elastic: tuple[Units, int, int] | None  # per-million rates, max_tokens, floor
+    elastic: ElasticUnits | None
 
 
 @dataclass(slots=True)

@@ -54,6 +54,12 @@ local function split(text, sep)
   end
 end
 local function nz(v) if v == nil or v == NULL then return nil end return v end
+local function sorted_keys(set)
+  local out = {}
+  for k in pairs(set) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
 
 -- calendar buckets in UTC (days <-> civil date, after H. Hinnant) -------------------------
 local MIN, HOUR, DAY = 60000, 3600000, 86400000
@@ -488,12 +494,9 @@ local function targets(scopes, dims, units)
   end
   if #found > 0 then return found end
   if applicable > 0 then
-    local have, want = {}, {}
-    for u in pairs(held) do have[#have + 1] = u end
-    for u in pairs(units) do want[#want + 1] = u end
-    table.sort(have) table.sort(want)
     return nil, {error = 'UNIT_MISMATCH', message = 'no budget of ' .. scopes[#scopes] ..
-      ' is in ' .. table.concat(want, ', ') .. '; its budgets hold ' .. table.concat(have, ', ')}
+      ' is in ' .. table.concat(sorted_keys(units), ', ') .. '; its budgets hold ' ..
+      table.concat(sorted_keys(held), ', ')}
   end
   return nil
 end

@@ -177,26 +177,11 @@ if denial == nil or shadow then
 end
 
 local function built_caps()
-  local out, any = {}, false
-  if caps.max_tokens then out.max_tokens = caps.max_tokens any = true end
-  if caps.tool_allow then
-    local list = {}
-    for t in pairs(caps.tool_allow) do list[#list + 1] = t end
-    table.sort(list)
-    out.tool_allowlist = list
-    any = true
-  end
-  if caps.tool_deny then
-    local deny = {}
-    for t in pairs(caps.tool_deny) do deny[#deny + 1] = t end
-    table.sort(deny)
-    out.tool_denylist = deny
-    any = true
-  end
-  if caps.cooldown_ms then out.cooldown_ms = caps.cooldown_ms any = true end
-  if caps.model then out.model = caps.model any = true end
-  if any then return out end
-  return nil
+  local out = {max_tokens = caps.max_tokens, cooldown_ms = caps.cooldown_ms, model = caps.model}
+  if caps.tool_allow then out.tool_allowlist = sorted_keys(caps.tool_allow) end
+  if caps.tool_deny then out.tool_denylist = sorted_keys(caps.tool_deny) end
+  if next(out) == nil then return nil end
+  return out
 end
 local function balances()
   local out = {}

@@ -80,11 +80,8 @@ local estimate = unpack_units(R.estimate)
 local actual = {}
 for _, pair in ipairs(P.actual) do
   if estimate[pair[1]] == nil then
-    local held = {}
-    for unit in pairs(estimate) do held[#held + 1] = unit end
-    table.sort(held)
     return fail('UNIT_MISMATCH', 'commit: ' .. pair[1] .. ' not in the reservation\'s estimate ' ..
-      table.concat(held, ', '))
+      table.concat(sorted_keys(estimate), ', '))
   end
   actual[pair[1]] = pair[2]
 end
