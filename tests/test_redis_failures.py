@@ -650,6 +650,54 @@ def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
         10, 6, al.BudgetStatus.FROZEN)
 
 
+OLD_CORE = """
+local c = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'core'))
+local flat = {}
+for i = 1, #c[6], 2 do
+  local field = c[6][i]
+  for _, item in ipairs(cjson.decode(ARGV[(i + 1) / 2])) do flat[#flat + 1] = item end
+  assert(flat[#flat - 5] == field)
+end
+c[6], c[14] = flat, nil
+redis.call('HSET', KEYS[1], 'core', cmsgpack.pack(c))
+return #flat
+"""
+
+
+def test_reservations_kept_by_the_previous_version_settle(shared_server: Server) -> None:
+    """A reservation keeps a reference per ledger it holds; the previous version kept six
+    strings (field, path, unit, period, the definition's scope and dimension). Holds taken
+    then, on a scope budget and a dimension budget, still commit and release under their
+    definitions (the dimension budget's alert fires), and read the same scopes."""
+    store = RedisStore(url=shared_server.url)
+    guard = al.Guard(store)
+    guard.set_budget("tenant:prev", tokens=100)
+    guard.set_budget("tenant:prev/workspace:w", tokens=50, per="run", alerts=[0.5])
+    notes: list[al.Notification] = []
+    store.subscribe(notes.extend)
+    subject = al.Subject(tenant="prev", workspace="w", dimensions={"run": "r1"})
+    held = [guard.reserve(subject, LLM, al.tokens(10)) for _ in range(2)]
+    scopes = guard.get(held[0].id).scopes
+    assert scopes == ("tenant:prev", "tenant:prev/workspace:w/run:r1")
+    ledgers = [["tenant:prev|TOKENS||", "tenant:prev", "TOKENS", "", "tenant:prev", ""],
+               ["tenant:prev/workspace:w/run:r1|TOKENS||", "tenant:prev/workspace:w/run:r1",
+                "TOKENS", "", "tenant:prev/workspace:w", "run"]]
+    for r in held:
+        key = f"al:{{prev}}:r:{r.id}"
+        assert shared_server.client.eval(OLD_CORE, 1, key, *map(json.dumps, ledgers)) == 12
+        assert guard.get(r.id).scopes == scopes
+    assert held[0].commit(al.tokens(30)).charged == (al.tokens(30),)
+    assert [(n.type, n.scope) for n in notes] == [
+        ("budget.threshold_crossed", "tenant:prev/workspace:w/run:r1")]
+    held[1].release("done")
+    by_scope = {b.scope: b for b in guard.balances("tenant:prev")}
+    for scope, allocated in (("tenant:prev", 100), ("tenant:prev/workspace:w/run:r1", 50)):
+        b = by_scope[scope]
+        assert (b.allocated, b.reserved, b.spent) == (allocated, 0, 30), scope
+    committed = [r for r in guard.audit("prev") if r.type == "reservation.committed"]
+    assert [r.scopes for r in committed] == [scopes]
+
+
 def test_audit_entries_leave_empty_values_out(shared_server: Server) -> None:
     """A raw audit entry has no empty field: readers take a missing field as empty. A shadow
     reservation with no budget holds no ledger, so its entries have no scopes field at all

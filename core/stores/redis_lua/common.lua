@@ -116,6 +116,15 @@ local function bucket(period, ms)
   LABEL_COUNT = LABEL_COUNT + 1
   return label
 end
+local CURRENT  -- this call's bucket labels at NOW, by period
+local function current_bucket(period)
+  local label = CURRENT[period]
+  if label == nil then
+    label = bucket(period, NOW)
+    CURRENT[period] = label
+  end
+  return label
+end
 local function bucket_end(period, ms)
   if period == 'minute' then return (math.floor(ms / MIN) + 1) * MIN end
   if period == 'hour' then return (math.floor(ms / HOUR) + 1) * HOUR end
@@ -187,24 +196,48 @@ local function unpacked_defs(scope, raw)
   end
   return list
 end
-local DEF_CACHE  -- this call's decoded definitions by scope
-local function decoded_defs(scope, raw)
-  local list
-  if not raw then list = {}
-  elseif string.byte(raw, 1) == 2 then list = unpacked_defs(scope, raw)
-  else
-    list = cjson.decode(raw)
-    for _, d in ipairs(list) do
-      d.scope = scope
-      d.limit = tonumber(d.limit)
-      d.od = tonumber(d.od)
-    end
+local function fresh_defs(scope, raw)
+  -- a list of its own: the caller may change it and its definitions
+  if not raw then return {} end
+  if string.byte(raw, 1) == 2 then return unpacked_defs(scope, raw) end
+  local list = cjson.decode(raw)
+  for _, d in ipairs(list) do
+    d.scope = scope
+    d.limit = tonumber(d.limit)
+    d.od = tonumber(d.od)
   end
-  DEF_CACHE[scope] = list
   return list
 end
+-- Decoding is a pure function of the scope and the stored field, so decoded lists are kept
+-- across calls (bounded, like the bucket labels) and shared, read-only: a writer takes
+-- its own copy with own_defs.
+local SHARED_DEFS, SHARED_COUNT = {}, 0
+local function shared_defs(scope, raw)
+  if not raw then return {} end
+  local by_scope = SHARED_DEFS[raw]
+  local list = by_scope and by_scope[scope]
+  if list then return list end
+  if SHARED_COUNT >= 4096 then SHARED_DEFS, SHARED_COUNT = {}, 0 end
+  if SHARED_DEFS[raw] == nil then SHARED_DEFS[raw] = {} end
+  list = fresh_defs(scope, raw)
+  SHARED_DEFS[raw][scope] = list
+  SHARED_COUNT = SHARED_COUNT + 1
+  return list
+end
+local DEF_CACHE  -- this call's definitions by scope
 local function defs_of(scope)
-  return DEF_CACHE[scope] or decoded_defs(scope, redis.call('HGET', K_DEFS, scope))
+  local list = DEF_CACHE[scope]
+  if list == nil then
+    list = shared_defs(scope, redis.call('HGET', K_DEFS, scope))
+    DEF_CACHE[scope] = list
+  end
+  return list
+end
+local function own_defs(scope)
+  -- the definitions of scope as a list this call may change (find_def then finds them)
+  local list = fresh_defs(scope, redis.call('HGET', K_DEFS, scope))
+  DEF_CACHE[scope] = list
+  return list
 end
 local function prefetch_defs(scopes)
   -- the definitions of several scopes with one command (defs_of then finds them)
@@ -214,7 +247,7 @@ local function prefetch_defs(scopes)
   end
   if #wanted == 0 then return end
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
-  for i, scope in ipairs(wanted) do decoded_defs(scope, raws[i]) end
+  for i, scope in ipairs(wanted) do DEF_CACHE[scope] = shared_defs(scope, raws[i]) end
 end
 local function packed_def(d)
   local alerts = d.alerts and packed_alerts(d.alerts) or d.alerts_raw
@@ -231,7 +264,15 @@ local function save_defs(scope, list)
   for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
-local function def_key(d) return d.scope .. '|' .. d.unit .. '|' .. d.period .. '|' .. d.per end
+local function ledger_tail(d)
+  -- "|unit|period|" of d's ledger fields, kept on the (shared) definition
+  local tail = d.tail
+  if tail == nil then
+    tail = '|' .. d.unit .. '|' .. d.period .. '|'
+    d.tail = tail
+  end
+  return tail
+end
 local function find_def(scope, unit, period, per)
   for _, d in ipairs(defs_of(scope)) do
     if d.unit == unit and d.period == period and d.per == per then return d end
@@ -270,8 +311,8 @@ local function ledger(field, d, raw)
   local a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
   local L = {field = field, a = a, ls = ls, r = r, sp = sp, debt = debt, over = over, t = t,
     al = al, ex = ex, on = on}
-  if L.ls ~= d.limit and string.sub(field, -#bucket(d.period, NOW) - 1) ==
-      '|' .. bucket(d.period, NOW) then
+  if L.ls ~= d.limit and string.sub(field, -#current_bucket(d.period) - 1) ==
+      '|' .. current_bucket(d.period) then
     L.a = math.max(0, L.a + d.limit - L.ls)  -- a changed definition moves this bucket
     L.ls = d.limit
   end
@@ -486,7 +527,7 @@ local function targets(scopes, dims, units)
         applicable = applicable + 1
         held[d.unit] = true
         if units[d.unit] then
-          found[#found + 1] = {field = lfield(path, d.unit, d.period, bucket(d.period, NOW)), d = d,
+          found[#found + 1] = {field = path .. ledger_tail(d) .. current_bucket(d.period), d = d,
             path = path}
         end
       end
@@ -521,12 +562,36 @@ local function pack_units(by_unit)
   end
   return text
 end
+-- A reservation keeps each ledger it holds as two items: the ledger field and a number that
+-- says where its path and its definition's scope end in it and the unit and period codes
+-- (see ledger_ref). The definition's dimension is the segment after the scope.
+local function ledger_ref(field, path, d)
+  return field, ((#path * 65536 + #d.scope) * 8 + UNIT_ORDER[d.unit]) * 8 + PERIOD_ORDER[d.period]
+end
+local function from_ref(field, code)
+  local period = code % 8
+  code = (code - period) / 8
+  local unit = code % 8
+  code = (code - unit) / 8
+  local scope_end = code % 65536
+  local path_end = (code - scope_end) / 65536
+  local path = string.sub(field, 1, path_end)
+  local dper = ''
+  if path_end > scope_end then
+    dper = string.sub(path, scope_end + 2, string.find(path, ':', scope_end + 2, true) - 1)
+  end
+  return {field = field, path = path, unit = UNIT_NAMES[unit], period = PERIOD_NAMES[period],
+    dscope = path_end > scope_end and string.sub(path, 1, scope_end) or path, dper = dper}
+end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
-  -- flat list in its core, or from the text of earlier versions ("field\tscope\tper" lines)
+  -- references in its core, or from what earlier versions kept (six strings per ledger in
+  -- the core, or "field\tscope\tper" lines)
   if R.parsed_ledgers then return R.parsed_ledgers end
   local out, flat = {}, R.ledger_list
-  if flat == nil then
+  if R.refs then
+    for i = 1, #flat, 2 do out[#out + 1] = from_ref(flat[i], flat[i + 1]) end
+  elseif flat == nil then
     for line in string.gmatch(R.ledgers or '', '[^\n]+') do
       local parts = split(line, '\t')
       local path, unit, period = field_parts(parts[1])
@@ -566,7 +631,7 @@ local function load_res(key)
     R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list = c[1], c[2], c[3], c[4],
       c[5], c[6]
     R.created, R.grace, R.maxext, R.policy, R.concurrency = c[7], c[8], c[9], c[10], c[11]
-    R.shadow, R.scope_path, R.core = c[12], c[13], nil
+    R.shadow, R.scope_path, R.refs, R.core = c[12], c[13], c[14], nil
   end
   R.expires = tonumber(R.expires)
   R.grace = tonumber(R.grace)
@@ -576,10 +641,10 @@ local function load_res(key)
 end
 local function save_res(R)
   -- a new reservation: what changes in fields of their own, the rest packed in one (core);
-  -- its ledgers as one flat list: field, path, unit, period, dscope, dper per ledger
+  -- its ledgers as one flat list of references (ledger_ref; the last item, 1, says so)
   redis.call('HSET', K_RES, 'status', R.status, 'expires', s(R.expires), 'ext', R.ext, 'core',
     cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list, R.created,
-      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path}))
+      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1}))
 end
 local function res_info(R)
   return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
@@ -729,6 +794,6 @@ local function begin(keys, args, flat)
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
-  NOTES, DEF_CACHE, DAY_PREFIX = {}, {}, nil
+  NOTES, DEF_CACHE, CURRENT, DAY_PREFIX = {}, {}, {}, nil
   if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end
 end

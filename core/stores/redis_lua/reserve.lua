@@ -215,12 +215,10 @@ end
 -- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
 local held_ledgers, scopes, seen = {}, {}, {}
 for i, st in ipairs(states) do
-  local L, d, path, n = st.L, st.d, st.path, 6 * i
+  local L, d, path = st.L, st.d, st.path
   L.r = L.r + estimate[d.unit]
   L.t = NOW
-  -- the ledgers held, flat as the reservation keeps them (see save_res)
-  held_ledgers[n - 5], held_ledgers[n - 4], held_ledgers[n - 3] = L.field, path, d.unit
-  held_ledgers[n - 2], held_ledgers[n - 1], held_ledgers[n] = d.period, d.scope, d.per
+  held_ledgers[2 * i - 1], held_ledgers[2 * i] = ledger_ref(L.field, path, d)
   if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
 end
 for _, c in ipairs(calls) do redis.call('HSET', K_QCOUNT, c[1], c[2] .. '|' .. (c[3] + 1)) end
