@@ -664,6 +664,36 @@ return #flat
 """
 
 
+NESTED_ROWS = """
+local stored = redis.call('GET', KEYS[1])
+local nl = string.find(stored, '\\n', 1, true)
+local body = cmsgpack.unpack(string.sub(stored, nl + 1))
+local flat, nested = body[5], {}
+for i = 1, #flat, 8 do nested[#nested + 1] = {unpack(flat, i, i + 7)} end
+body[5] = nested
+redis.call('SET', KEYS[1], string.sub(stored, 1, nl) .. cmsgpack.pack(body), 'KEEPTTL')
+return #nested
+"""
+
+
+def test_replays_kept_by_the_previous_version(shared_server: Server) -> None:
+    """A compact reply lists balance rows flat, eight items a ledger; the previous version
+    kept a list per row in the snapshot a keyed reserve replays. Both read the same."""
+    guard = al.Guard(RedisStore(url=shared_server.url))
+    guard.set_budget("tenant:snap", tokens=100)
+    guard.set_budget("tenant:snap/workspace:w", tokens=50)
+    subject = al.Subject(tenant="snap", workspace="w")
+    first = guard.reserve(subject, LLM, al.tokens(10), idempotency_key="k1")
+    key = "al:{snap}:i:reserve:k1"
+    assert shared_server.client.eval(NESTED_ROWS, 1, key) == 2
+    again = guard.reserve(subject, LLM, al.tokens(10), idempotency_key="k1")
+    assert again.id == first.id
+    assert again.balances == first.balances
+    assert [(b.scope, b.allocated, b.reserved) for b in again.balances] == [
+        ("tenant:snap", 100, 10), ("tenant:snap/workspace:w", 50, 10)]
+    assert guard.get(first.id).scopes == ("tenant:snap", "tenant:snap/workspace:w")
+
+
 def test_reservations_kept_by_the_previous_version_settle(shared_server: Server) -> None:
     """A reservation keeps a reference per ledger it holds; the previous version kept six
     strings (field, path, unit, period, the definition's scope and dimension). Holds taken

@@ -518,7 +518,8 @@ class RedisStore:
                 info = ReservationInfo(
                     _text(rid), op.tenant, ReservationStatus.ACTIVE, op.subject, op.action,
                     _amounts(_text(estimate)),
-                    tuple(dict.fromkeys(_text(row[0]).rsplit("|", 3)[0] for row in rows)),
+                    tuple(dict.fromkeys(_text(field).rsplit("|", 3)[0]
+                                        for field, *_ in _row_items(rows))),
                     created, created + op.ttl_ms, op.grace_ms, 0, op.overage_policy, (), None)
             return ops.ReserveOutcome(decision, info, _later(rows))
         if isinstance(op, ops.Commit):
@@ -699,18 +700,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _rows(rows: list[list[Any]]) -> tuple[Balance, ...]:
+def _row_items(rows: list[Any]) -> Iterator[list[Any]]:
+    """The balance rows of a compact reply, eight items each, one after another in one
+    list (a replay snapshot of an earlier version holds them as a list per row)."""
+    if rows and isinstance(rows[0], list):
+        return iter(rows)
+    return (rows[i:i + 8] for i in range(0, len(rows), 8))
+
+
+def _rows(rows: list[Any]) -> tuple[Balance, ...]:
     """Balance rows of a compact reply: the ledger field ("path|unit|period|bucket"), then
     integers as integers (the store's own clients decode strings; one handed in may not)."""
     out = []
-    for field, a, r, sp, debt, od, over, status in rows:
+    for field, a, r, sp, debt, od, over, status in _row_items(rows):
         scope, unit, period, bucket = _text(field).rsplit("|", 3)
         out.append(Balance(scope, UNITS[unit], period or None, bucket, a, r, sp, debt, od,
                            over == 1, STATUSES[status]))
     return tuple(out)
 
 
-def _later(rows: list[list[Any]]) -> Callable[[], tuple[Balance, ...]]:
+def _later(rows: list[Any]) -> Callable[[], tuple[Balance, ...]]:
     """Balance rows built when first read: most callers never read them."""
     return partial(_rows, rows)
 

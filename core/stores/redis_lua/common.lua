@@ -351,10 +351,13 @@ local function balance(L, d)
   return {path, unit, period, b, s(L.a), s(L.r), s(L.sp), s(L.debt), s(d.od), L.over,
     d.status}
 end
-local function balance_row(L, d)
-  -- the same as a row of a compact reply: the ledger field ("path|unit|period|bucket") and
-  -- integers as integers (no formatting, exact to 2^53)
-  return {L.field, L.a, L.r, L.sp, L.debt, d.od, L.over, d.status}
+local function add_row(rows, L, d)
+  -- the same as a row of a compact reply, appended flat to rows (8 items a ledger, no table
+  -- of its own): the ledger field ("path|unit|period|bucket"), then allocated, reserved,
+  -- spent, debt, overdraft limit, over-limit flag as integers (exact to 2^53), and status
+  local n = #rows
+  rows[n + 1], rows[n + 2], rows[n + 3], rows[n + 4] = L.field, L.a, L.r, L.sp
+  rows[n + 5], rows[n + 6], rows[n + 7], rows[n + 8] = L.debt, d.od, L.over, d.status
 end
 
 -- records: audit, report counters, notifications -------------------------------------------
@@ -658,16 +661,16 @@ local function res_targets(R)
   for i, e in ipairs(entries) do targets_[i] = {field = e.field, d = res_def(e)} end
   return targets_
 end
-local function return_estimate(R, key, rows)
-  -- the balance rows after it: integers when `rows`, else formatted as for a JSON reply
+local function return_estimate(R)
+  -- the balance rows after it (add_row)
   local est = unpack_units(R.estimate)
   local balances, targets_ = {}, res_targets(R)
   local ledgers = lload_all(targets_)
   for i, e in ipairs(res_ledgers(R)) do
-    local L, d = ledgers[i], targets_[i].d
+    local L = ledgers[i]
     L.r = L.r - est[e.unit]
     L.t = NOW
-    balances[i] = rows and balance_row(L, d) or balance(L, d)
+    add_row(balances, L, targets_[i].d)
   end
   lsave_all(ledgers)
   return balances
@@ -683,7 +686,7 @@ local function finish(R, key, status, charged)
 end
 local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
 local function expire(R, key)
-  return_estimate(R, key, true)
+  return_estimate(R)
   finish(R, key, 'EXPIRED')
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})

@@ -185,7 +185,7 @@ local function built_caps()
 end
 local function balances()
   local out = {}
-  for i, st in ipairs(states) do out[i] = balance_row(st.L, st.d) end
+  for _, st in ipairs(states) do add_row(out, st.L, st.d) end
   return out
 end
 local function answer(decision, R, rows)

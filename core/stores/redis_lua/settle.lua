@@ -67,7 +67,7 @@ end
 
 local scope_path = subject_scope(R)
 if kind == 'release' then
-  local balances = return_estimate(R, K_RES, true)
+  local balances = return_estimate(R)
   finish(R, K_RES, 'RELEASED')
   audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
     idempotency_key = nz(P.key) or '', estimate = R.estimate, detail = {reason = P.reason}})
@@ -107,7 +107,7 @@ apply(rows, changes)
 local released = {}
 for unit, held in pairs(estimate) do released[unit] = math.max(0, held - charged[unit]) end
 local balances = {}
-for i, row in ipairs(rows) do balances[i] = balance_row(row.L, targets_[i].d) end
+for i, row in ipairs(rows) do add_row(balances, row.L, targets_[i].d) end
 local charged_text = pack_units(charged)
 finish(R, K_RES, 'COMMITTED', charged_text)
 local scopes = res_scopes(R)
