@@ -42,7 +42,7 @@ elseif op == 'set_mode' then
   audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}})
   return reply({})
 elseif op == 'set_status' then
-  local list, matched = own_defs(P.scope), 0
+  local list, matched = defs_of(P.scope), 0
   for _, d in ipairs(list) do
     if nz(P.unit) == nil or d.unit == P.unit then
       d.status = P.status

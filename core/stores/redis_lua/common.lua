@@ -196,8 +196,7 @@ local function unpacked_defs(scope, raw)
   end
   return list
 end
-local function fresh_defs(scope, raw)
-  -- a list of its own: the caller may change it and its definitions
+local function decoded_defs(scope, raw)
   if not raw then return {} end
   if string.byte(raw, 1) == 2 then return unpacked_defs(scope, raw) end
   local list = cjson.decode(raw)
@@ -208,35 +207,13 @@ local function fresh_defs(scope, raw)
   end
   return list
 end
--- Decoding is a pure function of the scope and the stored field, so decoded lists are kept
--- across calls (bounded, like the bucket labels) and shared, read-only: a writer takes
--- its own copy with own_defs.
-local SHARED_DEFS, SHARED_COUNT = {}, 0
-local function shared_defs(scope, raw)
-  if not raw then return {} end
-  local by_scope = SHARED_DEFS[raw]
-  local list = by_scope and by_scope[scope]
-  if list then return list end
-  if SHARED_COUNT >= 4096 then SHARED_DEFS, SHARED_COUNT = {}, 0 end
-  if SHARED_DEFS[raw] == nil then SHARED_DEFS[raw] = {} end
-  list = fresh_defs(scope, raw)
-  SHARED_DEFS[raw][scope] = list
-  SHARED_COUNT = SHARED_COUNT + 1
-  return list
-end
-local DEF_CACHE  -- this call's definitions by scope
+local DEF_CACHE  -- this call's decoded definitions by scope
 local function defs_of(scope)
   local list = DEF_CACHE[scope]
   if list == nil then
-    list = shared_defs(scope, redis.call('HGET', K_DEFS, scope))
+    list = decoded_defs(scope, redis.call('HGET', K_DEFS, scope))
     DEF_CACHE[scope] = list
   end
-  return list
-end
-local function own_defs(scope)
-  -- the definitions of scope as a list this call may change (find_def then finds them)
-  local list = fresh_defs(scope, redis.call('HGET', K_DEFS, scope))
-  DEF_CACHE[scope] = list
   return list
 end
 local function prefetch_defs(scopes)
@@ -247,7 +224,7 @@ local function prefetch_defs(scopes)
   end
   if #wanted == 0 then return end
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
-  for i, scope in ipairs(wanted) do DEF_CACHE[scope] = shared_defs(scope, raws[i]) end
+  for i, scope in ipairs(wanted) do DEF_CACHE[scope] = decoded_defs(scope, raws[i]) end
 end
 local function packed_def(d)
   local alerts = d.alerts and packed_alerts(d.alerts) or d.alerts_raw
@@ -265,7 +242,7 @@ local function save_defs(scope, list)
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function ledger_tail(d)
-  -- "|unit|period|" of d's ledger fields, kept on the (shared) definition
+  -- "|unit|period|" of d's ledger fields, kept on the definition
   local tail = d.tail
   if tail == nil then
     tail = '|' .. d.unit .. '|' .. d.period .. '|'

@@ -2,7 +2,7 @@
 -- reserve.lua (which installs a guard's default plan for a tenant seen the first time).
 
 local function set_budget(x)
-  local list = own_defs(x.scope)
+  local list = defs_of(x.scope)
   local d = find_def(x.scope, x.unit, x.period, x.per)
   if d == nil then
     d = {scope = x.scope, unit = x.unit, period = x.period, per = x.per}
