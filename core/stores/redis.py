@@ -519,7 +519,7 @@ class RedisStore:
                     _text(rid), op.tenant, ReservationStatus.ACTIVE, op.subject, op.action,
                     _amounts(_text(estimate)),
                     tuple(dict.fromkeys(_text(field).rsplit("|", 3)[0]
-                                        for field, *_ in _row_items(rows))),
+                                        for field in _row_fields(rows))),
                     created, created + op.ttl_ms, op.grace_ms, 0, op.overage_policy, (), None)
             return ops.ReserveOutcome(decision, info, _later(rows))
         if isinstance(op, ops.Commit):
@@ -706,6 +706,13 @@ def _row_items(rows: list[Any]) -> Iterator[list[Any]]:
     if rows and isinstance(rows[0], list):
         return iter(rows)
     return (rows[i:i + 8] for i in range(0, len(rows), 8))
+
+
+def _row_fields(rows: list[Any]) -> list[Any]:
+    """The ledger field of each balance row."""
+    if rows and isinstance(rows[0], list):
+        return [row[0] for row in rows]
+    return rows[0::8]
 
 
 def _rows(rows: list[Any]) -> tuple[Balance, ...]:

@@ -86,7 +86,7 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
-local LABELS, LABEL_COUNT = {}, 0  -- pure, so kept across calls (bounded)
+local LABELS, LABEL_COUNT = {}, 0  -- pure, so kept across calls (a few: a large Lua heap slows every call)
 local function bucket(period, ms)
   if period == '' then return '' end
   local memo = period .. math.floor(ms / MIN)
@@ -111,7 +111,7 @@ local function bucket(period, ms)
   else
     label = string.format('%04d', y)
   end
-  if LABEL_COUNT > 4096 then LABELS, LABEL_COUNT = {}, 0 end
+  if LABEL_COUNT > 64 then LABELS, LABEL_COUNT = {}, 0 end
   LABELS[memo] = label
   LABEL_COUNT = LABEL_COUNT + 1
   return label
