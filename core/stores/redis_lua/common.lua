@@ -177,10 +177,11 @@ local function alert_at(d, i)
   if d.alerts then return d.alerts[i] end
   return (struct.unpack('<d', d.alerts_raw, 8 * i - 7))
 end
+local NO_RULES = {}  -- shared, never changed: most budgets have no degrade rules
 local function degrade_rules(d)
   if d.degrade == nil then
-    local raw = d.degrade_raw or ''
-    d.degrade = raw ~= '' and cjson.decode(raw) or {}
+    if (d.degrade_raw or '') == '' then return NO_RULES end
+    d.degrade = cjson.decode(d.degrade_raw)
   end
   return d.degrade
 end
@@ -240,15 +241,6 @@ local function save_defs(scope, list)
   local out = {struct.pack('<BH', 2, #list)}
   for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
   redis.call('HSET', K_DEFS, scope, table.concat(out))
-end
-local function ledger_tail(d)
-  -- "|unit|period|" of d's ledger fields, kept on the definition
-  local tail = d.tail
-  if tail == nil then
-    tail = '|' .. d.unit .. '|' .. d.period .. '|'
-    d.tail = tail
-  end
-  return tail
 end
 local function find_def(scope, unit, period, per)
   for _, d in ipairs(defs_of(scope)) do
@@ -507,8 +499,8 @@ local function targets(scopes, dims, units)
         applicable = applicable + 1
         held[d.unit] = true
         if units[d.unit] then
-          found[#found + 1] = {field = path .. ledger_tail(d) .. current_bucket(d.period), d = d,
-            path = path}
+          local field = lfield(path, d.unit, d.period, current_bucket(d.period))
+          found[#found + 1] = {field = field, d = d, path = path}
         end
       end
     end
