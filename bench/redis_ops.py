@@ -768,8 +768,8 @@ def measure_memory(store: RedisStore, guard: al.Guard, tenants: int, count: int,
     sample = held[:200]
 
     def hash_bytes() -> float:
-        return sum(int(client.memory_usage(f"al:{{{r.info.tenant}}}:r:{r.id}") or 0)
-                   for r in sample) / len(sample)
+        return sum(int(client.memory_usage(f"al:{{{r.info.tenant}}}:r:{r.id}", samples=0)
+                       or 0) for r in sample) / len(sample)
 
     active_key_bytes = hash_bytes()
     for reservation in held:

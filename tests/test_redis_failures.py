@@ -650,18 +650,26 @@ def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
         10, 6, al.BudgetStatus.FROZEN)
 
 
+HELD_FIELDS = """
+local c = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'core'))
+local fields = {}
+for i = 1, #c[6], 2 do fields[#fields + 1] = c[6][i] end
+return fields
+"""
 OLD_CORE = """
 local c = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'core'))
-local flat = {}
-for i = 1, #c[6], 2 do
-  local field = c[6][i]
-  for _, item in ipairs(cjson.decode(ARGV[(i + 1) / 2])) do flat[#flat + 1] = item end
-  assert(flat[#flat - 5] == field)
-end
-c[6], c[14] = flat, nil
+c[6], c[14] = ARGV, nil
 redis.call('HSET', KEYS[1], 'core', cmsgpack.pack(c))
-return #flat
+return #ARGV
 """
+
+
+def previous_form(field: str) -> list[str]:
+    """What the previous version kept per ledger: the field, its path, unit and period, and
+    the scope and dimension of the budget it belongs to."""
+    path, unit, period, _ = field.rsplit("|", 3)
+    scope, dimension = (path.rsplit("/run:", 1)[0], "run") if "/run:" in path else (path, "")
+    return [field, path, unit, period, scope, dimension]
 
 
 NESTED_ROWS = """
@@ -688,42 +696,50 @@ def test_replays_kept_by_the_previous_version(shared_server: Server) -> None:
     assert shared_server.client.eval(NESTED_ROWS, 1, key) == 2
     again = guard.reserve(subject, LLM, al.tokens(10), idempotency_key="k1")
     assert again.id == first.id
+    assert again.info.scopes == first.info.scopes == ("tenant:snap", "tenant:snap/workspace:w")
     assert again.balances == first.balances
     assert [(b.scope, b.allocated, b.reserved) for b in again.balances] == [
         ("tenant:snap", 100, 10), ("tenant:snap/workspace:w", 50, 10)]
-    assert guard.get(first.id).scopes == ("tenant:snap", "tenant:snap/workspace:w")
 
 
 def test_reservations_kept_by_the_previous_version_settle(shared_server: Server) -> None:
     """A reservation keeps a reference per ledger it holds; the previous version kept six
     strings (field, path, unit, period, the definition's scope and dimension). Holds taken
-    then, on a scope budget and a dimension budget, still commit and release under their
-    definitions (the dimension budget's alert fires), and read the same scopes."""
+    then, on ledgers of two units, of a daily budget and of a dimension budget, still commit
+    and release under their own definitions (the alerts of the daily and the dimension
+    budget fire, no other; each ledger is charged in its unit), and read the same scopes."""
     store = RedisStore(url=shared_server.url)
     guard = al.Guard(store)
-    guard.set_budget("tenant:prev", tokens=100)
+    guard.set_budget("tenant:prev", tokens=100, alerts=[0.9])
+    guard.set_budget("tenant:prev", tokens=60, period="day", alerts=[0.5])
+    guard.set_budget("tenant:prev", usd=10)
     guard.set_budget("tenant:prev/workspace:w", tokens=50, per="run", alerts=[0.5])
     notes: list[al.Notification] = []
     store.subscribe(notes.extend)
     subject = al.Subject(tenant="prev", workspace="w", dimensions={"run": "r1"})
-    held = [guard.reserve(subject, LLM, al.tokens(10)) for _ in range(2)]
+    held = [guard.reserve(subject, LLM, [al.tokens(10), al.usd(1)]) for _ in range(2)]
     scopes = guard.get(held[0].id).scopes
     assert scopes == ("tenant:prev", "tenant:prev/workspace:w/run:r1")
-    ledgers = [["tenant:prev|TOKENS||", "tenant:prev", "TOKENS", "", "tenant:prev", ""],
-               ["tenant:prev/workspace:w/run:r1|TOKENS||", "tenant:prev/workspace:w/run:r1",
-                "TOKENS", "", "tenant:prev/workspace:w", "run"]]
+    client = shared_server.client
     for r in held:
         key = f"al:{{prev}}:r:{r.id}"
-        assert shared_server.client.eval(OLD_CORE, 1, key, *map(json.dumps, ledgers)) == 12
+        fields = [f.decode() for f in client.eval(HELD_FIELDS, 1, key)]
+        assert sorted(f.split("|")[2] for f in fields) == ["", "", "", "day"]
+        old = [item for field in fields for item in previous_form(field)]
+        assert client.eval(OLD_CORE, 1, key, *old) == 24
         assert guard.get(r.id).scopes == scopes
-    assert held[0].commit(al.tokens(30)).charged == (al.tokens(30),)
-    assert [(n.type, n.scope) for n in notes] == [
-        ("budget.threshold_crossed", "tenant:prev/workspace:w/run:r1")]
+    assert held[0].commit([al.tokens(30), al.usd(2)]).charged == (al.usd(2), al.tokens(30))
+    assert sorted((n.type, n.scope, n.unit, n.threshold) for n in notes) == [
+        ("budget.threshold_crossed", "tenant:prev", al.Unit.TOKENS, 0.5),
+        ("budget.threshold_crossed", "tenant:prev/workspace:w/run:r1", al.Unit.TOKENS, 0.5)]
     held[1].release("done")
-    by_scope = {b.scope: b for b in guard.balances("tenant:prev")}
-    for scope, allocated in (("tenant:prev", 100), ("tenant:prev/workspace:w/run:r1", 50)):
-        b = by_scope[scope]
-        assert (b.allocated, b.reserved, b.spent) == (allocated, 0, 30), scope
+    spent = {(b.scope, b.unit, b.period): (b.allocated, b.reserved, b.spent)
+             for b in guard.balances("tenant:prev")}
+    assert spent == {
+        ("tenant:prev", al.Unit.TOKENS, None): (100, 0, 30),
+        ("tenant:prev", al.Unit.TOKENS, "day"): (60, 0, 30),
+        ("tenant:prev", al.Unit.USD_MICROCENTS, None): (al.usd(10).amount, 0, al.usd(2).amount),
+        ("tenant:prev/workspace:w/run:r1", al.Unit.TOKENS, None): (50, 0, 30)}
     committed = [r for r in guard.audit("prev") if r.type == "reservation.committed"]
     assert [r.scopes for r in committed] == [scopes]
 

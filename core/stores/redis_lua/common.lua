@@ -219,9 +219,12 @@ local function defs_of(scope)
 end
 local function prefetch_defs(scopes)
   -- the definitions of several scopes with one command (defs_of then finds them)
-  local wanted = {}
+  local wanted, seen = {}, {}
   for _, scope in ipairs(scopes) do
-    if DEF_CACHE[scope] == nil then wanted[#wanted + 1] = scope end
+    if DEF_CACHE[scope] == nil and not seen[scope] then
+      seen[scope] = true
+      wanted[#wanted + 1] = scope
+    end
   end
   if #wanted == 0 then return end
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
@@ -536,7 +539,9 @@ local function pack_units(by_unit)
 end
 -- A reservation keeps each ledger it holds as two items: the ledger field and a number that
 -- says where its path and its definition's scope end in it and the unit and period codes
--- (see ledger_ref). The definition's dimension is the segment after the scope.
+-- (see ledger_ref). The definition's dimension is the segment after the scope, up to its
+-- ':' (names and dimension keys never hold ':' or '/': validation.py). Unit and period
+-- codes take 3 bits each: at most 8 of either.
 local function ledger_ref(field, path, d)
   return field, ((#path * 65536 + #d.scope) * 8 + UNIT_ORDER[d.unit]) * 8 + PERIOD_ORDER[d.period]
 end
