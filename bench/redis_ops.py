@@ -13,7 +13,8 @@ on the same server and client: a trivial script `return 1` called with EVALSHA.
    it) and bracketed by CONFIG RESETSTAT and INFO commandstats / latencystats; then the same
    operations as raw script calls (the store's payloads built first, then sent one after
    another), the server-side cost the targets are judged on, with the commands each script
-   ran inside it.
+   ran inside it. The depths take turns round by round (ABC, then CBA), so the figure per
+   extra scope compares depths measured at the same moments.
 2. Throughput: 32 clients (processes × threads, multiprocessing 'spawn') doing reserve+commit
    pairs for a fixed time on one shared budget, then on one tenant per client, against the
    same clients doing trivial pairs (two EVALSHA `return 1`), in ABC(CBA) order; client and
@@ -49,6 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import redis
@@ -365,60 +367,78 @@ class DepthResult:
     ledgers: LedgerReport
 
 
-def run_depth(url: str, depth: int, settings: Settings) -> DepthResult:
-    """Interleaved rounds of trivial, reserve and commit phases on one tenant."""
-    store = RedisStore(url=url)
-    guard = al.Guard(store, ttl_ms=TTL_MS)
-    subject = subject_of(f"seq-d{depth}", depth)
-    set_budgets(guard, subject)
-    client = store.client
-    trivial = client.register_script(TRIVIAL_LUA)
-    timers = {"reserve": TimedScript(store._scripts["reserve"]),
-              "commit": TimedScript(store._scripts["settle"])}
-    store._scripts["reserve"], store._scripts["settle"] = timers["reserve"], timers["commit"]
-    phases = ("trivial", "reserve", "commit")
-    latency: dict[str, list[int]] = {p: [] for p in phases}
-    wire: dict[str, list[int]] = {"reserve": [], "commit": []}
-    server = {p: Tally() for p in phases}
-    raw = {p: Tally() for p in phases}
-    held: list[al.Reservation] = []
-    commits = 0
+PHASES = ("trivial", "reserve", "commit")
 
-    def call_trivial(i: int) -> None:
-        trivial()
 
-    def call_reserve(i: int) -> None:
-        held.append(guard.reserve(subject, ACTION, ESTIMATE))
+class DepthRun:
+    """One depth's tenant, guard and tallies; `round` runs its trivial, reserve and commit
+    phases and then the raw script calls once. Rounds of all depths are interleaved (see
+    run_depths), so the per-scope figure compares depths measured minutes apart at most."""
 
-    def call_commit(i: int) -> None:
-        held[i].commit(ACTUAL)
+    def __init__(self, url: str, depth: int) -> None:
+        self.depth = depth
+        self.store = RedisStore(url=url)
+        self.guard = al.Guard(self.store, ttl_ms=TTL_MS)
+        self.subject = subject_of(f"seq-d{depth}", depth)
+        set_budgets(self.guard, self.subject)
+        self.trivial = self.store.client.register_script(TRIVIAL_LUA)
+        self.timers = {"reserve": TimedScript(self.store._scripts["reserve"]),
+                       "commit": TimedScript(self.store._scripts["settle"])}
+        self.store._scripts["reserve"] = self.timers["reserve"]
+        self.store._scripts["settle"] = self.timers["commit"]
+        self.latency: dict[str, list[int]] = {p: [] for p in PHASES}
+        self.wire: dict[str, list[int]] = {"reserve": [], "commit": []}
+        self.server = {p: Tally() for p in PHASES}
+        self.raw = {p: Tally() for p in PHASES}
+        self.held: list[al.Reservation] = []
+        self.commits = 0
 
-    calls = {"trivial": call_trivial, "reserve": call_reserve, "commit": call_commit}
-    for r in range(1 + settings.seq_rounds):
-        for phase in phases:
+    def call(self, phase: str, i: int) -> None:
+        if phase == "trivial":
+            self.trivial()
+        elif phase == "reserve":
+            self.held.append(self.guard.reserve(self.subject, ACTION, ESTIMATE))
+        else:
+            self.held[i].commit(ACTUAL)
+
+    def round(self, measured: bool, calls: int) -> None:
+        """One round; an unmeasured one warms up (script load, connection, caches)."""
+        client = self.store.client
+        for phase in PHASES:
             samples: list[int] = []
-            for timer in timers.values():
+            for timer in self.timers.values():
                 timer.samples.clear()
             reset_stats(client)
-            timed(calls[phase], settings.seq_calls, samples)
+            timed(partial(self.call, phase), calls, samples)
             stats = read_stats(client)
-            if r > 0:  # round 0 warms up (script load, connection, caches)
-                latency[phase] += samples
-                server[phase].add(stats)
-                if phase in timers:
-                    wire[phase] += timers[phase].samples
-        commits += len(held)
-        held.clear()
-        trivial_stats = trivial_raw(client, trivial, settings.seq_calls)
-        reserved, committed = pairs_raw(store, guard, [subject] * settings.seq_calls)
-        commits += settings.seq_calls
-        if r > 0:
-            raw["trivial"].add(trivial_stats)
-            raw["reserve"].add(reserved)
-            raw["commit"].add(committed)
-    ledgers = check_ledgers(store, {subject.tenant: commits}, depth)
-    guard.close()
-    return DepthResult(depth, latency, wire, server, raw, ledgers)
+            if measured:
+                self.latency[phase] += samples
+                self.server[phase].add(stats)
+                if phase in self.timers:
+                    self.wire[phase] += self.timers[phase].samples
+        self.commits += len(self.held)
+        self.held.clear()
+        trivial_stats = trivial_raw(client, self.trivial, calls)
+        reserved, committed = pairs_raw(self.store, self.guard, [self.subject] * calls)
+        self.commits += calls
+        if measured:
+            self.raw["trivial"].add(trivial_stats)
+            self.raw["reserve"].add(reserved)
+            self.raw["commit"].add(committed)
+
+    def result(self) -> DepthResult:
+        ledgers = check_ledgers(self.store, {self.subject.tenant: self.commits}, self.depth)
+        self.guard.close()
+        return DepthResult(self.depth, self.latency, self.wire, self.server, self.raw, ledgers)
+
+
+def run_depths(url: str, settings: Settings) -> list[DepthResult]:
+    """Rounds of every depth in turn, in ABC then CBA order, after one warm-up round each."""
+    runs = [DepthRun(url, depth) for depth in DEPTHS]
+    for r in range(1 + settings.seq_rounds):
+        for run in runs if r % 2 == 0 else runs[::-1]:
+            run.round(r > 0, settings.seq_calls)
+    return [run.result() for run in runs]
 
 
 def print_depths(results: list[DepthResult]) -> None:
@@ -893,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         print("budgets: one USD budget per derived scope (tenant / workspace / app / workflow "
               "/ agent / toolset);\nreserve usd(0.05), commit usd(0.031); trivial = EVALSHA of "
               f"`{TRIVIAL_LUA}` on the same client\n")
-        depths = [run_depth(url, depth, settings) for depth in DEPTHS]
+        depths = run_depths(url, settings)
         print_depths(depths)
         print_breakdown(depths[1])
         phases, conc_ledgers, _ = run_throughput(url, args.procs, args.threads, settings,
