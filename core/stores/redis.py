@@ -519,7 +519,7 @@ class RedisStore:
                     _text(rid), op.tenant, ReservationStatus.ACTIVE, op.subject, op.action,
                     _amounts(_text(estimate)),
                     tuple(dict.fromkeys(_text(field).rsplit("|", 3)[0]
-                                        for field in _row_fields(rows))),
+                                        for field in _flat(rows)[0::8])),
                     created, created + op.ttl_ms, op.grace_ms, 0, op.overage_policy, (), None)
             return ops.ReserveOutcome(decision, info, _later(rows))
         if isinstance(op, ops.Commit):
@@ -700,26 +700,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _row_items(rows: list[Any]) -> Iterator[list[Any]]:
+def _flat(rows: list[Any]) -> list[Any]:
     """The balance rows of a compact reply, eight items each, one after another in one
     list (a replay snapshot of an earlier version holds them as a list per row)."""
     if rows and isinstance(rows[0], list):
-        return iter(rows)
-    return (rows[i:i + 8] for i in range(0, len(rows), 8))
-
-
-def _row_fields(rows: list[Any]) -> list[Any]:
-    """The ledger field of each balance row."""
-    if rows and isinstance(rows[0], list):
-        return [row[0] for row in rows]
-    return rows[0::8]
+        return [item for row in rows for item in row]
+    return rows
 
 
 def _rows(rows: list[Any]) -> tuple[Balance, ...]:
     """Balance rows of a compact reply: the ledger field ("path|unit|period|bucket"), then
     integers as integers (the store's own clients decode strings; one handed in may not)."""
     out = []
-    for field, a, r, sp, debt, od, over, status in _row_items(rows):
+    flat = _flat(rows)
+    for i in range(0, len(flat), 8):
+        field, a, r, sp, debt, od, over, status = flat[i:i + 8]
         scope, unit, period, bucket = _text(field).rsplit("|", 3)
         out.append(Balance(scope, UNITS[unit], period or None, bucket, a, r, sp, debt, od,
                            over == 1, STATUSES[status]))

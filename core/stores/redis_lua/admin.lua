@@ -19,7 +19,7 @@ local function locate(scope, base, per, unit, period)
       table.concat(periods, ', ') .. ']; say which with period=')
   end
   local d = found[1]
-  return {L = lload(lfield(scope, unit, d.period, bucket(d.period, NOW)), d), d = d}
+  return {L = lload(lfield(scope, unit, d.period, current_bucket(d.period)), d), d = d}
 end
 
 local op = P.op

@@ -86,7 +86,8 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
-local LABELS, LABEL_COUNT = {}, 0  -- pure, so kept across calls (a few: a large Lua heap slows every call)
+-- Labels are pure, so a few are kept across calls (a large Lua heap slows every call).
+local LABELS, LABEL_COUNT = {}, 0
 local function bucket(period, ms)
   if period == '' then return '' end
   local memo = period .. math.floor(ms / MIN)

@@ -17,7 +17,7 @@ local function set_budget(x)
     period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL}})
   d = find_def(x.scope, x.unit, x.period, x.per)
   if x.per ~= '' then  -- every dimension ledger of this bucket follows, now
-    local suffix = '|' .. x.unit .. '|' .. x.period .. '|' .. bucket(x.period, NOW)
+    local suffix = '|' .. x.unit .. '|' .. x.period .. '|' .. current_bucket(x.period)
     local cursor = '0'
     repeat
       local page = redis.call('HSCAN', K_LEDGERS, cursor, 'MATCH',
@@ -34,7 +34,7 @@ local function set_budget(x)
     until cursor == '0'
     return {}
   end
-  local L = lload(lfield(x.scope, x.unit, x.period, bucket(x.period, NOW)), d)
+  local L = lload(lfield(x.scope, x.unit, x.period, current_bucket(x.period)), d)
   L.over = L.debt > d.od and 1 or 0
   lsave(L)
   return {balance(L, d)}

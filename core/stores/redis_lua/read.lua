@@ -22,7 +22,7 @@ elseif op == 'balances' then
   local out = {}
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(defs_of(scope)) do
-      local current = bucket(d.period, NOW)
+      local current = current_bucket(d.period)
       if d.per == '' then
         if nz(P.dimension) == nil then
           out[#out + 1] = balance(lload(lfield(scope, d.unit, d.period, current), d), d)

@@ -99,7 +99,7 @@ for i, scope in ipairs(P.scopes) do
               remaining = '0', limit = s(q.limit), requested = '1'}
           end
         else
-          local window = bucket(q.window, NOW)
+          local window = current_bucket(q.window)
           local stored = redis.call('HGET', K_QCOUNT, qkey)
           local used = 0
           if stored then

@@ -21,7 +21,7 @@ page(K_LEDGERS, 'prune_ledgers', function(field, packed)
 end)
 page(K_QRUNS, 'prune_runs', function(field, window)
   local period = split(field, '|')[3]
-  return period == nil or period == '' or bucket(period, NOW) == window
+  return period == nil or period == '' or current_bucket(period) == window
 end)
 
 return cjson.encode({expired = expired})
