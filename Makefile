@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/wrapper_overhead.py
 	$(BIN)/python bench/estimator_error.py
 	$(BIN)/python bench/redis_ops.py --quick
+	$(BIN)/python bench/redis_floor.py
 
 clean:
 	rm -rf $(VENV) $(LI_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

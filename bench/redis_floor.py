@@ -1,0 +1,155 @@
+"""How far the store's scripts are from the least a script making their writes can cost.
+
+    .venv/bin/python bench/redis_floor.py            # about 40 s
+    .venv/bin/python bench/redis_floor.py --rounds 4 --calls 300
+
+For scope depth 1, 3 and 6 (one USD budget per scope, as in redis_ops.py), the store builds
+its own FCALL payloads for reserve and commit, and the same payloads go, one call after
+another, to these scripts on one private redis-server:
+
+- trivial: EVALSHA of `return 1`, the baseline of the targets (DESIGN.md §10);
+- store:   the store's own reserve and commit;
+- floor:   redis_floor.lua, which runs the commands the store's scripts run for these calls
+           (due reservations looked up, and by reserve the tenant's mode and rules;
+           definitions and ledgers read and written; the reservation's hash and its expiry
+           entry; the audit entry with its sequence number; two report counters) on the same
+           stored formats, with none of the store's features and one check. The report
+           prints the commands both ran per call, which must match;
+- reservation: a reserve that holds the estimate on the ledgers and writes the reservation's
+           hash and expiry entry (what a later commit needs), and nothing else;
+- ledgers: a reserve that only reads definitions and ledgers and writes the ledgers back.
+
+Server µs per call is INFO commandstats usec_per_call; each figure is the median over rounds,
+whose order of scripts rotates round by round (the first script after a pause pays for the
+server's cold caches). ×t = multiple of the trivial script in the same rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis_ops as shared  # the server, budgets and statistics of the main Redis bench
+
+import allotment as al
+from allotment.stores.redis import RedisStore
+
+FLOOR_LUA = Path(__file__).with_name("redis_floor.lua")
+SCRIPTS = {"reserve": ("trivial", "store", "floor", "reservation", "ledgers"),
+           "commit": ("trivial", "store", "floor")}
+Call = tuple[list[str], list[Any]]  # keys, arguments
+
+
+def payloads(store: RedisStore, ops: list[Any]) -> list[Call]:
+    out = []
+    for op in ops:
+        _, keys, payload = store._call(op)
+        out.append((keys, store._args(payload)))
+    return out
+
+
+def server_stats(store: RedisStore, run: Callable[[], object]) -> shared.Stats:
+    """The server's command statistics of `run` alone."""
+    shared.reset_stats(store.client)
+    run()
+    return shared.read_stats(store.client)
+
+
+class Depth:
+    """One tenant with a budget on each of `depth` scopes, and the calls of one round."""
+
+    def __init__(self, url: str, depth: int) -> None:
+        self.store = RedisStore(url=url)
+        self.guard = al.Guard(self.store, ttl_ms=shared.TTL_MS)
+        self.subject = shared.subject_of(f"floor-d{depth}", depth)
+        shared.set_budgets(self.guard, self.subject)
+        self.trivial = self.store.client.register_script(shared.TRIVIAL_LUA)
+
+    def reserve_calls(self, n: int) -> list[Call]:
+        op = partial(self.guard._reserve_op, self.subject, shared.ACTION, shared.ESTIMATE,
+                     None, None, None, None, dry_run=False)
+        return payloads(self.store, [op() for _ in range(n)])
+
+    def commit_calls(self, n: int) -> list[Call]:
+        """Commits of n reservations the store's own reserve makes first."""
+        guard, subject = self.guard, self.subject
+        held = [guard.reserve(subject, shared.ACTION, shared.ESTIMATE) for _ in range(n)]
+        return payloads(self.store, [guard._commit_op(r.id, shared.ACTUAL, None) for r in held])
+
+    def run(self, op: str, script: str, calls: list[Call]) -> shared.Stats:
+        client = self.store.client
+        if script == "trivial":
+            return server_stats(self.store, lambda: [self.trivial() for _ in calls])
+        if script == "store":
+            real = self.store._scripts["reserve" if op == "reserve" else "settle"]
+            return server_stats(self.store, lambda: [real(keys=k, args=a) for k, a in calls])
+        name = f"floor_{op if script == 'floor' else script}"
+        return server_stats(self.store, lambda: [client.fcall(name, len(k), *k, *a)
+                                                 for k, a in calls])
+
+
+Key = tuple[str, str, int]  # op, script, depth
+
+
+def measure(rounds: int, calls: int) -> tuple[dict[Key, float], dict[Key, shared.Tally]]:
+    """Median server µs per call, and all the commands run, by (op, script, depth)."""
+    samples: dict[Key, list[float]] = {}
+    tallies: dict[Key, shared.Tally] = {}
+    with shared.redis_server() as url:
+        depths = {d: Depth(url, d) for d in shared.DEPTHS}
+        depths[shared.DEPTHS[0]].store.client.function_load(FLOOR_LUA.read_text(), replace=True)
+        for r in range(rounds + 1):  # round 0 warms up
+            for op, scripts in SCRIPTS.items():
+                order = scripts[r % len(scripts):] + scripts[:r % len(scripts)]
+                for d, depth in depths.items():
+                    for script in order:
+                        batch = (depth.reserve_calls(calls) if op == "reserve"
+                                 else depth.commit_calls(calls))
+                        stats = depth.run(op, script, batch)
+                        if r > 0:
+                            n, usec = stats.commands["call"]
+                            samples.setdefault((op, script, d), []).append(usec / n)
+                            tallies.setdefault((op, script, d), shared.Tally()).add(stats)
+        for depth in depths.values():
+            depth.guard.close()
+    return {key: statistics.median(values) for key, values in samples.items()}, tallies
+
+
+def commands(tally: shared.Tally) -> str:
+    return ", ".join(f"{name} {n:g}" for name, (n, _) in sorted(tally.inner().items()))
+
+
+def report(med: dict[Key, float], tallies: dict[Key, shared.Tally]) -> None:
+    print("Server µs per call (median over rounds) and ×t, the multiple of the trivial script")
+    first, last = shared.DEPTHS[0], shared.DEPTHS[-1]
+    for op, scripts in SCRIPTS.items():
+        print(f"\n{op:<12}" + "".join(f"{'d' + str(d):>8}{'×t':>6}" for d in shared.DEPTHS)
+              + f"{'/scope':>8}")
+        for script in scripts:
+            line = f"{script:<12}"
+            for d in shared.DEPTHS:
+                us = med[(op, script, d)]
+                line += f"{us:>8.1f}{us / med[(op, 'trivial', d)]:>6.1f}"
+            per_scope = (med[(op, script, last)] - med[(op, script, first)]) / (last - first)
+            print(line + f"{per_scope:>8.1f}")
+        print("store ÷ floor " + "  ".join(
+            f"d{d} {med[(op, 'store', d)] / med[(op, 'floor', d)]:.2f}" for d in shared.DEPTHS))
+        for script in ("store", "floor"):  # the floor is fair only if these two lines match
+            print(f"commands per call at depth {last}, {script}: "
+                  f"{commands(tallies[(op, script, last)])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=8, help="measured rounds (default 8)")
+    parser.add_argument("--calls", type=int, default=500, help="calls per script and round")
+    args = parser.parse_args()
+    report(*measure(args.rounds, args.calls))
+
+
+if __name__ == "__main__":
+    main()
