@@ -1,9 +1,11 @@
 #!lua name=allotment_floor
--- The least a script can cost that makes the store's writes (bench/redis_floor.py). Each
--- function takes the store's own keys and arguments (common.lua lists them) and reads and
--- writes the same stored formats, with none of the store's features: no access rules,
--- quotas, caps, alerts, dimensions, periods, idempotency or replies beyond the compact
--- array, and one check (the estimate fits). Budgets must be USD, with no period or dimension.
+-- The store's Redis commands with none of its features (bench/redis_floor.py). Each
+-- function takes the store's own keys and arguments (common.lua lists them) and runs the
+-- commands the store's reserve or commit runs for them, on the same keys and stored formats:
+-- no access rules, quotas, caps, alerts, dimensions, periods, idempotency or replies beyond
+-- the compact array; reserve checks only that the estimate fits, commit nothing. Budgets
+-- must be USD, with no period or dimension. One difference in what is stored: report
+-- counters are keyed by the day's number, not its date (the store keeps date labels cached).
 
 local DEF = '<BBBBi8i8Hc0Hc0Hc0'  -- common.lua DEF_FORMAT
 local LEDGER = '<Bi8i8i8i8i8i1i8i2i1i1'  -- common.lua LEDGER_FORMAT
@@ -13,7 +15,7 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function setting(args, name) return string.match(args[3], '"' .. name .. '": (%d+)') end
+local function setting(args, name) return string.match(args[3], '"' .. name .. '":%s*(%d+)') end
 
 local function ledgers_of(keys, scopes)
   -- the USD ledger field of each scope's definitions, and their overdraft limits
@@ -32,7 +34,7 @@ local function ledgers_of(keys, scopes)
   return fields, od
 end
 
-local function held(keys, fields, od, now, change)
+local function update_ledgers(keys, fields, od, now, change)
   -- apply change(r, sp) -> r, sp to each ledger; write them back; the balance rows
   local raws, writes, rows = redis.call('HMGET', keys[2], unpack(fields)), {}, {}
   for k = 1, #fields do
@@ -49,12 +51,12 @@ local function held(keys, fields, od, now, change)
   return rows
 end
 
-local function reserved(keys, args, now)
+local function hold_estimate(keys, args, now)
   -- the ledgers alone: the estimate held on each scope's USD ledger
   local scopes = {unpack(args, 22)}
   local fields, od = ledgers_of(keys, scopes)
   local estimate = tonumber(string.match(args[13], '=(%d+)'))
-  local rows = held(keys, fields, od, now, function(room, r, sp)
+  local rows = update_ledgers(keys, fields, od, now, function(room, r, sp)
     if room < estimate then return nil end
     return r + estimate, sp
   end)
@@ -66,9 +68,10 @@ local function audit(keys, args, now, kind, ...)
     redis.call('HINCRBY', keys[7], 'seq', 1), 'at', now, 'type', kind, ...)
 end
 
-local function due(keys, now)
+local function due(keys, args, now)
   -- every call of the store first looks for reservations past their expiry
-  redis.call('ZRANGEBYSCORE', keys[8], '-inf', '(' .. now, 'LIMIT', 0, 16)
+  local batch = setting(args, 'reap_batch')
+  redis.call('ZRANGEBYSCORE', keys[8], '-inf', '(' .. now, 'LIMIT', 0, batch)
 end
 local function rules(keys)
   -- a reserve reads the tenant's mode and whether it has access or quota rules
@@ -79,38 +82,41 @@ end
 
 redis.register_function('floor_ledgers', function(keys, args)
   local now = now_ms()
-  local rows = reserved(keys, args, now)
+  local rows = hold_estimate(keys, args, now)
   if rows == nil then return 'DENY' end
   return {'ALLOW', args[4], now, args[13], rows, false}
 end)
 
-local function recorded(keys, args, now, scopes, fields)
-  -- the reservation's hash and its expiry entry, as the store's reserve writes them
+local function write_reservation(keys, args, now, scopes, fields)
+  -- the reservation's hash and its expiry entry, as the store's reserve writes them; a held
+  -- ledger's reference as common.lua's ledger_ref makes it (USD, no period: codes 0)
   local refs = {}
-  for k = 1, #fields do refs[2 * k - 1], refs[2 * k] = fields[k], #scopes[k] * 4194304 end
+  for k = 1, #fields do
+    refs[2 * k - 1], refs[2 * k] = fields[k], (#scopes[k] * 65536 + #scopes[k]) * 64
+  end
   local ttl, grace = tonumber(args[14]), tonumber(args[15])
   redis.call('HSET', keys[11], 'status', 'ACTIVE', 'expires', now + ttl, 'ext', 0, 'core',
-    cmsgpack.pack({args[4], args[5], args[8], args[12], args[13], refs, now, grace,
-      tonumber(args[16]), '', '', '0', args[9], 1}))
+    cmsgpack.pack({args[4], args[5], args[8], args[12], args[13], refs,
+      string.format('%d', now), grace, tonumber(args[16]), '', '', '0', args[9], 1}))
   redis.call('ZADD', keys[8], now + ttl + grace, args[4])
 end
 
 redis.register_function('floor_reservation', function(keys, args)
   -- the ledgers and the reservation: what a later commit needs, and nothing else
   local now = now_ms()
-  local rows, scopes, fields = reserved(keys, args, now)
+  local rows, scopes, fields = hold_estimate(keys, args, now)
   if rows == nil then return 'DENY' end
-  recorded(keys, args, now, scopes, fields)
+  write_reservation(keys, args, now, scopes, fields)
   return {'ALLOW', args[4], now, args[13], rows, false}
 end)
 
 redis.register_function('floor_reserve', function(keys, args)
   local now = now_ms()
-  due(keys, now)
+  due(keys, args, now)
   rules(keys)
-  local rows, scopes, fields, estimate = reserved(keys, args, now)
+  local rows, scopes, fields, estimate = hold_estimate(keys, args, now)
   if rows == nil then return 'DENY' end
-  recorded(keys, args, now, scopes, fields)
+  write_reservation(keys, args, now, scopes, fields)
   audit(keys, args, now, 'reservation.reserved', 'subject', args[8], 'action',
     args[10] .. ' ' .. args[11], 'reservation_id', args[4], 'scopes', cjson.encode(scopes),
     'estimate', args[13])
@@ -123,19 +129,19 @@ end)
 redis.register_function('floor_commit', function(keys, args)
   -- commits a reservation the store's reserve made (its core lists the ledgers it holds)
   local now = now_ms()
-  due(keys, now)
+  due(keys, args, now)
   local flat, R = redis.call('HGETALL', keys[11]), {}
   for i = 1, #flat, 2 do R[flat[i]] = flat[i + 1] end
   local core = cmsgpack.unpack(R.core)
   local refs, scopes, fields = core[6], {}, {}
-  for i = 1, #refs, 2 do
+  for i = 1, #refs, 2 do  -- a reference's path end, times 65536 * 64 (ledger_ref)
     fields[#fields + 1] = refs[i]
     scopes[#scopes + 1] = string.sub(refs[i], 1, math.floor(refs[i + 1] / 4194304))
   end
   local _, od = ledgers_of(keys, scopes)
   local estimate = tonumber(string.match(core[5], '=(%d+)'))
   local actual = tonumber(string.match(args[8], '=(%d+)'))
-  local rows = held(keys, fields, od, now, function(_, r, sp)
+  local rows = update_ledgers(keys, fields, od, now, function(_, r, sp)
     return r - estimate, sp + actual
   end)
   local charged = 'USD_MICROCENTS=' .. actual
