@@ -47,11 +47,7 @@ Call = tuple[list[str], list[Any]]  # keys, arguments
 
 
 def payloads(store: RedisStore, ops: list[Any]) -> list[Call]:
-    out = []
-    for op in ops:
-        _, keys, payload = store._call(op)
-        out.append((keys, store._args(payload)))
-    return out
+    return [shared.script_call(store, op)[1:] for op in ops]
 
 
 def accepted(op: str, reply: Any) -> bool:

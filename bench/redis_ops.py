@@ -326,14 +326,20 @@ def trivial_raw(client: redis.Redis, trivial: Any, count: int) -> Stats:
     return read_stats(client)
 
 
+def script_call(store: RedisStore, op: ops.Op[Any]) -> tuple[str, list[str], list[Any]]:
+    """The store's own script call for `op`: the function's name, its keys and arguments."""
+    script, keys, payload = store._call(op)
+    return script, keys, store._args(payload)
+
+
 def raw_calls(store: RedisStore, batch: Sequence[ops.Op[Any]]) -> tuple[list[Any], Stats]:
     """The store's own EVALSHA calls for `batch`: payloads built first, then the calls one
     after another with nothing between them, then the replies parsed. Returns the results
     and the server statistics of the calls alone."""
     calls = []
     for op in batch:
-        script, keys, payload = store._call(op)
-        calls.append((store._scripts[script], keys, store._args(payload)))
+        script, keys, args = script_call(store, op)
+        calls.append((store._scripts[script], keys, args))
     reset_stats(store.client)
     raws = [script(keys=keys, args=args) for script, keys, args in calls]
     stats = read_stats(store.client)
