@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(LI_STAMP): pyproject.toml tests/llamaindex/requirements.txt
+$(LI_STAMP): pyproject.toml tests/integrations/llamaindex/requirements.txt
 	$(PYTHON) -m venv $(LI_VENV)
 	$(LI_VENV)/bin/pip install --quiet --upgrade pip
-	$(LI_VENV)/bin/pip install --quiet -e . -r tests/llamaindex/requirements.txt
+	$(LI_VENV)/bin/pip install --quiet -e . -r tests/integrations/llamaindex/requirements.txt
 	touch $(LI_STAMP)
 
 demo: $(STAMP)
@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(LI_STAMP)
 	$(BIN)/python -m pytest
-	$(LI_VENV)/bin/python -m pytest tests/llamaindex
+	$(LI_VENV)/bin/python -m pytest tests/integrations/llamaindex
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

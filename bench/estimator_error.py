@@ -1,6 +1,6 @@
 """How close the offline input-token estimate comes to what providers counted: every recorded
-request in tests/cassettes, estimated as the adapters estimate it, against the usage the
-provider reported for it.
+request in tests/integrations/cassettes, estimated as the adapters estimate it, against the
+usage the provider reported for it.
 
     python bench/estimator_error.py
 """
@@ -16,7 +16,7 @@ import yaml
 from allotment.estimation import input_tokens
 from allotment.integrations.anthropic import hidden_prompt_tokens
 
-CASSETTES = Path(__file__).resolve().parent.parent / "tests" / "cassettes"
+CASSETTES = Path(__file__).resolve().parent.parent / "tests" / "integrations" / "cassettes"
 
 
 def reported(provider: str, response: str) -> int:

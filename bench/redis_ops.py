@@ -56,7 +56,7 @@ from typing import Any
 import redis
 
 import allotment as al
-from allotment.stores import base as ops
+from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore
 
 LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")

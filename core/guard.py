@@ -66,8 +66,9 @@ from .policy import (
 )
 from .reservation import Reservation
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
-from .stores import base as ops
-from .stores.base import AUTO, PeriodChoice, Store, in_unit_order
+from .stores import operations as ops
+from .stores import store_from_url
+from .stores.operations import AUTO, PeriodChoice, Store, in_unit_order
 from .sweeper import Sweeper, retry_delays
 from .validation import MAX_AMOUNT, check_idempotency_key, check_int, check_name
 
@@ -79,8 +80,6 @@ NO_KEY: dict[str, Any] = {"idempotency_key": None, "fingerprint": ""}
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = "spend.unrecorded"
 
-ElasticUnits = tuple[Units, int, int]
-"""An elastic estimate's per-million-output-token rates by unit, max_tokens and floor."""
 TTL_RANGE = (1_000, 86_400_000)
 GRACE_RANGE = (0, 60_000)
 
@@ -130,7 +129,7 @@ class Guard:
                       "on_store_error", "commit_retries"}
         guard_options = {k: v for k, v in options.items() if k in guard_keys}
         store_options = {k: v for k, v in options.items() if k not in guard_keys}
-        return cls(ops.store_from_url(url, **store_options), **guard_options)
+        return cls(store_from_url(url, **store_options), **guard_options)
 
     def tenant(self, name: str) -> TenantGuard:
         """A handle that can only touch `name`'s budgets, reservations and balances."""
@@ -402,7 +401,7 @@ class Guard:
     # instead of checking them again; the store sees the operations the public methods send.
 
     def _reserve_units(self, subject: Subject, action: Action, units: Units,
-                       elastic: ElasticUnits | None = None,
+                       elastic: ops.ElasticTerms | None = None,
                        ttl_ms: int | None = None) -> Reservation:
         """`reserve(subject, action, estimate, ttl_ms=...)` for checked integer units and,
         for an elastic estimate, its per-million rates (in unit order), max_tokens and
@@ -414,7 +413,7 @@ class Guard:
             return self._store_failed(op, error)
 
     async def _areserve_units(self, subject: Subject, action: Action, units: Units,
-                              elastic: ElasticUnits | None = None,
+                              elastic: ops.ElasticTerms | None = None,
                               ttl_ms: int | None = None) -> Reservation:
         op = self._units_reserve_op(subject, action, units, elastic, ttl_ms)
         try:
@@ -651,7 +650,7 @@ class Guard:
         elastic = None
         if isinstance(estimate, Elastic):
             units = in_unit_order(estimate.units())
-            elastic = _exact(ops.Elastic(in_unit_order(estimate.rates()), estimate.max_tokens,
+            elastic = _exact(ops.ElasticTerms(in_unit_order(estimate.rates()), estimate.max_tokens,
                                          estimate.floor))
         else:
             units = _units(estimate, "estimate")
@@ -664,7 +663,7 @@ class Guard:
             _keyed(key, "reserve", subject, action, units, elastic, ttl, grace, policy))
 
     def _checked_reserve_op(self, subject: Subject, action: Action, units: Units,
-                            elastic: ops.Elastic | None, ttl: int, grace: int,
+                            elastic: ops.ElasticTerms | None, ttl: int, grace: int,
                             policy: OveragePolicy | None, dry_run: bool,
                             keyed: dict[str, Any]) -> ops.Reserve:
         """The reserve operation from checked parts: one place, so the public and the
@@ -677,9 +676,9 @@ class Guard:
             default_plan=self._default_plan(subject.tenant), **keyed)
 
     def _units_reserve_op(self, subject: Subject, action: Action, units: Units,
-                          elastic: ElasticUnits | None, ttl_ms: int | None) -> ops.Reserve:
+                          elastic: ops.ElasticTerms | None, ttl_ms: int | None) -> ops.Reserve:
         """For `_reserve_units`: only what an adapter cannot vouch for is checked."""
-        shrinkable = None if elastic is None else _exact(ops.Elastic(*elastic))
+        shrinkable = None if elastic is None else _exact(elastic)
         ttl = self.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms", *TTL_RANGE)
         return self._checked_reserve_op(subject, action, units, shrinkable, ttl,
                                         self.grace_ms, None, False, NO_KEY)
@@ -890,7 +889,7 @@ def _report_op(tenant: str, period: Any, at: int | datetime | None) -> ops.Repor
     return ops.Report(tenant=check_name(tenant, "tenant"), period=window, at_ms=at)
 
 
-def _exact(elastic: ops.Elastic) -> ops.Elastic:
+def _exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:
     """An elastic estimate the store can hold exactly (checked again for every estimate:
     `model_construct()` and the adapters' units skip the model's own validation)."""
     for _, rate in elastic.rates:

@@ -15,13 +15,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import allotment as al
-from allotment.amounts import Unit, Units, trusted_amounts
-from allotment.context import current_fields
-from allotment.estimation import input_tokens
-from allotment.guard import ElasticUnits
-from allotment.pricing import ModelPrice, Pricer, TokenUsage
-from allotment.scopes import LEVELS
-from allotment.validation import check_int
+from allotment.adapter import (
+    LEVELS,
+    ElasticTerms,
+    ModelPrice,
+    Pricer,
+    TokenUsage,
+    Unit,
+    Units,
+    acommit_units,
+    areserve_units,
+    check_int,
+    commit_units,
+    current_fields,
+    input_tokens,
+    reserve_units,
+    trusted_amounts,
+)
 
 log = logging.getLogger("allotment")
 
@@ -116,7 +126,7 @@ class Meter:
             if usage is None:
                 self.result = self.reservation.commit(self._estimate())
             else:
-                self.result = self.reservation._commit_units(self.units(usage))
+                self.result = commit_units(self.reservation, self.units(usage))
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
         if not self.settled:
@@ -125,7 +135,7 @@ class Meter:
             if usage is None:
                 self.result = await self.reservation.acommit(self._estimate())
             else:
-                self.result = await self.reservation._acommit_units(self.units(usage))
+                self.result = await acommit_units(self.reservation, self.units(usage))
 
     def settle(self, usage: TokenUsage | None) -> None:
         """Settle after the provider answered: a commit refused under REJECT falls back to
@@ -177,7 +187,7 @@ class Estimate(NamedTuple):
 
     price: ModelPrice
     units: Units
-    elastic: ElasticUnits | None
+    elastic: ElasticTerms | None
 
 
 @dataclass(slots=True)
@@ -218,8 +228,8 @@ class Metering:
         if request.max_tokens is None:
             return Estimate(price, fixed, None)
         max_tokens = check_int(request.max_tokens, "max_tokens", 1)
-        return Estimate(price, fixed, (((USD, price.output_rate.amount), PER_TOKEN),
-                                       max_tokens, min(self.floor, max_tokens)))
+        return Estimate(price, fixed, ElasticTerms(((USD, price.output_rate.amount), PER_TOKEN),
+                                                   max_tokens, min(self.floor, max_tokens)))
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
@@ -249,14 +259,14 @@ class Metering:
 
     def _reserve(self, request: Request) -> Meter:
         price, units, elastic = self.estimate(request)
-        reservation = self.guard._reserve_units(request.subject, _action(request), units,
-                                                elastic, self.ttl_ms)
+        reservation = reserve_units(self.guard, request.subject, _action(request), units,
+                                    elastic, self.ttl_ms)
         return Meter(self.guard, reservation, request.provider, request.model, price)
 
     async def _areserve(self, request: Request) -> Meter:
         price, units, elastic = self.estimate(request)
-        reservation = await self.guard._areserve_units(request.subject, _action(request),
-                                                       units, elastic, self.ttl_ms)
+        reservation = await areserve_units(self.guard, request.subject, _action(request),
+                                           units, elastic, self.ttl_ms)
         return Meter(self.guard, reservation, request.provider, request.model, price)
 
     @staticmethod

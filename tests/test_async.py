@@ -8,7 +8,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 
 def test_async_twins_mirror_the_sync_calls(guard: al.Guard, clock: al.ManualClock) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 ACME = "tenant:acme"
 W = "tenant:acme/workspace:w"

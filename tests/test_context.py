@@ -10,7 +10,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 
 def test_nested_scopes_override_levels_and_merge_dimensions() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import allotment as al
 
-from redis_server import redis_server
+from support.redis_server import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 ACME = "tenant:acme"
 ANALYZER = "tenant:acme/workspace:production/workflow:document-analysis/agent:analyzer"

@@ -8,7 +8,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 PLANS = Path(__file__).resolve().parent.parent / "examples" / "plans.yaml"
 

@@ -9,7 +9,8 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM, START_MS
+from support import LLM
+from support.stores import START_MS
 
 ACME = "tenant:acme"
 

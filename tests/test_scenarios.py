@@ -8,7 +8,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 PLANS = al.Plan.load_all(Path(__file__).resolve().parent.parent / "examples" / "plans.yaml")
 
@@ -122,7 +122,7 @@ def test_d_departments_share_an_enterprise_budget_and_reallocate(guard: al.Guard
 def test_e_shadow_mode_reports_what_enforce_would_have_denied(clock: al.ManualClock) -> None:
     """(e) The same traffic in both modes: shadow lets it all through and reports exactly
     the denials that enforce mode makes."""
-    from conftest import STORE_KINDS, make_store
+    from support.stores import STORE_KINDS, make_store
 
     def traffic(guard: al.Guard) -> tuple[int, int]:
         guard.set_budget("tenant:acme", usd=10, period="month")

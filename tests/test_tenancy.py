@@ -7,7 +7,7 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
+from support import LLM
 
 
 def test_reservation_ids_carry_their_tenant(guard: al.Guard) -> None:

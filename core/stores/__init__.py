@@ -1,1 +1,30 @@
-"""Stores: one contract (`base.Store`), one module per backend."""
+"""Stores: the operations they execute (`operations`), one package per backend, and the
+factory that picks a backend from a URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .operations import Store
+
+
+def store_from_url(url: str, **options: Any) -> Store:
+    """`memory://` for the embedded store; other schemes belong to optional backends."""
+    from ..errors import InvalidRequest
+
+    if url.startswith("memory://"):
+        from .memory import MemoryStore
+
+        return MemoryStore(**options)
+    if url.split("://", 1)[0] in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
+        try:
+            from .redis import RedisStore
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise InvalidRequest("redis:// needs the redis extra: pip install "
+                                 "'allotment[redis]'") from None
+        return RedisStore.from_url(url, **options)
+    raise InvalidRequest(f"store url {url!r}: unknown scheme; use memory://, redis://, "
+                         "rediss://, unix://, redis+cluster:// or redis+sentinel://")
+
+
+__all__ = ["Store", "store_from_url"]

@@ -60,7 +60,7 @@ from ..models import (
 from ..periods import Period, bucket, bucket_end_ms
 from ..scopes import Subject, parse_scope
 from ..validation import MAX_AMOUNT
-from .base import (
+from .operations import (
     AUTO,
     PERIOD_ORDER,
     UNIT_ORDER,

@@ -71,7 +71,7 @@ from ..models import (
 )
 from ..periods import Period
 from ..scopes import Subject, parse_scope
-from . import base as ops
+from . import operations as ops
 
 R = TypeVar("R")
 DAY_MS = 86_400_000
@@ -282,8 +282,8 @@ class RedisStore:
             rest = url.removeprefix("redis+sentinel://")
             hostport, _, service = rest.partition("/")
             host, _, port = hostport.partition(":")
-            sentinel = Sentinel([(host, int(port or 26379))])  # type: ignore[no-untyped-call]
-            master = sentinel.master_for(service or "mymaster")  # type: ignore[no-untyped-call]
+            sentinel = Sentinel([(host, int(port or 26379))])  # type: ignore[no-untyped-call,unused-ignore]
+            master = sentinel.master_for(service or "mymaster")  # type: ignore[no-untyped-call,unused-ignore]
             return cls(master, url=None, **options)
         return cls(url=url, **options)
 

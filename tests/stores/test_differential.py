@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import allotment as al
 
-from conftest import START_MS, make_store
+from support.stores import START_MS, make_store
 
 LLM = al.Action("llm.completion", "openai:gpt-4o")
 SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]

@@ -24,11 +24,11 @@ from redis.retry import Retry
 
 import allotment as al
 from allotment.guard import _audit_op, _balances_op, _report_op
-from allotment.stores import base as ops
+from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore, reservation_key, tenant_keys
 
-from conftest import LLM
-from redis_server import free_port
+from support import LLM
+from support.redis_server import free_port
 
 STARTUP_S = 30.0
 """The whole cluster start (three servers, the join, cluster_state:ok) is bounded by this."""

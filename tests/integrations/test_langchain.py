@@ -38,9 +38,9 @@ from allotment.integrations.langchain import (
 )
 from allotment.pricing import Pricer
 
-from cassettes import DIRECTORY, expected_cost, replay, sent, spent
+from support.cassettes import DIRECTORY, expected_cost, replay, sent, spent
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACME = "tenant:acme"
 MINI = "gpt-4o-mini"
 SONNET = "claude-sonnet-4-6"

@@ -22,8 +22,8 @@ import pytest
 
 import allotment as al
 
-from conftest import LLM
-from layouts import Layout
+from support import LLM
+from support.layouts import Layout
 
 T = TypeVar("T")
 USD = al.Unit.USD_MICROCENTS

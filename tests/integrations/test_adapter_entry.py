@@ -1,4 +1,4 @@
-"""The guard's entry points for adapters (`_reserve_units`, `_commit_units`) take checked
+"""The adapters' entry points (`allotment.adapter`: `reserve_units`, `commit_units`) take checked
 integer units instead of Amounts and skip re-validating them: they must leave the same
 ledgers, results and audit trail as the public `reserve` and `commit`."""
 
@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 import allotment as al
+from allotment import adapter
+from allotment.adapter import ElasticTerms
 from allotment.integrations._metering import Metering, Request
 from allotment.pricing import ModelPrice, Pricer, TokenUsage
-from allotment.stores.base import Op
+from allotment.stores.operations import Op
 
-from conftest import START_MS, make_store
+from support.stores import START_MS, make_store
 
 USD, TOKENS = al.Unit.USD_MICROCENTS, al.Unit.TOKENS
 LLM = al.Action("llm.completion", "openai:gpt-4o")
@@ -69,16 +71,16 @@ def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: st
         with pytest.raises(al.BudgetExceeded) as denied:
             public.reserve(subject(), LLM, elastic(fixed, max_tokens, 10))
         with pytest.raises(al.BudgetExceeded) as again:
-            units._reserve_units(subject(), LLM, ((USD, 3_000), (TOKENS, 30)),
-                                 (RATES, max_tokens, 10))
+            adapter.reserve_units(units, subject(), LLM, ((USD, 3_000), (TOKENS, 30)),
+                                  ElasticTerms(RATES, max_tokens, 10))
         assert again.value.decision == denied.value.decision
         assert ledgers(units) == ledgers(public)
         assert trail(units) == trail(public)
         return
     held = public.reserve(subject(), LLM, elastic(fixed, max_tokens, 10))
     assert held.decision.outcome.value == outcome
-    twin = units._reserve_units(subject(), LLM, ((USD, 3_000), (TOKENS, 30)),
-                                (RATES, max_tokens, 10))
+    twin = adapter.reserve_units(units, subject(), LLM, ((USD, 3_000), (TOKENS, 30)),
+                                 ElasticTerms(RATES, max_tokens, 10))
     assert twin.decision == held.decision
     assert twin.estimate == held.estimate
     assert twin.info.scopes == held.info.scopes
@@ -86,7 +88,7 @@ def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: st
     assert ledgers(units) == ledgers(public)
 
     committed = held.commit([al.Amount(USD, 5_000), al.tokens(42)])
-    again = twin._commit_units(((USD, 5_000), (TOKENS, 42)))
+    again = adapter.commit_units(twin, ((USD, 5_000), (TOKENS, 42)))
     assert amounts(again) == amounts(committed)
     assert twin.settled and twin.status is al.ReservationStatus.COMMITTED
     assert ledgers(units) == ledgers(public)
@@ -97,8 +99,8 @@ def test_units_entry_reserves_and_commits_like_the_public_one(kind: str, usd: st
 def test_units_commit_above_the_estimate_and_leaving_a_unit_out(kind: str) -> None:
     public, units = twin_guards(kind)
     held = public.reserve(subject(), LLM, [al.Amount(USD, 1_000), al.tokens(10)])
-    twin = units._reserve_units(subject(), LLM, ((USD, 1_000), (TOKENS, 10)))
-    assert amounts(twin._commit_units(((USD, 1_500),))) == amounts(
+    twin = adapter.reserve_units(units, subject(), LLM, ((USD, 1_000), (TOKENS, 10)))
+    assert amounts(adapter.commit_units(twin, ((USD, 1_500),))) == amounts(
         held.commit(al.Amount(USD, 1_500)))
     assert twin.result is not None and twin.result.charged == (al.Amount(USD, 1_500),
                                                               al.tokens(10))
@@ -109,9 +111,10 @@ def test_units_commit_above_the_estimate_and_leaving_a_unit_out(kind: str) -> No
 def test_units_entry_still_checks_what_an_adapter_cannot_vouch_for() -> None:
     guard, _ = twin_guards("memory")
     with pytest.raises(al.InvalidRequest, match="per_mtok"):
-        guard._reserve_units(subject(), LLM, ((USD, 1), (TOKENS, 1)), (RATES, 10**12, 1))
+        adapter.reserve_units(guard, subject(), LLM, ((USD, 1), (TOKENS, 1)),
+                              ElasticTerms(RATES, 10**12, 1))
     with pytest.raises(al.InvalidRequest, match="ttl_ms"):
-        guard._reserve_units(subject(), LLM, ((USD, 1), (TOKENS, 1)), ttl_ms=5)
+        adapter.reserve_units(guard, subject(), LLM, ((USD, 1), (TOKENS, 1)), ttl_ms=5)
     assert ledgers(guard)[0][3] == 0  # nothing held by either refusal
 
 
@@ -130,10 +133,10 @@ def test_units_commit_of_an_unguarded_call_records_its_spend() -> None:
     guard = al.Guard(store, on_store_error="allow")
     guard.set_budget("tenant:acme", usd=10)
     store.down = True
-    held = guard._reserve_units(subject(), LLM, ((USD, 1_000), (TOKENS, 10)))
+    held = adapter.reserve_units(guard, subject(), LLM, ((USD, 1_000), (TOKENS, 10)))
     assert held.unguarded
     store.down = False
-    result = held._commit_units(((USD, 700), (TOKENS, 7)))
+    result = adapter.commit_units(held, ((USD, 700), (TOKENS, 7)))
     assert result.charged == (al.Amount(USD, 700), al.tokens(7))
     (balance,) = guard.balances("tenant:acme")
     assert (balance.spent, balance.reserved) == (700, 0)
@@ -141,14 +144,16 @@ def test_units_commit_of_an_unguarded_call_records_its_spend() -> None:
 
 def test_async_units_entry_matches_the_sync_one() -> None:
     sync, asynchronous = twin_guards("memory")
-    held = sync._reserve_units(subject(), LLM, ((USD, 2_000), (TOKENS, 20)), (RATES, 100, 1))
-    sync_result = held._commit_units(((USD, 2_500), (TOKENS, 25)))
+    held = adapter.reserve_units(sync, subject(), LLM, ((USD, 2_000), (TOKENS, 20)),
+                                 ElasticTerms(RATES, 100, 1))
+    sync_result = adapter.commit_units(held, ((USD, 2_500), (TOKENS, 25)))
 
     async def main() -> al.CommitResult:
-        twin = await asynchronous._areserve_units(subject(), LLM, ((USD, 2_000), (TOKENS, 20)),
-                                                  (RATES, 100, 1))
+        twin = await adapter.areserve_units(asynchronous, subject(), LLM,
+                                            ((USD, 2_000), (TOKENS, 20)),
+                                            ElasticTerms(RATES, 100, 1))
         assert twin.estimate == held.estimate
-        return await twin._acommit_units(((USD, 2_500), (TOKENS, 25)))
+        return await adapter.acommit_units(twin, ((USD, 2_500), (TOKENS, 25)))
 
     assert amounts(asyncio.run(main())) == amounts(sync_result)
     assert ledgers(asynchronous) == ledgers(sync)
@@ -163,7 +168,8 @@ def test_metering_estimate_is_the_public_elastic_estimate_in_units() -> None:
     public = al.Elastic(fixed=tuple(al.Amount(u, a) for u, a in estimate.units),
                         per_mtok=(price.output_rate, al.tokens(10**6)), max_tokens=500,
                         floor=64)
-    assert estimate.elastic == (((USD, price.output_rate.amount), (TOKENS, 10**6)), 500, 64)
+    assert estimate.elastic == ElasticTerms(((USD, price.output_rate.amount), (TOKENS, 10**6)),
+                                            500, 64)
     assert estimate.units[0][1] == price.input_microcents(estimate.units[1][1]) > 0
     assert public.units() == dict(estimate.units)
     embedding = metering.estimate(Request(subject(), "llm.embedding", "openai", "gpt-4o",

@@ -12,8 +12,8 @@ import redis
 import allotment as al
 from allotment.stores.redis import RedisStore
 
-from conftest import LLM
-from redis_server import free_port, redis_server
+from support import LLM
+from support.redis_server import free_port, redis_server
 
 ACME = al.Subject(tenant="acme")
 

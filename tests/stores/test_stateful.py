@@ -38,7 +38,7 @@ from allotment import OveragePolicy as Policy
 from allotment import Reason, Unit
 from allotment import ReservationStatus as Status
 
-from conftest import START_MS, STORE_KINDS, make_store
+from support.stores import START_MS, STORE_KINDS, make_store
 
 T = TypeVar("T")
 

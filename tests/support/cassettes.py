@@ -14,7 +14,7 @@ from genai_prices import Usage, calc_price
 
 import allotment as al
 
-DIRECTORY = Path(__file__).resolve().parent / "cassettes"
+DIRECTORY = Path(__file__).resolve().parents[1] / "integrations" / "cassettes"
 SENT: list[dict[str, Any]] = []
 """The bodies the SDK really sent, in order (vcrpy's cassette only shows recorded ones)."""
 

@@ -1,7 +1,7 @@
 """The LlamaIndex suite runs in its own environment (.venv-llamaindex, see requirements.txt
 here): llama-index-llms-openai pins openai<3, the project's own environment has openai 3.
-The fixtures (`guard`, `clock`, `store`) come from ../conftest.py, which pytest loads as this
-directory's parent conftest; `cassettes` and `redis_server` are importable from ../ likewise.
+The fixtures (`guard`, `clock`, `store`) come from tests/conftest.py, which pytest loads as a
+parent conftest; the `support` helpers are importable as in every suite.
 
 Where LlamaIndex is not installed (the main run), nothing here is collected.
 """

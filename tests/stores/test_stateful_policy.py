@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import allotment as al
 
-from conftest import START_MS, STORE_KINDS, make_store
+from support.stores import START_MS, STORE_KINDS, make_store
 
 LLM = al.Action("llm.completion", "openai:gpt-4o")
 TOOL = al.Action("tool.call", "search")

@@ -27,9 +27,9 @@ import allotment as al
 from allotment.integrations.llamaindex import BudgetHandler
 from allotment.integrations.openai import wrap_openai
 
-from cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, replay, sent, spent
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ACME = "tenant:acme"
 HELLO = [ChatMessage(role="user", content="Hello!")]
 UK = [ChatMessage(role="user", content="What is the capital of the UK?")]
@@ -409,7 +409,7 @@ def test_a_response_without_usage_is_charged_the_estimate(funded: al.Guard) -> N
 def _recorded_chat() -> dict[str, Any]:
     import yaml
 
-    from cassettes import DIRECTORY
+    from support.cassettes import DIRECTORY
 
     data = yaml.safe_load((DIRECTORY / "openai_chat.yaml").read_text())
     loaded: dict[str, Any] = json.loads(data["interactions"][0]["response"]["body"]["string"])

@@ -13,7 +13,7 @@ import pytest
 import allotment as al
 from allotment.integrations.anthropic import wrap_anthropic
 
-from cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, replay, sent, spent
 
 ACME = "tenant:acme"
 SONNET = "claude-sonnet-4-6"

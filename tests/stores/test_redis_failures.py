@@ -29,12 +29,12 @@ from redis.cluster import key_slot
 import allotment as al
 from allotment import guard as guard_module
 from allotment.policy import elastic_amount
-from allotment.stores import base as ops
+from allotment.stores import operations as ops
 from allotment.stores.redis import RedisStore
 
-from conftest import LLM
-from layouts import Layout
-from redis_server import free_port, redis_server
+from support import LLM
+from support.layouts import Layout
+from support.redis_server import free_port, redis_server
 
 TOKENS = al.Unit.TOKENS
 TOP = 2**53 - 1  # the largest amount the ledger takes (DESIGN §3.2)

@@ -1,4 +1,5 @@
-"""The store contract: each operation is one request record, executed as one atomic step.
+"""The operations: each public call is one request record, executed by a store as one atomic
+step, and the `Store` protocol that executes them.
 
 The guard validates input and derives everything that needs no state; a store evaluates and
 changes state for one operation at once (one lock-held call in memory, one script call in
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
 from ..events import AuditRecord, Notification, ReportRow
@@ -145,13 +146,13 @@ class Reserve(Op[ReserveOutcome], Keyed):
     max_extensions: int
     overage_policy: OveragePolicy | None
     dry_run: bool = False
-    elastic: Elastic | None = None
+    elastic: ElasticTerms | None = None
     shadow: bool = False  # the guard's mode; a tenant's own mode overrides it
     default_plan: ApplyPlan | None = None
 
 
 @dataclass
-class Elastic:
+class ElasticTerms:
     """The shrinkable part of an estimate: per-million-output-token rates by unit."""
 
     rates: tuple[tuple[Unit, int], ...]
@@ -250,22 +251,3 @@ class Store(Protocol):
         """Take or renew a named lease for `owner`; False while another owner holds it."""
 
     def close(self) -> None: ...
-
-
-def store_from_url(url: str, **options: Any) -> Store:
-    """`memory://` for the embedded store; other schemes belong to optional backends."""
-    from ..errors import InvalidRequest
-
-    if url.startswith("memory://"):
-        from .memory import MemoryStore
-
-        return MemoryStore(**options)
-    if url.split("://", 1)[0] in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
-        try:
-            from .redis import RedisStore
-        except ImportError:  # pragma: no cover - depends on the installed extras
-            raise InvalidRequest("redis:// needs the redis extra: pip install "
-                                 "'allotment[redis]'") from None
-        return RedisStore.from_url(url, **options)
-    raise InvalidRequest(f"store url {url!r}: unknown scheme; use memory://, redis://, "
-                         "rediss://, unix://, redis+cluster:// or redis+sentinel://")

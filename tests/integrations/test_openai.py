@@ -14,7 +14,7 @@ import pytest
 import allotment as al
 from allotment.integrations.openai import wrap_openai
 
-from cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, replay, sent, spent
 
 ACME = "tenant:acme"
 
@@ -292,7 +292,7 @@ def test_an_abandoned_stream_commits_what_it_saw_or_the_estimate(funded: al.Guar
 def _recorded_chat() -> str:
     import yaml
 
-    from cassettes import DIRECTORY
+    from support.cassettes import DIRECTORY
 
     data = yaml.safe_load((DIRECTORY / "openai_chat.yaml").read_text())
     text: str = data["interactions"][0]["response"]["body"]["string"]
