@@ -26,6 +26,7 @@ from .errors import (
     QuotaExceeded,
     ReservationExpired,
     ReservationFinalized,
+    ReservationStateError,
     StoreUnavailable,
     UnitMismatch,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "ReservationExpired",
     "ReservationFinalized",
     "ReservationInfo",
+    "ReservationStateError",
     "ReservationStatus",
     "Sink",
     "StoreUnavailable",

@@ -1,4 +1,24 @@
-"""The error hierarchy: every failure a caller can act on has its own class."""
+"""The error hierarchy: every failure a caller can act on has its own class.
+
+    AllotmentError                    every error raised on purpose; `code` names it on the wire
+    ├── Denied                        the call may not proceed (carries the `Decision`)
+    │   ├── BudgetExceeded
+    │   ├── QuotaExceeded
+    │   └── NotAllowed
+    ├── ReservationStateError         the reservation cannot take this change any more
+    │   ├── ReservationExpired
+    │   ├── ReservationFinalized
+    │   └── MaxExtensionsExceeded
+    ├── IdempotencyMismatch
+    ├── UnitMismatch
+    ├── Forbidden
+    ├── NotFound
+    ├── InvalidRequest                also a ValueError
+    └── StoreUnavailable
+
+A store reports a refusal by its code (the Redis scripts answer `{error = CODE}`); `by_code`
+turns a code back into its class, from the one table `CODES`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +31,13 @@ if TYPE_CHECKING:
 class AllotmentError(Exception):
     """Base of every error this library raises on purpose."""
 
+    code = "ALLOTMENT_ERROR"
+
 
 class Denied(AllotmentError):
     """The call may not proceed; `decision` says which scope refused it and why."""
+
+    code = "DENIED"
 
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
@@ -23,46 +47,89 @@ class Denied(AllotmentError):
 class BudgetExceeded(Denied):
     """A budget cannot hold the estimate (or is frozen, closed, in debt or over its limit)."""
 
+    code = "BUDGET_EXCEEDED"
+
 
 class QuotaExceeded(Denied):
     """A call, run or concurrency quota is used up for its window."""
+
+    code = "QUOTA_EXCEEDED"
 
 
 class NotAllowed(Denied):
     """An access rule forbids this model or tool."""
 
+    code = "NOT_ALLOWED"
 
-class ReservationExpired(AllotmentError):
+
+class ReservationStateError(AllotmentError):
+    """The reservation is past the point where this change applies; nothing was changed."""
+
+    code = "RESERVATION_STATE"
+
+
+class ReservationExpired(ReservationStateError):
     """The reservation outlived its ttl and grace; its estimate went back to the budgets."""
 
+    code = "RESERVATION_EXPIRED"
 
-class ReservationFinalized(AllotmentError):
+
+class ReservationFinalized(ReservationStateError):
     """The reservation was already committed or released."""
 
+    code = "RESERVATION_FINALIZED"
 
-class MaxExtensionsExceeded(AllotmentError):
+
+class MaxExtensionsExceeded(ReservationStateError):
     """The reservation was extended as often as its budget allows."""
+
+    code = "MAX_EXTENSIONS_EXCEEDED"
 
 
 class IdempotencyMismatch(AllotmentError):
     """An idempotency key was reused with a different payload."""
 
+    code = "IDEMPOTENCY_MISMATCH"
+
 
 class UnitMismatch(AllotmentError):
     """The amounts are in units that the budgets or the reservation do not hold."""
+
+    code = "UNIT_MISMATCH"
 
 
 class Forbidden(AllotmentError):
     """A tenant-bound handle was asked to touch another tenant's data."""
 
+    code = "FORBIDDEN"
+
 
 class NotFound(AllotmentError):
     """No such reservation or budget (or it is past its retention)."""
+
+    code = "NOT_FOUND"
 
 
 class InvalidRequest(AllotmentError, ValueError):
     """An argument broke a rule; the message names the field and the rule."""
 
+    code = "INVALID_REQUEST"
+
 
 class StoreUnavailable(AllotmentError):
     """The store could not be reached or answered with an error."""
+
+    code = "STORE_UNAVAILABLE"
+
+
+CODES: dict[str, type[AllotmentError]] = {
+    cls.code: cls for cls in (
+        NotFound, InvalidRequest, IdempotencyMismatch, UnitMismatch, ReservationExpired,
+        ReservationFinalized, MaxExtensionsExceeded, Forbidden, StoreUnavailable)}
+"""The errors a store reports by code (denials travel as decisions, not codes)."""
+
+
+def by_code(code: str, message: str) -> AllotmentError:
+    """The error a store's code stands for; an unknown code is a store failure, never a
+    silent success."""
+    return CODES.get(code, StoreUnavailable)(message)

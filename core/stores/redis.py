@@ -41,14 +41,9 @@ from ..errors import (
     AllotmentError,
     BudgetExceeded,
     Denied,
-    IdempotencyMismatch,
     InvalidRequest,
-    MaxExtensionsExceeded,
-    NotFound,
-    ReservationExpired,
-    ReservationFinalized,
     StoreUnavailable,
-    UnitMismatch,
+    by_code,
 )
 from ..events import AuditRecord, Notification, ReportRow, report_rows
 from ..ids import new_id
@@ -83,12 +78,6 @@ TENANTS_KEY = "al:tenants"
 OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep")
 """One function per operation file; reserve and settle take flat arguments (FLAT)."""
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
-ERRORS: dict[str, type[AllotmentError]] = {
-    "NOT_FOUND": NotFound, "INVALID_REQUEST": InvalidRequest,
-    "IDEMPOTENCY_MISMATCH": IdempotencyMismatch, "UNIT_MISMATCH": UnitMismatch,
-    "RESERVATION_EXPIRED": ReservationExpired, "RESERVATION_FINALIZED": ReservationFinalized,
-    "MAX_EXTENSIONS_EXCEEDED": MaxExtensionsExceeded,
-}
 
 
 @contextmanager
@@ -786,7 +775,7 @@ def _error(body: dict[str, Any]) -> AllotmentError:
         if code == "BUDGET_NOT_FOUND":
             return Denied(found)
         return BudgetExceeded(found)
-    return ERRORS.get(code, StoreUnavailable)(message)
+    return by_code(code, message)
 
 
 def _note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notification:
