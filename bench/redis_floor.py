@@ -38,6 +38,7 @@ from typing import Any
 import redis_ops as shared  # the server, budgets and statistics of the main Redis bench
 
 import allotment as al
+from allotment.reservation import commit_op
 from allotment.stores.redis import RedisStore
 
 FLOOR_LUA = Path(__file__).with_name("redis_floor.lua")
@@ -81,15 +82,14 @@ class Depth:
         self.trivial = self.store.client.register_script(shared.TRIVIAL_LUA)
 
     def reserve_calls(self, n: int) -> list[Call]:
-        op = partial(self.guard._reserve_op, self.subject, shared.ACTION, shared.ESTIMATE,
-                     ttl_ms=None, grace_ms=None, overage_policy=None, key=None, dry_run=False)
+        op = partial(self.guard._reserve_op, self.subject, shared.ACTION, shared.ESTIMATE)
         return payloads(self.store, [op() for _ in range(n)])
 
     def commit_calls(self, n: int) -> list[Call]:
         """Commits of n reservations the store's own reserve makes first."""
         guard, subject = self.guard, self.subject
         held = [guard.reserve(subject, shared.ACTION, shared.ESTIMATE) for _ in range(n)]
-        return payloads(self.store, [guard._commit_op(r.id, shared.ACTUAL, None) for r in held])
+        return payloads(self.store, [commit_op(r.id, shared.ACTUAL) for r in held])
 
     def run(self, op: str, script: str, calls: list[Call]) -> shared.Stats:
         client = self.store.client

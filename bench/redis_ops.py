@@ -56,6 +56,8 @@ from typing import Any
 import redis
 
 import allotment as al
+from allotment.budgets import set_budget_op
+from allotment.reservation import commit_op
 from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore
 
@@ -239,8 +241,7 @@ def populate(store: RedisStore, guard: al.Guard, tenants: Sequence[str], depth: 
         store.client.sadd(TENANTS_KEY, *chunk)
         store._known.update(chunk)  # what the store's first call per tenant would do
         budget_ops: list[ops.Op[Any]] = [
-            guard._set_budget_op(scope, BUDGET_USD, None, None, None, None, None, None, 0,
-                                 al.OveragePolicy.ALLOW_IF_AVAILABLE)
+            set_budget_op(scope, usd=BUDGET_USD)
             for tenant in chunk for scope in subject_of(tenant, depth).scopes()]
         pipelined(store, budget_ops)
 
@@ -350,10 +351,9 @@ def pairs_raw(store: RedisStore, guard: al.Guard,
               subjects: Sequence[al.Subject]) -> tuple[Stats, Stats]:
     """Reserve on each subject, then commit each reservation, through `raw_calls`: the
     script cost without the guard's Python work (and idle server) between calls."""
-    reserve_ops = [guard._reserve_op(s, ACTION, ESTIMATE, None, None, None, None,
-                                     dry_run=False) for s in subjects]
+    reserve_ops = [guard._reserve_op(s, ACTION, ESTIMATE) for s in subjects]
     outcomes, reserved = raw_calls(store, reserve_ops)
-    _, committed = raw_calls(store, [guard._commit_op(outcome.reservation.id, ACTUAL, None)
+    _, committed = raw_calls(store, [commit_op(outcome.reservation.id, ACTUAL)
                                      for outcome in outcomes])
     return reserved, committed
 

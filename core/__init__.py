@@ -16,6 +16,7 @@ from .context import current_subject, scope
 from .errors import (
     AllotmentError,
     BudgetExceeded,
+    CrossTenant,
     Denied,
     Forbidden,
     IdempotencyMismatch,
@@ -79,6 +80,7 @@ __all__ = [
     "BudgetStatus",
     "Caps",
     "CommitResult",
+    "CrossTenant",
     "Decision",
     "Degrade",
     "Denied",

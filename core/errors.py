@@ -12,6 +12,7 @@
     ├── IdempotencyMismatch
     ├── UnitMismatch
     ├── Forbidden
+    │   └── CrossTenant               also an InvalidRequest: one call spanning two tenants
     ├── NotFound
     ├── InvalidRequest                also a ValueError
     └── StoreUnavailable
@@ -120,6 +121,13 @@ class StoreUnavailable(AllotmentError):
     """The store could not be reached or answered with an error."""
 
     code = "STORE_UNAVAILABLE"
+
+
+class CrossTenant(Forbidden, InvalidRequest):
+    """One call names budgets of two tenants (a transfer across the wall): invalid for
+    anyone, and forbidden to a tenant-bound handle."""
+
+    code = "FORBIDDEN"
 
 
 CODES: dict[str, type[AllotmentError]] = {

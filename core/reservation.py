@@ -8,10 +8,13 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from . import arguments as arg
 from .amounts import Amount, AmountsLike, Units, trusted_amounts
-from .errors import AllotmentError
+from .calls import Flow, Runner, flow_twins
+from .errors import AllotmentError, InvalidRequest
+from .ids import id_tenant
 from .models import (
     Balance,
     Caps,
@@ -23,13 +26,58 @@ from .models import (
     ReservationInfo,
     ReservationStatus,
 )
+from .stores import operations as ops
+from .stores.operations import Op
+from .validation import check_int
 
 if TYPE_CHECKING:
-    from .guard import Guard
+    from .enforcement import EnforcementCalls
+
+R = TypeVar("R")
 
 
-class Reservation:
-    def __init__(self, guard: Guard, info: ReservationInfo, decision: Decision,
+def commit_op(reservation_id: str, actual: AmountsLike, *,
+              idempotency_key: str | None = None) -> ops.Commit:
+    """Charge the actual usage of a reservation (see `Guard.commit`)."""
+    units = arg.units(actual, "actual")
+    return ops.Commit(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
+                      actual=units, **arg.keyed(idempotency_key, "commit", units))
+
+
+def release_op(reservation_id: str, reason: str = "released", *,
+               idempotency_key: str | None = None) -> ops.Release:
+    """Return the whole estimate to the budgets: the call did not happen."""
+    if not isinstance(reason, str) or len(reason) > 256:
+        raise InvalidRequest("reason: expected a string of at most 256 characters")
+    return ops.Release(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
+                       reason=reason, **arg.keyed(idempotency_key, "release", reason))
+
+
+def extend_op(reservation_id: str, by_ms: int, *,
+              idempotency_key: str | None = None) -> ops.Extend:
+    """Push the reservation's expiry back by `by_ms` (a long call still running)."""
+    by = check_int(by_ms, "by_ms", 1, arg.TTL_RANGE[1])
+    return ops.Extend(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
+                      by_ms=by, **arg.keyed(idempotency_key, "extend", by))
+
+
+def get_op(reservation_id: str) -> ops.Get:
+    """The reservation as the store holds it now (status, amounts, expiry)."""
+    return ops.Get(tenant=id_tenant(reservation_id), reservation_id=reservation_id)
+
+
+def commit_units_op(tenant: str, reservation_id: str, actual: Units) -> ops.Commit:
+    """A commit of an adapter's checked integer units (no idempotency key: one try per
+    live reservation handle)."""
+    return ops.Commit(tenant=tenant, reservation_id=reservation_id, actual=actual,
+                      **arg.NO_KEY)
+
+
+class Reservation(Runner):
+    """One reservation, settled through the guard (or tenant handle) that made it: `guard`
+    is that maker, so a reservation from a tenant handle leads back only to the handle."""
+
+    def __init__(self, guard: EnforcementCalls, info: ReservationInfo, decision: Decision,
                  balances: tuple[Balance, ...] | Callable[[], tuple[Balance, ...]],
                  unguarded: bool = False) -> None:
         self.guard = guard
@@ -41,8 +89,15 @@ class Reservation:
         """Let through while the store was down (fail open): nothing is held, and a commit
         records the spend once the store answers again."""
 
+    def _run(self, op: Op[R]) -> R:
+        return self.guard._run(op)
+
+    async def _arun(self, op: Op[R]) -> R:
+        return await self.guard._arun(op)
+
     @property
     def id(self) -> str:
+        """The reservation id, `<tenant>:<32 hex digits>`."""
         return self.info.id
 
     @property
@@ -54,124 +109,109 @@ class Reservation:
 
     @property
     def caps(self) -> Caps | None:
+        """What the call must respect to stay within budget (ALLOW_WITH_CAPS), or None."""
         return self.decision.caps
 
     @property
     def estimate(self) -> tuple[Amount, ...]:
+        """What is held (after any shrink to fit)."""
         return self.info.estimate
 
     @property
     def expires_at_ms(self) -> int:
+        """When the hold lapses unless committed, released or extended (epoch ms)."""
         return self.info.expires_at_ms
 
     @property
     def settled(self) -> bool:
+        """Committed or released through this handle."""
         return self.result is not None
+
+    @property
+    def status(self) -> ReservationStatus:
+        """The status as last seen by this handle (use `guard.get(id)` for the store's)."""
+        return self.result.status if self.result is not None else self.info.status
 
     def __repr__(self) -> str:
         return f"<Reservation {self.id} {self.decision.outcome.value} {list(self.estimate)}>"
 
-    def commit(self, actual: AmountsLike, *, idempotency_key: str | None = None) -> CommitResult:
+    def _commit(self, actual: AmountsLike, *,
+                idempotency_key: str | None = None) -> Flow[CommitResult]:
+        """Charge the actual usage and return the rest of the estimate (see
+        `Guard.commit`)."""
         if self.unguarded:
-            result = self._recorded(self.guard.record(
-                self.info.subject, self.info.action, actual, idempotency_key=self.id))
+            record = yield from self.guard._record(self.info.subject, self.info.action, actual,
+                                                   idempotency_key=self.id)
+            result = self._recorded(record)
         else:
-            result = self.guard.commit(self.id, actual, idempotency_key=idempotency_key)
+            result = yield from self.guard._commit(self.id, actual,
+                                                   idempotency_key=idempotency_key)
         self.result = result
         return result
 
-    async def acommit(self, actual: AmountsLike, *,
-                      idempotency_key: str | None = None) -> CommitResult:
-        if self.unguarded:
-            result = self._recorded(await self.guard.arecord(
-                self.info.subject, self.info.action, actual, idempotency_key=self.id))
-        else:
-            result = await self.guard.acommit(self.id, actual, idempotency_key=idempotency_key)
-        self.result = result
-        return result
+    commit, acommit = flow_twins(_commit)
 
-    def _commit_units(self, actual: Units) -> CommitResult:
+    def _committing_units(self, actual: Units) -> Flow[CommitResult]:
         """`commit` for an adapter's checked integer units, in unit order."""
         if self.unguarded:
-            return self.commit(trusted_amounts(actual))
-        result = self.guard._commit_units(self.info.tenant, self.id, actual)
+            return (yield from self._commit(trusted_amounts(actual)))
+        result = yield from self.guard._committing(commit_units_op(self.info.tenant, self.id,
+                                                                   actual))
         self.result = result
         return result
 
-    async def _acommit_units(self, actual: Units) -> CommitResult:
-        if self.unguarded:
-            return await self.acommit(trusted_amounts(actual))
-        result = await self.guard._acommit_units(self.info.tenant, self.id, actual)
-        self.result = result
-        return result
+    _commit_units, _acommit_units = flow_twins(_committing_units, name="_commit_units")
 
-    def release(self, reason: str = "released", *,
-                idempotency_key: str | None = None) -> ReleaseResult:
+    def _release(self, reason: str = "released", *,
+                 idempotency_key: str | None = None) -> Flow[ReleaseResult]:
+        """Return the whole estimate: the call did not happen."""
         if self.unguarded:
             result = ReleaseResult(self.id, ReservationStatus.RELEASED, (), ())
         else:
-            result = self.guard.release(self.id, reason, idempotency_key=idempotency_key)
+            result = yield release_op(self.id, reason, idempotency_key=idempotency_key)
         self.result = result
         return result
 
-    async def arelease(self, reason: str = "released", *,
-                       idempotency_key: str | None = None) -> ReleaseResult:
+    release, arelease = flow_twins(_release)
+
+    def _extend(self, by_ms: int, *, idempotency_key: str | None = None) -> Flow[ExtendResult]:
+        """Keep the hold for `by_ms` more (a long call still running)."""
         if self.unguarded:
-            result = ReleaseResult(self.id, ReservationStatus.RELEASED, (), ())
-        else:
-            result = await self.guard.arelease(self.id, reason,
-                                               idempotency_key=idempotency_key)
-        self.result = result
+            return ExtendResult(self.id, self.info.expires_at_ms, self.info.extensions)
+        result: ExtendResult = yield extend_op(self.id, by_ms, idempotency_key=idempotency_key)
+        self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
+                            extensions=result.extensions)
         return result
+
+    extend, aextend = flow_twins(_extend)
 
     def _recorded(self, record: RecordResult) -> CommitResult:
         return CommitResult(self.id, ReservationStatus.COMMITTED, record.charged, (),
                             record.balances)
 
-    def extend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
-        if self.unguarded:
-            return ExtendResult(self.id, self.info.expires_at_ms, self.info.extensions)
-        result = self.guard.extend(self.id, by_ms, idempotency_key=idempotency_key)
-        self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
-                            extensions=result.extensions)
-        return result
-
-    async def aextend(self, by_ms: int, *, idempotency_key: str | None = None) -> ExtendResult:
-        if self.unguarded:
-            return ExtendResult(self.id, self.info.expires_at_ms, self.info.extensions)
-        result = await self.guard.aextend(self.id, by_ms, idempotency_key=idempotency_key)
-        self.info = replace(self.info, expires_at_ms=result.expires_at_ms,
-                            extensions=result.extensions)
-        return result
+    def _exit(self, kind: type[BaseException] | None,
+              error: BaseException | None) -> Flow[None]:
+        """Leaving the block: the estimate is charged if it ended without settling, the
+        hold released if it raised (the original exception matters more; an expired hold
+        went back on its own)."""
+        if self.settled:
+            return
+        if error is None:
+            yield from self._commit(self.estimate)
+            return
+        with contextlib.suppress(AllotmentError):
+            yield from self._release(f"error: {kind.__name__ if kind else 'unknown'}")
 
     def __enter__(self) -> Reservation:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self.settled:
-            return
-        if error is None:
-            self.commit(self.estimate)
-            return
-        # The original exception matters more; an expired hold went back on its own.
-        with contextlib.suppress(AllotmentError):
-            self.release(f"error: {kind.__name__ if kind else 'unknown'}")
+        self._drive(self._exit(kind, error))
 
     async def __aenter__(self) -> Reservation:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
-        if self.settled:
-            return
-        if error is None:
-            await self.acommit(self.estimate)
-            return
-        with contextlib.suppress(AllotmentError):
-            await self.arelease(f"error: {kind.__name__ if kind else 'unknown'}")
-
-    @property
-    def status(self) -> ReservationStatus:
-        """The status as last seen by this handle (use `guard.get(id)` for the store's)."""
-        return self.result.status if self.result is not None else self.info.status
+        await self._adrive(self._exit(kind, error))

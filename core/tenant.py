@@ -1,184 +1,86 @@
-"""A guard bound to one tenant: what it is handed must belong to that tenant, checked
-before any store access, so one customer's code can never read or settle another's."""
+"""A guard bound to one tenant: every operation it runs must belong to that tenant, checked on
+the operation itself (built from the checked, normalised arguments) before any store access,
+so one customer's code can never read or settle another's."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, TypeVar
 
-from .amounts import Amount, AmountsLike
+from .budgets import BudgetCalls
+from .calls import Flow, flow_twins
+from .enforcement import EnforcementCalls
+from .engine import Engine
 from .errors import Forbidden
 from .events import AuditRecord, ReportRow
-from .ids import id_tenant
-from .models import (
-    Action,
-    Balance,
-    CommitResult,
-    Decision,
-    ExtendResult,
-    FundResult,
-    RecordResult,
-    ReleaseResult,
-    ReservationInfo,
-    TransferResult,
-)
-from .reservation import Reservation
-from .scopes import Subject, parse_scope
+from .models import Balance
+from .periods import Period
+from .reads import audit_op, balances_op, report_op
+from .scopes import Subject
+from .stores.operations import Op
 from .validation import check_name
 
-if TYPE_CHECKING:
-    from .guard import Guard
+R = TypeVar("R")
 
 
-class TenantGuard:
-    def __init__(self, guard: Guard, tenant: str) -> None:
-        self._guard = guard  # private: the handle must not lead back to every tenant
+class TenantGuard(EnforcementCalls, BudgetCalls):
+    """The guard's enforcement, budget and read calls for one tenant (`guard.tenant(name)`):
+    what a tenant's own administrator or an API key bound to the tenant may do. Platform
+    calls (modes, plans, sweeping) are not offered, and nothing here leads back to the
+    unrestricted guard."""
+
+    def __init__(self, engine: Engine, tenant: str) -> None:
+        self._engine = engine
         self.name = check_name(tenant, "tenant")
 
     def __repr__(self) -> str:
         return f"<TenantGuard {self.name}>"
 
-    # -- ownership checks ---------------------------------------------------------------
+    def _run(self, op: Op[R]) -> R:
+        return self._engine.store.execute(self._own(op))
+
+    async def _arun(self, op: Op[R]) -> R:
+        return await self._engine.store.aexecute(self._own(op))
+
+    def _own(self, op: Op[R]) -> Op[R]:
+        if op.tenant != self.name:
+            raise Forbidden(f"{type(op).__name__.lower()} for tenant {op.tenant!r} refused by "
+                            f"the handle of tenant {self.name!r}")
+        return op
 
     def subject(self, subject: Subject | None = None, **fields: Any) -> Subject:
         """A subject of this tenant: the one given (checked), or one built from `fields`."""
         if subject is None:
             return Subject(tenant=self.name, **fields)
-        return self._own_subject(subject)
-
-    def _own_subject(self, subject: Subject | None) -> Subject:
-        from .guard import _subject
-
-        subject = _subject(subject)
         if subject.tenant != self.name:
             raise Forbidden(f"subject of tenant {subject.tenant!r} given to the handle of "
                             f"{self.name!r}")
         return subject
 
-    def _own_scope(self, scope: str) -> str:
-        if parse_scope(scope).tenant != self.name:
-            raise Forbidden(f"scope {scope!r} is not under tenant:{self.name}")
-        return scope
+    # -- reads of its own tenant ----------------------------------------------------------
 
-    def _own_reservation(self, reservation_id: str) -> str:
-        if id_tenant(reservation_id) != self.name:
-            raise Forbidden(f"reservation {reservation_id!r} belongs to another tenant than "
-                            f"{self.name!r}")
-        return reservation_id
+    def _balances(self, scope: str | None = None, *,
+                  include_children: bool = True) -> Flow[tuple[Balance, ...]]:
+        """Balances at `scope` (default: the whole tenant) and below it."""
+        rows: tuple[Balance, ...] = yield balances_op(
+            scope or f"tenant:{self.name}", include_children=include_children)
+        return rows
 
-    # -- the guard's calls, checked -------------------------------------------------------
+    balances, abalances = flow_twins(_balances)
 
-    def reserve(self, subject: Subject | None, action: Action, estimate: AmountsLike,
-                **options: Any) -> Reservation:
-        return self._guard.reserve(self._own_subject(subject), action, estimate, **options)
+    def _audit(self, *, since: int | datetime | None = None, types: Any = None,
+               limit: int = 100) -> Flow[tuple[AuditRecord, ...]]:
+        """The tenant's audit records, newest last (see `Guard.audit`)."""
+        records: tuple[AuditRecord, ...] = yield audit_op(self.name, since=since, types=types,
+                                                          limit=limit)
+        return records
 
-    async def areserve(self, subject: Subject | None, action: Action, estimate: AmountsLike,
-                       **options: Any) -> Reservation:
-        return await self._guard.areserve(self._own_subject(subject), action, estimate,
-                                         **options)
+    audit, aaudit = flow_twins(_audit)
 
-    def decide(self, subject: Subject | None, action: Action, estimate: AmountsLike) -> Decision:
-        return self._guard.decide(self._own_subject(subject), action, estimate)
+    def _report(self, *, period: Period | str = "month",
+                at: int | datetime | None = None) -> Flow[tuple[ReportRow, ...]]:
+        """The tenant's report rows for one period (see `Guard.report`)."""
+        rows: tuple[ReportRow, ...] = yield report_op(self.name, period=period, at=at)
+        return rows
 
-    async def adecide(self, subject: Subject | None, action: Action,
-                      estimate: AmountsLike) -> Decision:
-        return await self._guard.adecide(self._own_subject(subject), action, estimate)
-
-    def record(self, subject: Subject | None, action: Action, actual: AmountsLike,
-               **options: Any) -> RecordResult:
-        return self._guard.record(self._own_subject(subject), action, actual, **options)
-
-    async def arecord(self, subject: Subject | None, action: Action, actual: AmountsLike,
-                      **options: Any) -> RecordResult:
-        return await self._guard.arecord(self._own_subject(subject), action, actual, **options)
-
-    def commit(self, reservation_id: str, actual: AmountsLike, **options: Any) -> CommitResult:
-        return self._guard.commit(self._own_reservation(reservation_id), actual, **options)
-
-    async def acommit(self, reservation_id: str, actual: AmountsLike,
-                      **options: Any) -> CommitResult:
-        return await self._guard.acommit(self._own_reservation(reservation_id), actual,
-                                        **options)
-
-    def release(self, reservation_id: str, reason: str = "released",
-                **options: Any) -> ReleaseResult:
-        return self._guard.release(self._own_reservation(reservation_id), reason, **options)
-
-    async def arelease(self, reservation_id: str, reason: str = "released",
-                       **options: Any) -> ReleaseResult:
-        return await self._guard.arelease(self._own_reservation(reservation_id), reason,
-                                         **options)
-
-    def extend(self, reservation_id: str, by_ms: int, **options: Any) -> ExtendResult:
-        return self._guard.extend(self._own_reservation(reservation_id), by_ms, **options)
-
-    async def aextend(self, reservation_id: str, by_ms: int, **options: Any) -> ExtendResult:
-        return await self._guard.aextend(self._own_reservation(reservation_id), by_ms, **options)
-
-    def get(self, reservation_id: str) -> ReservationInfo:
-        return self._guard.get(self._own_reservation(reservation_id))
-
-    async def aget(self, reservation_id: str) -> ReservationInfo:
-        return await self._guard.aget(self._own_reservation(reservation_id))
-
-    def balances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
-        return self._guard.balances(self._own_scope(scope or f"tenant:{self.name}"), **options)
-
-    async def abalances(self, scope: str | None = None, **options: Any) -> tuple[Balance, ...]:
-        return await self._guard.abalances(self._own_scope(scope or f"tenant:{self.name}"),
-                                          **options)
-
-    def set_budget(self, scope: str, **options: Any) -> tuple[Balance, ...]:
-        return self._guard.set_budget(self._own_scope(scope), **options)
-
-    async def aset_budget(self, scope: str, **options: Any) -> tuple[Balance, ...]:
-        return await self._guard.aset_budget(self._own_scope(scope), **options)
-
-    def fund(self, scope: str, operation: Any, amount: Amount, **options: Any) -> FundResult:
-        return self._guard.fund(self._own_scope(scope), operation, amount, **options)
-
-    async def afund(self, scope: str, operation: Any, amount: Amount,
-                    **options: Any) -> FundResult:
-        return await self._guard.afund(self._own_scope(scope), operation, amount, **options)
-
-    def transfer(self, source: str, destination: str, amount: Amount,
-                 **options: Any) -> TransferResult:
-        return self._guard.transfer(self._own_scope(source), self._own_scope(destination),
-                                   amount, **options)
-
-    async def atransfer(self, source: str, destination: str, amount: Amount,
-                        **options: Any) -> TransferResult:
-        return await self._guard.atransfer(self._own_scope(source), self._own_scope(destination),
-                                          amount, **options)
-
-    def audit(self, **options: Any) -> tuple[AuditRecord, ...]:
-        return self._guard.audit(self.name, **options)
-
-    async def aaudit(self, **options: Any) -> tuple[AuditRecord, ...]:
-        return await self._guard.aaudit(self.name, **options)
-
-    def report(self, **options: Any) -> tuple[ReportRow, ...]:
-        return self._guard.report(self.name, **options)
-
-    async def areport(self, **options: Any) -> tuple[ReportRow, ...]:
-        return await self._guard.areport(self.name, **options)
-
-    def set_quota(self, scope: str, **options: Any) -> None:
-        self._guard.set_quota(self._own_scope(scope), **options)
-
-    def set_access(self, scope: str, **options: Any) -> None:
-        self._guard.set_access(self._own_scope(scope), **options)
-
-    def clear_access(self, scope: str) -> None:
-        self._guard.clear_access(self._own_scope(scope))
-
-    def remove_budget(self, scope: str, unit: Any, **options: Any) -> int:
-        return self._guard.remove_budget(self._own_scope(scope), unit, **options)
-
-    def close_budget(self, scope: str, unit: Any = None) -> int:
-        return self._guard.close_budget(self._own_scope(scope), unit)
-
-    def freeze(self, scope: str, unit: Any = None) -> int:
-        return self._guard.freeze(self._own_scope(scope), unit)
-
-    def unfreeze(self, scope: str, unit: Any = None) -> int:
-        return self._guard.unfreeze(self._own_scope(scope), unit)
+    report, areport = flow_twins(_report)

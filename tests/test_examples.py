@@ -57,7 +57,8 @@ def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> N
                                "agent: Stopped before another model call"]),
     ("enterprise_reallocation.py", ["marketing: tenant:bigco/workspace:marketing: "
                                     "BUDGET_EXCEEDED", "marketing: resumed",
-                                    "another tenant's budget: scope"]),
+                                    "another tenant's budget: transfer: both budgets must "
+                                    "belong to one tenant"]),
 ])
 def test_examples_run_offline(script: str, expected: list[str]) -> None:
     env = {k: v for k, v in os.environ.items()

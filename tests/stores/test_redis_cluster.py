@@ -23,7 +23,18 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import allotment as al
-from allotment.guard import _audit_op, _balances_op, _report_op
+from allotment.budgets import (
+    freeze_op,
+    fund_op,
+    remove_budget_op,
+    set_access_op,
+    set_budget_op,
+    set_quota_op,
+    transfer_op,
+)
+from allotment.platform import assign_plan_op
+from allotment.reads import audit_op, balances_op, report_op
+from allotment.reservation import commit_op, extend_op, release_op
 from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore, reservation_key, tenant_keys
 
@@ -266,27 +277,26 @@ def _ops_of(guard: al.Guard, tenant: str) -> dict[str, ops.Op[Any]]:
     rid = f"{tenant}:{'0' * 32}"
     who = run(tenant, "r1", workspace="w")
     return {
-        "reserve": guard._reserve_op(who, LLM, al.usd(1), None, None, None, "k", dry_run=False),
-        "decide": guard._reserve_op(who, LLM, al.usd(1), None, None, None, None, dry_run=True),
-        "commit": guard._commit_op(rid, al.usd(1), "k"),
-        "release": guard._release_op(rid, "done", "k"),
-        "extend": guard._extend_op(rid, 1_000, "k"),
-        "record": guard._record_op(who, TOOL, al.usd(1), None, "k"),
+        "reserve": guard._reserve_op(who, LLM, al.usd(1), idempotency_key="k"),
+        "decide": guard._reserve_op(who, LLM, al.usd(1), dry_run=True),
+        "commit": commit_op(rid, al.usd(1), idempotency_key="k"),
+        "release": release_op(rid, "done", idempotency_key="k"),
+        "extend": extend_op(rid, 1_000, idempotency_key="k"),
+        "record": guard._record_op(who, TOOL, al.usd(1), idempotency_key="k"),
         "get": ops.Get(tenant=tenant, reservation_id=rid),
-        "balances": _balances_op(scope, True),
-        "audit": _audit_op(tenant, None, None, 100),
-        "report": _report_op(tenant, "month", None),
-        "set_budget": guard._set_budget_op(scope, 10, None, None, None, None, "month", None,
-                                           0, al.OveragePolicy.ALLOW_IF_AVAILABLE),
-        "remove_budget": guard._remove_budget_op(scope, USD, "month", None),
-        "set_quota": guard._quota_op(scope, 5, None, None, "minute", "*", False),
-        "set_access": guard._access_op(scope, ["gpt-4o*"], None, None, None, None),
+        "balances": balances_op(scope),
+        "audit": audit_op(tenant),
+        "report": report_op(tenant),
+        "set_budget": set_budget_op(scope, usd=10, period="month"),
+        "remove_budget": remove_budget_op(scope, USD, period="month"),
+        "set_quota": set_quota_op(scope, calls=5, window="minute"),
+        "set_access": set_access_op(scope, models_allow=["gpt-4o*"]),
         "set_mode": ops.SetMode(tenant=tenant, mode="shadow"),
-        "freeze": guard._status_op(scope, None, al.BudgetStatus.FROZEN),
-        "assign_plan": guard._plan_op(tenant, seed.PLANS["pro"]),
-        "fund": guard._fund_op(scope, "CREDIT", al.usd(1), ops.AUTO, None, "k"),
-        "transfer": guard._transfer_op(f"{scope}/workspace:a", f"{scope}/workspace:b",
-                                       al.usd(1), ops.AUTO, "k"),
+        "freeze": freeze_op(scope),
+        "assign_plan": assign_plan_op(tenant, seed.PLANS["pro"]),
+        "fund": fund_op(scope, "CREDIT", al.usd(1), idempotency_key="k"),
+        "transfer": transfer_op(f"{scope}/workspace:a", f"{scope}/workspace:b", al.usd(1),
+                                idempotency_key="k"),
     }
 
 

@@ -27,8 +27,19 @@ import redis
 from redis.cluster import key_slot
 
 import allotment as al
-from allotment import guard as guard_module
+from allotment.budgets import (
+    freeze_op,
+    fund_op,
+    remove_budget_op,
+    set_access_op,
+    set_budget_op,
+    set_quota_op,
+    transfer_op,
+)
+from allotment.platform import assign_plan_op
 from allotment.policy import elastic_amount
+from allotment.reads import audit_op, balances_op, report_op
+from allotment.reservation import commit_op, extend_op, release_op
 from allotment.stores import operations as ops
 from allotment.stores.redis import RedisStore
 
@@ -624,8 +635,7 @@ def test_data_in_the_earlier_formats_is_read(shared_server: Server) -> None:
     assert result.charged == (al.tokens(3),)
     (balance,) = guard.balances("tenant:old")
     assert (balance.allocated, balance.reserved, balance.spent) == (100, 0, 13)
-    op = guard._reserve_op(subject, LLM, al.tokens(1), None, None, None, "k-old",
-                           dry_run=False)
+    op = guard._reserve_op(subject, LLM, al.tokens(1), idempotency_key="k-old")
     reply = {"decision": {"outcome": "ALLOW"}, "balances": [], "notes": [],
              "reservation": [rid, "old", "ACTIVE", json.dumps({"tenant": "old"}),
                              json.dumps({"kind": LLM.kind, "name": LLM.name}), "TOKENS=1",
@@ -1115,32 +1125,29 @@ def operations(guard: al.Guard, tenant: str) -> dict[str, ops.Op[Any]]:
                          dimensions={"run": "r1", "user": "u1"})
     rid = f"{tenant}:{'ab' * 16}"
     return {
-        "set_budget": guard._set_budget_op(t, None, 100, None, None, None, "day", None, 0,
-                                           "REJECT"),
-        "set_budget per run": guard._set_budget_op(f"{t}/workspace:w", None, 10, None, None,
-                                                   None, None, "run", 0, "REJECT"),
-        "remove_budget": guard._remove_budget_op(t, "TOKENS", "day", None),
-        "set_quota": guard._quota_op(t, 10, None, None, "minute", "*", remove=False),
-        "set_access": guard._access_op(t, ["gpt-*"], None, None, None, 100),
+        "set_budget": set_budget_op(t, tokens=100, period="day", overage_policy="REJECT"),
+        "set_budget per run": set_budget_op(f"{t}/workspace:w", tokens=10, per="run",
+                                            overage_policy="REJECT"),
+        "remove_budget": remove_budget_op(t, "TOKENS", period="day"),
+        "set_quota": set_quota_op(t, calls=10, window="minute"),
+        "set_access": set_access_op(t, models_allow=["gpt-*"], max_tokens_per_call=100),
         "set_mode": ops.SetMode(tenant=tenant, mode="shadow"),
-        "assign_plan": guard._plan_op(tenant, PLAN),
-        "freeze": guard._status_op(t, None, al.BudgetStatus.FROZEN),
-        "fund": guard._fund_op(f"{t}/workspace:w/run:r1", "CREDIT", al.tokens(5), ops.AUTO,
-                               None, "k-fund"),
-        "transfer": guard._transfer_op(t, f"{t}/workspace:w", al.tokens(5), ops.AUTO,
-                                       "k-transfer"),
-        "reserve": guard._reserve_op(subject, LLM, al.tokens(5), None, None, None,
-                                     "k-reserve", dry_run=False),
-        "decide": guard._reserve_op(subject, LLM, al.tokens(5), None, None, None, None,
-                                    dry_run=True),
-        "commit": guard._commit_op(rid, al.tokens(5), "k-commit"),
-        "release": guard._release_op(rid, "done", "k-release"),
-        "extend": guard._extend_op(rid, 1_000, "k-extend"),
-        "record": guard._record_op(subject, LLM, al.tokens(5), None, "k-record"),
+        "assign_plan": assign_plan_op(tenant, PLAN),
+        "freeze": freeze_op(t),
+        "fund": fund_op(f"{t}/workspace:w/run:r1", "CREDIT", al.tokens(5),
+                        idempotency_key="k-fund"),
+        "transfer": transfer_op(t, f"{t}/workspace:w", al.tokens(5),
+                                idempotency_key="k-transfer"),
+        "reserve": guard._reserve_op(subject, LLM, al.tokens(5), idempotency_key="k-reserve"),
+        "decide": guard._reserve_op(subject, LLM, al.tokens(5), dry_run=True),
+        "commit": commit_op(rid, al.tokens(5), idempotency_key="k-commit"),
+        "release": release_op(rid, "done", idempotency_key="k-release"),
+        "extend": extend_op(rid, 1_000, idempotency_key="k-extend"),
+        "record": guard._record_op(subject, LLM, al.tokens(5), idempotency_key="k-record"),
         "get": ops.Get(tenant=tenant, reservation_id=rid),
-        "balances": guard_module._balances_op(t, True),
-        "audit": guard_module._audit_op(tenant, None, None, 100),
-        "report": guard_module._report_op(tenant, "month", None),
+        "balances": balances_op(t),
+        "audit": audit_op(tenant),
+        "report": report_op(tenant),
     }
 
 

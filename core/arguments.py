@@ -1,0 +1,175 @@
+"""Checks shared by the call builders: each turns one argument as a caller may give it into
+the exact value an operation carries, or raises `InvalidRequest` saying what was wrong and
+what would be right. Pure: no state, no store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .amounts import (
+    Amount,
+    AmountsLike,
+    Unit,
+    Units,
+    amounts_by_unit,
+    to_decimal,
+    usd_to_microcents,
+)
+from .context import current_subject
+from .errors import InvalidRequest
+from .models import OveragePolicy
+from .policy import ELASTIC_LIMIT, Degrade, QuotaKind
+from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
+from .stores import operations as ops
+from .stores.operations import in_unit_order
+from .validation import MAX_AMOUNT, check_idempotency_key, check_int
+
+NO_KEY: dict[str, Any] = {"idempotency_key": None, "fingerprint": ""}
+TTL_RANGE = (1_000, 86_400_000)
+GRACE_RANGE = (0, 60_000)
+
+
+def standard_scope(scope: str, what: str) -> ScopePath:
+    """A scope without a dimension: rules and statuses belong to standard scopes."""
+    path = parse_scope(scope)
+    if path.dimension is not None:
+        raise InvalidRequest(f"scope {scope!r}: {what} takes a standard scope such as "
+                             f"{path.base!r}; a {path.dimension[0]} ledger follows its "
+                             f"template (per={path.dimension[0]!r}) there")
+    return path
+
+
+def per(value: Any) -> str:
+    try:
+        return check_dimension_key(value)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"per: {error}") from None
+
+
+def subject(value: Subject | None) -> Subject:
+    """The subject given, or the one of the active `al.scope`."""
+    subject = value
+    if subject is None:
+        subject = current_subject()
+        if subject is None:
+            raise InvalidRequest("subject: none given and no al.scope(tenant=...) is active")
+    if not isinstance(subject, Subject):
+        raise InvalidRequest(f"subject: expected a Subject, got {subject!r}")
+    return subject
+
+
+def mode(value: Any, allow_none: bool) -> str | None:
+    if value is None and allow_none:
+        return None
+    if value not in ("enforce", "shadow"):
+        raise InvalidRequest(f"mode: {value!r} is not 'enforce' or 'shadow'"
+                             + (" (or None to follow the guard)" if allow_none else ""))
+    return str(value)
+
+
+def quota_kind(kind: str) -> tuple[int | None, int | None, int | None]:
+    """The calls/runs/concurrent triple that names one quota kind (limits are not needed
+    to remove one)."""
+    try:
+        index = [k.value for k in QuotaKind].index(kind)
+    except ValueError:
+        raise InvalidRequest(f"kind: {kind!r} is not calls, runs or concurrent") from None
+    triple: list[int | None] = [None, None, None]
+    triple[index] = 0
+    return triple[0], triple[1], triple[2]
+
+
+def degrade(value: Any) -> tuple[Degrade, ...]:
+    if not value:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (Degrade, dict)) for v in value):
+        raise InvalidRequest("degrade: expected a list of al.Degrade(below=..., max_tokens=..."
+                             ", model=...) or of dicts with those keys")
+    rules = tuple(v if isinstance(v, Degrade) else Degrade(**v) for v in value)
+    return tuple(sorted(rules, key=lambda rule: -rule.below))
+
+
+def alerts(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return (0.5, 0.8, 1.0)
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequest("alerts: expected a list of fractions, e.g. [0.5, 0.8, 1.0]")
+    fractions = tuple(value)
+    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+               for f in fractions):
+        raise InvalidRequest("alerts: expected fractions of the allocation in (0, 1], "
+                             "e.g. [0.5, 0.8, 1.0]")
+    return tuple(sorted(float(f) for f in fractions))
+
+
+def exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:
+    """An elastic estimate the store can hold exactly (checked again for every estimate:
+    `model_construct()` and the adapters' units skip the model's own validation)."""
+    for _, rate in elastic.rates:
+        if rate * elastic.max_tokens > ELASTIC_LIMIT:
+            raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
+                                 "reserved exactly; lower max_tokens")
+    return elastic
+
+
+def units(value: AmountsLike, field: str) -> Units:
+    if isinstance(value, Amount):
+        return ((value.unit, value.amount),)
+    return in_unit_order(amounts_by_unit(value, field))
+
+
+def unit(value: Unit | str | None) -> Unit:
+    if value is None:
+        raise InvalidRequest("unit: required with amount=; one of "
+                             + ", ".join(u.value for u in Unit))
+    unit: Unit = enum(Unit, value, "unit")
+    return unit
+
+
+def policy(value: OveragePolicy | str | None) -> OveragePolicy | None:
+    return None if value is None else enum(OveragePolicy, value, "overage_policy")
+
+
+def enum(kind: Any, value: Any, field: str) -> Any:
+    try:
+        return kind(value.upper() if isinstance(value, str) else value)
+    except ValueError:
+        names = ", ".join(member.value for member in kind)
+        raise InvalidRequest(f"{field}: {value!r} is not one of {names}") from None
+
+
+def limit_like(value: Any, unit: Unit, in_dollars: bool) -> int:
+    """overdraft_limit in the same terms as the limit: dollars with usd=, else the unit."""
+    if isinstance(value, Amount):
+        if value.unit is not unit:
+            raise InvalidRequest(f"overdraft_limit: {value.unit.value} given for a "
+                                 f"{unit.value} budget")
+        return value.amount
+    if in_dollars:
+        return usd_to_microcents(to_decimal(value, "overdraft_limit"), "overdraft_limit")
+    return check_int(value, "overdraft_limit", 0, MAX_AMOUNT)
+
+
+def keyed(key: str | None, *payload: Any) -> dict[str, Any]:
+    """Idempotency fields: a caller's key gets a payload fingerprint; with no key there is
+    nothing to replay, so none is stored."""
+    if key is None:
+        return NO_KEY
+    return {"idempotency_key": check_idempotency_key(key), "fingerprint": fingerprint(payload)}
+
+
+def fingerprint(payload: tuple[Any, ...]) -> str:
+    def plain(value: Any) -> Any:
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json")
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if hasattr(value, "value"):
+            return value.value
+        return value if value is None or isinstance(value, (int, str)) else repr(value)
+
+    text = json.dumps(plain(payload), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

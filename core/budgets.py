@@ -1,0 +1,208 @@
+"""Budgets, quotas and access rules: the calls that manage one tenant's envelope.
+
+Each call is written once, as a builder that checks its arguments and returns the operation;
+`BudgetCalls` turns each into a method and its async twin. Both `Guard` and the tenant handle
+offer them: a tenant's own administrator may move money between its departments, and the
+handle's runner refuses any operation outside its tenant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import arguments as arg
+from .amounts import Amount, Unit, usd_to_microcents
+from .calls import Runner, twins
+from .errors import CrossTenant, InvalidRequest
+from .models import BudgetStatus, FundOperation, OveragePolicy
+from .periods import Period, parse_period
+from .policy import AccessRule, QuotaKind, QuotaRule, glob_list
+from .scopes import parse_scope
+from .stores import operations as ops
+from .stores.operations import AUTO, PeriodChoice
+from .validation import check_int
+
+
+def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
+                  credits: int | None = None, amount: int | None = None,
+                  unit: Unit | str | None = None, period: Period | str | None = None,
+                  per: str | None = None, overdraft_limit: Any = 0,
+                  overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
+                  degrade: Any = (), alerts: Any = None) -> ops.SetBudget:
+    """Create or change the budget of `scope` in one unit (and period). A change adjusts
+    the current bucket's allocation by the difference and keeps what was spent.
+
+    `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
+    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions used that notify.
+    """
+    path = parse_scope(scope)
+    if path.dimension is not None:
+        raise InvalidRequest(f"scope {scope!r}: set a budget for every {path.dimension[0]} "
+                             f"with per={path.dimension[0]!r} on {path.base!r}; fund() "
+                             "moves one dimension ledger")
+    given = {k: v for k, v in (("usd", usd), ("tokens", tokens), ("credits", credits),
+                               ("amount", amount)) if v is not None}
+    if len(given) != 1:
+        raise InvalidRequest("set_budget: give exactly one of usd=, tokens=, credits= or "
+                             f"amount= (with unit=); got {sorted(given) or 'none'}")
+    (kind, value), = given.items()
+    if kind == "usd":
+        budget_unit, limit = Unit.USD_MICROCENTS, usd_to_microcents(value, "usd")
+    elif kind == "amount":
+        budget_unit = arg.unit(unit)
+        limit = check_int(value, "amount")
+    else:
+        budget_unit = Unit.TOKENS if kind == "tokens" else Unit.CREDITS
+        limit = check_int(value, kind)
+    if kind != "amount" and unit is not None and arg.unit(unit) is not budget_unit:
+        raise InvalidRequest(f"unit={unit!r} contradicts {kind}=")
+    return ops.SetBudget(
+        tenant=path.tenant, scope=path.base, per=None if per is None else arg.per(per),
+        unit=budget_unit, period=parse_period(period), limit=limit,
+        overdraft_limit=arg.limit_like(overdraft_limit, budget_unit, kind == "usd"),
+        overage_policy=arg.policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
+        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts))
+
+
+def remove_budget_op(scope: str, unit: Unit | str, *, period: Period | str | None = None,
+                     per: str | None = None) -> ops.RemoveBudget:
+    """Drop a budget definition (its ledgers stay readable until pruned)."""
+    path = arg.standard_scope(scope, "remove_budget")
+    return ops.RemoveBudget(tenant=path.tenant, scope=path.base, unit=arg.unit(unit),
+                            period=parse_period(period),
+                            per=None if per is None else arg.per(per))
+
+
+def set_quota_op(scope: str, *, calls: int | None = None, runs: int | None = None,
+                 concurrent: int | None = None, window: Period | str | None = None,
+                 action_kind: str = "*") -> ops.SetQuota:
+    """One quota under `scope`: `calls` or `runs` (distinct run ids first seen) per
+    tumbling UTC `window`, or `concurrent` active reservations. `action_kind` (a glob,
+    e.g. "tool.*") limits it to some actions. Setting the same quota again replaces it."""
+    return _quota_op(scope, calls, runs, concurrent, window, action_kind, remove=False)
+
+
+def remove_quota_op(scope: str, kind: str, *, window: Period | str | None = None,
+                    action_kind: str = "*") -> ops.SetQuota:
+    """Drop the quota of `kind` ("calls", "runs" or "concurrent") with that window."""
+    return _quota_op(scope, *arg.quota_kind(kind), window, action_kind, remove=True)
+
+
+def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int | None,
+              window: Any, action_kind: str, remove: bool) -> ops.SetQuota:
+    path = parse_scope(scope)
+    if path.dimension is not None:
+        raise InvalidRequest(f"scope {scope!r}: quotas belong to a standard scope; runs "
+                             "quotas count the run dimension themselves")
+    given = {k: v for k, v in (("calls", calls), ("runs", runs),
+                               ("concurrent", concurrent)) if v is not None}
+    if len(given) != 1:
+        raise InvalidRequest("set_quota: give exactly one of calls=, runs= or concurrent= "
+                             f"(got {sorted(given) or 'none'})")
+    (name, limit), = given.items()
+    kind = QuotaKind(name)
+    period = parse_period(window)
+    if kind is QuotaKind.CONCURRENT and period is not None:
+        raise InvalidRequest("window: a concurrent quota has no window")
+    if kind is not QuotaKind.CONCURRENT and period is None:
+        raise InvalidRequest(f"window: {name}= needs a window (minute, hour, day, month)")
+    if not isinstance(action_kind, str) or not 0 < len(action_kind) <= 64:
+        raise InvalidRequest("action_kind: expected a glob on action kinds, e.g. 'tool.*'")
+    rule = QuotaRule(path.base, kind, check_int(limit, name), period, action_kind)
+    return ops.SetQuota(tenant=path.tenant, rule=rule, remove=remove)
+
+
+def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = None,
+                  tools_allow: Any = None, tools_deny: Any = None,
+                  max_tokens_per_call: int | None = None) -> ops.SetAccess:
+    """The access rules of `scope` (replacing any before): globs on the model or tool
+    name (`gpt-4o*` matches `openai:gpt-4o-mini`) and a per-call output token cap."""
+    path = arg.standard_scope(scope, "set_access")
+    rule = AccessRule(
+        path.base, glob_list(models_allow, "models_allow"),
+        glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
+        glob_list(tools_deny, "tools_deny"),
+        None if max_tokens_per_call is None else check_int(
+            max_tokens_per_call, "max_tokens_per_call", 1))
+    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule)
+
+
+def clear_access_op(scope: str) -> ops.SetAccess:
+    """Drop the access rules of `scope`."""
+    path = arg.standard_scope(scope, "clear_access")
+    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None)
+
+
+def freeze_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+    """Refuse new reservations on the budgets of `scope`; returns how many were frozen."""
+    return _status_op(scope, unit, BudgetStatus.FROZEN)
+
+
+def unfreeze_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+    """Let frozen budgets of `scope` take reservations again; returns how many changed."""
+    return _status_op(scope, unit, BudgetStatus.ACTIVE)
+
+
+def close_budget_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+    """Close the budgets of `scope` for good: reservations and records are refused."""
+    return _status_op(scope, unit, BudgetStatus.CLOSED)
+
+
+def _status_op(scope: str, unit: Unit | str | None, status: BudgetStatus) -> ops.SetStatus:
+    path = arg.standard_scope(scope, "freeze, unfreeze and close_budget")
+    return ops.SetStatus(tenant=path.tenant, scope=path.base,
+                         unit=None if unit is None else arg.unit(unit), status=status)
+
+
+def fund_op(scope: str, operation: FundOperation | str, amount: Amount, *,
+            period: Period | str | PeriodChoice | None = AUTO, spent: int | None = None,
+            idempotency_key: str | None = None) -> ops.Fund:
+    """CREDIT, DEBIT, RESET, RESET_SPENT or REPAY_DEBT on a budget's current bucket."""
+    path = parse_scope(scope)
+    fund = arg.enum(FundOperation, operation, "operation")
+    units = arg.units(amount, "amount")
+    if len(units) != 1:
+        raise InvalidRequest("amount: fund one unit at a time")
+    spent = None if spent is None else check_int(spent, "spent")
+    bucket = period if period is AUTO else parse_period(period)
+    unit, value = units[0]
+    return ops.Fund(tenant=path.tenant, scope=path.path, unit=unit, period=bucket,
+                    operation=fund, amount=value, spent=spent,
+                    **arg.keyed(idempotency_key, "fund", path.path, unit, bucket, fund, value,
+                                spent))
+
+
+def transfer_op(source: str, destination: str, amount: Amount, *,
+                period: Period | str | PeriodChoice | None = AUTO,
+                idempotency_key: str | None = None) -> ops.Transfer:
+    """Move allocation between two budgets of one tenant, atomically; refused (changing
+    nothing) when the source's remaining cannot give that much."""
+    src, dst = parse_scope(source), parse_scope(destination)
+    if src.tenant != dst.tenant:
+        raise CrossTenant("transfer: both budgets must belong to one tenant "
+                          f"(got {src.tenant!r} and {dst.tenant!r})")
+    units = arg.units(amount, "amount")
+    if len(units) != 1:
+        raise InvalidRequest("amount: transfer one unit at a time")
+    bucket = period if period is AUTO else parse_period(period)
+    unit, value = units[0]
+    return ops.Transfer(tenant=src.tenant, source=src.path, destination=dst.path, unit=unit,
+                        period=bucket, amount=value,
+                        **arg.keyed(idempotency_key, "transfer", src.path, dst.path, unit,
+                                    bucket, value))
+
+
+class BudgetCalls(Runner):
+    """Budgets, quotas and access rules of the tenants this runner may touch."""
+
+    set_budget, aset_budget = twins(set_budget_op)
+    remove_budget, aremove_budget = twins(remove_budget_op)
+    set_quota, aset_quota = twins(set_quota_op)
+    remove_quota, aremove_quota = twins(remove_quota_op)
+    set_access, aset_access = twins(set_access_op)
+    clear_access, aclear_access = twins(clear_access_op)
+    freeze, afreeze = twins(freeze_op)
+    unfreeze, aunfreeze = twins(unfreeze_op)
+    close_budget, aclose_budget = twins(close_budget_op)
+    fund, afund = twins(fund_op)
+    transfer, atransfer = twins(transfer_op)

@@ -1,0 +1,66 @@
+"""Reads of one tenant's state: balances, the audit log and the report.
+
+Pure builders (they check arguments and return the operation); `ReadCalls` gives the guard a
+method and an async twin for each. A tenant handle reads only its own tenant, with the tenant
+filled in (see `tenant.py`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .calls import Runner, twins
+from .errors import InvalidRequest
+from .periods import Period, parse_period
+from .scopes import parse_scope
+from .stores import operations as ops
+from .validation import check_int, check_name
+
+
+def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
+    """Current balances of the budgets at `scope` and (by default) below it, dimension
+    ledgers included. Reads one tenant's state only, never the keyspace."""
+    path = parse_scope(scope)
+    if not isinstance(include_children, bool):
+        raise InvalidRequest(f"include_children: expected True or False, got "
+                             f"{include_children!r}")
+    return ops.Balances(tenant=path.tenant, scope=path.path, include_children=include_children)
+
+
+def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = None,
+             limit: int = 100) -> ops.Audit:
+    """The tenant's audit records, newest last: at most `limit`, from `since` (epoch ms
+    or an aware datetime), of `types` (e.g. ["reservation.denied"])."""
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            raise InvalidRequest("since: give an aware datetime (with tzinfo) or epoch ms")
+        since = int(since.timestamp() * 1000)
+    elif since is not None:
+        since = check_int(since, "since")
+    kinds = None if types is None else frozenset([types] if isinstance(types, str) else types)
+    return ops.Audit(tenant=check_name(tenant, "tenant"), since_ms=since, types=kinds,
+                     limit=check_int(limit, "limit", 1, 100_000))
+
+
+def report_op(tenant: str, *, period: Period | str = "month",
+              at: int | datetime | None = None) -> ops.Report:
+    """Per scope, for the period containing `at` (default now): reservations, commits,
+    releases, expiries, denials by reason, reserved vs committed, exhaustions."""
+    window = parse_period(period)
+    if window is None:
+        raise InvalidRequest("period: a report covers one period: day, week, month or year")
+    if isinstance(at, datetime):
+        at = int(at.timestamp() * 1000)
+    elif at is not None:
+        at = check_int(at, "at")
+    return ops.Report(tenant=check_name(tenant, "tenant"), period=window, at_ms=at)
+
+
+class ReadCalls(Runner):
+    """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
+
+    balances, abalances = twins(balances_op)
+    audit, aaudit = twins(audit_op)
+    report, areport = twins(report_op)
+
