@@ -11,6 +11,12 @@ import allotment as al
 from support import LLM
 
 
+@pytest.fixture
+def calls() -> str:
+    """These tests call the async twins themselves."""
+    return "sync"
+
+
 def test_async_twins_mirror_the_sync_calls(guard: al.Guard, clock: al.ManualClock) -> None:
     async def main() -> None:
         await guard.aset_budget("tenant:acme", usd=10)
