@@ -628,8 +628,9 @@ class MemoryStore:
             ledger.settle_within(changed, res.estimate, actual, now)
             charged = actual
         else:
-            charged = ledger.apply(self._plan(changed, res.estimate, actual, res.overage_policy,
-                                              now, release_reserved=True, shadow=res.shadow),
+            charged = ledger.apply(self._settlement(changed, res.estimate, actual,
+                                                    res.overage_policy, now,
+                                                    release_reserved=True, shadow=res.shadow),
                                    now)
         for key, _, state in changed:
             t.ledgers[key] = state
@@ -712,9 +713,9 @@ class MemoryStore:
                                                    self._ledger(t, key, d, now),
                                                    actual[d.unit], now))
         changed = [(key, d, self._ledger(t, key, d, now)) for key, d in targets]
-        charged = ledger.apply(self._plan(changed, dict.fromkeys(actual, 0), actual,
-                                          op.overage_policy, now, release_reserved=False,
-                                          shadow=shadow), now)
+        charged = ledger.apply(self._settlement(changed, dict.fromkeys(actual, 0), actual,
+                                                op.overage_policy, now, release_reserved=False,
+                                                shadow=shadow), now)
         for key, _, state in changed:
             t.ledgers[key] = state
         result = RecordResult(new_id(op.tenant), _amounts(in_unit_order(charged)),
@@ -891,18 +892,18 @@ class MemoryStore:
         return held
 
     @staticmethod
-    def _plan(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]],
-              estimate: dict[Unit, int], actual: dict[Unit, int],
-              policy_: OveragePolicy | None, now: int, release_reserved: bool,
-              shadow: bool) -> ledger.Settlement:
-        """Plan a settlement; in shadow mode nothing is refused and any overage beyond a
-        budget is tracked as debt, so the spend stays visible."""
+    def _settlement(states: list[tuple[LedgerKey, _Definition, ledger.Ledger]],
+                    estimate: dict[Unit, int], actual: dict[Unit, int],
+                    policy_: OveragePolicy | None, now: int, release_reserved: bool,
+                    shadow: bool) -> ledger.Settlement:
+        """Settle a charge on these ledgers; in shadow mode nothing is refused and any
+        overage beyond a budget is tracked as debt, so the spend stays visible."""
         if shadow:
             rows = [(key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT)
                     for key, d, state in states]
         else:
             rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
-        return ledger.plan(rows, estimate, actual, release_reserved, now)
+        return ledger.settle(rows, estimate, actual, release_reserved, now)
 
     def _return_estimate(self, t: _Tenant, res: _Reservation, now: int) -> tuple[Balance, ...]:
         balances = []
