@@ -42,6 +42,7 @@ class Ledger:
 
     @property
     def remaining(self) -> int:
+        """What a reservation may still take: the allocation less held, spent and owed."""
         return self.allocated - self.reserved - self.spent - self.debt
 
     def follow_limit(self, limit: int) -> None:

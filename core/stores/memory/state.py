@@ -76,6 +76,7 @@ class Definition:
 
     @property
     def key(self) -> DefKey:
+        """How the tenant's definitions (and a plan's keys) name this budget."""
         return (self.scope, self.unit, self.period, self.per)
 
     def order(self) -> tuple[bool, int, int, str]:
@@ -113,6 +114,7 @@ class Reservation:
 
     @property
     def deadline_ms(self) -> int:
+        """When the reservation expires unless extended: its expiry plus grace."""
         return self.expires_at_ms + self.grace_ms
 
     def info(self) -> ReservationInfo:
