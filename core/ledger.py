@@ -15,12 +15,15 @@ from .models import BudgetStatus, Decision, FundOperation, Outcome, OveragePolic
 from .periods import Period, bucket_end_ms
 from .validation import MAX_AMOUNT
 
-__all__ = ["Ledger", "OveragePolicy", "Plan", "Settlement", "apply", "denial", "fund", "plan",
-           "reserve_refusal"]
+__all__ = ["Ledger", "OveragePolicy", "Posting", "Settlement", "apply", "denial", "fund",
+           "reserve_refusal", "settle", "settle_within", "within"]
 
 
 @dataclass
 class Ledger:
+    """One budget's bucket: the amounts the identity ties together, and which notifications
+    were already sent for it (each is sent once per crossing)."""
+
     allocated: int
     limit_seen: int
     reserved: int = 0
@@ -39,6 +42,7 @@ class Ledger:
 
     @property
     def remaining(self) -> int:
+        """What a reservation may still take: the allocation less held, spent and owed."""
         return self.allocated - self.reserved - self.spent - self.debt
 
     def follow_limit(self, limit: int) -> None:
@@ -47,6 +51,7 @@ class Ledger:
         self.limit_seen = limit
 
     def recompute_over_limit(self, overdraft_limit: int) -> None:
+        """Debt past the overdraft limit blocks reservations until repaid or the limit rises."""
         self.over_limit = self.debt > overdraft_limit
 
 
@@ -68,6 +73,7 @@ def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,
 
 def denial(reason: str, scope: str, unit: Unit, period: Period | None, state: Ledger,
            requested: int, now: int) -> Decision:
+    """The refusal a caller sees, with when to retry if the bucket's end would free room."""
     retry = None
     if period is not None and reason == Reason.BUDGET_EXCEEDED:
         retry = bucket_end_ms(period, now) - now
@@ -76,7 +82,7 @@ def denial(reason: str, scope: str, unit: Unit, period: Period | None, state: Le
                     retry_after_ms=retry)
 
 
-class Plan(NamedTuple):
+class Posting(NamedTuple):
     """One ledger's part of a settlement, computed before anything is written."""
 
     key: Any
@@ -89,11 +95,13 @@ Row = tuple[Any, Any, Ledger, OveragePolicy]
 
 
 class Settlement(NamedTuple):
-    plans: list[Plan]
+    """What settling one charge writes: a posting per ledger, and the amounts charged."""
+
+    postings: list[Posting]
     charged: dict[Unit, int]  # per unit, the same on every ledger (and actual where none)
 
 
-def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
+def settle(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
          release_reserved: bool, now: int) -> Settlement:
     """Settle `actual` against held `estimate` on every ledger, or raise and change nothing.
 
@@ -102,7 +110,7 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
     ledger still has and flags those that could not cover the excess; ALLOW_WITH_OVERDRAFT
     (with a positive overdraft_limit) turns the part it cannot cover into debt, up to the
     limit. Every ledger of a unit is charged the same amount, so spend adds up per scope.
-    Plans come back in the order of `rows`; a unit without ledgers is charged its actual.
+    Postings come back in the order of `rows`; a unit without ledgers is charged its actual.
     """
     extra: dict[Unit, int] = {}
     for unit, held in estimate.items():
@@ -114,7 +122,7 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
                                             state, delta, now))
         covers = [max(row[2].remaining, 0) for row in unit_rows if not _takes_debt(row)]
         extra[unit] = min([delta, *covers]) if delta > 0 else delta
-    plans = []
+    postings = []
     for row in rows:
         key, d, state, _ = row
         unit = key[1]
@@ -124,9 +132,10 @@ def plan(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
             raise BudgetExceeded(denial(Reason.OVERDRAFT_LIMIT_EXCEEDED, key[0], unit, key[2],
                                         state, delta, now))
         flag = extra[unit] < delta and state.remaining < delta and not _takes_debt(row)
-        plans.append(Plan(key, d, state, (held if release_reserved else 0,
-                                          held + extra[unit] - shortfall, shortfall, flag)))
-    return Settlement(plans, {unit: held + extra[unit] for unit, held in estimate.items()})
+        postings.append(Posting(key, d, state, (held if release_reserved else 0,
+                                                held + extra[unit] - shortfall, shortfall,
+                                                flag)))
+    return Settlement(postings, {unit: held + extra[unit] for unit, held in estimate.items()})
 
 
 def within(estimate: dict[Unit, int], actual: dict[Unit, int]) -> bool:
@@ -153,7 +162,7 @@ def _takes_debt(row: Row) -> bool:
 
 def apply(settlement: Settlement, now: int) -> dict[Unit, int]:
     """Write a checked settlement; returns what was charged per unit."""
-    for _, _, state, (reserved, spent, debt, flag) in settlement.plans:
+    for _, _, state, (reserved, spent, debt, flag) in settlement.postings:
         state.reserved -= reserved
         state.spent += spent
         state.debt += debt

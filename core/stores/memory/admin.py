@@ -1,0 +1,107 @@
+"""Administration beyond writing definitions, as admin.lua: a tenant's mode, budget statuses,
+and funding and transfers, which move allocations and are idempotent by key."""
+
+from __future__ import annotations
+
+from ... import ledger
+from ...amounts import Amount, Unit
+from ...errors import BudgetExceeded, InvalidRequest, NotFound
+from ...events import AuditType
+from ...models import FundResult, Reason, TransferResult
+from ...periods import Period, bucket
+from ...scopes import parse_scope
+from ...validation import MAX_AMOUNT
+from ..operations import AUTO, Fund, PeriodChoice, SetMode, SetStatus, Transfer
+from .state import (
+    Definition,
+    LedgerKey,
+    Tenant,
+    balance,
+    ledger_at,
+    log,
+    remember,
+    replay,
+)
+
+
+def set_mode(t: Tenant, op: SetMode, now: int) -> None:
+    """Pin the tenant to enforce or shadow mode, or leave it to the guard (None)."""
+    t.mode = op.mode
+    log(t, now, AuditType.MODE_SET, detail={"mode": op.mode})
+
+
+def set_status(t: Tenant, op: SetStatus, now: int) -> int:
+    """Freeze, close or reactivate a scope's budgets (those in one unit, if given)."""
+    matched = [d for d in t.definitions.get(op.scope, {}).values()
+               if op.unit is None or d.unit is op.unit]
+    if not matched:
+        raise NotFound(f"no budget at {op.scope}" + (f" in {op.unit.value}" if op.unit else ""))
+    for d in matched:
+        d.status = op.status
+    log(t, now, AuditType.BUDGET_STATUS, scopes=(op.scope,),
+        detail={"status": op.status.value, "budgets": len(matched)})
+    return len(matched)
+
+
+def fund(t: Tenant, op: Fund, now: int) -> FundResult:
+    """Credit, debit, reset or repay the debt of one budget's current ledger."""
+    replayed = replay(t, "fund", op.idempotency_key, op.fingerprint, now)
+    if replayed is not None:
+        return replayed  # type: ignore[no-any-return]
+    key, d = _locate(t, op.scope, op.unit, op.period, now)
+    state = ledger_at(t, key, d, now)
+    after = ledger.fund(state, op.operation, op.amount, op.spent, d.overdraft_limit)
+    if after is None:
+        raise BudgetExceeded(ledger.denial(Reason.BUDGET_EXCEEDED, key[0], op.unit, None,
+                                           state, op.amount, now))
+    t.ledgers[key] = after
+    result = FundResult(balance(key, state, d), balance(key, after, d))
+    remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
+    log(t, now, AuditType.BUDGET_FUNDED, scopes=(key[0],), idempotency_key=op.idempotency_key,
+        actual=(Amount(op.unit, op.amount),), detail={"operation": op.operation.value})
+    return result
+
+
+def transfer(t: Tenant, op: Transfer, now: int) -> TransferResult:
+    """Move allocation from one budget's current ledger to another's in the same unit."""
+    replayed = replay(t, "transfer", op.idempotency_key, op.fingerprint, now)
+    if replayed is not None:
+        return replayed  # type: ignore[no-any-return]
+    skey, sdef = _locate(t, op.source, op.unit, op.period, now)
+    dkey, ddef = _locate(t, op.destination, op.unit, op.period, now)
+    if skey == dkey:
+        raise InvalidRequest("transfer: source and destination are the same budget")
+    source, destination = ledger_at(t, skey, sdef, now), ledger_at(t, dkey, ddef, now)
+    if source.remaining < op.amount:
+        raise BudgetExceeded(ledger.denial(Reason.BUDGET_EXCEEDED, skey[0], op.unit, None,
+                                           source, op.amount, now))
+    if destination.allocated + op.amount > MAX_AMOUNT:
+        raise InvalidRequest(f"amount: {dkey[0]} would hold more than a ledger can "
+                             f"({MAX_AMOUNT})")
+    source.allocated -= op.amount
+    destination.allocated += op.amount
+    destination.recompute_over_limit(ddef.overdraft_limit)
+    t.ledgers[skey], t.ledgers[dkey] = source, destination
+    result = TransferResult(balance(skey, source, sdef), balance(dkey, destination, ddef))
+    remember(t, "transfer", op.idempotency_key, op.fingerprint, result, now)
+    log(t, now, AuditType.BUDGET_TRANSFERRED, scopes=(skey[0], dkey[0]),
+        idempotency_key=op.idempotency_key, actual=(Amount(op.unit, op.amount),))
+    return result
+
+
+def _locate(t: Tenant, scope: str, unit: Unit, period: Period | PeriodChoice | None,
+            now: int) -> tuple[LedgerKey, Definition]:
+    """The current ledger of the one budget at `scope` in `unit` (and `period`)."""
+    path = parse_scope(scope)
+    per = path.dimension[0] if path.dimension else None
+    found = [d for d in t.definitions.get(path.base, {}).values()
+             if d.unit is unit and d.per == per and (period is AUTO or d.period == period)]
+    if not found:
+        raise NotFound(f"no budget at {scope} in {unit.value}"
+                       + ("" if period is AUTO else f" for period {period}"))
+    if len(found) > 1:
+        periods = [d.period.value if d.period else None for d in found]
+        raise InvalidRequest(f"{scope} has {unit.value} budgets for periods {periods}; "
+                             "say which with period=")
+    d = found[0]
+    return (path.path, unit, d.period, bucket(d.period, now)), d

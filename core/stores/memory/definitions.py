@@ -1,0 +1,109 @@
+"""Writers of definitions (budgets, quotas, access rules, plans), as definitions.lua: shared by
+the administration calls and by reserve, which installs a guard's default plan for a tenant
+seen the first time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...events import AuditType
+from ...models import Balance
+from ...periods import bucket
+from ..operations import ApplyPlan, RemoveBudget, SetAccess, SetBudget, SetQuota
+from .state import (
+    Definition,
+    Tenant,
+    balance,
+    dimension_ledgers,
+    ledger_at,
+    log,
+    period_name,
+    redefined,
+)
+
+
+def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
+    """Add or change a budget; its current ledgers follow the new limit at once."""
+    defs = t.definitions.setdefault(op.scope, {})
+    d = defs.get((op.scope, op.unit, op.period, op.per))
+    if d is None:
+        d = Definition(op.scope, op.unit, op.period, op.per, op.limit, op.overdraft_limit,
+                       op.overage_policy, op.degrade, op.alerts)
+        defs[d.key] = d
+        t.definitions[op.scope] = dict(sorted(defs.items(), key=lambda kv: kv[1].order()))
+        redefined(t)
+    else:
+        d.limit, d.overdraft_limit, d.overage_policy = (op.limit, op.overdraft_limit,
+                                                        op.overage_policy)
+        d.degrade, d.alerts = op.degrade, op.alerts
+    log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
+        "unit": op.unit.value, "limit": op.limit, "period": period_name(op.period),
+        "per": op.per})
+    current = bucket(op.period, now)
+    if op.per is not None:  # every dimension ledger of this bucket follows, now
+        for key in list(dimension_ledgers(t, d, current)):
+            ledger_at(t, key, d, now).recompute_over_limit(d.overdraft_limit)
+        return ()
+    key = (op.scope, op.unit, op.period, current)
+    state = t.ledgers[key] = ledger_at(t, key, d, now)
+    state.recompute_over_limit(d.overdraft_limit)
+    return (balance(key, state, d),)
+
+
+def remove_budget(t: Tenant, op: RemoveBudget, now: int) -> int:
+    """Drop a budget's definition (its ledgers stay until pruned); 1 if there was one."""
+    removed = t.definitions.get(op.scope, {}).pop((op.scope, op.unit, op.period, op.per), None)
+    if removed is not None:
+        redefined(t)
+        log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,),
+            detail={"unit": op.unit.value, "removed": True})
+    return int(removed is not None)
+
+
+def set_quota(t: Tenant, op: SetQuota, now: int) -> None:
+    """Add, change or remove one quota rule of a scope."""
+    rules = t.quotas.setdefault(op.rule.scope, {})
+    if op.remove:
+        rules.pop(op.rule.key, None)
+    else:
+        rules[op.rule.key] = op.rule
+    log(t, now, AuditType.QUOTA_SET, scopes=(op.rule.scope,), detail={
+        "kind": op.rule.kind.value, "limit": None if op.remove else op.rule.limit,
+        "window": period_name(op.rule.window), "action_kind": op.rule.action_kind})
+
+
+def set_access(t: Tenant, op: SetAccess, now: int) -> None:
+    """Set or remove a scope's access rules."""
+    if op.rule is None:
+        t.access.pop(op.scope, None)
+    else:
+        t.access[op.scope] = op.rule
+    log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None})
+
+
+def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
+    """Install a plan's definitions, and drop those of the previous plan this one lacks."""
+    keys: set[tuple[str, Any]] = set()
+    for definition in op.definitions:
+        if isinstance(definition, SetBudget):
+            set_budget(t, definition, now)
+            keys.add(("budget", (definition.scope, definition.unit, definition.period,
+                                 definition.per)))
+        elif isinstance(definition, SetQuota):
+            set_quota(t, definition, now)
+            keys.add(("quota", definition.rule.key))
+        else:
+            set_access(t, definition, now)
+            keys.add(("access", definition.scope))
+    for kind, key in t.plan_keys - keys:  # what the previous plan had and this one lacks
+        if kind == "budget":
+            t.definitions.get(key[0], {}).pop(key, None)
+            redefined(t)
+        elif kind == "quota":
+            t.quotas.get(key[0], {}).pop(key, None)
+        else:
+            t.access.pop(key, None)
+    t.plan, t.plan_keys = op.name, keys
+    if op.mode is not None:
+        t.mode = op.mode
+    log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name})

@@ -1,0 +1,62 @@
+"""Reads, as read.lua: one reservation, balances, audit records, report counters. Like every
+operation they first expire the tenant's overdue reservations; they write nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ...events import AuditRecord, ReportRow, report_rows
+from ...models import Balance, ReservationInfo
+from ...periods import bucket
+from ...scopes import parse_scope
+from ..operations import Audit, Balances, Get, Report
+from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
+
+
+def get(t: Tenant, op: Get, now: int) -> ReservationInfo:
+    """One reservation, active or finished within its retention."""
+    return reservation(t, op.reservation_id).info()
+
+
+def balances(t: Tenant, op: Balances, now: int) -> tuple[Balance, ...]:
+    """The current ledgers of a scope (one dimension value, if the scope names one), and
+    with `include_children` those of the scopes below it."""
+    path = parse_scope(op.scope)
+    below = op.scope + "/" if op.include_children else None
+    result: list[Balance] = []
+    for scope in sorted(t.definitions):
+        if scope != path.base and not (below and scope.startswith(below)):
+            continue
+        for d in t.definitions[scope].values():
+            current = bucket(d.period, now)
+            if d.per is None:
+                keys: Iterator[LedgerKey] = iter(
+                    () if path.dimension else ((scope, d.unit, d.period, current),))
+            elif path.dimension or below:
+                keys = iter(sorted(k for k in dimension_ledgers(t, d, current)
+                                   if path.dimension is None or k[0] == path.path))
+            else:
+                continue
+            result += [balance(k, ledger_at(t, k, d, now), d) for k in keys]
+    return tuple(result)
+
+
+def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
+    """The newest `op.limit` audit records of the types asked for, oldest first."""
+    found = [_audit_record(r) for r in reversed(t.audit)
+             if (op.since_ms is None or r[1] >= op.since_ms)
+             and (op.types is None or r[2] in op.types)]
+    return tuple(reversed(found[: op.limit]))
+
+
+def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
+    """One row per scope of the counters of the period containing `op.at_ms` (or now)."""
+    return report_rows(t.report, op.period, op.at_ms if op.at_ms is not None else now)
+
+
+def _audit_record(entry: AuditEntry) -> AuditRecord:
+    """An audit record, built when read (the write path keeps a plain tuple)."""
+    seq, at, kind, tenant, subject, action, fields = entry
+    return AuditRecord(seq, at, kind, tenant, subject=subject,
+                       action=None if action is None else f"{action.kind} {action.name}",
+                       **fields)

@@ -1,0 +1,248 @@
+"""Reserve (and decide, with dry_run), as reserve.lua: access rules, then quotas, then budgets;
+the first refusal wins. In shadow mode evaluation goes on and the reservation is made anyway."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any
+
+from ... import ledger, policy
+from ...amounts import Unit
+from ...events import AuditType, Notification, NotificationType
+from ...ids import new_id
+from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
+from ...periods import bucket, bucket_end_ms
+from ..operations import Reserve, ReserveOutcome
+from .definitions import apply_plan
+from .state import (
+    RESERVED,
+    Definition,
+    Held,
+    LedgerKey,
+    QuotaKey,
+    Reservation,
+    Tenant,
+    alerts,
+    amounts,
+    ledger_at,
+    log,
+    ordered,
+    remember,
+    replay,
+    snapshot,
+    tally,
+    targets,
+)
+
+_ALLOW = Decision(Outcome.ALLOW)
+
+
+@dataclass
+class _Evaluation:
+    """Everything a reservation would do, worked out before anything is written."""
+
+    denial: Decision | None
+    scopes: tuple[str, ...]
+    states: Held
+    estimate: dict[Unit, int]
+    caps: Caps | None
+    calls: list[tuple[QuotaKey, str]]
+    runs: list[tuple[QuotaKey, str, str]]
+    concurrency: list[QuotaKey]
+
+
+def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
+    """Hold an estimate on every ledger the subject charges, or say why not."""
+    if not op.dry_run:
+        if op.idempotency_key is not None:
+            replayed = replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
+            if replayed is not None:
+                return replayed  # type: ignore[no-any-return]
+        if op.default_plan is not None and t.plan is None and not t.definitions:
+            apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
+    shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
+    ev = _evaluate(t, op, now, shadow)
+    if op.dry_run:
+        return ReserveOutcome(ev.denial or _allowed(ev.caps), None, snapshot(ev.states))
+    if ev.denial is not None and not shadow:
+        _denied(t, op, ev.denial, now)
+        return ReserveOutcome(ev.denial, None, snapshot(ev.states))
+    for key, d, state in ev.states:
+        state.reserved += ev.estimate[d.unit]
+        state.touched_ms = now
+        t.ledgers[key] = state
+    for calls in ev.calls:
+        t.calls[calls] = t.calls.get(calls, 0) + 1
+    for rule_key, window, run in ev.runs:
+        t.runs.setdefault((rule_key, window), set()).add(run)
+    for rule_key in ev.concurrency:
+        t.active[rule_key] = t.active.get(rule_key, 0) + 1
+    res = Reservation(new_id(op.tenant), op.subject, op.action, ev.estimate,
+                      amounts(ordered(ev.estimate)),
+                      [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
+                      now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
+                      ev.concurrency, shadow)
+    t.reservations[res.id] = res
+    heapq.heappush(t.expiry, (res.deadline_ms, res.id))
+    info = res.info()
+    decision = _allowed(ev.caps)
+    scope = op.subject.scope_path
+    if ev.denial is not None:  # shadow: what enforce mode would have said, on record
+        decision = Decision(decision.outcome, decision.caps, observed=ev.denial)
+        log(t, now, AuditType.OBSERVED_DENIED, scopes=(ev.denial.scope or "",),
+            subject=op.subject, action=op.action, reservation_id=res.id,
+            estimate=info.estimate, reason=ev.denial.reason)
+        tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
+    outcome = ReserveOutcome(decision, info, snapshot(ev.states))
+    if op.idempotency_key is not None:
+        remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
+    log(t, now, AuditType.RESERVED, scopes=info.scopes, subject=op.subject, action=op.action,
+        reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
+        detail=_caps_detail(decision.caps))
+    tally(t, now, scope, "reservations", ev.estimate, RESERVED)
+    alerts(t, ev.states, now, res.id)
+    return outcome
+
+
+def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool) -> _Evaluation:
+    """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
+    evaluation goes on, since the reservation is made anyway)."""
+    denial: Decision | None = None
+    caps = policy.CapsBuilder()
+    kind, name = op.action.kind, op.action.name
+    if not t.access and not t.quotas:  # no rules at all: budgets only
+        return _fit(t, op, now, None, caps, [], [], [])
+    for scope in op.scopes:
+        rule = t.access.get(scope)
+        if rule is None:
+            continue
+        reason = policy.access_refusal(rule, kind, name)
+        if reason is not None and denial is None:
+            denial = Decision(Outcome.DENY, reason=reason, scope=scope)
+        if kind.startswith("llm."):
+            caps.add_access(rule)
+    calls: list[tuple[QuotaKey, str]] = []
+    runs: list[tuple[QuotaKey, str, str]] = []
+    concurrency: list[QuotaKey] = []
+    run = dict(op.dimensions).get("run")
+    for scope in op.scopes:
+        for rule_key, quota in t.quotas.get(scope, {}).items():
+            if not quota.applies_to(kind):
+                continue
+            refusal = _quota_refusal(t, quota, rule_key, run, now, calls, runs, concurrency)
+            if refusal is not None and denial is None:
+                denial = refusal
+    if denial is not None and not shadow:
+        return _Evaluation(denial, (), [], {}, None, [], [], [])
+    return _fit(t, op, now, denial, caps, calls, runs, concurrency)
+
+
+def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
+                   now: int, calls: list[tuple[QuotaKey, str]],
+                   runs: list[tuple[QuotaKey, str, str]],
+                   concurrency: list[QuotaKey]) -> Decision | None:
+    """Why one quota refuses this call, noting what the call would count under it."""
+    if quota.kind is policy.QuotaKind.CONCURRENT:
+        used = t.active.get(key, 0)
+        concurrency.append(key)
+        if used < quota.limit:
+            return None
+        return Decision(Outcome.DENY, reason=Reason.CONCURRENCY_EXCEEDED, scope=quota.scope,
+                        remaining=0, limit=quota.limit, requested=1)
+    assert quota.window is not None
+    window = bucket(quota.window, now)
+    if quota.kind is policy.QuotaKind.CALLS:
+        used = t.calls.get((key, window), 0)
+        calls.append((key, window))
+    else:
+        if run is None:
+            return None  # only runs are counted; a call outside a run is not one
+        seen = t.runs.get((key, window), set())
+        if run in seen:
+            return None
+        used = len(seen)
+        runs.append((key, window, run))
+    if used < quota.limit:
+        return None
+    return Decision(Outcome.DENY, reason=Reason.QUOTA_EXCEEDED, scope=quota.scope,
+                    remaining=0, limit=quota.limit, requested=1,
+                    retry_after_ms=bucket_end_ms(quota.window, now) - now)
+
+
+def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
+         caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
+         runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey]) -> _Evaluation:
+    """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
+    to its floor, before a budget refuses."""
+    fixed = dict(op.estimate)
+    found = targets(t, op.scopes, op.dimensions, fixed, now)
+    charged: list[tuple[LedgerKey, Definition]] = []
+    scopes: tuple[str, ...] = ()
+    if found is None:
+        denial = denial or Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
+                                    scope=op.scopes[-1])
+    else:
+        charged, scopes = found
+    ledgers = t.ledgers
+    states = []
+    for key, d in charged:
+        state = ledgers.get(key)
+        if state is None or state.limit_seen != d.limit:
+            state = ledger_at(t, key, d, now)
+        states.append((key, d, state))
+    for _, d, state in states:
+        for rule in d.degrade:
+            fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
+            if fraction < rule.below:
+                caps.add(rule.caps(), severity=rule.below)
+    elastic = op.elastic
+    rates = dict(elastic.rates) if elastic else {}
+    tokens = elastic.max_tokens if elastic else 0
+    if elastic and caps.max_tokens is not None:
+        tokens = min(tokens, caps.max_tokens)
+    floor = min(elastic.floor, tokens) if elastic else 0
+
+    def need(unit: Unit) -> int:
+        return policy.elastic_amount(fixed[unit], rates.get(unit, 0), tokens)
+
+    for key, d, state in states:
+        amount = need(d.unit) if rates else fixed[d.unit]
+        if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
+                and state.allocated - state.reserved - state.spent >= amount):
+            continue  # fits: the common case, decided here without a call
+        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount)
+        if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
+            fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
+            if fits >= floor:
+                tokens, reason = fits, None
+        if reason is not None and denial is None:
+            denial = ledger.denial(reason, key[0], d.unit, d.period, state, need(d.unit), now)
+    if elastic and tokens < elastic.max_tokens:
+        caps.max_tokens = tokens
+    estimate = {unit: need(unit) for unit in fixed} if rates else fixed
+    return _Evaluation(denial, scopes, states, estimate, caps.build(), calls, runs,
+                       concurrency)
+
+
+def _allowed(caps: Caps | None) -> Decision:
+    return _ALLOW if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
+
+
+def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
+    """A refusal goes on record: audit, report tally and a notification."""
+    log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
+        action=op.action, idempotency_key=op.idempotency_key, estimate=amounts(op.estimate),
+        reason=decision.reason, detail={"remaining": decision.remaining,
+                                        "limit": decision.limit})
+    tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
+    t.cx.notes.append(Notification(
+        NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
+        unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
+        allocated=decision.limit))
+
+
+def _caps_detail(caps: Caps | None) -> dict[str, Any]:
+    if caps is None:
+        return {}
+    return {"caps": {k: v for k in Caps.__slots__ if (v := getattr(caps, k)) is not None}}

@@ -1,0 +1,137 @@
+"""Commit, release and extend of one reservation, as settle.lua; the idempotent reply of each
+is kept on the reservation."""
+
+from __future__ import annotations
+
+import heapq
+
+from ... import ledger
+from ...errors import (
+    MaxExtensionsExceeded,
+    ReservationExpired,
+    ReservationFinalized,
+    UnitMismatch,
+)
+from ...events import AuditType
+from ...models import CommitResult, ExtendResult, ReleaseResult, ReservationStatus
+from ..operations import Commit, Extend, Release
+from .state import (
+    COMMITTED,
+    Reservation,
+    Tenant,
+    alerts,
+    amounts,
+    expire,
+    finish,
+    held,
+    log,
+    ordered,
+    replayed,
+    reservation,
+    return_estimate,
+    settlement,
+    snapshot,
+    tally,
+)
+
+
+def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
+    """Charge the actual cost against the estimate held, and give back the rest."""
+    res = t.reservations.get(op.reservation_id) or reservation(t, op.reservation_id)
+    if op.idempotency_key and res.commit and res.commit[0] == op.idempotency_key:
+        again: CommitResult = replayed(res.commit[1:], op.fingerprint, op.idempotency_key,
+                                       "commit")
+        return again
+    if res.status is not ReservationStatus.ACTIVE or now > res.expires_at_ms + res.grace_ms:
+        _require_active(t, res, now, grace=True)
+    given = dict(op.actual)
+    if not given.keys() <= res.estimate.keys():
+        unknown = sorted(u.value for u in given.keys() - res.estimate.keys())
+        raise UnitMismatch(f"commit: {unknown} not in the reservation's estimate "
+                           f"{sorted(u.value for u in res.estimate)}")
+    # in the estimate's (unit) order; a unit left out is charged as estimated
+    actual = given if len(given) == len(res.estimate) else {
+        unit: given.get(unit, estimated) for unit, estimated in res.estimate.items()}
+    changed = held(t, res, now)
+    if ledger.within(res.estimate, actual):
+        ledger.settle_within(changed, res.estimate, actual, now)
+        charged = actual
+    else:
+        charged = ledger.apply(settlement(changed, res.estimate, actual, res.overage_policy,
+                                          now, release_reserved=True, shadow=res.shadow), now)
+    for key, _, state in changed:
+        t.ledgers[key] = state
+    released = tuple([(u, max(0, estimated - charged[u]))
+                      for u, estimated in res.estimate.items()])
+    charged_units = ordered(charged)
+    charged_amounts = amounts(charged_units)
+    result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
+                          amounts(released), snapshot(changed))
+    finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
+    if op.idempotency_key:
+        res.commit = (op.idempotency_key, op.fingerprint, result)
+    log(t, now, AuditType.COMMITTED, scopes=res.scopes, reservation_id=res.id,
+        idempotency_key=op.idempotency_key, estimate=res.estimate_amounts,
+        actual=charged_amounts if actual == charged else amounts(ordered(actual)),
+        charged=charged_amounts)
+    tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
+    alerts(t, changed, now, res.id)
+    return result
+
+
+def release(t: Tenant, op: Release, now: int) -> ReleaseResult:
+    """Give the whole estimate back: the work was not done."""
+    res = reservation(t, op.reservation_id)
+    if op.idempotency_key and res.release and res.release[0] == op.idempotency_key:
+        again: ReleaseResult = replayed(res.release[1:], op.fingerprint, op.idempotency_key,
+                                        "release")
+        return again
+    _require_active(t, res, now, grace=True)
+    balances = return_estimate(t, res, now)
+    result = ReleaseResult(res.id, ReservationStatus.RELEASED, res.estimate_amounts, balances)
+    finish(t, res, ReservationStatus.RELEASED, now)
+    if op.idempotency_key:
+        res.release = (op.idempotency_key, op.fingerprint, result)
+    log(t, now, AuditType.RELEASED, scopes=res.scopes, reservation_id=res.id,
+        idempotency_key=op.idempotency_key, estimate=result.released,
+        detail={"reason": op.reason})
+    tally(t, now, res.subject.scope_path, "releases")
+    return result
+
+
+def extend(t: Tenant, op: Extend, now: int) -> ExtendResult:
+    """Push a reservation's expiry out, up to its maximum number of extensions."""
+    res = reservation(t, op.reservation_id)
+    seen = res.extends.get(op.idempotency_key) if op.idempotency_key and res.extends else None
+    if seen is not None:
+        again: ExtendResult = replayed(seen, op.fingerprint, op.idempotency_key, "extension")
+        return again
+    _require_active(t, res, now, grace=False)
+    if res.extensions >= res.max_extensions:
+        raise MaxExtensionsExceeded(f"reservation {res.id} was extended {res.extensions} "
+                                    "times, the most allowed")
+    res.expires_at_ms += op.by_ms
+    res.extensions += 1
+    heapq.heappush(t.expiry, (res.deadline_ms, res.id))
+    result = ExtendResult(res.id, res.expires_at_ms, res.extensions)
+    if op.idempotency_key:
+        if res.extends is None:
+            res.extends = {}
+        res.extends[op.idempotency_key] = (op.fingerprint, result)
+    log(t, now, AuditType.EXTENDED, reservation_id=res.id, idempotency_key=op.idempotency_key,
+        detail={"by_ms": op.by_ms, "expires_at_ms": res.expires_at_ms})
+    return result
+
+
+def _require_active(t: Tenant, res: Reservation, now: int, grace: bool) -> None:
+    """Refuse a finished reservation, or one past its expiry (and grace, if `grace`); one
+    past both expires here."""
+    if res.status is ReservationStatus.EXPIRED:
+        raise ReservationExpired(f"reservation {res.id} expired; its estimate went back "
+                                 "to the budgets (charge the spend with record())")
+    if res.status is not ReservationStatus.ACTIVE:
+        raise ReservationFinalized(f"reservation {res.id} is already {res.status.value}")
+    if now > res.deadline_ms:
+        expire(t, res, now)
+    if now > (res.deadline_ms if grace else res.expires_at_ms):
+        raise ReservationExpired(f"reservation {res.id} expired at {res.expires_at_ms} ms")

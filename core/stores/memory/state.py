@@ -1,0 +1,490 @@
+"""What every operation shares, as common.lua is the prelude of every Redis script: a tenant's
+state (definitions, ledgers, reservations), how a charge finds its ledgers, and the records an
+operation writes (audit log, report tallies, notifications, idempotent replies)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple
+
+from ... import ledger, policy
+from ...amounts import Amount, Unit, Units
+from ...errors import IdempotencyMismatch, NotFound, UnitMismatch
+from ...events import AuditType, Notification, NotificationType
+from ...models import (
+    Action,
+    Balance,
+    BudgetStatus,
+    CommitResult,
+    ExtendResult,
+    OveragePolicy,
+    ReleaseResult,
+    ReservationInfo,
+    ReservationStatus,
+)
+from ...periods import Period, bucket
+from ...scopes import Subject, parse_scope
+from ..operations import PERIOD_ORDER, UNIT_ORDER
+
+DefKey = tuple[str, Unit, "Period | None", "str | None"]
+"""A budget definition: (scope, unit, period, per-dimension key or None)."""
+LedgerKey = tuple[str, Unit, "Period | None", str]
+"""A ledger: (scope path incl. any dimension, unit, period, bucket)."""
+QuotaKey = tuple[str, policy.QuotaKind, "Period | None", str]
+"""A quota rule: (scope, kind, window, action kind)."""
+AuditEntry = tuple[int, int, str, str, "Subject | None", "Action | None", dict[str, Any]]
+"""seq, at_ms, type, tenant, subject, action, other fields: an AuditRecord once read."""
+Held = list[tuple[LedgerKey, "Definition", ledger.Ledger]]
+"""Ledgers an operation charges, with their definitions, in canonical order."""
+
+DAY_MS = 86_400_000
+RESERVED = {unit: f"reserved:{unit.value}" for unit in Unit}  # report counter names
+COMMITTED = {unit: f"committed:{unit.value}" for unit in Unit}
+_EMPTY: list[Any] = []  # never appended to: what a finished reservation keeps
+_ROUTE_CACHE = 1024  # routes kept per tenant (one per subject shape, run dimensions included)
+
+
+@dataclass
+class Context:
+    """What the operations of every tenant share: the store's retention settings, and the
+    notifications of the step under way (the store hands them to listeners after it)."""
+
+    idempotency_ttl_ms: int
+    finished_retention_ms: int
+    dimension_idle_ttl_ms: int
+    audit_retention: int
+    notes: list[Notification] = field(default_factory=list)
+
+
+@dataclass
+class Definition:
+    """A budget as set: one per scope, unit, period and dimension key."""
+
+    scope: str
+    unit: Unit
+    period: Period | None
+    per: str | None
+    limit: int
+    overdraft_limit: int
+    overage_policy: OveragePolicy
+    degrade: tuple[policy.Degrade, ...] = ()
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+    status: BudgetStatus = BudgetStatus.ACTIVE
+
+    @property
+    def key(self) -> DefKey:
+        """How the tenant's definitions (and a plan's keys) name this budget."""
+        return (self.scope, self.unit, self.period, self.per)
+
+    def order(self) -> tuple[bool, int, int, str]:
+        """Canonical order inside one scope: plain budgets first, then unit, period, key."""
+        return (self.per is not None, UNIT_ORDER[self.unit], PERIOD_ORDER[self.period],
+                self.per or "")
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A held estimate, and once finished what answers get() and replays until pruned."""
+
+    id: str
+    subject: Subject
+    action: Action
+    estimate: dict[Unit, int]
+    estimate_amounts: tuple[Amount, ...]
+    ledgers: list[tuple[LedgerKey, Definition]]
+    scopes: tuple[str, ...]
+    epoch: int  # the tenant's definitions epoch when made: its definitions are current
+    created_at_ms: int
+    expires_at_ms: int
+    grace_ms: int
+    max_extensions: int
+    overage_policy: OveragePolicy | None
+    concurrency: list[QuotaKey]
+    shadow: bool
+    status: ReservationStatus = ReservationStatus.ACTIVE
+    extensions: int = 0
+    charged: Units = ()
+    finalized_at_ms: int | None = None
+    commit: tuple[str, str, CommitResult] | None = None  # key, fingerprint, result
+    release: tuple[str, str, ReleaseResult] | None = None
+    extends: dict[str, tuple[str, ExtendResult]] | None = None
+
+    @property
+    def deadline_ms(self) -> int:
+        """When the reservation expires unless extended: its expiry plus grace."""
+        return self.expires_at_ms + self.grace_ms
+
+    def info(self) -> ReservationInfo:
+        """The public view of this reservation."""
+        return ReservationInfo(
+            self.id, self.subject.tenant, self.status, self.subject, self.action,
+            self.estimate_amounts, self.scopes,
+            self.created_at_ms, self.expires_at_ms, self.grace_ms, self.extensions,
+            self.overage_policy, amounts(self.charged), self.finalized_at_ms)
+
+
+@dataclass
+class _Idempotent:
+    fingerprint: str
+    result: Any
+    expires_at_ms: int
+
+
+@dataclass
+class Tenant:
+    """All of one tenant's state: what one hash tag holds in Redis."""
+
+    name: str
+    cx: Context
+    definitions: dict[str, dict[DefKey, Definition]] = field(default_factory=dict)
+    epoch: int = 0  # moves whenever a definition is added or removed
+    routes: dict[tuple[Any, ...], _Route] = field(default_factory=dict)  # of this epoch
+    ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    expiry: list[tuple[int, str]] = field(default_factory=list)  # (deadline, id), lazily pruned
+    idempotency: dict[tuple[str, str], _Idempotent] = field(default_factory=dict)
+    quotas: dict[str, dict[QuotaKey, policy.QuotaRule]] = field(default_factory=dict)
+    access: dict[str, policy.AccessRule] = field(default_factory=dict)
+    calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
+    runs: dict[tuple[QuotaKey, str], set[str]] = field(default_factory=dict)
+    active: dict[QuotaKey, int] = field(default_factory=dict)
+    mode: str | None = None
+    plan: str | None = None
+    plan_keys: set[tuple[str, Any]] = field(default_factory=set)
+    audit: deque[AuditEntry] = field(default_factory=deque)
+    seq: int = 0
+    report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
+    tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
+
+
+class _Route(NamedTuple):
+    """Where a subject's charges in some units go: (scope path, unit, period, definition)
+    per ledger, in canonical order, and the scope paths once each."""
+
+    ledgers: tuple[tuple[str, Unit, Period | None, Definition], ...]
+    scopes: tuple[str, ...]
+
+
+# -- definitions and ledgers ----------------------------------------------------------------
+
+def redefined(t: Tenant) -> None:
+    """A definition was added or removed: cached routes and held definitions are stale."""
+    t.epoch += 1
+    t.routes.clear()
+
+
+def dimension_ledgers(t: Tenant, d: Definition, current: str) -> Iterator[LedgerKey]:
+    """The ledgers of a per-dimension budget in bucket `current`, one per dimension value."""
+    prefix = f"{d.scope}/{d.per}:"
+    for key in t.ledgers:
+        if (key[1] is d.unit and key[2] == d.period and key[3] == current
+                and key[0].startswith(prefix) and "/" not in key[0][len(prefix):]):
+            yield key
+
+
+def ledger_at(t: Tenant, key: LedgerKey, d: Definition, now: int) -> ledger.Ledger:
+    """The ledger at `key`; a new one (not yet stored) when never touched."""
+    state = t.ledgers.get(key)
+    if state is None:
+        return ledger.Ledger(allocated=d.limit, limit_seen=d.limit, touched_ms=now)
+    if state.limit_seen != d.limit and key[3] == bucket(d.period, now):
+        state.follow_limit(d.limit)
+    return state
+
+
+def targets(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str], ...],
+            units: dict[Unit, int], now: int
+            ) -> tuple[list[tuple[LedgerKey, Definition]], tuple[str, ...]] | None:
+    """The current ledgers a subject charges in these units, and their scope paths."""
+    memo = (scopes, dimensions, *units)
+    route = t.routes.get(memo)
+    if route is None:
+        route = _route(t, scopes, dimensions, units)
+        if route is None:
+            return None
+        if len(t.routes) >= _ROUTE_CACHE:
+            t.routes.clear()
+        t.routes[memo] = route
+    return ([((path, unit, period, bucket(period, now)), d)
+             for path, unit, period, d in route.ledgers], route.scopes)
+
+
+def _route(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str], ...],
+           units: dict[Unit, int]) -> _Route | None:
+    """The ledgers a subject charges in these units, in canonical order; None when no budget
+    applies to the subject at all. Raises `UnitMismatch` when budgets apply but none in
+    these units."""
+    dims = dict(dimensions)
+    applicable = 0
+    found = []
+    for scope in scopes:
+        for d in t.definitions.get(scope, {}).values():
+            if d.per is None:
+                path = scope
+            elif d.per in dims:
+                path = f"{scope}/{d.per}:{dims[d.per]}"
+            else:
+                continue
+            applicable += 1
+            if d.unit in units:
+                found.append((path, d.unit, d.period, d))
+    if found:
+        return _Route(tuple(found), tuple(dict.fromkeys(row[0] for row in found)))
+    if applicable:
+        held_units = sorted({d.unit.value for s in scopes
+                             for d in t.definitions.get(s, {}).values()})
+        raise UnitMismatch(f"no budget of {scopes[-1]} is in "
+                           f"{sorted(u.value for u in units)}; its budgets hold {held_units}")
+    return None
+
+
+def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
+               policy_: OveragePolicy | None, now: int, release_reserved: bool,
+               shadow: bool) -> ledger.Settlement:
+    """Settle a charge on these ledgers; in shadow mode nothing is refused and any overage
+    beyond a budget is tracked as debt, so the spend stays visible."""
+    if shadow:
+        rows = [(key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT)
+                for key, d, state in states]
+    else:
+        rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
+    return ledger.settle(rows, estimate, actual, release_reserved, now)
+
+
+def _unlimited(d: Definition) -> Definition:
+    """Shadow mode settles every overage as debt: spend is tracked, never refused."""
+    return Definition(d.scope, d.unit, d.period, d.per, d.limit, 2**62,
+                      OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status)
+
+
+# -- reservations -------------------------------------------------------------------------
+
+def reservation(t: Tenant, rid: str) -> Reservation:
+    """The reservation `rid`, active or finished within its retention."""
+    res = t.reservations.get(rid)
+    if res is None:
+        raise NotFound(f"no reservation {rid} (never made, or past its retention)")
+    return res
+
+
+def held(t: Tenant, res: Reservation, now: int) -> Held:
+    """The ledgers a reservation holds, with their current definitions."""
+    if res.epoch == t.epoch:
+        return [(key, d, ledger_at(t, key, d, now)) for key, d in res.ledgers]
+    found = []
+    for key, d in res.ledgers:
+        d = _definition(t, d.key)
+        found.append((key, d, ledger_at(t, key, d, now)))
+    return found
+
+
+def _definition(t: Tenant, key: DefKey) -> Definition:
+    """A reservation's budget definition, or a neutral stand-in if it was removed since."""
+    d = t.definitions.get(key[0], {}).get(key)
+    if d is None:
+        d = Definition(*key, limit=0, overdraft_limit=0,
+                       overage_policy=OveragePolicy.ALLOW_IF_AVAILABLE)
+    return d
+
+
+def return_estimate(t: Tenant, res: Reservation, now: int) -> tuple[Balance, ...]:
+    """Give a reservation's estimate back to every ledger it holds (release, expiry)."""
+    balances = []
+    for key, d, state in held(t, res, now):
+        t.ledgers[key] = state
+        state.reserved -= res.estimate[key[1]]
+        state.touched_ms = now
+        balances.append(balance(key, state, d))
+    return tuple(balances)
+
+
+def finish(t: Tenant, res: Reservation, status: ReservationStatus, now: int,
+           charged: Units = ()) -> None:
+    """Mark a reservation final and free its concurrency slots."""
+    res.status, res.finalized_at_ms, res.charged = status, now, charged
+    for key in res.concurrency:
+        t.active[key] = max(0, t.active.get(key, 0) - 1)
+    # A finished reservation is kept only to answer get() and replays: drop what the
+    # collector would otherwise walk for a day.
+    res.ledgers, res.concurrency = _EMPTY, _EMPTY
+
+
+def expire(t: Tenant, res: Reservation, now: int) -> None:
+    """A reservation past its ttl and grace: its estimate goes back, on the record."""
+    return_estimate(t, res, now)
+    finish(t, res, ReservationStatus.EXPIRED, now)
+    log(t, now, AuditType.EXPIRED, scopes=res.scopes, reservation_id=res.id,
+        estimate=res.estimate_amounts)
+    tally(t, now, res.subject.scope_path, "expiries")
+
+
+# -- idempotency --------------------------------------------------------------------------
+
+def replay(t: Tenant, kind: str, key: str | None, fingerprint: str, now: int) -> Any:
+    """The stored result of an earlier call with this key, or None when there is none."""
+    if key is None:
+        return None
+    record = t.idempotency.get((kind, key))
+    if record is None or record.expires_at_ms < now:
+        return None
+    return replayed((record.fingerprint, record.result), fingerprint, key, kind)
+
+
+def remember(t: Tenant, kind: str, key: str | None, fingerprint: str, result: Any,
+             now: int) -> None:
+    """Keep a keyed call's result, so that a retry gets it again instead of a second change."""
+    if key is not None:
+        t.idempotency[(kind, key)] = _Idempotent(fingerprint, result,
+                                                 now + t.cx.idempotency_ttl_ms)
+
+
+def replayed(stored: tuple[str, Any], fingerprint: str, key: str | None, kind: str) -> Any:
+    """The stored result of an idempotent call, if the payload is the same."""
+    if stored[0] != fingerprint:
+        raise IdempotencyMismatch(f"idempotency key {key!r} was used for a different "
+                                  f"{kind} request")
+    return stored[1]
+
+
+# -- records: audit log, report tallies, notifications ---------------------------------------
+
+def log(t: Tenant, now: int, kind: str, *, subject: Subject | None = None,
+        action: Action | None = None, **fields: Any) -> None:
+    """Append an audit entry in the step that makes the change; the oldest beyond the
+    retention drops out."""
+    t.seq += 1
+    t.audit.append((t.seq, now, kind, t.name, subject, action, fields))
+    if len(t.audit) > t.cx.audit_retention:
+        t.audit.popleft()
+
+
+def tally(t: Tenant, now: int, scope: str, event: str, amounts: dict[Unit, int] | None = None,
+          names: dict[Unit, str] | None = None) -> None:
+    """Count one `event`, and `amounts` under their unit's counter `names`. Report counters
+    are kept as `day|subject scope|counter` (the Redis store's form)."""
+    memo = (now // 60_000, scope)
+    prefix = t.tally_prefix.get(memo)
+    if prefix is None:
+        if len(t.tally_prefix) > 1024:
+            t.tally_prefix.clear()
+        prefix = t.tally_prefix[memo] = f"{bucket(Period.DAY, now)}|{scope}|"
+    report = t.report
+    key = prefix + event
+    report[key] = report.get(key, 0) + 1
+    if amounts and names:
+        for unit, by in amounts.items():
+            key = prefix + names[unit]
+            report[key] = report.get(key, 0) + by
+
+
+def alerts(t: Tenant, changed: Iterable[tuple[LedgerKey, Definition, ledger.Ledger]], now: int,
+           rid: str | None) -> None:
+    """Notify what these changed ledgers crossed; skips each one still below its next
+    threshold without a call."""
+    for key, d, state in changed:
+        if (state.reserved + state.spent + state.debt < state.quiet_below
+                and not state.over_limit and state.quiet_allocated == state.allocated
+                and state.quiet_alerts is d.alerts):
+            continue  # below the next threshold, as computed for this allocation
+        _alert(t, key, d, state, now, rid)
+
+
+def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: int,
+           rid: str | None) -> None:
+    """Threshold, exhaustion and over-limit notifications, once per crossing."""
+    allocated, crossed = state.allocated, state.alerted
+    used = state.reserved + state.spent + state.debt
+    if not state.over_limit and used < allocated and (
+            crossed >= len(d.alerts)
+            or used * 1_000_000 < round(d.alerts[crossed] * 1_000_000) * allocated):
+        state.over_notified = False
+        # The common case: nothing to send. Note how far usage may go before the next
+        # threshold (or exhaustion), so `alerts` can skip this call until then.
+        due = allocated if crossed >= len(d.alerts) else min(
+            allocated, -(-round(d.alerts[crossed] * 1_000_000) * allocated // 1_000_000))
+        state.quiet_below, state.quiet_allocated, state.quiet_alerts = (
+            due, allocated, d.alerts)
+        return
+    state.quiet_allocated = -1  # past a threshold or over the limit: check every time
+    remaining = state.remaining
+    if allocated <= 0:
+        return
+    thresholds = d.alerts  # sorted when set
+    crossed = state.alerted
+    if crossed < len(thresholds):
+        used = (allocated - remaining) * 1_000_000
+        while crossed < len(thresholds) and (
+                used >= round(thresholds[crossed] * 1_000_000) * allocated):
+            crossed += 1
+    exhausted = remaining <= 0 and not state.exhausted
+    over = state.over_limit and not state.over_notified
+    state.over_notified = state.over_limit
+    if crossed == state.alerted and not exhausted and not over:
+        return
+
+    def note(kind: str, threshold: float | None = None) -> None:
+        t.cx.notes.append(Notification(
+            kind, t.name, now, scope=key[0], unit=key[1], bucket=key[3],
+            threshold=threshold, remaining=remaining, allocated=allocated,
+            reservation_id=rid))
+
+    for index in range(state.alerted, crossed):
+        note(NotificationType.THRESHOLD_CROSSED, thresholds[index])
+    state.alerted = crossed
+    if exhausted:
+        state.exhausted = True
+        note(NotificationType.EXHAUSTED)
+        tally(t, now, parse_scope(key[0]).base, "exhaustions")
+    if over:
+        note(NotificationType.OVER_LIMIT_ENTERED)
+
+
+# -- results --------------------------------------------------------------------------------
+
+def balance(key: LedgerKey, state: ledger.Ledger, d: Definition) -> Balance:
+    """The public view of one ledger."""
+    return Balance(key[0], key[1], period_name(key[2]), key[3], state.allocated,
+                   state.reserved, state.spent, state.debt, d.overdraft_limit, state.over_limit,
+                   d.status)
+
+
+def snapshot(states: Held) -> Callable[[], tuple[Balance, ...]]:
+    """These ledgers' balances as they are now, built into `Balance` rows when read."""
+    rows = [(key, state.allocated, state.reserved, state.spent, state.debt,
+             d.overdraft_limit, state.over_limit, d.status) for key, d, state in states]
+    return partial(_snapshot_balances, rows)
+
+
+def _snapshot_balances(rows: list[tuple[Any, ...]]) -> tuple[Balance, ...]:
+    return tuple(Balance(key[0], key[1], period_name(key[2]), key[3], *values)
+                 for key, *values in rows)
+
+
+def ordered(by_unit: dict[Unit, int]) -> Units:
+    """Amounts by unit from a dict built in unit order, as every estimate is (operations
+    carry their units in that order) and so every dict made by walking one."""
+    return tuple(by_unit.items())
+
+
+_amount_cache: dict[tuple[Unit, int], Amount] = {}
+
+
+def amounts(units: Units) -> tuple[Amount, ...]:
+    """Amounts are immutable, and estimates repeat: share the objects of recent values."""
+    found = []
+    for pair in units:
+        made = _amount_cache.get(pair)
+        if made is None:
+            if len(_amount_cache) >= 4096:
+                _amount_cache.clear()
+            made = _amount_cache[pair] = Amount.trusted(*pair)
+        found.append(made)
+    return tuple(found)
+
+
+def period_name(period: Period | None) -> str | None:
+    """A period as records and balances spell it."""
+    return None if period is None else period.value
