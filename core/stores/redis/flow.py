@@ -33,6 +33,7 @@ class Call:
 
     @property
     def command(self) -> tuple[Any, ...]:
+        """The command as sent: FCALL, the function, the key count, keys, arguments."""
         return ("FCALL", self.function, len(self.keys), *self.keys, *self.args)
 
 

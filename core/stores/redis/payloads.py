@@ -15,27 +15,33 @@ from .. import operations as ops
 
 
 def value(enum: Any) -> Any:
+    """An optional enum as the scripts take it: its value, or None."""
     return None if enum is None else enum.value
 
 
 def pairs(units: Units) -> list[list[Any]]:
+    """Amounts as [unit, amount] pairs: how JSON documents carry them."""
     return [[unit.value, amount] for unit, amount in units]
 
 
 def period(chosen: Period | None) -> str:
+    """A period by name; "" for none (a budget that never resets)."""
     return "" if chosen is None else chosen.value
 
 
 def period_choice(chosen: Any) -> str:
+    """A period, or "*" to let the script pick the budget's only one."""
     return "*" if chosen is ops.AUTO else period(chosen)
 
 
 def subject(who: Subject) -> str:
+    """A subject as JSON, with its scope path (reservations and audit keep it)."""
     return json.dumps({**who.model_dump(exclude_defaults=True),
                        "scope_path": who.scope_path}, separators=(",", ":"))
 
 
 def action(what: Action) -> dict[str, Any]:
+    """An action as a JSON object."""
     return {"kind": what.kind, "name": what.name, "tags": list(what.tags)}
 
 
@@ -45,6 +51,7 @@ def packed(units: Units) -> str:
 
 
 def compact_json(data: Any) -> str:
+    """JSON without spaces: fewer bytes on every call."""
     return json.dumps(data, separators=(",", ":"))
 
 

@@ -67,6 +67,7 @@ def later(rows: list[Any]) -> Callable[[], tuple[Balance, ...]]:
 
 
 def amounts(packed: str) -> tuple[Amount, ...]:
+    """Amounts packed as "UNIT=amount,..." (see payloads.packed)."""
     out = []
     for part in filter(None, packed.split(",")):
         unit, _, amount = part.partition("=")
@@ -75,12 +76,14 @@ def amounts(packed: str) -> tuple[Amount, ...]:
 
 
 def balance(row: list[Any]) -> Balance:
+    """A balance of a JSON reply: integers as decimal strings, exact past 2^53."""
     scope, unit, period, bucket, a, r, sp, debt, od, over, status = row
     return Balance(scope, Unit(unit), period or None, bucket, int(a), int(r), int(sp), int(debt),
                    int(od), bool(int(over)), BudgetStatus(status))
 
 
 def balances(rows: list[Any] | None) -> tuple[Balance, ...]:
+    """The balances of a JSON reply, none when it has none."""
     return tuple(balance(row) for row in rows or [])
 
 
@@ -89,6 +92,7 @@ def _int(value: Any) -> int | None:
 
 
 def decision(body: dict[str, Any]) -> Decision:
+    """A decision a script explained (refusals, caps, and what shadow mode observed)."""
     caps = body.get("caps")
     observed = body.get("observed")
     return Decision(
@@ -105,6 +109,7 @@ def decision(body: dict[str, Any]) -> Decision:
 
 
 def info(row: list[Any]) -> ReservationInfo:
+    """A reservation as `get` and JSON replays answer it."""
     (rid, tenant, status, subject, action, estimate, scopes, created, expires, grace, ext,
      policy, charged, finalized) = row
     fields = json.loads(subject)
@@ -131,6 +136,7 @@ def error(body: dict[str, Any]) -> AllotmentError:
 
 
 def note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notification:
+    """A notification row of a reply, stamped with the store's time."""
     kind, scope, unit, bucket, threshold, remaining, allocated, rid = row[:8]
     return Notification(kind, tenant, now_ms(clock), scope=scope,
                         unit=Unit(unit) if unit else None, bucket=bucket or None,
@@ -140,6 +146,7 @@ def note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notifi
 
 
 def record(tenant: str, flat: list[str]) -> AuditRecord:
+    """An audit entry: the stream entry's field/value list, empty values left out."""
     f = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
     subject = None
     if f.get("subject"):
