@@ -253,9 +253,9 @@ def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | No
     it carries; a script's error is raised."""
     codec = CODECS[type(op)]
     if isinstance(reply, list):
+        assert codec.compact is not None, type(op).__name__  # only these answer arrays
         notes = reply[-1]
-        result = codec.compact(op, reply)  # type: ignore[misc]  # only compact codecs
-        return result, json.loads(notes) if notes else None
+        return codec.compact(op, reply), json.loads(notes) if notes else None
     body = json.loads(reply)
     if "error" in body:
         raise back.error(body)
@@ -271,3 +271,6 @@ def sweep_call(tenant: str, limit: int, wire: Wire) -> tuple[list[str], list[Any
 def swept(reply: Any) -> int:
     """How many reservations one tenant's sweep expired."""
     return int(json.loads(reply)["expired"])
+
+
+__all__ = ["CODECS", "Codec", "Wire", "decode", "sweep_call", "swept"]

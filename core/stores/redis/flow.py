@@ -150,3 +150,6 @@ class Flows:
                 expired += swept(reply)
             if not cursor:
                 return expired
+
+
+__all__ = ["Call", "Command", "Durable", "Flow", "Flows", "Load", "Step"]

@@ -62,3 +62,6 @@ def node_of(client: Any, key: str) -> Any:
         return client.get_node_from_key(key)
     except SlotNotCoveredError:
         return None
+
+
+__all__ = ["OPERATIONS", "library", "missing", "node_of", "routed", "source"]

@@ -32,3 +32,6 @@ def idempotency_key(tenant: str, kind: str, key: str | None) -> str:
 def none_key(tenant: str) -> str:
     """The placeholder declared where a call has no reservation or replay key."""
     return f"al:{{{tenant}}}:none"
+
+
+__all__ = ["TENANTS_KEY", "idempotency_key", "none_key", "reservation_key", "tenant_keys"]

@@ -141,3 +141,7 @@ DEFINITIONS: dict[type[ops.Op[Any]], Callable[[Any], dict[str, Any]]] = {
 def definition(op: ops.Op[Any]) -> dict[str, Any]:
     """The admin document of a definition (a plan's definitions are nested in its own)."""
     return DEFINITIONS[type(op)](op)
+
+
+__all__ = ["action", "compact_json", "definition", "flat_reserve", "packed", "pairs", "period",
+           "period_choice", "subject", "value"]

@@ -175,3 +175,7 @@ def _detail(raw: str | None) -> dict[str, Any]:
         return {}
     return {k: int(v) if k in INTEGER_DETAILS and isinstance(v, str) else v
             for k, v in detail.items()}
+
+
+__all__ = ["amounts", "balance", "balances", "decision", "error", "flat_rows", "info", "later",
+           "note", "now_ms", "record", "text"]

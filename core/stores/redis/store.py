@@ -240,3 +240,6 @@ class RedisStore:
         notifications = [replies.note(tenant, row, self.clock) for row in rows]
         for listener in self._listeners:
             listener(notifications)
+
+
+__all__ = ["RedisStore"]
