@@ -233,7 +233,7 @@ async def _release(guard: al.Guard) -> None:
     await guard.arelease((await guard.areserve(ACME, LLM, al.tokens(2))).id)
 
 
-def test_sync_and_async_drivers_send_the_same_commands(tmp_path: Any) -> None:
+def test_sync_and_async_drivers_send_the_same_commands() -> None:
     """Each kind of operation, run by a strict store on a server without the library (so
     the first call loads it), sends the same commands through either driver: registration,
     FCALL, FUNCTION LOAD and the retried FCALL, INFO, FCALL + WAIT, SSCAN and the sweep's
