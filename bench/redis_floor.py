@@ -96,8 +96,9 @@ class Depth:
         if script == "trivial":
             return server_stats(self.store, op, lambda: [self.trivial() for _ in calls])
         if script == "store":
-            real = self.store._scripts["reserve" if op == "reserve" else "settle"]
-            return server_stats(self.store, op, lambda: [real(keys=k, args=a) for k, a in calls])
+            real = self.store._flows.names["reserve" if op == "reserve" else "settle"]
+            return server_stats(self.store, op, lambda: [client.fcall(real, len(k), *k, *a)
+                                                         for k, a in calls])
         name = f"floor_{op if script == 'floor' else script}"
         return server_stats(self.store, op, lambda: [client.fcall(name, len(k), *k, *a)
                                                      for k, a in calls])

@@ -223,14 +223,13 @@ def set_budgets(guard: al.Guard, subject: al.Subject) -> None:
 def pipelined(store: RedisStore, batch: Sequence[ops.Op[Any]]) -> list[Any]:
     """Run operations through the store's own op → script mapping, in one pipeline (the
     store has no public batch call; this is what `store.execute` does, minus the round
-    trips). Tenants of admin ops must already be in `store._known` (see `populate`)."""
+    trips). Tenants of admin ops must already be in `store._flows.known` (see `populate`)."""
     store.load_library()  # a pipeline cannot load it on a miss, as single calls do
     pipe = store.client.pipeline(transaction=False)
     for op in batch:
-        script, keys, payload = store._call(op)
-        store._scripts[script](keys=keys, args=store._args(payload), client=pipe)
+        pipe.execute_command(*store._flows.call(op).command)
     raws = pipe.execute()
-    return [store._reply(op, raw) for op, raw in zip(batch, raws, strict=True)]
+    return [store._flows.result(op, raw) for op, raw in zip(batch, raws, strict=True)]
 
 
 def populate(store: RedisStore, guard: al.Guard, tenants: Sequence[str], depth: int,
@@ -239,7 +238,7 @@ def populate(store: RedisStore, guard: al.Guard, tenants: Sequence[str], depth: 
     for start in range(0, len(tenants), batch):
         chunk = tenants[start:start + batch]
         store.client.sadd(TENANTS_KEY, *chunk)
-        store._known.update(chunk)  # what the store's first call per tenant would do
+        store._flows.known.update(chunk)  # what the store's first call per tenant would do
         budget_ops: list[ops.Op[Any]] = [
             set_budget_op(scope, usd=BUDGET_USD)
             for tenant in chunk for scope in subject_of(tenant, depth).scopes()]
@@ -304,18 +303,24 @@ def timed(call: Callable[[int], object], count: int, out: list[int]) -> None:
         out.append(clock() - start)
 
 
-class TimedScript:
-    """Stands in for one of the store's registered scripts: records the time of each call
-    (request out, script run, reply back: no payload building, no reply parsing)."""
+class TimedCalls:
+    """Stands in for the store's sync step: records the time of each reserve and commit
+    function call (request out, script run, reply back: no payload building, no reply
+    parsing), by phase."""
 
-    def __init__(self, script: Any) -> None:
-        self.script = script
-        self.samples: list[int] = []
+    def __init__(self, store: RedisStore) -> None:
+        self.step = store._step
+        names = store._flows.names
+        self.phases = {names["reserve"]: "reserve", names["settle"]: "commit"}
+        self.samples: dict[str, list[int]] = {"reserve": [], "commit": []}
+        store._step = self  # type: ignore[method-assign]
 
-    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+    def __call__(self, step: Any) -> Any:
         start = time.perf_counter_ns()
-        reply = self.script(keys=keys, args=args, client=client)
-        self.samples.append(time.perf_counter_ns() - start)
+        reply = self.step(step)
+        phase = self.phases.get(getattr(step, "function", None))
+        if phase is not None:
+            self.samples[phase].append(time.perf_counter_ns() - start)
         return reply
 
 
@@ -329,22 +334,19 @@ def trivial_raw(client: redis.Redis, trivial: Any, count: int) -> Stats:
 
 def script_call(store: RedisStore, op: ops.Op[Any]) -> tuple[str, list[str], list[Any]]:
     """The store's own script call for `op`: the function's name, its keys and arguments."""
-    script, keys, payload = store._call(op)
-    return script, keys, store._args(payload)
+    call = store._flows.call(op)
+    return call.function, call.keys, call.args
 
 
 def raw_calls(store: RedisStore, batch: Sequence[ops.Op[Any]]) -> tuple[list[Any], Stats]:
     """The store's own EVALSHA calls for `batch`: payloads built first, then the calls one
     after another with nothing between them, then the replies parsed. Returns the results
     and the server statistics of the calls alone."""
-    calls = []
-    for op in batch:
-        script, keys, args = script_call(store, op)
-        calls.append((store._scripts[script], keys, args))
+    calls = [store._flows.call(op) for op in batch]
     reset_stats(store.client)
-    raws = [script(keys=keys, args=args) for script, keys, args in calls]
+    raws = [store._step(call) for call in calls]
     stats = read_stats(store.client)
-    return [store._reply(op, raw) for op, raw in zip(batch, raws, strict=True)], stats
+    return [store._flows.result(op, raw) for op, raw in zip(batch, raws, strict=True)], stats
 
 
 def pairs_raw(store: RedisStore, guard: al.Guard,
@@ -388,10 +390,7 @@ class DepthRun:
         self.subject = subject_of(f"seq-d{depth}", depth)
         set_budgets(self.guard, self.subject)
         self.trivial = self.store.client.register_script(TRIVIAL_LUA)
-        self.timers = {"reserve": TimedScript(self.store._scripts["reserve"]),
-                       "commit": TimedScript(self.store._scripts["settle"])}
-        self.store._scripts["reserve"] = self.timers["reserve"]
-        self.store._scripts["settle"] = self.timers["commit"]
+        self.timer = TimedCalls(self.store)
         self.latency: dict[str, list[int]] = {p: [] for p in PHASES}
         self.wire: dict[str, list[int]] = {"reserve": [], "commit": []}
         self.server = {p: Tally() for p in PHASES}
@@ -412,16 +411,16 @@ class DepthRun:
         client = self.store.client
         for phase in PHASES:
             samples: list[int] = []
-            for timer in self.timers.values():
-                timer.samples.clear()
+            for samples_of_phase in self.timer.samples.values():
+                samples_of_phase.clear()
             reset_stats(client)
             timed(partial(self.call, phase), calls, samples)
             stats = read_stats(client)
             if measured:
                 self.latency[phase] += samples
                 self.server[phase].add(stats)
-                if phase in self.timers:
-                    self.wire[phase] += self.timers[phase].samples
+                if phase in self.timer.samples:
+                    self.wire[phase] += self.timer.samples[phase]
         self.commits += len(self.held)
         self.held.clear()
         trivial_stats = trivial_raw(client, self.trivial, calls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import tempfile
@@ -311,13 +312,15 @@ def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
         slot = slot_of(tenant)
         assert slot == key_slot(f"{{{tenant}}}".encode())
         for kind, op in _ops_of(cluster_guard, tenant).items():
-            script, keys, payload = store._call(op)
+            call = store._flows.call(op)
+            keys, args = call.keys, call.args
+            script = call.function.removeprefix(f"{store.library_name}_")
             assert script in ("reserve", "admin", "settle", "record", "read"), kind
             assert len(keys) == 12 and len(set(keys[:10])) == 10, (kind, keys)
             assert {key_slot(k.encode()) for k in keys} == {slot}, (kind, keys)
             assert all(f"{{{tenant}}}" in k for k in keys), (kind, keys)
-            # JSON payloads name the tenant; flat ones (reserve, settle) carry it third
-            assert (payload[2] if isinstance(payload, list) else payload["tenant"]) == tenant
+            # JSON documents name the tenant; flat arguments (reserve, settle) carry it fifth
+            assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant
             kinds.add(kind)
         assert key_slot(reservation_key(tenant, f"{tenant}:x").encode()) == slot
     assert len(kinds) == 19

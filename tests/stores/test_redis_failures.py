@@ -1159,22 +1159,25 @@ def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: s
     guard = al.Guard(store)
     slot = key_slot(f"{{{tenant}}}".encode())
     for name, op in operations(guard, tenant).items():
-        script, keys, payload = store._call(op)
+        call = store._flows.call(op)
+        keys, args = call.keys, call.args
+        script = call.function.removeprefix(f"{store.library_name}_")
         assert script in ("reserve", "admin", "settle", "record", "read"), name
         assert len(keys) == 12, (name, keys)
         assert all(k.startswith(f"al:{{{tenant}}}:") for k in keys), (name, keys)
         assert {key_slot(k.encode()) for k in keys} == {slot}, (name, keys)
-        # JSON payloads name the tenant; flat ones (reserve, settle) carry it third
-        assert (payload[2] if isinstance(payload, list) else payload["tenant"]) == tenant, name
-    reserve = store._call(operations(guard, tenant)["reserve"])[1]
+        # JSON documents name the tenant; flat arguments (reserve, settle) carry it fifth
+        # (after the operation, the time, the settings and the reservation)
+        assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant, name
+    reserve = store._flows.call(operations(guard, tenant)["reserve"]).keys
     assert reserve[11] == f"al:{{{tenant}}}:i:reserve:k-reserve"  # idempotency key, tagged
-    commit = store._call(operations(guard, tenant)["commit"])[1]
+    commit = store._flows.call(operations(guard, tenant)["commit"]).keys
     assert commit[10] == f"al:{{{tenant}}}:r:{tenant}:{'ab' * 16}"  # the reservation
 
 
 def test_every_operation_runs_on_a_real_cluster_node(tmp_path: Path) -> None:
     """A single-node Redis Cluster refuses any command or script whose keys span slots
-    (CROSSSLOT). Every operation, the sweep (whose keys are built outside `_call`) and the
+    (CROSSSLOT). Every operation, the sweep (whose keys its flow builds per tenant) and the
     sweeper lease run there through `redis+cluster://`, for two tenants."""
     bus = free_port()  # the default, port + 10000, is past 65535 for high ephemeral ports
     with redis_server("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",

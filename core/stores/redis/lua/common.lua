@@ -1,5 +1,5 @@
 -- Shared prelude of the allotment function library. Each operation's own file is the body
--- of one function after it (see `library` in redis.py); the library is loaded once per
+-- of one function after it (see `library` in functions.py); the library is loaded once per
 -- server (FUNCTION LOAD), so these closures are built once, not on every call. Each call is
 -- one FCALL: one atomic step per operation, with every check before the first write (Redis
 -- does not roll a function back).

@@ -1,0 +1,276 @@
+"""One entry per kind of operation: the function it calls, its keys and arguments, and how
+its reply becomes the result.
+
+The hot operations travel light: reserve and settle take flat arguments instead of a JSON
+document, and reserve, commit and release answer with a compact array (integers as integers)
+from which the results are built with what the operation already holds. The others send and
+answer JSON documents.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...events import report_rows
+from ...ids import new_id
+from ...models import (
+    CommitResult,
+    Decision,
+    ExtendResult,
+    FundResult,
+    Outcome,
+    RecordResult,
+    ReleaseResult,
+    ReservationInfo,
+    ReservationStatus,
+    TransferResult,
+)
+from ...scopes import parse_scope
+from .. import operations as ops
+from . import payloads as out
+from . import replies as back
+from .keys import idempotency_key, none_key, reservation_key, tenant_keys
+
+Encode = Callable[[Any, "Wire"], tuple[list[str], list[Any]]]
+"""(operation, wire) → the call's keys and arguments."""
+Result = Callable[[Any, dict[str, Any], "Wire"], Any]
+"""(operation, JSON reply, wire) → the result."""
+Compact = Callable[[Any, list[Any]], Any]
+"""(operation, compact reply) → the result."""
+
+
+@dataclass(frozen=True)
+class Wire:
+    """What every call carries besides its payload: the store's settings and, in tests, the
+    clock that replaces Redis `TIME`."""
+
+    settings: str
+    clock: Callable[[], int] | None
+
+    def args(self, first: Any, *rest: Any) -> list[Any]:
+        """The arguments of a call: its document or operation name, the time, the settings,
+        then any flat arguments."""
+        now = "" if self.clock is None else str(self.clock())
+        return [first, now, self.settings, *rest]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one kind of operation travels: `registers` adds a tenant's first such call to the
+    sweeper's set; `durable` calls wait for disk or replicas under strict durability."""
+
+    function: str
+    encode: Encode
+    result: Result
+    compact: Compact | None = None
+    registers: bool = False
+    durable: bool = False
+
+
+# -- reserve and settle: flat arguments, compact replies ---------------------------------------
+
+
+def _reserve(op: ops.Reserve, wire: Wire) -> tuple[list[str], list[Any]]:
+    tenant = op.tenant
+    rid = new_id(tenant)
+    keys = [*tenant_keys(tenant), reservation_key(tenant, rid),
+            idempotency_key(tenant, "reserve", op.idempotency_key)]
+    return keys, wire.args("reserve", rid, tenant, op.idempotency_key or "", op.fingerprint,
+                           *out.flat_reserve(op))
+
+
+def _settle(name: str, detail: Callable[[Any], str]) -> Encode:
+    """Commit, release and extend: the reservation's key and one detail argument."""
+    def encode(op: Any, wire: Wire) -> tuple[list[str], list[Any]]:
+        tenant, rid = op.tenant, op.reservation_id
+        keys = [*tenant_keys(tenant), reservation_key(tenant, rid), none_key(tenant)]
+        return keys, wire.args(name, rid, tenant, op.idempotency_key or "", op.fingerprint,
+                               detail(op))
+    return encode
+
+
+def _reserved(op: ops.Reserve, reply: list[Any]) -> ops.ReserveOutcome:
+    """The subject, action, ttl of a reservation are those the fingerprint of a replay
+    matched, so the reply leaves them out."""
+    said, rid, created, estimate, rows, _ = reply
+    decision = (Decision(Outcome.ALLOW) if said in (b"ALLOW", "ALLOW")
+                else back.decision(json.loads(said)))
+    info = None
+    if rid is not None:
+        info = ReservationInfo(
+            back.text(rid), op.tenant, ReservationStatus.ACTIVE, op.subject, op.action,
+            back.amounts(back.text(estimate)),
+            tuple(dict.fromkeys(back.text(field).rsplit("|", 3)[0]
+                                for field in back.flat_rows(rows)[0::8])),
+            created, created + op.ttl_ms, op.grace_ms, 0, op.overage_policy, (), None)
+    return ops.ReserveOutcome(decision, info, back.later(rows))
+
+
+def _committed(op: ops.Commit, reply: list[Any]) -> CommitResult:
+    charged, released, rows, _ = reply
+    return CommitResult(op.reservation_id, ReservationStatus.COMMITTED,
+                        back.amounts(back.text(charged)), back.amounts(back.text(released)),
+                        back.later(rows))
+
+
+def _released(op: ops.Release, reply: list[Any]) -> ReleaseResult:
+    released, rows, _ = reply
+    return ReleaseResult(op.reservation_id, ReservationStatus.RELEASED,
+                         back.amounts(back.text(released)), back.later(rows))
+
+
+# -- the rest: JSON documents --------------------------------------------------------------------
+
+
+def _document(build: Callable[[Any], dict[str, Any]], kind: str = "",
+              reservation: bool = False) -> Encode:
+    """A JSON call: `kind` names a keyed operation's replay key, `reservation` declares the
+    reservation's key."""
+    def encode(op: Any, wire: Wire) -> tuple[list[str], list[Any]]:
+        tenant = op.tenant
+        payload = build(op)
+        if kind:
+            payload.update(key=op.idempotency_key, fp=op.fingerprint)
+        payload["tenant"] = tenant
+        keys = [*tenant_keys(tenant),
+                reservation_key(tenant, op.reservation_id) if reservation else none_key(tenant),
+                idempotency_key(tenant, kind, op.idempotency_key) if kind else none_key(tenant)]
+        return keys, wire.args(out.compact_json(payload))
+    return encode
+
+
+def _record(op: ops.Record) -> dict[str, Any]:
+    return {"op": "record", "scopes": list(op.scopes), "dims": [list(p) for p in op.dimensions],
+            "subject": out.subject(op.subject), "action": out.action(op.action),
+            "actual": out.pairs(op.actual), "policy": out.value(op.overage_policy),
+            "shadow": op.shadow, "event_id": new_id(op.tenant)}
+
+
+def _balances(op: ops.Balances) -> dict[str, Any]:
+    path = parse_scope(op.scope)
+    return {"op": "balances", "scope": path.path, "base": path.base,
+            "dimension": list(path.dimension) if path.dimension else None,
+            "children": op.include_children}
+
+
+def _audit(op: ops.Audit) -> dict[str, Any]:
+    return {"op": "audit", "since": op.since_ms, "limit": op.limit,
+            "types": sorted(op.types) if op.types is not None else None}
+
+
+def _fund(op: ops.Fund) -> dict[str, Any]:
+    path = parse_scope(op.scope)
+    return {"op": "fund", "scope": path.path, "base": path.base,
+            "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
+            "period": out.period_choice(op.period), "operation": op.operation.value,
+            "amount": op.amount, "spent": op.spent}
+
+
+def _transfer(op: ops.Transfer) -> dict[str, Any]:
+    src, dst = parse_scope(op.source), parse_scope(op.destination)
+    return {"op": "transfer", "source": src.path, "source_base": src.base,
+            "source_per": src.dimension[0] if src.dimension else "",
+            "destination": dst.path, "destination_base": dst.base,
+            "destination_per": dst.dimension[0] if dst.dimension else "",
+            "unit": op.unit.value, "period": out.period_choice(op.period), "amount": op.amount}
+
+
+def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:
+    flat = body["counts"]
+    counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    now = op.at_ms if op.at_ms is not None else back.now_ms(wire.clock)
+    return report_rows(counts, op.period, now)
+
+
+def _balances_of(op: Any, body: dict[str, Any], wire: Wire) -> Any:
+    return back.balances(body["balances"])
+
+
+def _nothing(op: Any, body: dict[str, Any], wire: Wire) -> None:
+    return None
+
+
+_DEFINITION = Codec("admin", _document(out.definition), _nothing, registers=True)
+_SETTLED: dict[str, Result] = {
+    "commit": lambda op, b, w: CommitResult(
+        b["reservation_id"], ReservationStatus.COMMITTED, back.amounts(b["charged"]),
+        back.amounts(b["released"]), back.balances(b["balances"])),
+    "release": lambda op, b, w: ReleaseResult(
+        b["reservation_id"], ReservationStatus.RELEASED, back.amounts(b["released"]),
+        back.balances(b["balances"]))}
+"""A commit or release answered in JSON: the replay of an earlier version's reply."""
+
+CODECS: dict[type[ops.Op[Any]], Codec] = {
+    ops.Reserve: Codec(
+        "reserve", _reserve, lambda op, b, w: ops.ReserveOutcome(
+            back.decision(b["decision"]),
+            None if b.get("reservation") is None else back.info(b["reservation"]),
+            back.balances(b.get("balances"))),
+        _reserved, registers=True),
+    ops.Commit: Codec("settle", _settle("commit", lambda op: out.packed(op.actual)),
+                      _SETTLED["commit"], _committed, durable=True),
+    ops.Release: Codec("settle", _settle("release", lambda op: op.reason),
+                       _SETTLED["release"], _released),
+    ops.Extend: Codec("settle", _settle("extend", lambda op: str(op.by_ms)),
+                      lambda op, b, w: ExtendResult(b["reservation_id"],
+                                                    int(b["expires_at_ms"]),
+                                                    int(b["extensions"]))),
+    ops.Record: Codec("record", _document(_record, "record"),
+                      lambda op, b, w: RecordResult(b["event_id"], back.amounts(b["charged"]),
+                                                    back.balances(b["balances"])),
+                      durable=True),
+    ops.Get: Codec("read", _document(lambda op: {"op": "get", "rid": op.reservation_id},
+                                     reservation=True),
+                   lambda op, b, w: back.info(b["reservation"])),
+    ops.Balances: Codec("read", _document(_balances), _balances_of),
+    ops.Audit: Codec("read", _document(_audit),
+                     lambda op, b, w: tuple(back.record(op.tenant, fields)
+                                            for fields in reversed(b["records"]))),
+    ops.Report: Codec("read", _document(lambda op: {"op": "report"}), _report),
+    ops.Fund: Codec("admin", _document(_fund, "fund"),
+                    lambda op, b, w: FundResult(back.balance(b["before"]),
+                                                back.balance(b["after"])), registers=True),
+    ops.Transfer: Codec("admin", _document(_transfer, "transfer"),
+                        lambda op, b, w: TransferResult(back.balance(b["source"]),
+                                                        back.balance(b["destination"])),
+                        registers=True),
+    ops.SetBudget: Codec("admin", _document(out.definition), _balances_of, registers=True),
+    ops.SetStatus: Codec("admin", _document(out.definition),
+                         lambda op, b, w: int(b["changed"]), registers=True),
+    ops.RemoveBudget: Codec("admin", _document(out.definition),
+                            lambda op, b, w: int(b["removed"]), registers=True),
+    ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,
+    ops.ApplyPlan: _DEFINITION,
+}
+"""Every operation but the sweep, which calls one tenant at a time (`sweep_call`)."""
+
+
+def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | None]:
+    """The result of a reply (a compact array or a JSON document) and the notification rows
+    it carries; a script's error is raised."""
+    codec = CODECS[type(op)]
+    if isinstance(reply, list):
+        assert codec.compact is not None, type(op).__name__  # only these answer arrays
+        notes = reply[-1]
+        return codec.compact(op, reply), json.loads(notes) if notes else None
+    body = json.loads(reply)
+    if "error" in body:
+        raise back.error(body)
+    return codec.result(op, body, wire), body.get("notes")
+
+
+def sweep_call(tenant: str, limit: int, wire: Wire) -> tuple[list[str], list[Any]]:
+    """Keys and arguments of one tenant's sweep, expiring at most `limit` reservations."""
+    keys = [*tenant_keys(tenant), none_key(tenant), none_key(tenant)]
+    return keys, wire.args(out.compact_json({"op": "sweep", "limit": limit, "tenant": tenant}))
+
+
+def swept(reply: Any) -> int:
+    """How many reservations one tenant's sweep expired."""
+    return int(json.loads(reply)["expired"])
+
+
+__all__ = ["CODECS", "Codec", "Wire", "decode", "sweep_call", "swept"]

@@ -1,0 +1,155 @@
+"""The Redis steps of each operation, written once for the sync and the async driver.
+
+A flow is a generator: it yields each step (`Call`, `Durable`, `Command`, `Load`), receives
+the step's reply (or, thrown in, the `ResponseError` it raised) and returns the operation's
+result. A driver only performs steps, so registration, the reload of a missing library,
+strict durability and the sweep are the same whichever client runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ...errors import StoreUnavailable
+from .. import operations as ops
+from . import replies
+from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
+from .functions import OPERATIONS, missing
+from .keys import TENANTS_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """FCALL of one library function; a cluster driver sends it to the master of the slot
+    of `keys[0]` (every key of a call is in the tenant's slot)."""
+
+    function: str
+    keys: list[str]
+    args: list[Any]
+
+    @property
+    def command(self) -> tuple[Any, ...]:
+        """The command as sent: FCALL, the function, the key count, keys, arguments."""
+        return ("FCALL", self.function, len(self.keys), *self.keys, *self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """A call and then `wait` (WAITAOF or WAIT) pipelined on one connection to the tenant's
+    master, so the wait covers that call's write; replies [the call's reply, the acks]."""
+
+    call: Call
+    wait: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command the client routes by itself (SADD, SSCAN, INFO); replies as redis-py parses
+    it."""
+
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """FUNCTION LOAD REPLACE of the library, on every master of a cluster."""
+
+    source: str
+
+
+Step = Call | Durable | Command | Load
+Flow = Generator[Step, Any, Any]
+
+
+class Flows:
+    """Builds the flow of each operation from the codec table and the store's settings."""
+
+    def __init__(self, prefix: str, source: str, wire: Wire,
+                 notify: Callable[[str, list[Any]], None], *, strict: bool, replicas: int,
+                 wait_timeout_ms: int) -> None:
+        self.names = {name: f"{prefix}_{name}" for name in OPERATIONS}
+        self.load = Load(source)
+        self.wire, self.notify = wire, notify
+        self.strict, self.replicas, self.wait_timeout_ms = strict, replicas, wait_timeout_ms
+        self.waitaof: bool | None = None
+        self.known: set[str] = set()
+        """Tenants this process has added to TENANTS_KEY."""
+
+    def run(self, op: ops.Op[Any]) -> Flow:
+        """The flow of `op`: a tenant's first registering call adds it to the sweeper's set,
+        then one call (with a wait for durability where strict mode asks for one)."""
+        if type(op) is ops.Sweep:
+            return (yield from self._sweep(op.limit))
+        codec = CODECS[type(op)]
+        if codec.registers and op.tenant not in self.known:
+            yield Command(("SADD", TENANTS_KEY, op.tenant))
+            self.known.add(op.tenant)
+        call = self.call(op, codec)
+        if codec.durable and self.strict:
+            reply = yield from self._durably(call)
+        else:
+            reply = yield from self._loading(call)
+        return self.result(op, reply)
+
+    def call(self, op: ops.Op[Any], codec: Codec | None = None) -> Call:
+        """The function call of `op` (a pipeline of calls is built from these)."""
+        codec = codec or CODECS[type(op)]
+        keys, args = codec.encode(op, self.wire)
+        return Call(self.names[codec.function], keys, args)
+
+    def result(self, op: ops.Op[Any], reply: Any) -> Any:
+        """The result of `op`'s reply, after its notifications have gone to the listeners."""
+        result, notes = decode(op, reply, self.wire)
+        if notes:
+            self.notify(op.tenant, notes)
+        return result
+
+    def _loading(self, step: Call | Durable) -> Flow:
+        """The step's reply; a server without the library gets it, and the step once more."""
+        try:
+            return (yield step)
+        except ResponseError as error:
+            if not missing(error):
+                raise
+        yield self.load
+        return (yield step)
+
+    def _durably(self, call: Call) -> Flow:
+        """Strict mode: the call and a WAITAOF (Redis ≥ 7.2) or WAIT in one round trip; the
+        write counts only once it is on disk / on the replicas."""
+        if self.waitaof is None:
+            info = yield Command(("INFO", "server"))
+            version = str(info.get("redis_version", "0"))
+            self.waitaof = tuple(int(p) for p in version.split(".")[:2]) >= (7, 2)
+        timeout = self.wait_timeout_ms
+        wait = (("WAITAOF", 1, self.replicas, timeout) if self.waitaof
+                else ("WAIT", self.replicas, timeout))
+        reply, acks = yield from self._loading(Durable(call, wait))
+        local, replicated = (acks[0], acks[1]) if self.waitaof else (1, acks)
+        if local < 1 or replicated < self.replicas:
+            raise StoreUnavailable(
+                f"the write was applied but not confirmed durable in {timeout} ms "
+                f"(fsynced locally: {local}, replicas: {replicated} of {self.replicas}); a "
+                "retry with the same idempotency key is safe")
+        return reply
+
+    def _sweep(self, limit: int) -> Flow:
+        """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired."""
+        expired, cursor = 0, 0
+        while True:
+            cursor, tenants = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
+            for tenant in tenants:
+                if expired >= limit:
+                    return expired
+                keys, args = sweep_call(replies.text(tenant), limit - expired, self.wire)
+                reply = yield from self._loading(Call(self.names["sweep"], keys, args))
+                expired += swept(reply)
+            if not cursor:
+                return expired
+
+
+__all__ = ["Call", "Command", "Durable", "Flow", "Flows", "Load", "Step"]
