@@ -208,7 +208,9 @@ class Metering:
 
     def __init__(self, guard: al.Guard, *, pricer: Pricer | None = None,
                  on_deny: OnDeny | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
-                 floor: int = DEFAULT_FLOOR, ttl_ms: int | None = None) -> None:
+                 floor: int | None = DEFAULT_FLOOR, ttl_ms: int | None = None) -> None:
+        """`floor=None`: an output hold never shrinks, for hooks that cannot shrink the call
+        they let through (a hold the budget cannot fit is refused whole)."""
         if not isinstance(guard, al.Guard):
             raise al.InvalidRequest(f"guard: expected an al.Guard, got {guard!r}")
         self.guard = guard
@@ -216,7 +218,7 @@ class Metering:
         self.on_deny = on_deny
         # checked here: the guard's adapter entry points take them as they are
         self.default_max_tokens = check_int(default_max_tokens, "default_max_tokens", 1)
-        self.floor = check_int(floor, "floor", 0)
+        self.floor = None if floor is None else check_int(floor, "floor", 0)
         self.ttl_ms = ttl_ms
 
     def estimate(self, request: Request) -> Estimate:
@@ -228,8 +230,9 @@ class Metering:
         if request.max_tokens is None:
             return Estimate(price, fixed, None)
         max_tokens = check_int(request.max_tokens, "max_tokens", 1)
+        floor = max_tokens if self.floor is None else min(self.floor, max_tokens)
         return Estimate(price, fixed, ElasticTerms(((USD, price.output_rate.amount), PER_TOKEN),
-                                                   max_tokens, min(self.floor, max_tokens)))
+                                                   max_tokens, floor))
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 import allotment as al
-from allotment.pricing import TokenUsage
+from allotment.adapter import TokenUsage
 
 from ._metering import Meter, Metering, Request, Subjects
 
@@ -69,6 +69,11 @@ def guarded_copy(client: Any, metering: Metering, subject: dict[str, Any], shape
 
 
 _classes: dict[tuple[type, bool], type] = {}
+
+
+def is_guarded(client: Any) -> bool:
+    """Whether `client` is a guarded copy, which meters (and caps) its calls itself."""
+    return hasattr(client, "_allotment")
 
 
 def _is_async(client: Any) -> bool:
