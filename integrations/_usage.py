@@ -18,6 +18,7 @@ from allotment.adapter import TokenUsage
 
 ANTHROPIC_COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
                     "cache_read_input_tokens")
+ANTHROPIC_DETAILS = "output_tokens_details"  # thinking_tokens, inside output_tokens
 RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
 """The Responses stream events whose `response` carries the usage."""
 
@@ -43,16 +44,18 @@ def openai_usage(usage: object) -> TokenUsage | None:
 
 def anthropic_usage(usage: object) -> TokenUsage | None:
     """Anthropic's usage: cache reads and writes are counted apart from `input_tokens` and
-    priced at their own rates; thinking is inside `output_tokens`."""
+    priced at their own rates; thinking is inside `output_tokens` (its share in the output
+    details)."""
     field = _reader(usage)
     prompt, output = _reported(field("input_tokens")), _reported(field("output_tokens"))
     if prompt is None and output is None:
         return None
     read = count(field("cache_read_input_tokens"))
     write = count(field("cache_creation_input_tokens"))
-    return TokenUsage.counted(input_tokens=(prompt or 0) + read + write,
-                              output_tokens=output or 0,
-                              cache_read_tokens=read, cache_write_tokens=write)
+    return TokenUsage.counted(
+        input_tokens=(prompt or 0) + read + write, output_tokens=output or 0,
+        cache_read_tokens=read, cache_write_tokens=write,
+        reasoning_tokens=count(_reader(field(ANTHROPIC_DETAILS))("thinking_tokens")))
 
 
 def provider_usage(usage: object) -> TokenUsage | None:
@@ -95,7 +98,7 @@ class AnthropicStreamUsage:
     __slots__ = ("_counts", "usage")
 
     def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, Any] = {}
         self.usage: TokenUsage | None = None
 
     def see(self, event: Any) -> None:
@@ -114,6 +117,9 @@ class AnthropicStreamUsage:
             value = _reported(field(name))
             if value is not None:
                 self._counts[name] = value
+        details = field(ANTHROPIC_DETAILS)
+        if details is not None:
+            self._counts[ANTHROPIC_DETAILS] = details
         self.usage = anthropic_usage(self._counts)
 
 
