@@ -305,3 +305,27 @@ def allowed_tools(names: list[str], caps: al.Caps | None) -> set[str]:
     if caps.tool_denylist:
         keep = {n for n in keep if not any(fnmatch.fnmatchcase(n, p) for p in caps.tool_denylist)}
     return keep
+
+
+def cap_tools(body: dict[str, Any], caps: al.Caps) -> None:
+    """Take the tools the caps do not allow off an SDK request body (and `tool_choice` with
+    the last of them); a tool is named as OpenAI's chat (`function.name`), Responses and
+    Anthropic's (`name`) name it."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or (caps.tool_allowlist is None and not caps.tool_denylist):
+        return
+    names = [_tool_name(t) for t in tools]
+    keep = allowed_tools([n for n in names if n], caps)
+    body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
+    if not body["tools"]:
+        del body["tools"]
+        body.pop("tool_choice", None)
+
+
+def _tool_name(tool: Any) -> str | None:
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    if isinstance(function, dict):
+        return function.get("name")
+    return tool.get("name")

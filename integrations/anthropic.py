@@ -13,7 +13,7 @@ from typing import Any
 import allotment as al
 from allotment.adapter import Pricer, TokenUsage
 
-from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, allowed_tools
+from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
 from ._usage import AnthropicStreamUsage, anthropic_usage
 
@@ -63,14 +63,7 @@ class AnthropicShape:
                 body.pop("thinking")  # a thinking budget must stay below max_tokens
         if caps.model is not None:
             body["model"] = caps.model
-        tools = body.get("tools")
-        if isinstance(tools, list) and (caps.tool_allowlist is not None or caps.tool_denylist):
-            names = [t.get("name") if isinstance(t, dict) else None for t in tools]
-            keep = allowed_tools([n for n in names if n], caps)
-            body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
-            if not body["tools"]:
-                del body["tools"]
-                body.pop("tool_choice", None)
+        cap_tools(body, caps)
 
     def usage(self, response: Any) -> TokenUsage | None:
         """What a whole (not streamed) response says it used."""

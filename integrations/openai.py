@@ -13,7 +13,7 @@ from typing import Any
 import allotment as al
 from allotment.adapter import Pricer, TokenUsage
 
-from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, allowed_tools
+from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
 from ._usage import OpenAIStreamUsage, openai_usage
 
@@ -72,14 +72,7 @@ class OpenAIShape:
             body[field] = min(body.get(field) or caps.max_tokens, caps.max_tokens)
         if caps.model is not None:
             body["model"] = caps.model
-        tools = body.get("tools")
-        if isinstance(tools, list) and (caps.tool_allowlist is not None or caps.tool_denylist):
-            names = [_tool_name(t) for t in tools]
-            keep = allowed_tools([n for n in names if n], caps)
-            body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
-            if not body["tools"]:
-                del body["tools"]
-                body.pop("tool_choice", None)
+        cap_tools(body, caps)
 
     def usage(self, response: Any) -> TokenUsage | None:
         """What a whole (not streamed) response says it used."""
@@ -94,12 +87,3 @@ def _max_field(path: str, body: dict[str, Any]) -> str:
     if path == RESPONSES:
         return "max_output_tokens"
     return "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-
-
-def _tool_name(tool: Any) -> str | None:
-    if not isinstance(tool, dict):
-        return None
-    function = tool.get("function")
-    if isinstance(function, dict):
-        return function.get("name")
-    return tool.get("name")
