@@ -74,6 +74,7 @@ class Subjects:
         self._plain: al.Subject | None = None
 
     def resolve(self, call: Mapping[str, Any] | None = None) -> al.Subject:
+        """The subject of one call (`resolve_subject`), worked out once when it cannot vary."""
         if call or current_fields() != _NO_SCOPE:
             return resolve_subject(self.fields, call)
         if self._plain is None:
@@ -116,6 +117,7 @@ class Meter:
 
     @property
     def caps(self) -> al.Caps | None:
+        """What the budget lets the call do (None: no limit beyond the hold)."""
         return self.reservation.caps
 
     def commit(self, usage: TokenUsage | None = None) -> None:
@@ -129,6 +131,7 @@ class Meter:
                 self.result = commit_units(self.reservation, self.units(usage))
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
+        """`commit` without blocking the event loop."""
         if not self.settled:
             self.settled = True
             usage = usage or self.usage
@@ -150,6 +153,7 @@ class Meter:
             log.error("could not commit %s: %s", self.reservation.id, error)
 
     async def asettle(self, usage: TokenUsage | None) -> None:
+        """`settle` without blocking the event loop."""
         try:
             await self.acommit(usage)
         except al.BudgetExceeded:
@@ -172,11 +176,13 @@ class Meter:
                 (TOKENS, check_int(usage.input_tokens + usage.output_tokens, "tokens")))
 
     def release(self, reason: str) -> None:
+        """Give the hold back: the call never reached the provider."""
         if not self.settled:
             self.settled = True
             self.result = self.reservation.release(reason)
 
     async def arelease(self, reason: str) -> None:
+        """`release` without blocking the event loop."""
         if not self.settled:
             self.settled = True
             self.result = await self.reservation.arelease(reason)
@@ -245,6 +251,7 @@ class Metering:
         return meter
 
     async def astart(self, request: Request) -> Meter:
+        """`start` without blocking the event loop."""
         meter = await self._areserve(request)
         switched = self._switched(request, meter)
         if switched is not None:
@@ -258,6 +265,7 @@ class Metering:
         return self._reserve(request)
 
     async def areserve(self, request: Request) -> Meter:
+        """`reserve` without blocking the event loop."""
         return await self._areserve(request)
 
     def _reserve(self, request: Request) -> Meter:

@@ -27,9 +27,12 @@ client takes them off the request before it is sent."""
 
 
 class StreamUsage(Protocol):
+    """A stream's usage, gathered from its events as the caller reads them."""
+
     usage: TokenUsage | None
 
-    def see(self, event: Any) -> None: ...
+    def see(self, event: Any) -> None:
+        """Take note of one event."""
 
 
 class Shape(Protocol):
@@ -42,11 +45,14 @@ class Shape(Protocol):
         """The call to meter (None: not a metered endpoint). May set a missing max_tokens on
         `body` so the estimate's bound is real, and ask streams to report usage."""
 
-    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None: ...
+    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
+        """Change `body` so the call runs under the caps."""
 
-    def usage(self, response: Any) -> TokenUsage | None: ...
+    def usage(self, response: Any) -> TokenUsage | None:
+        """What a whole response says it used (None: nothing said)."""
 
-    def stream_usage(self, path: str) -> StreamUsage: ...
+    def stream_usage(self, path: str) -> StreamUsage:
+        """A fresh gatherer for one stream's usage."""
 
 
 class Guarding:

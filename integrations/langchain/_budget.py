@@ -43,6 +43,7 @@ class Budget:
 
     @property
     def guard(self) -> al.Guard:
+        """The guard tool calls are reserved with (model calls go through the metering)."""
         return self.metering.guard
 
     def subject_of(self, *sources: Any) -> al.Subject:
@@ -85,6 +86,7 @@ class Budget:
         return meter
 
     async def ahold(self, request: Request) -> Meter:
+        """`hold` without blocking the event loop."""
         meter = await self.metering.areserve(request)
         _unapplied(meter, request)
         return meter
@@ -124,6 +126,7 @@ def settle(meter: Meter, request: Request, message: Any) -> None:
 
 
 async def asettle(meter: Meter, request: Request, message: Any) -> None:
+    """`settle` without blocking the event loop."""
     if from_cache(message):
         await aquietly(meter.arelease("served from LangChain's cache"), meter)
         return
@@ -140,6 +143,7 @@ def failed(meter: Meter, reached: bool) -> None:
 
 
 async def afailed(meter: Meter, reached: bool) -> None:
+    """`failed` without blocking the event loop."""
     if reached:
         await meter.asettle(None)
     else:
@@ -156,6 +160,7 @@ def quietly(settle: Callable[[], object], held: Meter | al.Reservation) -> None:
 
 
 async def aquietly(settle: Awaitable[object], held: Meter | al.Reservation) -> None:
+    """`quietly`, for an awaitable settlement."""
     try:
         await settle
     except al.AllotmentError as error:

@@ -21,6 +21,8 @@ from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, aquietly, quietly
 from ._claims import claimed
 from .usage import first_message, from_cache, max_tokens, positive, provider_name, result_usage
 
+__all__ = ["AsyncBudgetCallbackHandler", "BudgetCallbackHandler"]
+
 
 @dataclass(slots=True)
 class _Call:

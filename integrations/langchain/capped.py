@@ -19,6 +19,8 @@ from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, afailed, asettle, fail
 from ._claims import METERED
 from .usage import add_chunk, as_messages, model_params, reported, thinking
 
+__all__ = ["CappedChatModel", "capped"]
+
 TOOL_KEYS = ("tools", "tool_choice", "parallel_tool_calls")
 
 

@@ -43,6 +43,8 @@ else:
                 raise ImportError("BudgetMiddleware needs the `langchain` package "
                                   "(create_agent): pip install langchain")
 
+__all__ = ["BudgetMiddleware"]
+
 
 class BudgetMiddleware(AgentMiddleware[Any, Any, Any]):
     """Budgets inside `create_agent(model, tools, middleware=[BudgetMiddleware(guard)])`:
