@@ -29,8 +29,12 @@ def openai_usage(usage: object) -> TokenUsage | None:
     """OpenAI's usage: chat and embeddings name the counts prompt/completion, Responses
     input/output; cache reads and writes sit in the input details, reasoning in the output's."""
     field = _reader(usage)
-    prompt = _first(field, "prompt_tokens", "input_tokens")
-    output = _first(field, "completion_tokens", "output_tokens")
+    prompt = _reported(field("prompt_tokens"))
+    if prompt is None:
+        prompt = _reported(field("input_tokens"))
+    output = _reported(field("completion_tokens"))
+    if output is None:
+        output = _reported(field("output_tokens"))
     if prompt is None and output is None:
         return None
     inputs = _reader(field("prompt_tokens_details") or field("input_tokens_details"))
@@ -126,7 +130,9 @@ class AnthropicStreamUsage:
 def count(value: object) -> int:
     """A token count as reported, or 0 for anything that is not one (missing, None, a
     negative number, a bool)."""
-    return _reported(value) or 0
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
 
 
 def _reported(value: object) -> int | None:
@@ -135,16 +141,14 @@ def _reported(value: object) -> int | None:
     return None
 
 
-def _first(field: _Field, *names: str) -> int | None:
-    for name in names:
-        value = _reported(field(name))
-        if value is not None:
-            return value
-    return None
-
-
 def _reader(payload: object) -> _Field:
     """Fields of an SDK object or of its dict alike (None reads as empty)."""
+    if payload is None:
+        return _nothing
     if isinstance(payload, Mapping):
         return payload.get
     return lambda name: getattr(payload, name, None)
+
+
+def _nothing(name: str) -> None:
+    return None
