@@ -130,9 +130,7 @@ class AnthropicStreamUsage:
 def count(value: object) -> int:
     """A token count as reported, or 0 for anything that is not one (missing, None, a
     negative number, a bool)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return 0
+    return _reported(value) or 0
 
 
 def _reported(value: object) -> int | None:
