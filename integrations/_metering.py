@@ -74,6 +74,7 @@ class Subjects:
         self._plain: al.Subject | None = None
 
     def resolve(self, call: Mapping[str, Any] | None = None) -> al.Subject:
+        """The subject of one call (`resolve_subject`), worked out once when it cannot vary."""
         if call or current_fields() != _NO_SCOPE:
             return resolve_subject(self.fields, call)
         if self._plain is None:
@@ -116,6 +117,7 @@ class Meter:
 
     @property
     def caps(self) -> al.Caps | None:
+        """What the budget lets the call do (None: no limit beyond the hold)."""
         return self.reservation.caps
 
     def commit(self, usage: TokenUsage | None = None) -> None:
@@ -129,6 +131,7 @@ class Meter:
                 self.result = commit_units(self.reservation, self.units(usage))
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
+        """`commit` without blocking the event loop."""
         if not self.settled:
             self.settled = True
             usage = usage or self.usage
@@ -150,6 +153,7 @@ class Meter:
             log.error("could not commit %s: %s", self.reservation.id, error)
 
     async def asettle(self, usage: TokenUsage | None) -> None:
+        """`settle` without blocking the event loop."""
         try:
             await self.acommit(usage)
         except al.BudgetExceeded:
@@ -172,11 +176,13 @@ class Meter:
                 (TOKENS, check_int(usage.input_tokens + usage.output_tokens, "tokens")))
 
     def release(self, reason: str) -> None:
+        """Give the hold back: the call never reached the provider."""
         if not self.settled:
             self.settled = True
             self.result = self.reservation.release(reason)
 
     async def arelease(self, reason: str) -> None:
+        """`release` without blocking the event loop."""
         if not self.settled:
             self.settled = True
             self.result = await self.reservation.arelease(reason)
@@ -208,7 +214,9 @@ class Metering:
 
     def __init__(self, guard: al.Guard, *, pricer: Pricer | None = None,
                  on_deny: OnDeny | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
-                 floor: int = DEFAULT_FLOOR, ttl_ms: int | None = None) -> None:
+                 floor: int | None = DEFAULT_FLOOR, ttl_ms: int | None = None) -> None:
+        """`floor=None`: an output hold never shrinks, for hooks that cannot shrink the call
+        they let through (a hold the budget cannot fit is refused whole)."""
         if not isinstance(guard, al.Guard):
             raise al.InvalidRequest(f"guard: expected an al.Guard, got {guard!r}")
         self.guard = guard
@@ -216,7 +224,7 @@ class Metering:
         self.on_deny = on_deny
         # checked here: the guard's adapter entry points take them as they are
         self.default_max_tokens = check_int(default_max_tokens, "default_max_tokens", 1)
-        self.floor = check_int(floor, "floor", 0)
+        self.floor = None if floor is None else check_int(floor, "floor", 0)
         self.ttl_ms = ttl_ms
 
     def estimate(self, request: Request) -> Estimate:
@@ -228,8 +236,9 @@ class Metering:
         if request.max_tokens is None:
             return Estimate(price, fixed, None)
         max_tokens = check_int(request.max_tokens, "max_tokens", 1)
+        floor = max_tokens if self.floor is None else min(self.floor, max_tokens)
         return Estimate(price, fixed, ElasticTerms(((USD, price.output_rate.amount), PER_TOKEN),
-                                                   max_tokens, min(self.floor, max_tokens)))
+                                                   max_tokens, floor))
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
@@ -242,6 +251,7 @@ class Metering:
         return meter
 
     async def astart(self, request: Request) -> Meter:
+        """`start` without blocking the event loop."""
         meter = await self._areserve(request)
         switched = self._switched(request, meter)
         if switched is not None:
@@ -255,6 +265,7 @@ class Metering:
         return self._reserve(request)
 
     async def areserve(self, request: Request) -> Meter:
+        """`reserve` without blocking the event loop."""
         return await self._areserve(request)
 
     def _reserve(self, request: Request) -> Meter:
@@ -302,3 +313,27 @@ def allowed_tools(names: list[str], caps: al.Caps | None) -> set[str]:
     if caps.tool_denylist:
         keep = {n for n in keep if not any(fnmatch.fnmatchcase(n, p) for p in caps.tool_denylist)}
     return keep
+
+
+def cap_tools(body: dict[str, Any], caps: al.Caps) -> None:
+    """Take the tools the caps do not allow off an SDK request body (and `tool_choice` with
+    the last of them); a tool is named as OpenAI's chat (`function.name`), Responses and
+    Anthropic's (`name`) name it."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or (caps.tool_allowlist is None and not caps.tool_denylist):
+        return
+    names = [_tool_name(t) for t in tools]
+    keep = allowed_tools([n for n in names if n], caps)
+    body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
+    if not body["tools"]:
+        del body["tools"]
+        body.pop("tool_choice", None)
+
+
+def _tool_name(tool: Any) -> str | None:
+    if not isinstance(tool, dict):
+        return None
+    function = tool.get("function")
+    if isinstance(function, dict):
+        return function.get("name")
+    return tool.get("name")

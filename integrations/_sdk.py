@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 import allotment as al
-from allotment.pricing import TokenUsage
+from allotment.adapter import TokenUsage
 
 from ._metering import Meter, Metering, Request, Subjects
 
@@ -27,9 +27,12 @@ client takes them off the request before it is sent."""
 
 
 class StreamUsage(Protocol):
+    """A stream's usage, gathered from its events as the caller reads them."""
+
     usage: TokenUsage | None
 
-    def see(self, event: Any) -> None: ...
+    def see(self, event: Any) -> None:
+        """Take note of one event."""
 
 
 class Shape(Protocol):
@@ -42,11 +45,14 @@ class Shape(Protocol):
         """The call to meter (None: not a metered endpoint). May set a missing max_tokens on
         `body` so the estimate's bound is real, and ask streams to report usage."""
 
-    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None: ...
+    def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
+        """Change `body` so the call runs under the caps."""
 
-    def usage(self, response: Any) -> TokenUsage | None: ...
+    def usage(self, response: Any) -> TokenUsage | None:
+        """What a whole response says it used (None: nothing said)."""
 
-    def stream_usage(self, path: str) -> StreamUsage: ...
+    def stream_usage(self, path: str) -> StreamUsage:
+        """A fresh gatherer for one stream's usage."""
 
 
 class Guarding:
@@ -69,6 +75,11 @@ def guarded_copy(client: Any, metering: Metering, subject: dict[str, Any], shape
 
 
 _classes: dict[tuple[type, bool], type] = {}
+
+
+def is_guarded(client: Any) -> bool:
+    """Whether `client` is a guarded copy, which meters (and caps) its calls itself."""
+    return hasattr(client, "_allotment")
 
 
 def _is_async(client: Any) -> bool:

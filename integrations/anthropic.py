@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import allotment as al
-from allotment.pricing import Pricer, TokenUsage
+from allotment.adapter import Pricer, TokenUsage
 
-from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, allowed_tools
+from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
+from ._usage import AnthropicStreamUsage, anthropic_usage
 
 __all__ = ["AnthropicShape", "wrap_anthropic"]
 
@@ -34,10 +35,15 @@ def wrap_anthropic(client: Any, guard: al.Guard, *, pricer: Pricer | None = None
 
 
 class AnthropicShape:
+    """What Anthropic's requests and responses look like, so the shared guarded client can
+    meter and cap them."""
+
     provider = "anthropic"
 
     def describe(self, path: str, body: dict[str, Any], subject: al.Subject,
                  default_max_tokens: int) -> Request | None:
+        """The Messages call to meter (token counting is free); sets a missing max_tokens and
+        counts the system prompts Anthropic adds."""
         model = body.get("model")
         if not path.startswith("/v1/messages") or "count_tokens" in path or not isinstance(
                 model, str):
@@ -48,6 +54,8 @@ class AnthropicShape:
                        body["max_tokens"], hidden_prompt_tokens(body))
 
     def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
+        """Send the call as the caps allow: fewer output tokens (dropping a thinking budget
+        that no longer fits), another model, fewer tools."""
         if caps.max_tokens is not None:
             body["max_tokens"] = min(body["max_tokens"], caps.max_tokens)
             thinking = body.get("thinking")
@@ -55,21 +63,15 @@ class AnthropicShape:
                 body.pop("thinking")  # a thinking budget must stay below max_tokens
         if caps.model is not None:
             body["model"] = caps.model
-        tools = body.get("tools")
-        if isinstance(tools, list) and (caps.tool_allowlist is not None or caps.tool_denylist):
-            names = [t.get("name") if isinstance(t, dict) else None for t in tools]
-            keep = allowed_tools([n for n in names if n], caps)
-            body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
-            if not body["tools"]:
-                del body["tools"]
-                body.pop("tool_choice", None)
+        cap_tools(body, caps)
 
     def usage(self, response: Any) -> TokenUsage | None:
-        usage = getattr(response, "usage", None)
-        return None if usage is None else _usage(_fields(usage))
+        """What a whole (not streamed) response says it used."""
+        return anthropic_usage(getattr(response, "usage", None))
 
-    def stream_usage(self, path: str) -> _StreamUsage:
-        return _StreamUsage()
+    def stream_usage(self, path: str) -> AnthropicStreamUsage:
+        """What gathers a stream's usage from its events as they pass."""
+        return AnthropicStreamUsage()
 
 
 def hidden_prompt_tokens(body: dict[str, Any]) -> int:
@@ -77,38 +79,3 @@ def hidden_prompt_tokens(body: dict[str, Any]) -> int:
     system prompts."""
     return (TOOL_PROMPT if body.get("tools") else 0) + (
         THINKING_PROMPT if body.get("thinking") else 0)
-
-
-class _StreamUsage:
-    """message_start carries input and cache counts; each message_delta carries cumulative
-    counts (older servers: output only). Later values overwrite earlier ones."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.usage: TokenUsage | None = None
-
-    def see(self, event: Any) -> None:
-        kind = getattr(event, "type", None)
-        if kind == "message_start":
-            self.counts.update(_fields(event.message.usage))
-        elif kind == "message_delta" and getattr(event, "usage", None) is not None:
-            self.counts.update(_fields(event.usage))
-        else:
-            return
-        self.usage = _usage(self.counts)
-
-
-def _fields(usage: Any) -> dict[str, int]:
-    names = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-             "cache_read_input_tokens")
-    found = {n: getattr(usage, n, None) for n in names}
-    return {n: v for n, v in found.items() if isinstance(v, int)}
-
-
-def _usage(counts: dict[str, int]) -> TokenUsage:
-    cache_write = counts.get("cache_creation_input_tokens", 0)
-    cache_read = counts.get("cache_read_input_tokens", 0)
-    return TokenUsage.counted(
-        input_tokens=counts.get("input_tokens", 0) + cache_write + cache_read,
-        output_tokens=counts.get("output_tokens", 0),
-        cache_read_tokens=cache_read, cache_write_tokens=cache_write)

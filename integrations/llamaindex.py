@@ -42,20 +42,14 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import allotment as al
-from allotment.estimation import text_tokens
-from allotment.pricing import Pricer, TokenUsage
-from allotment.scopes import LEVELS
-from allotment.validation import MAX_AMOUNT
+from allotment.adapter import LEVELS, Pricer, TokenUsage, input_tokens, text_tokens
 
 from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
-from ._sdk import SUBJECT_HEADER
-from .anthropic import _fields as anthropic_fields
-from .anthropic import _usage as anthropic_usage
-from .openai import _usage as openai_usage
+from ._sdk import SUBJECT_HEADER, is_guarded
+from ._usage import count, provider_usage
 
 if TYPE_CHECKING:
     _CallbackHandler = object
@@ -123,9 +117,8 @@ class BudgetHandler(_CallbackHandler):
                  **subject: Any) -> None:
         event_types = _framework("llama_index.core.callbacks.schema", "CBEventType")
         # a hold the budget cannot fit is refused whole: a callback cannot shrink the call
-        # (a floor at the largest amount is never below max_tokens)
         self.metering = Metering(guard, pricer=pricer, default_max_tokens=default_max_tokens,
-                                 floor=MAX_AMOUNT, ttl_ms=ttl_ms)
+                                 floor=None, ttl_ms=ttl_ms)
         self.provider = provider
         self.embedding_tokens = embedding_tokens
         self.token_counter = token_counter
@@ -189,11 +182,11 @@ class BudgetHandler(_CallbackHandler):
         pending.meter.settle(usage)
 
     def start_trace(self, trace_id: str | None = None) -> None:
-        pass
+        """Nothing to do: budgets follow calls, not traces."""
 
     def end_trace(self, trace_id: str | None = None,
                   trace_map: dict[str, list[str]] | None = None) -> None:
-        pass
+        """Nothing to do: budgets follow calls, not traces."""
 
     # -- reading LlamaIndex's payloads -----------------------------------------------------
 
@@ -290,8 +283,7 @@ def _guarded_below(model: Any, asynchronous: bool) -> bool:
     meters (and caps) it itself."""
     if model is None or getattr(model, "reuse_client", True) is False:
         return False  # without reuse_client LlamaIndex makes a fresh, unguarded client
-    client = getattr(model, "_aclient" if asynchronous else "_client", None)
-    return hasattr(client, "_allotment")
+    return is_guarded(getattr(model, "_aclient" if asynchronous else "_client", None))
 
 
 def _pass_on(call: Any, fields: dict[str, str]) -> None:
@@ -337,8 +329,6 @@ def _max_tokens(call: Mapping[str, Any], serialized: Mapping[str, Any], default:
 def _prompt_of(request: Request) -> int:
     if request.kind != "llm.completion":
         return 0
-    from allotment.estimation import input_tokens
-
     return input_tokens(request.payload, request.overhead)
 
 
@@ -354,10 +344,6 @@ def _framework(module: str, name: str) -> Any:
 
 # -- usage, wherever the LLM integration put it --------------------------------------------
 
-INPUT_NAMES = ("prompt_tokens", "input_tokens", "prompt_token_count")
-OUTPUT_NAMES = ("completion_tokens", "output_tokens", "candidates_token_count")
-CACHE_NAMES = ("cache_creation_input_tokens", "cache_read_input_tokens")
-
 
 def _response_usage(response: Any) -> TokenUsage | None:
     """`raw.usage` (OpenAI objects, Anthropic's dict), `raw.usage_metadata`, then the
@@ -370,21 +356,18 @@ def _response_usage(response: Any) -> TokenUsage | None:
     for found in (_get(raw, "usage"), _get(raw, "usage_metadata"),
                   getattr(response, "additional_kwargs", None),
                   _get(getattr(message, "additional_kwargs", None), "usage")):
-        usage = _parse_usage(_namespace(found))
+        usage = _parse_usage(found)
         if usage is not None:
             return usage
     return None
 
 
 def _parse_usage(usage: Any) -> TokenUsage | None:
-    if usage is None or not any(_int(usage, n) is not None for n in INPUT_NAMES + OUTPUT_NAMES):
-        return None
-    if any(_int(usage, n) is not None for n in CACHE_NAMES):
-        return anthropic_usage(anthropic_fields(usage))  # cache tokens counted apart
-    if _int(usage, "prompt_token_count") is not None:  # Gemini's names
-        return TokenUsage(input_tokens=_int(usage, "prompt_token_count") or 0,
-                          output_tokens=_int(usage, "candidates_token_count") or 0)
-    return openai_usage(usage)
+    """Gemini's usage_metadata (which LlamaIndex passes on), else OpenAI's or Anthropic's."""
+    if _get(usage, "prompt_token_count") is not None:
+        return TokenUsage.counted(input_tokens=count(_get(usage, "prompt_token_count")),
+                                  output_tokens=count(_get(usage, "candidates_token_count")))
+    return provider_usage(usage)
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -393,15 +376,3 @@ def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
-
-
-def _int(obj: Any, name: str) -> int | None:
-    value = getattr(obj, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _namespace(value: Any) -> Any:
-    """Dicts read like the SDKs' usage objects."""
-    if isinstance(value, Mapping):
-        return SimpleNamespace(**{str(k): _namespace(v) for k, v in value.items()})
-    return value

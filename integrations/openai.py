@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import allotment as al
-from allotment.pricing import Pricer, TokenUsage
+from allotment.adapter import Pricer, TokenUsage
 
-from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, allowed_tools
+from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
+from ._usage import OpenAIStreamUsage, openai_usage
 
 __all__ = ["OpenAIShape", "wrap_openai"]
 
 CHAT, RESPONSES, EMBEDDINGS = "/chat/completions", "/responses", "/embeddings"
-TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def wrap_openai(client: Any, guard: al.Guard, *, pricer: Pricer | None = None,
@@ -39,10 +39,14 @@ def wrap_openai(client: Any, guard: al.Guard, *, pricer: Pricer | None = None,
 
 
 class OpenAIShape:
+    """What OpenAI's requests and responses look like, so the shared guarded client can meter
+    and cap them."""
+
     provider = "openai"
 
     def describe(self, path: str, body: dict[str, Any], subject: al.Subject,
                  default_max_tokens: int) -> Request | None:
+        """The call to meter; sets a missing output bound and asks chat streams for usage."""
         model = body.get("model")
         if not isinstance(model, str):
             return None
@@ -60,6 +64,7 @@ class OpenAIShape:
         return Request(subject, "llm.completion", self.provider, model, body, body[field])
 
     def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
+        """Send the call as the caps allow: fewer output tokens, another model, fewer tools."""
         if path == EMBEDDINGS:
             return
         if caps.max_tokens is not None:
@@ -67,74 +72,18 @@ class OpenAIShape:
             body[field] = min(body.get(field) or caps.max_tokens, caps.max_tokens)
         if caps.model is not None:
             body["model"] = caps.model
-        tools = body.get("tools")
-        if isinstance(tools, list) and (caps.tool_allowlist is not None or caps.tool_denylist):
-            names = [_tool_name(t) for t in tools]
-            keep = allowed_tools([n for n in names if n], caps)
-            body["tools"] = [t for t, n in zip(tools, names, strict=True) if n is None or n in keep]
-            if not body["tools"]:
-                del body["tools"]
-                body.pop("tool_choice", None)
+        cap_tools(body, caps)
 
     def usage(self, response: Any) -> TokenUsage | None:
-        return _usage(getattr(response, "usage", None))
+        """What a whole (not streamed) response says it used."""
+        return openai_usage(getattr(response, "usage", None))
 
-    def stream_usage(self, path: str) -> _StreamUsage:
-        return _StreamUsage()
-
-
-class _StreamUsage:
-    """Chat streams end in a choice-less chunk carrying usage; Responses streams in a
-    terminal event whose response carries it."""
-
-    def __init__(self) -> None:
-        self.usage: TokenUsage | None = None
-
-    def see(self, event: Any) -> None:
-        if getattr(event, "type", None) in TERMINAL:
-            self.usage = _usage(getattr(event.response, "usage", None)) or self.usage
-        elif getattr(event, "usage", None) is not None:
-            self.usage = _usage(event.usage) or self.usage
+    def stream_usage(self, path: str) -> OpenAIStreamUsage:
+        """What gathers a stream's usage from its events as they pass."""
+        return OpenAIStreamUsage()
 
 
 def _max_field(path: str, body: dict[str, Any]) -> str:
     if path == RESPONSES:
         return "max_output_tokens"
     return "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-
-
-def _tool_name(tool: Any) -> str | None:
-    if not isinstance(tool, dict):
-        return None
-    function = tool.get("function")
-    if isinstance(function, dict):
-        return function.get("name")
-    return tool.get("name")
-
-
-def _usage(usage: Any) -> TokenUsage | None:
-    """OpenAI counts cached tokens inside the prompt and reasoning inside the output. Chat
-    names its counts prompt/completion, Responses input/output."""
-    if usage is None:
-        return None
-    prompt = getattr(usage, "prompt_tokens", None)
-    if not isinstance(prompt, int):
-        prompt = getattr(usage, "input_tokens", None)
-    output = getattr(usage, "completion_tokens", None)
-    if not isinstance(output, int):
-        output = getattr(usage, "output_tokens", None)
-    inputs = getattr(usage, "prompt_tokens_details", None)
-    if inputs is None:
-        inputs = getattr(usage, "input_tokens_details", None)
-    outputs = getattr(usage, "completion_tokens_details", None)
-    if outputs is None:
-        outputs = getattr(usage, "output_tokens_details", None)
-    return TokenUsage.counted(
-        input_tokens=_count(prompt), output_tokens=_count(output),
-        cache_read_tokens=_count(getattr(inputs, "cached_tokens", None)),
-        cache_write_tokens=_count(getattr(inputs, "cache_write_tokens", None)),
-        reasoning_tokens=_count(getattr(outputs, "reasoning_tokens", None)))
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) else 0
