@@ -38,6 +38,7 @@ def reserve_units(guard: Guard, subject: Subject, action: Action, units: Units,
 async def areserve_units(guard: Guard, subject: Subject, action: Action,
                          units: Units, elastic: ElasticTerms | None = None,
                          ttl_ms: int | None = None) -> Reservation:
+    """The async twin of `reserve_units`."""
     return await guard._areserve_units(subject, action, units, elastic, ttl_ms)
 
 
@@ -47,6 +48,7 @@ def commit_units(reservation: Reservation, actual: Units) -> CommitResult:
 
 
 async def acommit_units(reservation: Reservation, actual: Units) -> CommitResult:
+    """The async twin of `commit_units`."""
     return await reservation._acommit_units(actual)
 
 

@@ -104,14 +104,17 @@ def usd(dollars: int | float | str | Decimal) -> Amount:
 
 
 def tokens(count: int) -> Amount:
+    """`count` tokens, checked: a whole number within the ledger's bounds."""
     return Amount(Unit.TOKENS, count)
 
 
 def credits(count: int) -> Amount:
+    """`count` credits (your own unit of account), checked like tokens."""
     return Amount(Unit.CREDITS, count)
 
 
 def microcents_to_usd(microcents: int) -> Decimal:
+    """Dollars, exactly, from the ledger's integer microcents (1 USD = 10^8)."""
     return Decimal(microcents) / MICROCENTS_PER_USD
 
 

@@ -21,9 +21,11 @@ class ManualClock:
         return self._now
 
     def advance(self, ms: int) -> int:
+        """Move time forward by `ms` (tests step through periods and expiries)."""
         with self._lock:
             self._now += ms
             return self._now
 
     def set(self, now_ms: int) -> None:
+        """Jump to `now_ms` (epoch ms)."""
         self._now = now_ms

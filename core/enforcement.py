@@ -10,6 +10,7 @@ it may touch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from . import arguments as arg
@@ -45,12 +46,18 @@ from .reservation import Reservation, commit_op, extend_op, get_op, release_op
 from .scopes import Subject
 from .stores import operations as ops
 from .stores.operations import in_unit_order
-from .sweeper import retry_delays
 from .validation import check_int
 
 log = logging.getLogger("allotment")
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = "spend.unrecorded"
+
+
+def retry_delays(retries: int) -> Iterator[float]:
+    """0 for the first try, then 0.05 s, 0.1 s, 0.2 s, ... before each retry."""
+    yield 0
+    for n in range(retries):
+        yield 0.05 * 2**n
 
 
 def denied(decision: Decision) -> Denied:

@@ -59,6 +59,8 @@ class AuditRecord:
 
 
 class NotificationType:
+    """The notification types, with the Cycles protocol's event names."""
+
     THRESHOLD_CROSSED = "budget.threshold_crossed"
     EXHAUSTED = "budget.exhausted"
     OVER_LIMIT_ENTERED = "budget.over_limit_entered"
@@ -87,7 +89,8 @@ class Sink(Protocol):
     """Ships notifications elsewhere (a queue, a webhook sender). Called after the store
     step, outside any lock; an exception is logged and never reaches the caller."""
 
-    def emit(self, notification: Notification) -> None: ...
+    def emit(self, notification: Notification) -> None:
+        """Deliver one notification (after the atomic step that caused it)."""
 
 
 Subscriber = Callable[[Notification], Any]

@@ -103,7 +103,7 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         """Expire abandoned reservations in the background, every `interval_s`. Across
         processes sharing a store only one sweeps at a time (it holds a lease in the store)."""
         if self._sweeper is None:
-            self._sweeper = Sweeper(self, interval_s, batch)
+            self._sweeper = Sweeper(self._engine.store.lease, self.sweep, interval_s, batch)
             self._sweeper.start()
 
     def stop_sweeper(self) -> None:

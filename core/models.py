@@ -161,6 +161,7 @@ class Decision:
         return self.outcome is not Outcome.DENY
 
     def explain(self) -> str:
+        """One line a person can act on: the scope, the reason and the figures."""
         if self.allowed:
             return f"{self.outcome.value}" + (f" with {self.caps}" if self.caps else "")
         where = self.scope or "this subject"

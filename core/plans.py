@@ -85,6 +85,7 @@ class Plan(Model):
 
     @classmethod
     def load(cls, path: str | Path, name: str) -> Plan:
+        """The plan `name` from a YAML or TOML file of plans."""
         plans = cls.load_all(path)
         if name not in plans:
             raise InvalidRequest(f"{path}: no plan {name!r}; it has {sorted(plans)}")

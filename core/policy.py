@@ -82,6 +82,7 @@ class Degrade(Model):
         return self
 
     def caps(self) -> Caps:
+        """The caps this rule imposes when it applies."""
         return Caps(max_tokens=self.max_tokens, model=self.model, cooldown_ms=self.cooldown_ms)
 
 
@@ -117,6 +118,7 @@ class Elastic(Model):
         return self
 
     def rates(self) -> dict[Unit, int]:
+        """Per-million-output-token rates by unit: what each output token costs."""
         return {a.unit: a.amount for a in self.per_mtok}
 
     def units(self) -> dict[Unit, int]:

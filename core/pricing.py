@@ -86,6 +86,7 @@ class ModelPrice(Model):
         return None if value is None else to_decimal(value, "price")
 
     def cost(self, usage: TokenUsage) -> Decimal:
+        """The exact dollar cost of `usage` at this price."""
         cache_read = self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok
         cache_write = (self.cache_write_mtok if self.cache_write_mtok is not None
                        else self.input_mtok)
@@ -165,6 +166,7 @@ class Pricer:
 
     def cost(self, provider: str, model: str, usage: TokenUsage,
              tenant: str | None = None) -> Amount:
+        """The exact dollar cost of `usage` on `provider:model` for `tenant`'s prices."""
         return Amount(Unit.USD_MICROCENTS,
                       self.price_of(provider, model, tenant).cost_microcents(usage))
 

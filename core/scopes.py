@@ -56,6 +56,7 @@ class Subject(Model):
         return checked
 
     def levels(self) -> list[tuple[str, str]]:
+        """The standard levels the subject names, in canonical order, as (level, value)."""
         return [(level, value) for level in LEVELS if (value := getattr(self, level)) is not None]
 
     def scopes(self) -> tuple[str, ...]:

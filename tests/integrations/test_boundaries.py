@@ -58,7 +58,9 @@ def _private(name: str) -> bool:
 
 
 def core_private_names() -> set[str]:
-    """The private methods and attributes the core defines (`_reserve_units`, `_store`...)."""
+    """The private methods and attributes the core defines (`_reserve_units`, `_store`...),
+    whether by `def`, by assigning an attribute, or by naming one in a class body (the twins
+    of a call are assigned: `_reserve_units, _areserve_units = flow_twins(...)`)."""
     names = set()
     for path in (ROOT / "core").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -67,6 +69,9 @@ def core_private_names() -> set[str]:
             elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                   and _private(node.attr)):
                 names.add(node.attr)
+            elif (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+                  and _private(node.id)):
+                names.add(node.id)
     return names
 
 

@@ -1,0 +1,191 @@
+"""The call surface cannot drift: every sync call has an async twin with the same parameters,
+the tenant handle leads nowhere beyond its tenant, the package exports what it says, and
+every exported class and public method says why it exists."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+import allotment as al
+from allotment import adapter
+from allotment.stores.operations import Store
+from allotment.stores.redis import RedisStore
+
+from support import LLM
+
+NOT_IO = {
+    "on": "registers a subscriber in process",
+    "add_sink": "registers a sink in process",
+    "tenant": "builds a handle, touches no store",
+    "subject": "builds a Subject, touches no store",
+    "start_sweeper": "starts a background thread",
+    "stop_sweeper": "stops that thread",
+    "from_url": "builds a guard or store",
+    "close": "closes connections the object owns",
+    "subscribe": "registers a listener in process",
+    "lease": "the sweeper thread's lease, taken from that thread only",
+    "load_library": "an operator's one-off load before pipelining",
+}
+"""Public sync methods that need no async twin, and why."""
+
+SURFACES = [al.Guard, al.TenantGuard, al.Reservation, al.MemoryStore, RedisStore]
+
+
+def public_methods(cls: type) -> dict[str, Any]:
+    methods = {}
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        static = inspect.getattr_static(cls, name)
+        if isinstance(static, property) or not callable(getattr(cls, name)):
+            continue
+        methods[name] = getattr(cls, name)
+    return methods
+
+
+def parameters(method: Any) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default)
+            for p in inspect.signature(method).parameters.values()]
+
+
+@pytest.mark.parametrize("cls", SURFACES, ids=lambda c: c.__name__)
+def test_every_sync_call_has_an_async_twin_with_the_same_parameters(cls: type) -> None:
+    methods = public_methods(cls)
+    checked = 0
+    for name, method in methods.items():
+        if inspect.iscoroutinefunction(method):
+            assert name[1:] in methods, f"{cls.__name__}.{name} has no sync twin"
+            continue
+        if name in NOT_IO:
+            continue
+        twin = methods.get("a" + name)
+        assert twin is not None, f"{cls.__name__}.{name} has no async twin a{name}"
+        assert inspect.iscoroutinefunction(twin), f"{cls.__name__}.a{name} is not async"
+        assert parameters(twin) == parameters(method), f"{cls.__name__}.{name} drifted"
+        checked += 1
+    assert checked >= (1 if cls in (al.MemoryStore, RedisStore) else 3)
+
+
+def test_the_surfaces_offer_the_documented_calls() -> None:
+    """The families each surface composes: the guard has every call, the handle no
+    platform call, and both have the calls DESIGN §4 names."""
+    guard_calls = set(public_methods(al.Guard))
+    handle_calls = set(public_methods(al.TenantGuard))
+    enforcement = {"reserve", "decide", "commit", "release", "extend", "record", "get"}
+    budgets = {"set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
+               "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer"}
+    reads = {"balances", "audit", "report"}
+    platform = {"set_mode", "assign_plan", "sweep"}
+    for calls in (enforcement, budgets, reads, platform):
+        assert calls | {"a" + c for c in calls} <= guard_calls
+    for calls in (enforcement, budgets, reads):
+        assert calls | {"a" + c for c in calls} <= handle_calls
+    assert not (platform | {"a" + c for c in platform}) & handle_calls
+    assert parameters(al.Guard.commit) == parameters(al.TenantGuard.commit)
+    assert parameters(al.Guard.set_budget) == parameters(al.TenantGuard.set_budget)
+
+
+def reachable(root: object, depth: int = 4) -> list[tuple[str, object]]:
+    """Everything reachable from `root` through public attributes and properties."""
+    found: list[tuple[str, object]] = []
+    seen: set[int] = set()
+
+    def walk(path: str, value: object, left: int) -> None:
+        if id(value) in seen or left == 0 or isinstance(value, (str, int, float, bytes)):
+            return
+        seen.add(id(value))
+        found.append((path, value))
+        names = [n for n in dir(value) if not n.startswith(("_", "model_"))]
+        for name in names:
+            try:
+                attr = getattr(value, name)
+            except Exception:  # a property with nothing to show yet
+                continue
+            if inspect.ismethod(attr) or inspect.isfunction(attr) or inspect.isbuiltin(attr):
+                continue
+            walk(f"{path}.{name}", attr, left - 1)
+        if isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                walk(f"{path}[{i}]", item, left - 1)
+
+    walk("handle", root, depth)
+    return found
+
+
+def test_the_tenant_handle_leads_nowhere_beyond_its_tenant(store: Store) -> None:
+    guard = al.Guard(store)
+    guard.set_budget("tenant:acme", usd=10)
+    acme = guard.tenant("acme")
+    held = acme.reserve(acme.subject(), LLM, al.usd(1))
+    assert held.guard is acme  # the reservation leads back to the handle only
+    for root in (acme, held):
+        for path, value in reachable(root):
+            assert not isinstance(value, (al.Guard, al.MemoryStore, RedisStore)), path
+            assert not hasattr(value, "execute"), path  # no store of any kind
+    held.commit(al.usd(1))
+    assert acme.balances()[0].spent == al.usd(1).amount
+
+
+def test_the_handle_refuses_an_operation_of_another_tenant_however_it_was_built(
+        guard: al.Guard) -> None:
+    """The check is on the operation the store would run, built from checked values."""
+    guard.set_budget("tenant:rival", usd=10)
+    rival = guard.reserve(al.Subject(tenant="rival"), LLM, al.usd(1))
+    acme = guard.tenant("acme")
+    with pytest.raises(al.Forbidden):
+        acme.commit(rival.id, al.usd(1))
+    with pytest.raises(al.Forbidden):
+        acme.set_budget("TENANT:Rival", usd=1)
+    assert guard.get(rival.id).status is al.ReservationStatus.ACTIVE
+
+
+EXPORTS = [
+    "AccessSpec", "Action", "AllotmentError", "Amount", "AuditRecord", "AuditType", "Balance",
+    "BudgetExceeded", "BudgetSpec", "BudgetStatus", "Caps", "CommitResult", "CrossTenant",
+    "Decision", "Degrade", "Denied", "Elastic", "ExtendResult", "Forbidden", "FundOperation",
+    "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "ManualClock",
+    "MaxExtensionsExceeded", "MemoryStore", "NotAllowed", "NotFound", "Notification",
+    "NotificationType", "Outcome", "OveragePolicy", "Period", "Plan", "QuotaExceeded",
+    "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
+    "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
+    "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
+    "TransferResult", "Unit", "UnitMismatch", "credits", "current_subject", "format_amount",
+    "microcents_to_usd", "scope", "tokens", "usd",
+]
+ADAPTER_EXPORTS = [
+    "LEVELS", "ElasticTerms", "ModelPrice", "Pricer", "TokenUsage", "Unit", "Units",
+    "acommit_units", "areserve_units", "check_int", "commit_units", "current_fields",
+    "input_tokens", "reserve_units", "text_tokens", "trusted_amounts",
+]
+
+
+def test_the_package_exports_exactly_its_public_names() -> None:
+    assert sorted(al.__all__) == sorted(EXPORTS)
+    assert sorted(adapter.__all__) == sorted(ADAPTER_EXPORTS)
+    for module, names in ((al, EXPORTS), (adapter, ADAPTER_EXPORTS)):
+        for name in names:
+            assert getattr(module, name) is not None
+
+
+def test_every_exported_class_and_public_method_says_why() -> None:
+    missing = []
+    for name in EXPORTS + ["adapter." + n for n in ADAPTER_EXPORTS]:
+        value = getattr(adapter, name[8:]) if name.startswith("adapter.") else getattr(al,
+                                                                                       name)
+        if not (inspect.isclass(value) or inspect.isfunction(value)):
+            continue
+        if not (getattr(value, "__module__", "") or "").startswith("allotment"):
+            continue
+        if not inspect.getdoc(value):
+            missing.append(name)
+        if inspect.isclass(value):
+            for method_name, method in vars(value).items():
+                function = getattr(method, "__func__", method)
+                if method_name.startswith("_") or not inspect.isfunction(function):
+                    continue
+                if not function.__doc__:
+                    missing.append(f"{name}.{method_name}")
+    assert not missing, f"no docstring: {missing}"
