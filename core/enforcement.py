@@ -208,22 +208,28 @@ class EnforcementCalls(Runner):
     commit, acommit = flow_twins(_commit)
 
     def _committing(self, op: ops.Commit) -> Flow[CommitResult]:
+        result: CommitResult = yield from self._spending(op, op.reservation_id)
+        return result
+
+    def _spending(self, op: ops.Commit | ops.Record, reservation_id: str) -> Flow[Any]:
+        """Write spend that was incurred: a store failure is retried (a retried commit whose
+        first try landed is recognised, a retried record replays by its key, so nothing is
+        charged twice); when every try fails the spend goes to the sinks, never nowhere."""
         failure: StoreUnavailable | None = None
         for attempt in retry_delays(self._engine.commit_retries):
             if attempt:
                 yield Pause(attempt)
             try:
-                result: CommitResult = yield op
-                return result
+                return (yield op)
             except StoreUnavailable as error:
                 failure = error
             except ReservationFinalized:
-                if attempt == 0:
+                if attempt == 0 or not isinstance(op, ops.Commit):
                     raise
                 info: ReservationInfo = yield get_op(op.reservation_id)
                 return _applied_commit(info)
         assert failure is not None
-        raise self._unrecorded(op.tenant, op.reservation_id, op.actual, failure)
+        raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
 
     def _unrecorded(self, tenant: str, reservation_id: str, actual: Units,
                     error: StoreUnavailable) -> StoreUnavailable:
@@ -233,7 +239,7 @@ class EnforcementCalls(Runner):
         log.error("spend of %s on %s could not be recorded: %s", amounts, reservation_id, error)
         self._engine.notify([Notification(SPEND_UNRECORDED, tenant, system_ms(),
                                           reservation_id=reservation_id, amounts=amounts)])
-        return StoreUnavailable(f"commit of {reservation_id} failed after "
+        return StoreUnavailable(f"the spend of {reservation_id} failed after "
                                 f"{self._engine.commit_retries + 1} tries ({error}); the spend "
                                 f"was sent to the notification sinks as {SPEND_UNRECORDED}")
 

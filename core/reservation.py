@@ -139,9 +139,10 @@ class Reservation(Runner):
                 idempotency_key: str | None = None) -> Flow[CommitResult]:
         """Charge the actual usage and return the rest of the estimate (see
         `Guard.commit`)."""
-        if self.unguarded:
-            record = yield from self.guard._record(self.info.subject, self.info.action, actual,
-                                                   idempotency_key=self.id)
+        if self.unguarded:  # let through while the store was down: record what was spent
+            op = self.guard._record_op(self.info.subject, self.info.action, actual,
+                                       idempotency_key=self.id)
+            record = yield from self.guard._spending(op, self.id)
             result = self._recorded(record)
         else:
             result = yield from self.guard._commit(self.id, actual,
