@@ -99,44 +99,49 @@ def twins(build: Callable[P, Op[R]]) -> tuple[Sync[Runner, P, R], Async[Runner, 
         class EnforcementCalls(Runner):
             release, arelease = twins(release_op)
     """
-    def run(self: Runner, /, *args: Any, **kwargs: Any) -> Any:
-        return self._run(build(*args, **kwargs))
-
-    async def arun(self: Runner, /, *args: Any, **kwargs: Any) -> Any:
-        return await self._arun(build(*args, **kwargs))
-
     name = build.__name__.removesuffix("_op")
-    return _named(run, build, name, bound=False), _named(arun, build, "a" + name, bound=False)
+    return (_method(build, name, "_run", bound=False),
+            _method(build, "a" + name, "_arun", bound=False))
 
 
 def flow_twins(build: Callable[Concatenate[S, P], Flow[R]], name: str | None = None
                ) -> tuple[Sync[S, P, R], Async[S, P, R]]:
-    """The method and its async twin for a flow written as a method `_name` (or named
-    `name`; a private `_name` gets the twin `_aname`)."""
-    def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._drive(build(self, *args, **kwargs))
-
-    async def arun(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._adrive(build(self, *args, **kwargs))
-
+    """The method and its async twin for a method `_name` that returns a flow (a generator
+    method, or a method that checks its arguments at once and returns another flow); named
+    `name` if given, and a private `_name` gets the twin `_aname`."""
     name = name or build.__name__.lstrip("_")
-    private = "_" if name.startswith("_") else ""
-    twin = private + "a" + name.lstrip("_")
-    return _named(run, build, name, bound=True), _named(arun, build, twin, bound=True)
+    twin = ("_" if name.startswith("_") else "") + "a" + name.lstrip("_")
+    return (_method(build, name, "_drive", bound=True),
+            _method(build, twin, "_adrive", bound=True))
 
 
-def _named(method: Callable[..., Any], build: Callable[..., Any], name: str,
-           bound: bool) -> Callable[..., Any]:
-    """`method` under `name`, showing the builder's docstring and parameters (with `self`
-    in front of a pure builder's, so both twins read alike to `inspect` and to users)."""
-    method.__name__ = name
+def _method(build: Callable[..., Any], name: str, runner: str, bound: bool) -> Any:
+    """`def name(self, <the builder's parameters>): return self.<runner>(build(...))`, with
+    `await` for an async runner. Written out with the builder's own parameter list (as
+    dataclasses write `__init__`), so callers see the real signature and the call costs no
+    `*args, **kwargs` repacking."""
+    parameters = list(inspect.signature(build).parameters.values())[1 if bound else 0:]
+    defaults: dict[str, Any] = {}
+    declared, passed = ["self"], ["self"] if bound else []
+    for parameter in parameters:
+        assert parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in declared:
+            declared.append("*")
+        text = parameter.name
+        if parameter.default is not parameter.empty:
+            defaults[f"_default_{parameter.name}"] = parameter.default
+            text += f"=_default_{parameter.name}"
+        declared.append(text)
+        passed.append(parameter.name if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+                      else f"{parameter.name}={parameter.name}")
+        assert parameter.name not in ("self", "_build"), parameter.name
+    awaited = "await " if runner in ("_arun", "_adrive") else ""
+    source = (f"{'async ' if awaited else ''}def {name}({', '.join(declared)}):\n"
+              f"    return {awaited}self.{runner}(_build({', '.join(passed)}))\n")
+    namespace: dict[str, Any] = {"_build": build, **defaults}
+    exec(source, namespace)
+    method = namespace[name]
     method.__qualname__ = name
     method.__doc__ = build.__doc__
     method.__module__ = build.__module__
-    signature = inspect.signature(build)
-    if not bound:
-        self = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
-        signature = signature.replace(parameters=[self, *signature.parameters.values()])
-    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        return_annotation=inspect.Signature.empty)
     return method

@@ -10,7 +10,7 @@ it may touch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import arguments as arg
@@ -53,11 +53,8 @@ STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = "spend.unrecorded"
 
 
-def retry_delays(retries: int) -> Iterator[float]:
-    """0 for the first try, then 0.05 s, 0.1 s, 0.2 s, ... before each retry."""
-    yield 0
-    for n in range(retries):
-        yield 0.05 * 2**n
+def _same(result: Any) -> Any:
+    return result
 
 
 def denied(decision: Decision) -> Denied:
@@ -87,9 +84,9 @@ class EnforcementCalls(Runner):
 
         Access rules, quotas and budgets are all checked, and all charged, in one atomic
         step. An `al.Elastic` estimate may be reserved smaller, answered ALLOW_WITH_CAPS."""
-        op = self._reserve_op(subject, action, estimate, ttl_ms=ttl_ms, grace_ms=grace_ms,
-                              overage_policy=overage_policy, idempotency_key=idempotency_key)
-        return (yield from self._reserving(op))
+        return self._reserving(self._reserve_op(
+            subject, action, estimate, ttl_ms=ttl_ms, grace_ms=grace_ms,
+            overage_policy=overage_policy, idempotency_key=idempotency_key))
 
     reserve, areserve = flow_twins(_reserve)
 
@@ -186,9 +183,9 @@ class EnforcementCalls(Runner):
         shrinkable = None if elastic is None else arg.exact(elastic)
         ttl = self._engine.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms",
                                                                    *arg.TTL_RANGE)
-        op = self._checked_reserve_op(subject, action, units, shrinkable, ttl,
-                                      self._engine.grace_ms, None, False, arg.NO_KEY)
-        return (yield from self._reserving(op))
+        return self._reserving(self._checked_reserve_op(
+            subject, action, units, shrinkable, ttl, self._engine.grace_ms, None, False,
+            arg.NO_KEY))
 
     _reserve_units, _areserve_units = flow_twins(_reserving_units, name="_reserve_units")
 
@@ -203,31 +200,30 @@ class EnforcementCalls(Runner):
         charged twice); if every try fails, `spend.unrecorded` is sent to the subscribers and
         sinks with the amounts, and `StoreUnavailable` is raised."""
         op = commit_op(reservation_id, actual, idempotency_key=idempotency_key)
-        return (yield from self._committing(op))
+        return self._spending(op, reservation_id)
 
     commit, acommit = flow_twins(_commit)
 
-    def _committing(self, op: ops.Commit) -> Flow[CommitResult]:
-        result: CommitResult = yield from self._spending(op, op.reservation_id)
-        return result
-
-    def _spending(self, op: ops.Commit | ops.Record, reservation_id: str) -> Flow[Any]:
-        """Write spend that was incurred: a store failure is retried (a retried commit whose
-        first try landed is recognised, a retried record replays by its key, so nothing is
-        charged twice); when every try fails the spend goes to the sinks, never nowhere."""
+    def _spending(self, op: ops.Commit | ops.Record, reservation_id: str,
+                  then: Callable[[Any], Any] = _same) -> Flow[Any]:
+        """Write spend that was incurred, and return `then(result)`: a store failure is
+        retried (a retried commit whose first try landed is recognised, a retried record
+        replays by its key, so nothing is charged twice); when every try fails the spend
+        goes to the sinks, never nowhere. Retries wait 0.05 s, 0.1 s, 0.2 s, ... before
+        each."""
         failure: StoreUnavailable | None = None
-        for attempt in retry_delays(self._engine.commit_retries):
+        for attempt in range(self._engine.commit_retries + 1):
             if attempt:
-                yield Pause(attempt)
+                yield Pause(0.05 * 2 ** (attempt - 1))
             try:
-                return (yield op)
+                return then((yield op))
             except StoreUnavailable as error:
                 failure = error
             except ReservationFinalized:
                 if attempt == 0 or not isinstance(op, ops.Commit):
                     raise
                 info: ReservationInfo = yield get_op(op.reservation_id)
-                return _applied_commit(info)
+                return then(_applied_commit(info))
         assert failure is not None
         raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
 

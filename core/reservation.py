@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import arguments as arg
 from .amounts import Amount, AmountsLike, Units, trusted_amounts
@@ -27,7 +27,6 @@ from .models import (
     ReservationStatus,
 )
 from .stores import operations as ops
-from .stores.operations import Op
 from .validation import check_int
 
 if TYPE_CHECKING:
@@ -88,12 +87,9 @@ class Reservation(Runner):
         self.unguarded = unguarded
         """Let through while the store was down (fail open): nothing is held, and a commit
         records the spend once the store answers again."""
-
-    def _run(self, op: Op[R]) -> R:
-        return self.guard._run(op)
-
-    async def _arun(self, op: Op[R]) -> R:
-        return await self.guard._arun(op)
+        # Operations run where the maker runs them (its tenant check included).
+        self._run = guard._run  # type: ignore[method-assign]
+        self._arun = guard._arun  # type: ignore[method-assign]
 
     @property
     def id(self) -> str:
@@ -139,27 +135,22 @@ class Reservation(Runner):
                 idempotency_key: str | None = None) -> Flow[CommitResult]:
         """Charge the actual usage and return the rest of the estimate (see
         `Guard.commit`)."""
+        rid = self.info.id
         if self.unguarded:  # let through while the store was down: record what was spent
-            op = self.guard._record_op(self.info.subject, self.info.action, actual,
-                                       idempotency_key=self.id)
-            record = yield from self.guard._spending(op, self.id)
-            result = self._recorded(record)
-        else:
-            result = yield from self.guard._commit(self.id, actual,
-                                                   idempotency_key=idempotency_key)
-        self.result = result
-        return result
+            record = self.guard._record_op(self.info.subject, self.info.action, actual,
+                                           idempotency_key=rid)
+            return self.guard._spending(record, rid, self._recorded)
+        op = commit_op(rid, actual, idempotency_key=idempotency_key)
+        return self.guard._spending(op, rid, self._settled)
 
     commit, acommit = flow_twins(_commit)
 
     def _committing_units(self, actual: Units) -> Flow[CommitResult]:
         """`commit` for an adapter's checked integer units, in unit order."""
         if self.unguarded:
-            return (yield from self._commit(trusted_amounts(actual)))
-        result = yield from self.guard._committing(commit_units_op(self.info.tenant, self.id,
-                                                                   actual))
-        self.result = result
-        return result
+            return self._commit(trusted_amounts(actual))
+        op = commit_units_op(self.info.tenant, self.info.id, actual)
+        return self.guard._spending(op, self.info.id, self._settled)
 
     _commit_units, _acommit_units = flow_twins(_committing_units, name="_commit_units")
 
@@ -186,9 +177,16 @@ class Reservation(Runner):
 
     extend, aextend = flow_twins(_extend)
 
+    def _settled(self, result: CommitResult | ReleaseResult) -> Any:
+        self.result = result
+        return result
+
     def _recorded(self, record: RecordResult) -> CommitResult:
-        return CommitResult(self.id, ReservationStatus.COMMITTED, record.charged, (),
-                            record.balances)
+        """A commit's answer from the record that stood in for it."""
+        result = CommitResult(self.id, ReservationStatus.COMMITTED, record.charged, (),
+                              record.balances)
+        self.result = result
+        return result
 
     def _exit(self, kind: type[BaseException] | None,
               error: BaseException | None) -> Flow[None]:
