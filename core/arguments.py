@@ -132,12 +132,12 @@ def reason(value: Any) -> str:
 def exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:
     """An elastic estimate the store can hold exactly (checked again for every estimate:
     `model_construct()` and the adapters' units skip the model's own validation)."""
-    check_int(elastic.max_tokens, "estimate max_tokens", 1, MAX_TOKENS)
-    check_int(elastic.floor, "estimate floor", 0, elastic.max_tokens)
     for _, rate in elastic.rates:
         if rate * elastic.max_tokens > ELASTIC_LIMIT:
             raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
                                  "reserved exactly; lower max_tokens")
+    check_int(elastic.max_tokens, "estimate max_tokens", 1, MAX_TOKENS)
+    check_int(elastic.floor, "estimate floor", 0, elastic.max_tokens)
     return elastic
 
 
