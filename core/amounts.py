@@ -8,7 +8,7 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from enum import Enum
 
 from .errors import InvalidRequest
-from .validation import MAX_AMOUNT
+from .validation import MAX_AMOUNT, shown
 
 MICROCENTS_PER_USD = 10**8
 
@@ -44,13 +44,14 @@ class Amount:
                 object.__setattr__(self, "unit", Unit(self.unit))
             except ValueError:
                 names = ", ".join(u.value for u in Unit)
-                raise InvalidRequest(f"Amount.unit: {self.unit!r} is not one of {names}") from None
+                raise InvalidRequest(f"Amount.unit: {shown(self.unit)} is not one of "
+                                     f"{names}") from None
         amount = self.amount
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise InvalidRequest(f"Amount.amount: expected a whole number of {self.unit.value}, "
-                                 f"got {amount!r} (use usd() for dollars)")
+                                 f"got {shown(amount)} (use usd() for dollars)")
         if not 0 <= amount <= MAX_AMOUNT:
-            raise InvalidRequest(f"Amount.amount: {amount} is outside 0..{MAX_AMOUNT}")
+            raise InvalidRequest(f"Amount.amount: {shown(amount)} is outside 0..{MAX_AMOUNT}")
 
     @classmethod
     def trusted(cls, unit: Unit, amount: int) -> Amount:
@@ -75,27 +76,38 @@ def trusted_amounts(units: Units) -> tuple[Amount, ...]:
 def to_decimal(value: object, field: str) -> Decimal:
     """Read a number exactly; a float is read by its shortest repr, so 0.05 means 0.05."""
     if isinstance(value, bool):
-        raise InvalidRequest(f"{field}: expected a number, got {value!r}")
+        raise InvalidRequest(f"{field}: expected a number, got {shown(value)}")
     try:
         if isinstance(value, float):
             number = Decimal(repr(value))
         elif isinstance(value, (int, str, Decimal)):
             number = Decimal(value)
         else:
-            raise InvalidRequest(f"{field}: expected a number, got {value!r}")
+            raise InvalidRequest(f"{field}: expected a number, got {shown(value)}")
     except InvalidOperation:
-        raise InvalidRequest(f"{field}: {value!r} is not a number") from None
+        raise InvalidRequest(f"{field}: {shown(value)} is not a number") from None
     if not number.is_finite() or number < 0:
-        raise InvalidRequest(f"{field}: {value!r} must be a finite number >= 0")
+        raise InvalidRequest(f"{field}: {shown(value)} must be a finite number >= 0")
     return number
 
 
+MAX_USD = Decimal(MAX_AMOUNT) / MICROCENTS_PER_USD
+MICROCENT = Decimal("1e-8")
+
+
 def usd_to_microcents(value: object, field: str = "usd") -> int:
-    """Dollars to USD_MICROCENTS, rounding up so that an estimate never shrinks."""
-    microcents = (to_decimal(value, field) * MICROCENTS_PER_USD).to_integral_value(ROUND_CEILING)
-    if microcents > MAX_AMOUNT:
-        raise InvalidRequest(f"{field}: {value!r} dollars is more than the ledger can hold")
-    return int(microcents)
+    """Dollars to USD_MICROCENTS, rounding up so that an estimate never shrinks. The size
+    is checked before any arithmetic (`1e999999` would overflow the Decimal context), and
+    the rounding is done on the exact value (a product would round to 28 digits first)."""
+    dollars = to_decimal(value, field)
+    if dollars > MAX_USD:
+        raise InvalidRequest(f"{field}: {shown(value)} dollars is more than the ledger can "
+                             f"hold (at most {MAX_USD})")
+    microcents = int(dollars.quantize(MICROCENT, ROUND_CEILING).scaleb(8))
+    if microcents > MAX_AMOUNT:  # rounded up past the largest amount
+        raise InvalidRequest(f"{field}: {shown(value)} dollars is more than the ledger can "
+                             f"hold (at most {MAX_USD})")
+    return microcents
 
 
 def usd(dollars: int | float | str | Decimal) -> Amount:
@@ -139,14 +151,14 @@ def amounts_by_unit(value: AmountsLike, field: str) -> dict[Unit, int]:
         items = value
     else:
         raise InvalidRequest(f"{field}: expected an Amount or a list of Amounts "
-                             f"(al.usd(0.05), al.tokens(1000), ...), got {value!r}")
+                             f"(al.usd(0.05), al.tokens(1000), ...), got {shown(value)}")
     if not items:
         raise InvalidRequest(f"{field}: give at least one Amount")
     result: dict[Unit, int] = {}
     for item in items:
         if not isinstance(item, Amount):
             raise InvalidRequest(f"{field}: expected Amount values (usd(), tokens(), ...), "
-                                 f"got {item!r}")
+                                 f"got {shown(item)}")
         if item.unit in result:
             raise InvalidRequest(f"{field}: {item.unit.value} is given twice")
         result[item.unit] = item.amount

@@ -24,7 +24,17 @@ from .policy import ELASTIC_LIMIT, Degrade, QuotaKind
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import operations as ops
 from .stores.operations import in_unit_order
-from .validation import MAX_AMOUNT, check_idempotency_key, check_int
+from .validation import (
+    MAX_AMOUNT,
+    MAX_RULES,
+    MAX_TOKENS,
+    check_idempotency_key,
+    check_int,
+    check_list,
+    check_mapping,
+    check_text,
+    shown,
+)
 
 NO_KEY: dict[str, Any] = {"idempotency_key": None, "fingerprint": ""}
 TTL_RANGE = (1_000, 86_400_000)
@@ -82,27 +92,41 @@ def quota_kind(kind: str) -> tuple[int | None, int | None, int | None]:
 
 
 def degrade(value: Any) -> tuple[Degrade, ...]:
-    if not value:
+    """At most MAX_RULES rules, each an `al.Degrade` or a mapping of its fields."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
         return ()
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, (Degrade, dict)) for v in value):
-        raise InvalidRequest("degrade: expected a list of al.Degrade(below=..., max_tokens=..."
-                             ", model=...) or of dicts with those keys")
-    rules = tuple(v if isinstance(v, Degrade) else Degrade(**v) for v in value)
+    rules = check_list(value, "degrade", MAX_RULES, degrade_rule,
+                       "[al.Degrade(below=0.2, max_tokens=1024)]")
     return tuple(sorted(rules, key=lambda rule: -rule.below))
 
 
+def degrade_rule(value: Any, field: str) -> Degrade:
+    if isinstance(value, Degrade):
+        return value
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field}: expected al.Degrade(below=..., max_tokens=..., "
+                             f"model=..., cooldown_ms=...) or a dict of those, got "
+                             f"{shown(value)}")
+    return Degrade(**check_mapping(value, field))
+
+
 def alerts(value: Any) -> tuple[float, ...]:
+    """At most MAX_RULES fractions of the allocation used, each in (0, 1]."""
     if value is None:
         return (0.5, 0.8, 1.0)
-    if not isinstance(value, (list, tuple)):
-        raise InvalidRequest("alerts: expected a list of fractions, e.g. [0.5, 0.8, 1.0]")
-    fractions = tuple(value)
-    if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
-               for f in fractions):
-        raise InvalidRequest("alerts: expected fractions of the allocation in (0, 1], "
-                             "e.g. [0.5, 0.8, 1.0]")
-    return tuple(sorted(float(f) for f in fractions))
+    return tuple(sorted(check_list(value, "alerts", MAX_RULES, alert, "[0.5, 0.8, 1.0]")))
+
+
+def alert(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InvalidRequest(f"{field}: expected a fraction of the allocation in (0, 1], "
+                             f"e.g. [0.5, 0.8, 1.0], got {shown(value)}")
+    return float(value)
+
+
+def reason(value: Any) -> str:
+    """A release reason, kept in the audit log: 1-256 characters of UTF-8 text."""
+    return check_text(value, "reason")
 
 
 def exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:
@@ -112,6 +136,8 @@ def exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:
         if rate * elastic.max_tokens > ELASTIC_LIMIT:
             raise InvalidRequest("estimate: per_mtok × max_tokens is more than can be "
                                  "reserved exactly; lower max_tokens")
+    check_int(elastic.max_tokens, "estimate max_tokens", 1, MAX_TOKENS)
+    check_int(elastic.floor, "estimate floor", 0, elastic.max_tokens)
     return elastic
 
 
@@ -134,11 +160,14 @@ def policy(value: OveragePolicy | str | None) -> OveragePolicy | None:
 
 
 def enum(kind: Any, value: Any, field: str) -> Any:
+    """A member by value, in either case (ASCII only: `ſ` would upper to `S`)."""
     try:
+        if isinstance(value, str) and not value.isascii():
+            raise ValueError(value)
         return kind(value.upper() if isinstance(value, str) else value)
     except ValueError:
         names = ", ".join(member.value for member in kind)
-        raise InvalidRequest(f"{field}: {value!r} is not one of {names}") from None
+        raise InvalidRequest(f"{field}: {shown(value)} is not one of {names}") from None
 
 
 def limit_like(value: Any, unit: Unit, in_dollars: bool) -> int:

@@ -14,13 +14,13 @@ from . import arguments as arg
 from .amounts import Amount, Unit, usd_to_microcents
 from .calls import Runner, twins
 from .errors import CrossTenant, InvalidRequest
-from .models import BudgetStatus, FundOperation, OveragePolicy
+from .models import ACTION_KIND_GLOB, BudgetStatus, FundOperation, OveragePolicy
 from .periods import Period, parse_period
 from .policy import AccessRule, QuotaKind, QuotaRule, glob_list
 from .scopes import parse_scope
 from .stores import operations as ops
 from .stores.operations import AUTO, PeriodChoice
-from .validation import check_int
+from .validation import MAX_TOKENS, check_glob, check_int
 
 
 def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
@@ -106,9 +106,8 @@ def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int |
         raise InvalidRequest("window: a concurrent quota has no window")
     if kind is not QuotaKind.CONCURRENT and period is None:
         raise InvalidRequest(f"window: {name}= needs a window (minute, hour, day, month)")
-    if not isinstance(action_kind, str) or not 0 < len(action_kind) <= 64:
-        raise InvalidRequest("action_kind: expected a glob on action kinds, e.g. 'tool.*'")
-    rule = QuotaRule(path.base, kind, check_int(limit, name), period, action_kind)
+    kinds = check_glob(action_kind, "action_kind", ACTION_KIND_GLOB)
+    rule = QuotaRule(path.base, kind, check_int(limit, name), period, kinds)
     return ops.SetQuota(tenant=path.tenant, rule=rule, remove=remove)
 
 
@@ -123,7 +122,7 @@ def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = No
         glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
         glob_list(tools_deny, "tools_deny"),
         None if max_tokens_per_call is None else check_int(
-            max_tokens_per_call, "max_tokens_per_call", 1))
+            max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS))
     return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule)
 
 

@@ -17,13 +17,20 @@ from pydantic import field_validator
 
 from .amounts import Amount, Unit, format_amount
 from .scopes import Subject
-from .validation import Model
+from .validation import MAX_TEXT, Model, check_list, check_text, shown
 
 ACTION_KIND = re.compile(r"[a-z0-9_]{1,32}(\.[a-z0-9_]{1,32}){1,3}")
+ACTION_KIND_GLOB = re.compile(r"[a-z0-9_.*?]{1,64}")
+"""A glob on action kinds (a quota's `action_kind`): their characters and * ?."""
+MAX_TAGS = 10
+MAX_TAG = 64
 
 
 class Action(Model):
-    """What is being paid for: `Action("llm.completion", "openai:gpt-4o")`."""
+    """What is being paid for: `Action("llm.completion", "openai:gpt-4o")`.
+
+    `kind` is <category>.<operation> (a-z, 0-9, _; at most 64 characters), `name` 1-256
+    printable characters, `tags` at most 10 of 1-64 characters."""
 
     kind: str
     name: str
@@ -37,27 +44,29 @@ class Action(Model):
             data["name"] = name
         super().__init__(**data)
 
-    @field_validator("kind")
+    @field_validator("kind", mode="before")
     @classmethod
-    def _kind(cls, value: str) -> str:
+    def _kind(cls, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {shown(value)}")
         if len(value) > 64 or not ACTION_KIND.fullmatch(value):
             raise ValueError("write it as <category>.<operation>, e.g. llm.completion "
                              "(a-z, 0-9, _; at most 64 characters)")
         return value
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not 1 <= len(value) <= 256 or not value.isprintable():
-            raise ValueError("must be 1-256 printable characters, e.g. openai:gpt-4o")
-        return value
+    def _name(cls, value: object) -> str:
+        return check_text(value, "name", MAX_TEXT, printable=True)
 
-    @field_validator("tags")
+    @field_validator("tags", mode="before")
     @classmethod
-    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if len(value) > 10 or any(not 1 <= len(tag) <= 64 for tag in value):
-            raise ValueError("at most 10 tags of 1-64 characters")
-        return value
+    def _tags(cls, value: object) -> tuple[str, ...]:
+        return check_list(value, "tags", MAX_TAGS, _tag, "('beta', 'batch')")
+
+
+def _tag(value: object, field: str) -> str:
+    return check_text(value, field, MAX_TAG)
 
 
 class Outcome(str, Enum):

@@ -18,13 +18,19 @@ A `scope` inside a plan is relative: "" (the default) is the tenant itself,
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import field_validator, model_validator
+
+from .budgets import set_access_op, set_budget_op, set_quota_op
 from .errors import InvalidRequest
 from .policy import Degrade
-from .validation import Model
+from .stores.operations import SetAccess, SetBudget, SetQuota
+from .validation import MAX_LIST, MAX_NAME, Model, check_mapping, check_text, shown
 
 
 class BudgetSpec(Model):
@@ -61,18 +67,34 @@ class AccessSpec(Model):
 
 
 class Plan(Model):
+    """A tier: at most 64 budgets, quotas and access rules in all, checked when the plan is
+    built exactly as `assign_plan` installs them, so a plan that loads can be assigned."""
+
     name: str
     mode: Literal["enforce", "shadow"] | None = None
     budgets: tuple[BudgetSpec, ...] = ()
     quotas: tuple[QuotaSpec, ...] = ()
     access: tuple[AccessSpec, ...] = ()
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: object) -> str:
+        return check_text(value, "name", MAX_NAME, printable=True)
+
+    @model_validator(mode="after")
+    def _installable(self) -> Plan:
+        count = len(self.budgets) + len(self.quotas) + len(self.access)
+        if count > MAX_LIST:
+            raise ValueError(f"at most {MAX_LIST} budgets, quotas and access rules in all, "
+                             f"got {count}")
+        definitions(self, "tenant")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str | None = None) -> Plan:
         """One plan from its mapping (`name` may come from the mapping itself)."""
-        if not isinstance(data, dict):
-            raise InvalidRequest(f"plan: expected a mapping, got {type(data).__name__}")
-        return cls(**{"name": name, **data} if name is not None else data)
+        body = check_mapping(data, "plan" if name is None else f"plan {shown(name)}")
+        return cls(**{"name": name, **body} if name is not None else body)
 
     @classmethod
     def load_all(cls, path: str | Path) -> dict[str, Plan]:
@@ -81,6 +103,7 @@ class Plan(Model):
         plans = document.get("plans") if isinstance(document, dict) else None
         if not isinstance(plans, dict):
             raise InvalidRequest(f"{path}: expected a top-level 'plans:' mapping of name to plan")
+        check_mapping(plans, f"{path}: plans")
         return {name: cls.from_dict(body or {}, name) for name, body in plans.items()}
 
     @classmethod
@@ -90,6 +113,42 @@ class Plan(Model):
         if name not in plans:
             raise InvalidRequest(f"{path}: no plan {name!r}; it has {sorted(plans)}")
         return plans[name]
+
+
+Definition = SetBudget | SetQuota | SetAccess
+
+
+def definitions(plan: Plan, tenant: str) -> tuple[Definition, ...]:
+    """The plan's definitions for `tenant`, each built by the call that sets it alone (an
+    error names the entry: `budgets[1]: ...`)."""
+    made: list[Definition] = []
+    for i, b in enumerate(plan.budgets):
+        with _entry(f"budgets[{i}]"):
+            made.append(set_budget_op(
+                relative_scope(tenant, b.scope), usd=b.usd, tokens=b.tokens,
+                credits=b.credits, amount=b.amount, unit=b.unit, period=b.period, per=b.per,
+                overdraft_limit=b.overdraft_limit, overage_policy=b.overage_policy,
+                degrade=b.degrade, alerts=b.alerts))
+    for i, q in enumerate(plan.quotas):
+        with _entry(f"quotas[{i}]"):
+            made.append(set_quota_op(
+                relative_scope(tenant, q.scope), calls=q.calls, runs=q.runs,
+                concurrent=q.concurrent, window=q.window, action_kind=q.action_kind))
+    for i, a in enumerate(plan.access):
+        with _entry(f"access[{i}]"):
+            made.append(set_access_op(
+                relative_scope(tenant, a.scope), models_allow=a.models_allow,
+                models_deny=a.models_deny, tools_allow=a.tools_allow,
+                tools_deny=a.tools_deny, max_tokens_per_call=a.max_tokens_per_call))
+    return tuple(made)
+
+
+@contextmanager
+def _entry(where: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{where}: {error}") from None
 
 
 def relative_scope(tenant: str, scope: str) -> str:

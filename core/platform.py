@@ -5,10 +5,9 @@ not switch itself to shadow mode or onto another tier)."""
 from __future__ import annotations
 
 from . import arguments as arg
-from .budgets import set_access_op, set_budget_op, set_quota_op
 from .calls import Runner, twins
 from .errors import InvalidRequest
-from .plans import Plan, relative_scope
+from .plans import Plan, definitions
 from .stores import operations as ops
 from .validation import check_int, check_name
 
@@ -27,24 +26,8 @@ def assign_plan_op(tenant: str, plan: Plan) -> ops.ApplyPlan:
     if not isinstance(plan, Plan):
         raise InvalidRequest(f"plan: expected an al.Plan, got {plan!r}")
     tenant = check_name(tenant, "tenant")
-    definitions: list[ops.SetBudget | ops.SetQuota | ops.SetAccess] = []
-    for b in plan.budgets:
-        definitions.append(set_budget_op(
-            relative_scope(tenant, b.scope), usd=b.usd, tokens=b.tokens, credits=b.credits,
-            amount=b.amount, unit=b.unit, period=b.period, per=b.per,
-            overdraft_limit=b.overdraft_limit, overage_policy=b.overage_policy,
-            degrade=b.degrade, alerts=b.alerts))
-    for q in plan.quotas:
-        definitions.append(set_quota_op(
-            relative_scope(tenant, q.scope), calls=q.calls, runs=q.runs,
-            concurrent=q.concurrent, window=q.window, action_kind=q.action_kind))
-    for a in plan.access:
-        definitions.append(set_access_op(
-            relative_scope(tenant, a.scope), models_allow=a.models_allow,
-            models_deny=a.models_deny, tools_allow=a.tools_allow, tools_deny=a.tools_deny,
-            max_tokens_per_call=a.max_tokens_per_call))
-    return ops.ApplyPlan(tenant=tenant, name=plan.name, definitions=tuple(definitions),
-                         mode=plan.mode)
+    return ops.ApplyPlan(tenant=tenant, name=plan.name,
+                         definitions=definitions(plan, tenant), mode=plan.mode)
 
 
 def sweep_op(limit: int = 1_000) -> ops.Sweep:

@@ -14,10 +14,20 @@ from typing import Any
 from pydantic import field_validator, model_validator
 
 from .amounts import Amount, Unit
-from .errors import InvalidRequest
 from .models import Caps
 from .periods import Period
-from .validation import MAX_AMOUNT, Model, check_int
+from .validation import (
+    MAX_AMOUNT,
+    MAX_COOLDOWN_MS,
+    MAX_GLOBS,
+    MAX_NAME,
+    MAX_TOKENS,
+    Model,
+    check_glob,
+    check_int,
+    check_list,
+    check_text,
+)
 
 PER_MILLION = 1_000_000
 ELASTIC_LIMIT = 2**52
@@ -61,7 +71,10 @@ class AccessRule:
 
 
 class Degrade(Model):
-    """Below `below` of the allocation remaining, run with these caps instead of denying."""
+    """Below `below` of the allocation remaining, run with these caps instead of denying.
+
+    `max_tokens` is 1..MAX_TOKENS, `cooldown_ms` 0..a day, `model` 1-128 printable
+    characters: a cap is a limit, so a negative or zero one would be no limit at all."""
 
     below: float
     max_tokens: int | None = None
@@ -74,6 +87,21 @@ class Degrade(Model):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError("must be a fraction of the allocation in (0, 1], e.g. 0.2")
         return float(value)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _max_tokens(cls, value: object) -> int | None:
+        return None if value is None else check_int(value, "max_tokens", 1, MAX_TOKENS)
+
+    @field_validator("cooldown_ms", mode="before")
+    @classmethod
+    def _cooldown(cls, value: object) -> int | None:
+        return None if value is None else check_int(value, "cooldown_ms", 0, MAX_COOLDOWN_MS)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: object) -> str | None:
+        return None if value is None else check_text(value, "model", MAX_NAME, printable=True)
 
     @model_validator(mode="after")
     def _something(self) -> Degrade:
@@ -102,14 +130,27 @@ class Elastic(Model):
     @field_validator("fixed", "per_mtok", mode="before")
     @classmethod
     def _amounts(cls, value: object) -> tuple[Amount, ...]:
-        items = (value,) if isinstance(value, Amount) else tuple(value)  # type: ignore[arg-type]
-        if len({a.unit for a in items}) != len(items):
+        if isinstance(value, Amount):
+            return (value,)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(a, Amount) for a in value):
+            raise ValueError("expected an Amount or a list of Amounts, e.g. [al.usd(10), "
+                             "al.tokens(1_000_000)]")
+        if len({a.unit for a in value}) != len(value):
             raise ValueError("give each unit once")
-        return items
+        return tuple(value)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _max_tokens(cls, value: object) -> int:
+        return check_int(value, "max_tokens", 1, MAX_TOKENS)
+
+    @field_validator("floor", mode="before")
+    @classmethod
+    def _floor(cls, value: object) -> int:
+        return check_int(value, "floor", 0, MAX_TOKENS)
 
     @model_validator(mode="after")
     def _bounds(self) -> Elastic:
-        check_int(self.max_tokens, "max_tokens", 1, MAX_AMOUNT)
         check_int(self.floor, "floor", 0, self.max_tokens)
         for rate in self.per_mtok:
             if rate.amount * self.max_tokens > ELASTIC_LIMIT:
@@ -210,10 +251,7 @@ class CapsBuilder:
 
 
 def glob_list(value: Any, field_name: str) -> tuple[str, ...]:
+    """An allow or deny list: at most MAX_GLOBS globs (see `check_glob`)."""
     if value is None:
         return ()
-    if isinstance(value, str) or not all(isinstance(v, str) and 0 < len(v) <= 256
-                                         for v in value):
-        raise InvalidRequest(f"{field_name}: expected a list of glob patterns like "
-                             "['gpt-4o*', 'claude-*']")
-    return tuple(value)
+    return check_list(value, field_name, MAX_GLOBS, check_glob, "['gpt-4o*', 'claude-*']")

@@ -15,7 +15,7 @@ from .errors import InvalidRequest
 from .periods import Period, parse_period
 from .scopes import parse_scope
 from .stores import operations as ops
-from .validation import check_int, check_name
+from .validation import MAX_LIST, check_int, check_list, check_name, check_text
 
 
 def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
@@ -38,7 +38,10 @@ def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = N
         since = int(since.timestamp() * 1000)
     elif since is not None:
         since = check_int(since, "since")
-    kinds = None if types is None else frozenset([types] if isinstance(types, str) else types)
+    if isinstance(types, (str, set, frozenset)):
+        types = [types] if isinstance(types, str) else list(types)
+    kinds = None if types is None else frozenset(
+        check_list(types, "types", MAX_LIST, check_text, '["reservation.denied"]'))
     return ops.Audit(tenant=check_name(tenant, "tenant"), since_ms=since, types=kinds,
                      limit=check_int(limit, "limit", 1, 100_000))
 

@@ -8,12 +8,15 @@ from typing import NamedTuple
 from pydantic import Field, field_validator
 
 from .errors import InvalidRequest
-from .validation import Model, check_key, check_name
+from .validation import NAME_RULE, Model, check_key, check_name, shown
 
 LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
 """The canonical order; derived scopes are its cumulative prefixes, missing levels skipped."""
 
 MAX_DIMENSIONS = 16
+MAX_SCOPE = 2_048
+"""Scope text beyond this is refused unread (six levels and a dimension at their longest
+come to about 1,100 characters)."""
 
 
 class Subject(Model):
@@ -104,9 +107,12 @@ def parse_scope(text: object) -> ScopePath:
     rule = ("write a scope as tenant:<name>[/workspace:<name>...] with levels in the order "
             + " > ".join(LEVELS) + ", optionally ending in one <dimension>:<value>")
     if not isinstance(text, str):
-        raise InvalidRequest(f"scope: expected a string, got {text!r}; {rule}")
+        raise InvalidRequest(f"scope: expected a string, got {shown(text)}; {rule}")
     if not text:
         raise InvalidRequest(f"scope: empty; {rule}")
+    if not text.isascii() or len(text) > MAX_SCOPE:  # ASCII before lowering: no rewrites
+        raise InvalidRequest(f"scope {shown(text)}: not allowed; {rule}, each name "
+                             f"{NAME_RULE.removeprefix('use ')}")
     segments: list[tuple[str, str]] = []
     dimension: tuple[str, str] | None = None
     last_level = -1

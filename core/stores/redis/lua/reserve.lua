@@ -41,17 +41,32 @@ local function add_caps(c, severity)
     caps.model, caps.severity = c.model, severity
   end
 end
-local function glob(pattern)
-  local out = string.gsub(pattern, '[%^%$%(%)%%%.%[%]%+%-]', '%%%0')
-  out = string.gsub(out, '%*', '.*')
-  out = string.gsub(out, '%?', '.')
-  return '^' .. out .. '$'
+-- Globs match as fnmatchcase does on the memory store: `*` any run of characters, `?` one
+-- character (one UTF-8 sequence), everything else literally ([ ] are refused before any
+-- store sees a glob). The pieces between stars are placed leftmost in turn, so a match costs
+-- at most a scan per piece: one Lua pattern with many `.*` would backtrack exponentially.
+local function glob_piece(text)
+  local out = string.gsub(text, '[%^%$%(%)%%%.%[%]%+%-]', '%%%0')
+  return (string.gsub(out, '%?', '[\1-\127\192-\255][\128-\191]*'))
+end
+local function glob_matches(value, pattern)
+  local pieces = split(pattern, '*')
+  local first, last = glob_piece(pieces[1]), glob_piece(pieces[#pieces])
+  if #pieces == 1 then return string.find(value, '^' .. first .. '$') ~= nil end
+  local _, stop = string.find(value, '^' .. first)
+  if not stop then return false end
+  for i = 2, #pieces - 1 do
+    if pieces[i] ~= '' then
+      _, stop = string.find(value, glob_piece(pieces[i]), stop + 1)
+      if not stop then return false end
+    end
+  end
+  return last == '' or string.find(value, last .. '$', stop + 1) ~= nil
 end
 local function matches(value, patterns)
   local bare = string.match(value, '([^:]*)$')
   for _, p in ipairs(patterns) do
-    local g = glob(p)
-    if string.find(value, g) or string.find(bare, g) then return true end
+    if glob_matches(value, p) or glob_matches(bare, p) then return true end
   end
   return false
 end
@@ -88,7 +103,7 @@ local quota_lists = redis.call('EXISTS', K_QUOTAS) == 1 and
 for i, scope in ipairs(P.scopes) do
   if quota_lists[i] then
     for _, q in ipairs(cjson.decode(quota_lists[i])) do
-      if q.action_kind == '*' or string.find(kind, glob(q.action_kind)) then
+      if q.action_kind == '*' or glob_matches(kind, q.action_kind) then
         local qkey = scope .. '|' .. q.kind .. '|' .. q.window .. '|' .. q.action_kind
         local refused = nil
         if q.kind == 'concurrent' then
