@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import arguments as arg
 from .amounts import Amount, AmountsLike, Units, trusted_amounts
 from .calls import Flow, Runner, flow_twins
-from .errors import AllotmentError, InvalidRequest
+from .errors import AllotmentError
 from .ids import id_tenant
 from .models import (
     Balance,
@@ -46,8 +46,7 @@ def commit_op(reservation_id: str, actual: AmountsLike, *,
 def release_op(reservation_id: str, reason: str = "released", *,
                idempotency_key: str | None = None) -> ops.Release:
     """Return the whole estimate to the budgets: the call did not happen."""
-    if not isinstance(reason, str) or len(reason) > 256:
-        raise InvalidRequest("reason: expected a string of at most 256 characters")
+    reason = arg.reason(reason)
     return ops.Release(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
                        reason=reason, **arg.keyed(idempotency_key, "release", reason))
 

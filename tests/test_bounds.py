@@ -285,7 +285,6 @@ def test_text_is_checked_before_any_store(acme: al.Guard, call: Callable[[al.Gua
     refused(acme, call, *fragments)
 
 
-@pytest.mark.xfail(strict=True, reason="release_op must call arguments.reason(reason)")
 def test_a_release_reason_is_utf8_text(acme: al.Guard) -> None:
     r = acme.reserve(SUBJECT, LLM, al.usd(1))
     refused(acme, lambda g: r.release(SURROGATE), "reason", "UTF-8")
