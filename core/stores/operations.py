@@ -254,12 +254,12 @@ def skipped(tenant: str, error: BaseException) -> str:
     return reason
 
 
-def checked_hold(estimate: dict[Unit, int]) -> None:
-    """Refuse a hold no ledger may take (the guard's checks make one impossible; a store
-    checks again before it writes, so that a negative hold is never stored)."""
-    for unit, amount in estimate.items():
+def checked_amounts(amounts: dict[Unit, int], what: str) -> None:
+    """Refuse an amount no ledger may hold or be charged (the guard's checks make one
+    impossible; a store checks again before it writes, so a negative one is never stored)."""
+    for unit, amount in amounts.items():
         if not 0 <= amount <= MAX_AMOUNT:
-            raise InvalidRequest(f"estimate: {unit.value} {amount} is not between 0 and "
+            raise InvalidRequest(f"{what}: {unit.value} {amount} is not between 0 and "
                                  f"{MAX_AMOUNT}")
 
 

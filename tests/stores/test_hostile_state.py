@@ -200,3 +200,20 @@ def test_a_negative_hold_is_refused_before_anything_is_written(store: Any,
     with pytest.raises(al.InvalidRequest, match="estimate"):
         store.execute(guard_reserve_op(estimate=((al.Unit.TOKENS, -5),), dry_run=dry_run))
     assert everything(guard) == before
+
+
+def test_a_negative_charge_is_refused_before_anything_is_written(store: Any) -> None:
+    guard = al.Guard(store)
+    guard.set_budget("tenant:acme", tokens=100)
+    r = guard.reserve(ACME, LLM, al.tokens(10))
+    before = everything(guard)
+    negative = ((al.Unit.TOKENS, -5),)
+    with pytest.raises(al.InvalidRequest, match="actual"):
+        store.execute(ops.Commit(tenant="acme", idempotency_key=None, fingerprint="",
+                                 reservation_id=r.id, actual=negative))
+    with pytest.raises(al.InvalidRequest, match="actual"):
+        store.execute(ops.Record(tenant="acme", idempotency_key=None, fingerprint="",
+                                 scopes=("tenant:acme",), dimensions=(), subject=ACME,
+                                 action=LLM, actual=negative, overage_policy=None))
+    assert everything(guard) == before
+    assert r.commit(al.tokens(5)).charged == (al.tokens(5),)

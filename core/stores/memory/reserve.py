@@ -13,7 +13,7 @@ from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
 from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
 from ...periods import bucket, bucket_end_ms
-from ..operations import Reserve, ReserveOutcome, checked_hold
+from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
     RESERVED,
@@ -67,7 +67,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     if op.dry_run and t.expiry and t.expiry[0][0] < now:
         back = overdue(t, now, t.cx.reap_batch)  # what reserve would have reaped first
     ev = _evaluate(t, op, now, shadow, back)
-    checked_hold(ev.estimate)
+    checked_amounts(ev.estimate, "estimate")
     if op.dry_run:
         return ReserveOutcome(ev.denial or _allowed(ev.caps), None, snapshot(ev.states))
     if ev.denial is not None and not shadow:

@@ -897,6 +897,18 @@ local function unit_pairs(packed)
   end
   return out
 end
+local function amount_refusal(by_unit, what)
+  -- an error reply for an amount no ledger may hold or be charged (nil when all fit), as
+  -- operations.checked_amounts: checked before the first write
+  for _, unit in ipairs(ordered_units(by_unit)) do
+    local amount = by_unit[unit]
+    if amount < 0 or amount > MAX_AMOUNT then
+      return fail('INVALID_REQUEST', what .. ': ' .. unit .. ' ' .. s(amount) ..
+        ' is not between 0 and ' .. s(MAX_AMOUNT))
+    end
+  end
+  return nil
+end
 local function flat_reserve(args)
   -- 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint, 8 subject JSON, 9 its scope path,
   -- 10 action kind, 11 action name, 12 action JSON, 13 estimate, 14 ttl, 15 grace,

@@ -171,12 +171,8 @@ if denial == nil or shadow then
   if nz(P.elastic) and tokens < P.elastic.max_tokens then caps.max_tokens = tokens end
   for unit in pairs(fixed) do estimate[unit] = need(unit) end
 end
-for unit, amount in pairs(estimate) do  -- never hold a negative amount (nor an unbounded one)
-  if amount < 0 or amount > MAX_AMOUNT then
-    return fail('INVALID_REQUEST', 'estimate: ' .. unit .. ' ' .. s(amount) ..
-      ' is not between 0 and ' .. s(MAX_AMOUNT))
-  end
-end
+local bad = amount_refusal(estimate, 'estimate')  -- never hold a negative amount
+if bad then return bad end
 
 local function built_caps()
   local out = {max_tokens = caps.max_tokens, cooldown_ms = caps.cooldown_ms, model = caps.model}
