@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
-from ..events import AuditRecord, Notification, ReportRow
+from ..errors import InvalidRequest
+from ..events import AuditRecord, Notification, ReportRow, log
 from ..models import (
     Action,
     Balance,
@@ -32,6 +33,7 @@ from ..models import (
 from ..periods import Period
 from ..policy import AccessRule, Degrade, QuotaRule
 from ..scopes import Subject
+from ..validation import MAX_AMOUNT
 
 R = TypeVar("R")
 
@@ -237,6 +239,28 @@ class Sweep(Op[int]):
     """Expire due reservations and drop what is past retention, across tenants."""
 
     limit: int
+
+
+TENANT_FAILED = "sweep.tenant_failed"
+"""The notification a sweep sends for a tenant it skipped: one tenant's state that cannot be
+read (corrupt, or written by an incompatible version) must not stall the others' expiry.
+Its `reason` is the error."""
+
+
+def skipped(tenant: str, error: BaseException) -> str:
+    """Log that a sweep skipped `tenant`; the reason its notification carries."""
+    reason = f"{type(error).__name__}: {error}"
+    log.warning("sweep skipped tenant %r: %s", tenant, reason)
+    return reason
+
+
+def checked_amounts(amounts: dict[Unit, int], what: str) -> None:
+    """Refuse an amount no ledger may hold or be charged (the guard's checks make one
+    impossible; a store checks again before it writes, so a negative one is never stored)."""
+    for unit, amount in amounts.items():
+        if not 0 <= amount <= MAX_AMOUNT:
+            raise InvalidRequest(f"{what}: {unit.value} {amount} is not between 0 and "
+                                 f"{MAX_AMOUNT}")
 
 
 class Store(Protocol):

@@ -7,7 +7,7 @@ from ...errors import BudgetExceeded, Denied
 from ...events import AuditType
 from ...ids import new_id
 from ...models import BudgetStatus, Decision, Outcome, Reason, RecordResult
-from ..operations import Record, in_unit_order
+from ..operations import Record, checked_amounts, in_unit_order
 from .state import (
     COMMITTED,
     Tenant,
@@ -31,6 +31,7 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     if replayed is not None:
         return replayed  # type: ignore[no-any-return]
     actual = dict(op.actual)
+    checked_amounts(actual, "actual")
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
     found = targets(t, op.scopes, op.dimensions, actual, now)
     if found is None:

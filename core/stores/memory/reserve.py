@@ -4,7 +4,7 @@ the first refusal wins. In shadow mode evaluation goes on and the reservation is
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ... import ledger, policy
@@ -13,7 +13,7 @@ from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
 from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
 from ...periods import bucket, bucket_end_ms
-from ..operations import Reserve, ReserveOutcome
+from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
     RESERVED,
@@ -34,6 +34,7 @@ from .state import (
     tally,
     targets,
 )
+from .sweep import Overdue, overdue
 
 _ALLOW = Decision(Outcome.ALLOW)
 
@@ -62,7 +63,11 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         if op.default_plan is not None and t.plan is None and not t.definitions:
             apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
-    ev = _evaluate(t, op, now, shadow)
+    back = None
+    if op.dry_run and t.expiry and t.expiry[0][0] < now:
+        back = overdue(t, now, t.cx.reap_batch)  # what reserve would have reaped first
+    ev = _evaluate(t, op, now, shadow, back)
+    checked_amounts(ev.estimate, "estimate")
     if op.dry_run:
         return ReserveOutcome(ev.denial or _allowed(ev.caps), None, snapshot(ev.states))
     if ev.denial is not None and not shadow:
@@ -105,14 +110,16 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     return outcome
 
 
-def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool) -> _Evaluation:
+def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
+              back: Overdue | None) -> _Evaluation:
     """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
-    evaluation goes on, since the reservation is made anyway)."""
+    evaluation goes on, since the reservation is made anyway). `back`: what a dry run
+    counts as given back by the reservations it did not reap."""
     denial: Decision | None = None
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, None, caps, [], [], [])
+        return _fit(t, op, now, None, caps, [], [], [], back)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -130,21 +137,24 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool) -> _Evaluation:
         for rule_key, quota in t.quotas.get(scope, {}).items():
             if not quota.applies_to(kind):
                 continue
-            refusal = _quota_refusal(t, quota, rule_key, run, now, calls, runs, concurrency)
+            refusal = _quota_refusal(t, quota, rule_key, run, now, calls, runs, concurrency,
+                                     back)
             if refusal is not None and denial is None:
                 denial = refusal
     if denial is not None and not shadow:
         return _Evaluation(denial, (), [], {}, None, [], [], [])
-    return _fit(t, op, now, denial, caps, calls, runs, concurrency)
+    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back)
 
 
 def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
                    now: int, calls: list[tuple[QuotaKey, str]],
                    runs: list[tuple[QuotaKey, str, str]],
-                   concurrency: list[QuotaKey]) -> Decision | None:
+                   concurrency: list[QuotaKey], back: Overdue | None) -> Decision | None:
     """Why one quota refuses this call, noting what the call would count under it."""
     if quota.kind is policy.QuotaKind.CONCURRENT:
         used = t.active.get(key, 0)
+        if back is not None:
+            used = max(0, used - back.slots.get(key, 0))
         concurrency.append(key)
         if used < quota.limit:
             return None
@@ -172,7 +182,8 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
 
 def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
-         runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey]) -> _Evaluation:
+         runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
+         back: Overdue | None) -> _Evaluation:
     """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
     to its floor, before a budget refuses."""
     fixed = dict(op.estimate)
@@ -190,6 +201,8 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         state = ledgers.get(key)
         if state is None or state.limit_seen != d.limit:
             state = ledger_at(t, key, d, now)
+        if back is not None and key in back.held:  # a copy: a dry run writes nothing
+            state = replace(state, reserved=state.reserved - back.held[key])
         states.append((key, d, state))
     for _, d, state in states:
         for rule in d.degrade:

@@ -14,7 +14,7 @@ from ...errors import (
 )
 from ...events import AuditType
 from ...models import CommitResult, ExtendResult, ReleaseResult, ReservationStatus
-from ..operations import Commit, Extend, Release
+from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
     Reservation,
@@ -45,6 +45,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     if res.status is not ReservationStatus.ACTIVE or now > res.expires_at_ms + res.grace_ms:
         _require_active(t, res, now, grace=True)
     given = dict(op.actual)
+    checked_amounts(given, "actual")
     if not given.keys() <= res.estimate.keys():
         unknown = sorted(u.value for u in given.keys() - res.estimate.keys())
         raise UnitMismatch(f"commit: {unknown} not in the reservation's estimate "

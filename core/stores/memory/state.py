@@ -56,6 +56,7 @@ class Context:
     finished_retention_ms: int
     dimension_idle_ttl_ms: int
     audit_retention: int
+    reap_batch: int  # overdue reservations an operation expires first
     notes: list[Notification] = field(default_factory=list)
 
 

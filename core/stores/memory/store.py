@@ -65,9 +65,8 @@ class MemoryStore:
                  dimension_idle_ttl_ms: int = 30 * DAY_MS, audit_retention: int = 10_000
                  ) -> None:
         self.clock = clock
-        self.reap_batch = reap_batch
         self._cx = Context(idempotency_ttl_ms, finished_retention_ms, dimension_idle_ttl_ms,
-                           audit_retention)
+                           audit_retention, reap_batch)
         self._lock = threading.Lock()
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []
@@ -81,7 +80,8 @@ class MemoryStore:
         self._listeners.append(listener)
 
     def execute(self, op: Op[R]) -> R:
-        """Run one operation as one step; a tenant's overdue reservations expire first."""
+        """Run one operation as one step; a tenant's overdue reservations expire first
+        (a dry run answers as if they had, and changes nothing)."""
         cx = self._cx
         with self._lock:
             now = self.clock()
@@ -90,10 +90,13 @@ class MemoryStore:
                 result: R = _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)
             else:
                 tenant = self._tenants.get(op.tenant)
+                dry = type(op) is Reserve and op.dry_run  # decide: nothing is written
                 if tenant is None:
-                    tenant = self._tenants[op.tenant] = Tenant(op.tenant, cx)
-                elif tenant.expiry and tenant.expiry[0][0] < now:
-                    reap(tenant, now, self.reap_batch)
+                    tenant = Tenant(op.tenant, cx)
+                    if not dry:
+                        self._tenants[op.tenant] = tenant
+                elif tenant.expiry and tenant.expiry[0][0] < now and not dry:
+                    reap(tenant, now, cx.reap_batch)
                 result = run(tenant, op, now)
             notes = cx.notes
             if notes:

@@ -4,36 +4,83 @@ and grace, and drop what is past retention."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
+from ...events import Notification
 from ...models import ReservationStatus
 from ...periods import bucket
-from ..operations import Sweep
-from .state import Tenant, expire
+from ..operations import TENANT_FAILED, Sweep, skipped
+from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire
 
 
 def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
-    """Reap up to `op.limit` reservations across tenants and prune each; how many expired."""
+    """Reap up to `op.limit` reservations across tenants and prune each; how many expired.
+    A tenant whose state fails is reported (`sweep.tenant_failed`) and skipped."""
     expired = 0
     for t in tenants:
-        expired += reap(t, now, op.limit - expired)
-        _prune(t, now)
+        try:
+            expired += reap(t, now, op.limit - expired)
+            _prune(t, now)
+        except Exception as error:  # one tenant's bad state never stalls the others
+            t.cx.notes.append(Notification(TENANT_FAILED, t.name, now,
+                                           reason=skipped(t.name, error)))
     return expired
 
 
 def reap(t: Tenant, now: int, limit: int) -> int:
     """Expire up to `limit` reservations whose ttl and grace have passed."""
     expired = 0
-    while t.expiry and t.expiry[0][0] < now and expired < limit:
-        _, rid = heapq.heappop(t.expiry)
-        res = t.reservations.get(rid)
-        if res is None or res.status is not ReservationStatus.ACTIVE:
-            continue
-        if res.deadline_ms >= now:
-            continue  # extended since: a later entry stands in the heap
+    for res in _expiring(t, now, limit, _popped(t.expiry, now)):
         expire(t, res, now)
         expired += 1
     return expired
+
+
+@dataclass
+class Overdue:
+    """What a reap would give back, by ledger (held amounts) and by concurrency quota
+    (slots): a dry run answers as if it had happened, and writes nothing."""
+
+    held: dict[LedgerKey, int] = field(default_factory=dict)
+    slots: dict[QuotaKey, int] = field(default_factory=dict)
+
+
+def overdue(t: Tenant, now: int, limit: int) -> Overdue:
+    """What `reap(t, now, limit)` would give back, leaving everything as it is."""
+    found = Overdue()
+    due = iter(sorted(entry for entry in t.expiry if entry[0] < now))
+    for res in _expiring(t, now, limit, due):
+        for key, _ in res.ledgers:
+            found.held[key] = found.held.get(key, 0) + res.estimate[key[1]]
+        for quota in res.concurrency:
+            found.slots[quota] = found.slots.get(quota, 0) + 1
+    return found
+
+
+def _popped(expiry: list[tuple[int, str]], now: int) -> Iterator[tuple[int, str]]:
+    """The due entries of the expiry heap, in order, each taken off it."""
+    while expiry and expiry[0][0] < now:
+        yield heapq.heappop(expiry)
+
+
+def _expiring(t: Tenant, now: int, limit: int,
+              due: Iterator[tuple[int, str]]) -> Iterator[Reservation]:
+    """The first `limit` reservations due entries stand for that are still active and past
+    their deadline (an extended one leaves an earlier entry behind: it counts once)."""
+    if limit <= 0:
+        return
+    found, seen = 0, set()
+    for _, rid in due:
+        res = t.reservations.get(rid)
+        if (res is None or res.status is not ReservationStatus.ACTIVE
+                or res.deadline_ms >= now or rid in seen):
+            continue
+        seen.add(rid)
+        yield res
+        found += 1
+        if found >= limit:
+            return
 
 
 def _prune(t: Tenant, now: int) -> None:

@@ -85,7 +85,8 @@ class Flows:
         if type(op) is ops.Sweep:
             return (yield from self._sweep(op.limit))
         codec = CODECS[type(op)]
-        if codec.registers and op.tenant not in self.known:
+        if (codec.registers and op.tenant not in self.known
+                and not getattr(op, "dry_run", False)):  # decide writes nothing
             yield Command(("SADD", TENANTS_KEY, op.tenant))
             self.known.add(op.tenant)
         call = self.call(op, codec)
@@ -138,16 +139,22 @@ class Flows:
         return reply
 
     def _sweep(self, limit: int) -> Flow:
-        """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired."""
+        """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired. A
+        tenant whose call fails (its stored state cannot be read) is reported with a
+        `sweep.tenant_failed` notification and skipped; the store failing is not."""
         expired, cursor = 0, 0
         while True:
             cursor, tenants = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
-            for tenant in tenants:
+            for tenant in map(replies.text, tenants):
                 if expired >= limit:
                     return expired
-                keys, args = sweep_call(replies.text(tenant), limit - expired, self.wire)
-                reply = yield from self._loading(Call(self.names["sweep"], keys, args))
-                expired += swept(reply)
+                keys, args = sweep_call(tenant, limit - expired, self.wire)
+                try:
+                    reply = yield from self._loading(Call(self.names["sweep"], keys, args))
+                    expired += swept(reply)
+                except (ResponseError, ValueError, KeyError) as error:
+                    self.notify(tenant, [[ops.TENANT_FAILED, None, None, None, None, None,
+                                          None, None, ops.skipped(tenant, error)]])
             if not cursor:
                 return expired
 

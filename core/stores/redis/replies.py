@@ -139,8 +139,9 @@ def note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notifi
     """A notification row of a reply, stamped with the store's time."""
     kind, scope, unit, bucket, threshold, remaining, allocated, rid = row[:8]
     return Notification(kind, tenant, now_ms(clock), scope=scope,
-                        unit=Unit(unit) if unit else None, bucket=bucket or None,
-                        threshold=threshold, reason=row[8] if len(row) > 8 else None,
+                        unit=Unit(unit) if unit else None, bucket=bucket,
+                        threshold=None if threshold is None else float(threshold),
+                        reason=row[8] if len(row) > 8 else None,
                         remaining=_int(remaining), allocated=_int(allocated),
                         reservation_id=rid or None)
 

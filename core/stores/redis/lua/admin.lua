@@ -23,6 +23,9 @@ local function locate(scope, base, per, unit, period)
 end
 
 local op = P.op
+local bad = (op == 'set_budget' and budget_refusal(P, {})) or
+  (op == 'apply_plan' and plan_refusal(P))
+if bad then return fail('INVALID_REQUEST', bad) end
 if op == 'set_budget' then
   return reply({balances = set_budget(P)})
 elseif op == 'remove_budget' then

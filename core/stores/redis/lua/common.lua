@@ -167,8 +167,10 @@ local POLICY_NAMES, POLICY_CODES = codes({[0] = 'REJECT', 'ALLOW_IF_AVAILABLE',
   'ALLOW_WITH_OVERDRAFT'})
 local STATUS_NAMES, STATUS_CODES = codes({[0] = 'ACTIVE', 'FROZEN', 'CLOSED'})
 local function packed_alerts(list)
-  if #list == 0 then return '' end
-  return struct.pack('<' .. string.rep('d', #list), unpack(list))
+  -- one value at a time: unpack() of a long list passes Lua's stack limit
+  local out = {}
+  for i, a in ipairs(list) do out[i] = struct.pack('<d', a) end
+  return table.concat(out)
 end
 local function alert_count(d)
   if d.alerts then return #d.alerts end
@@ -231,10 +233,42 @@ local function prefetch_defs(scopes)
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
   for i, scope in ipairs(wanted) do DEF_CACHE[scope] = decoded_defs(scope, raws[i]) end
 end
-local function packed_def(d)
+local MAX_U16 = 65535  -- the count and the lengths in a packed definition are 16 bits
+local function def_parts(d)
+  -- the packed alert thresholds and the degrade rules' JSON of a definition
   local alerts = d.alerts and packed_alerts(d.alerts) or d.alerts_raw
   local rules = degrade_rules(d)
-  local degrade = next(rules) ~= nil and cjson.encode(rules) or ''
+  return alerts, next(rules) ~= nil and cjson.encode(rules) or ''
+end
+local function unpackable(d)
+  -- why a definition would not read back as written (nil when it would): a length past 16
+  -- bits would wrap, and the scope could no longer be read, changed or swept
+  if UNIT_ORDER[d.unit] == nil or PERIOD_ORDER[d.period] == nil or
+      POLICY_CODES[d.policy] == nil or STATUS_CODES[d.status or 'ACTIVE'] == nil then
+    return 'budget: unknown unit, period, overage policy or status'
+  end
+  for _, n in ipairs({d.limit, d.od}) do
+    if type(n) ~= 'number' or n < 0 or n > MAX_AMOUNT or n ~= math.floor(n) then
+      return 'budget: limit and overdraft limit are integers between 0 and ' .. s(MAX_AMOUNT)
+    end
+  end
+  for _, a in ipairs(d.alerts or {}) do
+    if type(a) ~= 'number' then return 'alerts: thresholds are numbers' end
+  end
+  local alerts, degrade = def_parts(d)
+  if #d.per > MAX_U16 then return 'per: longer than ' .. MAX_U16 .. ' bytes' end
+  if #alerts > MAX_U16 then
+    return 'alerts: at most ' .. math.floor(MAX_U16 / 8) .. ' thresholds'
+  end
+  if #degrade > MAX_U16 then
+    return 'degrade: the rules take more than ' .. MAX_U16 .. ' bytes as JSON'
+  end
+  return nil
+end
+local function packed_def(d)
+  local why = unpackable(d)  -- checked before the first write (see budget_refusal)
+  if why then error('allotment: definition of ' .. d.scope .. ' not packed: ' .. why) end
+  local alerts, degrade = def_parts(d)
   return struct.pack(DEF_FORMAT, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
     POLICY_CODES[d.policy], STATUS_CODES[d.status], d.limit, d.od, #d.per, d.per, #alerts,
     alerts, #degrade, degrade)
@@ -242,6 +276,7 @@ end
 local function save_defs(scope, list)
   DEF_CACHE[scope] = nil
   if #list == 0 then redis.call('HDEL', K_DEFS, scope) return end
+  if #list > MAX_U16 then error('allotment: more than ' .. MAX_U16 .. ' budgets at ' .. scope) end
   local out = {struct.pack('<BH', 2, #list)}
   for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
   redis.call('HSET', K_DEFS, scope, table.concat(out))
@@ -402,7 +437,9 @@ local function alert(L, d, rid)
   if crossed == L.al and not exhausted and not over then return end
   local path, unit, _, b = field_parts(L.field)
   local function note(kind, threshold)
-    NOTES[#NOTES + 1] = {kind, path, unit, b, threshold or NULL, s(remaining(L)), s(L.a),
+    -- a threshold as text: cjson would print 14 significant digits, not the double
+    NOTES[#NOTES + 1] = {kind, path, unit, b,
+      threshold and string.format('%.17g', threshold) or NULL, s(remaining(L)), s(L.a),
       rid or NULL}
   end
   for i = L.al + 1, crossed do note('budget.threshold_crossed', alert_at(d, i)) end
@@ -488,6 +525,102 @@ local function unlimited(d)
     degrade_raw = d.degrade_raw}
 end
 
+-- globs, read as policy.py reads them (fnmatch.fnmatchcase) ------------------------------
+-- `*` any run, `?` one character, `[seq]` / `[!seq]` a class with ranges (`a-z`; an empty
+-- range matches nothing), a `[` without its `]` itself; everything else itself. Characters
+-- are code points, not bytes (action names are UTF-8), so no Lua pattern is built from one.
+local STAR, ONE = {}, {}
+local function code_points(text)
+  local out = {}
+  for ch in string.gmatch(text, '[%z\1-\127\194-\244][\128-\191]*') do
+    local c = string.byte(ch, 1)
+    if c >= 240 then c = c - 240 elseif c >= 224 then c = c - 224 elseif c >= 192 then c = c - 192 end
+    for i = 2, #ch do c = c * 64 + string.byte(ch, i) - 128 end
+    out[#out + 1] = c
+  end
+  return out
+end
+local GLOBS, GLOB_COUNT = {}, 0  -- compiled globs kept across calls (a few, pure)
+local function compiled(pattern)
+  local g = GLOBS[pattern]
+  if g then return g end
+  local p, i = code_points(pattern), 1
+  local n = #p
+  g = {}
+  while i <= n do
+    local c = p[i]
+    local j = i + 1
+    if c == 91 then  -- '[': its class ends at the next ']' past a leading '!' and ']'
+      if p[j] == 33 then j = j + 1 end
+      if p[j] == 93 then j = j + 1 end
+      while j <= n and p[j] ~= 93 do j = j + 1 end
+    end
+    if c == 42 then g[#g + 1] = STAR
+    elseif c == 63 then g[#g + 1] = ONE
+    elseif c == 91 and j <= n then
+      local set, k = {negate = p[i + 1] == 33}, i + 1
+      if set.negate then k = k + 1 end
+      while k < j do
+        if p[k + 1] == 45 and k + 2 < j then  -- a range: 'a-z'
+          set[#set + 1], set[#set + 2], k = p[k], p[k + 2], k + 3
+        else
+          set[#set + 1], set[#set + 2], k = p[k], p[k], k + 1
+        end
+      end
+      g[#g + 1] = set
+      j = j + 1
+    else
+      g[#g + 1] = c
+      j = i + 1
+    end
+    i = j
+  end
+  if GLOB_COUNT > 256 then GLOBS, GLOB_COUNT = {}, 0 end
+  GLOBS[pattern], GLOB_COUNT = g, GLOB_COUNT + 1
+  return g
+end
+local function one_matches(t, c)
+  if t == ONE then return true end
+  if type(t) == 'number' then return t == c end
+  local found = false
+  for k = 1, #t, 2 do
+    if t[k] <= c and c <= t[k + 1] then found = true break end
+  end
+  return found ~= t.negate
+end
+local function glob_matches(g, s, from)
+  -- whether code points s[from..] match compiled glob g as a whole (a star backtracks)
+  local si, gi, star, mark, n, m = from, 1, nil, from, #s, #g
+  while si <= n do
+    local t = g[gi]
+    if t == STAR then
+      star, mark, gi = gi, si, gi + 1
+    elseif gi <= m and one_matches(t, s[si]) then
+      si, gi = si + 1, gi + 1
+    elseif star then
+      mark = mark + 1
+      si, gi = mark, star + 1
+    else
+      return false
+    end
+  end
+  while g[gi] == STAR do gi = gi + 1 end
+  return gi > m
+end
+local function glob_any(value, patterns, bare)
+  -- whether any pattern matches value or, with `bare`, its part after the last ':'
+  local s = code_points(value)
+  local after = 1
+  if bare then
+    for i = #s, 1, -1 do if s[i] == 58 then after = i + 1 break end end
+  end
+  for _, pattern in ipairs(patterns) do
+    local g = compiled(pattern)
+    if glob_matches(g, s, 1) or (after > 1 and glob_matches(g, s, after)) then return true end
+  end
+  return false
+end
+
 -- targets: the ledgers a subject charges -----------------------------------------------------
 -- returns list of {field, d} or nil when no budget applies at all; errors on unit mismatch
 local function targets(scopes, dims, units)
@@ -522,7 +655,7 @@ end
 local function unpack_units(text)
   local out, order = {}, {}
   if text == nil or text == '' then return out, order end
-  for unit, amount in string.gmatch(text, '([%u_]+)=(%d+)') do
+  for unit, amount in string.gmatch(text, '([%u_]+)=(-?%d+)') do
     out[unit] = tonumber(amount)
     order[#order + 1] = unit
   end
@@ -667,25 +800,50 @@ local function expire(R, key)
     estimate = R.estimate})
   count(subject_scope(R), 'expiries')
 end
+local function overdue(limit)
+  -- the first `limit` entries due in the expiry index, each {rid, key, R}; R is nil when
+  -- the hash is gone, and `due` says whether the reservation is one to expire
+  local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', '(' .. s(NOW), 'LIMIT', 0, limit)
+  local found = {}
+  if #due == 0 then return found end
+  local prefix = string.match(K_EXP, '^(.*):exp$') .. ':r:'
+  for i, rid in ipairs(due) do
+    local key = prefix .. rid
+    local R = load_res(key)
+    if R then R.id = rid end
+    found[i] = {rid = rid, key = key, R = R,
+      due = R ~= nil and R.status == 'ACTIVE' and R.expires + R.grace < NOW}
+  end
+  return found
+end
 local function reap(limit)
   -- expire up to `limit` reservations past expires_at + grace; entries whose hash is gone
   -- or already final are dropped from the index on every path
-  local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', '(' .. s(NOW), 'LIMIT', 0, limit)
-  if #due == 0 then return 0 end
   local expired = 0
-  local prefix = string.match(K_EXP, '^(.*):exp$') .. ':r:'
-  for _, rid in ipairs(due) do
-    local key = prefix .. rid
-    local R = load_res(key)
-    if R == nil or R.status ~= 'ACTIVE' then
-      redis.call('ZREM', K_EXP, rid)
-    elseif R.expires + R.grace < NOW then
-      R.id = rid
-      expire(R, key)
+  for _, e in ipairs(overdue(limit)) do
+    if e.due then
+      expire(e.R, e.key)
       expired = expired + 1
+    elseif e.R == nil or e.R.status ~= 'ACTIVE' then
+      redis.call('ZREM', K_EXP, e.rid)
     end
   end
   return expired
+end
+local function overdue_holds(limit)
+  -- what reap(limit) would give back, writing nothing: held amounts by ledger field and
+  -- concurrency slots by quota key (a dry run answers as if they had been given back)
+  local held, slots = {}, {}
+  for _, e in ipairs(overdue(limit)) do
+    if e.due then
+      local est = unpack_units(e.R.estimate)
+      for _, l in ipairs(res_ledgers(e.R)) do held[l.field] = (held[l.field] or 0) + est[l.unit] end
+      for qkey in string.gmatch(e.R.concurrency or '', '[^\n]+') do
+        slots[qkey] = (slots[qkey] or 0) + 1
+      end
+    end
+  end
+  return held, slots
 end
 
 -- Compact replies (reserve, commit, release) are arrays, not JSON; their last item is the
@@ -734,10 +892,22 @@ local function json_opt(v) if v == '' then return nil end return cjson.decode(v)
 local function unit_pairs(packed)
   -- "UNIT=amount,..." -> {{unit, amount}, ...}
   local out = {}
-  for unit, amount in string.gmatch(packed, '([%u_]+)=(%d+)') do
+  for unit, amount in string.gmatch(packed, '([%u_]+)=(-?%d+)') do
     out[#out + 1] = {unit, tonumber(amount)}
   end
   return out
+end
+local function amount_refusal(by_unit, what)
+  -- an error reply for an amount no ledger may hold or be charged (nil when all fit), as
+  -- operations.checked_amounts: checked before the first write
+  for _, unit in ipairs(ordered_units(by_unit)) do
+    local amount = by_unit[unit]
+    if amount < 0 or amount > MAX_AMOUNT then
+      return fail('INVALID_REQUEST', what .. ': ' .. unit .. ' ' .. s(amount) ..
+        ' is not between 0 and ' .. s(MAX_AMOUNT))
+    end
+  end
+  return nil
 end
 local function flat_reserve(args)
   -- 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint, 8 subject JSON, 9 its scope path,
@@ -773,5 +943,6 @@ local function begin(keys, args, flat)
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
   NOTES, DEF_CACHE, CURRENT, DAY_PREFIX = {}, {}, {}, nil
-  if CFG.reap_batch > 0 and P.op ~= 'sweep' then reap(CFG.reap_batch) end
+  -- (a dry run writes nothing: reserve works out what this reap would give back instead)
+  if CFG.reap_batch > 0 and P.op ~= 'sweep' and not P.dry_run then reap(CFG.reap_batch) end
 end

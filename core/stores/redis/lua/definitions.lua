@@ -1,6 +1,32 @@
 -- Writers of definitions (budgets, quotas, access rules, plans), shared by admin.lua and by
 -- reserve.lua (which installs a guard's default plan for a tenant seen the first time).
 
+local function budget_refusal(x, adding)
+  -- why set_budget(x) must be refused before anything is written (nil when it may run):
+  -- what it would store must read back the same. `adding` counts budgets new to each scope
+  -- in this call (a plan adds several).
+  local why = unpackable({scope = x.scope, unit = x.unit, period = x.period, per = x.per,
+    limit = x.limit, od = x.od, policy = x.policy, alerts = x.alerts, degrade = x.degrade})
+  if why then return x.scope .. ': ' .. why end
+  if find_def(x.scope, x.unit, x.period, x.per) == nil then
+    adding[x.scope] = (adding[x.scope] or 0) + 1
+    if #defs_of(x.scope) + adding[x.scope] > MAX_U16 then
+      return x.scope .. ': more than ' .. MAX_U16 .. ' budgets'
+    end
+  end
+  return nil
+end
+
+local function plan_refusal(x)
+  -- why apply_plan(x) must be refused before anything is written (nil when it may run)
+  local adding = {}
+  for _, item in ipairs(x.definitions) do
+    local why = item.op == 'set_budget' and budget_refusal(item, adding)
+    if why then return why end
+  end
+  return nil
+end
+
 local function set_budget(x)
   local list = defs_of(x.scope)
   local d = find_def(x.scope, x.unit, x.period, x.per)

@@ -11,6 +11,8 @@ for _, pair in ipairs(P.actual) do
   actual[pair[1]] = pair[2]
   zero[pair[1]] = 0
 end
+local bad = amount_refusal(actual, 'actual')
+if bad then return bad end
 local found, err = targets(P.scopes, dims, actual)
 if err then return cjson.encode(err) end
 if found == nil then

@@ -7,6 +7,8 @@ if not P.dry_run then
   local again = replay('reserve')
   if again then return again end
   if nz(P.plan) and not meta[2] and redis.call('HLEN', K_DEFS) == 0 then
+    local bad = plan_refusal(P.plan)
+    if bad then return fail('INVALID_REQUEST', bad) end
     apply_plan(P.plan)  -- a tenant seen for the first time
     meta[1] = redis.call('HGET', K_META, 'mode')
   end
@@ -17,6 +19,9 @@ local kind, name = P.action.kind, P.action.name
 local dims = {}
 for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
 local denial = nil
+-- a dry run reaps nothing (begin): it counts what the reap would have given back
+local returned, freed = {}, {}
+if P.dry_run and CFG.reap_batch > 0 then returned, freed = overdue_holds(CFG.reap_batch) end
 
 -- access rules, and the caps they give model calls ------------------------------------------
 local caps = {}
@@ -41,35 +46,7 @@ local function add_caps(c, severity)
     caps.model, caps.severity = c.model, severity
   end
 end
--- Globs match as fnmatchcase does on the memory store: `*` any run of characters, `?` one
--- character (one UTF-8 sequence), everything else literally ([ ] are refused before any
--- store sees a glob). The pieces between stars are placed leftmost in turn, so a match costs
--- at most a scan per piece: one Lua pattern with many `.*` would backtrack exponentially.
-local function glob_piece(text)
-  local out = string.gsub(text, '[%^%$%(%)%%%.%[%]%+%-]', '%%%0')
-  return (string.gsub(out, '%?', '[\1-\127\192-\255][\128-\191]*'))
-end
-local function glob_matches(value, pattern)
-  local pieces = split(pattern, '*')
-  local first, last = glob_piece(pieces[1]), glob_piece(pieces[#pieces])
-  if #pieces == 1 then return string.find(value, '^' .. first .. '$') ~= nil end
-  local _, stop = string.find(value, '^' .. first)
-  if not stop then return false end
-  for i = 2, #pieces - 1 do
-    if pieces[i] ~= '' then
-      _, stop = string.find(value, glob_piece(pieces[i]), stop + 1)
-      if not stop then return false end
-    end
-  end
-  return last == '' or string.find(value, last .. '$', stop + 1) ~= nil
-end
-local function matches(value, patterns)
-  local bare = string.match(value, '([^:]*)$')
-  for _, p in ipairs(patterns) do
-    if glob_matches(value, p) or glob_matches(bare, p) then return true end
-  end
-  return false
-end
+local function matches(value, patterns) return glob_any(value, patterns, true) end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
 -- (a hash with no fields does not exist: a tenant without rules skips the lookup)
@@ -103,11 +80,12 @@ local quota_lists = redis.call('EXISTS', K_QUOTAS) == 1 and
 for i, scope in ipairs(P.scopes) do
   if quota_lists[i] then
     for _, q in ipairs(cjson.decode(quota_lists[i])) do
-      if q.action_kind == '*' or glob_matches(kind, q.action_kind) then
+      if q.action_kind == '*' or glob_any(kind, {q.action_kind}, false) then
         local qkey = scope .. '|' .. q.kind .. '|' .. q.window .. '|' .. q.action_kind
         local refused = nil
         if q.kind == 'concurrent' then
           local used = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
+          if P.dry_run then used = math.max(0, used - (freed[qkey] or 0)) end
           concurrency[#concurrency + 1] = qkey
           if used >= q.limit then
             refused = {outcome = 'DENY', reason = 'CONCURRENCY_EXCEEDED', scope = scope,
@@ -154,7 +132,10 @@ if denial == nil or shadow then
     found = {}
     denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
   end
-  for i, L in ipairs(lload_all(found)) do found[i].L = L end
+  for i, L in ipairs(lload_all(found)) do
+    if P.dry_run then L.r = L.r - (returned[L.field] or 0) end
+    found[i].L = L
+  end
   states = found
   for _, st in ipairs(states) do
     for _, rule in ipairs(degrade_rules(st.d)) do
@@ -190,6 +171,8 @@ if denial == nil or shadow then
   if nz(P.elastic) and tokens < P.elastic.max_tokens then caps.max_tokens = tokens end
   for unit in pairs(fixed) do estimate[unit] = need(unit) end
 end
+local bad = amount_refusal(estimate, 'estimate')  -- never hold a negative amount
+if bad then return bad end
 
 local function built_caps()
   local out = {max_tokens = caps.max_tokens, cooldown_ms = caps.cooldown_ms, model = caps.model}

@@ -78,6 +78,9 @@ end
 -- commit
 local estimate = unpack_units(R.estimate)
 local actual = {}
+for _, pair in ipairs(P.actual) do actual[pair[1]] = pair[2] end
+local bad = amount_refusal(actual, 'actual')
+if bad then return bad end
 for _, pair in ipairs(P.actual) do
   if estimate[pair[1]] == nil then
     return fail('UNIT_MISMATCH', 'commit: ' .. pair[1] .. ' not in the reservation\'s estimate ' ..
