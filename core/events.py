@@ -67,6 +67,8 @@ class NotificationType:
     RESERVATION_DENIED = "reservation.denied"
     SPEND_UNRECORDED = "spend.unrecorded"
     """A commit that failed on every try: the amounts the store never received."""
+    SWEEP_TENANT_FAILED = "sweep.tenant_failed"
+    """A tenant the sweep could not read: reported and skipped, the others still swept."""
 
 
 @dataclass(slots=True)

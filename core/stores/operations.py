@@ -14,7 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
 from ..errors import InvalidRequest
-from ..events import AuditRecord, Notification, ReportRow, log
+from ..events import AuditRecord, Notification, NotificationType, ReportRow, log
 from ..models import (
     Action,
     Balance,
@@ -241,7 +241,7 @@ class Sweep(Op[int]):
     limit: int
 
 
-TENANT_FAILED = "sweep.tenant_failed"
+TENANT_FAILED = NotificationType.SWEEP_TENANT_FAILED
 """The notification a sweep sends for a tenant it skipped: one tenant's state that cannot be
 read (corrupt, or written by an incompatible version) must not stall the others' expiry.
 Its `reason` is the error."""

@@ -22,13 +22,13 @@ from support.stores import START_MS, make_store
 
 ACME = al.Subject(tenant="acme")
 SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]
-GLOB_CHARS = "ab-.%*?[]!:^$é"
+GLOB_CHARS = "ab-.%*?!:^$é"  # the dialect is * and ?; [ and ] are refused before a store
 GLOBS = st.text(GLOB_CHARS, min_size=1, max_size=6) | st.sampled_from(
-    ["gpt-4o*", "openai:*", "*", "a%b", "a.b", "a-b", "[a-b]*", "[!a]?", "[]]", "[z-a]", "[!]"])
+    ["gpt-4o*", "openai:*", "*", "a%b", "a.b", "a-b", "!a?", "a$", "^a*"])
 NAMES = st.text("ab-.%:[]!é", min_size=1, max_size=6) | st.sampled_from(
     ["openai:gpt-4o", "openai:gpt-4o-mini", "a%b", "a.b", "x:a-b", "search"])
 KINDS = st.sampled_from(["llm.completion", "llm.embedding", "tool.call", "tool.search"])
-KIND_GLOBS = st.sampled_from(["*", "llm.*", "tool.*", "tool.?all", "llm.[ce]*", "tool.[!c]*",
+KIND_GLOBS = st.sampled_from(["*", "llm.*", "tool.*", "tool.?all", "llm.?o*", "*.?earch",
                               "*.call", "tool.call"])
 GLOB_LIST = st.lists(GLOBS, max_size=3)
 DEGRADE = st.builds(al.Degrade, below=st.sampled_from([0.05, 0.2, 0.5, 0.9, 1.0]),

@@ -540,6 +540,9 @@ local function code_points(text)
   end
   return out
 end
+-- Globs match as Python's fnmatchcase does on the memory store. New globs use * and ? only
+-- ([ and ] are refused before any store sees them); classes are still read as fnmatch reads
+-- them, so rules an earlier version stored keep matching alike on both stores.
 local GLOBS, GLOB_COUNT = {}, 0  -- compiled globs kept across calls (a few, pure)
 local function compiled(pattern)
   local g = GLOBS[pattern]
