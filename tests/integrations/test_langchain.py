@@ -602,8 +602,8 @@ def test_capped_applies_degrade_caps(guard: al.Guard) -> None:
 
 def test_capped_shrinks_max_tokens_to_what_the_budget_holds(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd="0.0006153")  # the input and about 1,000 output tokens
-    with replay("openai_chat.yaml") as cassette:
-        capped(openai(), guard, tenant="acme").invoke("Hello!")
+    with replay("openai_chat.yaml") as cassette:  # at the default tier's price
+        capped(openai(service_tier="default"), guard, tenant="acme").invoke("Hello!")
     assert cassette.play_count == 1
     assert 900 < sent()["max_completion_tokens"] < 1_100
 

@@ -158,11 +158,12 @@ def test_caps_reach_the_outgoing_body(guard: al.Guard) -> None:
 
 
 def test_elastic_fit_shrinks_max_tokens(guard: al.Guard) -> None:
-    # room for the input and about 1,000 output tokens at $0.60 per million
+    # room for the input and about 1,000 output tokens at the default tier's $0.60 per million
     guard.set_budget(ACME, usd="0.0006153")
     with replay("openai_chat.yaml") as cassette:
         client(guard).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+            service_tier="default")
     assert cassette.play_count == 1
     assert 900 < sent()["max_completion_tokens"] < 1_100
 
