@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, field_validator
@@ -35,6 +35,7 @@ COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tok
           "reasoning_tokens")
 PER_MTOK = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok")
 MAX_TIER_LENGTH = 64
+MAX_UNKNOWN_TIERS = 16  # per model: a flood of odd names is not logged on and on
 STANDARD_TIERS = frozenset({"default", "standard", "standard_only"})
 """Tier names meaning the standard price: OpenAI's `default`, Anthropic's `standard` (and
 its request's `standard_only`)."""
@@ -189,11 +190,7 @@ class TierPrices:
     standard: ModelPrice
     tiers: Mapping[str, ModelPrice]
     highest: ModelPrice
-
-    @classmethod
-    def flat(cls, price: ModelPrice) -> TierPrices:
-        """One price at every tier (a fallback price)."""
-        return cls(price, {}, price)
+    unknown: set[str] = field(default_factory=set)  # the tiers the log was told of
 
     def held(self, tier: str | None) -> ModelPrice:
         """The most a call asking for `tier` can be billed per token: that tier's price;
@@ -204,12 +201,15 @@ class TierPrices:
 
     def served(self, tier: str | None, scope: str = "") -> ModelPrice:
         """The price of a call served at `tier`: standard when it is not known for the model
-        (said once in the log: the tier may cost more or less than that)."""
+        (said once in the log per model and tier: the tier may cost more or less)."""
         price = self.tiers.get(tier or AUTO)
         if price is not None:
             return price
-        if tier is not None and tier != AUTO and tier not in STANDARD_TIERS:
-            _unknown_tier(scope, tier)
+        if (tier is not None and tier != AUTO and tier not in STANDARD_TIERS
+                and tier not in self.unknown and len(self.unknown) < MAX_UNKNOWN_TIERS):
+            self.unknown.add(tier)
+            log.warning("%s: genai-prices has no price for service tier %r; charging the "
+                        "standard price", scope, tier)
         return self.standard
 
 
@@ -225,7 +225,6 @@ class Pricer:
         self.tenants = {t: {k: _price(v) for k, v in prices.items()}
                         for t, prices in (tenants or {}).items()}
         self.fallback = None if fallback is None else _price(fallback)
-        self._fallback = None if self.fallback is None else TierPrices.flat(self.fallback)
         self._known: dict[tuple[str, str], TierPrices | None] = {}
 
     def price_of(self, provider: str, model: str, tenant: str | None = None,
@@ -235,7 +234,10 @@ class Pricer:
         override = self._override(provider, model, tenant)
         if override is not None:
             return override
-        return self.tiers_of(provider, model).served(tier, f"{provider}:{model}")
+        known = self.tiers_of(provider, model)
+        if known is None:
+            return self._fallback(provider, model)
+        return known.served(tier, f"{provider}:{model}")
 
     def hold_price(self, provider: str, model: str, tenant: str | None = None,
                    tier: str | None = None) -> ModelPrice:
@@ -244,7 +246,10 @@ class Pricer:
         override = self._override(provider, model, tenant)
         if override is not None:
             return override
-        return self.tiers_of(provider, model).held(tier)
+        known = self.tiers_of(provider, model)
+        if known is None:
+            return self._fallback(provider, model)
+        return known.held(tier)
 
     def cost(self, provider: str, model: str, usage: TokenUsage,
              tenant: str | None = None) -> Amount:
@@ -253,14 +258,18 @@ class Pricer:
         return Amount(Unit.USD_MICROCENTS, self.price_of(provider, model, tenant,
                                                          usage.service_tier).cost_microcents(usage))
 
-    def tiers_of(self, provider: str, model: str) -> TierPrices:
-        """A model's genai-prices prices at every tier it knows (overrides aside), the
-        fallback's for a model it does not know, or `Denied(PRICE_UNKNOWN)`."""
-        known = self._known.get((provider, model)) or self._lookup(provider, model)
-        if known is not None:
-            return known
-        if self._fallback is not None:
-            return self._fallback
+    def tiers_of(self, provider: str, model: str) -> TierPrices | None:
+        """A model's genai-prices prices at every tier it knows (None: it does not know the
+        model); overrides and the fallback aside."""
+        cached = self._known.get((provider, model), False)
+        if cached is False:
+            cached = self._known[(provider, model)] = _from_genai_prices(provider, model)
+        return cached  # type: ignore[return-value]
+
+    def _fallback(self, provider: str, model: str) -> ModelPrice:
+        """The fallback price, at every tier, or `Denied(PRICE_UNKNOWN)`."""
+        if self.fallback is not None:
+            return self.fallback
         raise Denied(Decision(Outcome.DENY, reason=PRICE_UNKNOWN,
                               scope=f"{provider}:{model}"))
 
@@ -271,14 +280,6 @@ class Pricer:
                     if key in table:
                         return table[key]
         return None
-
-    def _lookup(self, provider: str, model: str) -> TierPrices | None:
-        cached = self._known.get((provider, model), False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
-        prices = _from_genai_prices(provider, model)
-        self._known[(provider, model)] = prices
-        return prices
 
 
 def _microcents(per_million: int, field: str) -> int:
@@ -292,13 +293,6 @@ def _microcents(per_million: int, field: str) -> int:
 
 def _price(value: ModelPrice | dict[str, Any]) -> ModelPrice:
     return value if isinstance(value, ModelPrice) else ModelPrice(**value)
-
-
-@lru_cache(maxsize=1_024)
-def _unknown_tier(scope: str, tier: str) -> None:
-    """Said once per model and tier (remembered, so a flood of odd names stays bounded)."""
-    log.warning("%s: genai-prices has no price for service tier %r; charging the standard "
-                "price", scope, tier[:MAX_TIER_LENGTH])
 
 
 def _from_genai_prices(provider: str, model: str) -> TierPrices | None:
