@@ -190,7 +190,7 @@ class TierPrices:
     standard: ModelPrice
     tiers: Mapping[str, ModelPrice]
     highest: ModelPrice
-    unknown: set[str] = field(default_factory=set)  # the tiers the log was told of
+    unknown: set[str] = field(default_factory=set, compare=False, repr=False)  # logged
 
     def held(self, tier: str | None) -> ModelPrice:
         """The most a call asking for `tier` can be billed per token: that tier's price;
