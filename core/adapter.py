@@ -17,7 +17,7 @@ from .amounts import Unit, Units, trusted_amounts
 from .context import current_fields
 from .estimation import input_tokens, text_tokens
 from .models import Action, CommitResult
-from .pricing import ModelPrice, Pricer, TokenUsage
+from .pricing import ModelPrice, Pricer, TokenUsage, tier_of
 from .scopes import LEVELS, Subject
 from .stores.operations import ElasticTerms
 from .validation import check_int
@@ -68,5 +68,6 @@ __all__ = [
     "input_tokens",
     "reserve_units",
     "text_tokens",
+    "tier_of",
     "trusted_amounts",
 ]

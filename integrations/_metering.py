@@ -104,13 +104,17 @@ def _subject(fields: dict[str, Any]) -> al.Subject:
 
 @dataclass(slots=True)
 class Meter:
-    """One guarded call from reservation to settlement; settles exactly once."""
+    """One guarded call from reservation to settlement; settles exactly once. Held at
+    `price`, the most the tier asked for can cost; charged at the tier the usage says served
+    it (unsaid: the tier asked for, the standard price when none was)."""
 
     guard: al.Guard
     reservation: al.Reservation
     provider: str
     model: str
     price: ModelPrice
+    pricer: Pricer
+    tier: str | None = None
     usage: TokenUsage | None = None
     settled: bool = False
     result: Any = field(default=None)
@@ -172,7 +176,10 @@ class Meter:
 
     def units(self, usage: TokenUsage) -> Units:
         """`actual(usage)` as the guard's integer units."""
-        return ((USD, self.price.cost_microcents(usage)),
+        tenant = self.reservation.info.subject.tenant
+        price = self.pricer.price_of(self.provider, self.model, tenant,
+                                     usage.service_tier or self.tier)
+        return ((USD, price.cost_microcents(usage)),
                 (TOKENS, check_int(usage.input_tokens + usage.output_tokens, "tokens")))
 
     def release(self, reason: str) -> None:
@@ -207,6 +214,7 @@ class Request:
     payload: Any  # what the input tokens are counted from
     max_tokens: int | None  # None for calls without output tokens (embeddings)
     overhead: int = 0
+    service_tier: str | None = None  # as the request names it; None: the provider picks
 
 
 class Metering:
@@ -229,8 +237,10 @@ class Metering:
 
     def estimate(self, request: Request) -> Estimate:
         """USD and TOKENS upper bounds: input counted offline, output up to max_tokens (an
-        elastic hold, at the output price per million tokens, that may shrink to a floor)."""
-        price = self.pricer.price_of(request.provider, request.model, request.subject.tenant)
+        elastic hold, at the output price per million tokens, that may shrink to a floor), at
+        the highest price the service tier asked for can be billed at."""
+        price = self.pricer.hold_price(request.provider, request.model, request.subject.tenant,
+                                       request.service_tier)
         prompt = check_int(input_tokens(request.payload, request.overhead), "input tokens")
         fixed = ((USD, price.input_microcents(prompt)), (TOKENS, prompt))
         if request.max_tokens is None:
@@ -272,13 +282,17 @@ class Metering:
         price, units, elastic = self.estimate(request)
         reservation = reserve_units(self.guard, request.subject, _action(request), units,
                                     elastic, self.ttl_ms)
-        return Meter(self.guard, reservation, request.provider, request.model, price)
+        return self._meter(request, reservation, price)
 
     async def _areserve(self, request: Request) -> Meter:
         price, units, elastic = self.estimate(request)
         reservation = await areserve_units(self.guard, request.subject, _action(request),
                                            units, elastic, self.ttl_ms)
-        return Meter(self.guard, reservation, request.provider, request.model, price)
+        return self._meter(request, reservation, price)
+
+    def _meter(self, request: Request, reservation: al.Reservation, price: ModelPrice) -> Meter:
+        return Meter(self.guard, reservation, request.provider, request.model, price,
+                     self.pricer, request.service_tier)
 
     @staticmethod
     def _switched(request: Request, meter: Meter) -> Request | None:

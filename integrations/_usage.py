@@ -1,7 +1,9 @@
 """What a provider says a call used, read in one place for every adapter: OpenAI's usage (chat
 completions, Responses, embeddings, and their streams) and Anthropic's (messages and their
 streams, cache reads and writes), from the SDK's objects or the same payload as a dict (as
-LangChain and LlamaIndex pass it on), as a `TokenUsage`.
+LangChain and LlamaIndex pass it on), as a `TokenUsage` — with the service tier the call was
+served at, which prices it: Anthropic reports it in the usage, OpenAI beside it (the response's
+`service_tier`, which the caller passes on).
 
 `TokenUsage` counts cached tokens inside input and reasoning (thinking) tokens inside output.
 OpenAI counts that way already; Anthropic counts cache reads and writes apart from
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from allotment.adapter import TokenUsage
+from allotment.adapter import TokenUsage, tier_of
 
 ANTHROPIC_COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
                     "cache_read_input_tokens")
@@ -25,9 +27,10 @@ RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "respon
 _Field = Callable[[str], Any]
 
 
-def openai_usage(usage: object) -> TokenUsage | None:
+def openai_usage(usage: object, service_tier: object = None) -> TokenUsage | None:
     """OpenAI's usage: chat and embeddings name the counts prompt/completion, Responses
-    input/output; cache reads and writes sit in the input details, reasoning in the output's."""
+    input/output; cache reads and writes sit in the input details, reasoning in the output's.
+    `service_tier` is the response's own (its usage does not say)."""
     field = _reader(usage)
     prompt = _reported(field("prompt_tokens"))
     if prompt is None:
@@ -43,13 +46,14 @@ def openai_usage(usage: object) -> TokenUsage | None:
         input_tokens=prompt or 0, output_tokens=output or 0,
         cache_read_tokens=count(inputs("cached_tokens")),
         cache_write_tokens=count(inputs("cache_write_tokens")),
-        reasoning_tokens=count(outputs("reasoning_tokens")))
+        reasoning_tokens=count(outputs("reasoning_tokens")),
+        service_tier=tier_of(field("service_tier")) or tier_of(service_tier))
 
 
-def anthropic_usage(usage: object) -> TokenUsage | None:
+def anthropic_usage(usage: object, service_tier: object = None) -> TokenUsage | None:
     """Anthropic's usage: cache reads and writes are counted apart from `input_tokens` and
     priced at their own rates; thinking is inside `output_tokens` (its share in the output
-    details)."""
+    details); its own `service_tier` says how it was served (else the one given)."""
     field = _reader(usage)
     prompt, output = _reported(field("input_tokens")), _reported(field("output_tokens"))
     if prompt is None and output is None:
@@ -59,25 +63,28 @@ def anthropic_usage(usage: object) -> TokenUsage | None:
     return TokenUsage.counted(
         input_tokens=(prompt or 0) + read + write, output_tokens=output or 0,
         cache_read_tokens=read, cache_write_tokens=write,
-        reasoning_tokens=count(_reader(field(ANTHROPIC_DETAILS))("thinking_tokens")))
+        reasoning_tokens=count(_reader(field(ANTHROPIC_DETAILS))("thinking_tokens")),
+        service_tier=tier_of(field("service_tier")) or tier_of(service_tier))
 
 
-def provider_usage(usage: object) -> TokenUsage | None:
+def provider_usage(usage: object, service_tier: object = None) -> TokenUsage | None:
     """Either provider's usage, for adapters that are not told which one answered. Anthropic's
     is the one with cache counts and no chat counts (OpenAI-compatible proxies add Anthropic's
-    cache names to chat usage); without cache counts the two read alike."""
+    cache names to chat usage); without cache counts the two read alike. A tier in the usage
+    wins over `service_tier`, the response's."""
     field = _reader(usage)
     if (_reported(field("prompt_tokens")) is None
             and _reported(field("completion_tokens")) is None
             and (count(field("cache_read_input_tokens"))
                  or count(field("cache_creation_input_tokens")))):
-        return anthropic_usage(usage)
-    return openai_usage(usage)
+        return anthropic_usage(usage, service_tier)
+    return openai_usage(usage, service_tier)
 
 
 class OpenAIStreamUsage:
     """Chat streams end in a choice-less chunk carrying usage; Responses streams in a
-    terminal event whose response carries it."""
+    terminal event whose response carries it. Either says the tier it was served at beside
+    the usage."""
 
     __slots__ = ("usage",)
 
@@ -87,12 +94,10 @@ class OpenAIStreamUsage:
     def see(self, event: Any) -> None:
         """Keep the usage an event reports, if it reports any."""
         if getattr(event, "type", None) in RESPONSES_DONE:
-            usage = getattr(event.response, "usage", None)
-        else:
-            usage = getattr(event, "usage", None)
-            if usage is None:
-                return
-        self.usage = openai_usage(usage) or self.usage
+            event = event.response
+        usage = getattr(event, "usage", None)
+        if usage is not None:
+            self.usage = openai_usage(usage, getattr(event, "service_tier", None)) or self.usage
 
 
 class AnthropicStreamUsage:
@@ -124,6 +129,9 @@ class AnthropicStreamUsage:
         details = field(ANTHROPIC_DETAILS)
         if details is not None:
             self._counts[ANTHROPIC_DETAILS] = details
+        tier = tier_of(field("service_tier"))
+        if tier is not None:
+            self._counts["service_tier"] = tier
         self.usage = anthropic_usage(self._counts)
 
 

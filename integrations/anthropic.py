@@ -4,6 +4,7 @@ Covers messages.create (streams included) and messages.stream(...) (which does n
 through create) through the client's one `request()` choke point, retries inside. Anthropic
 counts cache reads and writes apart from `input_tokens`; they are added back and priced at
 their own rates. Stream usage in `message_delta` is cumulative: it overwrites, never adds.
+The usage's `service_tier` (standard, priority, batch) prices the call.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import allotment as al
-from allotment.adapter import Pricer, TokenUsage
+from allotment.adapter import Pricer, TokenUsage, tier_of
 
 from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
@@ -51,7 +52,8 @@ class AnthropicShape:
         if not isinstance(body.get("max_tokens"), int):
             body["max_tokens"] = default_max_tokens
         return Request(subject, "llm.completion", self.provider, model, body,
-                       body["max_tokens"], hidden_prompt_tokens(body))
+                       body["max_tokens"], hidden_prompt_tokens(body),
+                       tier_of(body.get("service_tier")))
 
     def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
         """Send the call as the caps allow: fewer output tokens (dropping a thinking budget

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import allotment as al
-from allotment.adapter import LEVELS, Pricer, TokenUsage, input_tokens, text_tokens
+from allotment.adapter import LEVELS, Pricer, TokenUsage, input_tokens, text_tokens, tier_of
 
 from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
 from ._sdk import SUBJECT_HEADER, is_guarded
@@ -220,7 +220,8 @@ class BudgetHandler(_CallbackHandler):
             # in a usage chunk instead of being charged the estimate
             call["stream_options"] = {"include_usage": True}
         return Request(subject, "llm.completion", provider, model, body,
-                       _max_tokens(call, serialized, self.metering.default_max_tokens))
+                       _max_tokens(call, serialized, self.metering.default_max_tokens),
+                       service_tier=_tier(call, serialized))
 
     def _embedded(self, chunks: Any) -> TokenUsage | None:
         if not isinstance(chunks, list) or not chunks:
@@ -326,6 +327,13 @@ def _max_tokens(call: Mapping[str, Any], serialized: Mapping[str, Any], default:
     return max(found, default=default)
 
 
+def _tier(call: Mapping[str, Any], serialized: Mapping[str, Any]) -> str | None:
+    """The service tier a call asks for: in the call's keywords or the LLM's
+    `additional_kwargs` (which LlamaIndex's OpenAI LLM sends with every request)."""
+    own = serialized.get("additional_kwargs")
+    return tier_of(call.get("service_tier") or _get(own, "service_tier"))
+
+
 def _prompt_of(request: Request) -> int:
     if request.kind != "llm.completion":
         return 0
@@ -348,26 +356,29 @@ def _framework(module: str, name: str) -> Any:
 def _response_usage(response: Any) -> TokenUsage | None:
     """`raw.usage` (OpenAI objects, Anthropic's dict), `raw.usage_metadata`, then the
     response's `additional_kwargs` (prompt_tokens...) and its message's `usage` — the order
-    LlamaIndex's own token counting uses."""
+    LlamaIndex's own token counting uses — served at `raw.service_tier` (OpenAI's; Anthropic's
+    is in its usage)."""
     if response is None:
         return None
     raw = getattr(response, "raw", None)
     message = getattr(response, "message", None)
+    tier = _get(raw, "service_tier")
     for found in (_get(raw, "usage"), _get(raw, "usage_metadata"),
                   getattr(response, "additional_kwargs", None),
                   _get(getattr(message, "additional_kwargs", None), "usage")):
-        usage = _parse_usage(found)
+        usage = _parse_usage(found, tier)
         if usage is not None:
             return usage
     return None
 
 
-def _parse_usage(usage: Any) -> TokenUsage | None:
+def _parse_usage(usage: Any, service_tier: Any) -> TokenUsage | None:
     """Gemini's usage_metadata (which LlamaIndex passes on), else OpenAI's or Anthropic's."""
     if _get(usage, "prompt_token_count") is not None:
         return TokenUsage.counted(input_tokens=count(_get(usage, "prompt_token_count")),
-                                  output_tokens=count(_get(usage, "candidates_token_count")))
-    return provider_usage(usage)
+                                  output_tokens=count(_get(usage, "candidates_token_count")),
+                                  service_tier=tier_of(service_tier))
+    return provider_usage(usage, service_tier)
 
 
 def _get(obj: Any, name: str) -> Any:

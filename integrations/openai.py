@@ -2,7 +2,9 @@
 
 Covers chat.completions.create (streams included: `stream_options.include_usage` is added)
 and .parse, responses.create / .parse / .stream, embeddings.create, and with_raw_response —
-all through the client's one `request()` choke point. Per-call subject fields ride as
+all through the client's one `request()` choke point. A call is held at its `service_tier`'s
+price (none named, or `auto`: the highest the project could serve it at) and charged at the
+tier the response says served it. Per-call subject fields ride as
 `extra_headers={"x-allotment-run": "r1"}` and are taken off before the request is sent.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import allotment as al
-from allotment.adapter import Pricer, TokenUsage
+from allotment.adapter import Pricer, TokenUsage, tier_of
 
 from ._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Metering, OnDeny, Request, cap_tools
 from ._sdk import guarded_copy
@@ -61,7 +63,8 @@ class OpenAIShape:
         if path == CHAT and body.get("stream"):
             options = body.get("stream_options") or {}
             body["stream_options"] = {**options, "include_usage": True}
-        return Request(subject, "llm.completion", self.provider, model, body, body[field])
+        return Request(subject, "llm.completion", self.provider, model, body, body[field],
+                       service_tier=tier_of(body.get("service_tier")))
 
     def apply_caps(self, path: str, body: dict[str, Any], caps: al.Caps) -> None:
         """Send the call as the caps allow: fewer output tokens, another model, fewer tools."""
@@ -75,8 +78,9 @@ class OpenAIShape:
         cap_tools(body, caps)
 
     def usage(self, response: Any) -> TokenUsage | None:
-        """What a whole (not streamed) response says it used."""
-        return openai_usage(getattr(response, "usage", None))
+        """What a whole (not streamed) response says it used, and the tier that served it."""
+        return openai_usage(getattr(response, "usage", None),
+                            getattr(response, "service_tier", None))
 
     def stream_usage(self, path: str) -> OpenAIStreamUsage:
         """What gathers a stream's usage from its events as they pass."""

@@ -107,3 +107,92 @@ def test_counted_usage_is_the_validated_usage() -> None:
     for bad in (-1, 2**53, "5x"):
         with pytest.raises(al.InvalidRequest):
             TokenUsage.counted(output_tokens=bad)  # type: ignore[arg-type]
+
+
+# -- service tiers ------------------------------------------------------------------------
+
+
+def genai_price(model: str, context: dict[str, str] | None = None) -> ModelPrice:
+    """genai-prices' per-million prices for an OpenAI model in a price context."""
+    from genai_prices import Usage, calc_price
+
+    def per_million(**tokens: int) -> Decimal:
+        return calc_price(Usage(**tokens), model_ref=model, provider_id="openai",
+                          price_context=context).total_price
+
+    million = 1_000_000
+    return ModelPrice(input_mtok=per_million(input_tokens=million),
+                      output_mtok=per_million(output_tokens=million),
+                      cache_read_mtok=per_million(input_tokens=million,
+                                                  cache_read_tokens=million),
+                      cache_write_mtok=per_million(input_tokens=million,
+                                                   cache_write_tokens=million))
+
+
+def test_tiers_are_priced_as_genai_prices_prices_them() -> None:
+    pricer = Pricer()
+    standard = genai_price("gpt-5")
+    flex, priority = genai_price("gpt-5", {"service_tier": "flex"}), genai_price(
+        "gpt-5", {"service_tier": "priority"})
+    assert flex.output_mtok < standard.output_mtok < priority.output_mtok
+    assert pricer.price_of("openai", "gpt-5", tier="flex") == flex
+    assert pricer.price_of("openai", "gpt-5", tier="priority") == priority
+    assert pricer.price_of("openai", "gpt-5", tier="batch") == genai_price(
+        "gpt-5", {"processing": "batch"})
+    for same in (None, "default", "auto"):
+        assert pricer.price_of("openai", "gpt-5", tier=same) == standard
+
+
+def test_a_hold_is_the_tier_asked_for_or_the_highest_it_could_be_served_at() -> None:
+    pricer = Pricer()
+    known = pricer.tiers_of("openai", "gpt-5")
+    assert known is not None and {"default", "flex", "priority", "batch"} <= set(known.tiers)
+    highest = known.highest
+    for price in (known.standard, *known.tiers.values()):
+        assert all(a <= b for a, b in zip(price.per_mtok, highest.per_mtok, strict=True))
+    assert highest == genai_price("gpt-5", {"service_tier": "priority"})
+    assert pricer.hold_price("openai", "gpt-5", tier="flex") == known.tiers["flex"]
+    for named in ("default", "standard_only"):
+        assert pricer.hold_price("openai", "gpt-5", tier=named) == known.standard
+    for open_ in (None, "auto", "scale"):  # the provider picks, or a tier nobody prices
+        assert pricer.hold_price("openai", "gpt-5", tier=open_) == highest
+    # no flex for gpt-4o-mini in genai-prices: held at the highest, charged at standard
+    mini = pricer.tiers_of("openai", "gpt-4o-mini")
+    assert mini is not None and "flex" not in mini.tiers
+    assert pricer.hold_price("openai", "gpt-4o-mini", tier="flex") == mini.highest
+    assert pricer.price_of("openai", "gpt-4o-mini", tier="flex") == mini.standard
+
+
+def test_an_unknown_served_tier_costs_the_standard_price_and_is_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pricer = Pricer()
+    usage = TokenUsage(input_tokens=1_000_000, service_tier="scale")
+    with caplog.at_level("WARNING", "allotment"):
+        for _ in range(3):
+            assert pricer.cost("openai", "gpt-5", usage) == pricer.cost(
+                "openai", "gpt-5", TokenUsage(input_tokens=1_000_000))
+    assert caplog.text.count("service tier 'scale'") == 1
+
+
+def test_overrides_and_the_fallback_are_the_price_at_every_tier() -> None:
+    own = ModelPrice(input_mtok=1, output_mtok=2)
+    pricer = Pricer(overrides={"gpt-5": own}, fallback={"input_mtok": 3, "output_mtok": 4})
+    for tier in (None, "auto", "flex", "priority", "batch"):
+        assert pricer.price_of("openai", "gpt-5", tier=tier) == own
+        assert pricer.hold_price("openai", "gpt-5", tier=tier) == own
+        assert pricer.hold_price("openai", "my-finetune", tier=tier) == pricer.fallback
+    usage = TokenUsage(input_tokens=1_000_000, service_tier="flex")
+    assert pricer.cost("openai", "gpt-5", usage, tenant="acme") == al.usd(1)
+
+
+def test_a_served_tier_is_a_short_name() -> None:
+    from allotment.pricing import tier_of
+
+    assert tier_of("flex") == "flex"
+    for bad in ("", "x" * 65, 3, None, b"flex"):
+        assert tier_of(bad) is None
+    assert TokenUsage.counted(output_tokens=3, service_tier="flex") == TokenUsage(
+        output_tokens=3, service_tier="flex")
+    for bad in ("", "x" * 65, 3):
+        with pytest.raises(al.InvalidRequest):
+            TokenUsage.counted(output_tokens=3, service_tier=bad)  # type: ignore[arg-type]

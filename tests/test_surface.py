@@ -158,7 +158,7 @@ EXPORTS = [
 ADAPTER_EXPORTS = [
     "LEVELS", "ElasticTerms", "ModelPrice", "Pricer", "TokenUsage", "Unit", "Units",
     "acommit_units", "areserve_units", "check_int", "commit_units", "current_fields",
-    "input_tokens", "reserve_units", "text_tokens", "trusted_amounts",
+    "input_tokens", "reserve_units", "text_tokens", "tier_of", "trusted_amounts",
 ]
 
 

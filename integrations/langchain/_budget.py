@@ -67,7 +67,8 @@ class Budget:
 
     def chat(self, subject: al.Subject, provider: str, model: str,
              messages: list[BaseMessage] | list[str], max_tokens: int | None,
-             tools: Any = None, thinking: Any = None) -> Request:
+             tools: Any = None, thinking: Any = None,
+             service_tier: str | None = None) -> Request:
         """A chat model call as the meter takes it; without max_tokens it is held for the
         default bound."""
         payload: dict[str, Any] = {"messages": estimator_messages(messages)}
@@ -77,7 +78,7 @@ class Budget:
         if provider == "anthropic":
             overhead = hidden_prompt_tokens({"tools": tools, "thinking": thinking})
         return Request(subject, "llm.completion", provider, model, payload,
-                       max_tokens or self.metering.default_max_tokens, overhead)
+                       max_tokens or self.metering.default_max_tokens, overhead, service_tier)
 
     def hold(self, request: Request) -> Meter:
         """Reserve at the model asked for (a callback cannot switch it), or raise Denied."""

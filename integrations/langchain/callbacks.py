@@ -14,7 +14,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
 import allotment as al
-from allotment.adapter import Pricer
+from allotment.adapter import Pricer, tier_of
 
 from .._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Meter, Request
 from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, aquietly, quietly
@@ -80,7 +80,8 @@ class _Handling:
                  or "unknown")
         bound = max_tokens(params) or positive(meta.get("ls_max_tokens"))
         return self._budget.chat(self._budget.subject_of(metadata), provider, str(model),
-                                 messages, bound, params.get("tools"), params.get("thinking"))
+                                 messages, bound, params.get("tools"), params.get("thinking"),
+                                 tier_of(params.get("service_tier")))
 
     def _tool_request(self, serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
                       kwargs: dict[str, Any]) -> tuple[al.Subject, al.Action, al.Amount] | None:

@@ -17,7 +17,7 @@ from allotment.adapter import Pricer
 from .._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Meter, Request
 from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, afailed, asettle, failed, settle
 from ._claims import METERED
-from .usage import add_chunk, as_messages, model_params, reported, thinking
+from .usage import add_chunk, as_messages, model_params, reported, requested_tier, thinking
 
 __all__ = ["CappedChatModel", "capped"]
 
@@ -157,7 +157,8 @@ class CappedChatModel(Runnable[Any, Any]):
         provider, model, max_tokens = model_params(self.chat, settings)
         subject = self._budget.subject_of(config.get("metadata"))
         request = self._budget.chat(subject, provider, model, as_messages(input), max_tokens,
-                                    settings.get("tools"), thinking(self.chat, settings))
+                                    settings.get("tools"), thinking(self.chat, settings),
+                                    requested_tier(self.chat, settings))
         return request, settings, config
 
     def _capped(self, meter: Meter, request: Request, settings: dict[str, Any],

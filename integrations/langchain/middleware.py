@@ -26,7 +26,7 @@ from ._budget import (
     settle,
 )
 from ._claims import claiming
-from .usage import ai_message, model_params, thinking
+from .usage import ai_message, model_params, requested_tier, thinking
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import AgentMiddleware
@@ -160,7 +160,8 @@ class BudgetMiddleware(AgentMiddleware[Any, Any, Any]):
             messages.insert(0, request.system_message)
         tools = [t if isinstance(t, dict) else convert_to_openai_tool(t) for t in request.tools]
         return self._budget.chat(self._subject(request.runtime), provider, model, messages,
-                                 max_tokens, tools, thinking(request.model, settings))
+                                 max_tokens, tools, thinking(request.model, settings),
+                                 requested_tier(request.model, settings))
 
     def _capped(self, request: Any, meter: Meter, described: Request) -> Any:
         settings = dict(request.model_settings)

@@ -4,7 +4,9 @@ output bound, messages as the estimator counts them, and the usage a call report
 LangChain normalises usage into `usage_metadata` (input includes cached tokens, output
 includes reasoning), read here; integrations that report only the provider's own usage
 (`token_usage` or `usage` in `llm_output` or `response_metadata`) are read by the shared
-provider code.
+provider code. The tier a call was served at is the response's `service_tier` (in
+`response_metadata` or `llm_output`), else the usage's own (Anthropic's), else what
+langchain-openai marks in `usage_metadata` (a `flex` or `priority` input detail).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata, add_usage
 
-from allotment.adapter import TokenUsage, input_tokens
+from allotment.adapter import TokenUsage, input_tokens, tier_of
 
 from .._metering import Request
 from .._usage import count, provider_usage
 
 MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+MARKED_TIERS = ("flex", "priority")
+"""The tiers langchain-openai marks in `usage_metadata` by an input detail of that name."""
 PROVIDERS = {"google_genai": "google", "google_vertexai": "google", "amazon_bedrock": "aws",
              "bedrock": "aws", "bedrock_converse": "aws", "mistralai": "mistral",
              "xai": "x-ai", "azure_openai": "azure"}
@@ -82,6 +86,12 @@ def _own_max_tokens(chat: Any) -> int | None:
     return own
 
 
+def requested_tier(chat: Any, settings: Mapping[str, Any]) -> str | None:
+    """The service tier a call asks for (ChatOpenAI's `service_tier`), None when it names
+    none."""
+    return tier_of(settings.get("service_tier") or getattr(chat, "service_tier", None))
+
+
 def thinking(chat: Any, settings: Mapping[str, Any]) -> Any:
     """The call's thinking settings: Anthropic then adds a system prompt of its own."""
     return settings.get("thinking") or getattr(chat, "thinking", None)
@@ -134,16 +144,19 @@ def from_cache(message: Any) -> bool:
 
 def message_usage(request: Request, message: Any) -> TokenUsage | None:
     """What an AIMessage says its call used."""
-    return reported(request, getattr(message, "usage_metadata", None),
-                    _raw_usage(_response_metadata(message)))
+    metadata = _response_metadata(message)
+    return reported(request, getattr(message, "usage_metadata", None), _raw_usage(metadata),
+                    metadata.get("service_tier"))
 
 
 def result_usage(request: Request, result: Any) -> TokenUsage | None:
     """What an LLMResult says its call used (the provider's usage may sit in `llm_output`)."""
     message = first_message(result)
     raw = getattr(result, "llm_output", None) or {}
+    metadata = _response_metadata(message)
     return reported(request, getattr(message, "usage_metadata", None),
-                    _raw_usage(raw) or _raw_usage(_response_metadata(message)))
+                    _raw_usage(raw) or _raw_usage(metadata),
+                    raw.get("service_tier") or metadata.get("service_tier"))
 
 
 def add_chunk(usage: UsageMetadata | None, chunk: Any) -> UsageMetadata | None:
@@ -153,23 +166,34 @@ def add_chunk(usage: UsageMetadata | None, chunk: Any) -> UsageMetadata | None:
 
 
 def reported(request: Request, usage: Mapping[str, Any] | None,
-             raw: Mapping[str, Any] | None) -> TokenUsage | None:
-    """LangChain's usage_metadata, else the provider's raw usage. Where a report leaves input
-    at 0 (older Anthropic streams), the input estimate stands in."""
-    found = _from_metadata(usage) if usage else provider_usage(raw) if raw else None
+             raw: Mapping[str, Any] | None, service_tier: Any = None) -> TokenUsage | None:
+    """LangChain's usage_metadata, else the provider's raw usage, served at `service_tier`
+    (the response's). Where a report leaves input at 0 (older Anthropic streams), the input
+    estimate stands in."""
+    found = (_from_metadata(usage, service_tier, raw) if usage
+             else provider_usage(raw, service_tier) if raw else None)
     if found is not None and found.input_tokens == 0:
         found = TokenUsage(**{**found.model_dump(),
                               "input_tokens": input_tokens(request.payload, request.overhead)})
     return found
 
 
-def _from_metadata(usage: Mapping[str, Any]) -> TokenUsage:
+def _from_metadata(usage: Mapping[str, Any], service_tier: Any,
+                   raw: Mapping[str, Any] | None) -> TokenUsage:
     inputs, outputs = usage.get("input_token_details"), usage.get("output_token_details")
+    tier = (tier_of(service_tier) or tier_of((raw or {}).get("service_tier"))
+            or _marked_tier(inputs))
     return TokenUsage(input_tokens=count(usage.get("input_tokens")),
                       output_tokens=count(usage.get("output_tokens")),
                       cache_read_tokens=_detail(inputs, "cache_read"),
                       cache_write_tokens=_detail(inputs, "cache_creation"),
-                      reasoning_tokens=_detail(outputs, "reasoning"))
+                      reasoning_tokens=_detail(outputs, "reasoning"), service_tier=tier)
+
+
+def _marked_tier(details: Any) -> str | None:
+    if not isinstance(details, Mapping):
+        return None
+    return next((tier for tier in MARKED_TIERS if tier in details), None)
 
 
 def _detail(details: Any, name: str) -> int:

@@ -11,9 +11,10 @@ import httpx2
 import pytest
 
 import allotment as al
+from allotment.integrations._usage import AnthropicStreamUsage, anthropic_usage
 from allotment.integrations.anthropic import wrap_anthropic
 
-from support.cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, expected_hold, replay, sent, spent
 
 ACME = "tenant:acme"
 SONNET = "claude-sonnet-4-6"
@@ -159,3 +160,49 @@ def test_a_broken_stream_commits_the_usage_it_saw(funded: al.Guard) -> None:
     for event in stream:  # the connection ends before message_stop
         assert event.type in ("message_start", "message_delta")
     assert spent(funded) == (expected_cost("anthropic", SONNET, 30, 40), 70)
+
+
+# -- service tiers ---------------------------------------------------------------------------
+
+
+def test_a_tier_genai_prices_does_not_know_is_charged_the_standard_price(
+        funded: al.Guard, caplog: pytest.LogCaptureFixture) -> None:
+    """Anthropic reports `usage.service_tier`; genai-prices knows no priority price for
+    Anthropic, so a call served at priority costs the standard price, and the log says so."""
+    with replay("anthropic_messages_priority.yaml"), caplog.at_level("WARNING", "allotment"):
+        reply = client(funded).messages.create(model=SONNET, max_tokens=1024, messages=ASK,
+                                               service_tier="auto")
+    assert reply.usage.service_tier == "priority"
+    assert spent(funded) == (expected_cost("anthropic", SONNET, 14, 11), 25)
+    assert "service tier 'priority'" in caplog.text
+    # held at the highest tier known for the model: its standard price (batch is cheaper)
+    (held,) = funded.audit("acme", types=["reservation.reserved"])
+    assert held.estimate[0].amount == expected_hold("anthropic", SONNET, held, max_tokens=1024)
+
+
+def test_a_batch_served_usage_is_charged_the_batch_price() -> None:
+    """Message Batches results say `batch`: genai-prices' batch processing price."""
+    from genai_prices import Usage, calc_price
+
+    usage = anthropic_usage({"input_tokens": 14, "output_tokens": 11,
+                             "service_tier": "batch"})
+    assert usage is not None and usage.service_tier == "batch"
+    batch = calc_price(Usage(input_tokens=14, output_tokens=11), model_ref=SONNET,
+                       provider_id="anthropic", price_context={"processing": "batch"})
+    assert al.pricing.Pricer().cost("anthropic", SONNET, usage) == al.usd(batch.total_price)
+    assert batch.total_price < calc_price(Usage(input_tokens=14, output_tokens=11),
+                                          model_ref=SONNET,
+                                          provider_id="anthropic").total_price
+
+
+def test_a_stream_keeps_the_tier_message_start_said(funded: al.Guard) -> None:
+    with replay("anthropic_messages_stream.yaml"):
+        seen = AnthropicStreamUsage()
+        for event in client(funded).messages.create(model=SONNET, max_tokens=1024,
+                                                    messages=ASK, stream=True,
+                                                    service_tier="standard_only"):
+            seen.see(event)
+    assert seen.usage is not None and seen.usage.service_tier == "standard"
+    assert spent(funded) == (expected_cost("anthropic", SONNET, 21, 13), 34)
+    (held,) = funded.audit("acme", types=["reservation.reserved"])
+    assert held.estimate[0].amount == expected_hold("anthropic", SONNET, held, max_tokens=1024)

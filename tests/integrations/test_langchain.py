@@ -38,7 +38,7 @@ from allotment.integrations.langchain import (
 )
 from allotment.pricing import Pricer
 
-from support.cassettes import DIRECTORY, expected_cost, replay, sent, spent
+from support.cassettes import DIRECTORY, expected_cost, expected_hold, replay, sent, spent
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = "tenant:acme"
@@ -602,8 +602,8 @@ def test_capped_applies_degrade_caps(guard: al.Guard) -> None:
 
 def test_capped_shrinks_max_tokens_to_what_the_budget_holds(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd="0.0006153")  # the input and about 1,000 output tokens
-    with replay("openai_chat.yaml") as cassette:
-        capped(openai(), guard, tenant="acme").invoke("Hello!")
+    with replay("openai_chat.yaml") as cassette:  # at the default tier's price
+        capped(openai(service_tier="default"), guard, tenant="acme").invoke("Hello!")
     assert cassette.play_count == 1
     assert 900 < sent()["max_completion_tokens"] < 1_100
 
@@ -694,3 +694,43 @@ def test_the_example_runs_offline() -> None:
     summary = json.loads(out.splitlines()[-1])
     assert summary["tenants"] == ["acme", "globex"]
     assert all(float(usd) > 0 for usd in summary["spent_usd"].values())
+
+
+# -- service tiers ---------------------------------------------------------------------------
+
+
+def priority(input_tokens: int, output_tokens: int) -> int:
+    return expected_cost("openai", MINI, input_tokens, output_tokens, tier="priority")
+
+
+def test_the_handler_holds_the_tier_asked_for_and_charges_the_one_served(
+        funded: al.Guard) -> None:
+    handler = BudgetCallbackHandler(funded, tenant="acme")
+    with replay("openai_chat_priority.yaml"):
+        openai(service_tier="priority").invoke("Hello!", config={"callbacks": [handler]})
+    assert sent()["service_tier"] == "priority"
+    with replay("openai_chat_stream_priority.yaml"):
+        list(openai().stream("capital of the UK?", config={"callbacks": [handler]}))
+    assert spent(funded) == (priority(9, 9) + priority(53, 15), 18 + 68)
+    asked, left_open = funded.audit("acme", types=["reservation.reserved"])
+    assert asked.estimate[0].amount == expected_hold("openai", MINI, asked, "priority")
+    assert left_open.estimate[0].amount == expected_hold("openai", MINI, left_open, "priority")
+
+
+def test_capped_and_the_middleware_charge_the_tier_served(funded: al.Guard) -> None:
+    model = capped(openai(service_tier="default"), funded, tenant="acme")
+    with replay("openai_chat_priority.yaml"):
+        model.invoke("Hello!")
+    with replay("openai_chat_stream_priority.yaml"):
+        list(model.stream("capital of the UK?"))
+    assert spent(funded) == (priority(9, 9) + priority(53, 15), 18 + 68)
+    held = funded.audit("acme", types=["reservation.reserved"])
+    assert [r.estimate[0].amount for r in held] == [expected_hold("openai", MINI, r)
+                                                    for r in held]  # default: standard
+    middleware = BudgetMiddleware(funded, tool_prices={"get_capital": "0.01"})
+    agent = create_agent(openai(streaming=True), [get_capital], middleware=[middleware])
+    with replay("openai_chat_stream_priority.yaml"):
+        agent.invoke({"messages": [("user", "Capital of the UK?")]},
+                     config={"metadata": {"tenant": "acme"}})
+    assert spent(funded)[0] == (priority(9, 9) + 2 * priority(53, 15) + priority(78, 9)
+                                + al.usd("0.01").amount)

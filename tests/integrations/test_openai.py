@@ -14,7 +14,7 @@ import pytest
 import allotment as al
 from allotment.integrations.openai import wrap_openai
 
-from support.cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, expected_hold, replay, sent, spent
 
 ACME = "tenant:acme"
 
@@ -158,11 +158,12 @@ def test_caps_reach_the_outgoing_body(guard: al.Guard) -> None:
 
 
 def test_elastic_fit_shrinks_max_tokens(guard: al.Guard) -> None:
-    # room for the input and about 1,000 output tokens at $0.60 per million
+    # room for the input and about 1,000 output tokens at the default tier's $0.60 per million
     guard.set_budget(ACME, usd="0.0006153")
     with replay("openai_chat.yaml") as cassette:
         client(guard).chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+            service_tier="default")
     assert cassette.play_count == 1
     assert 900 < sent()["max_completion_tokens"] < 1_100
 
@@ -313,3 +314,106 @@ def test_a_model_switch_is_held_and_charged_at_the_new_models_price(guard: al.Gu
     assert reserved[1].estimate[0].amount < reserved[0].estimate[0].amount
     (committed,) = guard.audit("acme", types=["reservation.committed"])
     assert committed.charged[0].amount == expected_cost("openai", "gpt-4o-mini", 9, 9)
+
+
+# -- service tiers: held at the tier asked for, charged at the tier that served ----------
+
+
+def reservations(guard: al.Guard) -> list[Any]:
+    return guard.audit("acme", types=["reservation.reserved"])
+
+
+def test_a_responses_stream_served_at_flex_is_charged_the_flex_price(funded: al.Guard) -> None:
+    # The recorded stream, its terminal event saying flex (cassettes/NOTICE). It answered for
+    # gpt-4.1-nano, which has no flex tier; replay matches on the path, and the call is priced
+    # at the model it asks for: gpt-5-nano, which genai-prices prices at flex.
+    with replay("openai_responses_stream_flex.yaml"):
+        events = list(client(funded).responses.create(
+            model="gpt-5-nano", input="What is 2+2?", stream=True, service_tier="flex"))
+    assert events[-1].response.service_tier == "flex"
+    flex = expected_cost("openai", "gpt-5-nano", 14, 9, tier="flex")
+    assert flex < expected_cost("openai", "gpt-5-nano", 14, 9)  # not the standard price
+    assert spent(funded) == (flex, 23)
+    (held,) = reservations(funded)
+    assert held.estimate[0].amount == expected_hold("openai", "gpt-5-nano", held, "flex")
+
+
+def test_flex_async_and_through_the_stream_helper(funded: al.Guard) -> None:
+    async def main() -> None:
+        wrapped = wrap_openai(openai.AsyncOpenAI(api_key="sk-test"), funded, tenant="acme")
+        with replay("openai_responses_stream_flex.yaml"):
+            stream = await wrapped.responses.create(model="gpt-5-nano", input="2+2?",
+                                                    stream=True, service_tier="flex")
+            async for _ in stream:
+                pass
+
+    asyncio.run(main())
+    with replay("openai_responses_stream_flex.yaml"), client(funded).responses.stream(
+            model="gpt-5-nano", input="2+2?", service_tier="flex") as stream:
+        stream.get_final_response()
+    assert spent(funded) == (2 * expected_cost("openai", "gpt-5-nano", 14, 9, tier="flex"),
+                             2 * 23)
+    for held in reservations(funded):
+        assert held.estimate[0].amount == expected_hold("openai", "gpt-5-nano", held, "flex")
+
+
+@pytest.mark.parametrize("asked", [{}, {"service_tier": "auto"}, {"service_tier": "scale"}])
+def test_a_tier_left_open_is_held_at_the_highest_and_charged_as_served(
+        funded: al.Guard, asked: dict[str, str]) -> None:
+    """None named, `auto`, or a tier genai-prices does not know: the project may serve the
+    call at priority, so it is held at that price; the answer says default, which it costs."""
+    with replay("openai_responses_stream.yaml"):
+        list(client(funded).responses.create(model="gpt-4.1-nano", input="What is 2+2?",
+                                              stream=True, **asked))
+    assert spent(funded) == (expected_cost("openai", "gpt-4.1-nano", 14, 9), 23)
+    (held,) = reservations(funded)
+    assert held.estimate[0].amount == expected_hold("openai", "gpt-4.1-nano", held,
+                                                    "priority")
+    assert held.estimate[0].amount > expected_hold("openai", "gpt-4.1-nano", held)
+
+
+def test_chat_served_at_priority_is_charged_the_priority_price(funded: al.Guard) -> None:
+    messages = [{"role": "user", "content": "Hello!"}]
+    with replay("openai_chat_priority.yaml"):
+        reply = client(funded).chat.completions.create(model="gpt-4o-mini", messages=messages,
+                                                       service_tier="priority")
+    assert reply.service_tier == "priority"
+    priority = expected_cost("openai", "gpt-4o-mini", 9, 9, tier="priority")
+    assert priority > expected_cost("openai", "gpt-4o-mini", 9, 9)
+    assert spent(funded) == (priority, 18)
+    (held,) = reservations(funded)
+    assert held.estimate[0].amount == expected_hold("openai", "gpt-4o-mini", held, "priority")
+
+
+def test_chat_streams_say_their_tier_in_every_chunk(funded: al.Guard) -> None:
+    async def main() -> None:
+        wrapped = wrap_openai(openai.AsyncOpenAI(api_key="sk-test"), funded, tenant="acme")
+        with replay("openai_chat_stream_priority.yaml"):
+            stream = await wrapped.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "UK?"}],
+                stream=True)
+            async for _ in stream:
+                pass
+
+    asyncio.run(main())
+    assert spent(funded) == (expected_cost("openai", "gpt-4o-mini", 53, 15, tier="priority"),
+                             68)
+
+
+def test_a_default_tier_asked_for_is_held_at_the_standard_price(funded: al.Guard) -> None:
+    with replay("openai_chat.yaml"):
+        client(funded).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+            service_tier="default")
+    assert sent()["service_tier"] == "default"
+    (held,) = reservations(funded)
+    assert held.estimate[0].amount == expected_hold("openai", "gpt-4o-mini", held)
+    assert spent(funded) == (expected_cost("openai", "gpt-4o-mini", 9, 9), 18)
+
+
+def test_an_override_is_the_price_at_every_tier(funded: al.Guard) -> None:
+    pricer = al.pricing.Pricer(overrides={"gpt-4o-mini": {"input_mtok": 1, "output_mtok": 2}})
+    with replay("openai_chat_priority.yaml"):
+        client(funded, pricer=pricer).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
+    assert spent(funded) == (al.usd(Decimal(9 * 1 + 9 * 2) / 10**6).amount, 18)

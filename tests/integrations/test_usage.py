@@ -16,6 +16,7 @@ from openai.types.responses import ResponseUsage
 from allotment.adapter import TokenUsage
 from allotment.integrations._usage import (
     AnthropicStreamUsage,
+    OpenAIStreamUsage,
     anthropic_usage,
     openai_usage,
     provider_usage,
@@ -82,3 +83,44 @@ def test_anthropic_stream_counts_overwrite_never_add() -> None:
     seen.see(SimpleNamespace(type="message_stop"))
     assert seen.usage == TokenUsage(input_tokens=114, output_tokens=300, cache_read_tokens=100,
                                     reasoning_tokens=250)
+
+
+def test_the_served_tier_is_read_beside_or_inside_the_usage() -> None:
+    """OpenAI says it beside the usage (the response's `service_tier`), Anthropic inside."""
+    assert openai_usage(CHAT, "flex") == openai_usage(CHAT.model_dump(), "flex") == TokenUsage(
+        input_tokens=120, output_tokens=40, cache_read_tokens=100, reasoning_tokens=30,
+        service_tier="flex")
+    inside = anthropic_usage({**ANTHROPIC.model_dump(), "service_tier": "batch"})
+    assert inside is not None and inside.service_tier == "batch"
+    assert provider_usage({**ANTHROPIC.model_dump(), "service_tier": "batch"},
+                          "priority") == inside  # the usage's own tier wins
+    beside = provider_usage(RESPONSES.model_dump(), "priority")
+    assert beside is not None and beside.service_tier == "priority"
+
+
+@pytest.mark.parametrize("tier", ["", "x" * 10_000, 7, ["flex"], {"flex": 1}])
+def test_a_broken_tier_reads_as_none_never_fails_the_commit(tier: Any) -> None:
+    assert openai_usage(CHAT, tier) == openai_usage(CHAT)
+    assert anthropic_usage({"input_tokens": 1, "service_tier": tier}) == TokenUsage(
+        input_tokens=1)
+
+
+def test_streams_keep_the_tier_they_were_served_at() -> None:
+    seen = OpenAIStreamUsage()
+    chat = SimpleNamespace(service_tier="priority", usage=None)
+    seen.see(chat)
+    seen.see(SimpleNamespace(service_tier="priority", usage=CHAT))
+    assert seen.usage is not None and seen.usage.service_tier == "priority"
+    responses = OpenAIStreamUsage()
+    for kind, tier, usage in (("response.created", "auto", None),
+                              ("response.completed", "flex", RESPONSES)):
+        responses.see(SimpleNamespace(type=kind, response=SimpleNamespace(
+            service_tier=tier, usage=usage)))
+    assert responses.usage is not None and responses.usage.service_tier == "flex"
+    anthropic = AnthropicStreamUsage()
+    start = AnthropicUsage(input_tokens=14, output_tokens=1, service_tier="priority")
+    anthropic.see(SimpleNamespace(type="message_start", message=SimpleNamespace(usage=start)))
+    anthropic.see(SimpleNamespace(type="message_delta", usage=MessageDeltaUsage(
+        output_tokens=30)))
+    assert anthropic.usage == TokenUsage(input_tokens=14, output_tokens=30,
+                                         service_tier="priority")

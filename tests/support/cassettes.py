@@ -52,10 +52,22 @@ def spent(guard: al.Guard, scope: str = "tenant:acme") -> tuple[int, int]:
 
 
 def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int,
-                  cache_read: int = 0, cache_write: int = 0) -> int:
-    """The recorded usage priced straight from genai-prices, in USD_MICROCENTS (rounded up).
+                  cache_read: int = 0, cache_write: int = 0, tier: str | None = None) -> int:
+    """The recorded usage priced straight from genai-prices, in USD_MICROCENTS (rounded up),
+    at service tier `tier` (genai-prices' `service_tier` price context; None: standard).
     `input_tokens` includes cached tokens, as genai-prices counts them."""
     price = calc_price(Usage(input_tokens=input_tokens, output_tokens=output_tokens,
                              cache_read_tokens=cache_read, cache_write_tokens=cache_write),
-                       model_ref=model, provider_id=provider).total_price
+                       model_ref=model, provider_id=provider,
+                       price_context=None if tier is None else {"service_tier": tier}).total_price
     return al.usd(Decimal(price)).amount
+
+
+def expected_hold(provider: str, model: str, reserved: Any, tier: str | None = None,
+                  max_tokens: int = 4_096) -> int:
+    """The dollars a `reservation.reserved` record should hold at `tier`'s prices: its input
+    tokens (its TOKENS less the output bound) and `max_tokens` of output, each rounded up as
+    the elastic estimate rounds them."""
+    prompt = reserved.estimate[1].amount - max_tokens
+    return (expected_cost(provider, model, prompt, 0, tier=tier)
+            + expected_cost(provider, model, 0, max_tokens, tier=tier))

@@ -27,7 +27,7 @@ import allotment as al
 from allotment.integrations.llamaindex import BudgetHandler
 from allotment.integrations.openai import wrap_openai
 
-from support.cassettes import expected_cost, replay, sent, spent
+from support.cassettes import expected_cost, expected_hold, replay, sent, spent
 
 ROOT = Path(__file__).resolve().parents[3]
 ACME = "tenant:acme"
@@ -443,3 +443,24 @@ def test_example_runs_offline() -> None:
                          timeout=120).stdout
     assert "stopped: tenant:acme/workflow:support-chat/run:r-7: BUDGET_EXCEEDED" in out
     assert "capped: max_tokens sent = 128" in out
+
+
+# -- service tiers ---------------------------------------------------------------------------
+
+
+def test_the_tier_asked_for_is_held_and_the_one_served_charged(funded: al.Guard) -> None:
+    handler = BudgetHandler(funded, tenant="acme")
+    asking = llm(handler, additional_kwargs={"service_tier": "priority"})
+    with replay("openai_chat_priority.yaml"):
+        asking.chat(HELLO)
+    assert sent()["service_tier"] == "priority"
+    with replay("openai_chat_stream_priority.yaml"):
+        for _ in llm(handler).stream_chat(UK):
+            pass
+    assert spent(funded) == (
+        expected_cost("openai", "gpt-4o-mini", 9, 9, tier="priority")
+        + expected_cost("openai", "gpt-4o-mini", 53, 15, tier="priority"), 18 + 68)
+    for held in funded.audit("acme", types=["reservation.reserved"]):  # asked, or left open
+        assert held.estimate[0].amount == expected_hold("openai", "gpt-4o-mini", held,
+                                                        "priority")
+    assert settled(handler)
