@@ -47,7 +47,7 @@ from support.stores import START_MS, STORE_KINDS, make_store
 
 EXAMPLES = int(os.environ.get("ALLOTMENT_FUZZ_EXAMPLES", "0"))
 """Examples per test on demand; 0 means the CI budget below, with a fixed seed."""
-CI_EXAMPLES = 40
+CI_EXAMPLES = 100
 FUZZ = settings(
     max_examples=EXAMPLES or CI_EXAMPLES,
     derandomize=not EXAMPLES and "ALLOTMENT_FUZZ_SEED" not in os.environ,
