@@ -807,7 +807,7 @@ def in_model_domain(value: Any, what: str) -> None:
 
 
 def _accepted_non_ascii_names(name: str, kwargs: dict[str, Any]) -> list[str]:
-    if name not in ("Subject", "scope"):
+    if name != "Subject":
         return []
     found = [f for f, v in kwargs.items() if isinstance(v, str) and not v.isascii()]
     dims = kwargs.get("dimensions")
