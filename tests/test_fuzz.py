@@ -897,7 +897,7 @@ def test_plan_file_with_hostile_content(kind: str, data: st.DataObject) -> None:
                 YAML_SCALAR, st.lists(YAML_SCALAR, max_size=3),
                 st.dictionaries(st.text(max_size=12), YAML_SCALAR, max_size=3)))
             field = data.draw(st.sampled_from(["budgets", "quotas", "access", "mode", "x"]))
-            if path == "plan" or not plan.get(field):
+            if path == "plan" or not isinstance(plan.get(field), list) or not plan[field]:
                 plan[field] = data.draw(hostile)
             else:
                 items = plan[field]
