@@ -109,6 +109,7 @@ class Plan(Model):
     @classmethod
     def load(cls, path: str | Path, name: str) -> Plan:
         """The plan `name` from a YAML or TOML file of plans."""
+        name = check_text(name, "name", MAX_NAME)
         plans = cls.load_all(path)
         if name not in plans:
             raise InvalidRequest(f"{path}: no plan {name!r}; it has {sorted(plans)}")
@@ -156,15 +157,27 @@ def relative_scope(tenant: str, scope: str) -> str:
 
 
 def _read(path: Path) -> Any:
-    text = path.read_text()
+    """The document of a plans file; a file that is not valid YAML or TOML is a bad request
+    (the message says where the parser stopped), never a parser's own exception."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"{path}: cannot read the plans file ({error})") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        return yaml.safe_load(text)
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise InvalidRequest(f"{path}: not a valid YAML plans file: "
+                                 f"{shown(str(error))}") from None
     if path.suffix == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - exercised on Python 3.10 only
             import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
-        return tomllib.loads(text)
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise InvalidRequest(f"{path}: not a valid TOML plans file: {error}") from None
     raise InvalidRequest(f"{path}: plans load from .yaml, .yml or .toml files")

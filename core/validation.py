@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import InvalidRequest
 
@@ -81,6 +81,19 @@ class Model(BaseModel):
             super().__init__(**data)
         except ValidationError as error:
             raise invalid(error, f"{type(self).__name__}.") from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _string_keys(cls, data: Any) -> Any:
+        """Mappings in a list (a plan's budgets, a budget's degrade rules) must have string
+        keys before models are built from them, as `check_mapping` asks of the top."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, (list, tuple)):
+                    for item in value:
+                        if isinstance(item, dict):
+                            check_mapping(item, str(name))
+        return data
 
 
 def check_text(value: object, field: str, longest: int = MAX_TEXT, *,

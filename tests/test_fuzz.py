@@ -271,6 +271,9 @@ SCOPES = st.sampled_from([ACME, W, "tenant:acme/workspace:w/agent:a", "TENANT:Ac
 LEDGER_SCOPES = st.one_of(SCOPES, st.just("tenant:acme/workspace:w/run:r1"))
 DOLLARS = st.one_of(st.integers(0, 1_000), st.decimals(0, 1_000, places=4),
                     st.floats(0, 1_000), st.sampled_from(["0.05", "12.5"]))
+SMALL_DOLLARS = st.one_of(st.integers(0, 1), st.decimals(0, 1, places=4), st.floats(0, 1),
+                          st.sampled_from(["0.05", "0.5"]))
+"""Estimates within a dollar: room for many calls in the setup's budgets."""
 COUNTS = st.integers(0, 10**6)
 PERIODS = st.sampled_from([None, "day", "month", "week", "hour", "minute", "year",
                            al.Period.DAY])
@@ -284,7 +287,7 @@ DEGRADE = st.lists(st.one_of(
                                     "cooldown_ms": st.integers(0, 60_000)}).filter(
         lambda d: len(d) > 1)), max_size=3)
 ALERTS = st.one_of(st.none(), st.lists(st.floats(0.01, 1), max_size=4))
-AMOUNT = st.one_of(st.builds(al.usd, DOLLARS.map(lambda v: min(v, 1))),
+AMOUNT = st.one_of(st.builds(al.usd, SMALL_DOLLARS),
                    st.builds(al.tokens, st.integers(0, 5_000)),
                    st.builds(al.credits, st.integers(0, 10)))
 AMOUNTS = st.one_of(AMOUNT, st.lists(AMOUNT, min_size=1, max_size=3).filter(
@@ -732,7 +735,7 @@ MODELS: dict[str, tuple[Callable[..., Any], st.SearchStrategy[dict[str, Any]], l
                                per_mtok=st.just([al.usd(10), al.tokens(1_000_000)]),
                                max_tokens=st.integers(1, 4_000), floor=st.integers(0, 1)),
                 ["fixed", "per_mtok", "max_tokens", "floor"], _use_amount),
-    "usd": (al.usd, kw(dollars=DOLLARS.map(lambda v: min(v, 1))), ["dollars"], _use_amount),
+    "usd": (al.usd, kw(dollars=SMALL_DOLLARS), ["dollars"], _use_amount),
     "tokens": (al.tokens, kw(count=st.integers(0, 5_000)), ["count"], _use_amount),
     "credits": (al.credits, kw(count=st.integers(0, 5)), ["count"], _use_amount),
     "Amount": (al.Amount, kw(unit=st.sampled_from([*al.Unit, "TOKENS"]),
