@@ -59,15 +59,16 @@ def per(value: Any) -> str:
 
 
 def subject(value: Subject | None) -> Subject:
-    """The subject given, or the one of the active `al.scope`."""
+    """The subject given, or the one of the active `al.scope`, as validated: one built
+    without validation is checked now, and the checked copy is what the call uses."""
     subject = value
     if subject is None:
         subject = current_subject()
         if subject is None:
             raise InvalidRequest("subject: none given and no al.scope(tenant=...) is active")
     if not isinstance(subject, Subject):
-        raise InvalidRequest(f"subject: expected a Subject, got {subject!r}")
-    return subject
+        raise InvalidRequest(f"subject: expected a Subject, got {shown(subject)}")
+    return subject.checked()
 
 
 def mode(value: Any, allow_none: bool) -> str | None:

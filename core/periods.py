@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from .errors import InvalidRequest
+from .validation import shown
 
 
 class Period(str, Enum):
@@ -25,10 +26,12 @@ def parse_period(value: object) -> Period | None:
     if value is None or isinstance(value, Period):
         return value
     try:
-        return Period(str(value).lower())
+        if not isinstance(value, str) or not value.isascii():
+            raise ValueError(value)  # ASCII first: "wee\u212a" must not lower to "week"
+        return Period(value.lower())
     except ValueError:
         names = ", ".join(p.value for p in Period)
-        raise InvalidRequest(f"period: {value!r} is not a period; use one of {names} "
+        raise InvalidRequest(f"period: {shown(value)} is not a period; use one of {names} "
                              "or None") from None
 
 

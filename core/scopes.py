@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .errors import InvalidRequest
 from .validation import NAME_RULE, Model, check_key, check_name, shown
@@ -29,6 +29,21 @@ class Subject(Model):
     agent: str | None = None
     toolset: str | None = None
     dimensions: dict[str, str] = Field(default_factory=dict)
+    _checked: bool = PrivateAttr(default=False)
+    """Built through validation: `model_construct()` (and a subclass) skip it, and such a
+    subject is checked again before a store sees it (see `checked`)."""
+
+    @model_validator(mode="after")
+    def _mark_checked(self) -> Subject:
+        self._checked = True
+        return self
+
+    def checked(self) -> Subject:
+        """This subject if it was validated as a `Subject`, else a validated copy of its
+        fields: what reaches a store is always what the rules allow, read once."""
+        if self._checked and type(self) is Subject:
+            return self
+        return Subject(**{name: getattr(self, name) for name in Subject.model_fields})
 
     @field_validator("tenant", "workspace", "app", "workflow", "agent", "toolset", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
+from . import arguments as arg
 from .budgets import BudgetCalls
 from .calls import Flow, flow_twins
 from .enforcement import EnforcementCalls
@@ -52,6 +53,7 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         """A subject of this tenant: the one given (checked), or one built from `fields`."""
         if subject is None:
             return Subject(tenant=self.name, **fields)
+        subject = arg.subject(subject)
         if subject.tenant != self.name:
             raise Forbidden(f"subject of tenant {subject.tenant!r} given to the handle of "
                             f"{self.name!r}")

@@ -392,6 +392,7 @@ KELVIN_CASES = [
     case(lambda g: g.set_budget(ACME, amount=5, unit="TOKEN\u017f"), "unit", id="unit-long-s"),
     case(lambda g: g.set_budget(ACME, usd=5, overage_policy="REJECT\u017f"), "overage_policy",
          id="policy-long-s"),
+    case(lambda g: g.set_budget(ACME, usd=5, period=f"wee{KELVIN}"), "period", id="period"),
 ]
 
 

@@ -97,3 +97,61 @@ def test_tenant_handle_reads_its_own_audit_and_report_only(guard: al.Guard) -> N
     with pytest.raises(al.Forbidden):
         acme.set_access("tenant:rival", models_deny=["*"])
     assert not hasattr(acme, "guard")  # the handle does not lead back to every tenant
+
+
+class Sneaky(str):
+    """A str that answers differently the second time it is asked."""
+
+    asked = 0
+
+    def lower(self) -> str:
+        Sneaky.asked += 1
+        return "acme" if Sneaky.asked == 1 else "rival"
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+
+def test_the_handle_forwards_the_checked_value_not_the_object_it_was_given(
+        guard: al.Guard) -> None:
+    """What the store sees is read once from the arguments, checked, and compared; an
+    object that would answer differently the second time never gets a second time."""
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:rival", usd=10)
+    acme = guard.tenant("acme")
+    Sneaky.asked = 0
+    acme.set_budget(Sneaky("tenant:acme"), usd=20)
+    constructed = al.Subject.model_construct(tenant="rival", dimensions={})
+    with pytest.raises(al.Forbidden):
+        acme.reserve(constructed, LLM, al.usd(1))
+    with pytest.raises(al.Forbidden):
+        acme.subject(constructed)
+    unchecked = al.Subject.model_construct(tenant="a b", dimensions={})
+    with pytest.raises(al.InvalidRequest, match="tenant"):
+        guard.reserve(unchecked, LLM, al.usd(1))
+    assert guard.balances("tenant:acme")[0].allocated == al.usd(20).amount
+    (rival,) = guard.balances("tenant:rival")
+    assert (rival.allocated, rival.reserved, rival.spent) == (al.usd(10).amount, 0, 0)
+
+
+def test_a_subject_subclass_is_read_as_the_subject_its_fields_make(guard: al.Guard) -> None:
+    class Lying(al.Subject):
+        def scopes(self) -> tuple[str, ...]:
+            return ("tenant:rival",)
+
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:rival", usd=10)
+    held = guard.tenant("acme").reserve(Lying(tenant="acme"), LLM, al.usd(1))
+    assert held.info.scopes == ("tenant:acme",)
+    assert guard.balances("tenant:acme")[0].reserved == al.usd(1).amount
+    assert guard.balances("tenant:rival")[0].reserved == 0
+
+
+def test_a_reservation_from_a_handle_leads_back_to_the_handle_only(guard: al.Guard) -> None:
+    guard.set_budget("tenant:acme", usd=10)
+    acme = guard.tenant("acme")
+    held = acme.reserve(acme.subject(), LLM, al.usd(1))
+    assert not isinstance(held.guard, al.Guard)
+    assert held.guard.name == "acme"
