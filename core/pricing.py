@@ -231,25 +231,27 @@ class Pricer:
                  tier: str | None = None) -> ModelPrice:
         """The price of a model served at `tier` (None: the standard price), or
         `Denied(PRICE_UNKNOWN)`."""
-        override = self._override(provider, model, tenant)
-        if override is not None:
-            return override
-        known = self.tiers_of(provider, model)
-        if known is None:
-            return self._fallback(provider, model)
-        return known.served(tier, f"{provider}:{model}")
+        found = self._prices(provider, model, tenant)
+        if isinstance(found, ModelPrice):
+            return found
+        return found.served(tier, f"{provider}:{model}")
 
     def hold_price(self, provider: str, model: str, tenant: str | None = None,
                    tier: str | None = None) -> ModelPrice:
         """What to reserve a call asking for `tier` at (None: it names none, so the provider
         picks): an upper bound on the price it is billed at, or `Denied(PRICE_UNKNOWN)`."""
+        found = self._prices(provider, model, tenant)
+        return found if isinstance(found, ModelPrice) else found.held(tier)
+
+    def _prices(self, provider: str, model: str,
+                tenant: str | None) -> ModelPrice | TierPrices:
+        """An override or the fallback (one price at every tier), or the model's prices at
+        each tier genai-prices knows."""
         override = self._override(provider, model, tenant)
         if override is not None:
             return override
         known = self.tiers_of(provider, model)
-        if known is None:
-            return self._fallback(provider, model)
-        return known.held(tier)
+        return self._fallback(provider, model) if known is None else known
 
     def cost(self, provider: str, model: str, usage: TokenUsage,
              tenant: str | None = None) -> Amount:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -24,22 +23,10 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import allotment as al
-from allotment.budgets import (
-    freeze_op,
-    fund_op,
-    remove_budget_op,
-    set_access_op,
-    set_budget_op,
-    set_quota_op,
-    transfer_op,
-)
-from allotment.platform import assign_plan_op
-from allotment.reads import audit_op, balances_op, report_op
-from allotment.reservation import commit_op, extend_op, release_op
-from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore, reservation_key, tenant_keys
 
 from support import LLM
+from support.operations import every_operation
 from support.redis_server import free_port
 
 STARTUP_S = 30.0
@@ -272,35 +259,6 @@ def test_thirty_tenants_land_on_all_three_masters(fresh: Cluster,
     assert_stored_where_owned(fresh, TENANTS)
 
 
-def _ops_of(guard: al.Guard, tenant: str) -> dict[str, ops.Op[Any]]:
-    """One operation of every kind for `tenant`, built the way the guard builds them."""
-    scope = f"tenant:{tenant}"
-    rid = f"{tenant}:{'0' * 32}"
-    who = run(tenant, "r1", workspace="w")
-    return {
-        "reserve": guard._reserve_op(who, LLM, al.usd(1), idempotency_key="k"),
-        "decide": guard._reserve_op(who, LLM, al.usd(1), dry_run=True),
-        "commit": commit_op(rid, al.usd(1), idempotency_key="k"),
-        "release": release_op(rid, "done", idempotency_key="k"),
-        "extend": extend_op(rid, 1_000, idempotency_key="k"),
-        "record": guard._record_op(who, TOOL, al.usd(1), idempotency_key="k"),
-        "get": ops.Get(tenant=tenant, reservation_id=rid),
-        "balances": balances_op(scope),
-        "audit": audit_op(tenant),
-        "report": report_op(tenant),
-        "set_budget": set_budget_op(scope, usd=10, period="month"),
-        "remove_budget": remove_budget_op(scope, USD, period="month"),
-        "set_quota": set_quota_op(scope, calls=5, window="minute"),
-        "set_access": set_access_op(scope, models_allow=["gpt-4o*"]),
-        "set_mode": ops.SetMode(tenant=tenant, mode="shadow"),
-        "freeze": freeze_op(scope),
-        "assign_plan": assign_plan_op(tenant, seed.PLANS["pro"]),
-        "fund": fund_op(scope, "CREDIT", al.usd(1), idempotency_key="k"),
-        "transfer": transfer_op(f"{scope}/workspace:a", f"{scope}/workspace:b", al.usd(1),
-                                idempotency_key="k"),
-    }
-
-
 def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
                                                cluster_guard: al.Guard) -> None:
     """The keys each operation declares (KEYS[1..12]) all hash to the tenant's slot, and so
@@ -311,7 +269,7 @@ def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
     for tenant in TENANTS:
         slot = slot_of(tenant)
         assert slot == key_slot(f"{{{tenant}}}".encode())
-        for kind, op in _ops_of(cluster_guard, tenant).items():
+        for kind, op in every_operation(cluster_guard, tenant).items():
             call = store._flows.call(op)
             keys, args = call.keys, call.args
             script = call.function.removeprefix(f"{store.library_name}_")
@@ -323,7 +281,7 @@ def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
             assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant
             kinds.add(kind)
         assert key_slot(reservation_key(tenant, f"{tenant}:x").encode()) == slot
-    assert len(kinds) == 19
+    assert len(kinds) == 20
     owners = slot_owners(fresh)
     assert {owners[slot_of(t)] for t in TENANTS} == set(fresh.ports)
 

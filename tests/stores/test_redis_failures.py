@@ -27,24 +27,12 @@ import redis
 from redis.cluster import key_slot
 
 import allotment as al
-from allotment.budgets import (
-    freeze_op,
-    fund_op,
-    remove_budget_op,
-    set_access_op,
-    set_budget_op,
-    set_quota_op,
-    transfer_op,
-)
-from allotment.platform import assign_plan_op
 from allotment.policy import elastic_amount
-from allotment.reads import audit_op, balances_op, report_op
-from allotment.reservation import commit_op, extend_op, release_op
-from allotment.stores import operations as ops
 from allotment.stores.redis import RedisStore
 
 from support import LLM
 from support.layouts import Layout
+from support.operations import every_operation
 from support.redis_server import free_port, redis_server
 
 TOKENS = al.Unit.TOKENS
@@ -1118,39 +1106,6 @@ def test_elastic_estimate_rounds_up_exactly(server: Server) -> None:
 # -- 6. one cluster slot per script ---------------------------------------------------------
 
 
-def operations(guard: al.Guard, tenant: str) -> dict[str, ops.Op[Any]]:
-    """One operation of every kind the store runs as a script, built by the guard."""
-    t = f"tenant:{tenant}"
-    subject = al.Subject(tenant=tenant, workspace="w", agent="a",
-                         dimensions={"run": "r1", "user": "u1"})
-    rid = f"{tenant}:{'ab' * 16}"
-    return {
-        "set_budget": set_budget_op(t, tokens=100, period="day", overage_policy="REJECT"),
-        "set_budget per run": set_budget_op(f"{t}/workspace:w", tokens=10, per="run",
-                                            overage_policy="REJECT"),
-        "remove_budget": remove_budget_op(t, "TOKENS", period="day"),
-        "set_quota": set_quota_op(t, calls=10, window="minute"),
-        "set_access": set_access_op(t, models_allow=["gpt-*"], max_tokens_per_call=100),
-        "set_mode": ops.SetMode(tenant=tenant, mode="shadow"),
-        "assign_plan": assign_plan_op(tenant, PLAN),
-        "freeze": freeze_op(t),
-        "fund": fund_op(f"{t}/workspace:w/run:r1", "CREDIT", al.tokens(5),
-                        idempotency_key="k-fund"),
-        "transfer": transfer_op(t, f"{t}/workspace:w", al.tokens(5),
-                                idempotency_key="k-transfer"),
-        "reserve": guard._reserve_op(subject, LLM, al.tokens(5), idempotency_key="k-reserve"),
-        "decide": guard._reserve_op(subject, LLM, al.tokens(5), dry_run=True),
-        "commit": commit_op(rid, al.tokens(5), idempotency_key="k-commit"),
-        "release": release_op(rid, "done", idempotency_key="k-release"),
-        "extend": extend_op(rid, 1_000, idempotency_key="k-extend"),
-        "record": guard._record_op(subject, LLM, al.tokens(5), idempotency_key="k-record"),
-        "get": ops.Get(tenant=tenant, reservation_id=rid),
-        "balances": balances_op(t),
-        "audit": audit_op(tenant),
-        "report": report_op(tenant),
-    }
-
-
 @pytest.mark.parametrize("tenant", ["acme", "..", "a-b_c.d@e", "x" * 128])
 def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: str) -> None:
     """DESIGN §5: each script call declares all its keys, and all carry the tenant's hash
@@ -1158,7 +1113,7 @@ def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: s
     store = RedisStore(url=shared_server.url)
     guard = al.Guard(store)
     slot = key_slot(f"{{{tenant}}}".encode())
-    for name, op in operations(guard, tenant).items():
+    for name, op in every_operation(guard, tenant).items():
         call = store._flows.call(op)
         keys, args = call.keys, call.args
         script = call.function.removeprefix(f"{store.library_name}_")
@@ -1169,9 +1124,9 @@ def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: s
         # JSON documents name the tenant; flat arguments (reserve, settle) carry it fifth
         # (after the operation, the time, the settings and the reservation)
         assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant, name
-    reserve = store._flows.call(operations(guard, tenant)["reserve"]).keys
+    reserve = store._flows.call(every_operation(guard, tenant)["reserve"]).keys
     assert reserve[11] == f"al:{{{tenant}}}:i:reserve:k-reserve"  # idempotency key, tagged
-    commit = store._flows.call(operations(guard, tenant)["commit"]).keys
+    commit = store._flows.call(every_operation(guard, tenant)["commit"]).keys
     assert commit[10] == f"al:{{{tenant}}}:r:{tenant}:{'ab' * 16}"  # the reservation
 
 
