@@ -41,7 +41,8 @@ class Subject(Model):
     def checked(self) -> Subject:
         """This subject if it was validated as a `Subject`, else a validated copy of its
         fields: what reaches a store is always what the rules allow, read once."""
-        if self._checked and type(self) is Subject:
+        private = self.__pydantic_private__  # read directly: `self._checked` goes through
+        if type(self) is Subject and private and private.get("_checked"):  # pydantic's hook
             return self
         return Subject(**{name: getattr(self, name) for name in Subject.model_fields})
 
