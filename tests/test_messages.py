@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 import allotment as al
+from allotment.pricing import Pricer
+
+from support import LLM
 
 ACME = "tenant:acme"
 
@@ -40,4 +43,48 @@ def test_unknown_notification_type_is_refused_with_near_matches(guard: al.Guard)
     guard.set_budget(ACME, usd=1)
     guard.record(al.Subject(tenant="acme"), al.Action("tool.call", "search"), al.usd(1))
     assert "budget.exhausted" in seen and "exhausted" in seen
+
+
+def test_durations_read_as_a_person_says_them() -> None:
+    from allotment.models import duration
+    assert [duration(ms) for ms in (400, 40_000, 720_000, 11_520_000, 7_200_000,
+                                    2_173_003_000)] == [
+        "1 s", "40 s", "12 min", "3 h 12 min", "2 h", "25 days"]
+
+
+def test_a_request_larger_than_the_budget_can_never_fit(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=1, period="month")
+    with pytest.raises(al.BudgetExceeded) as error:
+        guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(5))
+    assert error.value.decision.retry_after_ms is None
+    assert "can never fit under the current limit: raise the limit" in str(error.value)
+    assert "frees up" not in str(error.value)
+    guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(0.8))
+    with pytest.raises(al.BudgetExceeded) as error:
+        guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(0.5))
+    assert error.value.decision.retry_after_ms is not None
+    assert "; frees up at the next period (in " in str(error.value)
+    assert "never fit" not in str(error.value)
+
+
+def test_a_missing_budget_says_how_to_set_one(guard: al.Guard) -> None:
+    with pytest.raises(al.Denied, match=r"set_budget\(...\) or give the guard a default_plan"):
+        guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(1))
+
+
+def test_an_unknown_price_says_how_to_price_it() -> None:
+    with pytest.raises(al.Denied, match=r"Pricer\(fallback=...\) or an override"):
+        Pricer().price_of("nobody", "no-such-model")
+
+
+def test_over_limit_after_a_default_overage_commit_says_what_happened(
+        guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=1)
+    acme = al.Subject(tenant="acme")
+    guard.reserve(acme, LLM, al.usd(0.5)).commit(al.usd(3))
+    with pytest.raises(al.BudgetExceeded, match="OVERDRAFT_LIMIT_EXCEEDED") as error:
+        guard.reserve(acme, LLM, al.usd(0.1))
+    assert ("a commit went over the budget (ALLOW_IF_AVAILABLE charged what remained"
+            in str(error.value))
+    assert "over its limit until funded or the period rolls over" in str(error.value)
 
