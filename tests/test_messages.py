@@ -88,3 +88,9 @@ def test_over_limit_after_a_default_overage_commit_says_what_happened(
             in str(error.value))
     assert "over its limit until funded or the period rolls over" in str(error.value)
 
+
+def test_a_per_dimension_budget_has_no_ledger_until_a_run_shows_up(guard: al.Guard) -> None:
+    assert guard.set_budget(ACME, usd=5, per="run") == ()
+    assert [b.allocated for b in guard.set_budget(ACME, usd=10)] == [al.usd(10).amount]
+    guard.reserve(al.Subject(tenant="acme", dimensions={"run": "r-1"}), LLM, al.usd(1))
+    assert {b.scope for b in guard.balances(ACME)} == {ACME, f"{ACME}/run:r-1"}
