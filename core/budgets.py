@@ -34,6 +34,10 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
 
     `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
     when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions used that notify.
+
+    Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
+    budget is a template, and each value of the dimension gets its ledger on first use
+    (read them with `balances(scope)` once a run has shown up).
     """
     path = parse_scope(scope)
     if path.dimension is not None:

@@ -3,6 +3,7 @@ step), notifications (once per crossing per period) and report rows."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,8 +12,10 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from .amounts import Amount, Unit
+from .errors import InvalidRequest
 from .periods import Period, bucket
 from .scopes import Subject
+from .validation import check_text
 
 log = logging.getLogger("allotment")
 
@@ -69,6 +72,30 @@ class NotificationType:
     """A commit that failed on every try: the amounts the store never received."""
     SWEEP_TENANT_FAILED = "sweep.tenant_failed"
     """A tenant the sweep could not read: reported and skipped, the others still swept."""
+
+
+def _names(kinds: type) -> frozenset[str]:
+    return frozenset(v for k, v in vars(kinds).items() if k.isupper() and isinstance(v, str))
+
+
+AUDIT_TYPES = _names(AuditType)
+NOTIFICATION_TYPES = _names(NotificationType)
+
+
+def check_type(value: object, field: str, known: frozenset[str]) -> str:
+    """One of `known`: a misspelt type would otherwise be accepted and match nothing."""
+    name = check_text(value, field)
+    if name in known:
+        return name
+    near = difflib.get_close_matches(name, known, n=3)
+    if not near:  # a bare "denied" for "reservation.denied"
+        tails = {k: k.rpartition(".")[2] for k in known}
+        close = difflib.get_close_matches(name.rpartition(".")[2], set(tails.values()), n=3)
+        near = sorted((k for k, tail in tails.items() if tail in close),
+                      key=lambda k: close.index(tails[k]))[:3]
+    hint = (f"did you mean {' or '.join(map(repr, near))}?" if near
+            else f"known: {', '.join(sorted(known))}")
+    raise InvalidRequest(f"{field}: unknown type {name!r}; {hint}")
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from .budgets import BudgetCalls
 from .enforcement import STORE_UNAVAILABLE, EnforcementCalls, denied
 from .engine import Engine
 from .errors import InvalidRequest
-from .events import Notification, Sink, Subscriber, dispatch
+from .events import NOTIFICATION_TYPES, Notification, Sink, Subscriber, check_type, dispatch
 from .plans import Plan
 from .platform import PlatformCalls
 from .reads import ReadCalls
@@ -120,7 +120,10 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
 
     def on(self, event_type: str, callback: Subscriber | None = None) -> Any:
         """Call `callback(notification)` for each `event_type` ("*" for all); usable as a
-        decorator. A failing callback is logged and never breaks enforcement."""
+        decorator. A failing callback is logged and never breaks enforcement. An unknown
+        type (not in `NotificationType`) is refused: it would never be called."""
+        check_type(event_type, "event_type", NOTIFICATION_TYPES | {"*"})
+
         def register(fn: Subscriber) -> Subscriber:
             self._subscribers.setdefault(event_type, []).append(fn)
             return fn

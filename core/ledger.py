@@ -73,9 +73,10 @@ def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,
 
 def denial(reason: str, scope: str, unit: Unit, period: Period | None, state: Ledger,
            requested: int, now: int) -> Decision:
-    """The refusal a caller sees, with when to retry if the bucket's end would free room."""
+    """The refusal a caller sees, with when to retry if the bucket's end would free room
+    (never for a request larger than the whole budget: no period makes it fit)."""
     retry = None
-    if period is not None and reason == Reason.BUDGET_EXCEEDED:
+    if period is not None and reason == Reason.BUDGET_EXCEEDED and requested <= state.allocated:
         retry = bucket_end_ms(period, now) - now
     return Decision(outcome=Outcome.DENY, reason=reason, scope=scope, unit=unit,
                     remaining=state.remaining, limit=state.allocated, requested=requested,

@@ -89,6 +89,7 @@ class Reason:
     CONCURRENCY_EXCEEDED = "CONCURRENCY_EXCEEDED"
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
     TOOL_NOT_ALLOWED = "TOOL_NOT_ALLOWED"
+    PRICE_UNKNOWN = "PRICE_UNKNOWN"
 
     BUDGET = frozenset({BUDGET_EXCEEDED, BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
                         DEBT_OUTSTANDING})
@@ -170,7 +171,7 @@ class Decision:
         return self.outcome is not Outcome.DENY
 
     def explain(self) -> str:
-        """One line a person can act on: the scope, the reason and the figures."""
+        """One line a person can act on: the scope, the reason, the figures and what to do."""
         if self.allowed:
             return f"{self.outcome.value}" + (f" with {self.caps}" if self.caps else "")
         where = self.scope or "this subject"
@@ -182,9 +183,46 @@ class Decision:
             if self.requested is not None:
                 text += f", requested {format_amount(self.unit, self.requested)}"
             text += ")"
+        if self.reason in HINTS:
+            text += f"; {HINTS[self.reason]}"
+        elif self.never_fits:
+            text += "; it can never fit under the current limit: raise the limit"
         if self.retry_after_ms is not None:
-            text += f"; frees up in {self.retry_after_ms / 1000:.0f} s"
+            text += f"; frees up at the next period (in {duration(self.retry_after_ms)})"
         return text
+
+    @property
+    def never_fits(self) -> bool:
+        """A request larger than the whole budget: waiting for the next period cannot help."""
+        return (self.reason == Reason.BUDGET_EXCEEDED and self.limit is not None
+                and self.requested is not None and self.requested > self.limit)
+
+
+HINTS = {
+    Reason.BUDGET_NOT_FOUND: "no budget covers it: set one with guard.set_budget(...) or give "
+                             "the guard a default_plan",
+    Reason.PRICE_UNKNOWN: "no price is known for this model: give Pricer(fallback=...) or an "
+                     "override for it",
+    Reason.OVERDRAFT_LIMIT_EXCEEDED:
+        "a commit went over the budget (ALLOW_IF_AVAILABLE charged what remained, or debt "
+        "passed the overdraft limit); the budget is over its limit until funded or the "
+        "period rolls over",
+}
+"""What to do about a refusal whose figures alone do not say it (by reason)."""
+
+
+def duration(ms: int) -> str:
+    """A wait as a person reads it: "40 s", "12 min", "3 h 12 min", "25 days"."""
+    seconds = max(1, round(ms / 1000))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{round(hours / 24)} days"
 
 
 @dataclass(slots=True)

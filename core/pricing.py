@@ -24,10 +24,10 @@ from pydantic import BaseModel, field_validator
 
 from .amounts import MICROCENTS_PER_USD, Amount, Unit, to_decimal, usd_to_microcents
 from .errors import Denied, InvalidRequest
-from .models import Decision, Outcome
+from .models import Decision, Outcome, Reason
 from .validation import MAX_AMOUNT, Model
 
-PRICE_UNKNOWN = "PRICE_UNKNOWN"
+PRICE_UNKNOWN = Reason.PRICE_UNKNOWN
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("allotment")
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from .calls import Runner, twins
 from .errors import InvalidRequest
+from .events import AUDIT_TYPES, check_type
 from .periods import Period, parse_period
 from .scopes import parse_scope
 from .stores import operations as ops
-from .validation import MAX_LIST, check_int, check_list, check_name, check_text
+from .validation import MAX_LIST, check_int, check_list, check_name
 
 
 def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
@@ -31,7 +32,7 @@ def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
 def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = None,
              limit: int = 100) -> ops.Audit:
     """The tenant's audit records, newest last: at most `limit`, from `since` (epoch ms
-    or an aware datetime), of `types` (e.g. ["reservation.denied"])."""
+    or an aware datetime), of `types` (e.g. ["reservation.denied"]; the values of `AuditType`)."""
     if isinstance(since, datetime):
         if since.tzinfo is None:
             raise InvalidRequest("since: give an aware datetime (with tzinfo) or epoch ms")
@@ -40,8 +41,9 @@ def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = N
         since = check_int(since, "since")
     if isinstance(types, (str, set, frozenset)):
         types = [types] if isinstance(types, str) else list(types)
-    kinds = None if types is None else frozenset(
-        check_list(types, "types", MAX_LIST, check_text, '["reservation.denied"]'))
+    kinds = None if types is None else frozenset(check_list(
+        types, "types", MAX_LIST, lambda kind, field: check_type(kind, field, AUDIT_TYPES),
+        '["reservation.denied"]'))
     return ops.Audit(tenant=check_name(tenant, "tenant"), since_ms=since, types=kinds,
                      limit=check_int(limit, "limit", 1, 100_000))
 

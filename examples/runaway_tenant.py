@@ -122,8 +122,10 @@ def run(guard: al.Guard | None, clock: al.ManualClock) -> tuple[dict[str, Tally]
 
 
 def report(tallies: dict[str, Tally], provider: Provider, guard: al.Guard | None) -> None:
-    def usd(value: Decimal) -> str:
-        return f"${value:,.2f}"
+    def usd(value: Decimal | int) -> str:
+        """Every figure in one format, to the cent: dollars, or a ledger's microcents."""
+        microcents = value if isinstance(value, int) else al.usd(value).amount
+        return al.format_amount(al.Unit.USD_MICROCENTS, round(microcents, -6))
 
     print(f"{'tenant':8} {'spend':>11} {'calls':>6} {'denied':>7} {'failed':>7} "
           f"{'jobs':>6} {'remaining':>11}")
@@ -136,7 +138,7 @@ def report(tallies: dict[str, Tally], provider: Provider, guard: al.Guard | None
         if guard is not None:
             month = [b for b in guard.balances(f"tenant:{name}", include_children=False)
                      if b.unit is al.Unit.USD_MICROCENTS and b.period == "month"]
-            remaining = al.format_amount(al.Unit.USD_MICROCENTS, month[0].remaining)
+            remaining = usd(month[0].remaining)
         jobs = "-" if name == "t00" else f"{tally.jobs_done}/{ROUNDS}"
         print(f"{name:8} {usd(tally.spent):>11} {tally.calls:>6} {tally.denied:>7} "
               f"{tally.failed:>7} {jobs:>6} {remaining:>11}")

@@ -80,6 +80,8 @@ def test_runaway_tenant_demo(args: list[str], expected: list[str]) -> None:
                          capture_output=True, text=True, check=True, timeout=300).stdout
     for text in expected:
         assert text in out
+    # one money format throughout, to the cent
+    assert re.findall(r"\$[\d,]+\.\d+", out) == re.findall(r"\$[\d,]+\.\d\d\b", out)
 
 
 def test_runaway_tenant_demo_on_redis_with_a_chart(tmp_path: Path) -> None:

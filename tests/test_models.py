@@ -87,7 +87,7 @@ def test_decision_explains_itself() -> None:
                            retry_after_ms=3_600_000)
     assert str(al.BudgetExceeded(decision)) == (
         "tenant:acme/agent:analyzer/run:run-7a3f: BUDGET_EXCEEDED (budget $25.00, "
-        "remaining $0.12, requested $1.00); frees up in 3600 s")
+        "remaining $0.12, requested $1.00); frees up at the next period (in 1 h)")
     assert not decision.allowed
 
 

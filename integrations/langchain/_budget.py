@@ -40,6 +40,7 @@ class Budget:
         self.dimension_keys = (dict(dimension_keys) if isinstance(dimension_keys, Mapping)
                                else {key: key for key in dimension_keys})
         self.subject = subject
+        self.warned_unapplied = False
 
     @property
     def guard(self) -> al.Guard:
@@ -83,14 +84,30 @@ class Budget:
     def hold(self, request: Request) -> Meter:
         """Reserve at the model asked for (a callback cannot switch it), or raise Denied."""
         meter = self.metering.reserve(request)
-        _unapplied(meter, request)
+        self._unapplied(meter, request)
         return meter
 
     async def ahold(self, request: Request) -> Meter:
         """`hold` without blocking the event loop."""
         meter = await self.metering.areserve(request)
-        _unapplied(meter, request)
+        self._unapplied(meter, request)
         return meter
+
+    def _unapplied(self, meter: Meter, request: Request) -> None:
+        """A callback cannot shrink the call it lets through: say so when the caps would have,
+        once as a warning and then at debug level (a capped tenant would log every call)."""
+        caps = meter.caps
+        if caps is None:
+            return
+        tools = request.payload.get("tools") if isinstance(request.payload, dict) else None
+        if ((caps.max_tokens is not None and caps.max_tokens < (request.max_tokens or 0))
+                or caps.model not in (None, request.model)
+                or (tools and (caps.tool_allowlist is not None or caps.tool_denylist))):
+            level = logging.DEBUG if self.warned_unapplied else logging.WARNING
+            self.warned_unapplied = True
+            log.log(level, "%s: %s cannot be applied by a callback; the call runs as sent "
+                    "(BudgetMiddleware and capped() apply caps; further ones are logged at "
+                    "debug level)", meter.reservation.id, caps)
 
     def tool(self, name: str) -> tuple[al.Action, al.Amount]:
         """A tool call's action and price (free unless `tool_prices` names it)."""
@@ -186,19 +203,6 @@ def _get(source: Any, key: str) -> Any:
     if isinstance(source, Mapping):
         return source.get(key)
     return getattr(source, key, None)
-
-
-def _unapplied(meter: Meter, request: Request) -> None:
-    """A callback cannot shrink the call it lets through: say so when the caps would have."""
-    caps = meter.caps
-    if caps is None:
-        return
-    tools = request.payload.get("tools") if isinstance(request.payload, dict) else None
-    if ((caps.max_tokens is not None and caps.max_tokens < (request.max_tokens or 0))
-            or caps.model not in (None, request.model)
-            or (tools and (caps.tool_allowlist is not None or caps.tool_denylist))):
-        log.warning("%s: %s cannot be applied by a callback; the call runs as sent "
-                    "(BudgetMiddleware and capped() apply caps)", meter.reservation.id, caps)
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -103,9 +103,11 @@ def bucket(period: str | None, now: int) -> str:
     return at.strftime("%Y-%m-%dT%H:%M" if period == "minute" else "%Y-%m-%d")
 
 
-def retry_after(period: str | None, reason: str, now: int) -> int | None:
-    """A period budget that is short frees up when its bucket ends; nothing else does."""
-    if period is None or reason != Reason.BUDGET_EXCEEDED:
+def retry_after(period: str | None, reason: str, now: int, requested: int,
+                allocated: int) -> int | None:
+    """A period budget that is short frees up when its bucket ends; nothing else does, nor
+    a request larger than the whole budget."""
+    if period is None or reason != Reason.BUDGET_EXCEEDED or requested > allocated:
         return None
     return (now // PERIOD_MS[period] + 1) * PERIOD_MS[period] - now
 
@@ -365,7 +367,8 @@ class Model:
             if reason is not None:
                 raise Refusal(al.BudgetExceeded, reason=reason, scope=key[0], unit=key[1],
                               remaining=led.remaining, limit=led.allocated, requested=need,
-                              retry_after_ms=retry_after(key[2], reason, self.now))
+                              retry_after_ms=retry_after(key[2], reason, self.now, need,
+                                                         led.allocated))
         for key, dkey in rows:
             led = self.touch(t, key, dkey)
             led.reserved += estimate[key[1]]
@@ -397,7 +400,8 @@ class Model:
                                   scope=key[0], unit=unit, remaining=led.remaining,
                                   limit=led.allocated, requested=delta[unit],
                                   retry_after_ms=retry_after(key[2], Reason.BUDGET_EXCEEDED,
-                                                             self.now))
+                                                             self.now, delta[unit],
+                                                             led.allocated))
         extra = {}  # the excess charged on every ledger: what the tightest capping one has
         for unit in units:
             room = [max(led.remaining, 0)

@@ -8,6 +8,7 @@ strict durability and the sweep are the same whichever client runs them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from . import replies
 from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
 from .functions import OPERATIONS, missing
 from .keys import TENANTS_KEY
+
+log = logging.getLogger("allotment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +81,15 @@ class Flows:
         self.waitaof: bool | None = None
         self.known: set[str] = set()
         """Tenants this process has added to TENANTS_KEY."""
+        self.checked = False
+        """Whether the server's persistence settings have been looked at (once per store)."""
 
     def run(self, op: ops.Op[Any]) -> Flow:
         """The flow of `op`: a tenant's first registering call adds it to the sweeper's set,
         then one call (with a wait for durability where strict mode asks for one)."""
+        if not self.checked:
+            self.checked = True
+            yield from self._check_persistence()
         if type(op) is ops.Sweep:
             return (yield from self._sweep(op.limit))
         codec = CODECS[type(op)]
@@ -138,6 +146,31 @@ class Flows:
                 "retry with the same idempotency key is safe")
         return reply
 
+    def _check_persistence(self) -> Flow:
+        """Warn once if budgets could be lost: without `appendonly yes` a restart loses what
+        was written since the last snapshot, and an evicting `maxmemory-policy` drops ledgers
+        under memory pressure. CONFIG GET, or INFO where CONFIG is not allowed; a check that
+        cannot be made is skipped, never a failed call."""
+        try:
+            try:
+                aof = yield Command(("CONFIG", "GET", "appendonly"))
+                policy = yield Command(("CONFIG", "GET", "maxmemory-policy"))
+                settings = _merged(aof) | _merged(policy)
+                appendonly, eviction = settings["appendonly"], settings["maxmemory-policy"]
+            except ResponseError:  # CONFIG renamed or not permitted (a managed Redis)
+                persistence = yield Command(("INFO", "persistence"))
+                memory = yield Command(("INFO", "memory"))
+                appendonly = "yes" if str(persistence["aof_enabled"]) == "1" else "no"
+                eviction = memory["maxmemory_policy"]
+        except (ResponseError, KeyError, TypeError, ValueError):
+            return
+        if appendonly != "yes":
+            log.warning("redis runs without `appendonly yes`: budgets and spend written "
+                        "since the last snapshot are lost if the server restarts")
+        if eviction != "noeviction":
+            log.warning("redis maxmemory-policy is %s, not noeviction: budgets, ledgers and "
+                        "reservations can be evicted under memory pressure", eviction)
+
     def _sweep(self, limit: int) -> Flow:
         """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired. A
         tenant whose call fails (its stored state cannot be read) is reported with a
@@ -157,6 +190,13 @@ class Flows:
                                           None, None, ops.skipped(tenant, error)]])
             if not cursor:
                 return expired
+
+
+def _merged(reply: Any) -> dict[str, str]:
+    """A CONFIG GET reply as one mapping (a cluster client answers per node: the first)."""
+    values = dict(reply)
+    first = next(iter(values.values()), None)
+    return dict(first) if isinstance(first, dict) else values
 
 
 __all__ = ["Call", "Command", "Durable", "Flow", "Flows", "Load", "Step"]

@@ -463,7 +463,10 @@ local function refusal(L, d, amount)
 end
 local function denial_of(reason, path, unit, period, L, requested)
   local retry = NULL
-  if period ~= '' and reason == 'BUDGET_EXCEEDED' then retry = s(bucket_end(period, NOW) - NOW) end
+  -- never for a request larger than the whole budget: no period makes it fit
+  if period ~= '' and reason == 'BUDGET_EXCEEDED' and requested <= L.a then
+    retry = s(bucket_end(period, NOW) - NOW)
+  end
   return {outcome = 'DENY', reason = reason, scope = path, unit = unit,
     remaining = s(remaining(L)), limit = s(L.a), requested = s(requested), retry_after_ms = retry}
 end
