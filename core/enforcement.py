@@ -27,7 +27,7 @@ from .errors import (
     ReservationFinalized,
     StoreUnavailable,
 )
-from .events import Notification
+from .events import Notification, NotificationType
 from .ids import new_id
 from .models import (
     Action,
@@ -50,7 +50,7 @@ from .validation import check_int
 
 log = logging.getLogger("allotment")
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
-SPEND_UNRECORDED = "spend.unrecorded"
+SPEND_UNRECORDED = NotificationType.SPEND_UNRECORDED
 
 
 def _same(result: Any) -> Any:
