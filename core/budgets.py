@@ -179,7 +179,9 @@ def transfer_op(source: str, destination: str, amount: Amount, *,
                 period: Period | str | PeriodChoice | None = AUTO,
                 idempotency_key: str | None = None) -> ops.Transfer:
     """Move allocation between two budgets of one tenant, atomically; refused (changing
-    nothing) when the source's remaining cannot give that much."""
+    nothing) when the source's remaining cannot give that much. A periodic budget's current
+    bucket only: the next period starts from the limits again (change them with
+    `set_budget` to move money for good)."""
     src, dst = parse_scope(source), parse_scope(destination)
     if src.tenant != dst.tenant:
         raise CrossTenant("transfer: both budgets must belong to one tenant "

@@ -8,14 +8,15 @@ from . import arguments as arg
 from .calls import Runner, twins
 from .errors import InvalidRequest
 from .plans import Plan, definitions
+from .scopes import tenant_name
 from .stores import operations as ops
-from .validation import check_int, check_name
+from .validation import check_int
 
 
 def set_mode_op(tenant: str, mode: str | None) -> ops.SetMode:
     """"shadow" (never deny, record what would have been denied), "enforce", or None to
     follow the guard's own mode."""
-    return ops.SetMode(tenant=check_name(tenant, "tenant"),
+    return ops.SetMode(tenant=tenant_name(tenant),
                        mode=arg.mode(mode, allow_none=True))
 
 
@@ -25,7 +26,7 @@ def assign_plan_op(tenant: str, plan: Plan) -> ops.ApplyPlan:
     is removed."""
     if not isinstance(plan, Plan):
         raise InvalidRequest(f"plan: expected an al.Plan, got {plan!r}")
-    tenant = check_name(tenant, "tenant")
+    tenant = tenant_name(tenant)
     return ops.ApplyPlan(tenant=tenant, name=plan.name,
                          definitions=definitions(plan, tenant), mode=plan.mode)
 

@@ -14,9 +14,9 @@ from .calls import Runner, twins
 from .errors import InvalidRequest
 from .events import AUDIT_TYPES, check_type
 from .periods import Period, parse_period
-from .scopes import parse_scope
+from .scopes import parse_scope, tenant_name
 from .stores import operations as ops
-from .validation import MAX_LIST, check_int, check_list, check_name
+from .validation import MAX_LIST, check_int, check_list
 
 
 def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
@@ -44,7 +44,7 @@ def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = N
     kinds = None if types is None else frozenset(check_list(
         types, "types", MAX_LIST, lambda kind, field: check_type(kind, field, AUDIT_TYPES),
         '["reservation.denied"]'))
-    return ops.Audit(tenant=check_name(tenant, "tenant"), since_ms=since, types=kinds,
+    return ops.Audit(tenant=tenant_name(tenant), since_ms=since, types=kinds,
                      limit=check_int(limit, "limit", 1, 100_000))
 
 
@@ -59,7 +59,7 @@ def report_op(tenant: str, *, period: Period | str = "month",
         at = int(at.timestamp() * 1000)
     elif at is not None:
         at = check_int(at, "at")
-    return ops.Report(tenant=check_name(tenant, "tenant"), period=window, at_ms=at)
+    return ops.Report(tenant=tenant_name(tenant), period=window, at_ms=at)
 
 
 class ReadCalls(Runner):

@@ -119,7 +119,8 @@ class ScopePath(NamedTuple):
 
 
 def parse_scope(text: object) -> ScopePath:
-    """Parse `tenant:acme/workspace:prod[/run:r1]`, lower-casing values, refusing anything else."""
+    """Parse `tenant:acme/workspace:prod[/run:r1]`, lower-casing values, refusing anything else.
+    A bare tenant name (`acme`) is that tenant's scope: no other reading is possible."""
     rule = ("write a scope as tenant:<name>[/workspace:<name>...] with levels in the order "
             + " > ".join(LEVELS) + ", optionally ending in one <dimension>:<value>")
     if not isinstance(text, str):
@@ -129,6 +130,8 @@ def parse_scope(text: object) -> ScopePath:
     if not text.isascii() or len(text) > MAX_SCOPE:  # ASCII before lowering: no rewrites
         raise InvalidRequest(f"scope {shown(text)}: not allowed; {rule}, each name "
                              f"{NAME_RULE.removeprefix('use ')}")
+    if ":" not in text and "/" not in text:
+        text = f"tenant:{text}"
     segments: list[tuple[str, str]] = []
     dimension: tuple[str, str] | None = None
     last_level = -1
@@ -152,3 +155,11 @@ def parse_scope(text: object) -> ScopePath:
             raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
     base = "/".join(f"{level}:{value}" for level, value in segments)
     return ScopePath(segments[0][1], base, dimension)
+
+
+def tenant_name(value: object, field: str = "tenant") -> str:
+    """A tenant given by name (`acme`) or by its scope (`tenant:acme`): either way the
+    checked name, so calls that take a tenant and calls that take a scope read alike."""
+    if isinstance(value, str) and value[:7].lower() == "tenant:" and "/" not in value:
+        value = value[7:]
+    return check_name(value, field)

@@ -17,9 +17,8 @@ from .events import AuditRecord, ReportRow
 from .models import Balance
 from .periods import Period
 from .reads import audit_op, balances_op, report_op
-from .scopes import Subject
+from .scopes import Subject, tenant_name
 from .stores.operations import Op
-from .validation import check_name
 
 R = TypeVar("R")
 
@@ -32,7 +31,7 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
 
     def __init__(self, engine: Engine, tenant: str) -> None:
         self._engine = engine
-        self.name = check_name(tenant, "tenant")
+        self.name = tenant_name(tenant)
 
     def __repr__(self) -> str:
         return f"<TenantGuard {self.name}>"
