@@ -33,7 +33,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
     the current bucket's allocation by the difference and keeps what was spent.
 
     `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
-    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions used that notify.
+    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions of the allocation that
+    notify once spent (plus debt): holds never do.
 
     Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
     budget is a template, and each value of the dimension gets its ledger on first use

@@ -34,7 +34,7 @@ class Ledger:
     alerted: int = 0  # how many alert thresholds this bucket has crossed (notified once)
     exhausted: bool = False  # budget.exhausted sent for this bucket
     over_notified: bool = False  # budget.over_limit_entered sent since the flag was raised
-    # Below `quiet_below` used, no notification is due while the allocation and the
+    # Below `quiet_below` spent plus debt, no notification is due while the allocation and the
     # thresholds stay those it was computed for (checked inline, without a call).
     quiet_below: int = 0
     quiet_allocated: int = -1
@@ -53,6 +53,8 @@ class Ledger:
     def recompute_over_limit(self, overdraft_limit: int) -> None:
         """Debt past the overdraft limit blocks reservations until repaid or the limit rises."""
         self.over_limit = self.debt > overdraft_limit
+        if not self.over_limit:
+            self.over_notified = False  # once cleared, raising it again notifies again
 
 
 def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,

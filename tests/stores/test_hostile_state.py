@@ -177,7 +177,7 @@ def test_many_alert_thresholds_round_trip(store: Any) -> None:
     store.execute(set_budget_op(alerts=thresholds, limit=8_191))
     notes: list[al.Notification] = []
     guard.on("budget.threshold_crossed", notes.append)
-    guard.reserve(ACME, LLM, al.tokens(3))
+    guard.record(ACME, LLM, al.tokens(3))  # spend alerts (a hold would not)
     assert [n.threshold for n in notes] == list(thresholds[:3])
     assert guard.remove_budget("tenant:acme", unit="TOKENS") == 1
 

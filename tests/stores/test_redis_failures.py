@@ -786,7 +786,7 @@ def test_a_client_handed_in_that_does_not_decode_replies(shared_server: Server) 
         subject = al.Subject(tenant=tenant, workspace="w")
         r = guard.reserve(subject, LLM, al.tokens(30), idempotency_key="k")
         again = guard.reserve(subject, LLM, al.tokens(30), idempotency_key="k")
-        committed = r.commit(al.tokens(20))
+        committed = r.commit(al.tokens(30))  # 60% of the workspace spent: 50% alerts
         released = guard.reserve(subject, LLM, al.tokens(5)).release("done")
         info = guard.get(r.id)
         results.append((

@@ -23,7 +23,6 @@ from .state import (
     QuotaKey,
     Reservation,
     Tenant,
-    alerts,
     amounts,
     ledger_at,
     log,
@@ -106,7 +105,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
         detail=_caps_detail(decision.caps))
     tally(t, now, scope, "reservations", ev.estimate, RESERVED)
-    alerts(t, ev.states, now, res.id)
+    # no alerts: a hold is not spend (they follow commits and records, see state.alerts)
     return outcome
 
 

@@ -383,10 +383,10 @@ def tally(t: Tenant, now: int, scope: str, event: str, amounts: dict[Unit, int] 
 
 def alerts(t: Tenant, changed: Iterable[tuple[LedgerKey, Definition, ledger.Ledger]], now: int,
            rid: str | None) -> None:
-    """Notify what these changed ledgers crossed; skips each one still below its next
-    threshold without a call."""
+    """Notify what these changed ledgers crossed (after a commit or a record: holds never
+    alert); skips each one still below its next threshold without a call."""
     for key, d, state in changed:
-        if (state.reserved + state.spent + state.debt < state.quiet_below
+        if (state.spent + state.debt < state.quiet_below
                 and not state.over_limit and state.quiet_allocated == state.allocated
                 and state.quiet_alerts is d.alerts):
             continue  # below the next threshold, as computed for this allocation
@@ -395,14 +395,15 @@ def alerts(t: Tenant, changed: Iterable[tuple[LedgerKey, Definition, ledger.Ledg
 
 def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: int,
            rid: str | None) -> None:
-    """Threshold, exhaustion and over-limit notifications, once per crossing."""
+    """Threshold, exhaustion and over-limit notifications, once per crossing, as `alert` in
+    common.lua. Thresholds and exhaustion follow spent plus debt, never what is held."""
     allocated, crossed = state.allocated, state.alerted
-    used = state.reserved + state.spent + state.debt
+    used = state.spent + state.debt
     if not state.over_limit and used < allocated and (
             crossed >= len(d.alerts)
             or used * 1_000_000 < round(d.alerts[crossed] * 1_000_000) * allocated):
         state.over_notified = False
-        # The common case: nothing to send. Note how far usage may go before the next
+        # The common case: nothing to send. Note how far spend may go before the next
         # threshold (or exhaustion), so `alerts` can skip this call until then.
         due = allocated if crossed >= len(d.alerts) else min(
             allocated, -(-round(d.alerts[crossed] * 1_000_000) * allocated // 1_000_000))
@@ -410,21 +411,18 @@ def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: 
             due, allocated, d.alerts)
         return
     state.quiet_allocated = -1  # past a threshold or over the limit: check every time
-    remaining = state.remaining
     if allocated <= 0:
         return
     thresholds = d.alerts  # sorted when set
-    crossed = state.alerted
-    if crossed < len(thresholds):
-        used = (allocated - remaining) * 1_000_000
-        while crossed < len(thresholds) and (
-                used >= round(thresholds[crossed] * 1_000_000) * allocated):
-            crossed += 1
-    exhausted = remaining <= 0 and not state.exhausted
+    while crossed < len(thresholds) and (
+            used * 1_000_000 >= round(thresholds[crossed] * 1_000_000) * allocated):
+        crossed += 1
+    exhausted = used >= allocated and not state.exhausted
     over = state.over_limit and not state.over_notified
     state.over_notified = state.over_limit
     if crossed == state.alerted and not exhausted and not over:
         return
+    remaining = state.remaining
 
     def note(kind: str, threshold: float | None = None) -> None:
         t.cx.notes.append(Notification(

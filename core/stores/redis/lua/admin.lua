@@ -90,7 +90,7 @@ if op == 'fund' then
     return fail('INVALID_REQUEST', 'amount: the allocation would be more than a ledger holds (' ..
       s(MAX_AMOUNT) .. ')')
   end
-  L.over = L.debt > d.od and 1 or 0
+  recompute_over(L, d.od)
   lsave(L)
   local body = cjson.encode({before = before, after = balance(L, d), notes = {}})
   remember(body)
@@ -115,7 +115,7 @@ elseif op == 'transfer' then
   end
   src.L.a = src.L.a - P.amount
   dst.L.a = dst.L.a + P.amount
-  dst.L.over = dst.L.debt > dst.d.od and 1 or 0
+  recompute_over(dst.L, dst.d.od)
   lsave(src.L)
   lsave(dst.L)
   local body = cjson.encode({source = balance(src.L, src.d),

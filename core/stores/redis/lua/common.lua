@@ -351,6 +351,11 @@ local function lsave_all(ledgers)
   if #pairs_ > 0 then redis.call('HSET', K_LEDGERS, unpack(pairs_)) end
 end
 local function remaining(L) return L.a - L.r - L.sp - L.debt end
+local function recompute_over(L, od)
+  -- as Ledger.recompute_over_limit: once cleared, the flag notifies again when next raised
+  L.over = L.debt > od and 1 or 0
+  if L.over == 0 then L.on = 0 end
+end
 local function field_parts(field)
   return string.match(field, '^(.*)|([%u_]+)|(%l*)|([^|]*)$')
 end
@@ -424,14 +429,16 @@ local function count(scope, counter, by)
   redis.call('HINCRBY', K_REPORT, DAY_PREFIX .. scope .. '|' .. counter, by or 1)
 end
 local function alert(L, d, rid)
+  -- as _alert in state.py: after a commit or a record, never a hold; thresholds and
+  -- exhaustion follow spent plus debt
   if L.a <= 0 then return end
-  local used = L.a - remaining(L)
+  local used = L.sp + L.debt
   local crossed, thresholds = L.al, alert_count(d)
   while crossed < thresholds and used * 1000000 >=
       math.floor(alert_at(d, crossed + 1) * 1000000 + 0.5) * L.a do
     crossed = crossed + 1
   end
-  local exhausted = remaining(L) <= 0 and L.ex == 0
+  local exhausted = used >= L.a and L.ex == 0
   local over = L.over == 1 and L.on == 0
   L.on = L.over
   if crossed == L.al and not exhausted and not over then return end

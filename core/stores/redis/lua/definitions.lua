@@ -53,7 +53,7 @@ local function set_budget(x)
         local path = field_parts(page[2][i])
         if not string.find(string.sub(path, #x.scope + 2), '/', 1, true) then
           local L = lload(page[2][i], d)
-          L.over = L.debt > d.od and 1 or 0
+          recompute_over(L, d.od)
           lsave(L)
         end
       end
@@ -61,7 +61,7 @@ local function set_budget(x)
     return {}
   end
   local L = lload(lfield(x.scope, x.unit, x.period, current_bucket(x.period)), d)
-  L.over = L.debt > d.od and 1 or 0
+  recompute_over(L, d.od)
   lsave(L)
   return {balance(L, d)}
 end

@@ -248,10 +248,8 @@ audit_fields('reservation.reserved', with_optional({'subject', P.subject,
 count(P.scope_path, 'reservations')
 for unit, amount in pairs(estimate) do count(P.scope_path, 'reserved:' .. unit, amount) end
 local held, ledgers = balances(), {}
-for i, st in ipairs(states) do
-  alert(st.L, st.d, R.id)
-  ledgers[i] = st.L
-end
+-- no alerts: a hold is not spend (they follow commits and records, see alert in common.lua)
+for i, st in ipairs(states) do ledgers[i] = st.L end
 lsave_all(ledgers)
 local body = answer(decision, R, held)
 if nz(P.key) then  -- the snapshot only a key can replay
