@@ -57,7 +57,7 @@ def _same(result: Any) -> Any:
     return result
 
 
-def denied(decision: Decision) -> Denied:
+def _denied(decision: Decision) -> Denied:
     """The error class that fits a denial's reason."""
     if decision.reason in Reason.BUDGET:
         return BudgetExceeded(decision)
@@ -108,7 +108,7 @@ class EnforcementCalls(Runner):
         except StoreUnavailable as error:
             return self._store_failed(op, error)
         if outcome.reservation is None:
-            raise denied(outcome.decision)
+            raise _denied(outcome.decision)
         return Reservation(self, outcome.reservation, outcome.decision, outcome.balances)
 
     def _reserve_op(self, subject: Subject | None, action: Action,

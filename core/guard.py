@@ -5,11 +5,11 @@ async twin, and runs every operation on its store as one atomic step.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from . import arguments as arg
 from .budgets import BudgetCalls
-from .enforcement import STORE_UNAVAILABLE, EnforcementCalls, denied
+from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import InvalidRequest
 from .events import NOTIFICATION_TYPES, Notification, Sink, Subscriber, check_type, dispatch
@@ -17,12 +17,11 @@ from .plans import Plan
 from .platform import PlatformCalls
 from .reads import ReadCalls
 from .stores import store_from_url
-from .stores.operations import Op, Store
+from .stores.operations import Store
 from .sweeper import Sweeper
 from .tenant import TenantGuard
 from .validation import check_int
 
-R = TypeVar("R")
 GUARD_OPTIONS = frozenset({"ttl_ms", "grace_ms", "max_extensions", "mode", "default_plan",
                            "sink", "on_store_error", "commit_retries"})
 
@@ -56,8 +55,8 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
             on_store_error=on_store_error,
             commit_retries=check_int(commit_retries, "commit_retries", 0, 10),
             notify=self._notify)
-        # The unrestricted guard hands operations straight to its store: one call less per
-        # operation on the hot path than the `_run`/`_arun` methods below.
+        # The unrestricted guard runs operations on its store as they come: the runner's
+        # `_run`/`_arun` are the store's own methods (no call in between on the hot path).
         self._run = store.execute  # type: ignore[method-assign]
         self._arun = store.aexecute  # type: ignore[method-assign]
         self._subscribers: dict[str, list[Subscriber]] = {}
@@ -72,12 +71,6 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         guard_options = {k: v for k, v in options.items() if k in GUARD_OPTIONS}
         store_options = {k: v for k, v in options.items() if k not in GUARD_OPTIONS}
         return cls(store_from_url(url, **store_options), **guard_options)
-
-    def _run(self, op: Op[R]) -> R:
-        return self._engine.store.execute(op)
-
-    async def _arun(self, op: Op[R]) -> R:
-        return await self._engine.store.aexecute(op)
 
     @property
     def store(self) -> Store:
@@ -138,4 +131,4 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         dispatch(notifications, self._subscribers, self._sinks)
 
 
-__all__ = ["STORE_UNAVAILABLE", "Guard", "denied"]
+__all__ = ["Guard"]
