@@ -189,3 +189,47 @@ def test_every_exported_class_and_public_method_says_why() -> None:
                 if not function.__doc__:
                     missing.append(f"{name}.{method_name}")
     assert not missing, f"no docstring: {missing}"
+
+
+RIVAL = "tenant:rival"
+HANDLE_CALLS_ON_ANOTHER_TENANT = {
+    "set_budget": lambda h: h.set_budget(RIVAL, usd=1),
+    "remove_budget": lambda h: h.remove_budget(RIVAL, "USD_MICROCENTS"),
+    "set_quota": lambda h: h.set_quota(RIVAL, calls=1, window="minute"),
+    "remove_quota": lambda h: h.remove_quota(RIVAL, "calls", window="minute"),
+    "set_access": lambda h: h.set_access(RIVAL, models_deny=["*"]),
+    "clear_access": lambda h: h.clear_access(RIVAL),
+    "freeze": lambda h: h.freeze(RIVAL),
+    "unfreeze": lambda h: h.unfreeze(RIVAL),
+    "close_budget": lambda h: h.close_budget(RIVAL),
+    "fund": lambda h: h.fund(RIVAL, "CREDIT", al.usd(1)),
+    "transfer": lambda h: h.transfer(RIVAL, f"{RIVAL}/workspace:w", al.usd(1)),
+    "balances": lambda h: h.balances(RIVAL),
+    "reserve": lambda h: h.reserve(al.Subject(tenant="rival"), LLM, al.usd(1)),
+    "decide": lambda h: h.decide(al.Subject(tenant="rival"), LLM, al.usd(1)),
+    "record": lambda h: h.record(al.Subject(tenant="rival"), LLM, al.usd(1)),
+    "commit": lambda h: h.commit(f"rival:{'0' * 32}", al.usd(1)),
+    "release": lambda h: h.release(f"rival:{'0' * 32}"),
+    "extend": lambda h: h.extend(f"rival:{'0' * 32}", 1_000),
+    "get": lambda h: h.get(f"rival:{'0' * 32}"),
+}
+
+
+def test_every_handle_call_that_names_a_tenant_is_covered_below() -> None:
+    """A new call on the handle must be added to the cross-tenant test."""
+    own_tenant_only = {"audit", "report", "subject"}  # they take no tenant: always their own
+    sync_calls = {n for n, m in public_methods(al.TenantGuard).items()
+                  if not inspect.iscoroutinefunction(m)}
+    assert sync_calls - own_tenant_only == set(HANDLE_CALLS_ON_ANOTHER_TENANT)
+
+
+@pytest.mark.parametrize("name", sorted(HANDLE_CALLS_ON_ANOTHER_TENANT))
+def test_every_handle_call_refuses_another_tenant(
+        guard: Any, name: str) -> None:
+    """On both stores and through both the sync calls and their async twins: Forbidden,
+    and the other tenant's budget exactly as it was."""
+    guard.set_budget(RIVAL, usd=10)
+    before = guard.balances(RIVAL)
+    with pytest.raises(al.Forbidden):
+        HANDLE_CALLS_ON_ANOTHER_TENANT[name](guard.tenant("acme"))
+    assert guard.balances(RIVAL) == before
