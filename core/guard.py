@@ -13,6 +13,7 @@ from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import InvalidRequest
 from .events import NOTIFICATION_TYPES, Notification, Sink, Subscriber, check_type, dispatch
+from .keys import KeyCalls
 from .plans import Plan
 from .platform import PlatformCalls
 from .reads import ReadCalls
@@ -26,7 +27,7 @@ GUARD_OPTIONS = frozenset({"ttl_ms", "grace_ms", "max_extensions", "mode", "defa
                            "sink", "on_store_error", "commit_retries"})
 
 
-class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
+class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls, KeyCalls):
     """Enforces budgets for every tenant on one store (the embedded memory store by default).
 
     `mode="shadow"` never denies: would-be denials are recorded and spend is tracked, to size

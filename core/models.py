@@ -327,3 +327,21 @@ class FundResult:
 class TransferResult:
     source: Balance
     destination: Balance
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """A key bound to one tenant: what it may do and until when. Its secret is never kept,
+    only a hash of it (see `Guard.create_key`)."""
+
+    key_id: str
+    tenant: str
+    name: str
+    permissions: tuple[str, ...]
+    created_at_ms: int
+    expires_at_ms: int | None
+    revoked: bool
+
+    def active(self, now_ms: int) -> bool:
+        """Neither revoked nor past its expiry at `now_ms`."""
+        return not self.revoked and (self.expires_at_ms is None or now_ms < self.expires_at_ms)

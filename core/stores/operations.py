@@ -17,6 +17,7 @@ from ..errors import InvalidRequest
 from ..events import AuditRecord, Notification, NotificationType, ReportRow, log
 from ..models import (
     Action,
+    ApiKey,
     Balance,
     BudgetStatus,
     CommitResult,
@@ -239,6 +240,46 @@ class Sweep(Op[int]):
     """Expire due reservations and drop what is past retention, across tenants."""
 
     limit: int
+
+
+@dataclass
+class CreateKey(Op[ApiKey]):
+    """Store a new key of `tenant`; the store stamps its creation time."""
+
+    key_id: str
+    name: str
+    permissions: tuple[str, ...]
+    expires_at_ms: int | None
+    secret_hash: str
+
+
+@dataclass
+class ListKeys(Op[tuple[ApiKey, ...]]):
+    """Every key of the tenant, revoked ones included, oldest first."""
+
+
+@dataclass
+class RevokeKey(Op[ApiKey]):
+    """Revoke a key for good (revoking it again changes nothing)."""
+
+    key_id: str
+
+
+@dataclass
+class KeyMatch:
+    """A stored key, the hash of its secret and the store's time: what authentication
+    compares (in constant time, outside the store)."""
+
+    key: ApiKey
+    secret_hash: str
+    now_ms: int
+
+
+@dataclass
+class FindKey(Op["KeyMatch | None"]):
+    """A key by id, for authentication; None when there is none. Writes nothing."""
+
+    key_id: str
 
 
 TENANT_FAILED = NotificationType.SWEEP_TENANT_FAILED

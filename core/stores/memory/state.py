@@ -159,6 +159,7 @@ class Tenant:
     seq: int = 0
     report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
     tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
+    api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
 
 
 class _Route(NamedTuple):

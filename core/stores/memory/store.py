@@ -16,15 +16,19 @@ from ..operations import (
     Audit,
     Balances,
     Commit,
+    CreateKey,
     Extend,
+    FindKey,
     Fund,
     Get,
+    ListKeys,
     Op,
     Record,
     Release,
     RemoveBudget,
     Report,
     Reserve,
+    RevokeKey,
     SetAccess,
     SetBudget,
     SetMode,
@@ -35,6 +39,7 @@ from ..operations import (
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
+from .keys import create_key, find_key, list_keys, revoke_key
 from .read import audit, balances, get, report
 from .record import record
 from .reserve import reserve
@@ -49,6 +54,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     SetAccess: set_access, ApplyPlan: apply_plan, SetMode: set_mode, SetStatus: set_status,
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
+    CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
@@ -90,7 +96,8 @@ class MemoryStore:
                 result: R = _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)
             else:
                 tenant = self._tenants.get(op.tenant)
-                dry = type(op) is Reserve and op.dry_run  # decide: nothing is written
+                # decide and key lookups (unauthenticated input) write nothing
+                dry = (type(op) is Reserve and op.dry_run) or type(op) is FindKey
                 if tenant is None:
                     tenant = Tenant(op.tenant, cx)
                     if not dry:

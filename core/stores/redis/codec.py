@@ -17,6 +17,7 @@ from typing import Any
 from ...events import report_rows
 from ...ids import new_id
 from ...models import (
+    ApiKey,
     CommitResult,
     Decision,
     ExtendResult,
@@ -32,7 +33,7 @@ from ...scopes import parse_scope
 from .. import operations as ops
 from . import payloads as out
 from . import replies as back
-from .keys import idempotency_key, none_key, reservation_key, tenant_keys
+from .keys import api_keys_key, idempotency_key, none_key, reservation_key, tenant_keys
 
 Encode = Callable[[Any, "Wire"], tuple[list[str], list[Any]]]
 """(operation, wire) → the call's keys and arguments."""
@@ -193,6 +194,34 @@ def _nothing(op: Any, body: dict[str, Any], wire: Wire) -> None:
     return None
 
 
+def _key_call(build: Callable[[Any], dict[str, Any]]) -> Encode:
+    """A call of keys.lua: the tenant's key hash declared in slot 11."""
+    def encode(op: Any, wire: Wire) -> tuple[list[str], list[Any]]:
+        tenant = op.tenant
+        keys = [*tenant_keys(tenant), api_keys_key(tenant), none_key(tenant)]
+        return keys, wire.args(out.compact_json({**build(op), "tenant": tenant}))
+    return encode
+
+
+def _create_key(op: ops.CreateKey) -> dict[str, Any]:
+    return {"op": "create_key", "key_id": op.key_id, "name": op.name,
+            "permissions": list(op.permissions),
+            "expires": "" if op.expires_at_ms is None else str(op.expires_at_ms),
+            "hash": op.secret_hash}
+
+
+def _api_key(tenant: str, body: dict[str, Any]) -> ApiKey:
+    expires = body["expires"]
+    return ApiKey(body["key_id"], tenant, body["name"], tuple(body["permissions"]),
+                  int(body["created"]), int(expires) if expires else None, bool(body["revoked"]))
+
+
+def _found_key(op: ops.FindKey, body: dict[str, Any], wire: Wire) -> ops.KeyMatch | None:
+    if "key" not in body:
+        return None
+    return ops.KeyMatch(_api_key(op.tenant, body["key"]), body["hash"], int(body["now"]))
+
+
 _DEFINITION = Codec("admin", _document(out.definition), _nothing, registers=True)
 _SETTLED: dict[str, Result] = {
     "commit": lambda op, b, w: CommitResult(
@@ -244,6 +273,16 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                             lambda op, b, w: int(b["removed"]), registers=True),
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,
     ops.ApplyPlan: _DEFINITION,
+    ops.CreateKey: Codec("keys", _key_call(_create_key),
+                         lambda op, b, w: _api_key(op.tenant, b["key"])),
+    ops.ListKeys: Codec("keys", _key_call(lambda op: {"op": "list_keys"}),
+                        lambda op, b, w: tuple(_api_key(op.tenant, k)
+                                               for k in (b["keys"] or []))),
+    ops.RevokeKey: Codec("keys", _key_call(lambda op: {"op": "revoke_key",
+                                                       "key_id": op.key_id}),
+                         lambda op, b, w: _api_key(op.tenant, b["key"])),
+    ops.FindKey: Codec("keys", _key_call(lambda op: {"op": "find_key", "key_id": op.key_id}),
+                       _found_key),
 }
 """Every operation but the sweep, which calls one tenant at a time (`sweep_call`)."""
 

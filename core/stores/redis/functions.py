@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
-OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep")
+OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep", "keys")
 """One function per operation file; reserve and settle take flat arguments (FLAT)."""
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
 

@@ -29,9 +29,14 @@ def idempotency_key(tenant: str, kind: str, key: str | None) -> str:
     return f"al:{{{tenant}}}:i:{kind}:{key}"
 
 
+def api_keys_key(tenant: str) -> str:
+    """The tenant's API keys (KEYS[11] of the key calls): key id -> record and hash."""
+    return f"al:{{{tenant}}}:keys"
+
+
 def none_key(tenant: str) -> str:
     """The placeholder declared where a call has no reservation or replay key."""
     return f"al:{{{tenant}}}:none"
 
 
-__all__ = ["TENANTS_KEY", "idempotency_key", "none_key", "reservation_key", "tenant_keys"]
+__all__ = ["TENANTS_KEY", "api_keys_key", "idempotency_key", "none_key", "reservation_key", "tenant_keys"]

@@ -1,0 +1,137 @@
+"""API keys bound to tenants: create, list, revoke and authenticate.
+
+A key's secret is `alk_<key id>.<43 random URL-safe characters>` (256 bits from `secrets`),
+shown once when created; the store keeps only its SHA-256, which is enough for a secret of
+that entropy (no password stretching is needed: nothing about it can be guessed). The key
+id (`<tenant>:<32 hex digits>`) names the tenant, so authentication reads one tenant's keys
+and never the keyspace; the hashes are compared in constant time (`hmac.compare_digest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .calls import Flow, Runner, flow_twins, twins
+from .errors import InvalidRequest
+from .ids import id_tenant, new_id
+from .models import ApiKey
+from .scopes import tenant_name
+from .stores import operations as ops
+from .validation import check_int, check_list, check_text
+
+PREFIX = "alk_"
+PERMISSIONS = frozenset({
+    "reservations:create", "reservations:commit", "reservations:release",
+    "reservations:extend", "reservations:list", "balances:read", "budgets:read",
+    "budgets:write", "policies:read", "policies:write", "webhooks:read", "webhooks:write",
+    "events:read", "admin:read", "admin:write"})
+"""The Cycles permission names. `admin:read` grants every `*:read`, `admin:write`
+everything."""
+RUNTIME = ("reservations:create", "reservations:commit", "reservations:release",
+           "reservations:extend", "reservations:list", "balances:read")
+"""What a key may do unless told otherwise: the runtime plane of its own tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key just created: `secret` is shown this once and never kept."""
+
+    key: ApiKey
+    secret: str
+
+
+def permits(key: ApiKey, permission: str) -> bool:
+    """Whether `key` grants `permission` (directly, or through admin:read / admin:write)."""
+    held = key.permissions
+    return (permission in held or "admin:write" in held
+            or (permission.endswith(":read") and "admin:read" in held))
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _permission(value: Any, field: str) -> str:
+    if value not in PERMISSIONS:
+        raise InvalidRequest(f"{field}: {value!r} is not a permission; use "
+                             + ", ".join(sorted(PERMISSIONS)))
+    return str(value)
+
+
+def _expiry(expires: int | datetime | None) -> int | None:
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise InvalidRequest("expires: give an aware datetime (with tzinfo) or epoch ms")
+        return int(expires.timestamp() * 1000)
+    return None if expires is None else check_int(expires, "expires")
+
+
+def _key_id(secret: object) -> str | None:
+    """The key id a secret names, or None when it is not shaped like one of ours."""
+    if not isinstance(secret, str) or not secret.startswith(PREFIX) or len(secret) > 400:
+        return None
+    key_id, dot, token = secret[len(PREFIX):].rpartition(".")
+    if not dot or len(token) != 43:
+        return None
+    try:
+        id_tenant(key_id)
+    except InvalidRequest:
+        return None
+    return key_id
+
+
+def keys_op(tenant: str) -> ops.ListKeys:
+    """Every key of `tenant`, revoked and expired ones included, oldest first."""
+    return ops.ListKeys(tenant=tenant_name(tenant))
+
+
+def revoke_key_op(key_id: str) -> ops.RevokeKey:
+    """Revoke a key for good; it never authenticates again. Returns the key."""
+    return ops.RevokeKey(tenant=id_tenant(key_id), key_id=key_id)
+
+
+class KeyCalls(Runner):
+    """The platform operator's calls on API keys (a tenant handle does not offer them)."""
+
+    def _create_key(self, tenant: str, *, permissions: Any = RUNTIME,
+                    expires: int | datetime | None = None,
+                    name: str = "default") -> Flow[NewKey]:
+        """A new key bound to `tenant` with `permissions` (Cycles names, default: the
+        runtime plane), valid until `expires` (epoch ms or an aware datetime; None: no
+        expiry). The secret in the answer is shown once: only its hash is stored."""
+        owner = tenant_name(tenant)
+        granted = check_list(permissions, "permissions", len(PERMISSIONS), _permission,
+                             '["reservations:create", "balances:read"]')
+        if not granted:
+            raise InvalidRequest("permissions: give at least one permission")
+        key_id = new_id(owner)
+        secret = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+        key: ApiKey = yield ops.CreateKey(
+            tenant=owner, key_id=key_id, name=check_text(name, "name", 128, printable=True),
+            permissions=tuple(sorted(set(granted))), expires_at_ms=_expiry(expires),
+            secret_hash=secret_hash(secret))
+        return NewKey(key, secret)
+
+    create_key, acreate_key = flow_twins(_create_key)
+    keys, akeys = twins(keys_op)
+    revoke_key, arevoke_key = twins(revoke_key_op)
+
+    def _authenticate_key(self, secret: str) -> Flow[ApiKey | None]:
+        """The key a secret belongs to if it is live (not revoked, not expired by the
+        store's clock); None for anything else, malformed text included."""
+        key_id = _key_id(secret)
+        if key_id is None:
+            return None
+        match: ops.KeyMatch | None = yield ops.FindKey(tenant=id_tenant(key_id), key_id=key_id)
+        if match is None:
+            return None
+        if not hmac.compare_digest(match.secret_hash, secret_hash(secret)):
+            return None
+        return match.key if match.key.active(match.now_ms) else None
+
+    authenticate_key, aauthenticate_key = flow_twins(_authenticate_key)

@@ -1,0 +1,45 @@
+"""API keys of one tenant, as keys.lua: each kept with the hash of its secret (never the
+secret). Authentication reads a key by id; the hashes are compared outside the store."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ...errors import InvalidRequest, NotFound
+from ...models import ApiKey
+from ..operations import CreateKey, FindKey, KeyMatch, ListKeys, RevokeKey
+from .state import Tenant
+
+
+def create_key(t: Tenant, op: CreateKey, now: int) -> ApiKey:
+    """Store a new key; an id already taken is refused (ids are random: it never is)."""
+    if op.key_id in t.api_keys:
+        raise InvalidRequest(f"key {op.key_id} exists already")
+    key = ApiKey(op.key_id, t.name, op.name, op.permissions, now, op.expires_at_ms, False)
+    t.api_keys[op.key_id] = (key, op.secret_hash)
+    return replace(key)
+
+
+def list_keys(t: Tenant, op: ListKeys, now: int) -> tuple[ApiKey, ...]:
+    """Every key of the tenant, oldest first (ties by id)."""
+    keys = sorted((key for key, _ in t.api_keys.values()),
+                  key=lambda key: (key.created_at_ms, key.key_id))
+    return tuple(replace(key) for key in keys)
+
+
+def revoke_key(t: Tenant, op: RevokeKey, now: int) -> ApiKey:
+    """Mark the key revoked; it never authenticates again."""
+    found = t.api_keys.get(op.key_id)
+    if found is None:
+        raise NotFound(f"no key {op.key_id}")
+    key = replace(found[0], revoked=True)
+    t.api_keys[op.key_id] = (key, found[1])
+    return replace(key)
+
+
+def find_key(t: Tenant, op: FindKey, now: int) -> KeyMatch | None:
+    """The key and its secret's hash, with the store's time; None if there is no such key."""
+    found = t.api_keys.get(op.key_id)
+    if found is None:
+        return None
+    return KeyMatch(replace(found[0]), found[1], now)

@@ -1,0 +1,44 @@
+-- API keys of one tenant, as memory/keys.py. This call declares the tenant's key hash in
+-- slot 11 (K_RES): HASH key id -> JSON {key_id, name, permissions, created, expires,
+-- revoked, hash}; only the hash of a secret is kept. Times travel out as decimal strings.
+
+local K_KEYS = K_RES
+
+local function key_view(k)
+  return {key_id = k.key_id, name = k.name, permissions = k.permissions,
+    created = k.created, expires = k.expires, revoked = k.revoked}
+end
+
+local op = P.op
+if op == 'create_key' then
+  if redis.call('HEXISTS', K_KEYS, P.key_id) == 1 then
+    return fail('INVALID_REQUEST', 'key ' .. P.key_id .. ' exists already')
+  end
+  local k = {key_id = P.key_id, name = P.name, permissions = P.permissions,
+    created = s(NOW), expires = P.expires, revoked = false, hash = P.hash}
+  redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
+  return reply({key = key_view(k)})
+elseif op == 'list_keys' then
+  local raw = redis.call('HVALS', K_KEYS)
+  local keys = {}
+  for i, text in ipairs(raw) do keys[i] = key_view(cjson.decode(text)) end
+  table.sort(keys, function(a, b)
+    local ca, cb = tonumber(a.created), tonumber(b.created)
+    if ca ~= cb then return ca < cb end
+    return a.key_id < b.key_id
+  end)
+  return reply({keys = keys})
+elseif op == 'revoke_key' then
+  local text = redis.call('HGET', K_KEYS, P.key_id)
+  if not text then return fail('NOT_FOUND', 'no key ' .. P.key_id) end
+  local k = cjson.decode(text)
+  k.revoked = true
+  redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
+  return reply({key = key_view(k)})
+elseif op == 'find_key' then
+  local text = redis.call('HGET', K_KEYS, P.key_id)
+  if not text then return reply({}) end
+  local k = cjson.decode(text)
+  return reply({key = key_view(k), hash = k.hash, now = s(NOW)})
+end
+return fail('INVALID_REQUEST', 'unknown key operation ' .. tostring(op))
