@@ -1,0 +1,77 @@
+"""The `allotment` command: `allotment serve` runs the HTTP server; operators' commands join
+it here. Needs the `server` extra (click, uvicorn, starlette, orjson)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger("allotment.server")
+STORE_ENV, ADMIN_ENV = "ALLOTMENT_STORE", "ALLOTMENT_ADMIN_KEY"
+GRACEFUL_S = 30
+"""On SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish for up to
+this long."""
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        import click  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        sys.exit("allotment: the command needs the server extra: "
+                 "pip install 'allotment[server]'")
+    _cli()(prog_name="allotment")
+
+
+def app_from_env() -> Any:
+    """The app of one worker, built from the environment `serve` set (uvicorn calls this
+    in each worker process)."""
+    from .guard import Guard
+    from .server import create_app
+
+    guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
+    guard.start_sweeper()
+    app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None)
+    return app
+
+
+def _cli() -> Any:
+    import click
+
+    @click.group(help="Per-tenant budgets, quotas and isolation for AI platforms.")
+    def cli() -> None:
+        pass
+
+    @cli.command(help="Serve the Cycles protocol over HTTP (memory:// by default).")
+    @click.option("--store", envvar=STORE_ENV, default="memory://", show_default=True,
+                  help=f"Store URL (memory://, redis://...); also ${STORE_ENV}.")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", default=7878, show_default=True, type=int)
+    @click.option("--workers", default=1, show_default=True,
+                  type=click.IntRange(1, 256), help="Worker processes (a shared store only).")
+    def serve(store: str, host: str, port: int, workers: int) -> None:
+        import uvicorn
+
+        if store.startswith("memory://"):
+            if workers > 1:
+                raise click.UsageError("--workers > 1 needs a shared store (redis://...): "
+                                       "each worker would hold budgets of its own in memory")
+            click.echo("allotment: memory:// store: all state (budgets, keys, reservations) "
+                       "is lost when the server exits; use --store redis://... to keep it",
+                       err=True)
+        if not os.environ.get(ADMIN_ENV):
+            click.echo(f"allotment: {ADMIN_ENV} is not set: no admin key, so no key or "
+                       "budget can be created over HTTP", err=True)
+        os.environ[STORE_ENV] = store
+        uvicorn.run("allotment.cli:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, timeout_graceful_shutdown=GRACEFUL_S,
+                    log_level="info", access_log=False)
+
+    return cli
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The ASGI app: the Cycles runtime plane over one guard, every answer carrying
+`X-Request-Id` and `X-Cycles-Trace-Id`, every failure the Cycles error envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import AllotmentError
+from ..guard import Guard
+from .context import error_response, json_response
+from .errors import ApiError, from_allotment
+from .runtime import Runtime, Settings
+
+log = logging.getLogger("allotment.server")
+MAX_BODY = 64 * 1024
+"""Request bodies past this many bytes are refused unread (a reservation is under 2 KiB)."""
+_HTTP_CODES = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND"}
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return error_response(request, error)
+
+
+async def _allotment_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, AllotmentError)
+    mapped = from_allotment(error)
+    if mapped.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, error)
+    return error_response(request, mapped)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    code = _HTTP_CODES.get(error.status_code, "INVALID_REQUEST")
+    message = f"no route {request.method} {request.url.path}" if error.status_code in (
+        404, 405) else str(error.detail)
+    return error_response(request, ApiError(error.status_code, code, message))
+
+
+async def _crash(request: Request, error: Exception) -> Response:
+    log.exception("%s %s crashed", request.method, request.url.path)
+    return error_response(request, ApiError(500, "INTERNAL_ERROR", "internal error"))
+
+
+async def _ready(request: Request) -> Response:
+    return json_response(request, {"status": "UP"})
+
+
+def create_app(guard: Guard, *, admin_key: str | None = None,
+               max_body: int = MAX_BODY) -> Starlette:
+    """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
+    (`X-Admin-API-Key`); without it no request has admin rights."""
+    if not isinstance(guard, Guard):
+        raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
+    settings = Settings(guard, admin_key or None, max_body)
+    routes = [*Runtime(settings).routes(),
+              Route("/actuator/health/readiness", _ready, methods=["GET"]),
+              Route("/actuator/health/liveness", _ready, methods=["GET"])]
+    app = Starlette(routes=routes, exception_handlers={
+        ApiError: _api_error, AllotmentError: _allotment_error, HTTPException: _http_error,
+        Exception: _crash})
+    app.state.guard = guard
+    return app

@@ -1,0 +1,88 @@
+"""Per-request plumbing: the trace id (W3C `traceparent`, then `X-Cycles-Trace-Id`, else a
+fresh one), the request id, the bounded body, and the JSON responses that carry both ids."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import ApiError, bad_request
+from .wire import error_body
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def trace_id(request: Request) -> str:
+    """The request's trace id by the spec's rules; a malformed header counts as absent."""
+    parent = request.headers.get("traceparent")
+    if parent is not None:
+        match = _TRACEPARENT.fullmatch(parent.strip())
+        if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
+            return match.group(1)
+    given = request.headers.get("x-cycles-trace-id")
+    if given is not None and _TRACE_ID.fullmatch(given) and given != _ZERO_TRACE:
+        return given
+    while True:
+        fresh = os.urandom(16).hex()
+        if fresh != _ZERO_TRACE:
+            return fresh
+
+
+def ids(request: Request) -> tuple[str, str]:
+    """(request id, trace id), made once per request."""
+    state = request.state
+    if not hasattr(state, "request_id"):
+        state.request_id = f"req_{uuid.uuid4().hex}"
+        state.trace_id = trace_id(request)
+    return state.request_id, state.trace_id
+
+
+def _headers(request: Request) -> dict[str, str]:
+    request_id, trace = ids(request)
+    headers = {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace}
+    tenant = getattr(request.state, "tenant", None)
+    if tenant is not None:
+        headers["X-Cycles-Tenant"] = tenant
+    return headers
+
+
+def json_response(request: Request, body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, _headers(request),
+                    media_type="application/json")
+
+
+def error_response(request: Request, error: ApiError) -> Response:
+    request_id, trace = ids(request)
+    body = error_body(error.code, error.message, request_id, trace, error.details)
+    return Response(orjson.dumps(body), error.status, {**_headers(request), **error.headers},
+                    media_type="application/json")
+
+
+async def body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise bad_request("Content-Length is not a number")
+        if int(declared) > limit:
+            raise _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(413, "INVALID_REQUEST", f"request body of {size} bytes or more is over the "
+                    f"limit of {limit} bytes")

@@ -1,0 +1,254 @@
+"""The Cycles runtime plane: each route authenticates, reads the wire, makes one call on the
+key's tenant handle and answers with the wire shape of its result. No ledger semantics live
+here: refusals, idempotent replays and tenancy are the guard's."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..clock import system_ms
+from ..errors import AllotmentError, Forbidden, InvalidRequest
+from ..guard import Guard
+from ..ids import id_tenant
+from ..models import Balance, Outcome, ReservationStatus
+from ..scopes import LEVELS
+from ..tenant import TenantGuard
+from . import wire
+from .auth import Caller, admin_key, tenant_key
+from .context import body, json_response
+from .errors import ApiError, bad_request, forbidden, from_allotment, not_found
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the routes share: the guard, the admin key, the body limit."""
+
+    guard: Guard
+    admin_key: str | None
+    max_body: int
+
+
+def _idempotency(request: Request, key: str) -> str:
+    """The body's key; the header, when sent, must say the same."""
+    header = request.headers.get("x-idempotency-key")
+    if header is not None and header != key:
+        raise bad_request("X-Idempotency-Key header and body idempotency_key differ")
+    return key
+
+
+def _guarded(error: AllotmentError) -> ApiError:
+    return from_allotment(error)
+
+
+def _reservation_tenant(rid: str) -> str:
+    """The tenant a reservation id names; an id that is not one of ours never existed."""
+    try:
+        return id_tenant(rid)
+    except InvalidRequest:
+        raise not_found(f"reservation {rid!r} not found") from None
+
+
+def _own(caller: Caller, rid: str) -> None:
+    """Another tenant's reservation is 403, whether or not it exists."""
+    if _reservation_tenant(rid) != caller.key.tenant:
+        raise forbidden("the reservation does not belong to this API key's tenant")
+
+
+class Runtime:
+    """The runtime routes over one guard."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/reservations", self.create, methods=["POST"]),
+            Route("/v1/reservations/{reservation_id}", self.get, methods=["GET"]),
+            Route("/v1/reservations/{reservation_id}/commit", self.commit, methods=["POST"]),
+            Route("/v1/reservations/{reservation_id}/release", self.release, methods=["POST"]),
+            Route("/v1/reservations/{reservation_id}/extend", self.extend, methods=["POST"]),
+            Route("/v1/decide", self.decide, methods=["POST"]),
+            Route("/v1/events", self.event, methods=["POST"]),
+            Route("/v1/balances", self.balances, methods=["GET"]),
+        ]
+
+    async def _body(self, request: Request, model: type[wire._M]) -> wire._M:
+        return wire.parse(model, await body(request, self.s.max_body))
+
+    # -- reserve, decide, events ------------------------------------------------------------
+
+    async def create(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "reservations:create")
+        req = await self._body(request, wire.ReserveBody)
+        key = _idempotency(request, req.idempotency_key)
+        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        estimate = req.estimate.amount_()
+        scopes = who.scopes()
+        handle = caller.tenant
+        if req.dry_run:
+            decision = await handle.adecide(who, what, estimate)
+            answer = wire.decision(decision, scopes)
+            answer["scope_path"] = who.scope_path
+            if decision.outcome is not Outcome.DENY:
+                answer["reserved"] = wire.amount(estimate)
+            return json_response(request, answer)
+        held = await handle.areserve(
+            who, what, estimate, ttl_ms=req.ttl_ms, grace_ms=req.grace_period_ms,
+            overage_policy=req.overage_policy, idempotency_key=key)
+        answer = wire.decision(held.decision, scopes)
+        answer.update(reservation_id=held.id, scope_path=who.scope_path,
+                      reserved=wire.amount(held.estimate[0]),
+                      expires_at_ms=held.expires_at_ms,
+                      remaining_ttl_ms=max(0, held.expires_at_ms - system_ms()),
+                      balances=wire.balances(held.balances))
+        return json_response(request, answer)
+
+    async def decide(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "reservations:create")
+        req = await self._body(request, wire.DecideBody)
+        _idempotency(request, req.idempotency_key)
+        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        decision = await caller.tenant.adecide(who, what, req.estimate.amount_())
+        return json_response(request, wire.decision(decision, who.scopes()))
+
+    async def event(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "reservations:create")
+        req = await self._body(request, wire.EventBody)
+        key = _idempotency(request, req.idempotency_key)
+        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        actual = req.actual.amount_()
+        result = await caller.tenant.arecord(who, what, actual,
+                                             overage_policy=req.overage_policy,
+                                             idempotency_key=key)
+        answer: dict[str, Any] = {"status": "APPLIED", "event_id": result.event_id}
+        charged = result.charged[0] if result.charged else None
+        if charged is not None and charged.amount != actual.amount:
+            answer["charged"] = wire.amount(charged)
+        answer["balances"] = wire.balances(result.balances)
+        return json_response(request, answer, 201)
+
+    # -- one reservation --------------------------------------------------------------------
+
+    async def commit(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "reservations:commit")
+        rid = request.path_params["reservation_id"]
+        _own(caller, rid)
+        req = await self._body(request, wire.CommitBody)
+        key = _idempotency(request, req.idempotency_key)
+        result = await caller.tenant.acommit(rid, req.actual.amount_(), idempotency_key=key)
+        answer: dict[str, Any] = {"status": "COMMITTED", "charged": wire.amount(result.charged[0])}
+        released = [a for a in result.released if a.amount > 0]
+        if released:
+            answer["released"] = wire.amount(released[0])
+        answer["balances"] = wire.balances(result.balances)
+        return json_response(request, answer)
+
+    async def release(self, request: Request) -> Response:
+        rid = request.path_params["reservation_id"]
+        handle: Guard | TenantGuard
+        if admin_key(self.s.admin_key, request):
+            handle = self.s.guard
+            _reservation_tenant(rid)
+        else:
+            caller = await tenant_key(self.s.guard, request, "reservations:release")
+            _own(caller, rid)
+            handle = caller.tenant
+        req = await self._body(request, wire.ReleaseBody)
+        key = _idempotency(request, req.idempotency_key)
+        result = await handle.arelease(rid, req.reason or "released", idempotency_key=key)
+        answer = {"status": "RELEASED", "released": wire.amount(result.released[0]),
+                  "balances": wire.balances(result.balances)}
+        return json_response(request, answer)
+
+    async def extend(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "reservations:extend")
+        rid = request.path_params["reservation_id"]
+        _own(caller, rid)
+        req = await self._body(request, wire.ExtendBody)
+        key = _idempotency(request, req.idempotency_key)
+        result = await caller.tenant.aextend(rid, req.extend_by_ms, idempotency_key=key)
+        answer = {"status": "ACTIVE", "expires_at_ms": result.expires_at_ms,
+                  "remaining_ttl_ms": max(0, result.expires_at_ms - system_ms())}
+        return json_response(request, answer)
+
+    async def get(self, request: Request) -> Response:
+        rid = request.path_params["reservation_id"]
+        handle: Guard | TenantGuard
+        if admin_key(self.s.admin_key, request):
+            handle = self.s.guard
+            _reservation_tenant(rid)
+        else:
+            caller = await tenant_key(self.s.guard, request, "reservations:list")
+            _own(caller, rid)
+            handle = caller.tenant
+        info = await handle.aget(rid)
+        if info.status is ReservationStatus.EXPIRED:
+            raise ApiError(410, "RESERVATION_EXPIRED", f"reservation {rid} expired")
+        return json_response(request, wire.reservation(info))
+
+    # -- balances ---------------------------------------------------------------------------
+
+    async def balances(self, request: Request) -> Response:
+        caller = await tenant_key(self.s.guard, request, "balances:read")
+        query = request.query_params
+        unknown = set(query) - {*LEVELS, "include_children", "limit", "cursor"}
+        if unknown:
+            raise bad_request(f"unknown query parameters {sorted(unknown)}")
+        filters = {level: query[level].lower() for level in LEVELS if query.get(level)}
+        if not filters:
+            raise bad_request("give at least one of " + ", ".join(LEVELS))
+        tenant = filters.get("tenant")
+        if tenant is not None and tenant != caller.key.tenant:
+            raise forbidden("tenant is not the tenant of this API key")
+        limit = _limit(query.get("limit"))
+        after = _cursor(query.get("cursor"))
+        wanted = {f"{level}:{value}" for level, value in filters.items()}
+        rows = sorted((row for row in await caller.tenant.abalances()
+                       if wanted <= set(row.scope.split("/"))), key=_row_key)
+        page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
+        answer: dict[str, Any] = {"balances": wire.balances(tuple(page[:limit]))}
+        if len(page) > limit:
+            answer["next_cursor"] = _encode_cursor(_row_key(page[limit - 1]))
+            answer["has_more"] = True
+        return json_response(request, answer)
+
+
+def _row_key(row: Balance) -> list[str]:
+    return [row.scope, row.unit.value, row.period or "", row.bucket]
+
+
+def _limit(text: str | None) -> int:
+    if text is None or text == "":
+        return 50
+    if not text.isdigit() or not 1 <= int(text) <= 200:
+        raise bad_request(f"limit: {text!r} is not a whole number in 1..200")
+    return int(text)
+
+
+def _encode_cursor(key: list[str]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def _cursor(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise bad_request("cursor: not a cursor this server gave out") from None
+    if not (isinstance(key, list) and len(key) == 4 and all(isinstance(k, str) for k in key)):
+        raise bad_request("cursor: not a cursor this server gave out")
+    return key
+
+
+__all__ = ["Forbidden", "Handler", "Runtime", "Settings"]
