@@ -32,7 +32,7 @@ def revoke_key(t: Tenant, op: RevokeKey, now: int) -> ApiKey:
     found = t.api_keys.get(op.key_id)
     if found is None:
         raise NotFound(f"no key {op.key_id}")
-    key = replace(found[0], revoked=True)
+    key: ApiKey = replace(found[0], revoked=True)
     t.api_keys[op.key_id] = (key, found[1])
     return replace(key)
 

@@ -39,4 +39,5 @@ def none_key(tenant: str) -> str:
     return f"al:{{{tenant}}}:none"
 
 
-__all__ = ["TENANTS_KEY", "api_keys_key", "idempotency_key", "none_key", "reservation_key", "tenant_keys"]
+__all__ = ["TENANTS_KEY", "api_keys_key", "idempotency_key", "none_key", "reservation_key",
+           "tenant_keys"]

@@ -1,0 +1,118 @@
+"""Tenants are walls over HTTP: a key of tenant B on any route that touches tenant A's
+reservations or scopes gets 403, learns nothing (an existing and a made-up reservation of A
+answer alike) and changes nothing; revoked, expired, unknown and missing keys get 401; a key
+without the route's permission gets 403."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from support.served import ADMIN_KEY, Api
+
+USD = "USD_MICROCENTS"
+SUBJECT = {"subject": {"tenant": "acme"}, "action": {"kind": "llm.completion", "name": "m"}}
+
+
+def _routes(rid: str) -> list[tuple[str, str, Any]]:
+    return [
+        ("POST", "/v1/reservations", {"idempotency_key": "x", **SUBJECT,
+                                      "estimate": {"unit": USD, "amount": 1}}),
+        ("POST", "/v1/reservations", {"idempotency_key": "y", **SUBJECT, "dry_run": True,
+                                      "estimate": {"unit": USD, "amount": 1}}),
+        ("POST", "/v1/decide", {"idempotency_key": "x", **SUBJECT,
+                                "estimate": {"unit": USD, "amount": 1}}),
+        ("POST", "/v1/events", {"idempotency_key": "x", **SUBJECT,
+                                "actual": {"unit": USD, "amount": 1}}),
+        ("POST", f"/v1/reservations/{rid}/commit",
+         {"idempotency_key": "x", "actual": {"unit": USD, "amount": 1}}),
+        ("POST", f"/v1/reservations/{rid}/release", {"idempotency_key": "x"}),
+        ("POST", f"/v1/reservations/{rid}/extend", {"idempotency_key": "x",
+                                                    "extend_by_ms": 1_000}),
+        ("GET", f"/v1/reservations/{rid}", None),
+        ("GET", "/v1/balances?tenant=acme", None),
+    ]
+
+
+def _state(served: Any, rid: str) -> Any:
+    info = served.guard.get(rid)
+    return (served.guard.balances("tenant:acme"), info.status, info.expires_at_ms,
+            info.extensions)
+
+
+def test_another_tenants_key_is_refused_on_every_route(served: Any) -> None:
+    acme = served.tenant("acme")
+    rival = served.tenant("rival")
+    rid = acme.post("/v1/reservations", {"idempotency_key": "r", **SUBJECT,
+                                         "estimate": {"unit": USD, "amount": 5}}
+                    ).body["reservation_id"]
+    before = _state(served, rid)
+    made_up = f"acme:{'f' * 32}"
+    for method, path, body in _routes(rid):
+        refused = rival.call(method, path, body)
+        assert (refused.status, refused.body["error"]) == (403, "FORBIDDEN"), (path,
+                                                                                refused.body)
+        ghost = rival.call(method, path.replace(rid, made_up), body)
+        if rid in path:  # a reservation that never existed answers exactly alike
+            assert (ghost.status, ghost.body["error"],
+                    ghost.body["message"]) == (403, "FORBIDDEN", refused.body["message"])
+    assert _state(served, rid) == before
+    assert rival.get("/v1/balances?tenant=rival").status == 200
+
+
+@pytest.mark.parametrize("secret", ["", "nonsense", "alk_acme:" + "0" * 32 + "." + "x" * 43])
+def test_an_unknown_or_missing_key_is_401(served: Any, secret: str) -> None:
+    served.tenant("acme")
+    api = Api(served.url)
+    headers = {"X-Cycles-API-Key": secret} if secret else {}
+    for method, path, body in _routes(f"acme:{'0' * 32}"):
+        answer = api.call(method, path, body, headers=headers)
+        assert (answer.status, answer.body["error"]) == (401, "UNAUTHORIZED"), path
+
+
+def test_a_revoked_key_is_401_from_the_next_request(served: Any) -> None:
+    acme = served.tenant("acme")
+    assert acme.get("/v1/balances?tenant=acme").status == 200
+    key = served.guard.keys("acme")[0]
+    served.guard.revoke_key(key.key_id)
+    for method, path, body in _routes(f"acme:{'0' * 32}"):
+        assert acme.call(method, path, body).status == 401, path
+    assert served.guard.balances("tenant:acme")[0].spent == 0
+
+
+def test_an_expired_key_is_401(served: Any) -> None:
+    acme = served.tenant("acme", expires=int(time.time() * 1000) + 600)
+    assert acme.get("/v1/balances?tenant=acme").status == 200
+    time.sleep(0.7)
+    answer = acme.get("/v1/balances?tenant=acme")
+    assert (answer.status, answer.body["error"]) == (401, "UNAUTHORIZED")
+
+
+def test_a_key_without_the_routes_permission_is_403(served: Any) -> None:
+    reader = served.tenant("acme", permissions=["balances:read"])
+    assert reader.get("/v1/balances?tenant=acme").status == 200
+    refused = reader.post("/v1/reservations", {"idempotency_key": "r", **SUBJECT,
+                                               "estimate": {"unit": USD, "amount": 5}})
+    assert refused.status == 403 and "reservations:create" in refused.body["message"]
+    assert served.guard.balances("tenant:acme")[0].reserved == 0
+
+
+def test_the_admin_key_may_read_and_release_any_reservation_only(served: Any) -> None:
+    acme = served.tenant("acme")
+    rid = acme.post("/v1/reservations", {"idempotency_key": "r", **SUBJECT,
+                                         "estimate": {"unit": USD, "amount": 5}}
+                    ).body["reservation_id"]
+    admin = Api(served.url)
+    header = {"X-Admin-API-Key": ADMIN_KEY}
+    assert admin.get(f"/v1/reservations/{rid}", headers=header).body["status"] == "ACTIVE"
+    wrong = admin.get(f"/v1/reservations/{rid}", headers={"X-Admin-API-Key": "guess"})
+    assert wrong.status == 401
+    commit = admin.post(f"/v1/reservations/{rid}/commit",
+                        {"idempotency_key": "c", "actual": {"unit": USD, "amount": 1}},
+                        headers=header)
+    assert commit.status == 401  # the admin key is not a tenant key
+    released = admin.post(f"/v1/reservations/{rid}/release", {"idempotency_key": "x"},
+                          headers=header)
+    assert released.status == 200 and released.body["status"] == "RELEASED"
