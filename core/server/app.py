@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from ..errors import AllotmentError
 from ..guard import Guard
+from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
 from .runtime import Runtime, Settings
@@ -60,7 +61,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None,
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body)
-    routes = [*Runtime(settings).routes(),
+    routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers={
