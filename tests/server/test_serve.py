@@ -1,0 +1,101 @@
+"""`allotment serve`, the console script, as an operator runs it: memory:// says that state
+is lost on exit and refuses several workers; on Redis several workers share one store (keys
+included); the admin key comes from ALLOTMENT_ADMIN_KEY; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import redis
+
+from support.redis_server import free_port
+from support.stores import redis_url
+
+SCRIPT = Path(sys.executable).parent / "allotment"
+USD = "USD_MICROCENTS"
+ADMIN = "serve-test-admin"
+
+
+@contextmanager
+def serve(*args: str, store: str | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    env = {**os.environ, "ALLOTMENT_ADMIN_KEY": ADMIN}
+    env.pop("ALLOTMENT_STORE", None)
+    if store is not None:
+        env["ALLOTMENT_STORE"] = store
+    process = subprocess.Popen([str(SCRIPT), "serve", "--port", str(port), *args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if httpx.get(url + "/actuator/health/readiness").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "allotment serve did not start"
+            time.sleep(0.1)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def provision(url: str, tenant: str) -> str:
+    admin = {"X-Admin-API-Key": ADMIN}
+    key = httpx.post(url + "/v1/admin/api-keys", json={"tenant_id": tenant, "name": "k"},
+                     headers=admin)
+    assert key.status_code == 201, key.text
+    made = httpx.post(url + "/v1/admin/budgets", headers=admin, json={
+        "tenant_id": tenant, "scope": f"tenant:{tenant}", "unit": USD,
+        "allocated": {"unit": USD, "amount": 1_000_000}})
+    assert made.status_code == 201, made.text
+    return str(key.json()["key_secret"])
+
+
+def reserve(url: str, secret: str, key: str) -> httpx.Response:
+    return httpx.post(url + "/v1/reservations", headers={"X-Cycles-API-Key": secret}, json={
+        "idempotency_key": key, "subject": {"tenant": "acme"},
+        "action": {"kind": "llm.completion", "name": "m"},
+        "estimate": {"unit": USD, "amount": 1_000}})
+
+
+def test_memory_serve_warns_that_state_is_lost_and_stops_on_sigterm() -> None:
+    with serve() as (url, process):
+        secret = provision(url, "acme")
+        assert reserve(url, secret, "r1").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught
+        assert process.wait(30) in (0, -signal.SIGTERM)
+        errors = process.communicate()[1]
+    assert "state" in errors and "lost" in errors
+    assert "Finished server process" in errors
+
+
+def test_memory_serve_refuses_several_workers() -> None:
+    done = subprocess.run([str(SCRIPT), "serve", "--workers", "2"], capture_output=True,
+                          text=True, env={**os.environ, "ALLOTMENT_STORE": "memory://"})
+    assert done.returncode != 0 and "--workers" in done.stderr
+
+
+def test_workers_on_redis_share_keys_and_budgets() -> None:
+    url_of_db = f"{redis_url()}/63"
+    redis.Redis.from_url(url_of_db).flushdb()
+    with serve("--workers", "2", "--store", url_of_db) as (url, _):
+        secret = provision(url, "acme")
+        answers = [reserve(url, secret, f"r{i}") for i in range(20)]
+        assert {a.status_code for a in answers} == {200}
+        balance = httpx.get(url + "/v1/balances?tenant=acme",
+                            headers={"X-Cycles-API-Key": secret}).json()["balances"][0]
+        assert balance["reserved"]["amount"] == 20_000
