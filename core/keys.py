@@ -95,8 +95,22 @@ def revoke_key_op(key_id: str) -> ops.RevokeKey:
     return ops.RevokeKey(tenant=id_tenant(key_id), key_id=key_id)
 
 
+def register_tenant_op(tenant: str, name: str) -> ops.RegisterTenant:
+    """Record `tenant` with a display name, unless it has a record already. Returns the
+    record and whether this call made it (a second call with another name changes
+    nothing: compare the names)."""
+    return ops.RegisterTenant(tenant=tenant_name(tenant),
+                              name=check_text(name, "name", 256, printable=True))
+
+
+def tenant_info_op(tenant: str) -> ops.GetTenant:
+    """The tenant's record, or None if it was never registered."""
+    return ops.GetTenant(tenant=tenant_name(tenant))
+
+
 class KeyCalls(Runner):
-    """The platform operator's calls on API keys (a tenant handle does not offer them)."""
+    """The platform operator's calls on API keys and tenant records (a tenant handle does
+    not offer them)."""
 
     def _create_key(self, tenant: str, *, permissions: Any = RUNTIME,
                     expires: int | datetime | None = None,
@@ -119,6 +133,8 @@ class KeyCalls(Runner):
 
     create_key, acreate_key = flow_twins(_create_key)
     keys, akeys = twins(keys_op)
+    register_tenant, aregister_tenant = twins(register_tenant_op)
+    tenant_info, atenant_info = twins(tenant_info_op)
     revoke_key, arevoke_key = twins(revoke_key_op)
 
     def _authenticate_key(self, secret: str) -> Flow[ApiKey | None]:

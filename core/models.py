@@ -345,3 +345,12 @@ class ApiKey:
     def active(self, now_ms: int) -> bool:
         """Neither revoked nor past its expiry at `now_ms`."""
         return not self.revoked and (self.expires_at_ms is None or now_ms < self.expires_at_ms)
+
+
+@dataclass(slots=True)
+class TenantInfo:
+    """A tenant's record: its display name and when it was registered."""
+
+    tenant: str
+    name: str
+    created_at_ms: int

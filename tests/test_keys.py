@@ -107,3 +107,16 @@ def test_looking_up_a_secret_of_an_unknown_tenant_creates_nothing(guard: Any) ->
     made = guard.create_key("acme")
     assert guard.authenticate_key(made.secret.replace("alk_acme:", "alk_ghost:")) is None
     assert guard.keys("ghost") == ()
+
+
+def test_a_tenant_record_is_made_once(guard: Any, clock: al.ManualClock) -> None:
+    assert guard.tenant_info("acme") is None
+    record, made = guard.register_tenant("acme", "Acme Corp")
+    assert made and (record.tenant, record.name, record.created_at_ms) == (
+        "acme", "Acme Corp", clock())
+    clock.advance(5)
+    again, made = guard.register_tenant("ACME", "Another name")
+    assert not made and again == record
+    assert guard.tenant_info("acme") == record
+    with pytest.raises(al.InvalidRequest):
+        guard.register_tenant("acme", "")

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from ..amounts import Amount, Unit
 from ..guard import Guard
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import ApiKey, Balance, BudgetStatus
+from ..models import ApiKey, Balance, BudgetStatus, TenantInfo
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
 from . import wire
@@ -26,6 +26,19 @@ from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .runtime import Settings
 
 FundName = Literal["CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT"]
+
+
+class TenantBody(wire._Strict):
+    tenant_id: str = Field(min_length=3, max_length=64, pattern=r"^[a-z0-9-]+$")
+    name: str = Field(min_length=1, max_length=256)
+    parent_tenant_id: str | None = None
+    metadata: wire.Metadata | None = None
+    default_commit_overage_policy: wire.PolicyName | None = None
+    default_reservation_ttl_ms: int | None = None
+    max_reservation_ttl_ms: int | None = None
+    max_reservation_extensions: int | None = None
+    reservation_expiry_policy: str | None = None
+    """Accepted for the reference shape; the guard's own settings apply (see README)."""
 
 
 class KeyBody(wire._Strict):
@@ -75,6 +88,11 @@ def _epoch_ms(text: str, field: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def tenant_view(info: TenantInfo) -> dict[str, Any]:
+    return {"tenant_id": info.tenant, "name": info.name, "status": "ACTIVE",
+            "created_at": iso(info.created_at_ms)}
+
+
 def key_view(key: ApiKey) -> dict[str, Any]:
     view: dict[str, Any] = {
         "key_id": key.key_id, "tenant_id": key.tenant, "name": key.name,
@@ -109,6 +127,8 @@ class Admin:
 
     def routes(self) -> list[Route]:
         return [
+            Route("/v1/admin/tenants", self.create_tenant, methods=["POST"]),
+            Route("/v1/admin/tenants/{tenant_id}", self.get_tenant, methods=["GET"]),
             Route("/v1/admin/api-keys", self.create_key, methods=["POST"]),
             Route("/v1/admin/api-keys", self.list_keys, methods=["GET"]),
             Route("/v1/admin/api-keys/{key_id}", self.revoke_key, methods=["DELETE"]),
@@ -137,7 +157,25 @@ class Admin:
             raise forbidden("tenant_id is not the tenant of this API key")
         return caller.tenant, caller.key.tenant
 
-    # -- keys -------------------------------------------------------------------------------
+    # -- tenants and keys -----------------------------------------------------------------
+
+    async def create_tenant(self, request: Request) -> Response:
+        """201 when made, 200 when it exists with that name, 409 under another name."""
+        self._admin(request)
+        req = wire.parse(TenantBody, await body(request, self.s.max_body))
+        info, made = await self.s.guard.aregister_tenant(req.tenant_id, req.name)
+        if not made and info.name != req.name:
+            raise ApiError(409, "DUPLICATE_RESOURCE", f"tenant {info.tenant} exists with "
+                           f"another name ({info.name!r})")
+        return json_response(request, tenant_view(info), 201 if made else 200)
+
+    async def get_tenant(self, request: Request) -> Response:
+        self._admin(request)
+        tenant = request.path_params["tenant_id"]
+        info = await self.s.guard.atenant_info(tenant)
+        if info is None:
+            raise not_found(f"no tenant {tenant!r}")
+        return json_response(request, tenant_view(info))
 
     async def create_key(self, request: Request) -> Response:
         self._admin(request)

@@ -29,6 +29,7 @@ from ..models import (
     RecordResult,
     ReleaseResult,
     ReservationInfo,
+    TenantInfo,
     TransferResult,
 )
 from ..periods import Period
@@ -280,6 +281,19 @@ class FindKey(Op["KeyMatch | None"]):
     """A key by id, for authentication; None when there is none. Writes nothing."""
 
     key_id: str
+
+
+@dataclass
+class RegisterTenant(Op[tuple[TenantInfo, bool]]):
+    """Record the tenant with a display name unless it has a record; answers the record
+    and whether this call made it."""
+
+    name: str
+
+
+@dataclass
+class GetTenant(Op["TenantInfo | None"]):
+    """The tenant's record, or None. Writes nothing."""
 
 
 TENANT_FAILED = NotificationType.SWEEP_TENANT_FAILED

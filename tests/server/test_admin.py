@@ -138,3 +138,22 @@ def test_fund_operations_and_freeze(served: Any) -> None:
     assert (held.status, held.body["error"]) == (409, "BUDGET_FROZEN")
     thawed = api.post(f"/v1/admin/budgets/unfreeze?{where}", headers=ADMIN, check=False)
     assert thawed.body["status"] == "ACTIVE"
+
+
+def test_tenants_are_created_once(served: Any) -> None:
+    api = admin(served)
+    made = api.post("/v1/admin/tenants", {"tenant_id": "acme-corp", "name": "Acme"},
+                    headers=ADMIN, check=False)
+    assert made.status == 201 and made.body["tenant_id"] == "acme-corp"
+    same = api.post("/v1/admin/tenants", {"tenant_id": "acme-corp", "name": "Acme"},
+                    headers=ADMIN, check=False)
+    assert same.status == 200 and same.body == made.body
+    other = api.post("/v1/admin/tenants", {"tenant_id": "acme-corp", "name": "Other"},
+                     headers=ADMIN, check=False)
+    assert other.status == 409
+    assert api.get("/v1/admin/tenants/acme-corp", headers=ADMIN, check=False).body == made.body
+    assert api.get("/v1/admin/tenants/nobody", headers=ADMIN, check=False).status == 404
+    for bad in ("ab", "Acme_Corp", "x" * 65):
+        refused = api.post("/v1/admin/tenants", {"tenant_id": bad, "name": "n"},
+                           headers=ADMIN, check=False)
+        assert refused.status == 400, bad

@@ -6,8 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ...errors import InvalidRequest, NotFound
-from ...models import ApiKey
-from ..operations import CreateKey, FindKey, KeyMatch, ListKeys, RevokeKey
+from ...models import ApiKey, TenantInfo
+from ..operations import (
+    CreateKey,
+    FindKey,
+    GetTenant,
+    KeyMatch,
+    ListKeys,
+    RegisterTenant,
+    RevokeKey,
+)
 from .state import Tenant
 
 
@@ -43,3 +51,16 @@ def find_key(t: Tenant, op: FindKey, now: int) -> KeyMatch | None:
     if found is None:
         return None
     return KeyMatch(replace(found[0]), found[1], now)
+
+
+def register_tenant(t: Tenant, op: RegisterTenant, now: int) -> tuple[TenantInfo, bool]:
+    """The tenant's record, made now if it has none."""
+    if t.profile is not None:
+        return replace(t.profile), False
+    t.profile = TenantInfo(t.name, op.name, now)
+    return replace(t.profile), True
+
+
+def get_tenant(t: Tenant, op: GetTenant, now: int) -> TenantInfo | None:
+    """The tenant's record, if it was registered."""
+    return None if t.profile is None else replace(t.profile)

@@ -160,6 +160,7 @@ class Tenant:
     report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
     tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
     api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
+    profile: Any = None  # the tenant's record (TenantInfo), once registered
 
 
 class _Route(NamedTuple):

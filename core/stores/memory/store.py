@@ -21,9 +21,11 @@ from ..operations import (
     FindKey,
     Fund,
     Get,
+    GetTenant,
     ListKeys,
     Op,
     Record,
+    RegisterTenant,
     Release,
     RemoveBudget,
     Report,
@@ -39,7 +41,14 @@ from ..operations import (
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
-from .keys import create_key, find_key, list_keys, revoke_key
+from .keys import (
+    create_key,
+    find_key,
+    get_tenant,
+    list_keys,
+    register_tenant,
+    revoke_key,
+)
 from .read import audit, balances, get, report
 from .record import record
 from .reserve import reserve
@@ -55,6 +64,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
+    RegisterTenant: register_tenant, GetTenant: get_tenant,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
@@ -97,7 +107,7 @@ class MemoryStore:
             else:
                 tenant = self._tenants.get(op.tenant)
                 # decide and key lookups (unauthenticated input) write nothing
-                dry = (type(op) is Reserve and op.dry_run) or type(op) is FindKey
+                dry = (type(op) is Reserve and op.dry_run) or type(op) in (FindKey, GetTenant)
                 if tenant is None:
                     tenant = Tenant(op.tenant, cx)
                     if not dry:

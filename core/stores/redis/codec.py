@@ -27,6 +27,7 @@ from ...models import (
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
+    TenantInfo,
     TransferResult,
 )
 from ...scopes import parse_scope
@@ -222,6 +223,10 @@ def _found_key(op: ops.FindKey, body: dict[str, Any], wire: Wire) -> ops.KeyMatc
     return ops.KeyMatch(_api_key(op.tenant, body["key"]), body["hash"], int(body["now"]))
 
 
+def _tenant_info(op: Any, body: dict[str, Any]) -> TenantInfo:
+    return TenantInfo(op.tenant, body["name"], int(body["created"]))
+
+
 _DEFINITION = Codec("admin", _document(out.definition), _nothing, registers=True)
 _SETTLED: dict[str, Result] = {
     "commit": lambda op, b, w: CommitResult(
@@ -283,6 +288,11 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                          lambda op, b, w: _api_key(op.tenant, b["key"])),
     ops.FindKey: Codec("keys", _key_call(lambda op: {"op": "find_key", "key_id": op.key_id}),
                        _found_key),
+    ops.RegisterTenant: Codec("keys", _key_call(lambda op: {"op": "register_tenant",
+                                                            "name": op.name}),
+                              lambda op, b, w: (_tenant_info(op, b), bool(b["made"]))),
+    ops.GetTenant: Codec("keys", _key_call(lambda op: {"op": "get_tenant"}),
+                         lambda op, b, w: _tenant_info(op, b) if "name" in b else None),
 }
 """Every operation but the sweep, which calls one tenant at a time (`sweep_call`)."""
 

@@ -1,6 +1,7 @@
 -- API keys of one tenant, as memory/keys.py. This call declares the tenant's key hash in
 -- slot 11 (K_RES): HASH key id -> JSON {key_id, name, permissions, created, expires,
 -- revoked, hash}; only the hash of a secret is kept. Times travel out as decimal strings.
+-- A tenant's record (its display name and creation time) lives in its meta hash (K_META).
 
 local K_KEYS = K_RES
 
@@ -40,5 +41,14 @@ elseif op == 'find_key' then
   if not text then return reply({}) end
   local k = cjson.decode(text)
   return reply({key = key_view(k), hash = k.hash, now = s(NOW)})
+elseif op == 'register_tenant' then
+  local made = redis.call('HSETNX', K_META, 'tenant_name', P.name)
+  if made == 1 then redis.call('HSET', K_META, 'tenant_created', s(NOW)) end
+  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created')
+  return reply({name = stored[1], created = stored[2], made = made == 1})
+elseif op == 'get_tenant' then
+  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created')
+  if not stored[1] then return reply({}) end
+  return reply({name = stored[1], created = stored[2]})
 end
 return fail('INVALID_REQUEST', 'unknown key operation ' .. tostring(op))
