@@ -5,7 +5,6 @@ here: refusals, idempotent replays and tenancy are the guard's."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..clock import system_ms
-from ..errors import AllotmentError, Forbidden, InvalidRequest
+from ..errors import InvalidRequest
 from ..guard import Guard
 from ..ids import id_tenant
 from ..models import Balance, Outcome, ReservationStatus
@@ -24,9 +23,7 @@ from ..tenant import TenantGuard
 from . import wire
 from .auth import Caller, admin_key, tenant_key
 from .context import body, json_response
-from .errors import ApiError, bad_request, forbidden, from_allotment, not_found
-
-Handler = Callable[[Request], Awaitable[Response]]
+from .errors import ApiError, bad_request, forbidden, not_found
 
 
 @dataclass(frozen=True)
@@ -44,10 +41,6 @@ def _idempotency(request: Request, key: str) -> str:
     if header is not None and header != key:
         raise bad_request("X-Idempotency-Key header and body idempotency_key differ")
     return key
-
-
-def _guarded(error: AllotmentError) -> ApiError:
-    return from_allotment(error)
 
 
 def _reservation_tenant(rid: str) -> str:
@@ -251,4 +244,4 @@ def _cursor(text: str | None) -> list[str] | None:
     return key
 
 
-__all__ = ["Forbidden", "Handler", "Runtime", "Settings"]
+__all__ = ["Runtime", "Settings"]

@@ -286,3 +286,24 @@ def test_the_guard_sees_what_the_wire_did(served: Any) -> None:
     api = served.tenant("acme")
     rid = api.post("/v1/reservations", reserve_body()).body["reservation_id"]
     assert served.guard.get(rid).status is al.ReservationStatus.ACTIVE
+
+
+def test_a_unit_no_budget_holds_is_a_unit_mismatch_and_no_budget_not_found(
+        served: Any) -> None:
+    api = served.tenant("acme")
+    tokens = reserve_body(estimate={"unit": "TOKENS", "amount": 5})
+    for path in ("/v1/reservations", "/v1/decide"):
+        body = tokens if path == "/v1/reservations" else {
+            k: v for k, v in tokens.items()}
+        answer = api.post(path, body)
+        assert (answer.status, answer.body["error"]) == (400, "UNIT_MISMATCH"), path
+    event = api.post("/v1/events", {"idempotency_key": "e", "subject": {"tenant": "acme",
+                                                                        "app": "x"},
+                                    "action": {"kind": "tool.search", "name": "w"},
+                                    "actual": {"unit": "TOKENS", "amount": 5}})
+    assert (event.status, event.body["error"]) == (400, "UNIT_MISMATCH")
+    nobody = served.tenant("empty", usd=None)
+    event = nobody.post("/v1/events", {"idempotency_key": "e", "subject": {"tenant": "empty"},
+                                       "action": {"kind": "tool.search", "name": "w"},
+                                       "actual": {"unit": USD, "amount": 5}})
+    assert (event.status, event.body["error"]) == (404, "NOT_FOUND")
