@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,3 +100,40 @@ def test_workers_on_redis_share_keys_and_budgets() -> None:
         balance = httpx.get(url + "/v1/balances?tenant=acme",
                             headers={"X-Cycles-API-Key": secret}).json()["balances"][0]
         assert balance["reserved"]["amount"] == 20_000
+
+
+def test_four_workers_on_redis_never_overspend_and_agree_with_their_answers() -> None:
+    url_of_db = f"{redis_url()}/62"
+    redis.Redis.from_url(url_of_db).flushdb()
+    with serve("--workers", "4", "--store", url_of_db) as (url, _):
+        secret = provision(url, "acme")  # 1,000,000 microcents
+        headers = {"X-Cycles-API-Key": secret}
+        told: list[int] = []
+
+        def client(n: int) -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+                for i in range(15):
+                    held = http.post("/v1/reservations", json={
+                        "idempotency_key": f"c{n}-{i}", "subject": {"tenant": "acme"},
+                        "action": {"kind": "llm.completion", "name": "m"},
+                        "estimate": {"unit": USD, "amount": 10_000}})
+                    if held.status_code != 200:
+                        assert held.json()["error"] == "BUDGET_EXCEEDED"
+                        continue
+                    rid = held.json()["reservation_id"]
+                    done = http.post(f"/v1/reservations/{rid}/commit", json={
+                        "idempotency_key": f"c{n}-{i}", "actual": {"unit": USD,
+                                                                    "amount": 9_000}})
+                    assert done.status_code == 200, done.text
+                    told.append(done.json()["charged"]["amount"])
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        balance = httpx.get(url + "/v1/balances?tenant=acme",
+                            headers=headers).json()["balances"][0]
+    assert balance["spent"]["amount"] == sum(told) <= 1_000_000
+    assert balance["reserved"]["amount"] == 0
+    assert len(told) >= 100  # 120 tries of 10,000 on 1,000,000: the budget ran out
