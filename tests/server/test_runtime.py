@@ -307,3 +307,27 @@ def test_a_unit_no_budget_holds_is_a_unit_mismatch_and_no_budget_not_found(
                                        "action": {"kind": "tool.search", "name": "w"},
                                        "actual": {"unit": USD, "amount": 5}})
     assert (event.status, event.body["error"]) == (404, "NOT_FOUND")
+
+
+def test_a_quota_refusal_is_429_with_retry_after(served: Any) -> None:
+    api = served.tenant("acme")
+    served.guard.set_quota("tenant:acme", calls=1, window="hour")
+    assert api.post("/v1/reservations", reserve_body("q1")).status == 200
+    refused = api.post("/v1/reservations", reserve_body("q2"))
+    assert (refused.status, refused.body["error"]) == (429, "LIMIT_EXCEEDED")
+    assert 0 < int(refused.headers["Retry-After"]) <= 3_600
+    assert refused.body["details"]["reason_code"] == "QUOTA_EXCEEDED"
+
+
+def test_extensions_stop_at_the_limit(served: Any) -> None:
+    api = served.tenant("acme")
+    rid = api.post("/v1/reservations", reserve_body()).body["reservation_id"]
+    for i in range(10):
+        assert api.post(f"/v1/reservations/{rid}/extend",
+                        {"idempotency_key": f"e{i}", "extend_by_ms": 1_000}).status == 200
+    refused = api.post(f"/v1/reservations/{rid}/extend",
+                       {"idempotency_key": "e-last", "extend_by_ms": 1_000})
+    assert (refused.status, refused.body["error"]) == (409, "MAX_EXTENSIONS_EXCEEDED")
+    replay = api.post(f"/v1/reservations/{rid}/extend",
+                      {"idempotency_key": "e0", "extend_by_ms": 1_000})
+    assert replay.status == 200
