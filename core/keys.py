@@ -22,7 +22,7 @@ from .ids import id_tenant, new_id
 from .models import ApiKey
 from .scopes import tenant_name
 from .stores import operations as ops
-from .validation import check_int, check_list, check_text
+from .validation import check_int, check_list, check_text, shown
 
 PREFIX = "alk_"
 PERMISSIONS = frozenset({
@@ -57,8 +57,8 @@ def secret_hash(secret: str) -> str:
 
 
 def _permission(value: Any, field: str) -> str:
-    if value not in PERMISSIONS:
-        raise InvalidRequest(f"{field}: {value!r} is not a permission; use "
+    if not isinstance(value, str) or value not in PERMISSIONS:
+        raise InvalidRequest(f"{field}: {shown(value)} is not a permission; use "
                              + ", ".join(sorted(PERMISSIONS)))
     return str(value)
 

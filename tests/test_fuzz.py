@@ -382,6 +382,14 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "budgets": [{"usd": 20}, {"tokens": 1_000, "period": "day", "scope": "workspace:w"}],
         "quotas": [{"calls": 100, "window": "minute"}]}, "pro"))),
     "sweep": kw(limit=st.sampled_from([1, 1_000])),
+    "create_key": kw(tenant=st.sampled_from(["acme", "ACME"]),
+                     permissions=st.sampled_from([["balances:read"], ("admin:write",)]),
+                     expires=WHEN, name=st.just("worker")),
+    "keys": kw(tenant=st.sampled_from(["acme", "tenant:acme"])),
+    "revoke_key": kw(key_id=st.just(f"acme:{'0' * 32}")),
+    "authenticate_key": kw(secret=st.just(f"alk_acme:{'0' * 32}.{'x' * 43}")),
+    "register_tenant": kw(tenant=st.just("acme"), name=st.just("Acme Corp")),
+    "tenant_info": kw(tenant=st.just("acme")),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
