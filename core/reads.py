@@ -10,9 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from .arguments import enum
 from .calls import Runner, twins
 from .errors import InvalidRequest
 from .events import AUDIT_TYPES, check_type
+from .models import ReservationStatus
 from .periods import Period, parse_period
 from .scopes import parse_scope, tenant_name
 from .stores import operations as ops
@@ -62,10 +64,25 @@ def report_op(tenant: str, *, period: Period | str = "month",
     return ops.Report(tenant=tenant_name(tenant), period=window, at_ms=at)
 
 
+def list_reservations_op(tenant: str, *, status: ReservationStatus | str | None = None,
+                         limit: int = 50, cursor: str | None = None
+                         ) -> ops.ListReservations:
+    """A page of the tenant's reservations (active, and finished within their retention)
+    and the cursor of the next page, None when there is none. Pages come in no promised
+    order and may be short, even empty, with a cursor: read on until it is None."""
+    if status is not None:
+        status = ReservationStatus(enum(ReservationStatus, status, "status"))
+    if cursor is not None and not (isinstance(cursor, str) and 0 < len(cursor) <= 512):
+        raise InvalidRequest("cursor: give back a cursor this call returned")
+    return ops.ListReservations(tenant=tenant_name(tenant), status=status,
+                                limit=check_int(limit, "limit", 1, 1_000), cursor=cursor)
+
+
 class ReadCalls(Runner):
     """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
 
     balances, abalances = twins(balances_op)
     audit, aaudit = twins(audit_op)
     report, areport = twins(report_op)
+    list_reservations, alist_reservations = twins(list_reservations_op)
 

@@ -14,9 +14,9 @@ from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import Forbidden
 from .events import AuditRecord, ReportRow
-from .models import Balance
+from .models import Balance, ReservationInfo, ReservationStatus
 from .periods import Period
-from .reads import audit_op, balances_op, report_op
+from .reads import audit_op, balances_op, list_reservations_op, report_op
 from .scopes import Subject, tenant_name
 from .stores.operations import Op
 
@@ -85,3 +85,14 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return rows
 
     report, areport = flow_twins(_report)
+
+    def _list_reservations(self, *, status: ReservationStatus | str | None = None,
+                           limit: int = 50, cursor: str | None = None
+                           ) -> Flow[tuple[tuple[ReservationInfo, ...], str | None]]:
+        """A page of the tenant's reservations and the next cursor (see
+        `Guard.list_reservations`)."""
+        page: tuple[tuple[ReservationInfo, ...], str | None] = yield list_reservations_op(
+            self.name, status=status, limit=limit, cursor=cursor)
+        return page
+
+    list_reservations, alist_reservations = flow_twins(_list_reservations)

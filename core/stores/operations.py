@@ -29,6 +29,7 @@ from ..models import (
     RecordResult,
     ReleaseResult,
     ReservationInfo,
+    ReservationStatus,
     TenantInfo,
     TransferResult,
 )
@@ -196,6 +197,17 @@ class Record(Op[RecordResult], Keyed):
 @dataclass
 class Get(Op[ReservationInfo]):
     reservation_id: str
+
+
+@dataclass
+class ListReservations(Op[tuple[tuple[ReservationInfo, ...], "str | None"]]):
+    """A page of the tenant's reservations (active, and finished within their retention),
+    in no promised order, and the cursor of the next page (None: none left). A page may be
+    short, even empty, with a cursor: keep reading until the cursor is None."""
+
+    status: ReservationStatus | None
+    limit: int
+    cursor: str | None
 
 
 @dataclass

@@ -5,17 +5,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ...errors import InvalidRequest
 from ...events import AuditRecord, ReportRow, report_rows
-from ...models import Balance, ReservationInfo
+from ...models import Balance, ReservationInfo, ReservationStatus
 from ...periods import bucket
 from ...scopes import parse_scope
-from ..operations import Audit, Balances, Get, Report
+from ..operations import Audit, Balances, Get, ListReservations, Report
 from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
 
 
 def get(t: Tenant, op: Get, now: int) -> ReservationInfo:
     """One reservation, active or finished within its retention."""
     return reservation(t, op.reservation_id).info()
+
+
+def list_reservations(t: Tenant, op: ListReservations, now: int
+                      ) -> tuple[tuple[ReservationInfo, ...], str | None]:
+    """The tenant's reservations by (created, id), from after the cursor's one; the cursor
+    is "<created>:<id>" of the last row given."""
+    after: tuple[int, str] | None = None
+    if op.cursor is not None:
+        created, sep, rid = op.cursor.partition(":")
+        if not sep or not created.isdigit():
+            raise InvalidRequest("cursor: not a cursor of this store")
+        after = (int(created), rid)
+    retention = t.cx.finished_retention_ms
+    rows = sorted(
+        (res for res in t.reservations.values()
+         if (op.status is None or res.status is op.status)
+         and (res.status is ReservationStatus.ACTIVE or res.finalized_at_ms is None
+              or res.finalized_at_ms + retention >= now)),
+        key=lambda res: (res.created_at_ms, res.id))
+    if after is not None:
+        rows = [res for res in rows if (res.created_at_ms, res.id) > after]
+    page = rows[:op.limit]
+    more = len(rows) > op.limit
+    cursor = f"{page[-1].created_at_ms}:{page[-1].id}" if more else None
+    return tuple(res.info() for res in page), cursor
 
 
 def balances(t: Tenant, op: Balances, now: int) -> tuple[Balance, ...]:

@@ -23,6 +23,7 @@ from ..operations import (
     Get,
     GetTenant,
     ListKeys,
+    ListReservations,
     Op,
     Record,
     RegisterTenant,
@@ -49,7 +50,7 @@ from .keys import (
     register_tenant,
     revoke_key,
 )
-from .read import audit, balances, get, report
+from .read import audit, balances, get, list_reservations, report
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -65,6 +66,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
     RegisterTenant: register_tenant, GetTenant: get_tenant,
+    ListReservations: list_reservations,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import InvalidRequest
 from ...events import report_rows
 from ...ids import new_id
 from ...models import (
@@ -223,6 +224,19 @@ def _found_key(op: ops.FindKey, body: dict[str, Any], wire: Wire) -> ops.KeyMatc
     return ops.KeyMatch(_api_key(op.tenant, body["key"]), body["hash"], int(body["now"]))
 
 
+def _list(op: ops.ListReservations) -> dict[str, Any]:
+    scan, sep, skip = (op.cursor or "0:0").partition(":")
+    if not (sep and scan.isdigit() and skip.isdigit()):
+        raise InvalidRequest("cursor: not a cursor of this store")
+    return {"op": "list", "status": op.status.value if op.status else "", "limit": op.limit,
+            "scan": scan, "skip": int(skip)}
+
+
+def _listed(op: Any, body: dict[str, Any], wire: Wire) -> Any:
+    rows = tuple(back.info(row) for row in (body["rows"] or []))
+    return rows, body["cursor"] or None
+
+
 def _tenant_info(op: Any, body: dict[str, Any]) -> TenantInfo:
     return TenantInfo(op.tenant, body["name"], int(body["created"]))
 
@@ -260,6 +274,7 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                                      reservation=True),
                    lambda op, b, w: back.info(b["reservation"])),
     ops.Balances: Codec("read", _document(_balances), _balances_of),
+    ops.ListReservations: Codec("read", _document(_list), _listed),
     ops.Audit: Codec("read", _document(_audit),
                      lambda op, b, w: tuple(back.record(op.tenant, fields)
                                             for fields in reversed(b["records"]))),

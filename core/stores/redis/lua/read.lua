@@ -71,6 +71,32 @@ elseif op == 'audit' then
   end
   return cjson.encode({records = found})
 
+elseif op == 'list' then
+  -- a page of the tenant's reservations, SCAN order: the cursor is the SCAN cursor and how
+  -- many matching rows of its batch were given already; at most 20 batches per call (a
+  -- short page with a cursor is an answer)
+  local prefix = string.match(K_EXP, '^(.*):exp$') .. ':r:'
+  local cursor, skip, rows, rounds = P.scan, P.skip, {}, 0
+  while true do
+    local page = redis.call('SCAN', cursor, 'MATCH', prefix .. '*', 'COUNT', 500)
+    local matched = 0
+    for _, key in ipairs(page[2]) do
+      local R = load_res(key)
+      if R and (P.status == '' or R.status == P.status) then
+        matched = matched + 1
+        if matched > skip then
+          if #rows == P.limit then
+            return cjson.encode({rows = rows, cursor = cursor .. ':' .. s(matched - 1)})
+          end
+          rows[#rows + 1] = res_info(R)
+        end
+      end
+    end
+    cursor, skip, rounds = page[1], 0, rounds + 1
+    if cursor == '0' then return cjson.encode({rows = rows, cursor = ''}) end
+    if rounds >= 20 then return cjson.encode({rows = rows, cursor = cursor .. ':0'}) end
+  end
+
 elseif op == 'report' then
   return cjson.encode({counts = redis.call('HGETALL', K_REPORT)})
 end
