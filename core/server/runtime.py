@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -66,6 +67,7 @@ class Runtime:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/reservations", self.create, methods=["POST"]),
+            Route("/v1/reservations", self.list, methods=["GET"]),
             Route("/v1/reservations/{reservation_id}", self.get, methods=["GET"]),
             Route("/v1/reservations/{reservation_id}/commit", self.commit, methods=["POST"]),
             Route("/v1/reservations/{reservation_id}/release", self.release, methods=["POST"]),
@@ -189,6 +191,54 @@ class Runtime:
             raise ApiError(410, "RESERVATION_EXPIRED", f"reservation {rid} expired")
         return json_response(request, wire.reservation(info))
 
+    async def list(self, request: Request) -> Response:
+        """A page of the tenant's reservations: the store's page, filtered by subject and
+        time windows here (so a page may be short; the cursor goes on)."""
+        query = request.query_params
+        handle: Guard | TenantGuard
+        if admin_key(self.s.admin_key, request):
+            named = query.get("tenant")
+            if not named:
+                raise bad_request("tenant: required with the admin key")
+            handle, tenant = self.s.guard, named.lower()
+        else:
+            caller = await tenant_key(self.s.guard, request, "reservations:list")
+            handle, tenant = caller.tenant, caller.key.tenant
+            if query.get("tenant") and query["tenant"].lower() != tenant:
+                raise forbidden("tenant is not the tenant of this API key")
+        if query.get("idempotency_key"):
+            raise bad_request("idempotency_key: listing by a reserve key is not supported "
+                              "yet; the replay of the reserve call returns its reservation")
+        status = query.get("status") or None
+        if status is not None and status not in ReservationStatus.__members__:
+            raise bad_request(f"status: {status!r} is not one of "
+                              + ", ".join(ReservationStatus.__members__))
+        sort_by, sort_dir = query.get("sort_by") or None, query.get("sort_dir") or "desc"
+        if sort_by is not None and sort_by not in _SORTS:
+            raise bad_request(f"sort_by: {sort_by!r} is not one of " + ", ".join(_SORTS))
+        if sort_dir not in ("asc", "desc"):
+            raise bad_request(f"sort_dir: {sort_dir!r} is not asc or desc")
+        windows = {name: _window(query, name) for name in ("", "expires_", "finalized_")}
+        subject = {level: query[level].lower() for level in LEVELS[1:] if query.get(level)}
+        paging: dict[str, Any] = {"status": status, "limit": _limit(query.get("limit")),
+                                  "cursor": query.get("cursor") or None}
+        if isinstance(handle, TenantGuard):
+            page, cursor = await handle.alist_reservations(**paging)
+        else:
+            page, cursor = await handle.alist_reservations(tenant, **paging)
+        rows = [wire.reservation(info) for info in page
+                if all(getattr(info.subject, level) == value
+                       for level, value in subject.items())
+                and _within(windows[""], info.created_at_ms)
+                and _within(windows["expires_"], info.expires_at_ms)
+                and _within(windows["finalized_"], info.finalized_at_ms)]
+        if sort_by is not None:
+            rows.sort(key=_sort_key(sort_by), reverse=sort_dir == "desc")
+        answer: dict[str, Any] = {"reservations": rows}
+        if cursor is not None:
+            answer.update(next_cursor=cursor, has_more=True)
+        return json_response(request, answer)
+
     # -- balances ---------------------------------------------------------------------------
 
     async def balances(self, request: Request) -> Response:
@@ -214,6 +264,51 @@ class Runtime:
             answer["next_cursor"] = _encode_cursor(_row_key(page[limit - 1]))
             answer["has_more"] = True
         return json_response(request, answer)
+
+
+_SORTS = ("reservation_id", "tenant", "scope_path", "status", "reserved", "created_at_ms",
+          "expires_at_ms")
+
+
+def _sort_key(name: str) -> Any:
+    """Rows are sorted within a page (the store pages in its own order)."""
+    if name == "tenant":
+        return lambda row: row["subject"].get("tenant", "")
+    if name == "reserved":
+        return lambda row: row["reserved"]["amount"]
+    return lambda row: row[name]
+
+
+def _window(query: Any, prefix: str) -> tuple[int | None, int | None]:
+    """An inclusive window in epoch ms from `<prefix>from` / `<prefix>to` (ISO-8601);
+    blank is unset, and from after to is refused."""
+    bounds = []
+    for side in ("from", "to"):
+        text = (query.get(prefix + side) or "").strip()
+        bounds.append(None if not text else _epoch_ms(text, prefix + side))
+    low, high = bounds
+    if low is not None and high is not None and low > high:
+        raise bad_request(f"{prefix}from is after {prefix}to")
+    return low, high
+
+
+def _epoch_ms(text: str, field: str) -> int:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"{field}: {text!r} is not an ISO-8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _within(window: tuple[int | None, int | None], ms: int | None) -> bool:
+    low, high = window
+    if low is None and high is None:
+        return True
+    if ms is None:
+        return False
+    return (low is None or ms >= low) and (high is None or ms <= high)
 
 
 def _row_key(row: Balance) -> list[str]:

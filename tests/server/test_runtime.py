@@ -8,7 +8,7 @@ from typing import Any
 
 import allotment as al
 
-from support.served import Api
+from support.served import ADMIN_KEY, Api
 
 USD = "USD_MICROCENTS"
 
@@ -331,3 +331,43 @@ def test_extensions_stop_at_the_limit(served: Any) -> None:
     replay = api.post(f"/v1/reservations/{rid}/extend",
                       {"idempotency_key": "e0", "extend_by_ms": 1_000})
     assert replay.status == 200
+
+
+def test_list_pages_through_the_tenants_reservations_only(served: Any) -> None:
+    api = served.tenant("acme")
+    rival = served.tenant("rival")
+    made = [api.post("/v1/reservations", reserve_body(f"l{i}", 1_000 + i,
+                                                      subject={"tenant": "acme",
+                                                               "agent": f"a{i % 2}"})
+                     ).body["reservation_id"] for i in range(5)]
+    rival.post("/v1/reservations", reserve_body("x", subject={"tenant": "rival"}))
+    api.post(f"/v1/reservations/{made[0]}/release", {"idempotency_key": "rel"})
+    seen, cursor = [], None
+    for _ in range(20):
+        page = api.get("/v1/reservations?limit=2"
+                       + (f"&cursor={cursor}" if cursor else "")).body
+        assert "reservations" in page and len(page["reservations"]) <= 2, page
+        seen += [row["reservation_id"] for row in page["reservations"]]
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            assert "has_more" not in page
+            break
+    assert sorted(seen) == sorted(made)
+    active = api.get("/v1/reservations?status=ACTIVE").body["reservations"]
+    assert sorted(r["reservation_id"] for r in active) == sorted(made[1:])
+    agent = api.get("/v1/reservations?agent=a1&sort_by=reserved&sort_dir=asc").body
+    assert [r["reserved"]["amount"] for r in agent["reservations"]] == [1_001, 1_003]
+    assert api.get("/v1/reservations?tenant=rival").status == 403
+    assert api.get("/v1/reservations?from=2099-01-01T00:00:00Z").body["reservations"] == []
+    window = api.get("/v1/reservations?from=&to=").body["reservations"]
+    assert len(window) == 5
+    for query in ("status=DONE", "sort_by=colour", "sort_dir=up", "limit=500",
+                  "from=2027-01-02T00:00:00Z&to=2027-01-01T00:00:00Z", "from=yesterday",
+                  "idempotency_key=l1"):
+        refused = api.get(f"/v1/reservations?{query}")
+        assert refused.status == 400, (query, refused.body)
+    admin = Api(served.url)
+    listed = admin.get("/v1/reservations?tenant=acme",
+                       headers={"X-Admin-API-Key": ADMIN_KEY}).body["reservations"]
+    assert len(listed) == 5
+    assert admin.get("/v1/reservations", headers={"X-Admin-API-Key": ADMIN_KEY}).status == 400

@@ -33,6 +33,7 @@ def _routes(rid: str) -> list[tuple[str, str, Any]]:
                                                     "extend_by_ms": 1_000}),
         ("GET", f"/v1/reservations/{rid}", None),
         ("GET", "/v1/balances?tenant=acme", None),
+        ("GET", "/v1/reservations?tenant=acme", None),
     ]
 
 
