@@ -49,6 +49,7 @@ class Lockstep(RuleBasedStateMachine):
         self.guards = [al.Guard(make_store("memory", self.clock)),
                        al.Guard(make_store("redis", self.clock))]
         self.held: list[tuple[str, str]] = []  # the same reservation on each store
+        self.secrets: list[tuple[str, str]] = []  # the same API key on each store
 
     def both(self, call: Any) -> list[Any]:
         results = [outcome(lambda g=guard: call(g)) for guard in self.guards]
@@ -105,6 +106,39 @@ class Lockstep(RuleBasedStateMachine):
     def advance(self, ms: int) -> None:
         self.clock.advance(ms)
         self.both(lambda g: g.sweep())
+
+    @rule(expires=st.sampled_from([None, 1_000, 100_000]), revoke=st.booleans())
+    def api_key(self, expires: int | None, revoke: bool) -> None:
+        until = None if expires is None else self.clock() + expires
+        made = [g.create_key("acme", expires=until, name="k") for g in self.guards]
+        self.secrets.append((made[0].secret, made[1].secret))
+        if revoke:
+            for guard, new in zip(self.guards, made, strict=True):
+                guard.revoke_key(new.key.key_id)
+
+    @invariant()
+    def keys_agree(self) -> None:
+        listed = [sorted([(k.name, k.permissions, k.created_at_ms, k.expires_at_ms, k.revoked)
+                          for k in g.keys("acme")], key=repr) for g in self.guards]
+        assert listed[0] == listed[1]
+        for pair in self.secrets:
+            live = [g.authenticate_key(secret) is not None
+                    for g, secret in zip(self.guards, pair, strict=True)]
+            assert live[0] == live[1]
+
+    @invariant()
+    def reservation_lists_agree(self) -> None:
+        listed = []
+        for guard in self.guards:
+            rows, cursor = [], None
+            while True:
+                page, cursor = guard.list_reservations("acme", limit=3, cursor=cursor)
+                rows += [(r.status, r.estimate, r.charged, r.created_at_ms, r.expires_at_ms,
+                          r.subject.scope_path) for r in page]
+                if cursor is None:
+                    break
+            listed.append(sorted(rows, key=repr))
+        assert listed[0] == listed[1]
 
     @invariant()
     def balances_agree(self) -> None:
