@@ -78,7 +78,7 @@ def test_release_returns_the_whole_estimate(served: Any) -> None:
 
 def test_extend_moves_the_expiry_from_the_current_one(served: Any) -> None:
     api = served.tenant("acme")
-    made = api.post("/v1/reservations", reserve_body(ttl_ms=5_000)).body
+    made = api.post("/v1/reservations", reserve_body(ttl_ms=60_000)).body
     extended = api.post(f"/v1/reservations/{made['reservation_id']}/extend",
                         {"idempotency_key": "e-1", "extend_by_ms": 30_000})
     assert extended.status == 200, extended.body

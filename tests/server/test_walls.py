@@ -84,9 +84,8 @@ def test_a_revoked_key_is_401_from_the_next_request(served: Any) -> None:
 
 
 def test_an_expired_key_is_401(served: Any) -> None:
-    acme = served.tenant("acme", expires=int(time.time() * 1000) + 600)
-    assert acme.get("/v1/balances?tenant=acme").status == 200
-    time.sleep(0.7)
+    """(Expiry by the store's clock is tested with a manual clock in test_keys.py.)"""
+    acme = served.tenant("acme", expires=int(time.time() * 1000) - 1)
     answer = acme.get("/v1/balances?tenant=acme")
     assert (answer.status, answer.body["error"]) == (401, "UNAUTHORIZED")
 
