@@ -219,14 +219,16 @@ HINTS = {
 
 def _missing(keys: tuple[str, ...]) -> str:
     """Which dimensions a call lacks, and the ways to give them."""
+    many = len(keys) > 1
     names = ", ".join(repr(key) for key in keys)
     scope = ", ".join(f"{key}=..." for key in keys)
     dims = ", ".join(f"{key!r}: ..." for key in keys)
-    many = len(keys) > 1
+    headers = ", ".join(f"x-allotment-{key}" for key in keys)
     return (f"missing dimension{'s' if many else ''} {names}: every call under this scope "
-            f"must carry {'them' if many else 'it'}; run the call inside al.scope({scope}), give "
-            f"Subject(dimensions={{{dims}}}), or pass it in the adapter's metadata or "
-            f"x-allotment-<key> header")
+            f"must carry {'them' if many else 'it'}; run the call inside al.scope({scope}), "
+            f"give Subject(dimensions={{{dims}}}), or hand {'them' if many else 'it'} to "
+            f"the adapter (header{'s' if many else ''} {headers}; LangChain metadata "
+            f"{{'dimensions': {{{dims}}}}})")
 
 
 def duration(ms: int) -> str:
