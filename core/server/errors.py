@@ -57,6 +57,9 @@ def denial_details(decision: Decision) -> dict[str, Any]:
             details[name] = value
     if decision.unit is not None:
         details["unit"] = decision.unit.value
+    missing = getattr(decision, "missing_dimensions", ())
+    if missing:
+        details["missing_dimensions"] = list(missing)
     return details
 
 
@@ -77,6 +80,8 @@ def from_denial(error: al.Denied) -> ApiError:
                          "X-RateLimit-Reset": str(seconds)})
     if reason in Reason.ACCESS:
         return ApiError(403, "FORBIDDEN", str(error), details)
+    if reason == "DIMENSION_REQUIRED":  # the request lacks what the tenant's rules demand
+        return ApiError(400, "INVALID_REQUEST", str(error), details)
     return ApiError(409, "BUDGET_EXCEEDED", str(error), details)
 
 

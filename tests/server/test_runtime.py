@@ -371,3 +371,16 @@ def test_list_pages_through_the_tenants_reservations_only(served: Any) -> None:
                        headers={"X-Admin-API-Key": ADMIN_KEY}).body["reservations"]
     assert len(listed) == 5
     assert admin.get("/v1/reservations", headers={"X-Admin-API-Key": ADMIN_KEY}).status == 400
+
+
+def test_a_missing_required_dimension_is_a_bad_request_and_a_denial_when_deciding(
+        served: Any) -> None:
+    api = served.tenant("acme")
+    served.guard.set_budget("tenant:acme", usd=1, per="run", required=True)
+    live = api.post("/v1/reservations", reserve_body())
+    assert (live.status, live.body["error"]) == (400, "INVALID_REQUEST"), live.body
+    assert live.body["details"]["missing_dimensions"] == ["run"]
+    decided = api.post("/v1/decide", {k: v for k, v in reserve_body().items()})
+    assert decided.body["reason_code"] == "DIMENSION_REQUIRED"
+    with_run = reserve_body("with-run", subject={"tenant": "acme", "dimensions": {"run": "r1"}})
+    assert api.post("/v1/reservations", with_run).status == 200
