@@ -4,10 +4,12 @@ still read and brought under the retention."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import redis
 
 import allotment as al
@@ -90,3 +92,39 @@ def test_a_report_hash_of_the_previous_layout_is_read_and_pruned(
 def test_the_day_index_is_declared_with_the_tenant_keys() -> None:
     keys = tenant_keys("acme")
     assert keys[9:11] == ("al:{acme}:report", "al:{acme}:report:days")
+
+
+def test_a_redis_report_read_fetches_only_the_days_and_rows_asked_for(
+        clock: al.ManualClock) -> None:
+    from allotment.stores import operations as ops
+
+    from support.stores import make_store
+
+    store = make_store("redis", clock)
+    guard = al.Guard(store)
+    guard.set_budget("tenant:acme", usd=100)
+    guard.record(WHO, LLM, al.usd(1))
+    clock.advance(DAY_MS)
+    guard.record(WHO, LLM, al.usd(2))
+    raw = redis.Redis.from_url(store.url, decode_responses=True)
+
+    def fetched(**kwargs: Any) -> list[str]:
+        call = store._flows.call(ops.Report(tenant="acme", **kwargs))
+        reply = json.loads(raw.execute_command(*call.command))
+        return list(reply["counts"] or [])[::2]  # field, value, ... (none: an empty object)
+
+    yesterday = fetched(period=al.Period.DAY, at_ms=START_MS, by=None)
+    assert yesterday and all(f.startswith("2026-11-28|") for f in yesterday)
+    assert all("user:" not in f for f in yesterday)
+    per_user = fetched(period=al.Period.MONTH, at_ms=None, by="user")
+    assert {f.split("|")[1] for f in per_user} == {"tenant:acme/workspace:w/user:u-1"}
+    assert {f.split("|")[0] for f in per_user} == {"2026-11-28", "2026-11-29"}
+    assert fetched(period=al.Period.DAY, at_ms=START_MS, by="run") == []
+    store.close()
+
+
+def test_the_redis_store_checks_its_report_retention() -> None:
+    from allotment.stores.redis import RedisStore
+
+    with pytest.raises(al.InvalidRequest, match="report_retention_days"):
+        RedisStore(url="redis://localhost:1/0", report_retention_days=0)
