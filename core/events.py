@@ -1,5 +1,5 @@
 """What happened, on the record: audit records (every change, written in the same atomic
-step), notifications (once per crossing per period) and report rows."""
+step) and notifications (once per crossing per period); report rows live in reports.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from .amounts import Amount, Unit
 from .errors import InvalidRequest
+from .reports import ReportRow as ReportRow  # its home is reports.py; kept importable here
 from .scopes import Subject
 from .validation import check_text
 
