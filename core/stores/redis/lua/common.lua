@@ -458,7 +458,7 @@ end
 local function report_prune(limit)
   -- up to `limit` counters of days past the retention leave storage
   local old = redis.call('ZRANGEBYSCORE', K_RDAYS, '-inf', '(' .. oldest_kept(), 'LIMIT', 0,
-    limit)
+    math.min(limit, 1000))  -- at most what one unpack can pass
   if #old > 0 then
     redis.call('HDEL', K_REPORT, unpack(old))
     redis.call('ZREM', K_RDAYS, unpack(old))
