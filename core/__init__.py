@@ -40,6 +40,7 @@ from .events import (
     Sink,
 )
 from .guard import Guard
+from .hierarchy import BudgetHierarchyWarning
 from .models import (
     Action,
     Balance,
@@ -76,6 +77,7 @@ __all__ = [
     "AuditType",
     "Balance",
     "BudgetExceeded",
+    "BudgetHierarchyWarning",
     "BudgetSpec",
     "BudgetStatus",
     "Caps",
