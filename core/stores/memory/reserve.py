@@ -122,7 +122,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, denial, caps, [], [], [], back)
+        return _fit(t, op, now, denial, caps, [], [], [], back, shadow)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -146,7 +146,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
                 denial = refusal
     if denial is not None and not shadow:
         return _Evaluation(denial, (), [], {}, None, [], [], [])
-    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back)
+    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back, shadow)
 
 
 def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
@@ -186,7 +186,7 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
 def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
          runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
-         back: Overdue | None) -> _Evaluation:
+         back: Overdue | None, shadow: bool) -> _Evaluation:
     """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
     to its floor, before a budget refuses."""
     fixed = dict(op.estimate)
@@ -227,7 +227,7 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
                 and state.allocated - state.reserved - state.spent >= amount):
             continue  # fits: the common case, decided here without a call
-        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount)
+        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount, shadow)
         if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
             fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
             if fits >= floor:

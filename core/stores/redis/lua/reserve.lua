@@ -154,7 +154,7 @@ if denial == nil or shadow then
   end
   for _, st in ipairs(states) do
     local unit = st.d.unit
-    local reason = refusal(st.L, st.d, need(unit))
+    local reason = refusal(st.L, st.d, need(unit), shadow)
     if reason == 'BUDGET_EXCEEDED' and (rates[unit] or 0) > 0 then
       local room = remaining(st.L)
       if room >= fixed[unit] then
