@@ -3,6 +3,7 @@ names cannot take the call, the wrapped client sends the call at its own model."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -53,5 +54,22 @@ def test_a_target_whose_hold_does_not_fit_leaves_the_call_its_model(
         model, max_tokens = chat(guard)
     assert model == "gpt-4o-mini" and 256 <= max_tokens < 4_096  # allowed, shrunk to fit
     assert "refused with BUDGET_EXCEEDED; the call keeps its model" in caplog.text
+    (usd,) = guard.balances(ACME, include_children=False)
+    assert usd.reserved == 0 and usd.spent > al.usd("0.0001").amount
+
+
+def test_the_async_client_keeps_the_call_too(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd="0.001", degrade=[al.Degrade(below=1.0, model="gpt-4o")])
+    used(guard, "0.0001")
+
+    async def main() -> None:
+        client = wrap_openai(openai.AsyncOpenAI(api_key="sk-test", max_retries=0), guard,
+                             tenant="acme")
+        with replay("openai_chat.yaml") as cassette:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        assert cassette.play_count == 1
+
+    asyncio.run(main())
+    assert sent()["model"] == "gpt-4o-mini"
     (usd,) = guard.balances(ACME, include_children=False)
     assert usd.reserved == 0 and usd.spent > al.usd("0.0001").amount
