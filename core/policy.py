@@ -130,6 +130,11 @@ class Degrade(Model):
             raise ValueError("give at least one of max_tokens, model, cooldown_ms")
         return self
 
+    def __hash__(self) -> int:  # frozen, and hashable with a mapping of models too
+        model = self.model
+        named = tuple(model.items()) if isinstance(model, dict) else model
+        return hash((self.below, self.max_tokens, named, self.cooldown_ms))
+
     def target(self, provider: str | None) -> str | None:
         """The model a call to `provider` switches to (None: it keeps its own). A single
         name stored before rules named providers applies to every call, as it always did."""
@@ -138,7 +143,7 @@ class Degrade(Model):
             return model
         return None if provider is None else model.get(provider)
 
-    def caps(self, provider: str | None) -> Caps:
+    def caps(self, provider: str | None = None) -> Caps:
         """The caps this rule imposes on a call to `provider` when it applies."""
         return Caps(max_tokens=self.max_tokens, model=self.target(provider),
                     cooldown_ms=self.cooldown_ms)

@@ -102,3 +102,11 @@ def test_a_rule_as_set_names_its_providers() -> None:
 def test_a_malformed_mapping_is_refused(model: Any, says: str) -> None:
     with pytest.raises(al.InvalidRequest, match=says):
         al.Degrade(below=0.2, model=model)
+
+
+def test_a_rule_with_a_model_per_provider_is_a_value() -> None:
+    one = al.Degrade(below=0.2, model=TARGETS)
+    same = al.Degrade(below=0.2, model=dict(reversed(TARGETS.items())))
+    assert one == same and len({one, same, al.Degrade(below=0.2, model="gpt-4o-mini")}) == 2
+    assert one.caps("anthropic") == al.Caps(model="claude-haiku-4-5")
+    assert one.caps() == al.Caps()  # no provider: the call keeps its model
