@@ -101,6 +101,22 @@ def test_names_operators_type_stay_folded(guard: al.Guard) -> None:
     assert r.id.startswith("acme:")
 
 
+def test_a_plan_reads_names_and_kinds_as_calls_do(guard: al.Guard, tmp_path: Any) -> None:
+    """YAML names fold as the calls do; the dimension values of the calls stay exact."""
+    path = tmp_path / "plans.yaml"
+    path.write_text("plans:\n  pro:\n    budgets:\n"
+                    "      - {scope: 'Workspace:Prod', tokens: 100}\n"
+                    "      - {scope: 'Workspace:Prod', tokens: 10, per: USER}\n")
+    guard.assign_plan("ACME", al.Plan.load_all(path)["pro"])
+    bob = al.Subject(tenant="acme", workspace="prod", dimensions={"user": "Bob"})
+    assert guard.reserve(bob, LLM, al.tokens(4)).info.scopes == (
+        "tenant:acme/workspace:prod", "tenant:acme/workspace:prod/user:Bob")
+    with pytest.raises(al.BudgetExceeded):
+        guard.reserve(bob, LLM, al.tokens(7))
+    guard.reserve(al.Subject(tenant="acme", workspace="prod", dimensions={"user": "BOB"}),
+                  LLM, al.tokens(7))
+
+
 def test_runs_that_differ_in_case_are_two_runs(guard: al.Guard) -> None:
     guard.set_budget(ACME, tokens=1_000)
     guard.set_quota(ACME, runs=1, window="day")

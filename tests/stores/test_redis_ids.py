@@ -78,6 +78,15 @@ def test_state_of_the_folding_version_is_found_charged_and_counted(
     assert ledger(r, "up", "tenant:up/user:User_AbC|TOKENS||") is not None
     assert {b.scope: b.spent for b in guard.balances("tenant:up", include_children=True)} == {
         "tenant:up": 35, "tenant:up/user:user_abc": 90, "tenant:up/user:User_AbC": 5}
+    # an operator who wants an id's earlier spend to follow it debits its new ledger so
+    # (here "Carol_X", charged 30 on "carol_x" before the upgrade)
+    r.hset("al:{up}:ledgers", "tenant:up/user:carol_x|TOKENS||",
+           LEDGER.pack(1, 100, 100, 0, 30, 0, 0, now, 0, 0, 0))
+    guard.fund("tenant:up/user:Carol_X", "DEBIT", al.tokens(30))
+    carol = al.Subject(tenant="up", dimensions={"user": "Carol_X"})
+    with pytest.raises(al.BudgetExceeded) as denied:
+        guard.reserve(carol, LLM, al.tokens(71))
+    assert denied.value.decision.remaining == 70
     # and so is the run: "R-7" is a second run today, refused by the quota of one
     with pytest.raises(al.QuotaExceeded):
         guard.reserve(al.Subject(tenant="up", dimensions={"run": "R-7"}), LLM, al.tokens(1))
