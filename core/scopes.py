@@ -121,9 +121,13 @@ def quote_value(value: object) -> str:
     return check_value(value, "value").translate(_QUOTES)
 
 
-def unquote_value(text: object, field: str = "value") -> str:
+def unquote_value(text: object) -> str:
     """The dimension value a scope's text names (`%XX` escapes read in either case); text
     with a stray `%`, or naming a character no value may hold, is refused."""
+    return _unquoted(text, "value")
+
+
+def _unquoted(text: object, field: str) -> str:
     if not isinstance(text, str):
         raise InvalidRequest(f"{field}: expected a string, got {shown(text)}")
     value = text
@@ -199,7 +203,7 @@ def parse_scope(text: object) -> ScopePath:
             segments.append((level, check_name(value, f"scope {text!r} {level}")))
         elif segments:
             key = check_key(level, f"scope {text!r} dimension key")
-            dimension = (key, unquote_value(value, f"scope {text!r} {key}").translate(_QUOTES))
+            dimension = (key, _unquoted(value, f"scope {text!r} {key}").translate(_QUOTES))
         else:
             raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
     base = "/".join(f"{level}:{value}" for level, value in segments)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import allotment as al
+from allotment.scopes import parse_scope
 
 from support import LLM
 
@@ -198,6 +199,24 @@ def test_quoting_round_trips_and_never_leaves_a_separator(value: str) -> None:
     assert al.unquote_value(lowered) == value  # escapes read in either case
     subject = user(value)
     assert subject.dimensions == {"user": value}
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=VALUES, data=st.data())
+def test_scope_text_reads_any_escaping_as_the_canonical_one(value: str,
+                                                            data: st.DataObject) -> None:
+    """However a value is escaped in scope text (any character as %XX, hex in either case),
+    it names the ledger its canonical quoted form names."""
+    written = []
+    for char in value:
+        if char in "%/|" or data.draw(st.booleans()):
+            code = f"%{ord(char):02X}"
+            written.append(code.lower() if data.draw(st.booleans()) else code)
+        else:
+            written.append(char)
+    path = parse_scope(f"tenant:Acme/Workspace:W/USER:{''.join(written)}")
+    assert path == ("acme", "tenant:acme/workspace:w", ("user", al.quote_value(value)))
+    assert path.path == f"tenant:acme/workspace:w/user:{al.quote_value(value)}"
 
 
 @settings(max_examples=200, deadline=None)
