@@ -26,6 +26,7 @@ from .state import (
     amounts,
     ledger_at,
     log,
+    missing_dimensions,
     ordered,
     remember,
     replay,
@@ -111,14 +112,16 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
 
 def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
               back: Overdue | None) -> _Evaluation:
-    """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
-    evaluation goes on, since the reservation is made anyway). `back`: what a dry run
-    counts as given back by the reservations it did not reap."""
-    denial: Decision | None = None
+    """Required dimensions, access rules, then quotas, then budgets: the first refusal wins
+    (in shadow mode evaluation goes on, since the reservation is made anyway). `back`: what
+    a dry run counts as given back by the reservations it did not reap."""
+    denial = missing_dimensions(t, op.scopes, op.dimensions)
+    if denial is not None and not shadow:
+        return _Evaluation(denial, (), [], {}, None, [], [], [])
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, None, caps, [], [], [], back)
+        return _fit(t, op, now, denial, caps, [], [], [], back)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -246,12 +249,19 @@ def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
     log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
         action=op.action, idempotency_key=op.idempotency_key, estimate=amounts(op.estimate),
         reason=decision.reason, detail={"remaining": decision.remaining,
-                                        "limit": decision.limit})
+                                        "limit": decision.limit, **_missing(decision)})
     tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
         unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
         allocated=decision.limit))
+
+
+def _missing(decision: Decision) -> dict[str, Any]:
+    """What a DIMENSION_REQUIRED denial's audit record adds: the keys the subject lacked."""
+    if not decision.missing_dimensions:
+        return {}
+    return {"missing_dimensions": list(decision.missing_dimensions)}
 
 
 def _caps_detail(caps: Caps | None) -> dict[str, Any]:

@@ -49,12 +49,11 @@ end
 local function matches(value, patterns) return glob_any(value, patterns, true) end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
--- (a hash with no fields does not exist: a tenant without rules skips the lookup)
-local access = redis.call('EXISTS', K_ACCESS) == 1 and
-  redis.call('HMGET', K_ACCESS, unpack(P.scopes)) or {}
+local access = access_rules(P.scopes)
+denial = missing_dims(P.scopes, dims, access)  -- required dimensions come first
 for i, scope in ipairs(P.scopes) do
-  if access[i] then
-    local rule = cjson.decode(access[i])
+  local rule = access[i]
+  if rule then
     local allow, deny, reason
     if is_tool then
       allow, deny, reason = rule.tools_allow, rule.tools_deny, 'TOOL_NOT_ALLOWED'
@@ -203,7 +202,8 @@ if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = pack_units(fixed), reason = denial.reason,
-    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL}})
+    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL,
+      missing_dimensions = denial.missing_dimensions}})
   count(P.scope_path, 'denials:' .. denial.reason)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
