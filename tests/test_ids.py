@@ -118,6 +118,19 @@ def test_a_plan_reads_names_and_kinds_as_calls_do(guard: al.Guard, tmp_path: Any
                   LLM, al.tokens(7))
 
 
+def test_report_rows_per_user_keep_ids_apart(guard: al.Guard) -> None:
+    """Rows `by="user"` are one per exact id, named by its quoted scope, whatever it holds."""
+    guard.set_budget(ACME, tokens=1_000)
+    for value, spend in (("User_AbC", 5), ("user_abc", 3), ("auth0|x/y:z", 2)):
+        guard.reserve(user(value), LLM, al.tokens(spend)).commit(al.tokens(spend))
+    rows = guard.report("acme", by="user")
+    assert [(row.scope, row.committed) for row in rows] == [
+        (f"{ACME}/user:User_AbC", {al.Unit.TOKENS: 5}),
+        (f"{ACME}/user:user_abc", {al.Unit.TOKENS: 3}),
+        (f"{ACME}/user:auth0%7Cx%2Fy:z", {al.Unit.TOKENS: 2})]
+    assert al.unquote_value(rows[2].scope.partition("/user:")[2]) == "auth0|x/y:z"
+
+
 def test_runs_that_differ_in_case_are_two_runs(guard: al.Guard) -> None:
     guard.set_budget(ACME, tokens=1_000)
     guard.set_quota(ACME, runs=1, window="day")
