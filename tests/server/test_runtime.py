@@ -103,6 +103,10 @@ def test_get_returns_the_reservation_as_it_stands(served: Any) -> None:
     got = api.get(f"/v1/reservations/{rid}").body
     assert got["status"] == "COMMITTED" and got["committed"]["amount"] == 5
     assert "finalized_at_ms" in got
+    mixed = api.post("/v1/reservations", reserve_body(
+        "mixed", subject={"tenant": "acme", "dimensions": {"user": "Alice|Ops/EU"}})).body
+    got = api.get(f"/v1/reservations/{mixed['reservation_id']}").body
+    assert got["subject"]["dimensions"] == {"user": "Alice|Ops/EU"}
     missing = api.get(f"/v1/reservations/acme:{'0' * 32}")
     assert (missing.status, missing.body["error"]) == (404, "NOT_FOUND")
     not_ours = api.get("/v1/reservations/rsv_123")
