@@ -9,6 +9,7 @@ Fixed seed and a modest number of examples for CI; ALLOTMENT_FUZZ_EXAMPLES=500 r
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -69,7 +70,8 @@ def note_row(note: al.Notification) -> tuple[Any, ...]:
 def audit_row(record: al.AuditRecord) -> tuple[Any, ...]:
     return (record.seq, record.at_ms, record.type, record.scopes, record.subject,
             record.action, record.idempotency_key, record.estimate, record.actual,
-            record.charged, record.reason, record.reservation_id is None)
+            record.charged, record.reason, record.reservation_id is None,
+            json.dumps(record.detail, sort_keys=True))
 
 
 class PolicyLockstep(RuleBasedStateMachine):

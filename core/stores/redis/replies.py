@@ -164,7 +164,8 @@ def record(tenant: str, flat: list[str]) -> AuditRecord:
         detail=_detail(f.get("detail")))
 
 
-INTEGER_DETAILS = frozenset({"limit", "remaining", "by_ms", "expires_at_ms"})
+INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms",
+                             "max_tokens", "by_ms", "expires_at_ms"})
 """Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
 
 
