@@ -13,22 +13,25 @@ from .stores import operations as ops
 from .validation import check_int
 
 
-def set_mode_op(tenant: str, mode: str | None) -> ops.SetMode:
+def set_mode_op(tenant: str, mode: str | None, *, actor: str | None = None, reason: str | None = None
+                ) -> ops.SetMode:
     """"shadow" (never deny, record what would have been denied), "enforce", or None to
     follow the guard's own mode."""
     return ops.SetMode(tenant=tenant_name(tenant),
-                       mode=arg.mode(mode, allow_none=True))
+                       mode=arg.mode(mode, allow_none=True), **arg.signed(actor, reason))
 
 
-def assign_plan_op(tenant: str, plan: Plan) -> ops.ApplyPlan:
+def assign_plan_op(tenant: str, plan: Plan, *, actor: str | None = None, reason: str | None = None
+                   ) -> ops.ApplyPlan:
     """Install `plan` for `tenant` in one step. Re-assigning (an upgrade) changes limits
     in place and keeps the period's spend; what the old plan had and the new one lacks
-    is removed."""
+    is removed. `actor=` and `reason=` go on every audit record the plan writes."""
     if not isinstance(plan, Plan):
         raise InvalidRequest(f"plan: expected an al.Plan, got {plan!r}")
     tenant = tenant_name(tenant)
+    signed = arg.signed(actor, reason)
     return ops.ApplyPlan(tenant=tenant, name=plan.name,
-                         definitions=definitions(plan, tenant), mode=plan.mode)
+                         definitions=definitions(plan, tenant), mode=plan.mode, **signed)
 
 
 def sweep_op(limit: int = 1_000) -> ops.Sweep:

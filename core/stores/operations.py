@@ -81,6 +81,11 @@ class ReserveOutcome:
     when first read (most callers never read them)."""
 
 
+ADMIN_FIELDS = ("actor", "reason")
+"""Every administrative operation carries who made it and why (each optional), for its
+audit records; they are not part of what an idempotency key compares."""
+
+
 @dataclass
 class SetBudget(Op[tuple[Balance, ...]]):
     scope: str
@@ -92,6 +97,8 @@ class SetBudget(Op[tuple[Balance, ...]]):
     overage_policy: OveragePolicy
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -100,23 +107,31 @@ class RemoveBudget(Op[int]):
     unit: Unit
     period: Period | None
     per: str | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetQuota(Op[None]):
     rule: QuotaRule
     remove: bool = False
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetAccess(Op[None]):
     scope: str
     rule: AccessRule | None  # None removes the scope's rules
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetMode(Op[None]):
     mode: str | None  # "enforce", "shadow", or None for the guard's own mode
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -127,6 +142,8 @@ class ApplyPlan(Op[None]):
     name: str
     definitions: tuple[SetBudget | SetQuota | SetAccess, ...]
     mode: str | None = None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -134,6 +151,8 @@ class SetStatus(Op[int]):
     scope: str
     unit: Unit | None
     status: BudgetStatus
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -210,6 +229,8 @@ class Fund(Op[FundResult], Keyed):
     operation: FundOperation
     amount: int
     spent: int | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -219,6 +240,8 @@ class Transfer(Op[TransferResult], Keyed):
     unit: Unit
     period: Period | PeriodChoice | None
     amount: int
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ seen the first time."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ...events import AuditType
@@ -38,7 +39,7 @@ def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
         d.degrade, d.alerts = op.degrade, op.alerts
     log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
         "unit": op.unit.value, "limit": op.limit, "period": period_name(op.period),
-        "per": op.per})
+        "per": op.per}, actor=op.actor, reason=op.reason)
     current = bucket(op.period, now)
     if op.per is not None:  # every dimension ledger of this bucket follows, now
         for key in list(dimension_ledgers(t, d, current)):
@@ -56,7 +57,8 @@ def remove_budget(t: Tenant, op: RemoveBudget, now: int) -> int:
     if removed is not None:
         redefined(t)
         log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,),
-            detail={"unit": op.unit.value, "removed": True})
+            detail={"unit": op.unit.value, "removed": True}, actor=op.actor,
+            reason=op.reason)
     return int(removed is not None)
 
 
@@ -69,7 +71,8 @@ def set_quota(t: Tenant, op: SetQuota, now: int) -> None:
         rules[op.rule.key] = op.rule
     log(t, now, AuditType.QUOTA_SET, scopes=(op.rule.scope,), detail={
         "kind": op.rule.kind.value, "limit": None if op.remove else op.rule.limit,
-        "window": period_name(op.rule.window), "action_kind": op.rule.action_kind})
+        "window": period_name(op.rule.window), "action_kind": op.rule.action_kind},
+        actor=op.actor, reason=op.reason)
 
 
 def set_access(t: Tenant, op: SetAccess, now: int) -> None:
@@ -78,13 +81,16 @@ def set_access(t: Tenant, op: SetAccess, now: int) -> None:
         t.access.pop(op.scope, None)
     else:
         t.access[op.scope] = op.rule
-    log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None})
+    log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None},
+        actor=op.actor, reason=op.reason)
 
 
 def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
     """Install a plan's definitions, and drop those of the previous plan this one lacks."""
     keys: set[tuple[str, Any]] = set()
     for definition in op.definitions:
+        if op.actor is not None or op.reason is not None:  # its records are signed alike
+            definition = replace(definition, actor=op.actor, reason=op.reason)
         if isinstance(definition, SetBudget):
             set_budget(t, definition, now)
             keys.add(("budget", (definition.scope, definition.unit, definition.period,
@@ -106,4 +112,5 @@ def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
     t.plan, t.plan_keys = op.name, keys
     if op.mode is not None:
         t.mode = op.mode
-    log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name})
+    log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name}, actor=op.actor,
+        reason=op.reason)

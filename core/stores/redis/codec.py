@@ -163,19 +163,21 @@ def _audit(op: ops.Audit) -> dict[str, Any]:
 
 def _fund(op: ops.Fund) -> dict[str, Any]:
     path = parse_scope(op.scope)
-    return {"op": "fund", "scope": path.path, "base": path.base,
-            "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
-            "period": out.period_choice(op.period), "operation": op.operation.value,
-            "amount": op.amount, "spent": op.spent}
+    return out.signed(op, {
+        "op": "fund", "scope": path.path, "base": path.base,
+        "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
+        "period": out.period_choice(op.period), "operation": op.operation.value,
+        "amount": op.amount, "spent": op.spent})
 
 
 def _transfer(op: ops.Transfer) -> dict[str, Any]:
     src, dst = parse_scope(op.source), parse_scope(op.destination)
-    return {"op": "transfer", "source": src.path, "source_base": src.base,
-            "source_per": src.dimension[0] if src.dimension else "",
-            "destination": dst.path, "destination_base": dst.base,
-            "destination_per": dst.dimension[0] if dst.dimension else "",
-            "unit": op.unit.value, "period": out.period_choice(op.period), "amount": op.amount}
+    return out.signed(op, {
+        "op": "transfer", "source": src.path, "source_base": src.base,
+        "source_per": src.dimension[0] if src.dimension else "",
+        "destination": dst.path, "destination_base": dst.base,
+        "destination_per": dst.dimension[0] if dst.dimension else "",
+        "unit": op.unit.value, "period": out.period_choice(op.period), "amount": op.amount})
 
 
 def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:

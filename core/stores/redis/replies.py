@@ -161,7 +161,7 @@ def record(tenant: str, flat: list[str]) -> AuditRecord:
         idempotency_key=f.get("idempotency_key") or None,
         estimate=amounts(f.get("estimate", "")), actual=amounts(f.get("actual", "")),
         charged=amounts(f.get("charged", "")), reason=f.get("reason"),
-        detail=_detail(f.get("detail")))
+        detail=_detail(f.get("detail")), actor=f.get("actor"))
 
 
 INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms",
