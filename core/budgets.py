@@ -28,7 +28,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
                   unit: Unit | str | None = None, period: Period | str | None = None,
                   per: str | None = None, overdraft_limit: Any = 0,
                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
-                  degrade: Any = (), alerts: Any = None, actor: str | None = None, reason: str | None = None
+                  degrade: Any = (), alerts: Any = None,
+                  actor: str | None = None, reason: str | None = None
                   ) -> ops.SetBudget:
     """Create or change the budget of `scope` in one unit (and period). A change adjusts
     the current bucket's allocation by the difference and keeps what was spent.
@@ -130,7 +131,8 @@ def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int |
 
 def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = None,
                   tools_allow: Any = None, tools_deny: Any = None,
-                  max_tokens_per_call: int | None = None, actor: str | None = None, reason: str | None = None
+                  max_tokens_per_call: int | None = None,
+                  actor: str | None = None, reason: str | None = None
                   ) -> ops.SetAccess:
     """The access rules of `scope` (replacing any before): globs on the model or tool
     name (`gpt-4o*` matches `openai:gpt-4o-mini`) and a per-call output token cap."""
@@ -145,26 +147,30 @@ def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = No
     return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule, **signed)
 
 
-def clear_access_op(scope: str, *, actor: str | None = None, reason: str | None = None) -> ops.SetAccess:
+def clear_access_op(scope: str, *, actor: str | None = None,
+                    reason: str | None = None) -> ops.SetAccess:
     """Drop the access rules of `scope`."""
     path = arg.standard_scope(scope, "clear_access")
     return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None,
                          **arg.signed(actor, reason))
 
 
-def freeze_op(scope: str, unit: Unit | str | None = None, *, actor: str | None = None, reason: str | None = None
+def freeze_op(scope: str, unit: Unit | str | None = None, *,
+              actor: str | None = None, reason: str | None = None
               ) -> ops.SetStatus:
     """Refuse new reservations on the budgets of `scope`; returns how many were frozen."""
     return _status_op(scope, unit, BudgetStatus.FROZEN, arg.signed(actor, reason))
 
 
-def unfreeze_op(scope: str, unit: Unit | str | None = None, *, actor: str | None = None, reason: str | None = None
+def unfreeze_op(scope: str, unit: Unit | str | None = None, *,
+                actor: str | None = None, reason: str | None = None
                 ) -> ops.SetStatus:
     """Let frozen budgets of `scope` take reservations again; returns how many changed."""
     return _status_op(scope, unit, BudgetStatus.ACTIVE, arg.signed(actor, reason))
 
 
-def close_budget_op(scope: str, unit: Unit | str | None = None, *, actor: str | None = None, reason: str | None = None
+def close_budget_op(scope: str, unit: Unit | str | None = None, *,
+                    actor: str | None = None, reason: str | None = None
                     ) -> ops.SetStatus:
     """Close the budgets of `scope` for good: reservations and records are refused."""
     return _status_op(scope, unit, BudgetStatus.CLOSED, arg.signed(actor, reason))
@@ -193,14 +199,16 @@ def fund_op(scope: str, operation: FundOperation | str, amount: Amount, *,
     bucket = period if period is AUTO else parse_period(period)
     unit, value = units[0]
     return ops.Fund(tenant=path.tenant, scope=path.path, unit=unit, period=bucket,
-                    operation=fund, amount=value, spent=spent,
+                    operation=fund, amount=value, spent=spent, actor=signed["actor"],
+                    reason=signed["reason"],
                     **arg.keyed(idempotency_key, "fund", path.path, unit, bucket, fund, value,
-                                spent), **signed)
+                                spent))
 
 
 def transfer_op(source: str, destination: str, amount: Amount, *,
                 period: Period | str | PeriodChoice | None = AUTO,
-                idempotency_key: str | None = None, actor: str | None = None, reason: str | None = None
+                idempotency_key: str | None = None,
+                actor: str | None = None, reason: str | None = None
                 ) -> ops.Transfer:
     """Move allocation between two budgets of one tenant, atomically; refused (changing
     nothing) when the source's remaining cannot give that much. A periodic budget's current
@@ -217,9 +225,10 @@ def transfer_op(source: str, destination: str, amount: Amount, *,
     bucket = period if period is AUTO else parse_period(period)
     unit, value = units[0]
     return ops.Transfer(tenant=src.tenant, source=src.path, destination=dst.path, unit=unit,
-                        period=bucket, amount=value,
+                        period=bucket, amount=value, actor=signed["actor"],
+                        reason=signed["reason"],
                         **arg.keyed(idempotency_key, "transfer", src.path, dst.path, unit,
-                                    bucket, value), **signed)
+                                    bucket, value))
 
 
 class BudgetCalls(Runner):

@@ -1,4 +1,5 @@
-"""The platform operator's calls: a tenant's mode and plan, and the sweep across tenants.
+"""The platform operator's calls: a tenant's mode and plan, the list of tenants, and the
+sweep across tenants.
 They are for the unrestricted guard only; a tenant handle never offers them (a tenant must
 not switch itself to shadow mode or onto another tier)."""
 
@@ -13,7 +14,8 @@ from .stores import operations as ops
 from .validation import check_int
 
 
-def set_mode_op(tenant: str, mode: str | None, *, actor: str | None = None, reason: str | None = None
+def set_mode_op(tenant: str, mode: str | None, *,
+                actor: str | None = None, reason: str | None = None
                 ) -> ops.SetMode:
     """"shadow" (never deny, record what would have been denied), "enforce", or None to
     follow the guard's own mode."""
@@ -34,6 +36,13 @@ def assign_plan_op(tenant: str, plan: Plan, *, actor: str | None = None, reason:
                          definitions=definitions(plan, tenant), mode=plan.mode, **signed)
 
 
+def tenants_op() -> ops.Tenants:
+    """Every tenant the store holds anything for (a definition, a plan, a reservation, a
+    denial, ...), sorted by name; read from the store's own registry, not from audit
+    records, so it does not depend on their retention."""
+    return ops.Tenants(tenant="")
+
+
 def sweep_op(limit: int = 1_000) -> ops.Sweep:
     """Expire up to `limit` overdue reservations now, across tenants; returns how many
     expired."""
@@ -45,4 +54,5 @@ class PlatformCalls(Runner):
 
     set_mode, aset_mode = twins(set_mode_op)
     assign_plan, aassign_plan = twins(assign_plan_op)
+    tenants, atenants = twins(tenants_op)
     sweep, asweep = twins(sweep_op)

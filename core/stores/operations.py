@@ -258,6 +258,18 @@ class Report(Op[tuple[ReportRow, ...]]):
 
 
 @dataclass
+class PlanOf(Op["str | None"]):
+    """The name of the plan a tenant is on (None: none assigned)."""
+
+
+@dataclass
+class Tenants(Op[tuple[str, ...]]):
+    """The tenants the store holds anything for, by name: those with at least one change
+    on record (a definition, a plan, a reservation, a denial...). A refused call that
+    wrote nothing, a read or a decide makes no tenant."""
+
+
+@dataclass
 class Sweep(Op[int]):
     """Expire due reservations and drop what is past retention, across tenants."""
 

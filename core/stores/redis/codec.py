@@ -232,6 +232,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                      lambda op, b, w: tuple(back.record(op.tenant, fields)
                                             for fields in reversed(b["records"]))),
     ops.Report: Codec("read", _document(lambda op: {"op": "report"}), _report),
+    ops.PlanOf: Codec("read", _document(lambda op: {"op": "plan"}),
+                      lambda op, b, w: b.get("plan")),
     ops.Fund: Codec("admin", _document(_fund, "fund"),
                     lambda op, b, w: FundResult(back.balance(b["before"]),
                                                 back.balance(b["after"])), registers=True),
@@ -247,7 +249,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,
     ops.ApplyPlan: _DEFINITION,
 }
-"""Every operation but the sweep, which calls one tenant at a time (`sweep_call`)."""
+"""Every operation but the sweep, which calls one tenant at a time (`sweep_call`), and the
+list of tenants, which reads the registry (`flow.Flows._tenants`)."""
 
 
 def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | None]:

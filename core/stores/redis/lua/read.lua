@@ -71,6 +71,9 @@ elseif op == 'audit' then
   end
   return cjson.encode({records = found})
 
+elseif op == 'plan' then
+  return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
+
 elseif op == 'report' then
   return cjson.encode({counts = redis.call('HGETALL', K_REPORT)})
 end
