@@ -4,7 +4,7 @@ the first refusal wins. In shadow mode evaluation goes on and the reservation is
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ... import ledger, policy
@@ -51,7 +51,7 @@ class _Evaluation:
     calls: list[tuple[QuotaKey, str]]
     runs: list[tuple[QuotaKey, str, str]]
     concurrency: list[QuotaKey]
-    why: dict[str, Any] = field(default_factory=dict)
+    why: dict[str, Any] | None = None
     """What a denial's record says beyond the decision: the budget's period, or the quota's
     kind and window."""
     requested: dict[Unit, int] | None = None
@@ -125,7 +125,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
     evaluation goes on, since the reservation is made anyway). `back`: what a dry run
     counts as given back by the reservations it did not reap."""
     denial: Decision | None = None
-    why: dict[str, Any] = {}
+    why: dict[str, Any] | None = None
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
@@ -191,7 +191,8 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
                     retry_after_ms=bucket_end_ms(quota.window, now) - now)
 
 
-def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None, why: dict[str, Any],
+def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
+         why: dict[str, Any] | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
          runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
          back: Overdue | None) -> _Evaluation:
@@ -290,7 +291,7 @@ def _denial_detail(op: Reserve, ev: _Evaluation, decision: Decision) -> dict[str
     """Why a denial refused, in figures: the unit, the amount requested in it, the limit
     (allocation or quota) and what remained, the budget's period or the quota's kind and
     window, when it frees up, the output size evaluated and the caps on offer."""
-    detail = dict(ev.why)
+    detail = dict(ev.why or ())
     if decision.unit is not None:
         detail["unit"] = decision.unit.value
     for name in ("requested", "limit", "remaining", "retry_after_ms"):

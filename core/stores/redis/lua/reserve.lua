@@ -22,7 +22,7 @@ local denial = nil
 -- what a denial's record says beyond the decision (as _Evaluation in reserve.py): `why` the
 -- budget's period or the quota's kind and window; `requested` the whole estimate and
 -- `evaluated` the output tokens when a budget refused (nil: the call's own estimate)
-local why, requested, evaluated = {}, nil, nil
+local why, requested, evaluated = nil, nil, nil
 -- a dry run reaps nothing (begin): it counts what the reap would have given back
 local returned, freed = {}, {}
 if P.dry_run and CFG.reap_batch > 0 then returned, freed = overdue_holds(CFG.reap_batch) end
@@ -222,7 +222,7 @@ end
 local function denial_detail()
   -- why a denial refused, in figures (as _denial_detail in reserve.py)
   local out = {}
-  for k, v in pairs(why) do out[k] = v end
+  for k, v in pairs(why or {}) do out[k] = v end
   out.unit, out.requested, out.limit = nz(denial.unit), nz(denial.requested), nz(denial.limit)
   out.remaining, out.retry_after_ms = nz(denial.remaining), nz(denial.retry_after_ms)
   if nz(P.elastic) then out.max_tokens = s(evaluated or P.elastic.max_tokens) end
