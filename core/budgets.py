@@ -17,10 +17,10 @@ from .errors import CrossTenant, InvalidRequest
 from .models import ACTION_KIND_GLOB, BudgetStatus, FundOperation, OveragePolicy
 from .periods import Period, parse_period
 from .policy import AccessRule, QuotaKind, QuotaRule, glob_list
-from .scopes import parse_scope
+from .scopes import LEVELS, MAX_DIMENSIONS, parse_scope
 from .stores import operations as ops
 from .stores.operations import AUTO, PeriodChoice
-from .validation import MAX_TOKENS, check_glob, check_int
+from .validation import MAX_TOKENS, check_glob, check_int, check_key, check_list, shown
 
 
 def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
@@ -29,8 +29,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
                   per: str | None = None, overdraft_limit: Any = 0,
                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
                   degrade: Any = (), alerts: Any = None,
-                  actor: str | None = None, reason: str | None = None
-                  ) -> ops.SetBudget:
+                  required: bool = False, actor: str | None = None,
+                  reason: str | None = None) -> ops.SetBudget:
     """Create or change the budget of `scope` in one unit (and period). A change adjusts
     the current bucket's allocation by the difference and keeps what was spent.
 
@@ -41,6 +41,10 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
     Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
     budget is a template, and each value of the dimension gets its ledger on first use
     (read them with `balances(scope)` once a run has shown up).
+
+    `required=True` (with `per=`) makes the dimension mandatory under `scope`: a call whose
+    subject lacks it is denied DIMENSION_REQUIRED instead of skipping the template and
+    being checked against the outer budgets alone.
 
     Every administrative call takes `actor=` (who, e.g. "ops@example.com") and `reason=`
     (why, e.g. a ticket), both optional, kept on the change's audit record.
@@ -57,6 +61,13 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         raise InvalidRequest("set_budget: give exactly one of usd=, tokens=, credits= or "
                              f"amount= (with unit=); got {sorted(given) or 'none'}")
     (kind, value), = given.items()
+    if not isinstance(required, bool):
+        raise InvalidRequest(f"required: expected True or False, got {shown(required)}")
+    if required and per is None:
+        raise InvalidRequest("required=True needs per=: it makes a template's dimension "
+                             "mandatory (set_budget(scope, ..., per='run', required=True)); "
+                             "to require a dimension without a budget of its own, use "
+                             "set_access(scope, required_dimensions=['run'])")
     if kind == "usd":
         budget_unit, limit = Unit.USD_MICROCENTS, usd_to_microcents(value, "usd")
     elif kind == "amount":
@@ -72,7 +83,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         unit=budget_unit, period=parse_period(period), limit=limit,
         overdraft_limit=arg.limit_like(overdraft_limit, budget_unit, kind == "usd"),
         overage_policy=arg.policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
-        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), **signed)
+        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), required=required,
+        **signed)
 
 
 def remove_budget_op(scope: str, unit: Unit | str, *, period: Period | str | None = None,
@@ -132,10 +144,12 @@ def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int |
 def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = None,
                   tools_allow: Any = None, tools_deny: Any = None,
                   max_tokens_per_call: int | None = None,
-                  actor: str | None = None, reason: str | None = None
-                  ) -> ops.SetAccess:
+                  required_dimensions: Any = None, actor: str | None = None,
+                  reason: str | None = None) -> ops.SetAccess:
     """The access rules of `scope` (replacing any before): globs on the model or tool
-    name (`gpt-4o*` matches `openai:gpt-4o-mini`) and a per-call output token cap."""
+    name (`gpt-4o*` matches `openai:gpt-4o-mini`), a per-call output token cap, and the
+    dimensions every call under the scope must carry (`required_dimensions=["run"]`: a
+    subject without one is denied DIMENSION_REQUIRED)."""
     path = arg.standard_scope(scope, "set_access")
     signed = arg.signed(actor, reason)
     rule = AccessRule(
@@ -143,8 +157,26 @@ def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = No
         glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
         glob_list(tools_deny, "tools_deny"),
         None if max_tokens_per_call is None else check_int(
-            max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS))
+            max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS),
+        checked_required(required_dimensions))
     return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule, **signed)
+
+
+def checked_required(value: Any) -> tuple[str, ...]:
+    """Dimension keys a scope requires, each once, sorted (how both stores keep them)."""
+    if value is None:
+        return ()
+    keys = check_list(value, "required_dimensions", MAX_DIMENSIONS, _required_key,
+                      "['run', 'user']")
+    return tuple(sorted(set(keys)))
+
+
+def _required_key(value: Any, field: str) -> str:
+    key = check_key(value, field)
+    if key in LEVELS:
+        raise InvalidRequest(f"{field}: {key!r} is a scope level, not a dimension; name a "
+                             "dimension such as 'run' or 'user'")
+    return key
 
 
 def clear_access_op(scope: str, *, actor: str | None = None,

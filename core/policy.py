@@ -60,7 +60,8 @@ class QuotaRule:
 
 @dataclass(slots=True)
 class AccessRule:
-    """Allow/deny lists (globs) for models and tools, and a per-call token cap, at a scope."""
+    """Allow/deny lists (globs) for models and tools, a per-call token cap, and the
+    dimensions every call under the scope must carry, at a scope."""
 
     scope: str
     models_allow: tuple[str, ...] = ()
@@ -68,6 +69,7 @@ class AccessRule:
     tools_allow: tuple[str, ...] = ()
     tools_deny: tuple[str, ...] = ()
     max_tokens_per_call: int | None = None
+    required_dimensions: tuple[str, ...] = ()
 
 
 class Degrade(Model):

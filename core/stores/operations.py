@@ -97,6 +97,7 @@ class SetBudget(Op[tuple[Balance, ...]]):
     overage_policy: OveragePolicy
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+    required: bool = False  # a template's dimension every call under the scope must carry
     actor: str | None = None
     reason: str | None = None
 

@@ -1,6 +1,7 @@
 """Policy inputs on the memory store and on Redis, in lockstep: access rules with globs
 (`?`, `*`, classes, and what is special in Lua patterns: `.`, `-`, `%`), per-call caps,
-alert thresholds, degrade rules and quotas, beside reservations, decisions and settlements.
+alert thresholds, degrade rules, quotas and required dimensions, beside reservations,
+decisions, records and settlements.
 Every observable result must be the same on both: decisions (caps and reasons included),
 balances, notifications, audit records and report rows.
 
@@ -58,6 +59,8 @@ def seen(call: Any) -> Any:
         return ("reserved", result.decision, result.estimate, result.balances)
     if isinstance(result, (al.CommitResult, al.ReleaseResult)):
         return (result.status, getattr(result, "charged", None), result.balances)
+    if isinstance(result, al.RecordResult):
+        return ("recorded", result.charged, result.balances)
     return result
 
 
@@ -92,24 +95,27 @@ class PolicyLockstep(RuleBasedStateMachine):
 
     @rule(scope=st.sampled_from(SCOPES), tokens=st.integers(0, 2_000), per=st.booleans(),
           degrade=st.lists(DEGRADE, max_size=3), alerts=ALERTS,
-          period=st.sampled_from([None, "minute", "day"]))
+          period=st.sampled_from([None, "minute", "day"]), required=st.booleans())
     def set_budget(self, scope: str, tokens: int, per: bool, degrade: list[al.Degrade],
-                   alerts: list[float], period: str | None) -> None:
+                   alerts: list[float], period: str | None, required: bool) -> None:
         self.both(lambda g: g.set_budget(scope, tokens=tokens, per="run" if per else None,
-                                         period=period, degrade=degrade, alerts=alerts))
+                                         period=period, degrade=degrade, alerts=alerts,
+                                         required=per and required))
 
     @rule(scope=st.sampled_from(SCOPES), models_allow=GLOB_LIST, models_deny=GLOB_LIST,
           tools_allow=GLOB_LIST, tools_deny=GLOB_LIST,
-          cap=st.none() | st.integers(1, 3_000), remove=st.booleans())
+          cap=st.none() | st.integers(1, 3_000), remove=st.booleans(),
+          required=st.lists(st.sampled_from(["run", "user"]), max_size=2))
     def set_access(self, scope: str, models_allow: list[str], models_deny: list[str],
                    tools_allow: list[str], tools_deny: list[str], cap: int | None,
-                   remove: bool) -> None:
+                   remove: bool, required: list[str]) -> None:
         if remove:
             self.both(lambda g: g.clear_access(scope))
             return
         self.both(lambda g: g.set_access(scope, models_allow=models_allow,
                                          models_deny=models_deny, tools_allow=tools_allow,
-                                         tools_deny=tools_deny, max_tokens_per_call=cap))
+                                         tools_deny=tools_deny, max_tokens_per_call=cap,
+                                         required_dimensions=required))
 
     @rule(scope=st.sampled_from(SCOPES), kind=st.sampled_from(["calls", "runs", "concurrent"]),
           limit=st.integers(0, 3), action_kind=KIND_GLOBS,
@@ -140,6 +146,13 @@ class PolicyLockstep(RuleBasedStateMachine):
         assert results[0] == results[1], results
         if len(made) == 2:
             self.held.append((made[0].id, made[1].id))
+
+    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1"]),
+          actual=st.integers(0, 300))
+    def record(self, depth: int, run: str | None, actual: int) -> None:
+        who = subject(depth, run)
+        self.both(lambda g: g.record(who, al.Action("llm.completion", "openai:gpt-4o"),
+                                     al.tokens(actual)))
 
     @precondition(lambda self: bool(self.held))
     @rule(data=st.data(), actual=st.integers(0, 2_500), commit=st.booleans())

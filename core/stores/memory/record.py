@@ -15,6 +15,7 @@ from .state import (
     amounts,
     ledger_at,
     log,
+    missing_dimensions,
     remember,
     replay,
     settlement,
@@ -33,6 +34,9 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     actual = dict(op.actual)
     checked_amounts(actual, "actual")
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
+    lacking = missing_dimensions(t, op.scopes, op.dimensions)
+    if lacking is not None and not shadow:  # as a frozen budget: the record is refused
+        raise Denied(lacking)
     found = targets(t, op.scopes, op.dimensions, actual, now)
     if found is None:
         raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND, scope=op.scopes[-1]))

@@ -26,6 +26,7 @@ from .state import (
     amounts,
     ledger_at,
     log,
+    missing_dimensions,
     ordered,
     period_name,
     remember,
@@ -121,15 +122,17 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
 
 def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
               back: Overdue | None) -> _Evaluation:
-    """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
-    evaluation goes on, since the reservation is made anyway). `back`: what a dry run
-    counts as given back by the reservations it did not reap."""
-    denial: Decision | None = None
+    """Required dimensions, access rules, then quotas, then budgets: the first refusal wins
+    (in shadow mode evaluation goes on, since the reservation is made anyway). `back`: what
+    a dry run counts as given back by the reservations it did not reap."""
+    denial = missing_dimensions(t, op.scopes, op.dimensions)
     why: dict[str, Any] | None = None
+    if denial is not None and not shadow:
+        return _Evaluation(denial, (), [], {}, None, [], [], [])
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, None, why, caps, [], [], [], back)
+        return _fit(t, op, now, denial, why, caps, [], [], [], back)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -300,6 +303,8 @@ def _denial_detail(op: Reserve, ev: _Evaluation, decision: Decision) -> dict[str
             detail[name] = value
     if op.elastic is not None:
         detail["max_tokens"] = op.elastic.max_tokens if ev.tokens is None else ev.tokens
+    if decision.missing_dimensions:  # DIMENSION_REQUIRED: the keys the subject lacked
+        detail["missing_dimensions"] = list(decision.missing_dimensions)
     detail.update(_caps_detail(ev.caps))
     return detail
 

@@ -19,8 +19,11 @@ from ...models import (
     Balance,
     BudgetStatus,
     CommitResult,
+    Decision,
     ExtendResult,
+    Outcome,
     OveragePolicy,
+    Reason,
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
@@ -74,6 +77,7 @@ class Definition:
     degrade: tuple[policy.Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
     status: BudgetStatus = BudgetStatus.ACTIVE
+    required: bool = False  # a template whose dimension every call under the scope carries
 
     @property
     def key(self) -> DefKey:
@@ -152,6 +156,9 @@ class Tenant:
     calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
     runs: dict[tuple[QuotaKey, str], set[str]] = field(default_factory=dict)
     active: dict[QuotaKey, int] = field(default_factory=dict)
+    required: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Scope → the dimension keys its required templates and access rule demand (sorted);
+    only scopes that demand some, so a tenant without any skips the check."""
     mode: str | None = None
     plan: str | None = None
     plan_keys: set[tuple[str, Any]] = field(default_factory=set)
@@ -175,6 +182,37 @@ def redefined(t: Tenant) -> None:
     """A definition was added or removed: cached routes and held definitions are stale."""
     t.epoch += 1
     t.routes.clear()
+
+
+def requirements_changed(t: Tenant, scope: str) -> None:
+    """A scope's templates or access rule changed: recompute the dimensions it requires."""
+    keys = {d.per for d in t.definitions.get(scope, {}).values() if d.required and d.per}
+    rule = t.access.get(scope)
+    if rule is not None:
+        keys.update(rule.required_dimensions)
+    if keys:
+        t.required[scope] = tuple(sorted(keys))
+    else:
+        t.required.pop(scope, None)
+
+
+def missing_dimensions(t: Tenant, scopes: tuple[str, ...],
+                       dimensions: tuple[tuple[str, str], ...]) -> Decision | None:
+    """DIMENSION_REQUIRED when the subject lacks a dimension one of its scopes requires, at
+    the outermost such scope, naming every missing key (sorted); None when nothing lacks."""
+    if not t.required:
+        return None
+    have = {key for key, _ in dimensions}
+    where, missing = None, set()
+    for scope in scopes:
+        for key in t.required.get(scope, ()):
+            if key not in have:
+                where = where or scope
+                missing.add(key)
+    if where is None:
+        return None
+    return Decision(Outcome.DENY, reason=Reason.DIMENSION_REQUIRED, scope=where,
+                    missing_dimensions=tuple(sorted(missing)))
 
 
 def dimension_ledgers(t: Tenant, d: Definition, current: str) -> Iterator[LedgerKey]:
@@ -258,7 +296,8 @@ def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
 def _unlimited(d: Definition) -> Definition:
     """Shadow mode settles every overage as debt: spend is tracked, never refused."""
     return Definition(d.scope, d.unit, d.period, d.per, d.limit, 2**62,
-                      OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status)
+                      OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status,
+                      d.required)
 
 
 # -- reservations -------------------------------------------------------------------------

@@ -155,7 +155,11 @@ end
 -- then three length-prefixed strings: the dimension (per), the alert thresholds (doubles)
 -- and the degrade rules (JSON, "" when none). Fixed-size fields decode in one step; alerts
 -- and degrade rules are read only when used. (Earlier versions wrote a JSON list.)
+-- Version 3 adds a flags byte after the status (1: the template's dimension is required);
+-- it is written only for a scope with such a template, so others read as before.
 local DEF_FORMAT = '<BBBBi8i8Hc0Hc0Hc0'
+local DEF_FORMAT3 = '<BBBBBi8i8Hc0Hc0Hc0'
+local DEF_REQUIRED = 1
 local function codes(names)
   local by_name = {}
   for i = 0, #names do by_name[names[i]] = i end
@@ -188,21 +192,28 @@ local function degrade_rules(d)
   end
   return d.degrade
 end
-local function unpacked_defs(scope, raw)
+local function unpacked_defs(scope, raw, version)
   local list, pos = {}, 4
   for i = 1, (struct.unpack('<H', raw, 2)) do
     local u, p, policy, status, limit, od, per, alerts, degrade
-    u, p, policy, status, limit, od, per, alerts, degrade, pos = struct.unpack(DEF_FORMAT, raw,
-      pos)
+    local flags = 0
+    if version == 3 then
+      u, p, policy, status, flags, limit, od, per, alerts, degrade, pos = struct.unpack(
+        DEF_FORMAT3, raw, pos)
+    else
+      u, p, policy, status, limit, od, per, alerts, degrade, pos = struct.unpack(DEF_FORMAT,
+        raw, pos)
+    end
     list[i] = {scope = scope, unit = UNIT_NAMES[u], period = PERIOD_NAMES[p], per = per,
       limit = limit, od = od, policy = POLICY_NAMES[policy], status = STATUS_NAMES[status],
-      alerts_raw = alerts, degrade_raw = degrade}
+      alerts_raw = alerts, degrade_raw = degrade, required = flags % 2 == DEF_REQUIRED}
   end
   return list
 end
 local function decoded_defs(scope, raw)
   if not raw then return {} end
-  if string.byte(raw, 1) == 2 then return unpacked_defs(scope, raw) end
+  local version = string.byte(raw, 1)
+  if version == 2 or version == 3 then return unpacked_defs(scope, raw, version) end
   local list = cjson.decode(raw)
   for _, d in ipairs(list) do
     d.scope = scope
@@ -265,10 +276,15 @@ local function unpackable(d)
   end
   return nil
 end
-local function packed_def(d)
+local function packed_def(d, version)
   local why = unpackable(d)  -- checked before the first write (see budget_refusal)
   if why then error('allotment: definition of ' .. d.scope .. ' not packed: ' .. why) end
   local alerts, degrade = def_parts(d)
+  if version == 3 then
+    return struct.pack(DEF_FORMAT3, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
+      POLICY_CODES[d.policy], STATUS_CODES[d.status], d.required and DEF_REQUIRED or 0,
+      d.limit, d.od, #d.per, d.per, #alerts, alerts, #degrade, degrade)
+  end
   return struct.pack(DEF_FORMAT, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
     POLICY_CODES[d.policy], STATUS_CODES[d.status], d.limit, d.od, #d.per, d.per, #alerts,
     alerts, #degrade, degrade)
@@ -277,8 +293,10 @@ local function save_defs(scope, list)
   DEF_CACHE[scope] = nil
   if #list == 0 then redis.call('HDEL', K_DEFS, scope) return end
   if #list > MAX_U16 then error('allotment: more than ' .. MAX_U16 .. ' budgets at ' .. scope) end
-  local out = {struct.pack('<BH', 2, #list)}
-  for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
+  local version = 2
+  for _, d in ipairs(list) do if d.required then version = 3 end end
+  local out = {struct.pack('<BH', version, #list)}
+  for i, d in ipairs(list) do out[i + 1] = packed_def(d, version) end
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function find_def(scope, unit, period, per)
@@ -662,6 +680,42 @@ local function targets(scopes, dims, units)
       table.concat(sorted_keys(held), ', ')}
   end
   return nil
+end
+
+-- required dimensions ----------------------------------------------------------------------
+local function access_rules(scopes)
+  -- the scopes' access rules, decoded, by position (false where a scope has none); a hash
+  -- with no fields does not exist, so a tenant without rules skips the lookup
+  if redis.call('EXISTS', K_ACCESS) == 0 then return {} end
+  local rules = redis.call('HMGET', K_ACCESS, unpack(scopes))
+  for i = 1, #scopes do
+    if rules[i] then rules[i] = cjson.decode(rules[i]) end
+  end
+  return rules
+end
+local function missing_dims(scopes, dims, rules)
+  -- DIMENSION_REQUIRED when the subject lacks a dimension one of its scopes requires (a
+  -- required template, or the scope's access rule): at the outermost such scope, naming
+  -- every missing key, sorted; nil when nothing lacks (as missing_dimensions in state.py)
+  prefetch_defs(scopes)
+  local where, missing = nil, {}
+  local function need(scope, key)
+    if dims[key] == nil then
+      where = where or scope
+      missing[key] = true
+    end
+  end
+  for i, scope in ipairs(scopes) do
+    for _, d in ipairs(defs_of(scope)) do
+      if d.required and d.per ~= '' then need(scope, d.per) end
+    end
+    if rules[i] then
+      for _, key in ipairs(rules[i].required_dimensions or {}) do need(scope, key) end
+    end
+  end
+  if where == nil then return nil end
+  return {outcome = 'DENY', reason = 'DIMENSION_REQUIRED', scope = where,
+    missing_dimensions = sorted_keys(missing)}
 end
 
 -- reservations -----------------------------------------------------------------------------

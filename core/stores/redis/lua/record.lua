@@ -13,6 +13,10 @@ for _, pair in ipairs(P.actual) do
 end
 local bad = amount_refusal(actual, 'actual')
 if bad then return bad end
+local lacking = not shadow and missing_dims(P.scopes, dims, access_rules(P.scopes))
+if lacking then  -- as a frozen budget: the record is refused
+  return fail('DIMENSION_REQUIRED', 'a required dimension is missing', lacking)
+end
 local found, err = targets(P.scopes, dims, actual)
 if err then return cjson.encode(err) end
 if found == nil then

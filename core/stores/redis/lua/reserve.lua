@@ -53,12 +53,11 @@ end
 local function matches(value, patterns) return glob_any(value, patterns, true) end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
--- (a hash with no fields does not exist: a tenant without rules skips the lookup)
-local access = redis.call('EXISTS', K_ACCESS) == 1 and
-  redis.call('HMGET', K_ACCESS, unpack(P.scopes)) or {}
+local access = access_rules(P.scopes)
+denial = missing_dims(P.scopes, dims, access)  -- required dimensions come first
 for i, scope in ipairs(P.scopes) do
-  if access[i] then
-    local rule = cjson.decode(access[i])
+  local rule = access[i]
+  if rule then
     local allow, deny, reason
     if is_tool then
       allow, deny, reason = rule.tools_allow, rule.tools_deny, 'TOOL_NOT_ALLOWED'
@@ -226,7 +225,9 @@ local function denial_detail()
   out.unit, out.requested, out.limit = nz(denial.unit), nz(denial.requested), nz(denial.limit)
   out.remaining, out.retry_after_ms = nz(denial.remaining), nz(denial.retry_after_ms)
   if nz(P.elastic) then out.max_tokens = s(evaluated or P.elastic.max_tokens) end
-  out.caps = capped
+  out.missing_dimensions = nz(denial.missing_dimensions)
+  -- a missing dimension refuses before anything else is weighed (enforce mode): no caps
+  if shadow or denial.reason ~= 'DIMENSION_REQUIRED' then out.caps = capped end
   return out
 end
 local allowed = {outcome = capped and 'ALLOW_WITH_CAPS' or 'ALLOW', caps = capped or NULL}
