@@ -120,6 +120,20 @@ def test_a_shadow_would_deny_records_the_same_figures(guard: al.Guard) -> None:
         "limit": 1_000_000, "remaining": 1_000_000, "max_tokens": 4_096}
 
 
+def test_a_missing_dimension_is_recorded_before_anything_else_is_weighed(
+        guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10)
+    guard.set_budget(AGENT, usd=1, per="run", required=True)
+    guard.set_access(ACME, max_tokens_per_call=100)
+    no_run = al.Subject(tenant="acme", workflow="docs", agent="analyzer")
+    with pytest.raises(al.Denied):
+        guard.reserve(no_run, LLM, ELASTIC)
+    record = only(guard.audit("acme", types=["reservation.denied"]))
+    assert (record.reason, record.estimate) == (
+        "DIMENSION_REQUIRED", (al.Amount(USD, WHOLE), al.tokens(WHOLE_TOKENS)))
+    assert record.detail == {"missing_dimensions": ["run"], "max_tokens": 4_096}
+
+
 # -- actor and reason of administrative changes -----------------------------------------------
 
 WHO = {"actor": "ops@example.com", "reason": "ticket OPS-42: upgrade"}
