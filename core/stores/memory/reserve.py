@@ -13,6 +13,7 @@ from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
 from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
 from ...periods import bucket, bucket_end_ms
+from ...reports import report_scopes
 from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
@@ -108,14 +109,14 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
             subject=op.subject, action=op.action, reservation_id=res.id,
             estimate=_requested(op, ev), reason=ev.denial.reason,
             detail=_denial_detail(op, ev, ev.denial))
-        tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
+        tally(t, now, (ev.denial.scope or scope,), f"denials:observed:{ev.denial.reason}")
     outcome = ReserveOutcome(decision, info, snapshot(ev.states))
     if op.idempotency_key is not None:
         remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
     log(t, now, AuditType.RESERVED, scopes=info.scopes, subject=op.subject, action=op.action,
         reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
         detail=_caps_detail(decision.caps))
-    tally(t, now, scope, "reservations", ev.estimate, RESERVED)
+    tally(t, now, report_scopes(op.subject), "reservations", ev.estimate, RESERVED)
     # no alerts: a hold is not spend (they follow commits and records, see state.alerts)
     return outcome
 
@@ -269,7 +270,7 @@ def _denied(t: Tenant, op: Reserve, ev: _Evaluation, now: int) -> None:
     log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
         action=op.action, idempotency_key=op.idempotency_key, estimate=_requested(op, ev),
         reason=decision.reason, detail=_denial_detail(op, ev, decision))
-    tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
+    tally(t, now, (decision.scope or op.subject.scope_path,), f"denials:{decision.reason}")
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
         unit=decision.unit, reason=decision.reason, remaining=decision.remaining,

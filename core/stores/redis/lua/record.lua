@@ -53,8 +53,9 @@ end
 audit('event.recorded', {scopes = scopes, subject = P.subject,
   action = P.action.kind .. ' ' .. P.action.name, idempotency_key = nz(P.key) or '',
   actual = pack_units(actual), charged = pack_units(charged)})
-count(subject.scope_path, 'records')
-for unit, amount in pairs(charged) do count(subject.scope_path, 'committed:' .. unit, amount) end
+local tally = report_scopes(subject.scope_path, P.dims)
+count_all(tally, 'records')
+for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do
   alert(row.L, row.real, NULL)
   lsave(row.L)

@@ -238,7 +238,7 @@ if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = asked(), reason = denial.reason, detail = denial_detail()})
-  count(P.scope_path, 'denials:' .. denial.reason)
+  count(refused_at(denial), 'denials:' .. denial.reason)  -- where the limit refused
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
   return answer(denial, nil, balances())
@@ -246,6 +246,7 @@ end
 
 -- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
 local held_ledgers, scopes, seen = {}, {}, {}
+local tally = report_scopes(P.scope_path, P.dims)
 for i, st in ipairs(states) do
   local L, d, path = st.L, st.d, st.path
   L.r = L.r + estimate[d.unit]
@@ -263,7 +264,7 @@ local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject
   action = P.action_json, estimate = pack_units(estimate), ledger_list = held_ledgers,
   created = s(NOW), expires = NOW + P.ttl, grace = P.grace, ext = 0, maxext = P.maxext,
   policy = nz(P.policy) or '', concurrency = table.concat(concurrency, '\n'),
-  shadow = shadow and '1' or '0', scope_path = P.scope_path}
+  shadow = shadow and '1' or '0', scope_path = P.scope_path, tally = table.concat(tally, '\n')}
 save_res(R)
 redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
 local decision = allowed
@@ -272,15 +273,15 @@ if denial then  -- shadow: what enforce mode would have said, on record
   audit('reservation.observed_denied', {scopes = {denial.scope or ''}, subject = P.subject,
     action = kind .. ' ' .. name, reservation_id = R.id, estimate = asked(),
     reason = denial.reason, detail = denial_detail()})
-  count(P.scope_path, 'denials:observed:' .. denial.reason)
+  count(refused_at(denial), 'denials:observed:' .. denial.reason)
 end
 audit_fields('reservation.reserved', with_optional({'subject', P.subject,
   'action', kind .. ' ' .. name, 'reservation_id', R.id},
   'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
   'estimate', R.estimate,
   'detail', capped and cjson.encode({caps = capped})))
-count(P.scope_path, 'reservations')
-for unit, amount in pairs(estimate) do count(P.scope_path, 'reserved:' .. unit, amount) end
+count_all(tally, 'reservations')
+for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
 local held, ledgers = balances(), {}
 -- no alerts: a hold is not spend (they follow commits and records, see alert in common.lua)
 for i, st in ipairs(states) do ledgers[i] = st.L end

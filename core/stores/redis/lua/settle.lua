@@ -65,13 +65,13 @@ if kind == 'extend' then
   return save_reply({reservation_id = R.id, expires_at_ms = s(R.expires), extensions = R.ext})
 end
 
-local scope_path = subject_scope(R)
+local tally = res_report_scopes(R)
 if kind == 'release' then
   local balances = return_estimate(R)
   finish(R, K_RES, 'RELEASED')
   audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
     idempotency_key = nz(P.key) or '', estimate = R.estimate, detail = {reason = P.reason}})
-  count(scope_path, 'releases')
+  count_all(tally, 'releases')
   return save_compact({R.estimate, balances, false})
 end
 
@@ -118,8 +118,8 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
   'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
   'estimate', R.estimate,
   'actual', pack_units(actual), 'charged', charged_text))
-count(scope_path, 'commits')
-for unit, amount in pairs(charged) do count(scope_path, 'committed:' .. unit, amount) end
+count_all(tally, 'commits')
+for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
 lsave_all(ledgers)
 return save_compact({charged_text, pack_units(released), balances, false})
