@@ -1,5 +1,6 @@
-"""The `allotment` command: `allotment serve` runs the HTTP server; operators' commands join
-it here. Needs the `server` extra (click, uvicorn, starlette, orjson)."""
+"""The `allotment` command: `allotment serve` runs the HTTP server; the operators' commands
+(`allotment.commands`) are registered here. Needs the `server` extra (click, uvicorn,
+starlette, orjson, httpx)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ def app_from_env() -> Any:
 def _cli() -> Any:
     import click
 
-    @click.group(help="Per-tenant budgets, quotas and isolation for AI platforms.")
+    @click.group(help="Per-tenant budgets, quotas and isolation for AI platforms.\n\n"
+                      "Every operator command works on a store (--store URL, or "
+                      "$ALLOTMENT_STORE) or on a running server (--server URL --key KEY). "
+                      "Exit codes: 0 done; 1 refused or not found; 2 bad input (nothing "
+                      "changed); 3 the store or server could not be reached.")
     def cli() -> None:
         pass
 
@@ -70,6 +75,9 @@ def _cli() -> Any:
                     workers=workers, timeout_graceful_shutdown=GRACEFUL_S,
                     log_level="info", access_log=False)
 
+    from .commands import register
+
+    register(cli)
     return cli
 
 

@@ -1,0 +1,192 @@
+"""`allotment audit TENANT`: the tenant's audit log, and the answer to "why was my agent
+stopped?": each denial with the scope that refused, its reason and the figures (what was
+asked, the limit, what remained, when it frees up)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from ..amounts import Amount, Unit
+from ..events import AuditRecord, AuditType
+from ..guard import Guard
+from ..scopes import tenant_name
+from ._output import amount, emit_json
+from ._target import USAGE, Failure, handled, opened, target_options
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DENIALS = (AuditType.DENIED, AuditType.OBSERVED_DENIED)
+
+
+def since_ms(text: str | None, now_s: float) -> int | None:
+    """`--since`: an age (`30m`, `2h`, `7d`), an ISO-8601 time with its zone, or epoch ms."""
+    if text is None:
+        return None
+    ago = _AGO.match(text)
+    if ago:
+        return int((now_s - int(ago.group(1)) * _SECONDS[ago.group(2)]) * 1000)
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise Failure(f"--since {text!r}: give an age (30m, 2h, 7d), an ISO-8601 time with "
+                      "its zone (2026-12-01T00:00:00Z) or epoch milliseconds", USAGE)
+    return int(moment.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _amounts(values: tuple[Amount, ...]) -> list[dict[str, Any]]:
+    return [{"unit": a.unit.value, "amount": a.amount} for a in values]
+
+
+def record_json(r: AuditRecord) -> dict[str, Any]:
+    """A record for scripts: every field, amounts as exact integers."""
+    view: dict[str, Any] = {
+        "seq": r.seq, "at": _iso(r.at_ms), "at_ms": r.at_ms, "type": r.type,
+        "tenant": r.tenant, "scopes": list(r.scopes),
+        "subject": None if r.subject is None else r.subject.model_dump(exclude_none=True),
+        "action": r.action, "reservation_id": r.reservation_id,
+        "estimate": _amounts(r.estimate), "actual": _amounts(r.actual),
+        "charged": _amounts(r.charged), "reason": r.reason, "detail": r.detail,
+        "actor": r.actor}
+    if r.type in DENIALS:
+        view["why"] = why(r)
+    return view
+
+
+def why(r: AuditRecord) -> str:
+    """One sentence: who was stopped, by which scope, for what reason, with the figures."""
+    d = r.detail
+    who = []
+    if r.subject is not None:
+        for level in ("agent", "workflow"):
+            value = getattr(r.subject, level)
+            if value:
+                who.append(f"{level} {value}")
+                break
+        who += [f"{k} {v}" for k, v in sorted(r.subject.dimensions.items())]
+    refusing = r.scopes[0] if r.scopes else f"tenant:{r.tenant}"
+    verb = "would have been stopped" if r.type == AuditType.OBSERVED_DENIED else "stopped"
+    text = f"{', '.join(who) or 'call'} {verb} by {refusing} ({r.reason})"
+    if "unit" in d and "requested" in d:
+        unit = Unit(d["unit"])
+        if "quota" in d:
+            window = f" per {d['window']}" if d.get("window") else ""
+            text += (f": {d['quota']} quota of {d.get('limit')}{window}, "
+                     f"{d.get('remaining')} left")
+        else:
+            period = f" {d['period']}" if d.get("period") else ""
+            text += (f": asked {amount(unit, d['requested'])} of{period} budget "
+                     f"{amount(unit, d['limit'])}, {amount(unit, d['remaining'])} left")
+    elif "quota" in d:
+        window = f" per {d['window']}" if d.get("window") else ""
+        text += f": {d['quota']} quota of {d.get('limit')}{window}, {d.get('remaining')} left"
+    if d.get("missing"):
+        text += f": missing {', '.join(map(str, d['missing']))}"
+    if d.get("retry_after_ms") is not None:
+        text += f"; frees up in {int(d['retry_after_ms']) / 1000:g}s"
+    if r.action:
+        text += f"; action {r.action}"
+    return text
+
+
+def _line(r: AuditRecord) -> str:
+    scope = r.scopes[0] if r.scopes else "-"
+    head = f"{_iso(r.at_ms)}  {r.type:<28} {scope}"
+    if r.type in DENIALS:
+        return f"{head}\n    why: {why(r)}"
+    extra = []
+    if r.reason:
+        extra.append(f"reason {r.reason!r}")
+    if r.actor:
+        extra.append(f"by {r.actor}")
+    if r.charged:
+        extra.append("charged " + ", ".join(amount(a.unit, a.amount) for a in r.charged))
+    return head + (f"  ({'; '.join(extra)})" if extra else "")
+
+
+def _matches(r: AuditRecord, run: str | None) -> bool:
+    return run is None or (r.subject is not None and r.subject.dimensions.get("run") == run)
+
+
+@click.command(help="The tenant's audit log, oldest first. A denial shows why: the scope that "
+                    "refused, the reason and the figures. --denials shows only those; "
+                    "--follow keeps printing new records until interrupted.")
+@click.argument("tenant")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only records of this type (repeat); e.g. reservation.denied, budget.set.")
+@click.option("--denials", is_flag=True, help="Only denials (and shadow mode's would-be ones).")
+@click.option("--run", default=None, help="Only records of this run id.")
+@click.option("--since", default=None, help="From: an age (30m, 2h, 7d), an ISO-8601 time or "
+                                             "epoch ms.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="The newest this many records.")
+@click.option("--follow", is_flag=True, help="Keep printing new records as they come.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05, 3600),
+              help="With --follow: seconds between reads.")
+@click.option("--follow-for", "follow_for", default=None, type=click.FloatRange(0, None),
+              help="With --follow: stop after this many seconds (default: until Ctrl-C).")
+@target_options
+@handled
+def audit(tenant: str, types: tuple[str, ...], denials: bool, run: str | None,
+          since: str | None, limit: int, follow: bool, interval: float,
+          follow_for: float | None, store: str | None, server: str | None, key: str | None,
+          as_json: bool) -> None:
+    name = tenant_name(tenant, "TENANT")
+    kinds = list(types) + (list(DENIALS) if denials else [])
+    start = since_ms(since, time.time())
+    with opened(store, server, key, as_json) as target:
+        guard = target.need_guard("audit")
+        records = [r for r in guard.audit(name, since=start, types=kinds or None, limit=limit)
+                   if _matches(r, run)]
+        if not follow:
+            if as_json:
+                emit_json({"tenant": name, "records": [record_json(r) for r in records]})
+            elif records:
+                for r in records:
+                    click.echo(_line(r))
+            else:
+                click.echo(f"no audit records for tenant {name}")
+            return
+        _follow(guard, name, records, kinds, run, interval, follow_for, as_json)
+
+
+def _follow(guard: Guard, name: str, first: list[AuditRecord], kinds: list[str],
+            run: str | None, interval: float, follow_for: float | None,
+            as_json: bool) -> None:
+    """Print each record once as it comes (JSON: one object per line), until interrupted."""
+    last_seq, last_ms = 0, None
+    deadline = None if follow_for is None else time.monotonic() + follow_for
+    batch = first
+    try:
+        while True:
+            for r in batch:
+                if r.seq <= last_seq:
+                    continue
+                last_seq, last_ms = r.seq, r.at_ms
+                if _matches(r, run):
+                    click.echo(_jsonl(r) if as_json else _line(r))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(interval)
+            batch = list(guard.audit(name, since=last_ms, types=kinds or None, limit=10_000))
+    except KeyboardInterrupt:
+        return
+
+
+def _jsonl(r: AuditRecord) -> str:
+    import json
+
+    return json.dumps(record_json(r), default=str)
