@@ -39,6 +39,13 @@ def app_from_env() -> Any:
     return app
 
 
+def command() -> Any:
+    """The `allotment` click group itself (to embed it, or to run it with click's test
+    runner: `CliRunner().invoke(command(), args, obj={"guard": guard})` runs the operator
+    commands on that guard)."""
+    return _cli()
+
+
 def _cli() -> Any:
     import click
 

@@ -66,7 +66,7 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
         views: list[dict[str, str | None]] = []
         for name in guard.tenants():
             info = guard.tenant_info(name)
-            views.append({"tenant_id": name, "name": info.name if info else "",
+            views.append({"tenant_id": name, "name": info.name if info else None,
                           "plan": guard.plan_of(name)})
         if as_json:
             emit_json({"tenants": views})
