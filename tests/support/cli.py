@@ -17,7 +17,6 @@ from click.testing import CliRunner, Result
 import allotment as al
 from allotment.cli import command
 
-
 PLANS = "examples/plans.yaml"
 
 
