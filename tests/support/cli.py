@@ -30,7 +30,7 @@ class Cli:
 
     def run(self, *args: str, code: int = 0) -> Result:
         """Invoke the command; assert its exit code and that no traceback escaped."""
-        obj: dict[str, Any] = {} if self.url else {"guard": self.guard}
+        obj: dict[str, Any] = {} if self.url or self.extra else {"guard": self.guard}
         store = ["--store", self.url] if self.url and not self.extra else []
         result = CliRunner().invoke(command(), [*args, *store, *self.extra], obj=obj,
                                     catch_exceptions=False)

@@ -1,0 +1,94 @@
+"""The operators' commands against a running server (real uvicorn on loopback, each store
+kind): provisioning and balances over HTTP, and the commands the server has no route for
+yet refused clearly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+import allotment as al
+from allotment.clock import system_ms
+
+from support.cli import Cli
+from support.served import ADMIN_KEY, serving
+from support.stores import STORE_KINDS, make_store
+
+MINI = al.Action("llm.completion", "openai:gpt-4o-mini")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def remote(request: pytest.FixtureRequest) -> Iterator[Cli]:
+    store = make_store(request.param, system_ms)
+    guard = al.Guard(store)
+    with serving(guard) as url:
+        yield Cli(guard, None, ["--server", url, "--key", ADMIN_KEY])
+    store.close()
+
+
+def test_provisioning_and_balances_over_the_server(remote: Cli) -> None:
+    made = json.loads(remote.run("tenants", "create", "acme", "--name", "Acme Corp",
+                                 "--json").stdout)
+    assert (made["tenant_id"], made["name"]) == ("acme", "Acme Corp")
+    assert remote.guard.tenant_info("acme") is not None
+
+    key = json.loads(remote.run("keys", "create", "acme", "--name", "worker",
+                                "--permission", "budgets:read", "--json").stdout)
+    assert remote.guard.authenticate_key(key["key_secret"]) is not None
+    listed = json.loads(remote.run("keys", "list", "acme", "--json").stdout)["keys"]
+    assert [k["key_id"] for k in listed] == [key["key_id"]]
+
+    remote.run("budgets", "set", "tenant:acme", "--usd", "10")
+    remote.run("budgets", "set", "tenant:acme/workspace:prod", "--usd", "4")
+    remote.guard.reserve(al.Subject(tenant="acme", workspace="prod"), MINI,
+                         al.usd(1)).commit(al.usd(1))
+    lines = remote.run("balances", "acme").stdout.splitlines()
+    assert lines[2].startswith("tenant:acme ") and "$9.00" in lines[2]
+    assert lines[3].startswith("  workspace:prod ") and "[#####...............]  25%" in lines[3]
+    rows = json.loads(remote.run("balances", "acme", "--json").stdout)["balances"]
+    assert [(r["scope"], r["spent"]) for r in rows] == [
+        ("tenant:acme", al.usd(1).amount), ("tenant:acme/workspace:prod", al.usd(1).amount)]
+
+    # the tenant's own key (budgets:read) reads its own balances, nothing else
+    tenant_cli = Cli(remote.guard, None, [*remote.extra[:2], "--key", key["key_secret"]])
+    assert json.loads(tenant_cli.run("balances", "acme", "--json").stdout)["balances"] == rows
+    other = tenant_cli.run("balances", "globex", code=1)
+    assert "403" in other.output
+
+    remote.run("tenants", "suspend", "acme")
+    with pytest.raises(al.BudgetExceeded) as denied:
+        remote.guard.reserve(al.Subject(tenant="acme"), MINI, al.usd("0.01"))
+    assert denied.value.decision.reason == "BUDGET_FROZEN"
+    remote.run("tenants", "resume", "acme")
+
+    revoked = json.loads(remote.run("keys", "revoke", key["key_id"], "--json").stdout)
+    assert revoked["status"] == "REVOKED"
+    assert remote.guard.authenticate_key(key["key_secret"]) is None
+
+
+def test_what_the_server_cannot_do_yet_is_refused_clearly(remote: Cli) -> None:
+    remote.run("budgets", "set", "tenant:acme", "--usd", "10")
+    changed = remote.run("budgets", "set", "tenant:acme", "--usd", "20", code=1)
+    assert "changing an existing budget is not available over --server yet" in changed.output
+    periodic = remote.run("budgets", "set", "tenant:acme", "--usd", "20", "--period", "month",
+                          code=2)
+    assert "--period and --per are not available over --server yet" in periodic.output
+    for args in (["audit", "acme"], ["report", "acme"], ["sweep"], ["tenants", "list"],
+                 ["plans", "apply", "examples/plans.yaml", "--tenant", "acme", "--plan",
+                  "free"]):
+        result = remote.run(*args, code=2)
+        assert "is not available over --server yet; run it with --store" in result.output
+    (row,) = remote.guard.balances("tenant:acme")
+    assert row.allocated == al.usd(10).amount  # nothing changed
+
+
+def test_a_wrong_key_or_no_server_is_a_clear_failure(remote: Cli) -> None:
+    url = remote.extra[1]
+    wrong = Cli(remote.guard, None, ["--server", url, "--key", "not-the-key"])
+    assert "401" in wrong.run("keys", "list", "acme", code=1).output
+    gone = Cli(remote.guard, None, ["--server", "http://127.0.0.1:9", "--key", ADMIN_KEY])
+    assert "unreachable" in gone.run("keys", "list", "acme", code=3).output
+    bad = Cli(remote.guard, None, ["--server", "localhost:7878"])
+    assert "give the server's URL" in bad.run("keys", "list", "acme", code=2).output
