@@ -78,3 +78,24 @@ def test_every_command_has_help() -> None:
         leaf = not isinstance(root.get_command(None, path[0]), click.Group) or len(path) > 1
         if leaf and path != ("serve",):
             assert "--json" in result.output and "--store" in result.output, path
+
+
+def test_the_readme_cli_examples_run() -> None:
+    """Every `allotment` line of the README's first CLI block, in order, on a fresh Redis."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Operators' CLI", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None
+    store = make_store("redis", system_ms)
+    try:
+        lines = [line for line in block.group(1).splitlines() if line.startswith("allotment ")]
+        assert len(lines) >= 15
+        for line in lines:
+            args = shlex.split(line, comments=True)[1:]
+            done = allotment(*args, store=store.url)
+            assert done.returncode == 0, (line, done.stderr)
+    finally:
+        store.close()
