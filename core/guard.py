@@ -5,6 +5,7 @@ async twin, and runs every operation on its store as one atomic step.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from . import arguments as arg
@@ -63,6 +64,7 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._sinks: list[Sink] = [] if sink is None else [sink]
         self._sweeper: Sweeper | None = None
+        self._observers_lock = threading.Lock()  # the engine's tuple is replaced, not changed
         store.subscribe(self._notify)
 
     @classmethod
@@ -138,16 +140,18 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         if not callable(observer):
             raise InvalidRequest(f"observer: expected a callable taking an Observation, got "
                                  f"{observer!r}")
-        self._engine.observers = (*self._engine.observers, observer)
+        with self._observers_lock:
+            self._engine.observers = (*self._engine.observers, observer)
         return observer
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop calling `observer`; one that is not registered is refused (NotFound)."""
-        observers = list(self._engine.observers)
-        if observer not in observers:
-            raise NotFound(f"observer {observer!r} is not registered on this guard")
-        observers.remove(observer)
-        self._engine.observers = tuple(observers)
+        with self._observers_lock:
+            observers = list(self._engine.observers)
+            if observer not in observers:
+                raise NotFound(f"observer {observer!r} is not registered on this guard")
+            observers.remove(observer)
+            self._engine.observers = tuple(observers)
 
     def _notify(self, notifications: list[Notification]) -> None:
         dispatch(notifications, self._subscribers, self._sinks)

@@ -29,9 +29,13 @@ guard's span rather than inside it.
 
 from __future__ import annotations
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
-from opentelemetry.util.types import AttributeValue
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("allotment.integrations.opentelemetry needs opentelemetry-api: "
+                      "pip install 'allotment[opentelemetry]'") from error
 
 import allotment as al
 

@@ -12,8 +12,9 @@
 `GuardMetrics` observes every enforcement call of the guard, its tenant handles and their
 reservations (`Guard.add_observer`) and exposes:
 
-- `allotment_decisions_total{call, outcome, reason}`: reserve and decide answers by outcome
-  (ALLOW, ALLOW_WITH_CAPS, DENY) and reason ("none" when there is none);
+- `allotment_decisions_total{call, outcome, reason}`: reserve and decide answers (and
+  refused records) by outcome (ALLOW, ALLOW_WITH_CAPS, DENY) and reason ("none" when there
+  is none);
 - `allotment_shadow_denials_total{call, reason}`: denials shadow mode let through;
 - `allotment_call_duration_seconds{call}`: a histogram of each call's latency (reserve,
   decide, commit, release, extend, record), retries included;
@@ -42,9 +43,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("allotment.integrations.prometheus needs prometheus-client: "
+                      "pip install 'allotment[prometheus]'") from error
 
 import allotment as al
 
@@ -72,7 +77,8 @@ class GuardMetrics(Collector):
         self.top_tenants = top_tenants
         self.max_tracked_tenants = max_tracked_tenants
         self._decisions = Counter(
-            "allotment_decisions", "Reserve and decide answers, by outcome and reason.",
+            "allotment_decisions",
+            "Reserve and decide answers (and refused records), by outcome and reason.",
             ("call", "outcome", "reason"), registry=None)
         self._shadow = Counter(
             "allotment_shadow_denials", "Denials that shadow mode let through, by reason.",
