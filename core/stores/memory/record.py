@@ -7,6 +7,7 @@ from ...errors import BudgetExceeded, Denied
 from ...events import AuditType
 from ...ids import new_id
 from ...models import BudgetStatus, Decision, Outcome, Reason, RecordResult
+from ...reports import report_scopes
 from ..operations import Record, checked_amounts, in_unit_order
 from .state import (
     COMMITTED,
@@ -57,6 +58,6 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.RECORDED, scopes=scopes, subject=op.subject, action=op.action,
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)
-    tally(t, now, op.subject.scope_path, "records", charged, COMMITTED)
+    tally(t, now, report_scopes(op.subject), "records", charged, COMMITTED)
     alerts(t, changed, now, None)
     return result

@@ -14,11 +14,13 @@
 --   7 meta     HASH mode, plan, plan_keys, seq
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
---  10 report   HASH "day|scope|counter" -> count
---  11 res      HASH one reservation: status, expires, ext, core (see save_res), and once
+--  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes)
+--  11 rdays    ZSET report field -> its day (days since 1970-01-01): reads fetch the fields
+--               of the days asked for, and days past the retention leave both keys
+--  12 res      HASH one reservation: status, expires, ext, core (see save_res), and once
 --               finished finalized, charged, the replies kept for idempotent replays
 --               (or a placeholder key)
---  12 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
+--  13 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
 -- args: 1 the operation as JSON, 2 a clock override in ms ("" = Redis TIME), 3 settings JSON;
 -- reserve and settle take flat arguments instead of the JSON document (see flat_reserve and
 -- flat_settle). Integers travel as JSON numbers or decimal strings into the library (exact
@@ -30,7 +32,7 @@
 
 local P, CFG, CFG_TEXT, NOW, NOTES
 local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS, K_QCOUNT, K_QRUNS
-local K_META, K_EXP, K_AUDIT, K_REPORT, K_RES, K_IDEM
+local K_META, K_EXP, K_AUDIT, K_REPORT, K_RDAYS, K_RES, K_IDEM
 local NULL  -- cjson.null: the libraries are reachable only inside a call
 local MAX_AMOUNT = 9007199254740991  -- 2^53 - 1: every integer up to it is exact here
 
@@ -441,10 +443,91 @@ local function ordered_units(by_unit)
   end
   return units
 end
-local DAY_PREFIX  -- this call's "day|", worked out on its first counter
+-- report counters (as tally in memory/state.py and core/reports.py): one field per day,
+-- scope and counter, each indexed by its day in K_RDAYS when it first appears
+local DAY_PREFIX, TODAY  -- this call's "day|" and day number, worked out on its first counter
+local function day_number(label)
+  -- days since 1970-01-01 of a "YYYY-MM-DD..." label, or nil
+  local y, m, d = string.match(label, '^(%d%d%d%d)%-(%d%d)%-(%d%d)|')
+  if not y then return nil end
+  return days_from_civil(tonumber(y), tonumber(m), tonumber(d))
+end
+local function oldest_kept() return math.floor(NOW / DAY) - CFG.report_retention_days + 1 end
+local function report_migrate()
+  -- a report hash written before the day index: index each field by its day, and drop
+  -- those past the retention (once per tenant: the index is never empty again while
+  -- counters are kept)
+  local flat, oldest, keep, drop = redis.call('HGETALL', K_REPORT), oldest_kept(), {}, {}
+  for i = 1, #flat, 2 do
+    local day = day_number(flat[i])
+    if day and day >= oldest then
+      keep[#keep + 1], keep[#keep + 2] = day, flat[i]
+    elseif day then
+      drop[#drop + 1] = flat[i]
+    end
+  end
+  for i = 1, #keep, 1000 do
+    redis.call('ZADD', K_RDAYS, unpack(keep, i, math.min(i + 999, #keep)))
+  end
+  for i = 1, #drop, 1000 do
+    redis.call('HDEL', K_REPORT, unpack(drop, i, math.min(i + 999, #drop)))
+  end
+end
+local function report_prune(limit)
+  -- up to `limit` counters of days past the retention leave storage
+  local old = redis.call('ZRANGEBYSCORE', K_RDAYS, '-inf', '(' .. oldest_kept(), 'LIMIT', 0,
+    math.min(limit, 1000))  -- at most what one unpack can pass
+  if #old > 0 then
+    redis.call('HDEL', K_REPORT, unpack(old))
+    redis.call('ZREM', K_RDAYS, unpack(old))
+  end
+end
 local function count(scope, counter, by)
-  if DAY_PREFIX == nil then DAY_PREFIX = day_of(NOW) .. '|' end
-  redis.call('HINCRBY', K_REPORT, DAY_PREFIX .. scope .. '|' .. counter, by or 1)
+  if DAY_PREFIX == nil then
+    DAY_PREFIX, TODAY = day_of(NOW) .. '|', math.floor(NOW / DAY)
+  end
+  by = by or 1
+  local field = DAY_PREFIX .. scope .. '|' .. counter
+  if redis.call('HINCRBY', K_REPORT, field, by) == by then
+    -- a new field (or one still at 0, indexed again at no cost): into today's index, and
+    -- the first counters of a day push the old days out
+    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
+    redis.call('ZADD', K_RDAYS, TODAY, field)
+    report_prune(CFG.prune_batch)
+  end
+end
+local function report_scopes(path, dims)
+  -- where a call's activity is counted (as report_scopes in core/reports.py): its subject
+  -- scope, then that scope with each of its dimensions ({key, value} pairs)
+  local out = {path}
+  for _, pair in ipairs(dims) do out[#out + 1] = path .. '/' .. pair[1] .. ':' .. pair[2] end
+  return out
+end
+local function refused_at(denial)
+  -- the scope a denial is counted at: the one whose limit refused (else the subject's)
+  local scope = nz(denial.scope)
+  if scope == nil or scope == '' then return P.scope_path end
+  return scope
+end
+local function report_span(period, ms)
+  -- the first and last day (days since 1970-01-01) of the period containing ms, as
+  -- report_days in core/reports.py
+  local days = math.floor(ms / DAY)
+  if period == 'day' then return days, days end
+  if period == 'week' then
+    local monday = days - (days + 3) % 7
+    return monday, monday + 6
+  end
+  local y, m = civil(days)
+  if period == 'month' then
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    return days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1
+  end
+  return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
+end
+local function count_all(scopes, counter, by)
+  for _, scope in ipairs(scopes) do count(scope, counter, by) end
 end
 local function alert(L, d, rid)
   -- as _alert in state.py: after a commit or a record, never a hold; thresholds and
@@ -472,15 +555,18 @@ local function alert(L, d, rid)
   if exhausted then
     L.ex = 1
     note('budget.exhausted')
-    count(base_scope(path), 'exhaustions')
+    count(path, 'exhaustions')  -- the ledger that ran out, a run ledger too, and no other
   end
   if over then note('budget.over_limit_entered') end
 end
 
 -- ledger arithmetic (as core/ledger.py) ----------------------------------------------------
-local function refusal(L, d, amount)
+local function refusal(L, d, amount, shadow)
+  -- shadow mode: short of amount is the budget's refusal before debt or the over-limit flag
+  -- (as ledger.reserve_refusal)
   if d.status == 'FROZEN' then return 'BUDGET_FROZEN' end
   if d.status == 'CLOSED' then return 'BUDGET_CLOSED' end
+  if shadow and remaining(L) < amount then return 'BUDGET_EXCEEDED' end
   if L.over == 1 then return 'OVERDRAFT_LIMIT_EXCEEDED' end
   if L.debt > 0 and d.od == 0 then return 'DEBT_OUTSTANDING' end
   if remaining(L) < amount then return 'BUDGET_EXCEEDED' end
@@ -535,6 +621,23 @@ local function settle(rows, estimate, actual, release_reserved)
   for unit, held in pairs(estimate) do charged[unit] = held + extra[unit] end
   return changes, charged, nil
 end
+-- shadow mode (as ledger.settle_shadow): nothing refused, all of actual charged; spent up to
+-- what the allocation has left after spent and debt (holds aside), the rest debt; over the
+-- limit once debt passes what enforce mode would let it owe
+local function settle_shadow(rows, estimate, actual, release_reserved)
+  local changes = {}
+  for i, row in ipairs(rows) do
+    local unit, L = row.unit, row.L
+    local charge = actual[unit]
+    local debt = math.max(0, charge - math.max(0, L.a - L.sp - L.debt))
+    local owed = row.policy == 'ALLOW_WITH_OVERDRAFT' and row.d.od or 0
+    changes[i] = {release_reserved and estimate[unit] or 0, charge - debt, debt,
+      L.debt + debt > owed}
+  end
+  local charged = {}
+  for unit in pairs(estimate) do charged[unit] = actual[unit] end
+  return changes, charged
+end
 local function apply(rows, changes)
   -- the caller saves each ledger once, after its alerts are worked out
   for i, row in ipairs(rows) do
@@ -546,13 +649,6 @@ local function apply(rows, changes)
     L.t = NOW
   end
 end
-local function unlimited(d)
-  return {scope = d.scope, unit = d.unit, period = d.period, per = d.per, limit = d.limit,
-    od = 4611686018427387904, policy = 'ALLOW_WITH_OVERDRAFT', status = d.status,
-    alerts = d.alerts, alerts_raw = d.alerts_raw, degrade = d.degrade,
-    degrade_raw = d.degrade_raw}
-end
-
 -- globs, read as policy.py reads them (fnmatch.fnmatchcase) ------------------------------
 -- `*` any run, `?` one character, `[seq]` / `[!seq]` a class with ranges (`a-z`; an empty
 -- range matches nothing), a `[` without its `]` itself; everything else itself. Characters
@@ -809,7 +905,7 @@ local function load_res(key)
     R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list = c[1], c[2], c[3], c[4],
       c[5], c[6]
     R.created, R.grace, R.maxext, R.policy, R.concurrency = c[7], c[8], c[9], c[10], c[11]
-    R.shadow, R.scope_path, R.refs, R.core = c[12], c[13], c[14], nil
+    R.shadow, R.scope_path, R.refs, R.tally, R.core = c[12], c[13], c[14], c[15], nil
   end
   R.expires = tonumber(R.expires)
   R.grace = tonumber(R.grace)
@@ -822,7 +918,7 @@ local function save_res(R)
   -- its ledgers as one flat list of references (ledger_ref; the last item, 1, says so)
   redis.call('HSET', K_RES, 'status', R.status, 'expires', s(R.expires), 'ext', R.ext, 'core',
     cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list, R.created,
-      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1}))
+      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1, R.tally}))
 end
 local function res_info(R)
   return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
@@ -860,12 +956,18 @@ local function finish(R, key, status, charged)
   end
 end
 local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
+local function res_report_scopes(R)
+  -- where the reservation's activity is counted (kept when it was made; a reservation made
+  -- before that was kept counts at its subject scope alone)
+  if R.tally and R.tally ~= '' then return split(R.tally, '\n') end
+  return {subject_scope(R)}
+end
 local function expire(R, key)
   return_estimate(R)
   finish(R, key, 'EXPIRED')
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})
-  count(subject_scope(R), 'expiries')
+  count_all(res_report_scopes(R), 'expiries')
 end
 local function overdue(limit)
   -- the first `limit` entries due in the expiry index, each {rid, key, R}; R is nil when
@@ -1004,12 +1106,13 @@ end
 local function begin(keys, args, flat)
   K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = keys[1], keys[2], keys[3], keys[4]
   K_QCOUNT, K_QRUNS, K_META, K_EXP = keys[5], keys[6], keys[7], keys[8]
-  K_AUDIT, K_REPORT, K_RES, K_IDEM = keys[9], keys[10], keys[11], keys[12]
+  K_AUDIT, K_REPORT, K_RDAYS = keys[9], keys[10], keys[11]
+  K_RES, K_IDEM = keys[12], keys[13]
   NULL = cjson.null
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
-  NOTES, DEF_CACHE, CURRENT, DAY_PREFIX = {}, {}, {}, nil
+  NOTES, DEF_CACHE, CURRENT, DAY_PREFIX, TODAY = {}, {}, {}, nil, nil
   -- (a dry run writes nothing: reserve works out what this reap would give back instead)
   if CFG.reap_batch > 0 and P.op ~= 'sweep' and not P.dry_run then reap(CFG.reap_batch) end
 end
