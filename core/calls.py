@@ -169,7 +169,7 @@ def _method(build: Callable[..., Any], name: str, runner: str, bound: bool) -> A
     awaited = "await " if runner in ("_arun", "_adrive") else ""
     built = f"_build({', '.join(passed)})"
     observed = ""
-    if not bound:  # one operation: driven as a flow of one step only when observed
+    if runner in ("_run", "_arun"):  # one operation: a flow of one step when observed
         drive = "_adrive" if awaited else "_drive"
         observed = (f"    if self._engine.observers:\n"
                     f"        return {awaited}self.{drive}(_one({built}))\n")
