@@ -4,7 +4,9 @@ metrics and tracing (`allotment.integrations.prometheus`, `.opentelemetry`) or y
 `guard.add_observer(fn)` registers `fn(observation)`. The guard's runner calls every observer
 when a reserve, decide, commit, release, extend or record call ends, on the caller's thread
 (or task) and after the store has answered: an observer sees what happened and never changes
-it. With no observer registered the calls run as they always do (one check per call).
+it. A call refused for its arguments before it had an operation to run is not observed
+(one refused by a tenant handle is, with its `Forbidden`). With no observer registered the
+calls run as they always do (one check per call).
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ class Observation:
     error: BaseException | None = None
     """What the call raised (a `Denied` for a denial), or None."""
     decision: Decision | None = None
-    """The decision of a reserve or decide call, whether it allowed or denied."""
+    """The decision of a reserve or decide call, whether it allowed or denied (and of a
+    refused record)."""
     scopes: tuple[str, ...] = ()
-    """The subject's scopes, root first (reserve, decide, record); empty for calls by id."""
+    """The subject's scopes, root first (reserve, decide, record); empty for the calls that
+    settle or extend a reservation."""
     action: Action | None = None
     reservation_id: str | None = None
     store_errors: int = 0
