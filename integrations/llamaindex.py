@@ -38,7 +38,8 @@ handler reads, and it logs them (INFO) when made.
 
 A callback cannot change a request, so the handler denies but cannot cap: when the budget
 answers with caps (a degrade rule's max_tokens or model, a tool deny list), the call goes on
-uncapped and a warning is logged. To cap, hand LlamaIndex's OpenAI LLM a guarded client:
+uncapped and a warning is logged (once per handler, then at debug level). To cap, hand
+LlamaIndex's OpenAI LLM a guarded client:
 
     llm = OpenAI(model="gpt-4o-mini",
                  openai_client=wrap_openai(openai.OpenAI(), guard, tenant="acme"),
@@ -145,6 +146,7 @@ class BudgetHandler(_CallbackHandler):
         self.event_ends_to_ignore = tuple(ignored)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+        self._warned_uncapped = False
         log.info("LlamaIndex budgets read the subject from instrument_tags keys %s",
                  ", ".join(self.metadata_keys))
 
@@ -172,10 +174,12 @@ class BudgetHandler(_CallbackHandler):
             return event_id
         request = self._describe(event_type, payload, resolve_subject(self.subject, tags))
         meter = self.metering.reserve(request)  # no model switch: the call keeps its model
-        if meter.caps is not None:
-            log.warning("%s: caps %s cannot be applied by a callback handler (the call goes "
-                        "on uncapped); hand the LLM a wrap_openai client to cap it",
-                        meter.reservation.id, meter.caps)
+        if meter.caps is not None:  # once as a warning, then at debug level: a capped
+            level = logging.DEBUG if self._warned_uncapped else logging.WARNING  # tenant
+            self._warned_uncapped = True  # would otherwise log every call
+            log.log(level, "%s: caps %s cannot be applied by a callback handler (the call "
+                    "goes on uncapped); hand the LLM a wrap_openai client to cap it (further "
+                    "ones are logged at debug level)", meter.reservation.id, meter.caps)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:  # events that never ended: holds expire
                 self._pending.pop(next(iter(self._pending)))
