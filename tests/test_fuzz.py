@@ -390,6 +390,7 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "authenticate_key": kw(secret=st.just(f"alk_acme:{'0' * 32}.{'x' * 43}")),
     "register_tenant": kw(tenant=st.just("acme"), name=st.just("Acme Corp")),
     "tenant_info": kw(tenant=st.just("acme")),
+    "plan_of": kw(tenant=st.sampled_from(["acme", ACME, "TENANT:Acme"])),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
@@ -401,7 +402,7 @@ RESERVATION: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "release": kw(reason=st.just("released"), idempotency_key=KEYS),
     "extend": kw(by_ms=st.sampled_from([1, 1_000]), idempotency_key=KEYS),
 }
-READS = frozenset({"get", "balances", "audit", "report", "decide"})
+READS = frozenset({"get", "balances", "audit", "report", "decide", "plan_of"})
 NAME_PARAMS = frozenset({"scope", "source", "destination", "tenant", "per", "unit",
                          "window", "period", "kind", "operation", "mode",
                          "overage_policy", "reservation_id"})

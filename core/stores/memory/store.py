@@ -26,6 +26,7 @@ from ..operations import (
     ListKeys,
     ListReservations,
     Op,
+    PlanOf,
     Record,
     RegisterTenant,
     Release,
@@ -39,6 +40,7 @@ from ..operations import (
     SetQuota,
     SetStatus,
     Sweep,
+    Tenants,
     Transfer,
 )
 from .admin import fund, set_mode, set_status, transfer
@@ -51,7 +53,7 @@ from .keys import (
     register_tenant,
     revoke_key,
 )
-from .read import audit, balances, get, list_reservations, report
+from .read import audit, balances, get, list_reservations, plan_of, report, tenants
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -68,10 +70,11 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
     RegisterTenant: register_tenant, GetTenant: get_tenant,
     ListReservations: list_reservations,
+    PlanOf: plan_of,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
-    Sweep: sweep,
+    Sweep: sweep, Tenants: tenants,
 }
 """The operations that walk every tenant, by type."""
 

@@ -96,6 +96,8 @@ elseif op == 'list' then
     if cursor == '0' then return cjson.encode({rows = rows, cursor = ''}) end
     if rounds >= 20 then return cjson.encode({rows = rows, cursor = cursor .. ':0'}) end
   end
+elseif op == 'plan' then
+  return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
 
 elseif op == 'report' then
   -- the counters of the kept days of the period asked for, of the rows asked for: scope
