@@ -19,6 +19,8 @@ from support import LLM
 NOT_IO = {
     "on": "registers a subscriber in process",
     "add_sink": "registers a sink in process",
+    "add_observer": "registers an observer in process",
+    "remove_observer": "unregisters an observer in process",
     "tenant": "builds a handle, touches no store",
     "subject": "builds a Subject, touches no store",
     "start_sweeper": "starts a background thread",
@@ -166,7 +168,8 @@ EXPORTS = [
     "Decision", "Degrade", "Denied", "Elastic", "ExtendResult", "Forbidden", "FundOperation",
     "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "ManualClock",
     "MaxExtensionsExceeded", "MemoryStore", "NotAllowed", "NotFound", "Notification",
-    "NotificationType", "Outcome", "OveragePolicy", "Period", "Plan", "QuotaExceeded",
+    "NotificationType", "Observation", "Observer", "Outcome", "OveragePolicy", "Period",
+    "Plan", "QuotaExceeded",
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",

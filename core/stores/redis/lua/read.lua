@@ -96,7 +96,6 @@ elseif op == 'list' then
     if cursor == '0' then return cjson.encode({rows = rows, cursor = ''}) end
     if rounds >= 20 then return cjson.encode({rows = rows, cursor = cursor .. ':0'}) end
   end
-
 elseif op == 'plan' then
   return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
 
