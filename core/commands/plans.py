@@ -105,14 +105,14 @@ def _ledger_diff(before: dict[tuple[str, str, str], dict[str, Any]],
 
 
 def apply_one(guard: Guard, tenant: str, plan: Plan, every: dict[str, Plan],
-              actor: str | None, reason: str | None) -> dict[str, Any]:
+              actor: str | None, reason: str | None, force: bool = False) -> dict[str, Any]:
     """Assign `plan` to `tenant` unless it is on it already with this fingerprint; what
     changed, as a dict of plain values."""
     mark = fingerprint(plan)
     current = guard.plan_of(tenant)
     result: dict[str, Any] = {"tenant": tenant, "plan_before": current, "plan_after": plan.name,
                               "fingerprint": mark}
-    if current == plan.name and _last_fingerprint(guard, tenant) == mark:
+    if not force and current == plan.name and _last_fingerprint(guard, tenant) == mark:
         return {**result, "changed": False, "definitions": _plan_diff(plan, plan),
                 "ledgers": []}
     before = _ledgers(guard, tenant)
@@ -165,11 +165,14 @@ def _print(result: dict[str, Any]) -> None:
 @click.option("--plan", "plan_name", default=None, help="The plan (tier) for --tenant.")
 @click.option("--actor", default=None, help="Who applies (kept on the audit records).")
 @click.option("--reason", default=None, help="Why (kept on the audit records).")
+@click.option("--force", is_flag=True, help="Install even when the tenant is on this plan "
+                                            "as the file has it (undoes changes made by hand "
+                                            "to the plan's budgets, quotas and rules).")
 @target_options
 @handled
 def apply(file: Path, tenant: str | None, plan_name: str | None, actor: str | None,
-          reason: str | None, store: str | None, server: str | None, key: str | None,
-          as_json: bool) -> None:
+          reason: str | None, force: bool, store: str | None, server: str | None,
+          key: str | None, as_json: bool) -> None:
     every = Plan.load_all(file)  # the whole file is checked before anything changes
     if plan_name is not None and tenant is None:
         raise Failure("--plan needs --tenant (which tenant to put on it)", USAGE)
@@ -195,7 +198,7 @@ def apply(file: Path, tenant: str | None, plan_name: str | None, actor: str | No
                     pairs.append((name, every[current]))
         results = []
         for i, (name, plan) in enumerate(pairs, 1):
-            result = apply_one(guard, name, plan, every, actor, reason)
+            result = apply_one(guard, name, plan, every, actor, reason, force)
             results.append(result)
             if not as_json:
                 if len(pairs) > 1:

@@ -56,6 +56,14 @@ def test_tiers_apply_then_upgrade_mid_month_keeps_spend_and_twice_changes_nothin
                         "--plan", "pro")["applied"]
     assert (result["changed"], result["plan_after"]) == (False, "pro")
 
+    # a change by hand stays until the tier changes, or until --force installs it again
+    cli.run("budgets", "set", "acme", "--usd", "99", "--period", "month")
+    assert "unchanged" in cli.run("plans", "apply", PLANS, "--tenant", "acme", "--plan",
+                                  "pro").stdout
+    forced = cli.run("plans", "apply", PLANS, "--tenant", "acme", "--plan", "pro",
+                     "--force").stdout
+    assert "allocated $99.00 -> $500.00 (spent $0.75, kept)" in forced
+
 
 def test_plans_apply_without_a_tenant_reinstalls_each_tenants_tier(cli: Cli,
                                                                    tmp_path: Path) -> None:

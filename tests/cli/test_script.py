@@ -99,3 +99,12 @@ def test_the_readme_cli_examples_run() -> None:
             assert done.returncode == 0, (line, done.stderr)
     finally:
         store.close()
+
+
+def test_a_memory_url_warns_that_it_holds_nothing_across_commands() -> None:
+    result = CliRunner().invoke(command(), ["balances", "acme", "--store", "memory://"])
+    assert result.exit_code == 0, result.output
+    assert "memory:// is empty in every new process" in result.output
+    assert "no budgets for tenant acme" in result.stdout
+    missing = CliRunner().invoke(command(), ["balances", "acme"], env={"ALLOTMENT_STORE": ""})
+    assert missing.exit_code == 2 and "no store: give --store URL" in missing.output
