@@ -35,8 +35,10 @@ from ..operations import (
     Transfer,
 )
 from .admin import fund, set_mode, set_status, transfer
+from ..hooks import HOOK_OPS
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .read import audit, balances, get, report
+from .outbox import Outbox
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -71,6 +73,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []
+        self._outbox = Outbox(self._cx)
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """One process holds all of this store: its sweeper never competes."""
@@ -88,7 +91,11 @@ class MemoryStore:
             now = self.clock()
             run = _ON_TENANT.get(type(op))
             if run is None:
-                result: R = _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)
+                across = _ACROSS_TENANTS.get(type(op))
+                if across is None and type(op) in HOOK_OPS:
+                    result: R = self._outbox.execute(op, now, self._tenants)
+                else:
+                    result = _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)
             else:
                 tenant = self._tenants.get(op.tenant)
                 dry = type(op) is Reserve and op.dry_run  # decide: nothing is written
@@ -102,6 +109,8 @@ class MemoryStore:
             notes = cx.notes
             if notes:
                 cx.notes = []
+                if self._outbox.active:  # in the same step: a crash loses no event
+                    self._outbox.append(notes, now)
         if notes:
             for listener in self._listeners:
                 listener(notes)
