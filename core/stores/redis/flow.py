@@ -20,6 +20,7 @@ from .. import operations as ops
 from . import replies
 from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
 from .functions import OPERATIONS, missing
+from .hooks import HookFlows
 from .keys import TENANTS_KEY
 
 log = logging.getLogger("allotment")
@@ -81,6 +82,7 @@ class Flows:
         self.waitaof: bool | None = None
         self.known: set[str] = set()
         """Tenants this process has added to TENANTS_KEY."""
+        self.hooks = HookFlows(self)
         self.checked = False
         """Whether the server's persistence settings have been looked at (once per store)."""
 
@@ -92,10 +94,13 @@ class Flows:
             yield from self._check_persistence()
         if type(op) is ops.Sweep:
             return (yield from self._sweep(op.limit))
-        codec = CODECS[type(op)]
+        codec = CODECS.get(type(op))
+        if codec is None:  # a webhook operation (hooks.py)
+            return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
             yield Command(("SADD", TENANTS_KEY, op.tenant))
+            yield from self.hooks.registered(op.tenant)  # global webhooks, wired in
             self.known.add(op.tenant)
         call = self.call(op, codec)
         if codec.durable and self.strict:

@@ -43,6 +43,8 @@ elseif op == 'set_mode' then
   if nz(P.mode) then redis.call('HSET', K_META, 'mode', P.mode)
   else redis.call('HDEL', K_META, 'mode') end
   audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}})
+  NOTES[#NOTES + 1] = {'tenant.mode_changed', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    nz(P.mode) or ''}
   return reply({})
 elseif op == 'set_status' then
   local list, matched = defs_of(P.scope), 0

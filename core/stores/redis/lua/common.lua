@@ -955,6 +955,8 @@ local function expire(R, key)
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})
   count_all(res_report_scopes(R), 'expiries')
+  NOTES[#NOTES + 1] = {'reservation.expired', NULL, NULL, NULL, NULL, NULL, NULL, R.id, NULL,
+    {amounts = R.estimate}}
 end
 local function overdue(limit)
   -- the first `limit` entries due in the expiry index, each {rid, key, R}; R is nil when

@@ -60,5 +60,6 @@ for _, row in ipairs(rows) do
   alert(row.L, row.real, NULL)
   lsave(row.L)
 end
+forecasts(rows)
 body.notes = NOTES
 return cjson.encode(body)
