@@ -64,6 +64,7 @@ from .policy import Degrade, Elastic
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject
+from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 
@@ -123,6 +124,9 @@ __all__ = [
     "TransferResult",
     "Unit",
     "UnitMismatch",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
     "credits",
     "current_subject",
     "format_amount",

@@ -21,6 +21,7 @@ from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores import hooks
 from .stores.operations import Op
+from .validation import check_int
 from .webhook_calls import (
     enable_webhook_op,
     remove_webhook_op,
@@ -143,6 +144,9 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         """The delivery log of this tenant's own subscriptions."""
         if webhook_id is not None:
             self._own_webhook(webhook_id)
+        if event_id is not None and hooks.owner_of(event_id, "event_id") != self.name:
+            raise Forbidden(f"event {event_id!r} is not one of tenant {self.name!r}")
+        check_int(limit, "limit", 1, 100_000)
         rows: tuple[hooks.WebhookDelivery, ...] = yield webhook_deliveries_op(
             event_id=event_id, webhook_id=webhook_id, tenant=self.name, limit=100_000)
         mine = [r for r in rows if r.webhook_id.startswith(self.name + "/")]
@@ -153,6 +157,8 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
     def _replay_webhook_event(self, event_id: str, webhook_id: str | None = None
                               ) -> Flow[int]:
         """Send one of this tenant's events again, to one of its own subscriptions."""
+        if hooks.owner_of(event_id, "event_id") != self.name:
+            raise Forbidden(f"event {event_id!r} is not one of tenant {self.name!r}")
         if webhook_id is None:
             raise InvalidRequest("webhook_id: name the tenant's own subscription to send to")
         queued: int = yield replay_webhook_event_op(event_id, self._own_webhook(webhook_id))

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from ...clock import system_ms
 from ...events import Notification
 from ...reports import REPORT_RETENTION_DAYS, check_retention
+from ..hooks import HOOK_OPS
 from ..operations import (
     ApplyPlan,
     Audit,
@@ -35,10 +36,9 @@ from ..operations import (
     Transfer,
 )
 from .admin import fund, set_mode, set_status, transfer
-from ..hooks import HOOK_OPS
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
-from .read import audit, balances, get, report
 from .outbox import Outbox
+from .read import audit, balances, get, report
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release

@@ -30,8 +30,9 @@ def library() -> tuple[str, str]:
 
     common.lua, definitions.lua and hooks.lua are the shared prelude; each operation's file
     becomes the body of one function, registered as `<prefix>_<operation>`, which appends
-    what it notified to the tenant's webhook outbox (`outbox_append`) before it answers. The prefix carries a hash of
-    the source, so processes of two versions never replace each other's functions.
+    what it notified to the tenant's webhook outbox (`outbox_append`) before it answers.
+    The prefix carries a hash of the source, so processes of two versions never replace
+    each other's functions.
     """
     body = [source("common", "definitions", "hooks")]
     for name in OPERATIONS:
