@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from ...errors import StoreUnavailable
 from .. import operations as ops
 from . import replies
-from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
+from .codec import CODECS, Codec, Refused, Wire, decode, sweep_call, swept
 from .functions import OPERATIONS, missing
 from .hooks import HookFlows
 from .keys import TENANTS_KEY
@@ -117,7 +117,12 @@ class Flows:
 
     def result(self, op: ops.Op[Any], reply: Any) -> Any:
         """The result of `op`'s reply, after its notifications have gone to the listeners."""
-        result, notes = decode(op, reply, self.wire)
+        try:
+            result, notes = decode(op, reply, self.wire)
+        except Refused as refused:
+            if refused.notes:
+                self.notify(op.tenant, refused.notes)
+            raise refused.error from None
         if notes:
             self.notify(op.tenant, notes)
         return result
@@ -189,7 +194,10 @@ class Flows:
                 keys, args = sweep_call(tenant, limit - expired, self.wire)
                 try:
                     reply = yield from self._loading(Call(self.names["sweep"], keys, args))
-                    expired += swept(reply)
+                    count, notes = swept(reply)
+                    expired += count
+                    if notes:
+                        self.notify(tenant, notes)
                 except (ResponseError, ValueError, KeyError) as error:
                     self.notify(tenant, [[ops.TENANT_FAILED, None, None, None, None, None,
                                           None, None, ops.skipped(tenant, error)]])

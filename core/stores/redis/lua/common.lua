@@ -1036,7 +1036,9 @@ local function remember(reply)
   return reply
 end
 local function fail(code, message, decision)
-  return cjson.encode({error = code, message = message, decision = decision or NULL})
+  -- a refusal still carries what the step notified (a reservation it expired first)
+  return cjson.encode({error = code, message = message, decision = decision or NULL,
+    notes = #NOTES > 0 and NOTES or nil})
 end
 local function reply(body)
   body.notes = NOTES
