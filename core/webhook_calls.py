@@ -23,10 +23,15 @@ MAX_URL = 2_048
 
 def check_url(url: object) -> str:
     """An absolute http(s) URL with a host; where it resolves is checked when sending."""
-    if not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isascii():
-        raise InvalidRequest(f"url: expected an http(s) URL of at most {MAX_URL} ASCII "
-                             f"characters, got {shown(url)}")
-    parts = urlsplit(url)
+    if (not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isascii()
+            or not url.isprintable() or " " in url):
+        raise InvalidRequest(f"url: expected an http(s) URL of at most {MAX_URL} printable "
+                             f"ASCII characters, got {shown(url)}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as error:
+        raise InvalidRequest(f"url: {shown(url)} cannot be read as a URL ({error})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"url: {shown(url)} is not an absolute http:// or https:// URL "
                              "(e.g. 'https://hooks.example.com/allotment')")

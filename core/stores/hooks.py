@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,7 +19,7 @@ from ..amounts import Amount
 from ..errors import InvalidRequest
 from ..events import NOTIFICATION_TYPES, Notification, NotificationType
 from ..periods import Period, bucket_end_ms, bucket_start_ms
-from ..validation import check_name
+from ..validation import check_name, shown
 from .operations import Op
 
 GLOBAL = ""
@@ -162,16 +163,18 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
+_ID = re.compile(r"(?:([a-z0-9_.@-]{1,128})/)?(whk|evt)_[0-9a-f]{8,64}")
+
+
 def owner_of(some_id: object, what: str) -> str:
-    """The tenant a webhook or event id belongs to (GLOBAL for a global subscription)."""
-    if not isinstance(some_id, str) or not some_id:
-        raise InvalidRequest(f"{what}: expected an id, got {some_id!r}")
-    tenant, sep, token = some_id.rpartition("/")
-    prefix = "whk_" if what == "webhook_id" else "evt_"
-    if not token.startswith(prefix) or len(token) < len(prefix) + 8:
-        raise InvalidRequest(f"{what}: {some_id!r} is not a {what.replace('_', ' ')} "
-                             f"([<tenant>/]{prefix}<hex>)")
-    return check_name(tenant, f"{what} tenant") if sep else GLOBAL
+    """The tenant a webhook or event id belongs to (GLOBAL for a global subscription);
+    anything not shaped like such an id is refused before any store sees it."""
+    prefix = "whk" if what == "webhook_id" else "evt"
+    match = _ID.fullmatch(some_id) if isinstance(some_id, str) else None
+    if match is None or match.group(2) != prefix:
+        raise InvalidRequest(f"{what}: {shown(some_id)} is not a {what.replace('_', ' ')} "
+                             f"([<tenant>/]{prefix}_<hex>)")
+    return GLOBAL if match.group(1) is None else check_name(match.group(1), f"{what} tenant")
 
 
 def event_id(tenant: str, now: int, seq: int) -> str:
