@@ -39,6 +39,7 @@ from .events import (
     Sink,
 )
 from .guard import Guard
+from .hierarchy import BudgetHierarchyWarning
 from .models import (
     Action,
     Balance,
@@ -78,6 +79,7 @@ __all__ = [
     "AuditType",
     "Balance",
     "BudgetExceeded",
+    "BudgetHierarchyWarning",
     "BudgetSpec",
     "BudgetStatus",
     "Caps",

@@ -8,19 +8,23 @@ handle's runner refuses any operation outside its tenant.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, TypeVar
 
 from . import arguments as arg
 from .amounts import Amount, Unit, usd_to_microcents
-from .calls import Runner, twins
-from .errors import CrossTenant, InvalidRequest
-from .models import ACTION_KIND_GLOB, BudgetStatus, FundOperation, OveragePolicy
+from .calls import Flow, Runner, followed_twins, twins
+from .errors import AllotmentError, CrossTenant, InvalidRequest
+from .hierarchy import BudgetHierarchyWarning, larger_than_parent
+from .models import ACTION_KIND_GLOB, Balance, BudgetStatus, FundOperation, OveragePolicy
 from .periods import Period, parse_period
 from .policy import AccessRule, QuotaKind, QuotaRule, glob_list
 from .scopes import LEVELS, MAX_DIMENSIONS, parse_scope
 from .stores import operations as ops
 from .stores.operations import AUTO, PeriodChoice
 from .validation import MAX_TOKENS, check_glob, check_int, check_key, check_list, shown
+
+R = TypeVar("R")
 
 
 def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
@@ -34,8 +38,9 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
     the current bucket's allocation by the difference and keeps what was spent.
 
     `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
-    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions of the allocation that
-    notify once spent (plus debt): holds never do.
+    when little remains (a rule's model is named per provider and must have a price in
+    genai-prices: see `al.Degrade`); `alerts=[0.5, 0.8, 1.0]` are the fractions of the
+    allocation that notify once spent (plus debt): holds never do.
 
     Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
     budget is a template, and each value of the dimension gets its ledger on first use
@@ -79,6 +84,28 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         overdraft_limit=arg.limit_like(overdraft_limit, budget_unit, kind == "usd"),
         overage_policy=arg.policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
         degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), required=required)
+
+
+def checked_hierarchy(op: ops.Op[R]) -> Flow[R]:
+    """Run `op`, then warn (`BudgetHierarchyWarning`) about each budget it leaves larger
+    than its parent's. The check reads the tenant's balances after the change; it never
+    changes what was stored, and a failed read skips it rather than fail the call."""
+    result: R = yield op
+    if isinstance(op, ops.SetBudget):
+        changed = [op]
+    elif isinstance(op, ops.ApplyPlan):
+        changed = [d for d in op.definitions if isinstance(d, ops.SetBudget)]
+    else:
+        return result
+    try:
+        rows: tuple[Balance, ...] = yield ops.Balances(
+            tenant=op.tenant, scope=f"tenant:{op.tenant}", include_children=True)
+    except AllotmentError:
+        return result
+    for message in larger_than_parent(rows, changed):
+        # the caller's line: this flow, its driver, the generated method, the caller
+        warnings.warn(message, BudgetHierarchyWarning, stacklevel=4)
+    return result
 
 
 def remove_budget_op(scope: str, unit: Unit | str, *, period: Period | str | None = None,
@@ -234,7 +261,7 @@ def transfer_op(source: str, destination: str, amount: Amount, *,
 class BudgetCalls(Runner):
     """Budgets, quotas and access rules of the tenants this runner may touch."""
 
-    set_budget, aset_budget = twins(set_budget_op)
+    set_budget, aset_budget = followed_twins(set_budget_op, checked_hierarchy)
     remove_budget, aremove_budget = twins(remove_budget_op)
     set_quota, aset_quota = twins(set_quota_op)
     remove_quota, aremove_quota = twins(remove_quota_op)

@@ -103,6 +103,11 @@ class Lockstep(RuleBasedStateMachine):
         self.both(lambda g: g.record(subject(depth, run), LLM, al.tokens(amount),
                                      overage_policy=policy))
 
+    @rule(mode=st.sampled_from(["shadow", "enforce", None]))
+    def set_mode(self, mode: str | None) -> None:
+        """Shadow mode books every charge, the overage as debt: both stores alike."""
+        self.both(lambda g: g.set_mode("acme", mode))
+
     @rule(ms=st.sampled_from([1_000, 30_000, 65_001, 86_400_000]))
     def advance(self, ms: int) -> None:
         self.clock.advance(ms)

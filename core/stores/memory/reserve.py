@@ -122,7 +122,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, denial, caps, [], [], [], back)
+        return _fit(t, op, now, denial, caps, [], [], [], back, shadow)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -146,7 +146,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
                 denial = refusal
     if denial is not None and not shadow:
         return _Evaluation(denial, (), [], {}, None, [], [], [])
-    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back)
+    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back, shadow)
 
 
 def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
@@ -186,7 +186,7 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
 def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
          runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
-         back: Overdue | None) -> _Evaluation:
+         back: Overdue | None, shadow: bool) -> _Evaluation:
     """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
     to its floor, before a budget refuses."""
     fixed = dict(op.estimate)
@@ -207,11 +207,12 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if back is not None and key in back.held:  # a copy: a dry run writes nothing
             state = replace(state, reserved=state.reserved - back.held[key])
         states.append((key, d, state))
+    provider = policy.provider_of(op.action.name) if states else None
     for _, d, state in states:
         for rule in d.degrade:
             fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
-            if fraction < rule.below:
-                caps.add(rule.caps(), severity=rule.below)
+            if fraction < rule.below:  # a model only for calls to a provider it names
+                caps.add(rule.caps(provider), severity=rule.below)
     elastic = op.elastic
     rates = dict(elastic.rates) if elastic else {}
     tokens = elastic.max_tokens if elastic else 0
@@ -227,7 +228,7 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
                 and state.allocated - state.reserved - state.spent >= amount):
             continue  # fits: the common case, decided here without a call
-        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount)
+        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount, shadow)
         if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
             fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
             if fits >= floor:

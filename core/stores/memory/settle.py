@@ -55,7 +55,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     actual = given if len(given) == len(res.estimate) else {
         unit: given.get(unit, estimated) for unit, estimated in res.estimate.items()}
     changed = held(t, res, now)
-    if ledger.within(res.estimate, actual):
+    if not res.shadow and ledger.within(res.estimate, actual):
         ledger.settle_within(changed, res.estimate, actual, now)
         charged = actual
     else:

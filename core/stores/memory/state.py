@@ -286,21 +286,12 @@ def _route(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str]
 def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
                policy_: OveragePolicy | None, now: int, release_reserved: bool,
                shadow: bool) -> ledger.Settlement:
-    """Settle a charge on these ledgers; in shadow mode nothing is refused and any overage
-    beyond a budget is tracked as debt, so the spend stays visible."""
+    """Settle a charge on these ledgers; in shadow mode nothing is refused and the spend
+    beyond what enforce mode would allow is booked as debt (`ledger.settle_shadow`)."""
+    rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
     if shadow:
-        rows = [(key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT)
-                for key, d, state in states]
-    else:
-        rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
+        return ledger.settle_shadow(rows, estimate, actual, release_reserved)
     return ledger.settle(rows, estimate, actual, release_reserved, now)
-
-
-def _unlimited(d: Definition) -> Definition:
-    """Shadow mode settles every overage as debt: spend is tracked, never refused."""
-    return Definition(d.scope, d.unit, d.period, d.per, d.limit, 2**62,
-                      OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status,
-                      d.required)
 
 
 # -- reservations -------------------------------------------------------------------------

@@ -561,9 +561,12 @@ local function alert(L, d, rid)
 end
 
 -- ledger arithmetic (as core/ledger.py) ----------------------------------------------------
-local function refusal(L, d, amount)
+local function refusal(L, d, amount, shadow)
+  -- shadow mode: short of amount is the budget's refusal before debt or the over-limit flag
+  -- (as ledger.reserve_refusal)
   if d.status == 'FROZEN' then return 'BUDGET_FROZEN' end
   if d.status == 'CLOSED' then return 'BUDGET_CLOSED' end
+  if shadow and remaining(L) < amount then return 'BUDGET_EXCEEDED' end
   if L.over == 1 then return 'OVERDRAFT_LIMIT_EXCEEDED' end
   if L.debt > 0 and d.od == 0 then return 'DEBT_OUTSTANDING' end
   if remaining(L) < amount then return 'BUDGET_EXCEEDED' end
@@ -618,6 +621,23 @@ local function settle(rows, estimate, actual, release_reserved)
   for unit, held in pairs(estimate) do charged[unit] = held + extra[unit] end
   return changes, charged, nil
 end
+-- shadow mode (as ledger.settle_shadow): nothing refused, all of actual charged; spent up to
+-- what the allocation has left after spent and debt (holds aside), the rest debt; over the
+-- limit once debt passes what enforce mode would let it owe
+local function settle_shadow(rows, estimate, actual, release_reserved)
+  local changes = {}
+  for i, row in ipairs(rows) do
+    local unit, L = row.unit, row.L
+    local charge = actual[unit]
+    local debt = math.max(0, charge - math.max(0, L.a - L.sp - L.debt))
+    local owed = row.policy == 'ALLOW_WITH_OVERDRAFT' and row.d.od or 0
+    changes[i] = {release_reserved and estimate[unit] or 0, charge - debt, debt,
+      L.debt + debt > owed}
+  end
+  local charged = {}
+  for unit in pairs(estimate) do charged[unit] = actual[unit] end
+  return changes, charged
+end
 local function apply(rows, changes)
   -- the caller saves each ledger once, after its alerts are worked out
   for i, row in ipairs(rows) do
@@ -629,13 +649,6 @@ local function apply(rows, changes)
     L.t = NOW
   end
 end
-local function unlimited(d)
-  return {scope = d.scope, unit = d.unit, period = d.period, per = d.per, limit = d.limit,
-    od = 4611686018427387904, policy = 'ALLOW_WITH_OVERDRAFT', status = d.status,
-    alerts = d.alerts, alerts_raw = d.alerts_raw, degrade = d.degrade,
-    degrade_raw = d.degrade_raw}
-end
-
 -- globs, read as policy.py reads them (fnmatch.fnmatchcase) ------------------------------
 -- `*` any run, `?` one character, `[seq]` / `[!seq]` a class with ranges (`a-z`; an empty
 -- range matches nothing), a `[` without its `]` itself; everything else itself. Characters

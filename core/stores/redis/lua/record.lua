@@ -31,17 +31,20 @@ for i, t in ipairs(found) do
     return fail(reason, 'the budget is ' .. t.d.status,
       denial_of(reason, t.path, t.d.unit, t.d.period, L, actual[t.d.unit]))
   end
-  local d, policy = t.d, nz(P.policy) or t.d.policy
-  if shadow then d, policy = unlimited(t.d), 'ALLOW_WITH_OVERDRAFT' end
-  rows[i] = {L = L, d = d, policy = policy, unit = t.d.unit, real = t.d}
+  rows[i] = {L = L, d = t.d, policy = nz(P.policy) or t.d.policy, unit = t.d.unit}
 end
-local changes, charged, refused = settle(rows, zero, actual, false)
+local changes, charged, refused
+if shadow then
+  changes, charged = settle_shadow(rows, zero, actual, false)
+else
+  changes, charged, refused = settle(rows, zero, actual, false)
+end
 if refused then
   return fail(refused.reason, 'the record exceeds what remains', refused)
 end
 apply(rows, changes)
 local balances = {}
-for i, row in ipairs(rows) do balances[i] = balance(row.L, row.real) end
+for i, row in ipairs(rows) do balances[i] = balance(row.L, row.d) end
 local subject = cjson.decode(P.subject)
 local body = {event_id = P.event_id, charged = pack_units(charged), balances = balances,
   notes = {}}
@@ -57,7 +60,7 @@ local tally = report_scopes(subject.scope_path, P.dims)
 count_all(tally, 'records')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do
-  alert(row.L, row.real, NULL)
+  alert(row.L, row.d, NULL)
   lsave(row.L)
 end
 forecasts(rows)

@@ -97,10 +97,14 @@ local ledgers = lload_all(targets_)
 for i, e in ipairs(res_ledgers(R)) do
   local d = targets_[i].d
   local policy = R.policy ~= '' and R.policy or d.policy
-  if shadow then d, policy = unlimited(d), 'ALLOW_WITH_OVERDRAFT' end
   rows[i] = {L = ledgers[i], d = d, policy = policy, unit = e.unit}
 end
-local changes, charged, refused = settle(rows, estimate, actual, true)
+local changes, charged, refused
+if shadow then
+  changes, charged = settle_shadow(rows, estimate, actual, true)
+else
+  changes, charged, refused = settle(rows, estimate, actual, true)
+end
 if refused then
   return fail(refused.reason, refused.reason == 'BUDGET_EXCEEDED' and
     'the actual exceeds the estimate by more than remains (overage policy REJECT)' or
