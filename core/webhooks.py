@@ -144,11 +144,14 @@ class Dispatcher:
 
     `allow`: networks a destination may resolve into besides public addresses (none by
     default: private, loopback, link-local and reserved addresses are refused).
+    `retention_s`: how long a finished delivery (and its event) stays in the log for
+    `webhook_deliveries` and replay (7 days); each round drops what is older.
     """
 
     def __init__(self, guard: Any, *, allow: Iterable[str] = (), timeout_s: float = 10.0,
                  max_attempts: int = 8, backoff_s: float = 1.0, backoff_cap_s: float = 3600.0,
-                 lease_ms: int = 30_000, batch: int = 100, interval_s: float = 1.0) -> None:
+                 lease_ms: int = 30_000, batch: int = 100, interval_s: float = 1.0,
+                 retention_s: int = 7 * 86_400) -> None:
         self._store = guard.store
         self.allow = allowed_networks(allow)
         self.timeout_s = timeout_s
@@ -159,6 +162,7 @@ class Dispatcher:
         self.lease_ms = check_int(lease_ms, "lease_ms", 1_000, 3_600_000)
         self.batch = check_int(batch, "batch", 1, 10_000)
         self.interval_s = interval_s
+        self.retention_ms = check_int(retention_s, "retention_s", 60, 366 * 86_400) * 1000
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -167,7 +171,8 @@ class Dispatcher:
         return int(min(self.backoff_cap_s, self.backoff_s * 2 ** (attempts - 1)) * 1000)
 
     def _claim(self) -> ClaimDeliveries:
-        return ClaimDeliveries(tenant=GLOBAL, limit=self.batch, lease_ms=self.lease_ms)
+        return ClaimDeliveries(tenant=GLOBAL, limit=self.batch, lease_ms=self.lease_ms,
+                               retention_ms=self.retention_ms)
 
     def _finish(self, claimed: Claimed, attempt: Attempt) -> FinishDelivery:
         made = claimed.attempts + 1

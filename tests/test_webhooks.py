@@ -230,6 +230,32 @@ def test_a_receiver_that_never_answers_is_given_up_on_then_replayed(
         receiver.close()
 
 
+def test_finished_deliveries_and_their_events_leave_after_the_retention(
+        guard: Any, clock: al.ManualClock, receiver: Receiver) -> None:
+    made = subscribe(guard, receiver, events=["budget.threshold_crossed"])
+    guard.set_budget("tenant:acme", usd=10, period="month")
+    spend(guard, 6)  # 50%
+    dispatcher = Dispatcher(guard, allow=LOOPBACK, retention_s=3_600)
+    assert drain(guard, dispatcher) == 1
+    (first,) = guard.webhook_deliveries()
+    clock.advance(1_800_000)
+    spend(guard, 3)  # 80%
+    assert drain(guard, dispatcher) == 1
+    clock.advance(1_800_001)  # the first is past the hour, the second not yet
+    assert drain(guard, dispatcher) == 0
+    (kept,) = guard.webhook_deliveries(webhook_id=made.id)
+    assert kept.event_id != first.event_id and kept.status == "delivered"
+    with pytest.raises(al.NotFound):
+        guard.replay_webhook_event(first.event_id)
+    assert guard.replay_webhook_event(kept.event_id) == 1  # pending again: kept past the
+    clock.advance(7_200_000)                               # retention until it finishes
+    assert drain(guard, dispatcher) == 1
+    clock.advance(3_600_001)
+    assert drain(guard, dispatcher) == 0
+    assert guard.webhook_deliveries() == ()
+    assert receiver.ids == [first.event_id, kept.event_id, kept.event_id]
+
+
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://10.1.2.3/hook",
     "http://169.254.169.254/latest/meta-data", "http://[::1]:9/hook",

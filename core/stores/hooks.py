@@ -30,6 +30,7 @@ WEBHOOK_TYPES = NOTIFICATION_TYPES - {NotificationType.SPEND_UNRECORDED,
 commit the store never received, or a tenant the sweep skipped, has no step to ride on)."""
 FORECAST = NotificationType.BURN_RATE_FORECAST
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+PRUNE_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +113,13 @@ class ListWebhooks(Op[tuple[Webhook, ...]]):
 
 @dataclass
 class ClaimDeliveries(Op[tuple[Claimed, ...]]):
-    """Across tenants: the due deliveries, each leased for `lease_ms`."""
+    """Across tenants: the due deliveries, each leased for `lease_ms`. First, each tenant
+    drops up to PRUNE_BATCH deliveries finished more than `retention_ms` ago (and an event
+    once none of its deliveries is kept)."""
 
     limit: int
     lease_ms: int
+    retention_ms: int = 7 * 86_400_000
 
 
 @dataclass

@@ -16,6 +16,7 @@ from ..hooks import (
     FORECAST,
     GLOBAL,
     PENDING,
+    PRUNE_BATCH,
     ClaimDeliveries,
     Claimed,
     Deliveries,
@@ -50,6 +51,8 @@ class _Box:
     seq: int = 0
     forecasted: dict[tuple[str, Any, Any], str] = field(default_factory=dict)  # → bucket
     wants: dict[str, list[str]] = field(default_factory=dict)
+    done: dict[Member, int] = field(default_factory=dict)  # finished at (ms), for retention
+    refs: dict[str, int] = field(default_factory=dict)  # event id -> deliveries kept
 
 
 class Outbox:
@@ -76,6 +79,7 @@ class Outbox:
             box.seq += 1
             eid = event_id(note.tenant, now, box.seq)
             box.events[eid] = WebhookEvent(eid, note.type, note.tenant, now, note)
+            box.refs[eid] = len(subs)
             for sub in subs:
                 box.pending[(eid, sub)] = now
                 box.log[(eid, sub)] = WebhookDelivery(eid, sub, note.type, PENDING, 0, now,
@@ -135,6 +139,9 @@ class Outbox:
         raise TypeError(type(op).__name__)
 
     def _claim(self, op: ClaimDeliveries, now: int) -> tuple[Claimed, ...]:
+        for box in self._boxes.values():
+            if box.done:
+                _prune(box, now - op.retention_ms)
         due = sorted((at, f"{eid}|{sub}", tenant)
                      for tenant, box in self._boxes.items()
                      for (eid, sub), at in box.pending.items() if at <= now)
@@ -150,6 +157,7 @@ class Outbox:
                 box.log[(eid, sub_id)] = replace(box.log[(eid, sub_id)], status=FAILED,
                                                  next_at_ms=None, updated_at_ms=now,
                                                  last_error="subscription removed")
+                box.done[(eid, sub_id)] = now
                 continue
             if not sub.enabled:
                 continue
@@ -176,6 +184,7 @@ class Outbox:
             box.pending[member] = due
         else:
             box.pending.pop(member, None)
+            box.done[member] = now
 
     def _deliveries(self, op: Deliveries) -> tuple[WebhookDelivery, ...]:
         boxes = self._boxes.values() if op.tenant == GLOBAL else (
@@ -199,6 +208,10 @@ class Outbox:
             targets = [op.webhook_id]
         for sub_id in targets:
             member = (op.event_id, sub_id)
+            if member in box.log:
+                box.done.pop(member, None)
+            else:
+                box.refs[op.event_id] = box.refs.get(op.event_id, 0) + 1
             box.pending[member] = now
             box.log[member] = WebhookDelivery(op.event_id, sub_id, event.type, PENDING, 0, now,
                                               updated_at_ms=now)
@@ -233,3 +246,18 @@ class Outbox:
         wants_forecast = any(FORECAST in s.events for s in glob) or any(
             FORECAST in box.wants for box in self._boxes.values())
         self._cx.forecast = self.forecast if self.active and wants_forecast else None
+
+
+def _prune(box: _Box, before: int) -> None:
+    """Drop the oldest deliveries finished before `before` (at most PRUNE_BATCH), and each
+    event none of whose deliveries is kept any more (as `prune` in outbox.lua)."""
+    old = sorted((at, f"{eid}|{sub}") for (eid, sub), at in box.done.items() if at < before)
+    for _, text in old[:PRUNE_BATCH]:
+        eid, _, sub = text.partition("|")
+        member = (eid, sub)
+        del box.done[member]
+        box.log.pop(member, None)
+        box.refs[eid] = box.refs.get(eid, 1) - 1
+        if box.refs[eid] <= 0:
+            del box.refs[eid]
+            box.events.pop(eid, None)

@@ -9,6 +9,8 @@
 --   hk:events   HASH event id -> {at, row}: the notification row as a reply carries it
 --   hk:pending  ZSET "event id|webhook id" -> when due (ms); a claim moves it by the lease
 --   hk:log      HASH "event id|webhook id" -> the delivery's state, JSON
+--   hk:done     ZSET "event id|webhook id" -> when it finished (delivered or given up)
+--   hk:refs     HASH event id -> how many of its deliveries are kept
 --   hk:forecast HASH "path|unit|period" -> the bucket a burn-rate forecast went out for
 
 local HOOKS  -- this call's event type -> subscription ids (false: none), read once
@@ -36,6 +38,7 @@ local function outbox_append()
       local seq = redis.call('HINCRBY', K_META, 'hook_seq', 1)
       local eid = tenant .. '/evt_' .. string.format('%012x%08x', NOW, seq)
       redis.call('HSET', hook_key('events'), eid, cjson.encode({at = s(NOW), row = row}))
+      redis.call('HSET', hook_key('refs'), eid, #subs)
       for _, sub in ipairs(subs) do
         local member = eid .. '|' .. sub
         redis.call('ZADD', hook_key('pending'), NOW, member)

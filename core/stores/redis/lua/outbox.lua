@@ -57,6 +57,19 @@ elseif op == 'wire' then
   wire()
   return cjson.encode({})
 elseif op == 'claim' then
+  -- first drop the oldest deliveries finished before the retention, and their events once
+  -- none of their deliveries is kept (as _prune in outbox.py)
+  local old = redis.call('ZRANGEBYSCORE', hook_key('done'), '-inf',
+    '(' .. s(NOW - P.retention), 'LIMIT', 0, P.prune)
+  for _, member in ipairs(old) do
+    local eid = string.match(member, '^(.*)|')
+    redis.call('ZREM', hook_key('done'), member)
+    redis.call('HDEL', hook_key('log'), member)
+    if redis.call('HINCRBY', hook_key('refs'), eid, -1) <= 0 then
+      redis.call('HDEL', hook_key('refs'), eid)
+      redis.call('HDEL', hook_key('events'), eid)
+    end
+  end
   local due = redis.call('ZRANGEBYSCORE', hook_key('pending'), '-inf', NOW, 'LIMIT', 0,
     P.limit + 1000)
   local claimed = {}
@@ -76,6 +89,7 @@ elseif op == 'claim' then
       row.status, row.next, row.updated, row.error = 'failed', NULL, s(NOW),
         'subscription removed'
       save_log(member, row)
+      redis.call('ZADD', hook_key('done'), NOW, member)
     elseif enabled then
       redis.call('ZADD', hook_key('pending'), NOW + P.lease, member)
       claimed[#claimed + 1] = {eid, sub_id, redis.call('HGET', hook_key('events'), eid),
@@ -96,7 +110,10 @@ elseif op == 'finish' then
   else row.next = s(NOW + retry) end
   save_log(member, row)
   if row.status == 'pending' then redis.call('ZADD', hook_key('pending'), NOW + retry, member)
-  else redis.call('ZREM', hook_key('pending'), member) end
+  else
+    redis.call('ZREM', hook_key('pending'), member)
+    redis.call('ZADD', hook_key('done'), NOW, member)
+  end
   return cjson.encode({})
 elseif op == 'deliveries' then
   return cjson.encode({log = redis.call('HGETALL', hook_key('log'))})
@@ -124,6 +141,11 @@ elseif op == 'replay' then
   end
   for _, sub in ipairs(targets) do
     local member = P.eid .. '|' .. sub
+    if redis.call('HEXISTS', hook_key('log'), member) == 1 then
+      redis.call('ZREM', hook_key('done'), member)
+    else
+      redis.call('HINCRBY', hook_key('refs'), P.eid, 1)
+    end
     redis.call('ZADD', hook_key('pending'), NOW, member)
     save_log(member, {status = 'pending', attempts = 0, next = s(NOW), updated = s(NOW),
       type = kind})
