@@ -182,7 +182,7 @@ class HookFlows:
             body = yield from self._call(tenant, {
                 "op": "claim", "limit": op.limit - len(claimed), "lease": op.lease_ms,
                 "retention": op.retention_ms, "prune": h.PRUNE_BATCH,
-                "globals": enabled or {"": False}})
+                "globals": enabled})
             for eid, sub_id, raw, attempts, sub, until in body["claimed"]:
                 event = json.loads(raw)
                 at = int(event["at"])
