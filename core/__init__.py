@@ -59,12 +59,13 @@ from .models import (
     ReservationStatus,
     TransferResult,
 )
+from .observation import Observation, Observer
 from .periods import Period
 from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
-from .scopes import Subject
+from .scopes import Subject, quote_value, unquote_value
 from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
@@ -103,6 +104,8 @@ __all__ = [
     "NotFound",
     "Notification",
     "NotificationType",
+    "Observation",
+    "Observer",
     "Outcome",
     "OveragePolicy",
     "Period",
@@ -133,7 +136,9 @@ __all__ = [
     "current_subject",
     "format_amount",
     "microcents_to_usd",
+    "quote_value",
     "scope",
     "tokens",
+    "unquote_value",
     "usd",
 ]
