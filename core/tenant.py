@@ -9,17 +9,18 @@ from typing import Any, TypeVar
 
 from . import arguments as arg
 from .budgets import BudgetCalls
-from .calls import Flow, flow_twins
+from .calls import Flow, Stream, flow_twins, stream_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import Forbidden
 from .events import AuditRecord
 from .models import Balance
 from .periods import Period
-from .reads import audit_op, balances_op, report_op
+from .reads import audit_op, balances_op, report_op, usage_stream
 from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores.operations import Op
+from .usage import check_period
 
 R = TypeVar("R")
 
@@ -89,3 +90,10 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return rows
 
     report, areport = flow_twins(_report)
+
+    def _usage(self, period: str | None = None) -> Stream:
+        """The tenant's usage rows for invoicing, per scope, model and unit (see
+        `Guard.usage`)."""
+        return usage_stream(check_period(period), (self.name,))
+
+    usage, ausage = stream_twins(_usage)

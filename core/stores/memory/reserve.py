@@ -25,6 +25,7 @@ from .state import (
     Reservation,
     Tenant,
     amounts,
+    count_usage,
     ledger_at,
     log,
     missing_dimensions,
@@ -252,6 +253,8 @@ def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
         reason=decision.reason, detail={"remaining": decision.remaining,
                                         "limit": decision.limit, **_missing(decision)})
     tally(t, now, (decision.scope or op.subject.scope_path,), f"denials:{decision.reason}")
+    count_usage(t, now, now, op.subject.scope_path, op.action.name, 0, 1, None,
+                ((unit, 0) for unit, _ in op.estimate))
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
         unit=decision.unit, reason=decision.reason, remaining=decision.remaining,

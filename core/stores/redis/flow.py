@@ -92,6 +92,8 @@ class Flows:
             yield from self._check_persistence()
         if type(op) is ops.Sweep:
             return (yield from self._sweep(op.limit))
+        if type(op) is ops.TenantNames:
+            return (yield from self._tenant_names())
         codec = CODECS[type(op)]
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
@@ -170,6 +172,16 @@ class Flows:
         if eviction != "noeviction":
             log.warning("redis maxmemory-policy is %s, not noeviction: budgets, ledgers and "
                         "reservations can be evicted under memory pressure", eviction)
+
+    def _tenant_names(self) -> Flow:
+        """Every tenant of TENANTS_KEY, sorted (SSCAN may repeat a name: each counts once)."""
+        names: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, page = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 1000))
+            names.update(map(replies.text, page))
+            if not cursor:
+                return tuple(sorted(names))
 
     def _sweep(self, limit: int) -> Flow:
         """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired. A

@@ -205,6 +205,9 @@ if denial and not shadow then
     detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL,
       missing_dimensions = denial.missing_dimensions}})
   count(refused_at(denial), 'denials:' .. denial.reason)  -- where the limit refused
+  local none = {}
+  for unit in pairs(fixed) do none[unit] = 0 end
+  count_usage(NOW, P.scope_path, name, 0, 1, nil, none)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
   return answer(denial, nil, balances())
