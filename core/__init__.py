@@ -62,11 +62,13 @@ from .models import (
 from .periods import Period
 from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
+from .pricing import TokenUsage
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
+from .usage import UsageRow, write_usage
 
 __all__ = [
     "REPORT_RETENTION_DAYS",
@@ -122,9 +124,11 @@ __all__ = [
     "StoreUnavailable",
     "Subject",
     "TenantGuard",
+    "TokenUsage",
     "TransferResult",
     "Unit",
     "UnitMismatch",
+    "UsageRow",
     "credits",
     "current_subject",
     "format_amount",
@@ -132,4 +136,5 @@ __all__ = [
     "scope",
     "tokens",
     "usd",
+    "write_usage",
 ]

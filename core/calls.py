@@ -185,8 +185,9 @@ def stream_twins(build: Callable[Concatenate[S, P], Stream], name: str | None = 
     stream: `name` returns an iterator, its twin `aname` an async iterator (`async for`);
     each runs the stream's operations only as the caller asks for more."""
     name = name or build.__name__.lstrip("_")
-    return (_method(build, name, "_stream", bound=True),
-            _method(build, "a" + name, "_astream", bound=True))
+    twin = _method(build, "a" + name, "_astream", bound=True)
+    twin.streams = True  # an async iterator, not a coroutine: how a caller tells them apart
+    return _method(build, name, "_stream", bound=True), twin
 
 
 def _method(build: Callable[..., Any], name: str, runner: str, bound: bool) -> Any:
