@@ -14,9 +14,11 @@
 --   7 meta     HASH mode, plan, plan_keys, seq
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
---  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes)
---  11 rdays    ZSET report field -> its day (days since 1970-01-01): reads fetch the fields
---               of the days asked for, and days past the retention leave both keys
+--  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes), and
+--               the usage counters "u|day|scope|model" -> packed counts (see count_usage)
+--  11 rdays    ZSET report field -> its day (days since 1970-01-01; a usage field's day
+--               plus USAGE_BASE): reads fetch the fields of the days asked for, and days
+--               past the retention leave both keys
 --  12 res      HASH one reservation: status, expires, ext, core (see save_res), and once
 --               finished finalized, charged, the replies kept for idempotent replays
 --               (or a placeholder key)
