@@ -17,7 +17,7 @@ from .periods import Period, parse_period
 from .reports import check_by, check_top
 from .scopes import parse_scope, tenant_name
 from .stores import operations as ops
-from .usage import PAGE_ENTRIES, Tally, UsageRow, add_page, check_period, rows_of
+from .usage import PAGE_ENTRIES, Tally, UsagePage, add_page, check_period, rows_of
 from .validation import MAX_LIST, check_int, check_list, shown
 
 _REPORT_PERIODS = (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR)
@@ -82,7 +82,7 @@ def usage_stream(period: str | None, tenants: tuple[str, ...] | None) -> Stream:
         totals: dict[tuple[str, str], Tally] = {}
         index: int | None = 0
         while index is not None:
-            page: ops.UsagePage = yield ops.Usage(tenant=name, period=period, index=index,
+            page: UsagePage = yield ops.Usage(tenant=name, period=period, index=index,
                                                   limit=PAGE_ENTRIES)
             period, index = page.period, page.next_index
             add_page(totals, page)

@@ -15,7 +15,6 @@ from .amounts import Amount, AmountsLike, Units, trusted_amounts
 from .calls import Flow, Runner, flow_twins
 from .errors import AllotmentError
 from .ids import id_tenant
-from .pricing import TokenUsage
 from .models import (
     Balance,
     Caps,
@@ -27,6 +26,7 @@ from .models import (
     ReservationInfo,
     ReservationStatus,
 )
+from .pricing import TokenUsage
 from .stores import operations as ops
 from .usage import token_counts
 from .validation import check_int

@@ -136,8 +136,11 @@ class Tally:
             self.spend[unit] = self.spend.get(unit, 0) + amount
 
     def merge(self, other: Tally) -> None:
-        self.add(other.numbers[0], other.numbers[1], tuple(other.numbers[2:]),  # type: ignore[arg-type]
-                 other.spend.items())
+        """Add another day's counters of the same (scope, model)."""
+        for i, n in enumerate(other.numbers):
+            self.numbers[i] += n
+        for unit, amount in other.spend.items():
+            self.spend[unit] = self.spend.get(unit, 0) + amount
 
     def packed(self) -> str:
         """As the Redis store keeps it: "calls,denials,<5 token counts>,UNIT=n,...", units in

@@ -138,7 +138,7 @@ class Lockstep(RuleBasedStateMachine):
         """The usage export is the same on both stores: this month, and today (whose
         counters of the days that left the retention are gone alike)."""
         today = self.clock() // 86_400_000 * 86_400_000
-        label = "{:%Y-%m-%d}".format(datetime.fromtimestamp(today / 1000, timezone.utc))
+        label = f"{datetime.fromtimestamp(today / 1000, timezone.utc):%Y-%m-%d}"
         for period in (None, label):
             memory, redis = (list(g.usage(period)) for g in self.guards)
             assert memory == redis, period
