@@ -424,11 +424,11 @@ def count_usage(t: Tenant, at_ms: int, now: int, scope: str, model: str, calls: 
     day its reservation was made), as `count_usage` in common.lua: one entry per day, scope
     and model. A day past the retention is not kept; the first entry of a day drops those."""
     day = at_ms // DAY_MS
-    oldest = now // DAY_MS - t.cx.report_retention_days + 1
-    if day < oldest:
-        return
     kept = t.usage.get(day)
-    if kept is None:
+    if kept is None:  # the day's first entry (a day still kept is within the retention)
+        oldest = now // DAY_MS - t.cx.report_retention_days + 1
+        if day < oldest:
+            return
         kept = t.usage[day] = {}
         for old in [d for d in t.usage if d < oldest]:
             del t.usage[old]
