@@ -541,7 +541,12 @@ local function count_usage(at, scope, model, calls, denials, tokens, spend)
   local n, units, i = {0, 0, 0, 0, 0, 0, 0}, {}, 0
   for item in string.gmatch(old or '', '[^,]+') do
     local unit, amount = string.match(item, '^([%u_]+)=(%d+)$')
-    if unit then units[unit] = tonumber(amount) else i = i + 1 n[i] = tonumber(item) end
+    if unit then
+      units[unit] = tonumber(amount)
+    elseif i < 7 then  -- a value that is not a count reads as 0: this runs after the
+      i = i + 1         -- operation's first write, so it must never fail
+      n[i] = tonumber(item) or 0
+    end
   end
   n[1], n[2] = n[1] + calls, n[2] + denials
   if tokens then for k = 1, 5 do n[k + 2] = n[k + 2] + tokens[k] end end
