@@ -65,7 +65,7 @@ from .policy import Degrade, Elastic
 from .pricing import TokenUsage
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
-from .scopes import Subject
+from .scopes import Subject, quote_value, unquote_value
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 from .usage import UsageRow, write_usage
@@ -133,8 +133,10 @@ __all__ = [
     "current_subject",
     "format_amount",
     "microcents_to_usd",
+    "quote_value",
     "scope",
     "tokens",
+    "unquote_value",
     "usd",
     "write_usage",
 ]

@@ -38,8 +38,9 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
     the current bucket's allocation by the difference and keeps what was spent.
 
     `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
-    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions of the allocation that
-    notify once spent (plus debt): holds never do.
+    when little remains (a rule's model is named per provider and must have a price in
+    genai-prices: see `al.Degrade`); `alerts=[0.5, 0.8, 1.0]` are the fractions of the
+    allocation that notify once spent (plus debt): holds never do.
 
     Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
     budget is a template, and each value of the dimension gets its ledger on first use

@@ -155,8 +155,8 @@ EXPORTS = [
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
     "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "credits",
-    "current_subject", "format_amount", "microcents_to_usd", "scope", "tokens", "usd",
-    "write_usage",
+    "current_subject", "format_amount", "microcents_to_usd", "quote_value", "scope", "tokens",
+    "unquote_value", "usd", "write_usage",
 ]
 ADAPTER_EXPORTS = [
     "LEVELS", "ElasticTerms", "ModelPrice", "Pricer", "TokenUsage", "Unit", "Units",

@@ -27,17 +27,20 @@ GLOB_CHARS = "ab-.%*?!:^$é"  # the dialect is * and ?; [ and ] are refused befo
 GLOBS = st.text(GLOB_CHARS, min_size=1, max_size=6) | st.sampled_from(
     ["gpt-4o*", "openai:*", "*", "a%b", "a.b", "a-b", "!a?", "a$", "^a*"])
 NAMES = st.text("ab-.%:[]!é", min_size=1, max_size=6) | st.sampled_from(
-    ["openai:gpt-4o", "openai:gpt-4o-mini", "a%b", "a.b", "x:a-b", "search"])
+    ["openai:gpt-4o", "openai:gpt-4o-mini", "anthropic:claude-sonnet-4-6", "a%b", "a.b",
+     "x:a-b", "search"])
+TARGETS = st.sampled_from(["gpt-4o-mini", "openai:gpt-4.1-nano", "claude-haiku-4-5",
+                           {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}])
+"""Degrade models: one name (set for the providers pricing it), or one per provider."""
 KINDS = st.sampled_from(["llm.completion", "llm.embedding", "tool.call", "tool.search"])
 KIND_GLOBS = st.sampled_from(["*", "llm.*", "tool.*", "tool.?all", "llm.?o*", "*.?earch",
                               "*.call", "tool.call"])
 GLOB_LIST = st.lists(GLOBS, max_size=3)
 DEGRADE = st.builds(al.Degrade, below=st.sampled_from([0.05, 0.2, 0.5, 0.9, 1.0]),
                     max_tokens=st.integers(1, 500),
-                    model=st.none() | st.sampled_from(["gpt-4o-mini", "small"]),
+                    model=st.none() | TARGETS,
                     cooldown_ms=st.none() | st.integers(0, 1_000)) | st.builds(
-    al.Degrade, below=st.sampled_from([0.05, 0.5, 1.0]),
-    model=st.sampled_from(["gpt-4o-mini", "small"]))
+    al.Degrade, below=st.sampled_from([0.05, 0.5, 1.0]), model=TARGETS)
 ALERTS = st.lists(st.sampled_from([0.1, 1 / 3, 0.5, 2 / 3, 0.8, 0.9, 1.0]), max_size=4,
                   unique=True)
 EXAMPLES = int(os.environ.get("ALLOTMENT_FUZZ_EXAMPLES", "25"))

@@ -208,11 +208,12 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if back is not None and key in back.held:  # a copy: a dry run writes nothing
             state = replace(state, reserved=state.reserved - back.held[key])
         states.append((key, d, state))
+    provider = policy.provider_of(op.action.name) if states else None
     for _, d, state in states:
         for rule in d.degrade:
             fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
-            if fraction < rule.below:
-                caps.add(rule.caps(), severity=rule.below)
+            if fraction < rule.below:  # a model only for calls to a provider it names
+                caps.add(rule.caps(provider), severity=rule.below)
     elastic = op.elastic
     rates = dict(elastic.rates) if elastic else {}
     tokens = elastic.max_tokens if elastic else 0

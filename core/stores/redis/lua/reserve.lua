@@ -16,6 +16,9 @@ end
 local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 local kind, name = P.action.kind, P.action.name
+-- the provider a name starts with ('openai' in 'openai:gpt-4o'): a degrade rule's model
+-- applies only to calls to a provider it names
+local provider = string.match(name, '^([^:]+):')
 local dims = {}
 for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
 local denial = nil
@@ -42,8 +45,10 @@ local function add_caps(c, severity)
     for _, t in ipairs(c.tool_denylist) do caps.tool_deny[t] = true end
   end
   if nz(c.cooldown_ms) then caps.cooldown_ms = math.max(caps.cooldown_ms or 0, c.cooldown_ms) end
-  if nz(c.model) and severity < (caps.severity or 2) then
-    caps.model, caps.severity = c.model, severity
+  local model = c.model
+  if type(model) == 'table' then model = provider and model[provider] end
+  if nz(model) and severity < (caps.severity or 2) then
+    caps.model, caps.severity = model, severity
   end
 end
 local function matches(value, patterns) return glob_any(value, patterns, true) end
