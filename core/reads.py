@@ -71,13 +71,20 @@ def report_op(tenant: str, *, period: Period | str = "month",
                       top=check_top(top))
 
 
+def plan_of_op(tenant: str) -> ops.PlanOf:
+    """The name of the plan `tenant` is on (`assign_plan`, or the guard's default plan once
+    installed), None when it has none; read from the tenant's state, not from the audit
+    log, so it does not depend on how long records are kept."""
+    return ops.PlanOf(tenant=tenant_name(tenant))
+
+
 def usage_stream(period: str | None, tenants: tuple[str, ...] | None) -> Stream:
     """Usage rows of `tenants` (None: every tenant of the store, by name), one tenant at a
     time: its counters are read a page of whole days at a time and added up, then its rows
     go out, so what is held at once is one tenant's rows. The period a first read resolves
     (None: the store's current month) holds for every tenant after it."""
     names: tuple[str, ...] = tenants if tenants is not None else (
-        yield ops.TenantNames(tenant=""))
+        yield ops.Tenants(tenant=""))
     for name in names:
         totals: dict[tuple[str, str], Tally] = {}
         index: int | None = 0
@@ -93,6 +100,8 @@ def usage_stream(period: str | None, tenants: tuple[str, ...] | None) -> Stream:
 
 class ReadCalls(Runner):
     """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
+
+    plan_of, aplan_of = twins(plan_of_op)
 
     balances, abalances = twins(balances_op)
     audit, aaudit = twins(audit_op)

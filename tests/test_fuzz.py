@@ -387,6 +387,7 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "quotas": [{"calls": 100, "window": "minute"}]}, "pro"))),
     "sweep": kw(limit=st.sampled_from([1, 1_000])),
     "usage": kw(period=USAGE_PERIODS, tenant=st.sampled_from([None, "acme", "ACME"])),
+    "plan_of": kw(tenant=st.sampled_from(["acme", ACME, "TENANT:Acme"])),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
@@ -399,7 +400,7 @@ RESERVATION: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "release": kw(reason=st.just("released"), idempotency_key=KEYS),
     "extend": kw(by_ms=st.sampled_from([1, 1_000]), idempotency_key=KEYS),
 }
-READS = frozenset({"get", "balances", "audit", "report", "usage", "decide"})
+READS = frozenset({"get", "balances", "audit", "report", "usage", "decide", "plan_of"})
 NAME_PARAMS = frozenset({"scope", "source", "destination", "tenant", "per", "unit",
                          "window", "period", "kind", "operation", "mode",
                          "overage_policy", "reservation_id"})

@@ -83,6 +83,11 @@ class ReserveOutcome:
     when first read (most callers never read them)."""
 
 
+ADMIN_FIELDS = ("actor", "reason")
+"""Every administrative operation carries who made it and why (each optional), for its
+audit records; they are not part of what an idempotency key compares."""
+
+
 @dataclass
 class SetBudget(Op[tuple[Balance, ...]]):
     scope: str
@@ -95,6 +100,8 @@ class SetBudget(Op[tuple[Balance, ...]]):
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
     required: bool = False  # a template's dimension every call under the scope must carry
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -103,23 +110,31 @@ class RemoveBudget(Op[int]):
     unit: Unit
     period: Period | None
     per: str | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetQuota(Op[None]):
     rule: QuotaRule
     remove: bool = False
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetAccess(Op[None]):
     scope: str
     rule: AccessRule | None  # None removes the scope's rules
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetMode(Op[None]):
     mode: str | None  # "enforce", "shadow", or None for the guard's own mode
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -130,6 +145,8 @@ class ApplyPlan(Op[None]):
     name: str
     definitions: tuple[SetBudget | SetQuota | SetAccess, ...]
     mode: str | None = None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -137,6 +154,8 @@ class SetStatus(Op[int]):
     scope: str
     unit: Unit | None
     status: BudgetStatus
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -215,6 +234,8 @@ class Fund(Op[FundResult], Keyed):
     operation: FundOperation
     amount: int
     spent: int | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -224,6 +245,8 @@ class Transfer(Op[TransferResult], Keyed):
     unit: Unit
     period: Period | PeriodChoice | None
     amount: int
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -252,8 +275,15 @@ class Usage(Op[UsagePage]):
 
 
 @dataclass
-class TenantNames(Op[tuple[str, ...]]):
-    """Every tenant the store holds state for, sorted (the tenant field is unused)."""
+class PlanOf(Op["str | None"]):
+    """The name of the plan a tenant is on (None: none assigned)."""
+
+
+@dataclass
+class Tenants(Op[tuple[str, ...]]):
+    """The tenants the store holds anything for, by name: those with at least one change
+    on record (a definition, a plan, a reservation, a denial...). A refused call that
+    wrote nothing, a read or a decide makes no tenant."""
 
 
 @dataclass

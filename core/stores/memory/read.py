@@ -11,7 +11,7 @@ from ...periods import Period, bucket
 from ...reports import DAY_MS, ReportRow, report_days, report_rows
 from ...scopes import parse_scope
 from ...usage import Tally, UsageEntry, UsagePage, current_span, span
-from ..operations import Audit, Balances, Get, Report, TenantNames, Usage
+from ..operations import Audit, Balances, Get, PlanOf, Report, Tenants, Usage
 from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
 
 
@@ -51,6 +51,17 @@ def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
     return tuple(reversed(found[: op.limit]))
 
 
+def plan_of(t: Tenant, op: PlanOf, now: int) -> str | None:
+    """The name of the plan the tenant is on."""
+    return t.plan
+
+
+def tenants(every: Iterable[Tenant], op: Tenants, now: int) -> tuple[str, ...]:
+    """The tenants with at least one change on record, by name (as the Redis store: a
+    tenant whose every call was refused or only read holds nothing)."""
+    return tuple(sorted(t.name for t in every if t.seq))
+
+
 def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
     """The rows of the period containing `op.at_ms` (or now), from the kept days of that
     period only (as the report read in read.lua)."""
@@ -79,11 +90,6 @@ def usage(t: Tenant, op: Usage, now: int) -> UsagePage:
         if len(entries) >= op.limit and day < found.last:
             return UsagePage(found.label, day + 1 - found.first, tuple(entries))
     return UsagePage(found.label, None, tuple(entries))
-
-
-def tenant_names(tenants: Iterable[Tenant], op: TenantNames, now: int) -> tuple[str, ...]:
-    """Every tenant the store holds, sorted."""
-    return tuple(sorted(t.name for t in tenants))
 
 
 def _audit_record(entry: AuditEntry) -> AuditRecord:
