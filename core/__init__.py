@@ -67,6 +67,7 @@ from .pricing import TokenUsage
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject, quote_value, unquote_value
+from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 from .usage import UsageRow, write_usage
@@ -132,6 +133,9 @@ __all__ = [
     "Unit",
     "UnitMismatch",
     "UsageRow",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
     "credits",
     "current_subject",
     "format_amount",

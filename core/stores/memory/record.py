@@ -63,4 +63,6 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     count_usage(t, now, now, op.subject.scope_path, op.action.name, 1, 0, op.usage,
                 charged.items())
     alerts(t, changed, now, None)
+    if t.cx.forecast is not None:
+        t.cx.forecast(t, changed, now)
     return result

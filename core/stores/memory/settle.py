@@ -12,7 +12,7 @@ from ...errors import (
     ReservationFinalized,
     UnitMismatch,
 )
-from ...events import AuditType
+from ...events import AuditType, Notification, NotificationType
 from ...models import CommitResult, ExtendResult, ReleaseResult, ReservationStatus
 from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
@@ -81,6 +81,12 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     count_usage(t, res.created_at_ms, now, res.subject.scope_path, res.action.name, 1, 0,
                 op.usage, charged.items())
     alerts(t, changed, now, res.id)
+    over = {u: a - res.estimate[u] for u, a in actual.items() if a > res.estimate[u]}
+    if over:
+        t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,
+                                       reservation_id=res.id, amounts=amounts(ordered(over))))
+    if t.cx.forecast is not None:
+        t.cx.forecast(t, changed, now)
     return result
 
 
