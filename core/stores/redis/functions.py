@@ -17,6 +17,8 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep")
 """One function per operation file; reserve and settle take flat arguments (FLAT)."""
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
+BATCH = "batch"
+"""The function that runs several operations' calls in one (`lua/batch.lua`, `batching.py`)."""
 
 
 def source(*parts: str) -> str:
@@ -35,12 +37,20 @@ def library() -> tuple[str, str]:
     body = [source("common", "definitions")]
     for name in OPERATIONS:
         body.append(f"local function op_{name}()\n{source(name)}\nend")
+    body.append(_batched())
     text = "\n".join(body)
     prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
     register = [f"redis.register_function('{prefix}_{name}', function(keys, args)\n"
                 f"  begin(keys, args, {FLAT.get(name, 'nil')})\n  return op_{name}()\nend)"
                 for name in OPERATIONS]
+    register.append(f"redis.register_function('{prefix}_{BATCH}', run_batch)")
     return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
+
+
+def _batched() -> str:
+    """batch.lua, after the table of the functions it may run (each with its flat reader)."""
+    entries = ", ".join(f"{name} = {{op_{name}, {FLAT.get(name, 'nil')}}}" for name in OPERATIONS)
+    return f"local BATCHED = {{{entries}}}\n{source(BATCH)}"
 
 
 def missing(error: Exception) -> bool:
@@ -64,4 +74,4 @@ def node_of(client: Any, key: str) -> Any:
         return None
 
 
-__all__ = ["OPERATIONS", "library", "missing", "node_of", "routed", "source"]
+__all__ = ["BATCH", "OPERATIONS", "library", "missing", "node_of", "routed", "source"]
