@@ -68,12 +68,12 @@ def until(what: str, ok: Callable[[], bool]) -> None:
 
 def queued(store: RedisStore) -> int:
     """Calls waiting behind the one in flight on the (single) server's lane, sync."""
-    lane = store._batcher._lanes.get(None) if store._batcher else None  # noqa: SLF001
+    lane = store._batcher._lanes.get(None) if store._batcher else None
     return 0 if lane is None else len(lane.queue)
 
 
 def in_flight(store: RedisStore) -> bool:
-    lane = store._batcher._lanes.get(None) if store._batcher else None  # noqa: SLF001
+    lane = store._batcher._lanes.get(None) if store._batcher else None
     return lane is not None and lane.busy
 
 
@@ -89,7 +89,7 @@ def held_batch(url: str, store: RedisStore, first: Callable[[], Any],
     def run(i: int, call: Callable[[], Any]) -> None:
         try:
             outcomes[i] = call()
-        except Exception as error:  # noqa: BLE001 - the test compares outcomes
+        except Exception as error:
             outcomes[i] = error
 
     admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
@@ -153,12 +153,12 @@ def test_tasks_of_one_loop_are_batched_the_same_way(url: str) -> None:
         admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
         try:
             first = asyncio.create_task(guard.areserve(subject("acme"), LLM, al.tokens(1)))
-            while not store._abatchers[asyncio.get_running_loop()]._busy:  # noqa: SLF001
+            while not store._abatchers[asyncio.get_running_loop()]._busy:
                 await asyncio.sleep(0.002)
             rest = [asyncio.create_task(guard.areserve(subject("acme"), LLM, al.tokens(n)))
                     for n in range(2, 7)]
-            batcher = store._abatchers[asyncio.get_running_loop()]  # noqa: SLF001
-            while len(batcher._queues.get(None, ())) < 5:  # noqa: SLF001
+            batcher = store._abatchers[asyncio.get_running_loop()]
+            while len(batcher._queues.get(None, ())) < 5:
                 await asyncio.sleep(0.002)
         finally:
             admin.execute_command("CLIENT", "UNPAUSE")
@@ -201,6 +201,26 @@ def test_one_invalid_operation_never_fails_its_neighbours(url: str) -> None:
     assert isinstance(too_big, al.BudgetExceeded)
     assert [tokens_of(r.estimate) for r in (first, second, last)] == [1, 2, 3]
     assert balance(guard, "acme").reserved == 5 + 1 + 2 + 3
+
+
+def test_a_definition_changed_in_a_batch_holds_for_the_operations_after_it(url: str) -> None:
+    """Definitions are read once per tenant per batch, until an operation of the batch
+    changes them: a reserve after a freeze in the same batch is refused."""
+    guard = funded_guard(url, "acme")
+    store: RedisStore = guard.store  # type: ignore[assignment]
+    outcomes, sent = held_batch(url, store, lambda: guard.reserve(
+        subject("acme"), LLM, al.tokens(1)), [
+        lambda: guard.reserve(subject("acme"), LLM, al.tokens(2)),
+        lambda: guard.freeze("tenant:acme"),
+        lambda: guard.reserve(subject("acme"), LLM, al.tokens(3)),
+    ])
+    assert sent == 2
+    first, second, frozen, refused = outcomes
+    assert [tokens_of(r.estimate) for r in (first, second)] == [1, 2]
+    assert frozen == 1
+    assert isinstance(refused, al.BudgetExceeded)
+    assert refused.decision.reason == al.Reason.BUDGET_FROZEN
+    assert balance(guard, "acme").reserved == 3
 
 
 def test_a_lua_error_in_one_operation_fails_it_alone(url: str) -> None:

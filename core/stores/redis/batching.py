@@ -93,13 +93,14 @@ def _split(steps: Sequence[Batched], answers: list[Any]) -> list[tuple[bool, Any
 
 
 class _Waiter:
-    """One call waiting in a lane: its step, then its outcome, or the word to lead."""
+    """One call in a lane: its step, then its outcome; one that queues up waits on `done`
+    for its outcome or the word to lead (a call sent at once needs no event)."""
 
     __slots__ = ("done", "lead", "outcome", "step")
 
     def __init__(self, step: Batched) -> None:
         self.step = step
-        self.done = threading.Event()
+        self.done: threading.Event | None = None
         self.lead = False
         self.outcome: Outcome = (False, None)
 
@@ -138,10 +139,11 @@ class Batcher:
         me = _Waiter(step)
         with lane.lock:
             if lane.busy:
+                me.done = threading.Event()
                 lane.queue.append(me)
             else:
                 lane.busy = me.lead = True
-        if not me.lead:
+        if me.done is not None:
             me.done.wait()
             if not me.lead:
                 return _given(me.outcome)
@@ -156,12 +158,12 @@ class Batcher:
                 if lane.queue:  # the next leader takes what queued up meanwhile
                     following = lane.queue[0]
                     following.lead = True
-                    following.done.set()
+                    following.done.set()  # type: ignore[union-attr]  # queued: it has one
                 else:
                     lane.busy = False
             for waiter in batch:
                 if waiter is not me:
-                    waiter.done.set()
+                    waiter.done.set()  # type: ignore[union-attr]
         return _given(me.outcome)
 
     def _run(self, batch: list[_Waiter]) -> None:
@@ -171,7 +173,7 @@ class Batcher:
             reply = self._send(sent)
         except BaseException as error:
             for waiter in batch:
-                waiter.outcome = (False, error)
+                waiter.outcome = (False, _own(error))
             if not isinstance(error, Exception):
                 raise
             return
@@ -222,7 +224,7 @@ class AsyncBatcher:
                     outcomes = _outcomes(steps, None if len(steps) == 1 else sent,
                                          await self._send(sent))
                 except Exception as error:  # the whole batch failed: each call gets it
-                    outcomes = [(False, error)] * len(batch)
+                    outcomes = [(False, _own(error)) for _ in batch]
                 except BaseException:
                     for _, future in batch:
                         future.cancel()
@@ -238,6 +240,17 @@ class AsyncBatcher:
             while queue:  # only when cancelled: nothing may wait for a drain that is gone
                 queue.popleft()[1].cancel()
             self._busy.discard(lane_key)
+
+
+def _own(error: BaseException) -> BaseException:
+    """A copy of a whole batch's error for each of its calls, raised in their own threads or
+    tasks (one exception object raised in several at once would share one traceback)."""
+    try:
+        copy = type(error)(*error.args)
+    except Exception:  # one that cannot be rebuilt is shared
+        return error
+    copy.__cause__ = error.__cause__
+    return copy
 
 
 def _given(outcome: Outcome) -> Any:

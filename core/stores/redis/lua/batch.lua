@@ -25,9 +25,10 @@ local function batch_entry(fn, flat)
   end
 end
 local BATCH_ENTRIES  -- built by the first batch (loading a library may call no builtins)
--- Operations after which the decoded definitions they read still hold for the next operation
--- of the same tenant: none of them writes a definition (a reserve that installs a default
--- plan does, so it is left out; see `shares_definitions`).
+-- Operations after which the decoded definitions they read still hold for the next operations
+-- of the same tenant in the batch: none of them writes a definition (a reserve that installs
+-- a default plan does, so it is left out; see `shares_definitions`). An operation that fails
+-- or may write definitions drops its tenant's shared definitions.
 local KEEPS_DEFINITIONS = {settle = true, record = true, read = true, reserve = true}
 
 local function shares_definitions(name)
@@ -41,7 +42,7 @@ local function run_batch(keys, args)
   end
   local out, ki, ai = {}, 0, 2
   local shared = {}
-  local previous_defs, previous_name, cache = nil, nil, nil
+  local caches = {}  -- per tenant (its defs key), the definitions its operations decoded
   for i = 1, tonumber(args[1]) do
     local name, nk, na = args[ai], tonumber(args[ai + 1]), tonumber(args[ai + 2])
     local own = {}
@@ -58,12 +59,8 @@ local function run_batch(keys, args)
     if entry == nil then
       ok, reply = false, 'allotment batch: no function ' .. tostring(name)
     else
-      local inherited = cache
-      if not (previous_name and own[1] == previous_defs and shares_definitions(previous_name)) then
-        inherited = nil
-      end
-      ok, reply = pcall(entry, own, {unpack(args, ai + 3, ai + 2 + na)}, inherited)
-      cache, previous_defs, previous_name = DEF_CACHE, own[1], ok and name or nil
+      ok, reply = pcall(entry, own, {unpack(args, ai + 3, ai + 2 + na)}, caches[own[1]])
+      caches[own[1]] = ok and shares_definitions(name) and DEF_CACHE or nil
     end
     ai = ai + 3 + na
     if ok and type(reply) == 'table' and reply.err then ok, reply = false, reply.err end
