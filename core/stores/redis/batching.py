@@ -74,22 +74,17 @@ def packed(function: str, steps: Sequence[Batched]) -> Batched:
 def _answered(steps: Sequence[Batched], batch: Batched, reply: Any) -> list[Outcome]:
     """Each step's own outcome from the batch's reply: its call's reply (with the wait's acks
     for a Durable step, as it would have had alone) or its call's error."""
-    if isinstance(batch, Durable):
-        answers, acks = reply
-        return [(ok, [value[0], acks] if ok and isinstance(step, Durable) else
-                 value[0] if ok else value)
-                for step, (ok, value) in zip(steps, _split(steps, answers), strict=True)]
-    return [(ok, value[0] if ok else value)
-            for ok, value in _split(steps, reply)]
-
-
-def _split(steps: Sequence[Batched], answers: list[Any]) -> list[tuple[bool, Any]]:
-    """Per step (True, [its reply]) or (False, its error) from the batch function's reply."""
-    out: list[tuple[bool, Any]] = []
-    for i in range(len(steps)):
+    answers, acks = reply if isinstance(batch, Durable) else (reply, None)
+    outcomes: list[Outcome] = []
+    for i, step in enumerate(steps):
         ok, value = answers[2 * i], answers[2 * i + 1]
-        out.append((True, [value]) if ok else (False, ResponseError(str(value))))
-    return out
+        if not ok:
+            outcomes.append((False, ResponseError(str(value))))
+        elif isinstance(step, Durable):
+            outcomes.append((True, [value, acks]))
+        else:
+            outcomes.append((True, value))
+    return outcomes
 
 
 class _Waiter:
