@@ -62,7 +62,7 @@ def packed(function: str, steps: Sequence[Batched]) -> Batched:
         own = call.keys
         if len(own) == TENANT_KEYS + 2 and own[0] == tenant:
             keys += own[TENANT_KEYS:]
-            args += [call.function.removeprefix(prefix), 2, len(call.args), *call.args]
+            args += [call.function.removeprefix(prefix), -2, len(call.args), *call.args]
         else:
             keys += own
             args += [call.function.removeprefix(prefix), len(own), len(call.args), *call.args]

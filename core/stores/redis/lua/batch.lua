@@ -7,8 +7,8 @@
 --
 -- keys: per operation its 13 keys, or only its last two (reservation, replay) when its
 -- tenant's 11 keys are those of the operation before it.
--- args: 1 the count; then per operation its function's name, its key count, its argument
--- count, and its arguments.
+-- args: 1 the count; then per operation its function's name, its key count (-2: only the
+-- last two, as above), its argument count, and its arguments.
 -- reply: per operation two items, 1 and its reply, or 0 and the error's message.
 
 local function batch_entry(fn, flat)
@@ -46,14 +46,15 @@ local function run_batch(keys, args)
   for i = 1, tonumber(args[1]) do
     local name, nk, na = args[ai], tonumber(args[ai + 1]), tonumber(args[ai + 2])
     local own = {}
-    if nk == 2 then
+    if nk == -2 then  -- the tenant of the operation before it: only its own two keys
       for j = 1, 11 do own[j] = shared[j] end
       own[12], own[13] = keys[ki + 1], keys[ki + 2]
+      ki = ki + 2
     else
       for j = 1, nk do own[j] = keys[ki + j] end
       for j = 1, 11 do shared[j] = own[j] end
+      ki = ki + nk
     end
-    ki = ki + nk
     local entry = BATCH_ENTRIES[name]
     local ok, reply
     if entry == nil then
