@@ -140,6 +140,10 @@ def test_calls_queued_behind_one_in_flight_go_together_in_one_call(url: str) -> 
     assert len({r.id for r in outcomes}) == 8
     assert balance(guard, "acme").reserved == 1 + 3 + 5 + 7
     assert balance(guard, "globex").reserved == 2 + 4 + 6 + 8
+    for tenant, sizes in (("acme", [1, 3, 5, 7]), ("globex", [2, 4, 6, 8])):
+        made = [tokens_of(r.estimate) for r in sorted(guard.audit(tenant), key=lambda r: r.seq)
+                if r.reservation_id is not None and r.estimate]
+        assert made == sizes  # in the order received
 
 
 def test_tasks_of_one_loop_are_batched_the_same_way(url: str) -> None:
@@ -324,14 +328,11 @@ def hammer(guard: al.Guard, tenants: list[str], workers: int, rounds: int) -> di
 def test_threads_hammering_one_and_many_tenants(url: str, tenants: int) -> None:
     names = [f"t{i}" for i in range(tenants)]
     guard = funded_guard(url, *names, tokens=300)  # tight: many reserves are refused
-    admin = redis.Redis.from_url(url)
-    admin.config_resetstat()
     charged = hammer(guard, names, workers=16, rounds=40)
     for name in names:
         b = balance(guard, name)
         assert b.spent == charged[name] and b.reserved == 0
         assert b.spent <= b.allocated  # zero overspend
-    assert fcalls(admin) < 16 * 40 * 2  # some calls went together
 
 
 def test_tasks_hammering_one_and_many_tenants(url: str) -> None:
