@@ -27,7 +27,7 @@ from .. import operations as ops
 from . import replies
 from .batching import AsyncBatcher, Batcher, lane_of
 from .codec import Wire
-from .flow import Call, Command, Durable, Flow, Flows, Step
+from .flow import Batch, Call, Command, Durable, Flow, Flows, Step
 from .functions import BATCH, library, node_of, routed, source
 
 R = TypeVar("R")
@@ -195,6 +195,11 @@ class RedisStore:
             return client.execute_command(*step.command)
         if isinstance(step, Command):
             return client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            pipe = client.pipeline(transaction=False)
+            for args in step.commands:
+                pipe.execute_command(*args)
+            return pipe.execute()
         if isinstance(step, Durable):
             if self._routed:  # the tenant's own master, on one of its connections
                 client = client.get_redis_connection(client.get_node_from_key(step.call.keys[0]))
@@ -228,6 +233,11 @@ class RedisStore:
             return await client.execute_command(*step.command)
         if isinstance(step, Command):
             return await client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            pipe = client.pipeline(transaction=False)
+            for args in step.commands:
+                pipe.execute_command(*args)
+            return await pipe.execute()
         if isinstance(step, Durable):
             if routed(client):  # the tenant's own master, on one of its connections
                 await client.initialize()
