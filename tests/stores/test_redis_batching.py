@@ -227,6 +227,22 @@ def test_a_definition_changed_in_a_batch_holds_for_the_operations_after_it(url: 
     assert balance(guard, "acme").reserved == 3
 
 
+def test_operations_in_a_batch_feed_the_webhook_outbox_as_alone(url: str) -> None:
+    """Each operation of a batch appends its own events to its tenant's webhook outbox."""
+    guard = funded_guard(url, "acme", tokens=10)
+    store: RedisStore = guard.store  # type: ignore[assignment]
+    made = guard.subscribe_webhook("https://hooks.example.com/allotment",
+                                   events="reservation.denied")
+    outcomes, sent = held_batch(url, store, lambda: guard.reserve(
+        subject("acme"), LLM, al.tokens(1)), [
+        lambda n=n: guard.reserve(subject("acme"), LLM, al.tokens(n))  # type: ignore[misc]
+        for n in (50, 60, 2)])
+    assert sent == 2
+    assert [type(o) for o in outcomes[1:3]] == [al.BudgetExceeded] * 2
+    deliveries = guard.webhook_deliveries(webhook_id=made.id)
+    assert len(deliveries) == 2 and len({row.event_id for row in deliveries}) == 2
+
+
 def test_a_lua_error_in_one_operation_fails_it_alone(url: str) -> None:
     """A tenant whose stored state the scripts cannot read raises the error it raises without
     batching; the operations batched with it go on."""

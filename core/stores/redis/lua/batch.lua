@@ -2,8 +2,9 @@
 -- after another in one call (group commit). Each keeps its own all-or-nothing step: it runs
 -- its function's body exactly as its own call would (`begin`, then the body), under pcall, so
 -- an operation that fails, even with a Lua error, fails alone and its neighbours go on.
--- (Prelude: common.lua and definitions.lua, then each operation's function; BATCHED names
--- them with their flat-argument readers, see `library` in functions.py.)
+-- (Prelude: common.lua, definitions.lua, hooks.lua, then each operation's body; `library`
+-- in functions.py fills ENTRIES after this file with each operation's entry, the one its
+-- own registered function runs too.)
 --
 -- keys: per operation its 13 keys, or only its last two (reservation, replay) when its
 -- tenant's 11 keys are those of the operation before it.
@@ -11,20 +12,17 @@
 -- last two, as above), its argument count, and its arguments.
 -- reply: per operation two items, 1 and its reply, or 0 and the error's message.
 
-local function batch_entry(fn, flat)
-  return function(keys, args, inherited)
-    begin(keys, args, flat)
-    if inherited then
-      -- definitions read once per tenant per batch: what the operations of this tenant
-      -- before it decoded is not read again
-      for scope, list in pairs(inherited) do
-        if DEF_CACHE[scope] == nil then DEF_CACHE[scope] = list end
-      end
-    end
-    return fn()
+local ENTRIES = {}  -- operation -> its entry: begin, the body, the outbox (functions.py)
+
+local function inherit_definitions(inherited)
+  -- definitions read once per tenant per batch: what the operations of this tenant before
+  -- it in the batch decoded is not read again
+  if not inherited then return end
+  for scope, list in pairs(inherited) do
+    if DEF_CACHE[scope] == nil then DEF_CACHE[scope] = list end
   end
 end
-local BATCH_ENTRIES  -- built by the first batch (loading a library may call no builtins)
+
 -- Operations after which the decoded definitions they read still hold for the next operations
 -- of the same tenant in the batch: none of them writes a definition (a reserve that installs
 -- a default plan does, so it is left out; see `shares_definitions`). An operation that fails
@@ -36,10 +34,6 @@ local function shares_definitions(name)
 end
 
 local function run_batch(keys, args)
-  if BATCH_ENTRIES == nil then
-    BATCH_ENTRIES = {}
-    for name, entry in pairs(BATCHED) do BATCH_ENTRIES[name] = batch_entry(entry[1], entry[2]) end
-  end
   local out, ki, ai = {}, 0, 2
   local shared = {}
   local caches = {}  -- per tenant (its defs key), the definitions its operations decoded
@@ -55,7 +49,7 @@ local function run_batch(keys, args)
       for j = 1, 11 do shared[j] = own[j] end
       ki = ki + nk
     end
-    local entry = BATCH_ENTRIES[name]
+    local entry = ENTRIES[name]
     local ok, reply
     if entry == nil then
       ok, reply = false, 'allotment batch: no function ' .. tostring(name)
