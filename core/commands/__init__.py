@@ -16,6 +16,7 @@ def register(cli: Any) -> None:
     from .report import report
     from .sweep import sweep
     from .tenants import tenants
+    from .usage import usage
 
-    for command in (plans, budgets, balances, audit, report, keys, tenants, sweep):
+    for command in (plans, budgets, balances, audit, report, usage, keys, tenants, sweep):
         cli.add_command(command)

@@ -80,8 +80,9 @@ def test_every_command_has_help() -> None:
             assert "--json" in result.output and "--store" in result.output, path
 
 
-def test_the_readme_cli_examples_run() -> None:
-    """Every `allotment` line of the README's first CLI block, in order, on a fresh Redis."""
+def test_the_readme_cli_examples_run(tmp_path: Path) -> None:
+    """Every `allotment` line of the README's first CLI block, in order, on a fresh Redis
+    (a file it writes goes to a temporary folder)."""
     import re
     import shlex
 
@@ -92,11 +93,13 @@ def test_the_readme_cli_examples_run() -> None:
     store = make_store("redis", system_ms)
     try:
         lines = [line for line in block.group(1).splitlines() if line.startswith("allotment ")]
-        assert len(lines) >= 15
+        assert len(lines) >= 17
         for line in lines:
-            args = shlex.split(line, comments=True)[1:]
+            args = [str(tmp_path / a) if a.endswith(".csv") else a
+                    for a in shlex.split(line, comments=True)[1:]]
             done = allotment(*args, store=store.url)
             assert done.returncode == 0, (line, done.stderr)
+        assert (tmp_path / "usage.csv").read_text().startswith("tenant,period,scope,model")
     finally:
         store.close()
 
