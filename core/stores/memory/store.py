@@ -43,6 +43,7 @@ from ..operations import (
     Sweep,
     Tenants,
     Transfer,
+    Usage,
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
@@ -55,7 +56,7 @@ from .keys import (
     revoke_key,
 )
 from .outbox import Outbox
-from .read import audit, balances, get, list_reservations, plan_of, report, tenants
+from .read import audit, balances, get, list_reservations, plan_of, report, tenants, usage
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -72,7 +73,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
     RegisterTenant: register_tenant, GetTenant: get_tenant,
     ListReservations: list_reservations,
-    PlanOf: plan_of,
+    PlanOf: plan_of, Usage: usage,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
