@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -13,6 +14,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import allotment as al
 
 from support.stores import START_MS, make_store
+
+pytestmark = pytest.mark.filterwarnings("ignore::allotment.BudgetHierarchyWarning")
+"""The random budget trees set children larger than their parents on purpose."""
 
 LLM = al.Action("llm.completion", "openai:gpt-4o")
 SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]

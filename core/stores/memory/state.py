@@ -170,10 +170,10 @@ class Tenant:
     audit: deque[AuditEntry] = field(default_factory=deque)
     seq: int = 0
     report: dict[int, dict[str, int]] = field(default_factory=dict)  # day -> "scope|counter"
-    api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
-    profile: Any = None  # the tenant's record (TenantInfo), once registered
     usage: dict[int, dict[tuple[str, str], Tally]] = field(default_factory=dict)
     """Day -> (subject scope, model) -> the usage export's counters (see `usage.py`)."""
+    api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
+    profile: Any = None  # the tenant's record (TenantInfo), once registered
 
 
 class _Route(NamedTuple):
