@@ -95,7 +95,7 @@ local function write_reservation(keys, args, now, scopes, fields)
     refs[2 * k - 1], refs[2 * k] = fields[k], (#scopes[k] * 65536 + #scopes[k]) * 64
   end
   local ttl, grace = tonumber(args[14]), tonumber(args[15])
-  redis.call('HSET', keys[11], 'status', 'ACTIVE', 'expires', now + ttl, 'ext', 0, 'core',
+  redis.call('HSET', keys[12], 'status', 'ACTIVE', 'expires', now + ttl, 'ext', 0, 'core',
     cmsgpack.pack({args[4], args[5], args[8], args[12], args[13], refs,
       string.format('%d', now), grace, tonumber(args[16]), '', '', '0', args[9], 1}))
   redis.call('ZADD', keys[8], now + ttl + grace, args[4])
@@ -130,7 +130,7 @@ redis.register_function('floor_commit', function(keys, args)
   -- commits a reservation the store's reserve made (its core lists the ledgers it holds)
   local now = now_ms()
   due(keys, args, now)
-  local flat, R = redis.call('HGETALL', keys[11]), {}
+  local flat, R = redis.call('HGETALL', keys[12]), {}
   for i = 1, #flat, 2 do R[flat[i]] = flat[i + 1] end
   local core = cmsgpack.unpack(R.core)
   local refs, scopes, fields = core[6], {}, {}
@@ -145,8 +145,8 @@ redis.register_function('floor_commit', function(keys, args)
     return r - estimate, sp + actual
   end)
   local charged = 'USD_MICROCENTS=' .. actual
-  redis.call('HSET', keys[11], 'status', 'COMMITTED', 'finalized', now, 'charged', charged)
-  redis.call('PEXPIRE', keys[11], setting(args, 'finished_retention_ms'))
+  redis.call('HSET', keys[12], 'status', 'COMMITTED', 'finalized', now, 'charged', charged)
+  redis.call('PEXPIRE', keys[12], setting(args, 'finished_retention_ms'))
   redis.call('ZREM', keys[8], core[1])
   audit(keys, args, now, 'reservation.committed', 'reservation_id', core[1], 'scopes',
     cjson.encode(scopes), 'estimate', core[5], 'actual', args[8], 'charged', charged)

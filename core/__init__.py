@@ -36,10 +36,10 @@ from .events import (
     AuditType,
     Notification,
     NotificationType,
-    ReportRow,
     Sink,
 )
 from .guard import Guard
+from .hierarchy import BudgetHierarchyWarning
 from .models import (
     Action,
     Balance,
@@ -62,12 +62,14 @@ from .models import (
 from .periods import Period
 from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
+from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 
 __all__ = [
+    "REPORT_RETENTION_DAYS",
     "AccessSpec",
     "Action",
     "AllotmentError",
@@ -76,6 +78,7 @@ __all__ = [
     "AuditType",
     "Balance",
     "BudgetExceeded",
+    "BudgetHierarchyWarning",
     "BudgetSpec",
     "BudgetStatus",
     "Caps",

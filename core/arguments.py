@@ -8,6 +8,7 @@ import hashlib
 import json
 from typing import Any
 
+from . import targets
 from .amounts import (
     Amount,
     AmountsLike,
@@ -102,13 +103,14 @@ def degrade(value: Any) -> tuple[Degrade, ...]:
 
 
 def degrade_rule(value: Any, field: str) -> Degrade:
-    if isinstance(value, Degrade):
-        return value
-    if not isinstance(value, dict):
+    """A rule, its model checked against the price data and named per provider."""
+    if isinstance(value, dict):
+        value = Degrade(**check_mapping(value, field))
+    elif not isinstance(value, Degrade):
         raise InvalidRequest(f"{field}: expected al.Degrade(below=..., max_tokens=..., "
                              f"model=..., cooldown_ms=...) or a dict of those, got "
                              f"{shown(value)}")
-    return Degrade(**check_mapping(value, field))
+    return targets.resolve(value, f"{field}.model")
 
 
 def alerts(value: Any) -> tuple[float, ...]:

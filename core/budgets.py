@@ -8,19 +8,23 @@ handle's runner refuses any operation outside its tenant.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, TypeVar
 
 from . import arguments as arg
 from .amounts import Amount, Unit, usd_to_microcents
-from .calls import Runner, twins
-from .errors import CrossTenant, InvalidRequest
-from .models import ACTION_KIND_GLOB, BudgetStatus, FundOperation, OveragePolicy
+from .calls import Flow, Runner, followed_twins, twins
+from .errors import AllotmentError, CrossTenant, InvalidRequest
+from .hierarchy import BudgetHierarchyWarning, larger_than_parent
+from .models import ACTION_KIND_GLOB, Balance, BudgetStatus, FundOperation, OveragePolicy
 from .periods import Period, parse_period
 from .policy import AccessRule, QuotaKind, QuotaRule, glob_list
-from .scopes import parse_scope
+from .scopes import LEVELS, MAX_DIMENSIONS, parse_scope
 from .stores import operations as ops
 from .stores.operations import AUTO, PeriodChoice
-from .validation import MAX_TOKENS, check_glob, check_int
+from .validation import MAX_TOKENS, check_glob, check_int, check_key, check_list, shown
+
+R = TypeVar("R")
 
 
 def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
@@ -28,17 +32,23 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
                   unit: Unit | str | None = None, period: Period | str | None = None,
                   per: str | None = None, overdraft_limit: Any = 0,
                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
-                  degrade: Any = (), alerts: Any = None) -> ops.SetBudget:
+                  degrade: Any = (), alerts: Any = None,
+                  required: bool = False) -> ops.SetBudget:
     """Create or change the budget of `scope` in one unit (and period). A change adjusts
     the current bucket's allocation by the difference and keeps what was spent.
 
     `degrade=[al.Degrade(below=0.2, max_tokens=1024)]` caps calls instead of denying them
-    when little remains; `alerts=[0.5, 0.8, 1.0]` are the fractions of the allocation that
-    notify once spent (plus debt): holds never do.
+    when little remains (a rule's model is named per provider and must have a price in
+    genai-prices: see `al.Degrade`); `alerts=[0.5, 0.8, 1.0]` are the fractions of the
+    allocation that notify once spent (plus debt): holds never do.
 
     Returns the balances of the budget's current bucket. With `per=` it returns `()`: the
     budget is a template, and each value of the dimension gets its ledger on first use
     (read them with `balances(scope)` once a run has shown up).
+
+    `required=True` (with `per=`) makes the dimension mandatory under `scope`: a call whose
+    subject lacks it is denied DIMENSION_REQUIRED instead of skipping the template and
+    being checked against the outer budgets alone.
     """
     path = parse_scope(scope)
     if path.dimension is not None:
@@ -51,6 +61,13 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         raise InvalidRequest("set_budget: give exactly one of usd=, tokens=, credits= or "
                              f"amount= (with unit=); got {sorted(given) or 'none'}")
     (kind, value), = given.items()
+    if not isinstance(required, bool):
+        raise InvalidRequest(f"required: expected True or False, got {shown(required)}")
+    if required and per is None:
+        raise InvalidRequest("required=True needs per=: it makes a template's dimension "
+                             "mandatory (set_budget(scope, ..., per='run', required=True)); "
+                             "to require a dimension without a budget of its own, use "
+                             "set_access(scope, required_dimensions=['run'])")
     if kind == "usd":
         budget_unit, limit = Unit.USD_MICROCENTS, usd_to_microcents(value, "usd")
     elif kind == "amount":
@@ -66,7 +83,29 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         unit=budget_unit, period=parse_period(period), limit=limit,
         overdraft_limit=arg.limit_like(overdraft_limit, budget_unit, kind == "usd"),
         overage_policy=arg.policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
-        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts))
+        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), required=required)
+
+
+def checked_hierarchy(op: ops.Op[R]) -> Flow[R]:
+    """Run `op`, then warn (`BudgetHierarchyWarning`) about each budget it leaves larger
+    than its parent's. The check reads the tenant's balances after the change; it never
+    changes what was stored, and a failed read skips it rather than fail the call."""
+    result: R = yield op
+    if isinstance(op, ops.SetBudget):
+        changed = [op]
+    elif isinstance(op, ops.ApplyPlan):
+        changed = [d for d in op.definitions if isinstance(d, ops.SetBudget)]
+    else:
+        return result
+    try:
+        rows: tuple[Balance, ...] = yield ops.Balances(
+            tenant=op.tenant, scope=f"tenant:{op.tenant}", include_children=True)
+    except AllotmentError:
+        return result
+    for message in larger_than_parent(rows, changed):
+        # the caller's line: this flow, its driver, the generated method, the caller
+        warnings.warn(message, BudgetHierarchyWarning, stacklevel=4)
+    return result
 
 
 def remove_budget_op(scope: str, unit: Unit | str, *, period: Period | str | None = None,
@@ -118,17 +157,38 @@ def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int |
 
 def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = None,
                   tools_allow: Any = None, tools_deny: Any = None,
-                  max_tokens_per_call: int | None = None) -> ops.SetAccess:
+                  max_tokens_per_call: int | None = None,
+                  required_dimensions: Any = None) -> ops.SetAccess:
     """The access rules of `scope` (replacing any before): globs on the model or tool
-    name (`gpt-4o*` matches `openai:gpt-4o-mini`) and a per-call output token cap."""
+    name (`gpt-4o*` matches `openai:gpt-4o-mini`), a per-call output token cap, and the
+    dimensions every call under the scope must carry (`required_dimensions=["run"]`: a
+    subject without one is denied DIMENSION_REQUIRED)."""
     path = arg.standard_scope(scope, "set_access")
     rule = AccessRule(
         path.base, glob_list(models_allow, "models_allow"),
         glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
         glob_list(tools_deny, "tools_deny"),
         None if max_tokens_per_call is None else check_int(
-            max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS))
+            max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS),
+        checked_required(required_dimensions))
     return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule)
+
+
+def checked_required(value: Any) -> tuple[str, ...]:
+    """Dimension keys a scope requires, each once, sorted (how both stores keep them)."""
+    if value is None:
+        return ()
+    keys = check_list(value, "required_dimensions", MAX_DIMENSIONS, _required_key,
+                      "['run', 'user']")
+    return tuple(sorted(set(keys)))
+
+
+def _required_key(value: Any, field: str) -> str:
+    key = check_key(value, field)
+    if key in LEVELS:
+        raise InvalidRequest(f"{field}: {key!r} is a scope level, not a dimension; name a "
+                             "dimension such as 'run' or 'user'")
+    return key
 
 
 def clear_access_op(scope: str) -> ops.SetAccess:
@@ -201,7 +261,7 @@ def transfer_op(source: str, destination: str, amount: Amount, *,
 class BudgetCalls(Runner):
     """Budgets, quotas and access rules of the tenants this runner may touch."""
 
-    set_budget, aset_budget = twins(set_budget_op)
+    set_budget, aset_budget = followed_twins(set_budget_op, checked_hierarchy)
     remove_budget, aremove_budget = twins(remove_budget_op)
     set_quota, aset_quota = twins(set_quota_op)
     remove_quota, aremove_quota = twins(remove_quota_op)

@@ -13,6 +13,7 @@ a tenant handle only its own tenant's).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
@@ -102,6 +103,20 @@ def twins(build: Callable[P, Op[R]]) -> tuple[Sync[Runner, P, R], Async[Runner, 
     name = build.__name__.removesuffix("_op")
     return (_method(build, name, "_run", bound=False),
             _method(build, "a" + name, "_arun", bound=False))
+
+
+def followed_twins(build: Callable[P, Op[R]], follow: Callable[[Op[R]], Flow[R]]
+                   ) -> tuple[Sync[Runner, P, R], Async[Runner, P, R]]:
+    """As `twins`, for a call whose operation a flow runs with more steps around it (a
+    check after it, say): the builder still checks the arguments when the call is made,
+    and `follow(op)` is the flow that runs the operation and returns the call's result."""
+    @functools.wraps(build)
+    def flow(*args: Any, **kwargs: Any) -> Flow[R]:
+        return follow(build(*args, **kwargs))
+
+    name = build.__name__.removesuffix("_op")
+    return (_method(flow, name, "_drive", bound=False),
+            _method(flow, "a" + name, "_adrive", bound=False))
 
 
 def flow_twins(build: Callable[Concatenate[S, P], Flow[R]], name: str | None = None

@@ -1,5 +1,5 @@
 """What happened, on the record: audit records (every change, written in the same atomic
-step), notifications (once per crossing per period) and report rows."""
+step) and notifications (once per crossing per period); report rows live in reports.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import difflib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any, Protocol
 
 from .amounts import Amount, Unit
 from .errors import InvalidRequest
-from .periods import Period, bucket
+from .reports import ReportRow as ReportRow  # its home is reports.py; kept importable here
 from .scopes import Subject
 from .validation import check_text
 
@@ -123,58 +121,6 @@ class Sink(Protocol):
 
 
 Subscriber = Callable[[Notification], Any]
-
-
-@dataclass(slots=True)
-class ReportRow:
-    """What happened under one scope in one period: the numbers that size a limit."""
-
-    scope: str
-    period: str
-    reservations: int = 0
-    commits: int = 0
-    releases: int = 0
-    expiries: int = 0
-    records: int = 0
-    denials: dict[str, int] = field(default_factory=dict)
-    reserved: dict[Unit, int] = field(default_factory=dict)
-    committed: dict[Unit, int] = field(default_factory=dict)
-    exhaustions: int = 0
-
-    def committed_ratio(self, unit: Unit = Unit.USD_MICROCENTS) -> Decimal | None:
-        """committed ÷ reserved: how tight estimates are (1 = exact, small = over-reserving)."""
-        reserved = self.reserved.get(unit, 0)
-        return None if not reserved else Decimal(self.committed.get(unit, 0)) / reserved
-
-
-def report_rows(counts: dict[str, int], period: Period, at_ms: int) -> tuple[ReportRow, ...]:
-    """Roll counters kept as `day|subject scope|counter` up into one row per scope for the
-    period containing `at_ms` (a subject's counts belong to every scope above it)."""
-    label = bucket(period, at_ms)
-    rows: dict[str, ReportRow] = {}
-    for key, n in counts.items():
-        day, scope, counter = key.split("|", 2)
-        if bucket(period, _day_start_ms(day)) != label:
-            continue
-        name, _, arg = counter.partition(":")
-        parts = scope.split("/")
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
-            row = rows.get(prefix)
-            if row is None:
-                row = rows[prefix] = ReportRow(prefix, label)
-            if name in ("denials", "reserved", "committed"):
-                tally: dict[Any, int] = getattr(row, name)
-                item: Any = arg if name == "denials" else Unit(arg)
-                tally[item] = tally.get(item, 0) + n
-            else:
-                setattr(row, name, getattr(row, name) + n)
-    return tuple(rows[scope] for scope in sorted(rows))
-
-
-def _day_start_ms(day: str) -> int:
-    moment = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc)
-    return int(moment.timestamp()) * 1000
 
 
 def dispatch(notifications: list[Notification], subscribers: dict[str, list[Subscriber]],

@@ -16,7 +16,7 @@ from .periods import Period, bucket_end_ms
 from .validation import MAX_AMOUNT
 
 __all__ = ["Ledger", "OveragePolicy", "Posting", "Settlement", "apply", "denial", "fund",
-           "reserve_refusal", "settle", "settle_within", "within"]
+           "reserve_refusal", "settle", "settle_shadow", "settle_within", "within"]
 
 
 @dataclass
@@ -58,12 +58,18 @@ class Ledger:
 
 
 def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,
-                    amount: int) -> str | None:
-    """Why this ledger refuses `amount`, in the Cycles order; None when it fits."""
+                    amount: int, shadow: bool = False) -> str | None:
+    """Why this ledger refuses `amount`, in the Cycles order; None when it fits.
+
+    In shadow mode a ledger short of `amount` answers BUDGET_EXCEEDED before its debt or
+    over-limit flag: that debt is shadow spend beyond the budget, which enforce mode would
+    have stopped at the budget itself, so the would-be denial is the budget's."""
     if status is BudgetStatus.FROZEN:
         return Reason.BUDGET_FROZEN
     if status is BudgetStatus.CLOSED:
         return Reason.BUDGET_CLOSED
+    if shadow and state.remaining < amount:
+        return Reason.BUDGET_EXCEEDED
     if state.over_limit:
         return Reason.OVERDRAFT_LIMIT_EXCEEDED
     if state.debt > 0 and overdraft_limit == 0:
@@ -139,6 +145,28 @@ def settle(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
                                                 held + extra[unit] - shortfall, shortfall,
                                                 flag)))
     return Settlement(postings, {unit: held + extra[unit] for unit, held in estimate.items()})
+
+
+def settle_shadow(rows: list[Row], estimate: dict[Unit, int], actual: dict[Unit, int],
+                  release_reserved: bool) -> Settlement:
+    """Settle `actual` in shadow mode: nothing is refused and all of it is charged, so the
+    data shows the real spend. On each ledger the part that the allocation still has room
+    for (after spent and debt; holds aside, as shadow holds may pass the allocation) is
+    spent, and the rest is debt, as an overdraft books it: spent never passes the
+    allocation, and spent plus debt is what was really spent, in whatever order charges
+    come. The ledger is over its limit once its debt passes what enforce mode would have
+    let it owe (its overdraft limit under ALLOW_WITH_OVERDRAFT, nothing otherwise).
+    """
+    postings = []
+    for key, d, state, policy in rows:
+        unit = key[1]
+        charge = actual[unit]
+        debt = max(0, charge - max(0, state.allocated - state.spent - state.debt))
+        owed = d.overdraft_limit if policy is OveragePolicy.ALLOW_WITH_OVERDRAFT else 0
+        postings.append(Posting(key, d, state, (
+            estimate[unit] if release_reserved else 0, charge - debt, debt,
+            state.debt + debt > owed)))
+    return Settlement(postings, {unit: actual[unit] for unit in estimate})
 
 
 def within(estimate: dict[Unit, int], actual: dict[Unit, int]) -> bool:

@@ -90,6 +90,8 @@ class Reason:
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
     TOOL_NOT_ALLOWED = "TOOL_NOT_ALLOWED"
     PRICE_UNKNOWN = "PRICE_UNKNOWN"
+    DIMENSION_REQUIRED = "DIMENSION_REQUIRED"
+    """The subject lacks a dimension (e.g. `run`) that a scope it falls under requires."""
 
     BUDGET = frozenset({BUDGET_EXCEEDED, BUDGET_FROZEN, BUDGET_CLOSED, OVERDRAFT_LIMIT_EXCEEDED,
                         DEBT_OUTSTANDING})
@@ -165,6 +167,8 @@ class Decision:
     retry_after_ms: int | None = None
     observed: Decision | None = None
     """In shadow mode: the denial enforce mode would have answered (the call proceeds)."""
+    missing_dimensions: tuple[str, ...] = ()
+    """With DIMENSION_REQUIRED: the dimension keys the subject lacks, sorted."""
 
     @property
     def allowed(self) -> bool:
@@ -183,6 +187,8 @@ class Decision:
             if self.requested is not None:
                 text += f", requested {format_amount(self.unit, self.requested)}"
             text += ")"
+        if self.missing_dimensions:
+            text += f" ({_missing(self.missing_dimensions)})"
         if self.reason in HINTS:
             text += f"; {HINTS[self.reason]}"
         elif self.never_fits:
@@ -209,6 +215,20 @@ HINTS = {
         "period rolls over",
 }
 """What to do about a refusal whose figures alone do not say it (by reason)."""
+
+
+def _missing(keys: tuple[str, ...]) -> str:
+    """Which dimensions a call lacks, and the ways to give them."""
+    many = len(keys) > 1
+    names = ", ".join(repr(key) for key in keys)
+    scope = ", ".join(f"{key}=..." for key in keys)
+    dims = ", ".join(f"{key!r}: ..." for key in keys)
+    headers = ", ".join(f"x-allotment-{key}" for key in keys)
+    return (f"missing dimension{'s' if many else ''} {names}: every call under this scope "
+            f"must carry {'them' if many else 'it'}; run the call inside al.scope({scope}), "
+            f"give Subject(dimensions={{{dims}}}), or hand {'them' if many else 'it'} to "
+            f"the adapter (header{'s' if many else ''} {headers}; LangChain metadata "
+            f"{{'dimensions': {{{dims}}}}})")
 
 
 def duration(ms: int) -> str:

@@ -95,3 +95,9 @@ def bucket_end_ms(period: Period, now_ms: int) -> int:
     """The first millisecond of the next bucket."""
     start = _start(period, datetime.fromtimestamp(now_ms // 1000, timezone.utc))
     return int(_next(period, start).timestamp()) * 1000
+
+
+def bucket_start_ms(period: Period, now_ms: int) -> int:
+    """The first millisecond of the bucket containing `now_ms`."""
+    start = _start(period, datetime.fromtimestamp(now_ms // 1000, timezone.utc))
+    return int(start.timestamp()) * 1000

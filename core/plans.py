@@ -5,11 +5,11 @@ tenant root, loaded from YAML, TOML or a dict, and installed with `guard.assign_
       starter:
         budgets:
           - {usd: 50, period: month, degrade: [{below: 0.2, max_tokens: 512}]}
-          - {usd: 2, per: session}
+          - {usd: 2, per: session, required: true}   # every call names its session
         quotas:
           - {runs: 50, window: day}
         access:
-          - {max_tokens_per_call: 1024}
+          - {max_tokens_per_call: 1024, required_dimensions: [user]}
 
 A `scope` inside a plan is relative: "" (the default) is the tenant itself,
 "workspace:production" is `tenant:<name>/workspace:production`.
@@ -46,6 +46,7 @@ class BudgetSpec(Model):
     overage_policy: str = "ALLOW_IF_AVAILABLE"
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] | None = None
+    required: bool = False
 
 
 class QuotaSpec(Model):
@@ -64,6 +65,7 @@ class AccessSpec(Model):
     tools_allow: tuple[str, ...] | None = None
     tools_deny: tuple[str, ...] | None = None
     max_tokens_per_call: int | None = None
+    required_dimensions: tuple[str, ...] | None = None
 
 
 class Plan(Model):
@@ -129,7 +131,7 @@ def definitions(plan: Plan, tenant: str) -> tuple[Definition, ...]:
                 relative_scope(tenant, b.scope), usd=b.usd, tokens=b.tokens,
                 credits=b.credits, amount=b.amount, unit=b.unit, period=b.period, per=b.per,
                 overdraft_limit=b.overdraft_limit, overage_policy=b.overage_policy,
-                degrade=b.degrade, alerts=b.alerts))
+                degrade=b.degrade, alerts=b.alerts, required=b.required))
     for i, q in enumerate(plan.quotas):
         with _entry(f"quotas[{i}]"):
             made.append(set_quota_op(
@@ -140,7 +142,8 @@ def definitions(plan: Plan, tenant: str) -> tuple[Definition, ...]:
             made.append(set_access_op(
                 relative_scope(tenant, a.scope), models_allow=a.models_allow,
                 models_deny=a.models_deny, tools_allow=a.tools_allow,
-                tools_deny=a.tools_deny, max_tokens_per_call=a.max_tokens_per_call))
+                tools_deny=a.tools_deny, max_tokens_per_call=a.max_tokens_per_call,
+                required_dimensions=a.required_dimensions))
     return tuple(made)
 
 

@@ -5,7 +5,8 @@ not switch itself to shadow mode or onto another tier)."""
 from __future__ import annotations
 
 from . import arguments as arg
-from .calls import Runner, twins
+from .budgets import checked_hierarchy
+from .calls import Runner, followed_twins, twins
 from .errors import InvalidRequest
 from .plans import Plan, definitions
 from .scopes import tenant_name
@@ -41,5 +42,5 @@ class PlatformCalls(Runner):
     """What only the platform operator may do: modes, plans, sweeping every tenant."""
 
     set_mode, aset_mode = twins(set_mode_op)
-    assign_plan, aassign_plan = twins(assign_plan_op)
+    assign_plan, aassign_plan = followed_twins(assign_plan_op, checked_hierarchy)
     sweep, asweep = twins(sweep_op)

@@ -7,6 +7,7 @@ Stores call these inside their atomic step; nothing here reads or writes state.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -32,6 +33,9 @@ from .validation import (
 PER_MILLION = 1_000_000
 ELASTIC_LIMIT = 2**52
 """rate × max_tokens stays below this, so every store computes an elastic amount exactly."""
+MAX_TARGETS = 64
+"""Providers a degrade rule may name a model for."""
+TARGETS_EXAMPLE = "{'openai': 'gpt-4o-mini', 'anthropic': 'claude-haiku-4-5'}"
 
 
 class QuotaKind(str, Enum):
@@ -60,7 +64,8 @@ class QuotaRule:
 
 @dataclass(slots=True)
 class AccessRule:
-    """Allow/deny lists (globs) for models and tools, and a per-call token cap, at a scope."""
+    """Allow/deny lists (globs) for models and tools, a per-call token cap, and the
+    dimensions every call under the scope must carry, at a scope."""
 
     scope: str
     models_allow: tuple[str, ...] = ()
@@ -68,17 +73,22 @@ class AccessRule:
     tools_allow: tuple[str, ...] = ()
     tools_deny: tuple[str, ...] = ()
     max_tokens_per_call: int | None = None
+    required_dimensions: tuple[str, ...] = ()
 
 
 class Degrade(Model):
     """Below `below` of the allocation remaining, run with these caps instead of denying.
 
-    `max_tokens` is 1..MAX_TOKENS, `cooldown_ms` 0..a day, `model` 1-128 printable
-    characters: a cap is a limit, so a negative or zero one would be no limit at all."""
+    `max_tokens` is 1..MAX_TOKENS, `cooldown_ms` 0..a day: a cap is a limit, so a negative
+    or zero one would be no limit at all. `model` names the cheaper model per provider
+    (`{"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}`), or is one name
+    (`"gpt-4o-mini"`, `"openai:gpt-4o-mini"`) that setting the rule turns into the providers
+    pricing it; a call whose provider the rule does not name keeps its model. Each name is
+    1-128 printable characters, checked against the price data when the rule is set."""
 
     below: float
     max_tokens: int | None = None
-    model: str | None = None
+    model: str | dict[str, str] | None = None
     cooldown_ms: int | None = None
 
     @field_validator("below", mode="before")
@@ -100,8 +110,19 @@ class Degrade(Model):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _model(cls, value: object) -> str | None:
-        return None if value is None else check_text(value, "model", MAX_NAME, printable=True)
+    def _model(cls, value: object) -> str | dict[str, str] | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            return check_text(value, "model", MAX_NAME, printable=True)
+        if not 0 < len(value) <= MAX_TARGETS:
+            raise ValueError(f"name a model for 1..{MAX_TARGETS} providers, e.g. "
+                             f"{TARGETS_EXAMPLE}, got {len(value)}")
+        targets: dict[str, str] = {}
+        for provider, model in value.items():
+            name = check_text(provider, "model: a provider", MAX_NAME, printable=True)
+            targets[name] = check_text(model, f"model[{name!r}]", MAX_NAME, printable=True)
+        return dict(sorted(targets.items()))
 
     @model_validator(mode="after")
     def _something(self) -> Degrade:
@@ -109,9 +130,29 @@ class Degrade(Model):
             raise ValueError("give at least one of max_tokens, model, cooldown_ms")
         return self
 
-    def caps(self) -> Caps:
-        """The caps this rule imposes when it applies."""
-        return Caps(max_tokens=self.max_tokens, model=self.model, cooldown_ms=self.cooldown_ms)
+    def __hash__(self) -> int:  # frozen, and hashable with a mapping of models too
+        model = self.model
+        named = tuple(model.items()) if isinstance(model, dict) else model
+        return hash((self.below, self.max_tokens, named, self.cooldown_ms))
+
+    def target(self, provider: str | None) -> str | None:
+        """The model a call to `provider` switches to (None: it keeps its own). A single
+        name stored before rules named providers applies to every call, as it always did."""
+        model = self.model
+        if model is None or isinstance(model, str):
+            return model
+        return None if provider is None else model.get(provider)
+
+    def caps(self, provider: str | None = None) -> Caps:
+        """The caps this rule imposes on a call to `provider` when it applies."""
+        return Caps(max_tokens=self.max_tokens, model=self.target(provider),
+                    cooldown_ms=self.cooldown_ms)
+
+
+def provider_of(action_name: str) -> str | None:
+    """The provider an action name starts with (`openai` in `openai:gpt-4o`), if any."""
+    provider, colon, _ = action_name.partition(":")
+    return provider if colon and provider else None
 
 
 class Elastic(Model):

@@ -14,9 +14,12 @@ from .calls import Runner, twins
 from .errors import InvalidRequest
 from .events import AUDIT_TYPES, check_type
 from .periods import Period, parse_period
+from .reports import check_by, check_top
 from .scopes import parse_scope, tenant_name
 from .stores import operations as ops
-from .validation import MAX_LIST, check_int, check_list
+from .validation import MAX_LIST, check_int, check_list, shown
+
+_REPORT_PERIODS = (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR)
 
 
 def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
@@ -49,17 +52,22 @@ def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = N
 
 
 def report_op(tenant: str, *, period: Period | str = "month",
-              at: int | datetime | None = None) -> ops.Report:
+              at: int | datetime | None = None, by: str | None = None,
+              top: int | None = None) -> ops.Report:
     """Per scope, for the period containing `at` (default now): reservations, commits,
-    releases, expiries, denials by reason, reserved vs committed, exhaustions."""
+    releases, expiries, denials by reason, reserved vs committed, exhaustions. With `by` (a
+    dimension key such as "user" or "run") one row per value of it instead, busiest first;
+    `top` keeps the busiest N rows (see `reports.py` for what each counter means)."""
     window = parse_period(period)
-    if window is None:
-        raise InvalidRequest("period: a report covers one period: day, week, month or year")
+    if window is None or window not in _REPORT_PERIODS:
+        raise InvalidRequest(f"period: {shown(period)}: a report covers one day, week, month "
+                             "or year (counters are kept per day)")
     if isinstance(at, datetime):
         at = int(at.timestamp() * 1000)
     elif at is not None:
         at = check_int(at, "at")
-    return ops.Report(tenant=tenant_name(tenant), period=window, at_ms=at)
+    return ops.Report(tenant=tenant_name(tenant), period=window, at_ms=at, by=check_by(by),
+                      top=check_top(top))
 
 
 class ReadCalls(Runner):

@@ -13,10 +13,11 @@ from .calls import Flow, flow_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import Forbidden
-from .events import AuditRecord, ReportRow
+from .events import AuditRecord
 from .models import Balance
 from .periods import Period
 from .reads import audit_op, balances_op, report_op
+from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores.operations import Op
 
@@ -78,10 +79,13 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
 
     audit, aaudit = flow_twins(_audit)
 
-    def _report(self, *, period: Period | str = "month",
-                at: int | datetime | None = None) -> Flow[tuple[ReportRow, ...]]:
-        """The tenant's report rows for one period (see `Guard.report`)."""
-        rows: tuple[ReportRow, ...] = yield report_op(self.name, period=period, at=at)
+    def _report(self, *, period: Period | str = "month", at: int | datetime | None = None,
+                by: str | None = None, top: int | None = None
+                ) -> Flow[tuple[ReportRow, ...]]:
+        """The tenant's report rows for one period, per scope or per value of a dimension
+        (see `Guard.report`)."""
+        rows: tuple[ReportRow, ...] = yield report_op(self.name, period=period, at=at, by=by,
+                                                      top=top)
         return rows
 
     report, areport = flow_twins(_report)

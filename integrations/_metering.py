@@ -118,11 +118,17 @@ class Meter:
     usage: TokenUsage | None = None
     settled: bool = False
     result: Any = field(default=None)
+    keeps_model: bool = False
+    """The call runs at its own model: the degrade rule's could not take it (see `start`)."""
 
     @property
     def caps(self) -> al.Caps | None:
         """What the budget lets the call do (None: no limit beyond the hold)."""
-        return self.reservation.caps
+        caps = self.reservation.caps
+        if self.keeps_model and caps is not None and caps.model is not None:
+            caps = replace(caps, model=None)
+            return None if caps == _NO_CAPS else caps
+        return caps
 
     def commit(self, usage: TokenUsage | None = None) -> None:
         """Charge what was used; with no usage known, the estimate (never free)."""
@@ -252,22 +258,30 @@ class Metering:
 
     def start(self, request: Request) -> Meter:
         """Reserve, or raise `Denied` before anything is sent. When a degrade rule switches
-        the model, the hold is made again at the new model's price."""
+        the model, the hold is made again at the new model's price. A degrade never denies
+        a call that was allowed: when the new model has no price for the call's provider,
+        or its hold does not fit, the call keeps its own model (and the log says why)."""
         meter = self._reserve(request)
         switched = self._switched(request, meter)
-        if switched is not None:
-            meter.release("model switched by a degrade rule")
-            meter = self._reserve(switched)
-        return meter
+        if switched is None:
+            return meter
+        meter.release("model switched by a degrade rule")
+        try:
+            return self._reserve(switched)
+        except al.Denied as denied:
+            return _kept(self._reserve(request), switched.model, denied.decision.reason)
 
     async def astart(self, request: Request) -> Meter:
         """`start` without blocking the event loop."""
         meter = await self._areserve(request)
         switched = self._switched(request, meter)
-        if switched is not None:
-            await meter.arelease("model switched by a degrade rule")
-            meter = await self._areserve(switched)
-        return meter
+        if switched is None:
+            return meter
+        await meter.arelease("model switched by a degrade rule")
+        try:
+            return await self._areserve(switched)
+        except al.Denied as denied:
+            return _kept(await self._areserve(request), switched.model, denied.decision.reason)
 
     def reserve(self, request: Request) -> Meter:
         """Reserve for exactly this request (no model switch: for hooks that cannot change
@@ -294,13 +308,37 @@ class Metering:
         return Meter(self.guard, reservation, request.provider, request.model, price,
                      self.pricer, request.service_tier)
 
-    @staticmethod
-    def _switched(request: Request, meter: Meter) -> Request | None:
+    def _switched(self, request: Request, meter: Meter) -> Request | None:
+        """The request at the model a degrade rule names, if it names another one that the
+        call's provider prices (a rule stored before rules were checked may not)."""
         caps = meter.reservation.decision.caps
         model = caps.model if caps is not None else None
         if model is None or model == request.model:
             return None
+        try:
+            self.pricer.hold_price(request.provider, model, request.subject.tenant,
+                                   request.service_tier)
+        except al.Denied as denied:
+            _kept(meter, model, denied.decision.reason)
+            return None
         return replace(request, model=model)
+
+
+_NO_CAPS = al.Caps()
+_WARNED: set[tuple[str, str, str | None]] = set()
+
+
+def _kept(meter: Meter, target: str, reason: str | None) -> Meter:
+    """Run the call at its own model instead of the degrade target, and say why (a warning
+    the first time for each model, target and reason; debug level after that)."""
+    meter.keeps_model = True
+    key = (f"{meter.provider}:{meter.model}", target, reason)
+    level = logging.DEBUG if key in _WARNED else logging.WARNING
+    if len(_WARNED) < 1_000:
+        _WARNED.add(key)
+    log.log(level, "%s: a degrade rule names %s for %s, refused with %s; the call keeps its "
+            "model", meter.reservation.id, target, key[0], reason)
+    return meter
 
 
 def _action(request: Request) -> al.Action:

@@ -142,7 +142,7 @@ def _request(client: Any, base: type, cast_to: Any, options: Any, stream: bool,
         if metering.on_deny is None:
             raise
         return metering.on_deny(denied)
-    caps = meter.reservation.decision.caps
+    caps = meter.caps
     if caps is not None:
         shape.apply_caps(options.url, options.json_data, caps)
     try:
@@ -168,7 +168,7 @@ async def _arequest(client: Any, base: type, cast_to: Any, options: Any, stream:
         if metering.on_deny is None:
             raise
         return metering.on_deny(denied)
-    caps = meter.reservation.decision.caps
+    caps = meter.caps
     if caps is not None:
         shape.apply_caps(options.url, options.json_data, caps)
     try:

@@ -117,7 +117,8 @@ def test_budget_rules_are_bounded(acme: al.Guard, call: Callable[[al.Guard], obj
 
 
 def test_the_largest_rule_lists_are_accepted(acme: al.Guard) -> None:
-    rules = [al.Degrade(below=(i + 1) / 16, max_tokens=MAX_TOKENS, model="m" * 128,
+    models = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}  # priced: checked
+    rules = [al.Degrade(below=(i + 1) / 16, max_tokens=MAX_TOKENS, model=models,
                         cooldown_ms=86_400_000) for i in range(16)]
     alerts = [(i + 1) / 16 for i in range(16)]
     acme.set_budget(ACME, usd=10, degrade=rules, alerts=alerts)

@@ -25,7 +25,8 @@ def test_the_shipped_tiers_load() -> None:
     starter = plans["starter"]
     assert starter.budgets[0].usd == 50 and starter.budgets[1].per == "session"
     assert starter.budgets[0].degrade == (al.Degrade(below=0.2, max_tokens=512),)
-    assert al.Plan.load(PLANS, "pro").budgets[0].degrade[0].model == "gpt-4o-mini"
+    assert al.Plan.load(PLANS, "pro").budgets[0].degrade[0].model == {
+        "openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
     with pytest.raises(al.InvalidRequest, match="no plan 'gold'"):
         al.Plan.load(PLANS, "gold")
 

@@ -138,7 +138,7 @@ def test_report_counts_per_scope_and_period(guard: al.Guard, clock: al.ManualClo
     assert support_row.exhaustions == 1
     assert support_row.reserved == {al.Unit.USD_MICROCENTS: al.usd(3).amount}
     assert support_row.committed == {al.Unit.USD_MICROCENTS: al.usd(2).amount}
-    assert support_row.committed_ratio() == Decimal(2) / Decimal(3)
+    assert support_row.committed_ratio() == Decimal("0.6667")  # rounded to four places
     assert tenant.period == "2026-11"
     day = guard.report("acme", period="day")
     assert [row.records for row in day if row.scope == ACME] == [1]

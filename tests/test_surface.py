@@ -143,8 +143,9 @@ def test_the_handle_refuses_an_operation_of_another_tenant_however_it_was_built(
 
 
 EXPORTS = [
-    "AccessSpec", "Action", "AllotmentError", "Amount", "AuditRecord", "AuditType", "Balance",
-    "BudgetExceeded", "BudgetSpec", "BudgetStatus", "Caps", "CommitResult", "CrossTenant",
+    "REPORT_RETENTION_DAYS", "AccessSpec", "Action", "AllotmentError", "Amount", "AuditRecord",
+    "AuditType", "Balance", "BudgetExceeded", "BudgetHierarchyWarning", "BudgetSpec",
+    "BudgetStatus", "Caps", "CommitResult", "CrossTenant",
     "Decision", "Degrade", "Denied", "Elastic", "ExtendResult", "Forbidden", "FundOperation",
     "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "ManualClock",
     "MaxExtensionsExceeded", "MemoryStore", "NotAllowed", "NotFound", "Notification",

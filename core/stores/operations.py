@@ -14,7 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
 from ..errors import InvalidRequest
-from ..events import AuditRecord, Notification, NotificationType, ReportRow, log
+from ..events import AuditRecord, Notification, NotificationType, log
 from ..models import (
     Action,
     Balance,
@@ -32,6 +32,7 @@ from ..models import (
 )
 from ..periods import Period
 from ..policy import AccessRule, Degrade, QuotaRule
+from ..reports import ReportRow
 from ..scopes import Subject
 from ..validation import MAX_AMOUNT
 
@@ -92,6 +93,7 @@ class SetBudget(Op[tuple[Balance, ...]]):
     overage_policy: OveragePolicy
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+    required: bool = False  # a template's dimension every call under the scope must carry
 
 
 @dataclass
@@ -232,6 +234,8 @@ class Audit(Op[tuple[AuditRecord, ...]]):
 class Report(Op[tuple[ReportRow, ...]]):
     period: Period
     at_ms: int | None
+    by: str | None = None  # a dimension key: rows per value of it
+    top: int | None = None  # the busiest rows only
 
 
 @dataclass

@@ -35,14 +35,23 @@ messages and usage reports.
 The subject comes from the piece's own arguments (tenant=, workflow=, ...), then
 `al.scope(...)`, then the run's metadata — `config={"metadata": {"tenant": "acme", "run":
 "r-1"}}`, which LangChain hands down to nested chains, tools and LangGraph nodes — and, for
-the middleware, the agent's `context=`. Level names are read from these, plus the dimensions
-named in `dimension_keys` (run, user, session) and a `"dimensions"` dict. So one handler
-serves every tenant.
+the middleware, the agent's `context=`. So one handler serves every tenant.
+
+Which metadata keys are read, exactly: the level names (tenant, workspace, app, workflow,
+agent, toolset), the dimensions named in `dimension_keys` (by default `DIMENSION_KEYS`: run,
+user, session; a mapping renames, e.g. `{"thread_id": "session"}`), and a `"dimensions"` dict
+of any others. Nothing else: LangChain's metadata carries many keys of its own, and the
+pieces do not read the store per call to learn which budget templates are in force. So a
+template on another dimension (`per="customer"`) needs `dimension_keys=[*DIMENSION_KEYS,
+"customer"]` or `metadata={"dimensions": {"customer": ...}}`; declare it `required=True` and
+a call whose metadata lacks it is denied DIMENSION_REQUIRED instead of being checked without
+it. Each piece's `metadata_keys` lists the keys it reads, and it logs them (INFO) when made.
 """
 
+from ._budget import DIMENSION_KEYS
 from .callbacks import AsyncBudgetCallbackHandler, BudgetCallbackHandler
 from .capped import CappedChatModel, capped
 from .middleware import BudgetMiddleware
 
-__all__ = ["AsyncBudgetCallbackHandler", "BudgetCallbackHandler", "BudgetMiddleware",
-           "CappedChatModel", "capped"]
+__all__ = ["DIMENSION_KEYS", "AsyncBudgetCallbackHandler", "BudgetCallbackHandler",
+           "BudgetMiddleware", "CappedChatModel", "capped"]

@@ -22,6 +22,11 @@ from .usage import MAX_TOKEN_KEYS, estimator_messages, from_cache, message_usage
 log = logging.getLogger("allotment")
 
 DIMENSION_KEYS = ("run", "user", "session")
+"""The metadata keys read as dimensions unless `dimension_keys=` says otherwise. A dimension
+outside this list (a `per="customer"` budget) is read only when named in `dimension_keys`
+or given in metadata's `"dimensions"` dict: the pieces do not read the store to learn which
+templates are in force. Declare such a template `required=True`, so a call whose metadata
+lacks it is denied DIMENSION_REQUIRED rather than checked without it."""
 INTERRUPTED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
 """Ways a call can stop after its request left: it may have been charged, so it is."""
 _FREE = al.usd(0)
@@ -41,6 +46,14 @@ class Budget:
                                else {key: key for key in dimension_keys})
         self.subject = subject
         self.warned_unapplied = False
+        log.info("LangChain budgets read the subject from metadata keys %s",
+                 ", ".join(self.metadata_keys))
+
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """Every metadata key the subject is read from: the levels, the dimension keys, and
+        "dimensions" (a dict of any others)."""
+        return (*LEVELS, *self.dimension_keys, "dimensions")
 
     @property
     def guard(self) -> al.Guard:

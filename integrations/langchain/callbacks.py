@@ -52,6 +52,12 @@ class _Handling:
         self._tools: dict[UUID, al.Reservation] = {}
 
     @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """The metadata keys the subject is read from (levels, `dimension_keys`, and a
+        "dimensions" dict); a dimension named nowhere here never reaches the subject."""
+        return self._budget.metadata_keys
+
+    @property
     def ignore_chain(self) -> bool:
         """Chains are not metered: only the model and tool calls inside them."""
         return True

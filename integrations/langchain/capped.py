@@ -51,6 +51,12 @@ class CappedChatModel(Runnable[Any, Any]):
         self._budget = budget
         self.on_deny = on_deny
 
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """The metadata keys the subject is read from (levels, `dimension_keys`, and a
+        "dimensions" dict); a dimension named nowhere here never reaches the subject."""
+        return self._budget.metadata_keys
+
     def bind_tools(self, tools: Any, **kwargs: Any) -> CappedChatModel:
         """The model with tools bound, still capped (the caps may take some tools off)."""
         bound = self.chat.bind_tools(tools, **kwargs)

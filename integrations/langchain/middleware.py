@@ -66,6 +66,12 @@ class BudgetMiddleware(AgentMiddleware):
                               default_max_tokens=default_max_tokens, floor=floor,
                               ttl_ms=ttl_ms, dimension_keys=dimension_keys, subject=subject)
 
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """The metadata keys the subject is read from (levels, `dimension_keys`, and a
+        "dimensions" dict); a dimension named nowhere here never reaches the subject."""
+        return self._budget.metadata_keys
+
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         """Reserve, call under the caps, commit the usage; a denial ends the run."""
         refused = _refused(request.messages)

@@ -31,6 +31,7 @@ from langchain_openai import ChatOpenAI
 
 import allotment as al
 from allotment.integrations.langchain import (
+    DIMENSION_KEYS,
     AsyncBudgetCallbackHandler,
     BudgetCallbackHandler,
     BudgetMiddleware,
@@ -367,6 +368,76 @@ def test_dimension_keys_rename_metadata_into_dimensions(guard: al.Guard) -> None
     assert usd_spent(guard, "tenant:acme/session:t-1") == cost(9, 9)
     (reserved,) = guard.audit("acme", types=["reservation.reserved"])
     assert reserved.subject is not None and reserved.subject.dimensions == {"session": "t-1"}
+
+
+CUSTOMER_KEYS = [*DIMENSION_KEYS, "customer"]
+
+
+def per_customer(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10)
+    guard.set_budget(ACME, usd=1, per="customer", required=True)
+
+
+def test_a_custom_dimension_in_metadata_reaches_the_subject(guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetCallbackHandler(guard, dimension_keys=CUSTOMER_KEYS)
+    assert handler.metadata_keys == ("tenant", "workspace", "app", "workflow", "agent",
+                                     "toolset", "run", "user", "session", "customer",
+                                     "dimensions")
+    with replay("openai_chat.yaml"):
+        openai().invoke("Hello!", config={"callbacks": [handler], "metadata": {
+            "tenant": "acme", "customer": "c-9", "run": "r-1"}})
+    assert usd_spent(guard, "tenant:acme/customer:c-9") == cost(9, 9)
+    (reserved,) = guard.audit("acme", types=["reservation.reserved"])
+    assert reserved.subject is not None
+    assert reserved.subject.dimensions == {"customer": "c-9", "run": "r-1"}
+    # the "dimensions" dict reaches the subject whatever the handler's keys
+    with replay("openai_chat.yaml"):
+        openai().invoke("Hello!", config={"callbacks": [BudgetCallbackHandler(guard)],
+                                          "metadata": {"tenant": "acme",
+                                                       "dimensions": {"customer": "c-10"}}})
+    assert usd_spent(guard, "tenant:acme/customer:c-10") == cost(9, 9)
+
+
+def test_a_required_dimension_the_handler_does_not_read_is_refused(guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetCallbackHandler(guard)  # reads run, user, session: not customer
+    with replay("openai_chat.yaml") as cassette, pytest.raises(al.Denied) as denied:
+        openai().invoke("Hello!", config={"callbacks": [handler], "metadata": {
+            "tenant": "acme", "customer": "c-9"}})
+    assert cassette.play_count == 0  # nothing was sent, and nothing charged to the tenant
+    assert denied.value.decision.reason == "DIMENSION_REQUIRED"
+    assert "'customer'" in str(denied.value)
+    assert usd_spent(guard, ACME) == 0
+
+
+def test_middleware_reads_a_custom_dimension_from_metadata(guard: al.Guard) -> None:
+    per_customer(guard)
+    middleware = BudgetMiddleware(guard, dimension_keys=CUSTOMER_KEYS)
+    assert "customer" in middleware.metadata_keys
+    agent = create_agent(openai(), [], middleware=[middleware])
+    with replay("openai_chat.yaml"):
+        agent.invoke({"messages": [("user", "Hello!")]},
+                     config={"metadata": {"tenant": "acme", "customer": "c-9"}})
+    assert usd_spent(guard, "tenant:acme/customer:c-9") == cost(9, 9)
+    # without the key the run ends with an answer that names what is missing
+    plain = create_agent(openai(), [], middleware=[BudgetMiddleware(guard)])
+    with replay("openai_chat.yaml") as cassette:
+        result = plain.invoke({"messages": [("user", "Hello!")]},
+                              config={"metadata": {"tenant": "acme", "customer": "c-9"}})
+    last = result["messages"][-1]
+    assert cassette.play_count == 0
+    assert last.response_metadata["allotment"]["denied"] == "DIMENSION_REQUIRED"
+    assert "'customer'" in last.content
+
+
+def test_capped_reads_a_custom_dimension_from_metadata(guard: al.Guard) -> None:
+    per_customer(guard)
+    model = capped(openai(), guard, dimension_keys=CUSTOMER_KEYS)
+    assert "customer" in model.metadata_keys
+    with replay("openai_chat.yaml"):
+        model.invoke("Hello!", config={"metadata": {"tenant": "acme", "customer": "c-9"}})
+    assert usd_spent(guard, "tenant:acme/customer:c-9") == cost(9, 9)
 
 
 # -- tools ----------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ POLICIES = st.sampled_from(list(al.OveragePolicy))
 
 def subject(depth: int, run: str | None) -> al.Subject:
     levels = dict(list({"workspace": "w", "agent": "a"}.items())[:depth])
-    return al.Subject(tenant="acme", dimensions={"run": run} if run else {}, **levels)
+    dimensions = {"run": run, "user": f"u-{run}"} if run else {}
+    return al.Subject(tenant="acme", dimensions=dimensions, **levels)
 
 
 def outcome(call: Any) -> Any:
@@ -46,8 +47,9 @@ class Lockstep(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = al.ManualClock(START_MS)
-        self.guards = [al.Guard(make_store("memory", self.clock)),
-                       al.Guard(make_store("redis", self.clock))]
+        # two days of report counters: the days that fall out are dropped alike
+        self.guards = [al.Guard(make_store(kind, self.clock, report_retention_days=2))
+                       for kind in ("memory", "redis")]
         self.held: list[tuple[str, str]] = []  # the same reservation on each store
 
     def both(self, call: Any) -> list[Any]:
@@ -101,6 +103,11 @@ class Lockstep(RuleBasedStateMachine):
         self.both(lambda g: g.record(subject(depth, run), LLM, al.tokens(amount),
                                      overage_policy=policy))
 
+    @rule(mode=st.sampled_from(["shadow", "enforce", None]))
+    def set_mode(self, mode: str | None) -> None:
+        """Shadow mode books every charge, the overage as debt: both stores alike."""
+        self.both(lambda g: g.set_mode("acme", mode))
+
     @rule(ms=st.sampled_from([1_000, 30_000, 65_001, 86_400_000]))
     def advance(self, ms: int) -> None:
         self.clock.advance(ms)
@@ -110,6 +117,17 @@ class Lockstep(RuleBasedStateMachine):
     def balances_agree(self) -> None:
         memory, redis = (g.balances("tenant:acme") for g in self.guards)
         assert memory == redis
+
+    @invariant()
+    def reports_agree(self) -> None:
+        """Every report the stores give is the same: per scope and per dimension value, for
+        today, this week and the day before (which may have left the retention)."""
+        earlier = self.clock() - 86_400_000
+        for kwargs in ({"period": "day"}, {"period": "week"}, {"period": "day", "at": earlier},
+                       {"period": "month", "by": "run"}, {"period": "year", "by": "user",
+                                                          "top": 1}):
+            memory, redis = (g.report("acme", **kwargs) for g in self.guards)
+            assert memory == redis, kwargs
 
 
 Lockstep.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,

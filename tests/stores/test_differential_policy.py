@@ -1,6 +1,7 @@
 """Policy inputs on the memory store and on Redis, in lockstep: access rules with globs
 (`?`, `*`, classes, and what is special in Lua patterns: `.`, `-`, `%`), per-call caps,
-alert thresholds, degrade rules and quotas, beside reservations, decisions and settlements.
+alert thresholds, degrade rules, quotas and required dimensions, beside reservations,
+decisions, records and settlements.
 Every observable result must be the same on both: decisions (caps and reasons included),
 balances, notifications, audit records and report rows.
 
@@ -26,17 +27,20 @@ GLOB_CHARS = "ab-.%*?!:^$é"  # the dialect is * and ?; [ and ] are refused befo
 GLOBS = st.text(GLOB_CHARS, min_size=1, max_size=6) | st.sampled_from(
     ["gpt-4o*", "openai:*", "*", "a%b", "a.b", "a-b", "!a?", "a$", "^a*"])
 NAMES = st.text("ab-.%:[]!é", min_size=1, max_size=6) | st.sampled_from(
-    ["openai:gpt-4o", "openai:gpt-4o-mini", "a%b", "a.b", "x:a-b", "search"])
+    ["openai:gpt-4o", "openai:gpt-4o-mini", "anthropic:claude-sonnet-4-6", "a%b", "a.b",
+     "x:a-b", "search"])
+TARGETS = st.sampled_from(["gpt-4o-mini", "openai:gpt-4.1-nano", "claude-haiku-4-5",
+                           {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}])
+"""Degrade models: one name (set for the providers pricing it), or one per provider."""
 KINDS = st.sampled_from(["llm.completion", "llm.embedding", "tool.call", "tool.search"])
 KIND_GLOBS = st.sampled_from(["*", "llm.*", "tool.*", "tool.?all", "llm.?o*", "*.?earch",
                               "*.call", "tool.call"])
 GLOB_LIST = st.lists(GLOBS, max_size=3)
 DEGRADE = st.builds(al.Degrade, below=st.sampled_from([0.05, 0.2, 0.5, 0.9, 1.0]),
                     max_tokens=st.integers(1, 500),
-                    model=st.none() | st.sampled_from(["gpt-4o-mini", "small"]),
+                    model=st.none() | TARGETS,
                     cooldown_ms=st.none() | st.integers(0, 1_000)) | st.builds(
-    al.Degrade, below=st.sampled_from([0.05, 0.5, 1.0]),
-    model=st.sampled_from(["gpt-4o-mini", "small"]))
+    al.Degrade, below=st.sampled_from([0.05, 0.5, 1.0]), model=TARGETS)
 ALERTS = st.lists(st.sampled_from([0.1, 1 / 3, 0.5, 2 / 3, 0.8, 0.9, 1.0]), max_size=4,
                   unique=True)
 EXAMPLES = int(os.environ.get("ALLOTMENT_FUZZ_EXAMPLES", "25"))
@@ -57,6 +61,8 @@ def seen(call: Any) -> Any:
         return ("reserved", result.decision, result.estimate, result.balances)
     if isinstance(result, (al.CommitResult, al.ReleaseResult)):
         return (result.status, getattr(result, "charged", None), result.balances)
+    if isinstance(result, al.RecordResult):
+        return ("recorded", result.charged, result.balances)
     return result
 
 
@@ -69,7 +75,8 @@ def note_row(note: al.Notification) -> tuple[Any, ...]:
 def audit_row(record: al.AuditRecord) -> tuple[Any, ...]:
     return (record.seq, record.at_ms, record.type, record.scopes, record.subject,
             record.action, record.idempotency_key, record.estimate, record.actual,
-            record.charged, record.reason, record.reservation_id is None)
+            record.charged, record.reason, record.reservation_id is None,
+            record.detail if record.type == "reservation.denied" else None)
 
 
 class PolicyLockstep(RuleBasedStateMachine):
@@ -90,24 +97,27 @@ class PolicyLockstep(RuleBasedStateMachine):
 
     @rule(scope=st.sampled_from(SCOPES), tokens=st.integers(0, 2_000), per=st.booleans(),
           degrade=st.lists(DEGRADE, max_size=3), alerts=ALERTS,
-          period=st.sampled_from([None, "minute", "day"]))
+          period=st.sampled_from([None, "minute", "day"]), required=st.booleans())
     def set_budget(self, scope: str, tokens: int, per: bool, degrade: list[al.Degrade],
-                   alerts: list[float], period: str | None) -> None:
+                   alerts: list[float], period: str | None, required: bool) -> None:
         self.both(lambda g: g.set_budget(scope, tokens=tokens, per="run" if per else None,
-                                         period=period, degrade=degrade, alerts=alerts))
+                                         period=period, degrade=degrade, alerts=alerts,
+                                         required=per and required))
 
     @rule(scope=st.sampled_from(SCOPES), models_allow=GLOB_LIST, models_deny=GLOB_LIST,
           tools_allow=GLOB_LIST, tools_deny=GLOB_LIST,
-          cap=st.none() | st.integers(1, 3_000), remove=st.booleans())
+          cap=st.none() | st.integers(1, 3_000), remove=st.booleans(),
+          required=st.lists(st.sampled_from(["run", "user"]), max_size=2))
     def set_access(self, scope: str, models_allow: list[str], models_deny: list[str],
                    tools_allow: list[str], tools_deny: list[str], cap: int | None,
-                   remove: bool) -> None:
+                   remove: bool, required: list[str]) -> None:
         if remove:
             self.both(lambda g: g.clear_access(scope))
             return
         self.both(lambda g: g.set_access(scope, models_allow=models_allow,
                                          models_deny=models_deny, tools_allow=tools_allow,
-                                         tools_deny=tools_deny, max_tokens_per_call=cap))
+                                         tools_deny=tools_deny, max_tokens_per_call=cap,
+                                         required_dimensions=required))
 
     @rule(scope=st.sampled_from(SCOPES), kind=st.sampled_from(["calls", "runs", "concurrent"]),
           limit=st.integers(0, 3), action_kind=KIND_GLOBS,
@@ -138,6 +148,13 @@ class PolicyLockstep(RuleBasedStateMachine):
         assert results[0] == results[1], results
         if len(made) == 2:
             self.held.append((made[0].id, made[1].id))
+
+    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1"]),
+          actual=st.integers(0, 300))
+    def record(self, depth: int, run: str | None, actual: int) -> None:
+        who = subject(depth, run)
+        self.both(lambda g: g.record(who, al.Action("llm.completion", "openai:gpt-4o"),
+                                     al.tokens(actual)))
 
     @precondition(lambda self: bool(self.held))
     @rule(data=st.data(), actual=st.integers(0, 2_500), commit=st.booleans())

@@ -274,7 +274,7 @@ def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
             keys, args = call.keys, call.args
             script = call.function.removeprefix(f"{store.library_name}_")
             assert script in ("reserve", "admin", "settle", "record", "read"), kind
-            assert len(keys) == 12 and len(set(keys[:10])) == 10, (kind, keys)
+            assert len(keys) == 13 and len(set(keys[:11])) == 11, (kind, keys)
             assert {key_slot(k.encode()) for k in keys} == {slot}, (kind, keys)
             assert all(f"{{{tenant}}}" in k for k in keys), (kind, keys)
             # JSON documents name the tenant; flat arguments (reserve, settle) carry it fifth
@@ -459,10 +459,11 @@ def test_audit_and_report_per_tenant(cluster_guard: al.Guard, clock: al.ManualCl
         row = rows[f"tenant:{tenant}/workflow:chat"]
         assert (row.reservations, row.commits, row.releases, row.expiries, row.records) == (
             3, 1, 1, 1, 1)
-        assert row.denials == {"BUDGET_EXCEEDED": 1}
         assert row.committed == {USD: al.usd("0.60").amount}  # the commit and the record
         top = rows[f"tenant:{tenant}"]
         assert (top.reservations, top.expiries) == (3, 1)
+        # the denial belongs to the tenant, whose budget refused: not to the workflow
+        assert (top.denials, row.denials) == ({"BUDGET_EXCEEDED": 1}, {})
 
 
 # -- scripts, sweeps, async, durability --------------------------------------------------------

@@ -1118,16 +1118,16 @@ def test_every_script_declares_keys_of_one_slot(shared_server: Server, tenant: s
         keys, args = call.keys, call.args
         script = call.function.removeprefix(f"{store.library_name}_")
         assert script in ("reserve", "admin", "settle", "record", "read"), name
-        assert len(keys) == 12, (name, keys)
+        assert len(keys) == 13, (name, keys)
         assert all(k.startswith(f"al:{{{tenant}}}:") for k in keys), (name, keys)
         assert {key_slot(k.encode()) for k in keys} == {slot}, (name, keys)
         # JSON documents name the tenant; flat arguments (reserve, settle) carry it fifth
         # (after the operation, the time, the settings and the reservation)
         assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant, name
     reserve = store._flows.call(every_operation(guard, tenant)["reserve"]).keys
-    assert reserve[11] == f"al:{{{tenant}}}:i:reserve:k-reserve"  # idempotency key, tagged
+    assert reserve[12] == f"al:{{{tenant}}}:i:reserve:k-reserve"  # idempotency key, tagged
     commit = store._flows.call(every_operation(guard, tenant)["commit"]).keys
-    assert commit[10] == f"al:{{{tenant}}}:r:{tenant}:{'ab' * 16}"  # the reservation
+    assert commit[11] == f"al:{{{tenant}}}:r:{tenant}:{'ab' * 16}"  # the reservation
 
 
 def test_every_operation_runs_on_a_real_cluster_node(tmp_path: Path) -> None:

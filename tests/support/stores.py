@@ -26,10 +26,11 @@ def redis_url() -> str:
     return str(_redis["url"])
 
 
-def make_store(kind: str, clock: al.ManualClock) -> Any:
-    """A fresh, empty store of `kind` driven by `clock` (each Redis one in its own db)."""
+def make_store(kind: str, clock: al.ManualClock, **settings: Any) -> Any:
+    """A fresh, empty store of `kind` driven by `clock` (each Redis one in its own db), with
+    any store `settings` both kinds take (e.g. report_retention_days)."""
     if kind == "memory":
-        return al.MemoryStore(clock)
+        return al.MemoryStore(clock, **settings)
     if kind == "redis":
         from allotment.stores.redis import RedisStore
 
@@ -37,7 +38,7 @@ def make_store(kind: str, clock: al.ManualClock) -> Any:
         url = f"{redis_url()}/{db}"
         _redis["next_db"] = db + 1
         redis.Redis.from_url(url).flushdb()
-        return RedisStore(url=url, clock=clock)
+        return RedisStore(url=url, clock=clock, **settings)
     raise AssertionError(f"unknown store kind {kind!r}")
 
 

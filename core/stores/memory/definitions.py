@@ -19,6 +19,7 @@ from .state import (
     log,
     period_name,
     redefined,
+    requirements_changed,
 )
 
 
@@ -36,6 +37,9 @@ def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
         d.limit, d.overdraft_limit, d.overage_policy = (op.limit, op.overdraft_limit,
                                                         op.overage_policy)
         d.degrade, d.alerts = op.degrade, op.alerts
+    if d.required != op.required:
+        d.required = op.required
+        requirements_changed(t, op.scope)
     log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
         "unit": op.unit.value, "limit": op.limit, "period": period_name(op.period),
         "per": op.per})
@@ -55,6 +59,7 @@ def remove_budget(t: Tenant, op: RemoveBudget, now: int) -> int:
     removed = t.definitions.get(op.scope, {}).pop((op.scope, op.unit, op.period, op.per), None)
     if removed is not None:
         redefined(t)
+        requirements_changed(t, op.scope)
         log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,),
             detail={"unit": op.unit.value, "removed": True})
     return int(removed is not None)
@@ -78,6 +83,7 @@ def set_access(t: Tenant, op: SetAccess, now: int) -> None:
         t.access.pop(op.scope, None)
     else:
         t.access[op.scope] = op.rule
+    requirements_changed(t, op.scope)
     log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None})
 
 
@@ -99,10 +105,12 @@ def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
         if kind == "budget":
             t.definitions.get(key[0], {}).pop(key, None)
             redefined(t)
+            requirements_changed(t, key[0])
         elif kind == "quota":
             t.quotas.get(key[0], {}).pop(key, None)
         else:
             t.access.pop(key, None)
+            requirements_changed(t, key)
     t.plan, t.plan_keys = op.name, keys
     if op.mode is not None:
         t.mode = op.mode

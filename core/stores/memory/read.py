@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ...events import AuditRecord, ReportRow, report_rows
+from ...events import AuditRecord
 from ...models import Balance, ReservationInfo
-from ...periods import bucket
+from ...periods import Period, bucket
+from ...reports import DAY_MS, ReportRow, report_days, report_rows
 from ...scopes import parse_scope
 from ..operations import Audit, Balances, Get, Report
 from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
@@ -50,8 +51,16 @@ def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
 
 
 def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
-    """One row per scope of the counters of the period containing `op.at_ms` (or now)."""
-    return report_rows(t.report, op.period, op.at_ms if op.at_ms is not None else now)
+    """The rows of the period containing `op.at_ms` (or now), from the kept days of that
+    period only (as the report read in read.lua)."""
+    at = op.at_ms if op.at_ms is not None else now
+    counts: dict[str, int] = {}
+    for day in report_days(op.period, at, now, t.cx.report_retention_days):
+        kept = t.report.get(day)
+        if kept:
+            label = bucket(Period.DAY, day * DAY_MS)
+            counts.update((f"{label}|{key}", n) for key, n in kept.items())
+    return report_rows(counts, op.period, at, op.by, op.top)
 
 
 def _audit_record(entry: AuditEntry) -> AuditRecord:

@@ -7,6 +7,7 @@ from ...errors import BudgetExceeded, Denied
 from ...events import AuditType
 from ...ids import new_id
 from ...models import BudgetStatus, Decision, Outcome, Reason, RecordResult
+from ...reports import report_scopes
 from ..operations import Record, checked_amounts, in_unit_order
 from .state import (
     COMMITTED,
@@ -15,6 +16,7 @@ from .state import (
     amounts,
     ledger_at,
     log,
+    missing_dimensions,
     remember,
     replay,
     settlement,
@@ -33,6 +35,9 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     actual = dict(op.actual)
     checked_amounts(actual, "actual")
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
+    lacking = missing_dimensions(t, op.scopes, op.dimensions)
+    if lacking is not None and not shadow:  # as a frozen budget: the record is refused
+        raise Denied(lacking)
     found = targets(t, op.scopes, op.dimensions, actual, now)
     if found is None:
         raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND, scope=op.scopes[-1]))
@@ -53,6 +58,6 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.RECORDED, scopes=scopes, subject=op.subject, action=op.action,
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)
-    tally(t, now, op.subject.scope_path, "records", charged, COMMITTED)
+    tally(t, now, report_scopes(op.subject), "records", charged, COMMITTED)
     alerts(t, changed, now, None)
     return result

@@ -13,6 +13,7 @@ from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
 from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
 from ...periods import bucket, bucket_end_ms
+from ...reports import report_scopes
 from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
@@ -26,6 +27,7 @@ from .state import (
     amounts,
     ledger_at,
     log,
+    missing_dimensions,
     ordered,
     remember,
     replay,
@@ -97,28 +99,30 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         log(t, now, AuditType.OBSERVED_DENIED, scopes=(ev.denial.scope or "",),
             subject=op.subject, action=op.action, reservation_id=res.id,
             estimate=info.estimate, reason=ev.denial.reason)
-        tally(t, now, scope, f"denials:observed:{ev.denial.reason}")
+        tally(t, now, (ev.denial.scope or scope,), f"denials:observed:{ev.denial.reason}")
     outcome = ReserveOutcome(decision, info, snapshot(ev.states))
     if op.idempotency_key is not None:
         remember(t, "reserve", op.idempotency_key, op.fingerprint, outcome, now)
     log(t, now, AuditType.RESERVED, scopes=info.scopes, subject=op.subject, action=op.action,
         reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
         detail=_caps_detail(decision.caps))
-    tally(t, now, scope, "reservations", ev.estimate, RESERVED)
+    tally(t, now, report_scopes(op.subject), "reservations", ev.estimate, RESERVED)
     # no alerts: a hold is not spend (they follow commits and records, see state.alerts)
     return outcome
 
 
 def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
               back: Overdue | None) -> _Evaluation:
-    """Access rules, then quotas, then budgets: the first refusal wins (in shadow mode
-    evaluation goes on, since the reservation is made anyway). `back`: what a dry run
-    counts as given back by the reservations it did not reap."""
-    denial: Decision | None = None
+    """Required dimensions, access rules, then quotas, then budgets: the first refusal wins
+    (in shadow mode evaluation goes on, since the reservation is made anyway). `back`: what
+    a dry run counts as given back by the reservations it did not reap."""
+    denial = missing_dimensions(t, op.scopes, op.dimensions)
+    if denial is not None and not shadow:
+        return _Evaluation(denial, (), [], {}, None, [], [], [])
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, None, caps, [], [], [], back)
+        return _fit(t, op, now, denial, caps, [], [], [], back, shadow)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -142,7 +146,7 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
                 denial = refusal
     if denial is not None and not shadow:
         return _Evaluation(denial, (), [], {}, None, [], [], [])
-    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back)
+    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back, shadow)
 
 
 def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
@@ -182,7 +186,7 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
 def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
          runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
-         back: Overdue | None) -> _Evaluation:
+         back: Overdue | None, shadow: bool) -> _Evaluation:
     """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
     to its floor, before a budget refuses."""
     fixed = dict(op.estimate)
@@ -203,11 +207,12 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if back is not None and key in back.held:  # a copy: a dry run writes nothing
             state = replace(state, reserved=state.reserved - back.held[key])
         states.append((key, d, state))
+    provider = policy.provider_of(op.action.name) if states else None
     for _, d, state in states:
         for rule in d.degrade:
             fraction = state.remaining / state.allocated if state.allocated > 0 else 0.0
-            if fraction < rule.below:
-                caps.add(rule.caps(), severity=rule.below)
+            if fraction < rule.below:  # a model only for calls to a provider it names
+                caps.add(rule.caps(provider), severity=rule.below)
     elastic = op.elastic
     rates = dict(elastic.rates) if elastic else {}
     tokens = elastic.max_tokens if elastic else 0
@@ -223,7 +228,7 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
                 and state.allocated - state.reserved - state.spent >= amount):
             continue  # fits: the common case, decided here without a call
-        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount)
+        reason = ledger.reserve_refusal(state, d.status, d.overdraft_limit, amount, shadow)
         if reason == Reason.BUDGET_EXCEEDED and rates.get(d.unit):
             fits = policy.tokens_that_fit(state.remaining, fixed[d.unit], rates[d.unit])
             if fits >= floor:
@@ -246,12 +251,19 @@ def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
     log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
         action=op.action, idempotency_key=op.idempotency_key, estimate=amounts(op.estimate),
         reason=decision.reason, detail={"remaining": decision.remaining,
-                                        "limit": decision.limit})
-    tally(t, now, op.subject.scope_path, f"denials:{decision.reason}")
+                                        "limit": decision.limit, **_missing(decision)})
+    tally(t, now, (decision.scope or op.subject.scope_path,), f"denials:{decision.reason}")
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
         unit=decision.unit, reason=decision.reason, remaining=decision.remaining,
         allocated=decision.limit))
+
+
+def _missing(decision: Decision) -> dict[str, Any]:
+    """What a DIMENSION_REQUIRED denial's audit record adds: the keys the subject lacked."""
+    if not decision.missing_dimensions:
+        return {}
+    return {"missing_dimensions": list(decision.missing_dimensions)}
 
 
 def _caps_detail(caps: Caps | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from ...errors import (
 )
 from ...events import AuditType
 from ...models import CommitResult, ExtendResult, ReleaseResult, ReservationStatus
+from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
@@ -54,7 +55,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     actual = given if len(given) == len(res.estimate) else {
         unit: given.get(unit, estimated) for unit, estimated in res.estimate.items()}
     changed = held(t, res, now)
-    if ledger.within(res.estimate, actual):
+    if not res.shadow and ledger.within(res.estimate, actual):
         ledger.settle_within(changed, res.estimate, actual, now)
         charged = actual
     else:
@@ -75,7 +76,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         idempotency_key=op.idempotency_key, estimate=res.estimate_amounts,
         actual=charged_amounts if actual == charged else amounts(ordered(actual)),
         charged=charged_amounts)
-    tally(t, now, res.subject.scope_path, "commits", charged, COMMITTED)
+    tally(t, now, report_scopes(res.subject), "commits", charged, COMMITTED)
     alerts(t, changed, now, res.id)
     return result
 
@@ -96,7 +97,7 @@ def release(t: Tenant, op: Release, now: int) -> ReleaseResult:
     log(t, now, AuditType.RELEASED, scopes=res.scopes, reservation_id=res.id,
         idempotency_key=op.idempotency_key, estimate=result.released,
         detail={"reason": op.reason})
-    tally(t, now, res.subject.scope_path, "releases")
+    tally(t, now, report_scopes(res.subject), "releases")
     return result
 
 

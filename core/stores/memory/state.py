@@ -19,14 +19,18 @@ from ...models import (
     Balance,
     BudgetStatus,
     CommitResult,
+    Decision,
     ExtendResult,
+    Outcome,
     OveragePolicy,
+    Reason,
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
 )
 from ...periods import Period, bucket
-from ...scopes import Subject, parse_scope
+from ...reports import REPORT_RETENTION_DAYS, report_scopes
+from ...scopes import Subject
 from ..operations import PERIOD_ORDER, UNIT_ORDER
 
 DefKey = tuple[str, Unit, "Period | None", "str | None"]
@@ -57,6 +61,7 @@ class Context:
     dimension_idle_ttl_ms: int
     audit_retention: int
     reap_batch: int  # overdue reservations an operation expires first
+    report_retention_days: int = REPORT_RETENTION_DAYS  # days of report counters kept
     notes: list[Notification] = field(default_factory=list)
 
 
@@ -74,6 +79,7 @@ class Definition:
     degrade: tuple[policy.Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
     status: BudgetStatus = BudgetStatus.ACTIVE
+    required: bool = False  # a template whose dimension every call under the scope carries
 
     @property
     def key(self) -> DefKey:
@@ -152,13 +158,15 @@ class Tenant:
     calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
     runs: dict[tuple[QuotaKey, str], set[str]] = field(default_factory=dict)
     active: dict[QuotaKey, int] = field(default_factory=dict)
+    required: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Scope → the dimension keys its required templates and access rule demand (sorted);
+    only scopes that demand some, so a tenant without any skips the check."""
     mode: str | None = None
     plan: str | None = None
     plan_keys: set[tuple[str, Any]] = field(default_factory=set)
     audit: deque[AuditEntry] = field(default_factory=deque)
     seq: int = 0
-    report: dict[str, int] = field(default_factory=dict)  # "day|scope|counter" -> count
-    tally_prefix: dict[tuple[int, str], str] = field(default_factory=dict)
+    report: dict[int, dict[str, int]] = field(default_factory=dict)  # day -> "scope|counter"
 
 
 class _Route(NamedTuple):
@@ -175,6 +183,37 @@ def redefined(t: Tenant) -> None:
     """A definition was added or removed: cached routes and held definitions are stale."""
     t.epoch += 1
     t.routes.clear()
+
+
+def requirements_changed(t: Tenant, scope: str) -> None:
+    """A scope's templates or access rule changed: recompute the dimensions it requires."""
+    keys = {d.per for d in t.definitions.get(scope, {}).values() if d.required and d.per}
+    rule = t.access.get(scope)
+    if rule is not None:
+        keys.update(rule.required_dimensions)
+    if keys:
+        t.required[scope] = tuple(sorted(keys))
+    else:
+        t.required.pop(scope, None)
+
+
+def missing_dimensions(t: Tenant, scopes: tuple[str, ...],
+                       dimensions: tuple[tuple[str, str], ...]) -> Decision | None:
+    """DIMENSION_REQUIRED when the subject lacks a dimension one of its scopes requires, at
+    the outermost such scope, naming every missing key (sorted); None when nothing lacks."""
+    if not t.required:
+        return None
+    have = {key for key, _ in dimensions}
+    where, missing = None, set()
+    for scope in scopes:
+        for key in t.required.get(scope, ()):
+            if key not in have:
+                where = where or scope
+                missing.add(key)
+    if where is None:
+        return None
+    return Decision(Outcome.DENY, reason=Reason.DIMENSION_REQUIRED, scope=where,
+                    missing_dimensions=tuple(sorted(missing)))
 
 
 def dimension_ledgers(t: Tenant, d: Definition, current: str) -> Iterator[LedgerKey]:
@@ -245,20 +284,12 @@ def _route(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str]
 def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
                policy_: OveragePolicy | None, now: int, release_reserved: bool,
                shadow: bool) -> ledger.Settlement:
-    """Settle a charge on these ledgers; in shadow mode nothing is refused and any overage
-    beyond a budget is tracked as debt, so the spend stays visible."""
+    """Settle a charge on these ledgers; in shadow mode nothing is refused and the spend
+    beyond what enforce mode would allow is booked as debt (`ledger.settle_shadow`)."""
+    rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
     if shadow:
-        rows = [(key, _unlimited(d), state, OveragePolicy.ALLOW_WITH_OVERDRAFT)
-                for key, d, state in states]
-    else:
-        rows = [(key, d, state, policy_ or d.overage_policy) for key, d, state in states]
+        return ledger.settle_shadow(rows, estimate, actual, release_reserved)
     return ledger.settle(rows, estimate, actual, release_reserved, now)
-
-
-def _unlimited(d: Definition) -> Definition:
-    """Shadow mode settles every overage as debt: spend is tracked, never refused."""
-    return Definition(d.scope, d.unit, d.period, d.per, d.limit, 2**62,
-                      OveragePolicy.ALLOW_WITH_OVERDRAFT, d.degrade, d.alerts, d.status)
 
 
 # -- reservations -------------------------------------------------------------------------
@@ -319,7 +350,7 @@ def expire(t: Tenant, res: Reservation, now: int) -> None:
     finish(t, res, ReservationStatus.EXPIRED, now)
     log(t, now, AuditType.EXPIRED, scopes=res.scopes, reservation_id=res.id,
         estimate=res.estimate_amounts)
-    tally(t, now, res.subject.scope_path, "expiries")
+    tally(t, now, report_scopes(res.subject), "expiries")
 
 
 # -- idempotency --------------------------------------------------------------------------
@@ -362,23 +393,25 @@ def log(t: Tenant, now: int, kind: str, *, subject: Subject | None = None,
         t.audit.popleft()
 
 
-def tally(t: Tenant, now: int, scope: str, event: str, amounts: dict[Unit, int] | None = None,
-          names: dict[Unit, str] | None = None) -> None:
-    """Count one `event`, and `amounts` under their unit's counter `names`. Report counters
-    are kept as `day|subject scope|counter` (the Redis store's form)."""
-    memo = (now // 60_000, scope)
-    prefix = t.tally_prefix.get(memo)
-    if prefix is None:
-        if len(t.tally_prefix) > 1024:
-            t.tally_prefix.clear()
-        prefix = t.tally_prefix[memo] = f"{bucket(Period.DAY, now)}|{scope}|"
-    report = t.report
-    key = prefix + event
-    report[key] = report.get(key, 0) + 1
-    if amounts and names:
-        for unit, by in amounts.items():
-            key = prefix + names[unit]
-            report[key] = report.get(key, 0) + by
+def tally(t: Tenant, now: int, scopes: tuple[str, ...], event: str,
+          amounts: dict[Unit, int] | None = None, names: dict[Unit, str] | None = None) -> None:
+    """Count one `event` at each of `scopes`, and `amounts` under their unit's counter `names`,
+    in today's counters (see `reports.py` for which scopes an event is counted at). The first
+    count of a day drops the days past the retention, as `count` in common.lua."""
+    day = now // DAY_MS
+    report = t.report.get(day)
+    if report is None:
+        report = t.report[day] = {}
+        oldest = day - t.cx.report_retention_days + 1
+        for old in [kept for kept in t.report if kept < oldest]:
+            del t.report[old]
+    for scope in scopes:
+        key = f"{scope}|{event}"
+        report[key] = report.get(key, 0) + 1
+        if amounts and names:
+            for unit, by in amounts.items():
+                key = f"{scope}|{names[unit]}"
+                report[key] = report.get(key, 0) + by
 
 
 def alerts(t: Tenant, changed: Iterable[tuple[LedgerKey, Definition, ledger.Ledger]], now: int,
@@ -436,7 +469,7 @@ def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: 
     if exhausted:
         state.exhausted = True
         note(NotificationType.EXHAUSTED)
-        tally(t, now, parse_scope(key[0]).base, "exhaustions")
+        tally(t, now, (key[0],), "exhaustions")  # the ledger that ran out, run ledgers too
     if over:
         note(NotificationType.OVER_LIMIT_ENTERED)
 

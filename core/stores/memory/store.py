@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from ...clock import system_ms
 from ...events import Notification
+from ...reports import REPORT_RETENTION_DAYS, check_retention
 from ..operations import (
     ApplyPlan,
     Audit,
@@ -62,11 +63,11 @@ class MemoryStore:
 
     def __init__(self, clock: Callable[[], int] = system_ms, *, reap_batch: int = 16,
                  idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
-                 dimension_idle_ttl_ms: int = 30 * DAY_MS, audit_retention: int = 10_000
-                 ) -> None:
+                 dimension_idle_ttl_ms: int = 30 * DAY_MS, audit_retention: int = 10_000,
+                 report_retention_days: int = REPORT_RETENTION_DAYS) -> None:
         self.clock = clock
         self._cx = Context(idempotency_ttl_ms, finished_retention_ms, dimension_idle_ttl_ms,
-                           audit_retention, reap_batch)
+                           audit_retention, reap_batch, check_retention(report_retention_days))
         self._lock = threading.Lock()
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []

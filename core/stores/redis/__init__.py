@@ -11,7 +11,7 @@ one library per operation.
 
 from __future__ import annotations
 
-from ...events import ReportRow
+from ...reports import ReportRow
 from .keys import TENANTS_KEY, reservation_key, tenant_keys
 from .store import RedisStore
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...events import report_rows
 from ...ids import new_id
 from ...models import (
     CommitResult,
@@ -28,6 +27,7 @@ from ...models import (
     ReservationStatus,
     TransferResult,
 )
+from ...reports import report_rows
 from ...scopes import parse_scope
 from .. import operations as ops
 from . import payloads as out
@@ -181,8 +181,7 @@ def _transfer(op: ops.Transfer) -> dict[str, Any]:
 def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:
     flat = body["counts"]
     counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
-    now = op.at_ms if op.at_ms is not None else back.now_ms(wire.clock)
-    return report_rows(counts, op.period, now)
+    return report_rows(counts, op.period, int(body["at"]), op.by, op.top)
 
 
 def _balances_of(op: Any, body: dict[str, Any], wire: Wire) -> Any:
@@ -229,7 +228,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
     ops.Audit: Codec("read", _document(_audit),
                      lambda op, b, w: tuple(back.record(op.tenant, fields)
                                             for fields in reversed(b["records"]))),
-    ops.Report: Codec("read", _document(lambda op: {"op": "report"}), _report),
+    ops.Report: Codec("read", _document(lambda op: {
+        "op": "report", "period": op.period.value, "at": op.at_ms, "by": op.by}), _report),
     ops.Fund: Codec("admin", _document(_fund, "fund"),
                     lambda op, b, w: FundResult(back.balance(b["before"]),
                                                 back.balance(b["after"])), registers=True),

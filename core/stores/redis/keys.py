@@ -11,19 +11,21 @@ TENANTS_KEY = "al:tenants"
 
 @lru_cache(maxsize=4096)
 def tenant_keys(tenant: str) -> tuple[str, ...]:
-    """The ten keys every script of a tenant declares (KEYS[1..10]); built once per tenant."""
+    """The eleven keys every script of a tenant declares (KEYS[1..11]); built once per
+    tenant."""
     tag = f"al:{{{tenant}}}:"
     return tuple(tag + name for name in ("defs", "ledgers", "quotas", "access", "qcount",
-                                         "qruns", "meta", "exp", "audit", "report"))
+                                         "qruns", "meta", "exp", "audit", "report",
+                                         "report:days"))
 
 
 def reservation_key(tenant: str, rid: str) -> str:
-    """A reservation's hash (KEYS[11] of the calls that touch one)."""
+    """A reservation's hash (KEYS[12] of the calls that touch one)."""
     return f"al:{{{tenant}}}:r:{rid}"
 
 
 def idempotency_key(tenant: str, kind: str, key: str | None) -> str:
-    """Where a keyed call's replay is kept (KEYS[12]); the tenant's placeholder without a key."""
+    """Where a keyed call's replay is kept (KEYS[13]); the tenant's placeholder without a key."""
     if key is None:
         return none_key(tenant)
     return f"al:{{{tenant}}}:i:{kind}:{key}"

@@ -94,7 +94,8 @@ def _set_budget(op: ops.SetBudget) -> dict[str, Any]:
     return {"op": "set_budget", "scope": op.scope, "unit": op.unit.value,
             "period": period(op.period), "per": op.per or "", "limit": op.limit,
             "od": op.overdraft_limit, "policy": op.overage_policy.value,
-            "alerts": list(op.alerts), "degrade": [rule.model_dump() for rule in op.degrade]}
+            "alerts": list(op.alerts), "degrade": [rule.model_dump() for rule in op.degrade],
+            "required": op.required}
 
 
 def _remove_budget(op: ops.RemoveBudget) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def _set_access(op: ops.SetAccess) -> dict[str, Any]:
     access = None if op.rule is None else {
         "models_allow": list(op.rule.models_allow), "models_deny": list(op.rule.models_deny),
         "tools_allow": list(op.rule.tools_allow), "tools_deny": list(op.rule.tools_deny),
-        "max_tokens_per_call": op.rule.max_tokens_per_call}
+        "max_tokens_per_call": op.rule.max_tokens_per_call,
+        "required_dimensions": list(op.rule.required_dimensions)}
     return {"op": "set_access", "scope": op.scope, "rule": access}
 
 

@@ -105,7 +105,8 @@ def decision(body: dict[str, Any]) -> Decision:
         body.get("reason"), body.get("scope"),
         Unit(body["unit"]) if body.get("unit") else None, _int(body.get("remaining")),
         _int(body.get("limit")), _int(body.get("requested")), _int(body.get("retry_after_ms")),
-        None if not observed else decision(observed))
+        None if not observed else decision(observed),
+        tuple(body.get("missing_dimensions") or ()))
 
 
 def info(row: list[Any]) -> ReservationInfo:
@@ -129,7 +130,7 @@ def error(body: dict[str, Any]) -> AllotmentError:
     refusal = body.get("decision")
     if refusal:
         found = decision(refusal)
-        if code == "BUDGET_NOT_FOUND":
+        if code in ("BUDGET_NOT_FOUND", "DIMENSION_REQUIRED"):
             return Denied(found)
         return BudgetExceeded(found)
     return by_code(code, message)

@@ -22,6 +22,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError, T
 
 from ...errors import InvalidRequest, StoreUnavailable
 from ...events import Notification
+from ...reports import REPORT_RETENTION_DAYS, check_retention
 from .. import operations as ops
 from . import replies
 from .codec import Wire
@@ -61,7 +62,8 @@ class RedisStore:
                  clock: Callable[[], int] | None = None, reap_batch: int = 16,
                  idempotency_ttl_ms: int = DAY_MS, finished_retention_ms: int = DAY_MS,
                  audit_retention: int = 10_000, dimension_idle_ttl_ms: int = 30 * DAY_MS,
-                 prune_batch: int = 500, durability: str = "fast", replicas: int = 0,
+                 prune_batch: int = 500, report_retention_days: int = REPORT_RETENTION_DAYS,
+                 durability: str = "fast", replicas: int = 0,
                  wait_timeout_ms: int = 1_000, socket_timeout: float = 2.0) -> None:
         if client is None and url is None:
             url = "redis://localhost:6379/0"
@@ -79,7 +81,8 @@ class RedisStore:
         settings = json.dumps({
             "reap_batch": reap_batch, "idempotency_ttl_ms": idempotency_ttl_ms,
             "finished_retention_ms": finished_retention_ms, "audit_retention": audit_retention,
-            "dimension_idle_ttl_ms": dimension_idle_ttl_ms, "prune_batch": prune_batch})
+            "dimension_idle_ttl_ms": dimension_idle_ttl_ms, "prune_batch": prune_batch,
+            "report_retention_days": check_retention(report_retention_days)})
         text, self.library_name = library()
         self._flows = Flows(self.library_name, text, Wire(settings, clock), self._notify,
                             strict=durability == "strict", replicas=replicas,

@@ -14,11 +14,13 @@
 --   7 meta     HASH mode, plan, plan_keys, seq
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
---  10 report   HASH "day|scope|counter" -> count
---  11 res      HASH one reservation: status, expires, ext, core (see save_res), and once
+--  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes)
+--  11 rdays    ZSET report field -> its day (days since 1970-01-01): reads fetch the fields
+--               of the days asked for, and days past the retention leave both keys
+--  12 res      HASH one reservation: status, expires, ext, core (see save_res), and once
 --               finished finalized, charged, the replies kept for idempotent replays
 --               (or a placeholder key)
---  12 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
+--  13 idem     STRING fingerprint.."\n"..reply (or a placeholder key)
 -- args: 1 the operation as JSON, 2 a clock override in ms ("" = Redis TIME), 3 settings JSON;
 -- reserve and settle take flat arguments instead of the JSON document (see flat_reserve and
 -- flat_settle). Integers travel as JSON numbers or decimal strings into the library (exact
@@ -30,7 +32,7 @@
 
 local P, CFG, CFG_TEXT, NOW, NOTES
 local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS, K_QCOUNT, K_QRUNS
-local K_META, K_EXP, K_AUDIT, K_REPORT, K_RES, K_IDEM
+local K_META, K_EXP, K_AUDIT, K_REPORT, K_RDAYS, K_RES, K_IDEM
 local NULL  -- cjson.null: the libraries are reachable only inside a call
 local MAX_AMOUNT = 9007199254740991  -- 2^53 - 1: every integer up to it is exact here
 
@@ -155,7 +157,11 @@ end
 -- then three length-prefixed strings: the dimension (per), the alert thresholds (doubles)
 -- and the degrade rules (JSON, "" when none). Fixed-size fields decode in one step; alerts
 -- and degrade rules are read only when used. (Earlier versions wrote a JSON list.)
+-- Version 3 adds a flags byte after the status (1: the template's dimension is required);
+-- it is written only for a scope with such a template, so others read as before.
 local DEF_FORMAT = '<BBBBi8i8Hc0Hc0Hc0'
+local DEF_FORMAT3 = '<BBBBBi8i8Hc0Hc0Hc0'
+local DEF_REQUIRED = 1
 local function codes(names)
   local by_name = {}
   for i = 0, #names do by_name[names[i]] = i end
@@ -188,21 +194,28 @@ local function degrade_rules(d)
   end
   return d.degrade
 end
-local function unpacked_defs(scope, raw)
+local function unpacked_defs(scope, raw, version)
   local list, pos = {}, 4
   for i = 1, (struct.unpack('<H', raw, 2)) do
     local u, p, policy, status, limit, od, per, alerts, degrade
-    u, p, policy, status, limit, od, per, alerts, degrade, pos = struct.unpack(DEF_FORMAT, raw,
-      pos)
+    local flags = 0
+    if version == 3 then
+      u, p, policy, status, flags, limit, od, per, alerts, degrade, pos = struct.unpack(
+        DEF_FORMAT3, raw, pos)
+    else
+      u, p, policy, status, limit, od, per, alerts, degrade, pos = struct.unpack(DEF_FORMAT,
+        raw, pos)
+    end
     list[i] = {scope = scope, unit = UNIT_NAMES[u], period = PERIOD_NAMES[p], per = per,
       limit = limit, od = od, policy = POLICY_NAMES[policy], status = STATUS_NAMES[status],
-      alerts_raw = alerts, degrade_raw = degrade}
+      alerts_raw = alerts, degrade_raw = degrade, required = flags % 2 == DEF_REQUIRED}
   end
   return list
 end
 local function decoded_defs(scope, raw)
   if not raw then return {} end
-  if string.byte(raw, 1) == 2 then return unpacked_defs(scope, raw) end
+  local version = string.byte(raw, 1)
+  if version == 2 or version == 3 then return unpacked_defs(scope, raw, version) end
   local list = cjson.decode(raw)
   for _, d in ipairs(list) do
     d.scope = scope
@@ -265,10 +278,15 @@ local function unpackable(d)
   end
   return nil
 end
-local function packed_def(d)
+local function packed_def(d, version)
   local why = unpackable(d)  -- checked before the first write (see budget_refusal)
   if why then error('allotment: definition of ' .. d.scope .. ' not packed: ' .. why) end
   local alerts, degrade = def_parts(d)
+  if version == 3 then
+    return struct.pack(DEF_FORMAT3, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
+      POLICY_CODES[d.policy], STATUS_CODES[d.status], d.required and DEF_REQUIRED or 0,
+      d.limit, d.od, #d.per, d.per, #alerts, alerts, #degrade, degrade)
+  end
   return struct.pack(DEF_FORMAT, UNIT_ORDER[d.unit], PERIOD_ORDER[d.period],
     POLICY_CODES[d.policy], STATUS_CODES[d.status], d.limit, d.od, #d.per, d.per, #alerts,
     alerts, #degrade, degrade)
@@ -277,8 +295,10 @@ local function save_defs(scope, list)
   DEF_CACHE[scope] = nil
   if #list == 0 then redis.call('HDEL', K_DEFS, scope) return end
   if #list > MAX_U16 then error('allotment: more than ' .. MAX_U16 .. ' budgets at ' .. scope) end
-  local out = {struct.pack('<BH', 2, #list)}
-  for i, d in ipairs(list) do out[i + 1] = packed_def(d) end
+  local version = 2
+  for _, d in ipairs(list) do if d.required then version = 3 end end
+  local out = {struct.pack('<BH', version, #list)}
+  for i, d in ipairs(list) do out[i + 1] = packed_def(d, version) end
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function find_def(scope, unit, period, per)
@@ -423,10 +443,91 @@ local function ordered_units(by_unit)
   end
   return units
 end
-local DAY_PREFIX  -- this call's "day|", worked out on its first counter
+-- report counters (as tally in memory/state.py and core/reports.py): one field per day,
+-- scope and counter, each indexed by its day in K_RDAYS when it first appears
+local DAY_PREFIX, TODAY  -- this call's "day|" and day number, worked out on its first counter
+local function day_number(label)
+  -- days since 1970-01-01 of a "YYYY-MM-DD..." label, or nil
+  local y, m, d = string.match(label, '^(%d%d%d%d)%-(%d%d)%-(%d%d)|')
+  if not y then return nil end
+  return days_from_civil(tonumber(y), tonumber(m), tonumber(d))
+end
+local function oldest_kept() return math.floor(NOW / DAY) - CFG.report_retention_days + 1 end
+local function report_migrate()
+  -- a report hash written before the day index: index each field by its day, and drop
+  -- those past the retention (once per tenant: the index is never empty again while
+  -- counters are kept)
+  local flat, oldest, keep, drop = redis.call('HGETALL', K_REPORT), oldest_kept(), {}, {}
+  for i = 1, #flat, 2 do
+    local day = day_number(flat[i])
+    if day and day >= oldest then
+      keep[#keep + 1], keep[#keep + 2] = day, flat[i]
+    elseif day then
+      drop[#drop + 1] = flat[i]
+    end
+  end
+  for i = 1, #keep, 1000 do
+    redis.call('ZADD', K_RDAYS, unpack(keep, i, math.min(i + 999, #keep)))
+  end
+  for i = 1, #drop, 1000 do
+    redis.call('HDEL', K_REPORT, unpack(drop, i, math.min(i + 999, #drop)))
+  end
+end
+local function report_prune(limit)
+  -- up to `limit` counters of days past the retention leave storage
+  local old = redis.call('ZRANGEBYSCORE', K_RDAYS, '-inf', '(' .. oldest_kept(), 'LIMIT', 0,
+    math.min(limit, 1000))  -- at most what one unpack can pass
+  if #old > 0 then
+    redis.call('HDEL', K_REPORT, unpack(old))
+    redis.call('ZREM', K_RDAYS, unpack(old))
+  end
+end
 local function count(scope, counter, by)
-  if DAY_PREFIX == nil then DAY_PREFIX = day_of(NOW) .. '|' end
-  redis.call('HINCRBY', K_REPORT, DAY_PREFIX .. scope .. '|' .. counter, by or 1)
+  if DAY_PREFIX == nil then
+    DAY_PREFIX, TODAY = day_of(NOW) .. '|', math.floor(NOW / DAY)
+  end
+  by = by or 1
+  local field = DAY_PREFIX .. scope .. '|' .. counter
+  if redis.call('HINCRBY', K_REPORT, field, by) == by then
+    -- a new field (or one still at 0, indexed again at no cost): into today's index, and
+    -- the first counters of a day push the old days out
+    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
+    redis.call('ZADD', K_RDAYS, TODAY, field)
+    report_prune(CFG.prune_batch)
+  end
+end
+local function report_scopes(path, dims)
+  -- where a call's activity is counted (as report_scopes in core/reports.py): its subject
+  -- scope, then that scope with each of its dimensions ({key, value} pairs)
+  local out = {path}
+  for _, pair in ipairs(dims) do out[#out + 1] = path .. '/' .. pair[1] .. ':' .. pair[2] end
+  return out
+end
+local function refused_at(denial)
+  -- the scope a denial is counted at: the one whose limit refused (else the subject's)
+  local scope = nz(denial.scope)
+  if scope == nil or scope == '' then return P.scope_path end
+  return scope
+end
+local function report_span(period, ms)
+  -- the first and last day (days since 1970-01-01) of the period containing ms, as
+  -- report_days in core/reports.py
+  local days = math.floor(ms / DAY)
+  if period == 'day' then return days, days end
+  if period == 'week' then
+    local monday = days - (days + 3) % 7
+    return monday, monday + 6
+  end
+  local y, m = civil(days)
+  if period == 'month' then
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    return days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1
+  end
+  return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
+end
+local function count_all(scopes, counter, by)
+  for _, scope in ipairs(scopes) do count(scope, counter, by) end
 end
 local function alert(L, d, rid)
   -- as _alert in state.py: after a commit or a record, never a hold; thresholds and
@@ -454,15 +555,18 @@ local function alert(L, d, rid)
   if exhausted then
     L.ex = 1
     note('budget.exhausted')
-    count(base_scope(path), 'exhaustions')
+    count(path, 'exhaustions')  -- the ledger that ran out, a run ledger too, and no other
   end
   if over then note('budget.over_limit_entered') end
 end
 
 -- ledger arithmetic (as core/ledger.py) ----------------------------------------------------
-local function refusal(L, d, amount)
+local function refusal(L, d, amount, shadow)
+  -- shadow mode: short of amount is the budget's refusal before debt or the over-limit flag
+  -- (as ledger.reserve_refusal)
   if d.status == 'FROZEN' then return 'BUDGET_FROZEN' end
   if d.status == 'CLOSED' then return 'BUDGET_CLOSED' end
+  if shadow and remaining(L) < amount then return 'BUDGET_EXCEEDED' end
   if L.over == 1 then return 'OVERDRAFT_LIMIT_EXCEEDED' end
   if L.debt > 0 and d.od == 0 then return 'DEBT_OUTSTANDING' end
   if remaining(L) < amount then return 'BUDGET_EXCEEDED' end
@@ -517,6 +621,23 @@ local function settle(rows, estimate, actual, release_reserved)
   for unit, held in pairs(estimate) do charged[unit] = held + extra[unit] end
   return changes, charged, nil
 end
+-- shadow mode (as ledger.settle_shadow): nothing refused, all of actual charged; spent up to
+-- what the allocation has left after spent and debt (holds aside), the rest debt; over the
+-- limit once debt passes what enforce mode would let it owe
+local function settle_shadow(rows, estimate, actual, release_reserved)
+  local changes = {}
+  for i, row in ipairs(rows) do
+    local unit, L = row.unit, row.L
+    local charge = actual[unit]
+    local debt = math.max(0, charge - math.max(0, L.a - L.sp - L.debt))
+    local owed = row.policy == 'ALLOW_WITH_OVERDRAFT' and row.d.od or 0
+    changes[i] = {release_reserved and estimate[unit] or 0, charge - debt, debt,
+      L.debt + debt > owed}
+  end
+  local charged = {}
+  for unit in pairs(estimate) do charged[unit] = actual[unit] end
+  return changes, charged
+end
 local function apply(rows, changes)
   -- the caller saves each ledger once, after its alerts are worked out
   for i, row in ipairs(rows) do
@@ -528,13 +649,6 @@ local function apply(rows, changes)
     L.t = NOW
   end
 end
-local function unlimited(d)
-  return {scope = d.scope, unit = d.unit, period = d.period, per = d.per, limit = d.limit,
-    od = 4611686018427387904, policy = 'ALLOW_WITH_OVERDRAFT', status = d.status,
-    alerts = d.alerts, alerts_raw = d.alerts_raw, degrade = d.degrade,
-    degrade_raw = d.degrade_raw}
-end
-
 -- globs, read as policy.py reads them (fnmatch.fnmatchcase) ------------------------------
 -- `*` any run, `?` one character, `[seq]` / `[!seq]` a class with ranges (`a-z`; an empty
 -- range matches nothing), a `[` without its `]` itself; everything else itself. Characters
@@ -664,6 +778,42 @@ local function targets(scopes, dims, units)
   return nil
 end
 
+-- required dimensions ----------------------------------------------------------------------
+local function access_rules(scopes)
+  -- the scopes' access rules, decoded, by position (false where a scope has none); a hash
+  -- with no fields does not exist, so a tenant without rules skips the lookup
+  if redis.call('EXISTS', K_ACCESS) == 0 then return {} end
+  local rules = redis.call('HMGET', K_ACCESS, unpack(scopes))
+  for i = 1, #scopes do
+    if rules[i] then rules[i] = cjson.decode(rules[i]) end
+  end
+  return rules
+end
+local function missing_dims(scopes, dims, rules)
+  -- DIMENSION_REQUIRED when the subject lacks a dimension one of its scopes requires (a
+  -- required template, or the scope's access rule): at the outermost such scope, naming
+  -- every missing key, sorted; nil when nothing lacks (as missing_dimensions in state.py)
+  prefetch_defs(scopes)
+  local where, missing = nil, {}
+  local function need(scope, key)
+    if dims[key] == nil then
+      where = where or scope
+      missing[key] = true
+    end
+  end
+  for i, scope in ipairs(scopes) do
+    for _, d in ipairs(defs_of(scope)) do
+      if d.required and d.per ~= '' then need(scope, d.per) end
+    end
+    if rules[i] then
+      for _, key in ipairs(rules[i].required_dimensions or {}) do need(scope, key) end
+    end
+  end
+  if where == nil then return nil end
+  return {outcome = 'DENY', reason = 'DIMENSION_REQUIRED', scope = where,
+    missing_dimensions = sorted_keys(missing)}
+end
+
 -- reservations -----------------------------------------------------------------------------
 local function unpack_units(text)
   local out, order = {}, {}
@@ -755,7 +905,7 @@ local function load_res(key)
     R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list = c[1], c[2], c[3], c[4],
       c[5], c[6]
     R.created, R.grace, R.maxext, R.policy, R.concurrency = c[7], c[8], c[9], c[10], c[11]
-    R.shadow, R.scope_path, R.refs, R.core = c[12], c[13], c[14], nil
+    R.shadow, R.scope_path, R.refs, R.tally, R.core = c[12], c[13], c[14], c[15], nil
   end
   R.expires = tonumber(R.expires)
   R.grace = tonumber(R.grace)
@@ -768,7 +918,7 @@ local function save_res(R)
   -- its ledgers as one flat list of references (ledger_ref; the last item, 1, says so)
   redis.call('HSET', K_RES, 'status', R.status, 'expires', s(R.expires), 'ext', R.ext, 'core',
     cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list, R.created,
-      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1}))
+      R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1, R.tally}))
 end
 local function res_info(R)
   return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
@@ -806,12 +956,18 @@ local function finish(R, key, status, charged)
   end
 end
 local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
+local function res_report_scopes(R)
+  -- where the reservation's activity is counted (kept when it was made; a reservation made
+  -- before that was kept counts at its subject scope alone)
+  if R.tally and R.tally ~= '' then return split(R.tally, '\n') end
+  return {subject_scope(R)}
+end
 local function expire(R, key)
   return_estimate(R)
   finish(R, key, 'EXPIRED')
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})
-  count(subject_scope(R), 'expiries')
+  count_all(res_report_scopes(R), 'expiries')
 end
 local function overdue(limit)
   -- the first `limit` entries due in the expiry index, each {rid, key, R}; R is nil when
@@ -950,12 +1106,13 @@ end
 local function begin(keys, args, flat)
   K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS = keys[1], keys[2], keys[3], keys[4]
   K_QCOUNT, K_QRUNS, K_META, K_EXP = keys[5], keys[6], keys[7], keys[8]
-  K_AUDIT, K_REPORT, K_RES, K_IDEM = keys[9], keys[10], keys[11], keys[12]
+  K_AUDIT, K_REPORT, K_RDAYS = keys[9], keys[10], keys[11]
+  K_RES, K_IDEM = keys[12], keys[13]
   NULL = cjson.null
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
-  NOTES, DEF_CACHE, CURRENT, DAY_PREFIX = {}, {}, {}, nil
+  NOTES, DEF_CACHE, CURRENT, DAY_PREFIX, TODAY = {}, {}, {}, nil, nil
   -- (a dry run writes nothing: reserve works out what this reap would give back instead)
   if CFG.reap_batch > 0 and P.op ~= 'sweep' and not P.dry_run then reap(CFG.reap_batch) end
 end

@@ -37,6 +37,7 @@ local function set_budget(x)
   end
   d.limit, d.od, d.policy = x.limit, x.od, x.policy
   d.alerts, d.degrade = x.alerts, x.degrade
+  d.required = x.required == true
   d.status = d.status or 'ACTIVE'
   save_defs(x.scope, list)
   audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = s(x.limit),

@@ -72,6 +72,34 @@ elseif op == 'audit' then
   return cjson.encode({records = found})
 
 elseif op == 'report' then
-  return cjson.encode({counts = redis.call('HGETALL', K_REPORT)})
+  -- the counters of the kept days of the period asked for, of the rows asked for: scope
+  -- rows take fields without a trailing dimension, rows `by` a key the fields ending in it
+  if redis.call('ZCARD', K_RDAYS) == 0 and redis.call('EXISTS', K_REPORT) == 1 then
+    report_migrate()
+  end
+  local at = nz(P.at) or NOW
+  local first, last = report_span(P.period, at)
+  first = math.max(first, oldest_kept())
+  local counts = {}
+  if first <= last then
+    local fields, wanted = redis.call('ZRANGEBYSCORE', K_RDAYS, first, last), {}
+    for _, field in ipairs(fields) do
+      local last_segment = string.match(field, '^[^|]*|[^|]-([^/|]*)|')
+      local key = last_segment and string.match(last_segment, '^([^:]*):')
+      local dimension = key and not LEVELS[key] and key or nil
+      if dimension == nz(P.by) then wanted[#wanted + 1] = field end
+    end
+    for i = 1, #wanted, 1000 do
+      local chunk = {unpack(wanted, i, math.min(i + 999, #wanted))}
+      local values = redis.call('HMGET', K_REPORT, unpack(chunk))
+      for j, field in ipairs(chunk) do
+        if values[j] then
+          counts[#counts + 1] = field
+          counts[#counts + 1] = values[j]
+        end
+      end
+    end
+  end
+  return cjson.encode({counts = counts, at = s(at)})
 end
 return fail('INVALID_REQUEST', 'unknown read ' .. tostring(op))

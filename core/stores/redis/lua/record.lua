@@ -13,6 +13,10 @@ for _, pair in ipairs(P.actual) do
 end
 local bad = amount_refusal(actual, 'actual')
 if bad then return bad end
+local lacking = not shadow and missing_dims(P.scopes, dims, access_rules(P.scopes))
+if lacking then  -- as a frozen budget: the record is refused
+  return fail('DIMENSION_REQUIRED', 'a required dimension is missing', lacking)
+end
 local found, err = targets(P.scopes, dims, actual)
 if err then return cjson.encode(err) end
 if found == nil then
@@ -27,17 +31,20 @@ for i, t in ipairs(found) do
     return fail(reason, 'the budget is ' .. t.d.status,
       denial_of(reason, t.path, t.d.unit, t.d.period, L, actual[t.d.unit]))
   end
-  local d, policy = t.d, nz(P.policy) or t.d.policy
-  if shadow then d, policy = unlimited(t.d), 'ALLOW_WITH_OVERDRAFT' end
-  rows[i] = {L = L, d = d, policy = policy, unit = t.d.unit, real = t.d}
+  rows[i] = {L = L, d = t.d, policy = nz(P.policy) or t.d.policy, unit = t.d.unit}
 end
-local changes, charged, refused = settle(rows, zero, actual, false)
+local changes, charged, refused
+if shadow then
+  changes, charged = settle_shadow(rows, zero, actual, false)
+else
+  changes, charged, refused = settle(rows, zero, actual, false)
+end
 if refused then
   return fail(refused.reason, 'the record exceeds what remains', refused)
 end
 apply(rows, changes)
 local balances = {}
-for i, row in ipairs(rows) do balances[i] = balance(row.L, row.real) end
+for i, row in ipairs(rows) do balances[i] = balance(row.L, row.d) end
 local subject = cjson.decode(P.subject)
 local body = {event_id = P.event_id, charged = pack_units(charged), balances = balances,
   notes = {}}
@@ -49,10 +56,11 @@ end
 audit('event.recorded', {scopes = scopes, subject = P.subject,
   action = P.action.kind .. ' ' .. P.action.name, idempotency_key = nz(P.key) or '',
   actual = pack_units(actual), charged = pack_units(charged)})
-count(subject.scope_path, 'records')
-for unit, amount in pairs(charged) do count(subject.scope_path, 'committed:' .. unit, amount) end
+local tally = report_scopes(subject.scope_path, P.dims)
+count_all(tally, 'records')
+for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do
-  alert(row.L, row.real, NULL)
+  alert(row.L, row.d, NULL)
   lsave(row.L)
 end
 body.notes = NOTES

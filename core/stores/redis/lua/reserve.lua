@@ -16,6 +16,9 @@ end
 local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 local kind, name = P.action.kind, P.action.name
+-- the provider a name starts with ('openai' in 'openai:gpt-4o'): a degrade rule's model
+-- applies only to calls to a provider it names
+local provider = string.match(name, '^([^:]+):')
 local dims = {}
 for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
 local denial = nil
@@ -42,19 +45,20 @@ local function add_caps(c, severity)
     for _, t in ipairs(c.tool_denylist) do caps.tool_deny[t] = true end
   end
   if nz(c.cooldown_ms) then caps.cooldown_ms = math.max(caps.cooldown_ms or 0, c.cooldown_ms) end
-  if nz(c.model) and severity < (caps.severity or 2) then
-    caps.model, caps.severity = c.model, severity
+  local model = c.model
+  if type(model) == 'table' then model = provider and model[provider] end
+  if nz(model) and severity < (caps.severity or 2) then
+    caps.model, caps.severity = model, severity
   end
 end
 local function matches(value, patterns) return glob_any(value, patterns, true) end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
--- (a hash with no fields does not exist: a tenant without rules skips the lookup)
-local access = redis.call('EXISTS', K_ACCESS) == 1 and
-  redis.call('HMGET', K_ACCESS, unpack(P.scopes)) or {}
+local access = access_rules(P.scopes)
+denial = missing_dims(P.scopes, dims, access)  -- required dimensions come first
 for i, scope in ipairs(P.scopes) do
-  if access[i] then
-    local rule = cjson.decode(access[i])
+  local rule = access[i]
+  if rule then
     local allow, deny, reason
     if is_tool then
       allow, deny, reason = rule.tools_allow, rule.tools_deny, 'TOOL_NOT_ALLOWED'
@@ -155,7 +159,7 @@ if denial == nil or shadow then
   end
   for _, st in ipairs(states) do
     local unit = st.d.unit
-    local reason = refusal(st.L, st.d, need(unit))
+    local reason = refusal(st.L, st.d, need(unit), shadow)
     if reason == 'BUDGET_EXCEEDED' and (rates[unit] or 0) > 0 then
       local room = remaining(st.L)
       if room >= fixed[unit] then
@@ -203,8 +207,9 @@ if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = pack_units(fixed), reason = denial.reason,
-    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL}})
-  count(P.scope_path, 'denials:' .. denial.reason)
+    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL,
+      missing_dimensions = denial.missing_dimensions}})
+  count(refused_at(denial), 'denials:' .. denial.reason)  -- where the limit refused
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
   return answer(denial, nil, balances())
@@ -212,6 +217,7 @@ end
 
 -- allowed (or shadow): hold the estimate, count the quotas, record it ------------------------
 local held_ledgers, scopes, seen = {}, {}, {}
+local tally = report_scopes(P.scope_path, P.dims)
 for i, st in ipairs(states) do
   local L, d, path = st.L, st.d, st.path
   L.r = L.r + estimate[d.unit]
@@ -229,7 +235,7 @@ local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject
   action = P.action_json, estimate = pack_units(estimate), ledger_list = held_ledgers,
   created = s(NOW), expires = NOW + P.ttl, grace = P.grace, ext = 0, maxext = P.maxext,
   policy = nz(P.policy) or '', concurrency = table.concat(concurrency, '\n'),
-  shadow = shadow and '1' or '0', scope_path = P.scope_path}
+  shadow = shadow and '1' or '0', scope_path = P.scope_path, tally = table.concat(tally, '\n')}
 save_res(R)
 redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
 local decision = allowed
@@ -238,15 +244,15 @@ if denial then  -- shadow: what enforce mode would have said, on record
   audit('reservation.observed_denied', {scopes = {denial.scope or ''}, subject = P.subject,
     action = kind .. ' ' .. name, reservation_id = R.id, estimate = R.estimate,
     reason = denial.reason})
-  count(P.scope_path, 'denials:observed:' .. denial.reason)
+  count(refused_at(denial), 'denials:observed:' .. denial.reason)
 end
 audit_fields('reservation.reserved', with_optional({'subject', P.subject,
   'action', kind .. ' ' .. name, 'reservation_id', R.id},
   'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
   'estimate', R.estimate,
   'detail', capped and cjson.encode({caps = capped})))
-count(P.scope_path, 'reservations')
-for unit, amount in pairs(estimate) do count(P.scope_path, 'reserved:' .. unit, amount) end
+count_all(tally, 'reservations')
+for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
 local held, ledgers = balances(), {}
 -- no alerts: a hold is not spend (they follow commits and records, see alert in common.lua)
 for i, st in ipairs(states) do ledgers[i] = st.L end

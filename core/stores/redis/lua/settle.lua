@@ -65,13 +65,13 @@ if kind == 'extend' then
   return save_reply({reservation_id = R.id, expires_at_ms = s(R.expires), extensions = R.ext})
 end
 
-local scope_path = subject_scope(R)
+local tally = res_report_scopes(R)
 if kind == 'release' then
   local balances = return_estimate(R)
   finish(R, K_RES, 'RELEASED')
   audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
     idempotency_key = nz(P.key) or '', estimate = R.estimate, detail = {reason = P.reason}})
-  count(scope_path, 'releases')
+  count_all(tally, 'releases')
   return save_compact({R.estimate, balances, false})
 end
 
@@ -97,10 +97,14 @@ local ledgers = lload_all(targets_)
 for i, e in ipairs(res_ledgers(R)) do
   local d = targets_[i].d
   local policy = R.policy ~= '' and R.policy or d.policy
-  if shadow then d, policy = unlimited(d), 'ALLOW_WITH_OVERDRAFT' end
   rows[i] = {L = ledgers[i], d = d, policy = policy, unit = e.unit}
 end
-local changes, charged, refused = settle(rows, estimate, actual, true)
+local changes, charged, refused
+if shadow then
+  changes, charged = settle_shadow(rows, estimate, actual, true)
+else
+  changes, charged, refused = settle(rows, estimate, actual, true)
+end
 if refused then
   return fail(refused.reason, refused.reason == 'BUDGET_EXCEEDED' and
     'the actual exceeds the estimate by more than remains (overage policy REJECT)' or
@@ -118,8 +122,8 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
   'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
   'estimate', R.estimate,
   'actual', pack_units(actual), 'charged', charged_text))
-count(scope_path, 'commits')
-for unit, amount in pairs(charged) do count(scope_path, 'committed:' .. unit, amount) end
+count_all(tally, 'commits')
+for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
 lsave_all(ledgers)
 return save_compact({charged_text, pack_units(released), balances, false})
