@@ -44,10 +44,11 @@ test: $(STAMP) $(LI_STAMP)
 	$(BIN)/python -m pytest
 	$(LI_VENV)/bin/python -m pytest tests/integrations/llamaindex
 
-# The integration (LlamaIndex's too), Redis client and pricing tests on the lowest releases.
+# The integration (LlamaIndex's too), Redis client, pricing and degrade-model tests (what
+# reads genai-prices) on the lowest releases.
 test-lowest: $(LOW_STAMP)
 	$(LOW_VENV)/bin/python -m pytest tests/integrations tests/stores/test_redis_*.py \
-		tests/test_pricing.py
+		tests/test_pricing.py tests/test_degrade.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
