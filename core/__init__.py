@@ -64,7 +64,7 @@ from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
-from .scopes import Subject
+from .scopes import Subject, quote_value, unquote_value
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 
@@ -129,7 +129,9 @@ __all__ = [
     "current_subject",
     "format_amount",
     "microcents_to_usd",
+    "quote_value",
     "scope",
     "tokens",
+    "unquote_value",
     "usd",
 ]

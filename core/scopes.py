@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 from functools import cached_property
+from string import hexdigits
 from typing import NamedTuple
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .errors import InvalidRequest
-from .validation import NAME_RULE, Model, check_key, check_name, shown
+from .validation import (
+    NAME_RULE,
+    VALUE_PATTERN,
+    VALUE_RULE,
+    Model,
+    check_key,
+    check_name,
+    check_value,
+    shown,
+)
 
 LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
 """The canonical order; derived scopes are its cumulative prefixes, missing levels skipped."""
 
 MAX_DIMENSIONS = 16
 MAX_SCOPE = 2_048
-"""Scope text beyond this is refused unread (six levels and a dimension at their longest
-come to about 1,100 characters)."""
+"""Scope text beyond this is refused unread (six levels and a dimension at their longest,
+its value quoted to three times its length, come to about 1,250 characters)."""
+
+_QUOTES = str.maketrans({"%": "%25", "/": "%2F", "|": "%7C"})
+"""`/` separates a scope's segments and `|` the parts of a store's keys (a ledger's
+`path|unit|period|bucket`), so neither ever appears in scope text inside a value; `%`
+introduces the escape. Every other character a value may hold is written as itself, so
+values of the earlier alphabet (`a-z 0-9 _ . @ -`) read and key exactly as before."""
+ESCAPES = "write % as %25, / as %2F and | as %7C (al.quote_value does it)"
 
 
 class Subject(Model):
@@ -64,7 +81,7 @@ class Subject(Model):
         if len(value) > MAX_DIMENSIONS:
             raise ValueError(f"at most {MAX_DIMENSIONS} dimensions, got {len(value)}")
         try:
-            checked = {check_dimension_key(k): check_name(v, f"dimensions[{k!r}]")
+            checked = {check_dimension_key(k): check_value(v, f"dimensions[{k!r}]")
                        for k, v in value.items()}
         except InvalidRequest as error:
             raise ValueError(str(error)) from None
@@ -89,12 +106,46 @@ class Subject(Model):
 
     @cached_property
     def dimension_items(self) -> tuple[tuple[str, str], ...]:
-        """Dimensions as sorted pairs: the canonical form stores and fingerprints use."""
-        return tuple(sorted(self.dimensions.items()))
+        """Dimensions as sorted pairs, each value quoted as scope text writes it: the
+        canonical form stores (which build ledger paths of it) and fingerprints use."""
+        return tuple(sorted((k, v.translate(_QUOTES)) for k, v in self.dimensions.items()))
 
     @property
     def scope_path(self) -> str:
         return self.scopes()[-1]
+
+
+def quote_value(value: object) -> str:
+    """A dimension value as scope text writes it (`auth0|5f7c` is `auth0%7C5f7c`): the
+    way to build the scope of one value's ledger, e.g. for `balances` or `fund`."""
+    return check_value(value, "value").translate(_QUOTES)
+
+
+def unquote_value(text: object) -> str:
+    """The dimension value a scope's text names (`%XX` escapes read in either case); text
+    with a stray `%`, or naming a character no value may hold, is refused."""
+    return _unquoted(text, "value")
+
+
+def _unquoted(text: object, field: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{field}: expected a string, got {shown(text)}")
+    value = text
+    if "%" in text:
+        head, *rest = text.split("%")
+        parts = [head]
+        for part in rest:
+            code = part[:2]
+            if len(code) < 2 or not all(c in hexdigits for c in code):
+                value = ""  # refused below
+                break
+            parts += [chr(int(code, 16)), part[2:]]
+        else:
+            value = "".join(parts)
+    if not VALUE_PATTERN.fullmatch(value):
+        raise InvalidRequest(f"{field}: {shown(text)} is not allowed; {VALUE_RULE}; in "
+                             f"scope text {ESCAPES}")
+    return value
 
 
 def check_dimension_key(key: object) -> str:
@@ -119,8 +170,10 @@ class ScopePath(NamedTuple):
 
 
 def parse_scope(text: object) -> ScopePath:
-    """Parse `tenant:acme/workspace:prod[/run:r1]`, lower-casing values, refusing anything else.
-    A bare tenant name (`acme`) is that tenant's scope: no other reading is possible."""
+    """Parse `tenant:acme/workspace:prod[/run:R-1]`, refusing anything else. Kinds and level
+    names are lower-cased; a dimension value is kept exactly, its escapes made canonical
+    (`a%2fb` reads as `a%2Fb`, `auth0|1` as `auth0%7C1`). A bare tenant name (`acme`) is
+    that tenant's scope: no other reading is possible."""
     rule = ("write a scope as tenant:<name>[/workspace:<name>...] with levels in the order "
             + " > ".join(LEVELS) + ", optionally ending in one <dimension>:<value>")
     if not isinstance(text, str):
@@ -149,8 +202,8 @@ def parse_scope(text: object) -> ScopePath:
             last_level = index
             segments.append((level, check_name(value, f"scope {text!r} {level}")))
         elif segments:
-            dimension = (check_key(level, f"scope {text!r} dimension key"),
-                         check_name(value, f"scope {text!r} {level}"))
+            key = check_key(level, f"scope {text!r} dimension key")
+            dimension = (key, _unquoted(value, f"scope {text!r} {key}").translate(_QUOTES))
         else:
             raise InvalidRequest(f"scope {text!r}: must start with tenant:<name>; {rule}")
     base = "/".join(f"{level}:{value}" for level, value in segments)

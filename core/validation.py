@@ -43,6 +43,9 @@ NAME_PATTERN = re.compile(r"[a-z0-9_.@-]{1,128}")
 KEY_PATTERN = re.compile(r"[a-z0-9_.-]{1,128}")
 NAME_RULE = "use 1-128 characters from a-z, 0-9 and _ . @ - (upper case is lowered)"
 KEY_RULE = "use 1-128 characters from a-z, 0-9 and _ . - (upper case is lowered)"
+VALUE_PATTERN = re.compile(r"[!-~]{1,128}")
+VALUE_RULE = ("use 1-128 printable ASCII characters other than space, e.g. an id or an "
+              "e-mail address (case is kept)")
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:@-]{1,256}")
 GLOB_RULE = "globs use * (any run of characters) and ? (one character) only"
 
@@ -160,6 +163,17 @@ def check_name(value: object, field: str) -> str:
     if not value.isascii() or not NAME_PATTERN.fullmatch(lowered):
         raise InvalidRequest(f"{field}: {shown(value)} is not allowed; {NAME_RULE}")
     return lowered
+
+
+def check_value(value: object, field: str) -> str:
+    """A dimension value: an id another system issued (a user, a run, a session), kept
+    exactly as given: printable ASCII without spaces, case and all (no folding, so no
+    look-alike such as the Kelvin sign can turn into another value)."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field}: expected a string, got {shown(value)}")
+    if not VALUE_PATTERN.fullmatch(value):
+        raise InvalidRequest(f"{field}: {shown(value)} is not allowed; {VALUE_RULE}")
+    return value
 
 
 def check_key(value: object, field: str) -> str:

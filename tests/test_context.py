@@ -20,7 +20,7 @@ def test_nested_scopes_override_levels_and_merge_dimensions() -> None:
         with al.scope(workflow="summarize", run="R-9") as inner:
             assert inner is not None
             assert (inner.workflow, inner.dimensions) == (
-                "summarize", {"user": "u-1", "run": "r-9"})
+                "summarize", {"user": "u-1", "run": "R-9"})
         assert al.current_subject() == outer
     assert al.current_subject() is None
 
@@ -35,7 +35,7 @@ def test_a_scope_without_tenant_yields_none_until_one_is_set() -> None:
 def test_bad_values_are_refused_on_entry() -> None:
     with pytest.raises(al.InvalidRequest, match="tenant"), al.scope(tenant="a b"):
         pass  # pragma: no cover - never entered
-    with pytest.raises(al.InvalidRequest, match="run"), al.scope(workflow="x", run="a/b"):
+    with pytest.raises(al.InvalidRequest, match="run"), al.scope(workflow="x", run="a b"):
         pass  # pragma: no cover - never entered
     assert al.current_subject() is None
 

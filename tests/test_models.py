@@ -41,21 +41,21 @@ def test_amount_helpers_and_text() -> None:
     assert al.microcents_to_usd(al.usd("0.12").amount) == Decimal("0.12")
 
 
-def test_subject_lower_cases_and_derives_cumulative_scopes() -> None:
+def test_subject_lower_cases_names_and_derives_cumulative_scopes() -> None:
     subject = al.Subject(tenant="ACME", workspace="Production", agent="analyzer",
                          dimensions={"Run": "Run-7A3F"})
     assert subject.scopes() == ("tenant:acme", "tenant:acme/workspace:production",
                                 "tenant:acme/workspace:production/agent:analyzer")
-    assert subject.dimensions == {"run": "run-7a3f"}
+    assert subject.dimensions == {"run": "Run-7A3F"}  # a value is an id: kept exactly
     assert subject.scope_path == "tenant:acme/workspace:production/agent:analyzer"
     full = al.Subject(tenant="t", workspace="w", app="a", workflow="f", agent="g", toolset="s")
     assert len(full.scopes()) == 6 and full.scopes()[-1].endswith("/toolset:s")
 
 
 def test_parse_scope_normalises_and_splits_a_dimension() -> None:
-    path = parse_scope("tenant:ACME/Agent:Bot/run:R1")
-    assert path == ("acme", "tenant:acme/agent:bot", ("run", "r1"))
-    assert path.path == "tenant:acme/agent:bot/run:r1"
+    path = parse_scope("tenant:ACME/Agent:Bot/RUN:R1")
+    assert path == ("acme", "tenant:acme/agent:bot", ("run", "R1"))
+    assert path.path == "tenant:acme/agent:bot/run:R1"
 
 
 @pytest.mark.parametrize(("period", "at", "label", "ends"), [

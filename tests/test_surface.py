@@ -154,7 +154,7 @@ EXPORTS = [
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
     "TransferResult", "Unit", "UnitMismatch", "credits", "current_subject", "format_amount",
-    "microcents_to_usd", "scope", "tokens", "usd",
+    "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",
 ]
 ADAPTER_EXPORTS = [
     "LEVELS", "ElasticTerms", "ModelPrice", "Pricer", "TokenUsage", "Unit", "Units",

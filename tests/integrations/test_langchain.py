@@ -370,6 +370,20 @@ def test_dimension_keys_rename_metadata_into_dimensions(guard: al.Guard) -> None
     assert reserved.subject is not None and reserved.subject.dimensions == {"session": "t-1"}
 
 
+def test_a_user_id_in_metadata_is_kept_exactly(guard: al.Guard) -> None:
+    """LangGraph thread and user ids keep their case: two users differing only in it are
+    two ledgers."""
+    guard.set_budget(ACME, usd=10)
+    guard.set_budget(ACME, usd=1, per="user")
+    handler = BudgetCallbackHandler(guard)
+    for user in ("User_AbC", "user_abc"):
+        with replay("openai_chat.yaml"):
+            openai().invoke("Hello!", config={"callbacks": [handler], "metadata": {
+                "tenant": "acme", "user": user}})
+    assert usd_spent(guard, "tenant:acme/user:User_AbC") == cost(9, 9)
+    assert usd_spent(guard, "tenant:acme/user:user_abc") == cost(9, 9)
+
+
 CUSTOMER_KEYS = [*DIMENSION_KEYS, "customer"]
 
 

@@ -182,6 +182,19 @@ def test_subject_from_scope_and_per_call_headers(guard: al.Guard) -> None:
     assert run.spent == expected_cost("openai", "gpt-4o-mini", 9, 9)
 
 
+def test_a_user_id_in_a_header_is_kept_exactly(guard: al.Guard) -> None:
+    """A header's name is a kind (folded); its value is an id, kept case and all."""
+    guard.set_budget(ACME, usd=1, per="user")
+    wrapped = wrap_openai(openai.OpenAI(api_key="sk-test"), guard, tenant="acme")
+    with replay("openai_chat.yaml"):
+        wrapped.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+            extra_headers={"X-Allotment-User": "Bob+Test@Example.com|1"})
+    (user,) = guard.balances(f"{ACME}/user:{al.quote_value('Bob+Test@Example.com|1')}")
+    assert user.spent == expected_cost("openai", "gpt-4o-mini", 9, 9)
+    assert user.scope == f"{ACME}/user:Bob+Test@Example.com%7C1"
+
+
 def test_the_remembered_subject_gives_way_to_scopes_and_headers(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd=1)
     guard.set_budget("tenant:acme/workflow:chat", usd=1)

@@ -16,6 +16,8 @@ from support.stores import START_MS, make_store
 LLM = al.Action("llm.completion", "openai:gpt-4o")
 SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]
 POLICIES = st.sampled_from(list(al.OveragePolicy))
+RUNS = [None, "r1", "R1", "u/x|y%z:{a}*"]
+"""Run ids as given: two differ only in case, one needs quoting in scope text."""
 
 
 def subject(depth: int, run: str | None) -> al.Subject:
@@ -66,7 +68,7 @@ class Lockstep(RuleBasedStateMachine):
                                          period=period, overage_policy=policy,
                                          overdraft_limit=overdraft))
 
-    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1", "r2"]),
+    @rule(depth=st.integers(0, 2), run=st.sampled_from([*RUNS, "r2"]),
           amount=st.integers(0, 200))
     def reserve(self, depth: int, run: str | None, amount: int) -> None:
         made = []
@@ -96,7 +98,7 @@ class Lockstep(RuleBasedStateMachine):
         if results[0][0] != "BudgetExceeded":
             self.held.remove(ids)
 
-    @rule(depth=st.integers(0, 2), run=st.sampled_from([None, "r1"]),
+    @rule(depth=st.integers(0, 2), run=st.sampled_from(RUNS),
           amount=st.integers(0, 200), policy=st.one_of(st.none(), POLICIES))
     def record(self, depth: int, run: str | None, amount: int,
                policy: al.OveragePolicy | None) -> None:

@@ -836,6 +836,11 @@ HOSTILE = ["{other}", "a}b", "x\nhset", "*", "%", "", " ", "a/b", "\u00e4", "x\x
            "-\r\n", "k?"]
 HOSTILE_NAMES = [*HOSTILE, "a" * 129, "acme:evil", "x@y:z"]  # ':' splits scope segments
 HOSTILE_KEYS = [*HOSTILE, "k" * 257, "a,b", "a b"]  # keys may hold ':' and 129+ characters
+# a dimension value may hold any printable ASCII but space (tests/stores/test_redis_ids.py
+# shows braces, globs, '|', '/' and '%' staying in their own field); in scope text '/'
+# splits segments and '%' starts an escape
+HOSTILE_VALUES = ["x\nhset", "", " ", "\u00e4", "x\x00y", "-\r\n", "a" * 129, "a b", "\x7f"]
+HOSTILE_VALUE_TEXT = [*HOSTILE_VALUES, "%", "a/b", "%zz", "%0a"]
 PLAN = al.Plan(name="free", budgets=(al.BudgetSpec(tokens=10),))
 ACME = al.Subject(tenant="acme", workspace="w")
 Call = Callable[[al.Guard, str, str], object]
@@ -848,17 +853,13 @@ NAME_SLOTS: dict[str, Call] = {
                                         al.tokens(1)),
     "toolset": lambda g, v, rid: g.record(al.Subject(tenant="acme", toolset=v), LLM,
                                           al.tokens(1)),
-    "dimension value": lambda g, v, rid: g.reserve(
-        al.Subject(tenant="acme", dimensions={"run": v}), LLM, al.tokens(1)),
     "dimension key": lambda g, v, rid: g.reserve(
         al.Subject(tenant="acme", dimensions={v: "r1"}), LLM, al.tokens(1)),
     "tenant scope": lambda g, v, rid: g.set_budget(f"tenant:{v}", tokens=5),
     "workspace scope": lambda g, v, rid: g.set_budget(f"tenant:acme/workspace:{v}", tokens=5),
     "per": lambda g, v, rid: g.set_budget("tenant:acme", tokens=5, per=v),
-    "dimension key scope": lambda g, v, rid: g.balances(f"tenant:acme/{v}:r1"),
-    "dimension value scope": lambda g, v, rid: g.balances(f"tenant:acme/run:{v}"),
     "freeze": lambda g, v, rid: g.freeze(f"tenant:acme/workspace:{v}"),
-    "fund": lambda g, v, rid: g.fund(f"tenant:acme/run:{v}", "CREDIT", al.tokens(1)),
+    "fund": lambda g, v, rid: g.fund(f"tenant:acme/workspace:{v}", "CREDIT", al.tokens(1)),
     "transfer": lambda g, v, rid: g.transfer("tenant:acme", f"tenant:acme/workspace:{v}",
                                              al.tokens(1)),
     "quota": lambda g, v, rid: g.set_quota(f"tenant:{v}", calls=5, window="minute"),
@@ -870,6 +871,19 @@ NAME_SLOTS: dict[str, Call] = {
     "tenant handle": lambda g, v, rid: g.tenant(v),
     "reservation id tenant": lambda g, v, rid: g.get(f"{v}:{rid.partition(':')[2]}"),
     "reservation id token": lambda g, v, rid: g.commit(f"acme:{v}", al.tokens(1)),
+}
+VALUE_SLOTS: dict[str, Call] = {
+    "dimension value": lambda g, v, rid: g.reserve(
+        al.Subject(tenant="acme", dimensions={"run": v}), LLM, al.tokens(1)),
+    "dimension value record": lambda g, v, rid: g.record(
+        al.Subject(tenant="acme", dimensions={"run": v}), LLM, al.tokens(1)),
+}
+KIND_TEXT_SLOTS: dict[str, Call] = {  # a ':' in it ends the kind and starts the value
+    "dimension key scope": lambda g, v, rid: g.balances(f"tenant:acme/{v}:r1"),
+}
+VALUE_TEXT_SLOTS: dict[str, Call] = {
+    "dimension value scope": lambda g, v, rid: g.balances(f"tenant:acme/run:{v}"),
+    "fund dimension": lambda g, v, rid: g.fund(f"tenant:acme/run:{v}", "CREDIT", al.tokens(1)),
 }
 KEY_SLOTS: dict[str, Call] = {
     "reserve key": lambda g, v, rid: g.reserve(ACME, LLM, al.tokens(1), idempotency_key=v),
@@ -951,7 +965,13 @@ def refused_before_redis(server: Server, guard: al.Guard, rid: str, value: str,
     assert footprint(server.client) == before  # no command ran, no key changed
 
 
-CASES = [("name", v) for v in HOSTILE_NAMES] + [("idempotency key", v) for v in HOSTILE_KEYS]
+CASES = ([("name", v) for v in HOSTILE_NAMES] + [("idempotency key", v) for v in HOSTILE_KEYS]
+         + [("kind text", v) for v in [*HOSTILE, "a" * 129]]
+         + [("value", v) for v in HOSTILE_VALUES]
+         + [("value text", v) for v in HOSTILE_VALUE_TEXT])
+SLOTS = {"name": NAME_SLOTS, "idempotency key": KEY_SLOTS, "kind text": KIND_TEXT_SLOTS,
+         "value": VALUE_SLOTS,
+         "value text": VALUE_TEXT_SLOTS}
 
 
 @pytest.mark.parametrize(("kind", "value"), CASES,
@@ -960,10 +980,11 @@ def test_hostile_names_and_keys_are_refused_before_redis(
         shared_server: Server, hostile: tuple[al.Guard, str], kind: str, value: str) -> None:
     """Text chosen to break a hash tag ({other}, a}b), a key or glob (*, ?, %, [ ]), a
     protocol line (\\n, \\r, NUL) or a path (/, :) is InvalidRequest in every place a name,
-    scope, reservation id or idempotency key goes, and Redis sees not one command."""
+    scope, reservation id or idempotency key goes, and Redis sees not one command; so is a
+    dimension value with whitespace, control or non-ASCII characters, or a stray `%` or
+    raw `/` in scope text."""
     guard, rid = hostile
-    slots = NAME_SLOTS if kind == "name" else KEY_SLOTS
-    refused_before_redis(shared_server, guard, rid, value, slots)
+    refused_before_redis(shared_server, guard, rid, value, SLOTS[kind])
 
 
 def test_out_of_range_amounts_are_refused_before_redis(

@@ -33,7 +33,7 @@ class Layout:
         found = [scope for scope in derived if scope in self.limits]
         for base, (per, _) in self.templates.items():
             if base in derived and per in subject.dimensions:
-                found.append(f"{base}/{per}:{subject.dimensions[per]}")
+                found.append(f"{base}/{per}:{al.quote_value(subject.dimensions[per])}")
         return tuple(found)
 
     def limit_of(self, ledger_scope: str) -> int:
