@@ -59,6 +59,7 @@ from .models import (
     ReservationStatus,
     TransferResult,
 )
+from .observation import Observation, Observer
 from .periods import Period
 from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
@@ -102,6 +103,8 @@ __all__ = [
     "NotFound",
     "Notification",
     "NotificationType",
+    "Observation",
+    "Observer",
     "Outcome",
     "OveragePolicy",
     "Period",

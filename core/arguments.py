@@ -27,7 +27,9 @@ from .stores import operations as ops
 from .stores.operations import in_unit_order
 from .validation import (
     MAX_AMOUNT,
+    MAX_NAME,
     MAX_RULES,
+    MAX_TEXT,
     MAX_TOKENS,
     check_idempotency_key,
     check_int,
@@ -130,6 +132,16 @@ def alert(value: Any, field: str) -> float:
 def reason(value: Any) -> str:
     """A release reason, kept in the audit log: 1-256 characters of UTF-8 text."""
     return check_text(value, "reason")
+
+
+def signed(actor: Any, reason: Any) -> dict[str, str | None]:
+    """Who made an administrative change and why, kept on its audit record: each optional,
+    `actor` 1-128 and `reason` 1-256 printable characters (no newlines or control
+    characters: a log line cannot be forged with one)."""
+    return {"actor": None if actor is None else check_text(actor, "actor", MAX_NAME,
+                                                           printable=True),
+            "reason": None if reason is None else check_text(reason, "reason", MAX_TEXT,
+                                                             printable=True)}
 
 
 def exact(elastic: ops.ElasticTerms) -> ops.ElasticTerms:

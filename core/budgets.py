@@ -33,7 +33,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
                   per: str | None = None, overdraft_limit: Any = 0,
                   overage_policy: OveragePolicy | str = OveragePolicy.ALLOW_IF_AVAILABLE,
                   degrade: Any = (), alerts: Any = None,
-                  required: bool = False) -> ops.SetBudget:
+                  required: bool = False, actor: str | None = None,
+                  reason: str | None = None) -> ops.SetBudget:
     """Create or change the budget of `scope` in one unit (and period). A change adjusts
     the current bucket's allocation by the difference and keeps what was spent.
 
@@ -49,8 +50,12 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
     `required=True` (with `per=`) makes the dimension mandatory under `scope`: a call whose
     subject lacks it is denied DIMENSION_REQUIRED instead of skipping the template and
     being checked against the outer budgets alone.
+
+    Every administrative call takes `actor=` (who, e.g. "ops@example.com") and `reason=`
+    (why, e.g. a ticket), both optional, kept on the change's audit record.
     """
     path = parse_scope(scope)
+    signed = arg.signed(actor, reason)
     if path.dimension is not None:
         raise InvalidRequest(f"scope {scope!r}: set a budget for every {path.dimension[0]} "
                              f"with per={path.dimension[0]!r} on {path.base!r}; fund() "
@@ -83,7 +88,8 @@ def set_budget_op(scope: str, *, usd: Any = None, tokens: int | None = None,
         unit=budget_unit, period=parse_period(period), limit=limit,
         overdraft_limit=arg.limit_like(overdraft_limit, budget_unit, kind == "usd"),
         overage_policy=arg.policy(overage_policy) or OveragePolicy.ALLOW_IF_AVAILABLE,
-        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), required=required)
+        degrade=arg.degrade(degrade), alerts=arg.alerts(alerts), required=required,
+        **signed)
 
 
 def checked_hierarchy(op: ops.Op[R]) -> Flow[R]:
@@ -109,31 +115,38 @@ def checked_hierarchy(op: ops.Op[R]) -> Flow[R]:
 
 
 def remove_budget_op(scope: str, unit: Unit | str, *, period: Period | str | None = None,
-                     per: str | None = None) -> ops.RemoveBudget:
+                     per: str | None = None, actor: str | None = None, reason: str | None = None
+                     ) -> ops.RemoveBudget:
     """Drop a budget definition (its ledgers stay readable until pruned)."""
     path = arg.standard_scope(scope, "remove_budget")
+    signed = arg.signed(actor, reason)
     return ops.RemoveBudget(tenant=path.tenant, scope=path.base, unit=arg.unit(unit),
                             period=parse_period(period),
-                            per=None if per is None else arg.per(per))
+                            per=None if per is None else arg.per(per), **signed)
 
 
 def set_quota_op(scope: str, *, calls: int | None = None, runs: int | None = None,
                  concurrent: int | None = None, window: Period | str | None = None,
-                 action_kind: str = "*") -> ops.SetQuota:
+                 action_kind: str = "*", actor: str | None = None, reason: str | None = None
+                 ) -> ops.SetQuota:
     """One quota under `scope`: `calls` or `runs` (distinct run ids first seen) per
     tumbling UTC `window`, or `concurrent` active reservations. `action_kind` (a glob,
     e.g. "tool.*") limits it to some actions. Setting the same quota again replaces it."""
-    return _quota_op(scope, calls, runs, concurrent, window, action_kind, remove=False)
+    return _quota_op(scope, calls, runs, concurrent, window, action_kind, remove=False,
+                     signed=arg.signed(actor, reason))
 
 
 def remove_quota_op(scope: str, kind: str, *, window: Period | str | None = None,
-                    action_kind: str = "*") -> ops.SetQuota:
+                    action_kind: str = "*", actor: str | None = None, reason: str | None = None
+                    ) -> ops.SetQuota:
     """Drop the quota of `kind` ("calls", "runs" or "concurrent") with that window."""
-    return _quota_op(scope, *arg.quota_kind(kind), window, action_kind, remove=True)
+    return _quota_op(scope, *arg.quota_kind(kind), window, action_kind, remove=True,
+                     signed=arg.signed(actor, reason))
 
 
 def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int | None,
-              window: Any, action_kind: str, remove: bool) -> ops.SetQuota:
+              window: Any, action_kind: str, remove: bool,
+              signed: dict[str, str | None]) -> ops.SetQuota:
     path = parse_scope(scope)
     if path.dimension is not None:
         raise InvalidRequest(f"scope {scope!r}: quotas belong to a standard scope; runs "
@@ -152,18 +165,20 @@ def _quota_op(scope: str, calls: int | None, runs: int | None, concurrent: int |
         raise InvalidRequest(f"window: {name}= needs a window (minute, hour, day, month)")
     kinds = check_glob(action_kind, "action_kind", ACTION_KIND_GLOB)
     rule = QuotaRule(path.base, kind, check_int(limit, name), period, kinds)
-    return ops.SetQuota(tenant=path.tenant, rule=rule, remove=remove)
+    return ops.SetQuota(tenant=path.tenant, rule=rule, remove=remove, **signed)
 
 
 def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = None,
                   tools_allow: Any = None, tools_deny: Any = None,
                   max_tokens_per_call: int | None = None,
-                  required_dimensions: Any = None) -> ops.SetAccess:
+                  required_dimensions: Any = None, actor: str | None = None,
+                  reason: str | None = None) -> ops.SetAccess:
     """The access rules of `scope` (replacing any before): globs on the model or tool
     name (`gpt-4o*` matches `openai:gpt-4o-mini`), a per-call output token cap, and the
     dimensions every call under the scope must carry (`required_dimensions=["run"]`: a
     subject without one is denied DIMENSION_REQUIRED)."""
     path = arg.standard_scope(scope, "set_access")
+    signed = arg.signed(actor, reason)
     rule = AccessRule(
         path.base, glob_list(models_allow, "models_allow"),
         glob_list(models_deny, "models_deny"), glob_list(tools_allow, "tools_allow"),
@@ -171,7 +186,7 @@ def set_access_op(scope: str, *, models_allow: Any = None, models_deny: Any = No
         None if max_tokens_per_call is None else check_int(
             max_tokens_per_call, "max_tokens_per_call", 1, MAX_TOKENS),
         checked_required(required_dimensions))
-    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule)
+    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=rule, **signed)
 
 
 def checked_required(value: Any) -> tuple[str, ...]:
@@ -191,38 +206,50 @@ def _required_key(value: Any, field: str) -> str:
     return key
 
 
-def clear_access_op(scope: str) -> ops.SetAccess:
+def clear_access_op(scope: str, *, actor: str | None = None,
+                    reason: str | None = None) -> ops.SetAccess:
     """Drop the access rules of `scope`."""
     path = arg.standard_scope(scope, "clear_access")
-    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None)
+    return ops.SetAccess(tenant=path.tenant, scope=path.base, rule=None,
+                         **arg.signed(actor, reason))
 
 
-def freeze_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+def freeze_op(scope: str, unit: Unit | str | None = None, *,
+              actor: str | None = None, reason: str | None = None
+              ) -> ops.SetStatus:
     """Refuse new reservations on the budgets of `scope`; returns how many were frozen."""
-    return _status_op(scope, unit, BudgetStatus.FROZEN)
+    return _status_op(scope, unit, BudgetStatus.FROZEN, arg.signed(actor, reason))
 
 
-def unfreeze_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+def unfreeze_op(scope: str, unit: Unit | str | None = None, *,
+                actor: str | None = None, reason: str | None = None
+                ) -> ops.SetStatus:
     """Let frozen budgets of `scope` take reservations again; returns how many changed."""
-    return _status_op(scope, unit, BudgetStatus.ACTIVE)
+    return _status_op(scope, unit, BudgetStatus.ACTIVE, arg.signed(actor, reason))
 
 
-def close_budget_op(scope: str, unit: Unit | str | None = None) -> ops.SetStatus:
+def close_budget_op(scope: str, unit: Unit | str | None = None, *,
+                    actor: str | None = None, reason: str | None = None
+                    ) -> ops.SetStatus:
     """Close the budgets of `scope` for good: reservations and records are refused."""
-    return _status_op(scope, unit, BudgetStatus.CLOSED)
+    return _status_op(scope, unit, BudgetStatus.CLOSED, arg.signed(actor, reason))
 
 
-def _status_op(scope: str, unit: Unit | str | None, status: BudgetStatus) -> ops.SetStatus:
+def _status_op(scope: str, unit: Unit | str | None, status: BudgetStatus,
+               signed: dict[str, str | None]) -> ops.SetStatus:
     path = arg.standard_scope(scope, "freeze, unfreeze and close_budget")
     return ops.SetStatus(tenant=path.tenant, scope=path.base,
-                         unit=None if unit is None else arg.unit(unit), status=status)
+                         unit=None if unit is None else arg.unit(unit), status=status,
+                         **signed)
 
 
 def fund_op(scope: str, operation: FundOperation | str, amount: Amount, *,
             period: Period | str | PeriodChoice | None = AUTO, spent: int | None = None,
-            idempotency_key: str | None = None) -> ops.Fund:
+            idempotency_key: str | None = None, actor: str | None = None, reason: str | None = None
+            ) -> ops.Fund:
     """CREDIT, DEBIT, RESET, RESET_SPENT or REPAY_DEBT on a budget's current bucket."""
     path = parse_scope(scope)
+    signed = arg.signed(actor, reason)
     fund = arg.enum(FundOperation, operation, "operation")
     units = arg.units(amount, "amount")
     if len(units) != 1:
@@ -231,19 +258,23 @@ def fund_op(scope: str, operation: FundOperation | str, amount: Amount, *,
     bucket = period if period is AUTO else parse_period(period)
     unit, value = units[0]
     return ops.Fund(tenant=path.tenant, scope=path.path, unit=unit, period=bucket,
-                    operation=fund, amount=value, spent=spent,
+                    operation=fund, amount=value, spent=spent, actor=signed["actor"],
+                    reason=signed["reason"],
                     **arg.keyed(idempotency_key, "fund", path.path, unit, bucket, fund, value,
                                 spent))
 
 
 def transfer_op(source: str, destination: str, amount: Amount, *,
                 period: Period | str | PeriodChoice | None = AUTO,
-                idempotency_key: str | None = None) -> ops.Transfer:
+                idempotency_key: str | None = None,
+                actor: str | None = None, reason: str | None = None
+                ) -> ops.Transfer:
     """Move allocation between two budgets of one tenant, atomically; refused (changing
     nothing) when the source's remaining cannot give that much. A periodic budget's current
     bucket only: the next period starts from the limits again (change them with
     `set_budget` to move money for good)."""
     src, dst = parse_scope(source), parse_scope(destination)
+    signed = arg.signed(actor, reason)
     if src.tenant != dst.tenant:
         raise CrossTenant("transfer: both budgets must belong to one tenant "
                           f"(got {src.tenant!r} and {dst.tenant!r})")
@@ -253,7 +284,8 @@ def transfer_op(source: str, destination: str, amount: Amount, *,
     bucket = period if period is AUTO else parse_period(period)
     unit, value = units[0]
     return ops.Transfer(tenant=src.tenant, source=src.path, destination=dst.path, unit=unit,
-                        period=bucket, amount=value,
+                        period=bucket, amount=value, actor=signed["actor"],
+                        reason=signed["reason"],
                         **arg.keyed(idempotency_key, "transfer", src.path, dst.path, unit,
                                     bucket, value))
 

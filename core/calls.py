@@ -8,6 +8,10 @@ when the store is down). `Runner._drive` runs a flow with the blocking `_run`, `
 the awaiting `_arun`, so the sync and async twins cannot drift: they share every line but
 the waiting. Whatever runs the operations decides what a caller may touch (`Guard` runs any,
 a tenant handle only its own tenant's).
+
+Observers (`Guard.add_observer`) are told how each enforcement call ended: when the engine
+has any, the runner drives the call's flow through `observation.watched` (a call of one
+operation becomes a flow of one step); when it has none, that is one check per call.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from .observation import one, watched
 from .stores.operations import Op
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +50,8 @@ raised) and pauses; returns the call's result."""
 class Runner:
     """Runs operations: `_run` blocks, `_arun` awaits. Subclasses say where operations go."""
 
+    _engine: Engine
+
     def _run(self, op: Op[R]) -> R:
         raise NotImplementedError
 
@@ -50,6 +60,9 @@ class Runner:
 
     def _drive(self, flow: Flow[R]) -> R:
         """Run a flow's steps in order, sending each result (or error) back into it."""
+        observers = self._engine.observers
+        if observers:
+            flow = watched(flow, observers)
         send: Any = None
         error: BaseException | None = None
         while True:
@@ -68,6 +81,9 @@ class Runner:
                 error = raised
 
     async def _adrive(self, flow: Flow[R]) -> R:
+        observers = self._engine.observers
+        if observers:
+            flow = watched(flow, observers)
         send: Any = None
         error: BaseException | None = None
         while True:
@@ -149,11 +165,18 @@ def _method(build: Callable[..., Any], name: str, runner: str, bound: bool) -> A
         declared.append(text)
         passed.append(parameter.name if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
                       else f"{parameter.name}={parameter.name}")
-        assert parameter.name not in ("self", "_build"), parameter.name
+        assert parameter.name not in ("self", "_build", "_one"), parameter.name
     awaited = "await " if runner in ("_arun", "_adrive") else ""
+    built = f"_build({', '.join(passed)})"
+    observed = ""
+    if runner in ("_run", "_arun"):  # one operation: a flow of one step when observed
+        drive = "_adrive" if awaited else "_drive"
+        observed = (f"    if self._engine.observers:\n"
+                    f"        return {awaited}self.{drive}(_one({built}))\n")
     source = (f"{'async ' if awaited else ''}def {name}({', '.join(declared)}):\n"
-              f"    return {awaited}self.{runner}(_build({', '.join(passed)}))\n")
-    namespace: dict[str, Any] = {"_build": build, **defaults}
+              f"{observed}"
+              f"    return {awaited}self.{runner}({built})\n")
+    namespace: dict[str, Any] = {"_build": build, "_one": one, **defaults}
     exec(source, namespace)
     method = namespace[name]
     method.__qualname__ = name

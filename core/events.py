@@ -56,7 +56,10 @@ class AuditRecord:
     actual: tuple[Amount, ...] = ()
     charged: tuple[Amount, ...] = ()
     reason: str | None = None
+    """A denial's reason code; on an administrative change, the reason its maker gave."""
     detail: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+    """Who made an administrative change, as its maker said (`actor=` on the call)."""
 
 
 class NotificationType:

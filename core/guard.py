@@ -5,14 +5,16 @@ async twin, and runs every operation on its store as one atomic step.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from . import arguments as arg
 from .budgets import BudgetCalls
 from .enforcement import EnforcementCalls
 from .engine import Engine
-from .errors import InvalidRequest
+from .errors import InvalidRequest, NotFound
 from .events import NOTIFICATION_TYPES, Notification, Sink, Subscriber, check_type, dispatch
+from .observation import Observer
 from .plans import Plan
 from .platform import PlatformCalls
 from .reads import ReadCalls
@@ -62,6 +64,7 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._sinks: list[Sink] = [] if sink is None else [sink]
         self._sweeper: Sweeper | None = None
+        self._observers_lock = threading.Lock()  # the engine's tuple is replaced, not changed
         store.subscribe(self._notify)
 
     @classmethod
@@ -126,6 +129,29 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
     def add_sink(self, sink: Sink) -> None:
         """Send every notification to `sink` as well (a queue, a webhook sender, ...)."""
         self._sinks.append(sink)
+
+    # -- observers ------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> Observer:
+        """Call `observer(observation)` when each reserve, decide, commit, release, extend or
+        record call of this guard, its tenant handles and their reservations ends (an
+        `Observation`: call, tenant, duration, decision, error, ...). For metrics and
+        tracing; a failing observer is logged and never breaks enforcement."""
+        if not callable(observer):
+            raise InvalidRequest(f"observer: expected a callable taking an Observation, got "
+                                 f"{observer!r}")
+        with self._observers_lock:
+            self._engine.observers = (*self._engine.observers, observer)
+        return observer
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop calling `observer`; one that is not registered is refused (NotFound)."""
+        with self._observers_lock:
+            observers = list(self._engine.observers)
+            if observer not in observers:
+                raise NotFound(f"observer {observer!r} is not registered on this guard")
+            observers.remove(observer)
+            self._engine.observers = tuple(observers)
 
     def _notify(self, notifications: list[Notification]) -> None:
         dispatch(notifications, self._subscribers, self._sinks)

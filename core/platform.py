@@ -1,4 +1,5 @@
-"""The platform operator's calls: a tenant's mode and plan, and the sweep across tenants.
+"""The platform operator's calls: a tenant's mode and plan, the list of tenants, and the
+sweep across tenants.
 They are for the unrestricted guard only; a tenant handle never offers them (a tenant must
 not switch itself to shadow mode or onto another tier)."""
 
@@ -14,22 +15,33 @@ from .stores import operations as ops
 from .validation import check_int
 
 
-def set_mode_op(tenant: str, mode: str | None) -> ops.SetMode:
+def set_mode_op(tenant: str, mode: str | None, *,
+                actor: str | None = None, reason: str | None = None
+                ) -> ops.SetMode:
     """"shadow" (never deny, record what would have been denied), "enforce", or None to
     follow the guard's own mode."""
     return ops.SetMode(tenant=tenant_name(tenant),
-                       mode=arg.mode(mode, allow_none=True))
+                       mode=arg.mode(mode, allow_none=True), **arg.signed(actor, reason))
 
 
-def assign_plan_op(tenant: str, plan: Plan) -> ops.ApplyPlan:
+def assign_plan_op(tenant: str, plan: Plan, *, actor: str | None = None, reason: str | None = None
+                   ) -> ops.ApplyPlan:
     """Install `plan` for `tenant` in one step. Re-assigning (an upgrade) changes limits
     in place and keeps the period's spend; what the old plan had and the new one lacks
-    is removed."""
+    is removed. `actor=` and `reason=` go on every audit record the plan writes."""
     if not isinstance(plan, Plan):
         raise InvalidRequest(f"plan: expected an al.Plan, got {plan!r}")
     tenant = tenant_name(tenant)
+    signed = arg.signed(actor, reason)
     return ops.ApplyPlan(tenant=tenant, name=plan.name,
-                         definitions=definitions(plan, tenant), mode=plan.mode)
+                         definitions=definitions(plan, tenant), mode=plan.mode, **signed)
+
+
+def tenants_op() -> ops.Tenants:
+    """Every tenant the store holds anything for (a definition, a plan, a reservation, a
+    denial, ...), sorted by name; read from the store's own registry, not from audit
+    records, so it does not depend on their retention."""
+    return ops.Tenants(tenant="")
 
 
 def sweep_op(limit: int = 1_000) -> ops.Sweep:
@@ -43,4 +55,5 @@ class PlatformCalls(Runner):
 
     set_mode, aset_mode = twins(set_mode_op)
     assign_plan, aassign_plan = followed_twins(assign_plan_op, checked_hierarchy)
+    tenants, atenants = twins(tenants_op)
     sweep, asweep = twins(sweep_op)

@@ -70,8 +70,17 @@ def report_op(tenant: str, *, period: Period | str = "month",
                       top=check_top(top))
 
 
+def plan_of_op(tenant: str) -> ops.PlanOf:
+    """The name of the plan `tenant` is on (`assign_plan`, or the guard's default plan once
+    installed), None when it has none; read from the tenant's state, not from the audit
+    log, so it does not depend on how long records are kept."""
+    return ops.PlanOf(tenant=tenant_name(tenant))
+
+
 class ReadCalls(Runner):
     """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
+
+    plan_of, aplan_of = twins(plan_of_op)
 
     balances, abalances = twins(balances_op)
     audit, aaudit = twins(audit_op)

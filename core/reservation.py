@@ -86,7 +86,9 @@ class Reservation(Runner):
         self.unguarded = unguarded
         """Let through while the store was down (fail open): nothing is held, and a commit
         records the spend once the store answers again."""
-        # Operations run where the maker runs them (its tenant check included).
+        # Operations run where the maker runs them (its tenant check included), watched by
+        # its observers.
+        self._engine = guard._engine
         self._run = guard._run  # type: ignore[method-assign]
         self._arun = guard._arun  # type: ignore[method-assign]
 

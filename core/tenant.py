@@ -16,7 +16,7 @@ from .errors import Forbidden
 from .events import AuditRecord
 from .models import Balance
 from .periods import Period
-from .reads import audit_op, balances_op, report_op
+from .reads import audit_op, balances_op, plan_of_op, report_op
 from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores.operations import Op
@@ -89,3 +89,11 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return rows
 
     report, areport = flow_twins(_report)
+
+    def _plan_of(self) -> Flow[str | None]:
+        """The name of the plan this tenant is on, None when it has none (see
+        `Guard.plan_of`). A handle never lists other tenants."""
+        plan: str | None = yield plan_of_op(self.name)
+        return plan
+
+    plan_of, aplan_of = flow_twins(_plan_of)

@@ -382,6 +382,7 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "budgets": [{"usd": 20}, {"tokens": 1_000, "period": "day", "scope": "workspace:w"}],
         "quotas": [{"calls": 100, "window": "minute"}]}, "pro"))),
     "sweep": kw(limit=st.sampled_from([1, 1_000])),
+    "plan_of": kw(tenant=st.sampled_from(["acme", ACME, "TENANT:Acme"])),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
@@ -393,7 +394,7 @@ RESERVATION: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "release": kw(reason=st.just("released"), idempotency_key=KEYS),
     "extend": kw(by_ms=st.sampled_from([1, 1_000]), idempotency_key=KEYS),
 }
-READS = frozenset({"get", "balances", "audit", "report", "decide"})
+READS = frozenset({"get", "balances", "audit", "report", "decide", "plan_of"})
 NAME_PARAMS = frozenset({"scope", "source", "destination", "tenant", "per", "unit",
                          "window", "period", "kind", "operation", "mode",
                          "overage_policy", "reservation_id"})

@@ -11,47 +11,12 @@ from typing import Any
 import pytest
 
 import allotment as al
-from allotment.stores.operations import Op
 
 from support import LLM
 from support.drivers import AsyncDriven
+from support.outage import Outage
 
 ACME = al.Subject(tenant="acme")
-
-
-class Outage:
-    """A real store behind a switch: the next `down` operations fail as an outage would;
-    with `lose_answers`, they are applied first and only their answer is lost."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.down = 0
-        self.lose_answers = False
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    def _fail(self) -> bool:
-        self.calls += 1
-        if self.down:
-            self.down -= 1
-            return True
-        return False
-
-    def execute(self, op: Op[Any]) -> Any:
-        if self._fail():
-            if self.lose_answers:
-                self.store.execute(op)
-            raise al.StoreUnavailable("store down for the test")
-        return self.store.execute(op)
-
-    async def aexecute(self, op: Op[Any]) -> Any:
-        if self._fail():
-            if self.lose_answers:
-                await self.store.aexecute(op)
-            raise al.StoreUnavailable("store down for the test")
-        return await self.store.aexecute(op)
 
 
 @pytest.fixture

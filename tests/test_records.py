@@ -153,4 +153,6 @@ def test_large_amounts_stay_exact_in_the_audit_details(guard: al.Guard) -> None:
     (denied,) = guard.audit("acme", types=["reservation.denied"])
     assert budget_set.detail["limit"] == 1_234_567_812_345_678
     assert denied.detail == {"remaining": 1_234_567_812_345_678,
-                             "limit": 1_234_567_812_345_678}
+                             "limit": 1_234_567_812_345_678, "requested": 2**53 - 1,
+                             "unit": "TOKENS", "period": None}
+    assert denied.estimate == (al.tokens(2**53 - 1),)

@@ -19,6 +19,8 @@ from support import LLM
 NOT_IO = {
     "on": "registers a subscriber in process",
     "add_sink": "registers a sink in process",
+    "add_observer": "registers an observer in process",
+    "remove_observer": "unregisters an observer in process",
     "tenant": "builds a handle, touches no store",
     "subject": "builds a Subject, touches no store",
     "start_sweeper": "starts a background thread",
@@ -77,8 +79,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
     enforcement = {"reserve", "decide", "commit", "release", "extend", "record", "get"}
     budgets = {"set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
                "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer"}
-    reads = {"balances", "audit", "report"}
-    platform = {"set_mode", "assign_plan", "sweep"}
+    reads = {"balances", "audit", "report", "plan_of"}
+    platform = {"set_mode", "assign_plan", "sweep", "tenants"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
     for calls in (enforcement, budgets, reads):
@@ -86,6 +88,23 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
     assert not (platform | {"a" + c for c in platform}) & handle_calls
     assert parameters(al.Guard.commit) == parameters(al.TenantGuard.commit)
     assert parameters(al.Guard.set_budget) == parameters(al.TenantGuard.set_budget)
+    assert [p[0] for p in parameters(al.TenantGuard.plan_of)] == ["self"]
+
+
+ADMIN_CALLS = ["set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
+               "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer",
+               "set_mode", "assign_plan"]
+
+
+@pytest.mark.parametrize("name", ADMIN_CALLS)
+def test_every_admin_call_takes_an_actor_and_a_reason(name: str) -> None:
+    """Who changed what, and why: optional keyword arguments of every administrative call,
+    sync and async (the records are tested in test_audit_trail)."""
+    for method in (getattr(al.Guard, name), getattr(al.Guard, "a" + name)):
+        found = {p.name: p for p in inspect.signature(method).parameters.values()}
+        for field in ("actor", "reason"):
+            assert found[field].kind is inspect.Parameter.KEYWORD_ONLY, (name, field)
+            assert found[field].default is None, (name, field)
 
 
 def reachable(root: object, depth: int = 4) -> list[tuple[str, object]]:
@@ -149,7 +168,8 @@ EXPORTS = [
     "Decision", "Degrade", "Denied", "Elastic", "ExtendResult", "Forbidden", "FundOperation",
     "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "ManualClock",
     "MaxExtensionsExceeded", "MemoryStore", "NotAllowed", "NotFound", "Notification",
-    "NotificationType", "Outcome", "OveragePolicy", "Period", "Plan", "QuotaExceeded",
+    "NotificationType", "Observation", "Observer", "Outcome", "OveragePolicy", "Period",
+    "Plan", "QuotaExceeded",
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
@@ -218,7 +238,8 @@ HANDLE_CALLS_ON_ANOTHER_TENANT = {
 
 def test_every_handle_call_that_names_a_tenant_is_covered_below() -> None:
     """A new call on the handle must be added to the cross-tenant test."""
-    own_tenant_only = {"audit", "report", "subject"}  # they take no tenant: always their own
+    # they take no tenant: always their own
+    own_tenant_only = {"audit", "report", "plan_of", "subject"}
     sync_calls = {n for n, m in public_methods(al.TenantGuard).items()
                   if not inspect.iscoroutinefunction(m)}
     assert sync_calls - own_tenant_only == set(HANDLE_CALLS_ON_ANOTHER_TENANT)

@@ -82,6 +82,11 @@ class ReserveOutcome:
     when first read (most callers never read them)."""
 
 
+ADMIN_FIELDS = ("actor", "reason")
+"""Every administrative operation carries who made it and why (each optional), for its
+audit records; they are not part of what an idempotency key compares."""
+
+
 @dataclass
 class SetBudget(Op[tuple[Balance, ...]]):
     scope: str
@@ -94,6 +99,8 @@ class SetBudget(Op[tuple[Balance, ...]]):
     degrade: tuple[Degrade, ...] = ()
     alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
     required: bool = False  # a template's dimension every call under the scope must carry
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -102,23 +109,31 @@ class RemoveBudget(Op[int]):
     unit: Unit
     period: Period | None
     per: str | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetQuota(Op[None]):
     rule: QuotaRule
     remove: bool = False
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetAccess(Op[None]):
     scope: str
     rule: AccessRule | None  # None removes the scope's rules
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class SetMode(Op[None]):
     mode: str | None  # "enforce", "shadow", or None for the guard's own mode
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -129,6 +144,8 @@ class ApplyPlan(Op[None]):
     name: str
     definitions: tuple[SetBudget | SetQuota | SetAccess, ...]
     mode: str | None = None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -136,6 +153,8 @@ class SetStatus(Op[int]):
     scope: str
     unit: Unit | None
     status: BudgetStatus
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -212,6 +231,8 @@ class Fund(Op[FundResult], Keyed):
     operation: FundOperation
     amount: int
     spent: int | None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -221,6 +242,8 @@ class Transfer(Op[TransferResult], Keyed):
     unit: Unit
     period: Period | PeriodChoice | None
     amount: int
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -236,6 +259,18 @@ class Report(Op[tuple[ReportRow, ...]]):
     at_ms: int | None
     by: str | None = None  # a dimension key: rows per value of it
     top: int | None = None  # the busiest rows only
+
+
+@dataclass
+class PlanOf(Op["str | None"]):
+    """The name of the plan a tenant is on (None: none assigned)."""
+
+
+@dataclass
+class Tenants(Op[tuple[str, ...]]):
+    """The tenants the store holds anything for, by name: those with at least one change
+    on record (a definition, a plan, a reservation, a denial...). A refused call that
+    wrote nothing, a read or a decide makes no tenant."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ Fixed seed and a modest number of examples for CI; ALLOTMENT_FUZZ_EXAMPLES=500 r
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -76,7 +77,7 @@ def audit_row(record: al.AuditRecord) -> tuple[Any, ...]:
     return (record.seq, record.at_ms, record.type, record.scopes, record.subject,
             record.action, record.idempotency_key, record.estimate, record.actual,
             record.charged, record.reason, record.reservation_id is None,
-            record.detail if record.type == "reservation.denied" else None)
+            json.dumps(record.detail, sort_keys=True))
 
 
 class PolicyLockstep(RuleBasedStateMachine):

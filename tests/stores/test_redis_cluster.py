@@ -594,6 +594,22 @@ def test_async_twins_with_an_asyncio_cluster_client(fresh: Cluster,
         guard.close()
 
 
+def test_tenants_and_plans_are_listed_across_masters(cluster_guard: al.Guard) -> None:
+    """The registry of tenants lives in one slot and each tenant's state in its own: the
+    list checks every tenant on its own master, sync and through the async twins."""
+    guard = cluster_guard
+    plan = al.Plan.from_dict({"name": "pro", "budgets": [{"scope": "", "usd": 5}]})
+    for tenant in TENANTS:
+        guard.assign_plan(tenant, plan, actor="ops")
+    with pytest.raises(al.NotFound):
+        guard.freeze("tenant:ghost")  # registered by the call, which then wrote nothing
+    assert guard.tenants() == tuple(sorted(TENANTS))
+    assert asyncio.run(guard.atenants()) == tuple(sorted(TENANTS))
+    assert {guard.plan_of(t) for t in TENANTS} == {"pro"}
+    assert asyncio.run(guard.aplan_of(TENANTS[-1])) == "pro"
+    assert guard.plan_of("ghost") is None
+
+
 def test_strict_durability_commits_on_a_cluster(fresh: Cluster,
                                                 clock: al.ManualClock) -> None:
     """durability="strict" (script + WAIT on the tenant's master) commits and records on

@@ -27,7 +27,8 @@ from .state import (
 def set_mode(t: Tenant, op: SetMode, now: int) -> None:
     """Pin the tenant to enforce or shadow mode, or leave it to the guard (None)."""
     t.mode = op.mode
-    log(t, now, AuditType.MODE_SET, detail={"mode": op.mode})
+    log(t, now, AuditType.MODE_SET, detail={"mode": op.mode}, actor=op.actor,
+        reason=op.reason)
 
 
 def set_status(t: Tenant, op: SetStatus, now: int) -> int:
@@ -39,7 +40,8 @@ def set_status(t: Tenant, op: SetStatus, now: int) -> int:
     for d in matched:
         d.status = op.status
     log(t, now, AuditType.BUDGET_STATUS, scopes=(op.scope,),
-        detail={"status": op.status.value, "budgets": len(matched)})
+        detail={"status": op.status.value, "budgets": len(matched)}, actor=op.actor,
+        reason=op.reason)
     return len(matched)
 
 
@@ -58,7 +60,8 @@ def fund(t: Tenant, op: Fund, now: int) -> FundResult:
     result = FundResult(balance(key, state, d), balance(key, after, d))
     remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.BUDGET_FUNDED, scopes=(key[0],), idempotency_key=op.idempotency_key,
-        actual=(Amount(op.unit, op.amount),), detail={"operation": op.operation.value})
+        actual=(Amount(op.unit, op.amount),), detail={"operation": op.operation.value},
+        actor=op.actor, reason=op.reason)
     return result
 
 
@@ -85,7 +88,8 @@ def transfer(t: Tenant, op: Transfer, now: int) -> TransferResult:
     result = TransferResult(balance(skey, source, sdef), balance(dkey, destination, ddef))
     remember(t, "transfer", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.BUDGET_TRANSFERRED, scopes=(skey[0], dkey[0]),
-        idempotency_key=op.idempotency_key, actual=(Amount(op.unit, op.amount),))
+        idempotency_key=op.idempotency_key, actual=(Amount(op.unit, op.amount),),
+        actor=op.actor, reason=op.reason)
     return result
 
 

@@ -4,6 +4,7 @@ seen the first time."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ...events import AuditType
@@ -42,7 +43,7 @@ def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
         requirements_changed(t, op.scope)
     log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,), detail={
         "unit": op.unit.value, "limit": op.limit, "period": period_name(op.period),
-        "per": op.per})
+        "per": op.per}, actor=op.actor, reason=op.reason)
     current = bucket(op.period, now)
     if op.per is not None:  # every dimension ledger of this bucket follows, now
         for key in list(dimension_ledgers(t, d, current)):
@@ -61,7 +62,8 @@ def remove_budget(t: Tenant, op: RemoveBudget, now: int) -> int:
         redefined(t)
         requirements_changed(t, op.scope)
         log(t, now, AuditType.BUDGET_SET, scopes=(op.scope,),
-            detail={"unit": op.unit.value, "removed": True})
+            detail={"unit": op.unit.value, "removed": True}, actor=op.actor,
+            reason=op.reason)
     return int(removed is not None)
 
 
@@ -74,7 +76,8 @@ def set_quota(t: Tenant, op: SetQuota, now: int) -> None:
         rules[op.rule.key] = op.rule
     log(t, now, AuditType.QUOTA_SET, scopes=(op.rule.scope,), detail={
         "kind": op.rule.kind.value, "limit": None if op.remove else op.rule.limit,
-        "window": period_name(op.rule.window), "action_kind": op.rule.action_kind})
+        "window": period_name(op.rule.window), "action_kind": op.rule.action_kind},
+        actor=op.actor, reason=op.reason)
 
 
 def set_access(t: Tenant, op: SetAccess, now: int) -> None:
@@ -84,13 +87,16 @@ def set_access(t: Tenant, op: SetAccess, now: int) -> None:
     else:
         t.access[op.scope] = op.rule
     requirements_changed(t, op.scope)
-    log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None})
+    log(t, now, AuditType.ACCESS_SET, scopes=(op.scope,), detail={"removed": op.rule is None},
+        actor=op.actor, reason=op.reason)
 
 
 def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
     """Install a plan's definitions, and drop those of the previous plan this one lacks."""
     keys: set[tuple[str, Any]] = set()
     for definition in op.definitions:
+        if op.actor is not None or op.reason is not None:  # its records are signed alike
+            definition = replace(definition, actor=op.actor, reason=op.reason)
         if isinstance(definition, SetBudget):
             set_budget(t, definition, now)
             keys.add(("budget", (definition.scope, definition.unit, definition.period,
@@ -114,4 +120,5 @@ def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
     t.plan, t.plan_keys = op.name, keys
     if op.mode is not None:
         t.mode = op.mode
-    log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name})
+    log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name}, actor=op.actor,
+        reason=op.reason)

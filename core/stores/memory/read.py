@@ -3,14 +3,14 @@ operation they first expire the tenant's overdue reservations; they write nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ...events import AuditRecord
 from ...models import Balance, ReservationInfo
 from ...periods import Period, bucket
 from ...reports import DAY_MS, ReportRow, report_days, report_rows
 from ...scopes import parse_scope
-from ..operations import Audit, Balances, Get, Report
+from ..operations import Audit, Balances, Get, PlanOf, Report, Tenants
 from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
 
 
@@ -48,6 +48,17 @@ def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
              if (op.since_ms is None or r[1] >= op.since_ms)
              and (op.types is None or r[2] in op.types)]
     return tuple(reversed(found[: op.limit]))
+
+
+def plan_of(t: Tenant, op: PlanOf, now: int) -> str | None:
+    """The name of the plan the tenant is on."""
+    return t.plan
+
+
+def tenants(every: Iterable[Tenant], op: Tenants, now: int) -> tuple[str, ...]:
+    """The tenants with at least one change on record, by name (as the Redis store: a
+    tenant whose every call was refused or only read holds nothing)."""
+    return tuple(sorted(t.name for t in every if t.seq))
 
 
 def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:

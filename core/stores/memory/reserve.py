@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ... import ledger, policy
-from ...amounts import Unit
+from ...amounts import Amount, Unit
 from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
 from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
@@ -29,6 +29,7 @@ from .state import (
     log,
     missing_dimensions,
     ordered,
+    period_name,
     remember,
     replay,
     snapshot,
@@ -52,6 +53,14 @@ class _Evaluation:
     calls: list[tuple[QuotaKey, str]]
     runs: list[tuple[QuotaKey, str, str]]
     concurrency: list[QuotaKey]
+    why: dict[str, Any] | None = None
+    """What a denial's record says beyond the decision: the budget's period, or the quota's
+    kind and window."""
+    requested: dict[Unit, int] | None = None
+    """The whole estimate when a budget refused, at the output size evaluated then (None:
+    the call's own estimate, at its own max_tokens)."""
+    tokens: int | None = None
+    """The output tokens of an elastic estimate evaluated when a budget refused."""
 
 
 def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
@@ -72,7 +81,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     if op.dry_run:
         return ReserveOutcome(ev.denial or _allowed(ev.caps), None, snapshot(ev.states))
     if ev.denial is not None and not shadow:
-        _denied(t, op, ev.denial, now)
+        _denied(t, op, ev, now)
         return ReserveOutcome(ev.denial, None, snapshot(ev.states))
     for key, d, state in ev.states:
         state.reserved += ev.estimate[d.unit]
@@ -98,7 +107,8 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         decision = Decision(decision.outcome, decision.caps, observed=ev.denial)
         log(t, now, AuditType.OBSERVED_DENIED, scopes=(ev.denial.scope or "",),
             subject=op.subject, action=op.action, reservation_id=res.id,
-            estimate=info.estimate, reason=ev.denial.reason)
+            estimate=_requested(op, ev), reason=ev.denial.reason,
+            detail=_denial_detail(op, ev, ev.denial))
         tally(t, now, (ev.denial.scope or scope,), f"denials:observed:{ev.denial.reason}")
     outcome = ReserveOutcome(decision, info, snapshot(ev.states))
     if op.idempotency_key is not None:
@@ -117,12 +127,13 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
     (in shadow mode evaluation goes on, since the reservation is made anyway). `back`: what
     a dry run counts as given back by the reservations it did not reap."""
     denial = missing_dimensions(t, op.scopes, op.dimensions)
+    why: dict[str, Any] | None = None
     if denial is not None and not shadow:
         return _Evaluation(denial, (), [], {}, None, [], [], [])
     caps = policy.CapsBuilder()
     kind, name = op.action.kind, op.action.name
     if not t.access and not t.quotas:  # no rules at all: budgets only
-        return _fit(t, op, now, denial, caps, [], [], [], back, shadow)
+        return _fit(t, op, now, denial, why, caps, [], [], [], back, shadow)
     for scope in op.scopes:
         rule = t.access.get(scope)
         if rule is None:
@@ -144,9 +155,10 @@ def _evaluate(t: Tenant, op: Reserve, now: int, shadow: bool,
                                      back)
             if refusal is not None and denial is None:
                 denial = refusal
+                why = {"quota": quota.kind.value, "window": period_name(quota.window)}
     if denial is not None and not shadow:
-        return _Evaluation(denial, (), [], {}, None, [], [], [])
-    return _fit(t, op, now, denial, caps, calls, runs, concurrency, back, shadow)
+        return _Evaluation(denial, (), [], {}, caps.build(), [], [], [], why)
+    return _fit(t, op, now, denial, why, caps, calls, runs, concurrency, back, shadow)
 
 
 def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str | None,
@@ -184,6 +196,7 @@ def _quota_refusal(t: Tenant, quota: policy.QuotaRule, key: QuotaKey, run: str |
 
 
 def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
+         why: dict[str, Any] | None,
          caps: policy.CapsBuilder, calls: list[tuple[QuotaKey, str]],
          runs: list[tuple[QuotaKey, str, str]], concurrency: list[QuotaKey],
          back: Overdue | None, shadow: bool) -> _Evaluation:
@@ -223,6 +236,9 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
     def need(unit: Unit) -> int:
         return policy.elastic_amount(fixed[unit], rates.get(unit, 0), tokens)
 
+    requested: dict[Unit, int] | None = None
+    evaluated: int | None = None
+
     for key, d, state in states:
         amount = need(d.unit) if rates else fixed[d.unit]
         if (d.status is BudgetStatus.ACTIVE and not state.debt and not state.over_limit
@@ -235,23 +251,26 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
                 tokens, reason = fits, None
         if reason is not None and denial is None:
             denial = ledger.denial(reason, key[0], d.unit, d.period, state, need(d.unit), now)
+            why = {"period": period_name(d.period)}
+            requested, evaluated = {unit: need(unit) for unit in fixed}, tokens
     if elastic and tokens < elastic.max_tokens:
         caps.max_tokens = tokens
     estimate = {unit: need(unit) for unit in fixed} if rates else fixed
     return _Evaluation(denial, scopes, states, estimate, caps.build(), calls, runs,
-                       concurrency)
+                       concurrency, why, requested, evaluated)
 
 
 def _allowed(caps: Caps | None) -> Decision:
     return _ALLOW if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
 
 
-def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
+def _denied(t: Tenant, op: Reserve, ev: _Evaluation, now: int) -> None:
     """A refusal goes on record: audit, report tally and a notification."""
+    decision = ev.denial
+    assert decision is not None
     log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
-        action=op.action, idempotency_key=op.idempotency_key, estimate=amounts(op.estimate),
-        reason=decision.reason, detail={"remaining": decision.remaining,
-                                        "limit": decision.limit, **_missing(decision)})
+        action=op.action, idempotency_key=op.idempotency_key, estimate=_requested(op, ev),
+        reason=decision.reason, detail=_denial_detail(op, ev, decision))
     tally(t, now, (decision.scope or op.subject.scope_path,), f"denials:{decision.reason}")
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
@@ -259,11 +278,37 @@ def _denied(t: Tenant, op: Reserve, decision: Decision, now: int) -> None:
         allocated=decision.limit))
 
 
-def _missing(decision: Decision) -> dict[str, Any]:
-    """What a DIMENSION_REQUIRED denial's audit record adds: the keys the subject lacked."""
-    if not decision.missing_dimensions:
-        return {}
-    return {"missing_dimensions": list(decision.missing_dimensions)}
+def _requested(op: Reserve, ev: _Evaluation) -> tuple[Amount, ...]:
+    """What a refused call asked for, per unit: the whole estimate, its elastic part at the
+    output size a budget evaluated (or the call's own max_tokens when no budget did)."""
+    requested = ev.requested
+    if requested is None:
+        requested = dict(op.estimate)
+        if op.elastic is not None:
+            rates = dict(op.elastic.rates)
+            requested = {unit: policy.elastic_amount(amount, rates.get(unit, 0),
+                                                     op.elastic.max_tokens)
+                         for unit, amount in requested.items()}
+    return amounts(ordered(requested))
+
+
+def _denial_detail(op: Reserve, ev: _Evaluation, decision: Decision) -> dict[str, Any]:
+    """Why a denial refused, in figures: the unit, the amount requested in it, the limit
+    (allocation or quota) and what remained, the budget's period or the quota's kind and
+    window, when it frees up, the output size evaluated and the caps on offer."""
+    detail = dict(ev.why or ())
+    if decision.unit is not None:
+        detail["unit"] = decision.unit.value
+    for name in ("requested", "limit", "remaining", "retry_after_ms"):
+        value = getattr(decision, name)
+        if value is not None:
+            detail[name] = value
+    if op.elastic is not None:
+        detail["max_tokens"] = op.elastic.max_tokens if ev.tokens is None else ev.tokens
+    if decision.missing_dimensions:  # DIMENSION_REQUIRED: the keys the subject lacked
+        detail["missing_dimensions"] = list(decision.missing_dimensions)
+    detail.update(_caps_detail(ev.caps))
+    return detail
 
 
 def _caps_detail(caps: Caps | None) -> dict[str, Any]:

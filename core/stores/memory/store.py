@@ -21,6 +21,7 @@ from ..operations import (
     Fund,
     Get,
     Op,
+    PlanOf,
     Record,
     Release,
     RemoveBudget,
@@ -32,11 +33,12 @@ from ..operations import (
     SetQuota,
     SetStatus,
     Sweep,
+    Tenants,
     Transfer,
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
-from .read import audit, balances, get, report
+from .read import audit, balances, get, plan_of, report, tenants
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -50,10 +52,11 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     SetAccess: set_access, ApplyPlan: apply_plan, SetMode: set_mode, SetStatus: set_status,
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
+    PlanOf: plan_of,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
-    Sweep: sweep,
+    Sweep: sweep, Tenants: tenants,
 }
 """The operations that walk every tenant, by type."""
 

@@ -163,19 +163,21 @@ def _audit(op: ops.Audit) -> dict[str, Any]:
 
 def _fund(op: ops.Fund) -> dict[str, Any]:
     path = parse_scope(op.scope)
-    return {"op": "fund", "scope": path.path, "base": path.base,
-            "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
-            "period": out.period_choice(op.period), "operation": op.operation.value,
-            "amount": op.amount, "spent": op.spent}
+    return out.signed(op, {
+        "op": "fund", "scope": path.path, "base": path.base,
+        "per": path.dimension[0] if path.dimension else "", "unit": op.unit.value,
+        "period": out.period_choice(op.period), "operation": op.operation.value,
+        "amount": op.amount, "spent": op.spent})
 
 
 def _transfer(op: ops.Transfer) -> dict[str, Any]:
     src, dst = parse_scope(op.source), parse_scope(op.destination)
-    return {"op": "transfer", "source": src.path, "source_base": src.base,
-            "source_per": src.dimension[0] if src.dimension else "",
-            "destination": dst.path, "destination_base": dst.base,
-            "destination_per": dst.dimension[0] if dst.dimension else "",
-            "unit": op.unit.value, "period": out.period_choice(op.period), "amount": op.amount}
+    return out.signed(op, {
+        "op": "transfer", "source": src.path, "source_base": src.base,
+        "source_per": src.dimension[0] if src.dimension else "",
+        "destination": dst.path, "destination_base": dst.base,
+        "destination_per": dst.dimension[0] if dst.dimension else "",
+        "unit": op.unit.value, "period": out.period_choice(op.period), "amount": op.amount})
 
 
 def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:
@@ -230,6 +232,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                                             for fields in reversed(b["records"]))),
     ops.Report: Codec("read", _document(lambda op: {
         "op": "report", "period": op.period.value, "at": op.at_ms, "by": op.by}), _report),
+    ops.PlanOf: Codec("read", _document(lambda op: {"op": "plan"}),
+                      lambda op, b, w: b.get("plan")),
     ops.Fund: Codec("admin", _document(_fund, "fund"),
                     lambda op, b, w: FundResult(back.balance(b["before"]),
                                                 back.balance(b["after"])), registers=True),
@@ -245,7 +249,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,
     ops.ApplyPlan: _DEFINITION,
 }
-"""Every operation but the sweep, which calls one tenant at a time (`sweep_call`)."""
+"""Every operation but the sweep, which calls one tenant at a time (`sweep_call`), and the
+list of tenants, which reads the registry (`flow.Flows._tenants`)."""
 
 
 def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | None]:

@@ -20,7 +20,7 @@ from .. import operations as ops
 from . import replies
 from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
 from .functions import OPERATIONS, missing
-from .keys import TENANTS_KEY
+from .keys import TENANTS_KEY, tenant_keys
 
 log = logging.getLogger("allotment")
 
@@ -58,13 +58,21 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """Commands the client routes by itself, sent together in one non-transactional
+    pipeline; replies the list of their replies."""
+
+    commands: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Load:
     """FUNCTION LOAD REPLACE of the library, on every master of a cluster."""
 
     source: str
 
 
-Step = Call | Durable | Command | Load
+Step = Call | Durable | Command | Batch | Load
 Flow = Generator[Step, Any, Any]
 
 
@@ -92,6 +100,8 @@ class Flows:
             yield from self._check_persistence()
         if type(op) is ops.Sweep:
             return (yield from self._sweep(op.limit))
+        if type(op) is ops.Tenants:
+            return (yield from self._tenants())
         codec = CODECS[type(op)]
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
@@ -192,6 +202,23 @@ class Flows:
                 return expired
 
 
+    def _tenants(self) -> Flow:
+        """The registry's tenants that hold a change on record (a sequence number in their
+        meta hash), sorted: a tenant registered by a call the script then refused holds
+        nothing, as on the memory store. One pipeline of checks per page of the registry."""
+        found: list[str] = []
+        cursor: Any = 0
+        while True:
+            cursor, page = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
+            names = sorted(set(map(replies.text, page)))
+            if names:
+                held = yield Batch(tuple(("HEXISTS", tenant_keys(name)[6], "seq")
+                                         for name in names))
+                found += [name for name, there in zip(names, held, strict=True) if there]
+            if not int(cursor):
+                return tuple(sorted(set(found)))
+
+
 def _merged(reply: Any) -> dict[str, str]:
     """A CONFIG GET reply as one mapping (a cluster client answers per node: the first).
     Older redis-py releases leave it the flat name, value list the server sends."""
@@ -202,4 +229,4 @@ def _merged(reply: Any) -> dict[str, str]:
     return dict(first) if isinstance(first, dict) else values
 
 
-__all__ = ["Call", "Command", "Durable", "Flow", "Flows", "Load", "Step"]
+__all__ = ["Batch", "Call", "Command", "Durable", "Flow", "Flows", "Load", "Step"]

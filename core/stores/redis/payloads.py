@@ -142,8 +142,17 @@ DEFINITIONS: dict[type[ops.Op[Any]], Callable[[Any], dict[str, Any]]] = {
 
 def definition(op: ops.Op[Any]) -> dict[str, Any]:
     """The admin document of a definition (a plan's definitions are nested in its own)."""
-    return DEFINITIONS[type(op)](op)
+    return signed(op, DEFINITIONS[type(op)](op))
+
+
+def signed(op: Any, document: dict[str, Any]) -> dict[str, Any]:
+    """An admin document with who made the change and why, when given."""
+    for name in ops.ADMIN_FIELDS:
+        value = getattr(op, name)
+        if value is not None:
+            document[name] = value
+    return document
 
 
 __all__ = ["action", "compact_json", "definition", "flat_reserve", "packed", "pairs", "period",
-           "period_choice", "subject", "value"]
+           "period_choice", "signed", "subject", "value"]

@@ -162,10 +162,11 @@ def record(tenant: str, flat: list[str]) -> AuditRecord:
         idempotency_key=f.get("idempotency_key") or None,
         estimate=amounts(f.get("estimate", "")), actual=amounts(f.get("actual", "")),
         charged=amounts(f.get("charged", "")), reason=f.get("reason"),
-        detail=_detail(f.get("detail")))
+        detail=_detail(f.get("detail")), actor=f.get("actor"))
 
 
-INTEGER_DETAILS = frozenset({"limit", "remaining", "by_ms", "expires_at_ms"})
+INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms",
+                             "max_tokens", "by_ms", "expires_at_ms"})
 """Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
 
 

@@ -26,7 +26,7 @@ from ...reports import REPORT_RETENTION_DAYS, check_retention
 from .. import operations as ops
 from . import replies
 from .codec import Wire
-from .flow import Call, Command, Durable, Flow, Flows, Step
+from .flow import Batch, Call, Command, Durable, Flow, Flows, Step
 from .functions import library, node_of, routed, source
 
 R = TypeVar("R")
@@ -186,6 +186,11 @@ class RedisStore:
             if _keyless(client, step):
                 return client.execute_command(*step.args, target_nodes=client.get_default_node())
             return client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            pipe = client.pipeline(transaction=False)
+            for args in step.commands:
+                pipe.execute_command(*args)
+            return pipe.execute()
         if isinstance(step, Durable):
             if self._routed:  # the tenant's own master, on one of its connections
                 client = client.get_redis_connection(client.get_node_from_key(step.call.keys[0]))
@@ -211,6 +216,11 @@ class RedisStore:
                 return await client.execute_command(*step.args,
                                                     target_nodes=client.get_default_node())
             return await client.execute_command(*step.args)
+        if isinstance(step, Batch):
+            pipe = client.pipeline(transaction=False)
+            for args in step.commands:
+                pipe.execute_command(*args)
+            return await pipe.execute()
         if isinstance(step, Durable):
             if routed(client):  # the tenant's own master, on one of its connections
                 await client.initialize()

@@ -42,7 +42,8 @@ elseif op == 'apply_plan' then
 elseif op == 'set_mode' then
   if nz(P.mode) then redis.call('HSET', K_META, 'mode', P.mode)
   else redis.call('HDEL', K_META, 'mode') end
-  audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}})
+  audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}, actor = nz(P.actor),
+    reason = nz(P.reason)})
   return reply({})
 elseif op == 'set_status' then
   local list, matched = defs_of(P.scope), 0
@@ -57,7 +58,7 @@ elseif op == 'set_status' then
   end
   save_defs(P.scope, list)
   audit('budget.status_changed', {scopes = {P.scope}, detail = {status = P.status,
-    budgets = matched}})
+    budgets = matched}, actor = nz(P.actor), reason = nz(P.reason)})
   return reply({changed = matched})
 end
 
@@ -95,7 +96,8 @@ if op == 'fund' then
   local body = cjson.encode({before = before, after = balance(L, d), notes = {}})
   remember(body)
   audit('budget.funded', {scopes = {P.scope}, idempotency_key = nz(P.key) or '',
-    actual = P.unit .. '=' .. s(x), detail = {operation = P.operation}})
+    actual = P.unit .. '=' .. s(x), detail = {operation = P.operation}, actor = nz(P.actor),
+    reason = nz(P.reason)})
   return body
 elseif op == 'transfer' then
   local src, err = locate(P.source, P.source_base, P.source_per, P.unit, P.period)
@@ -122,7 +124,8 @@ elseif op == 'transfer' then
     destination = balance(dst.L, dst.d), notes = {}})
   remember(body)
   audit('budget.transferred', {scopes = {P.source, P.destination},
-    idempotency_key = nz(P.key) or '', actual = P.unit .. '=' .. s(P.amount)})
+    idempotency_key = nz(P.key) or '', actual = P.unit .. '=' .. s(P.amount),
+    actor = nz(P.actor), reason = nz(P.reason)})
   return body
 end
 return fail('INVALID_REQUEST', 'unknown operation ' .. tostring(op))

@@ -41,7 +41,8 @@ local function set_budget(x)
   d.status = d.status or 'ACTIVE'
   save_defs(x.scope, list)
   audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, limit = s(x.limit),
-    period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL}})
+    period = x.period ~= '' and x.period or NULL, per = x.per ~= '' and x.per or NULL},
+    actor = nz(x.actor), reason = nz(x.reason)})
   d = find_def(x.scope, x.unit, x.period, x.per)
   if x.per ~= '' then  -- every dimension ledger of this bucket follows, now
     local suffix = '|' .. x.unit .. '|' .. x.period .. '|' .. current_bucket(x.period)
@@ -78,7 +79,8 @@ local function remove_budget(x)
   end
   if removed > 0 then
     save_defs(x.scope, kept)
-    audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, removed = true}})
+    audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, removed = true},
+      actor = nz(x.actor), reason = nz(x.reason)})
   end
   return removed
 end
@@ -99,19 +101,21 @@ local function set_quota(x)
   else redis.call('HSET', K_QUOTAS, x.scope, cjson.encode(kept)) end
   audit('quota.set', {scopes = {x.scope}, detail = {kind = x.kind,
     limit = x.remove and NULL or x.limit, window = x.window ~= '' and x.window or NULL,
-    action_kind = x.action_kind}})
+    action_kind = x.action_kind}, actor = nz(x.actor), reason = nz(x.reason)})
 end
 
 local function set_access(x)
   if nz(x.rule) == nil then redis.call('HDEL', K_ACCESS, x.scope)
   else redis.call('HSET', K_ACCESS, x.scope, cjson.encode(x.rule)) end
-  audit('access.set', {scopes = {x.scope}, detail = {removed = nz(x.rule) == nil}})
+  audit('access.set', {scopes = {x.scope}, detail = {removed = nz(x.rule) == nil},
+    actor = nz(x.actor), reason = nz(x.reason)})
 end
 
 local function apply_plan(x)
   local keys, previous = {}, cjson.decode(redis.call('HGET', K_META, 'plan_keys') or '[]')
   for _, item in ipairs(x.definitions) do
     local key
+    item.actor, item.reason = x.actor, x.reason  -- its records are signed alike
     if item.op == 'set_budget' then
       set_budget(item)
       key = 'budget\t' .. item.scope .. '\t' .. item.unit .. '\t' .. item.period .. '\t' .. item.per
@@ -153,5 +157,6 @@ local function apply_plan(x)
   end
   redis.call('HSET', K_META, 'plan', x.name, 'plan_keys', cjson.encode(keys))
   if nz(x.mode) then redis.call('HSET', K_META, 'mode', x.mode) end
-  audit('plan.assigned', {detail = {plan = x.name}})
+  audit('plan.assigned', {detail = {plan = x.name}, actor = nz(x.actor),
+    reason = nz(x.reason)})
 end

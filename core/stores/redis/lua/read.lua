@@ -71,6 +71,9 @@ elseif op == 'audit' then
   end
   return cjson.encode({records = found})
 
+elseif op == 'plan' then
+  return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
+
 elseif op == 'report' then
   -- the counters of the kept days of the period asked for, of the rows asked for: scope
   -- rows take fields without a trailing dimension, rows `by` a key the fields ending in it

@@ -22,6 +22,10 @@ local provider = string.match(name, '^([^:]+):')
 local dims = {}
 for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
 local denial = nil
+-- what a denial's record says beyond the decision (as _Evaluation in reserve.py): `why` the
+-- budget's period or the quota's kind and window; `requested` the whole estimate and
+-- `evaluated` the output tokens when a budget refused (nil: the call's own estimate)
+local why, requested, evaluated = nil, nil, nil
 -- a dry run reaps nothing (begin): it counts what the reap would have given back
 local returned, freed = {}, {}
 if P.dry_run and CFG.reap_batch > 0 then returned, freed = overdue_holds(CFG.reap_batch) end
@@ -119,7 +123,10 @@ for i, scope in ipairs(P.scopes) do
               retry_after_ms = s(bucket_end(q.window, NOW) - NOW)}
           end
         end
-        if refused and denial == nil then denial = refused end
+        if refused and denial == nil then
+          denial = refused
+          why = {quota = q.kind, window = q.window ~= '' and q.window or NULL}
+        end
       end
     end
   end
@@ -170,6 +177,9 @@ if denial == nil or shadow then
     if reason and denial == nil then
       local path, _, period = field_parts(st.L.field)
       denial = denial_of(reason, path, unit, period, st.L, need(unit))
+      why = {period = period ~= '' and period or NULL}
+      requested, evaluated = {}, tokens
+      for u in pairs(fixed) do requested[u] = need(u) end
     end
   end
   if nz(P.elastic) and tokens < P.elastic.max_tokens then caps.max_tokens = tokens end
@@ -199,6 +209,32 @@ local function answer(decision, R, rows)
   return {said, R.id, NOW, R.estimate, rows, notes_json()}
 end
 local capped = built_caps()
+local function asked()
+  -- what a refused call asked for, per unit, packed: the whole estimate, its elastic part
+  -- at the output size a budget evaluated (or the call's own max_tokens), as _requested
+  if requested then return pack_units(requested) end
+  local whole, rates = {}, {}
+  if nz(P.elastic) then
+    for _, pair in ipairs(P.elastic.rates) do rates[pair[1]] = pair[2] end
+  end
+  for unit, amount in pairs(fixed) do
+    whole[unit] = amount + (nz(P.elastic) and
+      math.ceil((rates[unit] or 0) * P.elastic.max_tokens / 1000000) or 0)
+  end
+  return pack_units(whole)
+end
+local function denial_detail()
+  -- why a denial refused, in figures (as _denial_detail in reserve.py)
+  local out = {}
+  for k, v in pairs(why or {}) do out[k] = v end
+  out.unit, out.requested, out.limit = nz(denial.unit), nz(denial.requested), nz(denial.limit)
+  out.remaining, out.retry_after_ms = nz(denial.remaining), nz(denial.retry_after_ms)
+  if nz(P.elastic) then out.max_tokens = s(evaluated or P.elastic.max_tokens) end
+  out.missing_dimensions = nz(denial.missing_dimensions)
+  -- a missing dimension refuses before anything else is weighed (enforce mode): no caps
+  if shadow or denial.reason ~= 'DIMENSION_REQUIRED' then out.caps = capped end
+  return out
+end
 local allowed = {outcome = capped and 'ALLOW_WITH_CAPS' or 'ALLOW', caps = capped or NULL}
 if P.dry_run then
   return answer(denial or allowed, nil, balances())
@@ -206,9 +242,7 @@ end
 if denial and not shadow then
   audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
-    estimate = pack_units(fixed), reason = denial.reason,
-    detail = {remaining = denial.remaining or NULL, limit = denial.limit or NULL,
-      missing_dimensions = denial.missing_dimensions}})
+    estimate = asked(), reason = denial.reason, detail = denial_detail()})
   count(refused_at(denial), 'denials:' .. denial.reason)  -- where the limit refused
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
@@ -242,8 +276,8 @@ local decision = allowed
 if denial then  -- shadow: what enforce mode would have said, on record
   decision = {outcome = allowed.outcome, caps = allowed.caps, observed = denial}
   audit('reservation.observed_denied', {scopes = {denial.scope or ''}, subject = P.subject,
-    action = kind .. ' ' .. name, reservation_id = R.id, estimate = R.estimate,
-    reason = denial.reason})
+    action = kind .. ' ' .. name, reservation_id = R.id, estimate = asked(),
+    reason = denial.reason, detail = denial_detail()})
   count(refused_at(denial), 'denials:observed:' .. denial.reason)
 end
 audit_fields('reservation.reserved', with_optional({'subject', P.subject,
