@@ -227,8 +227,8 @@ def _missing(keys: tuple[str, ...]) -> str:
     return (f"missing dimension{'s' if many else ''} {names}: every call under this scope "
             f"must carry {'them' if many else 'it'}; run the call inside al.scope({scope}), "
             f"give Subject(dimensions={{{dims}}}), or hand {'them' if many else 'it'} to "
-            f"the adapter (header{'s' if many else ''} {headers}; LangChain metadata "
-            f"{{'dimensions': {{{dims}}}}})")
+            f"the adapter (header{'s' if many else ''} {headers}; LangChain metadata or "
+            f"LlamaIndex instrument_tags {{'dimensions': {{{dims}}}}})")
 
 
 def duration(ms: int) -> str:

@@ -17,12 +17,29 @@ LlamaIndex's tokenizer. A call that failed is released; a stream its consumer wa
 from (or that was cancelled) is charged the estimate, since it reached the provider.
 
 Subject: the handler's arguments, then `al.scope(...)`, then LlamaIndex's
-`instrument_tags({...})` in force (keys `tenant`, `workflow`, ... `run`, `session`, `user`,
-each also as `<key>_id`; see `TAG_FIELDS`), each later source overriding the earlier ones.
+`instrument_tags({...})` in force, each later source overriding the earlier ones.
+
+Which tags are read, exactly — the keys LangChain's pieces read from metadata, each also as
+`<key>_id` (`run_id`, `tenant_id`): the level names (tenant, workspace, app, workflow, agent,
+toolset), the dimensions named in `dimension_keys` (by default `DIMENSION_KEYS`: run, user,
+session; a mapping renames, e.g. `{"thread": "session"}`), and a `"dimensions"` dict of any
+others. Nothing else: tags are free-form, and the handler does not read the store per call
+to learn which budget templates are in force. So a template on another dimension
+(`per="customer"`) needs
+
+    handler = BudgetHandler(guard, dimension_keys=[*DIMENSION_KEYS, "customer"])
+    with instrument_tags({"tenant": "initech", "customer": "c-9"}): ...
+    # or, with any handler: instrument_tags({"tenant": "initech",
+    #                                        "dimensions": {"customer": "c-9"}})
+
+Declare it `required=True` and a call whose tags lack it is denied DIMENSION_REQUIRED before
+anything is sent, instead of being checked without it. `metadata_keys` lists the keys the
+handler reads, and it logs them (INFO) when made.
 
 A callback cannot change a request, so the handler denies but cannot cap: when the budget
 answers with caps (a degrade rule's max_tokens or model, a tool deny list), the call goes on
-uncapped and a warning is logged. To cap, hand LlamaIndex's OpenAI LLM a guarded client:
+uncapped and a warning is logged (once per handler, then at debug level). To cap, hand
+LlamaIndex's OpenAI LLM a guarded client:
 
     llm = OpenAI(model="gpt-4o-mini",
                  openai_client=wrap_openai(openai.OpenAI(), guard, tenant="acme"),
@@ -40,13 +57,14 @@ import importlib
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import allotment as al
-from allotment.adapter import LEVELS, Pricer, TokenUsage, input_tokens, text_tokens, tier_of
+from allotment.adapter import Pricer, TokenUsage, input_tokens, text_tokens, tier_of
 
+from ._keys import DIMENSION_KEYS, DIMENSIONS, SubjectKeys
 from ._metering import DEFAULT_MAX_TOKENS, Meter, Metering, Request, resolve_subject
 from ._sdk import SUBJECT_HEADER, is_guarded
 from ._usage import count, provider_usage
@@ -62,7 +80,7 @@ else:
         raise ImportError("allotment.integrations.llamaindex needs llama-index-core: "
                           "pip install 'allotment[llamaindex]'") from error
 
-__all__ = ["DEFAULT_EMBEDDING_TOKENS", "TAG_FIELDS", "BudgetHandler"]
+__all__ = ["DEFAULT_EMBEDDING_TOKENS", "DIMENSION_KEYS", "BudgetHandler"]
 
 log = logging.getLogger("allotment")
 
@@ -76,12 +94,9 @@ DEFAULT_EMBEDDING_TOKENS = 8_192
 an embedding event but not the texts, so the hold is an allowance (one maximal input); the
 commit charges the tokens counted from the texts."""
 
-TAG_FIELDS: dict[str, str] = {
-    **{f"{name}_id": name for name in (*LEVELS, "run", "session", "user")},
-    **{name: name for name in (*LEVELS, "run", "session", "user")},
-}
-"""`instrument_tags` keys read as subject fields (levels, or dimensions for run/session/user).
-Other tags are left alone: observability tags do not become budget scopes."""
+TAG_ALIAS = "_id"
+"""Each key is also read as `<key>_id` (`run_id`, `user_id`, `tenant_id`): the names tags
+usually carry; the plain key wins when both are set."""
 
 PROVIDERS = (("azure", "azure"), ("anthropic", "anthropic"), ("bedrock", "aws"),
              ("vertex", "google"), ("gemini", "google"), ("google", "google"),
@@ -106,15 +121,17 @@ class BudgetHandler(_CallbackHandler):
     `provider` names the price table's provider when the model class does not say it.
     A call without max_tokens (on the LLM or in the call) is held for `default_max_tokens`
     of output; an embedding event for `embedding_tokens` of input. `token_counter(text)`
-    counts embedded texts (default: LlamaIndex's `Settings.tokenizer`).
+    counts embedded texts (default: LlamaIndex's `Settings.tokenizer`). `dimension_keys`
+    names the `instrument_tags` keys read as dimensions (as LangChain's pieces read metadata):
+    a list, or a mapping from tag key to dimension; `metadata_keys` lists every key read.
     """
 
     def __init__(self, guard: al.Guard, *, pricer: Pricer | None = None,
                  provider: str | None = None, default_max_tokens: int = DEFAULT_MAX_TOKENS,
                  embedding_tokens: int = DEFAULT_EMBEDDING_TOKENS,
                  token_counter: Callable[[str], int] | None = None,
-                 tag_fields: Mapping[str, str] | None = None, ttl_ms: int | None = None,
-                 **subject: Any) -> None:
+                 dimension_keys: Iterable[str] | Mapping[str, str] = DIMENSION_KEYS,
+                 ttl_ms: int | None = None, **subject: Any) -> None:
         event_types = _framework("llama_index.core.callbacks.schema", "CBEventType")
         # a hold the budget cannot fit is refused whole: a callback cannot shrink the call
         self.metering = Metering(guard, pricer=pricer, default_max_tokens=default_max_tokens,
@@ -122,13 +139,23 @@ class BudgetHandler(_CallbackHandler):
         self.provider = provider
         self.embedding_tokens = embedding_tokens
         self.token_counter = token_counter
-        self.tag_fields = dict(TAG_FIELDS if tag_fields is None else tag_fields)
+        self.keys = SubjectKeys(dimension_keys, alias=TAG_ALIAS)
         self.subject = subject
         ignored = [e for e in event_types if e.value not in (LLM, EMBEDDING)]
         self.event_starts_to_ignore = tuple(ignored)
         self.event_ends_to_ignore = tuple(ignored)
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
+        self._warned_uncapped = False
+        log.info("LlamaIndex budgets read the subject from instrument_tags keys %s",
+                 ", ".join(self.metadata_keys))
+
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """Every `instrument_tags` key the subject is read from: the levels, the dimension
+        keys, each also as `<key>_id`, and "dimensions" (a dict of any others). A dimension
+        named nowhere here never reaches the subject."""
+        return self.keys.names
 
     # -- the callback interface ------------------------------------------------------------
 
@@ -147,10 +174,12 @@ class BudgetHandler(_CallbackHandler):
             return event_id
         request = self._describe(event_type, payload, resolve_subject(self.subject, tags))
         meter = self.metering.reserve(request)  # no model switch: the call keeps its model
-        if meter.caps is not None:
-            log.warning("%s: caps %s cannot be applied by a callback handler (the call goes "
-                        "on uncapped); hand the LLM a wrap_openai client to cap it",
-                        meter.reservation.id, meter.caps)
+        if meter.caps is not None:  # once as a warning, then at debug level: a capped
+            level = logging.DEBUG if self._warned_uncapped else logging.WARNING  # tenant
+            self._warned_uncapped = True  # would otherwise log every call
+            log.log(level, "%s: caps %s cannot be applied by a callback handler (the call "
+                    "goes on uncapped); hand the LLM a wrap_openai client to cap it (further "
+                    "ones are logged at debug level)", meter.reservation.id, meter.caps)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:  # events that never ended: holds expire
                 self._pending.pop(next(iter(self._pending)))
@@ -190,14 +219,19 @@ class BudgetHandler(_CallbackHandler):
 
     # -- reading LlamaIndex's payloads -----------------------------------------------------
 
-    def _tags(self) -> dict[str, str]:
+    def _tags(self) -> dict[str, Any]:
+        """The subject fields in the `instrument_tags` in force. A named tag that holds no
+        text or number is someone else's (observability tags are free-form) and left alone;
+        the "dimensions" dict is ours, so what it holds must be an id."""
         tags = _framework("llama_index.core.instrumentation.dispatcher",
                           "active_instrument_tags").get()
-        found: dict[str, str] = {}
-        for key, name in self.tag_fields.items():
-            value = tags.get(key)
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                found[name] = str(value)
+        found = self.keys.read(tags, _tag_value)
+        for name, value in list(found[DIMENSIONS].items()):
+            text = _tag_value(value)
+            if text is None:
+                raise al.InvalidRequest(f'instrument_tags "{DIMENSIONS}"[{name!r}]: expected '
+                                        f"a string id, got {value!r}")
+            found[DIMENSIONS][name] = text
         return found
 
     def _describe(self, event_type: Any, payload: dict[str, Any],
@@ -287,12 +321,21 @@ def _guarded_below(model: Any, asynchronous: bool) -> bool:
     return is_guarded(getattr(model, "_aclient" if asynchronous else "_client", None))
 
 
-def _pass_on(call: Any, fields: dict[str, str]) -> None:
-    """Give a guarded client the instrument-tag subject as per-call headers."""
-    if not fields or not isinstance(call, dict):
+def _tag_value(value: Any) -> str | None:
+    """A tag as a subject field: text, or a whole number written out."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _pass_on(call: Any, fields: dict[str, Any]) -> None:
+    """Give a guarded client the instrument-tag subject as per-call headers (levels and
+    dimensions alike: `x-allotment-customer`, which the client reads as a dimension)."""
+    flat = {k: v for k, v in fields.items() if k != DIMENSIONS} | fields.get(DIMENSIONS, {})
+    if not flat or not isinstance(call, dict):
         return
     headers = dict(call.get("extra_headers") or {})
-    headers.update({f"{SUBJECT_HEADER}{k}": v for k, v in fields.items()})
+    headers.update({f"{SUBJECT_HEADER}{k}": v for k, v in flat.items()})
     call["extra_headers"] = headers
 
 

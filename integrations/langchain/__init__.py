@@ -48,7 +48,7 @@ a call whose metadata lacks it is denied DIMENSION_REQUIRED instead of being che
 it. Each piece's `metadata_keys` lists the keys it reads, and it logs them (INFO) when made.
 """
 
-from ._budget import DIMENSION_KEYS
+from .._keys import DIMENSION_KEYS
 from .callbacks import AsyncBudgetCallbackHandler, BudgetCallbackHandler
 from .capped import CappedChatModel, capped
 from .middleware import BudgetMiddleware

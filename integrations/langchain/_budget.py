@@ -13,20 +13,15 @@ from langchain_core.messages import BaseMessage
 from langchain_core.tools import BaseTool
 
 import allotment as al
-from allotment.adapter import LEVELS, Pricer
+from allotment.adapter import Pricer
 
+from .._keys import SubjectKeys
 from .._metering import Meter, Metering, Request, allowed_tools, resolve_subject
 from ..anthropic import hidden_prompt_tokens
 from .usage import MAX_TOKEN_KEYS, estimator_messages, from_cache, message_usage
 
 log = logging.getLogger("allotment")
 
-DIMENSION_KEYS = ("run", "user", "session")
-"""The metadata keys read as dimensions unless `dimension_keys=` says otherwise. A dimension
-outside this list (a `per="customer"` budget) is read only when named in `dimension_keys`
-or given in metadata's `"dimensions"` dict: the pieces do not read the store to learn which
-templates are in force. Declare such a template `required=True`, so a call whose metadata
-lacks it is denied DIMENSION_REQUIRED rather than checked without it."""
 INTERRUPTED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
 """Ways a call can stop after its request left: it may have been charged, so it is."""
 _FREE = al.usd(0)
@@ -42,8 +37,7 @@ class Budget:
         self.metering = Metering(guard, pricer=pricer, default_max_tokens=default_max_tokens,
                                  floor=floor, ttl_ms=ttl_ms)
         self.tool_prices = {name: _usd(price) for name, price in (tool_prices or {}).items()}
-        self.dimension_keys = (dict(dimension_keys) if isinstance(dimension_keys, Mapping)
-                               else {key: key for key in dimension_keys})
+        self.keys = SubjectKeys(dimension_keys)
         self.subject = subject
         self.warned_unapplied = False
         log.info("LangChain budgets read the subject from metadata keys %s",
@@ -53,7 +47,7 @@ class Budget:
     def metadata_keys(self) -> tuple[str, ...]:
         """Every metadata key the subject is read from: the levels, the dimension keys, and
         "dimensions" (a dict of any others)."""
-        return (*LEVELS, *self.dimension_keys, "dimensions")
+        return self.keys.names
 
     @property
     def guard(self) -> al.Guard:
@@ -66,17 +60,9 @@ class Budget:
         for source in sources:
             if source is None:
                 continue
-            for level in LEVELS:
-                value = _get(source, level)
-                if value is not None:
-                    call[level] = value
-            for key, dimension in self.dimension_keys.items():
-                value = _get(source, key)
-                if value is not None:
-                    call["dimensions"][dimension] = value
-            extra = _get(source, "dimensions")
-            if isinstance(extra, Mapping):
-                call["dimensions"].update(extra)
+            fields = self.keys.read(source)
+            call["dimensions"].update(fields.pop("dimensions"))
+            call.update(fields)
         return resolve_subject(self.subject, call)
 
     def chat(self, subject: al.Subject, provider: str, model: str,
@@ -210,12 +196,6 @@ def _usd(price: Any) -> al.Amount:
     if isinstance(price, (int, float, str, Decimal)) and not isinstance(price, bool):
         return al.usd(price)
     raise al.InvalidRequest(f"tool_prices: {price!r} is not a price in dollars")
-
-
-def _get(source: Any, key: str) -> Any:
-    if isinstance(source, Mapping):
-        return source.get(key)
-    return getattr(source, key, None)
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -16,8 +16,9 @@ from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResu
 import allotment as al
 from allotment.adapter import Pricer, tier_of
 
+from .._keys import DIMENSION_KEYS
 from .._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Meter, Request
-from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, aquietly, quietly
+from ._budget import INTERRUPTED, Budget, aquietly, quietly
 from ._claims import claimed
 from .usage import first_message, from_cache, max_tokens, positive, provider_name, result_usage
 

@@ -14,8 +14,9 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 import allotment as al
 from allotment.adapter import Pricer
 
+from .._keys import DIMENSION_KEYS
 from .._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Meter, Request
-from ._budget import DIMENSION_KEYS, INTERRUPTED, Budget, afailed, asettle, failed, settle
+from ._budget import INTERRUPTED, Budget, afailed, asettle, failed, settle
 from ._claims import METERED
 from .usage import add_chunk, as_messages, model_params, reported, requested_tier, thinking
 

@@ -13,9 +13,9 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 import allotment as al
 from allotment.adapter import Pricer
 
+from .._keys import DIMENSION_KEYS
 from .._metering import DEFAULT_FLOOR, DEFAULT_MAX_TOKENS, Meter, Request
 from ._budget import (
-    DIMENSION_KEYS,
     INTERRUPTED,
     Budget,
     afailed,

@@ -425,6 +425,31 @@ def test_a_required_dimension_the_handler_does_not_read_is_refused(guard: al.Gua
     assert usd_spent(guard, ACME) == 0
 
 
+@pytest.mark.parametrize(("keys", "wrong"), [
+    ("customer", "the string 'customer'"),
+    (["workflow"], "'workflow' is read as the workflow level"),
+    ({"org": "tenant"}, "scope level"),
+    (["cust omer"], "'cust omer' cannot fill dimension"),
+])
+def test_bad_dimension_keys_are_refused_when_a_piece_is_made(guard: al.Guard, keys: Any,
+                                                             wrong: str) -> None:
+    for make in (lambda: BudgetCallbackHandler(guard, dimension_keys=keys),
+                 lambda: BudgetMiddleware(guard, dimension_keys=keys),
+                 lambda: capped(openai(), guard, dimension_keys=keys)):
+        with pytest.raises(al.InvalidRequest, match=wrong):
+            make()
+
+
+def test_a_dimensions_dict_naming_a_level_is_refused(guard: al.Guard) -> None:
+    per_customer(guard)
+    with replay("openai_chat.yaml") as cassette, pytest.raises(al.InvalidRequest,
+                                                               match="a scope level"):
+        openai().invoke("Hello!", config={"callbacks": [BudgetCallbackHandler(guard)],
+                                          "metadata": {"tenant": "acme", "dimensions": {
+                                              "Tenant": "beta", "customer": "c-9"}}})
+    assert cassette.play_count == 0 and usd_spent(guard, ACME) == 0
+
+
 def test_middleware_reads_a_custom_dimension_from_metadata(guard: al.Guard) -> None:
     per_customer(guard)
     middleware = BudgetMiddleware(guard, dimension_keys=CUSTOMER_KEYS)

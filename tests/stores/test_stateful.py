@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -39,6 +40,9 @@ from allotment import Reason, Unit
 from allotment import ReservationStatus as Status
 
 from support.stores import START_MS, STORE_KINDS, make_store
+
+pytestmark = pytest.mark.filterwarnings("ignore::allotment.BudgetHierarchyWarning")
+"""The random budget trees set children larger than their parents on purpose."""
 
 T = TypeVar("T")
 

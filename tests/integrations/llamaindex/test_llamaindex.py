@@ -24,7 +24,7 @@ from llama_index.embeddings.openai import OpenAIEmbedding
 from llama_index.llms.openai import OpenAI
 
 import allotment as al
-from allotment.integrations.llamaindex import BudgetHandler
+from allotment.integrations.llamaindex import DIMENSION_KEYS, BudgetHandler
 from allotment.integrations.openai import wrap_openai
 
 from support.cassettes import expected_cost, expected_hold, replay, sent, spent
@@ -264,6 +264,152 @@ def test_tags_are_read_per_call_and_concurrently(funded: al.Guard) -> None:
         assert funded.balances(f"tenant:acme/run:{run}")[0].spent == CHAT_COST
 
 
+# -- which tags are read: dimension_keys, a "dimensions" dict, required dimensions ------------
+
+CUSTOMER_KEYS = [*DIMENSION_KEYS, "customer"]
+
+
+def per_customer(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10)
+    guard.set_budget(ACME, usd=1, per="customer", required=True)
+
+
+def test_a_custom_dimension_in_instrument_tags_reaches_the_subject(guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetHandler(guard, tenant="acme", dimension_keys=CUSTOMER_KEYS)
+    levels = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
+    named = (*levels, "run", "user", "session", "customer")
+    assert handler.metadata_keys == (*named, *(f"{key}_id" for key in named), "dimensions")
+    with replay("openai_chat.yaml") as cassette, instrument_tags({"customer": "c-9",
+                                                                  "run_id": "r-1"}):
+        llm(handler).chat(HELLO)
+    assert cassette.play_count == 1
+    assert guard.balances("tenant:acme/customer:c-9")[0].spent == CHAT_COST
+    (reserved,) = guard.audit("acme", types=["reservation.reserved"])
+    assert reserved.subject is not None
+    assert reserved.subject.dimensions == {"customer": "c-9", "run": "r-1"}
+    with replay("openai_chat.yaml"), instrument_tags({"customer_id": "c-10"}):
+        llm(handler).complete("Hello!")  # each key is read as <key>_id too
+    assert guard.balances("tenant:acme/customer:c-10")[0].spent == CHAT_COST
+    assert settled(handler)
+
+
+def test_dimension_keys_rename_tags_into_dimensions(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10)
+    guard.set_budget(ACME, usd=1, per="session")
+    handler = BudgetHandler(guard, tenant="acme", dimension_keys={"thread": "session"})
+    assert "run" not in handler.metadata_keys and "thread_id" in handler.metadata_keys
+    with replay("openai_chat.yaml"), instrument_tags({"thread": "t-1", "run": "not read"}):
+        llm(handler).chat(HELLO)
+    assert guard.balances("tenant:acme/session:t-1")[0].spent == CHAT_COST
+    (reserved,) = guard.audit("acme", types=["reservation.reserved"])
+    assert reserved.subject is not None and reserved.subject.dimensions == {"session": "t-1"}
+
+
+def test_a_dimensions_dict_in_instrument_tags_reaches_the_subject(guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetHandler(guard, tenant="acme")  # the default keys: not customer
+    with replay("openai_chat.yaml"), instrument_tags({"dimensions": {"customer": "C-9"},
+                                                      "run": "r-1"}):
+        llm(handler).chat(HELLO)
+    assert guard.balances("tenant:acme/customer:C-9")[0].spent == CHAT_COST  # kept exactly
+    (reserved,) = guard.audit("acme", types=["reservation.reserved"])
+    assert reserved.subject is not None
+    assert reserved.subject.dimensions == {"customer": "C-9", "run": "r-1"}
+
+    async def main() -> None:
+        with replay("openai_embeddings.yaml"), instrument_tags({"dimensions": {
+                "customer": 42}}):  # a whole number is an id, as in a named tag
+            await embedder(handler).aget_text_embedding("Tell me a joke about opentelemetry")
+
+    asyncio.run(main())
+    assert guard.balances("tenant:acme/customer:42")[0].spent == EMBED_COST
+    assert settled(handler)
+
+
+def test_a_required_dimension_the_tags_lack_is_refused_before_any_request(
+        guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetHandler(guard, tenant="acme")  # reads run, user, session: not customer
+    model = llm(handler)
+    with replay("openai_chat.yaml") as cassette, instrument_tags({"customer": "c-9"}), \
+            pytest.raises(al.Denied) as denied:
+        model.chat(HELLO)
+    assert cassette.play_count == 0
+    assert denied.value.decision.reason == "DIMENSION_REQUIRED"
+    assert denied.value.decision.missing_dimensions == ("customer",)
+    assert "'customer'" in str(denied.value) and "instrument_tags" in str(denied.value)
+    with replay("openai_chat_stream.yaml") as cassette, pytest.raises(al.Denied):
+        list(model.stream_chat(UK))  # no tags at all
+    assert cassette.play_count == 0
+
+    async def main() -> None:
+        with replay("openai_embeddings.yaml") as cassette, pytest.raises(al.Denied):
+            await embedder(handler).aget_text_embedding("hello")
+        assert cassette.play_count == 0
+
+    asyncio.run(main())
+    assert guard.balances(ACME)[0].spent == 0 and guard.balances(ACME)[0].reserved == 0
+    assert len(guard.audit("acme", types=["reservation.denied"])) == 3
+    assert settled(handler)
+
+
+def test_a_guarded_client_below_gets_the_custom_dimension(guard: al.Guard) -> None:
+    per_customer(guard)
+    handler = BudgetHandler(guard, tenant="acme", dimension_keys=CUSTOMER_KEYS)
+    model = OpenAI(model="gpt-4o-mini", callback_manager=CallbackManager([handler]),
+                   openai_client=wrap_openai(openai.OpenAI(api_key="sk-test", max_retries=0),
+                                             guard, tenant="acme"))
+    with replay("openai_chat.yaml") as cassette, instrument_tags({"customer_id": "c-9"}):
+        model.chat(HELLO)
+    with replay("openai_chat.yaml"), instrument_tags({"dimensions": {"customer": "c-10"}}):
+        model.chat(HELLO)
+    assert not any(h.lower().startswith("x-allotment") for h in cassette.requests[0].headers)
+    assert guard.balances("tenant:acme/customer:c-9")[0].spent == CHAT_COST
+    assert guard.balances("tenant:acme/customer:c-10")[0].spent == CHAT_COST
+    assert len(guard.audit("acme", types=["reservation.reserved"])) == 2  # each once
+    with replay("openai_chat.yaml") as cassette, pytest.raises(al.Denied) as denied:
+        model.chat(HELLO)  # the client refuses a call the tags gave no customer
+    assert cassette.play_count == 0
+    assert denied.value.decision.reason == "DIMENSION_REQUIRED"
+
+
+def test_the_keys_read_are_logged_when_the_handler_is_made(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "allotment"):
+        BudgetHandler(al.Guard(), tenant="acme", dimension_keys=CUSTOMER_KEYS)
+    (line,) = [r.getMessage() for r in caplog.records if "instrument_tags keys" in
+               r.getMessage()]
+    assert "customer, " in line and "customer_id" in line and line.endswith("dimensions")
+
+
+@pytest.mark.parametrize(("keys", "wrong"), [
+    ("customer", "the string 'customer'"),
+    (["tenant"], "'tenant' is read as the tenant level"),
+    ({"org": "tenant"}, "scope level"),
+    (["dimensions"], "'dimensions' is read as a dict"),
+    (["cust omer"], "'cust omer' cannot fill dimension"),
+])
+def test_bad_dimension_keys_are_refused_when_the_handler_is_made(keys: Any,
+                                                                 wrong: str) -> None:
+    with pytest.raises(al.InvalidRequest, match=wrong):
+        BudgetHandler(al.Guard(), tenant="acme", dimension_keys=keys)
+
+
+@pytest.mark.parametrize(("tags", "wrong"), [
+    ({"dimensions": {"customer": ["c-9"]}}, "expected a string id"),
+    ({"dimensions": {"tenant": "beta"}}, "a scope level"),
+])
+def test_a_bad_dimensions_dict_is_refused_before_any_request(guard: al.Guard, tags: Any,
+                                                             wrong: str) -> None:
+    per_customer(guard)
+    with replay("openai_chat.yaml") as cassette, instrument_tags(tags), \
+            pytest.raises(al.InvalidRequest, match=wrong):
+        llm(BudgetHandler(guard, tenant="acme")).chat(HELLO)
+    assert cassette.play_count == 0
+    assert guard.balances(ACME)[0].reserved == 0
+
+
 # -- caps: a guarded client below LlamaIndex -------------------------------------------------
 
 
@@ -341,14 +487,18 @@ def test_caps_the_handler_cannot_apply_are_logged(guard: al.Guard,
     handler = BudgetHandler(guard, tenant="acme")
     big = OpenAI(model="gpt-4o", api_key="sk-test", max_retries=0,
                  callback_manager=CallbackManager([handler]))
-    with replay("openai_chat.yaml"), caplog.at_level(logging.WARNING, "allotment"):
-        big.chat(HELLO)
+    with caplog.at_level(logging.DEBUG, "allotment"):
+        for _ in range(2):
+            with replay("openai_chat.yaml"):
+                big.chat(HELLO)
     assert sent()["model"] == "gpt-4o"  # a callback cannot switch the model...
-    assert "cannot be applied by a callback handler" in caplog.text
-    (reserved,) = guard.audit("acme", types=["reservation.reserved"])
-    assert reserved.action == "llm.completion openai:gpt-4o"  # ...so it is held as sent
-    (committed,) = guard.audit("acme", types=["reservation.committed"])
-    assert committed.charged[0].amount == expected_cost("openai", "gpt-4o", 9, 9)
+    said = [r.levelno for r in caplog.records if "cannot be applied" in r.getMessage()]
+    assert said == [logging.WARNING, logging.DEBUG]  # once loud, then quiet
+    reserved = guard.audit("acme", types=["reservation.reserved"])
+    assert [r.action for r in reserved] == ["llm.completion openai:gpt-4o"] * 2  # held as sent
+    committed = guard.audit("acme", types=["reservation.committed"])
+    assert [c.charged[0].amount for c in committed] == [expected_cost("openai", "gpt-4o", 9,
+                                                                      9)] * 2
 
 
 # -- errors -----------------------------------------------------------------------------------
