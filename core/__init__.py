@@ -66,6 +66,7 @@ from .policy import Degrade, Elastic
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject, quote_value, unquote_value
+from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 
@@ -128,6 +129,9 @@ __all__ = [
     "TransferResult",
     "Unit",
     "UnitMismatch",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
     "credits",
     "current_subject",
     "format_amount",

@@ -73,6 +73,16 @@ class NotificationType:
     """A commit that failed on every try: the amounts the store never received."""
     SWEEP_TENANT_FAILED = "sweep.tenant_failed"
     """A tenant the sweep could not read: reported and skipped, the others still swept."""
+    RESERVATION_EXPIRED = "reservation.expired"
+    """A reservation past its ttl and grace: its estimate went back to the budgets."""
+    COMMIT_OVERAGE = "reservation.commit_overage"
+    """A commit charged more than its estimate in some unit; `amounts` is the excess."""
+    MODE_CHANGED = "tenant.mode_changed"
+    """A tenant's mode was set; `reason` is the new mode ("" when left to the guard)."""
+    BURN_RATE_FORECAST = "budget.burn_rate_forecast"
+    """At the spend rate so far this period, the ledger runs out before the period ends;
+    `detail` has `exhausts_on` (the UTC day) and `exhausts_at_ms`. Once per ledger and
+    period, and only while a webhook subscription asks for it."""
 
 
 def _names(kinds: type) -> frozenset[str]:
@@ -113,6 +123,7 @@ class Notification:
     allocated: int | None = None
     reservation_id: str | None = None
     amounts: tuple[Amount, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 class Sink(Protocol):

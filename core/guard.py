@@ -23,12 +23,13 @@ from .stores.operations import Store
 from .sweeper import Sweeper
 from .tenant import TenantGuard
 from .validation import check_int
+from .webhook_calls import WebhookCalls
 
 GUARD_OPTIONS = frozenset({"ttl_ms", "grace_ms", "max_extensions", "mode", "default_plan",
                            "sink", "on_store_error", "commit_retries"})
 
 
-class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls):
+class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls, WebhookCalls):
     """Enforces budgets for every tenant on one store (the embedded memory store by default).
 
     `mode="shadow"` never denies: would-be denials are recorded and spend is tracked, to size

@@ -12,14 +12,24 @@ from .budgets import BudgetCalls
 from .calls import Flow, flow_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
-from .errors import Forbidden
+from .errors import Forbidden, InvalidRequest
 from .events import AuditRecord
 from .models import Balance
 from .periods import Period
 from .reads import audit_op, balances_op, plan_of_op, report_op
 from .reports import ReportRow
 from .scopes import Subject, tenant_name
+from .stores import hooks
 from .stores.operations import Op
+from .validation import check_int
+from .webhook_calls import (
+    enable_webhook_op,
+    remove_webhook_op,
+    replay_webhook_event_op,
+    subscribe_webhook_op,
+    webhook_deliveries_op,
+    webhooks_op,
+)
 
 R = TypeVar("R")
 
@@ -97,3 +107,69 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return plan
 
     plan_of, aplan_of = flow_twins(_plan_of)
+
+    # -- its own webhook subscriptions ------------------------------------------------------
+
+    def _own_webhook(self, webhook_id: str) -> str:
+        if hooks.owner_of(webhook_id, "webhook_id") != self.name:
+            raise Forbidden(f"webhook {webhook_id!r} is not one of tenant {self.name!r}")
+        return webhook_id
+
+    def _subscribe_webhook(self, url: str, *, events: Any, secret: str | None = None,
+                           enabled: bool = True) -> Flow[hooks.Webhook]:
+        """Send this tenant's `events` to `url` (see `Guard.subscribe_webhook`)."""
+        made: hooks.Webhook = yield subscribe_webhook_op(url, events=events, tenant=self.name,
+                                                         secret=secret, enabled=enabled)
+        return made
+
+    subscribe_webhook, asubscribe_webhook = flow_twins(_subscribe_webhook)
+
+    def _webhooks(self) -> Flow[tuple[hooks.Webhook, ...]]:
+        """This tenant's own subscriptions (never the global ones)."""
+        found: tuple[hooks.Webhook, ...] = yield webhooks_op(self.name)
+        return found
+
+    webhooks, awebhooks = flow_twins(_webhooks)
+
+    def _remove_webhook(self, webhook_id: str) -> Flow[bool]:
+        """Remove one of this tenant's subscriptions."""
+        gone: bool = yield remove_webhook_op(self._own_webhook(webhook_id))
+        return gone
+
+    remove_webhook, aremove_webhook = flow_twins(_remove_webhook)
+
+    def _enable_webhook(self, webhook_id: str, enabled: bool = True
+                        ) -> Flow[hooks.Webhook]:
+        """Pause or resume one of this tenant's subscriptions."""
+        changed: hooks.Webhook = yield enable_webhook_op(self._own_webhook(webhook_id), enabled)
+        return changed
+
+    enable_webhook, aenable_webhook = flow_twins(_enable_webhook)
+
+    def _webhook_deliveries(self, *, event_id: str | None = None,
+                            webhook_id: str | None = None, limit: int = 100
+                            ) -> Flow[tuple[hooks.WebhookDelivery, ...]]:
+        """The delivery log of this tenant's own subscriptions."""
+        if webhook_id is not None:
+            self._own_webhook(webhook_id)
+        if event_id is not None and hooks.owner_of(event_id, "event_id") != self.name:
+            raise Forbidden(f"event {event_id!r} is not one of tenant {self.name!r}")
+        check_int(limit, "limit", 1, 100_000)
+        rows: tuple[hooks.WebhookDelivery, ...] = yield webhook_deliveries_op(
+            event_id=event_id, webhook_id=webhook_id, tenant=self.name, limit=100_000)
+        mine = [r for r in rows if r.webhook_id.startswith(self.name + "/")]
+        return tuple(mine[-limit:])
+
+    webhook_deliveries, awebhook_deliveries = flow_twins(_webhook_deliveries)
+
+    def _replay_webhook_event(self, event_id: str, webhook_id: str | None = None
+                              ) -> Flow[int]:
+        """Send one of this tenant's events again, to one of its own subscriptions."""
+        if hooks.owner_of(event_id, "event_id") != self.name:
+            raise Forbidden(f"event {event_id!r} is not one of tenant {self.name!r}")
+        if webhook_id is None:
+            raise InvalidRequest("webhook_id: name the tenant's own subscription to send to")
+        queued: int = yield replay_webhook_event_op(event_id, self._own_webhook(webhook_id))
+        return queued
+
+    replay_webhook_event, areplay_webhook_event = flow_twins(_replay_webhook_event)

@@ -357,6 +357,11 @@ ADMIN: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "transfer": kw(source=SCOPES, destination=SCOPES, amount=AMOUNT,
                    period=st.sampled_from([None, "day"]), idempotency_key=KEYS),
 }
+HOOK_ID, EVENT_ID = f"acme/whk_{'0' * 24}", f"acme/evt_{'0' * 20}"
+HOOK_URLS = st.sampled_from(["https://hooks.example.com/allotment", "http://127.0.0.1:9/h"])
+HOOK_EVENTS = st.sampled_from(["*", ["budget.exhausted", "reservation.denied"]])
+SECRETS = st.sampled_from([None, "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"])
+WEBHOOK_IDS = st.sampled_from([HOOK_ID, f"whk_{'0' * 24}"])
 ENFORCEMENT: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "reserve": kw(subject=SUBJECTS, action=ACTIONS, estimate=ESTIMATE, ttl_ms=TTL,
                   grace_ms=GRACE, overage_policy=st.one_of(st.none(), POLICIES),
@@ -383,11 +388,31 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "quotas": [{"calls": 100, "window": "minute"}]}, "pro"))),
     "sweep": kw(limit=st.sampled_from([1, 1_000])),
     "plan_of": kw(tenant=st.sampled_from(["acme", ACME, "TENANT:Acme"])),
+    "subscribe_webhook": kw(url=HOOK_URLS, events=HOOK_EVENTS,
+                            tenant=st.sampled_from([None, "acme"]), secret=SECRETS,
+                            enabled=st.booleans()),
+    "webhooks": kw(tenant=st.sampled_from([None, "acme"])),
+    "remove_webhook": kw(webhook_id=WEBHOOK_IDS),
+    "enable_webhook": kw(webhook_id=WEBHOOK_IDS, enabled=st.booleans()),
+    "webhook_deliveries": kw(event_id=st.sampled_from([None, EVENT_ID]),
+                             webhook_id=st.sampled_from([None, HOOK_ID]),
+                             tenant=st.sampled_from([None, "acme"]),
+                             limit=st.sampled_from([1, 100])),
+    "replay_webhook_event": kw(event_id=st.just(EVENT_ID),
+                               webhook_id=st.sampled_from([None, HOOK_ID])),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
     "audit": kw(since=WHEN, types=TYPES, limit=st.sampled_from([1, 100, 100_000])),
     "report": kw(period=st.sampled_from(["day", "month", "year"]), at=WHEN),
+    "subscribe_webhook": kw(url=HOOK_URLS, events=HOOK_EVENTS, secret=SECRETS,
+                            enabled=st.booleans()),
+    "remove_webhook": kw(webhook_id=st.just(HOOK_ID)),
+    "enable_webhook": kw(webhook_id=st.just(HOOK_ID), enabled=st.booleans()),
+    "webhook_deliveries": kw(event_id=st.sampled_from([None, EVENT_ID]),
+                             webhook_id=st.sampled_from([None, HOOK_ID]),
+                             limit=st.sampled_from([1, 100])),
+    "replay_webhook_event": kw(event_id=st.just(EVENT_ID), webhook_id=st.just(HOOK_ID)),
 }
 RESERVATION: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "commit": kw(actual=st.just(al.usd("0.4")), idempotency_key=KEYS),

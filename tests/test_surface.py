@@ -173,7 +173,8 @@ EXPORTS = [
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
-    "TransferResult", "Unit", "UnitMismatch", "credits", "current_subject", "format_amount",
+    "TransferResult", "Unit", "UnitMismatch", "Webhook", "WebhookDelivery", "WebhookEvent",
+    "credits", "current_subject", "format_amount",
     "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",
 ]
 ADAPTER_EXPORTS = [
@@ -233,13 +234,18 @@ HANDLE_CALLS_ON_ANOTHER_TENANT = {
     "release": lambda h: h.release(f"rival:{'0' * 32}"),
     "extend": lambda h: h.extend(f"rival:{'0' * 32}", 1_000),
     "get": lambda h: h.get(f"rival:{'0' * 32}"),
+    "remove_webhook": lambda h: h.remove_webhook(f"rival/whk_{'0' * 24}"),
+    "enable_webhook": lambda h: h.enable_webhook(f"rival/whk_{'0' * 24}", False),
+    "webhook_deliveries": lambda h: h.webhook_deliveries(event_id=f"rival/evt_{'0' * 20}"),
+    "replay_webhook_event": lambda h: h.replay_webhook_event(f"rival/evt_{'0' * 20}",
+                                                             f"acme/whk_{'0' * 24}"),
 }
 
 
 def test_every_handle_call_that_names_a_tenant_is_covered_below() -> None:
     """A new call on the handle must be added to the cross-tenant test."""
     # they take no tenant: always their own
-    own_tenant_only = {"audit", "report", "plan_of", "subject"}
+    own_tenant_only = {"audit", "report", "plan_of", "subject", "subscribe_webhook", "webhooks"}
     sync_calls = {n for n, m in public_methods(al.TenantGuard).items()
                   if not inspect.iscoroutinefunction(m)}
     assert sync_calls - own_tenant_only == set(HANDLE_CALLS_ON_ANOTHER_TENANT)

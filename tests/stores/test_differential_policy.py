@@ -70,7 +70,7 @@ def seen(call: Any) -> Any:
 def note_row(note: al.Notification) -> tuple[Any, ...]:
     return (note.type, note.tenant, note.at_ms, note.scope, note.unit, note.bucket,
             note.threshold, note.reason, note.remaining, note.allocated,
-            note.reservation_id is None)
+            note.reservation_id is None, note.amounts, note.detail)
 
 
 def audit_row(record: al.AuditRecord) -> tuple[Any, ...]:
@@ -89,6 +89,8 @@ class PolicyLockstep(RuleBasedStateMachine):
         self.notes: list[list[Any]] = [[], []]
         for guard, notes in zip(self.guards, self.notes, strict=True):
             guard.on("*", lambda n, notes=notes: notes.append(n))
+            # every event goes to the outbox too (and forecasts are worked out)
+            guard.subscribe_webhook("https://example.com/hook", events="*")
         self.held: list[tuple[str, str]] = []
 
     def both(self, call: Any) -> list[Any]:
@@ -179,6 +181,9 @@ class PolicyLockstep(RuleBasedStateMachine):
         assert [note_row(n) for n in self.notes[0]] == [note_row(n) for n in self.notes[1]]
         self.notes[0].clear()
         self.notes[1].clear()
+        outboxes = [[(d.event_id, d.event_type, d.status, d.attempts, d.next_at_ms)
+                     for d in g.webhook_deliveries(limit=100_000)] for g in self.guards]
+        assert outboxes[0] == outboxes[1]
         audits = [[audit_row(r) for r in g.audit("acme", limit=1_000)] for g in self.guards]
         assert audits[0] == audits[1]
         assert memory.report("acme", period="day") == redis.report("acme", period="day")

@@ -729,7 +729,8 @@ def test_reservations_kept_by_the_previous_version_settle(shared_server: Server)
     assert held[0].commit([al.tokens(30), al.usd(2)]).charged == (al.usd(2), al.tokens(30))
     assert sorted((n.type, n.scope, n.unit, n.threshold) for n in notes) == [
         ("budget.threshold_crossed", "tenant:prev", al.Unit.TOKENS, 0.5),
-        ("budget.threshold_crossed", "tenant:prev/workspace:w/run:r1", al.Unit.TOKENS, 0.5)]
+        ("budget.threshold_crossed", "tenant:prev/workspace:w/run:r1", al.Unit.TOKENS, 0.5),
+        ("reservation.commit_overage", None, None, None)]  # 30 tokens and $2 over 10 and $1
     held[1].release("done")
     spent = {(b.scope, b.unit, b.period): (b.allocated, b.reserved, b.spent)
              for b in guard.balances("tenant:prev")}

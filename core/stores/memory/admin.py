@@ -6,7 +6,7 @@ from __future__ import annotations
 from ... import ledger
 from ...amounts import Amount, Unit
 from ...errors import BudgetExceeded, InvalidRequest, NotFound
-from ...events import AuditType
+from ...events import AuditType, Notification, NotificationType
 from ...models import FundResult, Reason, TransferResult
 from ...periods import Period, bucket
 from ...scopes import parse_scope
@@ -29,6 +29,8 @@ def set_mode(t: Tenant, op: SetMode, now: int) -> None:
     t.mode = op.mode
     log(t, now, AuditType.MODE_SET, detail={"mode": op.mode}, actor=op.actor,
         reason=op.reason)
+    t.cx.notes.append(Notification(NotificationType.MODE_CHANGED, t.name, now,
+                                   reason=op.mode or ""))
 
 
 def set_status(t: Tenant, op: SetStatus, now: int) -> int:

@@ -60,4 +60,6 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)
     tally(t, now, report_scopes(op.subject), "records", charged, COMMITTED)
     alerts(t, changed, now, None)
+    if t.cx.forecast is not None:
+        t.cx.forecast(t, changed, now)
     return result

@@ -12,7 +12,7 @@ from ...errors import (
     ReservationFinalized,
     UnitMismatch,
 )
-from ...events import AuditType
+from ...events import AuditType, Notification, NotificationType
 from ...models import CommitResult, ExtendResult, ReleaseResult, ReservationStatus
 from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
@@ -78,6 +78,12 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         charged=charged_amounts)
     tally(t, now, report_scopes(res.subject), "commits", charged, COMMITTED)
     alerts(t, changed, now, res.id)
+    over = {u: a - res.estimate[u] for u, a in actual.items() if a > res.estimate[u]}
+    if over:
+        t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,
+                                       reservation_id=res.id, amounts=amounts(ordered(over))))
+    if t.cx.forecast is not None:
+        t.cx.forecast(t, changed, now)
     return result
 
 

@@ -63,6 +63,8 @@ class Context:
     reap_batch: int  # overdue reservations an operation expires first
     report_retention_days: int = REPORT_RETENTION_DAYS  # days of report counters kept
     notes: list[Notification] = field(default_factory=list)
+    forecast: Callable[[Tenant, Held, int], None] | None = None
+    """Set while a webhook subscription wants burn-rate forecasts (see outbox.py)."""
 
 
 @dataclass
@@ -351,6 +353,8 @@ def expire(t: Tenant, res: Reservation, now: int) -> None:
     log(t, now, AuditType.EXPIRED, scopes=res.scopes, reservation_id=res.id,
         estimate=res.estimate_amounts)
     tally(t, now, report_scopes(res.subject), "expiries")
+    t.cx.notes.append(Notification(NotificationType.RESERVATION_EXPIRED, t.name, now,
+                                   reservation_id=res.id, amounts=res.estimate_amounts))
 
 
 # -- idempotency --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from ...clock import system_ms
 from ...events import Notification
 from ...reports import REPORT_RETENTION_DAYS, check_retention
+from ..hooks import HOOK_OPS
 from ..operations import (
     ApplyPlan,
     Audit,
@@ -38,6 +39,7 @@ from ..operations import (
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
+from .outbox import Outbox
 from .read import audit, balances, get, plan_of, report, tenants
 from .record import record
 from .reserve import reserve
@@ -74,6 +76,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []
+        self._outbox = Outbox(self._cx)
+        self._now = 0  # the time of the step under way
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """One process holds all of this store: its sweeper never competes."""
@@ -87,28 +91,43 @@ class MemoryStore:
         """Run one operation as one step; a tenant's overdue reservations expire first
         (a dry run answers as if they had, and changes nothing)."""
         cx = self._cx
+        error: BaseException | None = None
         with self._lock:
-            now = self.clock()
-            run = _ON_TENANT.get(type(op))
-            if run is None:
-                result: R = _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)
-            else:
-                tenant = self._tenants.get(op.tenant)
-                dry = type(op) is Reserve and op.dry_run  # decide: nothing is written
-                if tenant is None:
-                    tenant = Tenant(op.tenant, cx)
-                    if not dry:
-                        self._tenants[op.tenant] = tenant
-                elif tenant.expiry and tenant.expiry[0][0] < now and not dry:
-                    reap(tenant, now, cx.reap_batch)
-                result = run(tenant, op, now)
+            try:
+                result = self._step(op, cx)
+            except BaseException as raised:  # a refused step may have expired reservations
+                error = raised  # first: those are still notified
             notes = cx.notes
             if notes:
                 cx.notes = []
+                if self._outbox.active:  # in the same step: a crash loses no event
+                    self._outbox.append(notes, self._now)
         if notes:
             for listener in self._listeners:
                 listener(notes)
+        if error is not None:
+            raise error
         return result
+
+    def _step(self, op: Op[R], cx: Context) -> R:
+        """The operation's step, under the lock (its notifications are left in `cx`)."""
+        now = self._now = self.clock()
+        run = _ON_TENANT.get(type(op))
+        if run is None:
+            across = _ACROSS_TENANTS.get(type(op))
+            if across is None and type(op) in HOOK_OPS:
+                result: R = self._outbox.execute(op, now, self._tenants)
+                return result
+            return _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)  # type: ignore[no-any-return]
+        tenant = self._tenants.get(op.tenant)
+        dry = type(op) is Reserve and op.dry_run  # decide: nothing is written
+        if tenant is None:
+            tenant = Tenant(op.tenant, cx)
+            if not dry:
+                self._tenants[op.tenant] = tenant
+        elif tenant.expiry and tenant.expiry[0][0] < now and not dry:
+            reap(tenant, now, cx.reap_batch)
+        return run(tenant, op, now)  # type: ignore[no-any-return]
 
     async def aexecute(self, op: Op[R]) -> R:
         """The same step: the lock is held for microseconds and never across an await, so

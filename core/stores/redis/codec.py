@@ -253,6 +253,15 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
 list of tenants, which reads the registry (`flow.Flows._tenants`)."""
 
 
+class Refused(Exception):
+    """A script's error and what its step notified before refusing (a reservation it
+    expired first): the flow hands the notifications on, then raises the error."""
+
+    def __init__(self, error: Exception, notes: list[Any] | None) -> None:
+        super().__init__(error)
+        self.error, self.notes = error, notes
+
+
 def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | None]:
     """The result of a reply (a compact array or a JSON document) and the notification rows
     it carries; a script's error is raised."""
@@ -263,7 +272,7 @@ def decode(op: ops.Op[Any], reply: Any, wire: Wire) -> tuple[Any, list[Any] | No
         return codec.compact(op, reply), json.loads(notes) if notes else None
     body = json.loads(reply)
     if "error" in body:
-        raise back.error(body)
+        raise Refused(back.error(body), body.get("notes"))
     return codec.result(op, body, wire), body.get("notes")
 
 
@@ -273,9 +282,10 @@ def sweep_call(tenant: str, limit: int, wire: Wire) -> tuple[list[str], list[Any
     return keys, wire.args(out.compact_json({"op": "sweep", "limit": limit, "tenant": tenant}))
 
 
-def swept(reply: Any) -> int:
-    """How many reservations one tenant's sweep expired."""
-    return int(json.loads(reply)["expired"])
+def swept(reply: Any) -> tuple[int, list[Any] | None]:
+    """How many reservations one tenant's sweep expired, and their notifications."""
+    body = json.loads(reply)
+    return int(body["expired"]), body.get("notes") or None
 
 
 __all__ = ["CODECS", "Codec", "Wire", "decode", "sweep_call", "swept"]

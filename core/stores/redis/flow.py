@@ -18,8 +18,9 @@ from redis.exceptions import ResponseError
 from ...errors import StoreUnavailable
 from .. import operations as ops
 from . import replies
-from .codec import CODECS, Codec, Wire, decode, sweep_call, swept
+from .codec import CODECS, Codec, Refused, Wire, decode, sweep_call, swept
 from .functions import OPERATIONS, missing
+from .hooks import HookFlows
 from .keys import TENANTS_KEY, tenant_keys
 
 log = logging.getLogger("allotment")
@@ -89,6 +90,7 @@ class Flows:
         self.waitaof: bool | None = None
         self.known: set[str] = set()
         """Tenants this process has added to TENANTS_KEY."""
+        self.hooks = HookFlows(self)
         self.checked = False
         """Whether the server's persistence settings have been looked at (once per store)."""
 
@@ -102,10 +104,13 @@ class Flows:
             return (yield from self._sweep(op.limit))
         if type(op) is ops.Tenants:
             return (yield from self._tenants())
-        codec = CODECS[type(op)]
+        codec = CODECS.get(type(op))
+        if codec is None:  # a webhook operation (hooks.py)
+            return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
             yield Command(("SADD", TENANTS_KEY, op.tenant))
+            yield from self.hooks.registered(op.tenant)  # global webhooks, wired in
             self.known.add(op.tenant)
         call = self.call(op, codec)
         if codec.durable and self.strict:
@@ -122,7 +127,12 @@ class Flows:
 
     def result(self, op: ops.Op[Any], reply: Any) -> Any:
         """The result of `op`'s reply, after its notifications have gone to the listeners."""
-        result, notes = decode(op, reply, self.wire)
+        try:
+            result, notes = decode(op, reply, self.wire)
+        except Refused as refused:
+            if refused.notes:
+                self.notify(op.tenant, refused.notes)
+            raise refused.error from None
         if notes:
             self.notify(op.tenant, notes)
         return result
@@ -194,7 +204,10 @@ class Flows:
                 keys, args = sweep_call(tenant, limit - expired, self.wire)
                 try:
                     reply = yield from self._loading(Call(self.names["sweep"], keys, args))
-                    expired += swept(reply)
+                    count, notes = swept(reply)
+                    expired += count
+                    if notes:
+                        self.notify(tenant, notes)
                 except (ResponseError, ValueError, KeyError) as error:
                     self.notify(tenant, [[ops.TENANT_FAILED, None, None, None, None, None,
                                           None, None, ops.skipped(tenant, error)]])

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
-OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep")
+OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep", "outbox")
 """One function per operation file; reserve and settle take flat arguments (FLAT)."""
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
 
@@ -28,17 +28,20 @@ def source(*parts: str) -> str:
 def library() -> tuple[str, str]:
     """The function library's source and its name prefix.
 
-    common.lua and definitions.lua are the shared prelude; each operation's file becomes the
-    body of one function, registered as `<prefix>_<operation>`. The prefix carries a hash of
-    the source, so processes of two versions never replace each other's functions.
+    common.lua, definitions.lua and hooks.lua are the shared prelude; each operation's file
+    becomes the body of one function, registered as `<prefix>_<operation>`, which appends
+    what it notified to the tenant's webhook outbox (`outbox_append`) before it answers.
+    The prefix carries a hash of the source, so processes of two versions never replace
+    each other's functions.
     """
-    body = [source("common", "definitions")]
+    body = [source("common", "definitions", "hooks")]
     for name in OPERATIONS:
         body.append(f"local function op_{name}()\n{source(name)}\nend")
     text = "\n".join(body)
     prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
     register = [f"redis.register_function('{prefix}_{name}', function(keys, args)\n"
-                f"  begin(keys, args, {FLAT.get(name, 'nil')})\n  return op_{name}()\nend)"
+                f"  begin(keys, args, {FLAT.get(name, 'nil')})\n  hooks_begin()\n"
+                f"  local reply = op_{name}()\n  outbox_append()\n  return reply\nend)"
                 for name in OPERATIONS]
     return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
 

@@ -136,15 +136,21 @@ def error(body: dict[str, Any]) -> AllotmentError:
     return by_code(code, message)
 
 
-def note(tenant: str, row: list[Any], clock: Callable[[], int] | None) -> Notification:
+def note(tenant: str, row: list[Any], clock: Callable[[], int] | None,
+         at: int | None = None) -> Notification:
     """A notification row of a reply, stamped with the store's time."""
     kind, scope, unit, bucket, threshold, remaining, allocated, rid = row[:8]
-    return Notification(kind, tenant, now_ms(clock), scope=scope,
+    detail = dict(row[9]) if len(row) > 9 and isinstance(row[9], dict) else {}
+    packed = detail.pop("amounts", None)
+    if "exhausts_at_ms" in detail:
+        detail["exhausts_at_ms"] = int(detail["exhausts_at_ms"])
+    return Notification(kind, tenant, now_ms(clock) if at is None else at, scope=scope,
                         unit=Unit(unit) if unit else None, bucket=bucket,
                         threshold=None if threshold is None else float(threshold),
                         reason=row[8] if len(row) > 8 else None,
                         remaining=_int(remaining), allocated=_int(allocated),
-                        reservation_id=rid or None)
+                        reservation_id=rid or None,
+                        amounts=amounts(packed) if packed else (), detail=detail)
 
 
 def record(tenant: str, flat: list[str]) -> AuditRecord:

@@ -44,6 +44,8 @@ elseif op == 'set_mode' then
   else redis.call('HDEL', K_META, 'mode') end
   audit('tenant.mode_set', {detail = {mode = nz(P.mode) or NULL}, actor = nz(P.actor),
     reason = nz(P.reason)})
+  NOTES[#NOTES + 1] = {'tenant.mode_changed', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    nz(P.mode) or ''}
   return reply({})
 elseif op == 'set_status' then
   local list, matched = defs_of(P.scope), 0
@@ -93,8 +95,10 @@ if op == 'fund' then
   end
   recompute_over(L, d.od)
   lsave(L)
-  local body = cjson.encode({before = before, after = balance(L, d), notes = {}})
+  local answer = {before = before, after = balance(L, d), notes = {}}
+  local body = cjson.encode(answer)
   remember(body)
+  if #NOTES > 0 then body = reply(answer) end  -- what the reap before it expired
   audit('budget.funded', {scopes = {P.scope}, idempotency_key = nz(P.key) or '',
     actual = P.unit .. '=' .. s(x), detail = {operation = P.operation}, actor = nz(P.actor),
     reason = nz(P.reason)})
@@ -120,9 +124,11 @@ elseif op == 'transfer' then
   recompute_over(dst.L, dst.d.od)
   lsave(src.L)
   lsave(dst.L)
-  local body = cjson.encode({source = balance(src.L, src.d),
-    destination = balance(dst.L, dst.d), notes = {}})
+  local answer = {source = balance(src.L, src.d), destination = balance(dst.L, dst.d),
+    notes = {}}
+  local body = cjson.encode(answer)
   remember(body)
+  if #NOTES > 0 then body = reply(answer) end
   audit('budget.transferred', {scopes = {P.source, P.destination},
     idempotency_key = nz(P.key) or '', actual = P.unit .. '=' .. s(P.amount),
     actor = nz(P.actor), reason = nz(P.reason)})

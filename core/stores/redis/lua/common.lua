@@ -968,6 +968,8 @@ local function expire(R, key)
   audit('reservation.expired', {scopes = res_scopes(R), reservation_id = R.id,
     estimate = R.estimate})
   count_all(res_report_scopes(R), 'expiries')
+  NOTES[#NOTES + 1] = {'reservation.expired', NULL, NULL, NULL, NULL, NULL, NULL, R.id, NULL,
+    {amounts = R.estimate}}
 end
 local function overdue(limit)
   -- the first `limit` entries due in the expiry index, each {rid, key, R}; R is nil when
@@ -1047,7 +1049,9 @@ local function remember(reply)
   return reply
 end
 local function fail(code, message, decision)
-  return cjson.encode({error = code, message = message, decision = decision or NULL})
+  -- a refusal still carries what the step notified (a reservation it expired first)
+  return cjson.encode({error = code, message = message, decision = decision or NULL,
+    notes = #NOTES > 0 and NOTES or nil})
 end
 local function reply(body)
   body.notes = NOTES

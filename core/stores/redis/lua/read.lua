@@ -7,7 +7,7 @@ if op == 'get' then
   if R == nil then
     return fail('NOT_FOUND', 'no reservation ' .. P.rid .. ' (never made, or past its retention)')
   end
-  return cjson.encode({reservation = res_info(R)})
+  return reply({reservation = res_info(R)})
 
 elseif op == 'balances' then
   local flat = redis.call('HGETALL', K_DEFS)
@@ -48,7 +48,7 @@ elseif op == 'balances' then
       end
     end
   end
-  return cjson.encode({balances = out})
+  return reply({balances = out})
 
 elseif op == 'audit' then
   local wanted = nil
@@ -69,7 +69,7 @@ elseif op == 'audit' then
     if #page < 200 then break end
     last = '(' .. page[#page][1]
   end
-  return cjson.encode({records = found})
+  return reply({records = found})
 
 elseif op == 'plan' then
   return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
@@ -103,6 +103,6 @@ elseif op == 'report' then
       end
     end
   end
-  return cjson.encode({counts = counts, at = s(at)})
+  return reply({counts = counts, at = s(at)})
 end
 return fail('INVALID_REQUEST', 'unknown read ' .. tostring(op))

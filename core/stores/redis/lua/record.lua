@@ -63,5 +63,6 @@ for _, row in ipairs(rows) do
   alert(row.L, row.d, NULL)
   lsave(row.L)
 end
+forecasts(rows)
 body.notes = NOTES
 return cjson.encode(body)

@@ -125,5 +125,14 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
 count_all(tally, 'commits')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
+local over = {}
+for unit, amount in pairs(actual) do
+  if amount > estimate[unit] then over[unit] = amount - estimate[unit] end
+end
+if next(over) then
+  NOTES[#NOTES + 1] = {'reservation.commit_overage', NULL, NULL, NULL, NULL, NULL, NULL, R.id,
+    NULL, {amounts = pack_units(over)}}
+end
+forecasts(rows)
 lsave_all(ledgers)
 return save_compact({charged_text, pack_units(released), balances, false})

@@ -24,4 +24,4 @@ page(K_QRUNS, 'prune_runs', function(field, window)
   return period == nil or period == '' or current_bucket(period) == window
 end)
 
-return cjson.encode({expired = expired})
+return reply({expired = expired})

@@ -1,0 +1,152 @@
+"""The webhook calls: subscriptions (global or per tenant), the delivery log and replay.
+
+Pure builders with sync/async twins; a tenant handle offers the same calls for its own
+tenant only (see `tenant.py`). Delivery itself is `allotment.webhooks.Dispatcher`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import urlsplit
+
+from .calls import Runner, twins
+from .errors import InvalidRequest
+from .events import check_type
+from .scopes import tenant_name
+from .stores import hooks
+from .validation import MAX_LIST, check_int, check_list, shown
+
+MAX_URL = 2_048
+
+
+def check_url(url: object) -> str:
+    """An absolute http(s) URL with a host; where it resolves is checked when sending."""
+    if (not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isascii()
+            or not url.isprintable() or " " in url):
+        raise InvalidRequest(f"url: expected an http(s) URL of at most {MAX_URL} printable "
+                             f"ASCII characters, got {shown(url)}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as error:
+        raise InvalidRequest(f"url: {shown(url)} cannot be read as a URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"url: {shown(url)} is not an absolute http:// or https:// URL "
+                             "(e.g. 'https://hooks.example.com/allotment')")
+    return url
+
+
+def check_events(events: Any) -> tuple[str, ...]:
+    """Event types to send (sorted, once each); "*" is every type a webhook can carry."""
+    if isinstance(events, str):
+        events = [events]
+    if events is None or not isinstance(events, (list, tuple, set, frozenset)) or not events:
+        raise InvalidRequest("events: give at least one event type, e.g. "
+                             "['budget.exhausted'] (or '*' for all)")
+    if "*" in events:
+        return tuple(sorted(hooks.WEBHOOK_TYPES))
+    kinds = check_list(list(events), "events", MAX_LIST,
+                       lambda kind, field: check_type(kind, field, hooks.WEBHOOK_TYPES),
+                       "['budget.exhausted']")
+    return tuple(sorted(set(kinds)))
+
+
+def check_secret(secret: object) -> str:
+    """A supplied secret: `whsec_` and base64 of 24 to 64 bytes (Standard Webhooks)."""
+    if not isinstance(secret, str) or not secret.startswith("whsec_"):
+        raise InvalidRequest("secret: expected 'whsec_' followed by base64 (or leave it out "
+                             "to have one generated)")
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("secret: the part after 'whsec_' is not valid base64") from None
+    if not 24 <= len(raw) <= 64:
+        raise InvalidRequest(f"secret: {len(raw)} bytes; give 24 to 64 random bytes")
+    return secret
+
+
+def _owner(tenant: str | None) -> str:
+    return hooks.GLOBAL if tenant is None else tenant_name(tenant)
+
+
+def _enabled(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"enabled: expected True or False, got {shown(value)}")
+    return value
+
+
+def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
+                         secret: str | None = None, enabled: bool = True
+                         ) -> hooks.SubscribeWebhook:
+    """Send `events` (types of `NotificationType`, or "*") to `url`, signed per Standard
+    Webhooks: for every tenant (`tenant=None`) or one. The answer carries the signing secret
+    (generated unless given); it is shown this once."""
+    return hooks.SubscribeWebhook(
+        tenant=_owner(tenant), webhook_id=hooks.new_webhook_id(
+            None if tenant is None else tenant_name(tenant)),
+        url=check_url(url), events=check_events(events),
+        secret=hooks.new_secret() if secret is None else check_secret(secret),
+        enabled=_enabled(enabled))
+
+
+def webhooks_op(tenant: str | None = None) -> hooks.ListWebhooks:
+    """The global subscriptions (`tenant=None`) or one tenant's own, secrets left out."""
+    return hooks.ListWebhooks(tenant=_owner(tenant))
+
+
+def remove_webhook_op(webhook_id: str) -> hooks.RemoveWebhook:
+    """Stop sending to a subscription; True if it existed. Its pending deliveries are
+    dropped (logged as failed) when next due."""
+    return hooks.RemoveWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
+                               webhook_id=webhook_id)
+
+
+def enable_webhook_op(webhook_id: str, enabled: bool = True) -> hooks.EnableWebhook:
+    """Pause (`enabled=False`) or resume a subscription: while paused no new events are
+    kept for it and its pending deliveries wait."""
+    return hooks.EnableWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
+                               webhook_id=webhook_id, enabled=_enabled(enabled))
+
+
+def webhook_deliveries_op(*, event_id: str | None = None, webhook_id: str | None = None,
+                          tenant: str | None = None, limit: int = 100
+                          ) -> hooks.Deliveries:
+    """The delivery log (attempts, status, last response or error), oldest event first:
+    of one event, one subscription, one tenant, or all."""
+    owner = _owner(tenant)
+    if event_id is not None:
+        owner = hooks.owner_of(event_id, "event_id")
+    elif webhook_id is not None and tenant is None:
+        owner = hooks.owner_of(webhook_id, "webhook_id")
+    if tenant is not None and owner != tenant_name(tenant):
+        raise InvalidRequest(f"event_id: {event_id!r} is not an event of tenant {tenant!r}")
+    if webhook_id is not None:
+        hooks.owner_of(webhook_id, "webhook_id")
+    return hooks.Deliveries(tenant=owner, event_id=event_id, webhook_id=webhook_id,
+                            limit=check_int(limit, "limit", 1, 100_000))
+
+
+def replay_webhook_event_op(event_id: str, webhook_id: str | None = None
+                            ) -> hooks.ReplayEvent:
+    """Send an event again, now: to `webhook_id`, or to every subscription it went to.
+    Returns how many deliveries were queued."""
+    tenant = hooks.owner_of(event_id, "event_id")
+    if webhook_id is not None and hooks.owner_of(webhook_id, "webhook_id") not in (
+            hooks.GLOBAL, tenant):
+        raise InvalidRequest(f"webhook_id: {webhook_id!r} belongs to another tenant than "
+                             f"the event {event_id!r}")
+    return hooks.ReplayEvent(tenant=tenant, event_id=event_id, webhook_id=webhook_id)
+
+
+class WebhookCalls(Runner):
+    """Webhook subscriptions, the delivery log and replay (see `allotment.webhooks` for the
+    dispatcher that sends)."""
+
+    subscribe_webhook, asubscribe_webhook = twins(subscribe_webhook_op)
+    webhooks, awebhooks = twins(webhooks_op)
+    remove_webhook, aremove_webhook = twins(remove_webhook_op)
+    enable_webhook, aenable_webhook = twins(enable_webhook_op)
+    webhook_deliveries, awebhook_deliveries = twins(webhook_deliveries_op)
+    replay_webhook_event, areplay_webhook_event = twins(replay_webhook_event_op)
