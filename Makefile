@@ -32,7 +32,7 @@ $(LOW_STAMP): pyproject.toml $(LOWEST)
 	$(PYTHON) -m venv $(LOW_VENV)
 	$(LOW_VENV)/bin/pip install --quiet --upgrade pip
 	$(LOW_VENV)/bin/pip install --quiet -c $(LOWEST) \
-		-e '.[redis,openai,anthropic,langchain,llamaindex,prometheus,opentelemetry]' \
+		-e '.[redis,openai,anthropic,langchain,llamaindex,prometheus,opentelemetry,webhooks]' \
 		langchain-openai langchain-anthropic llama-index-llms-openai \
 		llama-index-embeddings-openai opentelemetry-sdk httpx2 vcrpy pytest hypothesis
 	touch $(LOW_STAMP)
@@ -45,10 +45,11 @@ test: $(STAMP) $(LI_STAMP)
 	$(LI_VENV)/bin/python -m pytest tests/integrations/llamaindex
 
 # The integration (LlamaIndex's too), Redis client, pricing and degrade-model (what reads
-# genai-prices), metrics and tracing tests on the lowest releases.
+# genai-prices), metrics, tracing and webhook tests on the lowest releases.
 test-lowest: $(LOW_STAMP)
 	$(LOW_VENV)/bin/python -m pytest tests/integrations tests/stores/test_redis_*.py \
-		tests/test_pricing.py tests/test_degrade.py tests/test_metrics.py tests/test_tracing.py
+		tests/test_pricing.py tests/test_degrade.py tests/test_metrics.py tests/test_tracing.py \
+		tests/test_webhooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
