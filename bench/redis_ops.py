@@ -15,10 +15,15 @@ on the same server and client: a trivial script `return 1` called with EVALSHA.
    another), the server-side cost the targets are judged on, with the commands each script
    ran inside it. The depths take turns round by round (ABC, then CBA), so the figure per
    extra scope compares depths measured at the same moments.
+   Beside them, a trivial FCALL round trip and reserve through a store with batching off:
+   the sequential reserve (batching on, the default) is judged against the trivial FCALL,
+   and must not be slower than with batching off (nothing waits when idle).
 2. Throughput: 32 clients (processes × threads, multiprocessing 'spawn') doing reserve+commit
-   pairs for a fixed time on one shared budget, then on one tenant per client, against the
-   same clients doing trivial pairs (two EVALSHA `return 1`), in ABC(CBA) order; client and
-   server CPU per pair.
+   pairs for a fixed time on one shared budget, on 100 tenants (each pair the next in turn)
+   and on one tenant per client, each with natural batching (the default) and with one
+   script call per operation ("1call"), against the same clients doing trivial pairs (two
+   EVALSHA `return 1`), in ABC(CBA) order; client and server CPU per pair, and the average
+   batch (operations per FCALL).
 3. Scale: reserve+commit pairs on random tenants among 10, 1,000 and 100,000 (budgets
    pipelined through the store's own script calls), through the guard and as raw script
    calls; bytes per tenant, per active and per finished reservation (INFO memory
@@ -65,12 +70,21 @@ LEVELS = ("tenant", "workspace", "app", "workflow", "agent", "toolset")
 NAMES = ("", "production", "assistant", "document-analysis", "analyzer", "web")
 DEPTHS = (1, 3, 6)
 CONC_DEPTH = 3  # scope depth of the throughput and scale runs
+WORKLOADS = ("shared", "many", "isolated")
+"""Throughput: one tenant all clients share, 100 tenants each pair picks in turn, one tenant
+per client; each with batching on and, as PHASE + ONE_CALL, one script call per operation."""
+MANY = 100
+ONE_CALL = " 1call"
 BUDGET_USD = 10_000_000  # never exhausted: every call is allowed
 ESTIMATE = al.usd("0.05")
 ACTUAL = al.usd("0.031")
 ACTION = al.Action("llm.completion", "openai:gpt-4o")
 TTL_MS = 3_600_000  # reservations held across phases never expire mid-run
 TRIVIAL_LUA = "return 1"
+TRIVIAL_FUNCTION = ("#!lua name=bench_trivial\n"
+                    "redis.register_function('bench_trivial', function() return 1 end)")
+"""The trivial FCALL round trip the sequential reserve is judged against (batching must add
+no latency when idle)."""
 SCRIPT_CALLS = ("evalsha", "fcall")
 """How a script runs: the trivial baseline by EVALSHA, the store's operations by FCALL."""
 OUTER_COMMANDS = {"call", "evalsha", "fcall", "function|load", "eval", "info",
@@ -373,6 +387,8 @@ class DepthResult:
     server: dict[str, Tally]  # the sequential guard calls above, as the server saw them
     raw: dict[str, Tally]  # the same operations as raw script calls (pairs_raw)
     ledgers: LedgerReport
+    idle: dict[str, list[int]] = field(default_factory=dict)
+    """Whole calls (ns): a trivial FCALL, and reserve through a store with batching off."""
 
 
 PHASES = ("trivial", "reserve", "commit")
@@ -397,6 +413,9 @@ class DepthRun:
         self.raw = {p: Tally() for p in PHASES}
         self.held: list[al.Reservation] = []
         self.commits = 0
+        self.store.client.function_load(TRIVIAL_FUNCTION, replace=True)
+        self.plain = al.Guard(RedisStore(url=url, batching=False), ttl_ms=TTL_MS)
+        self.idle: dict[str, list[int]] = {"fcall": [], "reserve, batching off": []}
 
     def call(self, phase: str, i: int) -> None:
         if phase == "trivial":
@@ -423,6 +442,18 @@ class DepthRun:
                     self.wire[phase] += self.timer.samples[phase]
         self.commits += len(self.held)
         self.held.clear()
+        fcall: list[int] = []
+        timed(lambda i: client.fcall("bench_trivial", 0), calls, fcall)
+        plain: list[int] = []
+        timed(lambda i: self.held.append(self.plain.reserve(self.subject, ACTION, ESTIMATE)),
+              calls, plain)
+        for reservation in self.held:
+            reservation.commit(ACTUAL)
+        self.commits += len(self.held)
+        self.held.clear()
+        if measured:
+            self.idle["fcall"] += fcall
+            self.idle["reserve, batching off"] += plain
         trivial_stats = trivial_raw(client, self.trivial, calls)
         reserved, committed = pairs_raw(self.store, self.guard, [self.subject] * calls)
         self.commits += calls
@@ -434,7 +465,9 @@ class DepthRun:
     def result(self) -> DepthResult:
         ledgers = check_ledgers(self.store, {self.subject.tenant: self.commits}, self.depth)
         self.guard.close()
-        return DepthResult(self.depth, self.latency, self.wire, self.server, self.raw, ledgers)
+        self.plain.close()
+        return DepthResult(self.depth, self.latency, self.wire, self.server, self.raw, ledgers,
+                           self.idle)
 
 
 def run_depths(url: str, settings: Settings) -> list[DepthResult]:
@@ -513,9 +546,11 @@ def client_process(url: str, proc: int, threads: int, commands: Any, results: An
     connection pool); runs each phase it is sent and reports per-thread figures."""
     store = RedisStore(url=url)
     guard = al.Guard(store, ttl_ms=TTL_MS)
+    plain = al.Guard(RedisStore(url=url, batching=False), ttl_ms=TTL_MS)
     trivial = store.client.register_script(TRIVIAL_LUA)
     shared = subject_of("shared", CONC_DEPTH)
     isolated = [subject_of(f"iso-{proc * threads + t}", CONC_DEPTH) for t in range(threads)]
+    many = [subject_of(f"many-{i}", CONC_DEPTH) for i in range(MANY)]
     results.put(("ready", proc))
     while True:
         command = commands.get()
@@ -528,9 +563,13 @@ def client_process(url: str, proc: int, threads: int, commands: Any, results: An
         def work(t: int, phase: str = phase, start_at: float = start_at,
                  end_at: float = end_at, outs: list[dict[str, Any]] = outs) -> None:
             out = outs[t]
+            workload, off, _ = phase.partition(ONE_CALL)
             subjects = {"trivial": None, "shared": shared, "isolated": isolated[t],
-                        "warm": isolated[t] if t % 2 else shared}
-            subject = subjects[phase]
+                        "many": None, "warm": isolated[t] if t % 2 else shared}
+            subject = subjects[workload]
+            on = plain if off else guard
+            commits: dict[str, int] = {}
+            turn = proc * threads + t
             time.sleep(max(0.0, start_at - time.time()))
             end_ns = time.perf_counter_ns() + int((end_at - time.time()) * 1e9)
             clock = time.perf_counter_ns
@@ -540,18 +579,19 @@ def client_process(url: str, proc: int, threads: int, commands: Any, results: An
                 if started >= end_ns:
                     break
                 try:
-                    if subject is None:
+                    if workload == "trivial":
                         trivial()
                         trivial()
                     else:
-                        guard.reserve(subject, ACTION, ESTIMATE).commit(ACTUAL)
+                        which = subject or many[(turn + done * 7) % MANY]
+                        on.reserve(which, ACTION, ESTIMATE).commit(ACTUAL)
                         done += 1
+                        commits[which.tenant] = commits.get(which.tenant, 0) + 1
                 except Exception as error:  # counted and shown; the ledger check decides
                     out["errors"] += 1
                     out["error"] = repr(error)
                 lat.append(clock() - started)
-            if subject is not None:
-                out["commits"] = {subject.tenant: done}
+            out["commits"] = commits
 
         cpu = time.process_time()
         pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
@@ -586,7 +626,8 @@ def run_throughput(url: str, procs: int, threads: int, settings: Settings,
     """Spawn the client processes, run the phases, then check every ledger they touched."""
     store = RedisStore(url=url)
     guard = al.Guard(store, ttl_ms=TTL_MS)
-    tenants = ["shared", *(f"iso-{i}" for i in range(procs * threads))]
+    tenants = ["shared", *(f"iso-{i}" for i in range(procs * threads)),
+               *(f"many-{i}" for i in range(MANY))]
     for tenant in tenants:
         set_budgets(guard, subject_of(tenant, CONC_DEPTH))
     ctx = mp.get_context("spawn")
@@ -598,7 +639,7 @@ def run_throughput(url: str, procs: int, threads: int, settings: Settings,
         worker.start()
     for _ in workers:
         results.get(timeout=120)
-    order = ["trivial", "shared", "isolated"]
+    order = ["trivial", *(w + way for w in WORKLOADS for way in ("", ONE_CALL))]
     if settings.conc_rounds > 1:
         order += order[::-1]
     phases: list[ConcPhase] = []
@@ -662,12 +703,18 @@ def print_throughput(phases: list[ConcPhase], procs: int, threads: int) -> None:
           f"depth {CONC_DEPTH}; a pair = reserve+commit (or two trivial EVALSHA)")
     print("   each phase in run order:  " + ", ".join(
         f"{p.name} {p.rate:,.0f}/s" for p in phases))
-    print(f"{'phase':<10}{'pairs/s':>9}{'×trivial':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}"
-          f"{'client cpu':>11}{'server cpu':>11}{'srv mean':>9}{'p50':>6}")
+    print(f"{'phase':<15}{'pairs/s':>9}{'×trivial':>9}{'×1call':>7}{'batch':>6}{'p50 ms':>8}"
+          f"{'p99 ms':>8}{'errors':>7}{'client cpu':>11}{'server cpu':>11}{'srv mean':>9}"
+          f"{'p50':>6}")
     base = merged(phases, "trivial")
-    for name in ("trivial", "shared", "isolated"):
+    names = ["trivial", *(w + way for w in WORKLOADS for way in ("", ONE_CALL))]
+    for name in names:
         p = merged(phases, name)
-        print(f"{name:<10}{p.rate:>9,.0f}{p.rate / base.rate:>9.2f}"
+        versus = ("" if name == "trivial" or name.endswith(ONE_CALL)
+                  else f"{p.rate / merged(phases, name + ONE_CALL).rate:.2f}")
+        fcalls = p.server.calls.get("fcall", 0)
+        size = f"{2 * p.pairs / fcalls:.2f}" if fcalls and name != "trivial" else ""
+        print(f"{name:<15}{p.rate:>9,.0f}{p.rate / base.rate:>9.2f}{versus:>7}{size:>6}"
               f"{percentile(p.latency, 0.5) / 1e6:>8.2f}{percentile(p.latency, 0.99) / 1e6:>8.2f}"
               f"{p.errors:>7}{p.client_cpu_s / p.pairs * 1e6:>9.0f}µs"
               f"{p.server_cpu_s / p.pairs * 1e6:>9.0f}µs{p.server.per_call():>9.1f}"
@@ -676,7 +723,9 @@ def print_throughput(phases: list[ConcPhase], procs: int, threads: int) -> None:
             print(f"   first error: {p.error}")
     print("   client cpu / server cpu = CPU time per pair of all client processes / of "
           "redis-server (the\n   machine has", os.cpu_count(), "cores for both, and other jobs); "
-          "srv = server µs per script call (usec_per_call, p50)")
+          "srv = server µs per script call (usec_per_call, p50); ×1call = pairs/s with "
+          "batching\n   over the same clients making one script call per operation; batch = "
+          "operations per FCALL (2 × pairs / FCALLs)")
 
 
 # -- 3. scale and memory ---------------------------------------------------------------------
@@ -857,6 +906,13 @@ def print_targets(depths: list[DepthResult], phases: list[ConcPhase], clients: i
     r50 = percentile(d3.latency["reserve"], 0.5)
     lines = [("sequential reserve p50 ≤ 2× trivial EVALSHA (depth 3)", f"{r50 / t50:.2f}×", "",
               r50 / t50 <= 2)]
+    if d3.idle.get("fcall"):
+        f50 = percentile(d3.idle["fcall"], 0.5)
+        p50_off = percentile(d3.idle["reserve, batching off"], 0.5)
+        lines += [("sequential reserve p50 ≤ 2× trivial FCALL (depth 3)", f"{r50 / f50:.2f}×",
+                   "", r50 / f50 <= 2),
+                  ("sequential reserve p50, batching on / off (no wait when idle)",
+                   f"{r50 / p50_off:.2f}×", "", r50 / p50_off <= 1.1)]
     for op in ("reserve", "commit"):
         mean = {d: r.raw[op].per_call() for d, r in by_depth.items()}
         p50 = {d: r.raw[op].p50() for d, r in by_depth.items()}
@@ -868,8 +924,10 @@ def print_targets(depths: list[DepthResult], phases: list[ConcPhase], clients: i
             lines.append((f"server {op}: (cost@6 − cost@1)/5 ≤ 5 µs per scope",
                           f"{step:.1f} µs", f"{(p50[6] - p50[1]) / 5:.1f} µs", step <= 5))
     base = merged(phases, "trivial")
-    for name in ("shared", "isolated"):
-        p = merged(phases, name)
+    for name in WORKLOADS:
+        p, one = merged(phases, name), merged(phases, name + ONE_CALL)
+        lines.append((f"{clients} clients {name}: batching ≥ 2× one call per operation",
+                      f"{p.rate / one.rate:.2f}×", "", p.rate >= 2 * one.rate))
         p99 = percentile(p.latency, 0.99) / 1e6
         lines += [(f"{clients} clients {name}: ≥ 50 % of trivial pairs/s",
                    f"{p.rate / base.rate:.0%}", "", p.rate >= 0.5 * base.rate),

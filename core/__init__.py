@@ -63,12 +63,14 @@ from .observation import Observation, Observer
 from .periods import Period
 from .plans import AccessSpec, BudgetSpec, Plan, QuotaSpec
 from .policy import Degrade, Elastic
+from .pricing import TokenUsage
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject, quote_value, unquote_value
 from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
+from .usage import UsageRow, write_usage
 
 __all__ = [
     "REPORT_RETENTION_DAYS",
@@ -126,9 +128,11 @@ __all__ = [
     "StoreUnavailable",
     "Subject",
     "TenantGuard",
+    "TokenUsage",
     "TransferResult",
     "Unit",
     "UnitMismatch",
+    "UsageRow",
     "Webhook",
     "WebhookDelivery",
     "WebhookEvent",
@@ -141,4 +145,5 @@ __all__ = [
     "tokens",
     "unquote_value",
     "usd",
+    "write_usage",
 ]

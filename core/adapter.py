@@ -42,14 +42,17 @@ async def areserve_units(guard: Guard, subject: Subject, action: Action,
     return await guard._areserve_units(subject, action, units, elastic, ttl_ms)
 
 
-def commit_units(reservation: Reservation, actual: Units) -> CommitResult:
-    """`reservation.commit(actual)` for checked integer units in unit order."""
-    return reservation._commit_units(actual)
+def commit_units(reservation: Reservation, actual: Units,
+                 usage: TokenUsage | None = None) -> CommitResult:
+    """`reservation.commit(actual, usage=usage)` for checked integer units in unit order;
+    `usage`, the provider's token counts, goes to the usage export."""
+    return reservation._commit_units(actual, usage)
 
 
-async def acommit_units(reservation: Reservation, actual: Units) -> CommitResult:
+async def acommit_units(reservation: Reservation, actual: Units,
+                        usage: TokenUsage | None = None) -> CommitResult:
     """The async twin of `commit_units`."""
-    return await reservation._acommit_units(actual)
+    return await reservation._acommit_units(actual, usage)
 
 
 __all__ = [

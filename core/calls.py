@@ -20,7 +20,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -45,6 +45,18 @@ class Pause:
 Flow = Generator["Op[Any] | Pause", Any, R]
 """A call of several steps: yields operations (receiving each result, or the error it
 raised) and pauses; returns the call's result."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """What a stream hands its caller: one value of the call's result, as it comes."""
+
+    value: Any
+
+
+Stream = Generator["Op[Any] | Item", Any, None]
+"""A call that answers with many values: yields operations (receiving each result) and
+`Item`s, which go to the caller one by one (a sync iterator, or an async one for the twin)."""
 
 
 class Runner:
@@ -102,6 +114,42 @@ class Runner:
                 error = raised
 
 
+    def _stream(self, stream: Stream) -> Iterator[Any]:
+        """Run a stream's operations as its caller iterates, handing out its items."""
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = stream.throw(error) if error is not None else stream.send(send)
+            except StopIteration:
+                return
+            send, error = None, None
+            if isinstance(step, Item):
+                yield step.value
+                continue
+            try:
+                send = self._run(step)
+            except Exception as raised:
+                error = raised
+
+    async def _astream(self, stream: Stream) -> AsyncIterator[Any]:
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = stream.throw(error) if error is not None else stream.send(send)
+            except StopIteration:
+                return
+            send, error = None, None
+            if isinstance(step, Item):
+                yield step.value
+                continue
+            try:
+                send = await self._arun(step)
+            except Exception as raised:
+                error = raised
+
+
 Sync = Callable[Concatenate[S, P], R]
 Async = Callable[Concatenate[S, P], Coroutine[Any, Any, R]]
 
@@ -144,6 +192,18 @@ def flow_twins(build: Callable[Concatenate[S, P], Flow[R]], name: str | None = N
     twin = ("_" if name.startswith("_") else "") + "a" + name.lstrip("_")
     return (_method(build, name, "_drive", bound=True),
             _method(build, twin, "_adrive", bound=True))
+
+
+def stream_twins(build: Callable[Concatenate[S, P], Stream], name: str | None = None
+                 ) -> tuple[Callable[Concatenate[S, P], Iterator[Any]],
+                            Callable[Concatenate[S, P], AsyncIterator[Any]]]:
+    """As `flow_twins`, for a method `_name` that checks its arguments at once and returns a
+    stream: `name` returns an iterator, its twin `aname` an async iterator (`async for`);
+    each runs the stream's operations only as the caller asks for more."""
+    name = name or build.__name__.lstrip("_")
+    twin = _method(build, "a" + name, "_astream", bound=True)
+    twin.streams = True  # an async iterator, not a coroutine: how a caller tells them apart
+    return _method(build, name, "_stream", bound=True), twin
 
 
 def _method(build: Callable[..., Any], name: str, runner: str, bound: bool) -> Any:

@@ -42,10 +42,12 @@ from .models import (
 )
 from .platform import assign_plan_op
 from .policy import Elastic
+from .pricing import TokenUsage
 from .reservation import Reservation, commit_op, extend_op, get_op, release_op
 from .scopes import Subject
 from .stores import operations as ops
 from .stores.operations import in_unit_order
+from .usage import token_counts
 from .validation import check_int
 
 log = logging.getLogger("allotment")
@@ -192,14 +194,16 @@ class EnforcementCalls(Runner):
     # -- settling -------------------------------------------------------------------------
 
     def _commit(self, reservation_id: str, actual: AmountsLike, *,
-                idempotency_key: str | None = None) -> Flow[CommitResult]:
+                idempotency_key: str | None = None,
+                usage: TokenUsage | None = None) -> Flow[CommitResult]:
         """Charge the actual usage and return the rest of the estimate. Units the estimate
-        held but `actual` leaves out are charged as estimated.
+        held but `actual` leaves out are charged as estimated. `usage` (an `al.TokenUsage`:
+        the provider's token counts) is counted for the usage export.
 
         A store failure is retried (a lost answer to an applied commit is recognised, never
         charged twice); if every try fails, `spend.unrecorded` is sent to the subscribers and
         sinks with the amounts, and `StoreUnavailable` is raised."""
-        op = commit_op(reservation_id, actual, idempotency_key=idempotency_key)
+        op = commit_op(reservation_id, actual, idempotency_key=idempotency_key, usage=usage)
         return self._spending(op, reservation_id)
 
     commit, acommit = flow_twins(_commit)
@@ -244,27 +248,34 @@ class EnforcementCalls(Runner):
 
     def _record(self, subject: Subject | None, action: Action, actual: AmountsLike, *,
                 overage_policy: OveragePolicy | str | None = None,
-                idempotency_key: str | None = None) -> Flow[RecordResult]:
-        """Charge a cost known only afterwards, without a reservation."""
+                idempotency_key: str | None = None,
+                usage: TokenUsage | None = None) -> Flow[RecordResult]:
+        """Charge a cost known only afterwards, without a reservation; `usage` (an
+        `al.TokenUsage`) is counted for the usage export."""
         result: RecordResult = yield self._record_op(subject, action, actual,
                                                      overage_policy=overage_policy,
-                                                     idempotency_key=idempotency_key)
+                                                     idempotency_key=idempotency_key,
+                                                     usage=usage)
         return result
 
     def _record_op(self, subject: Subject | None, action: Action, actual: AmountsLike, *,
                    overage_policy: OveragePolicy | str | None = None,
-                   idempotency_key: str | None = None) -> ops.Record:
+                   idempotency_key: str | None = None,
+                   usage: TokenUsage | None = None) -> ops.Record:
         subject = arg.subject(subject)
         if not isinstance(action, Action):
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         units = arg.units(actual, "actual")
         policy = arg.policy(overage_policy)
+        counts = token_counts(usage)
+        payload = (subject, action, units, policy) if counts is None else (
+            subject, action, units, policy, counts)
         return ops.Record(
             tenant=subject.tenant, scopes=subject.scopes(),
             dimensions=subject.dimension_items, subject=subject,
             action=action, actual=units, overage_policy=policy,
-            shadow=self._engine.mode == "shadow",
-            **arg.keyed(idempotency_key, "record", subject, action, units, policy))
+            shadow=self._engine.mode == "shadow", usage=counts,
+            **arg.keyed(idempotency_key, "record", *payload))
 
     record, arecord = flow_twins(_record)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .calls import Runner, twins
+from .calls import Item, Runner, Stream, stream_twins, twins
 from .errors import InvalidRequest
 from .events import AUDIT_TYPES, check_type
 from .periods import Period, parse_period
 from .reports import check_by, check_top
 from .scopes import parse_scope, tenant_name
 from .stores import operations as ops
+from .usage import PAGE_ENTRIES, Tally, UsagePage, add_page, check_period, rows_of
 from .validation import MAX_LIST, check_int, check_list, shown
 
 _REPORT_PERIODS = (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR)
@@ -77,6 +78,26 @@ def plan_of_op(tenant: str) -> ops.PlanOf:
     return ops.PlanOf(tenant=tenant_name(tenant))
 
 
+def usage_stream(period: str | None, tenants: tuple[str, ...] | None) -> Stream:
+    """Usage rows of `tenants` (None: every tenant of the store, by name), one tenant at a
+    time: its counters are read a page of whole days at a time and added up, then its rows
+    go out, so what is held at once is one tenant's rows. The period a first read resolves
+    (None: the store's current month) holds for every tenant after it."""
+    names: tuple[str, ...] = tenants if tenants is not None else (
+        yield ops.Tenants(tenant=""))
+    for name in names:
+        totals: dict[tuple[str, str], Tally] = {}
+        index: int | None = 0
+        while index is not None:
+            page: UsagePage = yield ops.Usage(tenant=name, period=period, index=index,
+                                                  limit=PAGE_ENTRIES)
+            period, index = page.period, page.next_index
+            add_page(totals, page)
+        if period is not None:
+            for row in rows_of(name, period, totals):
+                yield Item(row)
+
+
 class ReadCalls(Runner):
     """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
 
@@ -85,4 +106,16 @@ class ReadCalls(Runner):
     balances, abalances = twins(balances_op)
     audit, aaudit = twins(audit_op)
     report, areport = twins(report_op)
+
+    def _usage(self, period: str | None = None, tenant: str | None = None) -> Stream:
+        """Usage for invoicing: one `UsageRow` per tenant, scope, model and unit of `period`
+        ("2026-11", or a day "2026-11-28"; UTC; default the current month), with spend (exact
+        integers of the unit), calls, denials and the provider's token counts; of one
+        `tenant`, or of every tenant by name. Rows come as they are read, tenant by tenant
+        (`async for` over `ausage`); reading twice gives the same rows, and a period's spend
+        adds up to what its ledgers were charged. See `allotment.usage`."""
+        return usage_stream(check_period(period),
+                            None if tenant is None else (tenant_name(tenant),))
+
+    usage, ausage = stream_twins(_usage)
 

@@ -26,7 +26,9 @@ from .models import (
     ReservationInfo,
     ReservationStatus,
 )
+from .pricing import TokenUsage
 from .stores import operations as ops
+from .usage import token_counts
 from .validation import check_int
 
 if TYPE_CHECKING:
@@ -36,11 +38,16 @@ R = TypeVar("R")
 
 
 def commit_op(reservation_id: str, actual: AmountsLike, *,
-              idempotency_key: str | None = None) -> ops.Commit:
-    """Charge the actual usage of a reservation (see `Guard.commit`)."""
+              idempotency_key: str | None = None, usage: TokenUsage | None = None
+              ) -> ops.Commit:
+    """Charge the actual usage of a reservation (see `Guard.commit`); `usage`, the
+    provider's token counts, goes to the usage export."""
     units = arg.units(actual, "actual")
+    counts = token_counts(usage)
+    payload = (units,) if counts is None else (units, counts)
     return ops.Commit(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
-                      actual=units, **arg.keyed(idempotency_key, "commit", units))
+                      actual=units, usage=counts,
+                      **arg.keyed(idempotency_key, "commit", *payload))
 
 
 def release_op(reservation_id: str, reason: str = "released", *,
@@ -64,11 +71,12 @@ def get_op(reservation_id: str) -> ops.Get:
     return ops.Get(tenant=id_tenant(reservation_id), reservation_id=reservation_id)
 
 
-def commit_units_op(tenant: str, reservation_id: str, actual: Units) -> ops.Commit:
+def commit_units_op(tenant: str, reservation_id: str, actual: Units,
+                    usage: TokenUsage | None = None) -> ops.Commit:
     """A commit of an adapter's checked integer units (no idempotency key: one try per
-    live reservation handle)."""
+    live reservation handle), with the provider's token counts when known."""
     return ops.Commit(tenant=tenant, reservation_id=reservation_id, actual=actual,
-                      **arg.NO_KEY)
+                      usage=token_counts(usage), **arg.NO_KEY)
 
 
 class Reservation(Runner):
@@ -132,25 +140,26 @@ class Reservation(Runner):
     def __repr__(self) -> str:
         return f"<Reservation {self.id} {self.decision.outcome.value} {list(self.estimate)}>"
 
-    def _commit(self, actual: AmountsLike, *,
-                idempotency_key: str | None = None) -> Flow[CommitResult]:
+    def _commit(self, actual: AmountsLike, *, idempotency_key: str | None = None,
+                usage: TokenUsage | None = None) -> Flow[CommitResult]:
         """Charge the actual usage and return the rest of the estimate (see
-        `Guard.commit`)."""
+        `Guard.commit`); `usage` (an `al.TokenUsage`) goes to the usage export."""
         rid = self.info.id
         if self.unguarded:  # let through while the store was down: record what was spent
             record = self.guard._record_op(self.info.subject, self.info.action, actual,
-                                           idempotency_key=rid)
+                                           idempotency_key=rid, usage=usage)
             return self.guard._spending(record, rid, self._recorded)
-        op = commit_op(rid, actual, idempotency_key=idempotency_key)
+        op = commit_op(rid, actual, idempotency_key=idempotency_key, usage=usage)
         return self.guard._spending(op, rid, self._settled)
 
     commit, acommit = flow_twins(_commit)
 
-    def _committing_units(self, actual: Units) -> Flow[CommitResult]:
+    def _committing_units(self, actual: Units,
+                          usage: TokenUsage | None = None) -> Flow[CommitResult]:
         """`commit` for an adapter's checked integer units, in unit order."""
         if self.unguarded:
-            return self._commit(trusted_amounts(actual))
-        op = commit_units_op(self.info.tenant, self.info.id, actual)
+            return self._commit(trusted_amounts(actual), usage=usage)
+        op = commit_units_op(self.info.tenant, self.info.id, actual, usage)
         return self.guard._spending(op, self.info.id, self._settled)
 
     _commit_units, _acommit_units = flow_twins(_committing_units, name="_commit_units")

@@ -9,18 +9,19 @@ from typing import Any, TypeVar
 
 from . import arguments as arg
 from .budgets import BudgetCalls
-from .calls import Flow, flow_twins
+from .calls import Flow, Stream, flow_twins, stream_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
 from .errors import Forbidden, InvalidRequest
 from .events import AuditRecord
 from .models import Balance
 from .periods import Period
-from .reads import audit_op, balances_op, plan_of_op, report_op
+from .reads import audit_op, balances_op, plan_of_op, report_op, usage_stream
 from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores import hooks
 from .stores.operations import Op
+from .usage import check_period
 from .validation import check_int
 from .webhook_calls import (
     enable_webhook_op,
@@ -107,6 +108,13 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return plan
 
     plan_of, aplan_of = flow_twins(_plan_of)
+
+    def _usage(self, period: str | None = None) -> Stream:
+        """The tenant's usage rows for invoicing, per scope, model and unit (see
+        `Guard.usage`)."""
+        return usage_stream(check_period(period), (self.name,))
+
+    usage, ausage = stream_twins(_usage)
 
     # -- its own webhook subscriptions ------------------------------------------------------
 

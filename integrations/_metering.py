@@ -138,7 +138,7 @@ class Meter:
             if usage is None:
                 self.result = self.reservation.commit(self._estimate())
             else:
-                self.result = commit_units(self.reservation, self.units(usage))
+                self.result = commit_units(self.reservation, self.units(usage), usage)
 
     async def acommit(self, usage: TokenUsage | None = None) -> None:
         """`commit` without blocking the event loop."""
@@ -148,7 +148,7 @@ class Meter:
             if usage is None:
                 self.result = await self.reservation.acommit(self._estimate())
             else:
-                self.result = await acommit_units(self.reservation, self.units(usage))
+                self.result = await acommit_units(self.reservation, self.units(usage), usage)
 
     def settle(self, usage: TokenUsage | None) -> None:
         """Settle after the provider answered: a commit refused under REJECT falls back to

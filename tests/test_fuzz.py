@@ -357,6 +357,9 @@ ADMIN: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "transfer": kw(source=SCOPES, destination=SCOPES, amount=AMOUNT,
                    period=st.sampled_from([None, "day"]), idempotency_key=KEYS),
 }
+USAGE = st.sampled_from([None, al.TokenUsage(input_tokens=120, cache_read_tokens=100,
+                                              output_tokens=30, reasoning_tokens=9)])
+USAGE_PERIODS = st.sampled_from([None, "2026-11", "2026-11-28"])
 HOOK_ID, EVENT_ID = f"acme/whk_{'0' * 24}", f"acme/evt_{'0' * 20}"
 HOOK_URLS = st.sampled_from(["https://hooks.example.com/allotment", "http://127.0.0.1:9/h"])
 HOOK_EVENTS = st.sampled_from(["*", ["budget.exhausted", "reservation.denied"]])
@@ -367,13 +370,14 @@ ENFORCEMENT: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                   grace_ms=GRACE, overage_policy=st.one_of(st.none(), POLICIES),
                   idempotency_key=KEYS),
     "decide": kw(subject=SUBJECTS, action=ACTIONS, estimate=ESTIMATE),
-    "commit": kw(reservation_id=IDS, actual=AMOUNTS, idempotency_key=KEYS),
+    "commit": kw(reservation_id=IDS, actual=AMOUNTS, idempotency_key=KEYS, usage=USAGE),
     "release": kw(reservation_id=IDS, reason=st.sampled_from(["released", "x" * 256]),
                   idempotency_key=KEYS),
     "extend": kw(reservation_id=IDS, by_ms=st.sampled_from([1, 1_000, 86_400_000]),
                  idempotency_key=KEYS),
     "record": kw(subject=SUBJECTS, action=ACTIONS, actual=AMOUNTS,
-                 overage_policy=st.one_of(st.none(), POLICIES), idempotency_key=KEYS),
+                 overage_policy=st.one_of(st.none(), POLICIES), idempotency_key=KEYS,
+                 usage=USAGE),
     "get": kw(reservation_id=IDS),
 }
 GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
@@ -387,6 +391,7 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         "budgets": [{"usd": 20}, {"tokens": 1_000, "period": "day", "scope": "workspace:w"}],
         "quotas": [{"calls": 100, "window": "minute"}]}, "pro"))),
     "sweep": kw(limit=st.sampled_from([1, 1_000])),
+    "usage": kw(period=USAGE_PERIODS, tenant=st.sampled_from([None, "acme", "ACME"])),
     "plan_of": kw(tenant=st.sampled_from(["acme", ACME, "TENANT:Acme"])),
     "subscribe_webhook": kw(url=HOOK_URLS, events=HOOK_EVENTS,
                             tenant=st.sampled_from([None, "acme"]), secret=SECRETS,
@@ -405,6 +410,7 @@ HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
     "audit": kw(since=WHEN, types=TYPES, limit=st.sampled_from([1, 100, 100_000])),
     "report": kw(period=st.sampled_from(["day", "month", "year"]), at=WHEN),
+    "usage": kw(period=USAGE_PERIODS),
     "subscribe_webhook": kw(url=HOOK_URLS, events=HOOK_EVENTS, secret=SECRETS,
                             enabled=st.booleans()),
     "remove_webhook": kw(webhook_id=st.just(HOOK_ID)),
@@ -415,11 +421,11 @@ HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "replay_webhook_event": kw(event_id=st.just(EVENT_ID), webhook_id=st.just(HOOK_ID)),
 }
 RESERVATION: dict[str, st.SearchStrategy[dict[str, Any]]] = {
-    "commit": kw(actual=st.just(al.usd("0.4")), idempotency_key=KEYS),
+    "commit": kw(actual=st.just(al.usd("0.4")), idempotency_key=KEYS, usage=USAGE),
     "release": kw(reason=st.just("released"), idempotency_key=KEYS),
     "extend": kw(by_ms=st.sampled_from([1, 1_000]), idempotency_key=KEYS),
 }
-READS = frozenset({"get", "balances", "audit", "report", "decide", "plan_of"})
+READS = frozenset({"get", "balances", "audit", "report", "usage", "decide", "plan_of"})
 NAME_PARAMS = frozenset({"scope", "source", "destination", "tenant", "per", "unit",
                          "window", "period", "kind", "operation", "mode",
                          "overage_policy", "reservation_id"})
@@ -435,9 +441,16 @@ def parameters(method: Callable[..., Any]) -> list[str]:
 
 def call(method: Callable[..., Any], kwargs: dict[str, Any], asynchronous: bool) -> Any:
     if not asynchronous:
-        return method(**kwargs)
+        result = method(**kwargs)
+        return tuple(result) if inspect.isgenerator(result) else result  # a stream: read it
     twin = getattr(method.__self__, "a" + method.__name__)
+    if getattr(twin, "streams", False):
+        return _loop.run_until_complete(_drained(twin(**kwargs)))
     return _loop.run_until_complete(twin(**kwargs))
+
+
+async def _drained(rows: Any) -> tuple[Any, ...]:
+    return tuple([row async for row in rows])
 
 
 def attempt(what: str, run: Callable[[], Any]) -> tuple[Any, al.AllotmentError | None]:
@@ -511,6 +524,8 @@ def judge(world: World, what: str, target: str, name: str, kwargs: dict[str, Any
         for row in rows:
             if isinstance(row, al.Balance):
                 assert row.scope.startswith(ACME), f"{what} read {row.scope}"
+            if isinstance(row, al.UsageRow):
+                assert row.tenant == "acme", f"{what} read {row.tenant}'s usage"
     if name == "decide" or (name in READS and not world.overdue):
         unchanged(before, after, f"{what} (a read)")
     if name == "set_budget" and target != "reservation":

@@ -37,6 +37,8 @@ def test_a_run_ledger_running_out_is_counted_on_that_run_not_on_the_tenant(
     assert run_row.committed == {USD: al.usd(1).amount}
 
 
+# A child larger than its parent on purpose:
+@pytest.mark.filterwarnings("ignore::allotment.BudgetHierarchyWarning")
 def test_a_denial_is_counted_on_the_scope_whose_limit_refused(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd=1, period="month")
     guard.set_budget("tenant:acme/workspace:w", usd=50, period="month")

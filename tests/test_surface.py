@@ -58,14 +58,15 @@ def test_every_sync_call_has_an_async_twin_with_the_same_parameters(cls: type) -
     methods = public_methods(cls)
     checked = 0
     for name, method in methods.items():
-        if inspect.iscoroutinefunction(method):
+        if inspect.iscoroutinefunction(method) or getattr(method, "streams", False):
             assert name[1:] in methods, f"{cls.__name__}.{name} has no sync twin"
             continue
         if name in NOT_IO:
             continue
         twin = methods.get("a" + name)
         assert twin is not None, f"{cls.__name__}.{name} has no async twin a{name}"
-        assert inspect.iscoroutinefunction(twin), f"{cls.__name__}.a{name} is not async"
+        assert inspect.iscoroutinefunction(twin) or getattr(twin, "streams", False), (
+            f"{cls.__name__}.a{name} is not async")
         assert parameters(twin) == parameters(method), f"{cls.__name__}.{name} drifted"
         checked += 1
     assert checked >= (1 if cls in (al.MemoryStore, RedisStore) else 3)
@@ -79,7 +80,7 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
     enforcement = {"reserve", "decide", "commit", "release", "extend", "record", "get"}
     budgets = {"set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
                "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer"}
-    reads = {"balances", "audit", "report", "plan_of"}
+    reads = {"balances", "audit", "report", "usage", "plan_of"}
     platform = {"set_mode", "assign_plan", "sweep", "tenants"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
@@ -173,9 +174,10 @@ EXPORTS = [
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
-    "TransferResult", "Unit", "UnitMismatch", "Webhook", "WebhookDelivery", "WebhookEvent",
-    "credits", "current_subject", "format_amount",
+    "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "Webhook",
+    "WebhookDelivery", "WebhookEvent", "credits", "current_subject", "format_amount",
     "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",
+    "write_usage",
 ]
 ADAPTER_EXPORTS = [
     "LEVELS", "ElasticTerms", "ModelPrice", "Pricer", "TokenUsage", "Unit", "Units",
@@ -245,9 +247,10 @@ HANDLE_CALLS_ON_ANOTHER_TENANT = {
 def test_every_handle_call_that_names_a_tenant_is_covered_below() -> None:
     """A new call on the handle must be added to the cross-tenant test."""
     # they take no tenant: always their own
-    own_tenant_only = {"audit", "report", "plan_of", "subject", "subscribe_webhook", "webhooks"}
+    own_tenant_only = {"audit", "report", "usage", "plan_of", "subject", "subscribe_webhook",
+                       "webhooks"}
     sync_calls = {n for n, m in public_methods(al.TenantGuard).items()
-                  if not inspect.iscoroutinefunction(m)}
+                  if not inspect.iscoroutinefunction(m) and not getattr(m, "streams", False)}
     assert sync_calls - own_tenant_only == set(HANDLE_CALLS_ON_ANOTHER_TENANT)
 
 

@@ -34,6 +34,7 @@ from ..periods import Period
 from ..policy import AccessRule, Degrade, QuotaRule
 from ..reports import ReportRow
 from ..scopes import Subject
+from ..usage import TokenCounts, UsagePage
 from ..validation import MAX_AMOUNT
 
 R = TypeVar("R")
@@ -187,6 +188,7 @@ class ElasticTerms:
 class Commit(Op[CommitResult], Keyed):
     reservation_id: str
     actual: Units
+    usage: TokenCounts | None = None  # the provider's token counts, for the usage export
 
 
 @dataclass
@@ -210,6 +212,7 @@ class Record(Op[RecordResult], Keyed):
     actual: Units
     overage_policy: OveragePolicy | None
     shadow: bool = False
+    usage: TokenCounts | None = None  # the provider's token counts, for the usage export
 
 
 @dataclass
@@ -259,6 +262,16 @@ class Report(Op[tuple[ReportRow, ...]]):
     at_ms: int | None
     by: str | None = None  # a dimension key: rows per value of it
     top: int | None = None  # the busiest rows only
+
+
+@dataclass
+class Usage(Op[UsagePage]):
+    """A tenant's usage counters of `period` ("YYYY-MM" or "YYYY-MM-DD"; None: the store's
+    current month), whole days from day `index` (0: the first), until `limit` entries."""
+
+    period: str | None
+    index: int
+    limit: int
 
 
 @dataclass

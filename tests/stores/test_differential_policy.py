@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -21,6 +22,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import allotment as al
 
 from support.stores import START_MS, make_store
+
+pytestmark = pytest.mark.filterwarnings("ignore::allotment.BudgetHierarchyWarning")
+"""The random budget trees set children larger than their parents on purpose."""
 
 ACME = al.Subject(tenant="acme")
 SCOPES = ["tenant:acme", "tenant:acme/workspace:w", "tenant:acme/workspace:w/agent:a"]

@@ -217,3 +217,23 @@ def test_a_negative_charge_is_refused_before_anything_is_written(store: Any) -> 
                                  action=LLM, actual=negative, overage_policy=None))
     assert everything(guard) == before
     assert r.commit(al.tokens(5)).charged == (al.tokens(5),)
+
+
+def test_a_corrupt_usage_counter_never_fails_a_commit_halfway(clock: al.ManualClock) -> None:
+    """The usage counter is written after the commit's first write: a stored value that is
+    not what the store writes is read as zeros and rewritten, never an error mid-call."""
+    from support.stores import make_store
+
+    store = make_store("redis", clock)
+    guard = al.Guard(store)
+    guard.set_budget("tenant:acme", usd=10)
+    guard.record(ACME, LLM, al.usd(1))
+    client = raw(store)
+    report = b"al:{acme}:report"
+    (field,) = [f for f in client.hkeys(report) if f.startswith(b"u|")]
+    client.hset(report, field, b"garbage,,x=1,USD_MICROCENTS=oops")
+    held = guard.reserve(ACME, LLM, al.usd(2))
+    held.commit(al.usd(2))
+    assert guard.balances("tenant:acme")[0].spent == al.usd(3).amount
+    (row,) = guard.usage()
+    assert (row.calls, row.spend) == (1, al.usd(2).amount)  # the corrupt counts read as 0

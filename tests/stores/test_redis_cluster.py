@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -756,3 +757,52 @@ def test_a_master_that_stops_answering_fails_one_call_then_recovers(
         assert top.reserved in (0, al.usd(1).amount)  # the timed-out reserve may have run
     finally:
         guard.close()
+
+
+# -- natural batching: a batch per hash slot --------------------------------------------------
+
+
+def test_threads_and_tasks_hammering_tenants_on_every_master(fresh: Cluster) -> None:
+    """Calls batched on a cluster go per slot to the slot's master: many threads, then many
+    tasks, on thirty tenants over three masters; every caller gets its own result and every
+    ledger holds what the callers were told."""
+    guard = al.Guard(RedisStore.from_url(fresh.url))
+    tenants = TENANTS[:12]
+    for tenant in tenants:
+        guard.set_budget(f"tenant:{tenant}", usd=1)
+    told = dict.fromkeys(tenants, 0)
+    lock = threading.Lock()
+
+    def pair(tenant: str, cents: int) -> None:
+        r = guard.reserve(al.Subject(tenant=tenant), LLM, al.usd("0.05"))
+        assert r.id.startswith(f"{tenant}:")
+        result = r.commit(al.usd(f"0.0{cents}"))
+        assert result.reservation_id == r.id
+        with lock:
+            told[tenant] += sum(a.amount for a in result.charged)
+
+    def work(worker: int) -> None:
+        for i in range(12):
+            pair(tenants[(worker + i) % len(tenants)], (worker + i) % 5)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    async def apair(tenant: str, cents: int) -> None:
+        r = await guard.areserve(al.Subject(tenant=tenant), LLM, al.usd("0.05"))
+        result = await r.acommit(al.usd(f"0.0{cents}"))
+        assert result.reservation_id == r.id
+        told[tenant] += sum(a.amount for a in result.charged)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(apair(tenants[i % len(tenants)], i % 5) for i in range(120)))
+
+    asyncio.run(tasks())
+    for tenant in tenants:
+        b = balance(guard, f"tenant:{tenant}")
+        assert b.spent == told[tenant] and b.reserved == 0
+    assert_stored_where_owned(fresh, tenants)
+    guard.close()

@@ -1082,6 +1082,8 @@ def test_largest_exact_amounts_round_trip_through_lua(server: Server) -> None:
     assert (denied.value.decision.remaining, denied.value.decision.requested) == (0, 1)
 
 
+# A child larger than its parent on purpose:
+@pytest.mark.filterwarnings("ignore::allotment.BudgetHierarchyWarning")
 @pytest.mark.parametrize("move", ["fund-credit", "transfer"])
 def test_ledger_totals_past_2_53_are_refused_or_exact(server: Server, move: str) -> None:
     """Each amount is ≤ 2^53−1, but a credit or transfer can push a ledger's allocation past

@@ -24,13 +24,20 @@ WHO = al.Subject(tenant="acme", workspace="w", dimensions={"user": "u-1"})
 
 
 def stored_days(store: Any) -> set[str]:
-    """The day labels the store still keeps report counters for."""
+    """The day labels the store still keeps report (and usage) counters for."""
     if isinstance(store, al.MemoryStore):
-        return {_label(day) for day in store._tenants["acme"].report}
+        state = store._tenants["acme"]
+        return {_label(day) for day in (*state.report, *state.usage)}
     raw = redis.Redis.from_url(store.url, decode_responses=True)
     report, index = tenant_keys("acme")[9], tenant_keys("acme")[10]
-    days = {field.split("|", 1)[0] for field in raw.hkeys(report)}
-    return days | {member.split("|", 1)[0] for member in raw.zrange(index, 0, -1)}
+    fields = {*raw.hkeys(report), *raw.zrange(index, 0, -1)}
+    return {_day_of(field) for field in fields}
+
+
+def _day_of(field: str) -> str:
+    """A counter's day: "day|scope|counter", or a usage counter's "u|day|scope|model"."""
+    parts = field.split("|", 2)
+    return parts[1] if parts[0] == "u" else parts[0]
 
 
 def _label(day: int) -> str:

@@ -18,6 +18,10 @@ import allotment as al
 DRIVEN = (al.Guard, al.TenantGuard, al.Reservation)
 
 
+async def _drained(rows: Any) -> list[Any]:
+    return [row async for row in rows]
+
+
 class AsyncDriven:
     def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._target = target
@@ -41,6 +45,16 @@ class AsyncDriven:
                 return self._wrap(self._loop.run_until_complete(twin(*args, **kwargs)))
 
             return call
+
+        if twin is not None and callable(twin):  # a stream's twin: an async iterator
+            def streamed(*args: Any, **kwargs: Any) -> Any:
+                rows = twin(*args, **kwargs)
+                if not hasattr(rows, "__aiter__"):
+                    raise AssertionError(f"{name}'s twin a{name} is neither a coroutine "
+                                         "function nor a stream")
+                return iter(self._loop.run_until_complete(_drained(rows)))
+
+            return streamed
 
         def plain(*args: Any, **kwargs: Any) -> Any:
             return self._wrap(attr(*args, **kwargs))

@@ -26,7 +26,8 @@ AUDIT_SECTIONS = frozenset({"audit", "report"})
 
 _MEMORY_CACHES = frozenset({"cx", "routes", "tally_prefix"})
 """Tenant fields that only memoise: rebuilt on demand, never state."""
-_MEMORY_SECTIONS = {"audit": "audit", "seq": "audit", "report": "report"}
+_MEMORY_SECTIONS = {"audit": "audit", "seq": "audit", "report": "report", "usage": "report"}
+"""Memory fields by the section Redis keeps them in (usage counters live in the report hash)."""
 
 
 def snapshot(store: Any, tenant: str) -> Snapshot:

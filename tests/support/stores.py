@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,6 +15,9 @@ from .redis_server import redis_server
 START_MS = int(datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc).timestamp()) * 1000
 STORE_KINDS = ["memory", "redis"]
 _redis: dict[str, object] = {}
+BATCHING = os.environ.get("ALLOTMENT_TEST_BATCHING", "on") != "off"
+"""Redis stores batch calls (the default) unless the run sets ALLOTMENT_TEST_BATCHING=off, so
+the whole suite can run both ways."""
 
 
 def redis_url() -> str:
@@ -38,7 +42,7 @@ def make_store(kind: str, clock: al.ManualClock, **settings: Any) -> Any:
         url = f"{redis_url()}/{db}"
         _redis["next_db"] = db + 1
         redis.Redis.from_url(url).flushdb()
-        return RedisStore(url=url, clock=clock, **settings)
+        return RedisStore(url=url, clock=clock, **{"batching": BATCHING, **settings})
     raise AssertionError(f"unknown store kind {kind!r}")
 
 

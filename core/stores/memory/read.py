@@ -10,7 +10,8 @@ from ...models import Balance, ReservationInfo
 from ...periods import Period, bucket
 from ...reports import DAY_MS, ReportRow, report_days, report_rows
 from ...scopes import parse_scope
-from ..operations import Audit, Balances, Get, PlanOf, Report, Tenants
+from ...usage import Tally, UsageEntry, UsagePage, current_span, span
+from ..operations import Audit, Balances, Get, PlanOf, Report, Tenants, Usage
 from .state import AuditEntry, LedgerKey, Tenant, balance, dimension_ledgers, ledger_at, reservation
 
 
@@ -72,6 +73,23 @@ def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:
             label = bucket(Period.DAY, day * DAY_MS)
             counts.update((f"{label}|{key}", n) for key, n in kept.items())
     return report_rows(counts, op.period, at, op.by, op.top)
+
+
+def usage(t: Tenant, op: Usage, now: int) -> UsagePage:
+    """The period's usage counters, whole days from day `op.index` until `op.limit` entries
+    (days past the retention hold none), as the usage read in read.lua."""
+    found = span(op.period) if op.period is not None else current_span(now)
+    oldest = now // DAY_MS - t.cx.report_retention_days + 1
+    entries: list[UsageEntry] = []
+    for day in range(found.first + op.index, found.last + 1):
+        kept = t.usage.get(day) if day >= oldest else None
+        if kept:
+            entries += [UsageEntry(scope, model, Tally(list(kept[key].numbers),
+                                                       dict(kept[key].spend)))
+                        for key in sorted(kept) for scope, model in (key,)]
+        if len(entries) >= op.limit and day < found.last:
+            return UsagePage(found.label, day + 1 - found.first, tuple(entries))
+    return UsagePage(found.label, None, tuple(entries))
 
 
 def _audit_record(entry: AuditEntry) -> AuditRecord:

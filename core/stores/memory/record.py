@@ -14,6 +14,7 @@ from .state import (
     Tenant,
     alerts,
     amounts,
+    count_usage,
     ledger_at,
     log,
     missing_dimensions,
@@ -59,6 +60,8 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     log(t, now, AuditType.RECORDED, scopes=scopes, subject=op.subject, action=op.action,
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)
     tally(t, now, report_scopes(op.subject), "records", charged, COMMITTED)
+    count_usage(t, now, now, op.subject.scope_path, op.action.name, 1, 0, op.usage,
+                charged.items())
     alerts(t, changed, now, None)
     if t.cx.forecast is not None:
         t.cx.forecast(t, changed, now)

@@ -25,6 +25,7 @@ from .state import (
     Reservation,
     Tenant,
     amounts,
+    count_usage,
     ledger_at,
     log,
     missing_dimensions,
@@ -272,6 +273,8 @@ def _denied(t: Tenant, op: Reserve, ev: _Evaluation, now: int) -> None:
         action=op.action, idempotency_key=op.idempotency_key, estimate=_requested(op, ev),
         reason=decision.reason, detail=_denial_detail(op, ev, decision))
     tally(t, now, (decision.scope or op.subject.scope_path,), f"denials:{decision.reason}")
+    count_usage(t, now, now, op.subject.scope_path, op.action.name, 0, 1, None,
+                ((unit, 0) for unit, _ in op.estimate))
     t.cx.notes.append(Notification(
         NotificationType.RESERVATION_DENIED, op.tenant, now, scope=decision.scope,
         unit=decision.unit, reason=decision.reason, remaining=decision.remaining,

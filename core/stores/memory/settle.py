@@ -22,6 +22,7 @@ from .state import (
     Tenant,
     alerts,
     amounts,
+    count_usage,
     expire,
     finish,
     held,
@@ -77,6 +78,8 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         actual=charged_amounts if actual == charged else amounts(ordered(actual)),
         charged=charged_amounts)
     tally(t, now, report_scopes(res.subject), "commits", charged, COMMITTED)
+    count_usage(t, res.created_at_ms, now, res.subject.scope_path, res.action.name, 1, 0,
+                op.usage, charged.items())
     alerts(t, changed, now, res.id)
     over = {u: a - res.estimate[u] for u, a in actual.items() if a > res.estimate[u]}
     if over:

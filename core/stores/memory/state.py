@@ -31,6 +31,7 @@ from ...models import (
 from ...periods import Period, bucket
 from ...reports import REPORT_RETENTION_DAYS, report_scopes
 from ...scopes import Subject
+from ...usage import Tally, TokenCounts
 from ..operations import PERIOD_ORDER, UNIT_ORDER
 
 DefKey = tuple[str, Unit, "Period | None", "str | None"]
@@ -169,6 +170,8 @@ class Tenant:
     audit: deque[AuditEntry] = field(default_factory=deque)
     seq: int = 0
     report: dict[int, dict[str, int]] = field(default_factory=dict)  # day -> "scope|counter"
+    usage: dict[int, dict[tuple[str, str], Tally]] = field(default_factory=dict)
+    """Day -> (subject scope, model) -> the usage export's counters (see `usage.py`)."""
 
 
 class _Route(NamedTuple):
@@ -416,6 +419,27 @@ def tally(t: Tenant, now: int, scopes: tuple[str, ...], event: str,
             for unit, by in amounts.items():
                 key = f"{scope}|{names[unit]}"
                 report[key] = report.get(key, 0) + by
+
+
+def count_usage(t: Tenant, at_ms: int, now: int, scope: str, model: str, calls: int,
+                denials: int, tokens: TokenCounts | None,
+                spend: Iterable[tuple[Unit, int]]) -> None:
+    """Count a call (or a denial) for the usage export on the day of `at_ms` (a commit: the
+    day its reservation was made), as `count_usage` in common.lua: one entry per day, scope
+    and model. A day past the retention is not kept; the first entry of a day drops those."""
+    day = at_ms // DAY_MS
+    kept = t.usage.get(day)
+    if kept is None:  # the day's first entry (a day still kept is within the retention)
+        oldest = now // DAY_MS - t.cx.report_retention_days + 1
+        if day < oldest:
+            return
+        kept = t.usage[day] = {}
+        for old in [d for d in t.usage if d < oldest]:
+            del t.usage[old]
+    entry = kept.get((scope, model))
+    if entry is None:
+        entry = kept[(scope, model)] = Tally()
+    entry.add(calls, denials, tokens, spend)
 
 
 def alerts(t: Tenant, changed: Iterable[tuple[LedgerKey, Definition, ledger.Ledger]], now: int,

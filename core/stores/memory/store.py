@@ -36,11 +36,12 @@ from ..operations import (
     Sweep,
     Tenants,
     Transfer,
+    Usage,
 )
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .outbox import Outbox
-from .read import audit, balances, get, plan_of, report, tenants
+from .read import audit, balances, get, plan_of, report, tenants, usage
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -54,7 +55,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     SetAccess: set_access, ApplyPlan: apply_plan, SetMode: set_mode, SetStatus: set_status,
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
-    PlanOf: plan_of,
+    PlanOf: plan_of, Usage: usage,
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {

@@ -6,6 +6,7 @@ one library per operation.
 - `payloads`, `replies`: values as the scripts read and answer them;
 - `codec`: per kind of operation, the function, keys and arguments, and reply → result;
 - `flow`: the Redis steps of each operation, written once;
+- `batching`: calls that queue up behind one in flight to a node, sent as one call;
 - `store`: `RedisStore`, which drives flows with a sync and an asyncio client.
 """
 

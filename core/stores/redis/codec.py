@@ -29,6 +29,7 @@ from ...models import (
 )
 from ...reports import report_rows
 from ...scopes import parse_scope
+from ...usage import Tally, UsageEntry, UsagePage
 from .. import operations as ops
 from . import payloads as out
 from . import replies as back
@@ -83,12 +84,17 @@ def _reserve(op: ops.Reserve, wire: Wire) -> tuple[list[str], list[Any]]:
 
 
 def _settle(name: str, detail: Callable[[Any], str]) -> Encode:
-    """Commit, release and extend: the reservation's key and one detail argument."""
+    """Commit, release and extend: the reservation's key and one detail argument (a
+    commit's token counts after it, when it carries them)."""
     def encode(op: Any, wire: Wire) -> tuple[list[str], list[Any]]:
         tenant, rid = op.tenant, op.reservation_id
         keys = [*tenant_keys(tenant), reservation_key(tenant, rid), none_key(tenant)]
-        return keys, wire.args(name, rid, tenant, op.idempotency_key or "", op.fingerprint,
-                               detail(op))
+        args = wire.args(name, rid, tenant, op.idempotency_key or "", op.fingerprint,
+                         detail(op))
+        usage = getattr(op, "usage", None)
+        if usage is not None:
+            args.append(",".join(map(str, usage)))
+        return keys, args
     return encode
 
 
@@ -146,7 +152,8 @@ def _record(op: ops.Record) -> dict[str, Any]:
     return {"op": "record", "scopes": list(op.scopes), "dims": [list(p) for p in op.dimensions],
             "subject": out.subject(op.subject), "action": out.action(op.action),
             "actual": out.pairs(op.actual), "policy": out.value(op.overage_policy),
-            "shadow": op.shadow, "event_id": new_id(op.tenant)}
+            "shadow": op.shadow, "event_id": new_id(op.tenant),
+            "usage": None if op.usage is None else list(op.usage)}
 
 
 def _balances(op: ops.Balances) -> dict[str, Any]:
@@ -184,6 +191,15 @@ def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:
     flat = body["counts"]
     counts = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
     return report_rows(counts, op.period, int(body["at"]), op.by, op.top)
+
+
+def _usage(op: ops.Usage, body: dict[str, Any], wire: Wire) -> UsagePage:
+    flat = body["entries"] or []  # an empty Lua table comes as {}
+    entries = []
+    for i in range(0, len(flat), 2):
+        _, _, scope, model = flat[i].split("|", 3)
+        entries.append(UsageEntry(scope, model, Tally.unpacked(flat[i + 1])))
+    return UsagePage(body["period"], body["next"], tuple(entries))
 
 
 def _balances_of(op: Any, body: dict[str, Any], wire: Wire) -> Any:
@@ -232,6 +248,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                                             for fields in reversed(b["records"]))),
     ops.Report: Codec("read", _document(lambda op: {
         "op": "report", "period": op.period.value, "at": op.at_ms, "by": op.by}), _report),
+    ops.Usage: Codec("read", _document(lambda op: {
+        "op": "usage", "period": op.period, "index": op.index, "limit": op.limit}), _usage),
     ops.PlanOf: Codec("read", _document(lambda op: {"op": "plan"}),
                       lambda op, b, w: b.get("plan")),
     ops.Fund: Codec("admin", _document(_fund, "fund"),

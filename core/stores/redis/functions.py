@@ -17,6 +17,8 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep", "outbox")
 """One function per operation file; reserve and settle take flat arguments (FLAT)."""
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
+BATCH = "batch"
+"""The function that runs several operations' calls in one (`lua/batch.lua`, `batching.py`)."""
 
 
 def source(*parts: str) -> str:
@@ -37,12 +39,19 @@ def library() -> tuple[str, str]:
     body = [source("common", "definitions", "hooks")]
     for name in OPERATIONS:
         body.append(f"local function op_{name}()\n{source(name)}\nend")
+    body.append(source(BATCH))  # ENTRIES, filled below, and the batch function
+    # One entry per operation, the same whether the operation is called alone or in a batch
+    # (`inherited`: the definitions its tenant's operations before it in a batch decoded).
+    body += [f"ENTRIES.{name} = function(keys, args, inherited)\n"
+             f"  begin(keys, args, {FLAT.get(name, 'nil')})\n"
+             f"  inherit_definitions(inherited)\n  hooks_begin()\n"
+             f"  local reply = op_{name}()\n  outbox_append()\n  return reply\nend"
+             for name in OPERATIONS]
     text = "\n".join(body)
     prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
-    register = [f"redis.register_function('{prefix}_{name}', function(keys, args)\n"
-                f"  begin(keys, args, {FLAT.get(name, 'nil')})\n  hooks_begin()\n"
-                f"  local reply = op_{name}()\n  outbox_append()\n  return reply\nend)"
+    register = [f"redis.register_function('{prefix}_{name}', ENTRIES.{name})"
                 for name in OPERATIONS]
+    register.append(f"redis.register_function('{prefix}_{BATCH}', run_batch)")
     return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
 
 
@@ -67,4 +76,4 @@ def node_of(client: Any, key: str) -> Any:
         return None
 
 
-__all__ = ["OPERATIONS", "library", "missing", "node_of", "routed", "source"]
+__all__ = ["BATCH", "OPERATIONS", "library", "missing", "node_of", "routed", "source"]

@@ -25,9 +25,10 @@ from ...events import Notification
 from ...reports import REPORT_RETENTION_DAYS, check_retention
 from .. import operations as ops
 from . import replies
+from .batching import AsyncBatcher, Batcher, lane_of
 from .codec import Wire
 from .flow import Batch, Call, Command, Durable, Flow, Flows, Step
-from .functions import library, node_of, routed, source
+from .functions import BATCH, library, node_of, routed, source
 
 R = TypeVar("R")
 DAY_MS = 86_400_000
@@ -56,6 +57,8 @@ class RedisStore:
     """redis-py sync and asyncio clients over the same flows: one store shared by processes.
 
     `clock` replaces Redis `TIME` (tests move it); leave it None in production.
+    `batching` sends the calls that queue up while a call to the same node is in flight
+    together in one call (`batching.py`); off, every operation is its own call.
     """
 
     def __init__(self, client: Any = None, *, aclient: Any = None, url: str | None = None,
@@ -64,7 +67,8 @@ class RedisStore:
                  audit_retention: int = 10_000, dimension_idle_ttl_ms: int = 30 * DAY_MS,
                  prune_batch: int = 500, report_retention_days: int = REPORT_RETENTION_DAYS,
                  durability: str = "fast", replicas: int = 0,
-                 wait_timeout_ms: int = 1_000, socket_timeout: float = 2.0) -> None:
+                 wait_timeout_ms: int = 1_000, socket_timeout: float = 2.0,
+                 batching: bool = True) -> None:
         if client is None and url is None:
             url = "redis://localhost:6379/0"
         if durability not in ("fast", "strict"):
@@ -92,6 +96,12 @@ class RedisStore:
         self._aclient = aclient
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._listeners: list[Callable[[list[Notification]], None]] = []
+        self.batching = batching
+        batch = f"{self.library_name}_{BATCH}"
+        self._batcher = Batcher(self._send, batch) if batching else None
+        self._abatchers: weakref.WeakKeyDictionary[Any, AsyncBatcher] = (
+            weakref.WeakKeyDictionary())
+        self._batch_function = batch
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -175,7 +185,14 @@ class RedisStore:
                     reply, send = error, flow.throw
 
     def _step(self, step: Step) -> Any:
-        """One step on the sync client."""
+        """One step on the sync client; a call joins the calls queued up behind the one in
+        flight to its node, when batching."""
+        if self._batcher is not None and isinstance(step, (Call, Durable)):
+            return self._batcher.submit(lane_of(self.client, self._routed, step), step)
+        return self._send(step)
+
+    def _send(self, step: Step) -> Any:
+        """One step on the sync client, as it is."""
         client: Any = self.client
         if isinstance(step, Call):
             node = node_of(client, step.keys[0]) if self._routed else None
@@ -201,7 +218,19 @@ class RedisStore:
         return client.function_load(step.source, replace=True)
 
     async def _astep(self, client: Any, step: Step) -> Any:
-        """One step on an asyncio client."""
+        """One step on an asyncio client, batched as `_step`."""
+        if self.batching and isinstance(step, (Call, Durable)):
+            loop = asyncio.get_running_loop()
+            batcher = self._abatchers.get(loop)
+            if batcher is None:
+                batcher = AsyncBatcher(lambda sent: self._asend(client, sent),
+                                       self._batch_function)
+                self._abatchers[loop] = batcher
+            return await batcher.submit(lane_of(client, routed(client), step), step)
+        return await self._asend(client, step)
+
+    async def _asend(self, client: Any, step: Step) -> Any:
+        """One step on an asyncio client, as it is."""
         if isinstance(step, Call):
             node = None
             if routed(client):  # a fresh client, or one whose slot table a failure dropped

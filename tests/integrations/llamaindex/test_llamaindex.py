@@ -69,6 +69,15 @@ def test_chat_commits_the_price_of_the_recorded_usage(funded: al.Guard) -> None:
     assert settled(handler)
 
 
+def test_the_token_breakdown_reaches_the_usage_export(funded: al.Guard) -> None:
+    handler = BudgetHandler(funded, tenant="acme")
+    with replay("openai_chat.yaml"):
+        llm(handler).chat(HELLO)
+    (usd,) = [row for row in funded.usage(tenant="acme") if row.unit is al.Unit.USD_MICROCENTS]
+    assert (usd.model, usd.spend, usd.calls, usd.input_tokens, usd.output_tokens) == (
+        "openai:gpt-4o-mini", CHAT_COST, 1, 9, 9)
+
+
 def test_complete_goes_through_the_same_event(funded: al.Guard) -> None:
     handler = BudgetHandler(funded, tenant="acme")
     with replay("openai_chat.yaml") as cassette:

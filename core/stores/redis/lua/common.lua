@@ -14,9 +14,11 @@
 --   7 meta     HASH mode, plan, plan_keys, seq
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
---  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes)
---  11 rdays    ZSET report field -> its day (days since 1970-01-01): reads fetch the fields
---               of the days asked for, and days past the retention leave both keys
+--  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes), and
+--               the usage counters "u|day|scope|model" -> packed counts (see count_usage)
+--  11 rdays    ZSET report field -> its day (days since 1970-01-01; a usage field's day
+--               plus USAGE_BASE): reads fetch the fields of the days asked for, and days
+--               past the retention leave both keys
 --  12 res      HASH one reservation: status, expires, ext, core (see save_res), and once
 --               finished finalized, charged, the replies kept for idempotent replays
 --               (or a placeholder key)
@@ -525,6 +527,46 @@ local function report_span(period, ms)
     return days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1
   end
   return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
+end
+-- usage counters (as count_usage in memory/state.py and core/usage.py): one field per day,
+-- subject scope and model, "u|YYYY-MM-DD|scope|model" -> "calls,denials,<5 token counts>,
+-- UNIT=spend,..."; indexed in K_RDAYS at USAGE_BASE + day, apart from the report's days (a
+-- report never reads them), and kept as long
+local USAGE_BASE = 10000000
+local function count_usage(at, scope, model, calls, denials, tokens, spend)
+  local day = math.floor(at / DAY)
+  if day < oldest_kept() then return end
+  local field = 'u|' .. day_of(at) .. '|' .. scope .. '|' .. model
+  local old = redis.call('HGET', K_REPORT, field)
+  local n, units, i = {0, 0, 0, 0, 0, 0, 0}, {}, 0
+  for item in string.gmatch(old or '', '[^,]+') do
+    local unit, amount = string.match(item, '^([%u_]+)=(%d+)$')
+    if unit then
+      units[unit] = tonumber(amount)
+    elseif i < 7 then  -- a value that is not a count reads as 0: this runs after the
+      i = i + 1         -- operation's first write, so it must never fail
+      n[i] = tonumber(item) or 0
+    end
+  end
+  n[1], n[2] = n[1] + calls, n[2] + denials
+  if tokens then for k = 1, 5 do n[k + 2] = n[k + 2] + tokens[k] end end
+  for unit, amount in pairs(spend) do units[unit] = (units[unit] or 0) + amount end
+  local parts = {}
+  for k = 1, 7 do parts[k] = s(n[k]) end
+  for _, unit in ipairs(UNITS_IN_ORDER) do
+    if units[unit] then parts[#parts + 1] = unit .. '=' .. s(units[unit]) end
+  end
+  redis.call('HSET', K_REPORT, field, table.concat(parts, ','))
+  if not old then
+    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
+    redis.call('ZADD', K_RDAYS, USAGE_BASE + day, field)
+    local gone = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE,
+      '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
+    if #gone > 0 then
+      redis.call('HDEL', K_REPORT, unpack(gone))
+      redis.call('ZREM', K_RDAYS, unpack(gone))
+    end
+  end
 end
 local function count_all(scopes, counter, by)
   for _, scope in ipairs(scopes) do count(scope, counter, by) end
@@ -1098,9 +1140,15 @@ local function flat_reserve(args)
 end
 local function flat_settle(args)
   -- 1 commit | release | extend, 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint,
-  -- 8 the actual amounts ("UNIT=amount,..."), the reason, or the extension in ms
+  -- 8 the actual amounts ("UNIT=amount,..."), the reason, or the extension in ms; a commit's
+  -- 9 the token counts "input,cached,cache writes,output,reasoning" ("" when unknown)
   local P = {op = args[1], rid = args[4], tenant = args[5], key = opt(args[6]), fp = args[7]}
-  if P.op == 'commit' then P.actual = unit_pairs(args[8])
+  if P.op == 'commit' then
+    P.actual = unit_pairs(args[8])
+    if args[9] and args[9] ~= '' then  -- the provider's token counts, for the usage export
+      P.usage = {}
+      for n in string.gmatch(args[9], '%d+') do P.usage[#P.usage + 1] = tonumber(n) end
+    end
   elseif P.op == 'release' then P.reason = args[8]
   else P.by_ms = tonumber(args[8]) end
   return P

@@ -104,5 +104,43 @@ elseif op == 'report' then
     end
   end
   return reply({counts = counts, at = s(at)})
+
+elseif op == 'usage' then
+  -- the period's usage counters, whole days from day P.index until P.limit entries (as
+  -- usage in memory/read.py); days past the retention hold none
+  local label, first, last = nz(P.period), nil, nil
+  if label == nil then
+    label = bucket('month', NOW)
+    first, last = report_span('month', NOW)
+  else
+    local y, m, d = string.match(label, '^(%d%d%d%d)%-(%d%d)%-?(%d*)$')
+    if d ~= '' then
+      first = days_from_civil(tonumber(y), tonumber(m), tonumber(d))
+      last = first
+    else
+      first, last = report_span('month', days_from_civil(tonumber(y), tonumber(m), 1) * DAY)
+    end
+  end
+  local oldest, found, after = oldest_kept(), {}, NULL
+  for day = first + P.index, last do
+    if day >= oldest then
+      local fields = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day)
+      for i = 1, #fields, 1000 do
+        local chunk = {unpack(fields, i, math.min(i + 999, #fields))}
+        local values = redis.call('HMGET', K_REPORT, unpack(chunk))
+        for j, field in ipairs(chunk) do
+          if values[j] then
+            found[#found + 1] = field
+            found[#found + 1] = values[j]
+          end
+        end
+      end
+    end
+    if #found >= 2 * P.limit and day < last then
+      after = day + 1 - first
+      break
+    end
+  end
+  return reply({period = label, next = after, entries = found})
 end
 return fail('INVALID_REQUEST', 'unknown read ' .. tostring(op))

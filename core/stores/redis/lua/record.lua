@@ -59,6 +59,7 @@ audit('event.recorded', {scopes = scopes, subject = P.subject,
 local tally = report_scopes(subject.scope_path, P.dims)
 count_all(tally, 'records')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
+count_usage(NOW, subject.scope_path, P.action.name, 1, 0, nz(P.usage), charged)
 for _, row in ipairs(rows) do
   alert(row.L, row.d, NULL)
   lsave(row.L)

@@ -244,6 +244,9 @@ if denial and not shadow then
     action = kind .. ' ' .. name, idempotency_key = nz(P.key) or '',
     estimate = asked(), reason = denial.reason, detail = denial_detail()})
   count(refused_at(denial), 'denials:' .. denial.reason)  -- where the limit refused
+  local none = {}
+  for unit in pairs(fixed) do none[unit] = 0 end
+  count_usage(NOW, P.scope_path, name, 0, 1, nil, none)
   NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, denial.unit or NULL, NULL, NULL,
     denial.remaining or NULL, denial.limit or NULL, NULL, denial.reason}
   return answer(denial, nil, balances())

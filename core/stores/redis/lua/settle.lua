@@ -124,6 +124,8 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
   'actual', pack_units(actual), 'charged', charged_text))
 count_all(tally, 'commits')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
+count_usage(tonumber(R.created), subject_scope(R), cjson.decode(R.action).name, 1, 0, P.usage,
+  charged)  -- on the day the reservation was made: the day whose ledgers it charged
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
 local over = {}
 for unit, amount in pairs(actual) do
