@@ -3,11 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# LlamaIndex's OpenAI LLM pins openai<3: its tests run in an environment of their own.
+# LlamaIndex's OpenAI LLM pins openai<3: its tests run in an environment of their own, with
+# the openai and llamaindex extras installed beside it (they must fit together).
 LI_VENV := .venv-llamaindex
 LI_STAMP := $(LI_VENV)/.installed
+# The lowest supported releases of the extras' packages, pinned in LOWEST: the tests of what
+# uses them run there too (`make test` runs the newest, in .venv).
+LOW_VENV := .venv-lowest
+LOW_STAMP := $(LOW_VENV)/.installed
+LOWEST := tests/constraints/lowest.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-lowest lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +24,18 @@ $(STAMP): pyproject.toml
 $(LI_STAMP): pyproject.toml tests/integrations/llamaindex/requirements.txt
 	$(PYTHON) -m venv $(LI_VENV)
 	$(LI_VENV)/bin/pip install --quiet --upgrade pip
-	$(LI_VENV)/bin/pip install --quiet -e . -r tests/integrations/llamaindex/requirements.txt
+	$(LI_VENV)/bin/pip install --quiet -e '.[openai,llamaindex]' \
+		-r tests/integrations/llamaindex/requirements.txt
 	touch $(LI_STAMP)
+
+$(LOW_STAMP): pyproject.toml $(LOWEST)
+	$(PYTHON) -m venv $(LOW_VENV)
+	$(LOW_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOW_VENV)/bin/pip install --quiet -c $(LOWEST) \
+		-e '.[redis,openai,anthropic,langchain,llamaindex,prometheus,opentelemetry,webhooks]' \
+		langchain-openai langchain-anthropic llama-index-llms-openai \
+		llama-index-embeddings-openai opentelemetry-sdk httpx2 vcrpy pytest hypothesis
+	touch $(LOW_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/runaway_tenant.py
@@ -27,6 +43,13 @@ demo: $(STAMP)
 test: $(STAMP) $(LI_STAMP)
 	$(BIN)/python -m pytest
 	$(LI_VENV)/bin/python -m pytest tests/integrations/llamaindex
+
+# The integration (LlamaIndex's too), Redis client, pricing and degrade-model (what reads
+# genai-prices), metrics, tracing and webhook tests on the lowest releases.
+test-lowest: $(LOW_STAMP)
+	$(LOW_VENV)/bin/python -m pytest tests/integrations tests/stores/test_redis_*.py \
+		tests/test_pricing.py tests/test_degrade.py tests/test_metrics.py tests/test_tracing.py \
+		tests/test_webhooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/redis_floor.py
 
 clean:
-	rm -rf $(VENV) $(LI_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck
+	rm -rf $(VENV) $(LI_VENV) $(LOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

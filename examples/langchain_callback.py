@@ -19,13 +19,13 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
-from simulated_provider import openai_http, openai_reply
+from simulated_provider import http_client, openai_http, openai_reply
 
 import allotment as al
 from allotment.integrations.langchain import BudgetCallbackHandler, BudgetMiddleware, capped
 
 
-def model(http: httpx2.Client | None = None) -> ChatOpenAI:
+def model(http: Any = None) -> ChatOpenAI:
     """gpt-4o-mini, simulated unless OPENAI_API_KEY is set."""
     if os.environ.get("OPENAI_API_KEY"):
         return ChatOpenAI(model="gpt-4o-mini")
@@ -92,8 +92,8 @@ def main() -> None:
           " output tokens")
 
     # an agent that would search forever ends with an answer saying why it stopped
-    runaway = None if os.environ.get("OPENAI_API_KEY") else httpx2.Client(
-        transport=httpx2.MockTransport(always_searching))
+    runaway = None if os.environ.get("OPENAI_API_KEY") else http_client(
+        "openai", always_searching)
     agent = create_agent(model(runaway), [search], middleware=[
         BudgetMiddleware(guard, tool_prices={"search": "0.0001"})])
     result = agent.invoke({"messages": [("user", "Research our competitors.")]},

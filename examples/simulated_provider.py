@@ -4,10 +4,11 @@ report it (input from the prompt's size, output up to max_tokens)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -87,17 +88,36 @@ def anthropic_reply(request: httpx2.Request) -> httpx2.Response:
     return _sse(events, done=False)
 
 
-def openai_http() -> httpx2.Client | None:
+def openai_http() -> Any:
     """The simulated provider, unless OPENAI_API_KEY asks for the real one."""
     if os.environ.get("OPENAI_API_KEY"):
         return None
-    return httpx2.Client(transport=httpx2.MockTransport(openai_reply))
+    return http_client("openai", openai_reply)
 
 
-def anthropic_http() -> httpx2.Client | None:
+def anthropic_http() -> Any:
     if os.environ.get("ANTHROPIC_API_KEY"):
         return None
-    return httpx2.Client(transport=httpx2.MockTransport(anthropic_reply))
+    return http_client("anthropic", anthropic_reply)
+
+
+def http_client(sdk: str, reply: Callable[[httpx2.Request], httpx2.Response]) -> Any:
+    """A client for `sdk`'s `http_client=` whose requests `reply` answers. Recent SDKs take
+    httpx2 clients; older ones (openai before 2.47, anthropic before 1.0) take httpx clients,
+    whose requests and responses are carried across to `reply`."""
+    base = importlib.import_module(f"{sdk}._base_client")
+    if hasattr(base, "httpx2") or hasattr(base, "is_httpx2_sync_client"):
+        return httpx2.Client(transport=httpx2.MockTransport(reply))
+    httpx = base.httpx
+
+    def carried(request: Any) -> Any:
+        answer = reply(httpx2.Request(request.method, str(request.url),
+                                      headers=request.headers.multi_items(),
+                                      content=request.read()))
+        return httpx.Response(answer.status_code, headers=answer.headers.multi_items(),
+                              content=answer.read())
+
+    return httpx.Client(transport=httpx.MockTransport(carried))
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -46,7 +46,8 @@ else:
 __all__ = ["BudgetMiddleware"]
 
 
-class BudgetMiddleware(AgentMiddleware[Any, Any, Any]):
+# Unparameterised: langchain 1.0-1.2 take two type parameters, 1.3 and later three.
+class BudgetMiddleware(AgentMiddleware):
     """Budgets inside `create_agent(model, tools, middleware=[BudgetMiddleware(guard)])`:
     every model call reserved and capped, every tool call reserved, a denial ending the run
     with an explanation (or raising, with `exit_behavior="error"`)."""
@@ -162,8 +163,9 @@ class BudgetMiddleware(AgentMiddleware[Any, Any, Any]):
         settings = dict(request.model_settings)
         provider, model, max_tokens = model_params(request.model, settings)
         messages = list(request.messages)
-        if request.system_message is not None:
-            messages.insert(0, request.system_message)
+        system = _system_message(request)
+        if system is not None:
+            messages.insert(0, system)
         tools = [t if isinstance(t, dict) else convert_to_openai_tool(t) for t in request.tools]
         return self._budget.chat(self._subject(request.runtime), provider, model, messages,
                                  max_tokens, tools, thinking(request.model, settings),
@@ -206,6 +208,16 @@ def _refused(messages: list[BaseMessage]) -> AIMessage | None:
             return AIMessage(content=f"Stopped after a refused tool call: {denial['message']}",
                              response_metadata={"allotment": denial})
     return None
+
+
+def _system_message(request: Any) -> BaseMessage | None:
+    """The request's system message: `system_message` from langchain 1.1, a `system_prompt`
+    string before."""
+    if hasattr(request, "system_message"):
+        message: BaseMessage | None = request.system_message
+        return message
+    prompt = request.system_prompt
+    return None if prompt is None else SystemMessage(prompt)
 
 
 def _tool_failed(result: Any) -> bool:

@@ -15,6 +15,7 @@ from allotment.integrations._usage import AnthropicStreamUsage, anthropic_usage
 from allotment.integrations.anthropic import wrap_anthropic
 
 from support.cassettes import expected_cost, expected_hold, replay, sent, spent
+from support.http import client as http_client
 
 ACME = "tenant:acme"
 SONNET = "claude-sonnet-4-6"
@@ -131,7 +132,7 @@ def test_a_provider_error_releases(funded: al.Guard) -> None:
         return httpx2.Response(529, json={"type": "error", "error": {
             "type": "overloaded_error", "message": "Overloaded"}})
 
-    http = httpx2.Client(transport=httpx2.MockTransport(overloaded))
+    http = http_client("anthropic", overloaded)
     wrapped = wrap_anthropic(anthropic.Anthropic(api_key="sk-test", http_client=http,
                                                  max_retries=0), funded, tenant="acme")
     with pytest.raises(anthropic.APIStatusError):
@@ -153,7 +154,7 @@ def test_a_broken_stream_commits_the_usage_it_saw(funded: al.Guard) -> None:
         return httpx2.Response(200, content=data.encode(),
                                headers={"content-type": "text/event-stream"})
 
-    http = httpx2.Client(transport=httpx2.MockTransport(cut_off))
+    http = http_client("anthropic", cut_off)
     wrapped = wrap_anthropic(anthropic.Anthropic(api_key="sk-test", http_client=http),
                              funded, tenant="acme")
     stream = wrapped.messages.create(model=SONNET, max_tokens=500, messages=ASK, stream=True)

@@ -40,6 +40,7 @@ from allotment.integrations.langchain import (
 from allotment.pricing import Pricer
 
 from support.cassettes import DIRECTORY, expected_cost, expected_hold, replay, sent, spent
+from support.http import client as http_client
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME = "tenant:acme"
@@ -137,8 +138,9 @@ def test_chat_anthropic_commits_the_price_of_the_recorded_usage(funded: al.Guard
     assert "Paris" in str(reply.content) and cassette.play_count == 1
     assert spent(funded) == (cost(14, 11, SONNET), 25)
     (reserved,) = funded.audit("acme", types=["reservation.reserved"])
-    # ChatAnthropic sends the model profile's max_tokens (128000): that is what was held
-    assert reserved.estimate[1].amount > 128_000
+    # ChatAnthropic sends a max_tokens of its own, the model's maximum (128000 from its model
+    # profile; 64000 from its own table before langchain-anthropic 1.2): that is what was held
+    assert reserved.estimate[1].amount > sent()["max_tokens"] >= 64_000
 
 
 def test_anthropic_cache_writes_and_reads_are_priced_apart(funded: al.Guard) -> None:
@@ -234,7 +236,7 @@ def test_a_provider_error_releases(funded: al.Guard) -> None:
     def refuse(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(400, json={"error": {"message": "bad request"}})
 
-    model = openai(http_client=httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    model = openai(http_client=http_client("openai", refuse))
     with pytest.raises(Exception, match="bad request"):
         model.invoke("x", config={"callbacks": [BudgetCallbackHandler(funded, tenant="acme")]})
     assert spent(funded) == (0, 0)
@@ -592,6 +594,22 @@ def test_middleware_meters_an_agent_and_sets_a_bound(funded: al.Guard) -> None:
                        "llm.completion openai:gpt-4o-mini"]
 
 
+def test_middleware_holds_the_agents_system_prompt(funded: al.Guard) -> None:
+    """langchain 1.0 hands middleware a `system_prompt` string, 1.1 and later a
+    `system_message`: either way the prompt is part of the input held for."""
+    held = []
+    for prompt in (None, "Answer in the style of a long Victorian novel. " * 50):
+        agent = create_agent(openai(), [], system_prompt=prompt,
+                             middleware=[BudgetMiddleware(funded, tenant="acme")])
+        with replay("openai_chat.yaml"):
+            agent.invoke({"messages": [("user", "Hello!")]})
+        if prompt is not None:
+            assert sent()["messages"][0] == {"role": "system", "content": prompt}
+        (reserved,) = funded.audit("acme", types=["reservation.reserved"])[-1:]
+        held.append(reserved.estimate[1].amount)
+    assert held[1] - held[0] > 400  # the prompt's 450 words, in tokens
+
+
 def test_middleware_caps_reach_the_outgoing_body(guard: al.Guard) -> None:
     guard.set_budget(ACME, usd=10, degrade=[al.Degrade(below=1.0, model=MINI, max_tokens=100)])
     guard.record(al.Subject(tenant="acme"), al.Action("llm.completion", "openai:gpt-4o"),
@@ -734,8 +752,12 @@ def test_capped_streams_and_async(funded: al.Guard) -> None:
     with replay("anthropic_messages_stream.yaml"):
         text = "".join(str(chunk.content) for chunk in model.stream(ASK, config=config))
     assert text == "Sunlight scatters off air molecules."
-    # ChatAnthropic would send the model's maximum (128000); the default bound holds less
-    assert sent()["max_tokens"] == 4_096
+    # ChatAnthropic would send the model's maximum (128000); where its model profile says so
+    # (langchain-anthropic 1.2 and later) that counts as no bound given, and the default holds
+    chat = anthropic()
+    profile = getattr(chat, "profile", None) or {}
+    profiled = profile.get("max_output_tokens") == chat.max_tokens
+    assert sent()["max_tokens"] == (4_096 if profiled else chat.max_tokens)
 
     async def main() -> None:
         with replay("anthropic_messages.yaml"):
@@ -749,7 +771,7 @@ def test_capped_streams_and_async(funded: al.Guard) -> None:
 
 
 def test_capped_streams_ask_for_usage_where_chat_openai_would_not(funded: al.Guard) -> None:
-    own_client = openai(http_client=httpx2.Client())  # stream_usage then defaults off
+    own_client = openai(http_client=http_client("openai"))  # stream_usage then defaults off
     with replay("openai_chat_stream.yaml"):
         list(capped(own_client, funded, tenant="acme").stream("UK?"))
     assert sent()["stream_options"] == {"include_usage": True}

@@ -15,6 +15,7 @@ import allotment as al
 from allotment.integrations.openai import wrap_openai
 
 from support.cassettes import expected_cost, expected_hold, replay, sent, spent
+from support.http import client as http_client
 
 ACME = "tenant:acme"
 
@@ -252,7 +253,7 @@ def test_async_client(funded: al.Guard) -> None:
 
 
 def mock_client(guard: al.Guard, handler: Any) -> Any:
-    http = httpx2.Client(transport=httpx2.MockTransport(handler))
+    http = http_client("openai", handler)
     return wrap_openai(openai.OpenAI(api_key="sk-test", http_client=http, max_retries=2),
                        guard, tenant="acme")
 

@@ -233,7 +233,10 @@ class Flows:
 
 
 def _merged(reply: Any) -> dict[str, str]:
-    """A CONFIG GET reply as one mapping (a cluster client answers per node: the first)."""
+    """A CONFIG GET reply as one mapping (a cluster client answers per node: the first).
+    Older redis-py releases leave it the flat name, value list the server sends."""
+    if isinstance(reply, list | tuple):
+        reply = zip(map(replies.text, reply[::2]), map(replies.text, reply[1::2]), strict=True)
     values = dict(reply)
     first = next(iter(values.values()), None)
     return dict(first) if isinstance(first, dict) else values

@@ -36,6 +36,12 @@ FAILURES = (RedisError, RedisClusterException)
 """What redis-py raises when the store cannot answer (cluster errors are not RedisErrors)."""
 
 
+def _keyless(client: Any, step: Command) -> bool:
+    """A CONFIG command on a cluster client: it has no key to route by, and not every
+    supported redis-py places it by itself, so it is sent to the client's default node."""
+    return step.args[0] == "CONFIG" and hasattr(client, "get_default_node")
+
+
 @contextmanager
 def _unavailable_on_failure() -> Iterator[None]:
     """Whatever redis-py raises when the store cannot answer becomes `StoreUnavailable`."""
@@ -194,6 +200,8 @@ class RedisStore:
                 return client.execute_command(*step.command, target_nodes=node)
             return client.execute_command(*step.command)
         if isinstance(step, Command):
+            if _keyless(client, step):
+                return client.execute_command(*step.args, target_nodes=client.get_default_node())
             return client.execute_command(*step.args)
         if isinstance(step, Batch):
             pipe = client.pipeline(transaction=False)
@@ -232,6 +240,10 @@ class RedisStore:
                 return await client.execute_command(*step.command, target_nodes=node)
             return await client.execute_command(*step.command)
         if isinstance(step, Command):
+            if _keyless(client, step):
+                await client.initialize()  # a fresh client knows no nodes yet
+                return await client.execute_command(*step.args,
+                                                    target_nodes=client.get_default_node())
             return await client.execute_command(*step.args)
         if isinstance(step, Batch):
             pipe = client.pipeline(transaction=False)

@@ -1,5 +1,6 @@
 """The LlamaIndex suite runs in its own environment (.venv-llamaindex, see requirements.txt
 here): llama-index-llms-openai pins openai<3, the project's own environment has openai 3.
+It runs in the lowest environment too (.venv-lowest, `make test-lowest`).
 The fixtures (`guard`, `clock`, `store`) come from tests/conftest.py, which pytest loads as a
 parent conftest; the `support` helpers are importable as in every suite.
 

@@ -28,6 +28,7 @@ from allotment.integrations.llamaindex import DIMENSION_KEYS, BudgetHandler
 from allotment.integrations.openai import wrap_openai
 
 from support.cassettes import expected_cost, expected_hold, replay, sent, spent
+from support.http import client as http_client
 
 ROOT = Path(__file__).resolve().parents[3]
 ACME = "tenant:acme"
@@ -520,7 +521,7 @@ def test_a_provider_error_releases_and_reraises(funded: al.Guard) -> None:
         return httpx2.Response(400, json={"error": {"message": "bad request"}})
 
     handler = BudgetHandler(funded, tenant="acme")
-    model = llm(handler, http_client=httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    model = llm(handler, http_client=http_client("openai", refuse))
     with pytest.raises(openai.BadRequestError):
         model.chat(HELLO)
     with pytest.raises(openai.BadRequestError):
@@ -560,7 +561,7 @@ def test_a_response_without_usage_is_charged_the_estimate(funded: al.Guard) -> N
         return httpx2.Response(200, json=recorded)
 
     handler = BudgetHandler(funded, tenant="acme")
-    llm(handler, http_client=httpx2.Client(transport=httpx2.MockTransport(answer))).chat(HELLO)
+    llm(handler, http_client=http_client("openai", answer)).chat(HELLO)
     (committed,) = funded.audit("acme", types=["reservation.committed"])
     assert committed.charged == committed.estimate
 
@@ -623,3 +624,22 @@ def test_the_tier_asked_for_is_held_and_the_one_served_charged(funded: al.Guard)
         assert held.estimate[0].amount == expected_hold("openai", "gpt-4o-mini", held,
                                                         "priority")
     assert settled(handler)
+
+
+def test_the_openai_extra_installs_beside_llamaindex_openai_llm() -> None:
+    """LlamaIndex's OpenAI LLM pins openai<3: `allotment[openai]` admits the openai it brings
+    (this environment installs both), and wrap_openai meters it (the tests above)."""
+    from importlib.metadata import distribution, version
+
+    from packaging.requirements import Requirement
+
+    def requirements(name: str, extra: str = "") -> list[Requirement]:
+        found = [Requirement(r) for r in distribution(name).requires or ()]
+        return [r for r in found if (r.marker is None and not extra)
+                or (r.marker is not None and r.marker.evaluate({"extra": extra}))]
+
+    (llm_pin,) = [r for r in requirements("llama-index-llms-openai") if r.name == "openai"]
+    (ours,) = [r for r in requirements("allotment", "openai") if r.name == "openai"]
+    installed = version("openai")
+    assert installed in llm_pin.specifier and installed in ours.specifier
+    assert int(installed.split(".")[0]) < 3

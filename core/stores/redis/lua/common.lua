@@ -455,6 +455,20 @@ local function day_number(label)
   return days_from_civil(tonumber(y), tonumber(m), tonumber(d))
 end
 local function oldest_kept() return math.floor(NOW / DAY) - CFG.report_retention_days + 1 end
+local function report_values(fields, out)
+  -- append each of the report hash's `fields` that holds a value, and its value, to `out`
+  -- (HMGET in chunks of 1,000: Lua's unpack has a limit)
+  for i = 1, #fields, 1000 do
+    local chunk = {unpack(fields, i, math.min(i + 999, #fields))}
+    local values = redis.call('HMGET', K_REPORT, unpack(chunk))
+    for j, field in ipairs(chunk) do
+      if values[j] then
+        out[#out + 1] = field
+        out[#out + 1] = values[j]
+      end
+    end
+  end
+end
 local function report_migrate()
   -- a report hash written before the day index: index each field by its day, and drop
   -- those past the retention (once per tenant: the index is never empty again while

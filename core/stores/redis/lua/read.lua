@@ -117,16 +117,7 @@ elseif op == 'report' then
       local dimension = key and not LEVELS[key] and key or nil
       if dimension == nz(P.by) then wanted[#wanted + 1] = field end
     end
-    for i = 1, #wanted, 1000 do
-      local chunk = {unpack(wanted, i, math.min(i + 999, #wanted))}
-      local values = redis.call('HMGET', K_REPORT, unpack(chunk))
-      for j, field in ipairs(chunk) do
-        if values[j] then
-          counts[#counts + 1] = field
-          counts[#counts + 1] = values[j]
-        end
-      end
-    end
+    report_values(wanted, counts)
   end
   return reply({counts = counts, at = s(at)})
 
@@ -149,17 +140,8 @@ elseif op == 'usage' then
   local oldest, found, after = oldest_kept(), {}, NULL
   for day = first + P.index, last do
     if day >= oldest then
-      local fields = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day)
-      for i = 1, #fields, 1000 do
-        local chunk = {unpack(fields, i, math.min(i + 999, #fields))}
-        local values = redis.call('HMGET', K_REPORT, unpack(chunk))
-        for j, field in ipairs(chunk) do
-          if values[j] then
-            found[#found + 1] = field
-            found[#found + 1] = values[j]
-          end
-        end
-      end
+      report_values(redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day),
+                    found)
     end
     if #found >= 2 * P.limit and day < last then
       after = day + 1 - first
