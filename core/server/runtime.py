@@ -64,6 +64,17 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
 
+    async def _reservation_handle(self, request: Request, rid: str,
+                                  permission: str) -> Guard | TenantGuard:
+        """The guard for the admin key (the two routes the protocol opens to it), else the
+        handle of the tenant key's own tenant, which must own the reservation."""
+        if admin_key(self.s.admin_key, request):
+            _reservation_tenant(rid)
+            return self.s.guard
+        caller = await tenant_key(self.s.guard, request, permission)
+        _own(caller, rid)
+        return caller.tenant
+
     def routes(self) -> list[Route]:
         return [
             Route("/v1/reservations", self.create, methods=["POST"]),
@@ -150,14 +161,7 @@ class Runtime:
 
     async def release(self, request: Request) -> Response:
         rid = request.path_params["reservation_id"]
-        handle: Guard | TenantGuard
-        if admin_key(self.s.admin_key, request):
-            handle = self.s.guard
-            _reservation_tenant(rid)
-        else:
-            caller = await tenant_key(self.s.guard, request, "reservations:release")
-            _own(caller, rid)
-            handle = caller.tenant
+        handle = await self._reservation_handle(request, rid, "reservations:release")
         req = await self._body(request, wire.ReleaseBody)
         key = _idempotency(request, req.idempotency_key)
         result = await handle.arelease(rid, req.reason or "released", idempotency_key=key)
@@ -178,14 +182,7 @@ class Runtime:
 
     async def get(self, request: Request) -> Response:
         rid = request.path_params["reservation_id"]
-        handle: Guard | TenantGuard
-        if admin_key(self.s.admin_key, request):
-            handle = self.s.guard
-            _reservation_tenant(rid)
-        else:
-            caller = await tenant_key(self.s.guard, request, "reservations:list")
-            _own(caller, rid)
-            handle = caller.tenant
+        handle = await self._reservation_handle(request, rid, "reservations:list")
         info = await handle.aget(rid)
         if info.status is ReservationStatus.EXPIRED:
             raise ApiError(410, "RESERVATION_EXPIRED", f"reservation {rid} expired")
