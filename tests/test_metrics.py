@@ -4,7 +4,6 @@ their async twins; the tenant label stays bounded however many tenants there are
 
 from __future__ import annotations
 
-import asyncio
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +16,7 @@ import allotment as al
 from allotment.integrations.prometheus import GuardMetrics
 
 from support import LLM
-from support.drivers import AsyncDriven
-from support.outage import Outage
+from support.outage import failing_guards
 
 ACME = al.Subject(tenant="acme", workflow="chat")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -148,16 +146,7 @@ def test_many_tenants_stay_within_the_tracking_bound(guard: Any,
 
 @pytest.fixture(params=["sync", "async"])
 def switched(request: pytest.FixtureRequest, store: Any) -> Iterator[Any]:
-    outage = Outage(store)
-    guards = [al.Guard(outage, on_store_error=policy, commit_retries=1)
-              for policy in ("allow", "deny")]
-    guards[0].set_budget("tenant:acme", usd=10)
-    if request.param == "sync":
-        yield outage, guards
-        return
-    loop = asyncio.new_event_loop()
-    yield outage, [AsyncDriven(g, loop) for g in guards]
-    loop.close()
+    yield from failing_guards(store, request.param)
 
 
 def test_store_errors_are_counted_by_how_they_were_handled(

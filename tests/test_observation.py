@@ -4,7 +4,6 @@ an observer never changes what the call does."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -13,8 +12,7 @@ import pytest
 import allotment as al
 
 from support import LLM
-from support.drivers import AsyncDriven
-from support.outage import Outage
+from support.outage import failing_guards
 
 ACME = al.Subject(tenant="acme", workflow="chat")
 
@@ -138,16 +136,7 @@ def test_observers_are_added_and_removed_with_clear_errors(guard: Any) -> None:
 @pytest.fixture(params=["sync", "async"])
 def outage_guard(request: pytest.FixtureRequest, store: Any) -> Any:
     """Guards failing open and closed on one switched store, sync or async."""
-    outage = Outage(store)
-    guards = [al.Guard(outage, on_store_error=policy, commit_retries=1)
-              for policy in ("allow", "deny")]
-    guards[0].set_budget("tenant:acme", usd=10)
-    if request.param == "sync":
-        yield outage, guards
-        return
-    loop = asyncio.new_event_loop()
-    yield outage, [AsyncDriven(g, loop) for g in guards]
-    loop.close()
+    yield from failing_guards(store, request.param)
 
 
 def test_store_failures_are_observed_with_how_they_were_handled(outage_guard: Any) -> None:

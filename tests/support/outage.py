@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import allotment as al
@@ -41,3 +43,20 @@ class Outage:
                 await self.store.aexecute(op)
             raise al.StoreUnavailable("store down for the test")
         return await self.store.aexecute(op)
+
+
+def failing_guards(store: Any, calls: str) -> Iterator[tuple[Outage, list[Any]]]:
+    """A guard failing open and one failing closed on one switched store, driven sync or
+    async (`calls`); the tenant acme has $10."""
+    from support.drivers import AsyncDriven
+
+    outage = Outage(store)
+    guards = [al.Guard(outage, on_store_error=policy, commit_retries=1)
+              for policy in ("allow", "deny")]
+    guards[0].set_budget("tenant:acme", usd=10)
+    if calls == "sync":
+        yield outage, guards
+        return
+    loop = asyncio.new_event_loop()
+    yield outage, [AsyncDriven(g, loop) for g in guards]
+    loop.close()
