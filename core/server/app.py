@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from ..errors import AllotmentError
 from ..guard import Guard
+from . import metrics as _metrics
 from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
@@ -54,16 +55,20 @@ async def _ready(request: Request) -> Response:
     return json_response(request, {"status": "UP"})
 
 
-def create_app(guard: Guard, *, admin_key: str | None = None,
-               max_body: int = MAX_BODY) -> Starlette:
+def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
+               metrics: bool | None = None) -> Starlette:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
-    (`X-Admin-API-Key`); without it no request has admin rights."""
+    (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
+    `GET /metrics` (by default when prometheus-client is installed)."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
+    serve_metrics = _metrics.available() if metrics is None else metrics
+    if serve_metrics:
+        routes.append(Route("/metrics", _metrics.endpoint(guard), methods=["GET"]))
     app = Starlette(routes=routes, exception_handlers={
         ApiError: _api_error, AllotmentError: _allotment_error, HTTPException: _http_error,
         Exception: _crash})
