@@ -131,11 +131,12 @@ class EnforcementCalls(Runner):
         ttl = engine.ttl_ms if ttl_ms is None else check_int(ttl_ms, "ttl_ms", *arg.TTL_RANGE)
         grace = engine.grace_ms if grace_ms is None else check_int(grace_ms, "grace_ms",
                                                                    *arg.GRACE_RANGE)
-        policy = arg.policy(overage_policy)
+        policy = None if overage_policy is None else arg.policy(overage_policy)
         return self._checked_reserve_op(
             subject, action, units, elastic, ttl, grace, policy, dry_run,
-            arg.keyed(idempotency_key, "reserve", subject, action, units, elastic, ttl, grace,
-                      policy))
+            arg.NO_KEY if idempotency_key is None else arg.keyed(
+                idempotency_key, "reserve", subject, action, units, elastic, ttl, grace,
+                policy))
 
     def _checked_reserve_op(self, subject: Subject, action: Action, units: Units,
                             elastic: ops.ElasticTerms | None, ttl: int, grace: int,
@@ -144,12 +145,14 @@ class EnforcementCalls(Runner):
         """The reserve operation from checked parts: one place, so the public and the
         adapters' entry points send the store the same thing."""
         engine = self._engine
+        tenant = subject.tenant
         return ops.Reserve(
-            tenant=subject.tenant, scopes=subject.scopes(), dimensions=subject.dimension_items,
+            tenant=tenant, scopes=subject.scopes(), dimensions=subject.dimension_items,
             subject=subject, action=action, estimate=units, ttl_ms=ttl, grace_ms=grace,
             max_extensions=engine.max_extensions, overage_policy=policy, dry_run=dry_run,
             elastic=elastic, shadow=engine.mode == "shadow",
-            default_plan=self._default_plan(subject.tenant), **keyed)
+            default_plan=None if engine.default_plan is None else self._default_plan(tenant),
+            **keyed)
 
     def _default_plan(self, tenant: str) -> ops.ApplyPlan | None:
         engine = self._engine

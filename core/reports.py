@@ -106,8 +106,12 @@ def check_top(value: object) -> int | None:
 def report_scopes(subject: Subject) -> tuple[str, ...]:
     """Where a call's activity is counted: its subject scope, then that scope with each of its
     dimensions (as `report_scopes` in common.lua)."""
-    path = subject.scope_path
-    return (path, *(f"{path}/{key}:{value}" for key, value in subject.dimension_items))
+    return report_paths(subject.scope_path, subject.dimension_items)
+
+
+def report_paths(path: str, dimensions: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """`report_scopes` of a subject at `path` with these (canonical) dimension items."""
+    return (path, *[f"{path}/{key}:{value}" for key, value in dimensions])
 
 
 def day_number(ms: int) -> int:

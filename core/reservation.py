@@ -42,12 +42,19 @@ def commit_op(reservation_id: str, actual: AmountsLike, *,
               ) -> ops.Commit:
     """Charge the actual usage of a reservation (see `Guard.commit`); `usage`, the
     provider's token counts, goes to the usage export."""
+    return _commit_of(id_tenant(reservation_id), reservation_id, actual, idempotency_key,
+                      usage)
+
+
+def _commit_of(tenant: str, reservation_id: str, actual: AmountsLike,
+               idempotency_key: str | None, usage: TokenUsage | None) -> ops.Commit:
+    """`commit_op` of a reservation whose tenant is known (a handle knows its own)."""
     units = arg.units(actual, "actual")
     counts = token_counts(usage)
-    payload = (units,) if counts is None else (units, counts)
-    return ops.Commit(tenant=id_tenant(reservation_id), reservation_id=reservation_id,
-                      actual=units, usage=counts,
-                      **arg.keyed(idempotency_key, "commit", *payload))
+    keyed = arg.NO_KEY if idempotency_key is None else arg.keyed(
+        idempotency_key, "commit", *((units,) if counts is None else (units, counts)))
+    return ops.Commit(tenant=tenant, reservation_id=reservation_id, actual=units,
+                      usage=counts, **keyed)
 
 
 def release_op(reservation_id: str, reason: str = "released", *,
@@ -144,12 +151,13 @@ class Reservation(Runner):
                 usage: TokenUsage | None = None) -> Flow[CommitResult]:
         """Charge the actual usage and return the rest of the estimate (see
         `Guard.commit`); `usage` (an `al.TokenUsage`) goes to the usage export."""
-        rid = self.info.id
+        info = self.info
+        rid = info.id
         if self.unguarded:  # let through while the store was down: record what was spent
-            record = self.guard._record_op(self.info.subject, self.info.action, actual,
+            record = self.guard._record_op(info.subject, info.action, actual,
                                            idempotency_key=rid, usage=usage)
             return self.guard._spending(record, rid, self._recorded)
-        op = commit_op(rid, actual, idempotency_key=idempotency_key, usage=usage)
+        op = _commit_of(info.tenant, rid, actual, idempotency_key, usage)
         return self.guard._spending(op, rid, self._settled)
 
     commit, acommit = flow_twins(_commit)

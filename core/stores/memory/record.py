@@ -7,13 +7,13 @@ from ...errors import BudgetExceeded, Denied
 from ...events import AuditType
 from ...ids import new_id
 from ...models import BudgetStatus, Decision, Outcome, Reason, RecordResult
-from ...reports import report_scopes
 from ..operations import Record, checked_amounts, in_unit_order
 from .state import (
     COMMITTED,
     Tenant,
     alerts,
     amounts,
+    count,
     count_usage,
     ledger_at,
     log,
@@ -22,7 +22,6 @@ from .state import (
     replay,
     settlement,
     snapshot,
-    tally,
     targets,
 )
 
@@ -39,10 +38,10 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     lacking = missing_dimensions(t, op.scopes, op.dimensions)
     if lacking is not None and not shadow:  # as a frozen budget: the record is refused
         raise Denied(lacking)
-    found = targets(t, op.scopes, op.dimensions, actual, now)
-    if found is None:
+    route = targets(t, op.scopes, op.dimensions, actual)
+    if route is None:
         raise Denied(Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND, scope=op.scopes[-1]))
-    charged_ledgers, scopes = found
+    charged_ledgers, scopes = route.current(now), route.scopes
     for key, d in charged_ledgers:
         if d.status is not BudgetStatus.ACTIVE and not shadow:
             reason = (Reason.BUDGET_FROZEN if d.status is BudgetStatus.FROZEN
@@ -59,7 +58,7 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.RECORDED, scopes=scopes, subject=op.subject, action=op.action,
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)
-    tally(t, now, report_scopes(op.subject), "records", charged, COMMITTED)
+    count(t, now, route.counters("records", COMMITTED), charged)
     count_usage(t, now, now, op.subject.scope_path, op.action.name, 1, 0, op.usage,
                 charged.items())
     alerts(t, changed, now, None)

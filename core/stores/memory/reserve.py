@@ -11,9 +11,18 @@ from ... import ledger, policy
 from ...amounts import Amount, Unit
 from ...events import AuditType, Notification, NotificationType
 from ...ids import new_id
-from ...models import BudgetStatus, Caps, Decision, Outcome, Reason
+from ...models import (
+    BudgetStatus,
+    Caps,
+    Decision,
+    Outcome,
+    Reason,
+    ReservationInfo,
+    ReservationStatus,
+)
 from ...periods import bucket, bucket_end_ms
 from ...reports import report_scopes
+from ...validation import MAX_AMOUNT
 from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
@@ -23,9 +32,13 @@ from .state import (
     LedgerKey,
     QuotaKey,
     Reservation,
+    Route,
     Tenant,
     amounts,
+    balances_later,
+    count,
     count_usage,
+    figures,
     ledger_at,
     log,
     missing_dimensions,
@@ -40,6 +53,10 @@ from .state import (
 from .sweep import Overdue, overdue
 
 _ALLOW = Decision(Outcome.ALLOW)
+_ACTIVE = BudgetStatus.ACTIVE
+_HELD = ReservationStatus.ACTIVE
+_RESERVED = AuditType.RESERVED
+_NO_SLOTS: list[QuotaKey] = []  # never appended to: a reservation without concurrency slots
 
 
 @dataclass
@@ -62,10 +79,71 @@ class _Evaluation:
     the call's own estimate, at its own max_tokens)."""
     tokens: int | None = None
     """The output tokens of an elastic estimate evaluated when a budget refused."""
+    route: Route | None = None
 
 
 def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     """Hold an estimate on every ledger the subject charges, or say why not."""
+    if (op.idempotency_key is None and not op.dry_run and op.elastic is None
+            and not t.access and not t.quotas and not t.required
+            and (t.mode == "enforce" or (t.mode is None and not op.shadow))
+            and (op.default_plan is None or t.plan is not None or t.definitions)):
+        made = _plain(t, op, now)
+        if made is not None:
+            return made
+    return _reserve(t, op, now)
+
+
+def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
+    """The usual reservation, made without the general evaluation: a tenant without access
+    rules, quotas or required dimensions in enforce mode, a fixed estimate in one unit, and
+    every ledger already there, active, clear of debt, without degrade rules and with room.
+    It writes and answers exactly what the general path would; None (nothing written) when
+    any of that does not hold, and the general path decides."""
+    fixed = op.estimate
+    if len(fixed) != 1:
+        return None
+    unit, amount = fixed[0]
+    route = t.routes.get((op.scopes, op.dimensions, unit))
+    if route is None or not 0 <= amount <= MAX_AMOUNT:
+        return None
+    current = route.current(now)
+    ledgers = t.ledgers
+    states = []
+    for key, d in current:
+        state = ledgers.get(key)
+        if (state is None or state.limit_seen != d.limit or d.status is not _ACTIVE
+                or d.degrade or state.debt or state.over_limit
+                or state.allocated - state.reserved - state.spent < amount):
+            return None
+        states.append(state)
+    rows = []
+    for (key, d), state in zip(current, states, strict=True):
+        state.reserved += amount
+        state.touched_ms = now
+        rows.append((key, figures(state), d.overdraft_limit, d.status))
+    rid = new_id(op.tenant)
+    held = amounts(fixed)
+    estimate = {unit: amount}
+    expires = now + op.ttl_ms
+    t.reservations[rid] = Reservation(
+        rid, op.subject, op.action, estimate, held, current, route.scopes, t.epoch, now,
+        expires, op.grace_ms, op.max_extensions, op.overage_policy, _NO_SLOTS, False,
+        report=route.report)
+    heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
+    info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
+                           now, expires, op.grace_ms, 0, op.overage_policy)
+    t.seq += 1
+    t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action, {
+        "scopes": route.scopes, "reservation_id": rid, "idempotency_key": None,
+        "estimate": held, "detail": {}}))
+    count(t, now, route.counters("reservations", RESERVED), estimate)
+    return ReserveOutcome(_ALLOW, info, balances_later(rows))
+
+
+def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
+    """Reserve in general: idempotency, a default plan, shadow mode, rules, quotas and
+    elastic estimates, and every refusal."""
     if not op.dry_run:
         if op.idempotency_key is not None:
             replayed = replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
@@ -98,7 +176,8 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
                       amounts(ordered(ev.estimate)),
                       [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
                       now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,
-                      ev.concurrency, shadow)
+                      ev.concurrency, shadow,
+                      report=None if ev.route is None else ev.route.report)
     t.reservations[res.id] = res
     heapq.heappush(t.expiry, (res.deadline_ms, res.id))
     info = res.info()
@@ -117,7 +196,10 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     log(t, now, AuditType.RESERVED, scopes=info.scopes, subject=op.subject, action=op.action,
         reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
         detail=_caps_detail(decision.caps))
-    tally(t, now, report_scopes(op.subject), "reservations", ev.estimate, RESERVED)
+    if ev.route is not None:
+        count(t, now, ev.route.counters("reservations", RESERVED), ev.estimate)
+    else:
+        tally(t, now, report_scopes(op.subject), "reservations", ev.estimate, RESERVED)
     # no alerts: a hold is not spend (they follow commits and records, see state.alerts)
     return outcome
 
@@ -204,14 +286,14 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
     """Budgets: degrade rules cap first; an elastic estimate then shrinks to what fits, down
     to its floor, before a budget refuses."""
     fixed = dict(op.estimate)
-    found = targets(t, op.scopes, op.dimensions, fixed, now)
-    charged: list[tuple[LedgerKey, Definition]] = []
+    route = targets(t, op.scopes, op.dimensions, fixed)
+    charged: tuple[tuple[LedgerKey, Definition], ...] = ()
     scopes: tuple[str, ...] = ()
-    if found is None:
+    if route is None:
         denial = denial or Decision(Outcome.DENY, reason=Reason.BUDGET_NOT_FOUND,
                                     scope=op.scopes[-1])
     else:
-        charged, scopes = found
+        charged, scopes = route.current(now), route.scopes
     ledgers = t.ledgers
     states = []
     for key, d in charged:
@@ -258,7 +340,7 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
         caps.max_tokens = tokens
     estimate = {unit: need(unit) for unit in fixed} if rates else fixed
     return _Evaluation(denial, scopes, states, estimate, caps.build(), calls, runs,
-                       concurrency, why, requested, evaluated)
+                       concurrency, why, requested, evaluated, route)
 
 
 def _allowed(caps: Caps | None) -> Decision:

@@ -18,12 +18,17 @@ from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
+    Held,
     Reservation,
     Tenant,
     alerts,
     amounts,
+    balances_later,
+    count,
     count_usage,
+    counters_at,
     expire,
+    figures,
     finish,
     held,
     log,
@@ -36,6 +41,10 @@ from .state import (
     tally,
 )
 
+_ACTIVE = ReservationStatus.ACTIVE
+_COMMITTED = ReservationStatus.COMMITTED
+_COMMITTED_RECORD = AuditType.COMMITTED
+
 
 def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     """Charge the actual cost against the estimate held, and give back the rest."""
@@ -44,8 +53,12 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         again: CommitResult = replayed(res.commit[1:], op.fingerprint, op.idempotency_key,
                                        "commit")
         return again
-    if res.status is not ReservationStatus.ACTIVE or now > res.expires_at_ms + res.grace_ms:
+    if res.status is not _ACTIVE or now > res.expires_at_ms + res.grace_ms:
         _require_active(t, res, now, grace=True)
+    if res.report is not None and res.epoch == t.epoch and not res.shadow:
+        done = _plain(t, op, res, now)
+        if done is not None:
+            return done
     given = dict(op.actual)
     checked_amounts(given, "actual")
     if not given.keys() <= res.estimate.keys():
@@ -77,7 +90,10 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         idempotency_key=op.idempotency_key, estimate=res.estimate_amounts,
         actual=charged_amounts if actual == charged else amounts(ordered(actual)),
         charged=charged_amounts)
-    tally(t, now, report_scopes(res.subject), "commits", charged, COMMITTED)
+    if res.report is not None:
+        count(t, now, counters_at(res.report, "commits", COMMITTED, tuple(charged)), charged)
+    else:
+        tally(t, now, report_scopes(res.subject), "commits", charged, COMMITTED)
     count_usage(t, res.created_at_ms, now, res.subject.scope_path, res.action.name, 1, 0,
                 op.usage, charged.items())
     alerts(t, changed, now, res.id)
@@ -85,6 +101,62 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     if over:
         t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,
                                        reservation_id=res.id, amounts=amounts(ordered(over))))
+    if t.cx.forecast is not None:
+        t.cx.forecast(t, changed, now)
+    return result
+
+
+def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | None:
+    """The usual commit, without the general one's steps: a live reservation in one unit,
+    of the current definitions, in enforce mode, charged within its estimate, on ledgers
+    still there under the limit they were held at. It writes and answers exactly what the
+    general path would; None (nothing written) when any of that does not hold."""
+    given = op.actual
+    estimate = res.estimate
+    if len(given) != 1 or len(estimate) != 1:
+        return None
+    unit, amount = given[0]
+    held = estimate.get(unit)
+    if held is None or amount < 0 or amount > held:
+        return None
+    ledgers = t.ledgers
+    states = []
+    for key, d in res.ledgers:
+        state = ledgers.get(key)
+        if state is None or state.limit_seen != d.limit:
+            return None
+        states.append(state)
+    rows = []
+    changed: Held = []
+    loud = False
+    for (key, d), state in zip(res.ledgers, states, strict=True):
+        state.reserved -= held
+        state.spent += amount
+        state.touched_ms = now
+        rows.append((key, figures(state), d.overdraft_limit, d.status))
+        if not (state.spent + state.debt < state.quiet_below and not state.over_limit
+                and state.quiet_allocated == state.allocated
+                and state.quiet_alerts is d.alerts):
+            loud = True
+        changed.append((key, d, state))
+    charged = amounts(given)
+    result = CommitResult(res.id, _COMMITTED, charged, amounts(((unit, held - amount),)),
+                          balances_later(rows))
+    finish(t, res, _COMMITTED, now, given)
+    if op.idempotency_key:
+        res.commit = (op.idempotency_key, op.fingerprint, result)
+    t.seq += 1
+    t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None, {
+        "scopes": res.scopes, "reservation_id": res.id,
+        "idempotency_key": op.idempotency_key, "estimate": res.estimate_amounts,
+        "actual": charged, "charged": charged}))
+    report = res.report
+    assert report is not None
+    count(t, now, counters_at(report, "commits", COMMITTED, (unit,)), {unit: amount})
+    count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
+                given)
+    if loud:
+        alerts(t, changed, now, res.id)
     if t.cx.forecast is not None:
         t.cx.forecast(t, changed, now)
     return result

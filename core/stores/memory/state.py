@@ -5,10 +5,11 @@ operation writes (audit log, report tallies, notifications, idempotent replies).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from operator import attrgetter
+from typing import Any
 
 from ... import ledger, policy
 from ...amounts import Amount, Unit, Units
@@ -29,7 +30,7 @@ from ...models import (
     ReservationStatus,
 )
 from ...periods import Period, bucket
-from ...reports import REPORT_RETENTION_DAYS, report_scopes
+from ...reports import REPORT_RETENTION_DAYS, report_paths, report_scopes
 from ...scopes import Subject
 from ...usage import Tally, TokenCounts
 from ..operations import PERIOD_ORDER, UNIT_ORDER
@@ -104,7 +105,7 @@ class Reservation:
     action: Action
     estimate: dict[Unit, int]
     estimate_amounts: tuple[Amount, ...]
-    ledgers: list[tuple[LedgerKey, Definition]]
+    ledgers: Sequence[tuple[LedgerKey, Definition]]
     scopes: tuple[str, ...]
     epoch: int  # the tenant's definitions epoch when made: its definitions are current
     created_at_ms: int
@@ -121,6 +122,7 @@ class Reservation:
     commit: tuple[str, str, CommitResult] | None = None  # key, fingerprint, result
     release: tuple[str, str, ReleaseResult] | None = None
     extends: dict[str, tuple[str, ExtendResult]] | None = None
+    report: tuple[str, ...] | None = None  # the scopes its activity is counted at, if known
 
     @property
     def deadline_ms(self) -> int:
@@ -151,7 +153,7 @@ class Tenant:
     cx: Context
     definitions: dict[str, dict[DefKey, Definition]] = field(default_factory=dict)
     epoch: int = 0  # moves whenever a definition is added or removed
-    routes: dict[tuple[Any, ...], _Route] = field(default_factory=dict)  # of this epoch
+    routes: dict[tuple[Any, ...], Route] = field(default_factory=dict)  # of this epoch
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     expiry: list[tuple[int, str]] = field(default_factory=list)  # (deadline, id), lazily pruned
@@ -175,13 +177,75 @@ class Tenant:
     api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
     profile: Any = None  # the tenant's record (TenantInfo), once registered
 
+    def __post_init__(self) -> None:
+        self.audit = deque(self.audit, maxlen=self.cx.audit_retention)  # oldest drop out
 
-class _Route(NamedTuple):
+
+class Route:
     """Where a subject's charges in some units go: (scope path, unit, period, definition)
-    per ledger, in canonical order, and the scope paths once each."""
+    per ledger, in canonical order, and the scope paths once each; with what only the
+    subject decides, worked out once: the scopes its activity is counted at and the report
+    counter names of each event. Cached per tenant until a definition is added or removed."""
 
-    ledgers: tuple[tuple[str, Unit, Period | None, Definition], ...]
-    scopes: tuple[str, ...]
+    __slots__ = ("_counters", "_current", "_minute", "ledgers", "report", "scopes", "units")
+
+    def __init__(self, ledgers: tuple[tuple[str, Unit, Period | None, Definition], ...],
+                 scopes: tuple[str, ...], units: tuple[Unit, ...],
+                 report: tuple[str, ...]) -> None:
+        self.ledgers, self.scopes, self.units, self.report = ledgers, scopes, units, report
+        self._minute = -1
+        self._current: tuple[tuple[LedgerKey, Definition], ...] = ()
+        self._counters: dict[str, Counters] = {}
+
+    def current(self, now: int) -> tuple[tuple[LedgerKey, Definition], ...]:
+        """The ledgers of the buckets `now` falls in, with their definitions: a bucket
+        starts on a whole UTC minute, so the keys of one minute are those of the next call
+        in that minute."""
+        minute = now // 60_000
+        if minute != self._minute:
+            self._current = tuple([((path, unit, period, bucket(period, now)), d)
+                                   for path, unit, period, d in self.ledgers])
+            self._minute = minute
+        return self._current
+
+    def counters(self, event: str, names: dict[Unit, str]) -> Counters:
+        """The report counter names of one event with amounts in the route's units (see
+        `counters`); an event comes with the same `names` every time."""
+        found = self._counters.get(event)
+        if found is None:
+            found = self._counters[event] = counters(self.report, event, names, self.units)
+        return found
+
+
+Counters = tuple[tuple[str, "Unit | None"], ...]
+"""Report counter names in the order `tally` writes them, each with the unit whose amount it
+adds (None: it counts one)."""
+
+
+_counters: dict[tuple[tuple[str, ...], str, tuple[Unit, ...]], Counters] = {}
+
+
+def counters_at(scopes: tuple[str, ...], event: str, names: dict[Unit, str],
+                units: tuple[Unit, ...]) -> Counters:
+    """`counters`, remembered: the same few subjects settle again and again."""
+    memo = (scopes, event, units)
+    found = _counters.get(memo)
+    if found is None:
+        if len(_counters) >= 4096:
+            _counters.clear()
+        found = _counters[memo] = counters(scopes, event, names, units)
+    return found
+
+
+def counters(scopes: tuple[str, ...], event: str, names: dict[Unit, str] | None,
+             units: tuple[Unit, ...]) -> Counters:
+    """What `tally(t, now, scopes, event, amounts, names)` counts, for amounts in `units`."""
+    found: list[tuple[str, Unit | None]] = []
+    for scope in scopes:
+        found.append((f"{scope}|{event}", None))
+        if names:
+            found += [(f"{scope}|{names[unit]}", unit) for unit in units]
+    return tuple(found)
 
 
 # -- definitions and ledgers ----------------------------------------------------------------
@@ -243,24 +307,24 @@ def ledger_at(t: Tenant, key: LedgerKey, d: Definition, now: int) -> ledger.Ledg
 
 
 def targets(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str], ...],
-            units: dict[Unit, int], now: int
-            ) -> tuple[list[tuple[LedgerKey, Definition]], tuple[str, ...]] | None:
-    """The current ledgers a subject charges in these units, and their scope paths."""
-    memo = (scopes, dimensions, *units)
+            units: Iterable[Unit]) -> Route | None:
+    """Where a subject's charges in these units go (its current ledgers: `.current(now)`),
+    or None when no budget applies to it at all."""
+    charged = tuple(units)
+    memo = (scopes, dimensions, *charged)
     route = t.routes.get(memo)
     if route is None:
-        route = _route(t, scopes, dimensions, units)
+        route = _route(t, scopes, dimensions, charged)
         if route is None:
             return None
         if len(t.routes) >= _ROUTE_CACHE:
             t.routes.clear()
         t.routes[memo] = route
-    return ([((path, unit, period, bucket(period, now)), d)
-             for path, unit, period, d in route.ledgers], route.scopes)
+    return route
 
 
 def _route(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str], ...],
-           units: dict[Unit, int]) -> _Route | None:
+           units: tuple[Unit, ...]) -> Route | None:
     """The ledgers a subject charges in these units, in canonical order; None when no budget
     applies to the subject at all. Raises `UnitMismatch` when budgets apply but none in
     these units."""
@@ -279,7 +343,8 @@ def _route(t: Tenant, scopes: tuple[str, ...], dimensions: tuple[tuple[str, str]
             if d.unit in units:
                 found.append((path, d.unit, d.period, d))
     if found:
-        return _Route(tuple(found), tuple(dict.fromkeys(row[0] for row in found)))
+        return Route(tuple(found), tuple(dict.fromkeys(row[0] for row in found)), units,
+                      report_paths(scopes[-1], dimensions))
     if applicable:
         held_units = sorted({d.unit.value for s in scopes
                              for d in t.definitions.get(s, {}).values()})
@@ -398,15 +463,20 @@ def log(t: Tenant, now: int, kind: str, *, subject: Subject | None = None,
     retention drops out."""
     t.seq += 1
     t.audit.append((t.seq, now, kind, t.name, subject, action, fields))
-    if len(t.audit) > t.cx.audit_retention:
-        t.audit.popleft()
 
 
 def tally(t: Tenant, now: int, scopes: tuple[str, ...], event: str,
           amounts: dict[Unit, int] | None = None, names: dict[Unit, str] | None = None) -> None:
     """Count one `event` at each of `scopes`, and `amounts` under their unit's counter `names`,
-    in today's counters (see `reports.py` for which scopes an event is counted at). The first
-    count of a day drops the days past the retention, as `count` in common.lua."""
+    in today's counters (see `reports.py` for which scopes an event is counted at)."""
+    count(t, now, counters(scopes, event, names if amounts else None,
+                           tuple(amounts) if amounts else ()), amounts)
+
+
+def count(t: Tenant, now: int, names: Counters, amounts: dict[Unit, int] | None) -> None:
+    """Add to today's report counters: one to each counter without a unit, the amount of
+    its unit to each other. The first count of a day drops the days past the retention,
+    as `count` in common.lua."""
     day = now // DAY_MS
     report = t.report.get(day)
     if report is None:
@@ -414,13 +484,9 @@ def tally(t: Tenant, now: int, scopes: tuple[str, ...], event: str,
         oldest = day - t.cx.report_retention_days + 1
         for old in [kept for kept in t.report if kept < oldest]:
             del t.report[old]
-    for scope in scopes:
-        key = f"{scope}|{event}"
-        report[key] = report.get(key, 0) + 1
-        if amounts and names:
-            for unit, by in amounts.items():
-                key = f"{scope}|{names[unit]}"
-                report[key] = report.get(key, 0) + by
+    get = report.get
+    for key, unit in names:
+        report[key] = get(key, 0) + (1 if unit is None else amounts[unit])  # type: ignore[index]
 
 
 def count_usage(t: Tenant, at_ms: int, now: int, scope: str, model: str, calls: int,
@@ -513,16 +579,28 @@ def balance(key: LedgerKey, state: ledger.Ledger, d: Definition) -> Balance:
                    d.status)
 
 
+figures = attrgetter("allocated", "reserved", "spent", "debt", "over_limit")
+"""A ledger's figures as a tuple, read in one call."""
+Row = tuple[LedgerKey, tuple[int, int, int, int, bool], int, BudgetStatus]
+"""A ledger's balance as it was: key, figures, overdraft limit, status."""
+
+
 def snapshot(states: Held) -> Callable[[], tuple[Balance, ...]]:
     """These ledgers' balances as they are now, built into `Balance` rows when read."""
-    rows = [(key, state.allocated, state.reserved, state.spent, state.debt,
-             d.overdraft_limit, state.over_limit, d.status) for key, d, state in states]
+    return balances_later([(key, figures(state), d.overdraft_limit, d.status)
+                           for key, d, state in states])
+
+
+def balances_later(rows: list[Row]) -> Callable[[], tuple[Balance, ...]]:
+    """`Balance` rows of these figures, built when read (most callers never read them)."""
     return partial(_snapshot_balances, rows)
 
 
-def _snapshot_balances(rows: list[tuple[Any, ...]]) -> tuple[Balance, ...]:
-    return tuple(Balance(key[0], key[1], period_name(key[2]), key[3], *values)
-                 for key, *values in rows)
+def _snapshot_balances(rows: list[Row]) -> tuple[Balance, ...]:
+    return tuple([Balance(key[0], key[1], period_name(key[2]), key[3], allocated, reserved,
+                          spent, debt, overdraft_limit, over_limit, status)
+                  for key, (allocated, reserved, spent, debt, over_limit), overdraft_limit,
+                  status in rows])
 
 
 def ordered(by_unit: dict[Unit, int]) -> Units:
@@ -531,20 +609,17 @@ def ordered(by_unit: dict[Unit, int]) -> Units:
     return tuple(by_unit.items())
 
 
-_amount_cache: dict[tuple[Unit, int], Amount] = {}
+_amount_cache: dict[Units, tuple[Amount, ...]] = {}
 
 
 def amounts(units: Units) -> tuple[Amount, ...]:
     """Amounts are immutable, and estimates repeat: share the objects of recent values."""
-    found = []
-    for pair in units:
-        made = _amount_cache.get(pair)
-        if made is None:
-            if len(_amount_cache) >= 4096:
-                _amount_cache.clear()
-            made = _amount_cache[pair] = Amount.trusted(*pair)
-        found.append(made)
-    return tuple(found)
+    made = _amount_cache.get(units)
+    if made is None:
+        if len(_amount_cache) >= 4096:
+            _amount_cache.clear()
+        made = _amount_cache[units] = tuple([Amount.trusted(*pair) for pair in units])
+    return made
 
 
 def period_name(period: Period | None) -> str | None:

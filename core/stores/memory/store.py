@@ -82,6 +82,12 @@ _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = 
 """The operations that walk every tenant, by type."""
 
 
+def _writes_nothing(op: Op[Any]) -> bool:
+    """Decide and key lookups (unauthenticated input) write nothing: not even a tenant, nor
+    the expiry of its overdue reservations."""
+    return (type(op) is Reserve and op.dry_run) or type(op) in (FindKey, GetTenant)
+
+
 class MemoryStore:
     """Thread-safe in-process store; `clock` returns integer milliseconds and may be moved."""
 
@@ -113,7 +119,14 @@ class MemoryStore:
         error: BaseException | None = None
         with self._lock:
             try:
-                result = self._step(op, cx)
+                now = self._now = self.clock()
+                run = _ON_TENANT.get(type(op))
+                tenant = None if run is None else self._tenants.get(op.tenant)
+                if (run is not None and tenant is not None
+                        and not (tenant.expiry and tenant.expiry[0][0] < now)):
+                    result: R = run(tenant, op, now)  # the usual step: a tenant, none due
+                else:
+                    result = self._step(op, cx, now)
             except BaseException as raised:  # a refused step may have expired reservations
                 error = raised  # first: those are still notified
             notes = cx.notes
@@ -128,25 +141,25 @@ class MemoryStore:
             raise error
         return result
 
-    def _step(self, op: Op[R], cx: Context) -> R:
+    def _step(self, op: Op[R], cx: Context, now: int) -> R:
         """The operation's step, under the lock (its notifications are left in `cx`)."""
-        now = self._now = self.clock()
-        run = _ON_TENANT.get(type(op))
+        kind = type(op)
+        run = _ON_TENANT.get(kind)
         if run is None:
-            across = _ACROSS_TENANTS.get(type(op))
-            if across is None and type(op) in HOOK_OPS:
+            across = _ACROSS_TENANTS.get(kind)
+            if across is None and kind in HOOK_OPS:
                 result: R = self._outbox.execute(op, now, self._tenants)
                 return result
-            return _ACROSS_TENANTS[type(op)](self._tenants.values(), op, now)  # type: ignore[no-any-return]
+            return _ACROSS_TENANTS[kind](self._tenants.values(), op, now)  # type: ignore[no-any-return]
         tenant = self._tenants.get(op.tenant)
-        # decide and key lookups (unauthenticated input) write nothing
-        dry = (type(op) is Reserve and op.dry_run) or type(op) in (FindKey, GetTenant)
-        if tenant is None:
-            tenant = Tenant(op.tenant, cx)
-            if not dry:
-                self._tenants[op.tenant] = tenant
-        elif tenant.expiry and tenant.expiry[0][0] < now and not dry:
-            reap(tenant, now, cx.reap_batch)
+        if tenant is not None:
+            expiry = tenant.expiry
+            if expiry and expiry[0][0] < now and not _writes_nothing(op):
+                reap(tenant, now, cx.reap_batch)
+            return run(tenant, op, now)  # type: ignore[no-any-return]
+        tenant = Tenant(op.tenant, cx)
+        if not _writes_nothing(op):
+            self._tenants[op.tenant] = tenant
         return run(tenant, op, now)  # type: ignore[no-any-return]
 
     async def aexecute(self, op: Op[R]) -> R:
