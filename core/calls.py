@@ -75,44 +75,47 @@ class Runner:
         observers = self._engine.observers
         if observers:
             flow = watched(flow, observers)
-        send: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(send)
-            except StopIteration as stop:
-                result: R = stop.value
-                return result
-            send, error = None, None
-            if isinstance(step, Pause):
-                time.sleep(step.seconds)
-                continue
-            try:
-                send = self._run(step)
-            except Exception as raised:  # handed to the flow, which decides
-                error = raised
+        try:
+            step = flow.send(None)
+            while True:
+                if isinstance(step, Pause):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    result = self._run(step)
+                except Exception as raised:  # handed to the flow, which decides
+                    error = raised
+                else:
+                    step = flow.send(result)
+                    continue
+                step = flow.throw(error)  # outside the handler, so nothing is chained to it
+        except StopIteration as stop:
+            done: R = stop.value
+            return done
 
     async def _adrive(self, flow: Flow[R]) -> R:
         observers = self._engine.observers
         if observers:
             flow = watched(flow, observers)
-        send: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = flow.throw(error) if error is not None else flow.send(send)
-            except StopIteration as stop:
-                result: R = stop.value
-                return result
-            send, error = None, None
-            if isinstance(step, Pause):
-                await asyncio.sleep(step.seconds)
-                continue
-            try:
-                send = await self._arun(step)
-            except Exception as raised:
-                error = raised
-
+        try:
+            step = flow.send(None)
+            while True:
+                if isinstance(step, Pause):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    result = await self._arun(step)
+                except Exception as raised:
+                    error = raised
+                else:
+                    step = flow.send(result)
+                    continue
+                step = flow.throw(error)  # outside the handler, so nothing is chained to it
+        except StopIteration as stop:
+            done: R = stop.value
+            return done
 
     def _stream(self, stream: Stream) -> Iterator[Any]:
         """Run a stream's operations as its caller iterates, handing out its items."""

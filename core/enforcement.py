@@ -121,7 +121,9 @@ class EnforcementCalls(Runner):
         if not isinstance(action, Action):
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         elastic = None
-        if isinstance(estimate, Elastic):
+        if type(estimate) is Amount:  # the usual estimate: one amount, checked when made
+            units: Units = ((estimate.unit, estimate.amount),)
+        elif isinstance(estimate, Elastic):
             units = in_unit_order(estimate.units())
             elastic = arg.exact(ops.ElasticTerms(in_unit_order(estimate.rates()),
                                                  estimate.max_tokens, estimate.floor))

@@ -19,6 +19,7 @@ from .state import (
     balance,
     ledger_at,
     log,
+    relinked,
     remember,
     replay,
 )
@@ -41,6 +42,7 @@ def set_status(t: Tenant, op: SetStatus, now: int) -> int:
         raise NotFound(f"no budget at {op.scope}" + (f" in {op.unit.value}" if op.unit else ""))
     for d in matched:
         d.status = op.status
+    relinked(t)
     log(t, now, AuditType.BUDGET_STATUS, scopes=(op.scope,),
         detail={"status": op.status.value, "budgets": len(matched)}, actor=op.actor,
         reason=op.reason)
@@ -59,6 +61,7 @@ def fund(t: Tenant, op: Fund, now: int) -> FundResult:
         raise BudgetExceeded(ledger.denial(Reason.BUDGET_EXCEEDED, key[0], op.unit, None,
                                            state, op.amount, now))
     t.ledgers[key] = after
+    relinked(t)
     result = FundResult(balance(key, state, d), balance(key, after, d))
     remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.BUDGET_FUNDED, scopes=(key[0],), idempotency_key=op.idempotency_key,

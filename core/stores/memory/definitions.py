@@ -20,6 +20,7 @@ from .state import (
     log,
     period_name,
     redefined,
+    relinked,
     requirements_changed,
 )
 
@@ -38,6 +39,7 @@ def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
         d.limit, d.overdraft_limit, d.overage_policy = (op.limit, op.overdraft_limit,
                                                         op.overage_policy)
         d.degrade, d.alerts = op.degrade, op.alerts
+        relinked(t)
     if d.required != op.required:
         d.required = op.required
         requirements_changed(t, op.scope)

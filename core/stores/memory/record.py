@@ -5,7 +5,6 @@ from __future__ import annotations
 from ... import ledger
 from ...errors import BudgetExceeded, Denied
 from ...events import AuditType
-from ...ids import new_id
 from ...models import BudgetStatus, Decision, Outcome, Reason, RecordResult
 from ..operations import Record, checked_amounts, in_unit_order
 from .state import (
@@ -54,7 +53,8 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
                                       shadow=shadow), now)
     for key, _, state in changed:
         t.ledgers[key] = state
-    result = RecordResult(new_id(op.tenant), amounts(in_unit_order(charged)), snapshot(changed))
+    result = RecordResult(t.cx.ids.new(op.tenant), amounts(in_unit_order(charged)),
+                          snapshot(changed))
     remember(t, "record", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.RECORDED, scopes=scopes, subject=op.subject, action=op.action,
         idempotency_key=op.idempotency_key, actual=amounts(op.actual), charged=result.charged)

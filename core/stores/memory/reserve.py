@@ -10,7 +10,6 @@ from typing import Any
 from ... import ledger, policy
 from ...amounts import Amount, Unit
 from ...events import AuditType, Notification, NotificationType
-from ...ids import new_id
 from ...models import (
     BudgetStatus,
     Caps,
@@ -107,29 +106,27 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
     route = t.routes.get((op.scopes, op.dimensions, unit))
     if route is None or not 0 <= amount <= MAX_AMOUNT:
         return None
-    current = route.current(now)
-    ledgers = t.ledgers
-    states = []
-    for key, d in current:
-        state = ledgers.get(key)
-        if (state is None or state.limit_seen != d.limit or d.status is not _ACTIVE
-                or d.degrade or state.debt or state.over_limit
+    states = route.ready(t, now)
+    if states is None:
+        return None
+    for state in states:
+        if (state.debt or state.over_limit
                 or state.allocated - state.reserved - state.spent < amount):
             return None
-        states.append(state)
+    current = route.current(now)
     rows = []
     for (key, d), state in zip(current, states, strict=True):
         state.reserved += amount
         state.touched_ms = now
         rows.append((key, figures(state), d.overdraft_limit, d.status))
-    rid = new_id(op.tenant)
+    rid = t.cx.ids.new(op.tenant)
     held = amounts(fixed)
     estimate = {unit: amount}
     expires = now + op.ttl_ms
     t.reservations[rid] = Reservation(
         rid, op.subject, op.action, estimate, held, current, route.scopes, t.epoch, now,
         expires, op.grace_ms, op.max_extensions, op.overage_policy, _NO_SLOTS, False,
-        report=route.report)
+        report=route.report, states=states, generation=t.cx.generation)
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
@@ -172,7 +169,7 @@ def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         t.runs.setdefault((rule_key, window), set()).add(run)
     for rule_key in ev.concurrency:
         t.active[rule_key] = t.active.get(rule_key, 0) + 1
-    res = Reservation(new_id(op.tenant), op.subject, op.action, ev.estimate,
+    res = Reservation(t.cx.ids.new(op.tenant), op.subject, op.action, ev.estimate,
                       amounts(ordered(ev.estimate)),
                       [(key, d) for key, d, _ in ev.states], ev.scopes, t.epoch, now,
                       now + op.ttl_ms, op.grace_ms, op.max_extensions, op.overage_policy,

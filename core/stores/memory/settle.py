@@ -119,13 +119,15 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
     held = estimate.get(unit)
     if held is None or amount < 0 or amount > held:
         return None
-    ledgers = t.ledgers
-    states = []
-    for key, d in res.ledgers:
-        state = ledgers.get(key)
-        if state is None or state.limit_seen != d.limit:
-            return None
-        states.append(state)
+    states = res.states
+    if res.generation != t.cx.generation:  # a ledger or definition changed since: look again
+        ledgers = t.ledgers
+        states = []
+        for key, d in res.ledgers:
+            state = ledgers.get(key)
+            if state is None or state.limit_seen != d.limit:
+                return None
+            states.append(state)
     rows = []
     changed: Held = []
     loud = False

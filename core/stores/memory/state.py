@@ -4,6 +4,7 @@ operation writes (audit log, report tallies, notifications, idempotent replies).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,36 @@ _EMPTY: list[Any] = []  # never appended to: what a finished reservation keeps
 _ROUTE_CACHE = 1024  # routes kept per tenant (one per subject shape, run dimensions included)
 
 
+_forks = 0  # how many times this process's line has forked: a child draws fresh ids
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class Ids:
+    """Ids of reservations and records, `<tenant>:<32 hex digits>` as `ids.new_id` makes
+    them, from the operating system's random source 128 at a time: one system call serves
+    128 ids instead of one. Drawn under the store's lock; a forked child draws anew, so
+    parent and child never hand out the same id."""
+
+    __slots__ = ("_at", "_forks", "_hex")
+
+    def __init__(self) -> None:
+        self._hex, self._at, self._forks = "", 0, _forks
+
+    def new(self, tenant: str) -> str:
+        at = self._at
+        if at >= len(self._hex) or self._forks != _forks:
+            self._hex, at, self._forks = os.urandom(2048).hex(), 0, _forks
+        self._at = at + 32
+        return f"{tenant}:{self._hex[at:at + 32]}"
+
+
 @dataclass
 class Context:
     """What the operations of every tenant share: the store's retention settings, and the
@@ -67,6 +98,11 @@ class Context:
     notes: list[Notification] = field(default_factory=list)
     forecast: Callable[[Tenant, Held, int], None] | None = None
     """Set while a webhook subscription wants burn-rate forecasts (see outbox.py)."""
+    ids: Ids = field(default_factory=Ids)
+    generation: int = 0
+    """Moves whenever, in any tenant, a ledger object is replaced or dropped or a budget
+    definition changes (`relinked`): what a route or a reservation keeps of its ledgers
+    stands while it has not moved."""
 
 
 @dataclass
@@ -123,6 +159,8 @@ class Reservation:
     release: tuple[str, str, ReleaseResult] | None = None
     extends: dict[str, tuple[str, ExtendResult]] | None = None
     report: tuple[str, ...] | None = None  # the scopes its activity is counted at, if known
+    states: Sequence[ledger.Ledger] = ()  # its ledgers' objects, as of `generation`
+    generation: int = -1
 
     @property
     def deadline_ms(self) -> int:
@@ -187,14 +225,16 @@ class Route:
     subject decides, worked out once: the scopes its activity is counted at and the report
     counter names of each event. Cached per tenant until a definition is added or removed."""
 
-    __slots__ = ("_counters", "_current", "_minute", "ledgers", "report", "scopes", "units")
+    __slots__ = ("_counters", "_current", "_generation", "_minute", "_ready", "_ready_minute",
+                 "ledgers", "report", "scopes", "units")
 
     def __init__(self, ledgers: tuple[tuple[str, Unit, Period | None, Definition], ...],
                  scopes: tuple[str, ...], units: tuple[Unit, ...],
                  report: tuple[str, ...]) -> None:
         self.ledgers, self.scopes, self.units, self.report = ledgers, scopes, units, report
-        self._minute = -1
+        self._minute = self._ready_minute = self._generation = -1
         self._current: tuple[tuple[LedgerKey, Definition], ...] = ()
+        self._ready: tuple[ledger.Ledger, ...] = ()
         self._counters: dict[str, Counters] = {}
 
     def current(self, now: int) -> tuple[tuple[LedgerKey, Definition], ...]:
@@ -207,6 +247,25 @@ class Route:
                                    for path, unit, period, d in self.ledgers])
             self._minute = minute
         return self._current
+
+    def ready(self, t: Tenant, now: int) -> tuple[ledger.Ledger, ...] | None:
+        """The ledger objects of `current(now)`, when every one is there under the limit
+        its definition has, and every definition is active without degrade rules; None
+        otherwise. Only a new minute or a new generation (see `Context`) can change that,
+        so a found answer is kept until then."""
+        minute, generation = now // 60_000, t.cx.generation
+        if minute == self._ready_minute and generation == self._generation:
+            return self._ready
+        ledgers = t.ledgers
+        found = []
+        for key, d in self.current(now):
+            state = ledgers.get(key)
+            if (state is None or state.limit_seen != d.limit
+                    or d.status is not BudgetStatus.ACTIVE or d.degrade):
+                return None
+            found.append(state)
+        self._ready, self._ready_minute, self._generation = tuple(found), minute, generation
+        return self._ready
 
     def counters(self, event: str, names: dict[Unit, str]) -> Counters:
         """The report counter names of one event with amounts in the route's units (see
@@ -254,6 +313,13 @@ def redefined(t: Tenant) -> None:
     """A definition was added or removed: cached routes and held definitions are stale."""
     t.epoch += 1
     t.routes.clear()
+    relinked(t)
+
+
+def relinked(t: Tenant) -> None:
+    """A ledger object was replaced or dropped, or a definition changed: what routes and
+    reservations keep of their ledgers is stale."""
+    t.cx.generation += 1
 
 
 def requirements_changed(t: Tenant, scope: str) -> None:
@@ -413,7 +479,7 @@ def finish(t: Tenant, res: Reservation, status: ReservationStatus, now: int,
         t.active[key] = max(0, t.active.get(key, 0) - 1)
     # A finished reservation is kept only to answer get() and replays: drop what the
     # collector would otherwise walk for a day.
-    res.ledgers, res.concurrency = _EMPTY, _EMPTY
+    res.ledgers, res.concurrency, res.states = _EMPTY, _EMPTY, ()
 
 
 def expire(t: Tenant, res: Reservation, now: int) -> None:

@@ -11,7 +11,7 @@ from ...events import Notification
 from ...models import ReservationStatus
 from ...periods import bucket
 from ..operations import TENANT_FAILED, Sweep, skipped
-from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire
+from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire, relinked
 
 
 def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
@@ -100,6 +100,7 @@ def _prune(t: Tenant, now: int) -> None:
         base = lkey[0].rsplit("/", 1)[0]
         if idle and state.reserved == 0 and (base, lkey[1], lkey[2]) in templates:
             del t.ledgers[lkey]
+            relinked(t)
     for window in [w for w in t.calls if w[1] != bucket(w[0][2], now)]:
         del t.calls[window]
     for window in [w for w in t.runs if w[1] != bucket(w[0][2], now)]:
