@@ -130,6 +130,8 @@ def usage(t: Tenant, op: Usage, now: int) -> UsagePage:
 def _audit_record(entry: AuditEntry) -> AuditRecord:
     """An audit record, built when read (the write path keeps a plain tuple)."""
     seq, at, kind, tenant, subject, action, fields = entry
-    return AuditRecord(seq, at, kind, tenant, subject=subject,
-                       action=None if action is None else f"{action.kind} {action.name}",
-                       **fields)
+    said = None if action is None else f"{action.kind} {action.name}"
+    if isinstance(fields, dict):
+        return AuditRecord(seq, at, kind, tenant, subject=subject, action=said, **fields)
+    # the usual reserve and commit: the scopes, then the fields after the action
+    return AuditRecord(seq, at, kind, tenant, fields[0], subject, said, *fields[1:])

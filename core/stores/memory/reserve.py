@@ -34,10 +34,9 @@ from .state import (
     Route,
     Tenant,
     amounts,
-    balances_later,
     count,
     count_usage,
-    figures,
+    held_later,
     ledger_at,
     log,
     missing_dimensions,
@@ -113,12 +112,10 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
         if (state.debt or state.over_limit
                 or state.allocated - state.reserved - state.spent < amount):
             return None
-    current = route.current(now)
-    rows = []
-    for (key, d), state in zip(current, states, strict=True):
+    for state in states:
         state.reserved += amount
         state.touched_ms = now
-        rows.append((key, figures(state), d.overdraft_limit, d.status))
+    current = route.current(now)
     rid = t.cx.ids.new(op.tenant)
     held = amounts(fixed)
     estimate = {unit: amount}
@@ -131,11 +128,10 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
     t.seq += 1
-    t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action, {
-        "scopes": route.scopes, "reservation_id": rid, "idempotency_key": None,
-        "estimate": held, "detail": {}}))
+    t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
+                    (route.scopes, rid, None, held)))
     count(t, now, route.counters("reservations", RESERVED), estimate)
-    return ReserveOutcome(_ALLOW, info, balances_later(rows))
+    return ReserveOutcome(_ALLOW, info, held_later(current, states))
 
 
 def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:

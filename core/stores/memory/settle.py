@@ -23,14 +23,13 @@ from .state import (
     Tenant,
     alerts,
     amounts,
-    balances_later,
     count,
     count_usage,
     counters_at,
     expire,
-    figures,
     finish,
     held,
+    held_later,
     log,
     ordered,
     replayed,
@@ -128,39 +127,39 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
             if state is None or state.limit_seen != d.limit:
                 return None
             states.append(state)
-    rows = []
-    changed: Held = []
-    loud = False
-    for (key, d), state in zip(res.ledgers, states, strict=True):
+    loud = False  # some ledger may have a notification due (see `alerts`)
+    charged_ledgers = res.ledgers
+    for (_, d), state in zip(charged_ledgers, states, strict=True):
         state.reserved -= held
         state.spent += amount
         state.touched_ms = now
-        rows.append((key, figures(state), d.overdraft_limit, d.status))
         if not (state.spent + state.debt < state.quiet_below and not state.over_limit
                 and state.quiet_allocated == state.allocated
                 and state.quiet_alerts is d.alerts):
             loud = True
-        changed.append((key, d, state))
     charged = amounts(given)
     result = CommitResult(res.id, _COMMITTED, charged, amounts(((unit, held - amount),)),
-                          balances_later(rows))
+                          held_later(charged_ledgers, states))
     finish(t, res, _COMMITTED, now, given)
     if op.idempotency_key:
         res.commit = (op.idempotency_key, op.fingerprint, result)
     t.seq += 1
-    t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None, {
-        "scopes": res.scopes, "reservation_id": res.id,
-        "idempotency_key": op.idempotency_key, "estimate": res.estimate_amounts,
-        "actual": charged, "charged": charged}))
+    t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None,
+                    (res.scopes, res.id, op.idempotency_key, res.estimate_amounts, charged,
+                     charged)))
     report = res.report
     assert report is not None
     count(t, now, counters_at(report, "commits", COMMITTED, (unit,)), {unit: amount})
     count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
                 given)
-    if loud:
-        alerts(t, changed, now, res.id)
-    if t.cx.forecast is not None:
-        t.cx.forecast(t, changed, now)
+    forecast = t.cx.forecast
+    if loud or forecast is not None:
+        changed: Held = [(key, d, state) for (key, d), state
+                         in zip(charged_ledgers, states, strict=True)]
+        if loud:
+            alerts(t, changed, now, res.id)
+        if forecast is not None:
+            forecast(t, changed, now)
     return result
 
 

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from ... import ledger, policy
@@ -42,8 +42,12 @@ LedgerKey = tuple[str, Unit, "Period | None", str]
 """A ledger: (scope path incl. any dimension, unit, period, bucket)."""
 QuotaKey = tuple[str, policy.QuotaKind, "Period | None", str]
 """A quota rule: (scope, kind, window, action kind)."""
-AuditEntry = tuple[int, int, str, str, "Subject | None", "Action | None", dict[str, Any]]
-"""seq, at_ms, type, tenant, subject, action, other fields: an AuditRecord once read."""
+AuditEntry = tuple[int, int, str, str, "Subject | None", "Action | None",
+                   "dict[str, Any] | tuple[Any, ...]"]
+"""seq, at_ms, type, tenant, subject, action, other fields: an AuditRecord once read. The
+other fields are a dict by name, or (the usual reserve and commit, written most) a tuple in
+`AuditRecord`'s order of the scopes and the fields after `action`: one small tuple kept
+instead of two dicts."""
 Held = list[tuple[LedgerKey, "Definition", ledger.Ledger]]
 """Ledgers an operation charges, with their definitions, in canonical order."""
 
@@ -550,9 +554,12 @@ def count(t: Tenant, now: int, names: Counters, amounts: dict[Unit, int] | None)
         oldest = day - t.cx.report_retention_days + 1
         for old in [kept for kept in t.report if kept < oldest]:
             del t.report[old]
-    get = report.get
     for key, unit in names:
-        report[key] = get(key, 0) + (1 if unit is None else amounts[unit])  # type: ignore[index]
+        by = 1 if unit is None else amounts[unit]  # type: ignore[index]
+        try:
+            report[key] += by
+        except KeyError:  # the day's first count under this name
+            report[key] = by
 
 
 def count_usage(t: Tenant, at_ms: int, now: int, scope: str, model: str, calls: int,
@@ -660,6 +667,27 @@ def snapshot(states: Held) -> Callable[[], tuple[Balance, ...]]:
 def balances_later(rows: list[Row]) -> Callable[[], tuple[Balance, ...]]:
     """`Balance` rows of these figures, built when read (most callers never read them)."""
     return partial(_snapshot_balances, rows)
+
+
+_second = itemgetter(1)
+_terms = attrgetter("overdraft_limit", "status")
+
+
+def held_later(held: Sequence[tuple[LedgerKey, Definition]],
+               states: Sequence[ledger.Ledger]) -> Callable[[], tuple[Balance, ...]]:
+    """`snapshot` of these ledgers (with their definitions) and their states, read at C
+    speed: the figures and terms now, the `Balance` rows when read."""
+    return partial(_held_balances, held, tuple(map(figures, states)),
+                   tuple(map(_terms, map(_second, held))))
+
+
+def _held_balances(held: Sequence[tuple[LedgerKey, Definition]],
+                   values: tuple[tuple[int, int, int, int, bool], ...],
+                   terms: tuple[tuple[int, BudgetStatus], ...]) -> tuple[Balance, ...]:
+    return tuple([Balance(key[0], key[1], period_name(key[2]), key[3], allocated, reserved,
+                          spent, debt, overdraft_limit, over_limit, status)
+                  for (key, _), (allocated, reserved, spent, debt, over_limit),
+                  (overdraft_limit, status) in zip(held, values, terms, strict=True)])
 
 
 def _snapshot_balances(rows: list[Row]) -> tuple[Balance, ...]:
