@@ -17,6 +17,7 @@ from . import metrics as _metrics
 from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
+from .operators import operator_routes
 from .runtime import Runtime, Settings
 
 log = logging.getLogger("allotment.server")
@@ -64,6 +65,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
+              *operator_routes(settings),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics
