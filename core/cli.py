@@ -11,6 +11,9 @@ from typing import Any
 
 log = logging.getLogger("allotment.server")
 STORE_ENV, ADMIN_ENV = "ALLOTMENT_STORE", "ALLOTMENT_ADMIN_KEY"
+ALLOW_ENV = "ALLOTMENT_WEBHOOK_ALLOW"
+"""Networks (comma-separated) webhook destinations may resolve into besides public
+addresses, e.g. "10.1.2.0/24" for an internal receiver."""
 GRACEFUL_S = 30
 """On SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish for up to
 this long."""
@@ -33,8 +36,14 @@ def app_from_env() -> Any:
     from .guard import Guard
     from .server import create_app
 
+    from .webhooks import Dispatcher
+
     guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
     guard.start_sweeper()
+    allow = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
+    # each worker sends what the outbox holds (claims are leased, so workers never send one
+    # delivery at once); what a stopped server left there is sent after its restart
+    Dispatcher(guard, allow=allow).start()
     app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None)
     return app
 
@@ -57,15 +66,29 @@ def _cli() -> Any:
     def cli() -> None:
         pass
 
-    @cli.command(help="Serve the Cycles protocol over HTTP (memory:// by default).")
+    @cli.command(help="Serve the Cycles protocol over HTTP (memory:// by default) and send "
+                      "the store's webhooks.")
     @click.option("--store", envvar=STORE_ENV, default="memory://", show_default=True,
                   help=f"Store URL (memory://, redis://...); also ${STORE_ENV}.")
     @click.option("--host", default="127.0.0.1", show_default=True)
     @click.option("--port", default=7878, show_default=True, type=int)
     @click.option("--workers", default=1, show_default=True,
                   type=click.IntRange(1, 256), help="Worker processes (a shared store only).")
-    def serve(store: str, host: str, port: int, workers: int) -> None:
+    @click.option("--webhook-allow", "webhook_allow", multiple=True, metavar="NETWORK",
+                  help="A network webhook destinations may resolve into besides public "
+                       f"addresses (repeat; e.g. 10.1.2.0/24); also ${ALLOW_ENV}.")
+    def serve(store: str, host: str, port: int, workers: int,
+              webhook_allow: tuple[str, ...]) -> None:
         import uvicorn
+
+        from .webhooks import allowed_networks
+
+        if webhook_allow:
+            try:
+                allowed_networks(webhook_allow)
+            except ValueError as error:  # InvalidRequest
+                raise click.BadParameter(str(error), param_hint="--webhook-allow") from None
+            os.environ[ALLOW_ENV] = ",".join(webhook_allow)
 
         if store.startswith("memory://"):
             if workers > 1:
