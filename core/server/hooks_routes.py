@@ -62,21 +62,28 @@ class Hooks:
             Route("/v1/webhooks/{webhook_id:path}", self.remove, methods=["DELETE"]),
         ]
 
-    async def _acting(self, request: Request, permission: str, named: str | None
-                      ) -> tuple[Guard | TenantGuard, str | None]:
+    async def _caller(self, request: Request, permission: str) -> TenantGuard | None:
+        """None for the admin key, else the handle of the tenant key (holding
+        `permission`): who is asking is settled before the request is read further."""
+        if admin_key(self.s.admin_key, request):
+            return None
+        return (await tenant_key(self.s.guard, request, permission)).tenant
+
+    def _acting(self, caller: TenantGuard | None, named: str | None
+                ) -> tuple[Guard | TenantGuard, str | None]:
         """The admin key's guard and the tenant it names (None: the global
         subscriptions), or a tenant key's own handle; a tenant key naming another tenant
         is 403 before anything is read."""
-        if admin_key(self.s.admin_key, request):
+        if caller is None:
             return self.s.guard, None if named is None else tenant_name(named, "tenant_id")
-        caller = await tenant_key(self.s.guard, request, permission)
-        if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+        if named is not None and tenant_name(named, "tenant_id") != caller.name:
             raise forbidden("tenant_id is not the tenant of this API key")
-        return caller.tenant, caller.key.tenant
+        return caller, caller.name
 
     async def subscribe(self, request: Request) -> Response:
+        caller = await self._caller(request, "webhooks:write")
         req = wire.parse(SubscribeBody, await body(request, self.s.max_body))
-        handle, tenant = await self._acting(request, "webhooks:write", req.tenant_id)
+        handle, tenant = self._acting(caller, req.tenant_id)
         options: dict[str, Any] = {"events": req.events, "secret": req.secret,
                                    "enabled": req.enabled}
         if isinstance(handle, TenantGuard):
@@ -88,9 +95,9 @@ class Hooks:
     async def list(self, request: Request) -> Response:
         """`?tenant_id=`: with the admin key, that tenant's subscriptions (none: the
         global ones); a tenant key lists its own. Secrets are never listed."""
+        caller = await self._caller(request, "webhooks:read")
         only(request, "tenant_id")
-        handle, tenant = await self._acting(request, "webhooks:read",
-                                            request.query_params.get("tenant_id"))
+        handle, tenant = self._acting(caller, request.query_params.get("tenant_id"))
         if isinstance(handle, TenantGuard):
             found = await handle.awebhooks()
         else:
@@ -99,13 +106,13 @@ class Hooks:
 
     async def enable(self, request: Request) -> Response:
         """Body `{"enabled": false}` pauses a subscription, `true` resumes it."""
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
         req = wire.parse(EnableBody, await body(request, self.s.max_body))
-        handle, _ = await self._acting(request, "webhooks:write", None)
         changed = await handle.aenable_webhook(request.path_params["webhook_id"], req.enabled)
         return json_response(request, webhook_json(changed))
 
     async def remove(self, request: Request) -> Response:
-        handle, _ = await self._acting(request, "webhooks:write", None)
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
         webhook_id = request.path_params["webhook_id"]
         if not await handle.aremove_webhook(webhook_id):
             raise not_found(f"no webhook {webhook_id}")
@@ -114,9 +121,10 @@ class Hooks:
     async def deliveries(self, request: Request) -> Response:
         """`?event_id=&webhook_id=&tenant_id=&limit=`: the log, oldest event first; a
         tenant key sees only its own subscriptions' deliveries."""
+        caller = await self._caller(request, "webhooks:read")
         only(request, "event_id", "webhook_id", "tenant_id", "limit")
         query = request.query_params
-        handle, tenant = await self._acting(request, "webhooks:read", query.get("tenant_id"))
+        handle, tenant = self._acting(caller, query.get("tenant_id"))
         limit = query_int(request, "limit")
         options: dict[str, Any] = {"event_id": query.get("event_id"),
                                    "webhook_id": query.get("webhook_id"),
@@ -131,7 +139,7 @@ class Hooks:
         """Body `{"event_id", "webhook_id"}`: send the event again now (a tenant key names
         one of its own subscriptions; the admin key may leave it out: every one it went
         to). Answers how many deliveries were queued."""
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
         req = wire.parse(ReplayBody, await body(request, self.s.max_body))
-        handle, _ = await self._acting(request, "webhooks:write", None)
         queued = await handle.areplay_webhook_event(req.event_id, req.webhook_id)
         return json_response(request, {"event_id": req.event_id, "queued": queued})

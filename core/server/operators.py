@@ -75,7 +75,8 @@ async def reader(settings: Settings, request: Request, permission: str, *,
             if required:
                 raise bad_request("tenant: required with the admin key (e.g. ?tenant=acme)")
             return settings.guard, None
-        return settings.guard, tenant_name(named, "tenant")
+        tenant = request.state.tenant = tenant_name(named, "tenant")  # in X-Cycles-Tenant
+        return settings.guard, tenant
     caller = await tenant_key(settings.guard, request, permission)
     if named is not None and tenant_name(named, "tenant") != caller.key.tenant:
         raise forbidden("tenant is not the tenant of this API key")
@@ -106,8 +107,8 @@ class Operators:
     async def audit(self, request: Request) -> Response:
         """`?tenant=&since=&type=&limit=`: the newest `limit` records (default 100) from
         `since`, of the `type`s given (repeat it), oldest first."""
-        only(request, "tenant", "since", "type", "limit")
         handle, tenant = await reader(self.s, request, READ)
+        only(request, "tenant", "since", "type", "limit")
         query = request.query_params
         types = query.getlist("type") or None
         since = since_ms(query.get("since"))
@@ -125,8 +126,8 @@ class Operators:
     async def report(self, request: Request) -> Response:
         """`?tenant=&period=day|week|month|year&at=&by=&top=`: one row per scope (or per
         value of the dimension `by`), busiest first with `by`."""
-        only(request, "tenant", "period", "at", "by", "top")
         handle, tenant = await reader(self.s, request, READ)
+        only(request, "tenant", "period", "at", "by", "top")
         query = request.query_params
         period = query.get("period", "month")
         options: dict[str, Any] = {"period": period, "at": query_int(request, "at"),
@@ -145,10 +146,10 @@ class Operators:
         Lines, written as the guard's usage stream yields rows (one tenant's rows held at a
         time). The first read happens before the answer starts, so a refusal there is still
         an error envelope; a failure later ends the body early (no final chunk)."""
+        handle, tenant = await reader(self.s, request, READ, required=False)
         only(request, "tenant", "period", "format")
         query = request.query_params
         fmt = check_format(query.get("format", "csv"))
-        handle, tenant = await reader(self.s, request, READ, required=False)
         period = query.get("period")
         if isinstance(handle, TenantGuard):
             rows = handle.ausage(period=period)
