@@ -1,0 +1,122 @@
+"""The outbox outlives the server: `allotment serve` on Redis is killed (SIGKILL, nothing
+closed) with events it could not deliver yet, and the next `allotment serve` on the same store
+delivers every one of them to a real receiver that verifies each signature, once by id."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from support.redis_server import free_port
+from support.stores import redis_url
+from support.webhooks import Receiver
+
+SCRIPT = Path(sys.executable).parent / "allotment"
+ADMIN = {"X-Admin-API-Key": "outbox-test-admin"}
+USD = "USD_MICROCENTS"
+
+
+@contextmanager
+def serve(store: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`allotment serve` on `store`, sending webhooks to loopback; killed at the end."""
+    port = free_port()
+    env = {**os.environ, "ALLOTMENT_ADMIN_KEY": ADMIN["X-Admin-API-Key"]}
+    process = subprocess.Popen(
+        [str(SCRIPT), "serve", "--port", str(port), "--store", store,
+         "--webhook-allow", "127.0.0.1/32"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        until(lambda: _ready(url, process), "allotment serve did not start")
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def _ready(url: str, process: subprocess.Popen[str]) -> bool:
+    assert process.poll() is None, "allotment serve exited"
+    try:
+        return httpx.get(url + "/actuator/health/readiness").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def until(check: Callable[[], Any], failure: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
+def deliveries(url: str) -> list[dict[str, Any]]:
+    answer = httpx.get(url + "/v1/webhooks/deliveries", headers=ADMIN,
+                       params={"tenant_id": "acme", "limit": 1_000})
+    assert answer.status_code == 200, answer.text
+    rows: list[dict[str, Any]] = answer.json()["deliveries"]
+    return rows
+
+
+def test_events_left_in_the_outbox_are_delivered_after_a_restart() -> None:
+    store = f"{redis_url()}/61"
+    redis.Redis.from_url(store).flushdb()
+    receiver = Receiver(fail=1_000_000)  # verifies every signature, then answers 500
+    try:
+        with serve(store) as (url, process):
+            made = httpx.post(url + "/v1/webhooks", headers=ADMIN,
+                              json={"url": receiver.url, "events": ["*"]})
+            assert made.status_code == 201, made.text
+            receiver.secrets.append(made.json()["secret"])
+            key = httpx.post(url + "/v1/admin/api-keys", headers=ADMIN,
+                             json={"tenant_id": "acme", "name": "k"}).json()["key_secret"]
+            budget = httpx.post(url + "/v1/admin/budgets", headers=ADMIN, json={
+                "tenant_id": "acme", "scope": "tenant:acme", "unit": USD,
+                "allocated": {"unit": USD, "amount": 1_000_000}})
+            assert budget.status_code == 201, budget.text
+            tenant = {"X-Cycles-API-Key": key}
+            call = {"subject": {"tenant": "acme"},
+                    "action": {"kind": "llm.completion", "name": "m"}}
+            held = httpx.post(url + "/v1/reservations", headers=tenant, json={
+                "idempotency_key": "r1", **call, "estimate": {"unit": USD, "amount": 950_000}})
+            rid = held.json()["reservation_id"]
+            done = httpx.post(url + f"/v1/reservations/{rid}/commit", headers=tenant, json={
+                "idempotency_key": "c1", "actual": {"unit": USD, "amount": 950_000}})
+            assert done.status_code == 200, done.text
+            denied = httpx.post(url + "/v1/reservations", headers=tenant, json={
+                "idempotency_key": "r2", **call, "estimate": {"unit": USD, "amount": 500_000}})
+            assert denied.status_code == 409
+            # the running server tried each one and was refused: they wait in the outbox
+            tried = until(lambda: (rows := deliveries(url)) and all(
+                r["attempts"] >= 1 for r in rows) and rows, "no delivery was tried")
+            process.kill()
+        assert receiver.accepted == [] and receiver.bad_signatures == 0
+        assert {r["status"] for r in tried} == {"pending"}
+        waiting = {r["event_id"] for r in tried}
+        assert {r["event_type"] for r in tried} >= {"budget.threshold_crossed",
+                                                     "reservation.denied"}
+
+        receiver.fail = 0  # the receiver recovers; a new server starts on the same store
+        with serve(store) as (url, _):
+            until(lambda: set(receiver.ids) >= waiting, "the waiting events were not sent")
+            log = until(lambda: (rows := deliveries(url)) and all(
+                r["status"] == "delivered" for r in rows) and rows, "not all delivered")
+        assert receiver.bad_signatures == 0
+        assert sorted(receiver.ids) == sorted(waiting)  # each once, by id
+        assert {r["event_id"] for r in log} == waiting
+    finally:
+        receiver.close()
