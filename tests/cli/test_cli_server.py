@@ -75,7 +75,7 @@ def test_what_the_server_cannot_do_yet_is_refused_clearly(remote: Cli) -> None:
     periodic = remote.run("budgets", "set", "tenant:acme", "--usd", "20", "--period", "month",
                           code=2)
     assert "--period and --per are not available over --server yet" in periodic.output
-    for args in (["audit", "acme"], ["report", "acme"], ["sweep"], ["tenants", "list"],
+    for args in (["sweep"], ["tenants", "list"],
                  ["plans", "apply", "examples/plans.yaml", "--tenant", "acme", "--plan",
                   "free"]):
         result = remote.run(*args, code=2)
