@@ -35,7 +35,6 @@ def app_from_env() -> Any:
     in each worker process)."""
     from .guard import Guard
     from .server import create_app
-
     from .webhooks import Dispatcher
 
     guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
