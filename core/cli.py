@@ -35,14 +35,15 @@ def app_from_env() -> Any:
     in each worker process)."""
     from .guard import Guard
     from .server import create_app
+    from .server.sending import Sender
     from .webhooks import Dispatcher
 
     guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
     guard.start_sweeper()
     allow = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
-    # each worker sends what the outbox holds (claims are leased, so workers never send one
-    # delivery at once); what a stopped server left there is sent after its restart
-    Dispatcher(guard, allow=allow).start()
+    # one worker at a time sends what the outbox holds (see server/sending.py); what a
+    # stopped server left there is sent once another runs
+    Sender(guard, Dispatcher(guard, allow=allow)).start()
     app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None)
     return app
 
