@@ -1,6 +1,7 @@
 """The outbox outlives the server: `allotment serve` on Redis is killed (SIGKILL, nothing
 closed) with events it could not deliver yet, and the next `allotment serve` on the same store
-delivers every one of them to a real receiver that verifies each signature, once by id."""
+delivers every one of them to a real receiver that verifies each signature, once by id; and
+among the processes sharing a store one sends at a time."""
 
 from __future__ import annotations
 
@@ -14,15 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
+import allotment as al
+from allotment.clock import system_ms
+from allotment.server.sending import LEASE, Sender
+from allotment.stores.redis import RedisStore
+from allotment.webhooks import Dispatcher
+
 from support.redis_server import free_port
-from support.stores import redis_url
+from support.stores import make_store, redis_url
 from support.webhooks import Receiver
 
 SCRIPT = Path(sys.executable).parent / "allotment"
 ADMIN = {"X-Admin-API-Key": "outbox-test-admin"}
 USD = "USD_MICROCENTS"
+GPT = al.Action("llm.completion", "openai:gpt-4o")
 
 
 @contextmanager
@@ -120,3 +129,43 @@ def test_events_left_in_the_outbox_are_delivered_after_a_restart() -> None:
         assert {r["event_id"] for r in log} == waiting
     finally:
         receiver.close()
+
+
+def test_one_process_at_a_time_sends_and_another_takes_over() -> None:
+    """Two senders on one Redis store: the one holding the lease sends (its dispatcher allows
+    loopback); the other (which would refuse loopback, and log it) waits, and takes over
+    once the first stops."""
+    receiver = Receiver()
+    first_store, second_store = make_store("redis", system_ms), None
+    try:
+        first = al.Guard(first_store)
+        second_store = RedisStore(url=first_store.url, clock=system_ms)
+        second = al.Guard(second_store)
+        made = first.subscribe_webhook(receiver.url, events=["reservation.denied"])
+        receiver.secrets.append(made.secret or "")
+        first.set_budget("tenant:acme", usd=1)
+        sending = Sender(first, Dispatcher(first, allow=["127.0.0.1/32"]))
+        sending.start()
+        lease = redis.Redis.from_url(first_store.url)
+        until(lambda: lease.get(f"al:lease:{LEASE}") == sending.owner.encode(),
+              "the first sender took no lease")
+        waiting = Sender(second, Dispatcher(second))  # would refuse loopback for good
+        waiting.start()
+        for i in range(3):
+            with pytest.raises(al.BudgetExceeded):
+                second.reserve(al.Subject(tenant="acme"), GPT, al.usd(2 + i))
+        until(lambda: len(receiver.ids) == 3, "the lease holder did not send")
+        assert {d.status for d in first.webhook_deliveries(tenant="acme")} == {"delivered"}
+
+        sending.stop()
+        with pytest.raises(al.BudgetExceeded):
+            second.reserve(al.Subject(tenant="acme"), GPT, al.usd(9))
+        refused = until(lambda: [d for d in first.webhook_deliveries(tenant="acme")
+                                 if d.status == "failed"], "the other did not take over")
+        assert "loopback" in (refused[0].last_error or "") and len(receiver.ids) == 3
+        waiting.stop()
+    finally:
+        receiver.close()
+        first_store.close()
+        if second_store is not None:
+            second_store.close()
