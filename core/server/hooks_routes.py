@@ -55,7 +55,7 @@ class Hooks:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/webhooks", self.subscribe, methods=["POST"]),
-            Route("/v1/webhooks", self.list, methods=["GET"]),
+            Route("/v1/webhooks", self.listed, methods=["GET"]),
             Route("/v1/webhooks/deliveries", self.deliveries, methods=["GET"]),
             Route("/v1/webhooks/replay", self.replay, methods=["POST"]),
             Route("/v1/webhooks/{webhook_id:path}", self.enable, methods=["PATCH"]),
@@ -92,7 +92,7 @@ class Hooks:
             made = await handle.asubscribe_webhook(req.url, tenant=tenant, **options)
         return json_response(request, webhook_json(made), 201)
 
-    async def list(self, request: Request) -> Response:
+    async def listed(self, request: Request) -> Response:
         """`?tenant_id=`: with the admin key, that tenant's subscriptions (none: the
         global ones); a tenant key lists its own. Secrets are never listed."""
         caller = await self._caller(request, "webhooks:read")
