@@ -83,12 +83,13 @@ def _cli() -> Any:
 
         from .webhooks import allowed_networks
 
-        if webhook_allow:
-            try:
-                allowed_networks(webhook_allow)
-            except ValueError as error:  # InvalidRequest
-                raise click.BadParameter(str(error), param_hint="--webhook-allow") from None
-            os.environ[ALLOW_ENV] = ",".join(webhook_allow)
+        networks = webhook_allow or tuple(
+            n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip())
+        try:
+            allowed_networks(networks)
+        except ValueError as error:  # InvalidRequest: refused before any worker starts
+            raise click.BadParameter(str(error), param_hint="--webhook-allow") from None
+        os.environ[ALLOW_ENV] = ",".join(networks)
 
         if store.startswith("memory://"):
             if workers > 1:

@@ -169,3 +169,13 @@ def test_one_process_at_a_time_sends_and_another_takes_over() -> None:
         first_store.close()
         if second_store is not None:
             second_store.close()
+
+
+def test_a_network_that_is_not_one_is_refused_before_serving() -> None:
+    for args, env in ((["--webhook-allow", "nonsense"], {}),
+                      ([], {"ALLOTMENT_WEBHOOK_ALLOW": "10.0.0.0/8,bad"})):
+        done = subprocess.run([str(SCRIPT), "serve", "--port", str(free_port()), *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env})
+        assert done.returncode == 2, done.stderr
+        assert "--webhook-allow" in done.stderr and "is not a network" in done.stderr
