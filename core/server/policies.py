@@ -33,6 +33,8 @@ WRITE = "budgets:write"
 Scope = Field(min_length=1, max_length=2048)
 Actor = Field(None, min_length=1, max_length=MAX_NAME)
 Reason = Field(None, min_length=1, max_length=MAX_TEXT)
+MAX_PLANS = 256
+"""Plans a server's catalog holds: tiers are few, and each is held in every worker."""
 _EXACT_FLOATS = frozenset({"degrade", "alerts"})
 """Plan entry fields that hold fractions (floats are fine there); every other number in a
 plan is money or a count and must be exact."""
@@ -184,6 +186,9 @@ class Policies:
         name = request.path_params["name"]
         plan = to_plan(await self._read(request, PlanBody), name)
         made = plan.name not in self.plans
+        if made and len(self.plans) >= MAX_PLANS:
+            raise ApiError(409, "INVALID_REQUEST", f"this server holds {MAX_PLANS} plans, "
+                           "the most it keeps; replace one of them instead")
         self.plans[plan.name] = plan
         return json_response(request, plan_view(plan), 201 if made else 200)
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 import allotment as al
+from allotment.server.policies import MAX_PLANS
 
 from support.openapi import spec
-from support.served import ADMIN_KEY, Answer, Api
+from support.served import ADMIN_KEY, Answer, Api, serving
 
 USD = "USD_MICROCENTS"
 ADMIN = {"X-Admin-API-Key": ADMIN_KEY}
@@ -110,6 +111,17 @@ def test_assigning_an_unknown_plan_or_a_bad_body_is_refused(served: Any) -> None
              "malformed JSON")
     envelope(call(api, "PUT", "/v1/admin/tenants/Not%20A%20Name/plan", {"plan": "gold"}), 400)
     assert served.guard.tenants() == ()
+
+
+def test_the_catalog_of_plans_is_bounded() -> None:
+    tier = al.Plan.from_dict({"budgets": [{"usd": 1}]}, "tier")
+    full = {f"p{i}": tier.model_copy(update={"name": f"p{i}"}) for i in range(MAX_PLANS)}
+    with serving(al.Guard(), plans=full) as url:
+        api = Api(url)
+        envelope(call(api, "PUT", "/v1/admin/plans/one-more", {"budgets": [{"usd": 1}]}), 409,
+                 f"holds {MAX_PLANS} plans")
+        assert call(api, "PUT", "/v1/admin/plans/p0", {"budgets": [{"usd": 2}]}).status == 200
+        assert len(call(api, "GET", "/v1/admin/plans").body["plans"]) == MAX_PLANS
 
 
 def test_mode_switches_a_tenant_to_shadow_and_back(served: Any) -> None:
