@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import allotment as al
-from allotment.server.policies import MAX_PLANS
+from allotment.server.tiers import MAX_PLANS
 
 from support.openapi import spec
 from support.served import ADMIN_KEY, Answer, Api, serving
@@ -194,8 +194,9 @@ def test_access_rules_and_required_dimensions_are_set_and_cleared(served: Any) -
     worker = served.tenant("acme")
     rule = {"tenant_id": "acme", "scope": "tenant:acme", "required_dimensions": ["user"],
             "models_deny": ["gpt-4o*"]}
-    made = call(api, "PUT", "/v1/admin/access", rule)
-    assert made.body == rule
+    made = call(api, "PUT", "/v1/admin/access", {**rule, "required_dimensions": ["user",
+                                                                                  "user"]})
+    assert made.body == rule  # the rule as the guard keeps it
     missing = _reserve(worker, "a")
     assert missing.status == 400 and missing.body["details"]["missing_dimensions"] == ["user"]
     assert _reserve(worker, "b", dimensions={"user": "u1"}).status == 200
