@@ -226,6 +226,9 @@ def test_the_enterprise_admin_moves_500_dollars_between_departments(served: Any)
     guard.record(al.Subject(tenant="corp", workspace="marketing"), MINI, al.usd(3_000))
     owner = served.tenant("corp", usd=None, permissions=["budgets:write"])
     support = guard.balances("tenant:corp/workspace:support")
+    marketing = al.Subject(tenant="corp", workspace="marketing")
+    with pytest.raises(al.BudgetExceeded):  # marketing is exhausted
+        guard.reserve(marketing, MINI, al.usd(100))
     move = {"source": "tenant:corp/workspace:engineering",
             "destination": "tenant:corp/workspace:marketing",
             "amount": {"unit": USD, "amount": al.usd(500).amount},
@@ -237,6 +240,7 @@ def test_the_enterprise_admin_moves_500_dollars_between_departments(served: Any)
     replay = call(owner, "POST", "/v1/admin/transfers", move,
                   headers={"X-Idempotency-Key": "move-500"})
     assert replay.body == moved.body
+    guard.reserve(marketing, MINI, al.usd(100)).commit(al.usd(100))  # spends again
     (engineering,) = guard.balances("tenant:corp/workspace:engineering")
     assert engineering.allocated == al.usd(4_500).amount  # moved once
     envelope(call(owner, "POST", "/v1/admin/transfers",
@@ -258,8 +262,10 @@ def test_the_enterprise_admin_moves_500_dollars_between_departments(served: Any)
     assert engineering.allocated == al.usd(4_500).amount
     by_admin = call(admin(served), "POST", "/v1/admin/transfers",
                     {**move, "tenant_id": "corp", "idempotency_key": "by-admin",
-                     "source": move["destination"], "destination": move["source"]})
-    assert by_admin.body["destination"]["allocated"]["amount"] == al.usd(5_000).amount
+                     "source": move["destination"], "destination": move["source"],
+                     "amount": {"unit": USD, "amount": al.usd(400).amount}})
+    assert by_admin.body["destination"]["allocated"]["amount"] == al.usd(4_900).amount
+    assert by_admin.body["source"]["remaining"]["amount"] == 0
 
 
 def test_the_sweep_expires_overdue_reservations(served: Any) -> None:
