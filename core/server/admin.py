@@ -95,8 +95,13 @@ def tenant_view(info: TenantInfo, status: str = "ACTIVE") -> dict[str, Any]:
 
 async def tenant_status(guard: Guard, tenant: str) -> str:
     """SUSPENDED when the tenant has budgets and every one is frozen (suspending a tenant
-    freezes its budgets: the guard keeps no tenant status of its own), else ACTIVE."""
-    rows = await guard.abalances(f"tenant:{tenant}")
+    freezes its budgets: the guard keeps no tenant status of its own), else ACTIVE. Read
+    from the budgets at the tenant's root when it has some (one small read however many
+    run or user ledgers lie below), else from all of them."""
+    root = f"tenant:{tenant}"
+    rows = await guard.abalances(root, include_children=False)
+    if not rows:
+        rows = await guard.abalances(root)
     frozen = bool(rows) and all(row.status is BudgetStatus.FROZEN for row in rows)
     return "SUSPENDED" if frozen else "ACTIVE"
 

@@ -311,6 +311,11 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     assert resumed.body == made
     guard.reserve(al.Subject(tenant="acme", workspace="w"), MINI, al.usd("0.01")).release()
     envelope(call(api, "PATCH", "/v1/admin/tenants/nobody", {"status": "ACTIVE"}), 404)
+    call(api, "POST", "/v1/admin/tenants", {"tenant_id": "beta", "name": "Beta"})
+    guard.set_budget("tenant:beta/workspace:w", usd=1)  # no budget at the tenant's root
+    assert call(api, "PATCH", "/v1/admin/tenants/beta", {"status": "SUSPENDED"}
+                ).body["status"] == "SUSPENDED"
+    assert call(api, "GET", "/v1/admin/tenants/beta").body["status"] == "SUSPENDED"
     call(api, "POST", "/v1/admin/tenants", {"tenant_id": "empty", "name": "Empty"})
     envelope(call(api, "PATCH", "/v1/admin/tenants/empty", {"status": "SUSPENDED"}), 409,
              "no budgets")
