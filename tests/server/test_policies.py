@@ -113,6 +113,20 @@ def test_assigning_an_unknown_plan_or_a_bad_body_is_refused(served: Any) -> None
     assert served.guard.tenants() == ()
 
 
+def test_huge_or_deep_bodies_are_refused_unread(served: Any) -> None:
+    api = admin(served)
+    huge = b'{"budgets": [{"usd": 1, "scope": "' + b"x" * 70_000 + b'"}]}'
+    envelope(call(api, "PUT", "/v1/admin/plans/tier", raw=huge), 413, "over the limit")
+    deep = {"budgets": [{"usd": 1, "degrade": [{"model": {}}]}]}
+    node = deep["budgets"][0]["degrade"][0]["model"]
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    envelope(call(api, "PUT", "/v1/admin/plans/tier", deep), 400, "nested")
+    envelope(call(api, "POST", "/v1/admin/transfers", raw=huge), 413)
+    assert call(api, "GET", "/v1/admin/plans").body == {"plans": []}
+
+
 def test_the_catalog_of_plans_is_bounded() -> None:
     tier = al.Plan.from_dict({"budgets": [{"usd": 1}]}, "tier")
     full = {f"p{i}": tier.model_copy(update={"name": f"p{i}"}) for i in range(MAX_PLANS)}
