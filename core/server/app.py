@@ -56,13 +56,14 @@ async def _ready(request: Request) -> Response:
 
 
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
-               metrics: bool | None = None) -> Starlette:
+               metrics: bool | None = None, extensions: bool = True) -> Starlette:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
-    `GET /metrics` (by default when prometheus-client is installed)."""
+    `GET /metrics` (by default when prometheus-client is installed). `extensions=False`
+    serves the plain Cycles wire: no `allotment` fields, no `GET /v1/allotment`."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
-    settings = Settings(guard, admin_key or None, max_body)
+    settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
