@@ -311,13 +311,13 @@ class Runtime:
         after = _cursor(query.get("cursor"))
         wanted = {f"{level}:{value}" for level, value in filters.items()}
         if asked and query.get("scope"):  # the library's `balances(scope, include_children)`
-            found = await caller.tenant.abalances(
-                query["scope"], include_children=_flag(query.get("include_children"), True))
+            rows = list(await caller.tenant.abalances(
+                query["scope"], include_children=_flag(query.get("include_children"), True)))
+            page = _after(rows, after)[:limit + 1]  # in the guard's own order
         else:
-            found = await caller.tenant.abalances()
-        rows = sorted((row for row in found if wanted <= set(row.scope.split("/"))),
-                      key=_row_key)
-        page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
+            rows = sorted((row for row in await caller.tenant.abalances()
+                           if wanted <= set(row.scope.split("/"))), key=_row_key)
+            page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
         answer: dict[str, Any] = {"balances": wire.balances(tuple(page[:limit]))}
         if len(page) > limit:
             answer["next_cursor"] = _encode_cursor(_row_key(page[limit - 1]))
@@ -330,6 +330,17 @@ class Runtime:
 def _in_unit(amounts: tuple[Amount, ...], unit: Unit) -> Amount:
     """The amount in `unit` (the Cycles field's unit) of a result in several units."""
     return next((a for a in amounts if a.unit is unit), amounts[0])
+
+
+def _after(rows: list[Balance], after: list[str] | None) -> list[Balance]:
+    """The rows after the one a cursor names, in the order given."""
+    if after is None:
+        return rows
+    keys = [_row_key(row) for row in rows]
+    if after not in keys:
+        raise bad_request("cursor: the balance it points at is gone; read again from the "
+                          "first page")
+    return rows[keys.index(after) + 1:]
 
 
 def _flag(text: str | None, default: bool) -> bool:

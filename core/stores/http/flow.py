@@ -33,6 +33,9 @@ from ...scopes import Subject, parse_scope
 from .. import operations as ops
 from . import answers
 
+_REMEMBERED = 65_536
+"""How many ids of another Cycles server are remembered as it wrote them (the oldest go
+first; an id not remembered is sent in the UUID form)."""
 PAGE = 200
 """The largest page the Cycles list and balance routes give."""
 ADMIN = ("is an administrative operation: a remote guard enforces, the server is "
@@ -86,6 +89,8 @@ class Flows:
         self.url = url
         self.allotment: bool | None = None
         """Whether the server announced allotment's extensions (None: not asked yet)."""
+        self._wire_ids: dict[str, str] = {}
+        """Another server's ids of the reservations made here, by the library's id."""
         self._flows: dict[type[Any], Callable[[Any], Flow]] = {
             ops.Reserve: self._reserve, ops.Commit: self._commit,
             ops.Release: self._release, ops.Extend: self._extend, ops.Record: self._record,
@@ -136,22 +141,28 @@ class Flows:
 
     def _wire_id(self, rid: str) -> str:
         """The server's id of a reservation: allotment's ids travel as they are; another
-        server's UUIDs are held as `<tenant>:<hex>` (the library's id shape)."""
+        server's UUIDs are held as `<tenant>:<hex>` (the library's id shape), and sent back
+        as the server wrote them."""
         if self.allotment:
             return rid
-        return str(uuid.UUID(rid.partition(":")[2]))
+        known = self._wire_ids.get(rid)
+        return known if known is not None else str(uuid.UUID(rid.partition(":")[2]))
 
     def _local_id(self, wire_id: str, tenant: str) -> str:
         try:
-            if id_tenant(wire_id) == tenant:
-                return wire_id
+            local = wire_id if id_tenant(wire_id) == tenant else None
         except InvalidRequest:
-            pass
-        try:
-            return f"{tenant}:{uuid.UUID(wire_id).hex}"
-        except ValueError:
-            raise StoreUnavailable(f"{self.url} answered reservation id {wire_id!r}, neither "
-                                   "allotment's nor a UUID") from None
+            local = None
+        if local is None:
+            try:
+                local = f"{tenant}:{uuid.UUID(wire_id).hex}"
+            except ValueError:
+                raise StoreUnavailable(f"{self.url} answered reservation id {wire_id!r}, "
+                                       "neither allotment's nor a UUID") from None
+        if len(self._wire_ids) >= _REMEMBERED:
+            del self._wire_ids[next(iter(self._wire_ids))]
+        self._wire_ids[local] = wire_id
+        return local
 
     # -- reserve and decide ------------------------------------------------------------------
 
