@@ -38,9 +38,9 @@ _REMEMBERED = 65_536
 first; an id not remembered is sent in the UUID form)."""
 PAGE = 200
 """The largest page the Cycles list and balance routes give."""
-ADMIN = ("is an administrative operation: a remote guard enforces, the server is "
-         "administered with its admin API (/v1/admin/..., the admin key) or the `allotment` "
-         "command line")
+ADMIN = ("is not carried by the runtime wire: a remote guard enforces; administration, "
+         "audit, reports and usage go through the server's admin API (/v1/admin/..., with "
+         "the admin key) or the `allotment` command line")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +159,11 @@ class Flows:
             except ValueError:
                 raise StoreUnavailable(f"{self.url} answered reservation id {wire_id!r}, "
                                        "neither allotment's nor a UUID") from None
-        if len(self._wire_ids) >= _REMEMBERED:
-            del self._wire_ids[next(iter(self._wire_ids))]
+        while len(self._wire_ids) >= _REMEMBERED:  # the oldest go (threads may race here)
+            try:
+                self._wire_ids.pop(next(iter(self._wire_ids)), None)
+            except (StopIteration, RuntimeError):
+                break
         self._wire_ids[local] = wire_id
         return local
 
