@@ -14,9 +14,11 @@ from typing import Any
 
 import openai
 import pytest
+from langchain_openai import ChatOpenAI
 
 import allotment as al
 from allotment.clock import system_ms
+from allotment.integrations.langchain import BudgetCallbackHandler
 from allotment.integrations.openai import wrap_openai
 
 from support.cassettes import expected_cost, replay, spent
@@ -262,3 +264,32 @@ def test_the_openai_wrapper_enforces_through_the_remote_guard(central: Central) 
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
     assert cassette.play_count == 0  # refused before the provider was called
+
+
+def test_the_async_openai_client_streams_through_the_remote_guard(central: Central) -> None:
+    remote = central.remote()
+
+    async def main() -> None:
+        wrapped = wrap_openai(openai.AsyncOpenAI(api_key="sk-test", max_retries=0), remote,
+                              tenant="acme")
+        with replay("openai_chat_stream.yaml", ignore_localhost=True) as cassette:
+            stream = await wrapped.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "UK?"}],
+                stream=True)
+            async for _ in stream:
+                pass
+        assert cassette.play_count == 1
+        await remote.store.aclose()
+
+    asyncio.run(main())
+    assert spent(central.guard) == (expected_cost("openai", "gpt-4o-mini", 53, 15), 68)
+
+
+def test_the_langchain_handler_enforces_through_the_remote_guard(central: Central) -> None:
+    handler = BudgetCallbackHandler(central.remote(), tenant="acme")
+    chat = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0)
+    with replay("openai_chat.yaml", ignore_localhost=True) as cassette:
+        reply = chat.invoke("Hello!", config={"callbacks": [handler]})
+    assert reply.content == "Hello! How can I assist you today?"
+    assert cassette.play_count == 1
+    assert spent(central.guard) == (expected_cost("openai", "gpt-4o-mini", 9, 9), 18)

@@ -7,6 +7,7 @@ fail-closed setting applies as on any store."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ class HttpStore:
     key of that server; every call touches only that tenant."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, verify: bool | ssl.SSLContext = True) -> None:
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"url: {url!r} is not an http:// or https:// URL")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
@@ -61,8 +62,12 @@ class HttpStore:
             sent[KEY_HEADER] = api_key
         self._headers = sent
         self._timeout = timeout
+        self._verify = verify
+        """TLS: True checks the server's certificate against the system's CAs, an
+        `ssl.SSLContext` against its own (a private CA), False checks nothing."""
         self._flows = Flows(self.url)
-        self._client = httpx.Client(base_url=self.url, headers=sent, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, headers=sent, timeout=timeout,
+                                    verify=verify)
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                   httpx.AsyncClient] = (
             weakref.WeakKeyDictionary())
@@ -114,7 +119,8 @@ class HttpStore:
         client = self._aclients.get(loop)
         if client is None:
             client = self._aclients[loop] = httpx.AsyncClient(
-                base_url=self.url, headers=self._headers, timeout=self._timeout)
+                base_url=self.url, headers=self._headers, timeout=self._timeout,
+                verify=self._verify)
         return client
 
     # -- the rest of the store contract ------------------------------------------------------
