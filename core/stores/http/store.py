@@ -49,7 +49,8 @@ class HttpStore:
     key of that server; every call touches only that tenant."""
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0,
-                 headers: dict[str, str] | None = None, verify: bool | ssl.SSLContext = True) -> None:
+                 headers: dict[str, str] | None = None,
+                 verify: bool | ssl.SSLContext = True) -> None:
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"url: {url!r} is not an http:// or https:// URL")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
