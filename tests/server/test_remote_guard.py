@@ -158,6 +158,21 @@ def test_an_elastic_estimate_is_reserved_smaller_through_the_server(remote: Any,
     assert rows(central.guard)[al.Unit.USD_MICROCENTS].reserved == al.usd(0.5).amount
 
 
+def test_a_degrade_rule_and_shadow_mode_on_the_server_reach_the_remote_caller(
+        remote: Any, central: Central) -> None:
+    central.guard.set_budget("tenant:acme", usd=10, degrade=[
+        al.Degrade(below=1, model="gpt-4o-mini", max_tokens=100)])
+    remote.record(ACME, ACTION, al.usd(1))
+    held = remote.reserve(ACME, ACTION, al.usd(0.01))
+    assert held.decision.outcome is al.Outcome.ALLOW_WITH_CAPS
+    assert held.caps == al.Caps(max_tokens=100, model="gpt-4o-mini")  # no Cycles field
+    assert remote.decide(ACME, ACTION, al.usd(0.01)) == held.decision
+    central.guard.set_mode("acme", "shadow")
+    through = remote.reserve(ACME, ACTION, al.usd(100))
+    assert through.decision.observed is not None
+    assert through.decision.observed.reason == al.Reason.BUDGET_EXCEEDED
+
+
 def test_the_keys_tenant_is_a_wall(remote: Any, central: Central) -> None:
     theirs = central.guard.reserve(al.Subject(tenant="rival"), ACTION, al.usd(1))
     before = snapshot(central.guard.store, "rival")

@@ -126,6 +126,14 @@ def test_an_elastic_estimate_shrinks_to_what_fits(served: Any) -> None:
     decided = api.post("/v1/decide", {**reserve_body("d", estimate=usd(10_000_000)),
                                       "allotment": {"elastic": elastic}}, check=False)
     assert extended(decided, "POST", "/v1/decide")["decision"]["outcome"] == "DENY"
+    dry = api.post("/v1/reservations", reserve_body(
+        "dry", estimate=usd(10_000_000), dry_run=True,
+        allotment={"elastic": {**elastic, "max_tokens": 10_000}}), check=False)
+    refusal = extended(dry, "POST", "/v1/reservations")["decision"]
+    assert (refusal["outcome"], refusal["reason"], refusal["remaining"]) == (
+        "DENY", "BUDGET_EXCEEDED", 0)
+    assert dry.body["decision"] == "DENY" and "reserved" not in dry.body
+    assert by_unit(served.guard)[USD].reserved == 50_000_000  # a dry run holds nothing
 
 
 def test_release_extend_events_and_reads_answer_the_whole_result(served: Any) -> None:
