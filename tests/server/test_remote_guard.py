@@ -15,6 +15,10 @@ from typing import Any
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 import allotment as al
 from allotment.clock import system_ms
@@ -23,7 +27,7 @@ from allotment.integrations.openai import wrap_openai
 
 from support.cassettes import expected_cost, replay, spent
 from support.drivers import AsyncDriven
-from support.served import serving
+from support.served import serving, serving_app
 from support.snapshots import snapshot
 
 ACTION = al.Action("llm.completion", "openai:gpt-4o")
@@ -308,3 +312,16 @@ def test_the_langchain_handler_enforces_through_the_remote_guard(central: Centra
     assert reply.content == "Hello! How can I assist you today?"
     assert cassette.play_count == 1
     assert spent(central.guard) == (expected_cost("openai", "gpt-4o-mini", 9, 9), 18)
+
+
+def test_a_failing_announcement_is_asked_again_never_guessed() -> None:
+    async def failing(request: Request) -> Response:
+        return JSONResponse({"error": "INTERNAL_ERROR", "message": "down"}, 503)
+
+    app = Starlette(routes=[Route("/v1/allotment", failing)])
+    with serving_app(app) as url:
+        remote = al.Guard.from_url(url, api_key="k")
+        for _ in range(2):
+            with pytest.raises(al.StoreUnavailable, match="HTTP 503"):
+                remote.reserve(ACME, ACTION, [al.usd(1), al.tokens(5)])
+            assert remote.store.allotment is None

@@ -102,9 +102,7 @@ class Flows:
         if flow is None:
             raise _refused(op)
         if self.allotment is None:
-            reply = yield Call("GET", x.ANNOUNCE_PATH)
-            self.allotment = (reply.status == 200 and isinstance(reply.body, dict)
-                              and reply.body.get("server") == x.SERVER)
+            self.allotment = _announced((yield Call("GET", x.ANNOUNCE_PATH)), self.url)
         return (yield from flow(op))
 
     # -- what a plain Cycles server cannot carry ---------------------------------------------
@@ -359,6 +357,18 @@ class Flows:
             rows = [row for row in rows if row.scope == op.scope
                     or (op.include_children and row.scope.startswith(below))]
         return tuple(rows)
+
+
+def _announced(reply: Reply, url: str) -> bool:
+    """Whether the announcement names allotment. A server that answers the route with
+    something else, or not at all (404, 405, 401, 403), is another Cycles server; a failing
+    one (5xx) is asked again on the next call, never taken for one or the other."""
+    if reply.status == 200:
+        return isinstance(reply.body, dict) and reply.body.get("server") == x.SERVER
+    if reply.status >= 500:
+        raise StoreUnavailable(f"{url} failed (HTTP {reply.status}) when asked whether it is "
+                               f"an allotment server (GET {x.ANNOUNCE_PATH})")
+    return False
 
 
 def _estimate_ext(op: ops.Reserve) -> dict[str, Any]:
