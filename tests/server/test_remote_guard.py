@@ -7,6 +7,7 @@ wire cannot carry is refused before anything is sent."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -325,3 +326,71 @@ def test_a_failing_announcement_is_asked_again_never_guessed() -> None:
             with pytest.raises(al.StoreUnavailable, match="HTTP 503"):
                 remote.reserve(ACME, ACTION, [al.usd(1), al.tokens(5)])
             assert remote.store.allotment is None
+
+
+def _steps(guard: Any, clock: al.ManualClock) -> list[Any]:
+    """One script of calls; every result (or error) it gives, in order."""
+    seen: list[Any] = []
+
+    def do(call: Any) -> Any:
+        try:
+            result = call()
+        except al.AllotmentError as error:
+            seen.append((type(error).__name__, getattr(error, "decision", None)))
+            return None
+        seen.append(result.info if isinstance(result, al.Reservation) else result)
+        return result
+
+    run = al.Subject(tenant="acme", workflow="docs", dimensions={"run": "r-1"})
+    two = do(lambda: guard.reserve(ACME, ACTION, [al.usd(1), al.tokens(2_000)], ttl_ms=5_000))
+    shrunk = do(lambda: guard.reserve(run, ACTION, al.Elastic(
+        fixed=[al.usd(0.5), al.tokens(100)], per_mtok=[al.usd(20), al.tokens(1_000_000)],
+        max_tokens=400_000, floor=100)))
+    do(lambda: guard.decide(run, ACTION, al.usd(9)))
+    do(lambda: guard.reserve(run, ACTION, al.usd(9)))
+    do(lambda: guard.extend(two.id, 2_000))
+    do(lambda: guard.commit(two.id, [al.usd(1.25), al.tokens(500)],
+                            usage=al.TokenUsage(input_tokens=300, output_tokens=200)))
+    do(lambda: guard.commit(two.id, al.usd(1)))
+    do(lambda: guard.release(shrunk.id, "cancelled"))
+    do(lambda: guard.record(run, ACTION, [al.usd(0.1), al.tokens(7)],
+                            overage_policy="ALLOW_WITH_OVERDRAFT"))
+    do(lambda: guard.reserve(ACME, ACTION, al.credits(1)))
+    late = do(lambda: guard.reserve(ACME, ACTION, al.usd(0.5), ttl_ms=1_000, grace_ms=0))
+    clock.advance(3_000)
+    do(lambda: guard.commit(late.id, al.usd(0.5)))
+    for rid in (two.id, shrunk.id, late.id):
+        do(lambda rid=rid: guard.get(rid))
+    do(lambda: guard.balances("tenant:acme"))
+    do(lambda: guard.balances("tenant:acme/workflow:docs/run:r-1"))
+    return seen
+
+
+def _same_ids(seen: list[Any]) -> str:
+    """The results with each reservation and event id replaced by its first place."""
+    text, ids = repr(seen), {}
+    for found in re.findall(r"acme:[0-9a-f]{32}", text):
+        ids.setdefault(found, f"<id {len(ids)}>")
+    for found, name in ids.items():
+        text = text.replace(found, name)
+    return text
+
+
+def test_a_remote_guard_answers_exactly_as_an_embedded_one() -> None:
+    """The same calls, on the same clock, through a remote guard and an embedded one: every
+    result and error is the same, ids aside."""
+    answers = []
+    for remote in (False, True):
+        clock = al.ManualClock(system_ms() // 1000 * 1000)
+        central = al.Guard(al.MemoryStore(clock))
+        central.set_budget("tenant:acme", usd=5)
+        central.set_budget("tenant:acme", tokens=1_000_000, period="day")
+        central.set_budget("tenant:acme/workflow:docs", usd=3, per="run")
+        if not remote:
+            answers.append(_same_ids(_steps(central, clock)))
+            continue
+        with serving(central) as url:
+            guard = al.Guard.from_url(url, api_key=central.create_key("acme").secret)
+            answers.append(_same_ids(_steps(guard, clock)))
+    embedded, through_http = answers
+    assert through_http == embedded
