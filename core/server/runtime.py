@@ -97,7 +97,7 @@ class Runtime:
 
     async def _body(self, request: Request, model: type[wire._M]) -> wire._M:
         if self.s.extensions:
-            model = extended.EXTENDED[model]
+            model = extended.EXTENDED.get(model, model)
         return wire.parse(model, await body(request, self.s.max_body))
 
     def _asked(self, request: Request) -> bool:
