@@ -403,3 +403,10 @@ def test_a_remote_guard_answers_exactly_as_an_embedded_one(calls: str) -> None:
     loop.close()
     embedded, through_http = answers
     assert through_http == embedded
+
+
+def test_a_remote_guard_needs_a_key_and_a_url_it_can_use() -> None:
+    with pytest.raises(al.InvalidRequest, match="api_key: expected a tenant API key"):
+        al.Guard.from_url("http://127.0.0.1:7878")
+    with pytest.raises(al.InvalidRequest, match="timeout"):
+        al.Guard.from_url("http://127.0.0.1:7878", api_key="k", timeout=0)

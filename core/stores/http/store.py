@@ -53,14 +53,14 @@ class HttpStore:
                  verify: bool | ssl.SSLContext = True) -> None:
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"url: {url!r} is not an http:// or https:// URL")
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise InvalidRequest("api_key: expected the server's API key (a non-empty string)")
+        if not isinstance(api_key, str) or not api_key:
+            raise InvalidRequest(f"api_key: expected a tenant API key of the server at {url} "
+                                 f"(the key_secret it answered when the key was made), got "
+                                 f"{'nothing' if api_key is None else type(api_key).__name__}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidRequest(f"timeout: expected seconds > 0, got {timeout!r}")
         self.url = url.rstrip("/")
-        sent = dict(headers or {})
-        if api_key is not None:
-            sent[KEY_HEADER] = api_key
+        sent = {**(headers or {}), KEY_HEADER: api_key}
         self._headers = sent
         self._timeout = timeout
         self._verify = verify
