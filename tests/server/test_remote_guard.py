@@ -1,5 +1,5 @@
 """The remote guard: `Guard.from_url("http://...", api_key=...)` enforces through a real
-uvicorn serving a memory-store guard, through its sync calls and their async twins. Every
+uvicorn serving a guard on each store kind, through its sync calls and their async twins. Every
 result and error is the library's own; the key's tenant is a wall; the OpenAI wrapper enforces
 through it unchanged; against a server that does not announce allotment, what the plain Cycles
 wire cannot carry is refused before anything is sent."""
@@ -30,6 +30,7 @@ from support.cassettes import expected_cost, replay, spent
 from support.drivers import AsyncDriven
 from support.served import serving, serving_app
 from support.snapshots import snapshot
+from support.stores import STORE_KINDS, make_store
 
 ACTION = al.Action("llm.completion", "openai:gpt-4o")
 ACME = al.Subject(tenant="acme", workspace="prod")
@@ -48,20 +49,23 @@ class Central:
         return al.Guard.from_url(self.url, api_key=self.key, **options)
 
 
-def _central(**app_options: Any) -> Iterator[Central]:
+def _central(kind: str = "memory", **app_options: Any) -> Iterator[Central]:
     clock = al.ManualClock(system_ms())
-    guard = al.Guard(al.MemoryStore(clock))
+    store = make_store(kind, clock)
+    guard = al.Guard(store)
     guard.set_budget("tenant:acme", usd=10)
     guard.set_budget("tenant:acme", tokens=1_000_000, period="day")
     guard.set_budget("tenant:rival", usd=10)
     key = guard.create_key("acme").secret
     with serving(guard, **app_options) as url:
         yield Central(guard, clock, url, key)
+    store.close()
 
 
-@pytest.fixture
-def central() -> Iterator[Central]:
-    yield from _central()
+@pytest.fixture(params=STORE_KINDS)
+def central(request: pytest.FixtureRequest) -> Iterator[Central]:
+    """The server, on each store kind."""
+    yield from _central(request.param)
 
 
 @pytest.fixture
