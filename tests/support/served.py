@@ -24,10 +24,10 @@ ADMIN_KEY = "admin-secret-for-tests"
 
 @contextmanager
 def serving(guard: al.Guard, admin_key: str | None = ADMIN_KEY,
-            **app_options: Any) -> Iterator[str]:
-    """Serve `guard` until the block ends; yields the base URL. `app_options` go to
-    `create_app` (e.g. `extensions=False`)."""
-    with serving_app(create_app(guard, admin_key=admin_key, **app_options)) as url:
+            **options: Any) -> Iterator[str]:
+    """Serve `guard` until the block ends (`options` go to `create_app`, e.g.
+    `extensions=False`); yields the base URL."""
+    with serving_app(create_app(guard, admin_key=admin_key, **options)) as url:
         yield url
 
 
