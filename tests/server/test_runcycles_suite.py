@@ -60,7 +60,10 @@ def sdist(name: str, release: str) -> Path:
 
 def unpacked(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
+        if hasattr(tarfile, "data_filter"):  # every current patch release has it
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)  # the index's own archive of the pinned version
     (root,) = into.iterdir()
     return root
 
