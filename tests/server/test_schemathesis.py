@@ -184,8 +184,9 @@ def _aimed(case: Any, live: Live) -> dict[str, str]:
     """A fresh tenant for the case, and its key's header. Most valid requests would name
     some other tenant or a made-up reservation, and stop at the walls; point their subject
     at the tenant and their path at a live reservation of it, so the checks reach the
-    ledger's answers too, and make an `X-Idempotency-Key` header say what the body says (the
-    spec requires it). Invalid parts are left as generated."""
+    ledger's answers too; send the tenant's key alone; and make an `X-Idempotency-Key`
+    header say what the body says (the spec requires it). Invalid parts are left as
+    generated."""
     tenant, secret = live.tenant()
     meta, body = case.meta, case.body
     valid_body = not meta.is_negative_at(ParameterLocation.BODY) and isinstance(body, dict)
@@ -196,6 +197,9 @@ def _aimed(case: Any, live: Live) -> dict[str, str]:
             and "reservation_id" in (case.path_parameters or {}):
         case.path_parameters["reservation_id"] = live.reservation(secret)
     headers = case.headers or {}
+    if not meta.is_negative_at(ParameterLocation.HEADER):
+        # a made-up admin key is 401 (test_protocol_edges.py pins the admin key's answers)
+        headers.pop("X-Admin-API-Key", None)
     if valid_body and not meta.is_negative_at(ParameterLocation.HEADER) \
             and "X-Idempotency-Key" in headers and isinstance(body.get("idempotency_key"), str):
         headers["X-Idempotency-Key"] = body["idempotency_key"]
