@@ -74,15 +74,17 @@ async def _ready(request: Request) -> Response:
 
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
                metrics: bool | None = None, plans: Mapping[str, Plan] | None = None,
-               define_plans: bool = True) -> Starlette:
+               define_plans: bool = True, extensions: bool = True) -> Starlette:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
     `GET /metrics` (by default when prometheus-client is installed). `plans` are the
     tiers `PUT /v1/admin/tenants/{id}/plan` assigns by name; `define_plans=False` refuses
-    defining more over HTTP (several workers: each holds its own catalog)."""
+    defining more over HTTP (several workers: each holds its own catalog).
+    `extensions=False` serves the plain Cycles wire: no `allotment` fields, no
+    `GET /v1/allotment`."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
-    settings = Settings(guard, admin_key or None, max_body)
+    settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
