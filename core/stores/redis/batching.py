@@ -131,35 +131,44 @@ class Batcher:
         if lane is None:
             with self._guard:
                 lane = self._lanes.setdefault(lane_key, _Lane())
-        me = _Waiter(step)
         with lane.lock:
             if lane.busy:
+                me = _Waiter(step)
                 me.done = threading.Event()
                 lane.queue.append(me)
             else:
-                lane.busy = me.lead = True
-        if me.done is not None:
-            me.done.wait()
-            if not me.lead:
-                return _given(me.outcome)
-            with lane.lock:
-                batch = [lane.queue.popleft() for _ in range(min(LIMIT, len(lane.queue)))]
-        else:
-            batch = [me]
+                lane.busy = True
+                me = None
+        if me is None:  # an idle lane: the call goes at once, alone, as without batching
+            try:
+                return self._send(step)
+            finally:
+                self._hand_on(lane, ())
+        me.done.wait()  # type: ignore[union-attr]  # queued: it has one
+        if not me.lead:
+            return _given(me.outcome)
+        with lane.lock:
+            batch = [lane.queue.popleft() for _ in range(min(LIMIT, len(lane.queue)))]
         try:
             self._run(batch)
         finally:
-            with lane.lock:
-                if lane.queue:  # the next leader takes what queued up meanwhile
-                    following = lane.queue[0]
-                    following.lead = True
-                    following.done.set()  # type: ignore[union-attr]  # queued: it has one
-                else:
-                    lane.busy = False
-            for waiter in batch:
-                if waiter is not me:
-                    waiter.done.set()  # type: ignore[union-attr]
+            self._hand_on(lane, batch)
         return _given(me.outcome)
+
+    @staticmethod
+    def _hand_on(lane: _Lane, batch: list[_Waiter] | tuple[()]) -> None:
+        """After a call: the next leader takes what queued up meanwhile (or the lane goes
+        idle), then the batch's callers get their outcomes."""
+        with lane.lock:
+            if lane.queue:
+                following = lane.queue[0]
+                following.lead = True
+                following.done.set()  # type: ignore[union-attr]  # queued: it has one
+            else:
+                lane.busy = False
+        for waiter in batch:
+            if not waiter.lead:
+                waiter.done.set()  # type: ignore[union-attr]
 
     def _run(self, batch: list[_Waiter]) -> None:
         steps = [waiter.step for waiter in batch]
