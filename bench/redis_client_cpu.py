@@ -30,8 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis_ops import ACTION, ACTUAL, ESTIMATE, TRIVIAL_FUNCTION, TRIVIAL_LUA, redis_server
-from redis_ops import set_budgets, subject_of
+import redis_ops as shared  # the server and budgets of the main Redis bench
 
 import allotment as al
 from allotment.stores.redis import RedisStore
@@ -44,12 +43,12 @@ WARM_UP = 300
 def pairs_of(url: str) -> dict[str, Callable[[], Any]]:
     """One reserve+commit pair (or trivial pair) per kind, each on its own client."""
     client = redis.Redis.from_url(url, decode_responses=True)
-    client.function_load(TRIVIAL_FUNCTION, replace=True)
-    trivial = client.register_script(TRIVIAL_LUA)
+    client.function_load(shared.TRIVIAL_FUNCTION, replace=True)
+    trivial = client.register_script(shared.TRIVIAL_LUA)
     guard = al.Guard(RedisStore(url=url), ttl_ms=3_600_000)
     plain = al.Guard(RedisStore(url=url, batching=False), ttl_ms=3_600_000)
-    subject = subject_of("cpu", DEPTH)
-    set_budgets(guard, subject)
+    subject = shared.subject_of("cpu", DEPTH)
+    shared.set_budgets(guard, subject)
 
     def trivial_pair() -> None:
         trivial()
@@ -59,9 +58,10 @@ def pairs_of(url: str) -> dict[str, Callable[[], Any]]:
         client.fcall("bench_trivial", 0)
         client.fcall("bench_trivial", 0)
 
+    action, estimate, actual = shared.ACTION, shared.ESTIMATE, shared.ACTUAL
     return {"trivial": trivial_pair, "fcall": fcall_pair,
-            "guard": lambda: guard.reserve(subject, ACTION, ESTIMATE).commit(ACTUAL),
-            "guard 1call": lambda: plain.reserve(subject, ACTION, ESTIMATE).commit(ACTUAL)}
+            "guard": lambda: guard.reserve(subject, action, estimate).commit(actual),
+            "guard 1call": lambda: plain.reserve(subject, action, estimate).commit(actual)}
 
 
 def cpu_us(pair: Callable[[], Any], count: int) -> float:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the guard pairs")
     parser.add_argument("--sort", default="tottime", help="the profile's order (pstats)")
     args = parser.parse_args(argv)
-    with redis_server() as url:
+    with shared.redis_server() as url:
         if args.only:
             pair = pairs_of(url)[args.only]
             for _ in range(WARM_UP + args.pairs):

@@ -88,14 +88,15 @@ def _answered(steps: Sequence[Batched], batch: Batched, reply: Any) -> list[Outc
 
 
 class _Waiter:
-    """One call in a lane: its step, then its outcome; one that queues up waits on `done`
-    for its outcome or the word to lead (a call sent at once needs no event)."""
+    """One call in a lane: its step, then its outcome. One that queues up waits on `done` for
+    its outcome or the word to lead: a lock taken when it queues and released by the call that
+    answers it, cheaper than an Event (a call sent at once needs none)."""
 
     __slots__ = ("done", "lead", "outcome", "step")
 
     def __init__(self, step: Batched) -> None:
         self.step = step
-        self.done: threading.Event | None = None
+        self.done: threading.Lock | None = None
         self.lead = False
         self.outcome: Outcome = (False, None)
 
@@ -134,7 +135,8 @@ class Batcher:
         with lane.lock:
             if lane.busy:
                 me = _Waiter(step)
-                me.done = threading.Event()
+                me.done = threading.Lock()
+                me.done.acquire()
                 lane.queue.append(me)
             else:
                 lane.busy = True
@@ -144,7 +146,7 @@ class Batcher:
                 return self._send(step)
             finally:
                 self._hand_on(lane, ())
-        me.done.wait()  # type: ignore[union-attr]  # queued: it has one
+        me.done.acquire()  # type: ignore[union-attr]  # queued: it has one
         if not me.lead:
             return _given(me.outcome)
         with lane.lock:
@@ -163,12 +165,12 @@ class Batcher:
             if lane.queue:
                 following = lane.queue[0]
                 following.lead = True
-                following.done.set()  # type: ignore[union-attr]  # queued: it has one
+                following.done.release()  # type: ignore[union-attr]  # queued: it has one
             else:
                 lane.busy = False
         for waiter in batch:
             if not waiter.lead:
-                waiter.done.set()  # type: ignore[union-attr]
+                waiter.done.release()  # type: ignore[union-attr]
 
     def _run(self, batch: list[_Waiter]) -> None:
         steps = [waiter.step for waiter in batch]

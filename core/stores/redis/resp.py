@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
-from functools import cache
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - the redis extra installs hiredis
@@ -47,23 +47,25 @@ def pack(command: Sequence[Any]) -> bytes:
     if _hiredis_pack is None:
         return _plain_pack(command)
     try:
-        return _hiredis_pack(tuple(command))
+        packed: bytes = _hiredis_pack(tuple(command))
     except TypeError as error:  # as redis-py: an argument it cannot send
         raise DataError(str(error)) from error
+    return packed
+
+
+_POOL_ARGS: dict[Any, tuple[str, ...]] = {}
 
 
 def _pool_args(pool: Any) -> tuple[str, ...]:
     """What the pool's `get_connection` needs: redis-py before 5.3 requires a command name;
-    later releases take none (and warn when given one)."""
-    return _pool_args_of(type(pool))
-
-
-@cache
-def _pool_args_of(kind: type) -> tuple[str, ...]:
-    parameter = inspect.signature(kind.get_connection).parameters.get("command_name")
-    if parameter is not None and parameter.default is inspect.Parameter.empty:
-        return ("FCALL",)
-    return ()
+    later releases take none (and warn when given one). Worked out once per pool class."""
+    kind = type(pool)
+    found = _POOL_ARGS.get(kind)
+    if found is None:
+        parameter = inspect.signature(kind.get_connection).parameters.get("command_name")
+        required = parameter is not None and parameter.default is inspect.Parameter.empty
+        found = _POOL_ARGS[kind] = ("FCALL",) if required else ()
+    return found
 
 
 KEEP = 4
