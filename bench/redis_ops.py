@@ -962,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--threads", type=int, default=8,
                         help="client threads per process (default 8)")
-    parser.add_argument("--only", choices=("throughput",),
+    parser.add_argument("--only", choices=("sequential", "throughput"),
                         help="run one section alone (its ledger check decides the exit status)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
@@ -988,6 +988,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{conc_ledgers.ledgers:,}; load {os.getloadavg()[0]:.2f} at the end")
             return 1 if conc_ledgers.broken else 0
         depths = run_depths(url, settings)
+        if args.only == "sequential":
+            print_depths(depths)
+            d3 = {r.depth: r for r in depths}[3]
+            r50 = percentile(d3.latency["reserve"], 0.5)
+            f50 = percentile(d3.idle["fcall"], 0.5)
+            off = percentile(d3.idle["reserve, batching off"], 0.5)
+            print(f"\nsequential reserve p50 (depth 3) {us(r50):.1f} µs = {r50 / f50:.2f}× a "
+                  f"trivial FCALL ({us(f50):.1f} µs); batching on / off {r50 / off:.2f}×")
+            broken = [line for r in depths for line in r.ledgers.broken]
+            print(f"ledgers: {len(broken)} mismatches")
+            return 1 if broken else 0
         print_depths(depths)
         print_breakdown(depths[1])
         phases, conc_ledgers, _ = run_throughput(url, args.procs, args.threads, settings,
