@@ -2,11 +2,13 @@
 
 redis-py encodes a command's arguments one at a time in Python before packing them, and for
 a reserve's forty arguments that took more client CPU than everything else the store does
-per call (BENCHMARKS.md, "Client CPU"). A call is packed here in one step (hiredis, or the
-plain loop below without it) and sent through the same pool, health check, retry policy and
-disconnect-on-failure as `execute_command` would use, with the reply read by the
-connection's own parser. Clients this path does not fit (a cluster client, a
-single-connection client) go through `execute_command` as before.
+per call (BENCHMARKS.md, "Client CPU per pair"). A call is packed here in one step (hiredis,
+or the plain loop below without it) and sent on a connection of the client's own pool with
+the connection's health check, retry policy and disconnect-on-failure, as `execute_command`
+would, the reply read by the connection's own parser. A sync store keeps a few connections
+between calls instead of checking one out of the pool per call (`Sender`). Clients this path
+does not fit (a cluster client, a single-connection client) go through `execute_command` as
+before.
 """
 
 from __future__ import annotations
