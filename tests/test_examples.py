@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run as written: against a real redis-server where a block names localhost:6379, and
-    the SDKs against the simulated provider on a loopback port."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    the SDKs against the simulated provider on a loopback port. The server quickstart's
+    blocks need a running server: tests/server/test_quickstart.py runs them."""
+    readme = re.sub(r"<!-- server-quickstart.*?<!-- /server-quickstart -->", "",
+                    (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert len(blocks) >= 4
     namespace: dict[str, object] = {
         "call_the_model": lambda: {"usage": 1}, "cost_of": lambda response: "0.01"}
