@@ -8,6 +8,7 @@ twenty times; tenant `t00`'s integration loops, reprocessing one long document a
 reasoning model for a longer analysis on every pass. The model is simulated and bills at list
 prices, so the demo is offline and takes seconds.
 
+    pip install 'allotment[server]' runcycles
     python examples/runaway_over_http.py
     python examples/runaway_over_http.py --store redis://localhost:6379/0
 """

@@ -203,6 +203,8 @@ def test_the_enterprise_admin_reallocates_between_departments_over_http(world: A
 
 
 def test_another_tenants_keys_are_refused_and_change_nothing(world: Any) -> None:
+    """Another tenant's budget admin and agents get 403 on BigCo's budgets, balances and
+    subjects, learn nothing but the refusal, and BigCo's whole state is unchanged."""
     served, secrets = world
     Department(rc.CyclesClient(rc.CyclesConfig(
         base_url=served.url, api_key=secrets["agents"], tenant="bigco",
@@ -228,6 +230,9 @@ def test_another_tenants_keys_are_refused_and_change_nothing(world: Any) -> None
             "idempotency_key": "steal", "subject": {"tenant": "bigco", "workspace": "marketing"},
             "action": CALL, "estimate": {"unit": USD, "amount": DOLLAR}}),
         (rival_agents, "GET", "/v1/balances?tenant=bigco", None),
+        # the tenant's own agents' key has no budgets:write: it cannot move money either
+        (Api(served.url, secrets["agents"]), "POST", f"/v1/admin/budgets/fund?{where}",
+         {"operation": "DEBIT", "amount": 500 * DOLLAR}),
     ]
     for api, method, path, body in refusals:
         refused = api.call(method, path, body, check=False)
