@@ -4,8 +4,9 @@ is denied; the tenant's own budget admin (a tenant key, not the platform's admin
 $500 from Engineering; Marketing resumes. Engineering and Support keep their balances and
 their decisions at every step, and another tenant's keys are refused and change nothing.
 
-The figures are those of examples/enterprise_reallocation.py. The move is the fund pair
-(DEBIT Engineering, CREDIT Marketing) the reference admin plane offers."""
+The figures are those of examples/enterprise_reallocation.py. The move is made both ways a
+tenant admin has: allotment's atomic transfer (POST /v1/admin/transfers), and the fund pair
+(DEBIT Engineering, CREDIT Marketing) of the reference admin plane."""
 
 from __future__ import annotations
 
@@ -121,7 +122,38 @@ def figures(row: rc.Balance) -> tuple[int, int, int, int]:
             amount(row.spent))
 
 
-def test_the_enterprise_admin_reallocates_between_departments_over_http(world: Any) -> None:
+def moved_by_transfer(finance: Api) -> None:
+    """One atomic step; a retry under the same idempotency key does not move it twice."""
+    body = {"source": scope("engineering"), "destination": scope("marketing"),
+            "amount": {"unit": USD, "amount": 500 * DOLLAR},
+            "idempotency_key": "q4-realloc-1"}
+    moved = finance.post("/v1/admin/transfers", body, check=False)
+    assert moved.status == 200, moved.body
+    assert finance.post("/v1/admin/transfers", body, check=False).body == moved.body
+    assert moved.body["source"]["allocated"] == {"unit": USD, "amount": 4_500 * DOLLAR}
+    assert moved.body["destination"]["remaining"] == {"unit": USD, "amount": 520 * DOLLAR}
+
+
+def moved_by_fund_pair(finance: Api) -> None:
+    """DEBIT then CREDIT, each under its own key; a retried DEBIT does not move it twice."""
+    def fund(workspace: str, operation: str, amount: Any, key: str) -> Any:
+        answer = finance.post(f"/v1/admin/budgets/fund?scope={scope(workspace)}&unit={USD}",
+                              {"operation": operation, "amount": amount,
+                               "idempotency_key": key}, check=False)
+        assert answer.status == 200, answer.body
+        return answer.body
+
+    out = fund("engineering", "DEBIT", 500 * DOLLAR, "q4-realloc-1-out")
+    again = fund("engineering", "DEBIT", 500 * DOLLAR, "q4-realloc-1-out")
+    assert again["new_allocated"] == out["new_allocated"]
+    into = fund("marketing", "CREDIT", {"unit": USD, "amount": 500 * DOLLAR}, "q4-realloc-1-in")
+    assert into["new_remaining"] == {"unit": USD, "amount": 520 * DOLLAR}
+
+
+@pytest.mark.parametrize("move", [moved_by_transfer, moved_by_fund_pair],
+                         ids=["transfer", "fund-pair"])
+def test_the_enterprise_admin_reallocates_between_departments_over_http(
+        world: Any, move: Any) -> None:
     served, secrets = world
     config = rc.CyclesConfig(base_url=served.url, api_key=secrets["agents"], tenant="bigco",
                              journal_enabled=False, retry_enabled=False)
@@ -161,29 +193,9 @@ def test_the_enterprise_admin_reallocates_between_departments_over_http(world: A
         for name in UNAFFECTED:  # Engineering and Support keep working meanwhile
             teams[name].work(50, 42)
 
-        # The tenant's own budget admin moves $500 from Engineering to Marketing with the
-        # fund pair; a retried DEBIT (same idempotency key) does not move it twice.
-        def move() -> None:
-            out = finance.post(f"/v1/admin/budgets/fund?scope={scope('engineering')}"
-                               f"&unit={USD}", {"operation": "DEBIT", "amount": 500 * DOLLAR,
-                                                "idempotency_key": "q4-realloc-1-out"},
-                               check=False)
-            assert out.status == 200, out.body
-            again = finance.post(f"/v1/admin/budgets/fund?scope={scope('engineering')}"
-                                 f"&unit={USD}", {"operation": "DEBIT",
-                                                  "amount": 500 * DOLLAR,
-                                                  "idempotency_key": "q4-realloc-1-out"},
-                                 check=False)
-            assert again.body["new_allocated"] == out.body["new_allocated"]
-            into = finance.post(f"/v1/admin/budgets/fund?scope={scope('marketing')}"
-                                f"&unit={USD}", {"operation": "CREDIT",
-                                                 "amount": {"unit": USD,
-                                                            "amount": 500 * DOLLAR},
-                                                 "idempotency_key": "q4-realloc-1-in"},
-                                check=False)
-            assert into.status == 200, into.body
-            assert into.body["new_remaining"] == {"unit": USD, "amount": 520 * DOLLAR}
-        unaffected(move, engineering_allocated=-500 * DOLLAR)
+        # The tenant's own budget admin (its key, not the platform's) moves $500 from
+        # Engineering to Marketing.
+        unaffected(lambda: move(finance), engineering_allocated=-500 * DOLLAR)
         looked = finance.get(f"/v1/admin/budgets/lookup?scope={scope('marketing')}&unit={USD}",
                              check=False)
         assert looked.body["allocated"]["amount"] == 1_000 * DOLLAR
@@ -230,9 +242,18 @@ def test_another_tenants_keys_are_refused_and_change_nothing(world: Any) -> None
             "idempotency_key": "steal", "subject": {"tenant": "bigco", "workspace": "marketing"},
             "action": CALL, "estimate": {"unit": USD, "amount": DOLLAR}}),
         (rival_agents, "GET", "/v1/balances?tenant=bigco", None),
+        (rival_finance, "POST", "/v1/admin/transfers", {
+            "source": scope("engineering"), "destination": "tenant:rival",
+            "amount": {"unit": USD, "amount": 500 * DOLLAR}}),
+        (rival_finance, "POST", "/v1/admin/transfers", {
+            "tenant_id": "bigco", "source": scope("engineering"),
+            "destination": scope("marketing"), "amount": {"unit": USD, "amount": DOLLAR}}),
         # the tenant's own agents' key has no budgets:write: it cannot move money either
         (Api(served.url, secrets["agents"]), "POST", f"/v1/admin/budgets/fund?{where}",
          {"operation": "DEBIT", "amount": 500 * DOLLAR}),
+        (Api(served.url, secrets["agents"]), "POST", "/v1/admin/transfers", {
+            "source": scope("engineering"), "destination": scope("marketing"),
+            "amount": {"unit": USD, "amount": 500 * DOLLAR}}),
     ]
     for api, method, path, body in refusals:
         refused = api.call(method, path, body, check=False)
