@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ..errors import AllotmentError
 from ..guard import Guard
@@ -46,7 +46,21 @@ async def _http_error(request: Request, error: Exception) -> Response:
     code = _HTTP_CODES.get(error.status_code, "INVALID_REQUEST")
     message = f"no route {request.method} {request.url.path}" if error.status_code in (
         404, 405) else str(error.detail)
-    return error_response(request, ApiError(error.status_code, code, message))
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # RFC 9110: say which methods the path takes
+        headers["Allow"] = _allowed(request)
+    return error_response(request, ApiError(error.status_code, code, message,
+                                            headers=headers))
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes on this path (Starlette's own header names only the
+    first route that matched the path)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _crash(request: Request, error: Exception) -> Response:

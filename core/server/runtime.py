@@ -301,6 +301,9 @@ class Runtime:
         unknown = set(query) - known
         if unknown:
             raise bad_request(f"unknown query parameters {sorted(unknown)}")
+        if query.get("include_children", "false") not in ("true", "false"):
+            raise bad_request("include_children: give true or false (descendants are "
+                              "always included)")
         filters = {level: query[level].lower() for level in LEVELS if query.get(level)}
         if not filters and not (asked and query.get("scope")):
             raise bad_request("give at least one of " + ", ".join(LEVELS))
