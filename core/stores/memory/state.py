@@ -220,7 +220,7 @@ class Tenant:
     profile: Any = None  # the tenant's record (TenantInfo), once registered
 
     def __post_init__(self) -> None:
-        self.audit = deque(self.audit, maxlen=self.cx.audit_retention)  # oldest drop out
+        self.audit = deque(self.audit, maxlen=max(0, self.cx.audit_retention))  # oldest out
 
 
 class Route:
