@@ -71,6 +71,11 @@ def key_view(key: ApiKey, now_ms: int) -> dict[str, Any]:
             "expires_at": iso(key.expires_at_ms) or NO_EXPIRY}
 
 
+_LABELS = {Period.MINUTE: "%Y-%m-%dT%H:%M", Period.HOUR: "%Y-%m-%dT%H",
+           Period.DAY: "%Y-%m-%d", Period.MONTH: "%Y-%m", Period.YEAR: "%Y"}
+"""How `periods.bucket` spells a bucket (weeks: `2026-W48`, ISO)."""
+
+
 def _period_bounds(row: Balance) -> dict[str, str]:
     """period_start and period_end of a periodic ledger's bucket (e.g. `2026-11`)."""
     if not row.period or not row.bucket:
@@ -78,23 +83,12 @@ def _period_bounds(row: Balance) -> dict[str, str]:
     period = Period(row.period)
     if period is Period.WEEK:
         year, week = row.bucket.split("-W")
-        inside = datetime.fromisocalendar(int(year), int(week), 1).replace(tzinfo=timezone.utc)
+        inside = datetime.fromisocalendar(int(year), int(week), 1)
     else:
-        inside = datetime.fromisoformat(row.bucket.ljust(4, "0") if period is Period.YEAR
-                                        else _padded(row.bucket)).replace(tzinfo=timezone.utc)
-    at = int(inside.timestamp()) * 1000
+        inside = datetime.strptime(row.bucket, _LABELS[period])
+    at = int(inside.replace(tzinfo=timezone.utc).timestamp()) * 1000
     return {"period_start": iso(bucket_start_ms(period, at)) or UNKNOWN_TIME,
             "period_end": iso(bucket_end_ms(period, at)) or UNKNOWN_TIME}
-
-
-def _padded(label: str) -> str:
-    """A bucket label as an ISO date-time (`2026-11` → `2026-11-01`, `2026-11-05T14` →
-    `2026-11-05T14:00`)."""
-    if len(label) == 7:
-        return f"{label}-01"
-    if len(label) == 13:
-        return f"{label}:00"
-    return label
 
 
 def ledger(row: Balance, tenant: str, created_at_ms: int | None = None) -> dict[str, Any]:

@@ -395,3 +395,28 @@ def test_a_budget_is_dated_only_while_its_definition_is_on_record(kind: str) -> 
             assert later["allocated"]["amount"] == 200_000_000
     finally:
         store.close()
+
+
+def test_a_periodic_ledger_names_its_current_period(served: Any) -> None:
+    periods = ("minute", "hour", "day", "week", "month", "year")
+    for period in periods:
+        served.guard.set_budget(f"tenant:acme/workspace:{period}", usd=1, period=period)
+    served.guard.set_budget("tenant:acme", tokens=10, per="run")  # a template
+    now = datetime.now(timezone.utc)
+    rows = admin(served).get("/v1/admin/budgets?tenant_id=acme", **AS_ADMIN).body["ledgers"]
+    bounds = {r["scope"].rpartition(":")[2]: (moment(r["period_start"]),
+                                              moment(r["period_end"]))
+              for r in rows if "period_start" in r}
+    assert sorted(bounds) == sorted(periods)
+    for period, (start, end) in bounds.items():
+        assert start <= now < end, period
+    assert bounds["week"][0].weekday() == 0 and bounds["year"][0].timetuple().tm_yday == 1
+    held = served.tenant("acme", usd=None).post("/v1/reservations", {
+        "idempotency_key": "r", "subject": {"tenant": "acme", "dimensions": {"run": "r1"}},
+        "action": {"kind": "tool", "name": "t"}, "estimate": {"unit": "TOKENS", "amount": 1}},
+        check=False)
+    assert held.status == 200, held.body
+    run = admin(served).get("/v1/admin/budgets?tenant_id=acme&unit=TOKENS", **AS_ADMIN)
+    template = served.guard.audit("acme", types=["budget.set"])[-1]
+    assert [(r["scope"], moment(r["created_at"])) for r in run.body["ledgers"]] == [
+        ("tenant:acme/run:r1", datetime.fromtimestamp(template.at_ms / 1000, timezone.utc))]
