@@ -173,15 +173,18 @@ class Admin:
     def _admin(self, request: Request) -> None:
         require_admin(self.s, request)
 
-    async def _caller(self, request: Request, permission: str
+    async def _caller(self, request: Request, permission: str, named: str | None
                       ) -> tuple[Guard | TenantGuard, str | None]:
         """The admin key (the guard, no tenant yet) or a tenant key with `permission` (its
-        tenant's handle and name). The reference ignores `tenant_id` from a tenant key on
-        the budget reads and fund: the key's own tenant is always the one used."""
+        tenant's handle and name). A tenant key naming another tenant in `tenant_id` is
+        403, its own is accepted (the reference ignores it on reads and fund and refuses it
+        on create; here another tenant's name is refused alike everywhere)."""
         if admin_key(self.s.admin_key, request):
             return self.s.guard, None
         caller = await tenant_key(self.s.guard, request, permission)
         request.state.key_id = caller.key.key_id
+        if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+            raise forbidden("tenant_id is not the tenant of this API key")
         return caller.tenant, caller.key.tenant
 
     # -- tenants and keys -----------------------------------------------------------------
@@ -258,12 +261,9 @@ class Admin:
     # -- budgets ----------------------------------------------------------------------------
 
     async def create_budget(self, request: Request) -> Response:
-        """The admin key names the tenant in `tenant_id`; a tenant key must not (400)."""
+        """The admin key names the tenant in `tenant_id`; a tenant key its own or none."""
         req = wire.parse(BudgetBody, await body(request, self.s.max_body))
-        handle, own = await self._caller(request, "budgets:write")
-        if own is not None and req.tenant_id is not None:
-            raise bad_request("tenant_id: leave it out with a tenant API key (the key's "
-                              "tenant is used)")
+        handle, own = await self._caller(request, "budgets:write", req.tenant_id)
         if own is None and req.tenant_id is None:
             raise bad_request("tenant_id: required with the admin key")
         tenant = own or tenant_name(req.tenant_id, "tenant_id")
@@ -301,13 +301,13 @@ class Admin:
             raise bad_request("scope and unit: both required as query parameters")
         if unit not in Unit.__members__:
             raise bad_request(f"unit: {unit!r} is not one of " + ", ".join(Unit.__members__))
-        handle, own = await self._caller(request, permission)
+        named = query.get("tenant_id")
+        handle, own = await self._caller(request, permission, named)
         path = parse_scope(scope)
         if own is not None:
             if path.tenant != own:
                 raise forbidden(f"scope {path.path} is not in tenant {own}")
             return handle, own, path.path, Unit(unit)
-        named = query.get("tenant_id")
         if named is None and admin_names_tenant:
             raise bad_request("tenant_id: required with the admin key")
         if named is not None and tenant_name(named, "tenant_id") != path.tenant:
@@ -331,9 +331,9 @@ class Admin:
         key without `tenant_id`; filtered by scope prefix, unit, status, over-limit, debt,
         utilization and search."""
         query = request.query_params
-        handle, own = await self._caller(request, "budgets:read")
-        keep = _filters(query)
         named = query.get("tenant_id")
+        handle, own = await self._caller(request, "budgets:read", named)
+        keep = _filters(query)
         tenants = ([own] if own is not None else
                    [tenant_name(named, "tenant_id")] if named else
                    list(await self.s.guard.atenants()))
