@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..usage import UsageRow, write_usage
-from ._target import handled, opened, target_options
+from ..usage import UsageRow, read_usage, write_usage
+from ._target import REFUSED, UNAVAILABLE, USAGE, Failure, Target, handled, opened, target_options
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @click.group(help="Usage for invoicing.")
@@ -32,16 +37,53 @@ def usage() -> None:
 @handled
 def export(period: str | None, tenant: str | None, fmt: str, output: Path | None,
            store: str | None, server: str | None, key: str | None, as_json: bool) -> None:
-    with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("usage export")
-        rows = guard.usage(period=period, tenant=tenant)
-        form = "json" if as_json else fmt
+    form = "json" if as_json else fmt
+    with opened(store, server, key, as_json) as target, \
+            _rows(target, period, tenant, form) as rows:
         if output is None:
             write_usage(rows, sys.stdout, form)
             return
         with output.open("w", encoding="utf-8", newline="") as stream:
             written = write_usage(_progress(rows), stream, form)
         click.echo(f"{written} row(s) written to {output}", err=True)
+
+
+@contextmanager
+def _rows(target: Target, period: str | None, tenant: str | None,
+          form: str) -> Iterator[Iterator[UsageRow]]:
+    """The rows from the store, or streamed from the server's usage route (read back line
+    by line as they arrive, so the output is the same bytes either way). A refusal comes
+    before anything is written."""
+    if target.guard is not None:
+        yield target.guard.usage(period=period, tenant=tenant)
+        return
+    assert target.server is not None
+    params = {k: v for k, v in {"period": period, "tenant": tenant, "format": form}.items()
+              if v is not None}
+    import httpx
+
+    client = target.server._http  # Server.call answers whole JSON documents; this streams
+    try:
+        with client.stream("GET", "/v1/usage", params=params) as answer:
+            if answer.status_code >= 400:
+                answer.read()
+                raise _refusal(answer)
+            yield read_usage(answer.iter_lines(), form)
+    except httpx.HTTPError as error:
+        raise Failure(f"server {client.base_url}: the export failed ({error})",
+                      UNAVAILABLE) from None
+
+
+def _refusal(answer: httpx.Response) -> Failure:
+    """The server's error envelope as the other commands print it."""
+    try:
+        payload = answer.json()
+        message = f"{payload.get('error', answer.status_code)}: {payload.get('message')}"
+    except ValueError:
+        message = answer.text.strip() or answer.reason_phrase
+    code = (USAGE if answer.status_code in (400, 413, 422) else UNAVAILABLE
+            if answer.status_code >= 500 else REFUSED)
+    return Failure(f"server answered {answer.status_code} {message}", code)
 
 
 def _progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:
