@@ -251,6 +251,7 @@ def test_the_enterprise_admin_moves_500_dollars_between_departments(served: Any)
     assert moved.status == 200, moved.body
     assert moved.body["source"]["allocated"]["amount"] == al.usd(4_500).amount
     assert moved.body["destination"]["remaining"]["amount"] == al.usd(500).amount
+    assert moved.body["source"]["created_at"] != "1970-01-01T00:00:00Z"  # dated, not unknown
     replay = call(owner, "POST", "/v1/admin/transfers", move,
                   headers={"X-Idempotency-Key": "move-500"})
     assert replay.body == moved.body
