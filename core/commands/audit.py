@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import click
 
 from ..amounts import Unit
+from ..clock import moment_ms
 from ..events import AuditRecord, AuditType
 from ..scopes import tenant_name
 from ..server.records import audit_from_json, audit_json, iso_ms
@@ -31,16 +31,11 @@ def since_ms(text: str | None, now_s: float) -> int | None:
     ago = _AGO.match(text)
     if ago:
         return int((now_s - int(ago.group(1)) * _SECONDS[ago.group(2)]) * 1000)
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    at = moment_ms(text)
+    if at is None:
         raise Failure(f"--since {text!r}: give an age (30m, 2h, 7d), an ISO-8601 time with "
                       "its zone (2026-12-01T00:00:00Z) or epoch milliseconds", USAGE)
-    return int(moment.timestamp() * 1000)
+    return at
 
 
 def record_json(r: AuditRecord) -> dict[str, Any]:

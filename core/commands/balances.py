@@ -28,8 +28,15 @@ def ledgers(target: Target, tenant: str, scope: str | None = None) -> list[dict[
     return sorted(rows, key=lambda r: (r["scope"].split("/"), r["unit"], r["period"] or ""))
 
 
+def period_of(row: dict[str, Any]) -> str | None:
+    """A BudgetLedger's period: the third part of the server's `ledger_id`
+    (`scope|unit|period`; the reference schema has no field of its own for it)."""
+    parts = str(row.get("ledger_id", "")).split("|")
+    return parts[2] if len(parts) > 2 else None
+
+
 def from_wire(row: dict[str, Any]) -> dict[str, Any]:
-    return {"scope": row["scope"], "unit": row["unit"], "period": row.get("period"),
+    return {"scope": row["scope"], "unit": row["unit"], "period": period_of(row),
             "bucket": None, "allocated": row["allocated"]["amount"],
             "spent": row["spent"]["amount"], "reserved": row["reserved"]["amount"],
             "debt": row["debt"]["amount"], "remaining": row["remaining"]["amount"],

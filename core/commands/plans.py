@@ -28,6 +28,7 @@ from ..plans import Plan
 from ..scopes import tenant_name
 from ._output import amount, balance_json, emit_json
 from ._target import USAGE, Failure, Server, handled, opened, target_options
+from .balances import period_of
 
 _FINGERPRINT = re.compile(r"sha256:([0-9a-f]{16})")
 _SECTIONS = ("budgets", "quotas", "access")
@@ -95,7 +96,7 @@ class _OnServer:
 
     def ledgers(self, tenant: str) -> dict[tuple[str, str, str], dict[str, Any]]:
         rows = self.server.call("GET", "/v1/admin/budgets", params={"tenant_id": tenant})
-        return {(r["scope"], r["unit"], r.get("period") or ""): {
+        return {(r["scope"], r["unit"], period_of(r) or ""): {
             "allocated": r["allocated"]["amount"], "spent": r["spent"]["amount"]}
             for r in rows["ledgers"]}
 

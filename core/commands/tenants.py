@@ -19,6 +19,9 @@ from ._output import emit_json, table
 from ._target import REFUSED, Failure, Target, handled, opened, target_options
 from .balances import ledgers
 
+_UNKNOWN = "1970-01-01T00:00:00Z"
+"""The created_at the server answers for a tenant it has no record of."""
+
 
 @click.group(help="Register, list, suspend and resume tenants.")
 def tenants() -> None:
@@ -74,9 +77,11 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
             for row in target.server.call("GET", "/v1/admin/tenants")["tenants"]:
                 name = row["tenant_id"]
                 plan = target.server.call("GET", f"/v1/admin/tenants/{name}/plan")
-                # a tenant without a record is listed under its id, without created_at
+                # a tenant without a record is listed under its id, created at the epoch
+                # (the server's stand-in for a time it does not know)
+                recorded = row.get("created_at", _UNKNOWN) != _UNKNOWN
                 views.append({"tenant_id": name,
-                              "name": row["name"] if "created_at" in row else None,
+                              "name": row["name"] if recorded else None,
                               "plan": plan.get("plan")})
         if as_json:
             emit_json({"tenants": views})

@@ -7,15 +7,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from ..usage import UsageRow, read_usage, write_usage
-from ._target import REFUSED, UNAVAILABLE, USAGE, Failure, Target, handled, opened, target_options
-
-if TYPE_CHECKING:
-    import httpx
+from ._target import Target, handled, opened, target_options
 
 
 @click.group(help="Usage for invoicing.")
@@ -60,30 +56,8 @@ def _rows(target: Target, period: str | None, tenant: str | None,
     assert target.server is not None
     params = {k: v for k, v in {"period": period, "tenant": tenant, "format": form}.items()
               if v is not None}
-    import httpx
-
-    client = target.server._http  # Server.call answers whole JSON documents; this streams
-    try:
-        with client.stream("GET", "/v1/usage", params=params) as answer:
-            if answer.status_code >= 400:
-                answer.read()
-                raise _refusal(answer)
-            yield read_usage(answer.iter_lines(), form)
-    except httpx.HTTPError as error:
-        raise Failure(f"server {client.base_url}: the export failed ({error})",
-                      UNAVAILABLE) from None
-
-
-def _refusal(answer: httpx.Response) -> Failure:
-    """The server's error envelope as the other commands print it."""
-    try:
-        payload = answer.json()
-        message = f"{payload.get('error', answer.status_code)}: {payload.get('message')}"
-    except ValueError:
-        message = answer.text.strip() or answer.reason_phrase
-    code = (USAGE if answer.status_code in (400, 413, 422) else UNAVAILABLE
-            if answer.status_code >= 500 else REFUSED)
-    return Failure(f"server answered {answer.status_code} {message}", code)
+    with target.server.lines("/v1/usage", params) as lines:
+        yield read_usage(lines, form)
 
 
 def _progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:

@@ -5,6 +5,8 @@ one guard call; a tenant key's calls run through its tenant handle."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -15,15 +17,18 @@ from starlette.routing import Route
 
 from ..amounts import Amount, Unit
 from ..guard import Guard
+from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import ApiKey, Balance, BudgetStatus, TenantInfo
+from ..models import Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
-from . import wire
+from . import shapes, wire
 from .auth import admin_key, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .runtime import Settings
+from .shapes import ledger as ledger
+from .shapes import tenant_view as tenant_view
 
 FundName = Literal["CREDIT", "DEBIT", "RESET", "RESET_SPENT", "REPAY_DEBT"]
 
@@ -67,15 +72,16 @@ class BudgetBody(wire._Strict):
 class FundBody(wire._Strict):
     operation: FundName
     amount: int | wire.WireAmount
-    spent: int | None = Field(None, ge=0)
-    reason: str | None = Field(None, max_length=1024)
+    """An Amount as the reference sends it; a bare integer (in the budget's unit) too."""
+    spent: int | wire.WireAmount | None = None
+    reason: str | None = Field(None, max_length=512)
     idempotency_key: wire.IdempotencyKey | None = None
 
 
-def iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
+class TransitionBody(wire._Strict):
+    """The optional body of freeze and unfreeze: why, kept on the audit record."""
+
+    reason: str | None = Field(None, max_length=512)
 
 
 def _epoch_ms(text: str, field: str) -> int:
@@ -88,9 +94,16 @@ def _epoch_ms(text: str, field: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def tenant_view(info: TenantInfo, status: str = "ACTIVE") -> dict[str, Any]:
-    return {"tenant_id": info.tenant, "name": info.name, "status": status,
-            "created_at": iso(info.created_at_ms)}
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def search_text(query: Mapping[str, str]) -> str | None:
+    """The lists' free-text filter: empty is absent, longer than 128 characters is 400."""
+    text = query.get("search") or None
+    if text is not None and len(text) > 128:
+        raise bad_request(f"search: at most 128 characters, got {len(text)}")
+    return None if text is None else text.lower()
 
 
 async def tenant_status(guard: Guard, tenant: str) -> str:
@@ -106,30 +119,13 @@ async def tenant_status(guard: Guard, tenant: str) -> str:
     return "SUSPENDED" if frozen else "ACTIVE"
 
 
-def key_view(key: ApiKey) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "key_id": key.key_id, "tenant_id": key.tenant, "name": key.name,
-        "permissions": list(key.permissions), "created_at": iso(key.created_at_ms),
-        "status": "REVOKED" if key.revoked else "ACTIVE"}
-    if key.expires_at_ms is not None:
-        view["expires_at"] = iso(key.expires_at_ms)
-    return view
-
-
-def ledger(row: Balance, tenant: str) -> dict[str, Any]:
-    """A BudgetLedger of the reference admin plane."""
-    unit = row.unit
-    amounts = {name: {"unit": unit.value, "amount": value} for name, value in (
-        ("allocated", row.allocated), ("remaining", row.remaining),
-        ("reserved", row.reserved), ("spent", row.spent), ("debt", row.debt),
-        ("overdraft_limit", row.overdraft_limit))}
-    view: dict[str, Any] = {
-        "ledger_id": f"{row.scope}|{unit.value}" + (f"|{row.period}" if row.period else ""),
-        "tenant_id": tenant, "scope": row.scope, "unit": unit.value, **amounts,
-        "is_over_limit": row.is_over_limit, "status": row.status.value}
-    if row.period:
-        view["period"] = row.period
-    return view
+async def ledgers(guard: Guard, tenant: str, rows: Iterable[Balance]) -> list[dict[str, Any]]:
+    """BudgetLedgers of one tenant's rows, each dated by its budget's definition."""
+    picked = list(rows)
+    if not picked:
+        return []
+    defined = await shapes.defined_at(guard, tenant)
+    return [ledger(row, tenant, defined.get(shapes.budget_key(row))) for row in picked]
 
 
 def require_admin(settings: Settings, request: Request) -> None:
@@ -177,9 +173,19 @@ class Admin:
     def _admin(self, request: Request) -> None:
         require_admin(self.s, request)
 
-    async def _acting(self, request: Request, named: str | None,
-                      permission: str) -> tuple[Guard | TenantGuard, str]:
-        return await acting(self.s, request, named, permission)
+    async def _caller(self, request: Request, permission: str, named: str | None
+                      ) -> tuple[Guard | TenantGuard, str | None]:
+        """The admin key (the guard, no tenant yet) or a tenant key with `permission` (its
+        tenant's handle and name). A tenant key naming another tenant in `tenant_id` is
+        403, its own is accepted (the reference ignores it on reads and fund and refuses it
+        on create; here another tenant's name is refused alike everywhere)."""
+        if admin_key(self.s.admin_key, request):
+            return self.s.guard, None
+        caller = await tenant_key(self.s.guard, request, permission)
+        request.state.key_id = caller.key.key_id
+        if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+            raise forbidden("tenant_id is not the tenant of this API key")
+        return caller.tenant, caller.key.tenant
 
     # -- tenants and keys -----------------------------------------------------------------
 
@@ -191,16 +197,18 @@ class Admin:
         if not made and info.name != req.name:
             raise ApiError(409, "DUPLICATE_RESOURCE", f"tenant {info.tenant} exists with "
                            f"another name ({info.name!r})")
-        return json_response(request, tenant_view(info), 201 if made else 200)
+        return json_response(request, tenant_view(info, info.tenant), 201 if made else 200)
 
     async def get_tenant(self, request: Request) -> Response:
+        """A registered tenant, or one the library made without a record (as the list
+        shows it); 404 when the store holds neither."""
         self._admin(request)
-        tenant = request.path_params["tenant_id"]
+        tenant = tenant_name(request.path_params["tenant_id"], "tenant_id")
         info = await self.s.guard.atenant_info(tenant)
-        if info is None:
-            raise not_found(f"no tenant {tenant!r}")
-        return json_response(request, tenant_view(info, await tenant_status(self.s.guard,
-                                                                              info.tenant)))
+        if info is None and tenant not in await self.s.guard.atenants():
+            raise ApiError(404, "TENANT_NOT_FOUND", f"no tenant {tenant!r}")
+        return json_response(request, tenant_view(info, tenant,
+                                                  await tenant_status(self.s.guard, tenant)))
 
     async def create_key(self, request: Request) -> Response:
         self._admin(request)
@@ -209,30 +217,60 @@ class Admin:
         made = await self.s.guard.acreate_key(
             req.tenant_id, permissions=req.permissions or list(RUNTIME), expires=expires,
             name=req.name)
-        answer = key_view(made.key)
-        answer.update(key_secret=made.secret, key_prefix=made.secret[:14])
+        answer = shapes.key_view(made.key, _now_ms())
+        answer["key_secret"] = made.secret
         return json_response(request, answer, 201)
 
     async def list_keys(self, request: Request) -> Response:
+        """One tenant's keys. The reference also lists every tenant's without `tenant_id`;
+        here that is refused, since the store cannot yet name every tenant holding a key."""
         self._admin(request)
-        tenant = request.query_params.get("tenant_id")
-        if not tenant:
-            raise bad_request("tenant_id: required")
-        keys = await self.s.guard.akeys(tenant)
-        return json_response(request, {"keys": [key_view(k) for k in keys], "has_more": False})
+        query = request.query_params
+        status, search = query.get("status"), search_text(query)
+        if status is not None and status not in ("ACTIVE", "REVOKED", "EXPIRED"):
+            raise bad_request(f"status: {status!r} is not ACTIVE, REVOKED or EXPIRED")
+        named = query.get("tenant_id")
+        if not named:  # the store lists tenants with a change on record, not every key's
+            raise bad_request("tenant_id: required (keys are listed one tenant at a time)")
+        now, views = _now_ms(), []
+        for tenant in [tenant_name(named, "tenant_id")]:
+            for key in await self.s.guard.akeys(tenant):
+                view = shapes.key_view(key, now)
+                if status is not None and view["status"] != status:
+                    continue
+                if search is not None and search not in f"{key.key_id}\n{key.name}".lower():
+                    continue
+                views.append(view)
+        return json_response(request, {"keys": views, "has_more": False})
 
     async def revoke_key(self, request: Request) -> Response:
+        """200 with the revoked key; 404 for no such key, 409 when already revoked."""
         self._admin(request)
-        key = await self.s.guard.arevoke_key(request.path_params["key_id"])
-        return json_response(request, key_view(key))
+        reason = request.query_params.get("reason")
+        if reason is not None and len(reason) > 512:
+            raise bad_request(f"reason: at most 512 characters, got {len(reason)}")
+        key_id = request.path_params["key_id"]
+        known = [k for k in await self.s.guard.akeys(id_tenant(key_id)) if k.key_id == key_id]
+        if not known:
+            raise not_found(f"no API key {key_id!r}")
+        if known[0].revoked:
+            raise ApiError(409, "KEY_REVOKED", f"API key {key_id} is already revoked")
+        key = await self.s.guard.arevoke_key(key_id)
+        return json_response(request, shapes.key_view(key, _now_ms()))
 
     # -- budgets ----------------------------------------------------------------------------
 
     async def create_budget(self, request: Request) -> Response:
+        """The admin key names the tenant in `tenant_id`; a tenant key its own or none."""
         req = wire.parse(BudgetBody, await body(request, self.s.max_body))
-        handle, tenant = await self._acting(request, req.tenant_id, "budgets:write")
+        handle, own = await self._caller(request, "budgets:write", req.tenant_id)
+        if own is None and req.tenant_id is None:
+            raise bad_request("tenant_id: required with the admin key")
+        tenant = own or tenant_name(req.tenant_id, "tenant_id")
         path = parse_scope(req.scope)
         if path.tenant != tenant:
+            if own is not None:
+                raise forbidden(f"scope {path.path} is not in tenant {tenant}")
             raise bad_request(f"scope: must start with tenant:{tenant}")
         if req.allocated.unit != req.unit or (
                 req.overdraft_limit is not None and req.overdraft_limit.unit != req.unit):
@@ -248,62 +286,80 @@ class Admin:
             path.path, amount=req.allocated.amount, unit=unit, overdraft_limit=overdraft,
             overage_policy=req.commit_overage_policy or "ALLOW_IF_AVAILABLE")
         row = next(r for r in rows if r.unit is unit)
-        return json_response(request, ledger(row, tenant), 201)
+        return json_response(request, (await ledgers(self.s.guard, tenant, [row]))[0], 201)
 
-    async def _located(self, request: Request, permission: str
+    async def _located(self, request: Request, permission: str, *,
+                       admin_names_tenant: bool = False
                        ) -> tuple[Guard | TenantGuard, str, str, Unit]:
+        """The budget `?scope&unit` names, and who acts on it. A tenant key reaches its own
+        tenant's scopes only (403). The admin key reaches any; with `admin_names_tenant`
+        (fund) it must say the tenant in `tenant_id`, and a given `tenant_id` must be the
+        scope's."""
         query = request.query_params
         scope, unit = query.get("scope"), query.get("unit")
         if not scope or not unit:
             raise bad_request("scope and unit: both required as query parameters")
         if unit not in Unit.__members__:
             raise bad_request(f"unit: {unit!r} is not one of " + ", ".join(Unit.__members__))
-        handle, tenant = await self._acting(request, query.get("tenant_id"), permission)
+        named = query.get("tenant_id")
+        handle, own = await self._caller(request, permission, named)
         path = parse_scope(scope)
-        if path.tenant != tenant:
-            raise forbidden(f"scope {path.path} is not in tenant {tenant}")
-        return handle, tenant, path.path, Unit(unit)
+        if own is not None:
+            if path.tenant != own:
+                raise forbidden(f"scope {path.path} is not in tenant {own}")
+            return handle, own, path.path, Unit(unit)
+        if named is None and admin_names_tenant:
+            raise bad_request("tenant_id: required with the admin key")
+        if named is not None and tenant_name(named, "tenant_id") != path.tenant:
+            raise bad_request(f"scope {path.path} is not in tenant_id {named}")
+        return handle, path.tenant, path.path, Unit(unit)
 
     async def _ledger(self, handle: Guard | TenantGuard, tenant: str, scope: str,
                       unit: Unit) -> dict[str, Any]:
         rows = [r for r in await handle.abalances(scope, include_children=False)
                 if r.unit is unit and r.scope == scope]
         if not rows:
-            raise not_found(f"no {unit.value} budget at {scope}")
-        return ledger(rows[0], tenant)
+            raise ApiError(404, "BUDGET_NOT_FOUND", f"no {unit.value} budget at {scope}")
+        return (await ledgers(self.s.guard, tenant, rows[:1]))[0]
 
     async def lookup(self, request: Request) -> Response:
         handle, tenant, scope, unit = await self._located(request, "budgets:read")
         return json_response(request, await self._ledger(handle, tenant, scope, unit))
 
     async def list_budgets(self, request: Request) -> Response:
+        """One tenant's ledgers (a tenant key: its own), or every tenant's for the admin
+        key without `tenant_id`; filtered by scope prefix, unit, status, over-limit, debt,
+        utilization and search."""
         query = request.query_params
-        handle, tenant = await self._acting(request, query.get("tenant_id"), "budgets:read")
-        prefix = query.get("scope_prefix") or f"tenant:{tenant}"
-        path = parse_scope(prefix)
-        if path.tenant != tenant:
-            raise forbidden(f"scope_prefix {path.path} is not in tenant {tenant}")
-        rows = await handle.abalances(path.path)
-        unit, status = query.get("unit"), query.get("status")
-        if status is not None and status not in BudgetStatus.__members__:
-            raise bad_request(f"status: {status!r} is not ACTIVE, FROZEN or CLOSED")
-        picked = [ledger(r, tenant) for r in rows
-                  if (unit is None or r.unit.value == unit)
-                  and (status is None or r.status.value == status)]
+        named = query.get("tenant_id")
+        handle, own = await self._caller(request, "budgets:read", named)
+        keep = _filters(query)
+        tenants = ([own] if own is not None else
+                   [tenant_name(named, "tenant_id")] if named else
+                   list(await self.s.guard.atenants()))
+        prefix = query.get("scope_prefix")
+        picked: list[dict[str, Any]] = []
+        for tenant in tenants:
+            where = f"tenant:{tenant}"
+            if prefix:
+                path = parse_scope(prefix)
+                if path.tenant != tenant:
+                    if own is not None:
+                        raise forbidden(f"scope_prefix {path.path} is not in tenant {tenant}")
+                    continue
+                where = path.path
+            rows = [row for row in await handle.abalances(where) if keep(row, tenant)]
+            picked.extend(await ledgers(self.s.guard, tenant, rows))
         return json_response(request, {"ledgers": picked, "has_more": False})
 
     async def fund(self, request: Request) -> Response:
-        handle, _, scope, unit = await self._located(request, "budgets:write")
+        handle, _, scope, unit = await self._located(request, "budgets:write",
+                                                     admin_names_tenant=True)
         req = wire.parse(FundBody, await body(request, self.s.max_body))
-        if isinstance(req.amount, wire.WireAmount):
-            if req.amount.unit != unit.value:
-                raise ApiError(400, "UNIT_MISMATCH", f"amount is {req.amount.unit}, the "
-                               f"budget {unit.value}")
-            value = req.amount.amount
-        else:
-            value = req.amount
-        result = await handle.afund(scope, req.operation, Amount(unit, value), spent=req.spent,
-                                    idempotency_key=req.idempotency_key)
+        value = _in_unit(req.amount, unit, "amount")
+        spent = None if req.spent is None else _in_unit(req.spent, unit, "spent")
+        result = await handle.afund(scope, req.operation, Amount(unit, value), spent=spent,
+                                    idempotency_key=req.idempotency_key, reason=req.reason)
         before, after = result.before, result.after
         answer: dict[str, Any] = {"operation": req.operation, "scope": scope,
                                   "unit": unit.value}
@@ -314,9 +370,21 @@ class Admin:
         return json_response(request, answer)
 
     async def _status(self, request: Request, frozen: bool) -> Response:
+        """Admin key only; 409 when the budget is already in the asked state."""
         self._admin(request)
         handle, tenant, scope, unit = await self._located(request, "admin:write")
-        await (handle.afreeze(scope, unit) if frozen else handle.aunfreeze(scope, unit))
+        raw = await body(request, self.s.max_body)
+        req = wire.parse(TransitionBody, raw) if raw.strip() else TransitionBody()
+        current = await self._ledger(handle, tenant, scope, unit)
+        wanted = BudgetStatus.FROZEN if frozen else BudgetStatus.ACTIVE
+        if current["status"] == wanted.value:
+            raise ApiError(409, "INVALID_REQUEST", f"the {unit.value} budget at {scope} is "
+                           f"already {wanted.value}")
+        if current["status"] == BudgetStatus.CLOSED.value:
+            raise ApiError(409, "BUDGET_CLOSED", f"the {unit.value} budget at {scope} is "
+                           "closed")
+        call = handle.afreeze if frozen else handle.aunfreeze
+        await call(scope, unit, actor="admin-key", reason=req.reason)
         return json_response(request, await self._ledger(handle, tenant, scope, unit))
 
     async def freeze(self, request: Request) -> Response:
@@ -324,3 +392,60 @@ class Admin:
 
     async def unfreeze(self, request: Request) -> Response:
         return await self._status(request, False)
+
+
+def _in_unit(amount: int | wire.WireAmount, unit: Unit, field: str) -> int:
+    """A fund amount: an Amount in the budget's unit, or a bare integer taken as one."""
+    if isinstance(amount, int):
+        return amount
+    if amount.unit != unit.value:
+        raise ApiError(400, "UNIT_MISMATCH", f"{field} is {amount.unit}, the budget "
+                       f"{unit.value}")
+    return amount.amount
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool | None:
+    text = query.get(name)
+    if text is None:
+        return None
+    if text not in ("true", "false"):
+        raise bad_request(f"{name}: {text!r} is not true or false")
+    return text == "true"
+
+
+def _fraction(query: Mapping[str, str], name: str) -> float | None:
+    """A utilization bound in [0, 1] (a ratio for filtering, never an amount)."""
+    text = query.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad_request(f"{name}: {text!r} is not a number between 0 and 1") from None
+    if not 0 <= value <= 1:
+        raise bad_request(f"{name}: {text!r} is not between 0 and 1")
+    return value
+
+
+def _filters(query: Mapping[str, str]) -> Callable[[Balance, str], bool]:
+    """The list's filters, checked before anything is read; AND of all given."""
+    unit, status = query.get("unit"), query.get("status")
+    if unit is not None and unit not in Unit.__members__:
+        raise bad_request(f"unit: {unit!r} is not one of " + ", ".join(Unit.__members__))
+    if status is not None and status not in BudgetStatus.__members__:
+        raise bad_request(f"status: {status!r} is not ACTIVE, FROZEN or CLOSED")
+    over, debt = _flag(query, "over_limit"), _flag(query, "has_debt")
+    low, high = _fraction(query, "utilization_min"), _fraction(query, "utilization_max")
+    if low is not None and high is not None and low > high:
+        raise bad_request(f"utilization_min ({low}) is above utilization_max ({high})")
+    search = search_text(query)
+
+    def keep(row: Balance, tenant: str) -> bool:
+        used = row.spent / row.allocated if row.allocated > 0 else 0.0
+        return ((unit is None or row.unit.value == unit)
+                and (status is None or row.status.value == status)
+                and (over is None or row.is_over_limit == over)
+                and (debt is None or (row.debt > 0) == debt)
+                and (low is None or used >= low) and (high is None or used <= high)
+                and (search is None or search in f"{tenant}\n{row.scope}".lower()))
+    return keep

@@ -8,13 +8,13 @@ tenant only. Each route is one guard (or tenant handle) call."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ..clock import moment_ms
 from ..guard import Guard
 from ..scopes import tenant_name
 from ..tenant import TenantGuard
@@ -52,16 +52,11 @@ def since_ms(text: str | None) -> int | None:
     """`since`: epoch milliseconds, or an ISO-8601 time with its zone."""
     if text is None:
         return None
-    if text.isascii() and text.isdigit() and len(text) <= 19:
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    at = moment_ms(text)
+    if at is None:
         raise bad_request(f"since: {text!r} is not epoch milliseconds or an ISO-8601 time "
                           "with its zone (e.g. 2026-12-01T00:00:00Z)")
-    return int(moment.timestamp() * 1000)
+    return at
 
 
 async def reader(settings: Settings, request: Request, permission: str, *,

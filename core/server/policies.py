@@ -22,7 +22,7 @@ from ..budgets import set_access_op, set_quota_op
 from ..plans import Plan
 from ..scopes import parse_scope
 from . import wire
-from .admin import acting, ledger, require_admin
+from .admin import acting, ledgers, require_admin
 from .context import body, json_response
 from .errors import bad_request, forbidden
 from .runtime import Settings
@@ -185,10 +185,11 @@ class Policies:
                                        Amount(unit, req.amount.amount),
                                        idempotency_key=req.idempotency_key,
                                        **signed(req, actor))
+        source_row, destination_row = await ledgers(self.s.guard, tenant,
+                                                    [moved.source, moved.destination])
         return json_response(request, {
             "tenant_id": tenant, "amount": wire.amount(Amount(unit, req.amount.amount)),
-            "source": ledger(moved.source, tenant),
-            "destination": ledger(moved.destination, tenant)})
+            "source": source_row, "destination": destination_row})
 
     # -- the sweep (admin key) --------------------------------------------------------------
 

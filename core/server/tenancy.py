@@ -16,7 +16,7 @@ from starlette.routing import Route
 from ..amounts import Unit
 from ..scopes import parse_scope, tenant_name
 from . import wire
-from .admin import require_admin, tenant_status, tenant_view
+from .admin import require_admin, search_text, tenant_status, tenant_view
 from .context import body, json_response
 from .errors import ApiError, bad_request, not_found
 from .runtime import Settings
@@ -51,19 +51,23 @@ class Tenancy:
 
     async def list_tenants(self, request: Request) -> Response:
         """Every tenant the store holds, by name. One made by the library without a record
-        (no `POST /v1/admin/tenants`) is listed under its id, without `created_at`."""
+        (no `POST /v1/admin/tenants`) is listed under its id (see `shapes.tenant_view`).
+        No tenant here is ever CLOSED: that filter finds none."""
         require_admin(self.s, request)
-        status = request.query_params.get("status")
-        if status is not None and status not in ("ACTIVE", "SUSPENDED"):
-            raise bad_request(f"status: {status!r} is not ACTIVE or SUSPENDED")
+        query = request.query_params
+        status, search = query.get("status"), search_text(query)
+        if status is not None and status not in ("ACTIVE", "SUSPENDED", "CLOSED"):
+            raise bad_request(f"status: {status!r} is not ACTIVE, SUSPENDED or CLOSED")
         views = []
         for name in await self.s.guard.atenants():
             info = await self.s.guard.atenant_info(name)
+            if search is not None and search not in (
+                    f"{name}\n{info.name if info else ''}".lower()):
+                continue
             state = await tenant_status(self.s.guard, name)
             if status is not None and state != status:
                 continue
-            views.append(tenant_view(info, state) if info is not None else
-                         {"tenant_id": name, "name": name, "status": state})
+            views.append(tenant_view(info, name, state))
         return json_response(request, {"tenants": views, "has_more": False})
 
     async def patch(self, request: Request) -> Response:
@@ -88,7 +92,7 @@ class Tenancy:
         if req.status is not None:
             await self._set_frozen(tenant, req.status == "SUSPENDED")
         state = await tenant_status(self.s.guard, tenant)
-        return json_response(request, tenant_view(info, state))
+        return json_response(request, tenant_view(info, tenant, state))
 
     async def _set_frozen(self, tenant: str, frozen: bool) -> None:
         """Freeze (or unfreeze) each budget of the tenant: one guard call per scope."""

@@ -4,9 +4,17 @@ for any tenant; a tenant key with budgets:write manages budgets inside its own t
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
-from support.served import ADMIN_KEY, Api
+import pytest
+
+import allotment as al
+from allotment.clock import system_ms
+from allotment.server.shapes import NO_EXPIRY, UNKNOWN_TIME
+
+from support.served import ADMIN_KEY, Api, serving
+from support.stores import STORE_KINDS, make_store
 
 USD = "USD_MICROCENTS"
 ADMIN = {"X-Admin-API-Key": ADMIN_KEY}
@@ -30,7 +38,7 @@ def test_the_admin_provisions_a_tenant_the_runtime_then_serves(served: Any) -> N
                     headers=ADMIN, check=False)
     assert made.status == 201, made.body
     secret = made.body["key_secret"]
-    assert made.body["tenant_id"] == "acme" and made.body["key_prefix"] == secret[:14]
+    assert made.body["tenant_id"] == "acme" and secret.startswith(made.body["key_prefix"])
     ledger = api.post("/v1/admin/budgets", budget("acme", "tenant:acme", 100_000_000),
                       headers=ADMIN, check=False)
     assert ledger.status == 201, ledger.body
@@ -91,12 +99,17 @@ def test_the_enterprise_admin_moves_money_inside_its_tenant_only(served: Any) ->
     listed = owner.get("/v1/admin/budgets?scope_prefix=tenant:corp/workspace:marketing",
                        check=False)
     assert [row["scope"] for row in listed.body["ledgers"]] == [marketing]
+    own = owner.get("/v1/admin/budgets?tenant_id=corp", check=False)
+    assert {row["tenant_id"] for row in own.body["ledgers"]} == {"corp"}
     rival_before = guard.balances("tenant:rival")
     for method, path, body in (
             ("POST", f"/v1/admin/budgets/fund?scope=tenant:rival&unit={USD}",
              {"operation": "CREDIT", "amount": 1}),
             ("GET", f"/v1/admin/budgets/lookup?scope=tenant:rival&unit={USD}", None),
+            ("GET", "/v1/admin/budgets?scope_prefix=tenant:rival", None),
             ("GET", "/v1/admin/budgets?tenant_id=rival", None),
+            ("POST", f"/v1/admin/budgets/fund?scope=tenant:rival&unit={USD}&tenant_id=rival",
+             {"operation": "CREDIT", "amount": 1}),
             ("POST", "/v1/admin/budgets", budget("rival", "tenant:rival/workspace:x", 1))):
         refused = owner.call(method, path, body, check=False)
         assert refused.status == 403, (path, refused.body)
@@ -157,3 +170,250 @@ def test_tenants_are_created_once(served: Any) -> None:
         refused = api.post("/v1/admin/tenants", {"tenant_id": bad, "name": "n"},
                            headers=ADMIN, check=False)
         assert refused.status == 400, bad
+
+
+# -- the reference schemas, field by field ------------------------------------------------
+# Required and allowed fields as the governance admin OpenAPI (cycles-governance-admin
+# v0.1.25) defines them; "closed" schemas have additionalProperties: false.
+
+TENANT_REQUIRED = {"tenant_id", "name", "status", "created_at"}  # Tenant (closed)
+TENANT_ALLOWED = TENANT_REQUIRED | {
+    "parent_tenant_id", "default_commit_overage_policy", "default_reservation_ttl_ms",
+    "max_reservation_ttl_ms", "max_reservation_extensions", "reservation_expiry_policy",
+    "metadata", "updated_at", "suspended_at", "closed_at"}
+API_KEY_REQUIRED = {"key_id", "tenant_id", "key_prefix", "status", "created_at",
+                    "expires_at"}  # ApiKey (closed)
+API_KEY_ALLOWED = API_KEY_REQUIRED | {
+    "name", "description", "permissions", "scope_filter", "last_used_at", "revoked_at",
+    "revoked_reason", "metadata"}
+KEY_CREATED_REQUIRED = {"key_id", "key_secret", "key_prefix", "tenant_id", "created_at",
+                        "expires_at"}  # ApiKeyCreateResponse (open)
+LEDGER_REQUIRED = {"ledger_id", "scope", "unit", "allocated", "remaining", "status",
+                   "created_at"}  # BudgetLedger (closed)
+LEDGER_ALLOWED = LEDGER_REQUIRED | {
+    "tenant_id", "scope_path", "reserved", "spent", "debt", "overdraft_limit",
+    "is_over_limit", "commit_overage_policy", "rollover_policy", "period_start",
+    "period_end", "updated_at"}
+FUNDED_REQUIRED = {"operation", "previous_allocated", "new_allocated",
+                   "previous_remaining", "new_remaining"}  # BudgetFundingResponse (open)
+ERROR_REQUIRED = {"error", "message", "request_id"}  # ErrorResponse (open)
+ERROR_CODES = {  # ErrorCode
+    "INVALID_REQUEST", "UNAUTHORIZED", "FORBIDDEN", "NOT_FOUND", "BUDGET_EXCEEDED",
+    "RESERVATION_EXPIRED", "RESERVATION_FINALIZED", "IDEMPOTENCY_MISMATCH", "UNIT_MISMATCH",
+    "OVERDRAFT_LIMIT_EXCEEDED", "DEBT_OUTSTANDING", "INTERNAL_ERROR", "TENANT_NOT_FOUND",
+    "TENANT_SUSPENDED", "TENANT_CLOSED", "BUDGET_NOT_FOUND", "BUDGET_FROZEN",
+    "POLICY_VIOLATION", "INSUFFICIENT_PERMISSIONS", "KEY_REVOKED", "KEY_EXPIRED",
+    "DUPLICATE_RESOURCE", "BUDGET_CLOSED", "WEBHOOK_NOT_FOUND", "WEBHOOK_URL_INVALID",
+    "EVENT_NOT_FOUND", "REPLAY_IN_PROGRESS", "COUNT_MISMATCH", "LIMIT_EXCEEDED"}
+AS_ADMIN: dict[str, Any] = {"headers": ADMIN, "check": False}
+DATE_TIMES = {"created_at", "expires_at", "period_start", "period_end", "timestamp",
+              "updated_at"}
+AMOUNTS = {"allocated", "remaining", "reserved", "spent", "debt", "overdraft_limit"}
+
+
+def moment(text: str) -> datetime:
+    """An RFC 3339 date-time with its offset, as a strict client parses it."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert parsed.tzinfo is not None, text
+    return parsed
+
+
+def shaped(body: dict[str, Any], required: set[str], allowed: set[str] | None = None
+           ) -> dict[str, Any]:
+    """`body` carries every required field, nothing a closed schema lacks, and no null."""
+    assert required <= body.keys(), required - body.keys()
+    if allowed is not None:
+        assert body.keys() <= allowed, body.keys() - allowed
+    assert None not in body.values(), body
+    for name in DATE_TIMES & body.keys():
+        moment(body[name])
+    for name in AMOUNTS & body.keys():
+        assert set(body[name]) == {"unit", "amount"} and type(body[name]["amount"]) is int
+    return body
+
+
+def error(answer: Any, status: int) -> str:
+    assert answer.status == status, answer.body
+    shaped(answer.body, ERROR_REQUIRED)
+    assert answer.body["error"] in ERROR_CODES, answer.body
+    return str(answer.body["error"])
+
+
+def test_tenants_answer_the_tenant_schema(served: Any) -> None:
+    api = admin(served)
+    made = api.post("/v1/admin/tenants", {"tenant_id": "acme", "name": "Acme"}, headers=ADMIN,
+                    check=False)
+    shaped(made.body, TENANT_REQUIRED, TENANT_ALLOWED)
+    shaped(api.get("/v1/admin/tenants/acme", **AS_ADMIN).body, TENANT_REQUIRED,
+           TENANT_ALLOWED)
+    served.guard.set_budget("tenant:unrecorded", usd=1)  # made by the library, no record
+    served.guard.set_budget("tenant:acme", usd=1)  # the store lists tenants with a change
+    found = api.get("/v1/admin/tenants/unrecorded", **AS_ADMIN)
+    assert shaped(found.body, TENANT_REQUIRED, TENANT_ALLOWED)["created_at"] == UNKNOWN_TIME
+    listed = api.get("/v1/admin/tenants", **AS_ADMIN).body
+    assert {"tenants"} <= listed.keys()  # TenantListResponse
+    assert sorted(shaped(t, TENANT_REQUIRED, TENANT_ALLOWED)["tenant_id"]
+                  for t in listed["tenants"]) == ["acme", "unrecorded"]
+    assert api.get("/v1/admin/tenants?status=CLOSED", **AS_ADMIN).body["tenants"] == []
+    found = api.get("/v1/admin/tenants?search=ACM", **AS_ADMIN).body["tenants"]
+    assert [t["tenant_id"] for t in found] == ["acme"]
+    assert error(api.get(f"/v1/admin/tenants?search={'x' * 129}", **AS_ADMIN), 400)
+    assert error(api.get("/v1/admin/tenants/nobody", **AS_ADMIN), 404) == "TENANT_NOT_FOUND"
+    assert error(api.get("/v1/admin/tenants/acme", check=False), 401) == "UNAUTHORIZED"
+
+
+def test_keys_answer_the_api_key_schemas(served: Any) -> None:
+    api = admin(served)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    forever = api.post("/v1/admin/api-keys", {"tenant_id": "acme", "name": "forever"},
+                       **AS_ADMIN).body
+    shaped(forever, KEY_CREATED_REQUIRED)
+    assert forever["expires_at"] == NO_EXPIRY  # no expiry: after any real one
+    assert forever["key_prefix"] == f"alk_{forever['key_id']}"
+    assert forever["key_secret"].startswith(forever["key_prefix"] + ".")
+    assert moment(forever["created_at"]) >= before
+    dated = api.post("/v1/admin/api-keys", {"tenant_id": "acme", "name": "dated",
+                                            "expires_at": "2031-05-01T12:00:00Z"},
+                     **AS_ADMIN).body
+    assert moment(shaped(dated, KEY_CREATED_REQUIRED)["expires_at"]) == datetime(
+        2031, 5, 1, 12, tzinfo=timezone.utc)
+    api.post("/v1/admin/api-keys", {"tenant_id": "rival", "name": "theirs"}, **AS_ADMIN)
+    listed = api.get("/v1/admin/api-keys?tenant_id=acme", **AS_ADMIN).body
+    assert {"keys"} <= listed.keys()  # ApiKeyListResponse
+    views = {k["name"]: shaped(k, API_KEY_REQUIRED, API_KEY_ALLOWED) for k in listed["keys"]}
+    assert sorted(views) == ["dated", "forever"]
+    assert views["forever"]["key_prefix"] == forever["key_prefix"]
+    assert views["forever"]["expires_at"] == NO_EXPIRY
+    assert views["dated"]["expires_at"] == dated["expires_at"]
+    assert "key_secret" not in views["forever"]
+    assert error(api.get("/v1/admin/api-keys", **AS_ADMIN), 400)
+    found = api.get("/v1/admin/api-keys?tenant_id=acme&search=FOREV", headers=ADMIN,
+                    check=False).body["keys"]
+    assert [k["name"] for k in found] == ["forever"]
+    revoked = api.call("DELETE", f"/v1/admin/api-keys/{forever['key_id']}", **AS_ADMIN)
+    assert revoked.status == 200
+    view = shaped(revoked.body, API_KEY_REQUIRED, API_KEY_ALLOWED)
+    assert (view["status"], view["key_prefix"]) == ("REVOKED", forever["key_prefix"])
+    again = api.call("DELETE", f"/v1/admin/api-keys/{forever['key_id']}", **AS_ADMIN)
+    assert error(again, 409) == "KEY_REVOKED"
+    ghost = f"acme:{'0' * 32}"
+    assert error(api.call("DELETE", f"/v1/admin/api-keys/{ghost}", **AS_ADMIN), 404)
+    active = api.get("/v1/admin/api-keys?tenant_id=acme&status=ACTIVE", **AS_ADMIN)
+    assert [k["name"] for k in active.body["keys"]] == ["dated"]
+    assert error(api.get("/v1/admin/api-keys?status=GONE", **AS_ADMIN), 400)
+    assert error(api.post("/v1/admin/api-keys", {"tenant_id": "acme"}, **AS_ADMIN), 400)
+
+
+def test_budgets_answer_the_ledger_and_funding_schemas(served: Any) -> None:
+    api = admin(served)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    made = api.post("/v1/admin/budgets", budget("acme", "tenant:acme", 1_000), **AS_ADMIN)
+    assert made.status == 201
+    created = shaped(made.body, LEDGER_REQUIRED, LEDGER_ALLOWED)["created_at"]
+    assert before <= moment(created) <= datetime.now(timezone.utc)
+    where = f"scope=tenant:acme&unit={USD}"
+    # lookup and freeze name the budget by scope and unit alone (no tenant_id), as the
+    # reference; fund with the admin key needs tenant_id.
+    looked = api.get(f"/v1/admin/budgets/lookup?{where}", **AS_ADMIN)
+    assert shaped(looked.body, LEDGER_REQUIRED, LEDGER_ALLOWED) == made.body
+    funded = api.post(f"/v1/admin/budgets/fund?{where}&tenant_id=acme",
+                      {"operation": "RESET_SPENT", "amount": {"unit": USD, "amount": 900},
+                       "spent": {"unit": USD, "amount": 100}, "reason": "new period"},
+                      **AS_ADMIN)
+    assert funded.status == 200, funded.body
+    shaped(funded.body, FUNDED_REQUIRED)
+    assert (funded.body["new_allocated"]["amount"], funded.body["new_spent"]["amount"]) == (
+        900, 100)
+    assert error(api.post(f"/v1/admin/budgets/fund?{where}",
+                          {"operation": "CREDIT", "amount": 1}, **AS_ADMIN), 400)
+    assert error(api.post(f"/v1/admin/budgets/fund?{where}&tenant_id=acme",
+                          {"operation": "CREDIT", "amount": {"unit": "TOKENS", "amount": 1}},
+                          **AS_ADMIN), 400) == "UNIT_MISMATCH"
+    frozen = api.post(f"/v1/admin/budgets/freeze?{where}", {"reason": "audit"},
+                      **AS_ADMIN)
+    assert shaped(frozen.body, LEDGER_REQUIRED, LEDGER_ALLOWED)["status"] == "FROZEN"
+    assert frozen.body["created_at"] == created  # the definition's time, not the change's
+    assert error(api.post(f"/v1/admin/budgets/freeze?{where}", **AS_ADMIN), 409)
+    thawed = api.post(f"/v1/admin/budgets/unfreeze?{where}", **AS_ADMIN)
+    assert shaped(thawed.body, LEDGER_REQUIRED, LEDGER_ALLOWED)["status"] == "ACTIVE"
+    assert error(api.post(f"/v1/admin/budgets/unfreeze?{where}", **AS_ADMIN), 409)
+    assert error(api.post(f"/v1/admin/budgets/freeze?{where}&tenant_id=rival",
+                          **AS_ADMIN), 400)
+    status = served.guard.audit("acme", types=["budget.status_changed"])
+    assert [record.reason for record in status][:1] == ["audit"]
+    missing = api.get("/v1/admin/budgets/lookup?scope=tenant:acme&unit=TOKENS",
+                      **AS_ADMIN)
+    assert error(missing, 404) == "BUDGET_NOT_FOUND"
+    served.guard.set_budget("tenant:acme/workspace:ops", usd=1, period="month")
+    served.guard.set_budget("tenant:rival", tokens=5)
+    listed = api.get("/v1/admin/budgets", **AS_ADMIN).body  # every tenant's
+    assert set(listed) <= {"ledgers", "next_cursor", "has_more"}  # BudgetListResponse
+    rows = {(r["tenant_id"], r["scope"]): shaped(r, LEDGER_REQUIRED, LEDGER_ALLOWED)
+            for r in listed["ledgers"]}
+    assert sorted(rows) == [("acme", "tenant:acme"), ("acme", "tenant:acme/workspace:ops"),
+                            ("rival", "tenant:rival")]
+    monthly = rows[("acme", "tenant:acme/workspace:ops")]
+    start, end = moment(monthly["period_start"]), moment(monthly["period_end"])
+    assert (start.day, start.hour, end.day) == (1, 0, 1) and start <= moment(
+        monthly["created_at"]) < end
+    only = api.get("/v1/admin/budgets?tenant_id=rival", **AS_ADMIN).body["ledgers"]
+    assert [r["scope"] for r in only] == ["tenant:rival"]
+    for query, scopes in (("unit=TOKENS", ["tenant:rival"]), ("has_debt=true", []),
+                          ("utilization_min=0.1", ["tenant:acme"]),
+                          ("search=OPS", ["tenant:acme/workspace:ops"])):
+        found = api.get(f"/v1/admin/budgets?{query}", **AS_ADMIN).body["ledgers"]
+        assert sorted(r["scope"] for r in found) == scopes, query
+    for query in ("unit=EUROS", "status=OPEN", "over_limit=yes", "utilization_min=2",
+                  "utilization_min=0.5&utilization_max=0.1", f"search={'x' * 129}"):
+        assert error(api.get(f"/v1/admin/budgets?{query}", **AS_ADMIN), 400), query
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_budget_is_dated_only_while_its_definition_is_on_record(kind: str) -> None:
+    """Once the audit log has dropped a tenant's oldest records, the first `budget.set`
+    kept may be a later change of the budget, not its definition: the time is unknown."""
+    store = make_store(kind, system_ms, audit_retention=5)
+    guard = al.Guard(store)
+    try:
+        with serving(guard) as url:
+            api = Api(url)
+            guard.set_budget("tenant:acme", usd=1)
+            guard.set_budget("tenant:acme/workspace:a", usd=1)
+            where = f"scope=tenant:acme&unit={USD}"
+            dated = api.get(f"/v1/admin/budgets/lookup?{where}", **AS_ADMIN).body
+            assert moment(dated["created_at"]) > moment(UNKNOWN_TIME)
+            for _ in range(300):  # the log keeps about the newest five (Redis: a few more)
+                guard.fund("tenant:acme/workspace:a", "CREDIT",
+                           al.Amount(al.Unit.USD_MICROCENTS, 1))
+            guard.set_budget("tenant:acme", usd=2)  # a change, kept on record
+            assert guard.audit("acme", limit=1_000)[0].seq > 1
+            later = api.get(f"/v1/admin/budgets/lookup?{where}", **AS_ADMIN).body
+            assert later["created_at"] == UNKNOWN_TIME
+            assert later["allocated"]["amount"] == 200_000_000
+    finally:
+        store.close()
+
+
+def test_a_periodic_ledger_names_its_current_period(served: Any) -> None:
+    periods = ("minute", "hour", "day", "week", "month", "year")
+    for period in periods:
+        served.guard.set_budget(f"tenant:acme/workspace:{period}", usd=1, period=period)
+    served.guard.set_budget("tenant:acme", tokens=10, per="run")  # a template
+    now = datetime.now(timezone.utc)
+    rows = admin(served).get("/v1/admin/budgets?tenant_id=acme", **AS_ADMIN).body["ledgers"]
+    bounds = {r["scope"].rpartition(":")[2]: (moment(r["period_start"]),
+                                              moment(r["period_end"]))
+              for r in rows if "period_start" in r}
+    assert sorted(bounds) == sorted(periods)
+    for period, (start, end) in bounds.items():
+        assert start <= now < end, period
+    assert bounds["week"][0].weekday() == 0 and bounds["year"][0].timetuple().tm_yday == 1
+    held = served.tenant("acme", usd=None).post("/v1/reservations", {
+        "idempotency_key": "r", "subject": {"tenant": "acme", "dimensions": {"run": "r1"}},
+        "action": {"kind": "tool", "name": "t"}, "estimate": {"unit": "TOKENS", "amount": 1}},
+        check=False)
+    assert held.status == 200, held.body
+    run = admin(served).get("/v1/admin/budgets?tenant_id=acme&unit=TOKENS", **AS_ADMIN)
+    template = served.guard.audit("acme", types=["budget.set"])[-1]
+    assert [(r["scope"], moment(r["created_at"])) for r in run.body["ledgers"]] == [
+        ("tenant:acme/run:r1", datetime.fromtimestamp(template.at_ms / 1000, timezone.utc))]

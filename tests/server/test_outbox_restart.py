@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -25,42 +23,19 @@ from allotment.stores.redis import RedisStore
 from allotment.webhooks import Dispatcher
 
 from support.redis_server import free_port
+from support.serve_script import SCRIPT, allotment_serve
 from support.stores import make_store, redis_url
 from support.webhooks import Receiver
 
-SCRIPT = Path(sys.executable).parent / "allotment"
 ADMIN = {"X-Admin-API-Key": "outbox-test-admin"}
 USD = "USD_MICROCENTS"
 GPT = al.Action("llm.completion", "openai:gpt-4o")
 
 
-@contextmanager
-def serve(store: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def serve(store: str) -> AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
     """`allotment serve` on `store`, sending webhooks to loopback; killed at the end."""
-    port = free_port()
-    env = {**os.environ, "ALLOTMENT_ADMIN_KEY": ADMIN["X-Admin-API-Key"]}
-    process = subprocess.Popen(
-        [str(SCRIPT), "serve", "--port", str(port), "--store", store,
-         "--webhook-allow", "127.0.0.1/32"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        until(lambda: _ready(url, process), "allotment serve did not start")
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-        assert process.stderr is not None
-        process.stderr.close()
-
-
-def _ready(url: str, process: subprocess.Popen[str]) -> bool:
-    assert process.poll() is None, "allotment serve exited"
-    try:
-        return httpx.get(url + "/actuator/health/readiness").status_code == 200
-    except httpx.TransportError:
-        return False
+    return allotment_serve("--store", store, "--webhook-allow", "127.0.0.1/32",
+                           admin_key=ADMIN["X-Admin-API-Key"], kill=True)
 
 
 def until(check: Callable[[], Any], failure: str, timeout_s: float = 60) -> Any:

@@ -251,6 +251,7 @@ def test_the_enterprise_admin_moves_500_dollars_between_departments(served: Any)
     assert moved.status == 200, moved.body
     assert moved.body["source"]["allocated"]["amount"] == al.usd(4_500).amount
     assert moved.body["destination"]["remaining"]["amount"] == al.usd(500).amount
+    assert moved.body["source"]["created_at"] != "1970-01-01T00:00:00Z"  # dated, not unknown
     replay = call(owner, "POST", "/v1/admin/transfers", move,
                   headers={"X-Idempotency-Key": "move-500"})
     assert replay.body == moved.body
@@ -303,8 +304,9 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     guard.set_budget("tenant:acme/workspace:w", usd=1)
     guard.set_budget("tenant:lib", usd=1)  # a tenant the library made, without a record
     listed = call(api, "GET", "/v1/admin/tenants").body
-    assert listed == {"tenants": [made, {"tenant_id": "lib", "name": "lib",
-                                         "status": "ACTIVE"}], "has_more": False}
+    assert listed == {"tenants": [made, {"tenant_id": "lib", "name": "lib", "status": "ACTIVE",
+                                         "created_at": "1970-01-01T00:00:00Z"}],
+                      "has_more": False}  # created_at is required: unknown, the epoch
     suspended = call(api, "PATCH", "/v1/admin/tenants/acme", {"status": "SUSPENDED"})
     assert suspended.body == {**made, "status": "SUSPENDED"}
     assert all(r.status is al.BudgetStatus.FROZEN for r in guard.balances("tenant:acme"))
@@ -333,7 +335,8 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     call(api, "POST", "/v1/admin/tenants", {"tenant_id": "empty", "name": "Empty"})
     envelope(call(api, "PATCH", "/v1/admin/tenants/empty", {"status": "SUSPENDED"}), 409,
              "no budgets")
-    envelope(call(api, "GET", "/v1/admin/tenants?status=CLOSED"), 400, "status")
+    assert call(api, "GET", "/v1/admin/tenants?status=CLOSED").body["tenants"] == []
+    envelope(call(api, "GET", "/v1/admin/tenants?status=GONE"), 400, "status")
 
 
 ADMIN_ONLY = [
