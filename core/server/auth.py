@@ -13,6 +13,7 @@ from ..guard import Guard
 from ..keys import permits
 from ..models import ApiKey
 from ..tenant import TenantGuard
+from .context import set_tenant
 from .errors import forbidden, unauthorized
 
 TENANT_HEADER = "x-cycles-api-key"
@@ -37,7 +38,7 @@ async def tenant_key(guard: Guard, request: Request, permission: str) -> Caller:
         raise unauthorized("unknown, revoked or expired API key")
     if not permits(key, permission):
         raise forbidden(f"this API key lacks the {permission} permission")
-    request.state.tenant = key.tenant
+    set_tenant(request, key.tenant)
     return Caller(key, guard.tenant(key.tenant))
 
 
