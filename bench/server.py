@@ -76,6 +76,9 @@ ESTIMATE = 5_000_000  # $0.05
 ACTUAL = 3_100_000  # $0.031
 ACTION = {"kind": "llm.completion", "name": "openai:gpt-4o"}
 CLIENTS, CLIENT_PROCESSES = 32, 4
+CLIENT_KINDS = {"httpx": "httpx.AsyncClient", "raw": "raw keep-alive"}
+"""The load's clients: httpx (what a Python service would use), then a hand-written HTTP/1.1
+client whose own cost is small, so that the server's share of the two cores shows."""
 TARGET_LATENCY, TARGET_THROUGHPUT = 1.20, 0.50
 TRIVIAL_PATH, AUTH_PATH = "/bench/trivial", "/bench/auth"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -416,31 +419,66 @@ class Sequential:
         return self.loop.run_until_complete(run())
 
 
-def sequential(url: str, secret: str, guard: al.Guard, tally: Tally,
-               settings: Settings) -> dict[str, list[float]]:
-    """p50 (µs) of each phase, one per round."""
+def sequential(url: str, secret: str, guard: al.Guard, tally: Tally, settings: Settings,
+               server_pids: list[int],
+               redis_pids: list[int]) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """p50 (µs) of each phase, one per round; and CPU µs per call of each phase: the
+    server's (with redis-server's) for the HTTP phases, this process's (with redis-server's)
+    for the in-process ones, a reserve's phase counting the commit that follows it."""
     runner = Sequential(url, secret, guard, tally)
     phases = runner.phases()
     for run in phases.values():  # warm-up: connections, caches, first-call paths
         run(30)
     p50s: dict[str, list[float]] = {name: [] for name in phases}
+    cpu: dict[str, float] = {name: 0.0 for name in phases}
     try:
         for number in range(settings.seq_rounds):
             order = list(phases) if number % 2 == 0 else list(reversed(phases))
             for name in order:
+                inproc = name.startswith("in-process")
+                before = (time.process_time() if inproc else cpu_seconds(server_pids)) + (
+                    cpu_seconds(redis_pids))
                 p50s[name].append(percentile(phases[name](settings.seq_calls), 50))
+                after = (time.process_time() if inproc else cpu_seconds(server_pids)) + (
+                    cpu_seconds(redis_pids))
+                cpu[name] += after - before
     finally:
         runner.close()
-    return p50s
+    calls = settings.seq_rounds * settings.seq_calls
+    return p50s, {name: seconds / calls * 1e6 for name, seconds in cpu.items()}
 
 
 # -- throughput -----------------------------------------------------------------------------------
 
 
 def _client_process(conn: Any, url: str, secret: str, tasks: int, index: int) -> None:
-    """One client process: `tasks` asyncio tasks on one keep-alive httpx.AsyncClient, running
-    the phases the parent sends until it sends None."""
+    """One client process: `tasks` asyncio tasks, each with a keep-alive connection (one
+    httpx.AsyncClient pool, or a raw one each), running the phases the parent sends until it
+    sends None."""
     asyncio.run(_client_loop(conn, url, secret, tasks, index))
+
+
+class RawConnection:
+    """HTTP/1.1 keep-alive over asyncio streams, the request written by hand: a client that
+    costs a tenth of httpx's CPU, so the server rather than the client sets the pace."""
+
+    def __init__(self, url: str, secret: str) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.head = (f"Host: {self.host}\r\nX-Cycles-API-Key: {secret}\r\n"
+                     "Content-Type: application/json\r\n").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), self.head, len(body), body))
+        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
+        at = head.index(b"content-length:") + 15
+        length = int(head[at:head.index(b"\r\n", at)])
+        return int(head[9:12]), await self.reader.readexactly(length)
 
 
 async def _client_loop(conn: Any, url: str, secret: str, tasks: int, index: int) -> None:
@@ -450,18 +488,25 @@ async def _client_loop(conn: Any, url: str, secret: str, tasks: int, index: int)
     serial = 0
     padding_r = "x" * (len(orjson.dumps(reserve_body("p0-0-00000000"))) - 40)
     padding_c = "x" * max(1, len(orjson.dumps(commit_body("p0-0-00000000"))) - 40)
+    raw = [RawConnection(url, secret) for _ in range(tasks)]
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
                                  timeout=60) as client:
         conn.send("ready")
 
-        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-            answer = await client.post(path, content=orjson.dumps(body))
-            if answer.status_code not in (200, 201):
-                raise RuntimeError(f"POST {path}: {answer.status_code} {answer.text}")
-            result: dict[str, Any] = orjson.loads(answer.content)
+        async def post(path: str, body: dict[str, Any], task: int,
+                       use_raw: bool) -> dict[str, Any]:
+            if use_raw:
+                status, content = await raw[task].post(path, orjson.dumps(body))
+            else:
+                answer = await client.post(path, content=orjson.dumps(body))
+                status, content = answer.status_code, answer.content
+            if status not in (200, 201):
+                raise RuntimeError(f"POST {path}: {status} {content!r}")
+            result: dict[str, Any] = orjson.loads(content)
             return result
 
-        async def worker(kind: str, start: float, end: float, out: list[Any]) -> None:
+        async def worker(task: int, kind: str, use_raw: bool, start: float, end: float,
+                         out: list[Any]) -> None:
             nonlocal serial
             pairs = charged = commits = 0
             while time.monotonic() < start:
@@ -470,14 +515,16 @@ async def _client_loop(conn: Any, url: str, secret: str, tasks: int, index: int)
                 serial += 1
                 key = f"p{index}-{serial}"
                 if kind == "pairs":
-                    held = await post("/v1/reservations", reserve_body(key))
+                    held = await post("/v1/reservations", reserve_body(key), task, use_raw)
                     done = await post(f"/v1/reservations/{held['reservation_id']}/commit",
-                                      commit_body(key + "c"))
+                                      commit_body(key + "c"), task, use_raw)
                     charged += done["charged"]["amount"]
                     commits += 1
                 else:
-                    await post(TRIVIAL_PATH, {"idempotency_key": key, "padding": padding_r})
-                    await post(TRIVIAL_PATH, {"idempotency_key": key, "padding": padding_c})
+                    await post(TRIVIAL_PATH, {"idempotency_key": key, "padding": padding_r},
+                               task, use_raw)
+                    await post(TRIVIAL_PATH, {"idempotency_key": key, "padding": padding_c},
+                               task, use_raw)
                 if time.monotonic() > end:
                     break
                 pairs += 1
@@ -487,14 +534,17 @@ async def _client_loop(conn: Any, url: str, secret: str, tasks: int, index: int)
             command = await loop.run_in_executor(None, conn.recv)
             if command is None:
                 break
-            kind, start, seconds = command
+            kind, use_raw, start, seconds = command
             cpu0 = time.process_time()
             out: list[Any] = []
-            await asyncio.gather(*(worker(kind, start, start + seconds, out)
-                                   for _ in range(tasks)))
+            await asyncio.gather(*(worker(task, kind, use_raw, start, start + seconds, out)
+                                   for task in range(tasks)))
             cpu = time.process_time() - cpu0
             conn.send((sum(o[0] for o in out), sum(o[1] for o in out),
                        sum(o[2] for o in out), cpu))
+        for connection in raw:
+            if connection.writer is not None:
+                connection.writer.close()
 
 
 @dataclass
@@ -528,11 +578,11 @@ class Load:
         self.redis_pids = [redis_pid] if redis_pid else []
         self.tally = tally
 
-    def run(self, kind: str, seconds: float) -> LoadFigures:
+    def run(self, kind: str, client: str, seconds: float) -> LoadFigures:
         start = time.monotonic() + 0.3
         server0, redis0 = cpu_seconds(self.server_pids), cpu_seconds(self.redis_pids)
         for conn in self.conns:
-            conn.send((kind, start, seconds))
+            conn.send((kind, client == "raw", start, seconds))
         results = [conn.recv() for conn in self.conns]
         server = cpu_seconds(self.server_pids) - server0
         redis_cpu = cpu_seconds(self.redis_pids) - redis0
@@ -553,13 +603,14 @@ class Load:
             proc.join(30)
 
 
-def throughput(load: Load, settings: Settings) -> dict[str, list[LoadFigures]]:
-    load.run("trivial", 1.0)  # warm-up: connections open, code paths warm
-    load.run("pairs", 1.0)
+def throughput(load: Load, settings: Settings,
+               client: str) -> dict[str, list[LoadFigures]]:
+    load.run("trivial", client, 1.0)  # warm-up: connections open, code paths warm
+    load.run("pairs", client, 1.0)
     figures: dict[str, list[LoadFigures]] = {"trivial": [], "pairs": []}
     for _ in range(settings.load_rounds):
         for kind in ("trivial", "pairs", "pairs", "trivial"):
-            figures[kind].append(load.run(kind, settings.load_seconds))
+            figures[kind].append(load.run(kind, client, settings.load_seconds))
     return figures
 
 
@@ -575,17 +626,19 @@ def measure(name: str, store: str, workers: int, settings: Settings,
         guard = in_process_guard(store)
         tally = Tally()
         try:
-            p50s = sequential(url, secret, guard, tally, settings)
+            p50s, cpu = sequential(url, secret, guard, tally, settings,
+                                   _tree(process.pid), [redis_pid] if redis_pid else [])
             load = Load(url, secret, process.pid, redis_pid, tally)
             try:
-                figures = throughput(load, settings)
+                figures = {client: throughput(load, settings, client) for client in CLIENT_KINDS}
             finally:
                 load.close()
             problems = check_ledgers(url, secret, tally.commits, tally.charged)
         finally:
             guard.close()
-    report_sequential(p50s)
-    report_throughput(figures, settings)
+    report_sequential(p50s, cpu)
+    for client, measured in figures.items():
+        report_throughput(measured, settings, client)
     print(f"  ledgers after {tally.commits:,} commits over HTTP: "
           + ("OK (spent == Σ charged told to clients, nothing reserved)" if not problems
              else "BROKEN"))
@@ -594,12 +647,14 @@ def measure(name: str, store: str, workers: int, settings: Settings,
     return not problems
 
 
-def report_sequential(p50s: dict[str, list[float]]) -> None:
+def report_sequential(p50s: dict[str, list[float]], cpu: dict[str, float]) -> None:
     rounds = len(p50s["trivial"])
-    print(f"  sequential, one client, p50 µs (median of {rounds} rounds; min..max of rounds)")
+    print(f"  sequential, one client: p50 µs, median of {rounds} rounds (min..max), and CPU µs "
+          "per call (server + redis; in process: this process + redis; a reserve with its "
+          "commit)")
     for name, values in p50s.items():
         print(f"    {name:<22}{statistics.median(values):>9.0f}   "
-              f"({min(values):.0f}..{max(values):.0f})")
+              f"({min(values):.0f}..{max(values):.0f}){cpu[name]:>12.0f} CPU")
     rows = list(zip(p50s["HTTP reserve"], p50s["in-process reserve"], p50s["trivial"],
                     strict=True))
     ratios = [http / (inproc + trivial) for http, inproc, trivial in rows]
@@ -611,11 +666,15 @@ def report_sequential(p50s: dict[str, list[float]]) -> None:
           f"{'PASS' if ratio <= TARGET_LATENCY else 'MISS'}")
     print(f"        beyond in-process reserve + trivial: {statistics.median(added):.0f} µs, "
           f"of which authentication (auth route − trivial) {statistics.median(auth):.0f} µs")
+    by_cpu = cpu["HTTP reserve"] / (cpu["in-process reserve"] + 2 * cpu["trivial"])
+    print(f"        by CPU, reserve+commit over HTTP ÷ (in process + two trivial calls) = "
+          f"{by_cpu:.2f} (load-independent)")
 
 
-def report_throughput(figures: dict[str, list[LoadFigures]], settings: Settings) -> None:
-    print(f"  throughput, {CLIENTS} clients over {CLIENT_PROCESSES} processes, "
-          f"{settings.load_seconds:.0f} s phases (median of {len(figures['pairs'])})")
+def report_throughput(figures: dict[str, list[LoadFigures]], settings: Settings,
+                      client: str) -> None:
+    print(f"  throughput, {CLIENTS} {CLIENT_KINDS[client]} clients over {CLIENT_PROCESSES} "
+          f"processes, {settings.load_seconds:.0f} s phases (median of {len(figures['pairs'])})")
     print(f"    {'':<22}{'pairs/s':>9}{'server µs':>11}{'client µs':>11}{'redis µs':>10}"
           f"{'client %':>10}   (CPU per pair; client % of the machine)")
     for kind in ("trivial", "pairs"):
