@@ -13,7 +13,7 @@ LOW_VENV := .venv-lowest
 LOW_STAMP := $(LOW_VENV)/.installed
 LOWEST := tests/constraints/lowest.txt
 
-.PHONY: demo test test-lowest lint bench clean
+.PHONY: demo test test-lowest conformance lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ test-lowest: $(LOW_STAMP)
 	$(LOW_VENV)/bin/python -m pytest tests/integrations tests/stores/test_redis_*.py \
 		tests/test_pricing.py tests/test_degrade.py tests/test_metrics.py tests/test_tracing.py \
 		tests/test_webhooks.py
+
+# The server's conformance alone (`make test` runs it too): the runcycles client's own
+# live-server suite against `allotment serve`, and schemathesis over the runtime plane.
+conformance: $(STAMP)
+	$(BIN)/python -m pytest tests/server/test_runcycles_suite.py tests/server/test_schemathesis.py \
+		tests/server/test_protocol_edges.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from typing import Any
 
 log = logging.getLogger("allotment.server")
 STORE_ENV, ADMIN_ENV = "ALLOTMENT_STORE", "ALLOTMENT_ADMIN_KEY"
+PLANS_ENV, WORKERS_ENV = "ALLOTMENT_PLANS", "ALLOTMENT_WORKERS"
 GRACEFUL_S = 30
 """On SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish for up to
 this long."""
@@ -31,11 +32,16 @@ def app_from_env() -> Any:
     """The app of one worker, built from the environment `serve` set (uvicorn calls this
     in each worker process)."""
     from .guard import Guard
+    from .plans import Plan
     from .server import create_app
 
+    plans_file = os.environ.get(PLANS_ENV)
+    plans = Plan.load_all(plans_file) if plans_file else None
     guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
     guard.start_sweeper()
-    app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None)
+    # each worker holds its own catalog: with several, plans come from the file only
+    app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None, plans=plans,
+                     define_plans=os.environ.get(WORKERS_ENV, "1") == "1")
     return app
 
 
@@ -64,8 +70,14 @@ def _cli() -> Any:
     @click.option("--port", default=7878, show_default=True, type=int)
     @click.option("--workers", default=1, show_default=True,
                   type=click.IntRange(1, 256), help="Worker processes (a shared store only).")
-    def serve(store: str, host: str, port: int, workers: int) -> None:
+    @click.option("--plans", "plans_file", envvar=PLANS_ENV, default=None, metavar="FILE",
+                  help="Tiers (YAML or TOML, a top-level `plans:` mapping) that "
+                       f"PUT /v1/admin/tenants/{{id}}/plan assigns by name; also ${PLANS_ENV}.")
+    def serve(store: str, host: str, port: int, workers: int, plans_file: str | None) -> None:
         import uvicorn
+
+        from .errors import InvalidRequest
+        from .plans import Plan
 
         if store.startswith("memory://"):
             if workers > 1:
@@ -77,7 +89,14 @@ def _cli() -> Any:
         if not os.environ.get(ADMIN_ENV):
             click.echo(f"allotment: {ADMIN_ENV} is not set: no admin key, so no key or "
                        "budget can be created over HTTP", err=True)
+        if plans_file:
+            try:
+                Plan.load_all(plans_file)  # checked once here, before any worker starts
+            except InvalidRequest as error:
+                raise click.UsageError(f"--plans: {error}") from None
+            os.environ[PLANS_ENV] = os.path.abspath(plans_file)
         os.environ[STORE_ENV] = store
+        os.environ[WORKERS_ENV] = str(workers)
         uvicorn.run("allotment.cli:app_from_env", factory=True, host=host, port=port,
                     workers=workers, timeout_graceful_shutdown=GRACEFUL_S,
                     log_level="info", access_log=False)

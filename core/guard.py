@@ -71,8 +71,16 @@ class Guard(EnforcementCalls, BudgetCalls, ReadCalls, PlatformCalls, KeyCalls, W
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Guard:
-        """`memory://` (embedded), `redis://...`; guard options (ttl_ms, ...) go to the
-        guard, the rest to the store."""
+        """`memory://` (embedded), `redis://...`, or `http(s)://host:7878` with
+        `api_key=` (a remote guard: a server speaking the Cycles wire enforces, see the
+        README's "Remote guard"); guard options (ttl_ms, ...) go to the guard, the rest to
+        the store."""
+        if url.startswith(("http://", "https://")):
+            for name in ("mode", "default_plan"):  # the server's own settings
+                if options.get(name) not in (None, "enforce"):
+                    raise InvalidRequest(
+                        f"{name}: a remote guard takes the server's (set it there with the "
+                        "admin API or the `allotment` command line)")
         guard_options = {k: v for k, v in options.items() if k in GUARD_OPTIONS}
         store_options = {k: v for k, v in options.items() if k not in GUARD_OPTIONS}
         return cls(store_from_url(url, **store_options), **guard_options)

@@ -13,6 +13,7 @@ import pytest
 import allotment as al
 
 from support.redis_server import redis_server
+from support.served import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,18 +28,24 @@ def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> N
     sys.path.insert(0, str(ROOT / "examples"))
     from simulated_provider import serve
 
-    with redis_server() as (url, _), serve() as provider:
+    central = al.Guard()  # the server the remote guard's block talks to
+    central.set_budget("tenant:acme", usd=10)
+    central.set_budget("tenant:acme", tokens=100_000, period="day")
+    monkeypatch.setenv("ALLOTMENT_API_KEY", central.create_key("acme").secret)
+    with redis_server() as (url, _), serve() as provider, serving(central) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", provider + "/v1")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", provider)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-simulated")
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-simulated")
         for block in blocks:
-            code = block.replace("redis://localhost:6379", url)
+            code = block.replace("redis://localhost:6379", url).replace(
+                "http://localhost:7878", server)
             exec(compile(code, "README.md", "exec"), namespace)
         guard = namespace["guard"]
         assert isinstance(guard, al.Guard)
         assert guard.balances("tenant:acme")[0].allocated == al.usd(2000).amount
         guard.close()
+        assert central.balances("tenant:acme", include_children=False)[0].spent > 0
 
 
 @pytest.mark.parametrize(("script", "expected"), [

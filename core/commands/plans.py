@@ -7,6 +7,9 @@ the same plan with the same fingerprint and changes nothing (no store write). Wh
 is read, not guessed: the plan name before and after (`plan_of`), the definitions the file's
 old and new tiers differ in (when the tenant moves between two tiers of the file), and every
 ledger whose allocation moved (balances before and after; spend is kept).
+
+On a server (`--server URL --key ADMIN_KEY`) the same reads and the one write go over
+allotment's own routes: the plan is sent whole, so the server needs no copy of the file.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..guard import Guard
 from ..plans import Plan
 from ..scopes import tenant_name
 from ._output import amount, balance_json, emit_json
-from ._target import USAGE, Failure, handled, opened, target_options
+from ._target import USAGE, Failure, Server, handled, opened, target_options
 
 _FINGERPRINT = re.compile(r"sha256:([0-9a-f]{16})")
 _SECTIONS = ("budgets", "quotas", "access")
@@ -41,12 +44,70 @@ def fingerprint(plan: Plan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _last_fingerprint(guard: Guard, tenant: str) -> str | None:
-    records = guard.audit(tenant, types=["plan.assigned"], limit=100_000)
-    for record in reversed(records):
-        found = _FINGERPRINT.search(record.reason or "")
-        return found.group(1) if found else None
-    return None
+def _fingerprint_in(reason: str | None) -> str | None:
+    found = _FINGERPRINT.search(reason or "")
+    return found.group(1) if found else None
+
+
+class _OnGuard:
+    """The reads and the one write of `plans apply`, on a guard."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def tenants(self) -> list[str]:
+        return list(self.guard.tenants())
+
+    def plan_of(self, tenant: str) -> str | None:
+        return self.guard.plan_of(tenant)
+
+    def last_fingerprint(self, tenant: str) -> str | None:
+        records = self.guard.audit(tenant, types=["plan.assigned"], limit=100_000)
+        return _fingerprint_in(records[-1].reason) if records else None
+
+    def ledgers(self, tenant: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+        return {(r.scope, r.unit.value, r.period or ""): balance_json(r)
+                for r in self.guard.balances(f"tenant:{tenant}")}
+
+    def assign(self, tenant: str, plan: Plan, actor: str | None, reason: str) -> None:
+        self.guard.assign_plan(tenant, plan, actor=actor, reason=reason)
+
+
+class _OnServer:
+    """The same over a server's routes (the admin key): the tenant's plan and its last
+    assignment, the tenant's ledgers, and the plan sent whole to the tenant."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def tenants(self) -> list[str]:
+        return [t["tenant_id"] for t in self.server.call("GET", "/v1/admin/tenants")["tenants"]]
+
+    def _plan(self, tenant: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.server.call("GET", f"/v1/admin/tenants/{tenant}/plan")
+        return answer
+
+    def plan_of(self, tenant: str) -> str | None:
+        return self._plan(tenant).get("plan")
+
+    def last_fingerprint(self, tenant: str) -> str | None:
+        return _fingerprint_in(self._plan(tenant).get("reason"))
+
+    def ledgers(self, tenant: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+        rows = self.server.call("GET", "/v1/admin/budgets", params={"tenant_id": tenant})
+        return {(r["scope"], r["unit"], r.get("period") or ""): {
+            "allocated": r["allocated"]["amount"], "spent": r["spent"]["amount"]}
+            for r in rows["ledgers"]}
+
+    def assign(self, tenant: str, plan: Plan, actor: str | None, reason: str) -> None:
+        body: dict[str, Any] = {"plan": plan.model_dump(mode="json", exclude_defaults=True),
+                                "reason": reason}
+        if actor is not None:
+            body["actor"] = actor
+        self.server.call("PUT", f"/v1/admin/tenants/{tenant}/plan", body=body)
+
+
+_Side = _OnGuard | _OnServer
 
 
 def _entries(plan: Plan) -> dict[str, str]:
@@ -85,11 +146,6 @@ def _plan_diff(old: Plan | None, new: Plan) -> dict[str, list[str]]:
                     if k in before and before[k] != after[k]]}
 
 
-def _ledgers(guard: Guard, tenant: str) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(r.scope, r.unit.value, r.period or ""): balance_json(r)
-            for r in guard.balances(f"tenant:{tenant}")}
-
-
 def _ledger_diff(before: dict[tuple[str, str, str], dict[str, Any]],
                  after: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     moved = []
@@ -104,27 +160,26 @@ def _ledger_diff(before: dict[tuple[str, str, str], dict[str, Any]],
     return moved
 
 
-def apply_one(guard: Guard, tenant: str, plan: Plan, every: dict[str, Plan],
+def apply_one(side: _Side, tenant: str, plan: Plan, every: dict[str, Plan],
               actor: str | None, reason: str | None, force: bool = False) -> dict[str, Any]:
     """Assign `plan` to `tenant` unless it is on it already with this fingerprint; what
     changed, as a dict of plain values."""
     mark = fingerprint(plan)
-    current = guard.plan_of(tenant)
+    current = side.plan_of(tenant)
     result: dict[str, Any] = {"tenant": tenant, "plan_before": current, "plan_after": plan.name,
                               "fingerprint": mark}
-    if not force and current == plan.name and _last_fingerprint(guard, tenant) == mark:
+    if not force and current == plan.name and side.last_fingerprint(tenant) == mark:
         return {**result, "changed": False, "definitions": _plan_diff(plan, plan),
                 "ledgers": []}
-    before = _ledgers(guard, tenant)
+    before = side.ledgers(tenant)
     signed = f"plans apply {plan.name} sha256:{mark}"
-    guard.assign_plan(tenant, plan, actor=actor,
-                      reason=signed if reason is None else f"{reason} ({signed})")
+    side.assign(tenant, plan, actor, signed if reason is None else f"{reason} ({signed})")
     if current == plan.name:  # the file's tier was edited: what it was is not on record
         diff: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
     else:
         diff = _plan_diff(every.get(current) if current else None, plan)
     return {**result, "changed": True, "definitions": diff,
-            "ledgers": _ledger_diff(before, _ledgers(guard, tenant)),
+            "ledgers": _ledger_diff(before, side.ledgers(tenant)),
             "reinstalled": current == plan.name}
 
 
@@ -186,19 +241,24 @@ def apply(file: Path, tenant: str | None, plan_name: str | None, actor: str | No
         if plan_name not in every:
             raise Failure(f"{file}: no plan {plan_name!r}; it has {', '.join(every)}", USAGE)
     with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("plans apply")
+        side: _Side
+        if target.guard is not None:
+            side = _OnGuard(target.guard)
+        else:
+            assert target.server is not None
+            side = _OnServer(target.server)
         if tenant is not None:
             assert plan_name is not None
             pairs = [(tenant, every[plan_name])]
         else:
             pairs = []
-            for name in guard.tenants():
-                current = guard.plan_of(name)
+            for name in side.tenants():
+                current = side.plan_of(name)
                 if current in every:
                     pairs.append((name, every[current]))
         results = []
         for i, (name, plan) in enumerate(pairs, 1):
-            result = apply_one(guard, name, plan, every, actor, reason, force)
+            result = apply_one(side, name, plan, every, actor, reason, force)
             results.append(result)
             if not as_json:
                 if len(pairs) > 1:

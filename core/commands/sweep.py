@@ -1,5 +1,6 @@
 """`allotment sweep`: expire overdue reservations now, across every tenant, in batches,
-printing progress (the background sweeper of `allotment serve` does this continuously)."""
+printing progress (the background sweeper of `allotment serve` does this continuously); on
+a server, each batch is one `POST /v1/admin/sweep` (the admin key)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from ._target import handled, opened, target_options
 def sweep(batch: int, max_batches: int, store: str | None, server: str | None,
           key: str | None, as_json: bool) -> None:
     with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("sweep")
         total, rounds = 0, 0
         while rounds < max_batches:
-            expired = guard.sweep(limit=batch)
+            if target.guard is not None:
+                expired = target.guard.sweep(limit=batch)
+            else:
+                assert target.server is not None
+                expired = int(target.server.call("POST", "/v1/admin/sweep",
+                                                 body={"limit": batch})["expired"])
             total, rounds = total + expired, rounds + 1
             if not as_json and expired:
                 click.echo(f"batch {rounds}: {expired} expired ({total} in all)", err=True)

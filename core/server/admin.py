@@ -88,9 +88,22 @@ def _epoch_ms(text: str, field: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def tenant_view(info: TenantInfo) -> dict[str, Any]:
-    return {"tenant_id": info.tenant, "name": info.name, "status": "ACTIVE",
+def tenant_view(info: TenantInfo, status: str = "ACTIVE") -> dict[str, Any]:
+    return {"tenant_id": info.tenant, "name": info.name, "status": status,
             "created_at": iso(info.created_at_ms)}
+
+
+async def tenant_status(guard: Guard, tenant: str) -> str:
+    """SUSPENDED when the tenant has budgets and every one is frozen (suspending a tenant
+    freezes its budgets: the guard keeps no tenant status of its own), else ACTIVE. Read
+    from the budgets at the tenant's root when it has some (one small read however many
+    run or user ledgers lie below), else from all of them."""
+    root = f"tenant:{tenant}"
+    rows = await guard.abalances(root, include_children=False)
+    if not rows:
+        rows = await guard.abalances(root)
+    frozen = bool(rows) and all(row.status is BudgetStatus.FROZEN for row in rows)
+    return "SUSPENDED" if frozen else "ACTIVE"
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:
@@ -119,6 +132,27 @@ def ledger(row: Balance, tenant: str) -> dict[str, Any]:
     return view
 
 
+def require_admin(settings: Settings, request: Request) -> None:
+    """The admin key, or 401."""
+    if not admin_key(settings.admin_key, request):
+        raise unauthorized("this call needs the X-Admin-API-Key header")
+
+
+async def acting(settings: Settings, request: Request, named: str | None,
+                 permission: str) -> tuple[Guard | TenantGuard, str]:
+    """Who manages a tenant's budgets and rules here: the admin key for the tenant it names,
+    or a tenant key (with `permission`) for its own tenant only."""
+    if admin_key(settings.admin_key, request):
+        if named is None:
+            raise bad_request("tenant_id: required with the admin key")
+        return settings.guard, tenant_name(named, "tenant_id")
+    caller = await tenant_key(settings.guard, request, permission)
+    request.state.key_id = caller.key.key_id
+    if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+        raise forbidden("tenant_id is not the tenant of this API key")
+    return caller.tenant, caller.key.tenant
+
+
 class Admin:
     """The admin routes over one guard."""
 
@@ -141,21 +175,11 @@ class Admin:
         ]
 
     def _admin(self, request: Request) -> None:
-        if not admin_key(self.s.admin_key, request):
-            raise unauthorized("this call needs the X-Admin-API-Key header")
+        require_admin(self.s, request)
 
     async def _acting(self, request: Request, named: str | None,
                       permission: str) -> tuple[Guard | TenantGuard, str]:
-        """Who manages budgets here: the admin key for the tenant it names, or a tenant
-        key (with `permission`) for its own tenant only."""
-        if admin_key(self.s.admin_key, request):
-            if named is None:
-                raise bad_request("tenant_id: required with the admin key")
-            return self.s.guard, tenant_name(named, "tenant_id")
-        caller = await tenant_key(self.s.guard, request, permission)
-        if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
-            raise forbidden("tenant_id is not the tenant of this API key")
-        return caller.tenant, caller.key.tenant
+        return await acting(self.s, request, named, permission)
 
     # -- tenants and keys -----------------------------------------------------------------
 
@@ -175,7 +199,8 @@ class Admin:
         info = await self.s.guard.atenant_info(tenant)
         if info is None:
             raise not_found(f"no tenant {tenant!r}")
-        return json_response(request, tenant_view(info))
+        return json_response(request, tenant_view(info, await tenant_status(self.s.guard,
+                                                                              info.tenant)))
 
     async def create_key(self, request: Request) -> Response:
         self._admin(request)

@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ..errors import AllotmentError
 from ..guard import Guard
+from ..plans import Plan
 from . import metrics as _metrics
 from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
+from .policies import Policies
 from .runtime import Runtime, Settings
 
 log = logging.getLogger("allotment.server")
@@ -43,7 +46,21 @@ async def _http_error(request: Request, error: Exception) -> Response:
     code = _HTTP_CODES.get(error.status_code, "INVALID_REQUEST")
     message = f"no route {request.method} {request.url.path}" if error.status_code in (
         404, 405) else str(error.detail)
-    return error_response(request, ApiError(error.status_code, code, message))
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # RFC 9110: say which methods the path takes
+        headers["Allow"] = _allowed(request)
+    return error_response(request, ApiError(error.status_code, code, message,
+                                            headers=headers))
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route takes on this path (Starlette's own header names only the
+    first route that matched the path)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _crash(request: Request, error: Exception) -> Response:
@@ -56,14 +73,20 @@ async def _ready(request: Request) -> Response:
 
 
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
-               metrics: bool | None = None) -> Starlette:
+               metrics: bool | None = None, plans: Mapping[str, Plan] | None = None,
+               define_plans: bool = True, extensions: bool = True) -> Starlette:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
-    `GET /metrics` (by default when prometheus-client is installed)."""
+    `GET /metrics` (by default when prometheus-client is installed). `plans` are the
+    tiers `PUT /v1/admin/tenants/{id}/plan` assigns by name; `define_plans=False` refuses
+    defining more over HTTP (several workers: each holds its own catalog).
+    `extensions=False` serves the plain Cycles wire: no `allotment` fields, no
+    `GET /v1/allotment`."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
-    settings = Settings(guard, admin_key or None, max_body)
+    settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
+              *Policies(settings, plans, define_plans).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics

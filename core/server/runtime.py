@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import extensions as x
+from ..amounts import Amount, Unit
 from ..clock import system_ms
 from ..errors import InvalidRequest
 from ..guard import Guard
@@ -21,7 +23,7 @@ from ..ids import id_tenant
 from ..models import Balance, Outcome, ReservationStatus
 from ..scopes import LEVELS
 from ..tenant import TenantGuard
-from . import wire
+from . import extended, wire
 from .auth import Caller, admin_key, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found
@@ -34,6 +36,9 @@ class Settings:
     guard: Guard
     admin_key: str | None
     max_body: int
+    extensions: bool = True
+    """Serve allotment's wire extensions and announce them (`allotment.extensions`); off,
+    the server speaks the plain Cycles wire only."""
 
 
 def _idempotency(request: Request, key: str) -> str:
@@ -76,7 +81,9 @@ class Runtime:
         return caller.tenant
 
     def routes(self) -> list[Route]:
-        return [
+        announce = [Route(x.ANNOUNCE_PATH, self.announce, methods=["GET"])] if (
+            self.s.extensions) else []
+        return [*announce,
             Route("/v1/reservations", self.create, methods=["POST"]),
             Route("/v1/reservations", self.list, methods=["GET"]),
             Route("/v1/reservations/{reservation_id}", self.get, methods=["GET"]),
@@ -89,7 +96,17 @@ class Runtime:
         ]
 
     async def _body(self, request: Request, model: type[wire._M]) -> wire._M:
+        if self.s.extensions:
+            model = extended.EXTENDED.get(model, model)
         return wire.parse(model, await body(request, self.s.max_body))
+
+    def _asked(self, request: Request) -> bool:
+        """Whether a read asked for allotment's whole result (never, with extensions off)."""
+        return self.s.extensions and extended.asked(request)
+
+    async def announce(self, request: Request) -> Response:
+        """The route a remote guard reads to know it talks to allotment (no key needed)."""
+        return json_response(request, x.announcement())
 
     # -- reserve, decide, events ------------------------------------------------------------
 
@@ -98,7 +115,9 @@ class Runtime:
         req = await self._body(request, wire.ReserveBody)
         key = _idempotency(request, req.idempotency_key)
         who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
-        estimate = req.estimate.amount_()
+        cycles_estimate = req.estimate.amount_()
+        ext = extended.ext(req)
+        estimate = x.estimate(cycles_estimate, ext)
         scopes = who.scopes()
         handle = caller.tenant
         if req.dry_run:
@@ -106,17 +125,23 @@ class Runtime:
             answer = wire.decision(decision, scopes)
             answer["scope_path"] = who.scope_path
             if decision.outcome is not Outcome.DENY:
-                answer["reserved"] = wire.amount(estimate)
+                answer["reserved"] = wire.amount(cycles_estimate)
+            if ext is not None:
+                answer[x.FIELD] = {"decision": x.decision(decision)}
             return json_response(request, answer)
         held = await handle.areserve(
             who, what, estimate, ttl_ms=req.ttl_ms, grace_ms=req.grace_period_ms,
             overage_policy=req.overage_policy, idempotency_key=key)
         answer = wire.decision(held.decision, scopes)
         answer.update(reservation_id=held.id, scope_path=who.scope_path,
-                      reserved=wire.amount(held.estimate[0]),
+                      reserved=wire.amount(_in_unit(held.estimate, cycles_estimate.unit)),
                       expires_at_ms=held.expires_at_ms,
                       remaining_ttl_ms=max(0, held.expires_at_ms - system_ms()),
                       balances=wire.balances(held.balances))
+        if ext is not None:
+            answer[x.FIELD] = {"decision": x.decision(held.decision),
+                               "reservation": x.reservation(held.info),
+                               "balances": x.balances(held.balances)}
         return json_response(request, answer)
 
     async def decide(self, request: Request) -> Response:
@@ -124,8 +149,13 @@ class Runtime:
         req = await self._body(request, wire.DecideBody)
         _idempotency(request, req.idempotency_key)
         who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
-        decision = await caller.tenant.adecide(who, what, req.estimate.amount_())
-        return json_response(request, wire.decision(decision, who.scopes()))
+        ext = extended.ext(req)
+        decision = await caller.tenant.adecide(who, what,
+                                               x.estimate(req.estimate.amount_(), ext))
+        answer = wire.decision(decision, who.scopes())
+        if ext is not None:
+            answer[x.FIELD] = {"decision": x.decision(decision)}
+        return json_response(request, answer)
 
     async def event(self, request: Request) -> Response:
         caller = await tenant_key(self.s.guard, request, "reservations:create")
@@ -133,14 +163,18 @@ class Runtime:
         key = _idempotency(request, req.idempotency_key)
         who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
         actual = req.actual.amount_()
-        result = await caller.tenant.arecord(who, what, actual,
+        ext = extended.ext(req)
+        result = await caller.tenant.arecord(who, what, x.actual(actual, ext),
                                              overage_policy=req.overage_policy,
-                                             idempotency_key=key)
+                                             idempotency_key=key, usage=x.usage(ext))
         answer: dict[str, Any] = {"status": "APPLIED", "event_id": result.event_id}
-        charged = result.charged[0] if result.charged else None
+        charged = _in_unit(result.charged, actual.unit) if result.charged else None
         if charged is not None and charged.amount != actual.amount:
             answer["charged"] = wire.amount(charged)
         answer["balances"] = wire.balances(result.balances)
+        if ext is not None:
+            answer[x.FIELD] = {"charged": x.amounts(result.charged),
+                               "balances": x.balances(result.balances)}
         return json_response(request, answer, 201)
 
     # -- one reservation --------------------------------------------------------------------
@@ -151,12 +185,19 @@ class Runtime:
         _own(caller, rid)
         req = await self._body(request, wire.CommitBody)
         key = _idempotency(request, req.idempotency_key)
-        result = await caller.tenant.acommit(rid, req.actual.amount_(), idempotency_key=key)
-        answer: dict[str, Any] = {"status": "COMMITTED", "charged": wire.amount(result.charged[0])}
+        actual, ext = req.actual.amount_(), extended.ext(req)
+        result = await caller.tenant.acommit(rid, x.actual(actual, ext), idempotency_key=key,
+                                             usage=x.usage(ext))
+        answer: dict[str, Any] = {
+            "status": "COMMITTED", "charged": wire.amount(_in_unit(result.charged, actual.unit))}
         released = [a for a in result.released if a.amount > 0]
         if released:
-            answer["released"] = wire.amount(released[0])
+            answer["released"] = wire.amount(_in_unit(tuple(released), actual.unit))
         answer["balances"] = wire.balances(result.balances)
+        if ext is not None:
+            answer[x.FIELD] = {"charged": x.amounts(result.charged),
+                               "released": x.amounts(result.released),
+                               "balances": x.balances(result.balances)}
         return json_response(request, answer)
 
     async def release(self, request: Request) -> Response:
@@ -167,6 +208,9 @@ class Runtime:
         result = await handle.arelease(rid, req.reason or "released", idempotency_key=key)
         answer = {"status": "RELEASED", "released": wire.amount(result.released[0]),
                   "balances": wire.balances(result.balances)}
+        if extended.ext(req) is not None:
+            answer[x.FIELD] = {"released": x.amounts(result.released),
+                               "balances": x.balances(result.balances)}
         return json_response(request, answer)
 
     async def extend(self, request: Request) -> Response:
@@ -176,14 +220,22 @@ class Runtime:
         req = await self._body(request, wire.ExtendBody)
         key = _idempotency(request, req.idempotency_key)
         result = await caller.tenant.aextend(rid, req.extend_by_ms, idempotency_key=key)
-        answer = {"status": "ACTIVE", "expires_at_ms": result.expires_at_ms,
-                  "remaining_ttl_ms": max(0, result.expires_at_ms - system_ms())}
+        answer: dict[str, Any] = {
+            "status": "ACTIVE", "expires_at_ms": result.expires_at_ms,
+            "remaining_ttl_ms": max(0, result.expires_at_ms - system_ms())}
+        if extended.ext(req) is not None:
+            answer[x.FIELD] = {"expires_at_ms": result.expires_at_ms,
+                               "extensions": result.extensions}
         return json_response(request, answer)
 
     async def get(self, request: Request) -> Response:
         rid = request.path_params["reservation_id"]
         handle = await self._reservation_handle(request, rid, "reservations:list")
+        asked = self._asked(request)
         info = await handle.aget(rid)
+        if asked:  # the whole record, an expired one too (the library's `get` answers it)
+            return json_response(request, {**wire.reservation(info),
+                                           x.FIELD: {"reservation": x.reservation(info)}})
         if info.status is ReservationStatus.EXPIRED:
             raise ApiError(410, "RESERVATION_EXPIRED", f"reservation {rid} expired")
         return json_response(request, wire.reservation(info))
@@ -223,17 +275,20 @@ class Runtime:
             page, cursor = await handle.alist_reservations(**paging)
         else:
             page, cursor = await handle.alist_reservations(tenant, **paging)
-        rows = [wire.reservation(info) for info in page
+        kept = [info for info in page
                 if all(getattr(info.subject, level) == value
                        for level, value in subject.items())
                 and _within(windows[""], info.created_at_ms)
                 and _within(windows["expires_"], info.expires_at_ms)
                 and _within(windows["finalized_"], info.finalized_at_ms)]
+        rows = [wire.reservation(info) for info in kept]
         if sort_by is not None:
             rows.sort(key=_sort_key(sort_by), reverse=sort_dir == "desc")
         answer: dict[str, Any] = {"reservations": rows}
         if cursor is not None:
             answer.update(next_cursor=cursor, has_more=True)
+        if self._asked(request):  # in the store's order (a sort applies to the Cycles rows)
+            answer[x.FIELD] = {"reservations": [x.reservation(info) for info in kept]}
         return json_response(request, answer)
 
     # -- balances ---------------------------------------------------------------------------
@@ -241,11 +296,16 @@ class Runtime:
     async def balances(self, request: Request) -> Response:
         caller = await tenant_key(self.s.guard, request, "balances:read")
         query = request.query_params
-        unknown = set(query) - {*LEVELS, "include_children", "limit", "cursor"}
+        asked = self._asked(request)
+        known = {*LEVELS, "include_children", "limit", "cursor", *(("scope",) if asked else ())}
+        unknown = set(query) - known
         if unknown:
             raise bad_request(f"unknown query parameters {sorted(unknown)}")
+        if query.get("include_children", "false") not in ("true", "false"):
+            raise bad_request("include_children: give true or false (descendants are "
+                              "always included)")
         filters = {level: query[level].lower() for level in LEVELS if query.get(level)}
-        if not filters:
+        if not filters and not (asked and query.get("scope")):
             raise bad_request("give at least one of " + ", ".join(LEVELS))
         tenant = filters.get("tenant")
         if tenant is not None and tenant != caller.key.tenant:
@@ -253,14 +313,45 @@ class Runtime:
         limit = _limit(query.get("limit"))
         after = _cursor(query.get("cursor"))
         wanted = {f"{level}:{value}" for level, value in filters.items()}
-        rows = sorted((row for row in await caller.tenant.abalances()
-                       if wanted <= set(row.scope.split("/"))), key=_row_key)
-        page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
+        if asked and query.get("scope"):  # the library's `balances(scope, include_children)`
+            rows = list(await caller.tenant.abalances(
+                query["scope"], include_children=_flag(query.get("include_children"), True)))
+            page = _after(rows, after)[:limit + 1]  # in the guard's own order
+        else:
+            rows = sorted((row for row in await caller.tenant.abalances()
+                           if wanted <= set(row.scope.split("/"))), key=_row_key)
+            page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
         answer: dict[str, Any] = {"balances": wire.balances(tuple(page[:limit]))}
         if len(page) > limit:
             answer["next_cursor"] = _encode_cursor(_row_key(page[limit - 1]))
             answer["has_more"] = True
+        if asked:
+            answer[x.FIELD] = {"balances": x.balances(tuple(page[:limit]))}
         return json_response(request, answer)
+
+
+def _in_unit(amounts: tuple[Amount, ...], unit: Unit) -> Amount:
+    """The amount in `unit` (the Cycles field's unit) of a result in several units."""
+    return next((a for a in amounts if a.unit is unit), amounts[0])
+
+
+def _after(rows: list[Balance], after: list[str] | None) -> list[Balance]:
+    """The rows after the one a cursor names, in the order given."""
+    if after is None:
+        return rows
+    keys = [_row_key(row) for row in rows]
+    if after not in keys:
+        raise bad_request("cursor: the balance it points at is gone; read again from the "
+                          "first page")
+    return rows[keys.index(after) + 1:]
+
+
+def _flag(text: str | None, default: bool) -> bool:
+    if text is None or text == "":
+        return default
+    if text.lower() not in ("true", "false"):
+        raise bad_request(f"include_children: {text!r} is not true or false")
+    return text.lower() == "true"
 
 
 _SORTS = ("reservation_id", "tenant", "scope_path", "status", "reserved", "created_at_ms",

@@ -109,7 +109,7 @@ class CommitBody(_Strict):
 
 class ReleaseBody(_Strict):
     idempotency_key: IdempotencyKey
-    reason: str | None = Field(None, min_length=1, max_length=256)
+    reason: str | None = Field(None, max_length=256)
 
 
 class ExtendBody(_Strict):

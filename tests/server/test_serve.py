@@ -137,3 +137,25 @@ def test_four_workers_on_redis_never_overspend_and_agree_with_their_answers() ->
     assert balance["spent"]["amount"] == sum(told) <= 1_000_000
     assert balance["reserved"]["amount"] == 0
     assert len(told) >= 100  # 120 tries of 10,000 on 1,000,000: the budget ran out
+
+
+def test_serve_with_a_plans_file_assigns_its_tiers_by_name_on_every_worker() -> None:
+    url_of_db = f"{redis_url()}/61"
+    redis.Redis.from_url(url_of_db).flushdb()
+    admin = {"X-Admin-API-Key": ADMIN}
+    with serve("--workers", "2", "--store", url_of_db, "--plans", "examples/plans.yaml") as (
+            url, _):
+        for _ in range(6):  # whichever worker answers, it holds the file's tiers
+            listed = httpx.get(url + "/v1/admin/plans", headers=admin).json()["plans"]
+            assert [p["name"] for p in listed] == ["enterprise", "free", "pro", "starter"]
+        assigned = httpx.put(url + "/v1/admin/tenants/acme/plan", json={"plan": "pro"},
+                             headers=admin)
+        assert assigned.json() == {"tenant_id": "acme", "plan": "pro"}
+        refused = httpx.put(url + "/v1/admin/plans/gold", json={"budgets": [{"usd": 5}]},
+                            headers=admin)
+        assert refused.status_code == 409 and "--plans FILE" in refused.json()["message"]
+        assert httpx.get(url + "/v1/admin/plans/gold", headers=admin).status_code == 404
+    done = subprocess.run([str(SCRIPT), "serve", "--plans", "missing.yaml"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "ALLOTMENT_STORE": "memory://"})
+    assert done.returncode == 2 and "--plans" in done.stderr

@@ -5,6 +5,7 @@ without the route's permission gets 403."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -116,3 +117,54 @@ def test_the_admin_key_may_read_and_release_any_reservation_only(served: Any) ->
     released = admin.post(f"/v1/reservations/{rid}/release", {"idempotency_key": "x"},
                           headers=header)
     assert released.status == 200 and released.body["status"] == "RELEASED"
+
+
+def _envelope_routes() -> list[tuple[str, str, Any]]:
+    """allotment's own routes a tenant key with budgets:write may call, aimed at acme."""
+    corp = "tenant:acme/workspace:"
+    return [
+        ("POST", "/v1/admin/quotas", {"scope": "tenant:acme", "calls": 1, "window": "day"}),
+        ("POST", "/v1/admin/quotas", {"tenant_id": "acme", "scope": "tenant:acme",
+                                      "calls": 1, "window": "day"}),
+        ("DELETE", "/v1/admin/quotas?scope=tenant:acme&kind=concurrent", None),
+        ("DELETE", "/v1/admin/quotas?scope=tenant:acme&kind=concurrent&tenant_id=acme", None),
+        ("PUT", "/v1/admin/access", {"scope": "tenant:acme", "models_deny": ["*"]}),
+        ("PUT", "/v1/admin/access", {"tenant_id": "acme", "scope": "tenant:rival",
+                                     "models_deny": ["*"]}),
+        ("DELETE", "/v1/admin/access?scope=tenant:acme", None),
+        ("POST", "/v1/admin/transfers", {"source": f"{corp}a", "destination": f"{corp}b",
+                                         "amount": {"unit": USD, "amount": 1}}),
+        ("POST", "/v1/admin/transfers", {"source": "tenant:rival", "destination": f"{corp}b",
+                                         "amount": {"unit": USD, "amount": 1}}),
+        ("POST", "/v1/admin/transfers", {"tenant_id": "acme", "source": f"{corp}a",
+                                         "destination": f"{corp}b",
+                                         "amount": {"unit": USD, "amount": 1}}),
+    ]
+
+
+def test_another_tenants_budget_admin_cannot_touch_its_rules_or_money(served: Any) -> None:
+    guard = served.guard
+    acme = served.tenant("acme")
+    for workspace in ("a", "b"):
+        guard.set_budget(f"tenant:acme/workspace:{workspace}", usd=5)
+    guard.set_quota("tenant:acme", concurrent=3)
+    rival = served.tenant("rival", permissions=["budgets:write", "admin:write"])
+    before = (guard.balances("tenant:acme"), guard.audit("acme"))
+    for method, path, body in _envelope_routes():
+        refused = rival.call(method, path, body, check=False)
+        assert (refused.status, refused.body["error"]) == (403, "FORBIDDEN"), (path, body,
+                                                                                refused.body)
+        ghost = rival.call(method, path.replace("acme", "ghost"),
+                           json.loads(json.dumps(body).replace("acme", "ghost")), check=False)
+        assert (ghost.status, ghost.body["message"].replace("ghost", "acme")) == (
+            403, refused.body["message"])  # a tenant that does not exist answers alike
+    assert (guard.balances("tenant:acme"), guard.audit("acme")) == before
+    assert acme.get("/v1/balances?tenant=acme").status == 200
+    reader = served.tenant("acme", usd=None, permissions=["budgets:read"])
+    for method, path, body in _envelope_routes()[:1]:
+        refused = reader.call(method, path, body, check=False)
+        assert refused.status == 403 and "budgets:write" in refused.body["message"]
+    for method, path, body in _envelope_routes():
+        missing = Api(served.url).call(method, path, body, check=False)
+        assert (missing.status, missing.body["error"]) == (401, "UNAUTHORIZED"), path
+    assert (guard.balances("tenant:acme"), guard.audit("acme")) == before

@@ -31,10 +31,12 @@ _vcr.register_matcher("capture", _capture)
 
 
 @contextmanager
-def replay(name: str) -> Iterator[Any]:
-    """A cassette context; `.play_count` counts the replays, `sent` holds the bodies."""
+def replay(name: str, **options: Any) -> Iterator[Any]:
+    """A cassette context; `.play_count` counts the replays, `sent` holds the bodies.
+    `options` go to vcrpy (`ignore_localhost=True` lets a local server answer for real)."""
     SENT.clear()
-    with _vcr.use_cassette(name, match_on=["capture", "method", "scheme", "host", "path"]) as c:
+    with _vcr.use_cassette(name, match_on=["capture", "method", "scheme", "host", "path"],
+                           **options) as c:
         yield c
 
 

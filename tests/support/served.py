@@ -23,14 +23,22 @@ ADMIN_KEY = "admin-secret-for-tests"
 
 
 @contextmanager
-def serving(guard: al.Guard, admin_key: str | None = ADMIN_KEY) -> Iterator[str]:
-    """Serve `guard` until the block ends; yields the base URL."""
+def serving(guard: al.Guard, admin_key: str | None = ADMIN_KEY,
+            **options: Any) -> Iterator[str]:
+    """Serve `guard` until the block ends (`options` go to `create_app`, e.g.
+    `extensions=False`); yields the base URL."""
+    with serving_app(create_app(guard, admin_key=admin_key, **options)) as url:
+        yield url
+
+
+@contextmanager
+def serving_app(app: Any) -> Iterator[str]:
+    """Serve any ASGI `app` until the block ends; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(guard, admin_key=admin_key), log_level="warning",
-                            lifespan="off", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

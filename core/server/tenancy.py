@@ -1,0 +1,105 @@
+"""The tenants of the reference admin plane beyond creation: the list, and `PATCH` of a
+tenant's status (admin key). The guard keeps no tenant status of its own, so SUSPENDED is
+every budget of the tenant frozen (as `allotment tenants suspend` does) and ACTIVE is them
+unfrozen; what the guard cannot change (a new name, CLOSED and its cascade, the tenant's
+reservation defaults) is refused, never silently dropped."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..amounts import Unit
+from ..scopes import parse_scope, tenant_name
+from . import wire
+from .admin import require_admin, tenant_status, tenant_view
+from .context import body, json_response
+from .errors import ApiError, bad_request, not_found
+from .runtime import Settings
+
+_UNCHANGEABLE = ("metadata", "default_commit_overage_policy", "default_reservation_ttl_ms",
+                 "max_reservation_ttl_ms", "max_reservation_extensions")
+
+
+class TenantPatch(wire._Strict):
+    """The reference's tenant update body."""
+
+    name: str | None = Field(None, min_length=1, max_length=256)
+    status: Literal["ACTIVE", "SUSPENDED", "CLOSED"] | None = None
+    metadata: wire.Metadata | None = None
+    default_commit_overage_policy: wire.PolicyName | None = None
+    default_reservation_ttl_ms: int | None = Field(None, ge=1_000, le=86_400_000)
+    max_reservation_ttl_ms: int | None = Field(None, ge=1_000, le=86_400_000)
+    max_reservation_extensions: int | None = Field(None, ge=0)
+
+
+class Tenancy:
+    """Tenant list and status over one guard."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/admin/tenants", self.list_tenants, methods=["GET"]),
+            Route("/v1/admin/tenants/{tenant_id}", self.patch, methods=["PATCH"]),
+        ]
+
+    async def list_tenants(self, request: Request) -> Response:
+        """Every tenant the store holds, by name. One made by the library without a record
+        (no `POST /v1/admin/tenants`) is listed under its id, without `created_at`."""
+        require_admin(self.s, request)
+        status = request.query_params.get("status")
+        if status is not None and status not in ("ACTIVE", "SUSPENDED"):
+            raise bad_request(f"status: {status!r} is not ACTIVE or SUSPENDED")
+        views = []
+        for name in await self.s.guard.atenants():
+            info = await self.s.guard.atenant_info(name)
+            state = await tenant_status(self.s.guard, name)
+            if status is not None and state != status:
+                continue
+            views.append(tenant_view(info, state) if info is not None else
+                         {"tenant_id": name, "name": name, "status": state})
+        return json_response(request, {"tenants": views, "has_more": False})
+
+    async def patch(self, request: Request) -> Response:
+        require_admin(self.s, request)
+        tenant = tenant_name(request.path_params["tenant_id"], "tenant_id")
+        req = wire.parse(TenantPatch, await body(request, self.s.max_body))
+        info = await self.s.guard.atenant_info(tenant)
+        if info is None:
+            raise not_found(f"no tenant {tenant!r}")
+        given = req.model_dump(exclude_none=True)
+        refused = [field for field in _UNCHANGEABLE if field in given]
+        if refused:
+            raise bad_request(f"{', '.join(refused)}: cannot be changed here (the guard's "
+                              "own reservation settings apply to every tenant); send name "
+                              "and status only")
+        if req.name is not None and req.name != info.name:
+            raise bad_request(f"name: a tenant keeps the name it was registered with "
+                              f"({info.name!r})")
+        if req.status == "CLOSED":
+            raise bad_request("status: CLOSED (closing a tenant for good, with its cascade) is "
+                              "not offered; SUSPENDED freezes every budget of the tenant")
+        if req.status is not None:
+            await self._set_frozen(tenant, req.status == "SUSPENDED")
+        state = await tenant_status(self.s.guard, tenant)
+        return json_response(request, tenant_view(info, state))
+
+    async def _set_frozen(self, tenant: str, frozen: bool) -> None:
+        """Freeze (or unfreeze) each budget of the tenant: one guard call per scope."""
+        scopes: dict[tuple[str, Unit], None] = {}
+        for row in await self.s.guard.abalances(f"tenant:{tenant}"):
+            scopes[(parse_scope(row.scope).base, row.unit)] = None
+        if not scopes:
+            raise ApiError(409, "INVALID_REQUEST", f"tenant {tenant} has no budgets to freeze "
+                           "(suspending freezes its budgets: give it a plan or a budget "
+                           "first)")
+        call = self.s.guard.afreeze if frozen else self.s.guard.aunfreeze
+        reason = "tenant suspended" if frozen else "tenant resumed"
+        for scope, unit in scopes:
+            await call(scope, unit, actor="admin-key", reason=reason)
