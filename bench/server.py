@@ -1,14 +1,15 @@
 """The server over HTTP: the latency it adds to a reserve, and its throughput under load.
 
-    .venv/bin/python bench/server.py             # full run (about five minutes)
-    .venv/bin/python bench/server.py --quick     # about a minute and a half, fewer rounds
-    .venv/bin/python bench/server.py --layers    # where a reserve's time goes, in process
+    .venv/bin/python bench/server.py             # full run (5 to 15 minutes, with the load)
+    .venv/bin/python bench/server.py --quick     # fewer rounds, shorter phases
+    .venv/bin/python bench/server.py --layers [--profile]   # a reserve's layers, in process
+    .venv/bin/python bench/server.py --instructions pairs|trivial N   # for callgrind
 
 Two configurations, measured in one run: the memory store behind one worker, and Redis (a
 private redis-server this script starts: no persistence, a free loopback port) behind four.
 Each server is what `allotment serve` runs (`allotment.cli.app_from_env`, on uvicorn with the
-same options), plus two bench-only routes appended to that app here (never part of the default
-app):
+same options, `--http` aside), plus two bench-only routes put first in that app's router here
+(never part of the default app):
 
 - `POST /bench/trivial`: reads the body within the server's size limit and answers a small JSON
   body with the request and trace ids, through the same framework, exception handlers and
@@ -27,13 +28,14 @@ Both configurations serve one tenant with a USD budget on each of tenant / works
    untimed. p50 per phase and round; the figures are the medians over rounds, and so is the
    ratio judged by DESIGN §10 (a): HTTP reserve p50 ÷ (in-process reserve p50 + trivial p50)
    ≤ 1.20, each round's ratio from that round's own figures.
-2. Throughput: 32 clients (asyncio tasks over 4 client processes, httpx.AsyncClient with
-   keep-alive) for a fixed time doing reserve+commit pairs, and doing trivial pairs (two POSTs
-   to the trivial endpoint with bodies the size of a reserve and a commit), in ABBA order per
-   round. Target (b): pairs/s ≥ 50 % of the trivial pairs/s of the same round. CPU per pair of
-   the server's processes, the clients and redis-server (from /proc) are printed beside it:
-   the machine has 2 cores for all of them, so the clients' share says how far the client
-   limits the figure.
+2. Throughput: 32 clients (asyncio tasks over 4 client processes, each on a keep-alive
+   connection; once with httpx.AsyncClient, once with a hand-written HTTP/1.1 client that
+   costs a tenth of httpx's CPU) for a fixed time doing reserve+commit pairs, and doing
+   trivial pairs (two POSTs to the trivial endpoint with bodies the size of a reserve and a
+   commit), in ABBA order per round. Target (b): pairs/s ≥ 50 % of the trivial pairs/s of
+   the same round. CPU per pair of the server's processes, the clients and redis-server
+   (from /proc) is printed beside it: the machine has 2 cores for all of them, so the
+   clients' share says how far the client limits the figure.
 
 After the load every ledger is read back over HTTP: spent must equal the sum of the `charged`
 amounts the clients were told, nothing may stay reserved, and allocated == remaining +
