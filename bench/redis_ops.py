@@ -704,7 +704,7 @@ def print_throughput(phases: list[ConcPhase], procs: int, threads: int) -> None:
     print("   each phase in run order:  " + ", ".join(
         f"{p.name} {p.rate:,.0f}/s" for p in phases))
     print(f"{'phase':<15}{'pairs/s':>9}{'×trivial':>9}{'×1call':>7}{'batch':>6}{'p50 ms':>8}"
-          f"{'p99 ms':>8}{'errors':>7}{'client cpu':>11}{'server cpu':>11}{'srv mean':>9}"
+          f"{'p99 ms':>8}{'errors':>7}{'client cpu':>11}{'×t':>6}{'server cpu':>11}{'srv mean':>9}"
           f"{'p50':>6}")
     base = merged(phases, "trivial")
     names = ["trivial", *(w + way for w in WORKLOADS for way in ("", ONE_CALL))]
@@ -717,12 +717,14 @@ def print_throughput(phases: list[ConcPhase], procs: int, threads: int) -> None:
         print(f"{name:<15}{p.rate:>9,.0f}{p.rate / base.rate:>9.2f}{versus:>7}{size:>6}"
               f"{percentile(p.latency, 0.5) / 1e6:>8.2f}{percentile(p.latency, 0.99) / 1e6:>8.2f}"
               f"{p.errors:>7}{p.client_cpu_s / p.pairs * 1e6:>9.0f}µs"
+              f"{p.client_cpu_s / p.pairs / (base.client_cpu_s / base.pairs):>6.2f}"
               f"{p.server_cpu_s / p.pairs * 1e6:>9.0f}µs{p.server.per_call():>9.1f}"
               f"{p.server.p50():>6.1f}")
         if p.error:
             print(f"   first error: {p.error}")
     print("   client cpu / server cpu = CPU time per pair of all client processes / of "
           "redis-server (the\n   machine has", os.cpu_count(), "cores for both, and other jobs); "
+          "×t = client cpu ÷ the trivial pair's; "
           "srv = server µs per script call (usec_per_call, p50); ×1call = pairs/s with "
           "batching\n   over the same clients making one script call per operation; batch = "
           "operations per FCALL (2 × pairs / FCALLs)")
@@ -960,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--threads", type=int, default=8,
                         help="client threads per process (default 8)")
+    parser.add_argument("--only", choices=("sequential", "throughput"),
+                        help="run one section alone (its ledger check decides the exit status)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     seconds = args.seconds if args.seconds is not None else settings.conc_seconds
@@ -976,7 +980,25 @@ def main(argv: list[str] | None = None) -> int:
         print("budgets: one USD budget per derived scope (tenant / workspace / app / workflow "
               "/ agent / toolset);\nreserve usd(0.05), commit usd(0.031); trivial = EVALSHA of "
               f"`{TRIVIAL_LUA}` on the same client\n")
+        if args.only == "throughput":
+            phases, conc_ledgers, _ = run_throughput(url, args.procs, args.threads, settings,
+                                                     seconds)
+            print_throughput(phases, args.procs, args.threads)
+            print(f"\nledgers: {len(conc_ledgers.broken)} mismatches of "
+                  f"{conc_ledgers.ledgers:,}; load {os.getloadavg()[0]:.2f} at the end")
+            return 1 if conc_ledgers.broken else 0
         depths = run_depths(url, settings)
+        if args.only == "sequential":
+            print_depths(depths)
+            d3 = {r.depth: r for r in depths}[3]
+            r50 = percentile(d3.latency["reserve"], 0.5)
+            f50 = percentile(d3.idle["fcall"], 0.5)
+            off = percentile(d3.idle["reserve, batching off"], 0.5)
+            print(f"\nsequential reserve p50 (depth 3) {us(r50):.1f} µs = {r50 / f50:.2f}× a "
+                  f"trivial FCALL ({us(f50):.1f} µs); batching on / off {r50 / off:.2f}×")
+            broken = [line for r in depths for line in r.ledgers.broken]
+            print(f"ledgers: {len(broken)} mismatches")
+            return 1 if broken else 0
         print_depths(depths)
         print_breakdown(depths[1])
         phases, conc_ledgers, _ = run_throughput(url, args.procs, args.threads, settings,

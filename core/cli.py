@@ -12,6 +12,9 @@ from typing import Any
 log = logging.getLogger("allotment.server")
 STORE_ENV, ADMIN_ENV = "ALLOTMENT_STORE", "ALLOTMENT_ADMIN_KEY"
 PLANS_ENV, WORKERS_ENV = "ALLOTMENT_PLANS", "ALLOTMENT_WORKERS"
+ALLOW_ENV = "ALLOTMENT_WEBHOOK_ALLOW"
+"""Networks (comma-separated) webhook destinations may resolve into besides public
+addresses, e.g. "10.1.2.0/24" for an internal receiver."""
 GRACEFUL_S = 30
 """On SIGTERM/SIGINT uvicorn stops accepting and lets in-flight requests finish for up to
 this long."""
@@ -34,11 +37,17 @@ def app_from_env() -> Any:
     from .guard import Guard
     from .plans import Plan
     from .server import create_app
+    from .server.sending import Sender
+    from .webhooks import Dispatcher
 
     plans_file = os.environ.get(PLANS_ENV)
     plans = Plan.load_all(plans_file) if plans_file else None
     guard = Guard.from_url(os.environ.get(STORE_ENV, "memory://"))
     guard.start_sweeper()
+    allow = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
+    # one worker at a time sends what the outbox holds (see server/sending.py); what a
+    # stopped server left there is sent once another runs
+    Sender(guard, Dispatcher(guard, allow=allow)).start()
     # each worker holds its own catalog: with several, plans come from the file only
     app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None, plans=plans,
                      define_plans=os.environ.get(WORKERS_ENV, "1") == "1")
@@ -63,7 +72,8 @@ def _cli() -> Any:
     def cli() -> None:
         pass
 
-    @cli.command(help="Serve the Cycles protocol over HTTP (memory:// by default).")
+    @cli.command(help="Serve the Cycles protocol over HTTP (memory:// by default) and send "
+                      "the store's webhooks.")
     @click.option("--store", envvar=STORE_ENV, default="memory://", show_default=True,
                   help=f"Store URL (memory://, redis://...); also ${STORE_ENV}.")
     @click.option("--host", default="127.0.0.1", show_default=True)
@@ -73,11 +83,24 @@ def _cli() -> Any:
     @click.option("--plans", "plans_file", envvar=PLANS_ENV, default=None, metavar="FILE",
                   help="Tiers (YAML or TOML, a top-level `plans:` mapping) that "
                        f"PUT /v1/admin/tenants/{{id}}/plan assigns by name; also ${PLANS_ENV}.")
-    def serve(store: str, host: str, port: int, workers: int, plans_file: str | None) -> None:
+    @click.option("--webhook-allow", "webhook_allow", multiple=True, metavar="NETWORK",
+                  help="A network webhook destinations may resolve into besides public "
+                       f"addresses (repeat; e.g. 10.1.2.0/24); also ${ALLOW_ENV}.")
+    def serve(store: str, host: str, port: int, workers: int, plans_file: str | None,
+              webhook_allow: tuple[str, ...]) -> None:
         import uvicorn
 
         from .errors import InvalidRequest
         from .plans import Plan
+        from .webhooks import allowed_networks
+
+        networks = webhook_allow or tuple(
+            n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip())
+        try:
+            allowed_networks(networks)
+        except InvalidRequest as error:  # refused before any worker starts
+            raise click.BadParameter(str(error), param_hint="--webhook-allow") from None
+        os.environ[ALLOW_ENV] = ",".join(networks)
 
         if store.startswith("memory://"):
             if workers > 1:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 
 
 def system_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def moment_ms(text: str) -> int | None:
+    """Epoch milliseconds, or an ISO-8601 time with its zone, as epoch ms; None when `text`
+    is neither (a time without a zone would mean whatever the reader's zone is)."""
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else int(moment.timestamp() * 1000)
 
 
 class ManualClock:

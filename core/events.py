@@ -78,7 +78,8 @@ class NotificationType:
     COMMIT_OVERAGE = "reservation.commit_overage"
     """A commit charged more than its estimate in some unit; `amounts` is the excess."""
     MODE_CHANGED = "tenant.mode_changed"
-    """A tenant's mode was set; `reason` is the new mode ("" when left to the guard)."""
+    """A tenant's mode was set, or changed by a plan assigned to it; `reason` is the new mode
+    ("" when left to the guard)."""
     BURN_RATE_FORECAST = "budget.burn_rate_forecast"
     """At the spend rate so far this period, the ledger runs out before the period ends;
     `detail` has `exhausts_on` (the UTC day) and `exhausts_at_ms`. Once per ledger and

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_readme_python_blocks_run_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run as written: against a real redis-server where a block names localhost:6379, and
-    the SDKs against the simulated provider on a loopback port."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    the SDKs against the simulated provider on a loopback port. The server quickstart's
+    blocks need a running server: tests/server/test_quickstart.py runs them."""
+    readme = re.sub(r"<!-- server-quickstart.*?<!-- /server-quickstart -->", "",
+                    (ROOT / "README.md").read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert len(blocks) >= 4
     namespace: dict[str, object] = {
         "call_the_model": lambda: {"usage": 1}, "cost_of": lambda response: "0.01"}
@@ -100,3 +104,21 @@ def test_runaway_tenant_demo_on_redis_with_a_chart(tmp_path: Path) -> None:
             timeout=300).stdout
     assert "tenants that completed every job: 49 of 49" in out
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_runaway_tenant_demo_through_the_server(store: str) -> None:
+    """`allotment serve` started by the example; ten tenants' agents at once over HTTP with
+    the runcycles client; only the runaway tenant is stopped, and every ledger read back over
+    the wire equals what its client was told."""
+    command = [sys.executable, str(ROOT / "examples" / "runaway_over_http.py")]
+    with redis_server() if store == "redis" else nullcontext((None, None)) as (url, _):
+        if url is not None:
+            command += ["--store", f"{url}/0"]
+        out = subprocess.run(command, capture_output=True, text=True, check=True,
+                             timeout=300).stdout
+    assert "stopped: t00\n" in out
+    assert re.search(r"^t00 .*stopped: BUDGET_EXCEEDED on pass \d+$", out, re.M)
+    assert "tenants that completed every job: 9 of 9" in out
+    assert "every ledger equals what its tenant's client was told: yes" in out
+    assert re.findall(r"\$[\d,]+\.\d+", out) == re.findall(r"\$[\d,]+\.\d\d\b", out)

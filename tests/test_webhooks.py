@@ -5,15 +5,10 @@ checks every Standard Webhooks signature with its own implementation of the spec
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,88 +21,9 @@ from allotment.webhooks import Dispatcher, body_of
 from support import LLM
 from support.drivers import AsyncDriven
 from support.stores import make_store, redis_url
+from support.webhooks import Receiver
 
 LOOPBACK = ["127.0.0.1/32"]
-TOLERANCE_S = 300  # the spec's suggested window for webhook-timestamp
-
-
-def verify(secret: str, headers: dict[str, str], body: bytes) -> None:
-    """The receiver's check, written from the Standard Webhooks spec: the key is the base64
-    after `whsec_`; the signed content is `id.timestamp.body`; the header holds one or more
-    space-separated `v1,<base64 HMAC-SHA256>`; the timestamp must be recent."""
-    msg_id, stamp = headers["webhook-id"], headers["webhook-timestamp"]
-    if abs(time.time() - int(stamp)) > TOLERANCE_S:
-        raise ValueError("timestamp outside the tolerance")
-    key = base64.b64decode(secret.split("_", 1)[1])
-    expected = base64.b64encode(hmac.new(key, msg_id.encode() + b"." + stamp.encode() + b"."
-                                         + body, hashlib.sha256).digest()).decode()
-    for signature in headers["webhook-signature"].split(" "):
-        version, _, value = signature.partition(",")
-        if version == "v1" and hmac.compare_digest(value, expected):
-            return
-    raise ValueError("no signature matches")
-
-
-class Receiver:
-    """An HTTP server on loopback: answers 500 to the first `fail` requests, then 204; keeps
-    every accepted event by id (a signature that does not verify gets a 401)."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.secrets: list[str] = []
-        self.fail = fail
-        self.accepted: list[tuple[str, dict[str, Any]]] = []
-        self.requests = 0
-        self.bad_signatures = 0
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                code = receiver.handle(headers, body)
-                self.send_response(code)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        self.lock = threading.Lock()
-
-    def handle(self, headers: dict[str, str], body: bytes) -> int:
-        with self.lock:
-            self.requests += 1
-            for secret in self.secrets:
-                try:
-                    verify(secret, headers, body)
-                    break
-                except ValueError:
-                    continue
-            else:
-                self.bad_signatures += 1
-                return 401
-            if self.fail > 0:
-                self.fail -= 1
-                return 500
-            self.accepted.append((headers["webhook-id"], json.loads(body)))
-            return 204
-
-    @property
-    def ids(self) -> list[str]:
-        return [msg_id for msg_id, _ in self.accepted]
-
-    def types(self) -> list[str]:
-        return [document["type"] for _, document in self.accepted]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     made = Receiver()
@@ -163,6 +79,21 @@ def test_events_reach_a_receiver_signed_once_each(guard: Any, clock: al.ManualCl
     assert {row.event_id for row in log} == set(receiver.ids)
     assert {(row.status, row.attempts, row.last_status) for row in log} == {
         ("delivered", 1, 204)}
+
+
+def test_a_plan_that_changes_the_mode_says_so(guard: Any, receiver: Receiver) -> None:
+    subscribe(guard, receiver, events=["tenant.mode_changed"])
+    trial = al.Plan(name="trial", mode="shadow", budgets=[al.BudgetSpec(usd=1)])
+    paid = al.Plan(name="paid", mode="enforce", budgets=[al.BudgetSpec(usd=50)])
+    guard.assign_plan("acme", trial)
+    guard.assign_plan("acme", trial)  # the mode is already shadow: nothing to say
+    guard.assign_plan("acme", al.Plan(name="same", budgets=[al.BudgetSpec(usd=2)]))  # none
+    guard.assign_plan("acme", paid)  # the upgrade enforces
+    drain(guard, Dispatcher(guard, allow=LOOPBACK))
+    assert receiver.bad_signatures == 0
+    assert [(doc["type"], doc["data"]["tenant"], doc["data"]["reason"])
+            for _, doc in receiver.accepted] == [("tenant.mode_changed", "acme", "shadow"),
+                                                 ("tenant.mode_changed", "acme", "enforce")]
 
 
 def test_nothing_is_kept_without_a_subscription(guard: Any, receiver: Receiver) -> None:

@@ -9,12 +9,15 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..errors import AllotmentError, InvalidRequest, StoreUnavailable
 from ..guard import Guard
+
+if TYPE_CHECKING:
+    import httpx
 
 STORE_ENV, SERVER_ENV, KEY_ENV = "ALLOTMENT_STORE", "ALLOTMENT_SERVER", "ALLOTMENT_KEY"
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
@@ -105,17 +108,38 @@ class Server:
                           UNAVAILABLE) from None
         if answer.status_code < 400:
             return answer.json()
+        raise _refusal(answer)
+
+    @contextmanager
+    def lines(self, path: str, params: dict[str, Any]) -> Iterator[Iterator[str]]:
+        """A streamed GET's lines as they arrive (the usage export), never the whole body
+        at once; an error answer becomes a `Failure` before any line is read."""
+        import httpx
+
         try:
-            payload = answer.json()
-            message = f"{payload.get('error', answer.status_code)}: {payload.get('message')}"
-        except ValueError:
-            message = answer.text.strip() or answer.reason_phrase
-        code = (USAGE if answer.status_code in (400, 413, 422) else UNAVAILABLE
-                if answer.status_code >= 500 else REFUSED)
-        raise Failure(f"server answered {answer.status_code} {message}", code)
+            with self._http.stream("GET", path, params=params) as answer:
+                if answer.status_code >= 400:
+                    answer.read()
+                    raise _refusal(answer)
+                yield answer.iter_lines()
+        except httpx.HTTPError as error:
+            raise Failure(f"server {self._http.base_url}: the answer broke off ({error})",
+                          UNAVAILABLE) from None
 
     def close(self) -> None:
         self._http.close()
+
+
+def _refusal(answer: httpx.Response) -> Failure:
+    """The server's error envelope as one line, with the exit code its status means."""
+    try:
+        payload = answer.json()
+        message = f"{payload.get('error', answer.status_code)}: {payload.get('message')}"
+    except ValueError:
+        message = answer.text.strip() or answer.reason_phrase
+    code = (USAGE if answer.status_code in (400, 413, 422) else UNAVAILABLE
+            if answer.status_code >= 500 else REFUSED)
+    return Failure(f"server answered {answer.status_code} {message}", code)
 
 
 @dataclass

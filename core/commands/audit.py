@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ..amounts import Amount, Unit
+from ..amounts import Unit
+from ..clock import moment_ms
 from ..events import AuditRecord, AuditType
-from ..guard import Guard
 from ..scopes import tenant_name
+from ..server.records import audit_from_json, audit_json, iso_ms
 from ._output import amount, emit_json
-from ._target import USAGE, Failure, handled, opened, target_options
+from ._target import USAGE, Failure, Target, handled, opened, target_options
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -30,37 +31,17 @@ def since_ms(text: str | None, now_s: float) -> int | None:
     ago = _AGO.match(text)
     if ago:
         return int((now_s - int(ago.group(1)) * _SECONDS[ago.group(2)]) * 1000)
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    at = moment_ms(text)
+    if at is None:
         raise Failure(f"--since {text!r}: give an age (30m, 2h, 7d), an ISO-8601 time with "
                       "its zone (2026-12-01T00:00:00Z) or epoch milliseconds", USAGE)
-    return int(moment.timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _amounts(values: tuple[Amount, ...]) -> list[dict[str, Any]]:
-    return [{"unit": a.unit.value, "amount": a.amount} for a in values]
+    return at
 
 
 def record_json(r: AuditRecord) -> dict[str, Any]:
-    """A record for scripts: every field, amounts as exact integers."""
-    view: dict[str, Any] = {
-        "seq": r.seq, "at": _iso(r.at_ms), "at_ms": r.at_ms, "type": r.type,
-        "tenant": r.tenant, "scopes": list(r.scopes),
-        "subject": None if r.subject is None else r.subject.model_dump(exclude_none=True),
-        "action": r.action, "reservation_id": r.reservation_id,
-        "estimate": _amounts(r.estimate), "actual": _amounts(r.actual),
-        "charged": _amounts(r.charged), "reason": r.reason, "detail": r.detail,
-        "actor": r.actor}
+    """A record for scripts: every field, amounts as exact integers (the server's shape),
+    and for a denial the sentence that says why."""
+    view = audit_json(r)
     if r.type in DENIALS:
         view["why"] = why(r)
     return view
@@ -104,7 +85,7 @@ def why(r: AuditRecord) -> str:
 
 def _line(r: AuditRecord) -> str:
     scope = r.scopes[0] if r.scopes else "-"
-    head = f"{_iso(r.at_ms)}  {r.type:<28} {scope}"
+    head = f"{iso_ms(r.at_ms)}  {r.type:<28} {scope}"
     if r.type in DENIALS:
         return f"{head}\n    why: {why(r)}"
     extra = []
@@ -148,9 +129,8 @@ def audit(tenant: str, types: tuple[str, ...], denials: bool, run: str | None,
     kinds = list(types) + (list(DENIALS) if denials else [])
     start = since_ms(since, time.time())
     with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("audit")
-        records = [r for r in guard.audit(name, since=start, types=kinds or None, limit=limit)
-                   if _matches(r, run)]
+        read = reader(target, name, kinds or None)
+        records = [r for r in read(start, limit) if _matches(r, run)]
         if not follow:
             if as_json:
                 emit_json({"tenant": name, "records": [record_json(r) for r in records]})
@@ -160,12 +140,33 @@ def audit(tenant: str, types: tuple[str, ...], denials: bool, run: str | None,
             else:
                 click.echo(f"no audit records for tenant {name}")
             return
-        _follow(guard, name, records, kinds, run, interval, follow_for, as_json)
+        _follow(read, records, run, interval, follow_for, as_json)
 
 
-def _follow(guard: Guard, name: str, first: list[AuditRecord], kinds: list[str],
-            run: str | None, interval: float, follow_for: float | None,
-            as_json: bool) -> None:
+Reader = Callable[[int | None, int], list[AuditRecord]]
+"""(since, limit) -> the records: from the store, or from the server's audit route."""
+
+
+def reader(target: Target, name: str, kinds: list[str] | None) -> Reader:
+    """How this target reads the tenant's records."""
+    guard, server = target.guard, target.server
+    if guard is not None:
+        return lambda since, limit: list(guard.audit(name, since=since, types=kinds,
+                                                     limit=limit))
+    assert server is not None
+
+    def over_http(since: int | None, limit: int) -> list[AuditRecord]:
+        params: dict[str, Any] = {"tenant": name, "limit": limit, "type": kinds or []}
+        if since is not None:
+            params["since"] = since
+        answer = server.call("GET", "/v1/audit", params=params)
+        return [audit_from_json(r) for r in answer["records"]]
+
+    return over_http
+
+
+def _follow(read: Reader, first: list[AuditRecord], run: str | None, interval: float,
+            follow_for: float | None, as_json: bool) -> None:
     """Print each record once as it comes (JSON: one object per line), until interrupted."""
     last_seq, last_ms = 0, None
     deadline = None if follow_for is None else time.monotonic() + follow_for
@@ -181,7 +182,7 @@ def _follow(guard: Guard, name: str, first: list[AuditRecord], kinds: list[str],
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(interval)
-            batch = list(guard.audit(name, since=last_ms, types=kinds or None, limit=10_000))
+            batch = read(last_ms, 10_000)
     except KeyboardInterrupt:
         return
 

@@ -4,29 +4,14 @@ reason (`observed:REASON` is what shadow mode would have denied), exhaustions.""
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from ..amounts import Unit
 from ..reports import ReportRow
 from ..scopes import tenant_name
+from ..server.records import report_from_json, report_json
 from ._output import amount, emit_json, table
-from ._target import handled, opened, target_options
-
-
-def row_json(row: ReportRow) -> dict[str, Any]:
-    """A row for scripts: counts and amounts as integers, ratios as decimal strings."""
-    ratios = {unit.value: str(row.committed_ratio(unit)) for unit in row.reserved
-              if row.committed_ratio(unit) is not None}
-    observed = sum(n for reason, n in row.denials.items() if reason.startswith("observed:"))
-    return {"scope": row.scope, "period": row.period, "reservations": row.reservations,
-            "commits": row.commits, "releases": row.releases, "expiries": row.expiries,
-            "records": row.records, "denials": dict(row.denials),
-            "would_deny": observed, "exhaustions": row.exhaustions,
-            "reserved": {u.value: v for u, v in row.reserved.items()},
-            "committed": {u.value: v for u, v in row.committed.items()},
-            "committed_ratio": ratios}
+from ._target import Target, handled, opened, target_options
 
 
 def _denials(row: ReportRow, observed: bool) -> str:
@@ -65,12 +50,23 @@ def report(tenant: str, period: str, at_ms: int | None, by: str | None, top: int
            store: str | None, server: str | None, key: str | None, as_json: bool) -> None:
     name = tenant_name(tenant, "TENANT")
     with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("report")
-        rows = guard.report(name, period=period, at=at_ms, by=by, top=top)
+        rows = _rows(target, name, period, at_ms, by, top)
         if as_json:
             emit_json({"tenant": name, "period": period, "by": by,
-                       "rows": [row_json(r) for r in rows]})
+                       "rows": [report_json(r) for r in rows]})
         elif rows:
             click.echo(_text(rows))
         else:
             click.echo(f"no activity for tenant {name} this {period}")
+
+
+def _rows(target: Target, name: str, period: str, at_ms: int | None, by: str | None,
+          top: int | None) -> tuple[ReportRow, ...]:
+    """The report from the store, or from the server's report route."""
+    if target.guard is not None:
+        return target.guard.report(name, period=period, at=at_ms, by=by, top=top)
+    assert target.server is not None
+    params = {k: v for k, v in {"tenant": name, "period": period, "at": at_ms, "by": by,
+                                "top": top}.items() if v is not None}
+    answer = target.server.call("GET", "/v1/reports", params=params)
+    return tuple(report_from_json(r) for r in answer["rows"])

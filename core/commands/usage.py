@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from ..usage import UsageRow, write_usage
-from ._target import handled, opened, target_options
+from ..usage import UsageRow, read_usage, write_usage
+from ._target import Target, handled, opened, target_options
 
 
 @click.group(help="Usage for invoicing.")
@@ -32,16 +33,31 @@ def usage() -> None:
 @handled
 def export(period: str | None, tenant: str | None, fmt: str, output: Path | None,
            store: str | None, server: str | None, key: str | None, as_json: bool) -> None:
-    with opened(store, server, key, as_json) as target:
-        guard = target.need_guard("usage export")
-        rows = guard.usage(period=period, tenant=tenant)
-        form = "json" if as_json else fmt
+    form = "json" if as_json else fmt
+    with opened(store, server, key, as_json) as target, \
+            _rows(target, period, tenant, form) as rows:
         if output is None:
             write_usage(rows, sys.stdout, form)
             return
         with output.open("w", encoding="utf-8", newline="") as stream:
             written = write_usage(_progress(rows), stream, form)
         click.echo(f"{written} row(s) written to {output}", err=True)
+
+
+@contextmanager
+def _rows(target: Target, period: str | None, tenant: str | None,
+          form: str) -> Iterator[Iterator[UsageRow]]:
+    """The rows from the store, or streamed from the server's usage route (read back line
+    by line as they arrive, so the output is the same bytes either way). A refusal comes
+    before anything is written."""
+    if target.guard is not None:
+        yield target.guard.usage(period=period, tenant=tenant)
+        return
+    assert target.server is not None
+    params = {k: v for k, v in {"period": period, "tenant": tenant, "format": form}.items()
+              if v is not None}
+    with target.server.lines("/v1/usage", params) as lines:
+        yield read_usage(lines, form)
 
 
 def _progress(rows: Iterator[UsageRow]) -> Iterator[UsageRow]:

@@ -19,6 +19,7 @@ from . import metrics as _metrics
 from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
+from .operators import operator_routes
 from .policies import Policies
 from .runtime import Runtime, Settings
 
@@ -87,6 +88,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
+              *operator_routes(settings),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics

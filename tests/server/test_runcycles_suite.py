@@ -12,14 +12,10 @@ and none skipped.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,11 +24,10 @@ import pytest
 
 from allotment.clock import system_ms
 
-from support.redis_server import free_port
+from support.serve_script import allotment_serve
 from support.stores import make_store
 
 CLIENT = "runcycles"
-SCRIPT = Path(sys.executable).parent / "allotment"
 SDISTS = Path(sys.prefix) / "sdists"
 """Downloaded source distributions, kept with the environment they were fetched for."""
 ADMIN = "suite-admin-key"
@@ -66,34 +61,6 @@ def unpacked(archive: Path, into: Path) -> Path:
             tar.extractall(into)  # the index's own archive of the pinned version
     (root,) = into.iterdir()
     return root
-
-
-@contextmanager
-def allotment_serve(store: str | None) -> Iterator[str]:
-    """`allotment serve` as an operator starts it, until the block ends; yields its URL."""
-    port = free_port()
-    env = {**os.environ, "ALLOTMENT_ADMIN_KEY": ADMIN}
-    env.pop("ALLOTMENT_STORE", None)
-    if store is not None:
-        env["ALLOTMENT_STORE"] = store
-    process = subprocess.Popen([str(SCRIPT), "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(url + "/actuator/health/readiness").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "allotment serve did not start"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
 
 
 def provision(url: str) -> str:
@@ -158,7 +125,7 @@ def test_the_clients_live_suite_passes_unmodified(store: str, tmp_path: Path) ->
         made = make_store("redis", system_ms)  # a fresh, empty database
         url_of_store = made.url
         made.close()
-    with allotment_serve(url_of_store) as url:
+    with allotment_serve(admin_key=ADMIN, store=url_of_store) as (url, _):
         secret = provision(url)
         report = tmp_path / "report.xml"
         ran = run_suite(root, url, secret, report)

@@ -7,50 +7,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 
 import httpx
 import redis
 
-from support.redis_server import free_port
+from support.serve_script import SCRIPT, allotment_serve
 from support.stores import redis_url
 
-SCRIPT = Path(sys.executable).parent / "allotment"
 USD = "USD_MICROCENTS"
 ADMIN = "serve-test-admin"
 
 
-@contextmanager
-def serve(*args: str, store: str | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    env = {**os.environ, "ALLOTMENT_ADMIN_KEY": ADMIN}
-    env.pop("ALLOTMENT_STORE", None)
-    if store is not None:
-        env["ALLOTMENT_STORE"] = store
-    process = subprocess.Popen([str(SCRIPT), "serve", "--port", str(port), *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                if httpx.get(url + "/actuator/health/readiness").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "allotment serve did not start"
-            time.sleep(0.1)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+def serve(*args: str) -> AbstractContextManager[tuple[str, subprocess.Popen[str]]]:
+    return allotment_serve(*args, admin_key=ADMIN)
 
 
 def provision(url: str, tenant: str) -> str:

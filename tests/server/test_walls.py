@@ -168,3 +168,42 @@ def test_another_tenants_budget_admin_cannot_touch_its_rules_or_money(served: An
         missing = Api(served.url).call(method, path, body, check=False)
         assert (missing.status, missing.body["error"]) == (401, "UNAUTHORIZED"), path
     assert (guard.balances("tenant:acme"), guard.audit("acme")) == before
+
+
+def _operator_routes(hook: str, event: str) -> list[tuple[str, str, Any]]:
+    """The operators' routes (audit, reports, usage, webhooks) aimed at acme."""
+    return [
+        ("GET", "/v1/audit?tenant=acme", None), ("GET", "/v1/reports?tenant=acme", None),
+        ("GET", "/v1/usage?tenant=acme", None), ("GET", "/v1/webhooks?tenant_id=acme", None),
+        ("GET", "/v1/webhooks/deliveries?tenant_id=acme", None),
+        ("GET", f"/v1/webhooks/deliveries?webhook_id={hook}", None),
+        ("GET", f"/v1/webhooks/deliveries?event_id={event}", None),
+        ("POST", "/v1/webhooks", {"tenant_id": "acme", "url": "https://hooks.example.com/a",
+                                  "events": ["*"]}),
+        ("POST", "/v1/webhooks/replay", {"event_id": event, "webhook_id": hook}),
+        ("PATCH", f"/v1/webhooks/{hook}", {"enabled": False}),
+        ("DELETE", f"/v1/webhooks/{hook}", None),
+    ]
+
+
+def test_another_tenants_key_cannot_read_acmes_records_or_touch_its_webhooks(
+        served: Any) -> None:
+    guard = served.guard
+    served.tenant("acme")
+    hook = guard.tenant("acme").subscribe_webhook("https://hooks.example.com/acme",
+                                                  events=["reservation.denied"]).id
+    event = "acme/evt_" + "0" * 20
+    rival = served.tenant("rival", permissions=["admin:write"])
+    before = (guard.balances("tenant:acme"), guard.audit("acme"), guard.webhooks("acme"))
+    for method, path, body in _operator_routes(hook, event):
+        refused = rival.call(method, path, body, check=False)
+        assert (refused.status, refused.body["error"]) == (403, "FORBIDDEN"), (path,
+                                                                                refused.body)
+        assert "hooks.example.com" not in json.dumps(refused.body)
+        ghost = rival.call(method, path.replace("acme", "ghost"),
+                           json.loads(json.dumps(body).replace("acme", "ghost")), check=False)
+        assert (ghost.status, ghost.body["message"].replace("ghost", "acme")) == (
+            403, refused.body["message"])  # a tenant that does not exist answers alike
+        missing = Api(served.url).call(method, path, body, check=False)
+        assert (missing.status, missing.body["error"]) == (401, "UNAUTHORIZED"), path
+    assert (guard.balances("tenant:acme"), guard.audit("acme"), guard.webhooks("acme")) == before

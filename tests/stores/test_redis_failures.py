@@ -154,7 +154,7 @@ def assert_books(guard: al.Guard, layout: Layout, charges: Counter[str]) -> None
 
 RACE_WORKER = r'''
 """One racing process: its own guard on the shared Redis, several threads."""
-import json, random, sys, threading, time
+import json, random, sys, threading, time, traceback
 from pathlib import Path
 
 import allotment as al
@@ -164,6 +164,19 @@ cfg = json.loads(Path(sys.argv[1]).read_text())
 guard = al.Guard(RedisStore(url=cfg["url"]))
 action = al.Action("llm.completion", "openai:gpt-4o")
 subjects = [al.Subject(**s) for s in cfg["subjects"]]
+# Each thread's abandoned holds (reserved, then left to expire) are taken before the race, while
+# every budget has room: taken by the thread itself, a thread that starts late (a loaded
+# machine) would find the budgets spent by the others and be denied.
+starts = []
+for n in range(cfg["threads"]):
+    rng = random.Random(cfg["seed"] * 100 + n)
+    out = {"settled": [], "denied": 0, "refused": 0, "overage": 0, "abandoned": [],
+           "errors": []}
+    for _ in range(cfg["abandon"]):
+        i = rng.randrange(len(subjects))
+        r = guard.reserve(subjects[i], action, al.tokens(2), ttl_ms=1000, grace_ms=0)
+        out["abandoned"].append([r.id, i, r.expires_at_ms])
+    starts.append((rng, out))
 Path(cfg["ready"]).touch()
 go, deadline = Path(cfg["go"]), time.monotonic() + 30
 while not go.exists():
@@ -173,15 +186,8 @@ while not go.exists():
 results = []
 
 
-def work(seed):
-    rng = random.Random(seed)
-    out = {"settled": [], "denied": 0, "refused": 0, "overage": 0, "abandoned": [],
-           "errors": []}
+def work(rng, out):
     try:
-        for _ in range(cfg["abandon"]):  # reserved, then left to expire
-            i = rng.randrange(len(subjects))
-            r = guard.reserve(subjects[i], action, al.tokens(2), ttl_ms=1000, grace_ms=0)
-            out["abandoned"].append([r.id, i, r.expires_at_ms])
         for _ in range(cfg["steps"]):
             i, estimate, roll = rng.randrange(len(subjects)), rng.randint(1, 30), rng.random()
             try:
@@ -208,13 +214,12 @@ def work(seed):
             if charged != actual:
                 out["errors"].append(f"{r.id}: charged {charged}, actual {actual}")
             out["settled"].append([r.id, i, scopes, charged])
-    except Exception as error:
-        out["errors"].append(repr(error))
+    except Exception:  # with the worker's line that raised: which step failed
+        out["errors"].append(traceback.format_exc(limit=1))
     results.append(out)
 
 
-threads = [threading.Thread(target=work, args=(cfg["seed"] * 100 + n,))
-           for n in range(cfg["threads"])]
+threads = [threading.Thread(target=work, args=start) for start in starts]
 for t in threads:
     t.start()
 for t in threads:
@@ -261,9 +266,10 @@ def race_processes(tmp_path: Path, url: str, layout: Layout, *, processes: int, 
 def test_processes_racing_never_oversubscribe_and_abandoned_holds_expire(
         server: Server, tmp_path: Path, tenants: int) -> None:
     """4 processes × 4 threads, each process with its own guard and connections, race
-    reserve/commit/release (overage refused under REJECT) on nested budgets; some holds are
-    abandoned with a 1 s ttl. Afterwards the books balance exactly on every ledger, and no
-    reservation is still ACTIVE once its ttl has passed and a sweep ran."""
+    reserve/commit/release (overage refused under REJECT) on nested budgets; some holds,
+    taken before the race, are abandoned with a 1 s ttl. Afterwards the books balance
+    exactly on every ledger, and no reservation is still ACTIVE once its ttl has passed and a
+    sweep ran."""
     processes, threads, steps = 4, 4, 60
     if tenants == 1:
         layout = nested("race", 100)

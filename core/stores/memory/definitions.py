@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ...events import AuditType
+from ...events import AuditType, Notification, NotificationType
 from ...models import Balance
 from ...periods import bucket
 from ..operations import ApplyPlan, RemoveBudget, SetAccess, SetBudget, SetQuota
@@ -118,7 +118,9 @@ def apply_plan(t: Tenant, op: ApplyPlan, now: int) -> None:
             t.access.pop(key, None)
             requirements_changed(t, key)
     t.plan, t.plan_keys = op.name, keys
-    if op.mode is not None:
-        t.mode = op.mode
+    if op.mode is not None and op.mode != t.mode:
+        t.mode = op.mode  # a plan that changes the mode says so, as set_mode does
+        t.cx.notes.append(Notification(NotificationType.MODE_CHANGED, t.name, now,
+                                       reason=op.mode))
     log(t, now, AuditType.PLAN_ASSIGNED, detail={"plan": op.name}, actor=op.actor,
         reason=op.reason)

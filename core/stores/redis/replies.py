@@ -66,13 +66,24 @@ def later(rows: list[Any]) -> Callable[[], tuple[Balance, ...]]:
     return partial(_rows, rows)
 
 
+_AMOUNTS: dict[str, tuple[Amount, ...]] = {}
+"""Packed amounts already read (amounts are immutable; the same few come back call after
+call), bounded."""
+
+
 def amounts(packed: str) -> tuple[Amount, ...]:
     """Amounts packed as "UNIT=amount,..." (see payloads.packed)."""
+    found = _AMOUNTS.get(packed)
+    if found is not None:
+        return found
     out = []
     for part in filter(None, packed.split(",")):
         unit, _, amount = part.partition("=")
         out.append(Amount.trusted(UNITS[unit], int(amount)))
-    return tuple(out)
+    if len(_AMOUNTS) >= 1024:
+        _AMOUNTS.clear()
+    found = _AMOUNTS[packed] = tuple(out)
+    return found
 
 
 def balance(row: list[Any]) -> Balance:

@@ -24,7 +24,7 @@ from ...errors import InvalidRequest, StoreUnavailable
 from ...events import Notification
 from ...reports import REPORT_RETENTION_DAYS, check_retention
 from .. import operations as ops
-from . import replies
+from . import replies, resp
 from .batching import AsyncBatcher, Batcher, lane_of
 from .codec import Wire
 from .flow import Batch, Call, Command, Durable, Flow, Flows, Step
@@ -92,6 +92,7 @@ class RedisStore:
                             strict=durability == "strict", replicas=replicas,
                             wait_timeout_ms=wait_timeout_ms)
         self._routed = routed(self.client)
+        self._packed = None if self._routed else resp.sender(self.client)
         self._lease = self.client.register_script(source("lease"))
         self._aclient = aclient
         self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -140,6 +141,8 @@ class RedisStore:
 
     def close(self) -> None:
         """Release the sync client's connections."""
+        if self._packed is not None:
+            self._packed.close()
         self.client.close()
 
     def load_library(self) -> None:
@@ -195,6 +198,8 @@ class RedisStore:
         """One step on the sync client, as it is."""
         client: Any = self.client
         if isinstance(step, Call):
+            if self._packed is not None:  # packed once, in one step (resp.py)
+                return self._packed(resp.pack(step.command))
             node = node_of(client, step.keys[0]) if self._routed else None
             if node is not None:
                 return client.execute_command(*step.command, target_nodes=node)
@@ -233,6 +238,8 @@ class RedisStore:
         """One step on an asyncio client, as it is."""
         if isinstance(step, Call):
             node = None
+            if not routed(client) and resp.fits_async(client):
+                return await resp.asend(client, resp.pack(step.command))
             if routed(client):  # a fresh client, or one whose slot table a failure dropped
                 await client.initialize()
                 node = node_of(client, step.keys[0])

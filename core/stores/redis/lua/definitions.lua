@@ -156,7 +156,11 @@ local function apply_plan(x)
     end
   end
   redis.call('HSET', K_META, 'plan', x.name, 'plan_keys', cjson.encode(keys))
-  if nz(x.mode) then redis.call('HSET', K_META, 'mode', x.mode) end
+  if nz(x.mode) and redis.call('HGET', K_META, 'mode') ~= x.mode then
+    redis.call('HSET', K_META, 'mode', x.mode)  -- a plan that changes the mode says so
+    NOTES[#NOTES + 1] = {'tenant.mode_changed', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+      x.mode}
+  end
   audit('plan.assigned', {detail = {plan = x.name}, actor = nz(x.actor),
     reason = nz(x.reason)})
 end

@@ -1,0 +1,145 @@
+"""Webhook subscriptions over HTTP: subscribe, list, pause/resume, remove, the delivery log
+and replay. The admin key manages the global subscriptions (and any tenant's, named with
+`tenant_id`); a tenant key manages its own tenant's only: `webhooks:read` to list and read
+the log, `webhooks:write` to change or replay. The signing secret is in the answer that makes
+the subscription, and never again. Where a destination may resolve is checked when sending
+(private and loopback addresses are refused unless the dispatcher allows them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..guard import Guard
+from ..scopes import tenant_name
+from ..tenant import TenantGuard
+from . import wire
+from .auth import admin_key, tenant_key
+from .context import body, json_response
+from .errors import forbidden, not_found
+from .operators import only, query_int
+from .records import delivery_json, webhook_json
+from .runtime import Settings
+
+EventName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SubscribeBody(wire._Strict):
+    url: str = Field(min_length=1, max_length=2_048)
+    events: list[EventName] = Field(min_length=1, max_length=64)
+    secret: str | None = Field(None, max_length=256)
+    enabled: bool = True
+    tenant_id: str | None = Field(None, min_length=1, max_length=128)
+    """With the admin key: the tenant whose subscription this is (none: a global one)."""
+
+
+class EnableBody(wire._Strict):
+    enabled: bool
+
+
+class ReplayBody(wire._Strict):
+    event_id: str = Field(min_length=1, max_length=256)
+    webhook_id: str | None = Field(None, min_length=1, max_length=256)
+
+
+class Hooks:
+    """The webhook routes over one guard."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/webhooks", self.subscribe, methods=["POST"]),
+            Route("/v1/webhooks", self.listed, methods=["GET"]),
+            Route("/v1/webhooks/deliveries", self.deliveries, methods=["GET"]),
+            Route("/v1/webhooks/replay", self.replay, methods=["POST"]),
+            Route("/v1/webhooks/{webhook_id:path}", self.enable, methods=["PATCH"]),
+            Route("/v1/webhooks/{webhook_id:path}", self.remove, methods=["DELETE"]),
+        ]
+
+    async def _caller(self, request: Request, permission: str) -> TenantGuard | None:
+        """None for the admin key, else the handle of the tenant key (holding
+        `permission`): who is asking is settled before the request is read further."""
+        if admin_key(self.s.admin_key, request):
+            return None
+        return (await tenant_key(self.s.guard, request, permission)).tenant
+
+    def _acting(self, caller: TenantGuard | None, named: str | None
+                ) -> tuple[Guard | TenantGuard, str | None]:
+        """The admin key's guard and the tenant it names (None: the global
+        subscriptions), or a tenant key's own handle; a tenant key naming another tenant
+        is 403 before anything is read."""
+        if caller is None:
+            return self.s.guard, None if named is None else tenant_name(named, "tenant_id")
+        if named is not None and tenant_name(named, "tenant_id") != caller.name:
+            raise forbidden("tenant_id is not the tenant of this API key")
+        return caller, caller.name
+
+    async def subscribe(self, request: Request) -> Response:
+        caller = await self._caller(request, "webhooks:write")
+        req = wire.parse(SubscribeBody, await body(request, self.s.max_body))
+        handle, tenant = self._acting(caller, req.tenant_id)
+        options: dict[str, Any] = {"events": req.events, "secret": req.secret,
+                                   "enabled": req.enabled}
+        if isinstance(handle, TenantGuard):
+            made = await handle.asubscribe_webhook(req.url, **options)
+        else:
+            made = await handle.asubscribe_webhook(req.url, tenant=tenant, **options)
+        return json_response(request, webhook_json(made), 201)
+
+    async def listed(self, request: Request) -> Response:
+        """`?tenant_id=`: with the admin key, that tenant's subscriptions (none: the
+        global ones); a tenant key lists its own. Secrets are never listed."""
+        caller = await self._caller(request, "webhooks:read")
+        only(request, "tenant_id")
+        handle, tenant = self._acting(caller, request.query_params.get("tenant_id"))
+        if isinstance(handle, TenantGuard):
+            found = await handle.awebhooks()
+        else:
+            found = await handle.awebhooks(tenant)
+        return json_response(request, {"webhooks": [webhook_json(h) for h in found]})
+
+    async def enable(self, request: Request) -> Response:
+        """Body `{"enabled": false}` pauses a subscription, `true` resumes it."""
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
+        req = wire.parse(EnableBody, await body(request, self.s.max_body))
+        changed = await handle.aenable_webhook(request.path_params["webhook_id"], req.enabled)
+        return json_response(request, webhook_json(changed))
+
+    async def remove(self, request: Request) -> Response:
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
+        webhook_id = request.path_params["webhook_id"]
+        if not await handle.aremove_webhook(webhook_id):
+            raise not_found(f"no webhook {webhook_id}")
+        return json_response(request, {"webhook_id": webhook_id, "removed": True})
+
+    async def deliveries(self, request: Request) -> Response:
+        """`?event_id=&webhook_id=&tenant_id=&limit=`: the log, oldest event first; a
+        tenant key sees only its own subscriptions' deliveries."""
+        caller = await self._caller(request, "webhooks:read")
+        only(request, "event_id", "webhook_id", "tenant_id", "limit")
+        query = request.query_params
+        handle, tenant = self._acting(caller, query.get("tenant_id"))
+        limit = query_int(request, "limit")
+        options: dict[str, Any] = {"event_id": query.get("event_id"),
+                                   "webhook_id": query.get("webhook_id"),
+                                   "limit": 100 if limit is None else limit}
+        if isinstance(handle, TenantGuard):
+            rows = await handle.awebhook_deliveries(**options)
+        else:
+            rows = await handle.awebhook_deliveries(tenant=tenant, **options)
+        return json_response(request, {"deliveries": [delivery_json(r) for r in rows]})
+
+    async def replay(self, request: Request) -> Response:
+        """Body `{"event_id", "webhook_id"}`: send the event again now (a tenant key names
+        one of its own subscriptions; the admin key may leave it out: every one it went
+        to). Answers how many deliveries were queued."""
+        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
+        req = wire.parse(ReplayBody, await body(request, self.s.max_body))
+        queued = await handle.areplay_webhook_event(req.event_id, req.webhook_id)
+        return json_response(request, {"event_id": req.event_id, "queued": queued})

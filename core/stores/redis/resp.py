@@ -1,0 +1,171 @@
+"""Script calls packed once into RESP bytes and sent on a connection of the client's own pool.
+
+redis-py encodes a command's arguments one at a time in Python before packing them, and for
+a reserve's forty arguments that took more client CPU than everything else the store does
+per call (BENCHMARKS.md, "Client CPU per pair"). A call is packed here in one step (hiredis,
+or the plain loop below without it) and sent on a connection of the client's own pool with
+the connection's health check, retry policy and disconnect-on-failure, as `execute_command`
+would, the reply read by the connection's own parser. A sync store keeps a few connections
+between calls instead of checking one out of the pool per call (`Sender`). Clients this path
+does not fit (a cluster client, a single-connection client) go through `execute_command` as
+before.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - the redis extra installs hiredis
+    _hiredis_pack = None
+
+
+def _plain_pack(command: Sequence[Any]) -> bytes:
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        else:
+            raise DataError(f"cannot send {type(arg).__name__} {arg!r} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def pack(command: Sequence[Any]) -> bytes:
+    """The RESP bytes of a command of str, bytes and int arguments (str as UTF-8)."""
+    if _hiredis_pack is None:
+        return _plain_pack(command)
+    try:
+        packed: bytes = _hiredis_pack(tuple(command))
+    except TypeError as error:  # as redis-py: an argument it cannot send
+        raise DataError(str(error)) from error
+    return packed
+
+
+_POOL_ARGS: dict[Any, tuple[str, ...]] = {}
+
+
+def _pool_args(pool: Any) -> tuple[str, ...]:
+    """What the pool's `get_connection` needs: redis-py before 5.3 requires a command name;
+    later releases take none (and warn when given one). Worked out once per pool class."""
+    kind = type(pool)
+    found = _POOL_ARGS.get(kind)
+    if found is None:
+        parameter = inspect.signature(kind.get_connection).parameters.get("command_name")
+        required = parameter is not None and parameter.default is inspect.Parameter.empty
+        found = _POOL_ARGS[kind] = ("FCALL",) if required else ()
+    return found
+
+
+KEEP = 4
+"""Connections a sender keeps between calls. With batching one call per node is in flight at
+a time, so one is enough; without, up to this many threads skip the pool's checkout."""
+
+
+class Sender:
+    """Sends packed commands on connections of a sync client's pool, keeping a few between
+    calls: checking one out of redis-py's pool and back costs about as much CPU as the round
+    trip itself. A connection that failed was disconnected by redis-py and reconnects on its
+    next use, as in the pool; a forked child never uses its parent's."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._args = _pool_args(self._pool)
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+
+    def __call__(self, data: bytes) -> Any:
+        idle = self._idle
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._idle = idle = []
+            self._pid = os.getpid()
+        try:
+            conn = _ready(idle.pop())
+        except IndexError:
+            conn = self._pool.get_connection(*self._args)
+        try:
+            return conn.retry.call_with_retry(
+                lambda: _round_trip(conn, data), lambda error: conn.disconnect())
+        finally:
+            if len(idle) < KEEP:
+                idle.append(conn)
+            else:
+                self._pool.release(conn)
+
+    def close(self) -> None:
+        """Hand the kept connections back to the pool."""
+        idle, self._idle = self._idle, []
+        if self._pid == os.getpid():
+            for conn in idle:
+                self._pool.release(conn)
+
+
+def sender(client: Any) -> Sender | None:
+    """A sender of packed commands on `client`'s pool, or None for a client this path does
+    not fit."""
+    if getattr(client, "connection_pool", None) is None or getattr(
+            client, "connection", None) is not None:
+        return None
+    return Sender(client)
+
+
+def _ready(conn: Any) -> Any:
+    """A kept connection checked as the pool checks one it hands out: connected, and nothing
+    waiting on it (a server that closed it, or restarted, leaves it readable), else
+    reconnected."""
+    try:
+        conn.connect()
+        if conn.can_read():
+            raise RedisConnectionError("connection has data")
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        conn.disconnect()
+        conn.connect()
+        if conn.can_read():
+            raise RedisConnectionError("connection not ready") from None
+    return conn
+
+
+def _round_trip(conn: Any, data: bytes) -> Any:
+    conn.send_packed_command((data,))
+    return conn.read_response()
+
+
+def fits_async(client: Any) -> bool:
+    """Whether an asyncio client can take packed commands (see `asend`)."""
+    return (getattr(client, "connection_pool", None) is not None
+            and getattr(client, "connection", None) is None
+            and not getattr(client, "single_connection_client", False))
+
+
+async def asend(client: Any, data: bytes) -> Any:
+    """A packed command on an asyncio client's pool (one that `fits_async`)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection(*_pool_args(pool))
+    try:
+        return await conn.retry.call_with_retry(
+            lambda: _around_trip(conn, data), lambda error: conn.disconnect())
+    finally:
+        released = pool.release(conn)
+        if inspect.isawaitable(released):
+            await released
+
+
+async def _around_trip(conn: Any, data: bytes) -> Any:
+    await conn.send_packed_command((data,))
+    return await conn.read_response()
+
+
+__all__ = ["KEEP", "Sender", "asend", "fits_async", "pack", "sender"]
