@@ -20,9 +20,9 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-_IDS, _TENANT = "allotment.ids", "allotment.tenant"
-"""Where a request's ids and its key's tenant are kept: in the ASGI scope, which every
-`Request` made for the request (route, exception handlers) shares."""
+_IDS = "allotment.ids"
+"""Where a request's ids are kept: in the ASGI scope, which every `Request` made for the
+request (route, exception handlers) shares."""
 
 
 def trace_id(request: Request, fresh: str) -> str:
@@ -54,13 +54,21 @@ def ids(request: Request) -> tuple[str, str]:
 
 
 def set_tenant(request: Request, tenant: str) -> None:
-    """Name the tenant of the request's key in the answer's `X-Cycles-Tenant` header."""
-    request.scope[_TENANT] = tenant
+    """Name the tenant of the request's key in the answer's `X-Cycles-Tenant` header (the
+    same as setting `request.state.tenant`)."""
+    request.state.tenant = tenant
+
+
+def _tenant(request: Request) -> str | None:
+    """`request.state.tenant` if set, read from the dict Starlette keeps it in (the scope's
+    "state"), so a request without one raises and catches nothing."""
+    state = request.scope.get("state")
+    return state.get("tenant") if state else None
 
 
 def _headers(request: Request) -> dict[str, str]:
     request_id, trace = ids(request)
-    tenant: str | None = request.scope.get(_TENANT)
+    tenant = _tenant(request)
     if tenant is None:
         return {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace}
     return {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace, "X-Cycles-Tenant": tenant}
