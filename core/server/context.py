@@ -20,38 +20,58 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-def trace_id(request: Request) -> str:
-    """The request's trace id by the spec's rules; a malformed header counts as absent."""
-    parent = request.headers.get("traceparent")
+_IDS = "allotment.ids"
+"""Where a request's ids are kept: in the ASGI scope, which every `Request` made for the
+request (route, exception handlers) shares."""
+
+
+def trace_id(request: Request, fresh: str) -> str:
+    """The request's trace id by the spec's rules, else `fresh`; a malformed header counts as
+    absent."""
+    headers = request.headers
+    parent = headers.get("traceparent")
     if parent is not None:
         match = _TRACEPARENT.fullmatch(parent.strip())
         if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
             return match.group(1)
-    given = request.headers.get("x-cycles-trace-id")
+    given = headers.get("x-cycles-trace-id")
     if given is not None and _TRACE_ID.fullmatch(given) and given != _ZERO_TRACE:
         return given
-    while True:
-        fresh = os.urandom(16).hex()
-        if fresh != _ZERO_TRACE:
-            return fresh
+    return fresh
 
 
 def ids(request: Request) -> tuple[str, str]:
-    """(request id, trace id), made once per request."""
-    state = request.state
-    if not hasattr(state, "request_id"):
-        state.request_id = f"req_{uuid.uuid4().hex}"
-        state.trace_id = trace_id(request)
-    return state.request_id, state.trace_id
+    """(request id, trace id), made once per request from one draw of 32 random bytes."""
+    scope = request.scope
+    made: tuple[str, str] | None = scope.get(_IDS)
+    if made is None:
+        drawn = os.urandom(32).hex()
+        fresh = drawn[32:]
+        if fresh == _ZERO_TRACE:  # the spec's invalid all-zero id (one draw in 2**128)
+            fresh = uuid.uuid4().hex
+        made = scope[_IDS] = (f"req_{drawn[:32]}", trace_id(request, fresh))
+    return made
+
+
+def set_tenant(request: Request, tenant: str) -> None:
+    """Name the tenant of the request's key in the answer's `X-Cycles-Tenant` header (the
+    same as setting `request.state.tenant`)."""
+    request.state.tenant = tenant
+
+
+def _tenant(request: Request) -> str | None:
+    """`request.state.tenant` if set, read from the dict Starlette keeps it in (the scope's
+    "state"), so a request without one raises and catches nothing."""
+    state = request.scope.get("state")
+    return state.get("tenant") if state else None
 
 
 def _headers(request: Request) -> dict[str, str]:
     request_id, trace = ids(request)
-    headers = {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace}
-    tenant = getattr(request.state, "tenant", None)
-    if tenant is not None:
-        headers["X-Cycles-Tenant"] = tenant
-    return headers
+    tenant = _tenant(request)
+    if tenant is None:
+        return {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace}
+    return {"X-Request-Id": request_id, "X-Cycles-Trace-Id": trace, "X-Cycles-Tenant": tenant}
 
 
 def json_response(request: Request, body: Any, status: int = 200) -> Response:

@@ -141,7 +141,8 @@ def parse(model: type[_M], raw: bytes) -> _M:
         raise bad_request(f"malformed JSON: {error}") from None
     if not isinstance(data, dict):
         raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
-    if _depth(data) > MAX_DEPTH:
+    # depth ≤ 1 + the number of brackets: the walk runs only when nesting could be too deep
+    if raw.count(b"{") + raw.count(b"[") >= MAX_DEPTH and _depth(data) > MAX_DEPTH:
         raise bad_request(f"the body is nested more than {MAX_DEPTH} levels deep")
     try:
         return model.model_validate(data)
@@ -203,13 +204,13 @@ def amount(value: Amount) -> dict[str, Any]:
     return {"unit": value.unit.value, "amount": value.amount}
 
 
-def _unit_amount(unit: Unit, value: int) -> dict[str, Any]:
-    return {"unit": unit.value, "amount": value}
+def _unit_amount(unit: str, value: int) -> dict[str, Any]:
+    return {"unit": unit, "amount": value}
 
 
 def balance(row: Balance) -> dict[str, Any]:
     """A ledger as a Cycles Balance: `scope` is its last segment, `scope_path` the whole."""
-    unit = row.unit
+    unit = row.unit.value  # an enum's .value is a descriptor call: read it once per row
     body: dict[str, Any] = {
         "scope": row.scope.rsplit("/", 1)[-1], "scope_path": row.scope,
         "remaining": _unit_amount(unit, row.remaining),

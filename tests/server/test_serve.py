@@ -130,3 +130,25 @@ def test_serve_with_a_plans_file_assigns_its_tiers_by_name_on_every_worker() -> 
                           capture_output=True, text=True,
                           env={**os.environ, "ALLOTMENT_STORE": "memory://"})
     assert done.returncode == 2 and "--plans" in done.stderr
+
+
+def test_a_key_revoked_through_one_worker_is_refused_by_every_worker_at_once() -> None:
+    """Keys are not cached: each request reads its key from the store, so a revocation made
+    through one worker holds on all of them from the next request."""
+    url_of_db = f"{redis_url()}/60"
+    redis.Redis.from_url(url_of_db).flushdb()
+    with serve("--workers", "2", "--store", url_of_db) as (url, _):
+        secret = provision(url, "acme")
+        key_id = secret.removeprefix("alk_").rpartition(".")[0]
+        # a fresh connection each: the workers share the accepting socket, so both serve
+        assert {reserve(url, secret, f"r{i}").status_code for i in range(12)} == {200}
+        revoked = httpx.delete(f"{url}/v1/admin/api-keys/{key_id}",
+                               headers={"X-Admin-API-Key": ADMIN})
+        assert revoked.json()["status"] == "REVOKED"
+        after = [reserve(url, secret, f"s{i}") for i in range(12)]
+        assert {a.status_code for a in after} == {401}
+        reader = httpx.post(url + "/v1/admin/api-keys", headers={"X-Admin-API-Key": ADMIN},
+                            json={"tenant_id": "acme", "name": "reader"}).json()["key_secret"]
+        balance = httpx.get(url + "/v1/balances?tenant=acme",
+                            headers={"X-Cycles-API-Key": reader}).json()["balances"][0]
+        assert balance["reserved"]["amount"] == 12_000  # the refused calls held nothing
