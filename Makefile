@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/estimator_error.py
 	$(BIN)/python bench/redis_ops.py --quick
 	$(BIN)/python bench/redis_floor.py
+	$(BIN)/python bench/server.py --quick
 
 clean:
 	rm -rf $(VENV) $(LI_VENV) $(LOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

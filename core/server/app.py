@@ -19,7 +19,8 @@ from . import metrics as _metrics
 from .admin import Admin
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
-from .operators import operator_routes
+from .hooks_routes import Hooks
+from .operators import Operators
 from .policies import Policies
 from .runtime import Runtime, Settings
 
@@ -88,7 +89,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
-              *operator_routes(settings),
+              *Operators(settings).routes(), *Hooks(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics

@@ -21,7 +21,7 @@ from . import wire
 from .auth import admin_key, tenant_key
 from .context import body, json_response
 from .errors import forbidden, not_found
-from .operators import only, query_int
+from .queries import only, query_int
 from .records import delivery_json, webhook_json
 from .runtime import Settings
 

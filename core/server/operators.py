@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..clock import moment_ms
 from ..guard import Guard
 from ..scopes import tenant_name
 from ..tenant import TenantGuard
@@ -22,41 +21,13 @@ from ..usage import UsageRow, check_format, usage_header, usage_line
 from .auth import admin_key, tenant_key
 from .context import ids, json_response
 from .errors import bad_request, forbidden
+from .queries import only, query_int, since_ms
 from .records import audit_json, report_json
 from .runtime import Settings
 
 READ = "budgets:read"
 """What a tenant key needs for its own audit log, report and usage."""
 MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/x-ndjson; charset=utf-8"}
-
-
-def query_int(request: Request, name: str) -> int | None:
-    """An integer query parameter, absent as None; anything else is a 400 that says so."""
-    text = request.query_params.get(name)
-    if text is None:
-        return None
-    if not (text.isascii() and text.lstrip("-").isdigit() and len(text) <= 19):
-        raise bad_request(f"{name}: {text!r} is not an integer")
-    return int(text)
-
-
-def only(request: Request, *known: str) -> None:
-    """Refuse query parameters the route does not take (a typo never passes silently)."""
-    unknown = sorted(set(request.query_params) - set(known))
-    if unknown:
-        raise bad_request(f"unknown query parameters {unknown}; this route takes "
-                          + ", ".join(known))
-
-
-def since_ms(text: str | None) -> int | None:
-    """`since`: epoch milliseconds, or an ISO-8601 time with its zone."""
-    if text is None:
-        return None
-    at = moment_ms(text)
-    if at is None:
-        raise bad_request(f"since: {text!r} is not epoch milliseconds or an ISO-8601 time "
-                          "with its zone (e.g. 2026-12-01T00:00:00Z)")
-    return at
 
 
 async def reader(settings: Settings, request: Request, permission: str, *,
@@ -175,10 +146,3 @@ async def _lines(first: UsageRow | None, rest: AsyncIterator[UsageRow],
     rest_text = "".join(buffer)
     if rest_text:
         yield rest_text.encode()
-
-
-def operator_routes(settings: Settings) -> list[Route]:
-    """Every operators' route: audit, report, usage, and the webhook routes."""
-    from .hooks_routes import Hooks
-
-    return [*Operators(settings).routes(), *Hooks(settings).routes()]
