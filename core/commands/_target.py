@@ -150,13 +150,6 @@ class Target:
     server: Server | None
     as_json: bool
 
-    def need_guard(self, what: str) -> Guard:
-        """The guard, or a clear refusal when the command went to a server."""
-        if self.guard is None:
-            raise Failure(f"{what} is not available over --server yet; run it with --store "
-                          "(the server's store URL)", USAGE)
-        return self.guard
-
 
 @contextmanager
 def opened(store: str | None, server: str | None, key: str | None,
