@@ -125,19 +125,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server (no RDB, no AOF) on a free loopback port; yields its URL."""
+def started_redis(*, before: Sequence[str] = (), options: Sequence[str] = (),
+                  timeout_s: float = 10) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private redis-server (no RDB, no AOF) on a free loopback port, run under `before`
+    (e.g. valgrind) with extra `options`; yields its URL and process once it answers PING."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", scratch],
+            [*before, binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", scratch, *options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"redis://127.0.0.1:{port}"
         try:
             client = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + timeout_s
             while True:
                 try:
                     client.ping()
@@ -147,10 +149,17 @@ def redis_server() -> Iterator[str]:
                         raise
                     time.sleep(0.02)
             client.close()
-            yield url
+            yield url, process
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            process.wait(timeout=timeout_s)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port; yields its URL."""
+    with started_redis() as (url, _):
+        yield url
 
 
 @dataclass

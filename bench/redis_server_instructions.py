@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -80,32 +79,12 @@ VARIANTS: dict[str, Callable[[str], str]] = {
 @contextmanager
 def counted_server() -> Iterator[tuple[str, int, Path]]:
     """redis-server under callgrind on a free port: its URL, its pid, the dump file prefix."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = shared.free_port()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "cg.out"
-        process = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
-             "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--hz", "1", "--dir", scratch],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}"
-        try:
-            client = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-            client.close()
+        with shared.started_redis(
+                before=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
+                options=("--hz", "1"), timeout_s=60) as (url, process):
             yield url, process.pid, out
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
 
 
 class Counter:

@@ -919,36 +919,11 @@ def layers(store: str, name: str, calls: int, profile: bool) -> None:
 
 @contextmanager
 def redis_server() -> Iterator[tuple[str, int]]:
-    """A private redis-server (no RDB, no AOF) on a free loopback port."""
-    import shutil
-    import tempfile
+    """A private redis-server (no RDB, no AOF) on a free loopback port: its URL and pid."""
+    from redis_ops import started_redis  # the main Redis bench's server
 
-    import redis
-
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory() as scratch:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", scratch],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-            client.close()
-            yield url, process.pid
-        finally:
-            process.terminate()
-            process.wait(10)
+    with started_redis() as (url, process):
+        yield f"{url}/0", process.pid
 
 
 def main() -> int:
