@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -20,8 +20,8 @@ from ..clock import system_ms
 from ..errors import InvalidRequest
 from ..guard import Guard
 from ..ids import id_tenant
-from ..models import Balance, Outcome, ReservationStatus
-from ..scopes import LEVELS
+from ..models import Action, Balance, Outcome, ReservationStatus
+from ..scopes import LEVELS, Subject
 from ..tenant import TenantGuard
 from . import extended, wire
 from .auth import Caller, admin_key, tenant_key
@@ -62,6 +62,8 @@ def _own(caller: Caller, rid: str) -> None:
     if _reservation_tenant(rid) != caller.key.tenant:
         raise forbidden("the reservation does not belong to this API key's tenant")
 
+_N = TypeVar("_N", bound=wire.NamedBody)
+
 
 class Runtime:
     """The runtime routes over one guard."""
@@ -95,6 +97,16 @@ class Runtime:
             Route("/v1/balances", self.balances, methods=["GET"]),
         ]
 
+    async def _named(self, request: Request, model: type[_N]
+                     ) -> tuple[Caller, _N, str, Subject, Action, Any]:
+        """A call that names a subject (reserve, decide, events): the caller's key, the body,
+        its idempotency key, who and what, and the allotment extension if it used one."""
+        caller = await tenant_key(self.s.guard, request, "reservations:create")
+        req = await self._body(request, model)
+        key = _idempotency(request, req.idempotency_key)
+        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        return caller, req, key, who, what, extended.ext(req)
+
     async def _body(self, request: Request, model: type[wire._M]) -> wire._M:
         if self.s.extensions:
             model = extended.EXTENDED.get(model, model)
@@ -111,12 +123,8 @@ class Runtime:
     # -- reserve, decide, events ------------------------------------------------------------
 
     async def create(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "reservations:create")
-        req = await self._body(request, wire.ReserveBody)
-        key = _idempotency(request, req.idempotency_key)
-        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        caller, req, key, who, what, ext = await self._named(request, wire.ReserveBody)
         cycles_estimate = req.estimate.amount_()
-        ext = extended.ext(req)
         estimate = x.estimate(cycles_estimate, ext)
         scopes = who.scopes()
         handle = caller.tenant
@@ -145,11 +153,7 @@ class Runtime:
         return json_response(request, answer)
 
     async def decide(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "reservations:create")
-        req = await self._body(request, wire.DecideBody)
-        _idempotency(request, req.idempotency_key)
-        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
-        ext = extended.ext(req)
+        caller, req, _, who, what, ext = await self._named(request, wire.DecideBody)
         decision = await caller.tenant.adecide(who, what,
                                                x.estimate(req.estimate.amount_(), ext))
         answer = wire.decision(decision, who.scopes())
@@ -158,12 +162,8 @@ class Runtime:
         return json_response(request, answer)
 
     async def event(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "reservations:create")
-        req = await self._body(request, wire.EventBody)
-        key = _idempotency(request, req.idempotency_key)
-        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        caller, req, key, who, what, ext = await self._named(request, wire.EventBody)
         actual = req.actual.amount_()
-        ext = extended.ext(req)
         result = await caller.tenant.arecord(who, what, x.actual(actual, ext),
                                              overage_policy=req.overage_policy,
                                              idempotency_key=key, usage=x.usage(ext))

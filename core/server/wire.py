@@ -70,10 +70,15 @@ class WireAction(_Strict):
     """A v0.1.26 field that servers of v0.1.25 must ignore without error."""
 
 
-class ReserveBody(_Strict):
+class NamedBody(_Strict):
+    """What the calls that name a subject share: reserve, decide, events."""
+
     idempotency_key: IdempotencyKey
     subject: WireSubject
     action: WireAction
+
+
+class ReserveBody(NamedBody):
     estimate: WireAmount
     ttl_ms: int | None = Field(None, ge=1_000, le=86_400_000)
     grace_period_ms: int | None = Field(None, ge=0, le=60_000)
@@ -84,10 +89,7 @@ class ReserveBody(_Strict):
     """A v0.1.26 field that servers of v0.1.25 must ignore without error."""
 
 
-class DecideBody(_Strict):
-    idempotency_key: IdempotencyKey
-    subject: WireSubject
-    action: WireAction
+class DecideBody(NamedBody):
     estimate: WireAmount
     metadata: Metadata | None = None
 
@@ -118,10 +120,7 @@ class ExtendBody(_Strict):
     metadata: Metadata | None = None
 
 
-class EventBody(_Strict):
-    idempotency_key: IdempotencyKey
-    subject: WireSubject
-    action: WireAction
+class EventBody(NamedBody):
     actual: WireAmount
     overage_policy: PolicyName | None = None
     metrics: Metrics | None = None
