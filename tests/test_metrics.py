@@ -16,7 +16,7 @@ import allotment as al
 from allotment.integrations.prometheus import GuardMetrics
 
 from support import LLM
-from support.outage import failing_guards
+from support.outage import failing_guards, store_failures
 
 ACME = al.Subject(tenant="acme", workflow="chat")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -155,17 +155,7 @@ def test_store_errors_are_counted_by_how_they_were_handled(
     metrics = GuardMetrics(real(fail_open), registry=registry)
     GuardMetrics(real(fail_closed), registry=None).close()  # never registered: closes too
     real(fail_closed).add_observer(metrics.observe)
-    outage.down = 1
-    let_through = fail_open.reserve(ACME, LLM, al.usd(1))
-    outage.down = 1
-    with pytest.raises(al.StoreUnavailable):
-        fail_closed.reserve(ACME, LLM, al.usd(1))
-    held = fail_open.reserve(ACME, LLM, al.usd(1))
-    outage.down = 1
-    held.commit(al.usd(1))
-    outage.down = 2
-    with pytest.raises(al.StoreUnavailable):
-        let_through.commit(al.usd(1))
+    store_failures(outage, fail_open, fail_closed, ACME, LLM)
     outage.down = 1
     with pytest.raises(al.StoreUnavailable):
         fail_open.decide(ACME, LLM, al.usd(1))

@@ -12,7 +12,7 @@ import pytest
 import allotment as al
 
 from support import LLM
-from support.outage import failing_guards
+from support.outage import failing_guards, store_failures
 
 ACME = al.Subject(tenant="acme", workflow="chat")
 
@@ -144,17 +144,7 @@ def test_store_failures_are_observed_with_how_they_were_handled(outage_guard: An
     seen: list[al.Observation] = []
     for guard in (fail_open, fail_closed):
         real(guard).add_observer(seen.append)
-    outage.down = 1
-    let_through = fail_open.reserve(ACME, LLM, al.usd(1))
-    outage.down = 1
-    with pytest.raises(al.StoreUnavailable):
-        fail_closed.reserve(ACME, LLM, al.usd(1))
-    held = fail_open.reserve(ACME, LLM, al.usd(1))
-    outage.down = 1  # the first try fails, the retry lands
-    held.commit(al.usd(1))
-    outage.down = 2  # both tries fail: the spend goes to the sinks
-    with pytest.raises(al.StoreUnavailable):
-        let_through.commit(al.usd(1))
+    let_through = store_failures(outage, fail_open, fail_closed, ACME, LLM)
 
     assert [(o.call, o.store_errors, type(o.error).__name__) for o in seen] == [
         ("reserve", 1, "NoneType"), ("reserve", 1, "StoreUnavailable"),

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 import allotment as al
 from allotment.stores.operations import Op
 
@@ -60,3 +62,23 @@ def failing_guards(store: Any, calls: str) -> Iterator[tuple[Outage, list[Any]]]
     loop = asyncio.new_event_loop()
     yield outage, [AsyncDriven(g, loop) for g in guards]
     loop.close()
+
+
+def store_failures(outage: Outage, fail_open: Any, fail_closed: Any, subject: al.Subject,
+                   action: al.Action) -> Any:
+    """The outage script the metrics and observation tests both read: a reserve let through
+    (fail open) and one refused (fail closed) while the store is down, a commit that fails
+    once and lands on its retry, and a commit whose tries all fail (its spend goes to the
+    sinks). Returns the reservation let through."""
+    outage.down = 1
+    let_through = fail_open.reserve(subject, action, al.usd(1))
+    outage.down = 1
+    with pytest.raises(al.StoreUnavailable):
+        fail_closed.reserve(subject, action, al.usd(1))
+    held = fail_open.reserve(subject, action, al.usd(1))
+    outage.down = 1  # the first try fails, the retry lands
+    held.commit(al.usd(1))
+    outage.down = 2  # both tries fail: the spend goes to the sinks
+    with pytest.raises(al.StoreUnavailable):
+        let_through.commit(al.usd(1))
+    return let_through
