@@ -19,13 +19,11 @@ from .calls import Flow, Pause, Runner, flow_twins, twins
 from .clock import system_ms
 from .engine import Engine
 from .errors import (
-    BudgetExceeded,
     Denied,
     InvalidRequest,
-    NotAllowed,
-    QuotaExceeded,
     ReservationFinalized,
     StoreUnavailable,
+    denied,
 )
 from .events import Notification, NotificationType
 from .ids import new_id
@@ -35,7 +33,6 @@ from .models import (
     Decision,
     Outcome,
     OveragePolicy,
-    Reason,
     RecordResult,
     ReservationInfo,
     ReservationStatus,
@@ -57,17 +54,6 @@ SPEND_UNRECORDED = NotificationType.SPEND_UNRECORDED
 
 def _same(result: Any) -> Any:
     return result
-
-
-def _denied(decision: Decision) -> Denied:
-    """The error class that fits a denial's reason."""
-    if decision.reason in Reason.BUDGET:
-        return BudgetExceeded(decision)
-    if decision.reason in Reason.QUOTA:
-        return QuotaExceeded(decision)
-    if decision.reason in Reason.ACCESS:
-        return NotAllowed(decision)
-    return Denied(decision)
 
 
 class EnforcementCalls(Runner):
@@ -110,7 +96,7 @@ class EnforcementCalls(Runner):
         except StoreUnavailable as error:
             return self._store_failed(op, error)
         if outcome.reservation is None:
-            raise _denied(outcome.decision)
+            raise denied(outcome.decision)
         return Reservation(self, outcome.reservation, outcome.decision, outcome.balances)
 
     def _reserve_op(self, subject: Subject | None, action: Action,

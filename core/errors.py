@@ -63,6 +63,20 @@ class NotAllowed(Denied):
     code = "NOT_ALLOWED"
 
 
+def denied(decision: Decision) -> Denied:
+    """The error that fits a denial's reason, as the guard raises it (and a remote store
+    raises a server's denial)."""
+    from .models import Reason  # models imports this module's neighbours at load time
+
+    if decision.reason in Reason.BUDGET:
+        return BudgetExceeded(decision)
+    if decision.reason in Reason.QUOTA:
+        return QuotaExceeded(decision)
+    if decision.reason in Reason.ACCESS:
+        return NotAllowed(decision)
+    return Denied(decision)
+
+
 class ReservationStateError(AllotmentError):
     """The reservation is past the point where this change applies; nothing was changed."""
 

@@ -9,11 +9,7 @@ from typing import Any
 from ...amounts import Amount, Unit
 from ...errors import (
     AllotmentError,
-    BudgetExceeded,
-    Denied,
     Forbidden,
-    NotAllowed,
-    QuotaExceeded,
     StoreUnavailable,
     by_code,
 )
@@ -119,17 +115,6 @@ def denial(status: int, body: dict[str, Any], headers: Any) -> Decision | None:
                     remaining=details.get("remaining"), limit=details.get("limit"),
                     requested=details.get("requested"), retry_after_ms=retry,
                     missing_dimensions=tuple(details.get("missing_dimensions") or ()))
-
-
-def denied(found: Decision) -> Denied:
-    """The error class that fits a denial's reason (as the guard raises it)."""
-    if found.reason in Reason.BUDGET:
-        return BudgetExceeded(found)
-    if found.reason in Reason.QUOTA:
-        return QuotaExceeded(found)
-    if found.reason in Reason.ACCESS:
-        return NotAllowed(found)
-    return Denied(found)
 
 
 def error(status: int, body: Any, url: str) -> AllotmentError:

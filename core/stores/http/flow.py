@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import extensions as x
 from ...amounts import Amount, Unit, Units, trusted_amounts
-from ...errors import Denied, InvalidRequest, StoreUnavailable
+from ...errors import Denied, InvalidRequest, StoreUnavailable, denied
 from ...ids import id_tenant
 from ...models import (
     CommitResult,
@@ -121,7 +121,7 @@ class Flows:
             found = answers.denial(reply.status, reply.body, reply.headers) if isinstance(
                 reply.body, dict) else None
             if found is not None:
-                raise answers.denied(found)
+                raise denied(found)
             raise answers.error(reply.status, reply.body, self.url)
         if not isinstance(reply.body, dict):
             raise StoreUnavailable(f"{self.url} answered HTTP {reply.status} without a JSON "
