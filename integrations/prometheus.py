@@ -39,14 +39,18 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import metrics as _client_metrics
     from prometheus_client.core import GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
+    from prometheus_client.utils import floatToGoString
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("allotment.integrations.prometheus needs prometheus-client: "
                       "pip install 'allotment[prometheus]'") from error
@@ -60,10 +64,44 @@ UTILIZATION_THRESHOLDS = (0.5, 0.8, 0.9, 1.0)
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
+class _Counted:
+    """One counter family: a count and a creation time per label set, in the order the sets
+    were first seen (as a prometheus-client `Counter` keeps its children)."""
+
+    __slots__ = ("family", "labelnames", "rows")
+
+    def __init__(self, family: Counter) -> None:
+        self.family = family
+        self.labelnames: tuple[str, ...] = tuple(family._labelnames)
+        self.rows: dict[tuple[str, ...], list[float]] = {}
+
+    def add(self, labels: tuple[str, ...]) -> None:
+        """One more (the caller holds the metrics' lock)."""
+        row = self.rows.get(labels)
+        if row is None:
+            self.rows[labels] = [1.0, time.time()]
+        else:
+            row[0] += 1.0
+
+    def collect(self, rows: dict[tuple[str, ...], list[float]]) -> Metric:
+        name = self.family._name
+        metric = Metric(name, self.family._documentation, "counter")
+        for labels, (count, created) in rows.items():
+            named = dict(zip(self.labelnames, labels))
+            metric.add_sample(name + "_total", named, count)
+            if _client_metrics._use_created:
+                metric.add_sample(name + "_created", dict(named), created)
+        return metric
+
+
 class GuardMetrics(Collector):
     """Counts and times a guard's calls; registered on `registry` (the default global one
     unless given; None leaves registering to you). `close()` stops observing and
-    unregisters."""
+    unregisters.
+
+    A call costs a few increments of plain counts under one lock; the Prometheus families
+    are built from them when the registry is scraped (`collect`), with the samples, labels
+    and order prometheus-client's own `Counter` and `Histogram` would give."""
 
     def __init__(self, guard: al.Guard, registry: CollectorRegistry | None = REGISTRY, *,
                  top_tenants: int = 0, max_tracked_tenants: int = 10_000,
@@ -76,26 +114,31 @@ class GuardMetrics(Collector):
                 raise al.InvalidRequest(f"{name}: expected an integer ≥ {low}, got {value!r}")
         self.top_tenants = top_tenants
         self.max_tracked_tenants = max_tracked_tenants
-        self._decisions = Counter(
+        # prometheus-client's own families: they check the names and buckets, and describe
+        # what is exposed; the counts themselves are kept below
+        decisions = Counter(
             "allotment_decisions",
             "Reserve and decide answers (and refused records), by outcome and reason.",
             ("call", "outcome", "reason"), registry=None)
-        self._shadow = Counter(
+        shadow = Counter(
             "allotment_shadow_denials", "Denials that shadow mode let through, by reason.",
             ("call", "reason"), registry=None)
         self._duration = Histogram(
             "allotment_call_duration_seconds", "Latency of the guard's enforcement calls.",
             ("call",), registry=None, buckets=tuple(buckets))
-        self._errors = Counter(
+        errors = Counter(
             "allotment_call_errors", "Enforcement calls that raised, by error class.",
             ("call", "error"), registry=None)
-        self._store_errors = Counter(
+        store_errors = Counter(
             "allotment_store_errors",
             "Calls the store failed: fail_open, fail_closed, recovered or failed.",
             ("call", "handling"), registry=None)
-        self._children = (self._decisions, self._shadow, self._duration, self._errors,
-                          self._store_errors)
-        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._families = (decisions, shadow, self._duration, errors, store_errors)
+        self._decisions, self._shadow = _Counted(decisions), _Counted(shadow)
+        self._errors, self._store_errors = _Counted(errors), _Counted(store_errors)
+        self._bounds: tuple[float, ...] = tuple(self._duration._upper_bounds)
+        self._timings: dict[str, list[Any]] = {}
+        """Per call: [count per bucket (not cumulative), sum of seconds, created]."""
         self._lock = threading.Lock()
         self._utilization: OrderedDict[str, dict[tuple[str, str], float]] = OrderedDict()
         self._guard = guard
@@ -121,29 +164,25 @@ class GuardMetrics(Collector):
     def observe(self, observation: al.Observation) -> None:
         """Count and time one call (the guard calls this; see `Guard.add_observer`)."""
         call = observation.call
-        self._child(self._duration, call).observe(observation.duration_ns / 1e9)
+        seconds = observation.duration_ns / 1e9
         decision, error = observation.decision, observation.error
-        if decision is not None:
-            self._child(self._decisions, call, decision.outcome.value,
-                        decision.reason or "none").inc()
-            if decision.observed is not None:
-                self._child(self._shadow, call, decision.observed.reason or "none").inc()
-        if error is not None:
-            self._child(self._errors, call, type(error).__name__).inc()
         handling = _store_handling(observation)
-        if handling is not None:
-            self._child(self._store_errors, call, handling).inc()
+        with self._lock:
+            timing = self._timings.get(call)
+            if timing is None:
+                timing = self._timings[call] = [[0] * len(self._bounds), 0.0, time.time()]
+            timing[0][bisect_left(self._bounds, seconds)] += 1
+            timing[1] += seconds
+            if decision is not None:
+                self._decisions.add((call, decision.outcome.value, decision.reason or "none"))
+                if decision.observed is not None:
+                    self._shadow.add((call, decision.observed.reason or "none"))
+            if error is not None:
+                self._errors.add((call, type(error).__name__))
+            if handling is not None:
+                self._store_errors.add((call, handling))
         if error is None and observation.result is not None:
             self._track(observation.tenant, observation.result)
-
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        """The labelled child, looked up once per label set (`labels()` is slow on the hot
-        path; the label sets are few)."""
-        key = (id(metric), *labels)
-        child = self._cache.get(key)
-        if child is None:
-            child = self._cache[key] = metric.labels(*labels)
-        return child
 
     def _track(self, tenant: str, result: object) -> None:
         balances: Iterable[al.Balance] = getattr(result, "balances", ())
@@ -163,14 +202,39 @@ class GuardMetrics(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Every metric family (what a registry's scrape calls)."""
-        for child in self._children:
-            yield from child.collect()
+        with self._lock:  # a consistent copy; the families are built outside the lock
+            counted = [(family, {k: list(v) for k, v in family.rows.items()})
+                       for family in (self._decisions, self._shadow)]
+            timings = {call: (list(t[0]), t[1], t[2]) for call, t in self._timings.items()}
+            errors = [(family, {k: list(v) for k, v in family.rows.items()})
+                      for family in (self._errors, self._store_errors)]
+        for family, rows in counted:
+            yield family.collect(rows)
+        yield self._histogram(timings)
+        for family, rows in errors:
+            yield family.collect(rows)
         yield from self._utilization_families()
+
+    def _histogram(self, timings: dict[str, tuple[list[int], float, float]]) -> Metric:
+        name = self._duration._name
+        metric = Metric(name, self._duration._documentation, "histogram")
+        edges = [floatToGoString(bound) for bound in self._bounds]
+        for call, (counts, total, created) in timings.items():
+            cumulative = 0.0
+            for edge, count in zip(edges, counts):
+                cumulative += count
+                metric.add_sample(name + "_bucket", {"call": call, "le": edge}, cumulative)
+            metric.add_sample(name + "_count", {"call": call}, cumulative)
+            if self._bounds[0] >= 0:
+                metric.add_sample(name + "_sum", {"call": call}, total)
+            if _client_metrics._use_created:
+                metric.add_sample(name + "_created", {"call": call}, created)
+        return metric
 
     def describe(self) -> Iterable[Metric]:
         """The families' names, for the registry's duplicate check."""
-        for child in self._children:
-            yield from child.describe()
+        for family in self._families:
+            yield from family.describe()
         yield from self._utilization_families(empty=True)
 
     def _utilization_families(self, empty: bool = False) -> Iterable[Metric]:
