@@ -140,7 +140,7 @@ class GuardMetrics(Collector):
         self._timings: dict[str, list[Any]] = {}
         """Per call: [count per bucket (not cumulative), sum of seconds, created]."""
         self._lock = threading.Lock()
-        self._utilization: OrderedDict[str, dict[tuple[str, str], float]] = OrderedDict()
+        self._utilization: OrderedDict[str, dict[tuple[al.Unit, str], float]] = OrderedDict()
         self._guard = guard
         self._registry = registry
         if registry is not None:
@@ -187,9 +187,9 @@ class GuardMetrics(Collector):
     def _track(self, tenant: str, result: object) -> None:
         balances: Iterable[al.Balance] = getattr(result, "balances", ())
         root = f"tenant:{tenant}"
-        ratios = {(b.unit.value, b.period or "none"): (b.spent + b.reserved + b.debt)
+        ratios = {(b.unit, b.period or "none"): (b.spent + b.reserved + b.debt)
                   / b.allocated for b in balances if b.scope == root and b.allocated > 0}
-        if not ratios:
+        if not ratios:  # keyed by the unit itself: its name is read at scrape time
             return
         with self._lock:
             known = self._utilization.pop(tenant, {})
@@ -239,7 +239,9 @@ class GuardMetrics(Collector):
 
     def _utilization_families(self, empty: bool = False) -> Iterable[Metric]:
         with self._lock:
-            tenants = {} if empty else {t: dict(r) for t, r in self._utilization.items()}
+            tenants = {} if empty else {
+                t: {(unit.value, period): ratio for (unit, period), ratio in r.items()}
+                for t, r in self._utilization.items()}
         per_tenant = GaugeMetricFamily(
             "allotment_tenant_utilization_ratio",
             "Used share ((spent + reserved + debt) / allocated) of each tenant-level budget, "

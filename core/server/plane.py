@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -24,6 +25,43 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 _Entry = tuple[str, str, str, Endpoint]
 """(prefix, suffix, parameter name or "" for a static path, endpoint)."""
+
+
+class _Headers(Headers):
+    """Starlette's request headers, looked up in a dict made on first use (a name's first
+    value, as `Headers` gives it) instead of a scan of the list per lookup and a raised
+    `KeyError` per absent header."""
+
+    _first: dict[str, str] | None = None
+
+    def _index(self) -> dict[str, str]:
+        first: dict[str, str] = {}
+        for key, value in self._list:
+            name = key.decode("latin-1")
+            if name not in first:
+                first[name] = value.decode("latin-1")
+        self._first = first
+        return first
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return (self._first or self._index()).get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return (self._first or self._index())[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in (self._first or self._index())
+
+
+class _Request(Request):
+    """A `Request` whose headers are `_Headers`."""
+
+    @property
+    def headers(self) -> Headers:
+        headers: Headers | None = self.__dict__.get("_headers")
+        if headers is None:
+            headers = self._headers = _Headers(scope=self.scope)
+        return headers
 
 
 def _entry(route: Route) -> _Entry:
@@ -90,7 +128,7 @@ class App(Starlette):
         scope["app"] = self
         scope["router"] = self.router
         scope["path_params"] = params
-        request = Request(scope, receive, send)
+        request = _Request(scope, receive, send)
         crashed: Exception | None = None
         try:
             response = await endpoint(request)

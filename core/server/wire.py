@@ -212,9 +212,11 @@ def balance(row: Balance) -> dict[str, Any]:
     unit = row.unit.value  # an enum's .value is a descriptor call: read it once per row
     body: dict[str, Any] = {
         "scope": row.scope.rsplit("/", 1)[-1], "scope_path": row.scope,
-        "remaining": _unit_amount(unit, row.remaining),
-        "reserved": _unit_amount(unit, row.reserved), "spent": _unit_amount(unit, row.spent),
-        "allocated": _unit_amount(unit, row.allocated), "debt": _unit_amount(unit, row.debt)}
+        "remaining": {"unit": unit, "amount": row.remaining},
+        "reserved": {"unit": unit, "amount": row.reserved},
+        "spent": {"unit": unit, "amount": row.spent},
+        "allocated": {"unit": unit, "amount": row.allocated},
+        "debt": {"unit": unit, "amount": row.debt}}
     if row.overdraft_limit:
         body["overdraft_limit"] = _unit_amount(unit, row.overdraft_limit)
     if row.is_over_limit:
