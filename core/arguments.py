@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import suppress
 from typing import Any
 
 try:  # optional (the server extra installs it): a faster encoder of the same bytes
@@ -220,10 +221,8 @@ def fingerprint(payload: tuple[Any, ...]) -> str:
     data = _plain(payload)
     text = b""
     if _orjson is not None:
-        try:
+        with suppress(TypeError):  # orjson.JSONEncodeError: an int past 64 bits
             text = _orjson.dumps(data, option=_orjson.OPT_SORT_KEYS)
-        except TypeError:  # orjson.JSONEncodeError: an int past 64 bits
-            pass
     if not text or not text.isascii() or b"\x7f" in text:
         text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(text).hexdigest()

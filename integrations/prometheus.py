@@ -42,7 +42,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 try:
@@ -50,13 +50,15 @@ try:
     from prometheus_client import metrics as _client_metrics
     from prometheus_client.core import GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
-    from prometheus_client.utils import floatToGoString
+    from prometheus_client.utils import floatToGoString as _go_float
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("allotment.integrations.prometheus needs prometheus-client: "
                       "pip install 'allotment[prometheus]'") from error
 
 import allotment as al
 
+_bound_text: Callable[[float], str] = _go_float
+"""How prometheus-client writes a bucket's bound (`le`)."""
 LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Seconds: from an in-process reserve (tens of µs) to a slow store (seconds)."""
@@ -87,7 +89,7 @@ class _Counted:
         name = self.family._name
         metric = Metric(name, self.family._documentation, "counter")
         for labels, (count, created) in rows.items():
-            named = dict(zip(self.labelnames, labels))
+            named = dict(zip(self.labelnames, labels, strict=True))
             metric.add_sample(name + "_total", named, count)
             if _client_metrics._use_created:
                 metric.add_sample(name + "_created", dict(named), created)
@@ -218,10 +220,10 @@ class GuardMetrics(Collector):
     def _histogram(self, timings: dict[str, tuple[list[int], float, float]]) -> Metric:
         name = self._duration._name
         metric = Metric(name, self._duration._documentation, "histogram")
-        edges = [floatToGoString(bound) for bound in self._bounds]
+        edges = [_bound_text(bound) for bound in self._bounds]
         for call, (counts, total, created) in timings.items():
             cumulative = 0.0
-            for edge, count in zip(edges, counts):
+            for edge, count in zip(edges, counts, strict=True):
                 cumulative += count
                 metric.add_sample(name + "_bucket", {"call": call, "le": edge}, cumulative)
             metric.add_sample(name + "_count", {"call": call}, cumulative)
