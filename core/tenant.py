@@ -27,7 +27,7 @@ from .reads import (
 from .reports import ReportRow
 from .scopes import Subject, tenant_name
 from .stores import hooks
-from .stores.operations import Op
+from .stores.operations import Gated, KeyProof, Op
 from .usage import check_period
 from .validation import check_int
 from .webhook_calls import (
@@ -51,8 +51,24 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
     def __init__(self, engine: Engine, tenant: str) -> None:
         self._engine = engine
         self.name = tenant_name(tenant)
+        self._proof: KeyProof | None = None
+
+    @classmethod
+    def keyed(cls, engine: Engine, tenant: str, proof: KeyProof) -> TenantGuard:
+        """A handle whose every operation carries an API key's proof (`Guard.tenant_for_key`:
+        `tenant` is the checked name of the key's tenant)."""
+        handle = cls.__new__(cls)
+        handle._engine, handle.name, handle._proof = engine, tenant, proof
+        return handle
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the API key this handle's operations carry (None: no key)."""
+        return None if self._proof is None else self._proof.key_id
 
     def __repr__(self) -> str:
+        if self._proof is not None:
+            return f"<TenantGuard {self.name} key {self._proof.key_id}>"
         return f"<TenantGuard {self.name}>"
 
     def _run(self, op: Op[R]) -> R:
@@ -65,6 +81,8 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         if op.tenant != self.name:
             raise Forbidden(f"{type(op).__name__.lower()} for tenant {op.tenant!r} refused by "
                             f"the handle of tenant {self.name!r}")
+        if self._proof is not None:  # checked by the store, in the operation's own step
+            return Gated(op.tenant, op, self._proof)
         return op
 
     def subject(self, subject: Subject | None = None, **fields: Any) -> Subject:

@@ -6,7 +6,7 @@
 -- in functions.py fills ENTRIES after this file with each operation's entry, the one its
 -- own registered function runs too.)
 --
--- keys: per operation its 13 keys, or only its last two (reservation, replay) when its
+-- keys: per operation its 13 keys (a keyed call's 14: keyed.lua), or only its last two (reservation, replay) when its
 -- tenant's 11 keys are those of the operation before it.
 -- args: 1 the count; then per operation its function's name, its key count (-2: only the
 -- last two, as above), its argument count, and its arguments.
@@ -55,7 +55,10 @@ local function run_batch(keys, args)
       ok, reply = false, 'allotment batch: no function ' .. tostring(name)
     else
       ok, reply = pcall(entry, own, {unpack(args, ai + 3, ai + 2 + na)}, caches[own[1]])
-      caches[own[1]] = ok and shares_definitions(name) and DEF_CACHE or nil
+      -- a keyed call shares as the operation it gates (keyed.lua; refused, it leaves
+      -- the definitions its tenant's calls before it decoded)
+      local shares = name == 'keyed' and args[ai + 6] or name
+      caches[own[1]] = ok and shares_definitions(shares) and DEF_CACHE or nil
     end
     ai = ai + 3 + na
     if ok and type(reply) == 'table' and reply.err then ok, reply = false, reply.err end
