@@ -22,7 +22,7 @@ from .ids import id_tenant, new_id
 from .models import ApiKey
 from .scopes import tenant_name
 from .stores import operations as ops
-from .tenant import TenantGuard
+from .tenant import TenantGuard, keyed_handle
 from .validation import check_int, check_list, check_text, shown
 
 PREFIX = "alk_"
@@ -163,4 +163,4 @@ class KeyCalls(Runner):
             raise KeyRefused("malformed")
         proof = ops.KeyProof(key_id, secret_hash(secret), _permission(permission,
                                                                       "permission"))
-        return TenantGuard.keyed(self._engine, id_tenant(key_id), proof)
+        return keyed_handle(self._engine, id_tenant(key_id), proof)

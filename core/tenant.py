@@ -53,14 +53,6 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         self.name = tenant_name(tenant)
         self._proof: KeyProof | None = None
 
-    @classmethod
-    def keyed(cls, engine: Engine, tenant: str, proof: KeyProof) -> TenantGuard:
-        """A handle whose every operation carries an API key's proof (`Guard.tenant_for_key`:
-        `tenant` is the checked name of the key's tenant)."""
-        handle = cls.__new__(cls)
-        handle._engine, handle.name, handle._proof = engine, tenant, proof
-        return handle
-
     @property
     def key_id(self) -> str | None:
         """The id of the API key this handle's operations carry (None: no key)."""
@@ -217,3 +209,11 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return queued
 
     replay_webhook_event, areplay_webhook_event = flow_twins(_replay_webhook_event)
+
+
+def keyed_handle(engine: Engine, tenant: str, proof: KeyProof) -> TenantGuard:
+    """A handle whose every operation carries an API key's proof (`Guard.tenant_for_key`;
+    `tenant` is the checked name the key id gives, not checked again)."""
+    handle = TenantGuard.__new__(TenantGuard)
+    handle._engine, handle.name, handle._proof = engine, tenant, proof
+    return handle

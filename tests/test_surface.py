@@ -142,12 +142,14 @@ def test_the_tenant_handle_leads_nowhere_beyond_its_tenant(store: Store) -> None
     acme = guard.tenant("acme")
     held = acme.reserve(acme.subject(), LLM, al.usd(1))
     assert held.guard is acme  # the reservation leads back to the handle only
-    for root in (acme, held):
+    keyed = guard.tenant_for_key(guard.create_key("acme").secret, "reservations:create")
+    for root in (acme, held, keyed, keyed.reserve(keyed.subject(), LLM, al.usd(1))):
         for path, value in reachable(root):
             assert not isinstance(value, (al.Guard, al.MemoryStore, RedisStore)), path
             assert not hasattr(value, "execute"), path  # no store of any kind
     held.commit(al.usd(1))
     assert acme.balances()[0].spent == al.usd(1).amount
+    assert acme.balances()[0].reserved == al.usd(1).amount
 
 
 def test_the_handle_refuses_an_operation_of_another_tenant_however_it_was_built(
