@@ -12,7 +12,7 @@ from .budgets import BudgetCalls
 from .calls import Flow, Stream, flow_twins, stream_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
-from .errors import Forbidden, InvalidRequest
+from .errors import Forbidden, InvalidRequest, StoreUnavailable
 from .events import AuditRecord
 from .models import Balance, ReservationInfo, ReservationStatus
 from .periods import Period
@@ -25,8 +25,10 @@ from .reads import (
     usage_stream,
 )
 from .reports import ReportRow
+from .reservation import Reservation
 from .scopes import Subject, tenant_name
 from .stores import hooks
+from .stores import operations as ops
 from .stores.operations import Gated, KeyProof, Op
 from .usage import check_period
 from .validation import check_int
@@ -76,6 +78,14 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         if self._proof is not None:  # checked by the store, in the operation's own step
             return Gated(op.tenant, op, self._proof)
         return op
+
+    def _store_failed(self, op: ops.Reserve, error: StoreUnavailable) -> Reservation:
+        """A guard that fails open lets a call through unguarded while the store is down;
+        not one carrying an API key, which only the store can check: that fails closed."""
+        if self._proof is None:
+            return super()._store_failed(op, error)
+        self._engine.store_failures += 1
+        raise error
 
     def subject(self, subject: Subject | None = None, **fields: Any) -> Subject:
         """A subject of this tenant: the one given (checked), or one built from `fields`."""

@@ -23,6 +23,7 @@ from allotment.stores.http import HttpStore
 from allotment.stores.redis import RedisStore
 
 from support import LLM
+from support.outage import Outage
 from support.redis_server import redis_server
 from support.snapshots import differences, snapshot
 from support.stores import make_store
@@ -392,3 +393,19 @@ def test_the_memory_and_redis_stores_refuse_alike(clock: al.ManualClock) -> None
                 out.append(refused.reason)
     assert answers[0] == answers[1]
     assert answers[0].count("permission") == 6 and answers[0][-3:] == ["mismatch"] * 3
+
+
+def test_a_keyed_reserve_fails_closed_while_the_store_is_down(clock: al.ManualClock) -> None:
+    """A guard that lets calls through while its store is down does not let a keyed one
+    through: only the store can say whether its key is live."""
+    store = Outage(al.MemoryStore(clock))
+    guard = al.Guard(store, on_store_error="allow")
+    guard.set_budget("tenant:acme", tokens=100)
+    handle = guard.tenant_for_key(guard.create_key("acme").secret, "reservations:create")
+    store.down = 2
+    assert guard.tenant("acme").reserve(al.Subject(tenant="acme"), LLM,
+                                        al.tokens(1)).decision.reason == "STORE_UNAVAILABLE"
+    with pytest.raises(al.StoreUnavailable):
+        handle.reserve(handle.subject(), LLM, al.tokens(1))
+    assert guard.store_failures == 2
+    assert handle.reserve(handle.subject(), LLM, al.tokens(1)).estimate[0].amount == 1
