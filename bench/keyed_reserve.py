@@ -1,0 +1,124 @@
+"""A reserve that carries its API key (`guard.tenant_for_key`) against the server's path today:
+`authenticate_key` (one store call) and then the reserve through the tenant's handle.
+
+    .venv/bin/python bench/keyed_reserve.py                 # 15 rounds, about a minute
+    .venv/bin/python bench/keyed_reserve.py --only keyed --calls 2000    # for callgrind
+
+Starts its own redis-server (bench/redis_ops.py's) and, in one client thread with natural
+batching off (the server's requests are concurrent; here each call is its own FCALL, so the
+figures are per request), alternates rounds of each kind on its own tenant (a USD budget on
+each of three scopes):
+
+- plain: `guard.tenant(t).reserve(...)`, no key at all (the floor);
+- auth+reserve: `guard.authenticate_key(secret)`, the permission check, then the reserve
+  through the tenant's handle: the server's request today;
+- keyed: `guard.tenant_for_key(secret, "reservations:create").reserve(...)`: one call,
+  the key checked inside it.
+
+Per kind: the median over rounds of client CPU µs per request (`time.process_time`: user +
+system of this process, so the socket work counts and waiting for the server does not), wall
+µs per request, and the server's µs per request (INFO commandstats usec of the FCALLs, which
+the server times around each call). Each also as a multiple of `plain` in the same rounds.
+
+`--only KIND --calls N` runs one kind N times after a warm-up and nothing else: run it under
+`valgrind --tool=callgrind` with N and with 0 calls to count the client's instructions per
+request (user space only), as bench/pair_instructions.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis_ops as shared  # the server and budgets of the main Redis bench
+
+import allotment as al
+from allotment.keys import permits
+from allotment.stores.redis import RedisStore
+
+DEPTH = 3
+KINDS = ("plain", "auth+reserve", "keyed")
+WARM_UP = 300
+PERMISSION = "reservations:create"
+
+
+def calls_of(url: str) -> dict[str, Callable[[], Any]]:
+    """One reserve per kind, each kind on its own tenant (so none reaps another's)."""
+    guard = al.Guard(RedisStore(url=url, batching=False), ttl_ms=shared.TTL_MS)
+    action, estimate = shared.ACTION, al.usd("0.000001")
+    subjects = {kind: shared.subject_of(f"kind{i}", DEPTH) for i, kind in enumerate(KINDS)}
+    for subject in subjects.values():
+        shared.set_budgets(guard, subject)
+    secrets = {kind: guard.create_key(subjects[kind].tenant).secret for kind in KINDS}
+    handles = {kind: guard.tenant(subjects[kind].tenant) for kind in KINDS}
+
+    def plain() -> Any:
+        return handles["plain"].reserve(subjects["plain"], action, estimate)
+
+    def authenticated() -> Any:
+        key = guard.authenticate_key(secrets["auth+reserve"])
+        if key is None or not permits(key, PERMISSION):
+            raise AssertionError("the key was refused")
+        return handles["auth+reserve"].reserve(subjects["auth+reserve"], action, estimate)
+
+    def keyed() -> Any:
+        return guard.tenant_for_key(secrets["keyed"], PERMISSION).reserve(
+            subjects["keyed"], action, estimate)
+
+    return {"plain": plain, "auth+reserve": authenticated, "keyed": keyed}
+
+
+def timed(call: Callable[[], Any], count: int, admin: redis.Redis) -> tuple[float, ...]:
+    """(client CPU µs, wall µs, server µs) per call over `count` calls."""
+    admin.config_resetstat()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        call()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    fcall = admin.info("commandstats").get("cmdstat_fcall", {"usec": 0})
+    return cpu / count * 1e6, wall / count * 1e6, int(fcall["usec"]) / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=400, help="calls per kind and round")
+    parser.add_argument("--only", choices=KINDS, help="run one kind --calls times, no report")
+    args = parser.parse_args(argv)
+    with shared.redis_server() as url:
+        calls = calls_of(url)
+        if args.only:
+            for _ in range(WARM_UP + args.calls):
+                calls[args.only]()
+            return 0
+        admin = redis.Redis.from_url(url)
+        for call in calls.values():
+            timed(call, WARM_UP, admin)
+        found: dict[str, list[tuple[float, ...]]] = {kind: [] for kind in KINDS}
+        for r in range(args.rounds):
+            for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
+                found[kind].append(timed(calls[kind], args.calls, admin))
+    print(f"one reserve per request, one thread, depth {DEPTH}, batching off: redis-py "
+          f"{redis.__version__}, Python {sys.version.split()[0]}, load "
+          f"{os.getloadavg()[0]:.2f}, {args.rounds} rounds × {args.calls} calls")
+    print(f"{'kind':<14}{'client cpu µs':>14}{'×plain':>8}{'wall µs':>10}{'×plain':>8}"
+          f"{'server µs':>11}{'×plain':>8}")
+    for kind in KINDS:
+        row = f"{kind:<14}"
+        for i in range(3):
+            ratio = statistics.median(v[i] / p[i] for v, p in zip(found[kind], found["plain"],
+                                                                  strict=True))
+            row += f"{statistics.median(v[i] for v in found[kind]):>{14 if i == 0 else 10}.1f}"
+            row += f"{ratio:>8.2f}"
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
