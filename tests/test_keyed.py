@@ -299,6 +299,28 @@ def test_a_refused_first_call_of_a_process_registers_no_tenant(url: str) -> None
     assert not redis.Redis.from_url(url).sismember("al:tenants", "ghost")
 
 
+def test_a_refused_key_checked_before_a_call_of_several_steps_reaps_nothing(
+        url: str, clock: al.ManualClock) -> None:
+    """A process's first registering call of a tenant and a webhook call check the key in a
+    call of their own before their steps: refused, that call expires nothing either."""
+    guard = al.Guard(RedisStore(url=url, clock=clock))
+    guard.set_budget("tenant:acme", tokens=100)
+    guard.reserve(al.Subject(tenant="acme"), LLM, al.tokens(5), ttl_ms=1_000, grace_ms=0)
+    made = guard.create_key("acme", permissions=EVERYTHING)
+    guard.revoke_key(made.key.key_id)
+    clock.advance(2_000)  # the reservation is overdue: any step of acme's would expire it
+    fresh = al.Guard(RedisStore(url=url, clock=clock))  # a process that never saw acme
+    handle = fresh.tenant_for_key(made.secret, "admin:write")
+    before = snapshot(fresh.store, "acme")
+    for call in (lambda: handle.reserve(handle.subject(), LLM, al.tokens(1)),
+                 lambda: handle.subscribe_webhook("https://example.com/h",
+                                                  events=["budget.exhausted"])):
+        with pytest.raises(al.KeyRefused):
+            call()
+    assert snapshot(fresh.store, "acme") == before
+    assert guard.balances("tenant:acme")[0].reserved == 0  # a live step expires it
+
+
 def held_batch(url: str, store: RedisStore, calls: list[Callable[[], Any]]) -> tuple[
         list[Any], int]:
     """Each call in its own thread while the server is paused for writes: the first goes at

@@ -144,30 +144,26 @@ class Flows:
         """An operation its API key must let through: its call inside the keyed function,
         which checks the key first in the same call (keyed.lua). A webhook operation (several
         calls) and a tenant's first registering call in this process (its registration
-        writes outside the call) check the key in a call of their own first, so a refused key
-        registers nothing; the gated call still checks it again."""
+        writes outside the call) first check the key in a keyed call of its own that reads
+        the key, so a refused key writes nothing; the operation's call checks it again."""
         op, proof = gated.op, gated.proof
         codec = CODECS.get(type(op))
-        if codec is None:
-            yield from self._key_checked(gated)
-            return (yield from self.run(op))
-        if self._registers(op, codec):
-            yield from self._key_checked(gated)
+        if codec is None or self._registers(op, codec):
+            find = ops.FindKey(tenant=op.tenant, key_id=proof.key_id)
+            found = CODECS[ops.FindKey]
+            yield from self._called(find, self._keyed(find, found, proof), found, proof)
+            if codec is None:
+                return (yield from self.run(op))
             yield from self._register(op.tenant)
+        return (yield from self._called(op, self._keyed(op, codec, proof), codec, proof))
+
+    def _keyed(self, op: ops.Op[Any], codec: Codec, proof: ops.KeyProof) -> Call:
+        """`op`'s call inside the keyed function: its keys and the tenant's key hash, the
+        proof, its function's name and its arguments (keyed.lua)."""
         inner = self.call(op, codec)
-        call = Call(self.names[KEYED], [*inner.keys, api_keys_key(op.tenant)],
+        return Call(self.names[KEYED], [*inner.keys, api_keys_key(op.tenant)],
                     [proof.key_id, proof.secret_hash, proof.permission, codec.function,
                      *inner.args])
-        return (yield from self._called(op, call, codec, proof))
-
-    def _key_checked(self, gated: ops.Gated[Any]) -> Flow:
-        """Raise `KeyRefused` unless the key lets `gated` through now (a call of its own)."""
-        find = ops.FindKey(tenant=gated.tenant, key_id=gated.proof.key_id)
-        match = self.result(find, (yield from self._loading(self.call(find))))
-        found = None if match is None else (match.key, match.secret_hash)
-        refusal = ops.key_refusal(gated.proof, found, 0 if match is None else match.now_ms)
-        if refusal is not None:
-            raise refusal
 
     def call(self, op: ops.Op[Any], codec: Codec | None = None) -> Call:
         """The function call of `op` (a pipeline of calls is built from these)."""
