@@ -23,6 +23,10 @@ the server times around each call). Each also as a multiple of `plain` in the sa
 `--only KIND --calls N` runs one kind N times after a warm-up and nothing else: run it under
 `valgrind --tool=callgrind` with N and with 0 calls to count the client's instructions per
 request (user space only), as bench/pair_instructions.py does.
+
+`--server-instructions` counts instead the server's instructions per request of each kind,
+with redis-server under callgrind (bench/redis_server_instructions.py's), everything the
+server does for the request's calls included (reading them, the replies).
 """
 
 from __future__ import annotations
@@ -85,12 +89,37 @@ def timed(call: Callable[[], Any], count: int, admin: redis.Redis) -> tuple[floa
     return cpu / count * 1e6, wall / count * 1e6, int(fcall["usec"]) / count
 
 
+def server_instructions(count: int) -> int:
+    """Server instructions per request of each kind, counted by callgrind."""
+    from redis_server_instructions import Counter, counted_server
+
+    with counted_server() as (url, pid, out):
+        counter = Counter(pid, out)
+        calls = calls_of(url)
+        found = {}
+        for kind in KINDS:
+            for _ in range(50):  # warm: the tenant's keys and the library's caches
+                calls[kind]()
+            counter.zero()
+            for _ in range(count):
+                calls[kind]()
+            found[kind] = counter.read() / count / 1000
+    print(f"server instructions per request (k), {count} requests each, depth {DEPTH}")
+    for kind in KINDS:
+        print(f"{kind:<14}{found[kind]:>9.1f}  ×plain {found[kind] / found['plain']:.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=400, help="calls per kind and round")
     parser.add_argument("--only", choices=KINDS, help="run one kind --calls times, no report")
+    parser.add_argument("--server-instructions", action="store_true",
+                        help="the server's instructions per request (callgrind), per kind")
     args = parser.parse_args(argv)
+    if args.server_instructions:
+        return server_instructions(args.calls)
     with shared.redis_server() as url:
         calls = calls_of(url)
         if args.only:

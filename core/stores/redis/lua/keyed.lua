@@ -12,10 +12,13 @@
 -- its own arguments (its 2nd, the clock override, is replaced by the time of the check).
 do
   local function grants(held, permission)
-    local set = {}
-    for _, p in ipairs(held) do set[p] = true end
-    return set[permission] or set['admin:write']
-      or (string.sub(permission, -5) == ':read' and set['admin:read']) or false
+    local reads = string.sub(permission, -5) == ':read'
+    for _, p in ipairs(held) do
+      if p == permission or p == 'admin:write' or (reads and p == 'admin:read') then
+        return true
+      end
+    end
+    return false
   end
 
   local function key_refusal(text, hash, permission, now)
@@ -43,6 +46,6 @@ do
     for i = 8, #args do own[i - 4] = args[i] end
     local entry = ENTRIES[args[4]]
     if entry == nil then error('allotment keyed: no function ' .. tostring(args[4])) end
-    return entry({unpack(keys, 1, 13)}, own, inherited)
+    return entry(keys, own, inherited)  -- its begin reads keys 1 to 13
   end
 end
