@@ -20,9 +20,11 @@ system of this process, so the socket work counts and waiting for the server doe
 µs per request, and the server's µs per request (INFO commandstats usec of the FCALLs, which
 the server times around each call). Each also as a multiple of `plain` in the same rounds.
 
-`--only KIND --calls N` runs one kind N times after a warm-up and nothing else: run it under
-`valgrind --tool=callgrind` with N and with 0 calls to count the client's instructions per
-request (user space only), as bench/pair_instructions.py does.
+`--only KIND --calls N` runs one kind N times after a warm-up and nothing else, the N calls
+inside one `functools.reduce`, so callgrind can count them alone (user space only):
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        .venv/bin/python bench/keyed_reserve.py --only keyed --calls 1000
 
 `--server-instructions` counts instead the server's instructions per request of each kind,
 with redis-server under callgrind (bench/redis_server_instructions.py's), everything the
@@ -32,6 +34,7 @@ server does for the request's calls included (reading them, the replies).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -123,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     with shared.redis_server() as url:
         calls = calls_of(url)
         if args.only:
-            for _ in range(WARM_UP + args.calls):
-                calls[args.only]()
+            call = calls[args.only]
+            for _ in range(WARM_UP):
+                call()
+            functools.reduce(lambda _, __: call(), range(args.calls), None)
             return 0
         admin = redis.Redis.from_url(url)
         for call in calls.values():

@@ -105,39 +105,39 @@ class Flows:
             return (yield from self._sweep(op.limit))
         if type(op) is ops.Tenants:
             return (yield from self._tenants())
-        if type(op) is ops.Gated:
-            return (yield from self._gated(op))
         codec = CODECS.get(type(op))
-        if codec is None:  # a webhook operation (hooks.py)
+        if codec is None:  # a keyed operation, or a webhook operation (hooks.py)
+            if type(op) is ops.Gated:
+                return (yield from self._gated(op))
             return (yield from self.hooks.run(op))
-        if self._registers(op, codec):
+        if (codec.registers and op.tenant not in self.known
+                and not getattr(op, "dry_run", False)):  # decide writes nothing
             yield from self._register(op.tenant)
-        return (yield from self._called(op, self.call(op, codec), codec))
-
-    def _registers(self, op: ops.Op[Any], codec: Codec) -> bool:
-        """Whether `op` is its tenant's first registering call in this process (a decide
-        writes nothing)."""
-        return (codec.registers and op.tenant not in self.known
-                and not getattr(op, "dry_run", False))
+        call = self.call(op, codec)
+        if codec.durable and self.strict:
+            reply = yield from self._durably(call)
+        else:
+            reply = yield from self._loading(call)
+        return self.result(op, reply)
 
     def _register(self, tenant: str) -> Flow:
-        """Add the tenant to the sweeper's set and wire the global webhooks into it."""
+        """A tenant's first registering call in this process: add the tenant to the
+        sweeper's set and wire the global webhooks into it."""
         yield Command(("SADD", TENANTS_KEY, tenant))
         yield from self.hooks.registered(tenant)
         self.known.add(tenant)
 
     def _called(self, op: ops.Op[Any], call: Call, codec: Codec,
-                proof: ops.KeyProof | None = None) -> Flow:
-        """`op`'s result from its call (with a wait for durability where strict mode asks
-        for one); the key refusal of a call gated by `proof` raised."""
+                proof: ops.KeyProof) -> Flow:
+        """`op`'s result from its keyed call (with a wait for durability where strict mode
+        asks for one); a refusal of the key raised."""
         if codec.durable and self.strict:
             reply = yield from self._durably(call)
         else:
             reply = yield from self._loading(call)
-        if proof is not None:
-            refused = _key_refused(reply)
-            if refused is not None:
-                raise ops.refused(refused, proof)
+        refused = _key_refused(reply)
+        if refused is not None:
+            raise ops.refused(refused, proof)
         return self.result(op, reply)
 
     def _gated(self, gated: ops.Gated[Any]) -> Flow:
@@ -148,7 +148,8 @@ class Flows:
         the key, so a refused key writes nothing; the operation's call checks it again."""
         op, proof = gated.op, gated.proof
         codec = CODECS.get(type(op))
-        if codec is None or self._registers(op, codec):
+        if codec is None or (codec.registers and op.tenant not in self.known
+                             and not getattr(op, "dry_run", False)):
             find = ops.FindKey(tenant=op.tenant, key_id=proof.key_id)
             found = CODECS[ops.FindKey]
             yield from self._called(find, self._keyed(find, found, proof), found, proof)
