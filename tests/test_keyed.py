@@ -19,8 +19,10 @@ import pytest
 import redis
 
 import allotment as al
+from allotment.stores import operations as al_ops
 from allotment.stores.http import HttpStore
 from allotment.stores.redis import RedisStore
+from allotment.stores.redis.codec import CODECS
 
 from support import LLM
 from support.outage import Outage
@@ -431,3 +433,26 @@ def test_a_keyed_reserve_fails_closed_while_the_store_is_down(clock: al.ManualCl
         handle.reserve(handle.subject(), LLM, al.tokens(1))
     assert guard.store_failures == 2
     assert handle.reserve(handle.subject(), LLM, al.tokens(1)).estimate[0].amount == 1
+
+
+def test_a_batch_sends_the_tenants_keys_once_for_keyed_calls_too(url: str) -> None:
+    """Calls of one tenant after the first send only their own keys after the tenant's 11:
+    two for a plain call, three for a keyed one (its tenant's key hash)."""
+    from allotment.stores.redis.batching import packed
+
+    store = RedisStore(url=url)
+    guard = al.Guard(store)
+    secret = guard.create_key("acme").secret
+    handle = guard.tenant_for_key(secret, "reservations:create")
+    plain = guard._reserve_op(al.Subject(tenant="acme"), LLM, al.tokens(1))
+    keyed = handle._own(plain)
+    calls = [store._flows._keyed(keyed.op, CODECS[al_ops.Reserve], keyed.proof),
+             store._flows.call(plain),
+             store._flows._keyed(keyed.op, CODECS[al_ops.Reserve], keyed.proof)]
+    batch = packed(calls[0].function, calls)
+    assert batch.keys == [*calls[0].keys, *calls[1].keys[11:], *calls[2].keys[11:]]
+    counts, at = [], 1
+    for call in calls:
+        counts.append(batch.args[at + 1])
+        at += 3 + len(call.args)
+    assert counts == [14, -2, -3]
