@@ -26,6 +26,10 @@ inside one `functools.reduce`, so callgrind can count them alone (user space onl
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
         .venv/bin/python bench/keyed_reserve.py --only keyed --calls 1000
 
+`--threads N` runs each kind from N threads at once with natural batching on (the server's
+situation under load: keyed calls batch with each other) and reports requests per second and
+the server's CPU µs per request (INFO cpu), median over rounds.
+
 `--server-instructions` counts instead the server's instructions per request of each kind,
 with redis-server under callgrind (bench/redis_server_instructions.py's), everything the
 server does for the request's calls included (reading them, the replies).
@@ -38,6 +42,7 @@ import functools
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,9 +60,9 @@ WARM_UP = 300
 PERMISSION = "reservations:create"
 
 
-def calls_of(url: str) -> dict[str, Callable[[], Any]]:
+def calls_of(url: str, batching: bool = False) -> dict[str, Callable[[], Any]]:
     """One reserve per kind, each kind on its own tenant (so none reaps another's)."""
-    guard = al.Guard(RedisStore(url=url, batching=False), ttl_ms=shared.TTL_MS)
+    guard = al.Guard(RedisStore(url=url, batching=batching), ttl_ms=shared.TTL_MS)
     action, estimate = shared.ACTION, al.usd("0.000001")
     subjects = {kind: shared.subject_of(f"kind{i}", DEPTH) for i, kind in enumerate(KINDS)}
     for subject in subjects.values():
@@ -92,6 +97,42 @@ def timed(call: Callable[[], Any], count: int, admin: redis.Redis) -> tuple[floa
     return cpu / count * 1e6, wall / count * 1e6, int(fcall["usec"]) / count
 
 
+def threaded(url: str, threads: int, rounds: int, count: int) -> int:
+    """Requests per second and server CPU µs per request, each kind from `threads` threads."""
+    calls = calls_of(url, batching=True)
+    admin = redis.Redis.from_url(url)
+    found: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+
+    def one_round(call: Callable[[], Any]) -> tuple[float, float]:
+        workers = [threading.Thread(target=lambda: [call() for _ in range(count)])
+                   for _ in range(threads)]
+        cpu, wall = shared.server_cpu(admin), time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        wall, cpu = time.perf_counter() - wall, shared.server_cpu(admin) - cpu
+        done = threads * count
+        return done / wall, cpu / done * 1e6
+
+    for call in calls.values():
+        one_round(call)
+    for r in range(rounds):
+        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
+            found[kind].append(one_round(calls[kind]))
+    print(f"{threads} threads, batching on, depth {DEPTH}, load {os.getloadavg()[0]:.2f}, "
+          f"{rounds} rounds × {threads * count} requests")
+    print(f"{'kind':<14}{'requests/s':>11}{'×plain':>8}{'server cpu µs':>15}{'×plain':>8}")
+    for kind in KINDS:
+        row = f"{kind:<14}"
+        for i, width in ((0, 11), (1, 15)):
+            ratio = statistics.median(v[i] / p[i] for v, p in zip(found[kind], found["plain"],
+                                                                  strict=True))
+            row += f"{statistics.median(v[i] for v in found[kind]):>{width}.1f}{ratio:>8.2f}"
+        print(row)
+    return 0
+
+
 def server_instructions(count: int) -> int:
     """Server instructions per request of each kind, counted by callgrind."""
     from redis_server_instructions import Counter, counted_server
@@ -118,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=400, help="calls per kind and round")
     parser.add_argument("--only", choices=KINDS, help="run one kind --calls times, no report")
+    parser.add_argument("--threads", type=int, default=0, help="N threads, batching on")
     parser.add_argument("--server-instructions", action="store_true",
                         help="the server's instructions per request (callgrind), per kind")
     args = parser.parse_args(argv)
     if args.server_instructions:
         return server_instructions(args.calls)
     with shared.redis_server() as url:
+        if args.threads:
+            return threaded(url, args.threads, args.rounds, args.calls // args.threads)
         calls = calls_of(url)
         if args.only:
             call = calls[args.only]
