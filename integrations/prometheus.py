@@ -38,6 +38,7 @@ recently active tenants are tracked.
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -64,17 +65,19 @@ LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0
 """Seconds: from an in-process reserve (tens of µs) to a slow store (seconds)."""
 UTILIZATION_THRESHOLDS = (0.5, 0.8, 0.9, 1.0)
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+_DURATION = "allotment_call_duration_seconds"
+_DURATION_HELP = "Latency of the guard's enforcement calls."
 
 
 class _Counted:
     """One counter family: a count and a creation time per label set, in the order the sets
     were first seen (as a prometheus-client `Counter` keeps its children)."""
 
-    __slots__ = ("family", "labelnames", "rows")
+    __slots__ = ("documentation", "family", "labelnames", "name", "rows")
 
-    def __init__(self, family: Counter) -> None:
-        self.family = family
-        self.labelnames: tuple[str, ...] = tuple(family._labelnames)
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.family = Counter(name, documentation, labelnames, registry=None)  # checks names
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
         self.rows: dict[tuple[str, ...], list[float]] = {}
 
     def add(self, labels: tuple[str, ...]) -> None:
@@ -86,8 +89,8 @@ class _Counted:
             row[0] += 1.0
 
     def collect(self, rows: dict[tuple[str, ...], list[float]]) -> Metric:
-        name = self.family._name
-        metric = Metric(name, self.family._documentation, "counter")
+        name = self.name
+        metric = Metric(name, self.documentation, "counter")
         for labels, (count, created) in rows.items():
             named = dict(zip(self.labelnames, labels, strict=True))
             metric.add_sample(name + "_total", named, count)
@@ -118,27 +121,28 @@ class GuardMetrics(Collector):
         self.max_tracked_tenants = max_tracked_tenants
         # prometheus-client's own families: they check the names and buckets, and describe
         # what is exposed; the counts themselves are kept below
-        decisions = Counter(
+        self._decisions = _Counted(
             "allotment_decisions",
             "Reserve and decide answers (and refused records), by outcome and reason.",
-            ("call", "outcome", "reason"), registry=None)
-        shadow = Counter(
+            ("call", "outcome", "reason"))
+        self._shadow = _Counted(
             "allotment_shadow_denials", "Denials that shadow mode let through, by reason.",
-            ("call", "reason"), registry=None)
-        self._duration = Histogram(
-            "allotment_call_duration_seconds", "Latency of the guard's enforcement calls.",
-            ("call",), registry=None, buckets=tuple(buckets))
-        errors = Counter(
+            ("call", "reason"))
+        duration = Histogram(_DURATION, _DURATION_HELP, ("call",), registry=None,
+                             buckets=tuple(buckets))  # checks the buckets
+        self._errors = _Counted(
             "allotment_call_errors", "Enforcement calls that raised, by error class.",
-            ("call", "error"), registry=None)
-        store_errors = Counter(
+            ("call", "error"))
+        self._store_errors = _Counted(
             "allotment_store_errors",
             "Calls the store failed: fail_open, fail_closed, recovered or failed.",
-            ("call", "handling"), registry=None)
-        self._families = (decisions, shadow, self._duration, errors, store_errors)
-        self._decisions, self._shadow = _Counted(decisions), _Counted(shadow)
-        self._errors, self._store_errors = _Counted(errors), _Counted(store_errors)
-        self._bounds: tuple[float, ...] = tuple(self._duration._upper_bounds)
+            ("call", "handling"))
+        self._families = (self._decisions.family, self._shadow.family, duration,
+                          self._errors.family, self._store_errors.family)
+        bounds = [float(bound) for bound in buckets]  # as prometheus-client keeps them
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._bounds: tuple[float, ...] = tuple(bounds)
         self._timings: dict[str, list[Any]] = {}
         """Per call: [count per bucket (not cumulative), sum of seconds, created]."""
         self._lock = threading.Lock()
@@ -218,8 +222,8 @@ class GuardMetrics(Collector):
         yield from self._utilization_families()
 
     def _histogram(self, timings: dict[str, tuple[list[int], float, float]]) -> Metric:
-        name = self._duration._name
-        metric = Metric(name, self._duration._documentation, "histogram")
+        name = _DURATION
+        metric = Metric(name, _DURATION_HELP, "histogram")
         edges = [_bound_text(bound) for bound in self._bounds]
         for call, (counts, total, created) in timings.items():
             cumulative = 0.0
