@@ -44,6 +44,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from enum import Enum
 from typing import Any
 
 try:
@@ -78,9 +79,10 @@ class _Counted:
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
         self.family = Counter(name, documentation, labelnames, registry=None)  # checks names
         self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self.rows: dict[tuple[str, ...], list[float]] = {}
+        self.rows: dict[tuple[Any, ...], list[float]] = {}
+        """Per label set (an enum label's name read at scrape time): [count, created]."""
 
-    def add(self, labels: tuple[str, ...]) -> None:
+    def add(self, labels: tuple[Any, ...]) -> None:
         """One more (the caller holds the metrics' lock)."""
         row = self.rows.get(labels)
         if row is None:
@@ -88,11 +90,12 @@ class _Counted:
         else:
             row[0] += 1.0
 
-    def collect(self, rows: dict[tuple[str, ...], list[float]]) -> Metric:
+    def collect(self, rows: dict[tuple[Any, ...], list[float]]) -> Metric:
         name = self.name
         metric = Metric(name, self.documentation, "counter")
         for labels, (count, created) in rows.items():
-            named = dict(zip(self.labelnames, labels, strict=True))
+            named = {label: value.value if isinstance(value, Enum) else value
+                     for label, value in zip(self.labelnames, labels, strict=True)}
             metric.add_sample(name + "_total", named, count)
             if _client_metrics._use_created:
                 metric.add_sample(name + "_created", dict(named), created)
@@ -172,15 +175,23 @@ class GuardMetrics(Collector):
         call = observation.call
         seconds = observation.duration_ns / 1e9
         decision, error = observation.decision, observation.error
-        handling = _store_handling(observation)
+        handling = None
+        if error is not None or observation.store_errors or (
+                decision is not None and decision.reason == STORE_UNAVAILABLE):
+            handling = _store_handling(observation)
         with self._lock:
             timing = self._timings.get(call)
             if timing is None:
                 timing = self._timings[call] = [[0] * len(self._bounds), 0.0, time.time()]
             timing[0][bisect_left(self._bounds, seconds)] += 1
             timing[1] += seconds
-            if decision is not None:
-                self._decisions.add((call, decision.outcome.value, decision.reason or "none"))
+            if decision is not None:  # the outcome's name is read at scrape time
+                key = (call, decision.outcome, decision.reason or "none")
+                row = self._decisions.rows.get(key)
+                if row is None:
+                    self._decisions.rows[key] = [1.0, time.time()]
+                else:
+                    row[0] += 1.0
                 if decision.observed is not None:
                     self._shadow.add((call, decision.observed.reason or "none"))
             if error is not None:
@@ -197,10 +208,13 @@ class GuardMetrics(Collector):
                   / b.allocated for b in balances if b.scope == root and b.allocated > 0}
         if not ratios:  # keyed by the unit itself: its name is read at scrape time
             return
-        with self._lock:
-            known = self._utilization.pop(tenant, {})
-            known.update(ratios)
-            self._utilization[tenant] = known
+        with self._lock:  # the most recently active tenant last
+            known = self._utilization.get(tenant)
+            if known is not None:
+                known.update(ratios)
+                self._utilization.move_to_end(tenant)
+                return
+            self._utilization[tenant] = ratios
             while len(self._utilization) > self.max_tracked_tenants:
                 self._utilization.popitem(last=False)
 
