@@ -82,7 +82,8 @@ def _entry(route: Route) -> _Entry:
 
 class App(Starlette):
     """Starlette, plus a table of hot routes answered ahead of the middleware stack while
-    the app has no middleware of its own (with some, every request goes through it)."""
+    the app has no middleware of its own and is not in debug mode (otherwise every request
+    goes through Starlette)."""
 
     def __init__(self, *, routes: Sequence[BaseRoute], hot: Sequence[Route],
                  exception_handlers: Mapping[Any, Handler]) -> None:
@@ -116,7 +117,8 @@ class App(Starlette):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path") and not self.user_middleware:
+        if (scope["type"] == "http" and not scope.get("root_path") and not self.user_middleware
+                and not self.debug):  # debug: Starlette's traceback pages
             found = self._match(scope["method"], scope["path"])
             if found is not None:
                 await self._serve(found[0], found[1], scope, receive, send)
