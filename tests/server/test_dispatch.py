@@ -182,3 +182,30 @@ def test_a_crash_is_the_500_envelope_and_reaches_the_server(
 def _crashes(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records
             if r.exc_info and "a bug in a route" in str(r.exc_info[1])]
+
+
+class _Seen:
+    """A middleware that marks every answer it passes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def marked(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-seen", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
+
+def test_an_app_with_middleware_serves_every_request_through_it() -> None:
+    guard = al.Guard()
+    app = create_app(guard)
+    app.add_middleware(_Seen)
+    with serving_app(app) as url:
+        for method, path in (("POST", "/v1/reservations"), ("GET", "/v1/balances"),
+                             ("GET", "/actuator/health/readiness")):
+            answer = httpx.request(method, url + path, timeout=10)
+            assert answer.headers.get("x-seen") == "1", (method, path, answer.status_code)
+    guard.close()
