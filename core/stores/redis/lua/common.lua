@@ -15,7 +15,8 @@
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
 --  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes), and
---               the usage counters "u|day|scope|model" -> packed counts (see count_usage)
+--               the usage counters "u|day|scope|model" -> calls, "day|#tag|scope|model" ->
+--               the other counts (see count_usage)
 --  11 rdays    ZSET report field -> its day (days since 1970-01-01; a usage field's day
 --               plus USAGE_BASE): reads fetch the fields of the days asked for, and days
 --               past the retention leave both keys
@@ -475,7 +476,8 @@ local function report_migrate()
   -- counters are kept)
   local flat, oldest, keep, drop = redis.call('HGETALL', K_REPORT), oldest_kept(), {}, {}
   for i = 1, #flat, 2 do
-    local day = day_number(flat[i])
+    -- (a usage counter's "day|#tag|..." is kept with its entry, which the index holds)
+    local day = string.byte(flat[i], 12) ~= 35 and day_number(flat[i])
     if day and day >= oldest then
       keep[#keep + 1], keep[#keep + 2] = day, flat[i]
     elseif day then
@@ -542,44 +544,105 @@ local function report_span(period, ms)
   end
   return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
 end
--- usage counters (as count_usage in memory/state.py and core/usage.py): one field per day,
--- subject scope and model, "u|YYYY-MM-DD|scope|model" -> "calls,denials,<5 token counts>,
--- UNIT=spend,..."; indexed in K_RDAYS at USAGE_BASE + day, apart from the report's days (a
--- report never reads them), and kept as long
+-- usage counters (as count_usage in memory/state.py and core/usage.py): per day, subject
+-- scope and model, integers each in a field of its own, written with HINCRBY (no counts
+-- parsed or formatted here): the calls in "u|YYYY-MM-DD|scope|model" (the entry's name, which
+-- K_RDAYS indexes at USAGE_BASE + day, apart from the report's days: a report never reads
+-- them), and the rest in "YYYY-MM-DD|#tag|scope|model" (usage_field): the denials (d), the
+-- five token counts (i, c, w, o, r) and the spend per unit (its name; a unit is listed once a
+-- call or denial of it was counted). A tag never holds ':' and every scope does, so these
+-- never meet a report counter's "day|scope|counter"; a zero count is not written (the reader
+-- takes a missing field as 0). Kept as long as the report counters.
+-- Earlier versions kept an entry's counts packed in its name's field, "calls,denials,<5 token
+-- counts>,UNIT=spend,..."; the first count after them unpacks that value into the fields
+-- (usage_unpacked), and readers still read an entry left in that form (core/usage.py).
 local USAGE_BASE = 10000000
-local function count_usage(at, scope, model, calls, denials, tokens, spend)
-  local day = math.floor(at / DAY)
-  if day < oldest_kept() then return end
-  local field = 'u|' .. day_of(at) .. '|' .. scope .. '|' .. model
-  local old = redis.call('HGET', K_REPORT, field)
+local USAGE_TOKENS = {'i', 'c', 'w', 'o', 'r'}
+local USAGE_TAGS = {'d', 'i', 'c', 'w', 'o', 'r', UNIT_NAMES[0], UNIT_NAMES[1], UNIT_NAMES[2],
+  UNIT_NAMES[3]}  -- every field of an entry besides its name, in the order reads answer them
+local function usage_field(name, tag)
+  -- "u|YYYY-MM-DD|rest" -> "YYYY-MM-DD|#tag|rest"
+  return string.sub(name, 3, 12) .. '|#' .. tag .. string.sub(name, 13)
+end
+local function usage_fields(name)
+  local out = {}
+  for i, tag in ipairs(USAGE_TAGS) do out[i] = usage_field(name, tag) end
+  return out
+end
+local function usage_unpacked(name, old)
+  -- an entry kept in the packed form of earlier versions: its counts into the fields (a
+  -- value that is not a count reads as 0: this runs after the operation's first write, so it
+  -- must never fail); the calls are left in its name's field
   local n, units, i = {0, 0, 0, 0, 0, 0, 0}, {}, 0
-  for item in string.gmatch(old or '', '[^,]+') do
+  for item in string.gmatch(old, '[^,]+') do
     local unit, amount = string.match(item, '^([%u_]+)=(%d+)$')
     if unit then
-      units[unit] = tonumber(amount)
-    elseif i < 7 then  -- a value that is not a count reads as 0: this runs after the
-      i = i + 1         -- operation's first write, so it must never fail
+      if UNIT_ORDER[unit] then units[unit] = tonumber(amount) end
+    elseif i < 7 then
+      i = i + 1
       n[i] = tonumber(item) or 0
     end
   end
-  n[1], n[2] = n[1] + calls, n[2] + denials
-  if tokens then for k = 1, 5 do n[k + 2] = n[k + 2] + tokens[k] end end
-  for unit, amount in pairs(spend) do units[unit] = (units[unit] or 0) + amount end
-  local parts = {}
-  for k = 1, 7 do parts[k] = s(n[k]) end
-  for _, unit in ipairs(UNITS_IN_ORDER) do
-    if units[unit] then parts[#parts + 1] = unit .. '=' .. s(units[unit]) end
-  end
-  redis.call('HSET', K_REPORT, field, table.concat(parts, ','))
-  if not old then
-    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
-    redis.call('ZADD', K_RDAYS, USAGE_BASE + day, field)
-    local gone = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE,
-      '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
-    if #gone > 0 then
-      redis.call('HDEL', K_REPORT, unpack(gone))
-      redis.call('ZREM', K_RDAYS, unpack(gone))
+  redis.call('HDEL', K_REPORT, unpack(usage_fields(name)))
+  local writes = {name, s(n[1])}
+  for k = 2, 7 do
+    if n[k] ~= 0 then
+      writes[#writes + 1], writes[#writes + 2] = usage_field(name, USAGE_TAGS[k - 1]), s(n[k])
     end
+  end
+  for unit, amount in pairs(units) do
+    writes[#writes + 1], writes[#writes + 2] = usage_field(name, unit), s(amount)
+  end
+  redis.call('HSET', K_REPORT, unpack(writes))
+  return n[1]
+end
+local function usage_prune()
+  -- up to prune_batch entries of days past the retention leave storage, with their fields
+  local gone = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE,
+    '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
+  if #gone == 0 then return end
+  for i = 1, #gone, 500 do  -- 11 fields an entry, within what one unpack can pass
+    local fields = {}
+    for j = i, math.min(i + 499, #gone) do
+      fields[#fields + 1] = gone[j]
+      for _, field in ipairs(usage_fields(gone[j])) do fields[#fields + 1] = field end
+    end
+    redis.call('HDEL', K_REPORT, unpack(fields))
+  end
+  redis.call('ZREM', K_RDAYS, unpack(gone))
+end
+local function count_usage(at, scope, model, calls, denials, tokens, spend)
+  local day = math.floor(at / DAY)
+  if day < oldest_kept() then return end
+  local name = 'u|' .. day_of(at) .. '|' .. scope .. '|' .. model
+  local fresh = false
+  local n = redis.pcall('HINCRBY', K_REPORT, name, calls)
+  if type(n) == 'table' then  -- not an integer: the packed form of earlier versions
+    n = usage_unpacked(name, redis.call('HGET', K_REPORT, name)) + calls
+    redis.call('HSET', K_REPORT, name, s(n))
+  elseif calls > 0 and n == calls then
+    fresh = true  -- the entry's first call (or its first after denials only)
+  end
+  if denials > 0 and redis.call('HINCRBY', K_REPORT, usage_field(name, 'd'), denials) ==
+      denials then
+    fresh = true
+  end
+  if tokens then
+    for k = 1, 5 do
+      if tokens[k] ~= 0 then
+        redis.call('HINCRBY', K_REPORT, usage_field(name, USAGE_TOKENS[k]), tokens[k])
+      end
+    end
+  end
+  for unit, amount in pairs(spend) do
+    redis.call('HINCRBY', K_REPORT, usage_field(name, unit), amount)
+  end
+  if fresh then
+    -- into the day's index (again, at no cost, after an entry's denials), and the first
+    -- entries of a day push the old days out
+    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
+    redis.call('ZADD', K_RDAYS, USAGE_BASE + day, name)
+    usage_prune()
   end
 end
 local function count_all(scopes, counter, by)
