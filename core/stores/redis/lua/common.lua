@@ -898,10 +898,12 @@ local function targets(scopes, dims, units)
 end
 
 -- required dimensions ----------------------------------------------------------------------
-local function access_rules(scopes)
+local function access_rules(scopes, exists)
   -- the scopes' access rules, decoded, by position (false where a scope has none); a hash
-  -- with no fields does not exist, so a tenant without rules skips the lookup
-  if redis.call('EXISTS', K_ACCESS) == 0 then return {} end
+  -- with no fields does not exist, so a tenant without rules skips the lookup (`exists`:
+  -- whether it does, when the caller knows already)
+  if exists == nil then exists = redis.call('EXISTS', K_ACCESS) == 1 end
+  if not exists then return {} end
   local rules = redis.call('HMGET', K_ACCESS, unpack(scopes))
   for i = 1, #scopes do
     if rules[i] then rules[i] = cjson.decode(rules[i]) end
