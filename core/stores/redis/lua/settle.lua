@@ -76,7 +76,46 @@ if kind == 'release' then
 end
 
 -- commit
-local estimate = unpack_units(R.estimate)
+local estimate, units = unpack_units(R.estimate)
+
+-- the plain commit (as _plain in memory/settle.py): an enforce-mode reservation in one unit,
+-- charged within its estimate; the general one below would change each ledger the same
+-- way (the estimate released, the actual spent: nothing to refuse, no debt, no overage)
+-- and write and answer the same
+local function plain()
+  local unit, amount = P.actual[1][1], P.actual[1][2]
+  local held = estimate[unit]
+  if held == nil or amount < 0 or amount > held then return nil end
+  local targets_ = res_targets(R)
+  local ledgers = lload_all(targets_)
+  local rows, balances = {}, {}
+  for i = 1, #ledgers do
+    local L, d = ledgers[i], targets_[i].d
+    L.r = L.r - held
+    L.sp = L.sp + amount
+    L.t = NOW
+    rows[i] = {L = L, d = d}
+    add_row(balances, L, d)
+  end
+  local charged_text = unit .. '=' .. s(amount)
+  finish(R, K_RES, 'COMMITTED', charged_text)
+  local scopes = res_scopes(R)
+  audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
+    'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
+    'estimate', R.estimate, 'actual', charged_text, 'charged', charged_text))
+  count_all(tally, 'commits')
+  count_all(tally, 'committed:' .. unit, amount)
+  count_usage(tonumber(R.created), subject_scope(R), cjson.decode(R.action).name, 1, 0, P.usage,
+    {[unit] = amount})
+  for i = 1, #rows do alert(ledgers[i], rows[i].d, R.id) end
+  forecasts(rows)
+  lsave_all(ledgers)
+  return save_compact({charged_text, unit .. '=' .. s(held - amount), balances, false})
+end
+if R.shadow ~= '1' and #units == 1 and #P.actual == 1 then
+  local done = plain()
+  if done then return done end
+end
 local actual = {}
 for _, pair in ipairs(P.actual) do actual[pair[1]] = pair[2] end
 local bad = amount_refusal(actual, 'actual')
