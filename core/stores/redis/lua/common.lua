@@ -238,8 +238,10 @@ local function defs_of(scope)
 end
 local function prefetch_defs(scopes)
   -- the definitions of several scopes with one command (defs_of then finds them)
+  -- (numeric loops here and in the other per-call helpers: ipairs calls a function per item)
   local wanted, seen = {}, {}
-  for _, scope in ipairs(scopes) do
+  for i = 1, #scopes do
+    local scope = scopes[i]
     if DEF_CACHE[scope] == nil and not seen[scope] then
       seen[scope] = true
       wanted[#wanted + 1] = scope
@@ -247,7 +249,7 @@ local function prefetch_defs(scopes)
   end
   if #wanted == 0 then return end
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
-  for i, scope in ipairs(wanted) do DEF_CACHE[scope] = decoded_defs(scope, raws[i]) end
+  for i = 1, #wanted do DEF_CACHE[wanted[i]] = decoded_defs(wanted[i], raws[i]) end
 end
 local MAX_U16 = 65535  -- the count and the lengths in a packed definition are 16 bits
 local function def_parts(d)
@@ -305,7 +307,9 @@ local function save_defs(scope, list)
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function find_def(scope, unit, period, per)
-  for _, d in ipairs(defs_of(scope)) do
+  local defs = defs_of(scope)
+  for i = 1, #defs do
+    local d = defs[i]
     if d.unit == unit and d.period == period and d.per == per then return d end
   end
   return nil
@@ -339,7 +343,12 @@ local function ledger(field, d, raw)
     return {field = field, a = d.limit, ls = d.limit, r = 0, sp = 0, debt = 0, over = 0,
       t = NOW, al = 0, ex = 0, on = 0}
   end
-  local a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
+  local _, a, ls, r, sp, debt, over, t, al, ex, on
+  if string.byte(raw, 1) == 1 then
+    _, a, ls, r, sp, debt, over, t, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+  else
+    a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
+  end
   local L = {field = field, a = a, ls = ls, r = r, sp = sp, debt = debt, over = over, t = t,
     al = al, ex = ex, on = on}
   if L.ls ~= d.limit and string.sub(field, -#current_bucket(d.period) - 1) ==
@@ -352,11 +361,11 @@ end
 local function lload(field, d) return ledger(field, d, redis.call('HGET', K_LEDGERS, field)) end
 local function lload_all(targets)
   -- the ledgers of {field, d} targets with one command, in their order
-  local fields = {}
-  for i, t in ipairs(targets) do fields[i] = t.field end
-  if #fields == 0 then return {} end
+  local fields, n = {}, #targets
+  for i = 1, n do fields[i] = targets[i].field end
+  if n == 0 then return {} end
   local raws, out = redis.call('HMGET', K_LEDGERS, unpack(fields)), {}
-  for i, t in ipairs(targets) do out[i] = ledger(t.field, t.d, raws[i]) end
+  for i = 1, n do out[i] = ledger(fields[i], targets[i].d, raws[i]) end
   return out
 end
 local function packed_ledger(L)
@@ -367,9 +376,11 @@ local function lsave(L) redis.call('HSET', K_LEDGERS, L.field, packed_ledger(L))
 local function lsave_all(ledgers)
   -- several ledgers with one command
   local pairs_ = {}
-  for _, L in ipairs(ledgers) do
-    pairs_[#pairs_ + 1] = L.field
-    pairs_[#pairs_ + 1] = packed_ledger(L)
+  for i = 1, #ledgers do
+    local L = ledgers[i]
+    pairs_[2 * i - 1] = L.field
+    pairs_[2 * i] = struct.pack(LEDGER_FORMAT, 1, L.a, L.ls, L.r, L.sp, L.debt, L.over, L.t,
+      L.al, L.ex, L.on)
   end
   if #pairs_ > 0 then redis.call('HSET', K_LEDGERS, unpack(pairs_)) end
 end
@@ -518,7 +529,7 @@ local function report_scopes(path, dims)
   -- where a call's activity is counted (as report_scopes in core/reports.py): its subject
   -- scope, then that scope with each of its dimensions ({key, value} pairs)
   local out = {path}
-  for _, pair in ipairs(dims) do out[#out + 1] = path .. '/' .. pair[1] .. ':' .. pair[2] end
+  for i = 1, #dims do out[i + 1] = path .. '/' .. dims[i][1] .. ':' .. dims[i][2] end
   return out
 end
 local function refused_at(denial)
@@ -646,7 +657,7 @@ local function count_usage(at, scope, model, calls, denials, tokens, spend)
   end
 end
 local function count_all(scopes, counter, by)
-  for _, scope in ipairs(scopes) do count(scope, counter, by) end
+  for i = 1, #scopes do count(scopes[i], counter, by) end
 end
 local function alert(L, d, rid)
   -- as _alert in state.py: after a commit or a record, never a hold; thresholds and
@@ -872,8 +883,11 @@ end
 local function targets(scopes, dims, units)
   local found, applicable, held = {}, 0, {}
   prefetch_defs(scopes)
-  for _, scope in ipairs(scopes) do
-    for _, d in ipairs(defs_of(scope)) do
+  for i = 1, #scopes do
+    local scope = scopes[i]
+    local defs = defs_of(scope)
+    for j = 1, #defs do
+      local d = defs[j]
       local path
       if d.per == '' then path = scope elseif dims[d.per] then
         path = scope .. '/' .. d.per .. ':' .. dims[d.per]
@@ -882,8 +896,9 @@ local function targets(scopes, dims, units)
         applicable = applicable + 1
         held[d.unit] = true
         if units[d.unit] then
-          local field = lfield(path, d.unit, d.period, current_bucket(d.period))
-          found[#found + 1] = {field = field, d = d, path = path}
+          local b = d.period == '' and '' or current_bucket(d.period)
+          found[#found + 1] = {field = path .. '|' .. d.unit .. '|' .. d.period .. '|' .. b,
+            d = d, path = path}
         end
       end
     end
@@ -947,7 +962,8 @@ local function unpack_units(text)
 end
 local function pack_units(by_unit)
   local text = ''
-  for _, unit in ipairs(UNITS_IN_ORDER) do
+  for i = 1, 4 do
+    local unit = UNITS_IN_ORDER[i]
     local amount = by_unit[unit]
     if amount ~= nil then
       text = (text == '' and '' or text .. ',') .. unit .. '=' .. s(amount)
@@ -1007,9 +1023,10 @@ local function res_def(entry)
     neutral_def(entry.dscope, entry.unit, entry.period, entry.dper)
 end
 local function res_scopes(R)
-  local seen, out = {}, {}
-  for _, e in ipairs(res_ledgers(R)) do
-    if not seen[e.path] then seen[e.path] = true out[#out + 1] = e.path end
+  local seen, out, entries = {}, {}, res_ledgers(R)
+  for i = 1, #entries do
+    local path = entries[i].path
+    if not seen[path] then seen[path] = true out[#out + 1] = path end
   end
   return out
 end
@@ -1048,9 +1065,9 @@ end
 local function res_targets(R)
   -- {field, d} per ledger the reservation holds, their definitions fetched at once
   local entries, scopes, targets_ = res_ledgers(R), {}, {}
-  for i, e in ipairs(entries) do scopes[i] = e.dscope end
+  for i = 1, #entries do scopes[i] = entries[i].dscope end
   prefetch_defs(scopes)
-  for i, e in ipairs(entries) do targets_[i] = {field = e.field, d = res_def(e)} end
+  for i = 1, #entries do targets_[i] = {field = entries[i].field, d = res_def(entries[i])} end
   return targets_
 end
 local function return_estimate(R)
@@ -1071,7 +1088,8 @@ local function finish(R, key, status, charged)
   redis.call('HSET', key, 'status', status, 'finalized', s(NOW), 'charged', charged or '')
   redis.call('PEXPIRE', key, CFG.finished_retention_ms)
   redis.call('ZREM', K_EXP, R.id)
-  for qkey in string.gmatch(R.concurrency or '', '[^\n]+') do
+  if (R.concurrency or '') == '' then return end
+  for qkey in string.gmatch(R.concurrency, '[^\n]+') do
     local n = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
     redis.call('HSET', K_QCOUNT, qkey, math.max(0, n - 1))
   end
@@ -1213,9 +1231,11 @@ local function flat_reserve(args)
     subject = args[8], scope_path = args[9], action = {kind = args[10], name = args[11]},
     action_json = args[12], estimate = unit_pairs(args[13]), ttl = tonumber(args[14]),
     grace = tonumber(args[15]), maxext = tonumber(args[16]), policy = opt(args[17]),
-    dry_run = string.find(flags, 'd', 1, true) ~= nil,
-    shadow = string.find(flags, 's', 1, true) ~= nil, dims = json_opt(args[19]) or {},
-    elastic = json_opt(args[20]), plan = json_opt(args[21]), scopes = {unpack(args, 22)}}
+    dry_run = flags ~= '' and string.find(flags, 'd', 1, true) ~= nil,
+    shadow = flags ~= '' and string.find(flags, 's', 1, true) ~= nil,
+    dims = args[19] ~= '' and cjson.decode(args[19]) or {},
+    elastic = args[20] ~= '' and cjson.decode(args[20]) or nil,
+    plan = args[21] ~= '' and cjson.decode(args[21]) or nil, scopes = {unpack(args, 22)}}
 end
 local function flat_settle(args)
   -- 1 commit | release | extend, 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint,

@@ -26,55 +26,65 @@ local known = {}
 local function plain()
   known.access = redis.call('EXISTS', K_ACCESS) == 1
   if known.access then return nil end
-  prefetch_defs(P.scopes)
-  for _, scope in ipairs(P.scopes) do
-    for _, d in ipairs(defs_of(scope)) do
-      if d.required or d.status ~= 'ACTIVE' or next(degrade_rules(d)) ~= nil then
+  local scopes_ = P.scopes
+  prefetch_defs(scopes_)
+  for i = 1, #scopes_ do
+    local defs = defs_of(scopes_[i])
+    for j = 1, #defs do
+      local d = defs[j]
+      if d.required or d.status ~= 'ACTIVE' or (d.degrade_raw or '') ~= '' or
+          (d.degrade ~= nil and (type(d.degrade) ~= 'table' or next(d.degrade) ~= nil)) then
         return nil
       end
     end
   end
   known.quotas = redis.call('EXISTS', K_QUOTAS) == 1
   if known.quotas then return nil end
-  local estimate, dims = {}, {}
-  for _, pair in ipairs(P.estimate) do
-    if pair[2] < 0 or pair[2] > MAX_AMOUNT then return nil end
-    estimate[pair[1]] = pair[2]
+  local estimate, dims, pairs_ = {}, {}, P.estimate
+  for i = 1, #pairs_ do
+    local unit, amount = pairs_[i][1], pairs_[i][2]
+    if amount < 0 or amount > MAX_AMOUNT then return nil end
+    estimate[unit] = amount
   end
-  for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end
+  pairs_ = P.dims
+  for i = 1, #pairs_ do dims[pairs_[i][1]] = pairs_[i][2] end
   local found = targets(P.scopes, dims, estimate)
   if found == nil then return nil end
   local ledgers = lload_all(found)
   known.ledgers = ledgers
-  for i, L in ipairs(ledgers) do
-    if L.over == 1 or L.debt > 0 or remaining(L) < estimate[found[i].d.unit] then
+  for i = 1, #ledgers do
+    local L = ledgers[i]
+    if L.over == 1 or L.debt > 0 or L.a - L.r - L.sp < estimate[found[i].d.unit] then
       return nil
     end
   end
   local held_ledgers, scopes, seen, rows = {}, {}, {}, {}
-  for i, st in ipairs(found) do
-    local L, d, path = ledgers[i], st.d, st.path
+  for i = 1, #found do
+    local L, st = ledgers[i], found[i]
+    local d, path = st.d, st.path
     L.r = L.r + estimate[d.unit]
     L.t = NOW
     held_ledgers[2 * i - 1], held_ledgers[2 * i] = ledger_ref(L.field, path, d)
     if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
     add_row(rows, L, d)
   end
-  local tally = report_scopes(P.scope_path, P.dims)
-  local R = {id = P.rid, tenant = P.tenant, status = 'ACTIVE', subject = P.subject,
-    action = P.action_json, estimate = pack_units(estimate), ledger_list = held_ledgers,
-    created = s(NOW), expires = NOW + P.ttl, grace = P.grace, ext = 0, maxext = P.maxext,
-    policy = nz(P.policy) or '', concurrency = '', shadow = '0', scope_path = P.scope_path,
-    tally = table.concat(tally, '\n')}
-  save_res(R)
-  redis.call('ZADD', K_EXP, R.expires + R.grace, R.id)
-  audit_fields('reservation.reserved', with_optional({'subject', P.subject,
-    'action', P.action.kind .. ' ' .. P.action.name, 'reservation_id', R.id},
-    'scopes', #scopes > 0 and cjson.encode(scopes), 'estimate', R.estimate))
+  -- the reservation as save_res writes it (its fields in that order)
+  local tally, packed = report_scopes(P.scope_path, P.dims), pack_units(estimate)
+  local expires = NOW + P.ttl
+  redis.call('HSET', K_RES, 'status', 'ACTIVE', 'expires', s(expires), 'ext', 0, 'core',
+    cmsgpack.pack({P.rid, P.tenant, P.subject, P.action_json, packed, held_ledgers, s(NOW),
+      P.grace, P.maxext, nz(P.policy) or '', '', '0', P.scope_path, 1,
+      table.concat(tally, '\n')}))
+  redis.call('ZADD', K_EXP, expires + P.grace, P.rid)
+  local fields = {'subject', P.subject, 'action', P.action.kind .. ' ' .. P.action.name,
+    'reservation_id', P.rid}
+  if #scopes > 0 then fields[7], fields[8] = 'scopes', cjson.encode(scopes) end
+  if packed ~= '' then fields[#fields + 1], fields[#fields + 2] = 'estimate', packed end
+  audit_fields('reservation.reserved', fields)
   count_all(tally, 'reservations')
   for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
   lsave_all(ledgers)
-  return {'ALLOW', R.id, NOW, R.estimate, rows, notes_json()}
+  return {'ALLOW', P.rid, NOW, packed, rows, notes_json()}
 end
 if not shadow and not P.dry_run and nz(P.key) == nil and nz(P.elastic) == nil and
     not (nz(P.plan) and not meta[2]) then
