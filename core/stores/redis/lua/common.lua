@@ -215,10 +215,26 @@ local function unpacked_defs(scope, raw, version)
   end
   return list
 end
+-- Decoded definitions are kept across calls for the operations that never change them
+-- (reserve and settle, SHARE_DEFS): a scope's list is reused while its stored value is the
+-- same string (decoding takes a table per definition, a large part of a call). Every other
+-- operation decodes its own lists, which it may change in place before saving them, and
+-- never takes a kept one from the operations before it in a batch (defs_of).
+local DEF_MEMO, DEF_MEMO_COUNT, SHARE_DEFS = {}, 0, false  -- scope -> {raw, list}
 local function decoded_defs(scope, raw)
   if not raw then return {} end
+  local memo = SHARE_DEFS and DEF_MEMO[scope]
+  if memo and memo[1] == raw then return memo[2] end
   local version = string.byte(raw, 1)
-  if version == 2 or version == 3 then return unpacked_defs(scope, raw, version) end
+  if version == 2 or version == 3 then
+    local list = unpacked_defs(scope, raw, version)
+    if SHARE_DEFS then
+      if DEF_MEMO_COUNT >= 256 then DEF_MEMO, DEF_MEMO_COUNT = {}, 0 end
+      if DEF_MEMO[scope] == nil then DEF_MEMO_COUNT = DEF_MEMO_COUNT + 1 end
+      DEF_MEMO[scope] = {raw, list}
+    end
+    return list
+  end
   local list = cjson.decode(raw)
   for _, d in ipairs(list) do
     d.scope = scope
@@ -228,8 +244,16 @@ local function decoded_defs(scope, raw)
   return list
 end
 local DEF_CACHE  -- this call's decoded definitions by scope
-local function defs_of(scope)
+local function cached_defs(scope)
   local list = DEF_CACHE[scope]
+  if list ~= nil and not SHARE_DEFS then
+    local memo = DEF_MEMO[scope]
+    if memo and memo[2] == list then return nil end  -- kept: this one decodes its own
+  end
+  return list
+end
+local function defs_of(scope)
+  local list = cached_defs(scope)
   if list == nil then
     list = decoded_defs(scope, redis.call('HGET', K_DEFS, scope))
     DEF_CACHE[scope] = list
@@ -242,7 +266,7 @@ local function prefetch_defs(scopes)
   local wanted, seen = {}, {}
   for i = 1, #scopes do
     local scope = scopes[i]
-    if DEF_CACHE[scope] == nil and not seen[scope] then
+    if cached_defs(scope) == nil and not seen[scope] then
       seen[scope] = true
       wanted[#wanted + 1] = scope
     end
@@ -1261,6 +1285,7 @@ local function begin(keys, args, flat)
   K_RES, K_IDEM = keys[12], keys[13]
   NULL = cjson.null
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
+  SHARE_DEFS = flat ~= nil  -- reserve and settle (see DEF_MEMO)
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
   NOTES, DEF_CACHE, CURRENT, DAY_PREFIX, TODAY = {}, {}, {}, nil, nil
