@@ -97,9 +97,13 @@ def test_a_denial_on_a_packed_entry_unpacks_it(clock: al.ManualClock) -> None:
 
 def test_models_whose_names_hold_the_separators_stay_apart(clock: al.ManualClock) -> None:
     guard, _, _ = _redis_guard(clock)
-    names = ["m", "m|#d", "m|#USD_MICROCENTS|x", "#d|m"]
-    for i, model in enumerate(names, 1):
-        guard.record(ACME, al.Action("llm.completion", model), al.usd(i))
+    names = ["m", "m|#d", "m|#USD_MICROCENTS|x", "#d|m", 'q"uote', "back\\slash", "café"]
+    for i, model in enumerate(names, 1):  # half recorded, half committed
+        action = al.Action("llm.completion", model)
+        if i % 2:
+            guard.record(ACME, action, al.usd(i))
+        else:
+            guard.reserve(ACME, action, al.usd(i)).commit(al.usd(i))
     for i, model in enumerate(names, 1):
         assert _rows(guard, model) == {"USD_MICROCENTS": (al.usd(i).amount, 1, 0, 0, 0, 0, 0,
                                                           0)}

@@ -1003,7 +1003,11 @@ end
 local function ledger_ref(field, path, d)
   return field, ((#path * 65536 + #d.scope) * 8 + UNIT_ORDER[d.unit]) * 8 + PERIOD_ORDER[d.period]
 end
+local REFS, REF_COUNT = {}, 0  -- field -> {code, entry}: read-only entries kept across calls
 local function from_ref(field, code)
+  local kept = REFS[field]
+  if kept and kept[1] == code then return kept[2] end
+  local key = code
   local period = code % 8
   code = (code - period) / 8
   local unit = code % 8
@@ -1015,8 +1019,13 @@ local function from_ref(field, code)
   if path_end > scope_end then
     dper = string.sub(path, scope_end + 2, string.find(path, ':', scope_end + 2, true) - 1)
   end
-  return {field = field, path = path, unit = UNIT_NAMES[unit], period = PERIOD_NAMES[period],
+  local entry = {field = field, path = path, unit = UNIT_NAMES[unit],
+    period = PERIOD_NAMES[period],
     dscope = path_end > scope_end and string.sub(path, 1, scope_end) or path, dper = dper}
+  if REF_COUNT >= 512 then REFS, REF_COUNT = {}, 0 end
+  if REFS[field] == nil then REF_COUNT = REF_COUNT + 1 end
+  REFS[field] = {key, entry}
+  return entry
 end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
@@ -1117,6 +1126,13 @@ local function finish(R, key, status, charged)
     local n = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
     redis.call('HSET', K_QCOUNT, qkey, math.max(0, n - 1))
   end
+end
+local function action_name(json)
+  -- the name in an action's JSON: read off the text when it holds no escape (a quote inside
+  -- a JSON string is always escaped, so `"name":` is the key), else decoded
+  local name = string.match(json, '"name":%s*"([^"\\]*)"')
+  if name then return name end
+  return cjson.decode(json).name
 end
 local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
 local function res_report_scopes(R)

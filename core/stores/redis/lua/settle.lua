@@ -105,7 +105,7 @@ local function plain()
     'estimate', R.estimate, 'actual', charged_text, 'charged', charged_text))
   count_all(tally, 'commits')
   count_all(tally, 'committed:' .. unit, amount)
-  count_usage(tonumber(R.created), subject_scope(R), cjson.decode(R.action).name, 1, 0, P.usage,
+  count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
     {[unit] = amount})
   for i = 1, #rows do alert(ledgers[i], rows[i].d, R.id) end
   forecasts(rows)
@@ -163,7 +163,7 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
   'actual', pack_units(actual), 'charged', charged_text))
 count_all(tally, 'commits')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
-count_usage(tonumber(R.created), subject_scope(R), cjson.decode(R.action).name, 1, 0, P.usage,
+count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
   charged)  -- on the day the reservation was made: the day whose ledgers it charged
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
 local over = {}
