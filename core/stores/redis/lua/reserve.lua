@@ -48,25 +48,62 @@ local function plain()
   end
   pairs_ = P.dims
   for i = 1, #pairs_ do dims[pairs_[i][1]] = pairs_[i][2] end
-  local found = targets(P.scopes, dims, estimate)
-  if found == nil then return nil end
-  local ledgers = lload_all(found)
-  known.ledgers = ledgers
-  for i = 1, #ledgers do
-    local L = ledgers[i]
-    if L.over == 1 or L.debt > 0 or L.a - L.r - L.sp < estimate[found[i].d.unit] then
-      return nil
+  -- the ledgers it holds, as targets() finds them; a budget without a dimension keeps its
+  -- target on its definition, which is kept across calls (DEF_MEMO), while its bucket holds
+  local found = {}
+  for i = 1, #scopes_ do
+    local scope = scopes_[i]
+    local defs = defs_of(scope)
+    for j = 1, #defs do
+      local d = defs[j]
+      if estimate[d.unit] then
+        local b = d.period == '' and '' or current_bucket(d.period)
+        if d.per == '' then
+          local st = d.target
+          if st == nil or st.b ~= b then
+            st = {field = scope .. '|' .. d.unit .. '|' .. d.period .. '|' .. b, d = d,
+              path = scope, b = b}
+            d.target = st
+          end
+          found[#found + 1] = st
+        elseif dims[d.per] then
+          local path = scope .. '/' .. d.per .. ':' .. dims[d.per]
+          found[#found + 1] = {field = path .. '|' .. d.unit .. '|' .. d.period .. '|' .. b,
+            d = d, path = path}
+        end
+      end
     end
   end
-  local held_ledgers, scopes, seen, rows = {}, {}, {}, {}
+  if #found == 0 then return nil end
+  -- the ledgers as values (no table per ledger), as ledger() reads them; one stored in
+  -- an earlier form or under another limit goes to the general path
+  local fields = {}
+  for i = 1, #found do fields[i] = found[i].field end
+  local raws = redis.call('HMGET', K_LEDGERS, unpack(fields))
+  known.raws = raws
+  local held_ledgers, scopes, seen, rows, writes = {}, {}, {}, {}, {}
   for i = 1, #found do
-    local L, st = ledgers[i], found[i]
+    local raw, st = raws[i], found[i]
     local d, path = st.d, st.path
-    L.r = L.r + estimate[d.unit]
-    L.t = NOW
-    held_ledgers[2 * i - 1], held_ledgers[2 * i] = ledger_ref(L.field, path, d)
+    local _, a, ls, r, sp, debt, over, al, ex, on
+    if not raw then
+      a, ls, r, sp, debt, over, al, ex, on = d.limit, d.limit, 0, 0, 0, 0, 0, 0, 0
+    elseif string.byte(raw, 1) == 1 then
+      _, a, ls, r, sp, debt, over, _, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+      if ls ~= d.limit then return nil end
+    else
+      return nil
+    end
+    local amount = estimate[d.unit]
+    if over == 1 or debt > 0 or a - r - sp < amount then return nil end
+    r = r + amount
+    writes[2 * i - 1] = fields[i]
+    writes[2 * i] = struct.pack(LEDGER_FORMAT, 1, a, ls, r, sp, debt, over, NOW, al, ex, on)
+    held_ledgers[2 * i - 1], held_ledgers[2 * i] = ledger_ref(fields[i], path, d)
     if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
-    add_row(rows, L, d)
+    local n = #rows  -- as add_row
+    rows[n + 1], rows[n + 2], rows[n + 3], rows[n + 4] = fields[i], a, r, sp
+    rows[n + 5], rows[n + 6], rows[n + 7], rows[n + 8] = debt, d.od, over, d.status
   end
   -- the reservation as save_res writes it (its fields in that order)
   local tally, packed = report_scopes(P.scope_path, P.dims), pack_units(estimate)
@@ -83,7 +120,7 @@ local function plain()
   audit_fields('reservation.reserved', fields)
   count_all(tally, 'reservations')
   for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
-  lsave_all(ledgers)
+  redis.call('HSET', K_LEDGERS, unpack(writes))
   return {'ALLOW', P.rid, NOW, packed, rows, notes_json()}
 end
 if not shadow and not P.dry_run and nz(P.key) == nil and nz(P.elastic) == nil and
@@ -219,7 +256,14 @@ if denial == nil or shadow then
     found = {}
     denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
   end
-  for i, L in ipairs(known.ledgers or lload_all(found)) do
+  local loaded
+  if known.raws then  -- read by the plain path
+    loaded = {}
+    for i = 1, #found do loaded[i] = ledger(found[i].field, found[i].d, known.raws[i]) end
+  else
+    loaded = lload_all(found)
+  end
+  for i, L in ipairs(loaded) do
     if P.dry_run then L.r = L.r - (returned[L.field] or 0) end
     found[i].L = L
   end
