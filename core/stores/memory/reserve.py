@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ... import ledger, policy
@@ -36,7 +37,7 @@ from .state import (
     amounts,
     count,
     count_usage,
-    held_later,
+    held_balances,
     ledger_at,
     log,
     missing_dimensions,
@@ -105,9 +106,10 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
     route = t.routes.get((op.scopes, op.dimensions, unit))
     if route is None or not 0 <= amount <= MAX_AMOUNT:
         return None
-    states = route.ready(t, now)
-    if states is None:
+    ready = route.ready(t, now)
+    if ready is None:
         return None
+    current, states, terms = ready
     for state in states:
         if (state.debt or state.over_limit
                 or state.allocated - state.reserved - state.spent < amount):
@@ -115,7 +117,6 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
     for state in states:
         state.reserved += amount
         state.touched_ms = now
-    current = route.current(now)
     rid = t.cx.ids.new(op.tenant)
     held = amounts(fixed)
     estimate = {unit: amount}
@@ -123,15 +124,17 @@ def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
     t.reservations[rid] = Reservation(
         rid, op.subject, op.action, estimate, held, current, route.scopes, t.epoch, now,
         expires, op.grace_ms, op.max_extensions, op.overage_policy, _NO_SLOTS, False,
-        report=route.report, states=states, generation=t.cx.generation)
+        _HELD, 0, (), None, None, None, None, route.report, route.on_commit, states,
+        t.cx.generation, terms)
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
     t.seq += 1
     t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
                     (route.scopes, rid, None, held)))
-    count(t, now, route.counters("reservations", RESERVED), estimate)
-    return ReserveOutcome(_ALLOW, info, held_later(current, states))
+    count(t, now, route.on_reserve, estimate)
+    return ReserveOutcome(_ALLOW, info, partial(held_balances, current, [
+        (s.allocated, s.reserved, s.spent, s.debt, s.over_limit) for s in states], terms))
 
 
 def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:

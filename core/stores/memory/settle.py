@@ -4,6 +4,7 @@ is kept on the reservation."""
 from __future__ import annotations
 
 import heapq
+from functools import partial
 
 from ... import ledger
 from ...errors import (
@@ -18,6 +19,7 @@ from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
+    DAY_MS,
     Held,
     Reservation,
     Tenant,
@@ -29,7 +31,7 @@ from .state import (
     expire,
     finish,
     held,
-    held_later,
+    held_balances,
     log,
     ordered,
     replayed,
@@ -118,7 +120,7 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
     held = estimate.get(unit)
     if held is None or amount < 0 or amount > held:
         return None
-    states = res.states
+    states, terms = res.states, res.terms
     if res.generation != t.cx.generation:  # a ledger or definition changed since: look again
         ledgers = t.ledgers
         states = []
@@ -127,6 +129,7 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
             if state is None or state.limit_seen != d.limit:
                 return None
             states.append(state)
+        terms = [(d.overdraft_limit, d.status) for _, d in res.ledgers]
     loud = False  # some ledger may have a notification due (see `alerts`)
     charged_ledgers = res.ledgers
     for (_, d), state in zip(charged_ledgers, states, strict=True):
@@ -139,7 +142,9 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
             loud = True
     charged = amounts(given)
     result = CommitResult(res.id, _COMMITTED, charged, amounts(((unit, held - amount),)),
-                          held_later(charged_ledgers, states))
+                          partial(held_balances, charged_ledgers, [
+                              (s.allocated, s.reserved, s.spent, s.debt, s.over_limit)
+                              for s in states], terms))
     finish(t, res, _COMMITTED, now, given)
     if op.idempotency_key:
         res.commit = (op.idempotency_key, op.fingerprint, result)
@@ -149,9 +154,15 @@ def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | 
                      charged)))
     report = res.report
     assert report is not None
-    count(t, now, counters_at(report, "commits", COMMITTED, (unit,)), {unit: amount})
-    count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
-                given)
+    count(t, now, res.on_commit or counters_at(report, "commits", COMMITTED, (unit,)),
+          {unit: amount})
+    kept = t.usage.get(res.created_at_ms // DAY_MS)  # the day's counters of this subject,
+    entry = None if kept is None else kept.get((report[0], res.action.name))  # when there
+    if entry is not None:
+        entry.add(1, 0, op.usage, given)
+    else:
+        count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
+                    given)
     forecast = t.cx.forecast
     if loud or forecast is not None:
         changed: Held = [(key, d, state) for (key, d), state
