@@ -710,6 +710,9 @@ def ordered(by_unit: dict[Unit, int]) -> Units:
 
 
 _amount_cache: dict[Units, tuple[Amount, ...]] = {}
+shared_amounts = _amount_cache.get
+"""`amounts` of values seen recently, or None: the lean paths ask this first, which spares
+the call in the usual case (the cache is cleared in place, never replaced)."""
 
 
 def amounts(units: Units) -> tuple[Amount, ...]:
