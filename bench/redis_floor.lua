@@ -4,8 +4,10 @@
 -- commands the store's reserve or commit runs for them, on the same keys and stored formats:
 -- no access rules, quotas, caps, alerts, dimensions, periods, idempotency or replies beyond
 -- the compact array; reserve checks only that the estimate fits, commit nothing. Budgets
--- must be USD, with no period or dimension. One difference in what is stored: report
--- counters are keyed by the day's number, not its date (the store keeps date labels cached).
+-- must be USD, with no period or dimension. One difference in what is stored: report and
+-- usage counters are keyed by the day's number, not its date (the store keeps date labels
+-- cached). Commit writes the usage counters (calls and spend, HINCRBY each) as the store
+-- does since they became integer fields; the floor measured before that left them out.
 
 local DEF = '<BBBBi8i8Hc0Hc0Hc0'  -- common.lua DEF_FORMAT
 local LEDGER = '<Bi8i8i8i8i8i1i8i2i1i1'  -- common.lua LEDGER_FORMAT
@@ -153,5 +155,11 @@ redis.register_function('floor_commit', function(keys, args)
   local day = math.floor(now / DAY) .. '|' .. core[13]
   redis.call('HINCRBY', keys[10], day .. '|commits', 1)
   redis.call('HINCRBY', keys[10], day .. '|committed:USD_MICROCENTS', actual)
+  -- the usage counters: the calls and the spend, each a field of its own (no token counts:
+  -- the bench's commits carry none)
+  local days, rest = math.floor(now / DAY), '|' .. core[13] .. '|' ..
+    string.match(core[4], '"name":"(.-)"')
+  redis.call('HINCRBY', keys[10], 'u|' .. days .. rest, 1)
+  redis.call('HINCRBY', keys[10], days .. '|#USD_MICROCENTS' .. rest, actual)
   return {charged, 'USD_MICROCENTS=' .. (estimate - actual), rows, false}
 end)

@@ -12,8 +12,9 @@ another, to these scripts on one private redis-server:
 - floor:   redis_floor.lua, which runs the commands the store's scripts run for these calls
            (due reservations looked up, and by reserve the tenant's mode and rules;
            definitions and ledgers read and written; the reservation's hash and its expiry
-           entry; the audit entry with its sequence number; two report counters) on the same
-           stored formats, with none of the store's features and one check. The report
+           entry; the audit entry with its sequence number; two report counters; by commit
+           the usage counters) on the same stored formats, with none of the store's
+           features and one check. The report
            prints the commands both ran per call, which must match;
 - reservation: a reserve that holds the estimate on the ledgers and writes the reservation's
            hash and expiry entry (what a later commit needs), and nothing else;

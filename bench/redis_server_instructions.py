@@ -16,9 +16,11 @@ script's.
 - store: the store's reserve and commit (FCALL of its library);
 - floor: bench/redis_floor.lua, the same Redis commands without the store's features;
 - the store's library with one part left out (each its own library, loaded beside it), to
-  price that part: this wave's required-dimension check (access rules and required
-  templates), the usage counters, the read of the webhook subscriptions, and for scale the
-  report counters, the audit entry and the due-reservation lookup.
+  price that part: the plain paths of reserve and commit (every call then takes the general
+  evaluation), the definitions kept decoded across calls, the required-dimension check
+  (access rules and required templates), the usage counters, the read of the webhook
+  subscriptions, and for scale the report counters, the audit entry and the
+  due-reservation lookup.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def _left_out(signature: str, value: str = "") -> Callable[[str], str]:
     return patch
 
 
+def _replaced(old: str, new: str) -> Callable[[str], str]:
+    """The library with every `old` replaced by `new`."""
+    def patch(text: str) -> str:
+        if old not in text:
+            raise SystemExit(f"not in the library: {old}")
+        return text.replace(old, new)
+    return patch
+
+
 def _both(*patches: Callable[[str], str]) -> Callable[[str], str]:
     def patch(text: str) -> str:
         for one in patches:
@@ -63,9 +74,13 @@ def _both(*patches: Callable[[str], str]) -> Callable[[str], str]:
 
 
 VARIANTS: dict[str, Callable[[str], str]] = {
+    "no plain paths": _replaced("local function plain()\n",
+                                "local function plain()\n  do return nil end\n"),
+    "no kept definitions": _replaced("local memo = SHARE_DEFS and DEF_MEMO[scope]",
+                                     "local memo = false"),
     "no required-dim check": _both(
         _left_out("local function missing_dims(scopes, dims, rules)", "nil"),
-        _left_out("local function access_rules(scopes)", "{}")),
+        _left_out("local function access_rules(scopes, exists)", "{}")),
     "no usage counters": _left_out(
         "local function count_usage(at, scope, model, calls, denials, tokens, spend)"),
     "no webhook read": _left_out("local function hooks()", "false"),

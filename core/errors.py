@@ -13,6 +13,7 @@
     ├── UnitMismatch
     ├── Forbidden
     │   └── CrossTenant               also an InvalidRequest: one call spanning two tenants
+    ├── KeyRefused                    an API key may not run the operation (`reason` says why)
     ├── NotFound
     ├── InvalidRequest                also a ValueError
     └── StoreUnavailable
@@ -142,6 +143,30 @@ class CrossTenant(Forbidden, InvalidRequest):
     anyone, and forbidden to a tenant-bound handle."""
 
     code = "FORBIDDEN"
+
+
+class KeyRefused(AllotmentError):
+    """An API key may not run this operation, checked in the operation's own store step;
+    nothing was written. `reason` is "malformed", "unknown", "mismatch" (a wrong secret for
+    the key id), "revoked" or "expired" (`unauthenticated`: no live key, HTTP 401) or
+    "permission" (a live key without the permission, HTTP 403). The message of an
+    unauthenticated refusal is the same for every reason, so it reveals nothing about the
+    key; `reason` is for logs."""
+
+    code = "KEY_REFUSED"
+    UNAUTHENTICATED = "unknown, revoked or expired API key"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or self.UNAUTHENTICATED)
+
+    @property
+    def unauthenticated(self) -> bool:
+        """No live key matched the secret (401); False: the key lacks the permission (403)."""
+        return self.reason != "permission"
+
+    def __reduce__(self) -> tuple[type[KeyRefused], tuple[str, str]]:
+        return type(self), (self.reason, str(self))
 
 
 CODES: dict[str, type[AllotmentError]] = {

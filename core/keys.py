@@ -17,11 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from .calls import Flow, Runner, flow_twins, twins
-from .errors import InvalidRequest
+from .errors import InvalidRequest, KeyRefused
 from .ids import id_tenant, new_id
 from .models import ApiKey
 from .scopes import tenant_name
 from .stores import operations as ops
+from .tenant import TenantGuard, keyed_handle
 from .validation import check_int, check_list, check_text, shown
 
 PREFIX = "alk_"
@@ -47,9 +48,7 @@ class NewKey:
 
 def permits(key: ApiKey, permission: str) -> bool:
     """Whether `key` grants `permission` (directly, or through admin:read / admin:write)."""
-    held = key.permissions
-    return (permission in held or "admin:write" in held
-            or (permission.endswith(":read") and "admin:read" in held))
+    return ops.grants(key.permissions, permission)
 
 
 def secret_hash(secret: str) -> str:
@@ -151,3 +150,17 @@ class KeyCalls(Runner):
         return match.key if match.key.active(match.now_ms) else None
 
     authenticate_key, aauthenticate_key = flow_twins(_authenticate_key)
+
+    def tenant_for_key(self, secret: str, permission: str) -> TenantGuard:
+        """The handle of the tenant `secret` names, whose every operation carries the key:
+        the store runs it only if the key is live, the secret is its own and it holds
+        `permission`, checked in the operation's own atomic step (no lookup before it, and a
+        revocation holds from the next operation on, on every process). A refused operation
+        raises `KeyRefused` and changes nothing. Touches no store: a malformed secret or an
+        unknown permission raises here (`KeyRefused` "malformed", `InvalidRequest`)."""
+        key_id = _key_id(secret)
+        if key_id is None:
+            raise KeyRefused("malformed")
+        proof = ops.KeyProof(key_id, secret_hash(secret), _permission(permission,
+                                                                      "permission"))
+        return keyed_handle(self._engine, id_tenant(key_id), proof)

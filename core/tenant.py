@@ -12,7 +12,7 @@ from .budgets import BudgetCalls
 from .calls import Flow, Stream, flow_twins, stream_twins
 from .enforcement import EnforcementCalls
 from .engine import Engine
-from .errors import Forbidden, InvalidRequest
+from .errors import Forbidden, InvalidRequest, StoreUnavailable
 from .events import AuditRecord
 from .models import Balance, ReservationInfo, ReservationStatus
 from .periods import Period
@@ -25,9 +25,11 @@ from .reads import (
     usage_stream,
 )
 from .reports import ReportRow
+from .reservation import Reservation
 from .scopes import Subject, tenant_name
 from .stores import hooks
-from .stores.operations import Op
+from .stores import operations as ops
+from .stores.operations import Gated, KeyProof, Op
 from .usage import check_period
 from .validation import check_int
 from .webhook_calls import (
@@ -51,8 +53,16 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
     def __init__(self, engine: Engine, tenant: str) -> None:
         self._engine = engine
         self.name = tenant_name(tenant)
+        self._proof: KeyProof | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the API key this handle's operations carry (None: no key)."""
+        return None if self._proof is None else self._proof.key_id
 
     def __repr__(self) -> str:
+        if self._proof is not None:
+            return f"<TenantGuard {self.name} key {self._proof.key_id}>"
         return f"<TenantGuard {self.name}>"
 
     def _run(self, op: Op[R]) -> R:
@@ -65,7 +75,17 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         if op.tenant != self.name:
             raise Forbidden(f"{type(op).__name__.lower()} for tenant {op.tenant!r} refused by "
                             f"the handle of tenant {self.name!r}")
+        if self._proof is not None:  # checked by the store, in the operation's own step
+            return Gated(op.tenant, op, self._proof)
         return op
+
+    def _store_failed(self, op: ops.Reserve, error: StoreUnavailable) -> Reservation:
+        """A guard that fails open lets a call through unguarded while the store is down;
+        not one carrying an API key, which only the store can check: that fails closed."""
+        if self._proof is None:
+            return super()._store_failed(op, error)
+        self._engine.store_failures += 1
+        raise error
 
     def subject(self, subject: Subject | None = None, **fields: Any) -> Subject:
         """A subject of this tenant: the one given (checked), or one built from `fields`."""
@@ -199,3 +219,11 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return queued
 
     replay_webhook_event, areplay_webhook_event = flow_twins(_replay_webhook_event)
+
+
+def keyed_handle(engine: Engine, tenant: str, proof: KeyProof) -> TenantGuard:
+    """A handle whose every operation carries an API key's proof (`Guard.tenant_for_key`;
+    `tenant` is the checked name the key id gives, not checked again)."""
+    handle = TenantGuard.__new__(TenantGuard)
+    handle._engine, handle.name, handle._proof = engine, tenant, proof
+    return handle

@@ -12,8 +12,9 @@ Where a call is counted (what we chose):
   so a period's rows add up to what that period's ledgers were charged (`spent + debt`), even
   for a call reserved at 23:59:59 on the last day of a month and committed after midnight.
 
-A day's counters of one (scope, model) are one packed value: a commit adds one counter write
-to its atomic step. They are kept as long as the report counters (`report_retention_days`).
+A day's counters of one (scope, model) are integers the store adds to in its atomic step (on
+Redis one hash field each, written with HINCRBY: a commit writes two, its call and its spend).
+They are kept as long as the report counters (`report_retention_days`).
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class Tally:
             self.spend[unit] = self.spend.get(unit, 0) + amount
 
     def packed(self) -> str:
-        """As the Redis store keeps it: "calls,denials,<5 token counts>,UNIT=n,...", units in
-        unit order."""
+        """As the Redis store kept it before its integer fields (and still reads it):
+        "calls,denials,<5 token counts>,UNIT=n,...", units in unit order."""
         units = sorted(self.spend, key=_UNIT_ORDER.__getitem__)
         return ",".join([*map(str, self.numbers), *(f"{u.value}={self.spend[u]}" for u in units)])
 

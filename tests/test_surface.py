@@ -22,6 +22,7 @@ NOT_IO = {
     "add_observer": "registers an observer in process",
     "remove_observer": "unregisters an observer in process",
     "tenant": "builds a handle, touches no store",
+    "tenant_for_key": "builds a handle carrying an API key, touches no store",
     "subject": "builds a Subject, touches no store",
     "start_sweeper": "starts a background thread",
     "stop_sweeper": "stops that thread",
@@ -141,12 +142,14 @@ def test_the_tenant_handle_leads_nowhere_beyond_its_tenant(store: Store) -> None
     acme = guard.tenant("acme")
     held = acme.reserve(acme.subject(), LLM, al.usd(1))
     assert held.guard is acme  # the reservation leads back to the handle only
-    for root in (acme, held):
+    keyed = guard.tenant_for_key(guard.create_key("acme").secret, "reservations:create")
+    for root in (acme, held, keyed, keyed.reserve(keyed.subject(), LLM, al.usd(1))):
         for path, value in reachable(root):
             assert not isinstance(value, (al.Guard, al.MemoryStore, RedisStore)), path
             assert not hasattr(value, "execute"), path  # no store of any kind
     held.commit(al.usd(1))
     assert acme.balances()[0].spent == al.usd(1).amount
+    assert acme.balances()[0].reserved == al.usd(1).amount
 
 
 def test_the_handle_refuses_an_operation_of_another_tenant_however_it_was_built(
@@ -167,7 +170,7 @@ EXPORTS = [
     "AuditType", "Balance", "BudgetExceeded", "BudgetHierarchyWarning", "BudgetSpec",
     "BudgetStatus", "Caps", "CommitResult", "CrossTenant",
     "Decision", "Degrade", "Denied", "Elastic", "ExtendResult", "Forbidden", "FundOperation",
-    "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "ManualClock",
+    "FundResult", "Guard", "IdempotencyMismatch", "InvalidRequest", "KeyRefused", "ManualClock",
     "MaxExtensionsExceeded", "MemoryStore", "NotAllowed", "NotFound", "Notification",
     "NotificationType", "Observation", "Observer", "Outcome", "OveragePolicy", "Period",
     "Plan", "QuotaExceeded",

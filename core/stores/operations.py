@@ -8,12 +8,13 @@ Redis). Sync and async entry points take the same operations.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, KeyRefused
 from ..events import AuditRecord, Notification, NotificationType, log
 from ..models import (
     Action,
@@ -347,6 +348,28 @@ class FindKey(Op["KeyMatch | None"]):
     key_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class KeyProof:
+    """What a keyed operation carries to prove its caller's API key: the key id (which
+    names the tenant), the hash of the secret given, and the permission the operation needs.
+    The store checks it in the operation's own step, before anything is written."""
+
+    key_id: str
+    secret_hash: str
+    permission: str
+
+
+@dataclass
+class Gated(Op[R]):
+    """`op`, run only if the API key of `proof` is live (not revoked, not expired by the
+    store's clock), its secret's hash is the one kept and it holds the permission: checked
+    in the same atomic step, before `op` writes anything (its reap of overdue reservations
+    included). A refusal raises `KeyRefused` and changes nothing; `tenant` is `op`'s."""
+
+    op: Op[R]
+    proof: KeyProof
+
+
 @dataclass
 class RegisterTenant(Op[tuple[TenantInfo, bool]]):
     """Record the tenant with a display name unless it has a record; answers the record
@@ -358,6 +381,39 @@ class RegisterTenant(Op[tuple[TenantInfo, bool]]):
 @dataclass
 class GetTenant(Op["TenantInfo | None"]):
     """The tenant's record, or None. Writes nothing."""
+
+
+def grants(permissions: tuple[str, ...], permission: str) -> bool:
+    """Whether a key holding `permissions` may do `permission` (directly, or through
+    admin:read for a `*:read`, or admin:write for anything)."""
+    return (permission in permissions or "admin:write" in permissions
+            or (permission.endswith(":read") and "admin:read" in permissions))
+
+
+def key_refusal(proof: KeyProof, found: tuple[ApiKey, str] | None,
+                now_ms: int) -> KeyRefused | None:
+    """Why the stored key `found` (with its secret's hash; None: no such key) does not let
+    `proof` through at `now_ms`, or None when it does. The hashes are compared in constant
+    time. keys.lua's `key_refusal` is the same check."""
+    if found is None:
+        return refused("unknown", proof)
+    key, kept = found
+    if not hmac.compare_digest(kept, proof.secret_hash):
+        return refused("mismatch", proof)
+    if key.revoked:
+        return refused("revoked", proof)
+    if key.expires_at_ms is not None and now_ms >= key.expires_at_ms:
+        return refused("expired", proof)
+    if not grants(key.permissions, proof.permission):
+        return refused("permission", proof)
+    return None
+
+
+def refused(reason: str, proof: KeyProof) -> KeyRefused:
+    """The error of a key refused for `reason`; a missing permission is named."""
+    if reason == "permission":
+        return KeyRefused(reason, f"this API key lacks the {proof.permission} permission")
+    return KeyRefused(reason)
 
 
 TENANT_FAILED = NotificationType.SWEEP_TENANT_FAILED

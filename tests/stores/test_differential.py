@@ -36,6 +36,8 @@ def outcome(call: Any) -> Any:
     error class and decision."""
     try:
         result = call()
+    except al.KeyRefused as refused:
+        return ("KeyRefused", refused.reason)
     except al.AllotmentError as error:
         decision = getattr(error, "decision", None)
         return (type(error).__name__, None if decision is None else (
@@ -131,6 +133,20 @@ class Lockstep(RuleBasedStateMachine):
         if revoke:
             for guard, new in zip(self.guards, made, strict=True):
                 guard.revoke_key(new.key.key_id)
+
+    @precondition(lambda self: bool(self.secrets))
+    @rule(data=st.data(), depth=st.integers(0, 2), amount=st.integers(0, 200),
+          permission=st.sampled_from(["reservations:create", "balances:read"]),
+          altered=st.booleans())
+    def keyed_reserve(self, data: st.DataObject, depth: int, amount: int, permission: str,
+                      altered: bool) -> None:
+        """A reserve through each store's handle of the same key: run alike, or refused for
+        the same reason (revoked, expired, an altered secret, a missing permission)."""
+        pair = data.draw(st.sampled_from(self.secrets))
+        if altered:
+            pair = tuple(s[:-1] + ("A" if s[-1] != "A" else "B") for s in pair)
+        self.both(lambda g: g.tenant_for_key(pair[self.guards.index(g)], permission).reserve(
+            subject(depth, None), LLM, al.tokens(amount)))
 
     @invariant()
     def keys_agree(self) -> None:

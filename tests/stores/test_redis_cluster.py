@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import allotment as al
+from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore, reservation_key, tenant_keys
 
 from support import LLM
@@ -806,3 +807,35 @@ def test_threads_and_tasks_hammering_tenants_on_every_master(fresh: Cluster) -> 
         assert b.spent == told[tenant] and b.reserved == 0
     assert_stored_where_owned(fresh, tenants)
     guard.close()
+
+
+def test_keyed_calls_check_the_key_in_the_tenants_own_slot(fresh: Cluster,
+                                                           cluster_guard: al.Guard) -> None:
+    """A keyed call declares the tenant's key hash beside its own keys, all in the tenant's
+    slot: one FCALL on the tenant's master, sync and async, and a revoked key is refused
+    there."""
+    store = cluster_guard.store
+    assert isinstance(store, RedisStore)
+    owners = slot_owners(fresh)
+    tenants = [next(t for t in TENANTS if owners[slot_of(t)] == p) for p in fresh.ports]
+    made = {}
+    for tenant in tenants:
+        cluster_guard.set_budget(f"tenant:{tenant}", usd=10)
+        made[tenant] = cluster_guard.create_key(tenant)
+    reset_stats(fresh)
+    for tenant in tenants:
+        handle = cluster_guard.tenant_for_key(made[tenant].secret, "reservations:create")
+        read = handle._own(ops.Balances(tenant=tenant, scope=f"tenant:{tenant}"))
+        step = next(store._flows._gated(read))  # type: ignore[arg-type]
+        assert {key_slot(k.encode()) for k in step.keys} == {slot_of(tenant)}, step.keys
+        assert len(step.keys) == 14
+        handle.reserve(handle.subject(), LLM, al.usd(1))
+        asyncio.run(handle.areserve(handle.subject(), LLM, al.usd(1)))
+        assert balance(cluster_guard, f"tenant:{tenant}").reserved == al.usd(2).amount
+    assert getkeys_calls(fresh) == 0
+    cluster_guard.revoke_key(made[tenants[1]].key.key_id)
+    with pytest.raises(al.KeyRefused):
+        cluster_guard.tenant_for_key(made[tenants[1]].secret, "reservations:create").reserve(
+            al.Subject(tenant=tenants[1]), LLM, al.usd(1))
+    assert balance(cluster_guard, f"tenant:{tenants[1]}").reserved == al.usd(2).amount
+

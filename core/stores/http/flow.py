@@ -385,6 +385,10 @@ def _estimate_ext(op: ops.Reserve) -> dict[str, Any]:
 
 def _refused(op: ops.Op[Any]) -> InvalidRequest:
     name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__).lower()
+    if type(op) is ops.Gated:
+        return InvalidRequest("a handle of guard.tenant_for_key on a remote guard: the "
+                              "server checks the API key of each request itself; send "
+                              "the key to the server instead (the remote guard's api_key)")
     if type(op) is ops.Sweep:
         return InvalidRequest("sweep on a remote guard: the server expires its own "
                               "reservations")

@@ -1,5 +1,6 @@
 """API keys of one tenant, as keys.lua: each kept with the hash of its secret (never the
-secret). Authentication reads a key by id; the hashes are compared outside the store."""
+secret). Authentication reads a key by id; the hashes are compared outside the store, except
+for a keyed operation's proof, checked in the operation's own step (`check_key`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from ..operations import (
     FindKey,
     GetTenant,
     KeyMatch,
+    KeyProof,
     ListKeys,
     RegisterTenant,
     RevokeKey,
+    key_refusal,
 )
 from .state import Tenant
 
@@ -51,6 +54,14 @@ def find_key(t: Tenant, op: FindKey, now: int) -> KeyMatch | None:
     if found is None:
         return None
     return KeyMatch(replace(found[0]), found[1], now)
+
+
+def check_key(t: Tenant | None, proof: KeyProof, now: int) -> None:
+    """Raise `KeyRefused` unless the key of `proof` lets its operation through now (`t`:
+    the tenant the key id names, None when it holds nothing)."""
+    refusal = key_refusal(proof, None if t is None else t.api_keys.get(proof.key_id), now)
+    if refusal is not None:
+        raise refusal
 
 
 def register_tenant(t: Tenant, op: RegisterTenant, now: int) -> tuple[TenantInfo, bool]:

@@ -22,6 +22,7 @@ from ..operations import (
     Extend,
     FindKey,
     Fund,
+    Gated,
     Get,
     GetTenant,
     ListKeys,
@@ -48,6 +49,7 @@ from ..operations import (
 from .admin import fund, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .keys import (
+    check_key,
     create_key,
     find_key,
     get_tenant,
@@ -143,6 +145,10 @@ class MemoryStore:
 
     def _step(self, op: Op[R], cx: Context, now: int) -> R:
         """The operation's step, under the lock (its notifications are left in `cx`)."""
+        if isinstance(op, Gated):  # the key first, before the operation reaps or writes
+            check_key(self._tenants.get(op.tenant), op.proof, now)
+            gated: R = self._step(op.op, cx, now)
+            return gated
         kind = type(op)
         run = _ON_TENANT.get(kind)
         if run is None:

@@ -31,6 +31,9 @@ LIMIT = 64
 TENANT_KEYS = 11
 """The leading keys every call of a tenant declares (`keys.tenant_keys`); a call after one of
 the same tenant sends only the keys after them."""
+TENANT_CALLS = (TENANT_KEYS + 2, TENANT_KEYS + 3)
+"""How many keys a tenant's call declares: its 11, the reservation and the replay, and for
+a keyed call the tenant's key hash (`lua/keyed.lua`)."""
 
 Batched = Call | Durable
 Outcome = tuple[bool, Any]
@@ -60,13 +63,15 @@ def packed(function: str, steps: Sequence[Batched]) -> Batched:
         else:
             call = step
         own = call.keys
-        if len(own) == TENANT_KEYS + 2 and own[0] == tenant:
+        tenants = len(own) in TENANT_CALLS
+        if tenants and own[0] == tenant:
             keys += own[TENANT_KEYS:]
-            args += [call.function.removeprefix(prefix), -2, len(call.args), *call.args]
+            args += [call.function.removeprefix(prefix), TENANT_KEYS - len(own),
+                     len(call.args), *call.args]
         else:
             keys += own
             args += [call.function.removeprefix(prefix), len(own), len(call.args), *call.args]
-            tenant = own[0] if len(own) == TENANT_KEYS + 2 else None
+            tenant = own[0] if tenants else None
     batch = Call(function, keys, args)
     return batch if wait is None else Durable(batch, wait)
 

@@ -32,7 +32,7 @@ from ...models import (
 )
 from ...reports import report_rows
 from ...scopes import parse_scope
-from ...usage import Tally, UsageEntry, UsagePage
+from ...usage import UsagePage
 from .. import operations as ops
 from . import payloads as out
 from . import replies as back
@@ -198,11 +198,10 @@ def _report(op: ops.Report, body: dict[str, Any], wire: Wire) -> Any:
 
 def _usage(op: ops.Usage, body: dict[str, Any], wire: Wire) -> UsagePage:
     flat = body["entries"] or []  # an empty Lua table comes as {}
-    entries = []
-    for i in range(0, len(flat), 2):
-        _, _, scope, model = flat[i].split("|", 3)
-        entries.append(UsageEntry(scope, model, Tally.unpacked(flat[i + 1])))
-    return UsagePage(body["period"], body["next"], tuple(entries))
+    width = back.USAGE_WIDTH
+    return UsagePage(body["period"], body["next"],
+                     tuple(back.usage_entry(flat[i:i + width])
+                           for i in range(0, len(flat), width)))
 
 
 def _balances_of(op: Any, body: dict[str, Any], wire: Wire) -> Any:

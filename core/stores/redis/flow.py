@@ -8,6 +8,7 @@ strict durability and the sweep are the same whichever client runs them.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from ...errors import StoreUnavailable
 from .. import operations as ops
 from . import replies
 from .codec import CODECS, Codec, Refused, Wire, decode, sweep_call, swept
-from .functions import OPERATIONS, missing
+from .functions import KEYED, OPERATIONS, missing
 from .hooks import HookFlows
-from .keys import TENANTS_KEY, tenant_keys
+from .keys import TENANTS_KEY, api_keys_key, tenant_keys
 
 log = logging.getLogger("allotment")
 
@@ -83,7 +84,7 @@ class Flows:
     def __init__(self, prefix: str, source: str, wire: Wire,
                  notify: Callable[[str, list[Any]], None], *, strict: bool, replicas: int,
                  wait_timeout_ms: int) -> None:
-        self.names = {name: f"{prefix}_{name}" for name in OPERATIONS}
+        self.names = {name: f"{prefix}_{name}" for name in (*OPERATIONS, KEYED)}
         self.load = Load(source)
         self.wire, self.notify = wire, notify
         self.strict, self.replicas, self.wait_timeout_ms = strict, replicas, wait_timeout_ms
@@ -105,19 +106,65 @@ class Flows:
         if type(op) is ops.Tenants:
             return (yield from self._tenants())
         codec = CODECS.get(type(op))
-        if codec is None:  # a webhook operation (hooks.py)
+        if codec is None:  # a keyed operation, or a webhook operation (hooks.py)
+            if type(op) is ops.Gated:
+                return (yield from self._gated(op))
             return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
-            yield Command(("SADD", TENANTS_KEY, op.tenant))
-            yield from self.hooks.registered(op.tenant)  # global webhooks, wired in
-            self.known.add(op.tenant)
+            yield from self._register(op.tenant)
         call = self.call(op, codec)
         if codec.durable and self.strict:
             reply = yield from self._durably(call)
         else:
             reply = yield from self._loading(call)
         return self.result(op, reply)
+
+    def _register(self, tenant: str) -> Flow:
+        """A tenant's first registering call in this process: add the tenant to the
+        sweeper's set and wire the global webhooks into it."""
+        yield Command(("SADD", TENANTS_KEY, tenant))
+        yield from self.hooks.registered(tenant)
+        self.known.add(tenant)
+
+    def _called(self, op: ops.Op[Any], call: Call, codec: Codec,
+                proof: ops.KeyProof) -> Flow:
+        """`op`'s result from its keyed call (with a wait for durability where strict mode
+        asks for one); a refusal of the key raised."""
+        if codec.durable and self.strict:
+            reply = yield from self._durably(call)
+        else:
+            reply = yield from self._loading(call)
+        refused = _key_refused(reply)
+        if refused is not None:
+            raise ops.refused(refused, proof)
+        return self.result(op, reply)
+
+    def _gated(self, gated: ops.Gated[Any]) -> Flow:
+        """An operation its API key must let through: its call inside the keyed function,
+        which checks the key first in the same call (keyed.lua). A webhook operation (several
+        calls) and a tenant's first registering call in this process (its registration
+        writes outside the call) first check the key in a keyed call of its own that reads
+        the key, so a refused key writes nothing; the operation's call checks it again."""
+        op, proof = gated.op, gated.proof
+        codec = CODECS.get(type(op))
+        if codec is None or (codec.registers and op.tenant not in self.known
+                             and not getattr(op, "dry_run", False)):
+            find = ops.FindKey(tenant=op.tenant, key_id=proof.key_id)
+            found = CODECS[ops.FindKey]
+            yield from self._called(find, self._keyed(find, found, proof), found, proof)
+            if codec is None:
+                return (yield from self.run(op))
+            yield from self._register(op.tenant)
+        return (yield from self._called(op, self._keyed(op, codec, proof), codec, proof))
+
+    def _keyed(self, op: ops.Op[Any], codec: Codec, proof: ops.KeyProof) -> Call:
+        """`op`'s call inside the keyed function: its keys and the tenant's key hash, the
+        proof, its function's name and its arguments (keyed.lua)."""
+        inner = self.call(op, codec)
+        return Call(self.names[KEYED], [*inner.keys, api_keys_key(op.tenant)],
+                    [proof.key_id, proof.secret_hash, proof.permission, codec.function,
+                     *inner.args])
 
     def call(self, op: ops.Op[Any], codec: Codec | None = None) -> Call:
         """The function call of `op` (a pipeline of calls is built from these)."""
@@ -230,6 +277,16 @@ class Flows:
                 found += [name for name, there in zip(names, held, strict=True) if there]
             if not int(cursor):
                 return tuple(sorted(set(found)))
+
+
+def _key_refused(reply: Any) -> str | None:
+    """The reason in a keyed call's refusal ({"key_refused": reason}), None for any other
+    reply."""
+    if isinstance(reply, bytes) and reply.startswith(b'{"key_refused"'):
+        reply = reply.decode()
+    if isinstance(reply, str) and reply.startswith('{"key_refused"'):
+        return str(json.loads(reply)["key_refused"])
+    return None
 
 
 def _merged(reply: Any) -> dict[str, str]:

@@ -19,6 +19,9 @@ OPERATIONS = ("reserve", "admin", "settle", "record", "read", "sweep", "keys", "
 FLAT = {"reserve": "flat_reserve", "settle": "flat_settle"}
 BATCH = "batch"
 """The function that runs several operations' calls in one (`lua/batch.lua`, `batching.py`)."""
+KEYED = "keyed"
+"""The function that runs one operation's call only if its API key lets it through
+(`lua/keyed.lua`); a batch runs it as one more entry."""
 
 
 def source(*parts: str) -> str:
@@ -47,10 +50,12 @@ def library() -> tuple[str, str]:
              f"  inherit_definitions(inherited)\n  hooks_begin()\n"
              f"  local reply = op_{name}()\n  outbox_append()\n  return reply\nend"
              for name in OPERATIONS]
+    body.append(source(KEYED))  # ENTRIES.keyed: the key's check, then an entry above
     text = "\n".join(body)
     prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
     register = [f"redis.register_function('{prefix}_{name}', ENTRIES.{name})"
                 for name in OPERATIONS]
+    register.append(f"redis.register_function('{prefix}_{KEYED}', ENTRIES.{KEYED})")
     register.append(f"redis.register_function('{prefix}_{BATCH}', run_batch)")
     return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
 
@@ -76,4 +81,4 @@ def node_of(client: Any, key: str) -> Any:
         return None
 
 
-__all__ = ["BATCH", "OPERATIONS", "library", "missing", "node_of", "routed", "source"]
+__all__ = ["BATCH", "KEYED", "OPERATIONS", "library", "missing", "node_of", "routed", "source"]

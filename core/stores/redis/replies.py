@@ -24,6 +24,7 @@ from ...models import (
     ReservationStatus,
 )
 from ...scopes import Subject
+from ...usage import Tally, UsageEntry
 
 UNITS: dict[Any, Unit] = {key: u for u in Unit for key in (u.value, u.value.encode())}
 STATUSES: dict[Any, BudgetStatus] = {key: s for s in BudgetStatus
@@ -187,6 +188,34 @@ INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms"
 """Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
 
 
+_USAGE_UNITS = tuple(Unit)
+"""The units of a usage entry's fields, in the order the read answers them (USAGE_TAGS in
+common.lua: denials, five token counts, then one field per unit)."""
+USAGE_WIDTH = 2 + 6 + len(_USAGE_UNITS)
+"""Items per usage entry in a read's reply: its name, its name's value, its other fields."""
+
+
+def usage_entry(items: list[Any]) -> UsageEntry:
+    """One usage entry as the read answers it (USAGE_WIDTH items): "u|day|scope|model", then
+    the calls (or, left by an earlier version, the packed counts "calls,denials,<5 token
+    counts>,UNIT=spend,..."), then the denials, token counts and spend per unit, each an
+    integer or absent (false: no such count yet)."""
+    _, _, scope, model = items[0].split("|", 3)
+    head = items[1]
+    if head.lstrip("-").isdigit():
+        tally = Tally()
+        tally.numbers[0] = int(head)
+    else:
+        tally = Tally.unpacked(head)
+    for i, value in enumerate(items[2:8], 1):
+        if value:
+            tally.numbers[i] += int(value)
+    for unit, value in zip(_USAGE_UNITS, items[8:], strict=True):
+        if value:
+            tally.spend[unit] = tally.spend.get(unit, 0) + int(value)
+    return UsageEntry(scope, model, tally)
+
+
 def _detail(raw: str | None) -> dict[str, Any]:
     if not raw:
         return {}
@@ -197,5 +226,5 @@ def _detail(raw: str | None) -> dict[str, Any]:
             for k, v in detail.items()}
 
 
-__all__ = ["amounts", "balance", "balances", "decision", "error", "flat_rows", "info", "later",
-           "note", "now_ms", "record", "text"]
+__all__ = ["USAGE_WIDTH", "amounts", "balance", "balances", "decision", "error", "flat_rows",
+           "info", "later", "note", "now_ms", "record", "text", "usage_entry"]

@@ -6,10 +6,11 @@
 -- in functions.py fills ENTRIES after this file with each operation's entry, the one its
 -- own registered function runs too.)
 --
--- keys: per operation its 13 keys, or only its last two (reservation, replay) when its
--- tenant's 11 keys are those of the operation before it.
--- args: 1 the count; then per operation its function's name, its key count (-2: only the
--- last two, as above), its argument count, and its arguments.
+-- keys: per operation its 13 keys (a keyed call's 14: keyed.lua), or only those after the
+-- tenant's 11 (reservation, replay, and a keyed call's key hash) when its tenant's 11 keys
+-- are those of the operation before it.
+-- args: 1 the count; then per operation its function's name, its key count (negative: only
+-- that many keys after the tenant's 11, as above), its argument count, and its arguments.
 -- reply: per operation two items, 1 and its reply, or 0 and the error's message.
 
 local ENTRIES = {}  -- operation -> its entry: begin, the body, the outbox (functions.py)
@@ -40,10 +41,10 @@ local function run_batch(keys, args)
   for i = 1, tonumber(args[1]) do
     local name, nk, na = args[ai], tonumber(args[ai + 1]), tonumber(args[ai + 2])
     local own = {}
-    if nk == -2 then  -- the tenant of the operation before it: only its own two keys
+    if nk < 0 then  -- the tenant of the operation before it: only its own -nk keys
       for j = 1, 11 do own[j] = shared[j] end
-      own[12], own[13] = keys[ki + 1], keys[ki + 2]
-      ki = ki + 2
+      for j = 1, -nk do own[11 + j] = keys[ki + j] end
+      ki = ki - nk
     else
       for j = 1, nk do own[j] = keys[ki + j] end
       for j = 1, 11 do shared[j] = own[j] end
@@ -55,7 +56,10 @@ local function run_batch(keys, args)
       ok, reply = false, 'allotment batch: no function ' .. tostring(name)
     else
       ok, reply = pcall(entry, own, {unpack(args, ai + 3, ai + 2 + na)}, caches[own[1]])
-      caches[own[1]] = ok and shares_definitions(name) and DEF_CACHE or nil
+      -- a keyed call shares as the operation it gates (keyed.lua; refused, it leaves
+      -- the definitions its tenant's calls before it decoded)
+      local shares = name == 'keyed' and args[ai + 6] or name
+      caches[own[1]] = ok and shares_definitions(shares) and DEF_CACHE or nil
     end
     ai = ai + 3 + na
     if ok and type(reply) == 'table' and reply.err then ok, reply = false, reply.err end

@@ -15,7 +15,8 @@
 --   8 exp      ZSET reservation id -> expires_at + grace
 --   9 audit    STREAM of audit records (capped)
 --  10 report   HASH "day|scope|counter" -> count (see core/reports.py for the scopes), and
---               the usage counters "u|day|scope|model" -> packed counts (see count_usage)
+--               the usage counters "u|day|scope|model" -> calls, "day|#tag|scope|model" ->
+--               the other counts (see count_usage)
 --  11 rdays    ZSET report field -> its day (days since 1970-01-01; a usage field's day
 --               plus USAGE_BASE): reads fetch the fields of the days asked for, and days
 --               past the retention leave both keys
@@ -214,10 +215,26 @@ local function unpacked_defs(scope, raw, version)
   end
   return list
 end
+-- Decoded definitions are kept across calls for the operations that never change them
+-- (reserve and settle, SHARE_DEFS): a scope's list is reused while its stored value is the
+-- same string (decoding takes a table per definition, a large part of a call). Every other
+-- operation decodes its own lists, which it may change in place before saving them, and
+-- never takes a kept one from the operations before it in a batch (defs_of).
+local DEF_MEMO, DEF_MEMO_COUNT, SHARE_DEFS = {}, 0, false  -- scope -> {raw, list}
 local function decoded_defs(scope, raw)
   if not raw then return {} end
+  local memo = SHARE_DEFS and DEF_MEMO[scope]
+  if memo and memo[1] == raw then return memo[2] end
   local version = string.byte(raw, 1)
-  if version == 2 or version == 3 then return unpacked_defs(scope, raw, version) end
+  if version == 2 or version == 3 then
+    local list = unpacked_defs(scope, raw, version)
+    if SHARE_DEFS then
+      if DEF_MEMO_COUNT >= 256 then DEF_MEMO, DEF_MEMO_COUNT = {}, 0 end
+      if DEF_MEMO[scope] == nil then DEF_MEMO_COUNT = DEF_MEMO_COUNT + 1 end
+      DEF_MEMO[scope] = {raw, list}
+    end
+    return list
+  end
   local list = cjson.decode(raw)
   for _, d in ipairs(list) do
     d.scope = scope
@@ -227,8 +244,16 @@ local function decoded_defs(scope, raw)
   return list
 end
 local DEF_CACHE  -- this call's decoded definitions by scope
-local function defs_of(scope)
+local function cached_defs(scope)
   local list = DEF_CACHE[scope]
+  if list ~= nil and not SHARE_DEFS then
+    local memo = DEF_MEMO[scope]
+    if memo and memo[2] == list then return nil end  -- kept: this one decodes its own
+  end
+  return list
+end
+local function defs_of(scope)
+  local list = cached_defs(scope)
   if list == nil then
     list = decoded_defs(scope, redis.call('HGET', K_DEFS, scope))
     DEF_CACHE[scope] = list
@@ -237,16 +262,18 @@ local function defs_of(scope)
 end
 local function prefetch_defs(scopes)
   -- the definitions of several scopes with one command (defs_of then finds them)
+  -- (numeric loops here and in the other per-call helpers: ipairs calls a function per item)
   local wanted, seen = {}, {}
-  for _, scope in ipairs(scopes) do
-    if DEF_CACHE[scope] == nil and not seen[scope] then
+  for i = 1, #scopes do
+    local scope = scopes[i]
+    if cached_defs(scope) == nil and not seen[scope] then
       seen[scope] = true
       wanted[#wanted + 1] = scope
     end
   end
   if #wanted == 0 then return end
   local raws = redis.call('HMGET', K_DEFS, unpack(wanted))
-  for i, scope in ipairs(wanted) do DEF_CACHE[scope] = decoded_defs(scope, raws[i]) end
+  for i = 1, #wanted do DEF_CACHE[wanted[i]] = decoded_defs(wanted[i], raws[i]) end
 end
 local MAX_U16 = 65535  -- the count and the lengths in a packed definition are 16 bits
 local function def_parts(d)
@@ -304,7 +331,9 @@ local function save_defs(scope, list)
   redis.call('HSET', K_DEFS, scope, table.concat(out))
 end
 local function find_def(scope, unit, period, per)
-  for _, d in ipairs(defs_of(scope)) do
+  local defs = defs_of(scope)
+  for i = 1, #defs do
+    local d = defs[i]
     if d.unit == unit and d.period == period and d.per == per then return d end
   end
   return nil
@@ -338,7 +367,12 @@ local function ledger(field, d, raw)
     return {field = field, a = d.limit, ls = d.limit, r = 0, sp = 0, debt = 0, over = 0,
       t = NOW, al = 0, ex = 0, on = 0}
   end
-  local a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
+  local _, a, ls, r, sp, debt, over, t, al, ex, on
+  if string.byte(raw, 1) == 1 then
+    _, a, ls, r, sp, debt, over, t, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+  else
+    a, ls, r, sp, debt, over, t, al, ex, on = lparse(raw)
+  end
   local L = {field = field, a = a, ls = ls, r = r, sp = sp, debt = debt, over = over, t = t,
     al = al, ex = ex, on = on}
   if L.ls ~= d.limit and string.sub(field, -#current_bucket(d.period) - 1) ==
@@ -351,11 +385,11 @@ end
 local function lload(field, d) return ledger(field, d, redis.call('HGET', K_LEDGERS, field)) end
 local function lload_all(targets)
   -- the ledgers of {field, d} targets with one command, in their order
-  local fields = {}
-  for i, t in ipairs(targets) do fields[i] = t.field end
-  if #fields == 0 then return {} end
+  local fields, n = {}, #targets
+  for i = 1, n do fields[i] = targets[i].field end
+  if n == 0 then return {} end
   local raws, out = redis.call('HMGET', K_LEDGERS, unpack(fields)), {}
-  for i, t in ipairs(targets) do out[i] = ledger(t.field, t.d, raws[i]) end
+  for i = 1, n do out[i] = ledger(fields[i], targets[i].d, raws[i]) end
   return out
 end
 local function packed_ledger(L)
@@ -366,9 +400,11 @@ local function lsave(L) redis.call('HSET', K_LEDGERS, L.field, packed_ledger(L))
 local function lsave_all(ledgers)
   -- several ledgers with one command
   local pairs_ = {}
-  for _, L in ipairs(ledgers) do
-    pairs_[#pairs_ + 1] = L.field
-    pairs_[#pairs_ + 1] = packed_ledger(L)
+  for i = 1, #ledgers do
+    local L = ledgers[i]
+    pairs_[2 * i - 1] = L.field
+    pairs_[2 * i] = struct.pack(LEDGER_FORMAT, 1, L.a, L.ls, L.r, L.sp, L.debt, L.over, L.t,
+      L.al, L.ex, L.on)
   end
   if #pairs_ > 0 then redis.call('HSET', K_LEDGERS, unpack(pairs_)) end
 end
@@ -475,7 +511,8 @@ local function report_migrate()
   -- counters are kept)
   local flat, oldest, keep, drop = redis.call('HGETALL', K_REPORT), oldest_kept(), {}, {}
   for i = 1, #flat, 2 do
-    local day = day_number(flat[i])
+    -- (a usage counter's "day|#tag|..." is kept with its entry, which the index holds)
+    local day = string.byte(flat[i], 12) ~= 35 and day_number(flat[i])
     if day and day >= oldest then
       keep[#keep + 1], keep[#keep + 2] = day, flat[i]
     elseif day then
@@ -516,7 +553,7 @@ local function report_scopes(path, dims)
   -- where a call's activity is counted (as report_scopes in core/reports.py): its subject
   -- scope, then that scope with each of its dimensions ({key, value} pairs)
   local out = {path}
-  for _, pair in ipairs(dims) do out[#out + 1] = path .. '/' .. pair[1] .. ':' .. pair[2] end
+  for i = 1, #dims do out[i + 1] = path .. '/' .. dims[i][1] .. ':' .. dims[i][2] end
   return out
 end
 local function refused_at(denial)
@@ -542,48 +579,109 @@ local function report_span(period, ms)
   end
   return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
 end
--- usage counters (as count_usage in memory/state.py and core/usage.py): one field per day,
--- subject scope and model, "u|YYYY-MM-DD|scope|model" -> "calls,denials,<5 token counts>,
--- UNIT=spend,..."; indexed in K_RDAYS at USAGE_BASE + day, apart from the report's days (a
--- report never reads them), and kept as long
+-- usage counters (as count_usage in memory/state.py and core/usage.py): per day, subject
+-- scope and model, integers each in a field of its own, written with HINCRBY (no counts
+-- parsed or formatted here): the calls in "u|YYYY-MM-DD|scope|model" (the entry's name, which
+-- K_RDAYS indexes at USAGE_BASE + day, apart from the report's days: a report never reads
+-- them), and the rest in "YYYY-MM-DD|#tag|scope|model" (usage_field): the denials (d), the
+-- five token counts (i, c, w, o, r) and the spend per unit (its name; a unit is listed once a
+-- call or denial of it was counted). A tag never holds ':' and every scope does, so these
+-- never meet a report counter's "day|scope|counter"; a zero count is not written (the reader
+-- takes a missing field as 0). Kept as long as the report counters.
+-- Earlier versions kept an entry's counts packed in its name's field, "calls,denials,<5 token
+-- counts>,UNIT=spend,..."; the first count after them unpacks that value into the fields
+-- (usage_unpacked), and readers still read an entry left in that form (core/usage.py).
 local USAGE_BASE = 10000000
-local function count_usage(at, scope, model, calls, denials, tokens, spend)
-  local day = math.floor(at / DAY)
-  if day < oldest_kept() then return end
-  local field = 'u|' .. day_of(at) .. '|' .. scope .. '|' .. model
-  local old = redis.call('HGET', K_REPORT, field)
+local USAGE_TOKENS = {'i', 'c', 'w', 'o', 'r'}
+local USAGE_TAGS = {'d', 'i', 'c', 'w', 'o', 'r', UNIT_NAMES[0], UNIT_NAMES[1], UNIT_NAMES[2],
+  UNIT_NAMES[3]}  -- every field of an entry besides its name, in the order reads answer them
+local function usage_field(name, tag)
+  -- "u|YYYY-MM-DD|rest" -> "YYYY-MM-DD|#tag|rest"
+  return string.sub(name, 3, 12) .. '|#' .. tag .. string.sub(name, 13)
+end
+local function usage_fields(name)
+  local out = {}
+  for i, tag in ipairs(USAGE_TAGS) do out[i] = usage_field(name, tag) end
+  return out
+end
+local function usage_unpacked(name, old)
+  -- an entry kept in the packed form of earlier versions: its counts into the fields (a
+  -- value that is not a count reads as 0: this runs after the operation's first write, so it
+  -- must never fail); the calls are left in its name's field
   local n, units, i = {0, 0, 0, 0, 0, 0, 0}, {}, 0
-  for item in string.gmatch(old or '', '[^,]+') do
+  for item in string.gmatch(old, '[^,]+') do
     local unit, amount = string.match(item, '^([%u_]+)=(%d+)$')
     if unit then
-      units[unit] = tonumber(amount)
-    elseif i < 7 then  -- a value that is not a count reads as 0: this runs after the
-      i = i + 1         -- operation's first write, so it must never fail
+      if UNIT_ORDER[unit] then units[unit] = tonumber(amount) end
+    elseif i < 7 then
+      i = i + 1
       n[i] = tonumber(item) or 0
     end
   end
-  n[1], n[2] = n[1] + calls, n[2] + denials
-  if tokens then for k = 1, 5 do n[k + 2] = n[k + 2] + tokens[k] end end
-  for unit, amount in pairs(spend) do units[unit] = (units[unit] or 0) + amount end
-  local parts = {}
-  for k = 1, 7 do parts[k] = s(n[k]) end
-  for _, unit in ipairs(UNITS_IN_ORDER) do
-    if units[unit] then parts[#parts + 1] = unit .. '=' .. s(units[unit]) end
-  end
-  redis.call('HSET', K_REPORT, field, table.concat(parts, ','))
-  if not old then
-    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
-    redis.call('ZADD', K_RDAYS, USAGE_BASE + day, field)
-    local gone = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE,
-      '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
-    if #gone > 0 then
-      redis.call('HDEL', K_REPORT, unpack(gone))
-      redis.call('ZREM', K_RDAYS, unpack(gone))
+  redis.call('HDEL', K_REPORT, unpack(usage_fields(name)))
+  local writes = {name, s(n[1])}
+  for k = 2, 7 do
+    if n[k] ~= 0 then
+      writes[#writes + 1], writes[#writes + 2] = usage_field(name, USAGE_TAGS[k - 1]), s(n[k])
     end
+  end
+  for unit, amount in pairs(units) do
+    writes[#writes + 1], writes[#writes + 2] = usage_field(name, unit), s(amount)
+  end
+  redis.call('HSET', K_REPORT, unpack(writes))
+  return n[1]
+end
+local function usage_prune()
+  -- up to prune_batch entries of days past the retention leave storage, with their fields
+  local gone = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE,
+    '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
+  if #gone == 0 then return end
+  for i = 1, #gone, 500 do  -- 11 fields an entry, within what one unpack can pass
+    local fields = {}
+    for j = i, math.min(i + 499, #gone) do
+      fields[#fields + 1] = gone[j]
+      for _, field in ipairs(usage_fields(gone[j])) do fields[#fields + 1] = field end
+    end
+    redis.call('HDEL', K_REPORT, unpack(fields))
+  end
+  redis.call('ZREM', K_RDAYS, unpack(gone))
+end
+local function count_usage(at, scope, model, calls, denials, tokens, spend)
+  local day = math.floor(at / DAY)
+  if day < oldest_kept() then return end
+  local name = 'u|' .. day_of(at) .. '|' .. scope .. '|' .. model
+  local fresh = false
+  local n = redis.pcall('HINCRBY', K_REPORT, name, calls)
+  if type(n) == 'table' then  -- not an integer: the packed form of earlier versions
+    n = usage_unpacked(name, redis.call('HGET', K_REPORT, name)) + calls
+    redis.call('HSET', K_REPORT, name, s(n))
+  elseif calls > 0 and n == calls then
+    fresh = true  -- the entry's first call (or its first after denials only)
+  end
+  if denials > 0 and redis.call('HINCRBY', K_REPORT, usage_field(name, 'd'), denials) ==
+      denials then
+    fresh = true
+  end
+  if tokens then
+    for k = 1, 5 do
+      if tokens[k] ~= 0 then
+        redis.call('HINCRBY', K_REPORT, usage_field(name, USAGE_TOKENS[k]), tokens[k])
+      end
+    end
+  end
+  for unit, amount in pairs(spend) do
+    redis.call('HINCRBY', K_REPORT, usage_field(name, unit), amount)
+  end
+  if fresh then
+    -- into the day's index (again, at no cost, after an entry's denials), and the first
+    -- entries of a day push the old days out
+    if redis.call('ZCARD', K_RDAYS) == 0 then report_migrate() end
+    redis.call('ZADD', K_RDAYS, USAGE_BASE + day, name)
+    usage_prune()
   end
 end
 local function count_all(scopes, counter, by)
-  for _, scope in ipairs(scopes) do count(scope, counter, by) end
+  for i = 1, #scopes do count(scopes[i], counter, by) end
 end
 local function alert(L, d, rid)
   -- as _alert in state.py: after a commit or a record, never a hold; thresholds and
@@ -809,8 +907,11 @@ end
 local function targets(scopes, dims, units)
   local found, applicable, held = {}, 0, {}
   prefetch_defs(scopes)
-  for _, scope in ipairs(scopes) do
-    for _, d in ipairs(defs_of(scope)) do
+  for i = 1, #scopes do
+    local scope = scopes[i]
+    local defs = defs_of(scope)
+    for j = 1, #defs do
+      local d = defs[j]
       local path
       if d.per == '' then path = scope elseif dims[d.per] then
         path = scope .. '/' .. d.per .. ':' .. dims[d.per]
@@ -819,8 +920,9 @@ local function targets(scopes, dims, units)
         applicable = applicable + 1
         held[d.unit] = true
         if units[d.unit] then
-          local field = lfield(path, d.unit, d.period, current_bucket(d.period))
-          found[#found + 1] = {field = field, d = d, path = path}
+          local b = d.period == '' and '' or current_bucket(d.period)
+          found[#found + 1] = {field = path .. '|' .. d.unit .. '|' .. d.period .. '|' .. b,
+            d = d, path = path}
         end
       end
     end
@@ -835,10 +937,12 @@ local function targets(scopes, dims, units)
 end
 
 -- required dimensions ----------------------------------------------------------------------
-local function access_rules(scopes)
+local function access_rules(scopes, exists)
   -- the scopes' access rules, decoded, by position (false where a scope has none); a hash
-  -- with no fields does not exist, so a tenant without rules skips the lookup
-  if redis.call('EXISTS', K_ACCESS) == 0 then return {} end
+  -- with no fields does not exist, so a tenant without rules skips the lookup (`exists`:
+  -- whether it does, when the caller knows already)
+  if exists == nil then exists = redis.call('EXISTS', K_ACCESS) == 1 end
+  if not exists then return {} end
   local rules = redis.call('HMGET', K_ACCESS, unpack(scopes))
   for i = 1, #scopes do
     if rules[i] then rules[i] = cjson.decode(rules[i]) end
@@ -882,7 +986,8 @@ local function unpack_units(text)
 end
 local function pack_units(by_unit)
   local text = ''
-  for _, unit in ipairs(UNITS_IN_ORDER) do
+  for i = 1, 4 do
+    local unit = UNITS_IN_ORDER[i]
     local amount = by_unit[unit]
     if amount ~= nil then
       text = (text == '' and '' or text .. ',') .. unit .. '=' .. s(amount)
@@ -898,7 +1003,11 @@ end
 local function ledger_ref(field, path, d)
   return field, ((#path * 65536 + #d.scope) * 8 + UNIT_ORDER[d.unit]) * 8 + PERIOD_ORDER[d.period]
 end
+local REFS, REF_COUNT = {}, 0  -- field -> {code, entry}: read-only entries kept across calls
 local function from_ref(field, code)
+  local kept = REFS[field]
+  if kept and kept[1] == code then return kept[2] end
+  local key = code
   local period = code % 8
   code = (code - period) / 8
   local unit = code % 8
@@ -910,8 +1019,13 @@ local function from_ref(field, code)
   if path_end > scope_end then
     dper = string.sub(path, scope_end + 2, string.find(path, ':', scope_end + 2, true) - 1)
   end
-  return {field = field, path = path, unit = UNIT_NAMES[unit], period = PERIOD_NAMES[period],
+  local entry = {field = field, path = path, unit = UNIT_NAMES[unit],
+    period = PERIOD_NAMES[period],
     dscope = path_end > scope_end and string.sub(path, 1, scope_end) or path, dper = dper}
+  if REF_COUNT >= 512 then REFS, REF_COUNT = {}, 0 end
+  if REFS[field] == nil then REF_COUNT = REF_COUNT + 1 end
+  REFS[field] = {key, entry}
+  return entry
 end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
@@ -942,9 +1056,10 @@ local function res_def(entry)
     neutral_def(entry.dscope, entry.unit, entry.period, entry.dper)
 end
 local function res_scopes(R)
-  local seen, out = {}, {}
-  for _, e in ipairs(res_ledgers(R)) do
-    if not seen[e.path] then seen[e.path] = true out[#out + 1] = e.path end
+  local seen, out, entries = {}, {}, res_ledgers(R)
+  for i = 1, #entries do
+    local path = entries[i].path
+    if not seen[path] then seen[path] = true out[#out + 1] = path end
   end
   return out
 end
@@ -983,9 +1098,9 @@ end
 local function res_targets(R)
   -- {field, d} per ledger the reservation holds, their definitions fetched at once
   local entries, scopes, targets_ = res_ledgers(R), {}, {}
-  for i, e in ipairs(entries) do scopes[i] = e.dscope end
+  for i = 1, #entries do scopes[i] = entries[i].dscope end
   prefetch_defs(scopes)
-  for i, e in ipairs(entries) do targets_[i] = {field = e.field, d = res_def(e)} end
+  for i = 1, #entries do targets_[i] = {field = entries[i].field, d = res_def(entries[i])} end
   return targets_
 end
 local function return_estimate(R)
@@ -1006,10 +1121,18 @@ local function finish(R, key, status, charged)
   redis.call('HSET', key, 'status', status, 'finalized', s(NOW), 'charged', charged or '')
   redis.call('PEXPIRE', key, CFG.finished_retention_ms)
   redis.call('ZREM', K_EXP, R.id)
-  for qkey in string.gmatch(R.concurrency or '', '[^\n]+') do
+  if (R.concurrency or '') == '' then return end
+  for qkey in string.gmatch(R.concurrency, '[^\n]+') do
     local n = tonumber(redis.call('HGET', K_QCOUNT, qkey) or '0')
     redis.call('HSET', K_QCOUNT, qkey, math.max(0, n - 1))
   end
+end
+local function action_name(json)
+  -- the name in an action's JSON: read off the text when it holds no escape (a quote inside
+  -- a JSON string is always escaped, so `"name":` is the key), else decoded
+  local name = string.match(json, '"name":%s*"([^"\\]*)"')
+  if name then return name end
+  return cjson.decode(json).name
 end
 local function subject_scope(R) return R.scope_path or cjson.decode(R.subject).scope_path end
 local function res_report_scopes(R)
@@ -1148,9 +1271,11 @@ local function flat_reserve(args)
     subject = args[8], scope_path = args[9], action = {kind = args[10], name = args[11]},
     action_json = args[12], estimate = unit_pairs(args[13]), ttl = tonumber(args[14]),
     grace = tonumber(args[15]), maxext = tonumber(args[16]), policy = opt(args[17]),
-    dry_run = string.find(flags, 'd', 1, true) ~= nil,
-    shadow = string.find(flags, 's', 1, true) ~= nil, dims = json_opt(args[19]) or {},
-    elastic = json_opt(args[20]), plan = json_opt(args[21]), scopes = {unpack(args, 22)}}
+    dry_run = flags ~= '' and string.find(flags, 'd', 1, true) ~= nil,
+    shadow = flags ~= '' and string.find(flags, 's', 1, true) ~= nil,
+    dims = args[19] ~= '' and cjson.decode(args[19]) or {},
+    elastic = args[20] ~= '' and cjson.decode(args[20]) or nil,
+    plan = args[21] ~= '' and cjson.decode(args[21]) or nil, scopes = {unpack(args, 22)}}
 end
 local function flat_settle(args)
   -- 1 commit | release | extend, 4 rid, 5 tenant, 6 idempotency key, 7 fingerprint,
@@ -1176,6 +1301,7 @@ local function begin(keys, args, flat)
   K_RES, K_IDEM = keys[12], keys[13]
   NULL = cjson.null
   if flat then P = flat(args) else P = cjson.decode(args[1]) end
+  SHARE_DEFS = flat ~= nil  -- reserve and settle (see DEF_MEMO)
   if args[3] ~= CFG_TEXT then CFG, CFG_TEXT = cjson.decode(args[3]), args[3] end
   NOW = now_ms(args[2])
   NOTES, DEF_CACHE, CURRENT, DAY_PREFIX, TODAY = {}, {}, {}, nil, nil

@@ -137,13 +137,29 @@ elseif op == 'usage' then
       first, last = report_span('month', days_from_civil(tonumber(y), tonumber(m), 1) * DAY)
     end
   end
+  -- each entry: its name, what its name's field holds (the calls, or the packed counts of
+  -- earlier versions), then its other fields in USAGE_TAGS order (false where absent)
   local oldest, found, after = oldest_kept(), {}, NULL
+  local width = 2 + #USAGE_TAGS
   for day = first + P.index, last do
     if day >= oldest then
-      report_values(redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day),
-                    found)
+      local names = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day)
+      for i = 1, #names, 80 do  -- 80 entries a command, within what one unpack can pass
+        local fields = {}
+        for j = i, math.min(i + 79, #names) do
+          fields[#fields + 1] = names[j]
+          for _, field in ipairs(usage_fields(names[j])) do fields[#fields + 1] = field end
+        end
+        local values = redis.call('HMGET', K_REPORT, unpack(fields))
+        for j = 1, #values, width - 1 do
+          if values[j] then  -- (an entry whose name's field is gone holds nothing)
+            found[#found + 1] = fields[j]
+            for k = j, j + width - 2 do found[#found + 1] = values[k] end
+          end
+        end
+      end
     end
-    if #found >= 2 * P.limit and day < last then
+    if #found >= width * P.limit and day < last then
       after = day + 1 - first
       break
     end

@@ -15,6 +15,119 @@ if not P.dry_run then
 end
 local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
+
+-- the plain path (as _plain in memory/reserve.py): a tenant without access rules or quotas,
+-- in enforce mode, a call with a fixed estimate and no idempotency key, on budgets that are
+-- active, without required dimensions or degrade rules, and ledgers clear of debt with room
+-- for it. It runs the commands the general evaluation below would, in the same order, and
+-- writes and answers exactly what it would; when any of that does not hold it writes
+-- nothing and hands what it read on (`known`), so the general path reads nothing twice.
+local known = {}
+local function plain()
+  known.access = redis.call('EXISTS', K_ACCESS) == 1
+  if known.access then return nil end
+  local scopes_ = P.scopes
+  prefetch_defs(scopes_)
+  for i = 1, #scopes_ do
+    local defs = defs_of(scopes_[i])
+    for j = 1, #defs do
+      local d = defs[j]
+      if d.required or d.status ~= 'ACTIVE' or (d.degrade_raw or '') ~= '' or
+          (d.degrade ~= nil and (type(d.degrade) ~= 'table' or next(d.degrade) ~= nil)) then
+        return nil
+      end
+    end
+  end
+  known.quotas = redis.call('EXISTS', K_QUOTAS) == 1
+  if known.quotas then return nil end
+  local estimate, dims, pairs_ = {}, {}, P.estimate
+  for i = 1, #pairs_ do
+    local unit, amount = pairs_[i][1], pairs_[i][2]
+    if amount < 0 or amount > MAX_AMOUNT then return nil end
+    estimate[unit] = amount
+  end
+  pairs_ = P.dims
+  for i = 1, #pairs_ do dims[pairs_[i][1]] = pairs_[i][2] end
+  -- the ledgers it holds, as targets() finds them; a budget without a dimension keeps its
+  -- target on its definition, which is kept across calls (DEF_MEMO), while its bucket holds
+  local found = {}
+  for i = 1, #scopes_ do
+    local scope = scopes_[i]
+    local defs = defs_of(scope)
+    for j = 1, #defs do
+      local d = defs[j]
+      if estimate[d.unit] then
+        local b = d.period == '' and '' or current_bucket(d.period)
+        if d.per == '' then
+          local st = d.target
+          if st == nil or st.b ~= b then
+            st = {field = scope .. '|' .. d.unit .. '|' .. d.period .. '|' .. b, d = d,
+              path = scope, b = b}
+            d.target = st
+          end
+          found[#found + 1] = st
+        elseif dims[d.per] then
+          local path = scope .. '/' .. d.per .. ':' .. dims[d.per]
+          found[#found + 1] = {field = path .. '|' .. d.unit .. '|' .. d.period .. '|' .. b,
+            d = d, path = path}
+        end
+      end
+    end
+  end
+  if #found == 0 then return nil end
+  -- the ledgers as values (no table per ledger), as ledger() reads them; one stored in
+  -- an earlier form or under another limit goes to the general path
+  local fields = {}
+  for i = 1, #found do fields[i] = found[i].field end
+  local raws = redis.call('HMGET', K_LEDGERS, unpack(fields))
+  known.raws = raws
+  local held_ledgers, scopes, seen, rows, writes = {}, {}, {}, {}, {}
+  for i = 1, #found do
+    local raw, st = raws[i], found[i]
+    local d, path = st.d, st.path
+    local _, a, ls, r, sp, debt, over, al, ex, on
+    if not raw then
+      a, ls, r, sp, debt, over, al, ex, on = d.limit, d.limit, 0, 0, 0, 0, 0, 0, 0
+    elseif string.byte(raw, 1) == 1 then
+      _, a, ls, r, sp, debt, over, _, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+      if ls ~= d.limit then return nil end
+    else
+      return nil
+    end
+    local amount = estimate[d.unit]
+    if over == 1 or debt > 0 or a - r - sp < amount then return nil end
+    r = r + amount
+    writes[2 * i - 1] = fields[i]
+    writes[2 * i] = struct.pack(LEDGER_FORMAT, 1, a, ls, r, sp, debt, over, NOW, al, ex, on)
+    held_ledgers[2 * i - 1], held_ledgers[2 * i] = ledger_ref(fields[i], path, d)
+    if not seen[path] then seen[path] = true scopes[#scopes + 1] = path end
+    local n = #rows  -- as add_row
+    rows[n + 1], rows[n + 2], rows[n + 3], rows[n + 4] = fields[i], a, r, sp
+    rows[n + 5], rows[n + 6], rows[n + 7], rows[n + 8] = debt, d.od, over, d.status
+  end
+  -- the reservation as save_res writes it (its fields in that order)
+  local tally, packed = report_scopes(P.scope_path, P.dims), pack_units(estimate)
+  local expires = NOW + P.ttl
+  redis.call('HSET', K_RES, 'status', 'ACTIVE', 'expires', s(expires), 'ext', 0, 'core',
+    cmsgpack.pack({P.rid, P.tenant, P.subject, P.action_json, packed, held_ledgers, s(NOW),
+      P.grace, P.maxext, nz(P.policy) or '', '', '0', P.scope_path, 1,
+      table.concat(tally, '\n')}))
+  redis.call('ZADD', K_EXP, expires + P.grace, P.rid)
+  local fields = {'subject', P.subject, 'action', P.action.kind .. ' ' .. P.action.name,
+    'reservation_id', P.rid}
+  if #scopes > 0 then fields[7], fields[8] = 'scopes', cjson.encode(scopes) end
+  if packed ~= '' then fields[#fields + 1], fields[#fields + 2] = 'estimate', packed end
+  audit_fields('reservation.reserved', fields)
+  count_all(tally, 'reservations')
+  for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
+  redis.call('HSET', K_LEDGERS, unpack(writes))
+  return {'ALLOW', P.rid, NOW, packed, rows, notes_json()}
+end
+if not shadow and not P.dry_run and nz(P.key) == nil and nz(P.elastic) == nil and
+    not (nz(P.plan) and not meta[2]) then
+  local done = plain()
+  if done then return done end
+end
 local kind, name = P.action.kind, P.action.name
 -- the provider a name starts with ('openai' in 'openai:gpt-4o'): a degrade rule's model
 -- applies only to calls to a provider it names
@@ -58,7 +171,7 @@ end
 local function matches(value, patterns) return glob_any(value, patterns, true) end
 local is_tool = string.sub(kind, 1, 5) == 'tool.'
 local is_llm = string.sub(kind, 1, 4) == 'llm.'
-local access = access_rules(P.scopes)
+local access = access_rules(P.scopes, known.access)
 denial = missing_dims(P.scopes, dims, access)  -- required dimensions come first
 for i, scope in ipairs(P.scopes) do
   local rule = access[i]
@@ -83,8 +196,8 @@ end
 -- quotas -------------------------------------------------------------------------------------
 local calls, runs, concurrency = {}, {}, {}
 local run = dims['run']
-local quota_lists = redis.call('EXISTS', K_QUOTAS) == 1 and
-  redis.call('HMGET', K_QUOTAS, unpack(P.scopes)) or {}
+if known.quotas == nil then known.quotas = redis.call('EXISTS', K_QUOTAS) == 1 end
+local quota_lists = known.quotas and redis.call('HMGET', K_QUOTAS, unpack(P.scopes)) or {}
 for i, scope in ipairs(P.scopes) do
   if quota_lists[i] then
     for _, q in ipairs(cjson.decode(quota_lists[i])) do
@@ -143,7 +256,14 @@ if denial == nil or shadow then
     found = {}
     denial = denial or {outcome = 'DENY', reason = 'BUDGET_NOT_FOUND', scope = P.scopes[#P.scopes]}
   end
-  for i, L in ipairs(lload_all(found)) do
+  local loaded
+  if known.raws then  -- read by the plain path
+    loaded = {}
+    for i = 1, #found do loaded[i] = ledger(found[i].field, found[i].d, known.raws[i]) end
+  else
+    loaded = lload_all(found)
+  end
+  for i, L in ipairs(loaded) do
     if P.dry_run then L.r = L.r - (returned[L.field] or 0) end
     found[i].L = L
   end

@@ -76,7 +76,90 @@ if kind == 'release' then
 end
 
 -- commit
-local estimate = unpack_units(R.estimate)
+local estimate, units = unpack_units(R.estimate)
+
+-- the plain commit (as _plain in memory/settle.py): an enforce-mode reservation in one unit,
+-- charged within its estimate; the general one below would change each ledger the same
+-- way (the estimate released, the actual spent: nothing to refuse, no debt, no overage)
+-- and write and answer the same
+local known_raws  -- the ledgers as the plain path read them, for the general path
+local function plain()
+  local unit, amount = P.actual[1][1], P.actual[1][2]
+  local held = estimate[unit]
+  if held == nil or amount < 0 or amount > held then return nil end
+  local targets_ = res_targets(R)
+  local n, fields = #targets_, {}
+  if n == 0 then return nil end
+  for i = 1, n do fields[i] = targets_[i].field end
+  local raws = redis.call('HMGET', K_LEDGERS, unpack(fields))
+  known_raws = raws
+  -- the ledgers as values, 9 each (a, ls, r, sp, debt, over, al, ex, on), as ledger() reads
+  -- them: one missing, in an earlier form or under another limit goes to the general path
+  local v, balances = {}, {}
+  for i = 1, n do
+    local raw, d = raws[i], targets_[i].d
+    if not raw or string.byte(raw, 1) ~= 1 then return nil end
+    local _, a, ls, r, sp, debt, over, _, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
+    if ls ~= d.limit then return nil end
+    r, sp = r - held, sp + amount
+    local k = 9 * (i - 1)
+    v[k + 1], v[k + 2], v[k + 3], v[k + 4], v[k + 5] = a, ls, r, sp, debt
+    v[k + 6], v[k + 7], v[k + 8], v[k + 9] = over, al, ex, on
+    local m = #balances  -- as add_row
+    balances[m + 1], balances[m + 2], balances[m + 3], balances[m + 4] = fields[i], a, r, sp
+    balances[m + 5], balances[m + 6], balances[m + 7], balances[m + 8] = debt, d.od, over,
+      d.status
+  end
+  local function as_ledger(i)
+    local k = 9 * (i - 1)
+    return {field = fields[i], a = v[k + 1], ls = v[k + 2], r = v[k + 3], sp = v[k + 4],
+      debt = v[k + 5], over = v[k + 6], t = NOW, al = v[k + 7], ex = v[k + 8], on = v[k + 9]}
+  end
+  local charged_text = unit .. '=' .. s(amount)
+  finish(R, K_RES, 'COMMITTED', charged_text)
+  local scopes = res_scopes(R)
+  audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
+    'scopes', #scopes > 0 and cjson.encode(scopes), 'idempotency_key', nz(P.key),
+    'estimate', R.estimate, 'actual', charged_text, 'charged', charged_text))
+  count_all(tally, 'commits')
+  count_all(tally, 'committed:' .. unit, amount)
+  count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
+    {[unit] = amount})
+  for i = 1, n do  -- alert() on a ledger only when it has something to say
+    local k, d = 9 * (i - 1), targets_[i].d
+    local a, used, over, al = v[k + 1], v[k + 4] + v[k + 5], v[k + 6], v[k + 7]
+    if a > 0 then
+      if (al < alert_count(d) and used * 1000000 >=
+          math.floor(alert_at(d, al + 1) * 1000000 + 0.5) * a) or
+          (used >= a and v[k + 8] == 0) or (over == 1 and v[k + 9] == 0) then
+        local L = as_ledger(i)
+        alert(L, d, R.id)
+        v[k + 7], v[k + 8], v[k + 9] = L.al, L.ex, L.on
+      else
+        v[k + 9] = over  -- as alert() leaves it
+      end
+    end
+  end
+  local wants = hooks()
+  if wants and wants[FORECAST] then
+    local rows = {}
+    for i = 1, n do rows[i] = {L = as_ledger(i)} end
+    forecasts(rows)
+  end
+  local writes = {}
+  for i = 1, n do
+    local k = 9 * (i - 1)
+    writes[2 * i - 1] = fields[i]
+    writes[2 * i] = struct.pack(LEDGER_FORMAT, 1, v[k + 1], v[k + 2], v[k + 3], v[k + 4],
+      v[k + 5], v[k + 6], NOW, v[k + 7], v[k + 8], v[k + 9])
+  end
+  redis.call('HSET', K_LEDGERS, unpack(writes))
+  return save_compact({charged_text, unit .. '=' .. s(held - amount), balances, false})
+end
+if R.shadow ~= '1' and #units == 1 and #P.actual == 1 then
+  local done = plain()
+  if done then return done end
+end
 local actual = {}
 for _, pair in ipairs(P.actual) do actual[pair[1]] = pair[2] end
 local bad = amount_refusal(actual, 'actual')
@@ -93,7 +176,13 @@ for unit, held in pairs(estimate) do
 end
 local shadow = R.shadow == '1'
 local rows, targets_ = {}, res_targets(R)
-local ledgers = lload_all(targets_)
+local ledgers
+if known_raws then  -- read by the plain path
+  ledgers = {}
+  for i = 1, #targets_ do ledgers[i] = ledger(targets_[i].field, targets_[i].d, known_raws[i]) end
+else
+  ledgers = lload_all(targets_)
+end
 for i, e in ipairs(res_ledgers(R)) do
   local d = targets_[i].d
   local policy = R.policy ~= '' and R.policy or d.policy
@@ -124,7 +213,7 @@ audit_fields('reservation.committed', with_optional({'reservation_id', R.id},
   'actual', pack_units(actual), 'charged', charged_text))
 count_all(tally, 'commits')
 for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amount) end
-count_usage(tonumber(R.created), subject_scope(R), cjson.decode(R.action).name, 1, 0, P.usage,
+count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
   charged)  -- on the day the reservation was made: the day whose ledgers it charged
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
 local over = {}
