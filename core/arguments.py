@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import suppress
 from typing import Any
+
+try:  # optional (the server extra installs it): a faster encoder of the same bytes
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None  # type: ignore[assignment]
 
 from . import targets
 from .amounts import (
@@ -206,14 +212,32 @@ def keyed(key: str | None, *payload: Any) -> dict[str, Any]:
 
 
 def fingerprint(payload: tuple[Any, ...]) -> str:
-    def plain(value: Any) -> Any:
-        if hasattr(value, "model_dump"):
-            return value.model_dump(mode="json")
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if hasattr(value, "value"):
-            return value.value
-        return value if value is None or isinstance(value, (int, str)) else repr(value)
+    """SHA-256 of the payload as canonical JSON: sorted keys, no spaces, ASCII only (the
+    stdlib's `json.dumps(..., sort_keys=True, separators=(",", ":"))`). orjson writes the
+    same bytes for what payloads hold (ints, strings, booleans, nulls, no floats) as long as
+    its output is ASCII without DEL, which the stdlib escapes; anything else (non-ASCII
+    text, a number past 64 bits), or without orjson installed, the stdlib encodes it: a
+    fingerprint is the same bytes either way."""
+    data = _plain(payload)
+    text = b""
+    if _orjson is not None:
+        with suppress(TypeError):  # orjson.JSONEncodeError: an int past 64 bits
+            text = _orjson.dumps(data, option=_orjson.OPT_SORT_KEYS)
+    if not text or not text.isascii() or b"\x7f" in text:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()
 
-    text = json.dumps(plain(payload), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is tuple or kind is list:
+        return [_plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value"):
+        return value.value
+    return value if isinstance(value, (int, str)) else repr(value)

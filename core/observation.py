@@ -65,9 +65,17 @@ Observer = Callable[[Observation], None]
 """A callable that receives each `Observation`; what it raises is logged and ignored."""
 
 
+_NAMES: dict[type, str] = {ops.Commit: "commit", ops.Release: "release",
+                           ops.Extend: "extend", ops.Record: "record"}
+"""The observed operations by their exact class (a reserve is named by its `dry_run`)."""
+
+
 def _call_name(op: object) -> str | None:
     """The observed call an operation starts, or None for calls not observed (reads,
     administration)."""
+    name = _NAMES.get(type(op))
+    if name is not None:
+        return name
     if isinstance(op, ops.Reserve):
         return "decide" if op.dry_run else "reserve"
     if isinstance(op, ops.Commit):

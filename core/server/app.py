@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +20,7 @@ from .context import error_response, json_response
 from .errors import ApiError, from_allotment
 from .hooks_routes import Hooks
 from .operators import Operators
+from .plane import App
 from .policies import Policies
 from .runtime import Runtime, Settings
 
@@ -76,7 +76,7 @@ async def _ready(request: Request) -> Response:
 
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
                metrics: bool | None = None, plans: Mapping[str, Plan] | None = None,
-               define_plans: bool = True, extensions: bool = True) -> Starlette:
+               define_plans: bool = True, extensions: bool = True) -> App:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
     `GET /metrics` (by default when prometheus-client is installed). `plans` are the
@@ -87,7 +87,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body, extensions)
-    routes = [*Runtime(settings).routes(), *Admin(settings).routes(),
+    routes = [*Admin(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
               *Operators(settings).routes(), *Hooks(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
@@ -95,7 +95,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     serve_metrics = _metrics.available() if metrics is None else metrics
     if serve_metrics:
         routes.append(Route("/metrics", _metrics.endpoint(guard), methods=["GET"]))
-    app = Starlette(routes=routes, exception_handlers={
+    app = App(routes=routes, hot=Runtime(settings).routes(), exception_handlers={
         ApiError: _api_error, AllotmentError: _allotment_error, HTTPException: _http_error,
         Exception: _crash})
     app.state.guard = guard

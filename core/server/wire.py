@@ -177,24 +177,56 @@ def _explain(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+MAX_CACHED = 4096
+"""Subjects and actions kept per process, each under the wire values it was built from
+(then the lot is dropped and rebuilt on demand)."""
+_SUBJECTS: dict[tuple[Any, ...], Subject] = {}
+_ACTIONS: dict[tuple[Any, ...], Action] = {}
+
+
+def _remember(cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
+    if len(cache) >= MAX_CACHED:
+        cache.clear()
+    cache[key] = value
+
+
 def subject(wire: WireSubject, tenant: str) -> Subject:
-    """The subject of the key's tenant; one that names another tenant is forbidden."""
-    fields = wire.model_dump(exclude_none=True)
-    if not any(level in fields for level in LEVELS):
+    """The subject of the key's tenant; one that names another tenant is forbidden.
+
+    `Subject` and `Action` are frozen values whose checks depend on their fields alone, so
+    the one built for the same wire values (the tenant being the key's) is reused: most
+    requests name a handful of subjects. A value that fails its checks is never kept."""
+    named = wire.tenant
+    levels = (wire.workspace, wire.app, wire.workflow, wire.agent, wire.toolset)
+    if named is None and levels.count(None) == len(levels):
         raise bad_request("subject: give at least one of " + ", ".join(LEVELS)
                           + " (dimensions alone do not name a scope)")
-    named = fields.get("tenant")
     if named is not None and named.lower() != tenant:
         raise forbidden(f"subject.tenant {shown(named)} is not the tenant of this key")
-    fields["tenant"] = tenant
-    return Subject(**fields)
+    dimensions = wire.dimensions
+    key = (tenant, *levels, tuple(dimensions.items()) if dimensions else None)
+    made = _SUBJECTS.get(key)
+    if made is None:
+        fields = wire.model_dump(exclude_none=True)
+        fields["tenant"] = tenant
+        made = Subject(**fields)
+        _remember(_SUBJECTS, key, made)
+    return made
 
 
 def action(wire: WireAction) -> Action:
-    kind = wire.kind
-    if _ONE_WORD.fullmatch(kind):
-        kind = KIND_PREFIX + kind
-    return Action(kind, wire.name, tags=tuple(wire.tags or ()))
+    """The action the wire names (a one-word kind kept as `cycles.<kind>`), reused as
+    `subject` is."""
+    tags = tuple(wire.tags) if wire.tags else ()
+    key = (wire.kind, wire.name, tags)
+    made = _ACTIONS.get(key)
+    if made is None:
+        kind = wire.kind
+        if _ONE_WORD.fullmatch(kind):
+            kind = KIND_PREFIX + kind
+        made = Action(kind, wire.name, tags=tags)
+        _remember(_ACTIONS, key, made)
+    return made
 
 
 # -- building responses ------------------------------------------------------------------------
@@ -212,9 +244,11 @@ def balance(row: Balance) -> dict[str, Any]:
     unit = row.unit.value  # an enum's .value is a descriptor call: read it once per row
     body: dict[str, Any] = {
         "scope": row.scope.rsplit("/", 1)[-1], "scope_path": row.scope,
-        "remaining": _unit_amount(unit, row.remaining),
-        "reserved": _unit_amount(unit, row.reserved), "spent": _unit_amount(unit, row.spent),
-        "allocated": _unit_amount(unit, row.allocated), "debt": _unit_amount(unit, row.debt)}
+        "remaining": {"unit": unit, "amount": row.remaining},
+        "reserved": {"unit": unit, "amount": row.reserved},
+        "spent": {"unit": unit, "amount": row.spent},
+        "allocated": {"unit": unit, "amount": row.allocated},
+        "debt": {"unit": unit, "amount": row.debt}}
     if row.overdraft_limit:
         body["overdraft_limit"] = _unit_amount(unit, row.overdraft_limit)
     if row.is_over_limit:

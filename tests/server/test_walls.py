@@ -207,3 +207,27 @@ def test_another_tenants_key_cannot_read_acmes_records_or_touch_its_webhooks(
         missing = Api(served.url).call(method, path, body, check=False)
         assert (missing.status, missing.body["error"]) == (401, "UNAUTHORIZED"), path
     assert (guard.balances("tenant:acme"), guard.audit("acme"), guard.webhooks("acme")) == before
+
+
+def test_the_same_wire_subject_is_each_keys_own_tenant(served: Any) -> None:
+    """Subjects built from the wire are reused per wire values and tenant: two tenants
+    naming the same scopes (without the tenant) each reserve in their own ledgers, and a
+    subject another tenant's key names is refused every time."""
+    acme, beta = served.tenant("acme"), served.tenant("beta")
+    body = {"subject": {"workspace": "prod", "app": "chat"},
+            "action": {"kind": "llm.completion", "name": "m"},
+            "estimate": {"unit": USD, "amount": 1_000}}
+    for api, tenant in ((acme, "acme"), (beta, "beta"), (acme, "acme"), (beta, "beta")):
+        made = api.post("/v1/reservations", {"idempotency_key": f"k-{time.time_ns()}", **body})
+        assert made.status == 200, made.body
+        assert made.body["scope_path"] == f"tenant:{tenant}/workspace:prod/app:chat"
+        assert made.body["balances"][0]["scope_path"] == f"tenant:{tenant}"
+    named = {**body, "subject": {"tenant": "acme", "workspace": "prod", "app": "chat"}}
+    for _ in range(2):
+        refused = beta.post("/v1/reservations", {"idempotency_key": "n", **named})
+        assert refused.status == 403, refused.body
+    bad = {**body, "subject": {"workspace": "Prod Space"}}  # not a scope name
+    for _ in range(2):
+        assert acme.post("/v1/reservations", {"idempotency_key": "b", **bad}).status == 400
+    assert beta.get("/v1/balances?tenant=beta").body["balances"][0]["reserved"]["amount"] \
+        == 2_000
