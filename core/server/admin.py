@@ -143,10 +143,10 @@ async def acting(settings: Settings, request: Request, named: str | None,
             raise bad_request("tenant_id: required with the admin key")
         return settings.guard, tenant_name(named, "tenant_id")
     caller = await tenant_key(settings.guard, request, permission)
-    request.state.key_id = caller.key.key_id
-    if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+    request.state.key_id = caller.key_id
+    if named is not None and tenant_name(named, "tenant_id") != caller.tenant.name:
         raise forbidden("tenant_id is not the tenant of this API key")
-    return caller.tenant, caller.key.tenant
+    return caller.tenant, caller.tenant.name
 
 
 class Admin:
@@ -182,10 +182,10 @@ class Admin:
         if admin_key(self.s.admin_key, request):
             return self.s.guard, None
         caller = await tenant_key(self.s.guard, request, permission)
-        request.state.key_id = caller.key.key_id
-        if named is not None and tenant_name(named, "tenant_id") != caller.key.tenant:
+        request.state.key_id = caller.key_id
+        if named is not None and tenant_name(named, "tenant_id") != caller.tenant.name:
             raise forbidden("tenant_id is not the tenant of this API key")
-        return caller.tenant, caller.key.tenant
+        return caller.tenant, caller.tenant.name
 
     # -- tenants and keys -----------------------------------------------------------------
 

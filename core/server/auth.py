@@ -1,6 +1,12 @@
 """Who is calling: a tenant key (`X-Cycles-API-Key`, bound to one tenant, with permissions)
 or the bootstrap admin key (`X-Admin-API-Key`). A request runs through the tenant handle of
-its key, so the guard itself refuses anything outside that tenant."""
+its key, so the guard itself refuses anything outside that tenant.
+
+Two ways to hold a key to account. `tenant_key` looks the key up before the route runs (a
+store call). `keyed_caller` makes no call: its handle carries the key into every operation,
+and the store checks it in the operation's own atomic step (`Guard.tenant_for_key`), so the
+hot runtime routes pay one store call per request, and a revocation still holds at once on
+every worker."""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 
+from ..errors import KeyRefused
 from ..guard import Guard
 from ..keys import permits
-from ..models import ApiKey
 from ..tenant import TenantGuard
 from .context import set_tenant
 from .errors import forbidden, unauthorized
@@ -26,9 +32,9 @@ _handles: WeakKeyDictionary[Guard, dict[str, TenantGuard]] = WeakKeyDictionary()
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated tenant key and the handle it may use."""
+    """A tenant key (its id) and the handle it may use (`tenant.name` is its tenant)."""
 
-    key: ApiKey
+    key_id: str | None
     tenant: TenantGuard
 
 
@@ -43,7 +49,23 @@ async def tenant_key(guard: Guard, request: Request, permission: str) -> Caller:
     if not permits(key, permission):
         raise forbidden(f"this API key lacks the {permission} permission")
     set_tenant(request, key.tenant)
-    return Caller(key, _handle(guard, key.tenant))
+    return Caller(key.key_id, _handle(guard, key.tenant))
+
+
+def keyed_caller(guard: Guard, request: Request, permission: str) -> Caller:
+    """The caller of a route whose every answer comes from a store call through the handle:
+    no lookup now, the store checks the key (`KeyRefused` -> 401/403). A route must
+    re-check with `tenant_key` before answering a refusal of its own, so a bad key is a 401
+    whatever else is wrong with the request (`Runtime`'s routes do)."""
+    secret = request.headers.get(TENANT_HEADER)
+    if not secret:
+        raise unauthorized(f"missing {TENANT_HEADER.title()} header")
+    try:
+        handle = guard.tenant_for_key(secret, permission)
+    except KeyRefused:
+        raise unauthorized(KeyRefused.UNAUTHENTICATED) from None
+    set_tenant(request, handle.name)
+    return Caller(handle.key_id, handle)
 
 
 def _handle(guard: Guard, tenant: str) -> TenantGuard:

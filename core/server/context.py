@@ -63,6 +63,13 @@ def set_tenant(request: Request, tenant: str) -> None:
     state["tenant"] = tenant
 
 
+def forget_tenant(request: Request) -> None:
+    """No `X-Cycles-Tenant` header after all (the request's key was refused)."""
+    state = request.scope.get("state")
+    if state:
+        state.pop("tenant", None)
+
+
 def _tenant(request: Request) -> str | None:
     """`request.state.tenant` if set, read from the dict Starlette keeps it in (the scope's
     "state"), so a request without one raises and catches nothing."""

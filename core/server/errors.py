@@ -102,6 +102,9 @@ def from_allotment(error: al.AllotmentError) -> ApiError:
     """The envelope of an error the guard raised."""
     if isinstance(error, al.Denied):
         return from_denial(error)
+    if isinstance(error, al.KeyRefused):  # the store checked the key with the operation
+        return (ApiError(401, "UNAUTHORIZED", str(error)) if error.unauthenticated
+                else ApiError(403, "FORBIDDEN", str(error)))
     for cls, status, code in _BY_CLASS:
         if isinstance(error, cls):
             return ApiError(status, code, str(error))

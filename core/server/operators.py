@@ -44,9 +44,9 @@ async def reader(settings: Settings, request: Request, permission: str, *,
         tenant = request.state.tenant = tenant_name(named, "tenant")  # in X-Cycles-Tenant
         return settings.guard, tenant
     caller = await tenant_key(settings.guard, request, permission)
-    if named is not None and tenant_name(named, "tenant") != caller.key.tenant:
+    if named is not None and tenant_name(named, "tenant") != caller.tenant.name:
         raise forbidden("tenant is not the tenant of this API key")
-    return caller.tenant, caller.key.tenant
+    return caller.tenant, caller.tenant.name
 
 
 def _headers(request: Request, tenant: str | None) -> dict[str, str]:

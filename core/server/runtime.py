@@ -5,6 +5,7 @@ here: refusals, idempotent replays and tenancy are the guard's."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -17,16 +18,18 @@ from starlette.routing import Route
 from .. import extensions as x
 from ..amounts import Amount, Unit
 from ..clock import system_ms
-from ..errors import InvalidRequest
+from ..errors import AllotmentError, Denied, InvalidRequest, KeyRefused
 from ..guard import Guard
 from ..ids import id_tenant
 from ..models import Action, Balance, Outcome, ReservationStatus
 from ..scopes import LEVELS, Subject
 from ..tenant import TenantGuard
 from . import extended, wire
-from .auth import Caller, admin_key, tenant_key
-from .context import body, json_response
-from .errors import ApiError, bad_request, forbidden, not_found
+from .auth import ADMIN_HEADER, Caller, admin_key, keyed_caller, tenant_key
+from .context import body, forget_tenant, json_response
+from .errors import ApiError, bad_request, forbidden, from_allotment, not_found
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,11 @@ def _reservation_tenant(rid: str) -> str:
 
 def _own(caller: Caller, rid: str) -> None:
     """Another tenant's reservation is 403, whether or not it exists."""
-    if _reservation_tenant(rid) != caller.key.tenant:
+    if _reservation_tenant(rid) != caller.tenant.name:
         raise forbidden("the reservation does not belong to this API key's tenant")
 
 _N = TypeVar("_N", bound=wire.NamedBody)
+_CREATE, _LIST, _BALANCES = "reservations:create", "reservations:list", "balances:read"
 
 
 class Runtime:
@@ -78,33 +82,61 @@ class Runtime:
         if admin_key(self.s.admin_key, request):
             _reservation_tenant(rid)
             return self.s.guard
-        caller = await tenant_key(self.s.guard, request, permission)
+        caller = keyed_caller(self.s.guard, request, permission)
         _own(caller, rid)
         return caller.tenant
 
     def routes(self) -> list[Route]:
         announce = [Route(x.ANNOUNCE_PATH, self.announce, methods=["GET"])] if (
             self.s.extensions) else []
+        keyed = self._keyed
         return [*announce,
-            Route("/v1/reservations", self.create, methods=["POST"]),
-            Route("/v1/reservations", self.list, methods=["GET"]),
-            Route("/v1/reservations/{reservation_id}", self.get, methods=["GET"]),
-            Route("/v1/reservations/{reservation_id}/commit", self.commit, methods=["POST"]),
-            Route("/v1/reservations/{reservation_id}/release", self.release, methods=["POST"]),
-            Route("/v1/reservations/{reservation_id}/extend", self.extend, methods=["POST"]),
-            Route("/v1/decide", self.decide, methods=["POST"]),
-            Route("/v1/events", self.event, methods=["POST"]),
-            Route("/v1/balances", self.balances, methods=["GET"]),
+            Route("/v1/reservations", keyed(self.create, _CREATE), methods=["POST"]),
+            Route("/v1/reservations", keyed(self.list, _LIST), methods=["GET"]),
+            Route("/v1/reservations/{reservation_id}", keyed(self.get, _LIST),
+                  methods=["GET"]),
+            Route("/v1/reservations/{reservation_id}/commit",
+                  keyed(self.commit, "reservations:commit"), methods=["POST"]),
+            Route("/v1/reservations/{reservation_id}/release",
+                  keyed(self.release, "reservations:release"), methods=["POST"]),
+            Route("/v1/reservations/{reservation_id}/extend",
+                  keyed(self.extend, "reservations:extend"), methods=["POST"]),
+            Route("/v1/decide", keyed(self.decide, _CREATE), methods=["POST"]),
+            Route("/v1/events", keyed(self.event, _CREATE), methods=["POST"]),
+            Route("/v1/balances", keyed(self.balances, _BALANCES), methods=["GET"]),
         ]
+
+    def _keyed(self, endpoint: Endpoint, permission: str) -> Endpoint:
+        """`endpoint`, whose tenant key the store checks with the operation it runs
+        (`keyed_caller`). A refusal found before the store was asked (a bad body, another
+        tenant's scope or reservation) first looks the key up, so a bad key is a 401 (or a
+        key without the permission a 403) whatever else is wrong, as when every request
+        looked its key up first. A denial came from the store: its key passed."""
+        async def route(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except KeyRefused:
+                forget_tenant(request)
+                raise
+            except Denied:
+                raise
+            except (ApiError, AllotmentError) as error:
+                status = (error if isinstance(error, ApiError) else from_allotment(error)).status
+                if status < 500 and request.headers.get(ADMIN_HEADER) is None:
+                    forget_tenant(request)
+                    await tenant_key(self.s.guard, request, permission)
+                raise
+        route.__name__ = route.__qualname__ = endpoint.__name__
+        return route
 
     async def _named(self, request: Request, model: type[_N]
                      ) -> tuple[Caller, _N, str, Subject, Action, Any]:
         """A call that names a subject (reserve, decide, events): the caller's key, the body,
         its idempotency key, who and what, and the allotment extension if it used one."""
-        caller = await tenant_key(self.s.guard, request, "reservations:create")
+        caller = keyed_caller(self.s.guard, request, _CREATE)
         req = await self._body(request, model)
         key = _idempotency(request, req.idempotency_key)
-        who, what = wire.subject(req.subject, caller.key.tenant), wire.action(req.action)
+        who, what = wire.subject(req.subject, caller.tenant.name), wire.action(req.action)
         return caller, req, key, who, what, extended.ext(req)
 
     async def _body(self, request: Request, model: type[wire._M]) -> wire._M:
@@ -180,7 +212,7 @@ class Runtime:
     # -- one reservation --------------------------------------------------------------------
 
     async def commit(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "reservations:commit")
+        caller = keyed_caller(self.s.guard, request, "reservations:commit")
         rid = request.path_params["reservation_id"]
         _own(caller, rid)
         req = await self._body(request, wire.CommitBody)
@@ -214,7 +246,7 @@ class Runtime:
         return json_response(request, answer)
 
     async def extend(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "reservations:extend")
+        caller = keyed_caller(self.s.guard, request, "reservations:extend")
         rid = request.path_params["reservation_id"]
         _own(caller, rid)
         req = await self._body(request, wire.ExtendBody)
@@ -230,7 +262,7 @@ class Runtime:
 
     async def get(self, request: Request) -> Response:
         rid = request.path_params["reservation_id"]
-        handle = await self._reservation_handle(request, rid, "reservations:list")
+        handle = await self._reservation_handle(request, rid, _LIST)
         asked = self._asked(request)
         info = await handle.aget(rid)
         if asked:  # the whole record, an expired one too (the library's `get` answers it)
@@ -251,8 +283,8 @@ class Runtime:
                 raise bad_request("tenant: required with the admin key")
             handle, tenant = self.s.guard, named.lower()
         else:
-            caller = await tenant_key(self.s.guard, request, "reservations:list")
-            handle, tenant = caller.tenant, caller.key.tenant
+            caller = keyed_caller(self.s.guard, request, _LIST)
+            handle, tenant = caller.tenant, caller.tenant.name
             if query.get("tenant") and query["tenant"].lower() != tenant:
                 raise forbidden("tenant is not the tenant of this API key")
         if query.get("idempotency_key"):
@@ -294,7 +326,7 @@ class Runtime:
     # -- balances ---------------------------------------------------------------------------
 
     async def balances(self, request: Request) -> Response:
-        caller = await tenant_key(self.s.guard, request, "balances:read")
+        caller = keyed_caller(self.s.guard, request, _BALANCES)
         query = request.query_params
         asked = self._asked(request)
         known = {*LEVELS, "include_children", "limit", "cursor", *(("scope",) if asked else ())}
@@ -308,7 +340,7 @@ class Runtime:
         if not filters and not (asked and query.get("scope")):
             raise bad_request("give at least one of " + ", ".join(LEVELS))
         tenant = filters.get("tenant")
-        if tenant is not None and tenant != caller.key.tenant:
+        if tenant is not None and tenant != caller.tenant.name:
             raise forbidden("tenant is not the tenant of this API key")
         limit = _limit(query.get("limit"))
         after = _cursor(query.get("cursor"))

@@ -231,3 +231,36 @@ def test_the_same_wire_subject_is_each_keys_own_tenant(served: Any) -> None:
         assert acme.post("/v1/reservations", {"idempotency_key": "b", **bad}).status == 400
     assert beta.get("/v1/balances?tenant=beta").body["balances"][0]["reserved"]["amount"] \
         == 2_000
+
+
+def test_a_bad_key_is_401_before_anything_else_is_wrong(served: Any) -> None:
+    """The runtime routes leave the key check to the store call they make; a refusal found
+    before that call (a bad body, another tenant's scope or reservation) still answers 401
+    for a bad key, 403 for a key without the permission, and names no tenant."""
+    acme = served.tenant("acme")
+    served.tenant("rival")
+    reader = served.tenant("acme", permissions=["balances:read"])
+    rid = acme.post("/v1/reservations", {"idempotency_key": "r", **SUBJECT,
+                                         "estimate": {"unit": USD, "amount": 5}}
+                    ).body["reservation_id"]
+    served.guard.revoke_key(served.guard.keys("acme")[0].key_id)
+    before = _state(served, rid)
+    wrongs = [("POST", "/v1/reservations", {"estimate": "five"}),
+              ("POST", "/v1/reservations", {"idempotency_key": "z", "subject": {
+                  "tenant": "rival"}, "action": SUBJECT["action"],
+                  "estimate": {"unit": USD, "amount": 1}}),
+              ("POST", f"/v1/reservations/{rid}/commit", {"actual": 1.5}),
+              ("POST", f"/v1/reservations/rival:{'0' * 32}/commit",
+               {"idempotency_key": "c", "actual": {"unit": USD, "amount": 1}}),
+              ("GET", "/v1/balances?tenant=rival", None),
+              ("GET", "/v1/balances?colour=blue", None)]
+    for method, path, body in wrongs:
+        answer = acme.call(method, path, body)
+        assert (answer.status, answer.body["error"]) == (401, "UNAUTHORIZED"), (path,
+                                                                                answer.body)
+        assert "x-cycles-tenant" not in answer.headers, path
+        if method == "POST":
+            refused = reader.call(method, path, body)
+            assert (refused.status, refused.body["error"]) == (403, "FORBIDDEN"), path
+            assert "reservations:" in refused.body["message"], refused.body
+    assert _state(served, rid) == before
