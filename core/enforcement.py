@@ -40,7 +40,14 @@ from .models import (
 from .platform import assign_plan_op
 from .policy import Elastic
 from .pricing import TokenUsage
-from .reservation import Reservation, commit_op, extend_op, get_op, release_op
+from .reservation import (
+    Reservation,
+    commit_op,
+    extend_op,
+    get_op,
+    in_field_order,
+    release_op,
+)
 from .scopes import Subject
 from .stores import operations as ops
 from .stores.operations import in_unit_order
@@ -50,6 +57,11 @@ from .validation import check_int
 log = logging.getLogger("allotment")
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 SPEND_UNRECORDED = NotificationType.SPEND_UNRECORDED
+
+
+in_field_order(ops.Reserve, "idempotency_key", "fingerprint", "tenant", "scopes", "dimensions",
+               "subject", "action", "estimate", "ttl_ms", "grace_ms", "max_extensions",
+               "overage_policy", "dry_run", "elastic", "shadow", "default_plan")
 
 
 def _same(result: Any) -> Any:
@@ -72,9 +84,8 @@ class EnforcementCalls(Runner):
 
         Access rules, quotas and budgets are all checked, and all charged, in one atomic
         step. An `al.Elastic` estimate may be reserved smaller, answered ALLOW_WITH_CAPS."""
-        return self._reserving(self._reserve_op(
-            subject, action, estimate, ttl_ms=ttl_ms, grace_ms=grace_ms,
-            overage_policy=overage_policy, idempotency_key=idempotency_key))
+        return self._reserving(self._reserve_op(subject, action, estimate, ttl_ms, grace_ms,
+                                                overage_policy, idempotency_key))
 
     reserve, areserve = flow_twins(_reserve)
 
@@ -100,10 +111,11 @@ class EnforcementCalls(Runner):
         return Reservation(self, outcome.reservation, outcome.decision, outcome.balances)
 
     def _reserve_op(self, subject: Subject | None, action: Action,
-                    estimate: AmountsLike | Elastic, *, ttl_ms: int | None = None,
+                    estimate: AmountsLike | Elastic, ttl_ms: int | None = None,
                     grace_ms: int | None = None, overage_policy: Any = None,
                     idempotency_key: str | None = None, dry_run: bool = False) -> ops.Reserve:
-        subject = arg.subject(subject)
+        # a Subject (the usual one) is checked without `arg.subject`'s call and isinstance
+        subject = subject.checked() if type(subject) is Subject else arg.subject(subject)
         if not isinstance(action, Action):
             raise InvalidRequest(f"action: expected an Action, got {action!r}")
         elastic = None
@@ -135,12 +147,10 @@ class EnforcementCalls(Runner):
         engine = self._engine
         tenant = subject.tenant
         return ops.Reserve(
-            tenant=tenant, scopes=subject.scopes(), dimensions=subject.dimension_items,
-            subject=subject, action=action, estimate=units, ttl_ms=ttl, grace_ms=grace,
-            max_extensions=engine.max_extensions, overage_policy=policy, dry_run=dry_run,
-            elastic=elastic, shadow=engine.mode == "shadow",
-            default_plan=None if engine.default_plan is None else self._default_plan(tenant),
-            **keyed)
+            keyed["idempotency_key"], keyed["fingerprint"], tenant, subject.scopes(),
+            subject.dimension_items, subject, action, units, ttl, grace,
+            engine.max_extensions, policy, dry_run, elastic, engine.mode == "shadow",
+            None if engine.default_plan is None else self._default_plan(tenant))
 
     def _default_plan(self, tenant: str) -> ops.ApplyPlan | None:
         engine = self._engine

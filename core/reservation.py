@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +37,19 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+def in_field_order(op: type[Any], *names: str) -> None:
+    """Hot-path operations are built with positional arguments (a keyword call of a
+    dataclass costs about twice as much); this checks, once at import, that `names` is
+    the operation's field order, so a reordered field fails loudly instead of shifting."""
+    found = tuple(f.name for f in fields(op))
+    if found != names:
+        raise ImportError(f"{op.__name__}: fields are {found}, built here as {names}")
+
+
+in_field_order(ops.Commit, "idempotency_key", "fingerprint", "tenant", "reservation_id",
+               "actual", "usage")
+
+
 def commit_op(reservation_id: str, actual: AmountsLike, *,
               idempotency_key: str | None = None, usage: TokenUsage | None = None
               ) -> ops.Commit:
@@ -49,12 +62,16 @@ def commit_op(reservation_id: str, actual: AmountsLike, *,
 def _commit_of(tenant: str, reservation_id: str, actual: AmountsLike,
                idempotency_key: str | None, usage: TokenUsage | None) -> ops.Commit:
     """`commit_op` of a reservation whose tenant is known (a handle knows its own)."""
-    units = arg.units(actual, "actual")
-    counts = token_counts(usage)
-    keyed = arg.NO_KEY if idempotency_key is None else arg.keyed(
-        idempotency_key, "commit", *((units,) if counts is None else (units, counts)))
-    return ops.Commit(tenant=tenant, reservation_id=reservation_id, actual=units,
-                      usage=counts, **keyed)
+    # an Amount (the usual actual) and no usage are read here, without a call each
+    units = ((actual.unit, actual.amount),) if type(actual) is Amount else arg.units(
+        actual, "actual")
+    counts = None if usage is None else token_counts(usage)
+    if idempotency_key is None:
+        return ops.Commit(None, "", tenant, reservation_id, units, counts)
+    keyed = arg.keyed(idempotency_key, "commit",
+                      *((units,) if counts is None else (units, counts)))
+    return ops.Commit(keyed["idempotency_key"], keyed["fingerprint"], tenant, reservation_id,
+                      units, counts)
 
 
 def release_op(reservation_id: str, reason: str = "released", *,
@@ -82,8 +99,7 @@ def commit_units_op(tenant: str, reservation_id: str, actual: Units,
                     usage: TokenUsage | None = None) -> ops.Commit:
     """A commit of an adapter's checked integer units (no idempotency key: one try per
     live reservation handle), with the provider's token counts when known."""
-    return ops.Commit(tenant=tenant, reservation_id=reservation_id, actual=actual,
-                      usage=token_counts(usage), **arg.NO_KEY)
+    return ops.Commit(None, "", tenant, reservation_id, actual, token_counts(usage))
 
 
 class Reservation(Runner):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from ... import ledger, policy
@@ -36,7 +37,7 @@ from .state import (
     amounts,
     count,
     count_usage,
-    held_later,
+    held_balances,
     ledger_at,
     log,
     missing_dimensions,
@@ -44,6 +45,7 @@ from .state import (
     period_name,
     remember,
     replay,
+    shared_amounts,
     snapshot,
     tally,
     targets,
@@ -81,57 +83,51 @@ class _Evaluation:
 
 
 def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
-    """Hold an estimate on every ledger the subject charges, or say why not."""
-    if (op.idempotency_key is None and not op.dry_run and op.elastic is None
-            and not t.access and not t.quotas and not t.required
+    """Hold an estimate on every ledger the subject charges, or say why not.
+
+    The usual reservation is made here, without the general evaluation (`_reserve`): a
+    tenant without access rules, quotas or required dimensions in enforce mode, a fixed
+    estimate in one unit, and every ledger already there, active, clear of debt, without
+    degrade rules and with room. It writes and answers exactly what the general path
+    would; when any of that does not hold, the general path decides (nothing written yet).
+    """
+    fixed = op.estimate
+    route = None
+    if (len(fixed) == 1 and op.idempotency_key is None and not op.dry_run
+            and op.elastic is None and not t.access and not t.quotas and not t.required
             and (t.mode == "enforce" or (t.mode is None and not op.shadow))
             and (op.default_plan is None or t.plan is not None or t.definitions)):
-        made = _plain(t, op, now)
-        if made is not None:
-            return made
-    return _reserve(t, op, now)
-
-
-def _plain(t: Tenant, op: Reserve, now: int) -> ReserveOutcome | None:
-    """The usual reservation, made without the general evaluation: a tenant without access
-    rules, quotas or required dimensions in enforce mode, a fixed estimate in one unit, and
-    every ledger already there, active, clear of debt, without degrade rules and with room.
-    It writes and answers exactly what the general path would; None (nothing written) when
-    any of that does not hold, and the general path decides."""
-    fixed = op.estimate
-    if len(fixed) != 1:
-        return None
-    unit, amount = fixed[0]
-    route = t.routes.get((op.scopes, op.dimensions, unit))
-    if route is None or not 0 <= amount <= MAX_AMOUNT:
-        return None
-    states = route.ready(t, now)
-    if states is None:
-        return None
+        unit, amount = fixed[0]
+        route = t.routes.get((op.scopes, op.dimensions, unit))
+    if (route is None or not 0 <= amount <= MAX_AMOUNT
+            or (ready := route.ready(t, now)) is None):
+        return _reserve(t, op, now)
+    current, states, terms = ready
     for state in states:
         if (state.debt or state.over_limit
                 or state.allocated - state.reserved - state.spent < amount):
-            return None
+            return _reserve(t, op, now)
     for state in states:
         state.reserved += amount
         state.touched_ms = now
-    current = route.current(now)
     rid = t.cx.ids.new(op.tenant)
-    held = amounts(fixed)
+    held = shared_amounts(fixed) or amounts(fixed)
     estimate = {unit: amount}
     expires = now + op.ttl_ms
     t.reservations[rid] = Reservation(
         rid, op.subject, op.action, estimate, held, current, route.scopes, t.epoch, now,
         expires, op.grace_ms, op.max_extensions, op.overage_policy, _NO_SLOTS, False,
-        report=route.report, states=states, generation=t.cx.generation)
+        _HELD, 0, (), None, None, None, None, route.report, route.on_commit, states,
+        t.cx.generation, terms)
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
     t.seq += 1
     t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
                     (route.scopes, rid, None, held)))
-    count(t, now, route.counters("reservations", RESERVED), estimate)
-    return ReserveOutcome(_ALLOW, info, held_later(current, states))
+    count(t, now, route.on_reserve, estimate)
+    return ReserveOutcome(_ALLOW, info, partial(held_balances, current, [
+        (s.allocated, s.reserved, s.spent, s.debt, s.over_limit) for s in states], terms))
 
 
 def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:

@@ -4,6 +4,7 @@ is kept on the reservation."""
 from __future__ import annotations
 
 import heapq
+from functools import partial
 
 from ... import ledger
 from ...errors import (
@@ -18,6 +19,7 @@ from ...reports import report_scopes
 from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
+    DAY_MS,
     Held,
     Reservation,
     Tenant,
@@ -29,13 +31,14 @@ from .state import (
     expire,
     finish,
     held,
-    held_later,
+    held_balances,
     log,
     ordered,
     replayed,
     reservation,
     return_estimate,
     settlement,
+    shared_amounts,
     snapshot,
     tally,
 )
@@ -54,10 +57,78 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         return again
     if res.status is not _ACTIVE or now > res.expires_at_ms + res.grace_ms:
         _require_active(t, res, now, grace=True)
-    if res.report is not None and res.epoch == t.epoch and not res.shadow:
-        done = _plain(t, op, res, now)
-        if done is not None:
-            return done
+    # The usual commit, without the general one's steps (`_commit`): a live reservation in
+    # one unit, of the current definitions, in enforce mode, charged within its estimate,
+    # on ledgers still there under the limit they were held at. It writes and answers
+    # exactly what the general path would; anything else goes there before the first write.
+    given = op.actual
+    estimate = res.estimate
+    if (res.report is None or res.epoch != t.epoch or res.shadow or len(given) != 1
+            or len(estimate) != 1):
+        return _commit(t, op, res, now)
+    unit, amount = given[0]
+    held = estimate.get(unit)
+    if held is None or amount < 0 or amount > held:
+        return _commit(t, op, res, now)
+    states, terms = res.states, res.terms
+    if res.generation != t.cx.generation:  # a ledger or definition changed since: look again
+        ledgers = t.ledgers
+        states = []
+        for key, d in res.ledgers:
+            state = ledgers.get(key)
+            if state is None or state.limit_seen != d.limit:
+                return _commit(t, op, res, now)
+            states.append(state)
+        terms = [(d.overdraft_limit, d.status) for _, d in res.ledgers]
+    loud = False  # some ledger may have a notification due (see `alerts`)
+    charged_ledgers = res.ledgers
+    for (_, d), state in zip(charged_ledgers, states, strict=True):
+        state.reserved -= held
+        state.spent += amount
+        state.touched_ms = now
+        if not (state.spent + state.debt < state.quiet_below and not state.over_limit
+                and state.quiet_allocated == state.allocated
+                and state.quiet_alerts is d.alerts):
+            loud = True
+    charged = shared_amounts(given) or amounts(given)
+    released = ((unit, held - amount),)
+    result = CommitResult(res.id, _COMMITTED, charged,
+                          shared_amounts(released) or amounts(released),
+                          partial(held_balances, charged_ledgers, [
+                              (s.allocated, s.reserved, s.spent, s.debt, s.over_limit)
+                              for s in states], terms))
+    finish(t, res, _COMMITTED, now, given)
+    if op.idempotency_key:
+        res.commit = (op.idempotency_key, op.fingerprint, result)
+    t.seq += 1
+    t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None,
+                    (res.scopes, res.id, op.idempotency_key, res.estimate_amounts, charged,
+                     charged)))
+    report = res.report
+    assert report is not None
+    count(t, now, res.on_commit or counters_at(report, "commits", COMMITTED, (unit,)),
+          {unit: amount})
+    kept = t.usage.get(res.created_at_ms // DAY_MS)  # the day's counters of this subject,
+    entry = None if kept is None else kept.get((report[0], res.action.name))  # when there
+    if entry is not None:
+        entry.add(1, 0, op.usage, given)
+    else:
+        count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
+                    given)
+    forecast = t.cx.forecast
+    if loud or forecast is not None:
+        changed: Held = [(key, d, state) for (key, d), state
+                         in zip(charged_ledgers, states, strict=True)]
+        if loud:
+            alerts(t, changed, now, res.id)
+        if forecast is not None:
+            forecast(t, changed, now)
+    return result
+
+
+def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
+    """Commit in general: several units, shadow mode, an actual beyond the estimate, a
+    reservation made before a definition was added or removed."""
     given = dict(op.actual)
     checked_amounts(given, "actual")
     if not given.keys() <= res.estimate.keys():
@@ -104,63 +175,6 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         t.cx.forecast(t, changed, now)
     return result
 
-
-def _plain(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult | None:
-    """The usual commit, without the general one's steps: a live reservation in one unit,
-    of the current definitions, in enforce mode, charged within its estimate, on ledgers
-    still there under the limit they were held at. It writes and answers exactly what the
-    general path would; None (nothing written) when any of that does not hold."""
-    given = op.actual
-    estimate = res.estimate
-    if len(given) != 1 or len(estimate) != 1:
-        return None
-    unit, amount = given[0]
-    held = estimate.get(unit)
-    if held is None or amount < 0 or amount > held:
-        return None
-    states = res.states
-    if res.generation != t.cx.generation:  # a ledger or definition changed since: look again
-        ledgers = t.ledgers
-        states = []
-        for key, d in res.ledgers:
-            state = ledgers.get(key)
-            if state is None or state.limit_seen != d.limit:
-                return None
-            states.append(state)
-    loud = False  # some ledger may have a notification due (see `alerts`)
-    charged_ledgers = res.ledgers
-    for (_, d), state in zip(charged_ledgers, states, strict=True):
-        state.reserved -= held
-        state.spent += amount
-        state.touched_ms = now
-        if not (state.spent + state.debt < state.quiet_below and not state.over_limit
-                and state.quiet_allocated == state.allocated
-                and state.quiet_alerts is d.alerts):
-            loud = True
-    charged = amounts(given)
-    result = CommitResult(res.id, _COMMITTED, charged, amounts(((unit, held - amount),)),
-                          held_later(charged_ledgers, states))
-    finish(t, res, _COMMITTED, now, given)
-    if op.idempotency_key:
-        res.commit = (op.idempotency_key, op.fingerprint, result)
-    t.seq += 1
-    t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None,
-                    (res.scopes, res.id, op.idempotency_key, res.estimate_amounts, charged,
-                     charged)))
-    report = res.report
-    assert report is not None
-    count(t, now, counters_at(report, "commits", COMMITTED, (unit,)), {unit: amount})
-    count_usage(t, res.created_at_ms, now, report[0], res.action.name, 1, 0, op.usage,
-                given)
-    forecast = t.cx.forecast
-    if loud or forecast is not None:
-        changed: Held = [(key, d, state) for (key, d), state
-                         in zip(charged_ledgers, states, strict=True)]
-        if loud:
-            alerts(t, changed, now, res.id)
-        if forecast is not None:
-            forecast(t, changed, now)
-    return result
 
 
 def release(t: Tenant, op: Release, now: int) -> ReleaseResult:
