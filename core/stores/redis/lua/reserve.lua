@@ -17,11 +17,13 @@ local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 
 -- the plain path (as _plain in memory/reserve.py): a tenant without access rules or quotas,
--- in enforce mode, a call with a fixed estimate and no idempotency key, on budgets that are
--- active, without required dimensions or degrade rules, and ledgers clear of debt with room
--- for it. It runs the commands the general evaluation below would, in the same order, and
--- writes and answers exactly what it would; when any of that does not hold it writes
--- nothing and hands what it read on (`known`), so the general path reads nothing twice.
+-- in enforce mode, a call with a fixed estimate, on budgets that are active, without
+-- required dimensions or degrade rules, and ledgers clear of debt with room for it. It runs
+-- the commands the general evaluation below would, in the same order, and writes and
+-- answers exactly what it would; when any of that does not hold it writes nothing and hands
+-- what it read on (`known`), so the general path reads nothing twice. A call with an
+-- idempotency key comes here only when replay() above found no record of its key (a replay
+-- or a mismatch was answered there), and leaves the same record the general path would.
 local known = {}
 local function plain()
   known.access = redis.call('EXISTS', K_ACCESS) == 1
@@ -116,14 +118,19 @@ local function plain()
   local fields = {'subject', P.subject, 'action', P.action.kind .. ' ' .. P.action.name,
     'reservation_id', P.rid}
   if #scopes > 0 then fields[7], fields[8] = 'scopes', cjson.encode(scopes) end
+  local key = nz(P.key)  -- as with_optional in the general path: in this order, none empty
+  if key and key ~= '' then fields[#fields + 1], fields[#fields + 2] = 'idempotency_key', key end
   if packed ~= '' then fields[#fields + 1], fields[#fields + 2] = 'estimate', packed end
   audit_fields('reservation.reserved', fields)
   count_all(tally, 'reservations')
   for unit, amount in pairs(estimate) do count_all(tally, 'reserved:' .. unit, amount) end
   redis.call('HSET', K_LEDGERS, unpack(writes))
-  return {'ALLOW', P.rid, NOW, packed, rows, notes_json()}
+  local body = {'ALLOW', P.rid, NOW, packed, rows, false}
+  if key then remember(snapshot(body)) end  -- the snapshot only a key can replay
+  body[6] = notes_json()
+  return body
 end
-if not shadow and not P.dry_run and nz(P.key) == nil and nz(P.elastic) == nil and
+if not shadow and not P.dry_run and nz(P.elastic) == nil and
     not (nz(P.plan) and not meta[2]) then
   local done = plain()
   if done then return done end
