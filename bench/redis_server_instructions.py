@@ -3,6 +3,7 @@ store's library with one part left out, counted by callgrind inside redis-server
 
     .venv/bin/python bench/redis_server_instructions.py                # depth 3, ~5 minutes
     .venv/bin/python bench/redis_server_instructions.py --depths 1,3,6 --calls 100
+    .venv/bin/python bench/redis_server_instructions.py --keyed --only store,floor
 
 Time on this shared 2-core machine moves by tens of percent from run to run (see
 redis_floor.py); the instructions a script call executes do not. This starts its own
@@ -11,7 +12,9 @@ and for each script zeroes the counters, makes `--calls` calls with the store's 
 (one tenant, a USD budget on each of `depth` scopes, as redis_ops.py), dumps the counters and
 divides. Every call's reply is checked. The figures include what the server does around a
 script (reading the command, the reply): compare them with each other, not with a trivial
-script's.
+script's. With `--keyed` every reserve and commit carries an idempotency key of its own (new
+to the store, as each HTTP request's), so the store also writes the replay record; the floor
+has no such record.
 
 - store: the store's reserve and commit (FCALL of its library);
 - floor: bench/redis_floor.lua, the same Redis commands without the store's features;
@@ -125,7 +128,7 @@ class Counter:
         raise SystemExit("callgrind wrote no dump")
 
 
-def measure(depths: list[int], calls: int, scripts: list[str]) -> None:
+def measure(depths: list[int], calls: int, scripts: list[str], keyed: bool = False) -> None:
     with counted_server() as (url, pid, out):
         counter = Counter(pid, out)
         client = redis.Redis.from_url(url, decode_responses=True)
@@ -138,7 +141,9 @@ def measure(depths: list[int], calls: int, scripts: list[str]) -> None:
                 own = "allotment_v" + hashlib.sha1(body.encode()).hexdigest()[:11]
                 client.function_load(body.replace(prefix, own), replace=True)
                 names[name] = own
-        print(f"server instructions per call (k), {calls} calls each; Δ = store − this")
+        print(f"server instructions per call (k), {calls} calls each"
+              f"{', each with an idempotency key' if keyed else ''}; Δ = store − this")
+        fresh = iter(range(1 << 62))  # each call's own key, never one seen before
         for depth in depths:
             store = RedisStore(url=url)
             guard = al.Guard(store, ttl_ms=shared.TTL_MS)
@@ -151,12 +156,14 @@ def measure(depths: list[int], calls: int, scripts: list[str]) -> None:
                 found[name] = {}
                 for op in ("reserve", "commit"):
                     if op == "reserve":
-                        ops = [guard._reserve_op(subject, shared.ACTION, shared.ESTIMATE)
+                        ops = [guard._reserve_op(subject, shared.ACTION, shared.ESTIMATE,
+                                                 idempotency_key=_key(keyed, fresh))
                                for _ in range(calls)]
                     else:
                         held = [guard.reserve(subject, shared.ACTION, shared.ESTIMATE)
                                 for _ in range(calls)]
-                        ops = [commit_op(r.id, shared.ACTUAL) for r in held]
+                        ops = [commit_op(r.id, shared.ACTUAL,
+                                         idempotency_key=_key(keyed, fresh)) for r in held]
                     made = [store._flows.call(o) for o in ops]
                     counter.zero()
                     replies = [client.fcall(f"floor_{op}" if name == "floor" else
@@ -187,15 +194,21 @@ def measure(depths: list[int], calls: int, scripts: list[str]) -> None:
         client.close()
 
 
+def _key(keyed: bool, fresh: Iterator[int]) -> str | None:
+    return f"k-{next(fresh)}" if keyed else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depths", default="3", help="scope depths, e.g. 1,3,6 (default 3)")
     parser.add_argument("--calls", type=int, default=200, help="calls per script and op")
     parser.add_argument("--only", default="", help="scripts, comma-separated (default all)")
+    parser.add_argument("--keyed", action="store_true",
+                        help="each reserve and commit with an idempotency key of its own")
     args = parser.parse_args()
     scripts = (args.only.split(",") if args.only
                else ["store", "floor", *VARIANTS])
-    measure([int(d) for d in args.depths.split(",")], args.calls, scripts)
+    measure([int(d) for d in args.depths.split(",")], args.calls, scripts, args.keyed)
 
 
 if __name__ == "__main__":
