@@ -133,7 +133,7 @@ def test_a_kept_key_replays_whatever_path_made_it(
     """A key the general path kept (a subject's first reserve: its route is not known yet)
     replays once the subject would take the lean path, and the lean path writes nothing for
     it; a new key then takes the lean path."""
-    guard, clock = make()
+    guard, _ = make()
     guard.set_budget("tenant:acme", tokens=1_000)
     held = guard.reserve(SUBJECT, LLM, al.tokens(40), idempotency_key="r1")
     assert _tenant(guard).reservations[held.id].on_commit is None  # the general path
