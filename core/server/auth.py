@@ -10,6 +10,7 @@ every worker."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
@@ -26,8 +27,10 @@ from .errors import forbidden, unauthorized
 TENANT_HEADER = "x-cycles-api-key"
 ADMIN_HEADER = "x-admin-api-key"
 MAX_HANDLES = 10_000
-"""Tenant handles kept per guard (then the lot is dropped and rebuilt on demand)."""
+"""Tenant handles (and keyed handles) kept per guard (then the lot is dropped and rebuilt on
+demand)."""
 _handles: WeakKeyDictionary[Guard, dict[str, TenantGuard]] = WeakKeyDictionary()
+_keyed: WeakKeyDictionary[Guard, dict[tuple[bytes, str], TenantGuard]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,31 @@ def keyed_caller(guard: Guard, request: Request, permission: str) -> Caller:
     secret = request.headers.get(TENANT_HEADER)
     if not secret:
         raise unauthorized(f"missing {TENANT_HEADER.title()} header")
-    try:
-        handle = guard.tenant_for_key(secret, permission)
-    except KeyRefused:
-        raise unauthorized(KeyRefused.UNAUTHENTICATED) from None
+    handle = _keyed_handle(guard, secret, permission)
     set_tenant(request, handle.name)
     return Caller(handle.key_id, handle)
+
+
+def _keyed_handle(guard: Guard, secret: str, permission: str) -> TenantGuard:
+    """`guard.tenant_for_key(secret, permission)`, made once per secret and permission
+    (building one parses and hashes the secret and checks the names: most of what a
+    request pays before the store). A keyed handle holds what the secret says, never
+    whether the key is live: the store still checks that with every operation, so reusing
+    one lets nothing through. Kept by the secret's digest, not the secret."""
+    handles = _keyed.get(guard)
+    if handles is None:
+        handles = _keyed[guard] = {}
+    token = (hashlib.sha256(secret.encode()).digest(), permission)
+    handle = handles.get(token)
+    if handle is None:
+        try:
+            handle = guard.tenant_for_key(secret, permission)
+        except KeyRefused:
+            raise unauthorized(KeyRefused.UNAUTHENTICATED) from None
+        if len(handles) >= MAX_HANDLES:
+            handles.clear()
+        handles[token] = handle
+    return handle
 
 
 def _handle(guard: Guard, tenant: str) -> TenantGuard:
