@@ -87,13 +87,17 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
 
     The usual reservation is made here, without the general evaluation (`_reserve`): a
     tenant without access rules, quotas or required dimensions in enforce mode, a fixed
-    estimate in one unit, and every ledger already there, active, clear of debt, without
-    degrade rules and with room. It writes and answers exactly what the general path
-    would; when any of that does not hold, the general path decides (nothing written yet).
+    estimate in one unit, a key not seen before (or none), and every ledger already there,
+    active, clear of debt, without degrade rules and with room. It writes and answers
+    exactly what the general path would, a new key's record for replays included; when any
+    of that does not hold, the general path decides (nothing written yet): a key already
+    kept replays there, or is refused for a different request.
     """
     fixed = op.estimate
+    key = op.idempotency_key
     route = None
-    if (len(fixed) == 1 and op.idempotency_key is None and not op.dry_run
+    if (len(fixed) == 1 and (key is None or ("reserve", key) not in t.idempotency)
+            and not op.dry_run
             and op.elastic is None and not t.access and not t.quotas and not t.required
             and (t.mode == "enforce" or (t.mode is None and not op.shadow))
             and (op.default_plan is None or t.plan is not None or t.definitions)):
@@ -122,12 +126,15 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
+    outcome = ReserveOutcome(_ALLOW, info, partial(held_balances, current, [
+        (s.allocated, s.reserved, s.spent, s.debt, s.over_limit) for s in states], terms))
+    if key is not None:
+        remember(t, "reserve", key, op.fingerprint, outcome, now)
     t.seq += 1
     t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
-                    (route.scopes, rid, None, held)))
+                    (route.scopes, rid, key, held)))
     count(t, now, route.on_reserve, estimate)
-    return ReserveOutcome(_ALLOW, info, partial(held_balances, current, [
-        (s.allocated, s.reserved, s.spent, s.debt, s.over_limit) for s in states], terms))
+    return outcome
 
 
 def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
