@@ -150,3 +150,20 @@ def test_a_kept_key_replays_whatever_path_made_it(
     assert t.reservations[fresh.id].on_commit is not None  # the lean path
     assert t.idempotency[("reserve", "r2")].result.reservation == fresh.info
     assert guard.reserve(SUBJECT, LLM, al.tokens(40), idempotency_key="r2").id == fresh.id
+
+
+
+def test_a_tenant_whose_last_quota_is_removed_takes_the_lean_reserve_again() -> None:
+    """Removing a scope's last quota leaves no quota behind (as the Redis store drops the
+    scope's field), so the tenant's reserves take the lean path again."""
+    guard = al.Guard(al.MemoryStore())
+    guard.set_budget("tenant:acme", usd=100)
+    guard.set_quota("tenant:acme", calls=1000, window="minute")
+    t = _tenant(guard)  # which path a call took
+    first = guard.reserve(SUBJECT, LLM, al.usd("0.01"))
+    assert t.reservations[first.id].on_commit is None  # the general path: a quota
+    guard.remove_quota("tenant:acme", "calls", window="minute")
+    assert t.quotas == {}
+    guard.reserve(SUBJECT, LLM, al.usd("0.01"))  # the route is made on a first reserve
+    again = guard.reserve(SUBJECT, LLM, al.usd("0.01"))
+    assert t.reservations[again.id].on_commit is not None  # the lean path again

@@ -74,6 +74,8 @@ def set_quota(t: Tenant, op: SetQuota, now: int) -> None:
     rules = t.quotas.setdefault(op.rule.scope, {})
     if op.remove:
         rules.pop(op.rule.key, None)
+        if not rules:  # as the Redis store drops the scope's field: no quotas, the lean path
+            del t.quotas[op.rule.scope]
     else:
         rules[op.rule.key] = op.rule
     log(t, now, AuditType.QUOTA_SET, scopes=(op.rule.scope,), detail={
