@@ -23,14 +23,19 @@ import allotment as al
 WARM_UP = 200
 
 
-def guard_pair() -> Callable[[], object]:
-    """One `guard.reserve(...).commit(...)` at depth 3, as `core_ops.py` makes it."""
+def _depth3() -> tuple[al.Guard, al.Subject, al.Action, al.Amount, al.Amount]:
+    """The guard, subject, action, estimate and actual of `core_ops.py`'s depth-3 pair."""
     guard = al.Guard()
     subject = al.Subject(tenant="acme", workspace="production", app="assistant")
     for scope in subject.scopes():
         guard.set_budget(scope, usd=10_000_000)
-    action = al.Action("llm.completion", "openai:gpt-4o")
-    estimate, actual = al.usd("0.05"), al.usd("0.031")
+    return guard, subject, al.Action("llm.completion", "openai:gpt-4o"), al.usd("0.05"), \
+        al.usd("0.031")
+
+
+def guard_pair() -> Callable[[], object]:
+    """One `guard.reserve(...).commit(...)` at depth 3, as `core_ops.py` makes it."""
+    guard, subject, action, estimate, actual = _depth3()
     return lambda: guard.reserve(subject, action, estimate).commit(actual)
 
 
@@ -64,12 +69,7 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="the floor pair instead")
     args = parser.parse_args()
     if not (args.reduce or args.floor):  # the loop as first written, so figures compare
-        guard = al.Guard()
-        subject = al.Subject(tenant="acme", workspace="production", app="assistant")
-        for scope in subject.scopes():
-            guard.set_budget(scope, usd=10_000_000)
-        action = al.Action("llm.completion", "openai:gpt-4o")
-        estimate, actual = al.usd("0.05"), al.usd("0.031")
+        guard, subject, action, estimate, actual = _depth3()
         for _ in range(WARM_UP + args.pairs):
             guard.reserve(subject, action, estimate).commit(actual)
         return

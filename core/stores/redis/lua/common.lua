@@ -604,6 +604,15 @@ local function usage_fields(name)
   for i, tag in ipairs(USAGE_TAGS) do out[i] = usage_field(name, tag) end
   return out
 end
+local function with_usage_fields(names, from, to)
+  -- entries from..to of `names`, each name followed by its entry's other fields
+  local fields = {}
+  for j = from, to do
+    fields[#fields + 1] = names[j]
+    for _, field in ipairs(usage_fields(names[j])) do fields[#fields + 1] = field end
+  end
+  return fields
+end
 local function usage_unpacked(name, old)
   -- an entry kept in the packed form of earlier versions: its counts into the fields (a
   -- value that is not a count reads as 0: this runs after the operation's first write, so it
@@ -637,12 +646,7 @@ local function usage_prune()
     '(' .. (USAGE_BASE + oldest_kept()), 'LIMIT', 0, math.min(CFG.prune_batch, 1000))
   if #gone == 0 then return end
   for i = 1, #gone, 500 do  -- 11 fields an entry, within what one unpack can pass
-    local fields = {}
-    for j = i, math.min(i + 499, #gone) do
-      fields[#fields + 1] = gone[j]
-      for _, field in ipairs(usage_fields(gone[j])) do fields[#fields + 1] = field end
-    end
-    redis.call('HDEL', K_REPORT, unpack(fields))
+    redis.call('HDEL', K_REPORT, unpack(with_usage_fields(gone, i, math.min(i + 499, #gone))))
   end
   redis.call('ZREM', K_RDAYS, unpack(gone))
 end

@@ -145,11 +145,7 @@ elseif op == 'usage' then
     if day >= oldest then
       local names = redis.call('ZRANGEBYSCORE', K_RDAYS, USAGE_BASE + day, USAGE_BASE + day)
       for i = 1, #names, 80 do  -- 80 entries a command, within what one unpack can pass
-        local fields = {}
-        for j = i, math.min(i + 79, #names) do
-          fields[#fields + 1] = names[j]
-          for _, field in ipairs(usage_fields(names[j])) do fields[#fields + 1] = field end
-        end
+        local fields = with_usage_fields(names, i, math.min(i + 79, #names))
         local values = redis.call('HMGET', K_REPORT, unpack(fields))
         for j = 1, #values, width - 1 do
           if values[j] then  -- (an entry whose name's field is gone holds nothing)
