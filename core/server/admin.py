@@ -23,7 +23,7 @@ from ..models import Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
 from . import shapes, wire
-from .auth import admin_key, tenant_key
+from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .runtime import Settings
@@ -144,8 +144,7 @@ async def acting(settings: Settings, request: Request, named: str | None,
         return settings.guard, tenant_name(named, "tenant_id")
     caller = await tenant_key(settings.guard, request, permission)
     request.state.key_id = caller.key_id
-    if named is not None and tenant_name(named, "tenant_id") != caller.tenant.name:
-        raise forbidden("tenant_id is not the tenant of this API key")
+    own_tenant(caller.tenant.name, named, "tenant_id")
     return caller.tenant, caller.tenant.name
 
 
@@ -183,8 +182,7 @@ class Admin:
             return self.s.guard, None
         caller = await tenant_key(self.s.guard, request, permission)
         request.state.key_id = caller.key_id
-        if named is not None and tenant_name(named, "tenant_id") != caller.tenant.name:
-            raise forbidden("tenant_id is not the tenant of this API key")
+        own_tenant(caller.tenant.name, named, "tenant_id")
         return caller.tenant, caller.tenant.name
 
     # -- tenants and keys -----------------------------------------------------------------

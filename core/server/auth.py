@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
@@ -20,6 +22,7 @@ from starlette.requests import Request
 from ..errors import KeyRefused
 from ..guard import Guard
 from ..keys import permits
+from ..scopes import tenant_name
 from ..tenant import TenantGuard
 from .context import set_tenant
 from .errors import forbidden, unauthorized
@@ -29,8 +32,8 @@ ADMIN_HEADER = "x-admin-api-key"
 MAX_HANDLES = 10_000
 """Tenant handles (and keyed handles) kept per guard (then the lot is dropped and rebuilt on
 demand)."""
-_handles: WeakKeyDictionary[Guard, dict[str, TenantGuard]] = WeakKeyDictionary()
-_keyed: WeakKeyDictionary[Guard, dict[tuple[bytes, str], TenantGuard]] = WeakKeyDictionary()
+_handles: WeakKeyDictionary[Guard, dict[Any, TenantGuard]] = WeakKeyDictionary()
+_keyed: WeakKeyDictionary[Guard, dict[Any, TenantGuard]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -74,20 +77,13 @@ def _keyed_handle(guard: Guard, secret: str, permission: str) -> TenantGuard:
     request pays before the store). A keyed handle holds what the secret says, never
     whether the key is live: the store still checks that with every operation, so reusing
     one lets nothing through. Kept by the secret's digest, not the secret."""
-    handles = _keyed.get(guard)
-    if handles is None:
-        handles = _keyed[guard] = {}
-    token = (hashlib.sha256(secret.encode()).digest(), permission)
-    handle = handles.get(token)
-    if handle is None:
+    def make() -> TenantGuard:
         try:
-            handle = guard.tenant_for_key(secret, permission)
+            return guard.tenant_for_key(secret, permission)
         except KeyRefused:
             raise unauthorized(KeyRefused.UNAUTHENTICATED) from None
-        if len(handles) >= MAX_HANDLES:
-            handles.clear()
-        handles[token] = handle
-    return handle
+
+    return _kept(_keyed, guard, (hashlib.sha256(secret.encode()).digest(), permission), make)
 
 
 def _handle(guard: Guard, tenant: str) -> TenantGuard:
@@ -95,15 +91,30 @@ def _handle(guard: Guard, tenant: str) -> TenantGuard:
     sixth of an authentication's cost. A handle is only the guard's engine and the tenant's
     name, so reusing it grants nothing the key does not (the key is checked on every
     request, never cached)."""
-    handles = _handles.get(guard)
+    return _kept(_handles, guard, tenant, lambda: guard.tenant(tenant))
+
+
+def _kept(kept: WeakKeyDictionary[Guard, dict[Any, TenantGuard]], guard: Guard, token: Any,
+          make: Callable[[], TenantGuard]) -> TenantGuard:
+    """The handle kept for `token` on `guard`, made by `make` the first time (at most
+    MAX_HANDLES per guard: then the lot is dropped and rebuilt on demand)."""
+    handles = kept.get(guard)
     if handles is None:
-        handles = _handles[guard] = {}
-    handle = handles.get(tenant)
+        handles = kept[guard] = {}
+    handle = handles.get(token)
     if handle is None:
+        handle = make()
         if len(handles) >= MAX_HANDLES:
             handles.clear()
-        handle = handles[tenant] = guard.tenant(tenant)
+        handles[token] = handle
     return handle
+
+
+def own_tenant(tenant: str, named: str | None, field: str) -> None:
+    """A tenant key may name only its own tenant in the request's `field`: another one is
+    403, before anything is read."""
+    if named is not None and tenant_name(named, field) != tenant:
+        raise forbidden(f"{field} is not the tenant of this API key")
 
 
 def admin_key(admin: str | None, request: Request) -> bool:

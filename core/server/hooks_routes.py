@@ -18,9 +18,9 @@ from ..guard import Guard
 from ..scopes import tenant_name
 from ..tenant import TenantGuard
 from . import wire
-from .auth import admin_key, tenant_key
+from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
-from .errors import forbidden, not_found
+from .errors import not_found
 from .queries import only, query_int
 from .records import delivery_json, webhook_json
 from .runtime import Settings
@@ -76,8 +76,7 @@ class Hooks:
         is 403 before anything is read."""
         if caller is None:
             return self.s.guard, None if named is None else tenant_name(named, "tenant_id")
-        if named is not None and tenant_name(named, "tenant_id") != caller.name:
-            raise forbidden("tenant_id is not the tenant of this API key")
+        own_tenant(caller.name, named, "tenant_id")
         return caller, caller.name
 
     async def subscribe(self, request: Request) -> Response:

@@ -18,9 +18,9 @@ from ..guard import Guard
 from ..scopes import tenant_name
 from ..tenant import TenantGuard
 from ..usage import UsageRow, check_format, usage_header, usage_line
-from .auth import admin_key, tenant_key
+from .auth import admin_key, own_tenant, tenant_key
 from .context import ids, json_response
-from .errors import bad_request, forbidden
+from .errors import bad_request
 from .queries import only, query_int, since_ms
 from .records import audit_json, report_json
 from .runtime import Settings
@@ -44,8 +44,7 @@ async def reader(settings: Settings, request: Request, permission: str, *,
         tenant = request.state.tenant = tenant_name(named, "tenant")  # in X-Cycles-Tenant
         return settings.guard, tenant
     caller = await tenant_key(settings.guard, request, permission)
-    if named is not None and tenant_name(named, "tenant") != caller.tenant.name:
-        raise forbidden("tenant is not the tenant of this API key")
+    own_tenant(caller.tenant.name, named, "tenant")
     return caller.tenant, caller.tenant.name
 
 

@@ -122,7 +122,8 @@ class Runtime:
                 raise
             except (ApiError, AllotmentError) as error:
                 status = (error if isinstance(error, ApiError) else from_allotment(error)).status
-                if status < 500 and request.headers.get(ADMIN_HEADER) is None:
+                if (status < 500 and status != 401  # a 401 is already the key's answer
+                        and request.headers.get(ADMIN_HEADER) is None):
                     forget_tenant(request)
                     await tenant_key(self.s.guard, request, permission)
                 raise
