@@ -111,9 +111,12 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
         if (state.debt or state.over_limit
                 or state.allocated - state.reserved - state.spent < amount):
             return _reserve(t, op, now)
+    figures = []  # the balances as the answer shows them, read in the loop that writes
     for state in states:
         state.reserved += amount
         state.touched_ms = now
+        figures.append((state.allocated, state.reserved, state.spent, state.debt,
+                        state.over_limit))
     rid = t.cx.ids.new(op.tenant)
     held = shared_amounts(fixed) or amounts(fixed)
     estimate = {unit: amount}
@@ -126,8 +129,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
-    outcome = ReserveOutcome(_ALLOW, info, partial(held_balances, current, [
-        (s.allocated, s.reserved, s.spent, s.debt, s.over_limit) for s in states], terms))
+    outcome = ReserveOutcome(_ALLOW, info, partial(held_balances, current, figures, terms))
     if key is not None:
         remember(t, "reserve", key, op.fingerprint, outcome, now)
     t.seq += 1

@@ -82,10 +82,13 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
         terms = [(d.overdraft_limit, d.status) for _, d in res.ledgers]
     loud = False  # some ledger may have a notification due (see `alerts`)
     charged_ledgers = res.ledgers
+    figures = []  # the balances as the answer shows them, read in the loop that writes
     for (_, d), state in zip(charged_ledgers, states, strict=True):
         state.reserved -= held
         state.spent += amount
         state.touched_ms = now
+        figures.append((state.allocated, state.reserved, state.spent, state.debt,
+                        state.over_limit))
         if not (state.spent + state.debt < state.quiet_below and not state.over_limit
                 and state.quiet_allocated == state.allocated
                 and state.quiet_alerts is d.alerts):
@@ -94,9 +97,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     released = ((unit, held - amount),)
     result = CommitResult(res.id, _COMMITTED, charged,
                           shared_amounts(released) or amounts(released),
-                          partial(held_balances, charged_ledgers, [
-                              (s.allocated, s.reserved, s.spent, s.debt, s.over_limit)
-                              for s in states], terms))
+                          partial(held_balances, charged_ledgers, figures, terms))
     finish(t, res, _COMMITTED, now, given)
     if op.idempotency_key:
         res.commit = (op.idempotency_key, op.fingerprint, result)
