@@ -216,20 +216,21 @@ class EnforcementCalls(Runner):
         replays by its key, so nothing is charged twice); when every try fails the spend
         goes to the sinks, never nowhere. Retries wait 0.05 s, 0.1 s, 0.2 s, ... before
         each."""
-        failure: StoreUnavailable | None = None
-        for attempt in range(self._engine.commit_retries + 1):
-            if attempt:
-                yield Pause(0.05 * 2 ** (attempt - 1))
+        try:  # the first try, outside the loop of retries: most calls need no other
+            return then((yield op))
+        except StoreUnavailable as error:
+            failure = error
+        for attempt in range(1, self._engine.commit_retries + 1):
+            yield Pause(0.05 * 2 ** (attempt - 1))
             try:
                 return then((yield op))
             except StoreUnavailable as error:
                 failure = error
             except ReservationFinalized:
-                if attempt == 0 or not isinstance(op, ops.Commit):
+                if not isinstance(op, ops.Commit):
                     raise
                 info: ReservationInfo = yield get_op(op.reservation_id)
                 return then(_applied_commit(info))
-        assert failure is not None
         raise self._unrecorded(op.tenant, reservation_id, op.actual, failure)
 
     def _unrecorded(self, tenant: str, reservation_id: str, actual: Units,
