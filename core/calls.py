@@ -62,6 +62,7 @@ Stream = Generator["Op[Any] | Item", Any, None]
 class Runner:
     """Runs operations: `_run` blocks, `_arun` awaits. Subclasses say where operations go."""
 
+    __slots__ = ()  # a subclass may do without a `__dict__` (a reservation handle does)
     _engine: Engine
 
     def _run(self, op: Op[R]) -> R:

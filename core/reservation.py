@@ -106,6 +106,9 @@ class Reservation(Runner):
     """One reservation, settled through the guard (or tenant handle) that made it: `guard`
     is that maker, so a reservation from a tenant handle leads back only to the handle."""
 
+    __slots__ = ("_arun", "_balances", "_engine", "_run", "decision", "guard", "info",
+                 "result", "unguarded")
+
     def __init__(self, guard: EnforcementCalls, info: ReservationInfo, decision: Decision,
                  balances: tuple[Balance, ...] | Callable[[], tuple[Balance, ...]],
                  unguarded: bool = False) -> None:

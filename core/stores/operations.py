@@ -78,7 +78,7 @@ class Keyed:
     fingerprint: str
 
 
-@dataclass
+@dataclass(slots=True)
 class ReserveOutcome:
     decision: Decision
     reservation: ReservationInfo | None
