@@ -1060,10 +1060,13 @@ local function res_def(entry)
     neutral_def(entry.dscope, entry.unit, entry.period, entry.dper)
 end
 local function res_scopes(R)
-  local seen, out, entries = {}, {}, res_ledgers(R)
+  -- the paths of its ledgers, each once, in order: a few, so a search from the last one
+  -- (a path's ledgers are next to each other) takes no table of those seen
+  local out, entries = {}, res_ledgers(R)
   for i = 1, #entries do
-    local path = entries[i].path
-    if not seen[path] then seen[path] = true out[#out + 1] = path end
+    local path, j = entries[i].path, #out
+    while j > 0 and out[j] ~= path do j = j - 1 end
+    if j == 0 then out[#out + 1] = path end
   end
   return out
 end
@@ -1100,12 +1103,18 @@ local function res_info(R)
     s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
 end
 local function res_targets(R)
-  -- {field, d} per ledger the reservation holds, their definitions fetched at once
-  local entries, scopes, targets_ = res_ledgers(R), {}, {}
+  -- the reservation's ledger entries (res_ledgers), each with its definition (d), their
+  -- definitions fetched at once; a kept entry (from_ref) keeps its definition while its
+  -- scope's definitions are the same list
+  local entries, scopes = res_ledgers(R), {}
   for i = 1, #entries do scopes[i] = entries[i].dscope end
   prefetch_defs(scopes)
-  for i = 1, #entries do targets_[i] = {field = entries[i].field, d = res_def(entries[i])} end
-  return targets_
+  for i = 1, #entries do
+    local e = entries[i]
+    local list = defs_of(e.dscope)
+    if e.defs ~= list then e.d, e.defs = res_def(e), list end
+  end
+  return entries
 end
 local function return_estimate(R)
   -- the balance rows after it (add_row)
