@@ -1034,11 +1034,29 @@ end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
   -- references in its core, or from what earlier versions kept (six strings per ledger in
-  -- the core, or "field\tscope\tper" lines)
+  -- the core, or "field\tscope\tper" lines). A list of kept entries (from_ref) is kept as
+  -- well, on its last entry, while its entries are the same ones: R.kept, which also keeps
+  -- what res_scopes, res_targets and a commit derive from the list alone (lists that every
+  -- caller only reads; allocating them took more than anything else per ledger)
   if R.parsed_ledgers then return R.parsed_ledgers end
   local out, flat = {}, R.ledger_list
   if R.refs then
-    for i = 1, #flat, 2 do out[#out + 1] = from_ref(flat[i], flat[i + 1]) end
+    local n = #flat
+    local kept = n > 0 and from_ref(flat[n - 1], flat[n]).kept
+    if kept and #kept.entries * 2 == n then
+      for i = 1, n - 2, 2 do
+        if kept.entries[(i + 1) / 2] ~= from_ref(flat[i], flat[i + 1]) then kept = nil break end
+      end
+    else
+      kept = nil
+    end
+    if kept then
+      R.kept, out = kept, kept.entries
+    elseif n > 0 then
+      for i = 1, n, 2 do out[#out + 1] = from_ref(flat[i], flat[i + 1]) end
+      R.kept = {entries = out}
+      out[#out].kept = R.kept
+    end
   elseif flat == nil then
     for line in string.gmatch(R.ledgers or '', '[^\n]+') do
       local parts = split(line, '\t')
@@ -1062,12 +1080,15 @@ end
 local function res_scopes(R)
   -- the paths of its ledgers, each once, in order: a few, so a search from the last one
   -- (a path's ledgers are next to each other) takes no table of those seen
-  local out, entries = {}, res_ledgers(R)
+  local entries, kept = res_ledgers(R), R.kept
+  if kept and kept.paths then return kept.paths end
+  local out = {}
   for i = 1, #entries do
     local path, j = entries[i].path, #out
     while j > 0 and out[j] ~= path do j = j - 1 end
     if j == 0 then out[#out + 1] = path end
   end
+  if kept then kept.paths = out end
   return out
 end
 local function load_res(key)
@@ -1106,8 +1127,13 @@ local function res_targets(R)
   -- the reservation's ledger entries (res_ledgers), each with its definition (d), their
   -- definitions fetched at once; a kept entry (from_ref) keeps its definition while its
   -- scope's definitions are the same list
-  local entries, scopes = res_ledgers(R), {}
-  for i = 1, #entries do scopes[i] = entries[i].dscope end
+  local entries, kept = res_ledgers(R), R.kept
+  local scopes = kept and kept.scopes
+  if not scopes then
+    scopes = {}
+    for i = 1, #entries do scopes[i] = entries[i].dscope end
+    if kept then kept.scopes = scopes end
+  end
   prefetch_defs(scopes)
   for i = 1, #entries do
     local e = entries[i]

@@ -88,9 +88,13 @@ local function plain()
   local held = estimate[unit]
   if held == nil or amount < 0 or amount > held then return nil end
   local targets_ = res_targets(R)
-  local n, fields = #targets_, {}
+  local n, fields = #targets_, R.kept and R.kept.fields
   if n == 0 then return nil end
-  for i = 1, n do fields[i] = targets_[i].field end
+  if not fields then
+    fields = {}
+    for i = 1, n do fields[i] = targets_[i].field end
+    if R.kept then R.kept.fields = fields end
+  end
   local raws = redis.call('HMGET', K_LEDGERS, unpack(fields))
   known_raws = raws
   local function loud(d, a, used, over, al, ex, on)
