@@ -26,7 +26,7 @@ from .amounts import (
 )
 from .context import current_subject
 from .errors import InvalidRequest
-from .models import OveragePolicy
+from .models import Action, OveragePolicy
 from .policy import ELASTIC_LIMIT, Degrade, QuotaKind
 from .scopes import ScopePath, Subject, check_dimension_key, parse_scope
 from .stores import operations as ops
@@ -211,6 +211,14 @@ def keyed(key: str | None, *payload: Any) -> dict[str, Any]:
     return {"idempotency_key": check_idempotency_key(key), "fingerprint": fingerprint(payload)}
 
 
+_FIELDS_AS_JSON = {model: tuple(model.model_fields) for model in (Subject, Action)}
+"""Models whose fields are already JSON values (text, None, a dict of text, a tuple of
+text), so the fields read from `__dict__` encode as `model_dump(mode="json")` does (the
+`__dict__` itself may also hold cached properties)."""
+_MEMBERS = (Unit, OveragePolicy)
+"""The enums payloads hold: encoded as their value."""
+
+
 def fingerprint(payload: tuple[Any, ...]) -> str:
     """SHA-256 of the payload as canonical JSON: sorted keys, no spaces, ASCII only (the
     stdlib's `json.dumps(..., sort_keys=True, separators=(",", ":"))`). orjson writes the
@@ -234,6 +242,12 @@ def _plain(value: Any) -> Any:
         return value
     if kind is tuple or kind is list:
         return [_plain(v) for v in value]
+    names = _FIELDS_AS_JSON.get(kind)
+    if names is not None:  # what model_dump(mode="json") gives, without its cost
+        fields = value.__dict__
+        return {name: fields[name] for name in names}
+    if kind in _MEMBERS:
+        return value.value
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, (tuple, list)):

@@ -67,3 +67,14 @@ def test_a_replay_with_other_text_is_a_mismatch() -> None:
     with pytest.raises(al.IdempotencyMismatch):
         tenant.reserve(al.Subject(tenant="acme"), al.Action("llm.completion", "modele"),
                        al.Amount(USD, 1_000), idempotency_key="k")
+
+
+def test_a_subject_read_before_has_the_same_fingerprint() -> None:
+    """A subject's derived values, cached on it once read, are no part of its fingerprint."""
+    def fresh() -> tuple[Any, ...]:
+        return ("reserve", al.Subject(tenant="acme", workspace="prod", dimensions={"a": "b"}),
+                al.Action("llm.completion", "openai:gpt-4o", tags=("t",)))
+
+    unread, read = fresh(), fresh()
+    read[1].scopes(), read[1].scope_path, read[1].dimension_items, read[1].levels()
+    assert arguments.fingerprint(read) == arguments.fingerprint(unread) == _stdlib(unread)
