@@ -1124,9 +1124,9 @@ local function res_info(R)
     s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
 end
 local function res_targets(R)
-  -- the reservation's ledger entries (res_ledgers), each with its definition (d), their
-  -- definitions fetched at once; a kept entry (from_ref) keeps its definition while its
-  -- scope's definitions are the same list
+  -- the reservation's ledger entries (res_ledgers), each given its definition (d), all
+  -- fetched at once; a kept entry (from_ref) keeps its d while its scope's definitions are
+  -- the same list
   local entries, kept = res_ledgers(R), R.kept
   local scopes = kept and kept.scopes
   if not scopes then

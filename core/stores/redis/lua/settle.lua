@@ -141,11 +141,13 @@ local function plain()
   count_all(tally, 'committed:' .. unit, amount)
   count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
     {[unit] = amount})
-  for i = 1, alerts and n or 0 do
-    local L, d = as_ledger(i), targets_[i].d
-    if loud(d, L.a, L.sp + L.debt, L.over, L.al, L.ex, L.on) then
-      alert(L, d, R.id)
-      writes[2 * i] = packed_ledger(L)
+  if alerts then  -- alert() on each ledger that has something to say
+    for i = 1, n do
+      local L, d = as_ledger(i), targets_[i].d
+      if loud(d, L.a, L.sp + L.debt, L.over, L.al, L.ex, L.on) then
+        alert(L, d, R.id)
+        writes[2 * i] = packed_ledger(L)
+      end
     end
   end
   local wants = hooks()
