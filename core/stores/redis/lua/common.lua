@@ -91,12 +91,17 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
--- Labels are pure, so a few are kept across calls (a large Lua heap slows every call).
+-- Labels are pure, so a few are kept across calls (a large Lua heap slows every call), by
+-- period and minute (a number: a key made of both would format the number every call).
 local LABELS, LABEL_COUNT = {}, 0
 local function bucket(period, ms)
   if period == '' then return '' end
-  local memo = period .. math.floor(ms / MIN)
-  if LABELS[memo] then return LABELS[memo] end
+  local minute, memo = math.floor(ms / MIN), LABELS[period]
+  if memo == nil then
+    memo = {}
+    LABELS[period] = memo
+  end
+  if memo[minute] then return memo[minute] end
   local days = math.floor(ms / DAY)
   local y, m, d = civil(days)
   local rest = ms - days * DAY
@@ -117,8 +122,11 @@ local function bucket(period, ms)
   else
     label = string.format('%04d', y)
   end
-  if LABEL_COUNT > 64 then LABELS, LABEL_COUNT = {}, 0 end
-  LABELS[memo] = label
+  if LABEL_COUNT > 64 then
+    memo, LABEL_COUNT = {}, 0
+    LABELS = {[period] = memo}
+  end
+  memo[minute] = label
   LABEL_COUNT = LABEL_COUNT + 1
   return label
 end
