@@ -106,9 +106,10 @@ local function plain()
   -- each ledger as ledger() reads it (one missing, in an earlier form or under another
   -- limit goes to the general path), charged and packed at once: no table per ledger; the
   -- few that alert() speaks on are unpacked again below
-  local balances, writes, alerts = {}, {}, false
+  local balances, writes, alerts, periodic = {}, {}, false, false
   for i = 1, n do
     local raw, d = raws[i], targets_[i].d
+    periodic = periodic or d.period ~= ''
     if not raw or string.byte(raw, 1) ~= 1 then return nil end
     local _, a, ls, r, sp, debt, over, _, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
     if ls ~= d.limit then return nil end
@@ -150,7 +151,7 @@ local function plain()
       end
     end
   end
-  local wants = hooks()
+  local wants = periodic and hooks()  -- (a forecast is only for a ledger with a period)
   if wants and wants[FORECAST] then
     local rows = {}
     for i = 1, n do rows[i] = {L = as_ledger(i)} end
