@@ -91,12 +91,17 @@ local function days_from_civil(y, m, d)
   local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
--- Labels are pure, so a few are kept across calls (a large Lua heap slows every call).
+-- Labels are pure, so a few are kept across calls (a large Lua heap slows every call), by
+-- period and minute (a number: a key made of both would format the number every call).
 local LABELS, LABEL_COUNT = {}, 0
 local function bucket(period, ms)
   if period == '' then return '' end
-  local memo = period .. math.floor(ms / MIN)
-  if LABELS[memo] then return LABELS[memo] end
+  local minute, memo = math.floor(ms / MIN), LABELS[period]
+  if memo == nil then
+    memo = {}
+    LABELS[period] = memo
+  end
+  if memo[minute] then return memo[minute] end
   local days = math.floor(ms / DAY)
   local y, m, d = civil(days)
   local rest = ms - days * DAY
@@ -117,8 +122,11 @@ local function bucket(period, ms)
   else
     label = string.format('%04d', y)
   end
-  if LABEL_COUNT > 64 then LABELS, LABEL_COUNT = {}, 0 end
-  LABELS[memo] = label
+  if LABEL_COUNT > 64 then
+    memo, LABEL_COUNT = {}, 0
+    LABELS = {[period] = memo}
+  end
+  memo[minute] = label
   LABEL_COUNT = LABEL_COUNT + 1
   return label
 end
@@ -1034,11 +1042,29 @@ end
 local function res_ledgers(R)
   -- {field, path, unit, period, dscope, dper} per ledger the reservation holds: from the
   -- references in its core, or from what earlier versions kept (six strings per ledger in
-  -- the core, or "field\tscope\tper" lines)
+  -- the core, or "field\tscope\tper" lines). A list of kept entries (from_ref) is kept as
+  -- well, on its last entry, while its entries are the same ones: R.kept, which also keeps
+  -- what res_scopes, res_targets and a commit derive from the list alone (lists that every
+  -- caller only reads; allocating them took more than anything else per ledger)
   if R.parsed_ledgers then return R.parsed_ledgers end
   local out, flat = {}, R.ledger_list
   if R.refs then
-    for i = 1, #flat, 2 do out[#out + 1] = from_ref(flat[i], flat[i + 1]) end
+    local n = #flat
+    local kept = n > 0 and from_ref(flat[n - 1], flat[n]).kept
+    if kept and #kept.entries * 2 == n then
+      for i = 1, n - 2, 2 do
+        if kept.entries[(i + 1) / 2] ~= from_ref(flat[i], flat[i + 1]) then kept = nil break end
+      end
+    else
+      kept = nil
+    end
+    if kept then
+      R.kept, out = kept, kept.entries
+    elseif n > 0 then
+      for i = 1, n, 2 do out[#out + 1] = from_ref(flat[i], flat[i + 1]) end
+      R.kept = {entries = out}
+      out[#out].kept = R.kept
+    end
   elseif flat == nil then
     for line in string.gmatch(R.ledgers or '', '[^\n]+') do
       local parts = split(line, '\t')
@@ -1060,11 +1086,17 @@ local function res_def(entry)
     neutral_def(entry.dscope, entry.unit, entry.period, entry.dper)
 end
 local function res_scopes(R)
-  local seen, out, entries = {}, {}, res_ledgers(R)
+  -- the paths of its ledgers, each once, in order: a few, so a search from the last one
+  -- (a path's ledgers are next to each other) takes no table of those seen
+  local entries, kept = res_ledgers(R), R.kept
+  if kept and kept.paths then return kept.paths end
+  local out = {}
   for i = 1, #entries do
-    local path = entries[i].path
-    if not seen[path] then seen[path] = true out[#out + 1] = path end
+    local path, j = entries[i].path, #out
+    while j > 0 and out[j] ~= path do j = j - 1 end
+    if j == 0 then out[#out + 1] = path end
   end
+  if kept then kept.paths = out end
   return out
 end
 local function load_res(key)
@@ -1100,12 +1132,23 @@ local function res_info(R)
     s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
 end
 local function res_targets(R)
-  -- {field, d} per ledger the reservation holds, their definitions fetched at once
-  local entries, scopes, targets_ = res_ledgers(R), {}, {}
-  for i = 1, #entries do scopes[i] = entries[i].dscope end
+  -- the reservation's ledger entries (res_ledgers), each given its definition (d), all
+  -- fetched at once; a kept entry (from_ref) keeps its d while its scope's definitions are
+  -- the same list
+  local entries, kept = res_ledgers(R), R.kept
+  local scopes = kept and kept.scopes
+  if not scopes then
+    scopes = {}
+    for i = 1, #entries do scopes[i] = entries[i].dscope end
+    if kept then kept.scopes = scopes end
+  end
   prefetch_defs(scopes)
-  for i = 1, #entries do targets_[i] = {field = entries[i].field, d = res_def(entries[i])} end
-  return targets_
+  for i = 1, #entries do
+    local e = entries[i]
+    local list = defs_of(e.dscope)
+    if e.defs ~= list then e.d, e.defs = res_def(e), list end
+  end
+  return entries
 end
 local function return_estimate(R)
   -- the balance rows after it (add_row)

@@ -88,32 +88,49 @@ local function plain()
   local held = estimate[unit]
   if held == nil or amount < 0 or amount > held then return nil end
   local targets_ = res_targets(R)
-  local n, fields = #targets_, {}
+  local n, fields = #targets_, R.kept and R.kept.fields
   if n == 0 then return nil end
-  for i = 1, n do fields[i] = targets_[i].field end
+  if not fields then
+    fields = {}
+    for i = 1, n do fields[i] = targets_[i].field end
+    if R.kept then R.kept.fields = fields end
+  end
   local raws = redis.call('HMGET', K_LEDGERS, unpack(fields))
   known_raws = raws
-  -- the ledgers as values, 9 each (a, ls, r, sp, debt, over, al, ex, on), as ledger() reads
-  -- them: one missing, in an earlier form or under another limit goes to the general path
-  local v, balances = {}, {}
+  local function loud(d, a, used, over, al, ex, on)
+    -- whether alert() has something to say on a ledger after the charge
+    return a > 0 and ((al < alert_count(d) and used * 1000000 >=
+      math.floor(alert_at(d, al + 1) * 1000000 + 0.5) * a) or (used >= a and ex == 0) or
+      (over == 1 and on == 0))
+  end
+  -- each ledger as ledger() reads it (one missing, in an earlier form or under another
+  -- limit goes to the general path), charged and packed at once: no table per ledger; the
+  -- few that alert() speaks on are unpacked again below
+  local balances, writes, alerts, periodic = {}, {}, false, false
   for i = 1, n do
     local raw, d = raws[i], targets_[i].d
+    periodic = periodic or d.period ~= ''
     if not raw or string.byte(raw, 1) ~= 1 then return nil end
     local _, a, ls, r, sp, debt, over, _, al, ex, on = struct.unpack(LEDGER_FORMAT, raw)
     if ls ~= d.limit then return nil end
     r, sp = r - held, sp + amount
-    local k = 9 * (i - 1)
-    v[k + 1], v[k + 2], v[k + 3], v[k + 4], v[k + 5] = a, ls, r, sp, debt
-    v[k + 6], v[k + 7], v[k + 8], v[k + 9] = over, al, ex, on
+    if loud(d, a, sp + debt, over, al, ex, on) then
+      alerts = true
+    elseif a > 0 then
+      on = over  -- as alert() leaves it
+    end
+    writes[2 * i - 1] = fields[i]
+    writes[2 * i] = struct.pack(LEDGER_FORMAT, 1, a, ls, r, sp, debt, over, NOW, al, ex, on)
     local m = #balances  -- as add_row
     balances[m + 1], balances[m + 2], balances[m + 3], balances[m + 4] = fields[i], a, r, sp
     balances[m + 5], balances[m + 6], balances[m + 7], balances[m + 8] = debt, d.od, over,
       d.status
   end
-  local function as_ledger(i)
-    local k = 9 * (i - 1)
-    return {field = fields[i], a = v[k + 1], ls = v[k + 2], r = v[k + 3], sp = v[k + 4],
-      debt = v[k + 5], over = v[k + 6], t = NOW, al = v[k + 7], ex = v[k + 8], on = v[k + 9]}
+  local function as_ledger(i)  -- the ledger as it will be written
+    local _, a, ls, r, sp, debt, over, t, al, ex, on = struct.unpack(LEDGER_FORMAT,
+      writes[2 * i])
+    return {field = fields[i], a = a, ls = ls, r = r, sp = sp, debt = debt, over = over, t = t,
+      al = al, ex = ex, on = on}
   end
   local charged_text = unit .. '=' .. s(amount)
   finish(R, K_RES, 'COMMITTED', charged_text)
@@ -125,33 +142,20 @@ local function plain()
   count_all(tally, 'committed:' .. unit, amount)
   count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
     {[unit] = amount})
-  for i = 1, n do  -- alert() on a ledger only when it has something to say
-    local k, d = 9 * (i - 1), targets_[i].d
-    local a, used, over, al = v[k + 1], v[k + 4] + v[k + 5], v[k + 6], v[k + 7]
-    if a > 0 then
-      if (al < alert_count(d) and used * 1000000 >=
-          math.floor(alert_at(d, al + 1) * 1000000 + 0.5) * a) or
-          (used >= a and v[k + 8] == 0) or (over == 1 and v[k + 9] == 0) then
-        local L = as_ledger(i)
+  if alerts then  -- alert() on each ledger that has something to say
+    for i = 1, n do
+      local L, d = as_ledger(i), targets_[i].d
+      if loud(d, L.a, L.sp + L.debt, L.over, L.al, L.ex, L.on) then
         alert(L, d, R.id)
-        v[k + 7], v[k + 8], v[k + 9] = L.al, L.ex, L.on
-      else
-        v[k + 9] = over  -- as alert() leaves it
+        writes[2 * i] = packed_ledger(L)
       end
     end
   end
-  local wants = hooks()
+  local wants = periodic and hooks()  -- (a forecast is only for a ledger with a period)
   if wants and wants[FORECAST] then
     local rows = {}
     for i = 1, n do rows[i] = {L = as_ledger(i)} end
     forecasts(rows)
-  end
-  local writes = {}
-  for i = 1, n do
-    local k = 9 * (i - 1)
-    writes[2 * i - 1] = fields[i]
-    writes[2 * i] = struct.pack(LEDGER_FORMAT, 1, v[k + 1], v[k + 2], v[k + 3], v[k + 4],
-      v[k + 5], v[k + 6], NOW, v[k + 7], v[k + 8], v[k + 9])
   end
   redis.call('HSET', K_LEDGERS, unpack(writes))
   return save_compact({charged_text, unit .. '=' .. s(held - amount), balances, false})
