@@ -6,9 +6,9 @@ per call (BENCHMARKS.md, "Client CPU per pair"). A call is packed here in one st
 or the plain loop below without it) and sent on a connection of the client's own pool with
 the connection's health check, retry policy and disconnect-on-failure, as `execute_command`
 would, the reply read by the connection's own parser. A sync store keeps a few connections
-between calls instead of checking one out of the pool per call (`Sender`). Clients this path
-does not fit (a cluster client, a single-connection client) go through `execute_command` as
-before.
+between calls instead of checking one out of the pool per call (`Sender`), and so does an
+asyncio store on each event loop (`ASender`). Clients this path does not fit (a cluster
+client, a single-connection client) go through `execute_command` as before.
 """
 
 from __future__ import annotations
@@ -154,11 +154,10 @@ def asender(client: Any) -> ASender | None:
 
 
 class ASender:
-    """As `Sender`, for an asyncio client on its own event loop:
-    checking a connection out of redis-py's asyncio pool and back (a condition, a lock, a
-    timeout and the pool's metrics each way) cost more CPU than the round trip. A caller
-    cancelled mid-call leaves its connection disconnected by redis-py, and it reconnects on
-    its next use."""
+    """As `Sender`, for an asyncio client on its own event loop: checking a connection out of
+    redis-py's asyncio pool and back (a condition, a lock, a timeout and the pool's metrics
+    each way) cost more CPU than the round trip. A caller cancelled mid-call leaves its
+    connection disconnected by redis-py, and it reconnects on its next use."""
 
     def __init__(self, client: Any) -> None:
         self._pool = client.connection_pool
