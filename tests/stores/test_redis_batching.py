@@ -157,11 +157,11 @@ def test_tasks_of_one_loop_are_batched_the_same_way(url: str) -> None:
         admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
         try:
             first = asyncio.create_task(guard.areserve(subject("acme"), LLM, al.tokens(1)))
-            while not store._abatchers[asyncio.get_running_loop()]._busy:
+            while not store._loops[asyncio.get_running_loop()].batcher._busy:
                 await asyncio.sleep(0.002)
             rest = [asyncio.create_task(guard.areserve(subject("acme"), LLM, al.tokens(n)))
                     for n in range(2, 7)]
-            batcher = store._abatchers[asyncio.get_running_loop()]
+            batcher = store._loops[asyncio.get_running_loop()].batcher
             while len(batcher._queues.get(None, ())) < 5:
                 await asyncio.sleep(0.002)
         finally:

@@ -6,13 +6,14 @@ per call (BENCHMARKS.md, "Client CPU per pair"). A call is packed here in one st
 or the plain loop below without it) and sent on a connection of the client's own pool with
 the connection's health check, retry policy and disconnect-on-failure, as `execute_command`
 would, the reply read by the connection's own parser. A sync store keeps a few connections
-between calls instead of checking one out of the pool per call (`Sender`). Clients this path
-does not fit (a cluster client, a single-connection client) go through `execute_command` as
-before.
+between calls instead of checking one out of the pool per call (`Sender`), and so does an
+asyncio store on each event loop (`ASender`). Clients this path does not fit (a cluster
+client, a single-connection client) go through `execute_command` as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from collections.abc import Callable, Sequence
@@ -143,29 +144,90 @@ def _round_trip(conn: Any, data: bytes) -> Any:
     return conn.read_response()
 
 
-def fits_async(client: Any) -> bool:
-    """Whether an asyncio client can take packed commands (see `asend`)."""
-    return (getattr(client, "connection_pool", None) is not None
+def asender(client: Any) -> ASender | None:
+    """A sender of packed commands on an asyncio client's pool, or None for a client this
+    path does not fit (a cluster client, a single-connection client)."""
+    fits = (getattr(client, "connection_pool", None) is not None
             and getattr(client, "connection", None) is None
             and not getattr(client, "single_connection_client", False))
+    return ASender(client) if fits else None
 
 
-async def asend(client: Any, data: bytes) -> Any:
-    """A packed command on an asyncio client's pool (one that `fits_async`)."""
-    pool = client.connection_pool
-    conn = await pool.get_connection(*_pool_args(pool))
+class ASender:
+    """As `Sender`, for an asyncio client on its own event loop: checking a connection out of
+    redis-py's asyncio pool and back (a condition, a lock, a timeout and the pool's metrics
+    each way) cost more CPU than the round trip. A caller cancelled mid-call leaves its
+    connection disconnected by redis-py, and it reconnects on its next use."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._args = _pool_args(self._pool)
+        self._idle: list[Any] = []
+
+    async def __call__(self, data: bytes) -> Any:
+        idle = self._idle
+        kept = bool(idle)
+        conn = idle.pop() if kept else await self._pool.get_connection(*self._args)
+        try:
+            if kept:
+                await _aready(conn)
+            return await conn.retry.call_with_retry(
+                lambda: _around_trip(conn, data), lambda error: conn.disconnect())
+        finally:
+            if len(idle) < KEEP:
+                idle.append(conn)
+            else:
+                released = self._pool.release(conn)
+                if inspect.isawaitable(released):
+                    await released
+
+
+async def _aready(conn: Any) -> None:
+    """`_ready` for an asyncio connection, as the asyncio pool checks one it hands out."""
     try:
-        return await conn.retry.call_with_retry(
-            lambda: _around_trip(conn, data), lambda error: conn.disconnect())
-    finally:
-        released = pool.release(conn)
-        if inspect.isawaitable(released):
-            await released
+        if not conn.is_connected:
+            await conn.connect()
+        if await _can_read(conn):
+            raise RedisConnectionError("connection has data")
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        await conn.disconnect()
+        await conn.connect()
+        if await _can_read(conn):
+            raise RedisConnectionError("connection not ready") from None
+
+
+def _can_read(conn: Any) -> Any:
+    """Whether data waits on the connection: `can_read`, or before redis-py 8
+    `can_read_destructive` (which 8 deprecates)."""
+    check = getattr(conn, "can_read", None) or conn.can_read_destructive
+    return check()
 
 
 async def _around_trip(conn: Any, data: bytes) -> Any:
-    await conn.send_packed_command((data,))
+    """A packed command and its reply on an asyncio connection. The command is written as
+    `send_packed_command` writes it, but without its timer: on Python before 3.12 its
+    `wait_for` runs the write as a task of its own, one more turn of the loop per call. A
+    call's few hundred bytes leave at once; only if some stay buffered is the drain awaited,
+    within the socket timeout. The reply is read by the connection, under its timeout."""
+    if not conn.is_connected:
+        await conn.connect()
+    if conn.health_check_interval:
+        await conn.check_health()
+    writer = conn._writer
+    try:
+        if writer.transport.is_closing():
+            raise RedisConnectionError("connection closed by the server before the write")
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():
+            await asyncio.wait_for(writer.drain(), conn.socket_timeout)
+    except BaseException as error:  # as redis-py: a connection a write failed on is dropped
+        await conn.disconnect(nowait=True)
+        if isinstance(error, asyncio.TimeoutError):
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        if isinstance(error, OSError):
+            raise RedisConnectionError(f"Error while writing to socket: {error}") from error
+        raise
     return await conn.read_response()
 
 
-__all__ = ["KEEP", "Sender", "asend", "fits_async", "pack", "sender"]
+__all__ = ["KEEP", "ASender", "Sender", "asender", "pack", "sender"]

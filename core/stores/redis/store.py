@@ -53,6 +53,20 @@ def _unavailable_on_failure() -> Iterator[None]:
         raise StoreUnavailable(f"redis error: {error}") from error
 
 
+class _OnLoop:
+    """The store on one event loop: the loop's asyncio client (a client belongs to one loop),
+    the sender of packed calls that fits it (none for a cluster client) and the loop's
+    batcher, looked up once per operation."""
+
+    __slots__ = ("batcher", "client", "packed", "routed")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.routed = routed(client)
+        self.packed = None if self.routed else resp.asender(client)
+        self.batcher: AsyncBatcher | None = None
+
+
 class RedisStore:
     """redis-py sync and asyncio clients over the same flows: one store shared by processes.
 
@@ -95,13 +109,11 @@ class RedisStore:
         self._packed = None if self._routed else resp.sender(self.client)
         self._lease = self.client.register_script(source("lease"))
         self._aclient = aclient
-        self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._listeners: list[Callable[[list[Notification]], None]] = []
         self.batching = batching
         batch = f"{self.library_name}_{BATCH}"
         self._batcher = Batcher(self._send, batch) if batching else None
-        self._abatchers: weakref.WeakKeyDictionary[Any, AsyncBatcher] = (
-            weakref.WeakKeyDictionary())
+        self._loops: weakref.WeakKeyDictionary[Any, _OnLoop] = weakref.WeakKeyDictionary()
         self._batch_function = batch
 
     @classmethod
@@ -175,7 +187,7 @@ class RedisStore:
         send: Callable[[Any], Step] = flow.send
         reply: Any = None
         with _unavailable_on_failure():
-            client = self._client_of_loop()
+            on = self._loops.get(asyncio.get_running_loop()) or self._on_loop()
             while True:
                 try:
                     step = send(reply)
@@ -183,7 +195,7 @@ class RedisStore:
                     result: R = done.value
                     return result
                 try:
-                    reply, send = await self._astep(client, step), flow.send
+                    reply, send = await self._astep(on, step), flow.send
                 except ResponseError as error:
                     reply, send = error, flow.throw
 
@@ -222,25 +234,20 @@ class RedisStore:
             return pipe.execute()
         return client.function_load(step.source, replace=True)
 
-    async def _astep(self, client: Any, step: Step) -> Any:
-        """One step on an asyncio client, batched as `_step`."""
-        if self.batching and isinstance(step, (Call, Durable)):
-            loop = asyncio.get_running_loop()
-            batcher = self._abatchers.get(loop)
-            if batcher is None:
-                batcher = AsyncBatcher(lambda sent: self._asend(client, sent),
-                                       self._batch_function)
-                self._abatchers[loop] = batcher
-            return await batcher.submit(lane_of(client, routed(client), step), step)
-        return await self._asend(client, step)
+    async def _astep(self, on: _OnLoop, step: Step) -> Any:
+        """One step on this loop's client, batched as `_step`."""
+        if on.batcher is not None and isinstance(step, (Call, Durable)):
+            return await on.batcher.submit(lane_of(on.client, on.routed, step), step)
+        return await self._asend(on, step)
 
-    async def _asend(self, client: Any, step: Step) -> Any:
-        """One step on an asyncio client, as it is."""
+    async def _asend(self, on: _OnLoop, step: Step) -> Any:
+        """One step on this loop's client, as it is."""
+        client: Any = on.client
         if isinstance(step, Call):
             node = None
-            if not routed(client) and resp.fits_async(client):
-                return await resp.asend(client, resp.pack(step.command))
-            if routed(client):  # a fresh client, or one whose slot table a failure dropped
+            if on.packed is not None:
+                return await on.packed(resp.pack(step.command))
+            if on.routed:  # a fresh client, or one whose slot table a failure dropped
                 await client.initialize()
                 node = node_of(client, step.keys[0])
             if node is not None:
@@ -273,13 +280,11 @@ class RedisStore:
             return await pipe.execute()
         return await client.function_load(step.source, replace=True)
 
-    def _client_of_loop(self) -> Any:
-        """This event loop's asyncio client (a client belongs to one loop)."""
+    def _on_loop(self) -> _OnLoop:
+        """This event loop's side of the store: its asyncio client (a client belongs to one
+        loop), the client's packed sender and the loop's batcher."""
         loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is not None:
-            return client
-        client = self._aclient if not self._aclients else None
+        client = self._aclient if not self._loops else None
         if client is None and self.cluster_url is not None:
             from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
@@ -294,8 +299,10 @@ class RedisStore:
                 self.url, max_connections=64, timeout=30, socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.socket_timeout, decode_responses=True)
             client = aredis.Redis(connection_pool=pool)
-        self._aclients[loop] = client
-        return client
+        on = self._loops[loop] = _OnLoop(client)
+        if self.batching:
+            on.batcher = AsyncBatcher(lambda sent: self._asend(on, sent), self._batch_function)
+        return on
 
     def _notify(self, tenant: str, rows: list[Any]) -> None:
         notifications = [replies.note(tenant, row, self.clock) for row in rows]
