@@ -39,6 +39,16 @@ RUNTIME = ("reservations:create", "reservations:commit", "reservations:release",
 
 
 @dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What a secret amounts to: its key (when the secret is the key's own) and why it does
+    not authenticate, None when it does: KEY_NOT_FOUND (no such key, or text not shaped
+    like a secret), INVALID_KEY (another secret), KEY_REVOKED or KEY_EXPIRED."""
+
+    key: ApiKey | None
+    refusal: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class NewKey:
     """A key just created: `secret` is shown this once and never kept."""
 
@@ -136,18 +146,28 @@ class KeyCalls(Runner):
     tenant_info, atenant_info = twins(tenant_info_op)
     revoke_key, arevoke_key = twins(revoke_key_op)
 
+    def _validate_key(self, secret: str) -> Flow[KeyCheck]:
+        """Whether `secret` authenticates now (by the store's clock), and if not, why."""
+        key_id = _key_id(secret)
+        if key_id is None:
+            return KeyCheck(None, "KEY_NOT_FOUND")
+        match: ops.KeyMatch | None = yield ops.FindKey(tenant=id_tenant(key_id), key_id=key_id)
+        if match is None:
+            return KeyCheck(None, "KEY_NOT_FOUND")
+        if not hmac.compare_digest(match.secret_hash, secret_hash(secret)):
+            return KeyCheck(None, "INVALID_KEY")
+        key = match.key
+        if key.revoked:
+            return KeyCheck(key, "KEY_REVOKED")
+        return KeyCheck(key, None if key.active(match.now_ms) else "KEY_EXPIRED")
+
+    validate_key, avalidate_key = flow_twins(_validate_key)
+
     def _authenticate_key(self, secret: str) -> Flow[ApiKey | None]:
         """The key a secret belongs to if it is live (not revoked, not expired by the
         store's clock); None for anything else, malformed text included."""
-        key_id = _key_id(secret)
-        if key_id is None:
-            return None
-        match: ops.KeyMatch | None = yield ops.FindKey(tenant=id_tenant(key_id), key_id=key_id)
-        if match is None:
-            return None
-        if not hmac.compare_digest(match.secret_hash, secret_hash(secret)):
-            return None
-        return match.key if match.key.active(match.now_ms) else None
+        check: KeyCheck = yield from self._validate_key(secret)
+        return check.key if check.refusal is None else None
 
     authenticate_key, aauthenticate_key = flow_twins(_authenticate_key)
 

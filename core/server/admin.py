@@ -26,6 +26,7 @@ from . import shapes, wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
+from .introspect import Auth
 from .runtime import Settings
 from .shapes import ledger as ledger
 from .shapes import tenant_view as tenant_view
@@ -167,6 +168,7 @@ class Admin:
             Route("/v1/admin/budgets/fund", self.fund, methods=["POST"]),
             Route("/v1/admin/budgets/freeze", self.freeze, methods=["POST"]),
             Route("/v1/admin/budgets/unfreeze", self.unfreeze, methods=["POST"]),
+            *Auth(self.s).routes(),
         ]
 
     def _admin(self, request: Request) -> None:

@@ -417,3 +417,77 @@ def test_a_periodic_ledger_names_its_current_period(served: Any) -> None:
     template = served.guard.audit("acme", types=["budget.set"])[-1]
     assert [(r["scope"], moment(r["created_at"])) for r in run.body["ledgers"]] == [
         ("tenant:acme/run:r1", datetime.fromtimestamp(template.at_ms / 1000, timezone.utc))]
+
+
+# -- who a credential is -----------------------------------------------------------------
+
+INTROSPECT_REQUIRED = {"authenticated", "auth_type", "permissions", "capabilities"}
+CAPABILITIES = {"view_overview", "view_budgets", "view_events", "view_webhooks",
+                "view_audit", "view_tenants", "view_api_keys", "view_policies"}
+VALIDATION_REQUIRED = {"valid", "tenant_id"}  # ApiKeyValidationResponse (open)
+VALIDATION_ALLOWED = VALIDATION_REQUIRED | {"key_id", "permissions", "scope_filter",
+                                            "expires_at", "reason"}
+
+
+def test_introspect_says_what_the_credential_may_do(served: Any) -> None:
+    api = admin(served)
+    own = shaped(api.get("/v1/auth/introspect", **AS_ADMIN).body, INTROSPECT_REQUIRED)
+    assert (own["authenticated"], own["auth_type"], own["permissions"]) == (True, "admin",
+                                                                            ["*"])
+    assert own["capabilities"] == dict.fromkeys(CAPABILITIES, True)
+    reader = served.tenant("acme", permissions=["budgets:read", "webhooks:read"])
+    seen = reader.get("/v1/auth/introspect", check=False)
+    assert seen.status == 200 and seen.headers["X-Cycles-Tenant"] == "acme"
+    body = shaped(seen.body, INTROSPECT_REQUIRED)
+    assert (body["auth_type"], body["tenant_id"]) == ("api_key", "acme")
+    assert body["permissions"] == ["budgets:read", "webhooks:read"]
+    assert body["key_id"] == served.guard.keys("acme")[0].key_id
+    assert body["capabilities"] == {**dict.fromkeys(CAPABILITIES, False), "view_budgets": True,
+                                    "view_audit": True, "view_webhooks": True}
+    wide = served.tenant("acme", usd=None, permissions=["admin:read"])
+    granted = wide.get("/v1/auth/introspect", check=False).body["capabilities"]
+    assert {name for name, yes in granted.items() if not yes} == {
+        "view_overview", "view_tenants", "view_api_keys"}  # the admin key's pages alone
+    runtime = served.tenant("acme", usd=None)  # no permission a page needs: still answered
+    assert not any(runtime.get("/v1/auth/introspect", check=False).body[
+        "capabilities"].values())
+    assert error(api.get("/v1/auth/introspect", check=False), 401) == "UNAUTHORIZED"
+    assert error(api.get("/v1/auth/introspect", headers={"X-Admin-API-Key": "guess"},
+                         check=False), 401)
+    for secret in ("alk_nonsense", f"alk_acme:{'0' * 32}.{'x' * 43}"):
+        assert error(api.get("/v1/auth/introspect", key=secret, check=False), 401)
+    served.guard.revoke_key(served.guard.keys("acme")[0].key_id)
+    assert error(reader.get("/v1/auth/introspect", check=False), 401)
+
+
+def test_validate_tells_the_admin_whether_a_secret_is_live(served: Any) -> None:
+    api = admin(served)
+    guard = served.guard
+    live = guard.create_key("acme", permissions=["balances:read"], name="live")
+    dated = guard.create_key("acme", expires=system_ms() + 86_400_000, name="dated")
+    gone = guard.create_key("acme", expires=system_ms() - 1, name="gone")
+    revoked = guard.create_key("acme", name="revoked")
+    guard.revoke_key(revoked.key.key_id)
+
+    def validate(secret: str) -> dict[str, Any]:
+        answer = api.post("/v1/auth/validate", {"key_secret": secret}, **AS_ADMIN)
+        assert answer.status == 200, answer.body
+        return shaped(answer.body, VALIDATION_REQUIRED, VALIDATION_ALLOWED)
+
+    assert validate(live.secret) == {
+        "valid": True, "tenant_id": "acme", "key_id": live.key.key_id,
+        "permissions": ["balances:read"], "expires_at": NO_EXPIRY}
+    assert moment(validate(dated.secret)["expires_at"]) > datetime.now(timezone.utc)
+    for made, reason in ((gone, "KEY_EXPIRED"), (revoked, "KEY_REVOKED")):
+        found = validate(made.secret)
+        assert (found["valid"], found["tenant_id"], found["key_id"], found["reason"]) == (
+            False, "acme", made.key.key_id, reason)
+    forged = live.secret[:-43] + "x" * 43
+    for secret, reason in ((forged, "INVALID_KEY"), ("alk_nonsense", "KEY_NOT_FOUND"),
+                           (f"alk_acme:{'0' * 32}.{'x' * 43}", "KEY_NOT_FOUND")):
+        assert validate(secret) == {"valid": False, "tenant_id": "", "reason": reason}
+    tenant = Api(served.url, live.secret)
+    assert error(tenant.post("/v1/auth/validate", {"key_secret": live.secret},
+                             check=False), 401)
+    for bad in ({}, {"key_secret": ""}, {"key_secret": 7}, {"key_secret": "x", "more": 1}):
+        assert error(api.post("/v1/auth/validate", bad, **AS_ADMIN), 400)
