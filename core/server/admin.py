@@ -57,6 +57,17 @@ class KeyBody(wire._Strict):
     metadata: wire.Metadata | None = None
 
 
+class KeyUpdateBody(wire._Strict):
+    """The reference's key update. Keys here keep a name and permissions only: a
+    description, scope filter or metadata is refused (400) rather than dropped."""
+
+    name: str | None = Field(None, min_length=1, max_length=128)
+    permissions: list[str] | None = Field(None, max_length=len(PERMISSIONS))
+    description: str | None = None
+    scope_filter: list[str] | None = None
+    metadata: wire.Metadata | None = None
+
+
 class BudgetBody(wire._Strict):
     tenant_id: str | None = Field(None, min_length=1, max_length=128)
     scope: str = Field(min_length=1, max_length=2048)
@@ -162,6 +173,7 @@ class Admin:
             Route("/v1/admin/api-keys", self.create_key, methods=["POST"]),
             Route("/v1/admin/api-keys", self.list_keys, methods=["GET"]),
             Route("/v1/admin/api-keys/{key_id}", self.revoke_key, methods=["DELETE"]),
+            Route("/v1/admin/api-keys/{key_id}", self.update_key, methods=["PATCH"]),
             Route("/v1/admin/budgets", self.create_budget, methods=["POST"]),
             Route("/v1/admin/budgets", self.list_budgets, methods=["GET"]),
             Route("/v1/admin/budgets/lookup", self.lookup, methods=["GET"]),
@@ -256,6 +268,26 @@ class Admin:
         if known[0].revoked:
             raise ApiError(409, "KEY_REVOKED", f"API key {key_id} is already revoked")
         key = await self.s.guard.arevoke_key(key_id)
+        return json_response(request, shapes.key_view(key, _now_ms()))
+
+    async def update_key(self, request: Request) -> Response:
+        """200 with the key renamed or its permissions replaced, in one store step; 404 for
+        no such key, 409 (KEY_REVOKED, KEY_EXPIRED) when it is no longer live."""
+        self._admin(request)
+        req = wire.parse(KeyUpdateBody, await body(request, self.s.max_body))
+        for field in ("description", "scope_filter", "metadata"):
+            if getattr(req, field) is not None:
+                raise bad_request(f"{field}: API keys here keep no {field}; "
+                                  "give name or permissions")
+        if req.name is None and req.permissions is None:
+            raise bad_request("give name, permissions or both")
+        key_id = request.path_params["key_id"]
+        key, changed = await self.s.guard.aupdate_key(key_id, name=req.name,
+                                                      permissions=req.permissions)
+        if not changed:
+            state = "revoked" if key.revoked else "expired"
+            raise ApiError(409, f"KEY_{state.upper()}", f"API key {key_id} is {state}: it "
+                           "cannot change")
         return json_response(request, shapes.key_view(key, _now_ms()))
 
     # -- budgets ----------------------------------------------------------------------------

@@ -491,3 +491,57 @@ def test_validate_tells_the_admin_whether_a_secret_is_live(served: Any) -> None:
                              check=False), 401)
     for bad in ({}, {"key_secret": ""}, {"key_secret": 7}, {"key_secret": "x", "more": 1}):
         assert error(api.post("/v1/auth/validate", bad, **AS_ADMIN), 400)
+
+
+def test_a_key_is_renamed_and_repermissioned_without_a_new_secret(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    guard.set_budget("tenant:acme", usd=10)
+    made = guard.create_key("acme", permissions=["balances:read"], name="worker")
+    path = f"/v1/admin/api-keys/{made.key.key_id}"
+    worker = Api(served.url, made.secret)
+    assert error(worker.get("/v1/admin/budgets", check=False), 403)
+    changed = api.call("PATCH", path, {"name": "reader", "permissions": [
+        "budgets:read", "balances:read"]}, **AS_ADMIN)
+    assert changed.status == 200, changed.body
+    view = shaped(changed.body, API_KEY_REQUIRED, API_KEY_ALLOWED)
+    assert (view["name"], view["permissions"], view["status"]) == (
+        "reader", ["balances:read", "budgets:read"], "ACTIVE")
+    assert view["key_prefix"] == f"alk_{made.key.key_id}"
+    assert worker.get("/v1/admin/budgets", check=False).status == 200  # the same secret
+    renamed = api.call("PATCH", path, {"name": "renamed"}, **AS_ADMIN).body
+    assert (renamed["name"], renamed["permissions"]) == ("renamed", view["permissions"])
+    listed = api.get("/v1/admin/api-keys?tenant_id=acme", **AS_ADMIN).body["keys"]
+    assert [(k["name"], k["permissions"]) for k in listed] == [("renamed",
+                                                                view["permissions"])]
+
+
+def test_a_key_update_refuses_what_it_cannot_do_and_changes_nothing(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    made = guard.create_key("acme", permissions=["balances:read"], name="worker")
+    rival = guard.create_key("rival", permissions=["admin:write"], name="rival")
+    path = f"/v1/admin/api-keys/{made.key.key_id}"
+    before = guard.keys("acme"), guard.keys("rival")
+    for body, field in (({"permissions": ["root"]}, "permissions"),
+                        ({"permissions": []}, "permissions"),
+                        ({"name": ""}, "name"), ({"name": "x" * 129}, "name"),
+                        ({"description": "d"}, "description"),
+                        ({"scope_filter": ["workspace:eng"]}, "scope_filter"),
+                        ({"metadata": {"a": "b"}}, "metadata"), ({"tenant_id": "x"}, "tenant_id"),
+                        ({}, "name"), ({"status": "ACTIVE"}, "status")):
+        refused = api.call("PATCH", path, body, **AS_ADMIN)
+        assert error(refused, 400) == "INVALID_REQUEST"
+        assert field in refused.body["message"], (body, refused.body)
+    for key in (made.secret, rival.secret):  # a tenant key, even admin:write: admin key only
+        assert error(Api(served.url, key).call("PATCH", path, {"name": "mine"},
+                                               check=False), 401)
+    assert error(api.call("PATCH", path, {"name": "x"}, check=False), 401)
+    ghost = f"acme:{'0' * 32}"
+    assert error(api.call("PATCH", f"/v1/admin/api-keys/{ghost}", {"name": "x"}, **AS_ADMIN),
+                 404) == "NOT_FOUND"
+    assert (guard.keys("acme"), guard.keys("rival")) == before
+    guard.revoke_key(made.key.key_id)
+    assert error(api.call("PATCH", path, {"name": "x"}, **AS_ADMIN), 409) == "KEY_REVOKED"
+    gone = guard.create_key("acme", expires=system_ms() - 1, name="gone")
+    assert error(api.call("PATCH", f"/v1/admin/api-keys/{gone.key.key_id}", {"name": "x"},
+                          **AS_ADMIN), 409) == "KEY_EXPIRED"
+    assert [k.name for k in guard.keys("acme")] == ["worker", "gone"]
