@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
+from itertools import groupby
 from typing import Any, Literal
 
 from pydantic import Field
@@ -19,10 +20,10 @@ from ..amounts import Amount, Unit
 from ..guard import Guard
 from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import Balance, BudgetStatus
+from ..models import ApiKey, Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
-from . import shapes, wire
+from . import paging, shapes, wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
@@ -244,16 +245,13 @@ class Admin:
         named = query.get("tenant_id")
         if not named:  # the store lists tenants with a change on record, not every key's
             raise bad_request("tenant_id: required (keys are listed one tenant at a time)")
-        now, views = _now_ms(), []
-        for tenant in [tenant_name(named, "tenant_id")]:
-            for key in await self.s.guard.akeys(tenant):
-                view = shapes.key_view(key, now)
-                if status is not None and view["status"] != status:
-                    continue
-                if search is not None and search not in f"{key.key_id}\n{key.name}".lower():
-                    continue
-                views.append(view)
-        return json_response(request, {"keys": views, "has_more": False})
+        asked, now = paging.window(query), _now_ms()
+        kept = [key for key in await self.s.guard.akeys(tenant_name(named, "tenant_id"))
+                if (status is None or shapes.key_status(key, now) == status)
+                and (search is None or search in f"{key.key_id}\n{key.name}".lower())]
+        page, more = paging.paged(kept, _key_order, asked)
+        return json_response(request, {"keys": [shapes.key_view(key, now) for key in page],
+                                       **more})
 
     async def revoke_key(self, request: Request) -> Response:
         """200 with the revoked key; 404 for no such key, 409 when already revoked."""
@@ -365,12 +363,12 @@ class Admin:
         query = request.query_params
         named = query.get("tenant_id")
         handle, own = await self._caller(request, "budgets:read", named)
-        keep = _filters(query)
+        keep, asked = _filters(query), paging.window(query)
         tenants = ([own] if own is not None else
                    [tenant_name(named, "tenant_id")] if named else
                    list(await self.s.guard.atenants()))
         prefix = query.get("scope_prefix")
-        picked: list[dict[str, Any]] = []
+        picked: list[tuple[str, Balance]] = []
         for tenant in tenants:
             where = f"tenant:{tenant}"
             if prefix:
@@ -380,9 +378,13 @@ class Admin:
                         raise forbidden(f"scope_prefix {path.path} is not in tenant {tenant}")
                     continue
                 where = path.path
-            rows = [row for row in await handle.abalances(where) if keep(row, tenant)]
-            picked.extend(await ledgers(self.s.guard, tenant, rows))
-        return json_response(request, {"ledgers": picked, "has_more": False})
+            picked.extend((tenant, row) for row in await handle.abalances(where)
+                          if keep(row, tenant))
+        page, more = paging.paged(picked, _ledger_order, asked)
+        views: list[dict[str, Any]] = []
+        for tenant, rows in groupby(page, key=lambda pair: pair[0]):  # dated once a tenant
+            views.extend(await ledgers(self.s.guard, tenant, (row for _, row in rows)))
+        return json_response(request, {"ledgers": views, **more})
 
     async def fund(self, request: Request) -> Response:
         handle, _, scope, unit = await self._located(request, "budgets:write",
@@ -424,6 +426,17 @@ class Admin:
 
     async def unfreeze(self, request: Request) -> Response:
         return await self._status(request, False)
+
+
+def _key_order(key: ApiKey) -> list[str]:
+    """Keys page oldest first, as the store lists them."""
+    return [f"{key.created_at_ms:020d}", key.key_id]
+
+
+def _ledger_order(pair: tuple[str, Balance]) -> list[str]:
+    """Ledgers page by tenant, then scope, unit, period and bucket."""
+    tenant, row = pair
+    return [tenant, row.scope, row.unit.value, row.period or "", row.bucket]
 
 
 def _in_unit(amount: int | wire.WireAmount, unit: Unit, field: str) -> int:

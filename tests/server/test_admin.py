@@ -545,3 +545,76 @@ def test_a_key_update_refuses_what_it_cannot_do_and_changes_nothing(served: Any)
     assert error(api.call("PATCH", f"/v1/admin/api-keys/{gone.key.key_id}", {"name": "x"},
                           **AS_ADMIN), 409) == "KEY_EXPIRED"
     assert [k.name for k in guard.keys("acme")] == ["worker", "gone"]
+
+
+# -- paging of the admin lists -----------------------------------------------------------
+
+def pages(api: Api, path: str, field: str, limit: int, **options: Any) -> list[list[Any]]:
+    """Every page of a list, following `next_cursor` (present exactly when `has_more`)."""
+    found, cursor = [], None
+    while True:
+        sep = "&" if "?" in path else "?"
+        at = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        answer = api.get(at, check=False, **options)
+        assert answer.status == 200, answer.body
+        assert len(answer.body[field]) <= limit
+        found.append(answer.body[field])
+        assert ("next_cursor" in answer.body) == answer.body["has_more"]
+        if not answer.body["has_more"]:
+            return found
+        cursor = answer.body["next_cursor"]
+
+
+def test_keys_come_in_pages(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    made = [guard.create_key("acme", name=f"k{i}").key.key_id for i in range(5)]
+    guard.create_key("rival", name="theirs")
+    whole = api.get("/v1/admin/api-keys?tenant_id=acme", **AS_ADMIN).body
+    assert (len(whole["keys"]), whole["has_more"]) == (5, False)
+    listed = pages(api, "/v1/admin/api-keys?tenant_id=acme", "keys", 2, headers=ADMIN)
+    assert [len(page) for page in listed] == [2, 2, 1]
+    assert [k["key_id"] for page in listed for k in page] == [
+        k["key_id"] for k in whole["keys"]] and sorted(made) == sorted(
+        k["key_id"] for k in whole["keys"])
+    first = api.get("/v1/admin/api-keys?tenant_id=acme&limit=2", **AS_ADMIN).body
+    guard.revoke_key(made[0])  # a change between pages moves no other key
+    late = guard.create_key("acme", name="late").key.key_id
+    rest = pages(api, f"/v1/admin/api-keys?tenant_id=acme&cursor={first['next_cursor']}",
+                 "keys", 2, headers=ADMIN)
+    after = [k["key_id"] for page in rest for k in page]
+    assert after[:3] == [k["key_id"] for k in whole["keys"][2:]] and after[3:] == [late]
+    active = pages(api, "/v1/admin/api-keys?tenant_id=acme&status=ACTIVE", "keys", 1,
+                   headers=ADMIN)
+    assert len(active) == 5 and all(page[0]["status"] == "ACTIVE" for page in active)
+    for bad in ("limit=0", "limit=201", "limit=x", "cursor=%%%", "cursor=bm90LWEtbGlzdA"):
+        refused = api.get(f"/v1/admin/api-keys?tenant_id=acme&{bad}", **AS_ADMIN)
+        assert error(refused, 400) == "INVALID_REQUEST"
+        assert bad.partition("=")[0] in refused.body["message"]
+
+
+def test_ledgers_come_in_pages_each_tenant_its_own(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    for tenant in ("acme", "rival"):
+        guard.set_budget(f"tenant:{tenant}", usd=10)
+        for team in ("a", "b", "c"):
+            guard.set_budget(f"tenant:{tenant}/workspace:{team}", usd=1)
+    every = [(r["tenant_id"], r["scope"]) for r in api.get(
+        "/v1/admin/budgets", **AS_ADMIN).body["ledgers"]]
+    assert len(every) == 8
+    listed = pages(api, "/v1/admin/budgets", "ledgers", 3, headers=ADMIN)
+    assert [len(page) for page in listed] == [3, 3, 2]
+    assert [(r["tenant_id"], r["scope"]) for page in listed for r in page] == every
+    for page in listed:
+        for row in page:
+            shaped(row, LEDGER_REQUIRED, LEDGER_ALLOWED)
+    reader = served.tenant("acme", usd=None, permissions=["budgets:read"])
+    own = pages(reader, "/v1/admin/budgets", "ledgers", 2)
+    assert [len(page) for page in own] == [2, 2]
+    assert {row["tenant_id"] for page in own for row in page} == {"acme"}
+    rival_cursor = api.get("/v1/admin/budgets?tenant_id=rival&limit=1", **AS_ADMIN).body[
+        "next_cursor"]  # a cursor names a position, never grants a tenant
+    beyond = reader.get(f"/v1/admin/budgets?limit=50&cursor={rival_cursor}", check=False)
+    assert beyond.status == 200 and {r["tenant_id"] for r in beyond.body["ledgers"]} <= {
+        "acme"}
+    assert error(reader.get("/v1/admin/budgets?tenant_id=rival&limit=1", check=False), 403)
+    assert error(api.get("/v1/admin/budgets?limit=500", **AS_ADMIN), 400)
