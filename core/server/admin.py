@@ -1,7 +1,8 @@
-"""The reference admin plane's provisioning calls, with their shapes: API keys (admin key),
-budgets (admin key with `tenant_id`, or a tenant key with budgets:write inside its own
-tenant), lookup and list, fund with its five operations, freeze and unfreeze. Each maps onto
-one guard call; a tenant key's calls run through its tenant handle."""
+"""The reference admin plane's provisioning calls, with their shapes: API keys (admin key:
+create, list, update, revoke; introspect and validate), budgets (admin key with
+`tenant_id`, or a tenant key with budgets:write inside its own tenant), lookup and list,
+fund with its five operations, freeze and unfreeze. Each maps onto one guard call; a tenant
+key's calls run through its tenant handle. Lists come in pages (`paging`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from . import paging, shapes, wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
-from .introspect import Auth
+from .introspect import ValidateBody, credential, introspection, validation
 from .runtime import Settings
 from .shapes import ledger as ledger
 from .shapes import tenant_view as tenant_view
@@ -181,7 +182,8 @@ class Admin:
             Route("/v1/admin/budgets/fund", self.fund, methods=["POST"]),
             Route("/v1/admin/budgets/freeze", self.freeze, methods=["POST"]),
             Route("/v1/admin/budgets/unfreeze", self.unfreeze, methods=["POST"]),
-            *Auth(self.s).routes(),
+            Route("/v1/auth/introspect", self.introspect, methods=["GET"]),
+            Route("/v1/auth/validate", self.validate_key, methods=["POST"]),
         ]
 
     def _admin(self, request: Request) -> None:
@@ -287,6 +289,17 @@ class Admin:
             raise ApiError(409, f"KEY_{state.upper()}", f"API key {key_id} is {state}: it "
                            "cannot change")
         return json_response(request, shapes.key_view(key, _now_ms()))
+
+    async def introspect(self, request: Request) -> Response:
+        """The admin key's capabilities, or a live tenant key's (any permission); else 401."""
+        return json_response(request, introspection(await credential(self.s, request)))
+
+    async def validate_key(self, request: Request) -> Response:
+        """Admin key only; 200 whether or not the secret is valid, saying why not."""
+        self._admin(request)
+        req = wire.parse(ValidateBody, await body(request, self.s.max_body))
+        check = await self.s.guard.avalidate_key(req.key_secret)
+        return json_response(request, validation(check))
 
     # -- budgets ----------------------------------------------------------------------------
 

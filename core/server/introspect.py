@@ -1,6 +1,6 @@
-"""Who a credential is and what it may do: `GET /v1/auth/introspect` (the caller's own
-credential, admin key or tenant key) and `POST /v1/auth/validate` (the admin key asks about
-a tenant key's secret). Both only read."""
+"""Who a credential is and what it may do, as the reference's auth routes answer it:
+`GET /v1/auth/introspect` (the caller's own credential, admin key or tenant key) and
+`POST /v1/auth/validate` (the admin key asks about a tenant key's secret). Both only read."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ from typing import Any
 
 from pydantic import Field
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from ..keys import KeyCheck, permits
 from ..models import ApiKey
 from . import wire
 from .auth import TENANT_HEADER, admin_key
-from .context import body, json_response, set_tenant
+from .context import set_tenant
 from .errors import unauthorized
 from .runtime import Settings
 from .shapes import NO_EXPIRY, iso
@@ -68,35 +66,17 @@ def validation(check: KeyCheck) -> dict[str, Any]:
     return answer
 
 
-class Auth:
-    """The two auth routes over one guard."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.s = settings
-
-    def routes(self) -> list[Route]:
-        return [Route("/v1/auth/introspect", self.introspect, methods=["GET"]),
-                Route("/v1/auth/validate", self.validate, methods=["POST"])]
-
-    async def introspect(self, request: Request) -> Response:
-        """The admin key, or a live tenant key whatever its permissions; else 401."""
-        if admin_key(self.s.admin_key, request):
-            return json_response(request, introspection(None))
-        secret = request.headers.get(TENANT_HEADER)
-        if not secret:
-            raise unauthorized("this call needs the X-Admin-API-Key or X-Cycles-API-Key "
-                               "header")
-        check = await self.s.guard.avalidate_key(secret)
-        if check.key is None or check.refusal is not None:
-            raise unauthorized("unknown, revoked or expired API key")
-        set_tenant(request, check.key.tenant)
-        request.state.key_id = check.key.key_id
-        return json_response(request, introspection(check.key))
-
-    async def validate(self, request: Request) -> Response:
-        """Admin key only (401 otherwise); 200 whether or not the secret is valid."""
-        if not admin_key(self.s.admin_key, request):
-            raise unauthorized("this call needs the X-Admin-API-Key header")
-        req = wire.parse(ValidateBody, await body(request, self.s.max_body))
-        return json_response(request, validation(await self.s.guard.avalidate_key(
-            req.key_secret)))
+async def credential(settings: Settings, request: Request) -> ApiKey | None:
+    """The caller's credential: None for the admin key, else its live tenant key whatever
+    its permissions (its tenant named in the answer); anything else is 401."""
+    if admin_key(settings.admin_key, request):
+        return None
+    secret = request.headers.get(TENANT_HEADER)
+    if not secret:
+        raise unauthorized("this call needs the X-Admin-API-Key or X-Cycles-API-Key header")
+    check = await settings.guard.avalidate_key(secret)
+    if check.key is None or check.refusal is not None:
+        raise unauthorized("unknown, revoked or expired API key")
+    set_tenant(request, check.key.tenant)
+    request.state.key_id = check.key.key_id
+    return check.key
