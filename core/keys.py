@@ -1,4 +1,4 @@
-"""API keys bound to tenants: create, list, revoke and authenticate.
+"""API keys bound to tenants: create, list, update, revoke, validate and authenticate.
 
 A key's secret is `alk_<key id>.<43 random URL-safe characters>` (256 bits from `secrets`),
 shown once when created; the store keeps only its SHA-256, which is enough for a secret of
@@ -36,6 +36,16 @@ everything."""
 RUNTIME = ("reservations:create", "reservations:commit", "reservations:release",
            "reservations:extend", "reservations:list", "balances:read")
 """What a key may do unless told otherwise: the runtime plane of its own tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What a secret amounts to: its key (when the secret is the key's own) and why it does
+    not authenticate, None when it does: KEY_NOT_FOUND (no such key, or text not shaped
+    like a secret), INVALID_KEY (another secret), KEY_REVOKED or KEY_EXPIRED."""
+
+    key: ApiKey | None
+    refusal: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,27 @@ def revoke_key_op(key_id: str) -> ops.RevokeKey:
     return ops.RevokeKey(tenant=id_tenant(key_id), key_id=key_id)
 
 
+def update_key_op(key_id: str, *, name: str | None = None,
+                  permissions: Any = None) -> ops.UpdateKey:
+    """Rename a key or replace its permissions (None: keep), without a new secret. Returns
+    the key and whether it changed: a revoked or expired key never does."""
+    if name is None and permissions is None:
+        raise InvalidRequest("update_key: give name=, permissions= or both")
+    return ops.UpdateKey(
+        tenant=id_tenant(key_id), key_id=key_id,
+        name=None if name is None else check_text(name, "name", 128, printable=True),
+        permissions=None if permissions is None else _permissions(permissions))
+
+
+def _permissions(value: Any) -> tuple[str, ...]:
+    """Permission names, at least one, each once and sorted (as keys keep them)."""
+    granted = check_list(value, "permissions", len(PERMISSIONS), _permission,
+                         '["reservations:create", "balances:read"]')
+    if not granted:
+        raise InvalidRequest("permissions: give at least one permission")
+    return tuple(sorted(set(granted)))
+
+
 def register_tenant_op(tenant: str, name: str) -> ops.RegisterTenant:
     """Record `tenant` with a display name, unless it has a record already. Returns the
     record and whether this call made it (a second call with another name changes
@@ -118,15 +149,12 @@ class KeyCalls(Runner):
         runtime plane), valid until `expires` (epoch ms or an aware datetime; None: no
         expiry). The secret in the answer is shown once: only its hash is stored."""
         owner = tenant_name(tenant)
-        granted = check_list(permissions, "permissions", len(PERMISSIONS), _permission,
-                             '["reservations:create", "balances:read"]')
-        if not granted:
-            raise InvalidRequest("permissions: give at least one permission")
+        granted = _permissions(permissions)
         key_id = new_id(owner)
         secret = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
         key: ApiKey = yield ops.CreateKey(
             tenant=owner, key_id=key_id, name=check_text(name, "name", 128, printable=True),
-            permissions=tuple(sorted(set(granted))), expires_at_ms=_expiry(expires),
+            permissions=granted, expires_at_ms=_expiry(expires),
             secret_hash=secret_hash(secret))
         return NewKey(key, secret)
 
@@ -135,19 +163,30 @@ class KeyCalls(Runner):
     register_tenant, aregister_tenant = twins(register_tenant_op)
     tenant_info, atenant_info = twins(tenant_info_op)
     revoke_key, arevoke_key = twins(revoke_key_op)
+    update_key, aupdate_key = twins(update_key_op)
+
+    def _validate_key(self, secret: str) -> Flow[KeyCheck]:
+        """Whether `secret` authenticates now (by the store's clock), and if not, why."""
+        key_id = _key_id(secret)
+        if key_id is None:
+            return KeyCheck(None, "KEY_NOT_FOUND")
+        match: ops.KeyMatch | None = yield ops.FindKey(tenant=id_tenant(key_id), key_id=key_id)
+        if match is None:
+            return KeyCheck(None, "KEY_NOT_FOUND")
+        if not hmac.compare_digest(match.secret_hash, secret_hash(secret)):
+            return KeyCheck(None, "INVALID_KEY")
+        key = match.key
+        if key.revoked:
+            return KeyCheck(key, "KEY_REVOKED")
+        return KeyCheck(key, None if key.active(match.now_ms) else "KEY_EXPIRED")
+
+    validate_key, avalidate_key = flow_twins(_validate_key)
 
     def _authenticate_key(self, secret: str) -> Flow[ApiKey | None]:
         """The key a secret belongs to if it is live (not revoked, not expired by the
         store's clock); None for anything else, malformed text included."""
-        key_id = _key_id(secret)
-        if key_id is None:
-            return None
-        match: ops.KeyMatch | None = yield ops.FindKey(tenant=id_tenant(key_id), key_id=key_id)
-        if match is None:
-            return None
-        if not hmac.compare_digest(match.secret_hash, secret_hash(secret)):
-            return None
-        return match.key if match.key.active(match.now_ms) else None
+        check: KeyCheck = yield from self._validate_key(secret)
+        return check.key if check.refusal is None else None
 
     authenticate_key, aauthenticate_key = flow_twins(_authenticate_key)
 

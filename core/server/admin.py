@@ -1,13 +1,15 @@
-"""The reference admin plane's provisioning calls, with their shapes: API keys (admin key),
-budgets (admin key with `tenant_id`, or a tenant key with budgets:write inside its own
-tenant), lookup and list, fund with its five operations, freeze and unfreeze. Each maps onto
-one guard call; a tenant key's calls run through its tenant handle."""
+"""The reference admin plane's provisioning calls, with their shapes: API keys (admin key:
+create, list, update, revoke; introspect and validate), budgets (admin key with
+`tenant_id`, or a tenant key with budgets:write inside its own tenant), lookup and list,
+fund with its five operations, freeze and unfreeze. Each maps onto one guard call; a tenant
+key's calls run through its tenant handle. Lists come in pages (`paging`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
+from itertools import groupby
 from typing import Any, Literal
 
 from pydantic import Field
@@ -19,13 +21,14 @@ from ..amounts import Amount, Unit
 from ..guard import Guard
 from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import Balance, BudgetStatus
+from ..models import ApiKey, Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
-from . import shapes, wire
+from . import paging, shapes, wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
+from .introspect import ValidateBody, credential, introspection, validation
 from .runtime import Settings
 from .shapes import ledger as ledger
 from .shapes import tenant_view as tenant_view
@@ -53,6 +56,17 @@ class KeyBody(wire._Strict):
     description: str | None = Field(None, max_length=1024)
     scope_filter: list[str] | None = None
     expires_at: str | None = None
+    metadata: wire.Metadata | None = None
+
+
+class KeyUpdateBody(wire._Strict):
+    """The reference's key update. Keys here keep a name and permissions only: a
+    description, scope filter or metadata is refused (400) rather than dropped."""
+
+    name: str | None = Field(None, min_length=1, max_length=128)
+    permissions: list[str] | None = Field(None, max_length=len(PERMISSIONS))
+    description: str | None = None
+    scope_filter: list[str] | None = None
     metadata: wire.Metadata | None = None
 
 
@@ -161,12 +175,15 @@ class Admin:
             Route("/v1/admin/api-keys", self.create_key, methods=["POST"]),
             Route("/v1/admin/api-keys", self.list_keys, methods=["GET"]),
             Route("/v1/admin/api-keys/{key_id}", self.revoke_key, methods=["DELETE"]),
+            Route("/v1/admin/api-keys/{key_id}", self.update_key, methods=["PATCH"]),
             Route("/v1/admin/budgets", self.create_budget, methods=["POST"]),
             Route("/v1/admin/budgets", self.list_budgets, methods=["GET"]),
             Route("/v1/admin/budgets/lookup", self.lookup, methods=["GET"]),
             Route("/v1/admin/budgets/fund", self.fund, methods=["POST"]),
             Route("/v1/admin/budgets/freeze", self.freeze, methods=["POST"]),
             Route("/v1/admin/budgets/unfreeze", self.unfreeze, methods=["POST"]),
+            Route("/v1/auth/introspect", self.introspect, methods=["GET"]),
+            Route("/v1/auth/validate", self.validate_key, methods=["POST"]),
         ]
 
     def _admin(self, request: Request) -> None:
@@ -230,16 +247,13 @@ class Admin:
         named = query.get("tenant_id")
         if not named:  # the store lists tenants with a change on record, not every key's
             raise bad_request("tenant_id: required (keys are listed one tenant at a time)")
-        now, views = _now_ms(), []
-        for tenant in [tenant_name(named, "tenant_id")]:
-            for key in await self.s.guard.akeys(tenant):
-                view = shapes.key_view(key, now)
-                if status is not None and view["status"] != status:
-                    continue
-                if search is not None and search not in f"{key.key_id}\n{key.name}".lower():
-                    continue
-                views.append(view)
-        return json_response(request, {"keys": views, "has_more": False})
+        asked, now = paging.window(query), _now_ms()
+        kept = [key for key in await self.s.guard.akeys(tenant_name(named, "tenant_id"))
+                if (status is None or shapes.key_status(key, now) == status)
+                and (search is None or search in f"{key.key_id}\n{key.name}".lower())]
+        page, more = paging.paged(kept, _key_order, asked)
+        return json_response(request, {"keys": [shapes.key_view(key, now) for key in page],
+                                       **more})
 
     async def revoke_key(self, request: Request) -> Response:
         """200 with the revoked key; 404 for no such key, 409 when already revoked."""
@@ -255,6 +269,37 @@ class Admin:
             raise ApiError(409, "KEY_REVOKED", f"API key {key_id} is already revoked")
         key = await self.s.guard.arevoke_key(key_id)
         return json_response(request, shapes.key_view(key, _now_ms()))
+
+    async def update_key(self, request: Request) -> Response:
+        """200 with the key renamed or its permissions replaced, in one store step; 404 for
+        no such key, 409 (KEY_REVOKED, KEY_EXPIRED) when it is no longer live."""
+        self._admin(request)
+        req = wire.parse(KeyUpdateBody, await body(request, self.s.max_body))
+        for field in ("description", "scope_filter", "metadata"):
+            if getattr(req, field) is not None:
+                raise bad_request(f"{field}: API keys here keep no {field}; "
+                                  "give name or permissions")
+        if req.name is None and req.permissions is None:
+            raise bad_request("give name, permissions or both")
+        key_id = request.path_params["key_id"]
+        key, changed = await self.s.guard.aupdate_key(key_id, name=req.name,
+                                                      permissions=req.permissions)
+        if not changed:
+            state = "revoked" if key.revoked else "expired"
+            raise ApiError(409, f"KEY_{state.upper()}", f"API key {key_id} is {state}: it "
+                           "cannot change")
+        return json_response(request, shapes.key_view(key, _now_ms()))
+
+    async def introspect(self, request: Request) -> Response:
+        """The admin key's capabilities, or a live tenant key's (any permission); else 401."""
+        return json_response(request, introspection(await credential(self.s, request)))
+
+    async def validate_key(self, request: Request) -> Response:
+        """Admin key only; 200 whether or not the secret is valid, saying why not."""
+        self._admin(request)
+        req = wire.parse(ValidateBody, await body(request, self.s.max_body))
+        check = await self.s.guard.avalidate_key(req.key_secret)
+        return json_response(request, validation(check))
 
     # -- budgets ----------------------------------------------------------------------------
 
@@ -331,12 +376,12 @@ class Admin:
         query = request.query_params
         named = query.get("tenant_id")
         handle, own = await self._caller(request, "budgets:read", named)
-        keep = _filters(query)
+        keep, asked = _filters(query), paging.window(query)
         tenants = ([own] if own is not None else
                    [tenant_name(named, "tenant_id")] if named else
                    list(await self.s.guard.atenants()))
         prefix = query.get("scope_prefix")
-        picked: list[dict[str, Any]] = []
+        picked: list[tuple[str, Balance]] = []
         for tenant in tenants:
             where = f"tenant:{tenant}"
             if prefix:
@@ -346,9 +391,13 @@ class Admin:
                         raise forbidden(f"scope_prefix {path.path} is not in tenant {tenant}")
                     continue
                 where = path.path
-            rows = [row for row in await handle.abalances(where) if keep(row, tenant)]
-            picked.extend(await ledgers(self.s.guard, tenant, rows))
-        return json_response(request, {"ledgers": picked, "has_more": False})
+            picked.extend((tenant, row) for row in await handle.abalances(where)
+                          if keep(row, tenant))
+        page, more = paging.paged(picked, _ledger_order, asked)
+        views: list[dict[str, Any]] = []
+        for tenant, rows in groupby(page, key=lambda pair: pair[0]):  # dated once a tenant
+            views.extend(await ledgers(self.s.guard, tenant, (row for _, row in rows)))
+        return json_response(request, {"ledgers": views, **more})
 
     async def fund(self, request: Request) -> Response:
         handle, _, scope, unit = await self._located(request, "budgets:write",
@@ -390,6 +439,17 @@ class Admin:
 
     async def unfreeze(self, request: Request) -> Response:
         return await self._status(request, False)
+
+
+def _key_order(key: ApiKey) -> list[str]:
+    """Keys page oldest first, as the store lists them."""
+    return [f"{key.created_at_ms:020d}", key.key_id]
+
+
+def _ledger_order(pair: tuple[str, Balance]) -> list[str]:
+    """Ledgers page by tenant, then scope, unit, period and bucket."""
+    tenant, row = pair
+    return [tenant, row.scope, row.unit.value, row.period or "", row.bucket]
 
 
 def _in_unit(amount: int | wire.WireAmount, unit: Unit, field: str) -> int:

@@ -450,3 +450,13 @@ class Store(Protocol):
         """Take or renew a named lease for `owner`; False while another owner holds it."""
 
     def close(self) -> None: ...
+
+
+@dataclass
+class UpdateKey(Op["tuple[ApiKey, bool]"]):
+    """Rename a key or replace its permissions (None: keep). A revoked or expired key is
+    left as it is: the answer is the key and whether it changed. No such key: NotFound."""
+
+    key_id: str
+    name: str | None
+    permissions: tuple[str, ...] | None

@@ -417,3 +417,204 @@ def test_a_periodic_ledger_names_its_current_period(served: Any) -> None:
     template = served.guard.audit("acme", types=["budget.set"])[-1]
     assert [(r["scope"], moment(r["created_at"])) for r in run.body["ledgers"]] == [
         ("tenant:acme/run:r1", datetime.fromtimestamp(template.at_ms / 1000, timezone.utc))]
+
+
+# -- who a credential is -----------------------------------------------------------------
+
+INTROSPECT_REQUIRED = {"authenticated", "auth_type", "permissions", "capabilities"}
+CAPABILITIES = {"view_overview", "view_budgets", "view_events", "view_webhooks",
+                "view_audit", "view_tenants", "view_api_keys", "view_policies"}
+VALIDATION_REQUIRED = {"valid", "tenant_id"}  # ApiKeyValidationResponse (open)
+VALIDATION_ALLOWED = VALIDATION_REQUIRED | {"key_id", "permissions", "scope_filter",
+                                            "expires_at", "reason"}
+
+
+def test_introspect_says_what_the_credential_may_do(served: Any) -> None:
+    api = admin(served)
+    own = shaped(api.get("/v1/auth/introspect", **AS_ADMIN).body, INTROSPECT_REQUIRED)
+    assert (own["authenticated"], own["auth_type"], own["permissions"]) == (True, "admin",
+                                                                            ["*"])
+    assert own["capabilities"] == dict.fromkeys(CAPABILITIES, True)
+    reader = served.tenant("acme", permissions=["budgets:read", "webhooks:read"])
+    seen = reader.get("/v1/auth/introspect", check=False)
+    assert seen.status == 200 and seen.headers["X-Cycles-Tenant"] == "acme"
+    body = shaped(seen.body, INTROSPECT_REQUIRED)
+    assert (body["auth_type"], body["tenant_id"]) == ("api_key", "acme")
+    assert body["permissions"] == ["budgets:read", "webhooks:read"]
+    assert body["key_id"] == served.guard.keys("acme")[0].key_id
+    assert body["capabilities"] == {**dict.fromkeys(CAPABILITIES, False), "view_budgets": True,
+                                    "view_audit": True, "view_webhooks": True}
+    wide = served.tenant("acme", usd=None, permissions=["admin:read"])
+    granted = wide.get("/v1/auth/introspect", check=False).body["capabilities"]
+    assert {name for name, yes in granted.items() if not yes} == {
+        "view_overview", "view_tenants", "view_api_keys"}  # the admin key's pages alone
+    runtime = served.tenant("acme", usd=None)  # no permission a page needs: still answered
+    assert not any(runtime.get("/v1/auth/introspect", check=False).body[
+        "capabilities"].values())
+    assert error(api.get("/v1/auth/introspect", check=False), 401) == "UNAUTHORIZED"
+    assert error(api.get("/v1/auth/introspect", headers={"X-Admin-API-Key": "guess"},
+                         check=False), 401)
+    for secret in ("alk_nonsense", f"alk_acme:{'0' * 32}.{'x' * 43}"):
+        assert error(api.get("/v1/auth/introspect", key=secret, check=False), 401)
+    served.guard.revoke_key(served.guard.keys("acme")[0].key_id)
+    assert error(reader.get("/v1/auth/introspect", check=False), 401)
+
+
+def test_validate_tells_the_admin_whether_a_secret_is_live(served: Any) -> None:
+    api = admin(served)
+    guard = served.guard
+    live = guard.create_key("acme", permissions=["balances:read"], name="live")
+    dated = guard.create_key("acme", expires=system_ms() + 86_400_000, name="dated")
+    gone = guard.create_key("acme", expires=system_ms() - 1, name="gone")
+    revoked = guard.create_key("acme", name="revoked")
+    guard.revoke_key(revoked.key.key_id)
+
+    def validate(secret: str) -> dict[str, Any]:
+        answer = api.post("/v1/auth/validate", {"key_secret": secret}, **AS_ADMIN)
+        assert answer.status == 200, answer.body
+        return shaped(answer.body, VALIDATION_REQUIRED, VALIDATION_ALLOWED)
+
+    assert validate(live.secret) == {
+        "valid": True, "tenant_id": "acme", "key_id": live.key.key_id,
+        "permissions": ["balances:read"], "expires_at": NO_EXPIRY}
+    assert moment(validate(dated.secret)["expires_at"]) > datetime.now(timezone.utc)
+    for made, reason in ((gone, "KEY_EXPIRED"), (revoked, "KEY_REVOKED")):
+        found = validate(made.secret)
+        assert (found["valid"], found["tenant_id"], found["key_id"], found["reason"]) == (
+            False, "acme", made.key.key_id, reason)
+    forged = live.secret[:-43] + "x" * 43
+    for secret, reason in ((forged, "INVALID_KEY"), ("alk_nonsense", "KEY_NOT_FOUND"),
+                           (f"alk_acme:{'0' * 32}.{'x' * 43}", "KEY_NOT_FOUND")):
+        assert validate(secret) == {"valid": False, "tenant_id": "", "reason": reason}
+    tenant = Api(served.url, live.secret)
+    assert error(tenant.post("/v1/auth/validate", {"key_secret": live.secret},
+                             check=False), 401)
+    for bad in ({}, {"key_secret": ""}, {"key_secret": 7}, {"key_secret": "x", "more": 1}):
+        assert error(api.post("/v1/auth/validate", bad, **AS_ADMIN), 400)
+
+
+def test_a_key_is_renamed_and_repermissioned_without_a_new_secret(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    guard.set_budget("tenant:acme", usd=10)
+    made = guard.create_key("acme", permissions=["balances:read"], name="worker")
+    path = f"/v1/admin/api-keys/{made.key.key_id}"
+    worker = Api(served.url, made.secret)
+    assert error(worker.get("/v1/admin/budgets", check=False), 403)
+    changed = api.call("PATCH", path, {"name": "reader", "permissions": [
+        "budgets:read", "balances:read"]}, **AS_ADMIN)
+    assert changed.status == 200, changed.body
+    view = shaped(changed.body, API_KEY_REQUIRED, API_KEY_ALLOWED)
+    assert (view["name"], view["permissions"], view["status"]) == (
+        "reader", ["balances:read", "budgets:read"], "ACTIVE")
+    assert view["key_prefix"] == f"alk_{made.key.key_id}"
+    assert worker.get("/v1/admin/budgets", check=False).status == 200  # the same secret
+    renamed = api.call("PATCH", path, {"name": "renamed"}, **AS_ADMIN).body
+    assert (renamed["name"], renamed["permissions"]) == ("renamed", view["permissions"])
+    listed = api.get("/v1/admin/api-keys?tenant_id=acme", **AS_ADMIN).body["keys"]
+    assert [(k["name"], k["permissions"]) for k in listed] == [("renamed",
+                                                                view["permissions"])]
+
+
+def test_a_key_update_refuses_what_it_cannot_do_and_changes_nothing(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    made = guard.create_key("acme", permissions=["balances:read"], name="worker")
+    rival = guard.create_key("rival", permissions=["admin:write"], name="rival")
+    path = f"/v1/admin/api-keys/{made.key.key_id}"
+    before = guard.keys("acme"), guard.keys("rival")
+    for body, field in (({"permissions": ["root"]}, "permissions"),
+                        ({"permissions": []}, "permissions"),
+                        ({"name": ""}, "name"), ({"name": "x" * 129}, "name"),
+                        ({"description": "d"}, "description"),
+                        ({"scope_filter": ["workspace:eng"]}, "scope_filter"),
+                        ({"metadata": {"a": "b"}}, "metadata"), ({"tenant_id": "x"}, "tenant_id"),
+                        ({}, "name"), ({"status": "ACTIVE"}, "status")):
+        refused = api.call("PATCH", path, body, **AS_ADMIN)
+        assert error(refused, 400) == "INVALID_REQUEST"
+        assert field in refused.body["message"], (body, refused.body)
+    for key in (made.secret, rival.secret):  # a tenant key, even admin:write: admin key only
+        assert error(Api(served.url, key).call("PATCH", path, {"name": "mine"},
+                                               check=False), 401)
+    assert error(api.call("PATCH", path, {"name": "x"}, check=False), 401)
+    ghost = f"acme:{'0' * 32}"
+    assert error(api.call("PATCH", f"/v1/admin/api-keys/{ghost}", {"name": "x"}, **AS_ADMIN),
+                 404) == "NOT_FOUND"
+    assert (guard.keys("acme"), guard.keys("rival")) == before
+    guard.revoke_key(made.key.key_id)
+    assert error(api.call("PATCH", path, {"name": "x"}, **AS_ADMIN), 409) == "KEY_REVOKED"
+    gone = guard.create_key("acme", expires=system_ms() - 1, name="gone")
+    assert error(api.call("PATCH", f"/v1/admin/api-keys/{gone.key.key_id}", {"name": "x"},
+                          **AS_ADMIN), 409) == "KEY_EXPIRED"
+    assert [k.name for k in guard.keys("acme")] == ["worker", "gone"]
+
+
+# -- paging of the admin lists -----------------------------------------------------------
+
+def pages(api: Api, path: str, field: str, limit: int, **options: Any) -> list[list[Any]]:
+    """Every page of a list, following `next_cursor` (present exactly when `has_more`)."""
+    found, cursor = [], None
+    while True:
+        sep = "&" if "?" in path else "?"
+        at = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        answer = api.get(at, check=False, **options)
+        assert answer.status == 200, answer.body
+        assert len(answer.body[field]) <= limit
+        found.append(answer.body[field])
+        assert ("next_cursor" in answer.body) == answer.body["has_more"]
+        if not answer.body["has_more"]:
+            return found
+        cursor = answer.body["next_cursor"]
+
+
+def test_keys_come_in_pages(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    made = [guard.create_key("acme", name=f"k{i}").key.key_id for i in range(5)]
+    guard.create_key("rival", name="theirs")
+    whole = api.get("/v1/admin/api-keys?tenant_id=acme", **AS_ADMIN).body
+    assert (len(whole["keys"]), whole["has_more"]) == (5, False)
+    listed = pages(api, "/v1/admin/api-keys?tenant_id=acme", "keys", 2, headers=ADMIN)
+    assert [len(page) for page in listed] == [2, 2, 1]
+    assert [k["key_id"] for page in listed for k in page] == [
+        k["key_id"] for k in whole["keys"]] and sorted(made) == sorted(
+        k["key_id"] for k in whole["keys"])
+    first = api.get("/v1/admin/api-keys?tenant_id=acme&limit=2", **AS_ADMIN).body
+    guard.revoke_key(made[0])  # a change between pages moves no other key
+    late = guard.create_key("acme", name="late").key.key_id
+    rest = pages(api, f"/v1/admin/api-keys?tenant_id=acme&cursor={first['next_cursor']}",
+                 "keys", 2, headers=ADMIN)
+    after = [k["key_id"] for page in rest for k in page]
+    assert after[:3] == [k["key_id"] for k in whole["keys"][2:]] and after[3:] == [late]
+    active = pages(api, "/v1/admin/api-keys?tenant_id=acme&status=ACTIVE", "keys", 1,
+                   headers=ADMIN)
+    assert len(active) == 5 and all(page[0]["status"] == "ACTIVE" for page in active)
+    for bad in ("limit=0", "limit=201", "limit=x", "cursor=%%%", "cursor=bm90LWEtbGlzdA"):
+        refused = api.get(f"/v1/admin/api-keys?tenant_id=acme&{bad}", **AS_ADMIN)
+        assert error(refused, 400) == "INVALID_REQUEST"
+        assert bad.partition("=")[0] in refused.body["message"]
+
+
+def test_ledgers_come_in_pages_each_tenant_its_own(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    for tenant in ("acme", "rival"):
+        guard.set_budget(f"tenant:{tenant}", usd=10)
+        for team in ("a", "b", "c"):
+            guard.set_budget(f"tenant:{tenant}/workspace:{team}", usd=1)
+    every = [(r["tenant_id"], r["scope"]) for r in api.get(
+        "/v1/admin/budgets", **AS_ADMIN).body["ledgers"]]
+    assert len(every) == 8
+    listed = pages(api, "/v1/admin/budgets", "ledgers", 3, headers=ADMIN)
+    assert [len(page) for page in listed] == [3, 3, 2]
+    assert [(r["tenant_id"], r["scope"]) for page in listed for r in page] == every
+    for page in listed:
+        for row in page:
+            shaped(row, LEDGER_REQUIRED, LEDGER_ALLOWED)
+    reader = served.tenant("acme", usd=None, permissions=["budgets:read"])
+    own = pages(reader, "/v1/admin/budgets", "ledgers", 2)
+    assert [len(page) for page in own] == [2, 2]
+    assert {row["tenant_id"] for page in own for row in page} == {"acme"}
+    rival_cursor = api.get("/v1/admin/budgets?tenant_id=rival&limit=1", **AS_ADMIN).body[
+        "next_cursor"]  # a cursor names a position, never grants a tenant
+    beyond = reader.get(f"/v1/admin/budgets?limit=50&cursor={rival_cursor}", check=False)
+    assert beyond.status == 200 and {r["tenant_id"] for r in beyond.body["ledgers"]} <= {
+        "acme"}
+    assert error(reader.get("/v1/admin/budgets?tenant_id=rival&limit=1", check=False), 403)
+    assert error(api.get("/v1/admin/budgets?limit=500", **AS_ADMIN), 400)

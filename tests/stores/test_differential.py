@@ -148,6 +148,22 @@ class Lockstep(RuleBasedStateMachine):
         self.both(lambda g: g.tenant_for_key(pair[self.guards.index(g)], permission).reserve(
             subject(depth, None), LLM, al.tokens(amount)))
 
+    @precondition(lambda self: bool(self.secrets))
+    @rule(data=st.data(), name=st.sampled_from([None, "renamed"]),
+          permissions=st.sampled_from([None, ["balances:read"],
+                                       ["reservations:create", "admin:read"]]))
+    def update_key(self, data: st.DataObject, name: str | None,
+                   permissions: list[str] | None) -> None:
+        """The same key renamed or re-permissioned: changed alike, or left alike (revoked,
+        expired); `keys_agree` then compares what each store keeps."""
+        pair = data.draw(st.sampled_from(self.secrets))
+        answers = [outcome(lambda g=guard, s=secret: g.update_key(
+            s[len("alk_"):].rpartition(".")[0], name=name, permissions=permissions))
+            for guard, secret in zip(self.guards, pair, strict=True)]
+        shown = [answer if isinstance(answer[0], str) else (answer[0].name,
+                 answer[0].permissions, answer[0].revoked, answer[1]) for answer in answers]
+        assert shown[0] == shown[1], shown
+
     @invariant()
     def keys_agree(self) -> None:
         listed = [sorted([(k.name, k.permissions, k.created_at_ms, k.expires_at_ms, k.revoked)

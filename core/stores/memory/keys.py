@@ -17,6 +17,7 @@ from ..operations import (
     ListKeys,
     RegisterTenant,
     RevokeKey,
+    UpdateKey,
     key_refusal,
 )
 from .state import Tenant
@@ -46,6 +47,20 @@ def revoke_key(t: Tenant, op: RevokeKey, now: int) -> ApiKey:
     key: ApiKey = replace(found[0], revoked=True)
     t.api_keys[op.key_id] = (key, found[1])
     return replace(key)
+
+
+def update_key(t: Tenant, op: UpdateKey, now: int) -> tuple[ApiKey, bool]:
+    """Rename a live key or replace its permissions; a revoked or expired one stays as is."""
+    found = t.api_keys.get(op.key_id)
+    if found is None:
+        raise NotFound(f"no key {op.key_id}")
+    key = found[0]
+    if not key.active(now):
+        return replace(key), False
+    key = replace(key, name=key.name if op.name is None else op.name,
+                  permissions=key.permissions if op.permissions is None else op.permissions)
+    t.api_keys[op.key_id] = (key, found[1])
+    return replace(key), True
 
 
 def find_key(t: Tenant, op: FindKey, now: int) -> KeyMatch | None:

@@ -44,6 +44,7 @@ from ..operations import (
     Sweep,
     Tenants,
     Transfer,
+    UpdateKey,
     Usage,
 )
 from .admin import fund, set_mode, set_status, transfer
@@ -56,6 +57,7 @@ from .keys import (
     list_keys,
     register_tenant,
     revoke_key,
+    update_key,
 )
 from .outbox import Outbox
 from .read import audit, balances, get, list_reservations, plan_of, report, tenants, usage
@@ -73,7 +75,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
-    RegisterTenant: register_tenant, GetTenant: get_tenant,
+    RegisterTenant: register_tenant, GetTenant: get_tenant, UpdateKey: update_key,
     ListReservations: list_reservations,
     PlanOf: plan_of, Usage: usage,
 }

@@ -228,6 +228,16 @@ def _create_key(op: ops.CreateKey) -> dict[str, Any]:
             "hash": op.secret_hash}
 
 
+def _update_key(op: ops.UpdateKey) -> dict[str, Any]:
+    """Only the terms that change: an absent one is kept."""
+    changed: dict[str, Any] = {"op": "update_key", "key_id": op.key_id}
+    if op.name is not None:
+        changed["name"] = op.name
+    if op.permissions is not None:
+        changed["permissions"] = list(op.permissions)
+    return changed
+
+
 def _api_key(tenant: str, body: dict[str, Any]) -> ApiKey:
     expires = body["expires"]
     return ApiKey(body["key_id"], tenant, body["name"], tuple(body["permissions"]),
@@ -322,6 +332,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
     ops.RevokeKey: Codec("keys", _key_call(lambda op: {"op": "revoke_key",
                                                        "key_id": op.key_id}),
                          lambda op, b, w: _api_key(op.tenant, b["key"])),
+    ops.UpdateKey: Codec("keys", _key_call(_update_key),
+                         lambda op, b, w: (_api_key(op.tenant, b["key"]), bool(b["changed"]))),
     ops.FindKey: Codec("keys", _key_call(lambda op: {"op": "find_key", "key_id": op.key_id}),
                        _found_key),
     ops.RegisterTenant: Codec("keys", _key_call(lambda op: {"op": "register_tenant",

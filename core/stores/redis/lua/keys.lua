@@ -36,6 +36,17 @@ elseif op == 'revoke_key' then
   k.revoked = true
   redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
   return reply({key = key_view(k)})
+elseif op == 'update_key' then
+  local text = redis.call('HGET', K_KEYS, P.key_id)
+  if not text then return fail('NOT_FOUND', 'no key ' .. P.key_id) end
+  local k = cjson.decode(text)
+  if k.revoked or (k.expires ~= '' and NOW >= tonumber(k.expires)) then
+    return reply({key = key_view(k), changed = false})
+  end
+  if P.name then k.name = P.name end
+  if P.permissions then k.permissions = P.permissions end
+  redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
+  return reply({key = key_view(k), changed = true})
 elseif op == 'find_key' then
   local text = redis.call('HGET', K_KEYS, P.key_id)
   if not text then return reply({}) end

@@ -1,0 +1,63 @@
+"""`limit` and `cursor` of the admin lists. Rows come in a fixed order (their sort keys),
+and a cursor names the last row of its page by its key, not by a position: a row added or
+removed between two calls moves no other row to another page. Filters apply again on
+every page, so a cursor stays valid whatever the next call filters."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+
+from .errors import bad_request
+
+T = TypeVar("T")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+def limit(query: Mapping[str, str]) -> int:
+    """`limit`: 1..200, 50 when absent or blank."""
+    text = query.get("limit") or ""
+    if not text:
+        return DEFAULT_LIMIT
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+        raise bad_request(f"limit: {text!r} is not a whole number in 1..{MAX_LIMIT}")
+    return int(text)
+
+
+def cursor(query: Mapping[str, str]) -> list[str] | None:
+    """The sort key a `cursor` names (None: the first page)."""
+    text = query.get("cursor") or ""
+    if not text:
+        return None
+    try:
+        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise bad_request("cursor: not a cursor this server gave out") from None
+    if not (isinstance(key, list) and key and all(isinstance(k, str) for k in key)):
+        raise bad_request("cursor: not a cursor this server gave out")
+    return key
+
+
+def window(query: Mapping[str, str]) -> tuple[int, list[str] | None]:
+    """The page a query asks for (its limit and the key it starts after), checked before
+    anything is read."""
+    return limit(query), cursor(query)
+
+
+def paged(rows: Sequence[T], key: Callable[[T], list[str]],
+          asked: tuple[int, list[str] | None]) -> tuple[list[T], dict[str, Any]]:
+    """The page of `rows` (ordered by `key`) `asked` for, and the answer's paging fields:
+    `has_more`, and `next_cursor` when it is true."""
+    size, after = asked
+    ordered = sorted(rows, key=key)
+    if after is not None:
+        ordered = [row for row in ordered if key(row) > after]
+    page = ordered[:size]
+    if len(ordered) <= size:
+        return page, {"has_more": False}
+    last = base64.urlsafe_b64encode(orjson.dumps(key(page[-1]))).decode().rstrip("=")
+    return page, {"next_cursor": last, "has_more": True}
