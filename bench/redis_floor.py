@@ -7,7 +7,8 @@ For scope depth 1, 3 and 6 (one USD budget per scope, as in redis_ops.py), the s
 its own FCALL payloads for reserve and commit, and the same payloads go, one call after
 another, to these scripts on one private redis-server:
 
-- trivial: EVALSHA of `return 1`, the baseline of the targets (DESIGN.md §10);
+- trivial: EVALSHA of `return 1`, the baseline of the targets (DESIGN.md §10); its round
+           trip is timed as an FCALL of `return 1` (the store's calls are FCALLs);
 - store:   the store's own reserve and commit;
 - floor:   redis_floor.lua, which runs the commands the store's scripts run for these calls
            (due reservations looked up, and by reserve the tenant's mode and rules;
@@ -25,12 +26,17 @@ The order of the scripts rotates round by round, so drift on this shared machine
 over all of them (10 rounds, the default, give each reserve script each place twice). Every
 call's reply is checked: a refused or failed call stops the bench. ×t = multiple of the
 trivial script in the same rounds.
+
+The client's round trip of each call (p50 per round, median over rounds) is printed too, as
+a multiple of a trivial FCALL's: the floor's says how far a sequential reserve making the
+design's writes must be from a trivial round trip before any client work.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -92,29 +98,46 @@ class Depth:
         held = [guard.reserve(subject, shared.ACTION, shared.ESTIMATE) for _ in range(n)]
         return payloads(self.store, [commit_op(r.id, shared.ACTUAL) for r in held])
 
-    def run(self, op: str, script: str, calls: list[Call]) -> shared.Stats:
+    def run(self, op: str, script: str, calls: list[Call],
+            times: list[int]) -> shared.Stats:
+        """The server's statistics of `calls` to `script`; each call's round trip, as the
+        client sees it (ns), appended to `times`."""
         client = self.store.client
-        if script == "trivial":
-            return server_stats(self.store, op, lambda: [self.trivial() for _ in calls])
-        if script == "store":
-            real = self.store._flows.names["reserve" if op == "reserve" else "settle"]
-            return server_stats(self.store, op, lambda: [client.fcall(real, len(k), *k, *a)
-                                                         for k, a in calls])
-        name = f"floor_{op if script == 'floor' else script}"
-        return server_stats(self.store, op, lambda: [client.fcall(name, len(k), *k, *a)
-                                                     for k, a in calls])
+
+        def timed(call: Callable[[], Any]) -> Any:
+            start = time.perf_counter_ns()
+            reply = call()
+            times.append(time.perf_counter_ns() - start)
+            return reply
+
+        if script == "trivial":  # its round trip as an FCALL, as the store's calls are
+            stats = server_stats(self.store, op, lambda: [self.trivial() for _ in calls])
+            for _ in calls:
+                timed(lambda: client.fcall("bench_trivial", 0))
+            return stats
+        name = (self.store._flows.names["reserve" if op == "reserve" else "settle"]
+                if script == "store" else f"floor_{op if script == 'floor' else script}")
+        return server_stats(self.store, op, lambda: [
+            timed(lambda k=k, a=a: client.fcall(name, len(k), *k, *a)) for k, a in calls])
 
 
 Key = tuple[str, str, int]  # op, script, depth
 
 
-def measure(rounds: int, calls: int) -> tuple[dict[Key, float], dict[Key, shared.Tally]]:
-    """Median server µs per call, and all the commands run, by (op, script, depth)."""
+Measured = tuple[dict[Key, float], dict[Key, shared.Tally], dict[Key, float]]
+
+
+def measure(rounds: int, calls: int) -> Measured:
+    """By (op, script, depth): the median server µs per call, all the commands run, and the
+    median of the rounds' client round trip p50s (µs)."""
     samples: dict[Key, list[float]] = {}
     tallies: dict[Key, shared.Tally] = {}
+    trips: dict[Key, list[float]] = {}
     with shared.redis_server() as url:
         depths = {d: Depth(url, d) for d in shared.DEPTHS}
-        depths[shared.DEPTHS[0]].store.client.function_load(FLOOR_LUA.read_text(), replace=True)
+        client = depths[shared.DEPTHS[0]].store.client
+        client.function_load(FLOOR_LUA.read_text(), replace=True)
+        client.function_load(shared.TRIVIAL_FUNCTION, replace=True)
         for r in range(rounds + 1):  # round 0 warms up
             for op, scripts in SCRIPTS.items():
                 order = scripts[r % len(scripts):] + scripts[:r % len(scripts)]
@@ -122,21 +145,26 @@ def measure(rounds: int, calls: int) -> tuple[dict[Key, float], dict[Key, shared
                     for script in order:
                         batch = (depth.reserve_calls(calls) if op == "reserve"
                                  else depth.commit_calls(calls))
-                        stats = depth.run(op, script, batch)
+                        times: list[int] = []
+                        stats = depth.run(op, script, batch, times)
                         if r > 0:
                             n, usec = stats.commands["call"]
                             samples.setdefault((op, script, d), []).append(usec / n)
                             tallies.setdefault((op, script, d), shared.Tally()).add(stats)
+                            trips.setdefault((op, script, d), []).append(
+                                statistics.median(times) / 1000)
         for depth in depths.values():
             depth.guard.close()
-    return {key: statistics.median(values) for key, values in samples.items()}, tallies
+    return ({key: statistics.median(values) for key, values in samples.items()}, tallies,
+            {key: statistics.median(values) for key, values in trips.items()})
 
 
 def commands(tally: shared.Tally) -> str:
     return ", ".join(f"{name} {n:g}" for name, (n, _) in sorted(tally.inner().items()))
 
 
-def report(med: dict[Key, float], tallies: dict[Key, shared.Tally]) -> None:
+def report(med: dict[Key, float], tallies: dict[Key, shared.Tally],
+           trips: dict[Key, float]) -> None:
     print("Server µs per call (median over rounds) and ×t, the multiple of the trivial script")
     first, last = shared.DEPTHS[0], shared.DEPTHS[-1]
     for op, scripts in SCRIPTS.items():
@@ -156,6 +184,16 @@ def report(med: dict[Key, float], tallies: dict[Key, shared.Tally]) -> None:
         for script in ("store", "floor"):  # the floor is fair only if these two lines match
             print(f"commands per call at depth {last}, {script}: "
                   f"{commands(tallies[(op, script, last)])}")
+    print("\nRound trip as the client sees it, p50 µs (median over rounds), one raw FCALL after "
+          "another\n(no guard, payloads built first); ×t = multiple of a trivial FCALL's round "
+          "trip")
+    for op, scripts in SCRIPTS.items():
+        print(f"{op:<12}" + "".join(f"{'d' + str(d):>8}{'×t':>6}" for d in shared.DEPTHS))
+        for script in scripts:
+            print(f"  {script:<10}" + "".join(
+                f"{trips[(op, script, d)]:>8.1f}"
+                f"{trips[(op, script, d)] / trips[(op, 'trivial', d)]:>6.2f}"
+                for d in shared.DEPTHS))
 
 
 def main() -> None:

@@ -59,5 +59,9 @@ def paged(rows: Sequence[T], key: Callable[[T], list[str]],
     page = ordered[:size]
     if len(ordered) <= size:
         return page, {"has_more": False}
-    last = base64.urlsafe_b64encode(orjson.dumps(key(page[-1]))).decode().rstrip("=")
-    return page, {"next_cursor": last, "has_more": True}
+    return page, {"next_cursor": encoded(key(page[-1])), "has_more": True}
+
+
+def encoded(key: list[str]) -> str:
+    """The cursor that names a row by its sort key (what `cursor` reads back)."""
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")

@@ -4,13 +4,11 @@ here: refusals, idempotent replays and tenancy are the guard's."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,7 +22,7 @@ from ..ids import id_tenant
 from ..models import Action, Balance, Outcome, ReservationStatus
 from ..scopes import LEVELS, Subject
 from ..tenant import TenantGuard
-from . import extended, wire
+from . import extended, paging, wire
 from .auth import ADMIN_HEADER, Caller, admin_key, keyed_caller, tenant_key
 from .context import body, forget_tenant, json_response
 from .errors import ApiError, bad_request, forbidden, from_allotment, not_found
@@ -302,12 +300,12 @@ class Runtime:
             raise bad_request(f"sort_dir: {sort_dir!r} is not asc or desc")
         windows = {name: _window(query, name) for name in ("", "expires_", "finalized_")}
         subject = {level: query[level].lower() for level in LEVELS[1:] if query.get(level)}
-        paging: dict[str, Any] = {"status": status, "limit": _limit(query.get("limit")),
+        wanted: dict[str, Any] = {"status": status, "limit": paging.limit(query),
                                   "cursor": query.get("cursor") or None}
         if isinstance(handle, TenantGuard):
-            page, cursor = await handle.alist_reservations(**paging)
+            page, cursor = await handle.alist_reservations(**wanted)
         else:
-            page, cursor = await handle.alist_reservations(tenant, **paging)
+            page, cursor = await handle.alist_reservations(tenant, **wanted)
         kept = [info for info in page
                 if all(getattr(info.subject, level) == value
                        for level, value in subject.items())
@@ -343,8 +341,7 @@ class Runtime:
         tenant = filters.get("tenant")
         if tenant is not None and tenant != caller.tenant.name:
             raise forbidden("tenant is not the tenant of this API key")
-        limit = _limit(query.get("limit"))
-        after = _cursor(query.get("cursor"))
+        limit, after = paging.window(query)
         wanted = {f"{level}:{value}" for level, value in filters.items()}
         if asked and query.get("scope"):  # the library's `balances(scope, include_children)`
             rows = list(await caller.tenant.abalances(
@@ -356,7 +353,7 @@ class Runtime:
             page = [row for row in rows if after is None or _row_key(row) > after][:limit + 1]
         answer: dict[str, Any] = {"balances": wire.balances(tuple(page[:limit]))}
         if len(page) > limit:
-            answer["next_cursor"] = _encode_cursor(_row_key(page[limit - 1]))
+            answer["next_cursor"] = paging.encoded(_row_key(page[limit - 1]))
             answer["has_more"] = True
         if asked:
             answer[x.FIELD] = {"balances": x.balances(tuple(page[:limit]))}
@@ -434,30 +431,6 @@ def _within(window: tuple[int | None, int | None], ms: int | None) -> bool:
 
 def _row_key(row: Balance) -> list[str]:
     return [row.scope, row.unit.value, row.period or "", row.bucket]
-
-
-def _limit(text: str | None) -> int:
-    if text is None or text == "":
-        return 50
-    if not text.isdigit() or not 1 <= int(text) <= 200:
-        raise bad_request(f"limit: {text!r} is not a whole number in 1..200")
-    return int(text)
-
-
-def _encode_cursor(key: list[str]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
-
-
-def _cursor(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    try:
-        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        raise bad_request("cursor: not a cursor this server gave out") from None
-    if not (isinstance(key, list) and len(key) == 4 and all(isinstance(k, str) for k in key)):
-        raise bad_request("cursor: not a cursor this server gave out")
-    return key
 
 
 __all__ = ["Runtime", "Settings"]

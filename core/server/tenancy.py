@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from ..amounts import Unit
 from ..scopes import parse_scope, tenant_name
-from . import wire
+from . import paging, wire
 from .admin import require_admin, search_text, tenant_status, tenant_view
 from .context import body, json_response
 from .errors import ApiError, bad_request, not_found
@@ -52,9 +52,11 @@ class Tenancy:
     async def list_tenants(self, request: Request) -> Response:
         """Every tenant the store holds, by name. One made by the library without a record
         (no `POST /v1/admin/tenants`) is listed under its id (see `shapes.tenant_view`).
-        No tenant here is ever CLOSED: that filter finds none."""
+        No tenant here is ever CLOSED: that filter finds none. Paged by `limit` and `cursor`
+        in the order of their ids, as the key and budget lists are (`paging.py`)."""
         require_admin(self.s, request)
         query = request.query_params
+        asked = paging.window(query)
         status, search = query.get("status"), search_text(query)
         if status is not None and status not in ("ACTIVE", "SUSPENDED", "CLOSED"):
             raise bad_request(f"status: {status!r} is not ACTIVE, SUSPENDED or CLOSED")
@@ -68,7 +70,8 @@ class Tenancy:
             if status is not None and state != status:
                 continue
             views.append(tenant_view(info, name, state))
-        return json_response(request, {"tenants": views, "has_more": False})
+        page, more = paging.paged(views, lambda view: [view["tenant_id"]], asked)
+        return json_response(request, {"tenants": page, **more})
 
     async def patch(self, request: Request) -> Response:
         require_admin(self.s, request)

@@ -339,6 +339,27 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     envelope(call(api, "GET", "/v1/admin/tenants?status=GONE"), 400, "status")
 
 
+def test_tenants_come_in_pages_by_id(served: Any) -> None:
+    api, guard = admin(served), served.guard
+    names = [f"t{i:02d}" for i in range(7)]
+    for name in reversed(names):
+        guard.set_budget(f"tenant:{name}", usd=1)
+    found, cursor, pages = [], "", 0
+    while True:
+        answer = call(api, "GET", f"/v1/admin/tenants?limit=3&status=ACTIVE{cursor}").body
+        found += [t["tenant_id"] for t in answer["tenants"]]
+        pages += 1
+        assert ("next_cursor" in answer) == answer["has_more"]
+        if not answer["has_more"]:
+            break
+        cursor = f"&cursor={answer['next_cursor']}"
+    assert found == names and pages == 3
+    guard.set_budget("tenant:t00a", usd=1)  # a tenant added before the cursor's row
+    first = call(api, "GET", "/v1/admin/tenants?limit=2").body
+    assert [t["tenant_id"] for t in first["tenants"]] == ["t00", "t00a"]
+    for bad in ("limit=0", "limit=201", "limit=x", "cursor=%%%"):
+        envelope(call(api, "GET", f"/v1/admin/tenants?{bad}"), 400, bad.split("=")[0])
+
 ADMIN_ONLY = [
     ("GET", "/v1/admin/plans", None), ("GET", "/v1/admin/plans/free", None),
     ("PUT", "/v1/admin/plans/free", PLANS["free"]),
