@@ -61,7 +61,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,17 +433,8 @@ class Sequential:
     def inproc_async(self, calls: int) -> list[float]:
         estimate, actual = al.Amount(al.Unit.USD_MICROCENTS, ESTIMATE), al.Amount(
             al.Unit.USD_MICROCENTS, ACTUAL)
-
-        async def run() -> list[float]:
-            times = []
-            for _ in range(calls):
-                start = time.perf_counter_ns()
-                held = await self.guard.areserve(self.subject, self.action, estimate)
-                times.append((time.perf_counter_ns() - start) / 1000)
-                await held.acommit(actual)
-            return times
-
-        return self.loop.run_until_complete(run())
+        return self._async_pairs(calls, lambda _: self.guard.areserve(
+            self.subject, self.action, estimate), lambda held, _: held.acommit(actual))
 
     def inproc_served(self, calls: int) -> list[float]:
         """The reserve route's own guard call, timed in process: a key's handle, an
@@ -451,16 +442,24 @@ class Sequential:
         reserving, committing = self.keyed
         estimate, actual = al.Amount(al.Unit.USD_MICROCENTS, ESTIMATE), al.Amount(
             al.Unit.USD_MICROCENTS, ACTUAL)
+        return self._async_pairs(
+            calls, lambda key: reserving.areserve(self.subject, self.action, estimate,
+                                                  idempotency_key=key),
+            lambda held, key: committing.acommit(held.id, actual, idempotency_key=key))
 
+    def _async_pairs(self, calls: int, reserve: Callable[[str], Awaitable[al.Reservation]],
+                     settle: Callable[[al.Reservation, str], Awaitable[object]]
+                     ) -> list[float]:
+        """µs of each `reserve` (given a fresh idempotency key), each followed by its
+        untimed `settle`, on this runner's event loop."""
         async def run() -> list[float]:
             times = []
             for _ in range(calls):
                 key = self._key()
                 start = time.perf_counter_ns()
-                held = await reserving.areserve(self.subject, self.action, estimate,
-                                                idempotency_key=key)
+                held = await reserve(key)
                 times.append((time.perf_counter_ns() - start) / 1000)
-                await committing.acommit(held.id, actual, idempotency_key=key)
+                await settle(held, key)
             return times
 
         return self.loop.run_until_complete(run())
