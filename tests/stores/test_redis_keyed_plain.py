@@ -162,3 +162,40 @@ def test_a_key_used_again_for_another_request_is_refused_and_changes_nothing(
     [usd] = [b for b in guard.balances(f"tenant:{tenant}") if b.unit is al.Unit.USD_MICROCENTS]
     assert (usd.reserved, usd.spent) == (0, al.usd(0.1).amount)
     guard.close()
+
+
+def test_plain_commits_that_cross_alerts_and_exhaust_a_budget_leave_what_the_general_would(
+        world: tuple[redis.Redis, RedisStore, dict[str, str]]) -> None:
+    """Commits on a monthly budget with alerts, crossing each threshold and then spending the
+    last of it: the plain commit notifies and records exactly what the general one does."""
+    client, store, prefixes = world
+    guard = al.Guard(store)
+    replies: dict[str, list[Any]] = {}
+    swaps: dict[str, list[tuple[bytes, bytes]]] = {}
+    for tenant, prefix in prefixes.items():
+        guard.set_budget(f"tenant:{tenant}/workspace:w/app:a", usd=1, period="month",
+                         alerts=[0.5, 0.8, 1.0])
+        subject, made, own = _subject(tenant), [], []
+        for step, dollars in enumerate((0.3, 0.3, 0.3, 0.1)):
+            reserve = guard._reserve_op(subject, LLM, al.usd(dollars),
+                                        idempotency_key=f"res-{step}")
+            held = _call(client, store, prefix, reserve)
+            assert isinstance(held, list), held
+            commit = commit_op(held[1].decode(), al.usd(dollars), idempotency_key=f"com-{step}")
+            made += [held, _call(client, store, prefix, commit)]
+            own += [held[1], reserve.fingerprint.encode(), commit.fingerprint.encode()]
+        replies[tenant], swaps[tenant] = made, own
+    [ledger] = [b for b in guard.balances(f"tenant:{PLAIN}/workspace:w/app:a")
+                if b.unit is al.Unit.USD_MICROCENTS and b.period == "month"]
+    assert ledger.spent == ledger.allocated  # the last commit spent the whole budget
+    notes = [reply[3] for reply in replies[PLAIN][1::2]]  # each commit's notifications
+    assert notes[0] is None and all(b"budget.threshold_crossed" in n for n in notes[1:])
+    assert b"budget.exhausted" in notes[3]
+    for tenant in (PLAIN, ONLY_PLAIN):
+        pairs = [*zip(swaps[tenant], swaps[GENERAL], strict=True),
+                 (tenant.encode(), GENERAL.encode())]
+        assert _as(replies[tenant], pairs) == replies[GENERAL]
+        assert _as(_state(client, tenant), pairs) == _state(client, GENERAL)
+    kinds = [f[b"type"] for f in _state(client, PLAIN)[f"al:{{{PLAIN}}}:audit".encode()]]
+    assert kinds.count(b"reservation.committed") == 4
+    guard.close()
