@@ -78,5 +78,4 @@ async def credential(settings: Settings, request: Request) -> ApiKey | None:
     if check.key is None or check.refusal is not None:
         raise unauthorized("unknown, revoked or expired API key")
     set_tenant(request, check.key.tenant)
-    request.state.key_id = check.key.key_id
     return check.key

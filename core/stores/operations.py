@@ -332,6 +332,16 @@ class RevokeKey(Op[ApiKey]):
 
 
 @dataclass
+class UpdateKey(Op["tuple[ApiKey, bool]"]):
+    """Rename a key or replace its permissions (None: keep). A revoked or expired key is
+    left as it is: the answer is the key and whether it changed. No such key: NotFound."""
+
+    key_id: str
+    name: str | None
+    permissions: tuple[str, ...] | None
+
+
+@dataclass
 class KeyMatch:
     """A stored key, the hash of its secret and the store's time: what authentication
     compares (in constant time, outside the store)."""
@@ -451,12 +461,3 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-
-@dataclass
-class UpdateKey(Op["tuple[ApiKey, bool]"]):
-    """Rename a key or replace its permissions (None: keep). A revoked or expired key is
-    left as it is: the answer is the key and whether it changed. No such key: NotFound."""
-
-    key_id: str
-    name: str | None
-    permissions: tuple[str, ...] | None
