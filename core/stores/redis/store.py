@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
@@ -42,15 +41,13 @@ def _keyless(client: Any, step: Command) -> bool:
     return step.args[0] == "CONFIG" and hasattr(client, "get_default_node")
 
 
-@contextmanager
-def _unavailable_on_failure() -> Iterator[None]:
-    """Whatever redis-py raises when the store cannot answer becomes `StoreUnavailable`."""
-    try:
-        yield
-    except (RedisConnectionError, TimeoutError) as error:
-        raise StoreUnavailable(f"redis unreachable: {error}") from error
-    except FAILURES as error:
-        raise StoreUnavailable(f"redis error: {error}") from error
+def _unavailable(error: Exception) -> StoreUnavailable:
+    """What redis-py raised when the store could not answer (one of `FAILURES`), as the
+    `StoreUnavailable` callers handle. Raised from a plain `except` in each driver: a
+    context manager would cost a generator per operation."""
+    if isinstance(error, (RedisConnectionError, TimeoutError)):
+        return StoreUnavailable(f"redis unreachable: {error}")
+    return StoreUnavailable(f"redis error: {error}")
 
 
 class _OnLoop:
@@ -148,8 +145,10 @@ class RedisStore:
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """SET NX, or renew if we already hold it: one sweeper among many processes."""
-        with _unavailable_on_failure():
+        try:
             return bool(self._lease(keys=[f"al:lease:{name}"], args=[owner, ttl_ms]))
+        except FAILURES as error:
+            raise _unavailable(error) from error
 
     def close(self) -> None:
         """Release the sync client's connections."""
@@ -169,7 +168,7 @@ class RedisStore:
         flow: Flow = self._flows.run(op)
         send: Callable[[Any], Step] = flow.send
         reply: Any = None
-        with _unavailable_on_failure():
+        try:
             while True:
                 try:
                     step = send(reply)
@@ -180,13 +179,15 @@ class RedisStore:
                     reply, send = self._step(step), flow.send
                 except ResponseError as error:  # the flow decides: reload, or raise
                     reply, send = error, flow.throw
+        except FAILURES as error:
+            raise _unavailable(error) from error
 
     async def aexecute(self, op: ops.Op[R]) -> R:
         """Run `op`'s flow with this event loop's asyncio client; nothing blocks the loop."""
         flow: Flow = self._flows.run(op)
         send: Callable[[Any], Step] = flow.send
         reply: Any = None
-        with _unavailable_on_failure():
+        try:
             on = self._loops.get(asyncio.get_running_loop()) or self._on_loop()
             while True:
                 try:
@@ -198,6 +199,8 @@ class RedisStore:
                     reply, send = await self._astep(on, step), flow.send
                 except ResponseError as error:
                     reply, send = error, flow.throw
+        except FAILURES as error:
+            raise _unavailable(error) from error
 
     def _step(self, step: Step) -> Any:
         """One step on the sync client; a call joins the calls queued up behind the one in
