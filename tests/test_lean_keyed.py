@@ -73,6 +73,7 @@ def _script(guard: Any, clock: al.ManualClock, general: bool) -> list[Any]:
         guard.reserve(SUBJECT, LLM, al.tokens(41), idempotency_key="r1")
     assert snapshot(getattr(guard, "driven", guard).store, "acme") == before
     kept = t.idempotency[("reserve", "r1")]
+    answer = kept.answer()  # what a replay answers, however the record keeps it
     clock.advance(1)
     if general:
         guard.set_budget(OTHER, tokens=5)  # a new epoch: the commit takes the general path
@@ -92,8 +93,8 @@ def _script(guard: Any, clock: al.ManualClock, general: bool) -> list[Any]:
         again.id == held.id, again.info == held.info, again.decision == held.decision,
         [_plain(b) for b in again.balances] == [_plain(b) for b in held.balances],
         _named(held.info, ids), held.decision, [_plain(b) for b in held.balances],
-        (kept.fingerprint, kept.expires_at_ms, _named(kept.result.reservation, ids),
-         kept.result.decision, [_plain(b) for b in kept.result.balances()]),
+        (kept.fingerprint, kept.expires_at_ms, _named(answer.reservation, ids),
+         answer.decision, [_plain(b) for b in answer.balances()]),
         _named(committed, ids), _named(replayed, ids),
         [_plain(b) for b in committed.balances],
         second.id != held.id, _named(second.info, ids),
@@ -148,7 +149,7 @@ def test_a_kept_key_replays_whatever_path_made_it(
     fresh = guard.reserve(SUBJECT, LLM, al.tokens(40), idempotency_key="r2")
     t = _tenant(guard)
     assert t.reservations[fresh.id].on_commit is not None  # the lean path
-    assert t.idempotency[("reserve", "r2")].result.reservation == fresh.info
+    assert t.idempotency[("reserve", "r2")].answer().reservation == fresh.info
     assert guard.reserve(SUBJECT, LLM, al.tokens(40), idempotency_key="r2").id == fresh.id
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 import allotment as al
+from allotment.stores.memory.state import Kept
 
 Snapshot = dict[str, Any]
 
@@ -85,6 +86,9 @@ def _plain(value: Any) -> Any:
         return (type(value).__name__, fields)
     if isinstance(value, functools.partial):
         return _plain(value())  # a snapshot of balances, built when read
+    if isinstance(value, Kept):  # a keyed call's answer, by what a replay answers
+        return ("Kept", value.key, value.fingerprint, value.expires_at_ms,
+                _plain(value.answer()))
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) or type(value).__name__ == "deque":

@@ -4,6 +4,7 @@ the first refusal wins. In shadow mode evaluation goes on and the reservation is
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -26,9 +27,12 @@ from ...validation import MAX_AMOUNT
 from ..operations import Reserve, ReserveOutcome, checked_amounts
 from .definitions import apply_plan
 from .state import (
+    ALLOWED,
     RESERVED,
     Definition,
+    Figures,
     Held,
+    LeanReserve,
     LedgerKey,
     QuotaKey,
     Reservation,
@@ -52,7 +56,6 @@ from .state import (
 )
 from .sweep import Overdue, overdue
 
-_ALLOW = Decision(Outcome.ALLOW)
 _ACTIVE = BudgetStatus.ACTIVE
 _HELD = ReservationStatus.ACTIVE
 _RESERVED = AuditType.RESERVED
@@ -121,7 +124,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     held = shared_amounts(fixed) or amounts(fixed)
     estimate = {unit: amount}
     expires = now + op.ttl_ms
-    t.reservations[rid] = Reservation(
+    t.reservations[rid] = res = Reservation(
         rid, op.subject, op.action, estimate, held, current, route.scopes, t.epoch, now,
         expires, op.grace_ms, op.max_extensions, op.overage_policy, _NO_SLOTS, False,
         _HELD, 0, (), None, None, None, None, route.report, route.on_commit, states,
@@ -129,9 +132,12 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     heapq.heappush(t.expiry, (expires + op.grace_ms, rid))
     info = ReservationInfo(rid, op.tenant, _HELD, op.subject, op.action, held, route.scopes,
                            now, expires, op.grace_ms, 0, op.overage_policy)
-    outcome = ReserveOutcome(_ALLOW, info, partial(held_balances, current, figures, terms))
-    if key is not None:
-        remember(t, "reserve", key, op.fingerprint, outcome, now)
+    shown: Sequence[Figures] = figures
+    if key is not None:  # kept as the values the answer is built from (see `Kept`)
+        shown = tuple(figures)
+        t.idempotency[("reserve", key)] = LeanReserve(
+            key, op.fingerprint, res, now + t.cx.idempotency_ttl_ms, current, shown, terms)
+    outcome = ReserveOutcome(ALLOWED, info, partial(held_balances, current, shown, terms))
     t.seq += 1
     t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
                     (route.scopes, rid, key, held)))
@@ -342,7 +348,7 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
 
 
 def _allowed(caps: Caps | None) -> Decision:
-    return _ALLOW if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
+    return ALLOWED if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
 
 
 def _denied(t: Tenant, op: Reserve, ev: _Evaluation, now: int) -> None:

@@ -4,6 +4,7 @@ is kept on the reservation."""
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from functools import partial
 
 from ... import ledger
@@ -20,7 +21,10 @@ from ..operations import Commit, Extend, Release, checked_amounts
 from .state import (
     COMMITTED,
     DAY_MS,
+    Figures,
     Held,
+    Kept,
+    LeanCommit,
     Reservation,
     Tenant,
     alerts,
@@ -51,9 +55,8 @@ _COMMITTED_RECORD = AuditType.COMMITTED
 def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     """Charge the actual cost against the estimate held, and give back the rest."""
     res = t.reservations.get(op.reservation_id) or reservation(t, op.reservation_id)
-    if op.idempotency_key and res.commit and res.commit[0] == op.idempotency_key:
-        again: CommitResult = replayed(res.commit[1:], op.fingerprint, op.idempotency_key,
-                                       "commit")
+    if op.idempotency_key and res.commit and res.commit.key == op.idempotency_key:
+        again: CommitResult = replayed(res.commit, op.fingerprint, "commit")
         return again
     if res.status is not _ACTIVE or now > res.expires_at_ms + res.grace_ms:
         _require_active(t, res, now, grace=True)
@@ -95,12 +98,15 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
             loud = True
     charged = shared_amounts(given) or amounts(given)
     released = ((unit, held - amount),)
-    result = CommitResult(res.id, _COMMITTED, charged,
-                          shared_amounts(released) or amounts(released),
-                          partial(held_balances, charged_ledgers, figures, terms))
-    finish(t, res, _COMMITTED, now, given)
-    if op.idempotency_key:
-        res.commit = (op.idempotency_key, op.fingerprint, result)
+    back = shared_amounts(released) or amounts(released)
+    shown: Sequence[Figures] = figures
+    if op.idempotency_key:  # kept as the values the answer is built from (see `Kept`)
+        shown = tuple(figures)
+        res.commit = LeanCommit(op.idempotency_key, op.fingerprint, res.id, charged, back,
+                                charged_ledgers, shown, tuple(terms))
+    result = CommitResult(res.id, _COMMITTED, charged, back,
+                          partial(held_balances, charged_ledgers, shown, terms))
+    finish(t, res, _COMMITTED, now, charged)
     t.seq += 1
     t.audit.append((t.seq, now, _COMMITTED_RECORD, t.name, None, None,
                     (res.scopes, res.id, op.idempotency_key, res.estimate_amounts, charged,
@@ -130,7 +136,7 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
 def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
     """Commit in general: several units, shadow mode, an actual beyond the estimate, a
     reservation made before a definition was added or removed."""
-    given = dict(op.actual)
+    given, estimate = dict(op.actual), res.estimate  # (finish() lets go of the estimate)
     checked_amounts(given, "actual")
     if not given.keys() <= res.estimate.keys():
         unknown = sorted(u.value for u in given.keys() - res.estimate.keys())
@@ -150,13 +156,12 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
         t.ledgers[key] = state
     released = tuple([(u, max(0, estimated - charged[u]))
                       for u, estimated in res.estimate.items()])
-    charged_units = ordered(charged)
-    charged_amounts = amounts(charged_units)
+    charged_amounts = amounts(ordered(charged))
     result = CommitResult(res.id, ReservationStatus.COMMITTED, charged_amounts,
                           amounts(released), snapshot(changed))
-    finish(t, res, ReservationStatus.COMMITTED, now, charged_units)
+    finish(t, res, ReservationStatus.COMMITTED, now, charged_amounts)
     if op.idempotency_key:
-        res.commit = (op.idempotency_key, op.fingerprint, result)
+        res.commit = Kept(op.idempotency_key, op.fingerprint, result)
     log(t, now, AuditType.COMMITTED, scopes=res.scopes, reservation_id=res.id,
         idempotency_key=op.idempotency_key, estimate=res.estimate_amounts,
         actual=charged_amounts if actual == charged else amounts(ordered(actual)),
@@ -168,7 +173,7 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
     count_usage(t, res.created_at_ms, now, res.subject.scope_path, res.action.name, 1, 0,
                 op.usage, charged.items())
     alerts(t, changed, now, res.id)
-    over = {u: a - res.estimate[u] for u, a in actual.items() if a > res.estimate[u]}
+    over = {u: a - estimate[u] for u, a in actual.items() if a > estimate[u]}
     if over:
         t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,
                                        reservation_id=res.id, amounts=amounts(ordered(over))))
@@ -181,16 +186,15 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
 def release(t: Tenant, op: Release, now: int) -> ReleaseResult:
     """Give the whole estimate back: the work was not done."""
     res = reservation(t, op.reservation_id)
-    if op.idempotency_key and res.release and res.release[0] == op.idempotency_key:
-        again: ReleaseResult = replayed(res.release[1:], op.fingerprint, op.idempotency_key,
-                                        "release")
+    if op.idempotency_key and res.release and res.release.key == op.idempotency_key:
+        again: ReleaseResult = replayed(res.release, op.fingerprint, "release")
         return again
     _require_active(t, res, now, grace=True)
     balances = return_estimate(t, res, now)
     result = ReleaseResult(res.id, ReservationStatus.RELEASED, res.estimate_amounts, balances)
     finish(t, res, ReservationStatus.RELEASED, now)
     if op.idempotency_key:
-        res.release = (op.idempotency_key, op.fingerprint, result)
+        res.release = Kept(op.idempotency_key, op.fingerprint, result)
     log(t, now, AuditType.RELEASED, scopes=res.scopes, reservation_id=res.id,
         idempotency_key=op.idempotency_key, estimate=result.released,
         detail={"reason": op.reason})
@@ -203,7 +207,7 @@ def extend(t: Tenant, op: Extend, now: int) -> ExtendResult:
     res = reservation(t, op.reservation_id)
     seen = res.extends.get(op.idempotency_key) if op.idempotency_key and res.extends else None
     if seen is not None:
-        again: ExtendResult = replayed(seen, op.fingerprint, op.idempotency_key, "extension")
+        again: ExtendResult = replayed(seen, op.fingerprint, "extension")
         return again
     _require_active(t, res, now, grace=False)
     if res.extensions >= res.max_extensions:
@@ -216,7 +220,7 @@ def extend(t: Tenant, op: Extend, now: int) -> ExtendResult:
     if op.idempotency_key:
         if res.extends is None:
             res.extends = {}
-        res.extends[op.idempotency_key] = (op.fingerprint, result)
+        res.extends[op.idempotency_key] = Kept(op.idempotency_key, op.fingerprint, result)
     log(t, now, AuditType.EXTENDED, reservation_id=res.id, idempotency_key=op.idempotency_key,
         detail={"by_ms": op.by_ms, "expires_at_ms": res.expires_at_ms})
     return result

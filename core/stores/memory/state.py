@@ -21,11 +21,9 @@ from ...models import (
     BudgetStatus,
     CommitResult,
     Decision,
-    ExtendResult,
     Outcome,
     OveragePolicy,
     Reason,
-    ReleaseResult,
     ReservationInfo,
     ReservationStatus,
 )
@@ -33,7 +31,7 @@ from ...periods import Period, bucket
 from ...reports import REPORT_RETENTION_DAYS, report_paths, report_scopes
 from ...scopes import Subject
 from ...usage import Tally, TokenCounts
-from ..operations import PERIOD_ORDER, UNIT_ORDER
+from ..operations import PERIOD_ORDER, UNIT_ORDER, ReserveOutcome
 
 DefKey = tuple[str, Unit, "Period | None", "str | None"]
 """A budget definition: (scope, unit, period, per-dimension key or None)."""
@@ -63,6 +61,8 @@ DAY_MS = 86_400_000
 RESERVED = {unit: f"reserved:{unit.value}" for unit in Unit}  # report counter names
 COMMITTED = {unit: f"committed:{unit.value}" for unit in Unit}
 _EMPTY: list[Any] = []  # never appended to: what a finished reservation keeps
+_NO_ESTIMATE: dict[Unit, int] = {}  # never written to: a finished reservation's estimate
+ALLOWED = Decision(Outcome.ALLOW)
 _ROUTE_CACHE = 1024  # routes kept per tenant (one per subject shape, run dimensions included)
 
 
@@ -165,11 +165,11 @@ class Reservation:
     shadow: bool
     status: ReservationStatus = ReservationStatus.ACTIVE
     extensions: int = 0
-    charged: Units = ()
+    charged: tuple[Amount, ...] = ()
     finalized_at_ms: int | None = None
-    commit: tuple[str, str, CommitResult] | None = None  # key, fingerprint, result
-    release: tuple[str, str, ReleaseResult] | None = None
-    extends: dict[str, tuple[str, ExtendResult]] | None = None
+    commit: Kept | None = None  # its keyed commit's answer
+    release: Kept | None = None  # its keyed release's answer
+    extends: dict[str, Kept] | None = None  # its keyed extensions' answers, by key
     report: tuple[str, ...] | None = None  # the scopes its activity is counted at, if known
     on_commit: Counters | None = None  # what its commit counts at `report`, if known
     states: Sequence[ledger.Ledger] = ()  # its ledgers' objects, as of `generation`
@@ -187,14 +187,70 @@ class Reservation:
             self.id, self.subject.tenant, self.status, self.subject, self.action,
             self.estimate_amounts, self.scopes,
             self.created_at_ms, self.expires_at_ms, self.grace_ms, self.extensions,
-            self.overage_policy, amounts(self.charged), self.finalized_at_ms)
+            self.overage_policy, self.charged, self.finalized_at_ms)
 
 
-@dataclass
-class _Idempotent:
-    fingerprint: str
-    result: Any
-    expires_at_ms: int
+class Kept:
+    """A keyed call's answer, kept for its replays: on the tenant until `expires_at_ms`, or
+    on its reservation (its commit and release) as long as the reservation is kept.
+
+    A day of these must not be object graphs the cyclic collector walks at every full pass
+    (a keyed reserve+commit pair used to leave 15 tracked objects behind, and the collector
+    took more time than the pair): the lean paths keep their answers as the few values
+    they are built from (`LeanReserve`, `LeanCommit`), built again on each replay."""
+
+    __slots__ = ("expires_at_ms", "fingerprint", "key", "result")
+
+    def __init__(self, key: str, fingerprint: str, result: Any, expires_at_ms: int = 0) -> None:
+        self.key, self.fingerprint, self.result = key, fingerprint, result
+        self.expires_at_ms = expires_at_ms
+
+    def answer(self) -> Any:
+        """The answer the call gave."""
+        return self.result
+
+
+class LeanReserve(Kept):
+    """A lean reserve's answer: its reservation (`result`), its expiry then, and the
+    balances it showed (ledgers, figures, terms)."""
+
+    __slots__ = ("expires", "figures", "ledgers", "terms")
+
+    def __init__(self, key: str, fingerprint: str, res: Reservation, expires_at_ms: int,
+                 ledgers: Sequence[tuple[LedgerKey, Definition]], figures: tuple[Figures, ...],
+                 terms: Sequence[Terms]) -> None:
+        super().__init__(key, fingerprint, res, expires_at_ms)
+        self.expires, self.ledgers, self.figures, self.terms = (
+            res.expires_at_ms, ledgers, figures, terms)
+
+    def answer(self) -> ReserveOutcome:
+        res: Reservation = self.result
+        return ReserveOutcome(
+            ALLOWED, ReservationInfo(res.id, res.subject.tenant, ReservationStatus.ACTIVE,
+                                     res.subject, res.action, res.estimate_amounts,
+                                     res.scopes, res.created_at_ms, self.expires, res.grace_ms,
+                                     0, res.overage_policy),
+            partial(held_balances, self.ledgers, self.figures, self.terms))
+
+
+class LeanCommit(Kept):
+    """A lean commit's answer: the reservation id (`result`), what was charged and given
+    back, and the balances it showed (ledgers, figures, terms)."""
+
+    __slots__ = ("charged", "figures", "ledgers", "released", "terms")
+
+    def __init__(self, key: str, fingerprint: str, rid: str, charged: tuple[Amount, ...],
+                 released: tuple[Amount, ...],
+                 ledgers: Sequence[tuple[LedgerKey, Definition]], figures: tuple[Figures, ...],
+                 terms: Sequence[Terms]) -> None:
+        super().__init__(key, fingerprint, rid)
+        self.charged, self.released = charged, released
+        self.ledgers, self.figures, self.terms = ledgers, figures, terms
+
+    def answer(self) -> CommitResult:
+        return CommitResult(self.result, ReservationStatus.COMMITTED, self.charged,
+                            self.released,
+                            partial(held_balances, self.ledgers, self.figures, self.terms))
 
 
 @dataclass
@@ -208,8 +264,13 @@ class Tenant:
     routes: dict[tuple[Any, ...], Route] = field(default_factory=dict)  # of this epoch
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    finished: deque[tuple[int, str]] = field(default_factory=deque)
+    """(finalized at, id) of finished reservations in the order they finished: a sweep
+    drops those past their retention from the front, never walking the rest."""
     expiry: list[tuple[int, str]] = field(default_factory=list)  # (deadline, id), lazily pruned
-    idempotency: dict[tuple[str, str], _Idempotent] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], Kept] = field(default_factory=dict)
+    """Keyed answers in the order they lapse (each is kept the same time, and one kept
+    again moves to the end): a sweep drops lapsed ones from the front."""
     quotas: dict[str, dict[QuotaKey, policy.QuotaRule]] = field(default_factory=dict)
     access: dict[str, policy.AccessRule] = field(default_factory=dict)
     calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
@@ -493,14 +554,16 @@ def return_estimate(t: Tenant, res: Reservation, now: int) -> tuple[Balance, ...
 
 
 def finish(t: Tenant, res: Reservation, status: ReservationStatus, now: int,
-           charged: Units = ()) -> None:
+           charged: tuple[Amount, ...] = ()) -> None:
     """Mark a reservation final and free its concurrency slots."""
     res.status, res.finalized_at_ms, res.charged = status, now, charged
     for key in res.concurrency:
         t.active[key] = max(0, t.active.get(key, 0) - 1)
     # A finished reservation is kept only to answer get() and replays: drop what the
-    # collector would otherwise walk for a day.
+    # collector would otherwise walk for a day (what stays is shared: amounts, scopes).
     res.ledgers, res.concurrency, res.states, res.terms = _EMPTY, _EMPTY, (), ()
+    res.estimate = _NO_ESTIMATE
+    t.finished.append((now, res.id))
 
 
 def expire(t: Tenant, res: Reservation, now: int) -> None:
@@ -523,23 +586,24 @@ def replay(t: Tenant, kind: str, key: str | None, fingerprint: str, now: int) ->
     record = t.idempotency.get((kind, key))
     if record is None or record.expires_at_ms < now:
         return None
-    return replayed((record.fingerprint, record.result), fingerprint, key, kind)
+    return replayed(record, fingerprint, kind)
 
 
 def remember(t: Tenant, kind: str, key: str | None, fingerprint: str, result: Any,
              now: int) -> None:
     """Keep a keyed call's result, so that a retry gets it again instead of a second change."""
     if key is not None:
-        t.idempotency[(kind, key)] = _Idempotent(fingerprint, result,
-                                                 now + t.cx.idempotency_ttl_ms)
+        records = t.idempotency
+        records.pop((kind, key), None)  # a lapsed key used again goes to the end
+        records[(kind, key)] = Kept(key, fingerprint, result, now + t.cx.idempotency_ttl_ms)
 
 
-def replayed(stored: tuple[str, Any], fingerprint: str, key: str | None, kind: str) -> Any:
-    """The stored result of an idempotent call, if the payload is the same."""
-    if stored[0] != fingerprint:
-        raise IdempotencyMismatch(f"idempotency key {key!r} was used for a different "
+def replayed(kept: Kept, fingerprint: str, kind: str) -> Any:
+    """The kept answer of an idempotent call, if the payload is the same."""
+    if kept.fingerprint != fingerprint:
+        raise IdempotencyMismatch(f"idempotency key {kept.key!r} was used for a different "
                                   f"{kind} request")
-    return stored[1]
+    return kept.answer()
 
 
 # -- records: audit log, report tallies, notifications ---------------------------------------

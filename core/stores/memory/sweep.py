@@ -86,13 +86,16 @@ def _expiring(t: Tenant, now: int, limit: int,
 def _prune(t: Tenant, now: int) -> None:
     """Drop finished reservations, idempotency records, idle dimension ledgers and quota
     windows that have closed."""
-    for rid, res in list(t.reservations.items()):
-        if res.finalized_at_ms is not None and (
-                res.finalized_at_ms + t.cx.finished_retention_ms < now):
-            del t.reservations[rid]
-    for key, record in list(t.idempotency.items()):
-        if record.expires_at_ms < now:
-            del t.idempotency[key]
+    finished, kept_since = t.finished, now - t.cx.finished_retention_ms
+    while finished and finished[0][0] < kept_since:
+        t.reservations.pop(finished.popleft()[1], None)
+    lapsed = []
+    for key, record in t.idempotency.items():  # in the order they lapse
+        if record.expires_at_ms >= now:
+            break
+        lapsed.append(key)
+    for key in lapsed:
+        del t.idempotency[key]
     templates = {(d.scope, d.unit, d.period) for defs in t.definitions.values()
                  for d in defs.values() if d.per is not None}
     for lkey, state in list(t.ledgers.items()):

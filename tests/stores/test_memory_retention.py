@@ -1,0 +1,102 @@
+"""What the embedded store keeps after an answer, and for how long: finished reservations and
+keyed answers leave in the order they lapse, and what stays is small and mostly invisible to
+the cyclic collector (a server on this store keeps a day of both)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+import allotment as al
+from allotment.stores.memory.state import Tenant
+
+from support import LLM
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+SUBJECT = al.Subject(tenant="acme", workspace="w", app="a")
+
+
+def _guard(clock: al.ManualClock, **settings: int) -> al.Guard:
+    guard = al.Guard(al.MemoryStore(clock, **settings))
+    for scope in SUBJECT.scopes():
+        guard.set_budget(scope, usd=1_000)
+    return guard
+
+
+def _tenant(guard: al.Guard) -> Tenant:
+    store = guard.store
+    assert isinstance(store, al.MemoryStore)
+    return store._tenants["acme"]
+
+
+def test_finished_reservations_leave_in_the_order_they_finished(
+        clock: al.ManualClock) -> None:
+    guard = _guard(clock)
+    long_running = guard.reserve(SUBJECT, LLM, al.usd(1), ttl_ms=DAY_MS)
+    short = guard.reserve(SUBJECT, LLM, al.usd(1))
+    short.commit(al.usd(1))
+    clock.advance(2 * HOUR_MS)
+    long_running.release()
+    clock.advance(DAY_MS - HOUR_MS)  # the short one's retention is over, not the other's
+    guard.sweep()
+    with pytest.raises(al.NotFound):
+        guard.get(short.id)
+    assert guard.get(long_running.id).status is al.ReservationStatus.RELEASED
+    clock.advance(2 * HOUR_MS)
+    guard.sweep()
+    with pytest.raises(al.NotFound):
+        guard.get(long_running.id)
+    assert not _tenant(guard).reservations and not _tenant(guard).finished
+
+
+def test_a_key_used_again_after_it_lapsed_does_not_hold_back_later_ones(
+        clock: al.ManualClock) -> None:
+    guard = _guard(clock)
+    guard.reserve(SUBJECT, LLM, al.usd(1), idempotency_key="k1").release()
+    clock.advance(HOUR_MS)
+    guard.reserve(SUBJECT, LLM, al.usd(1), idempotency_key="k2").release()
+    clock.advance(DAY_MS)  # k1 has lapsed (not yet swept), k2 has not
+    again = guard.reserve(SUBJECT, LLM, al.usd(2), idempotency_key="k1")  # a new call
+    assert again.info.estimate == (al.usd(2),)
+    clock.advance(HOUR_MS)  # now k2 has lapsed too
+    guard.sweep()
+    assert list(_tenant(guard).idempotency) == [("reserve", "k1")]
+    assert guard.reserve(SUBJECT, LLM, al.usd(2), idempotency_key="k1").id == again.id
+
+
+def test_replays_answer_as_the_first_call_did_after_the_reservation_moved_on(
+        clock: al.ManualClock) -> None:
+    """The lean paths keep their answers as the values they were built from: a replay of the
+    reserve still shows the reservation as it was then, and the commit's its balances."""
+    guard = _guard(clock)
+    guard.reserve(SUBJECT, LLM, al.usd(1)).release()  # the subject's route, now known
+    held = guard.reserve(SUBJECT, LLM, al.usd(3), idempotency_key="r")
+    first, shown = held.info, held.balances
+    held.extend(60_000)
+    committed = held.commit(al.usd(2), idempotency_key="c")
+    clock.advance(HOUR_MS)
+    again = guard.reserve(SUBJECT, LLM, al.usd(3), idempotency_key="r")
+    assert again.info == first and again.info.status is al.ReservationStatus.ACTIVE
+    assert again.balances == shown
+    replayed = guard.commit(held.id, al.usd(2), idempotency_key="c")
+    assert replayed == committed and replayed.balances == committed.balances
+
+
+def test_a_keyed_pair_leaves_three_objects_the_collector_tracks(
+        clock: al.ManualClock) -> None:
+    """The reservation, and the two keyed answers, each one object; the audit log (off
+    here) is bounded by its own retention."""
+    guard = _guard(clock, audit_retention=0)
+    handle = guard.tenant("acme")
+    for i in range(50):
+        handle.reserve(SUBJECT, LLM, al.usd(1), idempotency_key=f"w{i}").commit(al.usd(1))
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(500):
+        held = handle.reserve(SUBJECT, LLM, al.usd(1), idempotency_key=f"r{i}")
+        held.commit(al.usd(1), idempotency_key=f"c{i}")
+    del held
+    gc.collect()
+    assert (len(gc.get_objects()) - before) / 500 <= 3.05
