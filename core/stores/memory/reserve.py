@@ -139,6 +139,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
             key, op.fingerprint, res, now + t.cx.idempotency_ttl_ms, current, shown, terms)
     outcome = ReserveOutcome(ALLOWED, info, partial(held_balances, current, shown, terms))
     t.seq += 1
+    t.listing.append((t.seq, rid))
     t.audit.append((t.seq, now, _RESERVED, t.name, op.subject, op.action,
                     (route.scopes, rid, key, held)))
     count(t, now, route.on_reserve, estimate)
@@ -200,6 +201,7 @@ def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     log(t, now, AuditType.RESERVED, scopes=info.scopes, subject=op.subject, action=op.action,
         reservation_id=res.id, idempotency_key=op.idempotency_key, estimate=info.estimate,
         detail=_caps_detail(decision.caps))
+    t.listing.append((t.seq, res.id))
     if ev.route is not None:
         count(t, now, ev.route.counters("reservations", RESERVED), ev.estimate)
     else:

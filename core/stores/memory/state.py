@@ -264,6 +264,10 @@ class Tenant:
     routes: dict[tuple[Any, ...], Route] = field(default_factory=dict)  # of this epoch
     ledgers: dict[LedgerKey, ledger.Ledger] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    listing: list[tuple[int, str]] = field(default_factory=list)
+    """(number, id) of reservations in the order they were made, numbered by the sequence
+    number of the audit record that made them: a page of the list starts by bisection after
+    its cursor's number. Ids since dropped are skipped, and cleared out by the sweep."""
     finished: deque[tuple[int, str]] = field(default_factory=deque)
     """(finalized at, id) of finished reservations in the order they finished: a sweep
     drops those past their retention from the front, never walking the rest."""

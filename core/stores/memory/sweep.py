@@ -89,6 +89,8 @@ def _prune(t: Tenant, now: int) -> None:
     finished, kept_since = t.finished, now - t.cx.finished_retention_ms
     while finished and finished[0][0] < kept_since:
         t.reservations.pop(finished.popleft()[1], None)
+    if len(t.listing) > 2 * len(t.reservations) + 1024:  # half of it names dropped ones
+        t.listing = [entry for entry in t.listing if entry[1] in t.reservations]
     lapsed = []
     for key, record in t.idempotency.items():  # in the order they lapse
         if record.expires_at_ms >= now:
