@@ -243,6 +243,28 @@ def _status_op(scope: str, unit: Unit | str | None, status: BudgetStatus,
                          **signed)
 
 
+def set_budget_terms_op(scope: str, unit: Unit | str, *, overdraft_limit: Any = None,
+                        overage_policy: OveragePolicy | str | None = None,
+                        actor: str | None = None, reason: str | None = None
+                        ) -> ops.SetBudgetTerms:
+    """Change the overdraft limit and/or the overage policy (None: keep) of the budgets of
+    `scope` in `unit` (each period and template there), in one step that keeps what their
+    ledgers hold: a current ledger is then over its limit exactly while its debt exceeds
+    the new limit. `overdraft_limit` is an integer in the unit or an `Amount` of it (e.g.
+    `al.usd(5)`). Returns how many budgets changed; `NotFound` when the scope has none in
+    that unit."""
+    path = arg.standard_scope(scope, "set_budget_terms")
+    signed = arg.signed(actor, reason)
+    budget_unit = arg.unit(unit)
+    if overdraft_limit is None and overage_policy is None:
+        raise InvalidRequest("set_budget_terms: give overdraft_limit=, overage_policy= or both")
+    return ops.SetBudgetTerms(
+        tenant=path.tenant, scope=path.base, unit=budget_unit,
+        overdraft_limit=None if overdraft_limit is None else arg.limit_like(
+            overdraft_limit, budget_unit, in_dollars=False),
+        overage_policy=arg.policy(overage_policy), **signed)
+
+
 def fund_op(scope: str, operation: FundOperation | str, amount: Amount, *,
             period: Period | str | PeriodChoice | None = AUTO, spent: int | None = None,
             idempotency_key: str | None = None, actor: str | None = None, reason: str | None = None
@@ -302,5 +324,6 @@ class BudgetCalls(Runner):
     freeze, afreeze = twins(freeze_op)
     unfreeze, aunfreeze = twins(unfreeze_op)
     close_budget, aclose_budget = twins(close_budget_op)
+    set_budget_terms, aset_budget_terms = twins(set_budget_terms_op)
     fund, afund = twins(fund_op)
     transfer, atransfer = twins(transfer_op)

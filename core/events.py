@@ -33,6 +33,7 @@ class AuditType:
     BUDGET_FUNDED = "budget.funded"
     BUDGET_TRANSFERRED = "budget.transferred"
     BUDGET_STATUS = "budget.status_changed"
+    BUDGET_UPDATED = "budget.updated"
     QUOTA_SET = "quota.set"
     ACCESS_SET = "access.set"
     MODE_SET = "tenant.mode_set"

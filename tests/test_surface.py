@@ -80,7 +80,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
     handle_calls = set(public_methods(al.TenantGuard))
     enforcement = {"reserve", "decide", "commit", "release", "extend", "record", "get"}
     budgets = {"set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
-               "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer"}
+               "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
+               "transfer"}
     reads = {"balances", "audit", "report", "usage", "plan_of"}
     platform = {"set_mode", "assign_plan", "sweep", "tenants"}
     for calls in (enforcement, budgets, reads, platform):
@@ -94,8 +95,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
 
 
 ADMIN_CALLS = ["set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
-               "clear_access", "freeze", "unfreeze", "close_budget", "fund", "transfer",
-               "set_mode", "assign_plan"]
+               "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
+               "transfer", "set_mode", "assign_plan"]
 
 
 @pytest.mark.parametrize("name", ADMIN_CALLS)
@@ -229,6 +230,7 @@ HANDLE_CALLS_ON_ANOTHER_TENANT = {
     "freeze": lambda h: h.freeze(RIVAL),
     "unfreeze": lambda h: h.unfreeze(RIVAL),
     "close_budget": lambda h: h.close_budget(RIVAL),
+    "set_budget_terms": lambda h: h.set_budget_terms(RIVAL, "USD_MICROCENTS", overdraft_limit=1),
     "fund": lambda h: h.fund(RIVAL, "CREDIT", al.usd(1)),
     "transfer": lambda h: h.transfer(RIVAL, f"{RIVAL}/workspace:w", al.usd(1)),
     "balances": lambda h: h.balances(RIVAL),

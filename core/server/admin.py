@@ -1,8 +1,9 @@
 """The reference admin plane's provisioning calls, with their shapes: API keys (admin key:
 create, list, update, revoke; introspect and validate), budgets (admin key with
 `tenant_id`, or a tenant key with budgets:write inside its own tenant), lookup and list,
-fund with its five operations, freeze and unfreeze. Each maps onto one guard call; a tenant
-key's calls run through its tenant handle. Lists come in pages (`paging`)."""
+fund with its five operations, freeze, unfreeze and the update of a budget's terms (admin
+key). Each maps onto one guard call; a tenant key's calls run through its tenant handle.
+Lists come in pages (`paging`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..amounts import Amount, Unit
+from ..errors import NotFound
 from ..guard import Guard
 from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
@@ -80,6 +82,15 @@ class BudgetBody(wire._Strict):
     rollover_policy: str | None = None
     period_start: str | None = None
     period_end: str | None = None
+    metadata: wire.Metadata | None = None
+
+
+class BudgetTermsBody(wire._Strict):
+    """The reference's budget update. Budgets here keep no metadata: it is refused (400)
+    rather than dropped, as a key update refuses what keys do not keep."""
+
+    overdraft_limit: wire.WireAmount | None = None
+    commit_overage_policy: wire.PolicyName | None = None
     metadata: wire.Metadata | None = None
 
 
@@ -178,6 +189,7 @@ class Admin:
             Route("/v1/admin/api-keys/{key_id}", self.update_key, methods=["PATCH"]),
             Route("/v1/admin/budgets", self.create_budget, methods=["POST"]),
             Route("/v1/admin/budgets", self.list_budgets, methods=["GET"]),
+            Route("/v1/admin/budgets", self.update_budget, methods=["PATCH"]),
             Route("/v1/admin/budgets/lookup", self.lookup, methods=["GET"]),
             Route("/v1/admin/budgets/fund", self.fund, methods=["POST"]),
             Route("/v1/admin/budgets/freeze", self.freeze, methods=["POST"]),
@@ -415,6 +427,31 @@ class Admin:
             answer[f"new_{name}"] = {"unit": unit.value, "amount": getattr(after, name)}
         answer["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
         return json_response(request, answer)
+
+    async def update_budget(self, request: Request) -> Response:
+        """Admin key only: a new overdraft limit and/or commit overage policy for the
+        budgets at `?scope&unit` (each period there), in one store step that keeps their
+        figures and recomputes `is_over_limit`; answers the budget as lookup does."""
+        self._admin(request)
+        handle, tenant, scope, unit = await self._located(request, "admin:write")
+        req = wire.parse(BudgetTermsBody, await body(request, self.s.max_body))
+        if req.metadata is not None:
+            raise bad_request("metadata: budgets here keep no metadata; give "
+                              "overdraft_limit, commit_overage_policy or both")
+        if req.overdraft_limit is None and req.commit_overage_policy is None:
+            raise bad_request("give overdraft_limit, commit_overage_policy or both")
+        if req.overdraft_limit is not None and req.overdraft_limit.unit != unit.value:
+            raise ApiError(400, "UNIT_MISMATCH", f"overdraft_limit is "
+                           f"{req.overdraft_limit.unit}, the budget {unit.value}")
+        limit = None if req.overdraft_limit is None else req.overdraft_limit.amount_()
+        try:
+            await handle.aset_budget_terms(scope, unit, overdraft_limit=limit,
+                                           overage_policy=req.commit_overage_policy,
+                                           actor="admin-key")
+        except NotFound:
+            raise ApiError(404, "BUDGET_NOT_FOUND", f"no {unit.value} budget at "
+                           f"{scope}") from None
+        return json_response(request, await self._ledger(handle, tenant, scope, unit))
 
     async def _status(self, request: Request, frozen: bool) -> Response:
         """Admin key only; 409 when the budget is already in the asked state."""

@@ -163,6 +163,20 @@ class SetStatus(Op[int]):
 
 
 @dataclass
+class SetBudgetTerms(Op[int]):
+    """Change the overdraft limit and/or overage policy (None: keep) of every budget of a
+    scope in one unit, keeping its ledgers' figures; each current ledger's over-limit flag
+    follows the new limit. Answers how many budgets changed; none there: NotFound."""
+
+    scope: str
+    unit: Unit
+    overdraft_limit: int | None
+    overage_policy: OveragePolicy | None
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass
 class Reserve(Op[ReserveOutcome], Keyed):
     scopes: tuple[str, ...]
     dimensions: tuple[tuple[str, str], ...]

@@ -14,6 +14,7 @@ from allotment.clock import system_ms
 from allotment.server.shapes import NO_EXPIRY, UNKNOWN_TIME
 
 from support.served import ADMIN_KEY, Api, serving
+from support.snapshots import snapshot
 from support.stores import STORE_KINDS, make_store
 
 USD = "USD_MICROCENTS"
@@ -417,6 +418,110 @@ def test_a_periodic_ledger_names_its_current_period(served: Any) -> None:
     template = served.guard.audit("acme", types=["budget.set"])[-1]
     assert [(r["scope"], moment(r["created_at"])) for r in run.body["ledgers"]] == [
         ("tenant:acme/run:r1", datetime.fromtimestamp(template.at_ms / 1000, timezone.utc))]
+
+
+# -- a budget's terms (PATCH) --------------------------------------------------------------
+
+TOKENS_AT_ACME = "/v1/admin/budgets?scope=tenant:acme&unit=TOKENS"
+LLM = al.Action("llm.completion", "openai:gpt-4o")
+
+
+def held(worker: Api, key: str, tokens: int) -> Any:
+    return worker.post("/v1/reservations", {
+        "idempotency_key": key, "subject": {"tenant": "acme"},
+        "action": {"kind": "llm.completion", "name": "m"},
+        "estimate": {"unit": "TOKENS", "amount": tokens}}, check=False)
+
+
+def test_patch_sets_a_budgets_terms_and_recomputes_its_over_limit_flag(served: Any) -> None:
+    """A budget in debt past a lowered overdraft limit refuses reservations; raised above
+    the debt again, it takes them; the commit overage policy changes what a commit above
+    its estimate may do. Each answer is the budget as lookup shows it."""
+    api, guard = admin(served), served.guard
+    guard.set_budget("tenant:acme", tokens=1_000, overdraft_limit=100,
+                     overage_policy="ALLOW_WITH_OVERDRAFT")
+    guard.reserve(al.Subject(tenant="acme"), LLM, al.tokens(900)).commit(al.tokens(1_050))
+    guard.fund("tenant:acme", "CREDIT", al.tokens(500))  # room again; 50 still owed
+    worker = served.tenant("acme", usd=None)
+    lowered = api.call("PATCH", TOKENS_AT_ACME, {"overdraft_limit": {
+        "unit": "TOKENS", "amount": 10}}, **AS_ADMIN)
+    assert lowered.status == 200, lowered.body
+    view = shaped(lowered.body, LEDGER_REQUIRED, LEDGER_ALLOWED)
+    assert (view["overdraft_limit"]["amount"], view["debt"]["amount"],
+            view["is_over_limit"]) == (10, 50, True)
+    assert (view["allocated"]["amount"], view["spent"]["amount"]) == (1_500, 1_000)
+    assert api.get("/v1/admin/budgets/lookup?scope=tenant:acme&unit=TOKENS",
+                   **AS_ADMIN).body == view
+    refused = held(worker, "r1", 100)
+    assert (refused.status, refused.body["error"]) == (409, "OVERDRAFT_LIMIT_EXCEEDED")
+    raised = api.call("PATCH", f"{TOKENS_AT_ACME}&tenant_id=acme", {
+        "overdraft_limit": {"unit": "TOKENS", "amount": 60}}, **AS_ADMIN)
+    assert (raised.body["overdraft_limit"]["amount"], raised.body["is_over_limit"]) == (
+        60, False)
+    assert held(worker, "r2", 100).status == 200
+    strict = api.call("PATCH", TOKENS_AT_ACME, {"commit_overage_policy": "REJECT"},
+                      **AS_ADMIN)
+    assert strict.status == 200 and strict.body["overdraft_limit"]["amount"] == 60
+    small = held(worker, "r3", 10).body["reservation_id"]
+    over = {"idempotency_key": "c3", "actual": {"unit": "TOKENS", "amount": 1_000}}
+    refused = worker.post(f"/v1/reservations/{small}/commit", over, check=False)
+    assert (refused.status, refused.body["error"]) == (409, "BUDGET_EXCEEDED")
+    api.call("PATCH", TOKENS_AT_ACME, {"commit_overage_policy": "ALLOW_WITH_OVERDRAFT",
+                                       "overdraft_limit": {"unit": "TOKENS",
+                                                           "amount": 1_000}}, **AS_ADMIN)
+    committed = worker.post(f"/v1/reservations/{small}/commit", {**over,
+                                                                 "idempotency_key": "c4"})
+    assert committed.status == 200, committed.body
+    record = guard.audit("acme", types=["budget.updated"])[-1]
+    assert (record.actor, record.detail["overage_policy"]) == ("admin-key",
+                                                               "ALLOW_WITH_OVERDRAFT")
+
+
+def test_patch_is_the_admins_and_refuses_what_it_cannot_do_changing_nothing(
+        served: Any) -> None:
+    api, guard = admin(served), served.guard
+    guard.set_budget("tenant:acme", tokens=1_000, overdraft_limit=5)
+    guard.set_budget("tenant:acme", usd=1)
+    guard.set_budget("tenant:rival", tokens=1_000)
+    owner = served.tenant("acme", usd=None, permissions=["admin:write", "budgets:write"])
+    rival = served.tenant("rival", usd=None, permissions=["admin:write"])
+    before = {t: snapshot(guard.store, t) for t in ("acme", "rival")}
+    terms = {"overdraft_limit": {"unit": "TOKENS", "amount": 1}}
+    for tenant_key in (owner, rival):  # a tenant key, even admin:write: admin key only
+        assert error(tenant_key.call("PATCH", TOKENS_AT_ACME, terms, check=False), 401)
+    assert error(api.call("PATCH", TOKENS_AT_ACME, terms, check=False), 401)  # no key
+    assert error(api.call("PATCH", TOKENS_AT_ACME, terms, headers={
+        "X-Admin-API-Key": "guess"}, check=False), 401)
+    assert error(api.call("PATCH", "/v1/admin/budgets?scope=tenant:acme/workspace:none"
+                          "&unit=TOKENS", terms, **AS_ADMIN), 404) == "BUDGET_NOT_FOUND"
+    assert error(api.call("PATCH", "/v1/admin/budgets?scope=tenant:acme&unit=CREDITS",
+                          {"commit_overage_policy": "REJECT"}, **AS_ADMIN),
+                 404) == "BUDGET_NOT_FOUND"
+    for path in (f"{TOKENS_AT_ACME}&tenant_id=rival", "/v1/admin/budgets?scope=tenant:acme",
+                 "/v1/admin/budgets?unit=TOKENS", "/v1/admin/budgets?scope=tenant:acme"
+                 "&unit=EUROS", "/v1/admin/budgets?scope=tenant:acme/run:r1&unit=TOKENS"):
+        assert error(api.call("PATCH", path, terms, **AS_ADMIN), 400), path
+    for body, field in (
+            ({}, "overdraft_limit"),
+            ({"overdraft_limit": {"unit": "TOKENS", "amount": 1}, "status": "FROZEN"},
+             "status"),
+            ({"overdraft_limit": {"unit": "TOKENS", "amount": 1.5}}, "amount"),
+            ({"overdraft_limit": {"unit": "TOKENS", "amount": "1"}}, "amount"),
+            ({"overdraft_limit": {"unit": "TOKENS", "amount": -1}}, "amount"),
+            ({"overdraft_limit": {"unit": "TOKENS", "amount": 2**53}}, "amount"),
+            ({"overdraft_limit": 1}, "overdraft_limit"),
+            ({"overdraft_limit": {"unit": "TOKENS"}}, "amount"),
+            ({"commit_overage_policy": "SOMETIMES"}, "commit_overage_policy"),
+            ({"commit_overage_policy": "REJECT", "metadata": {"team": "a"}}, "metadata"),
+            ([{"commit_overage_policy": "REJECT"}], "object")):
+        refused = api.call("PATCH", TOKENS_AT_ACME, body, **AS_ADMIN)
+        assert error(refused, 400) == "INVALID_REQUEST", body
+        assert field in refused.body["message"], (body, refused.body)
+    mismatch = api.call("PATCH", TOKENS_AT_ACME, {"overdraft_limit": {
+        "unit": "USD_MICROCENTS", "amount": 1}}, **AS_ADMIN)
+    assert error(mismatch, 400) == "UNIT_MISMATCH"
+    assert error(api.call("PATCH", TOKENS_AT_ACME, raw=b"{not json", **AS_ADMIN), 400)
+    assert {t: snapshot(guard.store, t) for t in ("acme", "rival")} == before
 
 
 # -- who a credential is -----------------------------------------------------------------

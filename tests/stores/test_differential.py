@@ -76,6 +76,15 @@ class Lockstep(RuleBasedStateMachine):
                                          period=period, overage_policy=policy,
                                          overdraft_limit=overdraft))
 
+    @rule(scope=st.sampled_from(SCOPES), overdraft=st.one_of(st.none(), st.integers(0, 50)),
+          policy=st.one_of(st.none(), POLICIES))
+    def set_budget_terms(self, scope: str, overdraft: int | None,
+                         policy: al.OveragePolicy | None) -> None:
+        """New terms for a scope's token budgets (periods and templates): changed alike, each
+        current ledger's over-limit flag alike (`balances_agree`), or refused alike."""
+        self.both(lambda g: g.set_budget_terms(scope, "TOKENS", overdraft_limit=overdraft,
+                                               overage_policy=policy))
+
     @rule(depth=st.integers(0, 2), run=st.sampled_from([*RUNS, "r2"]),
           amount=st.integers(0, 200))
     def reserve(self, depth: int, run: str | None, amount: int) -> None:

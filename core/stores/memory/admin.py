@@ -11,12 +11,13 @@ from ...models import FundResult, Reason, TransferResult
 from ...periods import Period, bucket
 from ...scopes import parse_scope
 from ...validation import MAX_AMOUNT
-from ..operations import AUTO, Fund, PeriodChoice, SetMode, SetStatus, Transfer
+from ..operations import AUTO, Fund, PeriodChoice, SetBudgetTerms, SetMode, SetStatus, Transfer
 from .state import (
     Definition,
     LedgerKey,
     Tenant,
     balance,
+    dimension_ledgers,
     ledger_at,
     log,
     relinked,
@@ -46,6 +47,31 @@ def set_status(t: Tenant, op: SetStatus, now: int) -> int:
     log(t, now, AuditType.BUDGET_STATUS, scopes=(op.scope,),
         detail={"status": op.status.value, "budgets": len(matched)}, actor=op.actor,
         reason=op.reason)
+    return len(matched)
+
+
+def set_budget_terms(t: Tenant, op: SetBudgetTerms, now: int) -> int:
+    """Change the overdraft limit and/or overage policy of a scope's budgets in one unit;
+    their current ledgers keep their figures, their over-limit flags follow the limit."""
+    matched = [d for d in t.definitions.get(op.scope, {}).values() if d.unit is op.unit]
+    if not matched:
+        raise NotFound(f"no budget at {op.scope} in {op.unit.value}")
+    for d in matched:
+        if op.overdraft_limit is not None:
+            d.overdraft_limit = op.overdraft_limit
+        if op.overage_policy is not None:
+            d.overage_policy = op.overage_policy
+        current = bucket(d.period, now)
+        keys = (list(dimension_ledgers(t, d, current)) if d.per is not None
+                else [(op.scope, d.unit, d.period, current)])
+        for key in keys:
+            if key in t.ledgers:  # one never touched has no debt: nothing to flag
+                ledger_at(t, key, d, now).recompute_over_limit(d.overdraft_limit)
+    relinked(t)
+    log(t, now, AuditType.BUDGET_UPDATED, scopes=(op.scope,), detail={
+        "unit": op.unit.value, "overdraft_limit": op.overdraft_limit,
+        "overage_policy": None if op.overage_policy is None else op.overage_policy.value,
+        "budgets": len(matched)}, actor=op.actor, reason=op.reason)
     return len(matched)
 
 

@@ -38,6 +38,7 @@ from ..operations import (
     RevokeKey,
     SetAccess,
     SetBudget,
+    SetBudgetTerms,
     SetMode,
     SetQuota,
     SetStatus,
@@ -47,7 +48,7 @@ from ..operations import (
     UpdateKey,
     Usage,
 )
-from .admin import fund, set_mode, set_status, transfer
+from .admin import fund, set_budget_terms, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .keys import (
     check_key,
@@ -72,6 +73,7 @@ R = TypeVar("R")
 _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     SetBudget: set_budget, RemoveBudget: remove_budget, SetQuota: set_quota,
     SetAccess: set_access, ApplyPlan: apply_plan, SetMode: set_mode, SetStatus: set_status,
+    SetBudgetTerms: set_budget_terms,
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,

@@ -320,6 +320,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
     ops.SetBudget: Codec("admin", _document(out.definition), _balances_of, registers=True),
     ops.SetStatus: Codec("admin", _document(out.definition),
                          lambda op, b, w: int(b["changed"]), registers=True),
+    ops.SetBudgetTerms: Codec("admin", _document(out.definition),
+                              lambda op, b, w: int(b["changed"]), registers=True),
     ops.RemoveBudget: Codec("admin", _document(out.definition),
                             lambda op, b, w: int(b["removed"]), registers=True),
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,

@@ -128,6 +128,17 @@ def _set_status(op: ops.SetStatus) -> dict[str, Any]:
             "unit": value(op.unit)}
 
 
+def _set_budget_terms(op: ops.SetBudgetTerms) -> dict[str, Any]:
+    """Only the terms that change: an absent one is kept."""
+    changed: dict[str, Any] = {"op": "set_budget_terms", "scope": op.scope,
+                               "unit": op.unit.value}
+    if op.overdraft_limit is not None:
+        changed["od"] = op.overdraft_limit
+    if op.overage_policy is not None:
+        changed["policy"] = op.overage_policy.value
+    return changed
+
+
 def _apply_plan(op: ops.ApplyPlan) -> dict[str, Any]:
     return {"op": "apply_plan", "name": op.name, "mode": op.mode,
             "definitions": [definition(d) for d in op.definitions]}
@@ -136,7 +147,7 @@ def _apply_plan(op: ops.ApplyPlan) -> dict[str, Any]:
 DEFINITIONS: dict[type[ops.Op[Any]], Callable[[Any], dict[str, Any]]] = {
     ops.SetBudget: _set_budget, ops.RemoveBudget: _remove_budget, ops.SetQuota: _set_quota,
     ops.SetAccess: _set_access, ops.SetMode: _set_mode, ops.SetStatus: _set_status,
-    ops.ApplyPlan: _apply_plan}
+    ops.SetBudgetTerms: _set_budget_terms, ops.ApplyPlan: _apply_plan}
 """The admin script's document for each kind of definition."""
 
 

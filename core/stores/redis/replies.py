@@ -184,7 +184,7 @@ def record(tenant: str, flat: list[str]) -> AuditRecord:
 
 
 INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms",
-                             "max_tokens", "by_ms", "expires_at_ms"})
+                             "max_tokens", "by_ms", "expires_at_ms", "overdraft_limit"})
 """Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
 
 

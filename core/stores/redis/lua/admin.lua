@@ -22,6 +22,24 @@ local function locate(scope, base, per, unit, period)
   return {L = lload(lfield(scope, unit, d.period, current_bucket(d.period)), d), d = d}
 end
 
+local function remove_budget(x)
+  -- here rather than in definitions.lua (shared with reserve.lua): only admin removes one
+  local list, kept, removed = defs_of(x.scope), {}, 0
+  for _, d in ipairs(list) do
+    if d.unit == x.unit and d.period == x.period and d.per == x.per then
+      removed = removed + 1
+    else
+      kept[#kept + 1] = d
+    end
+  end
+  if removed > 0 then
+    save_defs(x.scope, kept)
+    audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, removed = true},
+      actor = nz(x.actor), reason = nz(x.reason)})
+  end
+  return removed
+end
+
 local op = P.op
 local bad = (op == 'set_budget' and budget_refusal(P, {})) or
   (op == 'apply_plan' and plan_refusal(P))
@@ -62,6 +80,42 @@ elseif op == 'set_status' then
   audit('budget.status_changed', {scopes = {P.scope}, detail = {status = P.status,
     budgets = matched}, actor = nz(P.actor), reason = nz(P.reason)})
   return reply({changed = matched})
+elseif op == 'set_budget_terms' then
+  local od, policy = nz(P.od), nz(P.policy)
+  if (od == nil and policy == nil) or (od ~= nil and (type(od) ~= 'number' or od < 0 or
+      od > MAX_AMOUNT or od ~= math.floor(od))) or
+      (policy ~= nil and POLICY_CODES[policy] == nil) then
+    return fail('INVALID_REQUEST', 'set_budget_terms: an overdraft limit (an integer ' ..
+      'between 0 and ' .. s(MAX_AMOUNT) .. ') or an overage policy, or both')
+  end
+  local list, matched = defs_of(P.scope), {}
+  for _, d in ipairs(list) do
+    if d.unit == P.unit then
+      d.od, d.policy = od or d.od, policy or d.policy
+      matched[#matched + 1] = d
+    end
+  end
+  if #matched == 0 then
+    return fail('NOT_FOUND', 'no budget at ' .. P.scope .. ' in ' .. P.unit)
+  end
+  save_defs(P.scope, list)  -- a new stored string: decoded copies kept by scripts are dropped
+  for _, d in ipairs(matched) do  -- each current ledger's flag follows the new limit
+    local function follow(L)
+      recompute_over(L, d.od)
+      lsave(L)
+    end
+    if d.per ~= '' then
+      each_dimension_ledger(d, follow)
+    else
+      local field = lfield(P.scope, d.unit, d.period, current_bucket(d.period))
+      local raw = redis.call('HGET', K_LEDGERS, field)
+      if raw then follow(ledger(field, d, raw)) end  -- one never touched owes nothing
+    end
+  end
+  audit('budget.updated', {scopes = {P.scope}, detail = {unit = P.unit,
+    overdraft_limit = od and s(od) or NULL, overage_policy = policy or NULL,
+    budgets = #matched}, actor = nz(P.actor), reason = nz(P.reason)})
+  return reply({changed = #matched})
 end
 
 -- funding and transfers are idempotent by key

@@ -27,6 +27,23 @@ local function plan_refusal(x)
   return nil
 end
 
+local function each_dimension_ledger(d, visit)
+  -- visit(L) for each stored ledger of template d in its current bucket (one per value)
+  local suffix = '|' .. d.unit .. '|' .. d.period .. '|' .. current_bucket(d.period)
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', K_LEDGERS, cursor, 'MATCH',
+      d.scope .. '/' .. d.per .. ':*' .. suffix, 'COUNT', 1000)
+    cursor = page[1]
+    for i = 1, #page[2], 2 do
+      local field = page[2][i]
+      if not string.find(string.sub(field_parts(field), #d.scope + 2), '/', 1, true) then
+        visit(ledger(field, d, page[2][i + 1]))
+      end
+    end
+  until cursor == '0'
+end
+
 local function set_budget(x)
   local list = defs_of(x.scope)
   local d = find_def(x.scope, x.unit, x.period, x.per)
@@ -45,44 +62,16 @@ local function set_budget(x)
     actor = nz(x.actor), reason = nz(x.reason)})
   d = find_def(x.scope, x.unit, x.period, x.per)
   if x.per ~= '' then  -- every dimension ledger of this bucket follows, now
-    local suffix = '|' .. x.unit .. '|' .. x.period .. '|' .. current_bucket(x.period)
-    local cursor = '0'
-    repeat
-      local page = redis.call('HSCAN', K_LEDGERS, cursor, 'MATCH',
-        x.scope .. '/' .. x.per .. ':*' .. suffix, 'COUNT', 1000)
-      cursor = page[1]
-      for i = 1, #page[2], 2 do
-        local path = field_parts(page[2][i])
-        if not string.find(string.sub(path, #x.scope + 2), '/', 1, true) then
-          local L = lload(page[2][i], d)
-          recompute_over(L, d.od)
-          lsave(L)
-        end
-      end
-    until cursor == '0'
+    each_dimension_ledger(d, function(L)
+      recompute_over(L, d.od)
+      lsave(L)
+    end)
     return {}
   end
   local L = lload(lfield(x.scope, x.unit, x.period, current_bucket(x.period)), d)
   recompute_over(L, d.od)
   lsave(L)
   return {balance(L, d)}
-end
-
-local function remove_budget(x)
-  local list, kept, removed = defs_of(x.scope), {}, 0
-  for _, d in ipairs(list) do
-    if d.unit == x.unit and d.period == x.period and d.per == x.per then
-      removed = removed + 1
-    else
-      kept[#kept + 1] = d
-    end
-  end
-  if removed > 0 then
-    save_defs(x.scope, kept)
-    audit('budget.set', {scopes = {x.scope}, detail = {unit = x.unit, removed = true},
-      actor = nz(x.actor), reason = nz(x.reason)})
-  end
-  return removed
 end
 
 local function quota_key(q) return q.kind .. '|' .. q.window .. '|' .. q.action_kind end
