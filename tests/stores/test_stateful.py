@@ -271,6 +271,31 @@ class Model:
             led.over = led.debt > overdraft
         return [(key, dkey) for key in keys] if per is None else []
 
+    def set_terms(self, tenant: str, scope: str, unit: Unit, overdraft: int | None,
+                  policy: Policy | None) -> int:
+        """Change the overdraft limit and/or policy of the scope's budgets in `unit` (each
+        period and template); their current ledgers keep their figures and re-derive
+        over-limit."""
+        if overdraft is None and policy is None:
+            raise Refusal(al.InvalidRequest)
+        t = self.tenants[tenant]
+        found = [(k, b) for k, b in t.budgets.items() if k[0] == scope and k[1] is unit]
+        if not found:
+            raise Refusal(al.NotFound)
+        for (_, _, period, per), budget in found:
+            budget.overdraft = budget.overdraft if overdraft is None else overdraft
+            budget.policy = budget.policy if policy is None else policy
+            now, prefix = bucket(period, self.now), f"{scope}/{per}:"
+            for key, led in t.ledgers.items():
+                if key[1:] != (unit, period, now) or not (
+                        key[0] == scope if per is None else key[0].startswith(prefix)
+                        and "/" not in key[0].removeprefix(prefix)):
+                    continue
+                if led.over != (led.debt > budget.overdraft):
+                    self.story = f"set_budget_terms {'clears' if led.over else 'sets'} over-limit"
+                led.over = led.debt > budget.overdraft
+        return len(found)
+
     def set_frozen(self, tenant: str, scope: str, frozen: bool) -> int:
         found = [b for k, b in self.tenants[tenant].budgets.items() if k[0] == scope]
         if not found:
@@ -719,6 +744,25 @@ class LedgerMachine(RuleBasedStateMachine):
                                     overdraft_limit=overdraft, overage_policy=policy)
         self.check_balances(tenant, got, rows)
         self.saw(f"set_budget {'changed' if changed else 'new'}{' template' if per else ''}")
+
+    @rule(tenant=tenants, aim=aims, depth=depths, unit=units,
+          overdraft=st.one_of(st.none(), overdrafts), policy=overrides)
+    def set_budget_terms(self, tenant: str, aim: int, depth: int, unit: Unit,
+                         overdraft: int | None, policy: Policy | None) -> None:
+        """Mostly the terms of an existing budget's scope and unit, else the drawn ones."""
+        budgets = sorted(self.model.tenants[tenant].budgets, key=str)
+        scope = scope_of(tenant, depth)
+        if aim >= 0 and budgets:
+            scope, unit = budgets[aim % len(budgets)][:2]
+        self.model.story = ""
+        done = self.attempt(
+            "set_budget_terms",
+            lambda: self.model.set_terms(tenant, scope, unit, overdraft, policy),
+            lambda: self.guard.set_budget_terms(scope, unit, overdraft_limit=overdraft,
+                                                overage_policy=policy))
+        if done is not None:
+            assert done[1] == done[0]
+            self.saw(self.model.story or "set_budget_terms")
 
     @rule(tenant=tenants, depth=depths, frozen=st.booleans())
     def freeze(self, tenant: str, depth: int, frozen: bool) -> None:
