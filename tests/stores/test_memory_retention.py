@@ -142,3 +142,23 @@ def test_the_list_stays_whole_when_the_sweep_clears_out_dropped_ones(
     assert len(_tenant(guard).listing) == len(kept)  # cleared out: most were dropped
     later, last = guard.list_reservations("acme", status="ACTIVE", limit=50, cursor=cursor)
     assert [r.id for r in first + later] == [r.id for r in kept] and last is None
+
+
+def test_idle_run_ledgers_are_looked_for_at_most_every_720th_of_their_ttl(
+        clock: al.ManualClock) -> None:
+    """A month of runs' ledgers is not walked every second: the sweep looks for idle ones
+    once every ttl / 720 (an hour at the default 30 days), so one may stay that much longer."""
+    guard = al.Guard(al.MemoryStore(clock, dimension_idle_ttl_ms=720_000))  # looked: each 1 s
+    guard.set_budget("tenant:acme", usd=100)
+    guard.set_budget("tenant:acme", usd=1, per="run")
+    run = al.Subject(tenant="acme", dimensions={"run": "r1"})
+    guard.reserve(run, LLM, al.usd("0.5")).commit(al.usd("0.5"))
+    clock.advance(720_000)
+    guard.sweep()  # looked: r1 is not idle yet (idle past the ttl, not at it)
+    assert [b.scope for b in guard.balances("tenant:acme")][-1] == "tenant:acme/run:r1"
+    clock.advance(500)
+    guard.sweep()  # r1 is idle now, but the next look is due 1 s after the last
+    assert [b.scope for b in guard.balances("tenant:acme")][-1] == "tenant:acme/run:r1"
+    clock.advance(500)
+    guard.sweep()
+    assert [b.scope for b in guard.balances("tenant:acme")] == ["tenant:acme"]

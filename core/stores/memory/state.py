@@ -277,6 +277,7 @@ class Tenant:
     again moves to the end): a sweep drops lapsed ones from the front."""
     quotas: dict[str, dict[QuotaKey, policy.QuotaRule]] = field(default_factory=dict)
     access: dict[str, policy.AccessRule] = field(default_factory=dict)
+    idle_walk_ms: int = 0  # when the sweep next looks for idle dimension ledgers
     calls: dict[tuple[QuotaKey, str], int] = field(default_factory=dict)
     runs: dict[tuple[QuotaKey, str], set[str]] = field(default_factory=dict)
     active: dict[QuotaKey, int] = field(default_factory=dict)

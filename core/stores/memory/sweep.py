@@ -98,15 +98,28 @@ def _prune(t: Tenant, now: int) -> None:
         lapsed.append(key)
     for key in lapsed:
         del t.idempotency[key]
-    templates = {(d.scope, d.unit, d.period) for defs in t.definitions.values()
-                 for d in defs.values() if d.per is not None}
-    for lkey, state in list(t.ledgers.items()):
-        idle = state.touched_ms + t.cx.dimension_idle_ttl_ms < now
-        base = lkey[0].rsplit("/", 1)[0]
-        if idle and state.reserved == 0 and (base, lkey[1], lkey[2]) in templates:
-            del t.ledgers[lkey]
-            relinked(t)
+    if now >= t.idle_walk_ms:  # idle ledgers are looked for at most every 1/720 of the ttl
+        t.idle_walk_ms = now + t.cx.dimension_idle_ttl_ms // 720
+        _drop_idle_ledgers(t, now)
     for window in [w for w in t.calls if w[1] != bucket(w[0][2], now)]:
         del t.calls[window]
     for window in [w for w in t.runs if w[1] != bucket(w[0][2], now)]:
         del t.runs[window]
+
+
+def _drop_idle_ledgers(t: Tenant, now: int) -> None:
+    """Drop the ledgers of dimension values (a template's) idle past their ttl and holding
+    nothing. The walk allocates nothing for a ledger still in use: a tenant may keep a
+    month of runs' ledgers."""
+    idle_since = now - t.cx.dimension_idle_ttl_ms
+    idle = [key for key, state in t.ledgers.items()
+            if state.touched_ms < idle_since and state.reserved == 0]
+    if idle:
+        templates = {(d.scope, d.unit, d.period) for defs in t.definitions.values()
+                     for d in defs.values() if d.per is not None}
+        dropped = [key for key in idle if (key[0].rsplit("/", 1)[0], key[1], key[2])
+                   in templates]
+        for key in dropped:
+            del t.ledgers[key]
+        if dropped:
+            relinked(t)
