@@ -10,6 +10,7 @@ import pytest
 
 import allotment as al
 from allotment.stores.memory import read as memory_read
+from allotment.stores.memory import sweep as memory_sweep
 from allotment.stores.memory.state import Tenant
 
 from support import LLM
@@ -162,3 +163,22 @@ def test_idle_run_ledgers_are_looked_for_at_most_every_720th_of_their_ttl(
     clock.advance(500)
     guard.sweep()
     assert [b.scope for b in guard.balances("tenant:acme")] == ["tenant:acme"]
+
+
+def test_a_sweep_takes_a_few_hundred_tenants_per_step(clock: al.ManualClock) -> None:
+    """The lock is never held across every tenant: each step sweeps `TENANTS_PER_STEP` of
+    them (its notifications go out after it), and the limit counts across the steps."""
+    store = al.MemoryStore(clock)
+    guard = al.Guard(store)
+    steps: list[int] = []
+    store.subscribe(lambda notes: steps.append(len(notes)))
+    count = 2 * memory_sweep.TENANTS_PER_STEP + 10
+    for i in range(count):
+        subject = al.Subject(tenant=f"t{i}")
+        guard.set_budget(f"tenant:t{i}", usd=10)
+        guard.reserve(subject, LLM, al.usd(1), ttl_ms=1_000)
+    clock.advance(60_000)  # every reservation is past its ttl and grace
+    steps.clear()
+    assert guard.sweep(limit=count - 5) == count - 5
+    assert steps == [memory_sweep.TENANTS_PER_STEP] * 2 + [5]
+    assert guard.sweep(limit=10) == 5

@@ -6,6 +6,7 @@ first write, and the audit record of a change is written in the same step as the
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -66,7 +67,7 @@ from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
 from .state import DAY_MS, Context, Tenant
-from .sweep import reap, sweep
+from .sweep import TENANTS_PER_STEP, SweepPart, reap, sweep, sweep_part
 
 R = TypeVar("R")
 
@@ -83,7 +84,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
 }
 """The operations on one tenant's state, by type."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
-    Sweep: sweep, Tenants: tenants,
+    Sweep: sweep, SweepPart: sweep_part, Tenants: tenants,
 }
 """The operations that walk every tenant, by type."""
 
@@ -120,7 +121,10 @@ class MemoryStore:
 
     def execute(self, op: Op[R]) -> R:
         """Run one operation as one step; a tenant's overdue reservations expire first
-        (a dry run answers as if they had, and changes nothing)."""
+        (a dry run answers as if they had, and changes nothing). A sweep runs in steps of
+        a few tenants (`SweepPart`)."""
+        if type(op) is Sweep:
+            return self._sweep(op)  # type: ignore[return-value]
         cx = self._cx
         error: BaseException | None = None
         lock = self._lock
@@ -175,6 +179,18 @@ class MemoryStore:
         if not _writes_nothing(op):
             self._tenants[op.tenant] = tenant
         return run(tenant, op, now)  # type: ignore[no-any-return]
+
+    def _sweep(self, op: Sweep) -> int:
+        """The tenants there now, `TENANTS_PER_STEP` per step, until `op.limit` reservations
+        have expired (each tenant is pruned either way)."""
+        with self._lock:  # the tenants there now (no other thread adds one meanwhile)
+            every = tuple(self._tenants.values())
+        expired = 0
+        for at in range(0, len(every), TENANTS_PER_STEP):
+            expired += self.execute(SweepPart(op.tenant, op.limit - expired,
+                                              every[at:at + TENANTS_PER_STEP]))
+            time.sleep(0)  # let a thread waiting for the lock have it before the next step
+        return expired
 
     async def aexecute(self, op: Op[R]) -> R:
         """The same step: the lock is held for microseconds and never across an await, so

@@ -13,6 +13,24 @@ from ...periods import bucket
 from ..operations import TENANT_FAILED, Sweep, skipped
 from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire, relinked
 
+TENANTS_PER_STEP = 256
+"""Tenants one step of a sweep takes: the store runs a sweep in steps of this many
+(`SweepPart`), so its lock is never held across every tenant (100,000 tenants took 150 ms
+in one step); each tenant's reap and prune stay one step, as each is one script call on
+Redis."""
+
+
+@dataclass
+class SweepPart(Sweep):
+    """One step of a sweep: these tenants."""
+
+    tenants: tuple[Tenant, ...] = ()
+
+
+def sweep_part(every: Iterable[Tenant], op: SweepPart, now: int) -> int:
+    """`sweep` over the part's tenants only."""
+    return sweep(op.tenants, op, now)
+
 
 def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
     """Reap up to `op.limit` reservations across tenants and prune each; how many expired.
