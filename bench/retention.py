@@ -1,28 +1,34 @@
 """What a long run leaves behind on the memory store, and what the cyclic collector pays for it.
 
-    .venv/bin/python bench/retention.py              # 100,000 pairs of each kind (about a minute)
-    .venv/bin/python bench/retention.py --pairs 20000
+    .venv/bin/python bench/retention.py              # 100,000 of each (about two minutes)
+    .venv/bin/python bench/retention.py --pairs 20000 --many 20000
 
 A finished reservation stays in the store for `finished_retention_ms` (a day by default) to
 answer get() and replays, and a keyed call's answer stays for `idempotency_ttl_ms`. Every
 request the server makes is keyed, so a server on the memory store keeps a day of both. What
 they are made of decides what the collector walks at each full pass.
 
-For unkeyed and keyed depth-3 reserve+commit pairs (`core_ops.py`'s subject and budgets), on
-a fresh guard each, this prints:
+First the sweeps (the server's sweeper runs every second under the store's lock): ms of
+three sweeps with `--many` run ledgers kept (a per-run budget, every run done), and
+reserve+commit pairs on one tenant (p50, p99, longest) while another thread sweeps `--many`
+tenants in a loop.
+
+Then, for unkeyed and keyed depth-3 reserve+commit pairs (`core_ops.py`'s subject and
+budgets), on a fresh guard each:
 
 - objects the collector tracks, left behind per pair (`gc.get_objects()` before and after
   2,000 pairs; the audit log's entries count here but are bounded by `audit_retention`);
 - bytes left behind per pair (`tracemalloc`, the same 2,000 pairs);
-- then `--pairs` pairs timed: µs per pair, of which µs in the collector (`gc.callbacks`),
-  and the collector's share (the baseline of the same run is the unkeyed pair); then the ms
-  of one sweep with all of them kept (none has lapsed: a sweep that walks them all shows).
+- `--pairs` pairs timed: µs per pair, of which µs in the collector (`gc.callbacks`), and the
+  collector's share (the baseline of the same run is the unkeyed pair); then the ms of one
+  sweep with all of them kept (none has lapsed: a sweep that walks them all shows).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -99,10 +105,67 @@ def timed(keyed: bool, pairs: int) -> tuple[float, float, float]:
     return total / pairs / 1000, in_gc[0] / pairs / 1000, swept / 1e6
 
 
+def run_ledgers_sweep(runs: int) -> list[float]:
+    """ms of three sweeps with `runs` run ledgers kept (a per-run budget, every run done)."""
+    guard = al.Guard(al.MemoryStore())
+    guard.set_budget("tenant:acme", usd=10_000_000)
+    guard.set_budget("tenant:acme", usd=5, per="run")
+    for i in range(runs):
+        run = al.Subject(tenant="acme", dimensions={"run": f"r{i}"})
+        guard.reserve(run, ACTION, ESTIMATE).commit(ACTUAL)
+    found = []
+    for _ in range(3):
+        begin = time.perf_counter_ns()
+        guard.sweep()
+        found.append((time.perf_counter_ns() - begin) / 1e6)
+    return found
+
+
+def pairs_while_sweeping(tenants: int, seconds: float) -> tuple[float, float, float]:
+    """p50 and p99 µs and the longest ms of reserve+commit pairs on one tenant while another
+    thread sweeps `tenants` tenants in a loop (the heap made at start-up frozen, so the
+    collector's walk of every tenant's objects is left out)."""
+    guard = al.Guard(al.MemoryStore())
+    for i in range(tenants):
+        guard.set_budget(f"tenant:t{i}", usd=100)
+    guard.set_budget("tenant:t1", usd=10_000_000)  # the tenant the pairs run on
+    subject = al.Subject(tenant="t1")
+    gc.collect()
+    gc.freeze()
+    done = threading.Event()
+
+    def sweeping() -> None:
+        while not done.is_set():
+            guard.sweep()
+            done.wait(0.05)
+
+    sweeper = threading.Thread(target=sweeping)
+    sweeper.start()
+    times: list[int] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        begin = time.perf_counter_ns()
+        guard.reserve(subject, ACTION, ESTIMATE).commit(ACTUAL)
+        times.append(time.perf_counter_ns() - begin)
+    done.set()
+    sweeper.join()
+    gc.unfreeze()
+    times.sort()
+    return times[len(times) // 2] / 1000, times[len(times) * 99 // 100] / 1000, times[-1] / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--many", type=int, default=100_000,
+                        help="run ledgers and tenants of the sweep figures")
     args = parser.parse_args()
+    swept = run_ledgers_sweep(args.many)
+    print(f"sweeps with {args.many:,} run ledgers kept: "
+          + ", ".join(f"{ms:.1f}" for ms in swept) + " ms")
+    p50, p99, longest = pairs_while_sweeping(args.many, 3.0)
+    print(f"reserve+commit while {args.many:,} tenants are swept in a loop: p50 {p50:.0f} µs, "
+          f"p99 {p99:.0f} µs, longest {longest:.1f} ms")
     print(f"memory store, depth 3, {args.pairs:,} timed pairs per kind")
     print(f"{'kind':<10}{'tracked/pair':>14}{'bytes/pair':>12}{'µs/pair':>10}"
           f"{'gc µs/pair':>12}{'gc share':>10}{'× unkeyed':>11}{'sweep ms':>10}")
