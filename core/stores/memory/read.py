@@ -31,6 +31,14 @@ def get(t: Tenant, op: Get, now: int) -> ReservationInfo:
     return reservation(t, op.reservation_id).info()
 
 
+_LOOKED_AT = 10_000
+"""Entries of `t.listing` one page of `list_reservations` looks at, at most."""
+
+
+def _number(entry: tuple[int, str]) -> int:
+    return entry[0]
+
+
 def list_reservations(t: Tenant, op: ListReservations, now: int
                       ) -> tuple[tuple[ReservationInfo, ...], str | None]:
     """The tenant's reservations in the order they were made, from after the cursor's one
@@ -56,13 +64,6 @@ def list_reservations(t: Tenant, op: ListReservations, now: int
             return tuple(page), str(listing[at - 1][0])
         page.append(res.info())
     return tuple(page), (str(listing[stop - 1][0]) if stop < len(listing) else None)
-
-
-_LOOKED_AT = 10_000
-
-
-def _number(entry: tuple[int, str]) -> int:
-    return entry[0]
 
 
 def balances(t: Tenant, op: Balances, now: int) -> tuple[Balance, ...]:

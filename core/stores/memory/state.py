@@ -211,16 +211,16 @@ class Kept:
 
 
 class LeanReserve(Kept):
-    """A lean reserve's answer: its reservation (`result`), its expiry then, and the
-    balances it showed (ledgers, figures, terms)."""
+    """A lean reserve's answer: its reservation (`result`), the reservation's expiry then
+    (an extension moves it since), and the balances it showed (ledgers, figures, terms)."""
 
-    __slots__ = ("expires", "figures", "ledgers", "terms")
+    __slots__ = ("figures", "held_until_ms", "ledgers", "terms")
 
     def __init__(self, key: str, fingerprint: str, res: Reservation, expires_at_ms: int,
                  ledgers: Sequence[tuple[LedgerKey, Definition]], figures: tuple[Figures, ...],
                  terms: Sequence[Terms]) -> None:
         super().__init__(key, fingerprint, res, expires_at_ms)
-        self.expires, self.ledgers, self.figures, self.terms = (
+        self.held_until_ms, self.ledgers, self.figures, self.terms = (
             res.expires_at_ms, ledgers, figures, terms)
 
     def answer(self) -> ReserveOutcome:
@@ -228,8 +228,8 @@ class LeanReserve(Kept):
         return ReserveOutcome(
             ALLOWED, ReservationInfo(res.id, res.subject.tenant, ReservationStatus.ACTIVE,
                                      res.subject, res.action, res.estimate_amounts,
-                                     res.scopes, res.created_at_ms, self.expires, res.grace_ms,
-                                     0, res.overage_policy),
+                                     res.scopes, res.created_at_ms, self.held_until_ms,
+                                     res.grace_ms, 0, res.overage_policy),
             partial(held_balances, self.ledgers, self.figures, self.terms))
 
 
