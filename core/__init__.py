@@ -30,6 +30,7 @@ from .errors import (
     ReservationFinalized,
     ReservationStateError,
     StoreUnavailable,
+    TenantClosed,
     UnitMismatch,
 )
 from .events import (
@@ -129,6 +130,7 @@ __all__ = [
     "Sink",
     "StoreUnavailable",
     "Subject",
+    "TenantClosed",
     "TenantGuard",
     "TokenUsage",
     "TransferResult",

@@ -14,6 +14,7 @@
     ├── Forbidden
     │   └── CrossTenant               also an InvalidRequest: one call spanning two tenants
     ├── KeyRefused                    an API key may not run the operation (`reason` says why)
+    ├── TenantClosed                  the tenant was closed for good: nothing of it changes
     ├── NotFound
     ├── InvalidRequest                also a ValueError
     └── StoreUnavailable
@@ -169,10 +170,18 @@ class KeyRefused(AllotmentError):
         return type(self), (self.reason, str(self))
 
 
+class TenantClosed(AllotmentError):
+    """The tenant was closed (`Guard.close_tenant`): a closed tenant is read, never changed.
+    A reservation on it is a denial instead (`Reason.TENANT_CLOSED`)."""
+
+    code = "TENANT_CLOSED"
+
+
 CODES: dict[str, type[AllotmentError]] = {
     cls.code: cls for cls in (
         NotFound, InvalidRequest, IdempotencyMismatch, UnitMismatch, ReservationExpired,
-        ReservationFinalized, MaxExtensionsExceeded, Forbidden, StoreUnavailable)}
+        ReservationFinalized, MaxExtensionsExceeded, Forbidden, StoreUnavailable,
+        TenantClosed)}
 """The errors a store reports by code (denials travel as decisions, not codes)."""
 
 

@@ -37,6 +37,7 @@ class AuditType:
     QUOTA_SET = "quota.set"
     ACCESS_SET = "access.set"
     MODE_SET = "tenant.mode_set"
+    TENANT_CLOSED = "tenant.closed"
     PLAN_ASSIGNED = "plan.assigned"
 
 
@@ -81,6 +82,9 @@ class NotificationType:
     MODE_CHANGED = "tenant.mode_changed"
     """A tenant's mode was set, or changed by a plan assigned to it; `reason` is the new mode
     ("" when left to the guard)."""
+    TENANT_CLOSED = "tenant.closed"
+    """The tenant was closed for good (`Guard.close_tenant`); `reason` is the one given
+    ("" when none)."""
     BURN_RATE_FORECAST = "budget.burn_rate_forecast"
     """At the spend rate so far this period, the ledger runs out before the period ends;
     `detail` has `exhausts_on` (the UTC day) and `exhausts_at_ms`. Once per ledger and

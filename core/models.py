@@ -369,8 +369,25 @@ class ApiKey:
 
 @dataclass(slots=True)
 class TenantInfo:
-    """A tenant's record: its display name and when it was registered."""
+    """A tenant's record: its display name, when it was registered, and when it was closed
+    for good (None: it is open)."""
 
     tenant: str
     name: str
     created_at_ms: int
+    closed_at_ms: int | None = None
+
+
+@dataclass(slots=True)
+class TenantClosure:
+    """What closing a tenant did, in the one step that did it: its record (made if it had
+    none), the reservations it released, the budgets it closed, the API keys it revoked and
+    the webhook subscriptions it disabled. `changed` is False when the tenant was closed
+    already (then the counts are 0)."""
+
+    info: TenantInfo
+    released: int
+    budgets_closed: int
+    keys_revoked: int
+    webhooks_disabled: int
+    changed: bool

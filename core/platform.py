@@ -1,5 +1,5 @@
-"""The platform operator's calls: a tenant's mode and plan, the list of tenants, and the
-sweep across tenants.
+"""The platform operator's calls: a tenant's mode and plan, closing a tenant, the list of
+tenants, and the sweep across tenants.
 They are for the unrestricted guard only; a tenant handle never offers them (a tenant must
 not switch itself to shadow mode or onto another tier)."""
 
@@ -37,6 +37,15 @@ def assign_plan_op(tenant: str, plan: Plan, *, actor: str | None = None, reason:
                          definitions=definitions(plan, tenant), mode=plan.mode, **signed)
 
 
+def close_tenant_op(tenant: str, *, actor: str | None = None, reason: str | None = None
+                    ) -> ops.CloseTenant:
+    """Close `tenant` for good, in one atomic step: open reservations released, budgets
+    closed, API keys revoked, its webhooks disabled. Afterwards reads still work; every
+    reserve is denied (`TENANT_CLOSED`) and every other change refused (`TenantClosed`).
+    There is no reopening. Returns what it did (`TenantClosure`)."""
+    return ops.CloseTenant(tenant=tenant_name(tenant), **arg.signed(actor, reason))
+
+
 def tenants_op() -> ops.Tenants:
     """Every tenant the store holds anything for (a definition, a plan, a reservation, a
     denial, ...), sorted by name; read from the store's own registry, not from audit
@@ -51,9 +60,11 @@ def sweep_op(limit: int = 1_000) -> ops.Sweep:
 
 
 class PlatformCalls(Runner):
-    """What only the platform operator may do: modes, plans, sweeping every tenant."""
+    """What only the platform operator may do: modes, plans, closing a tenant, sweeping
+    every tenant."""
 
     set_mode, aset_mode = twins(set_mode_op)
     assign_plan, aassign_plan = followed_twins(assign_plan_op, checked_hierarchy)
+    close_tenant, aclose_tenant = twins(close_tenant_op)
     tenants, atenants = twins(tenants_op)
     sweep, asweep = twins(sweep_op)

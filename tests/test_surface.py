@@ -83,7 +83,7 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
                "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
                "transfer"}
     reads = {"balances", "audit", "report", "usage", "plan_of"}
-    platform = {"set_mode", "assign_plan", "sweep", "tenants"}
+    platform = {"set_mode", "assign_plan", "close_tenant", "sweep", "tenants"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
     for calls in (enforcement, budgets, reads):
@@ -96,7 +96,7 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
 
 ADMIN_CALLS = ["set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
                "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
-               "transfer", "set_mode", "assign_plan"]
+               "transfer", "set_mode", "assign_plan", "close_tenant"]
 
 
 @pytest.mark.parametrize("name", ADMIN_CALLS)
@@ -177,7 +177,7 @@ EXPORTS = [
     "Plan", "QuotaExceeded",
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
-    "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantGuard",
+    "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantClosed", "TenantGuard",
     "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "Webhook",
     "WebhookDelivery", "WebhookEvent", "credits", "current_subject", "format_amount",
     "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",

@@ -1,9 +1,10 @@
-"""`allotment tenants create|list|suspend|resume`: tenant records, the tenants a store
-holds, and suspension.
+"""`allotment tenants create|list|suspend|resume|close`: tenant records, the tenants a store
+holds, suspension and closing.
 
-The guard has no tenant status yet, so suspending a tenant freezes every budget it has
-(each reservation is then refused BUDGET_FROZEN, at once, on every process sharing the
-store) and `resume` unfreezes them; a tenant without budgets cannot be suspended this way.
+Suspending a tenant freezes every budget it has (each reservation is then refused
+BUDGET_FROZEN, at once, on every process sharing the store) and `resume` unfreezes them; a
+tenant without budgets cannot be suspended this way. `close` is for good
+(`Guard.close_tenant`): it asks for `--yes`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _UNKNOWN = "1970-01-01T00:00:00Z"
 """The created_at the server answers for a tenant it has no record of."""
 
 
-@click.group(help="Register, list, suspend and resume tenants.")
+@click.group(help="Register, list, suspend, resume and close tenants.")
 def tenants() -> None:
     pass
 
@@ -146,3 +147,38 @@ tenants.command("suspend", help="Freeze every budget of TENANT: each reservation
                                 "(BUDGET_FROZEN) until `tenants resume`.")(
     _status_command(True))
 tenants.command("resume", help="Unfreeze every budget of TENANT.")(_status_command(False))
+
+
+@tenants.command("close", help="Close TENANT for good, in one step: its open reservations "
+                               "released, budgets closed, API keys revoked, webhooks "
+                               "disabled. It stays readable; nothing of it changes again.")
+@click.argument("tenant")
+@click.option("--reason", default=None, help="Why (kept on the audit record).")
+@click.option("--yes", is_flag=True, help="Confirm: closing cannot be undone.")
+@target_options
+@handled
+def close(tenant: str, reason: str | None, yes: bool, store: str | None, server: str | None,
+          key: str | None, as_json: bool) -> None:
+    name = tenant_name(tenant, "TENANT")
+    if not yes:
+        raise click.UsageError(f"closing {name} cannot be undone: add --yes to confirm")
+    with opened(store, server, key, as_json) as target:
+        if target.guard is not None:
+            done = target.guard.close_tenant(name, actor="allotment tenants", reason=reason)
+            assert done.info.closed_at_ms is not None
+            view: dict[str, Any] = {
+                "tenant_id": name, "status": "CLOSED", "closed_at": _iso(done.info.closed_at_ms),
+                "released": done.released, "budgets_closed": done.budgets_closed,
+                "keys_revoked": done.keys_revoked, "webhooks_disabled": done.webhooks_disabled}
+        else:
+            assert target.server is not None
+            view = target.server.call("PATCH", f"/v1/admin/tenants/{name}",
+                                      body={"status": "CLOSED"})
+        if as_json:
+            emit_json(view)
+            return
+        click.echo(f"tenant {name} closed at {view['closed_at']}")
+        if "released" in view:
+            click.echo(f"  {view['released']} reservation(s) released, "
+                       f"{view['budgets_closed']} budget(s) closed, {view['keys_revoked']} "
+                       f"key(s) revoked, {view['webhooks_disabled']} webhook(s) disabled")

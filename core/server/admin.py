@@ -23,7 +23,7 @@ from ..errors import NotFound
 from ..guard import Guard
 from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import ApiKey, Balance, BudgetStatus
+from ..models import ApiKey, Balance, BudgetStatus, TenantInfo
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
 from . import paging, shapes, wire
@@ -131,11 +131,13 @@ def search_text(query: Mapping[str, str]) -> str | None:
     return None if text is None else text.lower()
 
 
-async def tenant_status(guard: Guard, tenant: str) -> str:
-    """SUSPENDED when the tenant has budgets and every one is frozen (suspending a tenant
-    freezes its budgets: the guard keeps no tenant status of its own), else ACTIVE. Read
-    from the budgets at the tenant's root when it has some (one small read however many
-    run or user ledgers lie below), else from all of them."""
+async def tenant_status(guard: Guard, tenant: str, info: TenantInfo | None) -> str:
+    """CLOSED when its record says so (`Guard.close_tenant`); SUSPENDED when the tenant has
+    budgets and every one is frozen (suspending a tenant freezes its budgets), else ACTIVE.
+    Read from the budgets at the tenant's root when it has some (one small read however
+    many run or user ledgers lie below), else from all of them."""
+    if info is not None and info.closed_at_ms is not None:
+        return "CLOSED"
     root = f"tenant:{tenant}"
     rows = await guard.abalances(root, include_children=False)
     if not rows:
@@ -234,8 +236,8 @@ class Admin:
         info = await self.s.guard.atenant_info(tenant)
         if info is None and tenant not in await self.s.guard.atenants():
             raise ApiError(404, "TENANT_NOT_FOUND", f"no tenant {tenant!r}")
-        return json_response(request, tenant_view(info, tenant,
-                                                  await tenant_status(self.s.guard, tenant)))
+        return json_response(request, tenant_view(
+            info, tenant, await tenant_status(self.s.guard, tenant, info)))
 
     async def create_key(self, request: Request) -> Response:
         self._admin(request)

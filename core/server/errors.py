@@ -89,6 +89,7 @@ _BY_CLASS: tuple[tuple[type[al.AllotmentError], int, str], ...] = (
     (al.ReservationExpired, 410, "RESERVATION_EXPIRED"),
     (al.ReservationFinalized, 409, "RESERVATION_FINALIZED"),
     (al.MaxExtensionsExceeded, 409, "MAX_EXTENSIONS_EXCEEDED"),
+    (al.TenantClosed, 409, "TENANT_CLOSED"),
     (al.IdempotencyMismatch, 409, "IDEMPOTENCY_MISMATCH"),
     (al.UnitMismatch, 400, "UNIT_MISMATCH"),
     (al.Forbidden, 403, "FORBIDDEN"),

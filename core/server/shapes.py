@@ -40,13 +40,17 @@ def iso(ms: int | None) -> str | None:
 
 def tenant_view(info: TenantInfo | None, name: str, status: str = "ACTIVE"
                 ) -> dict[str, Any]:
-    """A Tenant. One the library made without a record (no `POST /v1/admin/tenants`) has no
-    display name and no registration time: its id and `UNKNOWN_TIME` stand in."""
+    """A Tenant (with `closed_at` once closed). One the library made without a record (no
+    `POST /v1/admin/tenants`) has no display name and no registration time: its id and
+    `UNKNOWN_TIME` stand in."""
     if info is None:
         return {"tenant_id": name, "name": name, "status": status,
                 "created_at": UNKNOWN_TIME}
-    return {"tenant_id": info.tenant, "name": info.name, "status": status,
+    view = {"tenant_id": info.tenant, "name": info.name, "status": status,
             "created_at": iso(info.created_at_ms)}
+    if info.closed_at_ms is not None:
+        view["closed_at"] = iso(info.closed_at_ms)
+    return view
 
 
 def key_prefix(key_id: str) -> str:

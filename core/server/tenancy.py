@@ -1,8 +1,9 @@
 """The tenants of the reference admin plane beyond creation: the list, and `PATCH` of a
-tenant's status (admin key). The guard keeps no tenant status of its own, so SUSPENDED is
-every budget of the tenant frozen (as `allotment tenants suspend` does) and ACTIVE is them
-unfrozen; what the guard cannot change (a new name, CLOSED and its cascade, the tenant's
-reservation defaults) is refused, never silently dropped."""
+tenant's status (admin key). SUSPENDED is every budget of the tenant frozen (as `allotment
+tenants suspend` does) and ACTIVE is them unfrozen; CLOSED is `Guard.close_tenant`, for good,
+with its cascade in one store step (reservations released, budgets closed, keys revoked,
+webhooks disabled). What the guard cannot change (a new name, the tenant's reservation
+defaults) is refused, never silently dropped."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class Tenancy:
     async def list_tenants(self, request: Request) -> Response:
         """Every tenant the store holds, by name. One made by the library without a record
         (no `POST /v1/admin/tenants`) is listed under its id (see `shapes.tenant_view`).
-        No tenant here is ever CLOSED: that filter finds none. Paged by `limit` and `cursor`
+        Paged by `limit` and `cursor`
         in the order of their ids, as the key and budget lists are (`paging.py`)."""
         require_admin(self.s, request)
         query = request.query_params
@@ -66,7 +67,7 @@ class Tenancy:
             if search is not None and search not in (
                     f"{name}\n{info.name if info else ''}".lower()):
                 continue
-            state = await tenant_status(self.s.guard, name)
+            state = await tenant_status(self.s.guard, name, info)
             if status is not None and state != status:
                 continue
             views.append(tenant_view(info, name, state))
@@ -89,12 +90,15 @@ class Tenancy:
         if req.name is not None and req.name != info.name:
             raise bad_request(f"name: a tenant keeps the name it was registered with "
                               f"({info.name!r})")
-        if req.status == "CLOSED":
-            raise bad_request("status: CLOSED (closing a tenant for good, with its cascade) is "
-                              "not offered; SUSPENDED freezes every budget of the tenant")
-        if req.status is not None:
+        if req.status == "CLOSED":  # for good; closed already: answered as it is
+            info = (await self.s.guard.aclose_tenant(tenant, actor="admin-key",
+                                                     reason="tenant closed")).info
+        elif req.status is not None:
+            if info.closed_at_ms is not None:
+                raise ApiError(409, "TENANT_CLOSED", f"tenant {tenant} is closed for good: "
+                               "it cannot be made ACTIVE or SUSPENDED again")
             await self._set_frozen(tenant, req.status == "SUSPENDED")
-        state = await tenant_status(self.s.guard, tenant)
+        state = await tenant_status(self.s.guard, tenant, info)
         return json_response(request, tenant_view(info, tenant, state))
 
     async def _set_frozen(self, tenant: str, frozen: bool) -> None:

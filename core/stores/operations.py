@@ -31,6 +31,7 @@ from ..models import (
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
+    TenantClosure,
     TenantInfo,
     TransferResult,
 )
@@ -405,6 +406,18 @@ class RegisterTenant(Op[tuple[TenantInfo, bool]]):
 @dataclass
 class GetTenant(Op["TenantInfo | None"]):
     """The tenant's record, or None. Writes nothing."""
+
+
+@dataclass
+class CloseTenant(Op[TenantClosure]):
+    """Close the tenant for good, in one step: its record says so (made if it had none), its
+    open reservations are released (those overdue expire), its budgets closed, its API keys
+    revoked and its own webhook subscriptions disabled. Afterwards nothing of it changes:
+    reserves are denied (`TENANT_CLOSED`), other writes refused (`TenantClosed`) once past
+    their replay; reads stay. Closing it again changes nothing."""
+
+    actor: str | None = None
+    reason: str | None = None
 
 
 def grants(permissions: tuple[str, ...], permission: str) -> bool:

@@ -191,6 +191,18 @@ def test_keys_and_tenants(cli: Cli) -> None:
     empty = cli.run("tenants", "suspend", "nobody", code=1)
     assert "has no budgets to freeze" in empty.output
 
+    unsure = cli.run("tenants", "close", "acme", code=2)
+    assert "cannot be undone: add --yes" in unsure.output
+    assert cli.guard.balances("tenant:acme")[0].status is al.BudgetStatus.ACTIVE
+    closed = cli.run("tenants", "close", "acme", "--yes", "--reason", "contract ended").stdout
+    assert "tenant acme closed at " in closed
+    assert "0 reservation(s) released, 1 budget(s) closed, 1 key(s) revoked" in closed
+    with pytest.raises(al.Denied) as denied:
+        cli.guard.reserve(al.Subject(tenant="acme"), MINI, al.usd("0.01"))
+    assert denied.value.decision.reason == "TENANT_CLOSED"
+    again = as_json(cli, "tenants", "close", "acme", "--yes")
+    assert (again["status"], again["budgets_closed"], again["keys_revoked"]) == ("CLOSED", 0, 0)
+
 
 def test_sweep_reports_what_it_expired(cli: Cli) -> None:
     out = as_json(cli, "sweep", "--batch", "10")

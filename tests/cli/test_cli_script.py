@@ -70,7 +70,7 @@ def test_every_command_has_help() -> None:
     assert {("plans", "apply"), ("budgets", "set"), ("budgets", "list"), ("balances",),
             ("audit",), ("report",), ("keys", "create"), ("keys", "list"), ("keys", "revoke"),
             ("tenants", "create"), ("tenants", "list"), ("tenants", "suspend"),
-            ("sweep",), ("serve",)} <= set(every)
+            ("tenants", "close"), ("sweep",), ("serve",)} <= set(every)
     for path in every:
         result = CliRunner().invoke(root, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)

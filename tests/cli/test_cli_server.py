@@ -69,6 +69,11 @@ def test_provisioning_and_balances_over_the_server(remote: Cli) -> None:
     assert revoked["status"] == "REVOKED"
     assert remote.guard.authenticate_key(key["key_secret"]) is None
 
+    closed = json.loads(remote.run("tenants", "close", "acme", "--yes", "--json").stdout)
+    assert (closed["tenant_id"], closed["status"]) == ("acme", "CLOSED")
+    assert "closed at " in remote.run("tenants", "close", "acme", "--yes").stdout
+    assert {r.status for r in remote.guard.balances("tenant:acme")} == {al.BudgetStatus.CLOSED}
+
 
 def test_what_the_server_cannot_do_yet_is_refused_clearly(remote: Cli) -> None:
     remote.run("budgets", "set", "tenant:acme", "--usd", "10")

@@ -316,7 +316,7 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     assert [t["tenant_id"] for t in call(api, "GET", "/v1/admin/tenants?status=SUSPENDED"
                                          ).body["tenants"]] == ["acme"]
     for body, status, words in (
-            ({"name": "Other"}, 400, ["name"]), ({"status": "CLOSED"}, 400, ["CLOSED"]),
+            ({"name": "Other"}, 400, ["name"]),
             ({"metadata": {"a": "b"}}, 400, ["metadata"]), ({"status": "GONE"}, 400,
                                                             ["status"]),
             ({"colour": 1}, 400, ["colour: unknown field"])):
@@ -337,6 +337,50 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
              "no budgets")
     assert call(api, "GET", "/v1/admin/tenants?status=CLOSED").body["tenants"] == []
     envelope(call(api, "GET", "/v1/admin/tenants?status=GONE"), 400, "status")
+
+
+def test_closing_a_tenant_cascades_and_leaves_it_readable_only(served: Any) -> None:
+    """PATCH status CLOSED: the tenant's open reservations released, budgets closed, keys
+    revoked (its key then gets 401), in one step; its budgets refuse changes with 409
+    TENANT_CLOSED and stay readable; closing again answers the same; the neighbour is
+    untouched."""
+    api, guard = admin(served), served.guard
+    made = call(api, "POST", "/v1/admin/tenants", {"tenant_id": "acme", "name": "Acme"}).body
+    worker, neighbour = served.tenant("acme"), served.tenant("beta")
+    held = _reserve(worker, "open-1")
+    assert held.status == 200, held.body
+    beta_held = neighbour.post("/v1/reservations", {
+        "idempotency_key": "b-1", "subject": {"tenant": "beta"},
+        "action": {"kind": "llm.completion", "name": "m"},
+        "estimate": {"unit": USD, "amount": 1}}).body
+    closed = call(api, "PATCH", "/v1/admin/tenants/acme", {"status": "CLOSED"})
+    assert closed.status == 200, closed.body
+    assert closed.body == {**made, "status": "CLOSED", "closed_at": closed.body["closed_at"]}
+    assert call(api, "GET", "/v1/admin/tenants/acme").body == closed.body
+    assert [t["tenant_id"] for t in call(api, "GET", "/v1/admin/tenants?status=CLOSED"
+                                         ).body["tenants"]] == ["acme"]
+    assert guard.get(held.body["reservation_id"]).status is al.ReservationStatus.RELEASED
+    rows = guard.balances("tenant:acme")
+    assert [(r.status, r.reserved) for r in rows] == [(al.BudgetStatus.CLOSED, 0)]
+    refused = worker.post(f"/v1/reservations/{held.body['reservation_id']}/commit", {
+        "idempotency_key": "c-1", "actual": {"unit": USD, "amount": 1}}, check=False)
+    envelope(refused, 401)
+    envelope(call(api, "POST", "/v1/admin/budgets", {
+        "tenant_id": "acme", "scope": "tenant:acme/workspace:w", "unit": USD,
+        "allocated": {"unit": USD, "amount": 5}}), 409, "closed")
+    envelope(call(api, "POST", "/v1/admin/budgets/fund?scope=tenant:acme&unit=" + USD
+                  + "&tenant_id=acme", {"operation": "CREDIT",
+                                        "amount": {"unit": USD, "amount": 5}}),
+             409, "closed")
+    envelope(call(api, "PATCH", "/v1/admin/tenants/acme", {"status": "ACTIVE"}), 409,
+             "for good")
+    looked = call(api, "GET", f"/v1/admin/budgets/lookup?scope=tenant:acme&unit={USD}")
+    assert (looked.status, looked.body["status"]) == (200, "CLOSED")
+    again = call(api, "PATCH", "/v1/admin/tenants/acme", {"status": "CLOSED"})
+    assert (again.status, again.body) == (200, closed.body)
+    assert guard.balances("tenant:acme") == rows
+    assert guard.get(beta_held["reservation_id"]).status is al.ReservationStatus.ACTIVE
+    assert neighbour.get("/v1/balances?tenant=beta").status == 200
 
 
 def test_tenants_come_in_pages_by_id(served: Any) -> None:

@@ -61,11 +61,23 @@ class Lockstep(RuleBasedStateMachine):
                        for kind in ("memory", "redis")]
         self.held: list[tuple[str, str]] = []  # the same reservation on each store
         self.secrets: list[tuple[str, str]] = []  # the same API key on each store
+        self.calls = 0  # lockstep calls so far: the tenant is closed late in a run, if at all
+        self.closed = False
 
     def both(self, call: Any) -> list[Any]:
         results = [outcome(lambda g=guard: call(g)) for guard in self.guards]
         assert results[0] == results[1], results
+        self.calls += 1
         return results
+
+    @precondition(lambda self: self.calls >= 12)
+    @rule(reason=st.sampled_from([None, "churned"]))
+    def close_tenant(self, reason: str | None) -> None:
+        """Closing releases, closes, revokes alike; every later change is refused alike."""
+        self.both(lambda g: (lambda c: (c.released, c.budgets_closed, c.keys_revoked,
+                                        c.changed, c.info.closed_at_ms))(
+            g.close_tenant("acme", reason=reason)))
+        self.closed = True
 
     @rule(scope=st.sampled_from(SCOPES), tokens=st.integers(0, 300), per=st.booleans(),
           period=st.sampled_from([None, "minute", "day"]), policy=POLICIES,
@@ -134,6 +146,7 @@ class Lockstep(RuleBasedStateMachine):
         self.clock.advance(ms)
         self.both(lambda g: g.sweep())
 
+    @precondition(lambda self: not self.closed)  # a closed tenant makes none (tested apart)
     @rule(expires=st.sampled_from([None, 1_000, 100_000]), revoke=st.booleans())
     def api_key(self, expires: int | None, revoke: bool) -> None:
         until = None if expires is None else self.clock() + expires

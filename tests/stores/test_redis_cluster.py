@@ -283,7 +283,7 @@ def test_every_key_of_a_tenant_shares_one_slot(fresh: Cluster,
             assert (args[4] if len(args) > 3 else json.loads(args[0])["tenant"]) == tenant
             kinds.add(kind)
         assert key_slot(reservation_key(tenant, f"{tenant}:x").encode()) == slot
-    assert len(kinds) == 20
+    assert len(kinds) == 21
     owners = slot_owners(fresh)
     assert {owners[slot_of(t)] for t in TENANTS} == set(fresh.ports)
 

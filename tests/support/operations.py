@@ -14,7 +14,7 @@ from allotment.budgets import (
     set_quota_op,
     transfer_op,
 )
-from allotment.platform import assign_plan_op
+from allotment.platform import assign_plan_op, close_tenant_op
 from allotment.reads import audit_op, balances_op, report_op
 from allotment.reservation import commit_op, extend_op, release_op
 from allotment.stores import operations as ops
@@ -55,4 +55,5 @@ def every_operation(guard: al.Guard, tenant: str) -> dict[str, ops.Op[Any]]:
         "balances": balances_op(t),
         "audit": audit_op(tenant),
         "report": report_op(tenant),
+        "close_tenant": close_tenant_op(tenant, reason="closed"),
     }

@@ -1,17 +1,37 @@
 """Administration beyond writing definitions, as admin.lua: a tenant's mode, budget statuses,
-and funding and transfers, which move allocations and are idempotent by key."""
+funding and transfers, which move allocations and are idempotent by key, and closing a
+tenant."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ... import ledger
 from ...amounts import Amount, Unit
 from ...errors import BudgetExceeded, InvalidRequest, NotFound
 from ...events import AuditType, Notification, NotificationType
-from ...models import FundResult, Reason, TransferResult
+from ...models import (
+    BudgetStatus,
+    FundResult,
+    Reason,
+    ReservationStatus,
+    TenantClosure,
+    TenantInfo,
+    TransferResult,
+)
 from ...periods import Period, bucket
 from ...scopes import parse_scope
 from ...validation import MAX_AMOUNT
-from ..operations import AUTO, Fund, PeriodChoice, SetBudgetTerms, SetMode, SetStatus, Transfer
+from ..operations import (
+    AUTO,
+    CloseTenant,
+    Fund,
+    PeriodChoice,
+    SetBudgetTerms,
+    SetMode,
+    SetStatus,
+    Transfer,
+)
 from .state import (
     Definition,
     LedgerKey,
@@ -20,10 +40,12 @@ from .state import (
     dimension_ledgers,
     ledger_at,
     log,
+    release_held,
     relinked,
     remember,
     replay,
 )
+from .sweep import reap
 
 
 def set_mode(t: Tenant, op: SetMode, now: int) -> None:
@@ -140,3 +162,38 @@ def _locate(t: Tenant, scope: str, unit: Unit, period: Period | PeriodChoice | N
                              "say which with period=")
     d = found[0]
     return (path.path, unit, d.period, bucket(d.period, now)), d
+
+
+def close_tenant(t: Tenant, op: CloseTenant, now: int) -> TenantClosure:
+    """Close the tenant for good: overdue reservations expire (as a sweep would), the other
+    open ones are released, every budget closed, every key revoked. Its webhooks are the
+    store's to disable (`Outbox.close`). Closed already: nothing changes."""
+    if t.closed_at_ms is not None:
+        return TenantClosure(replace(t.profile), 0, 0, 0, 0, False)
+    reap(t, now, len(t.reservations))
+    released = 0
+    for res in list(t.reservations.values()):
+        if res.status is ReservationStatus.ACTIVE:
+            release_held(t, res, now, None, "tenant closed")
+            released += 1
+    closed = 0
+    for defs in t.definitions.values():
+        for d in defs.values():
+            if d.status is not BudgetStatus.CLOSED:
+                d.status = BudgetStatus.CLOSED
+                closed += 1
+    relinked(t)
+    revoked = 0
+    for key_id, (key, secret_hash) in list(t.api_keys.items()):
+        if not key.revoked:
+            t.api_keys[key_id] = (replace(key, revoked=True), secret_hash)
+            revoked += 1
+    profile = t.profile or TenantInfo(t.name, t.name, now)
+    t.profile = replace(profile, closed_at_ms=now)
+    t.closed_at_ms = now
+    log(t, now, AuditType.TENANT_CLOSED, scopes=(f"tenant:{t.name}",), detail={
+        "released": released, "budgets_closed": closed, "keys_revoked": revoked},
+        actor=op.actor, reason=op.reason)
+    t.cx.notes.append(Notification(NotificationType.TENANT_CLOSED, t.name, now,
+                                   reason=op.reason or ""))
+    return TenantClosure(replace(t.profile), released, closed, revoked, 0, True)

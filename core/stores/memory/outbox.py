@@ -217,6 +217,15 @@ class Outbox:
                                               updated_at_ms=now)
         return len(targets)
 
+    def close(self, tenant: str) -> int:
+        """Disable the tenant's own subscriptions (its tenant was closed); how many were on."""
+        subs = self._subs(tenant)
+        enabled = [sub for sub in subs.values() if sub.enabled]
+        for sub in enabled:
+            subs[sub.id] = replace(sub, enabled=False)
+        self._rewire(tenant)
+        return len(enabled)
+
     # -- subscriptions ----------------------------------------------------------------------
 
     def _box(self, tenant: str) -> _Box:

@@ -17,6 +17,7 @@ from .state import (
     ledger_at,
     log,
     missing_dimensions,
+    refuse_closed,
     remember,
     replay,
     settlement,
@@ -31,6 +32,8 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     replayed = replay(t, "record", op.idempotency_key, op.fingerprint, now)
     if replayed is not None:
         return replayed  # type: ignore[no-any-return]
+    if t.closed_at_ms is not None:
+        refuse_closed(t)
     actual = dict(op.actual)
     checked_amounts(actual, "actual")
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"

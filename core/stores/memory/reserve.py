@@ -100,7 +100,7 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     key = op.idempotency_key
     route = None
     if (len(fixed) == 1 and (key is None or ("reserve", key) not in t.idempotency)
-            and not op.dry_run
+            and not op.dry_run and t.closed_at_ms is None
             and op.elastic is None and not t.access and not t.quotas and not t.required
             and (t.mode == "enforce" or (t.mode is None and not op.shadow))
             and (op.default_plan is None or t.plan is not None or t.definitions)):
@@ -149,13 +149,14 @@ def reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
 def _reserve(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
     """Reserve in general: idempotency, a default plan, shadow mode, rules, quotas and
     elastic estimates, and every refusal."""
-    if not op.dry_run:
-        if op.idempotency_key is not None:
-            replayed = replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
-            if replayed is not None:
-                return replayed  # type: ignore[no-any-return]
-        if op.default_plan is not None and t.plan is None and not t.definitions:
-            apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
+    if not op.dry_run and op.idempotency_key is not None:
+        replayed = replay(t, "reserve", op.idempotency_key, op.fingerprint, now)
+        if replayed is not None:
+            return replayed  # type: ignore[no-any-return]
+    if t.closed_at_ms is not None:
+        return _closed(t, op, now)
+    if not op.dry_run and op.default_plan is not None and t.plan is None and not t.definitions:
+        apply_plan(t, op.default_plan, now)  # a tenant seen for the first time
     shadow = (t.mode or ("shadow" if op.shadow else "enforce")) == "shadow"
     back = None
     if op.dry_run and t.expiry and t.expiry[0][0] < now:
@@ -351,6 +352,19 @@ def _fit(t: Tenant, op: Reserve, now: int, denial: Decision | None,
 
 def _allowed(caps: Caps | None) -> Decision:
     return ALLOWED if caps is None else Decision(Outcome.ALLOW_WITH_CAPS, caps)
+
+
+def _closed(t: Tenant, op: Reserve, now: int) -> ReserveOutcome:
+    """A closed tenant's reservation is denied whatever its budgets say (a dry run's too,
+    so that it tells what the live call would do); a live one goes on record."""
+    decision = Decision(Outcome.DENY, reason=Reason.TENANT_CLOSED, scope=f"tenant:{t.name}")
+    if not op.dry_run:
+        log(t, now, AuditType.DENIED, scopes=(decision.scope or "",), subject=op.subject,
+            action=op.action, idempotency_key=op.idempotency_key,
+            estimate=amounts(ordered(dict(op.estimate))), reason=decision.reason)
+        t.cx.notes.append(Notification(NotificationType.RESERVATION_DENIED, op.tenant, now,
+                                       scope=decision.scope, reason=decision.reason))
+    return ReserveOutcome(decision, None, ())
 
 
 def _denied(t: Tenant, op: Reserve, ev: _Evaluation, now: int) -> None:

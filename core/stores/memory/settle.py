@@ -38,9 +38,10 @@ from .state import (
     held_balances,
     log,
     ordered,
+    refuse_closed,
+    release_held,
     replayed,
     reservation,
-    return_estimate,
     settlement,
     shared_amounts,
     snapshot,
@@ -54,7 +55,7 @@ _COMMITTED_RECORD = AuditType.COMMITTED
 
 def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     """Charge the actual cost against the estimate held, and give back the rest."""
-    res = t.reservations.get(op.reservation_id) or reservation(t, op.reservation_id)
+    res = t.reservations.get(op.reservation_id) or _named(t, op.reservation_id)
     if op.idempotency_key and res.commit and res.commit.key == op.idempotency_key:
         again: CommitResult = replayed(res.commit, op.fingerprint, "commit")
         return again
@@ -185,26 +186,21 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
 
 def release(t: Tenant, op: Release, now: int) -> ReleaseResult:
     """Give the whole estimate back: the work was not done."""
-    res = reservation(t, op.reservation_id)
+    res = _named(t, op.reservation_id)
     if op.idempotency_key and res.release and res.release.key == op.idempotency_key:
         again: ReleaseResult = replayed(res.release, op.fingerprint, "release")
         return again
     _require_active(t, res, now, grace=True)
-    balances = return_estimate(t, res, now)
+    balances = release_held(t, res, now, op.idempotency_key, op.reason)
     result = ReleaseResult(res.id, ReservationStatus.RELEASED, res.estimate_amounts, balances)
-    finish(t, res, ReservationStatus.RELEASED, now)
     if op.idempotency_key:
         res.release = Kept(op.idempotency_key, op.fingerprint, result)
-    log(t, now, AuditType.RELEASED, scopes=res.scopes, reservation_id=res.id,
-        idempotency_key=op.idempotency_key, estimate=result.released,
-        detail={"reason": op.reason})
-    tally(t, now, report_scopes(res.subject), "releases")
     return result
 
 
 def extend(t: Tenant, op: Extend, now: int) -> ExtendResult:
     """Push a reservation's expiry out, up to its maximum number of extensions."""
-    res = reservation(t, op.reservation_id)
+    res = _named(t, op.reservation_id)
     seen = res.extends.get(op.idempotency_key) if op.idempotency_key and res.extends else None
     if seen is not None:
         again: ExtendResult = replayed(seen, op.fingerprint, "extension")
@@ -226,9 +222,21 @@ def extend(t: Tenant, op: Extend, now: int) -> ExtendResult:
     return result
 
 
+def _named(t: Tenant, rid: str) -> Reservation:
+    """The reservation a commit, release or extend names. On a closed tenant one not there
+    is refused as any change is (`_require_active`), not as not found."""
+    res = t.reservations.get(rid)
+    if res is None and t.closed_at_ms is not None:
+        refuse_closed(t)
+    return res or reservation(t, rid)
+
+
 def _require_active(t: Tenant, res: Reservation, now: int, grace: bool) -> None:
-    """Refuse a finished reservation, or one past its expiry (and grace, if `grace`); one
-    past both expires here."""
+    """Refuse a change on a closed tenant, a finished reservation, or one past its expiry
+    (and grace, if `grace`); one past both expires here. Closing a tenant finished all its
+    reservations, so only a finished one needs to look at the tenant."""
+    if t.closed_at_ms is not None:
+        refuse_closed(t)
     if res.status is ReservationStatus.EXPIRED:
         raise ReservationExpired(f"reservation {res.id} expired; its estimate went back "
                                  "to the budgets (charge the spend with record())")

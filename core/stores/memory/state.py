@@ -9,11 +9,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from ... import ledger, policy
 from ...amounts import Amount, Unit, Units
-from ...errors import IdempotencyMismatch, NotFound, UnitMismatch
+from ...errors import IdempotencyMismatch, NotFound, TenantClosed, UnitMismatch
 from ...events import AuditType, Notification, NotificationType
 from ...models import (
     Action,
@@ -294,6 +294,7 @@ class Tenant:
     """Day -> (subject scope, model) -> the usage export's counters (see `usage.py`)."""
     api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
     profile: Any = None  # the tenant's record (TenantInfo), once registered
+    closed_at_ms: int | None = None  # closed for good (see `admin.close_tenant`)
 
     def __post_init__(self) -> None:
         self.audit = deque(self.audit, maxlen=max(0, self.cx.audit_retention))  # oldest out
@@ -519,6 +520,11 @@ def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
 
 # -- reservations -------------------------------------------------------------------------
 
+def refuse_closed(t: Tenant) -> NoReturn:
+    """A change of a closed tenant, past its replay: refused."""
+    raise TenantClosed(f"tenant {t.name} is closed: it can be read, not changed")
+
+
 def reservation(t: Tenant, rid: str) -> Reservation:
     """The reservation `rid`, active or finished within its retention."""
     res = t.reservations.get(rid)
@@ -569,6 +575,18 @@ def finish(t: Tenant, res: Reservation, status: ReservationStatus, now: int,
     res.ledgers, res.concurrency, res.states, res.terms = _EMPTY, _EMPTY, (), ()
     res.estimate = _NO_ESTIMATE
     t.finished.append((now, res.id))
+
+
+def release_held(t: Tenant, res: Reservation, now: int, key: str | None,
+                 reason: str | None) -> tuple[Balance, ...]:
+    """Give a reservation's whole estimate back, on the record (a release, or closing its
+    tenant); the balances after it."""
+    balances = return_estimate(t, res, now)
+    finish(t, res, ReservationStatus.RELEASED, now)
+    log(t, now, AuditType.RELEASED, scopes=res.scopes, reservation_id=res.id,
+        idempotency_key=key, estimate=res.estimate_amounts, detail={"reason": reason})
+    tally(t, now, report_scopes(res.subject), "releases")
+    return balances
 
 
 def expire(t: Tenant, res: Reservation, now: int) -> None:

@@ -12,12 +12,14 @@ from typing import Any, TypeVar
 
 from ...clock import system_ms
 from ...events import Notification
+from ...models import TenantClosure
 from ...reports import REPORT_RETENTION_DAYS, check_retention
-from ..hooks import HOOK_OPS
+from ..hooks import HOOK_OPS, EnableWebhook, SubscribeWebhook
 from ..operations import (
     ApplyPlan,
     Audit,
     Balances,
+    CloseTenant,
     Commit,
     CreateKey,
     Extend,
@@ -49,7 +51,7 @@ from ..operations import (
     UpdateKey,
     Usage,
 )
-from .admin import fund, set_budget_terms, set_mode, set_status, transfer
+from .admin import close_tenant, fund, set_budget_terms, set_mode, set_status, transfer
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .keys import (
     check_key,
@@ -66,7 +68,7 @@ from .read import audit, balances, get, list_reservations, plan_of, report, tena
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
-from .state import DAY_MS, Context, Tenant
+from .state import DAY_MS, Context, Tenant, refuse_closed
 from .sweep import TENANTS_PER_STEP, SweepPart, reap, sweep, sweep_part
 
 R = TypeVar("R")
@@ -82,7 +84,12 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     ListReservations: list_reservations,
     PlanOf: plan_of, Usage: usage,
 }
-"""The operations on one tenant's state, by type."""
+"""The operations on one tenant's state, by type (and `CloseTenant`, see `_close`)."""
+_CLOSED_REFUSES = frozenset({
+    SetBudget, RemoveBudget, SetQuota, SetAccess, ApplyPlan, SetMode, SetStatus,
+    SetBudgetTerms, Fund, Transfer, CreateKey, UpdateKey, SubscribeWebhook, EnableWebhook})
+"""The changes a closed tenant refuses outright; its reserve, commit, release, extend and
+record answer a replay first, then refuse (see `admin.close_tenant`)."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {
     Sweep: sweep, SweepPart: sweep_part, Tenants: tenants,
 }
@@ -134,7 +141,7 @@ class MemoryStore:
                 now = self._now = self.clock()
                 run = _ON_TENANT.get(type(op))
                 tenant = None if run is None else self._tenants.get(op.tenant)
-                if (run is not None and tenant is not None
+                if (run is not None and tenant is not None and tenant.closed_at_ms is None
                         and not (tenant.expiry and tenant.expiry[0][0] < now)):
                     result: R = run(tenant, op, now)  # the usual step: a tenant, none due
                 else:
@@ -162,14 +169,17 @@ class MemoryStore:
             gated: R = self._step(op.op, cx, now)
             return gated
         kind = type(op)
-        run = _ON_TENANT.get(kind)
+        run: Callable[[Tenant, Any, int], Any] | None = (
+            self._close if kind is CloseTenant else _ON_TENANT.get(kind))
+        tenant = self._tenants.get(op.tenant)
+        if tenant is not None and tenant.closed_at_ms is not None and kind in _CLOSED_REFUSES:
+            refuse_closed(tenant)
         if run is None:
             across = _ACROSS_TENANTS.get(kind)
             if across is None and kind in HOOK_OPS:
                 result: R = self._outbox.execute(op, now, self._tenants)
                 return result
             return _ACROSS_TENANTS[kind](self._tenants.values(), op, now)  # type: ignore[no-any-return]
-        tenant = self._tenants.get(op.tenant)
         if tenant is not None:
             expiry = tenant.expiry
             if expiry and expiry[0][0] < now and not _writes_nothing(op):
@@ -179,6 +189,13 @@ class MemoryStore:
         if not _writes_nothing(op):
             self._tenants[op.tenant] = tenant
         return run(tenant, op, now)  # type: ignore[no-any-return]
+
+    def _close(self, tenant: Tenant, op: CloseTenant, now: int) -> TenantClosure:
+        """Close a tenant, its own webhooks with it, in the step under way."""
+        closure = close_tenant(tenant, op, now)
+        if closure.changed:
+            closure.webhooks_disabled = self._outbox.close(op.tenant)
+        return closure
 
     def _sweep(self, op: Sweep) -> int:
         """The tenants there now, `TENANTS_PER_STEP` per step, until `op.limit` reservations

@@ -27,6 +27,7 @@ from ...models import (
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
+    TenantClosure,
     TenantInfo,
     TransferResult,
 )
@@ -264,7 +265,14 @@ def _listed(op: Any, body: dict[str, Any], wire: Wire) -> Any:
 
 
 def _tenant_info(op: Any, body: dict[str, Any]) -> TenantInfo:
-    return TenantInfo(op.tenant, body["name"], int(body["created"]))
+    closed = body.get("closed")  # false (Lua's nil) when open
+    return TenantInfo(op.tenant, body["name"], int(body["created"]),
+                      int(closed) if closed else None)
+
+
+def _closure(op: ops.CloseTenant, body: dict[str, Any], wire: Wire) -> TenantClosure:
+    return TenantClosure(_tenant_info(op, body), int(body["released"]), int(body["budgets"]),
+                         int(body["keys"]), int(body["hooks"]), bool(body["changed"]))
 
 
 _DEFINITION = Codec("admin", _document(out.definition), _nothing, registers=True)
@@ -324,6 +332,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                               lambda op, b, w: int(b["changed"]), registers=True),
     ops.RemoveBudget: Codec("admin", _document(out.definition),
                             lambda op, b, w: int(b["removed"]), registers=True),
+    ops.CloseTenant: Codec("admin", _document(lambda op: out.signed(op, {"op": "close_tenant"})),
+                           _closure, registers=True),
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,
     ops.ApplyPlan: _DEFINITION,
     ops.CreateKey: Codec("keys", _key_call(_create_key),

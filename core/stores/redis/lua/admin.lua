@@ -1,4 +1,5 @@
--- Administration: definitions, modes and plans, funding and transfers. One call each.
+-- Administration: definitions, modes and plans, funding and transfers, closing a tenant.
+-- One call each; a closed tenant refuses them all (meta `closed`: when it was closed).
 
 local function locate(scope, base, per, unit, period)
   -- the current ledger of the one budget at scope in unit (and period, unless "*")
@@ -40,7 +41,93 @@ local function remove_budget(x)
   return removed
 end
 
+local function close_tenant()
+  -- as close_tenant in admin.py: overdue reservations expire, the other open ones are
+  -- released, every budget closed, every key revoked, the tenant's own webhooks disabled
+  reap(1000000000)
+  local prefix, released = string.match(K_EXP, '^(.*):exp$') .. ':r:', 0
+  for _, rid in ipairs(redis.call('ZRANGE', K_EXP, 0, -1)) do
+    local key = prefix .. rid
+    local R = load_res(key)
+    if R and R.status == 'ACTIVE' then  -- as a release (settle.lua)
+      return_estimate(R)
+      finish(R, key, 'RELEASED')
+      audit('reservation.released', {scopes = res_scopes(R), reservation_id = R.id,
+        estimate = R.estimate, detail = {reason = 'tenant closed'}})
+      count_all(res_report_scopes(R), 'releases')
+      released = released + 1
+    else
+      redis.call('ZREM', K_EXP, rid)
+    end
+  end
+  local budgets = 0
+  for _, scope in ipairs(redis.call('HKEYS', K_DEFS)) do
+    local list, changed = defs_of(scope), false
+    for _, d in ipairs(list) do
+      if d.status ~= 'CLOSED' then
+        d.status, changed, budgets = 'CLOSED', true, budgets + 1
+      end
+    end
+    if changed then save_defs(scope, list) end
+  end
+  local function each_record(hash, change)  -- JSON records of a hash, changed in place
+    local n, all = 0, redis.call('HGETALL', hash)
+    for i = 1, #all, 2 do
+      local record = cjson.decode(all[i + 1])
+      if change(record) then
+        redis.call('HSET', hash, all[i], cjson.encode(record))
+        n = n + 1
+      end
+    end
+    return n
+  end
+  local keys = each_record(string.sub(K_META, 1, -5) .. 'keys', function(k)
+    if k.revoked then return false end
+    k.revoked = true
+    return true
+  end)
+  local hooks_off = each_record(hook_key('subs'), function(sub)
+    if not sub.enabled then return false end
+    sub.enabled = false
+    return true
+  end)
+  local wired = redis.call('HGET', K_META, 'hooks')  -- its own ids leave the event map
+  if wired then
+    local wants, own, any = cjson.decode(wired), P.tenant .. '/', false
+    for event, ids in pairs(wants) do
+      local kept = {}
+      for _, id in ipairs(ids) do
+        if string.sub(id, 1, #own) ~= own then kept[#kept + 1] = id end
+      end
+      if #kept > 0 then wants[event], any = kept, true else wants[event] = nil end
+    end
+    if any then redis.call('HSET', K_META, 'hooks', cjson.encode(wants))
+    else redis.call('HDEL', K_META, 'hooks') end
+  end
+  if redis.call('HSETNX', K_META, 'tenant_name', P.tenant) == 1 then
+    redis.call('HSET', K_META, 'tenant_created', s(NOW))
+  end
+  redis.call('HSET', K_META, 'closed', s(NOW))
+  audit('tenant.closed', {scopes = {'tenant:' .. P.tenant}, detail = {released = released,
+    budgets_closed = budgets, keys_revoked = keys}, actor = nz(P.actor), reason = nz(P.reason)})
+  NOTES[#NOTES + 1] = {'tenant.closed', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    nz(P.reason) or ''}
+  return {released = released, budgets = budgets, keys = keys, hooks = hooks_off,
+    changed = true}
+end
+
 local op = P.op
+local closed = redis.call('HGET', K_META, 'closed')
+if closed and op ~= 'close_tenant' then
+  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
+end
+if op == 'close_tenant' then
+  local did = closed and {released = 0, budgets = 0, keys = 0, hooks = 0, changed = false}
+    or close_tenant()
+  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created', 'closed')
+  did.name, did.created, did.closed = stored[1], stored[2], stored[3]
+  return reply(did)
+end
 local bad = (op == 'set_budget' and budget_refusal(P, {})) or
   (op == 'apply_plan' and plan_refusal(P))
 if bad then return fail('INVALID_REQUEST', bad) end

@@ -1,7 +1,8 @@
 -- API keys of one tenant, as memory/keys.py. This call declares the tenant's key hash in
 -- slot 11 (K_RES): HASH key id -> JSON {key_id, name, permissions, created, expires,
 -- revoked, hash}; only the hash of a secret is kept. Times travel out as decimal strings.
--- A tenant's record (its display name and creation time) lives in its meta hash (K_META).
+-- A tenant's record (its display name, creation time and, once closed, when) lives in its
+-- meta hash (K_META); a closed tenant makes no new key and changes none.
 
 local K_KEYS = K_RES
 
@@ -11,6 +12,10 @@ local function key_view(k)
 end
 
 local op = P.op
+if (op == 'create_key' or op == 'update_key') and redis.call('HEXISTS', K_META, 'closed') == 1
+    then
+  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
+end
 if op == 'create_key' then
   if redis.call('HEXISTS', K_KEYS, P.key_id) == 1 then
     return fail('INVALID_REQUEST', 'key ' .. P.key_id .. ' exists already')
@@ -55,11 +60,11 @@ elseif op == 'find_key' then
 elseif op == 'register_tenant' then
   local made = redis.call('HSETNX', K_META, 'tenant_name', P.name)
   if made == 1 then redis.call('HSET', K_META, 'tenant_created', s(NOW)) end
-  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created')
-  return reply({name = stored[1], created = stored[2], made = made == 1})
+  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created', 'closed')
+  return reply({name = stored[1], created = stored[2], closed = stored[3], made = made == 1})
 elseif op == 'get_tenant' then
-  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created')
+  local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created', 'closed')
   if not stored[1] then return reply({}) end
-  return reply({name = stored[1], created = stored[2]})
+  return reply({name = stored[1], created = stored[2], closed = stored[3]})
 end
 return fail('INVALID_REQUEST', 'unknown key operation ' .. tostring(op))

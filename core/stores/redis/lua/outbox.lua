@@ -35,6 +35,10 @@ local function save_log(member, row)
   redis.call('HSET', hook_key('log'), member, cjson.encode(row))
 end
 
+if (op == 'subscribe' or op == 'enable') and redis.call('HEXISTS', K_META, 'closed') == 1 then
+  return fail('TENANT_CLOSED', 'tenant ' .. hook_tenant() .. ' is closed: it can be read, ' ..
+    'not changed')
+end
 if op == 'subscribe' then
   redis.call('HSET', hook_key('subs'), P.sub.id, cjson.encode(P.sub))
   wire()

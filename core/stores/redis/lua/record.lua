@@ -2,7 +2,11 @@
 
 local again = replay('record')
 if again then return again end
-local mode = redis.call('HGET', K_META, 'mode') or (P.shadow and 'shadow' or 'enforce')
+local meta = redis.call('HMGET', K_META, 'mode', 'closed')
+if meta[2] then
+  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
+end
+local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 local dims = {}
 for _, pair in ipairs(P.dims) do dims[pair[1]] = pair[2] end

@@ -2,10 +2,25 @@
 -- refusal wins. In shadow mode evaluation goes on and the reservation is made anyway.
 -- (Prelude: common.lua, and definitions.lua, whose apply_plan installs a guard's default plan.)
 
-local meta = redis.call('HMGET', K_META, 'mode', 'plan')
+local meta = redis.call('HMGET', K_META, 'mode', 'plan', 'closed')
 if not P.dry_run then
   local again = replay('reserve')
   if again then return again end
+end
+if meta[3] then  -- a closed tenant (as _closed in reserve.py): denied, a live call on record
+  local denial = {outcome = 'DENY', reason = 'TENANT_CLOSED', scope = 'tenant:' .. P.tenant}
+  if not P.dry_run then
+    local asked = {}
+    for _, pair in ipairs(P.estimate) do asked[pair[1]] = pair[2] end
+    audit('reservation.denied', {scopes = {denial.scope}, subject = P.subject,
+      action = P.action.kind .. ' ' .. P.action.name, idempotency_key = nz(P.key) or '',
+      estimate = pack_units(asked), reason = denial.reason})
+    NOTES[#NOTES + 1] = {'reservation.denied', denial.scope, NULL, NULL, NULL, NULL, NULL,
+      NULL, denial.reason}
+  end
+  return {cjson.encode(denial), false, false, false, {}, notes_json()}
+end
+if not P.dry_run then
   if nz(P.plan) and not meta[2] and redis.call('HLEN', K_DEFS) == 0 then
     local bad = plan_refusal(P.plan)
     if bad then return fail('INVALID_REQUEST', bad) end
