@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/estimator_error.py
 	$(BIN)/python bench/redis_ops.py --quick
 	$(BIN)/python bench/redis_floor.py
+	$(BIN)/python bench/redis_sweep.py --tenants 1000,10000
 	$(BIN)/python bench/server.py --quick
 
 clean:

@@ -387,10 +387,31 @@ def sweep_call(tenant: str, limit: int, wire: Wire) -> tuple[list[str], list[Any
     return keys, wire.args(out.compact_json({"op": "sweep", "limit": limit, "tenant": tenant}))
 
 
+def sweep_reads(tenant: str, now: int) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What says whether a tenant's sweep has anything to do now (`sweep_due`): a
+    reservation past its deadline (as reap finds them), and where its pruning stands."""
+    keys = tenant_keys(tenant)
+    return (("ZRANGEBYSCORE", keys[7], "-inf", f"({now}", "LIMIT", 0, 1),
+            ("HMGET", keys[6], "prune_ledgers", "prune_runs", "prune_at"))
+
+
+def sweep_due(overdue: Any, pruning: Any, now: int) -> bool:
+    """Something to expire, a pruning pass under way, or one due (as sweep.lua decides).
+    Read without a lock: a tenant found idle is swept next time, and its own next
+    operation reaps what fell due meanwhile."""
+    if overdue:
+        return True
+    ledgers, runs, due_at = (None if v is None else back.text(v) for v in pruning)
+    if (ledgers or "0") != "0" or (runs or "0") != "0":
+        return True
+    return due_at is None or now >= int(due_at)
+
+
 def swept(reply: Any) -> tuple[int, list[Any] | None]:
     """How many reservations one tenant's sweep expired, and their notifications."""
     body = json.loads(reply)
     return int(body["expired"]), body.get("notes") or None
 
 
-__all__ = ["CODECS", "Codec", "Wire", "decode", "sweep_call", "swept"]
+__all__ = ["CODECS", "Codec", "Wire", "decode", "sweep_call", "sweep_due", "sweep_reads",
+           "swept"]

@@ -19,7 +19,17 @@ from redis.exceptions import ResponseError
 from ...errors import StoreUnavailable
 from .. import operations as ops
 from . import replies
-from .codec import CODECS, Codec, Refused, Wire, decode, sweep_call, swept
+from .codec import (
+    CODECS,
+    Codec,
+    Refused,
+    Wire,
+    decode,
+    sweep_call,
+    sweep_due,
+    sweep_reads,
+    swept,
+)
 from .functions import KEYED, OPERATIONS, missing
 from .hooks import HookFlows
 from .keys import TENANTS_KEY, api_keys_key, tenant_keys
@@ -238,14 +248,33 @@ class Flows:
             log.warning("redis maxmemory-policy is %s, not noeviction: budgets, ledgers and "
                         "reservations can be evicted under memory pressure", eviction)
 
+    def now(self) -> Flow:
+        """The store's time in ms: the clock the calls carry, or the server's."""
+        clock = self.wire.clock
+        if clock is not None:
+            return int(clock())
+        seconds, micros = yield Command(("TIME",))
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def _sweep(self, limit: int) -> Flow:
-        """Each tenant of TENANTS_KEY in turn, until `limit` reservations have expired. A
-        tenant whose call fails (its stored state cannot be read) is reported with a
-        `sweep.tenant_failed` notification and skipped; the store failing is not."""
-        expired, cursor = 0, 0
+        """Each tenant of TENANTS_KEY that has something due, until `limit` reservations
+        have expired. Per page of the registry one pipeline reads each tenant's earliest
+        deadline and where its pruning stands (`sweep_due`), so an idle tenant costs two
+        reads and no call. A tenant whose call fails (its stored state cannot be read) is
+        reported with a `sweep.tenant_failed` notification and skipped; the store failing
+        is not."""
+        expired, cursor, now = 0, 0, None
         while True:
-            cursor, tenants = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
-            for tenant in map(replies.text, tenants):
+            cursor, page = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
+            tenants = list(map(replies.text, page))
+            if tenants:
+                if now is None:
+                    now = yield from self.now()
+                read = yield Batch(tuple(read for tenant in tenants
+                                         for read in sweep_reads(tenant, now)))
+                tenants = [tenant for i, tenant in enumerate(tenants)
+                           if sweep_due(read[2 * i], read[2 * i + 1], now)]
+            for tenant in tenants:
                 if expired >= limit:
                     return expired
                 keys, args = sweep_call(tenant, limit - expired, self.wire)

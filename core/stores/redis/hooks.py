@@ -103,7 +103,7 @@ class HookFlows:
         wiring = {"globals": _wiring(subs), "version": version}
         if isinstance(op, h.SubscribeWebhook):
             made = h.Webhook(op.webhook_id, op.url, op.events, op.tenant, op.enabled,
-                             (yield from self._now()), op.secret)
+                             (yield from self._flows.now()), op.secret)
             yield from self._call(op.tenant, {"op": "subscribe", "sub": _encode(made),
                                               **wiring})
             yield Command(("SADD", TENANTS_KEY, op.tenant))
@@ -137,15 +137,6 @@ class HookFlows:
             return int(body["queued"])
         raise TypeError(type(op).__name__)
 
-    def _now(self) -> Flow:
-        from .flow import Command
-
-        clock = self._flows.wire.clock
-        if clock is not None:
-            return int(clock())
-        seconds, micros = yield Command(("TIME",))
-        return int(seconds) * 1000 + int(micros) // 1000
-
     def _global_change(self, op: Any) -> Flow:
         from .flow import Command
 
@@ -154,7 +145,7 @@ class HookFlows:
         result: Any
         if isinstance(op, h.SubscribeWebhook):
             result = h.Webhook(op.webhook_id, op.url, op.events, None, op.enabled,
-                               (yield from self._now()), op.secret)
+                               (yield from self._flows.now()), op.secret)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
         elif isinstance(op, h.EnableWebhook):
             if op.webhook_id not in by_id:
