@@ -96,6 +96,25 @@ def test_a_plan_that_changes_the_mode_says_so(guard: Any, receiver: Receiver) ->
                                                  ("tenant.mode_changed", "acme", "enforce")]
 
 
+def test_closing_a_tenant_tells_the_global_subscriptions_and_silences_its_own(
+        guard: Any, receiver: Receiver) -> None:
+    wanted = ["tenant.closed", "reservation.denied"]
+    everyone = subscribe(guard, receiver, events=wanted)
+    own = guard.subscribe_webhook(receiver.url, tenant="acme", events=wanted)
+    guard.set_budget("tenant:acme", usd=1)
+    assert guard.close_tenant("acme", reason="churned").webhooks_disabled == 1
+    with pytest.raises(al.Denied):
+        guard.reserve(al.Subject(tenant="acme"), LLM, al.usd("0.1"))
+    assert sorted((row.webhook_id, row.event_type) for row in guard.webhook_deliveries(
+        tenant="acme")) == sorted([(everyone.id, "tenant.closed"),
+                                   (everyone.id, "reservation.denied")])
+    assert [hook.enabled for hook in guard.webhooks("acme")] == [False]
+    assert own.id not in {row.webhook_id for row in guard.webhook_deliveries(tenant="acme")}
+    drain(guard, Dispatcher(guard, allow=LOOPBACK))
+    assert [(doc["type"], doc["data"]["reason"]) for _, doc in receiver.accepted
+            if doc["type"] == "tenant.closed"] == [("tenant.closed", "churned")]
+
+
 def test_nothing_is_kept_without_a_subscription(guard: Any, receiver: Receiver) -> None:
     guard.set_budget("tenant:acme", usd=10, period="month")
     spend(guard, 9)
@@ -341,6 +360,9 @@ def test_both_stores_append_the_same_events(clock: al.ManualClock) -> None:
         guard.record(al.Subject(tenant="acme"), LLM, al.usd(2))
         guard.set_mode("acme", "shadow")
         guard.set_mode("acme", None)
+        guard.close_tenant("acme", reason="churned")
+        with pytest.raises(al.Denied):
+            guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(1))
         from allotment.stores.hooks import GLOBAL, ClaimDeliveries
 
         claimed = store.execute(ClaimDeliveries(tenant=GLOBAL, limit=100, lease_ms=1_000))
@@ -355,7 +377,7 @@ def test_both_stores_append_the_same_events(clock: al.ManualClock) -> None:
     assert {kind for _, kind, _, _ in seen[0]} >= {
         "reservation.expired", "reservation.commit_overage", "budget.threshold_crossed",
         "budget.exhausted", "budget.over_limit_entered", "tenant.mode_changed",
-        "budget.burn_rate_forecast"}
+        "budget.burn_rate_forecast", "tenant.closed", "reservation.denied"}
 
 
 PRODUCER = """
