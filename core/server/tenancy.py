@@ -53,8 +53,8 @@ class Tenancy:
     async def list_tenants(self, request: Request) -> Response:
         """Every tenant the store holds, by name. One made by the library without a record
         (no `POST /v1/admin/tenants`) is listed under its id (see `shapes.tenant_view`).
-        Paged by `limit` and `cursor`
-        in the order of their ids, as the key and budget lists are (`paging.py`)."""
+        Paged by `limit` and `cursor` in the order of their ids, as the key and budget lists
+        are (`paging.py`)."""
         require_admin(self.s, request)
         query = request.query_params
         asked = paging.window(query)

@@ -11,6 +11,8 @@ decisions, error classes) must be the one the model predicts.
 
 Two tenants, three scopes each plus per-run templates, TOKENS and CREDITS, budgets with no
 period, a minute or a day (the clock crosses minutes often and a UTC midnight sometimes).
+Late in some runs one tenant is closed: every change of it is then refused, the other goes
+on as before.
 `pytest tests/test_stateful.py --hypothesis-show-statistics` lists how often each outcome
 (denial reasons, overage under each policy, expiry, settlement after a rollover, ...) fired.
 """
@@ -130,6 +132,7 @@ class Budget:
     overdraft: int
     policy: Policy
     frozen: bool = False
+    closed: bool = False  # its tenant was closed
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Tenant:
     ledgers: dict[LedgerKey, Ledger] = field(default_factory=dict)
     reserve_keys: dict[str, tuple[Any, Any, al.ReservationInfo]] = field(default_factory=dict)
     record_keys: dict[str, tuple[Any, Any, al.RecordResult]] = field(default_factory=dict)
+    closed: bool = False
 
 
 class Refusal(Exception):
@@ -278,7 +282,7 @@ class Model:
         over-limit."""
         if overdraft is None and policy is None:
             raise Refusal(al.InvalidRequest)
-        t = self.tenants[tenant]
+        t = self.open(tenant)
         found = [(k, b) for k, b in t.budgets.items() if k[0] == scope and k[1] is unit]
         if not found:
             raise Refusal(al.NotFound)
@@ -297,7 +301,7 @@ class Model:
         return len(found)
 
     def set_frozen(self, tenant: str, scope: str, frozen: bool) -> int:
-        found = [b for k, b in self.tenants[tenant].budgets.items() if k[0] == scope]
+        found = [b for k, b in self.open(tenant).budgets.items() if k[0] == scope]
         if not found:
             raise Refusal(al.NotFound)
         for budget in found:
@@ -307,7 +311,7 @@ class Model:
     def locate(self, tenant: str, depth: int, run: str | None, unit: Unit,
                period: str | None) -> Row:
         """The current ledger of the one budget at a scope (or its run) in `unit`."""
-        t, base, per = self.tenants[tenant], scope_of(tenant, depth), "run" if run else None
+        t, base, per = self.open(tenant), scope_of(tenant, depth), "run" if run else None
         found = [k for k in t.budgets if k[0] == base and k[1] is unit and k[3] == per
                  and (period == AUTO or k[2] == period)]
         if not found:
@@ -384,6 +388,8 @@ class Model:
     def reserve(self, tenant: str, shape: str, run: str | None, estimate: dict[Unit, int],
                 policy: Policy | None) -> Hold:
         t, scopes = self.tenants[tenant], derived_scopes(tenant, shape)
+        if t.closed:  # whatever its budgets say
+            raise Refusal(al.Denied, reason=Reason.TENANT_CLOSED, scope=f"tenant:{tenant}")
         rows = self.targets(t, scopes, run, estimate)
         if rows is None:
             raise Refusal(al.Denied, reason=Reason.BUDGET_NOT_FOUND, scope=scopes[-1])
@@ -478,6 +484,7 @@ class Model:
             if hold.commit_payload != canonical(actual):
                 raise Refusal(al.IdempotencyMismatch)
             return "replay"
+        self.open(hold.tenant)
         self.require_active(hold, grace=True)
         if set(actual) - set(hold.estimate):
             raise Refusal(al.UnitMismatch)
@@ -499,15 +506,38 @@ class Model:
         hold.status = status
 
     def release(self, hold: Hold) -> None:
+        self.open(hold.tenant)
         self.require_active(hold, grace=True)
         self.give_back(hold, Status.RELEASED)
 
     def extend(self, hold: Hold, by_ms: int) -> None:
+        self.open(hold.tenant)
         self.require_active(hold, grace=False)
         if hold.extensions >= MAX_EXTENSIONS:
             raise Refusal(al.MaxExtensionsExceeded)
         hold.expires_at += by_ms
         hold.extensions += 1
+
+    def open(self, tenant: str) -> Tenant:
+        """The tenant, unless it was closed: then every change is refused."""
+        t = self.tenants[tenant]
+        if t.closed:
+            raise Refusal(al.TenantClosed)
+        return t
+
+    def close(self, tenant: str) -> tuple[int, int, bool]:
+        """Close for good: its active holds go back (released), every budget is closed.
+        Answers (released, budgets closed, changed)."""
+        t = self.tenants[tenant]
+        if t.closed:
+            return 0, 0, False
+        live = [h for h in self.holds if h.tenant == tenant and h.status is Status.ACTIVE]
+        for hold in live:
+            self.give_back(hold, Status.RELEASED)
+        for budget in t.budgets.values():
+            budget.closed = True
+        t.closed = True
+        return len(live), len(t.budgets), True
 
     def expire_due(self) -> int:
         """Holds past expires_at + grace go back; the store does it on the tenant's next
@@ -520,7 +550,7 @@ class Model:
     def record(self, tenant: str, shape: str, run: str | None, actual: dict[Unit, int],
                policy: Policy | None) -> tuple[list[Row], dict[Unit, int]]:
         """A charge without a reservation: blocked by a frozen budget, not by debt."""
-        t, scopes = self.tenants[tenant], derived_scopes(tenant, shape)
+        t, scopes = self.open(tenant), derived_scopes(tenant, shape)
         rows = self.targets(t, scopes, run, actual)
         if rows is None:
             raise Refusal(al.Denied, reason=Reason.BUDGET_NOT_FOUND, scope=scopes[-1])
@@ -574,7 +604,8 @@ def balance_of(b: al.Balance) -> tuple[Any, ...]:
 
 
 def model_balance(led: Ledger, budget: Budget) -> tuple[Any, ...]:
-    status = al.BudgetStatus.FROZEN if budget.frozen else al.BudgetStatus.ACTIVE
+    status = (al.BudgetStatus.CLOSED if budget.closed else al.BudgetStatus.FROZEN
+              if budget.frozen else al.BudgetStatus.ACTIVE)
     return (led.allocated, led.remaining, led.reserved, led.spent, led.debt, led.over,
             budget.overdraft, status)
 
@@ -733,13 +764,17 @@ class LedgerMachine(RuleBasedStateMachine):
     def define(self, tenant: str, depth: int, unit: Unit, period: str | None,
                per: str | None, limit: int, overdraft: int, policy: Policy) -> None:
         scope = scope_of(tenant, depth)
+        size = {"tokens": limit} if unit is TOKENS else {"credits": limit}
+        if self.model.tenants[tenant].closed:
+            self.attempt("set_budget", lambda: self.model.open(tenant),
+                         lambda: self.guard.set_budget(scope, **size, period=period, per=per))
+            return
         changed = (scope, unit, period, per) in self.model.tenants[tenant].budgets
         self.model.story = ""
         rows = self.model.set_budget(tenant, scope, unit, period, per, limit, overdraft,
                                      policy)
         if self.model.story:
             self.saw(self.model.story)
-        size = {"tokens": limit} if unit is TOKENS else {"credits": limit}
         got = self.guard.set_budget(scope, **size, period=period, per=per,
                                     overdraft_limit=overdraft, overage_policy=policy)
         self.check_balances(tenant, got, rows)
@@ -949,6 +984,18 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (result.expires_at_ms, result.extensions) == (hold.expires_at,
                                                                  hold.extensions)
             self.saw("extend")
+
+    @precondition(lambda self: len(self.model.holds) >= 4)  # late in a run, if at all
+    @rule(tenant=tenants)
+    def close_tenant(self, tenant: str) -> None:
+        """Closing releases the tenant's live reservations and closes its budgets; from then
+        on each change of it is refused (after a keyed call's replay), the other tenant
+        goes on as before."""
+        expected = self.model.close(tenant)
+        got = self.guard.close_tenant(tenant)
+        assert (got.released, got.budgets_closed, got.changed) == expected
+        self.saw("close_tenant again" if not got.changed
+                 else f"close_tenant released {got.released > 0}")
 
     @precondition(lambda self: self.model.holds)
     @rule(index=picks)

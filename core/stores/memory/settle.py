@@ -232,9 +232,9 @@ def _named(t: Tenant, rid: str) -> Reservation:
 
 
 def _require_active(t: Tenant, res: Reservation, now: int, grace: bool) -> None:
-    """Refuse a change on a closed tenant, a finished reservation, or one past its expiry
-    (and grace, if `grace`); one past both expires here. Closing a tenant finished all its
-    reservations, so only a finished one needs to look at the tenant."""
+    """Refuse a change on a closed tenant (whose reservations closing finished: its refusal
+    comes before theirs), a finished reservation, or one past its expiry (and grace, if
+    `grace`); one past both expires here."""
     if t.closed_at_ms is not None:
         refuse_closed(t)
     if res.status is ReservationStatus.EXPIRED:
