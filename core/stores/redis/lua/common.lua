@@ -32,6 +32,11 @@
 --
 -- The state of one call (P, CFG, NOW, NOTES, the K_* keys) lives in the upvalues below and is
 -- set by `begin` at the start of every call; Redis runs one call at a time.
+--
+-- The library is one Lua chunk, and a chunk holds at most 200 locals: this prelude's, those
+-- of definitions.lua and hooks.lua, and one function per operation (193 in all). A helper
+-- that one operation uses lives in that operation's file (see read.lua, sweep.lua,
+-- admin.lua); one a hot path shares stays here, where it is built once per load.
 
 local P, CFG, CFG_TEXT, NOW, NOTES
 local K_DEFS, K_LEDGERS, K_QUOTAS, K_ACCESS, K_QCOUNT, K_QRUNS
@@ -475,12 +480,6 @@ end
 local function day_of(ms) return bucket('day', ms) end
 local LEVELS = {tenant = true, workspace = true, app = true, workflow = true, agent = true,
   toolset = true}
-local function base_scope(path)
-  -- a ledger path without its trailing dimension segment (`.../run:r1` -> `...`)
-  local head, key = string.match(path, '^(.*)/([^/:]+):[^/]*$')
-  if head and not LEVELS[key] then return head end
-  return path
-end
 local UNITS_IN_ORDER = {UNIT_NAMES[0], UNIT_NAMES[1], UNIT_NAMES[2], UNIT_NAMES[3]}
 local function ordered_units(by_unit)
   local units = {}
@@ -499,20 +498,6 @@ local function day_number(label)
   return days_from_civil(tonumber(y), tonumber(m), tonumber(d))
 end
 local function oldest_kept() return math.floor(NOW / DAY) - CFG.report_retention_days + 1 end
-local function report_values(fields, out)
-  -- append each of the report hash's `fields` that holds a value, and its value, to `out`
-  -- (HMGET in chunks of 1,000: Lua's unpack has a limit)
-  for i = 1, #fields, 1000 do
-    local chunk = {unpack(fields, i, math.min(i + 999, #fields))}
-    local values = redis.call('HMGET', K_REPORT, unpack(chunk))
-    for j, field in ipairs(chunk) do
-      if values[j] then
-        out[#out + 1] = field
-        out[#out + 1] = values[j]
-      end
-    end
-  end
-end
 local function report_migrate()
   -- a report hash written before the day index: index each field by its day, and drop
   -- those past the retention (once per tenant: the index is never empty again while
@@ -569,23 +554,6 @@ local function refused_at(denial)
   local scope = nz(denial.scope)
   if scope == nil or scope == '' then return P.scope_path end
   return scope
-end
-local function report_span(period, ms)
-  -- the first and last day (days since 1970-01-01) of the period containing ms, as
-  -- report_days in core/reports.py
-  local days = math.floor(ms / DAY)
-  if period == 'day' then return days, days end
-  if period == 'week' then
-    local monday = days - (days + 3) % 7
-    return monday, monday + 6
-  end
-  local y, m = civil(days)
-  if period == 'month' then
-    local ny, nm = y, m + 1
-    if nm == 13 then ny, nm = y + 1, 1 end
-    return days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1
-  end
-  return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
 end
 -- usage counters (as count_usage in memory/state.py and core/usage.py): per day, subject
 -- scope and model, integers each in a field of its own, written with HINCRBY (no counts
@@ -1127,10 +1095,6 @@ local function save_res(R)
     cmsgpack.pack({R.id, R.tenant, R.subject, R.action, R.estimate, R.ledger_list, R.created,
       R.grace, R.maxext, R.policy, R.concurrency, R.shadow, R.scope_path, 1, R.tally}))
 end
-local function res_info(R)
-  return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
-    s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
-end
 local function res_targets(R)
   -- the reservation's ledger entries (res_ledgers), each given its definition (d), all
   -- fetched at once; a kept entry (from_ref) keeps its d while its scope's definitions are
@@ -1287,7 +1251,6 @@ end
 
 -- flat arguments of the hot operations: no JSON document to decode -------------------------
 local function opt(v) if v == '' then return nil end return v end
-local function json_opt(v) if v == '' then return nil end return cjson.decode(v) end
 local function unit_pairs(packed)
   -- "UNIT=amount,..." -> {{unit, amount}, ...}
   local out = {}

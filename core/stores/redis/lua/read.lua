@@ -1,6 +1,42 @@
 -- reads: one reservation, balances, audit records, report counters. Like every operation
 -- they first expire the tenant's overdue reservations (the prelude); they write nothing else.
 
+local function res_info(R)
+  return {R.id, R.tenant, R.status, R.subject, R.action, R.estimate, res_scopes(R), R.created,
+    s(R.expires), s(R.grace), s(R.ext), R.policy, R.charged or '', R.finalized or NULL}
+end
+local function report_values(fields, out)
+  -- append each of the report hash's `fields` that holds a value, and its value, to `out`
+  -- (HMGET in chunks of 1,000: Lua's unpack has a limit)
+  for i = 1, #fields, 1000 do
+    local chunk = {unpack(fields, i, math.min(i + 999, #fields))}
+    local values = redis.call('HMGET', K_REPORT, unpack(chunk))
+    for j, field in ipairs(chunk) do
+      if values[j] then
+        out[#out + 1] = field
+        out[#out + 1] = values[j]
+      end
+    end
+  end
+end
+local function report_span(period, ms)
+  -- the first and last day (days since 1970-01-01) of the period containing ms, as
+  -- report_days in core/reports.py
+  local days = math.floor(ms / DAY)
+  if period == 'day' then return days, days end
+  if period == 'week' then
+    local monday = days - (days + 3) % 7
+    return monday, monday + 6
+  end
+  local y, m = civil(days)
+  if period == 'month' then
+    local ny, nm = y, m + 1
+    if nm == 13 then ny, nm = y + 1, 1 end
+    return days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1
+  end
+  return days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1) - 1
+end
+
 local op = P.op
 if op == 'get' then
   local R = load_res(K_RES)

@@ -5,6 +5,13 @@
 -- days) and goes on a page per sweep until it is through; between passes a sweep of an idle
 -- tenant writes nothing. Returns how many reservations expired.
 
+local function base_scope(path)
+  -- a ledger path without its trailing dimension segment (`.../run:r1` -> `...`)
+  local head, key = string.match(path, '^(.*)/([^/:]+):[^/]*$')
+  if head and not LEVELS[key] then return head end
+  return path
+end
+
 local expired = reap(P.limit)
 
 local meta = redis.call('HMGET', K_META, 'prune_ledgers', 'prune_runs', 'prune_at')
