@@ -118,9 +118,7 @@ end
 
 local op = P.op
 local closed = redis.call('HGET', K_META, 'closed')
-if closed and op ~= 'close_tenant' then
-  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
-end
+if closed and op ~= 'close_tenant' then return closed_refusal() end
 if op == 'close_tenant' then
   local did = closed and {released = 0, budgets = 0, keys = 0, hooks = 0, changed = false}
     or close_tenant()

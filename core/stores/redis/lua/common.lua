@@ -34,7 +34,7 @@
 -- set by `begin` at the start of every call; Redis runs one call at a time.
 --
 -- The library is one Lua chunk, and a chunk holds at most 200 locals: this prelude's, those
--- of definitions.lua and hooks.lua, and one function per operation (193 in all). A helper
+-- of definitions.lua and hooks.lua, and one function per operation (194 in all). A helper
 -- that one operation uses lives in that operation's file (see read.lua, sweep.lua,
 -- admin.lua); one a hot path shares stays here, where it is built once per load.
 
@@ -1246,6 +1246,11 @@ end
 local function reply(body)
   body.notes = NOTES
   return cjson.encode(body)
+end
+local function closed_refusal()
+  -- a change of a closed tenant, past its replay (as refuse_closed in memory/state.py)
+  return fail('TENANT_CLOSED', 'tenant ' .. string.match(K_META, '^al:{(.*)}:meta$') ..
+    ' is closed: it can be read, not changed')
 end
 
 

@@ -14,7 +14,7 @@ end
 local op = P.op
 if (op == 'create_key' or op == 'update_key') and redis.call('HEXISTS', K_META, 'closed') == 1
     then
-  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
+  return closed_refusal()
 end
 if op == 'create_key' then
   if redis.call('HEXISTS', K_KEYS, P.key_id) == 1 then

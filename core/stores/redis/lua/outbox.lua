@@ -36,8 +36,7 @@ local function save_log(member, row)
 end
 
 if (op == 'subscribe' or op == 'enable') and redis.call('HEXISTS', K_META, 'closed') == 1 then
-  return fail('TENANT_CLOSED', 'tenant ' .. hook_tenant() .. ' is closed: it can be read, ' ..
-    'not changed')
+  return closed_refusal()
 end
 if op == 'subscribe' then
   redis.call('HSET', hook_key('subs'), P.sub.id, cjson.encode(P.sub))

@@ -3,9 +3,7 @@
 local again = replay('record')
 if again then return again end
 local meta = redis.call('HMGET', K_META, 'mode', 'closed')
-if meta[2] then
-  return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
-end
+if meta[2] then return closed_refusal() end
 local mode = meta[1] or (P.shadow and 'shadow' or 'enforce')
 local shadow = mode == 'shadow'
 local dims = {}

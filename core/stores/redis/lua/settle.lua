@@ -1,16 +1,11 @@
 -- commit, release and extend of one reservation (KEYS[11]); idempotency lives on it.
 
-local function refused_closed()
-  -- a change of a closed tenant past its replay (as refuse_closed in settle.py); closing
-  -- finished every reservation, so only one not active needs to look
-  if redis.call('HEXISTS', K_META, 'closed') == 1 then
-    return fail('TENANT_CLOSED', 'tenant ' .. P.tenant .. ' is closed: it can be read, not changed')
-  end
-end
+-- A closed tenant refuses each change past its replay (as _named and _require_active in
+-- settle.py); closing finished every reservation, so only one not active needs to look.
 local R = load_res(K_RES)
 if R == nil then
-  return refused_closed() or
-    fail('NOT_FOUND', 'no reservation ' .. P.rid .. ' (never made, or past its retention)')
+  if redis.call('HEXISTS', K_META, 'closed') == 1 then return closed_refusal() end
+  return fail('NOT_FOUND', 'no reservation ' .. P.rid .. ' (never made, or past its retention)')
 end
 local kind = P.op
 local stored_key = R[kind .. '_key']
@@ -24,9 +19,8 @@ if nz(P.key) and stored_key == P.key then
   return from_snapshot(
     R[kind == 'extend' and ('extend_result:' .. P.key) or (kind .. '_result')])
 end
-if R.status ~= 'ACTIVE' then
-  local closed = refused_closed()
-  if closed then return closed end
+if R.status ~= 'ACTIVE' and redis.call('HEXISTS', K_META, 'closed') == 1 then
+  return closed_refusal()
 end
 if R.status == 'EXPIRED' then
   return fail('RESERVATION_EXPIRED', 'reservation ' .. R.id .. ' expired; its estimate went back ' ..
