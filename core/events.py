@@ -70,6 +70,12 @@ class NotificationType:
     THRESHOLD_CROSSED = "budget.threshold_crossed"
     EXHAUSTED = "budget.exhausted"
     OVER_LIMIT_ENTERED = "budget.over_limit_entered"
+    OVER_LIMIT_EXITED = "budget.over_limit_exited"
+    """A budget's over-limit flag cleared: its debt was repaid below the overdraft limit, or
+    the limit raised above it (fund, transfer, set_budget, set_budget_terms)."""
+    DEBT_INCURRED = "budget.debt_incurred"
+    """A commit or record added debt to a ledger (ALLOW_WITH_OVERDRAFT, or shadow mode);
+    `amounts` is the debt added."""
     RESERVATION_DENIED = "reservation.denied"
     SPEND_UNRECORDED = "spend.unrecorded"
     """A commit that failed on every try: the amounts the store never received."""

@@ -50,11 +50,14 @@ class Ledger:
         self.allocated = max(0, self.allocated + limit - self.limit_seen)
         self.limit_seen = limit
 
-    def recompute_over_limit(self, overdraft_limit: int) -> None:
-        """Debt past the overdraft limit blocks reservations until repaid or the limit rises."""
+    def recompute_over_limit(self, overdraft_limit: int) -> bool:
+        """Debt past the overdraft limit blocks reservations until repaid or the limit rises.
+        Answers whether this cleared the flag (the budget left its over-limit state)."""
+        was = self.over_limit
         self.over_limit = self.debt > overdraft_limit
         if not self.over_limit:
             self.over_notified = False  # once cleared, raising it again notifies again
+        return was and not self.over_limit
 
 
 def reserve_refusal(state: Ledger, status: BudgetStatus, overdraft_limit: int,

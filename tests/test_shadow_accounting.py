@@ -108,7 +108,8 @@ def test_over_limit_in_shadow_mode_notifies_once_and_reports_one_exhaustion(
     guard.record(SUBJECT, LLM, al.usd(1))
     kinds = [n.type for n in seen if n.type.startswith("budget.")]
     assert kinds == ["budget.threshold_crossed", "budget.exhausted",
-                     "budget.over_limit_entered"]
+                     "budget.over_limit_entered", "budget.debt_incurred",  # the commit
+                     "budget.debt_incurred"]  # the record: shadow spend past the budget owes
     (row,) = [r for r in guard.report("acme") if r.scope == ACME]
     assert row.exhaustions == 1
     assert row.committed[al.Unit.USD_MICROCENTS] == _usd(3)

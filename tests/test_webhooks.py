@@ -380,6 +380,44 @@ def test_both_stores_append_the_same_events(clock: al.ManualClock) -> None:
         "budget.burn_rate_forecast", "tenant.closed", "reservation.denied"}
 
 
+def test_both_stores_tell_debt_incurred_and_over_limit_exited_alike(
+        clock: al.ManualClock) -> None:
+    """A commit and a record that owe, a limit lowered under the debt, then the flag cleared
+    by a repayment and by a raised limit: the same events, in the same order, on both."""
+    seen = []
+    for kind in ("memory", "redis"):
+        clock.set(1_795_000_000_000)
+        store = make_store(kind, clock)
+        guard = al.Guard(store)
+        guard.subscribe_webhook("https://example.com/h", events=[
+            "budget.debt_incurred", "budget.over_limit_exited"])
+        guard.set_budget("tenant:acme", tokens=100, overdraft_limit=50,
+                         overage_policy="ALLOW_WITH_OVERDRAFT")
+        who = al.Subject(tenant="acme")
+        guard.reserve(who, LLM, al.tokens(90)).commit(al.tokens(120))  # 20 owed
+        guard.record(who, LLM, al.tokens(5))  # 5 more
+        guard.set_budget_terms("tenant:acme", "TOKENS", overdraft_limit=10)  # over it now
+        guard.fund("tenant:acme", "REPAY_DEBT", al.tokens(20))  # 5 left: under again
+        guard.set_budget_terms("tenant:acme", "TOKENS", overdraft_limit=0)  # over again
+        guard.set_budget_terms("tenant:acme", "TOKENS", overdraft_limit=5)  # and out
+        from allotment.stores.hooks import GLOBAL, ClaimDeliveries
+
+        claimed = store.execute(ClaimDeliveries(tenant=GLOBAL, limit=100, lease_ms=1_000))
+        bodies = [json.loads(body_of(c)) for c in claimed]
+        for body in bodies:
+            body["data"].pop("reservation_id", None)  # random in each store
+        seen.append([(c.event.id, c.event.type, body)
+                     for c, body in zip(claimed, bodies, strict=True)])
+        store.close()
+    assert seen[0] == seen[1]
+    assert [kind for _, kind, _ in seen[0]] == [
+        "budget.debt_incurred", "budget.debt_incurred", "budget.over_limit_exited",
+        "budget.over_limit_exited"]
+    owed = [body["data"] for _, kind, body in seen[0] if kind == "budget.debt_incurred"]
+    assert [d.get("amounts") for d in owed] == [
+        [{"unit": "TOKENS", "amount": 20}], [{"unit": "TOKENS", "amount": 5}]]
+
+
 PRODUCER = """
 import os, allotment as al
 from allotment.stores.redis import RedisStore

@@ -40,6 +40,7 @@ from .state import (
     dimension_ledgers,
     ledger_at,
     log,
+    recompute_over,
     release_held,
     relinked,
     remember,
@@ -88,7 +89,7 @@ def set_budget_terms(t: Tenant, op: SetBudgetTerms, now: int) -> int:
                 else [(op.scope, d.unit, d.period, current)])
         for key in keys:
             if key in t.ledgers:  # one never touched has no debt: nothing to flag
-                ledger_at(t, key, d, now).recompute_over_limit(d.overdraft_limit)
+                recompute_over(t, key, ledger_at(t, key, d, now), d.overdraft_limit, now)
     relinked(t)
     log(t, now, AuditType.BUDGET_UPDATED, scopes=(op.scope,), detail={
         "unit": op.unit.value, "overdraft_limit": op.overdraft_limit,
@@ -110,6 +111,10 @@ def fund(t: Tenant, op: Fund, now: int) -> FundResult:
                                            state, op.amount, now))
     t.ledgers[key] = after
     relinked(t)
+    if state.over_limit and not after.over_limit:
+        t.cx.notes.append(Notification(
+            NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
+            bucket=key[3], remaining=after.remaining, allocated=after.allocated))
     result = FundResult(balance(key, state, d), balance(key, after, d))
     remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.BUDGET_FUNDED, scopes=(key[0],), idempotency_key=op.idempotency_key,
@@ -136,7 +141,7 @@ def transfer(t: Tenant, op: Transfer, now: int) -> TransferResult:
                              f"({MAX_AMOUNT})")
     source.allocated -= op.amount
     destination.allocated += op.amount
-    destination.recompute_over_limit(ddef.overdraft_limit)
+    recompute_over(t, dkey, destination, ddef.overdraft_limit, now)
     t.ledgers[skey], t.ledgers[dkey] = source, destination
     result = TransferResult(balance(skey, source, sdef), balance(dkey, destination, ddef))
     remember(t, "transfer", op.idempotency_key, op.fingerprint, result, now)

@@ -19,6 +19,7 @@ from .state import (
     ledger_at,
     log,
     period_name,
+    recompute_over,
     redefined,
     relinked,
     requirements_changed,
@@ -49,11 +50,11 @@ def set_budget(t: Tenant, op: SetBudget, now: int) -> tuple[Balance, ...]:
     current = bucket(op.period, now)
     if op.per is not None:  # every dimension ledger of this bucket follows, now
         for key in list(dimension_ledgers(t, d, current)):
-            ledger_at(t, key, d, now).recompute_over_limit(d.overdraft_limit)
+            recompute_over(t, key, ledger_at(t, key, d, now), d.overdraft_limit, now)
         return ()
     key = (op.scope, op.unit, op.period, current)
     state = t.ledgers[key] = ledger_at(t, key, d, now)
-    state.recompute_over_limit(d.overdraft_limit)
+    recompute_over(t, key, state, d.overdraft_limit, now)
     return (balance(key, state, d),)
 
 

@@ -14,6 +14,8 @@ from .state import (
     amounts,
     count,
     count_usage,
+    debts_added,
+    debts_of,
     ledger_at,
     log,
     missing_dimensions,
@@ -51,6 +53,7 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
             raise BudgetExceeded(ledger.denial(reason, key[0], d.unit, d.period,
                                                ledger_at(t, key, d, now), actual[d.unit], now))
     changed = [(key, d, ledger_at(t, key, d, now)) for key, d in charged_ledgers]
+    debts = debts_of(changed)
     charged = ledger.apply(settlement(changed, dict.fromkeys(actual, 0), actual,
                                       op.overage_policy, now, release_reserved=False,
                                       shadow=shadow), now)
@@ -65,6 +68,7 @@ def record(t: Tenant, op: Record, now: int) -> RecordResult:
     count_usage(t, now, now, op.subject.scope_path, op.action.name, 1, 0, op.usage,
                 charged.items())
     alerts(t, changed, now, None)
+    debts_added(t, changed, debts, now, None)
     if t.cx.forecast is not None:
         t.cx.forecast(t, changed, now)
     return result

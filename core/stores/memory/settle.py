@@ -32,6 +32,8 @@ from .state import (
     count,
     count_usage,
     counters_at,
+    debts_added,
+    debts_of,
     expire,
     finish,
     held,
@@ -147,6 +149,7 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
     actual = given if len(given) == len(res.estimate) else {
         unit: given.get(unit, estimated) for unit, estimated in res.estimate.items()}
     changed = held(t, res, now)
+    debts = debts_of(changed)
     if not res.shadow and ledger.within(res.estimate, actual):
         ledger.settle_within(changed, res.estimate, actual, now)
         charged = actual
@@ -174,6 +177,7 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
     count_usage(t, res.created_at_ms, now, res.subject.scope_path, res.action.name, 1, 0,
                 op.usage, charged.items())
     alerts(t, changed, now, res.id)
+    debts_added(t, changed, debts, now, res.id)
     over = {u: a - estimate[u] for u, a in actual.items() if a > estimate[u]}
     if over:
         t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,

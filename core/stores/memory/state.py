@@ -747,6 +747,33 @@ def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: 
         note(NotificationType.OVER_LIMIT_ENTERED)
 
 
+def recompute_over(t: Tenant, key: LedgerKey, state: ledger.Ledger, overdraft_limit: int,
+                   now: int) -> None:
+    """Re-derive a ledger's over-limit flag after its figures or limit changed by hand (as
+    recompute_over in common.lua); a flag that clears is notified."""
+    if state.recompute_over_limit(overdraft_limit):
+        t.cx.notes.append(Notification(
+            NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
+            bucket=key[3], remaining=state.remaining, allocated=state.allocated))
+
+
+def debts_of(changed: Held) -> list[int]:
+    """The debt of each ledger a charge is about to change, for `debts_added`."""
+    return [state.debt for _, _, state in changed]
+
+
+def debts_added(t: Tenant, changed: Held, before: list[int], now: int,
+                rid: str | None) -> None:
+    """Notify each ledger a commit or record put (more) in debt (as debts_added in
+    common.lua)."""
+    for (key, _, state), debt in zip(changed, before, strict=True):
+        if state.debt > debt:
+            t.cx.notes.append(Notification(
+                NotificationType.DEBT_INCURRED, t.name, now, scope=key[0], unit=key[1],
+                bucket=key[3], remaining=state.remaining, allocated=state.allocated,
+                reservation_id=rid, amounts=(Amount(key[1], state.debt - debt),)))
+
+
 # -- results --------------------------------------------------------------------------------
 
 def balance(key: LedgerKey, state: ledger.Ledger, d: Definition) -> Balance:

@@ -34,7 +34,7 @@
 -- set by `begin` at the start of every call; Redis runs one call at a time.
 --
 -- The library is one Lua chunk, and a chunk holds at most 200 locals: this prelude's, those
--- of definitions.lua and hooks.lua, and one function per operation (194 in all). A helper
+-- of definitions.lua and hooks.lua, and one function per operation (195 in all). A helper
 -- that one operation uses lives in that operation's file (see read.lua, sweep.lua,
 -- admin.lua); one a hot path shares stays here, where it is built once per load.
 
@@ -422,13 +422,31 @@ local function lsave_all(ledgers)
   if #pairs_ > 0 then redis.call('HSET', K_LEDGERS, unpack(pairs_)) end
 end
 local function remaining(L) return L.a - L.r - L.sp - L.debt end
-local function recompute_over(L, od)
-  -- as Ledger.recompute_over_limit: once cleared, the flag notifies again when next raised
-  L.over = L.debt > od and 1 or 0
-  if L.over == 0 then L.on = 0 end
-end
 local function field_parts(field)
   return string.match(field, '^(.*)|([%u_]+)|(%l*)|([^|]*)$')
+end
+local function recompute_over(L, od)
+  -- as recompute_over in memory/state.py, after a change by hand (set_budget, its terms,
+  -- fund, transfer): a flag that clears is notified, and notifies again when next raised
+  local was = L.over
+  L.over = L.debt > od and 1 or 0
+  if L.over == 0 then L.on = 0 end
+  if was == 1 and L.over == 0 then
+    local path, unit, _, b = field_parts(L.field)
+    NOTES[#NOTES + 1] = {'budget.over_limit_exited', path, unit, b, NULL, s(remaining(L)),
+      s(L.a), NULL}
+  end
+end
+local function debts_added(rows, before, rid)
+  -- as debts_added in memory/state.py: each ledger a commit or record put (more) in debt
+  for i, row in ipairs(rows) do
+    local L = row.L
+    if L.debt > before[i] then
+      local path, unit, _, b = field_parts(L.field)
+      NOTES[#NOTES + 1] = {'budget.debt_incurred', path, unit, b, NULL, s(remaining(L)),
+        s(L.a), rid or NULL, NULL, {amounts = unit .. '=' .. s(L.debt - before[i])}}
+    end
+  end
 end
 local function balance(L, d)
   local path, unit, period, b = field_parts(L.field)

@@ -35,6 +35,8 @@ for i, t in ipairs(found) do
   end
   rows[i] = {L = L, d = t.d, policy = nz(P.policy) or t.d.policy, unit = t.d.unit}
 end
+local debts = {}  -- before the charge, for debts_added
+for i, row in ipairs(rows) do debts[i] = row.L.debt end
 local changes, charged, refused
 if shadow then
   changes, charged = settle_shadow(rows, zero, actual, false)
@@ -66,6 +68,7 @@ for _, row in ipairs(rows) do
   alert(row.L, row.d, NULL)
   lsave(row.L)
 end
+debts_added(rows, debts, NULL)
 forecasts(rows)
 body.notes = NOTES
 return cjson.encode(body)

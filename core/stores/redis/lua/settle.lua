@@ -198,6 +198,8 @@ for i, e in ipairs(res_ledgers(R)) do
   local policy = R.policy ~= '' and R.policy or d.policy
   rows[i] = {L = ledgers[i], d = d, policy = policy, unit = e.unit}
 end
+local debts = {}  -- before the charge, for debts_added
+for i, row in ipairs(rows) do debts[i] = row.L.debt end
 local changes, charged, refused
 if shadow then
   changes, charged = settle_shadow(rows, estimate, actual, true)
@@ -226,6 +228,7 @@ for unit, amount in pairs(charged) do count_all(tally, 'committed:' .. unit, amo
 count_usage(tonumber(R.created), subject_scope(R), action_name(R.action), 1, 0, P.usage,
   charged)  -- on the day the reservation was made: the day whose ledgers it charged
 for _, row in ipairs(rows) do alert(row.L, row.d, R.id) end
+debts_added(rows, debts, R.id)
 local over = {}
 for unit, amount in pairs(actual) do
   if amount > estimate[unit] then over[unit] = amount - estimate[unit] end
