@@ -60,7 +60,8 @@ def create(tenant: str, name: str, store: str | None, server: str | None, key: s
                        f"{view['created_at']}")
 
 
-@tenants.command("list", help="Every tenant the store holds, with its name and plan.")
+@tenants.command("list", help="Every tenant the store holds, with its name and plan, and "
+                              "when it was closed if it was.")
 @target_options
 @handled
 def list_tenants(store: str | None, server: str | None, key: str | None,
@@ -71,8 +72,11 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
             guard = target.guard
             for name in guard.tenants():
                 info = guard.tenant_info(name)
-                views.append({"tenant_id": name, "name": info.name if info else None,
-                              "plan": guard.plan_of(name)})
+                view = {"tenant_id": name, "name": info.name if info else None,
+                        "plan": guard.plan_of(name)}
+                if info is not None and info.closed_at_ms is not None:
+                    view["closed_at"] = _iso(info.closed_at_ms)
+                views.append(view)
         else:
             assert target.server is not None
             for row in target.server.call("GET", "/v1/admin/tenants")["tenants"]:
@@ -81,15 +85,17 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
                 # a tenant without a record is listed under its id, created at the epoch
                 # (the server's stand-in for a time it does not know)
                 recorded = row.get("created_at", _UNKNOWN) != _UNKNOWN
-                views.append({"tenant_id": name,
-                              "name": row["name"] if recorded else None,
-                              "plan": plan.get("plan")})
+                view = {"tenant_id": name, "name": row["name"] if recorded else None,
+                        "plan": plan.get("plan")}
+                if "closed_at" in row:
+                    view["closed_at"] = row["closed_at"]
+                views.append(view)
         if as_json:
             emit_json({"tenants": views})
         elif views:
-            click.echo(table(["tenant", "name", "plan"],
-                             [[str(v["tenant_id"]), v["name"] or "-", v["plan"] or "-"]
-                              for v in views]))
+            click.echo(table(["tenant", "name", "plan", "closed"],
+                             [[str(v["tenant_id"]), v["name"] or "-", v["plan"] or "-",
+                               v.get("closed_at") or "-"] for v in views]))
         else:
             click.echo("no tenants")
 

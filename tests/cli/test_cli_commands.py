@@ -202,6 +202,11 @@ def test_keys_and_tenants(cli: Cli) -> None:
     assert denied.value.decision.reason == "TENANT_CLOSED"
     again = as_json(cli, "tenants", "close", "acme", "--yes")
     assert (again["status"], again["budgets_closed"], again["keys_revoked"]) == ("CLOSED", 0, 0)
+    (listed,) = [t for t in as_json(cli, "tenants", "list")["tenants"] if t["tenant_id"] == "acme"]
+    assert listed["closed_at"] == again["closed_at"]
+    row = [line for line in cli.run("tenants", "list").stdout.splitlines()
+           if line.startswith("acme ")]
+    assert row and row[0].rstrip().endswith(again["closed_at"])
 
 
 def test_sweep_reports_what_it_expired(cli: Cli) -> None:

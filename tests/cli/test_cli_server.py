@@ -71,6 +71,9 @@ def test_provisioning_and_balances_over_the_server(remote: Cli) -> None:
 
     closed = json.loads(remote.run("tenants", "close", "acme", "--yes", "--json").stdout)
     assert (closed["tenant_id"], closed["status"]) == ("acme", "CLOSED")
+    listed = json.loads(remote.run("tenants", "list", "--json").stdout)["tenants"]
+    assert [t.get("closed_at") for t in listed if t["tenant_id"] == "acme"] == [
+        closed["closed_at"]]
     assert "closed at " in remote.run("tenants", "close", "acme", "--yes").stdout
     assert {r.status for r in remote.guard.balances("tenant:acme")} == {al.BudgetStatus.CLOSED}
 
