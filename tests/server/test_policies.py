@@ -413,6 +413,7 @@ ADMIN_ONLY = [
     ("POST", "/v1/admin/sweep", {"limit": 5}),
     ("GET", "/v1/admin/tenants", None),
     ("PATCH", "/v1/admin/tenants/acme", {"status": "SUSPENDED"}),
+    ("PATCH", "/v1/admin/tenants/acme", {"status": "CLOSED"}),
 ]
 
 

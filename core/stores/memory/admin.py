@@ -40,7 +40,9 @@ from .state import (
     dimension_ledgers,
     ledger_at,
     log,
+    over_limit_exited,
     recompute_over,
+    record_of,
     release_held,
     relinked,
     remember,
@@ -111,10 +113,8 @@ def fund(t: Tenant, op: Fund, now: int) -> FundResult:
                                            state, op.amount, now))
     t.ledgers[key] = after
     relinked(t)
-    if state.over_limit and not after.over_limit:
-        t.cx.notes.append(Notification(
-            NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
-            bucket=key[3], remaining=after.remaining, allocated=after.allocated))
+    if state.over_limit and not after.over_limit:  # ledger.fund re-derived the flag
+        over_limit_exited(t, key, after, now)
     result = FundResult(balance(key, state, d), balance(key, after, d))
     remember(t, "fund", op.idempotency_key, op.fingerprint, result, now)
     log(t, now, AuditType.BUDGET_FUNDED, scopes=(key[0],), idempotency_key=op.idempotency_key,
@@ -174,7 +174,7 @@ def close_tenant(t: Tenant, op: CloseTenant, now: int) -> TenantClosure:
     open ones are released, every budget closed, every key revoked. Its webhooks are the
     store's to disable (`Outbox.close`). Closed already: nothing changes."""
     if t.closed_at_ms is not None:
-        return TenantClosure(replace(t.profile), 0, 0, 0, 0, False)
+        return TenantClosure(record_of(t), 0, 0, 0, 0, False)
     reap(t, now, len(t.reservations))
     released = 0
     for res in list(t.reservations.values()):
@@ -193,12 +193,12 @@ def close_tenant(t: Tenant, op: CloseTenant, now: int) -> TenantClosure:
         if not key.revoked:
             t.api_keys[key_id] = (replace(key, revoked=True), secret_hash)
             revoked += 1
-    profile = t.profile or TenantInfo(t.name, t.name, now)
-    t.profile = replace(profile, closed_at_ms=now)
+    if t.profile is None:
+        t.profile = TenantInfo(t.name, t.name, now)
     t.closed_at_ms = now
     log(t, now, AuditType.TENANT_CLOSED, scopes=(f"tenant:{t.name}",), detail={
         "released": released, "budgets_closed": closed, "keys_revoked": revoked},
         actor=op.actor, reason=op.reason)
     t.cx.notes.append(Notification(NotificationType.TENANT_CLOSED, t.name, now,
                                    reason=op.reason or ""))
-    return TenantClosure(replace(t.profile), released, closed, revoked, 0, True)
+    return TenantClosure(record_of(t), released, closed, revoked, 0, True)

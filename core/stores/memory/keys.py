@@ -20,7 +20,7 @@ from ..operations import (
     UpdateKey,
     key_refusal,
 )
-from .state import Tenant
+from .state import Tenant, record_of
 
 
 def create_key(t: Tenant, op: CreateKey, now: int) -> ApiKey:
@@ -82,11 +82,11 @@ def check_key(t: Tenant | None, proof: KeyProof, now: int) -> None:
 def register_tenant(t: Tenant, op: RegisterTenant, now: int) -> tuple[TenantInfo, bool]:
     """The tenant's record, made now if it has none."""
     if t.profile is not None:
-        return replace(t.profile), False
+        return record_of(t), False
     t.profile = TenantInfo(t.name, op.name, now)
-    return replace(t.profile), True
+    return record_of(t), True
 
 
 def get_tenant(t: Tenant, op: GetTenant, now: int) -> TenantInfo | None:
     """The tenant's record, if it was registered."""
-    return None if t.profile is None else replace(t.profile)
+    return None if t.profile is None else record_of(t)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NoReturn
 
@@ -26,6 +26,7 @@ from ...models import (
     Reason,
     ReservationInfo,
     ReservationStatus,
+    TenantInfo,
 )
 from ...periods import Period, bucket
 from ...reports import REPORT_RETENTION_DAYS, report_paths, report_scopes
@@ -293,7 +294,7 @@ class Tenant:
     usage: dict[int, dict[tuple[str, str], Tally]] = field(default_factory=dict)
     """Day -> (subject scope, model) -> the usage export's counters (see `usage.py`)."""
     api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
-    profile: Any = None  # the tenant's record (TenantInfo), once registered
+    profile: Any = None  # the tenant's record (TenantInfo), once registered: see `record_of`
     closed_at_ms: int | None = None  # closed for good (see `admin.close_tenant`)
 
     def __post_init__(self) -> None:
@@ -519,6 +520,13 @@ def settlement(states: Held, estimate: dict[Unit, int], actual: dict[Unit, int],
 
 
 # -- reservations -------------------------------------------------------------------------
+
+def record_of(t: Tenant) -> TenantInfo:
+    """The tenant's record as callers see it: its registration, and when it was closed (kept
+    on the tenant alone, which every change checks)."""
+    info: TenantInfo = replace(t.profile, closed_at_ms=t.closed_at_ms)
+    return info
+
 
 def refuse_closed(t: Tenant) -> NoReturn:
     """A change of a closed tenant, past its replay: refused."""
@@ -752,9 +760,14 @@ def recompute_over(t: Tenant, key: LedgerKey, state: ledger.Ledger, overdraft_li
     """Re-derive a ledger's over-limit flag after its figures or limit changed by hand (as
     recompute_over in common.lua); a flag that clears is notified."""
     if state.recompute_over_limit(overdraft_limit):
-        t.cx.notes.append(Notification(
-            NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
-            bucket=key[3], remaining=state.remaining, allocated=state.allocated))
+        over_limit_exited(t, key, state, now)
+
+
+def over_limit_exited(t: Tenant, key: LedgerKey, state: ledger.Ledger, now: int) -> None:
+    """Notify that a ledger's over-limit flag cleared."""
+    t.cx.notes.append(Notification(
+        NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
+        bucket=key[3], remaining=state.remaining, allocated=state.allocated))
 
 
 def debts_of(changed: Held) -> list[int]:

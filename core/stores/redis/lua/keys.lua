@@ -12,10 +12,8 @@ local function key_view(k)
 end
 
 local op = P.op
-if (op == 'create_key' or op == 'update_key') and redis.call('HEXISTS', K_META, 'closed') == 1
-    then
-  return closed_refusal()
-end
+local changes = op == 'create_key' or op == 'update_key'
+if changes and redis.call('HEXISTS', K_META, 'closed') == 1 then return closed_refusal() end
 if op == 'create_key' then
   if redis.call('HEXISTS', K_KEYS, P.key_id) == 1 then
     return fail('INVALID_REQUEST', 'key ' .. P.key_id .. ' exists already')
