@@ -378,6 +378,20 @@ class TenantInfo:
     closed_at_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OnceClaim:
+    """A claim on an idempotency key for a call of several steps (a bulk action), which no
+    single store step can make idempotent: the first caller runs it and keeps its answer
+    (`Guard.finish_once`); a retry with the same request replays that answer.
+
+    `owner` set: this caller holds the key and runs the call. `answer` set: the first run
+    finished with it; answer it again. Neither: another run still holds the key."""
+
+    key: str
+    owner: str | None
+    answer: str | None
+
+
 @dataclass(slots=True)
 class TenantClosure:
     """What closing a tenant did, in the one step that did it: its record (made if it had

@@ -262,7 +262,9 @@ def test_the_tenants_that_exist(guard: al.Guard) -> None:
     guard.decide(al.Subject(tenant="decider"), LLM, al.usd(1))
     with pytest.raises(al.NotFound):  # refused: nothing written
         guard.freeze("tenant:ghost")
-    assert guard.tenants() == ("acme", "stranger", "zeta")
+    guard.tenant_info("looked-up")  # nor does looking a tenant up
+    guard.register_tenant("newco", "New Co")  # registered, nothing else yet: listed
+    assert guard.tenants() == ("acme", "newco", "stranger", "zeta")
 
 
 def test_a_tenant_handle_reads_its_own_plan_and_never_lists_tenants(guard: al.Guard) -> None:

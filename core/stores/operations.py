@@ -26,6 +26,7 @@ from ..models import (
     ExtendResult,
     FundOperation,
     FundResult,
+    OnceClaim,
     OveragePolicy,
     RecordResult,
     ReleaseResult,
@@ -311,9 +312,9 @@ class PlanOf(Op["str | None"]):
 
 @dataclass
 class Tenants(Op[tuple[str, ...]]):
-    """The tenants the store holds anything for, by name: those with at least one change
-    on record (a definition, a plan, a reservation, a denial...). A refused call that
-    wrote nothing, a read or a decide makes no tenant."""
+    """The tenants the store holds anything for, by name: those registered or with at least
+    one change on record (a definition, a plan, a reservation, a denial...). A refused call
+    that wrote nothing, a read or a decide makes no tenant."""
 
 
 @dataclass
@@ -418,6 +419,34 @@ class CloseTenant(Op[TenantClosure]):
 
     actor: str | None = None
     reason: str | None = None
+
+
+@dataclass
+class ClaimOnce(Op[OnceClaim]):
+    """Claim `key` (named by its call, e.g. `tenants-bulk:<key>`) for one run, or read
+    where its run stands: kept `ttl_ms` from the claim, then from the answer. The same key
+    with another `fingerprint` raises `IdempotencyMismatch`. Not a tenant's: `tenant` is
+    empty."""
+
+    key: str
+    fingerprint: str
+    owner: str
+    ttl_ms: int
+
+
+@dataclass
+class FinishOnce(Op[bool]):
+    """Keep `answer` for the claim `owner` holds on `key` (replayed for `ttl_ms`), or, with
+    `answer` None, let the key go (the run changed nothing). False when `owner` does not
+    hold it (its claim lapsed)."""
+
+    key: str
+    owner: str
+    answer: str | None
+    ttl_ms: int
+
+
+ONCE_OPS = (ClaimOnce, FinishOnce)
 
 
 def grants(permissions: tuple[str, ...], permission: str) -> bool:

@@ -61,6 +61,7 @@ class Lockstep(RuleBasedStateMachine):
                        for kind in ("memory", "redis")]
         self.held: list[tuple[str, str]] = []  # the same reservation on each store
         self.secrets: list[tuple[str, str]] = []  # the same API key on each store
+        self.claims: list[tuple[Any, ...]] = []  # the same bulk action's claim on each store
         self.calls = 0  # lockstep calls so far: the tenant is closed late in a run, if at all
         self.closed = False
 
@@ -185,6 +186,30 @@ class Lockstep(RuleBasedStateMachine):
         shown = [answer if isinstance(answer[0], str) else (answer[0].name,
                  answer[0].permissions, answer[0].revoked, answer[1]) for answer in answers]
         assert shown[0] == shown[1], shown
+
+    @rule(key=st.sampled_from(["k1", "k2"]), request=st.sampled_from(["a", "b"]),
+          ttl=st.sampled_from([1, 60]))
+    def claim_once(self, key: str, request: str, ttl: int) -> None:
+        """A bulk action's claim answers alike (its owner is random: whether there is one)."""
+        made: list[Any] = []
+
+        def claim(guard: al.Guard) -> tuple[bool, str | None]:
+            got = guard.claim_once("bulk", key, {"request": request}, ttl_s=ttl, wait_s=0)
+            made.append(got)
+            return got.owner is not None, got.answer
+
+        if self.both(claim)[0][0] is True:
+            self.claims.append(tuple(made))
+
+    @precondition(lambda self: bool(self.claims))
+    @rule(data=st.data(), answer=st.sampled_from([None, '{"rows":1}']),
+          ttl=st.sampled_from([1, 60]))
+    def finish_once(self, data: st.DataObject, answer: str | None, ttl: int) -> None:
+        """Keeping an answer, or letting the key go, alike (a lapsed claim keeps nothing)."""
+        pair = data.draw(st.sampled_from(self.claims))
+        done = [outcome(lambda g=guard, c=claim: g.finish_once(c, answer, ttl_s=ttl))
+                for guard, claim in zip(self.guards, pair, strict=True)]
+        assert done[0] == done[1], done
 
     @invariant()
     def keys_agree(self) -> None:

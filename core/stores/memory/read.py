@@ -103,9 +103,9 @@ def plan_of(t: Tenant, op: PlanOf, now: int) -> str | None:
 
 
 def tenants(every: Iterable[Tenant], op: Tenants, now: int) -> tuple[str, ...]:
-    """The tenants with at least one change on record, by name (as the Redis store: a
-    tenant whose every call was refused or only read holds nothing)."""
-    return tuple(sorted(t.name for t in every if t.seq))
+    """The tenants registered or with at least one change on record, by name (as the
+    Redis store: a tenant whose every call was refused or only read holds nothing)."""
+    return tuple(sorted(t.name for t in every if t.seq or t.profile is not None))
 
 
 def report(t: Tenant, op: Report, now: int) -> tuple[ReportRow, ...]:

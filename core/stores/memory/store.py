@@ -16,6 +16,7 @@ from ...models import TenantClosure
 from ...reports import REPORT_RETENTION_DAYS, check_retention
 from ..hooks import HOOK_OPS, EnableWebhook, SubscribeWebhook
 from ..operations import (
+    ONCE_OPS,
     ApplyPlan,
     Audit,
     Balances,
@@ -63,6 +64,7 @@ from .keys import (
     revoke_key,
     update_key,
 )
+from .once import Claims
 from .outbox import Outbox
 from .read import audit, balances, get, list_reservations, plan_of, report, tenants, usage
 from .record import record
@@ -116,6 +118,7 @@ class MemoryStore:
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []
         self._outbox = Outbox(self._cx)
+        self._claims = Claims()
         self._now = 0  # the time of the step under way
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
@@ -179,6 +182,8 @@ class MemoryStore:
             if across is None and kind in HOOK_OPS:
                 result: R = self._outbox.execute(op, now, self._tenants)
                 return result
+            if across is None and kind in ONCE_OPS:
+                return self._claims.execute(op, now)  # type: ignore[arg-type,return-value]
             return _ACROSS_TENANTS[kind](self._tenants.values(), op, now)  # type: ignore[no-any-return]
         if tenant is not None:
             expiry = tenant.expiry

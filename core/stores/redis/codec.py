@@ -350,7 +350,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                        _found_key),
     ops.RegisterTenant: Codec("keys", _key_call(lambda op: {"op": "register_tenant",
                                                             "name": op.name}),
-                              lambda op, b, w: (_tenant_info(op, b), bool(b["made"]))),
+                              lambda op, b, w: (_tenant_info(op, b), bool(b["made"])),
+                              registers=True),
     ops.GetTenant: Codec("keys", _key_call(lambda op: {"op": "get_tenant"}),
                          lambda op, b, w: _tenant_info(op, b) if "name" in b else None),
 }

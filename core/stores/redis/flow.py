@@ -33,6 +33,7 @@ from .codec import (
 from .functions import KEYED, OPERATIONS, missing
 from .hooks import HookFlows
 from .keys import TENANTS_KEY, api_keys_key, tenant_keys
+from .once import once_command, once_result
 
 log = logging.getLogger("allotment")
 
@@ -116,9 +117,12 @@ class Flows:
         if type(op) is ops.Tenants:
             return (yield from self._tenants())
         codec = CODECS.get(type(op))
-        if codec is None:  # a keyed operation, or a webhook operation (hooks.py)
+        if codec is None:  # keyed, a webhook operation (hooks.py) or a bulk action's claim
             if type(op) is ops.Gated:
                 return (yield from self._gated(op))
+            if isinstance(op, ops.ClaimOnce | ops.FinishOnce):  # a script of its own
+                now = yield from self.now()
+                return once_result(op, (yield Command(once_command(op, now))))
             return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
@@ -292,18 +296,20 @@ class Flows:
 
 
     def _tenants(self) -> Flow:
-        """The registry's tenants that hold a change on record (a sequence number in their
-        meta hash), sorted: a tenant registered by a call the script then refused holds
-        nothing, as on the memory store. One pipeline of checks per page of the registry."""
+        """The registry's tenants that are registered or hold a change on record (a name
+        or a sequence number in their meta hash), sorted: a tenant added to the registry by
+        a call the script then refused holds nothing, as on the memory store. One pipeline
+        of reads per page of the registry."""
         found: list[str] = []
         cursor: Any = 0
         while True:
             cursor, page = yield Command(("SSCAN", TENANTS_KEY, cursor, "COUNT", 500))
             names = sorted(set(map(replies.text, page)))
             if names:
-                held = yield Batch(tuple(("HEXISTS", tenant_keys(name)[6], "seq")
+                held = yield Batch(tuple(("HMGET", tenant_keys(name)[6], "seq", "tenant_name")
                                          for name in names))
-                found += [name for name, there in zip(names, held, strict=True) if there]
+                found += [name for name, there in zip(names, held, strict=True)
+                          if any(value is not None for value in there)]
             if not int(cursor):
                 return tuple(sorted(set(found)))
 
