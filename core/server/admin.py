@@ -531,11 +531,18 @@ def _filters(query: Mapping[str, str]) -> Callable[[Balance, str], bool]:
         raise bad_request(f"unit: {unit!r} is not one of " + ", ".join(Unit.__members__))
     if status is not None and status not in BudgetStatus.__members__:
         raise bad_request(f"status: {status!r} is not ACTIVE, FROZEN or CLOSED")
-    over, debt = _flag(query, "over_limit"), _flag(query, "has_debt")
-    low, high = _fraction(query, "utilization_min"), _fraction(query, "utilization_max")
+    return ledger_filter(unit, status, _flag(query, "over_limit"), _flag(query, "has_debt"),
+                         _fraction(query, "utilization_min"),
+                         _fraction(query, "utilization_max"), search_text(query))
+
+
+def ledger_filter(unit: str | None, status: str | None, over: bool | None, debt: bool | None,
+                  low: float | None, high: float | None, search: str | None
+                  ) -> Callable[[Balance, str], bool]:
+    """Whether a tenant's ledger passes every filter given (None: not filtered), as the
+    budget list and the budgets' bulk action read them."""
     if low is not None and high is not None and low > high:
         raise bad_request(f"utilization_min ({low}) is above utilization_max ({high})")
-    search = search_text(query)
 
     def keep(row: Balance, tenant: str) -> bool:
         used = row.spent / row.allocated if row.allocated > 0 else 0.0

@@ -16,6 +16,7 @@ from ..guard import Guard
 from ..plans import Plan
 from . import metrics as _metrics
 from .admin import Admin
+from .bulk import Bulk
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
 from .hooks_routes import Hooks
@@ -87,7 +88,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body, extensions)
-    routes = [*Admin(settings).routes(),
+    routes = [*Admin(settings).routes(), *Bulk(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
               *Operators(settings).routes(), *Hooks(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),

@@ -103,10 +103,15 @@ def ledger(row: Balance, tenant: str, created_at_ms: int | None = None) -> dict[
         ("reserved", row.reserved), ("spent", row.spent), ("debt", row.debt),
         ("overdraft_limit", row.overdraft_limit))}
     return {
-        "ledger_id": f"{row.scope}|{unit}" + (f"|{row.period}" if row.period else ""),
+        "ledger_id": ledger_id(row),
         "tenant_id": tenant, "scope": row.scope, "unit": unit, **amounts,
         "is_over_limit": row.is_over_limit, "status": row.status.value,
         **_period_bounds(row), "created_at": iso(created_at_ms) or UNKNOWN_TIME}
+
+
+def ledger_id(row: Balance) -> str:
+    """A ledger's id: its scope, unit and period (the budget list's and bulk action's)."""
+    return f"{row.scope}|{row.unit.value}" + (f"|{row.period}" if row.period else "")
 
 
 def budget_key(row: Balance) -> BudgetKey:

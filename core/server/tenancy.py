@@ -15,6 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..amounts import Unit
+from ..guard import Guard
+from ..models import TenantInfo
 from ..scopes import parse_scope, tenant_name
 from . import paging, wire
 from .admin import require_admin, search_text, tenant_status, tenant_view
@@ -61,16 +63,10 @@ class Tenancy:
         status, search = query.get("status"), search_text(query)
         if status is not None and status not in ("ACTIVE", "SUSPENDED", "CLOSED"):
             raise bad_request(f"status: {status!r} is not ACTIVE, SUSPENDED or CLOSED")
-        views = []
-        for name in await self.s.guard.atenants():
-            info = await self.s.guard.atenant_info(name)
-            if search is not None and search not in (
-                    f"{name}\n{info.name if info else ''}".lower()):
-                continue
-            state = await tenant_status(self.s.guard, name, info)
-            if status is not None and state != status:
-                continue
-            views.append(tenant_view(info, name, state))
+        views = [tenant_view(info, name, state)
+                 for name, info, state in await tenant_rows(self.s.guard)
+                 if (status is None or state == status) and (
+                     search is None or search in f"{name}\n{info.name if info else ''}".lower())]
         page, more = paging.paged(views, lambda view: [view["tenant_id"]], asked)
         return json_response(request, {"tenants": page, **more})
 
@@ -97,20 +93,33 @@ class Tenancy:
             if info.closed_at_ms is not None:
                 raise ApiError(409, "TENANT_CLOSED", f"tenant {tenant} is closed for good: "
                                "it cannot be made ACTIVE or SUSPENDED again")
-            await self._set_frozen(tenant, req.status == "SUSPENDED")
+            await set_frozen(self.s.guard, tenant, req.status == "SUSPENDED")
         state = await tenant_status(self.s.guard, tenant, info)
         return json_response(request, tenant_view(info, tenant, state))
 
-    async def _set_frozen(self, tenant: str, frozen: bool) -> None:
-        """Freeze (or unfreeze) each budget of the tenant: one guard call per scope."""
-        scopes: dict[tuple[str, Unit], None] = {}
-        for row in await self.s.guard.abalances(f"tenant:{tenant}"):
-            scopes[(parse_scope(row.scope).base, row.unit)] = None
-        if not scopes:
-            raise ApiError(409, "INVALID_REQUEST", f"tenant {tenant} has no budgets to freeze "
-                           "(suspending freezes its budgets: give it a plan or a budget "
-                           "first)")
-        call = self.s.guard.afreeze if frozen else self.s.guard.aunfreeze
-        reason = "tenant suspended" if frozen else "tenant resumed"
-        for scope, unit in scopes:
-            await call(scope, unit, actor="admin-key", reason=reason)
+
+async def tenant_rows(guard: Guard) -> list[tuple[str, TenantInfo | None, str]]:
+    """Every tenant the store holds, by name: its record (None: made by the library without
+    one) and its status (`tenant_status`)."""
+    rows = []
+    for name in await guard.atenants():
+        info = await guard.atenant_info(name)
+        rows.append((name, info, await tenant_status(guard, name, info)))
+    return rows
+
+
+async def set_frozen(guard: Guard, tenant: str, frozen: bool, reason: str | None = None
+                     ) -> None:
+    """Suspend a tenant (freeze each of its budgets: one guard call per scope) or resume
+    it (unfreeze them); 409 when it has no budgets."""
+    scopes: dict[tuple[str, Unit], None] = {}
+    for row in await guard.abalances(f"tenant:{tenant}"):
+        scopes[(parse_scope(row.scope).base, row.unit)] = None
+    if not scopes:
+        raise ApiError(409, "INVALID_REQUEST", f"tenant {tenant} has no budgets to freeze "
+                       "(suspending freezes its budgets: give it a plan or a budget "
+                       "first)")
+    call = guard.afreeze if frozen else guard.aunfreeze
+    reason = reason or ("tenant suspended" if frozen else "tenant resumed")
+    for scope, unit in scopes:
+        await call(scope, unit, actor="admin-key", reason=reason)

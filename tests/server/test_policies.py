@@ -414,6 +414,11 @@ ADMIN_ONLY = [
     ("GET", "/v1/admin/tenants", None),
     ("PATCH", "/v1/admin/tenants/acme", {"status": "SUSPENDED"}),
     ("PATCH", "/v1/admin/tenants/acme", {"status": "CLOSED"}),
+    ("POST", "/v1/admin/tenants/bulk-action", {"filter": {"search": "acme"},
+                                               "action": "CLOSE", "idempotency_key": "k"}),
+    ("POST", "/v1/admin/budgets/bulk-action", {
+        "filter": {"tenant_id": "acme"}, "action": "DEBIT",
+        "amount": {"unit": "USD_MICROCENTS", "amount": 1}, "idempotency_key": "k"}),
 ]
 
 
