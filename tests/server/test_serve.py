@@ -152,3 +152,36 @@ def test_a_key_revoked_through_one_worker_is_refused_by_every_worker_at_once() -
         balance = httpx.get(url + "/v1/balances?tenant=acme",
                             headers={"X-Cycles-API-Key": reader}).json()["balances"][0]
         assert balance["reserved"]["amount"] == 12_000  # the refused calls held nothing
+
+
+def test_a_bulk_action_retried_through_every_worker_runs_once() -> None:
+    """The bulk action's key is claimed in the store: identical requests sent at once on
+    fresh connections (so to both workers) get one answer, and each budget is funded once."""
+    url_of_db = f"{redis_url()}/59"
+    redis.Redis.from_url(url_of_db).flushdb()
+    with serve("--workers", "2", "--store", url_of_db) as (url, _):
+        admin = {"X-Admin-API-Key": ADMIN}
+        for scope in ("tenant:acme", *(f"tenant:acme/workspace:w{i}" for i in range(20))):
+            made = httpx.post(url + "/v1/admin/budgets", headers=admin, json={
+                "tenant_id": "acme", "scope": scope, "unit": USD,
+                "allocated": {"unit": USD, "amount": 1_000}})
+            assert made.status_code == 201, made.text
+        credit = {"filter": {"tenant_id": "acme"}, "action": "CREDIT",
+                  "amount": {"unit": USD, "amount": 5}, "idempotency_key": "everyone"}
+        answers: list[httpx.Response] = []
+
+        def send() -> None:
+            answers.append(httpx.post(url + "/v1/admin/budgets/bulk-action", headers=admin,
+                                      json=credit, timeout=30))
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        ledgers = httpx.get(url + "/v1/admin/budgets?tenant_id=acme&limit=200",
+                            headers=admin).json()["ledgers"]
+    assert {answer.status_code for answer in answers} == {200}
+    assert len({answer.content for answer in answers}) == 1
+    assert len(answers[0].json()["succeeded"]) == 21
+    assert {row["allocated"]["amount"] for row in ledgers} == {1_005}
