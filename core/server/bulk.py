@@ -130,22 +130,21 @@ class Bulk:
     async def tenants(self, request: Request) -> Response:
         require_admin(self.s, request)
         req = wire.parse(TenantBulkBody, await body(request, self.s.max_body))
-        wanted = req.filter.model_dump(exclude_none=True)
-        if not wanted:
-            raise bad_request("filter: give at least one of status, parent_tenant_id or "
-                              "search (an empty filter would act on every tenant)")
         if req.filter.observe_mode is not None:
             raise bad_request("filter.observe_mode: tenants here have no observe mode (a "
                               "tenant's shadow mode is PUT /v1/admin/tenants/{id}/mode); "
                               "filter by status, parent_tenant_id or search")
-        search = None if req.filter.search is None else req.filter.search.lower()
+        search = (req.filter.search or "").strip().lower() or None  # blank: not given
+        parent = (req.filter.parent_tenant_id or "").strip() or None
+        if req.filter.status is None and search is None and parent is None:
+            raise bad_request("filter: give at least one of status, parent_tenant_id or "
+                              "search (an empty filter would act on every tenant)")
 
         async def match() -> list[tuple[str, TenantInfo | None, str]]:
-            return [(name, info, state) for name, info, state in await tenant_rows(self.s.guard)
-                    if (req.filter.status is None or state == req.filter.status)
-                    and req.filter.parent_tenant_id is None  # no tenant here has a parent
-                    and (search is None
-                         or search in f"{name}\n{info.name if info else ''}".lower())]
+            if parent is not None:  # no tenant here has a parent
+                return []
+            return [row for row in await tenant_rows(self.s.guard, search)
+                    if req.filter.status is None or row[2] == req.filter.status]
 
         async def run(rows: list[tuple[str, TenantInfo | None, str]], answer: _Answer) -> None:
             why = f"bulk action {req.idempotency_key}"

@@ -64,9 +64,8 @@ class Tenancy:
         if status is not None and status not in ("ACTIVE", "SUSPENDED", "CLOSED"):
             raise bad_request(f"status: {status!r} is not ACTIVE, SUSPENDED or CLOSED")
         views = [tenant_view(info, name, state)
-                 for name, info, state in await tenant_rows(self.s.guard)
-                 if (status is None or state == status) and (
-                     search is None or search in f"{name}\n{info.name if info else ''}".lower())]
+                 for name, info, state in await tenant_rows(self.s.guard, search)
+                 if status is None or state == status]
         page, more = paging.paged(views, lambda view: [view["tenant_id"]], asked)
         return json_response(request, {"tenants": page, **more})
 
@@ -98,13 +97,16 @@ class Tenancy:
         return json_response(request, tenant_view(info, tenant, state))
 
 
-async def tenant_rows(guard: Guard) -> list[tuple[str, TenantInfo | None, str]]:
-    """Every tenant the store holds, by name: its record (None: made by the library without
-    one) and its status (`tenant_status`)."""
+async def tenant_rows(guard: Guard, search: str | None
+                      ) -> list[tuple[str, TenantInfo | None, str]]:
+    """The tenants the store holds, by name, whose id or name holds `search` (lower case;
+    None: all): each with its record (None: made by the library without one) and its
+    status (`tenant_status`, read only for those)."""
     rows = []
     for name in await guard.atenants():
         info = await guard.atenant_info(name)
-        rows.append((name, info, await tenant_status(guard, name, info)))
+        if search is None or search in f"{name}\n{info.name if info else ''}".lower():
+            rows.append((name, info, await tenant_status(guard, name, info)))
     return rows
 
 

@@ -120,6 +120,8 @@ def test_the_gates_and_bad_requests_change_nothing(served: Any) -> None:
     assert answer.body["details"] == {"total_matched": 3}
     for body, words in (
             ({"filter": {}, "action": "CLOSE", "idempotency_key": "k-2"}, ["at least one"]),
+            ({"filter": {"search": " "}, "action": "CLOSE", "idempotency_key": "k-2"},
+             ["at least one"]),
             ({"filter": {"observe_mode": "OBSERVE"}, "action": "CLOSE",
               "idempotency_key": "k-2"}, ["observe_mode"]),
             ({"filter": {"status": "GONE"}, "action": "CLOSE", "idempotency_key": "k-2"},
