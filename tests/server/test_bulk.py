@@ -107,6 +107,9 @@ def test_tenants_are_suspended_reactivated_and_closed_in_bulk(served: Any) -> No
     nobody = call(served, TENANTS, {"filter": {"parent_tenant_id": "acme"},
                                     "action": "CLOSE", "idempotency_key": "close-3"}).body
     assert (nobody["total_matched"], nobody["succeeded"]) == (0, [])  # no tenant has a parent
+    ignored = call(served, TENANTS, {"filter": {"search": "acme", "observe_mode": "x"},
+                                     "action": "SUSPEND", "idempotency_key": "s-2"}).body
+    assert ignored["succeeded"] == [{"id": "acme"}]  # the extension's filter is ignored
 
 
 def test_the_gates_and_bad_requests_change_nothing(served: Any) -> None:
@@ -122,8 +125,8 @@ def test_the_gates_and_bad_requests_change_nothing(served: Any) -> None:
             ({"filter": {}, "action": "CLOSE", "idempotency_key": "k-2"}, ["at least one"]),
             ({"filter": {"search": " "}, "action": "CLOSE", "idempotency_key": "k-2"},
              ["at least one"]),
-            ({"filter": {"observe_mode": "OBSERVE"}, "action": "CLOSE",
-              "idempotency_key": "k-2"}, ["observe_mode"]),
+            ({"filter": {"observe_mode": "OBSERVE"}, "action": "CLOSE",  # ignored: empty
+              "idempotency_key": "k-2"}, ["at least one"]),
             ({"filter": {"status": "GONE"}, "action": "CLOSE", "idempotency_key": "k-2"},
              ["status"]),
             ({"filter": {"status": "ACTIVE"}, "action": "DELETE", "idempotency_key": "k-2"},
