@@ -124,8 +124,8 @@ def _now_ms() -> int:
 
 
 def search_text(query: Mapping[str, str]) -> str | None:
-    """The lists' free-text filter: empty is absent, longer than 128 characters is 400."""
-    text = query.get("search") or None
+    """The lists' free-text filter: blank is absent, longer than 128 characters is 400."""
+    text = (query.get("search") or "").strip() or None
     if text is not None and len(text) > 128:
         raise bad_request(f"search: at most 128 characters, got {len(text)}")
     return None if text is None else text.lower()

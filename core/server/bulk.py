@@ -11,14 +11,17 @@ answer splits them into succeeded, failed (with the code a single call would hav
 skipped (already in the target state): 200 even when rows failed. The answer is kept for 15
 minutes (`Guard.claim_once`): the same request under the same key gets it again, another
 request under it 409 `IDEMPOTENCY_MISMATCH`, a retry while the first still runs 503 with
-`Retry-After`. A run that fails before it answers lets the key go; each budget row's fund
-carries a key derived from the bulk key and the ledger, so a run repeated after that never
-funds a ledger twice.
+`Retry-After`. A request refused by a gate lets the key go. Each budget row's fund carries an
+idempotency key derived from the whole request and the ledger (keyed with the admin key, so
+no tenant can take it first): the same request run again after its claim lapsed never funds
+a ledger twice, and another request under the bulk key funds afresh.
 """
+
 
 from __future__ import annotations
 
-import hashlib
+import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -30,7 +33,8 @@ from starlette.routing import Route
 
 from ..amounts import Amount, Unit
 from ..errors import AllotmentError
-from ..models import Balance, TenantInfo
+from ..models import Balance, BudgetStatus, TenantInfo
+from ..platform import ONCE_TTL_S
 from ..scopes import parse_scope, tenant_name
 from . import wire
 from .admin import FundName, ledger_filter, require_admin
@@ -40,8 +44,15 @@ from .runtime import Settings
 from .shapes import ledger_id
 from .tenancy import set_frozen, tenant_rows
 
+log = logging.getLogger("allotment.server")
 LIMIT = 500
 """The most rows one bulk action changes (the reference's cap)."""
+_ROW_CODES = {"BUDGET_EXCEEDED": "BUDGET_EXCEEDED", "OVERDRAFT_LIMIT_EXCEEDED": "BUDGET_EXCEEDED",
+              "TENANT_CLOSED": "TENANT_CLOSED", "NOT_FOUND": "NOT_FOUND",
+              "BUDGET_NOT_FOUND": "NOT_FOUND", "TENANT_NOT_FOUND": "NOT_FOUND"}
+"""A row's failure code from the single call's: the spec's row vocabulary (BUDGET_EXCEEDED,
+NOT_FOUND, PERMISSION_DENIED, INTERNAL_ERROR, and the reference's TENANT_CLOSED); any other
+refusal of the row's state is INVALID_TRANSITION, its message saying which."""
 BulkKey = Field(min_length=1, max_length=128)
 Row = dict[str, str]
 
@@ -50,8 +61,9 @@ class TenantFilter(wire._Strict):
     """Which tenants: AND of the fields given, at least one (as the tenant list reads them)."""
 
     status: Literal["ACTIVE", "SUSPENDED", "CLOSED"] | None = None
-    parent_tenant_id: str | None = Field(None, min_length=1, max_length=128)
-    observe_mode: str | None = Field(None, max_length=64)
+    parent_tenant_id: str | None = Field(None, max_length=128)
+    observe_mode: str | None = None
+    """A v0.1.26 extension this server does not implement: ignored, as the spec asks."""
     search: str | None = Field(None, max_length=128)
 
 
@@ -101,14 +113,22 @@ class _Answer:
         self.skipped.append({"id": row, "reason": "ALREADY_IN_TARGET_STATE"})
 
     async def attempt(self, row: str, call: Awaitable[Any]) -> None:
-        """`call` for `row`: succeeded, or failed with the error a single call answers."""
+        """`call` for `row`: succeeded, or failed with the spec's code for what a single
+        call answers; an unexpected error fails the row alone (logged), never the run."""
         try:
             await call
-        except ApiError as error:
-            self.fail(row, error.code, error.message)
-        except AllotmentError as error:
-            mapped = from_allotment(error)
-            self.fail(row, mapped.code, mapped.message)
+        except (ApiError, AllotmentError) as raised:
+            error = raised if isinstance(raised, ApiError) else from_allotment(raised)
+            if error.status < 500:
+                code = ("PERMISSION_DENIED" if error.status in (401, 403)
+                        else _ROW_CODES.get(error.code, "INVALID_TRANSITION"))
+                self.fail(row, code, error.message)
+                return
+            log.error("bulk action row %s failed: %s", row, error.message)
+            self.fail(row, "INTERNAL_ERROR", "internal error")
+        except Exception:
+            log.exception("bulk action row %s failed", row)
+            self.fail(row, "INTERNAL_ERROR", "internal error")
         else:
             self.succeeded.append({"id": row})
 
@@ -137,6 +157,8 @@ class Bulk:
         if req.filter.status is None and search is None and parent is None:
             raise bad_request("filter: give at least one of status, parent_tenant_id or "
                               "search (an empty filter would act on every tenant)")
+        req = req.model_copy(update={"filter": req.filter.model_copy(update={
+            "search": search, "parent_tenant_id": parent, "observe_mode": None})})
 
         async def match() -> list[tuple[str, TenantInfo | None, str]]:
             if parent is not None:  # no tenant here has a parent
@@ -180,12 +202,18 @@ class Bulk:
             where = parse_scope(given.scope_prefix).path
             if parse_scope(where).tenant != tenant:
                 raise bad_request(f"filter.scope_prefix: {where} is not in tenant {tenant}")
-        keep = ledger_filter(given.unit, given.status, given.over_limit, given.has_debt,
-                             given.utilization_min, given.utilization_max,
-                             None if given.search is None else given.search.lower())
         amount, unit = req.amount.amount, Unit(req.amount.unit)
+        search = (given.search or "").strip().lower() or None  # blank: not given
+        req = req.model_copy(update={"filter": given.model_copy(update={
+            "tenant_id": tenant, "search": search})})
+        keep = ledger_filter(given.unit, given.status, given.over_limit, given.has_debt,
+                             given.utilization_min, given.utilization_max, search)
+        closed = False
 
         async def match() -> list[Balance]:
+            nonlocal closed
+            info = await self.s.guard.atenant_info(tenant)
+            closed = info is not None and info.closed_at_ms is not None
             rows = [row for row in await self.s.guard.abalances(where) if keep(row, tenant)]
             return sorted(rows, key=ledger_id)
 
@@ -193,17 +221,21 @@ class Bulk:
             why = req.reason or f"bulk action {req.idempotency_key}"
             for row in rows:
                 name = ledger_id(row)
-                if row.unit is not unit:
+                if closed:
+                    answer.fail(name, "TENANT_CLOSED", f"tenant {tenant} is closed")
+                elif row.unit is not unit:
                     answer.fail(name, "INVALID_TRANSITION", f"unit mismatch: the budget is "
                                 f"{row.unit.value}, the amount {unit.value}")
+                elif row.status is not BudgetStatus.ACTIVE:
+                    answer.fail(name, "INVALID_TRANSITION", f"the budget is "
+                                f"{row.status.value}")
                 elif req.action == "REPAY_DEBT" and row.debt == 0:
                     answer.skip(name)
                 else:
-                    once = hashlib.sha256(f"{req.idempotency_key}\n{name}".encode())
                     await answer.attempt(name, self.s.guard.afund(
                         row.scope, req.action, Amount(unit, amount), period=row.period,
                         spent=None if req.spent is None else req.spent.amount,
-                        idempotency_key=f"bulk-{once.hexdigest()[:40]}", actor="admin-key",
+                        idempotency_key=self._row_key(req, name), actor="admin-key",
                         reason=why))
 
         return await self._once(request, "budgets-bulk", req, match, run)
@@ -221,7 +253,7 @@ class Bulk:
             raise ApiError(503, "INTERNAL_ERROR", f"a bulk action under idempotency_key "
                            f"{key!r} is still running; retry shortly for its answer",
                            headers={"Retry-After": "1"})
-        try:
+        try:  # refused before any row ran: the key goes, a corrected request may use it
             rows = await match()
             if len(rows) > LIMIT:
                 raise ApiError(400, "LIMIT_EXCEEDED", f"the filter matches {len(rows)} rows, "
@@ -231,11 +263,22 @@ class Bulk:
                 raise ApiError(409, "COUNT_MISMATCH", f"expected_count {req.expected_count} "
                                f"differs from the {len(rows)} rows the filter matches",
                                {"total_matched": len(rows)})
-            answer = _Answer()
-            await run(rows, answer)
-        except Exception:  # nothing answered: a retry runs anew (a crash: the claim lapses)
+        except Exception:
             await guard.afinish_once(claim, None)
             raise
+        answer = _Answer()
+        await run(rows, answer)  # a row's failure is its own (`_Answer.attempt`)
         done = answer.body(req.action, len(rows), key)
-        await guard.afinish_once(claim, orjson.dumps(done).decode())
+        if not await guard.afinish_once(claim, orjson.dumps(done).decode()):
+            log.warning("bulk action %s %r ran past its claim (%d s): its answer is not kept "
+                        "for replay", call, key, ONCE_TTL_S)
         return json_response(request, done)
+
+    def _row_key(self, req: BudgetBulkBody, row: str) -> str:
+        """A ledger's fund key in a bulk action: the same for the same request (a run
+        repeated after its claim lapsed replays the fund, never funds twice), another for
+        any other request, and keyed with the admin key so no tenant can use it first."""
+        assert self.s.admin_key is not None  # the route needs it
+        text = orjson.dumps(req.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        stamp = hmac.new(self.s.admin_key.encode(), text + b"\n" + row.encode(), "sha256")
+        return f"bulk-{stamp.hexdigest()[:40]}"

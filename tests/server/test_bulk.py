@@ -13,15 +13,16 @@ import pytest
 import allotment as al
 from allotment.server.bulk import TenantBulkBody
 
-from support.served import ADMIN_KEY, Answer, Api
+from support.served import ADMIN_KEY, Answer, Api, serving
+from support.stores import START_MS, STORE_KINDS, make_store
 
 USD = "USD_MICROCENTS"
 ADMIN = {"X-Admin-API-Key": ADMIN_KEY}
 TENANTS, BUDGETS = "/v1/admin/tenants/bulk-action", "/v1/admin/budgets/bulk-action"
 
 
-def call(served: Any, path: str, body: Any) -> Answer:
-    return Api(served.url).call("POST", path, body, check=False, headers=ADMIN)
+def call(url: str, path: str, body: Any) -> Answer:
+    return Api(url).call("POST", path, body, check=False, headers=ADMIN)
 
 
 def refused(answer: Answer, status: int, code: str, *words: str) -> None:
@@ -58,12 +59,12 @@ def test_tenants_are_suspended_reactivated_and_closed_in_bulk(served: Any) -> No
     tenants(guard)
     suspend = {"filter": {"status": "ACTIVE"}, "action": "SUSPEND", "expected_count": 3,
                "idempotency_key": "suspend-1"}
-    first = call(served, TENANTS, suspend)
+    first = call(served.url, TENANTS, suspend)
     assert first.status == 200, first.body
     assert first.body == {
         "action": "SUSPEND", "total_matched": 3,
         "succeeded": [{"id": "acme"}, {"id": "beta"}],
-        "failed": [{"id": "empty", "error_code": "INVALID_REQUEST",
+        "failed": [{"id": "empty", "error_code": "INVALID_TRANSITION",
                     "message": first.body["failed"][0]["message"]}],
         "skipped": [], "idempotency_key": "suspend-1"}
     assert "no budgets" in first.body["failed"][0]["message"]
@@ -75,18 +76,18 @@ def test_tenants_are_suspended_reactivated_and_closed_in_bulk(served: Any) -> No
     frozen = [r for r in guard.audit("acme") if r.type == al.AuditType.BUDGET_STATUS]
     assert {r.reason for r in frozen} == {"bulk action suspend-1"}
     before = state(guard)
-    again = call(served, TENANTS, {**suspend})  # a retry: the first answer, nothing redone
+    again = call(served.url, TENANTS, {**suspend})  # a retry: the first answer, nothing redone
     assert (again.status, again.body) == (200, first.body)
     assert state(guard) == before
-    refused(call(served, TENANTS, {**suspend, "action": "CLOSE"}), 409,
+    refused(call(served.url, TENANTS, {**suspend, "action": "CLOSE"}), 409,
             "IDEMPOTENCY_MISMATCH", "suspend-1")
     assert state(guard) == before
 
-    back = call(served, TENANTS, {"filter": {"search": "AC"}, "action": "REACTIVATE",
+    back = call(served.url, TENANTS, {"filter": {"search": "AC"}, "action": "REACTIVATE",
                                   "idempotency_key": "back-1"})
     assert (back.body["succeeded"], back.body["total_matched"]) == ([{"id": "acme"}], 1)
     assert status_of(served, "acme") == "ACTIVE"
-    reactivate_all = call(served, TENANTS, {"filter": {"search": "e"}, "action": "REACTIVATE",
+    reactivate_all = call(served.url, TENANTS, {"filter": {"search": "e"}, "action": "REACTIVATE",
                                             "idempotency_key": "back-2"}).body
     assert (reactivate_all["succeeded"], reactivate_all["skipped"]) == (
         [{"id": "beta"}], [{"id": "acme", "reason": "ALREADY_IN_TARGET_STATE"},
@@ -94,20 +95,20 @@ def test_tenants_are_suspended_reactivated_and_closed_in_bulk(served: Any) -> No
     assert [row["id"] for row in reactivate_all["failed"]] == ["gone"]
     assert reactivate_all["failed"][0]["error_code"] == "INVALID_TRANSITION"
 
-    close = call(served, TENANTS, {"filter": {"search": "beta"}, "action": "CLOSE",
+    close = call(served.url, TENANTS, {"filter": {"search": "beta"}, "action": "CLOSE",
                                    "idempotency_key": "close-1"}).body
     assert close["succeeded"] == [{"id": "beta"}]
     assert status_of(served, "beta") == "CLOSED"
     closed = [r for r in guard.audit("beta") if r.type == al.AuditType.TENANT_CLOSED]
     assert [(r.actor, r.reason) for r in closed] == [("admin-key", "bulk action close-1")]
-    again = call(served, TENANTS, {"filter": {"status": "CLOSED"}, "action": "CLOSE",
+    again = call(served.url, TENANTS, {"filter": {"status": "CLOSED"}, "action": "CLOSE",
                                    "idempotency_key": "close-2"}).body
     assert again["skipped"] == [{"id": "beta", "reason": "ALREADY_IN_TARGET_STATE"},
                                 {"id": "gone", "reason": "ALREADY_IN_TARGET_STATE"}]
-    nobody = call(served, TENANTS, {"filter": {"parent_tenant_id": "acme"},
+    nobody = call(served.url, TENANTS, {"filter": {"parent_tenant_id": "acme"},
                                     "action": "CLOSE", "idempotency_key": "close-3"}).body
     assert (nobody["total_matched"], nobody["succeeded"]) == (0, [])  # no tenant has a parent
-    ignored = call(served, TENANTS, {"filter": {"search": "acme", "observe_mode": "x"},
+    ignored = call(served.url, TENANTS, {"filter": {"search": "acme", "observe_mode": "x"},
                                      "action": "SUSPEND", "idempotency_key": "s-2"}).body
     assert ignored["succeeded"] == [{"id": "acme"}]  # the extension's filter is ignored
 
@@ -118,7 +119,7 @@ def test_the_gates_and_bad_requests_change_nothing(served: Any) -> None:
     before = state(guard)
     wrong = {"filter": {"status": "ACTIVE"}, "action": "SUSPEND", "expected_count": 2,
              "idempotency_key": "k-1"}
-    answer = call(served, TENANTS, wrong)
+    answer = call(served.url, TENANTS, wrong)
     refused(answer, 409, "COUNT_MISMATCH", "expected_count 2", "3 rows")
     assert answer.body["details"] == {"total_matched": 3}
     for body, words in (
@@ -136,9 +137,11 @@ def test_the_gates_and_bad_requests_change_nothing(served: Any) -> None:
               "expected_count": 1.0}, ["expected_count"]),
             ({"filter": {"status": "ACTIVE", "colour": 1}, "action": "CLOSE",
               "idempotency_key": "k-2"}, ["colour"])):
-        refused(call(served, TENANTS, body), 400, "INVALID_REQUEST", *words)
+        refused(call(served.url, TENANTS, body), 400, "INVALID_REQUEST", *words)
     assert state(guard) == before
-    fixed = call(served, TENANTS, {**wrong, "expected_count": 3})  # the refusal let k-1 go
+    valid = {"filter": {"search": "acme"}, "action": "REACTIVATE", "idempotency_key": "k-2"}
+    assert call(served.url, TENANTS, valid).status == 200  # checked before k-2 was claimed
+    fixed = call(served.url, TENANTS, {**wrong, "expected_count": 3})  # the refusal let k-1 go
     assert fixed.status == 200 and fixed.body["total_matched"] == 3
 
 
@@ -146,7 +149,7 @@ def test_more_than_500_rows_are_refused(served: Any) -> None:
     guard = served.guard
     for i in range(501):
         guard.register_tenant(f"t-{i:03d}", "Tenant")
-    answer = call(served, TENANTS, {"filter": {"search": "t-"}, "action": "CLOSE",
+    answer = call(served.url, TENANTS, {"filter": {"search": "t-"}, "action": "CLOSE",
                                     "idempotency_key": "all"})
     refused(answer, 400, "LIMIT_EXCEEDED", "501", "500")
     assert answer.body["details"] == {"total_matched": 501}
@@ -174,7 +177,7 @@ def test_one_tenants_budgets_are_funded_in_bulk(served: Any) -> None:
     credit = {"filter": {"tenant_id": "acme", "unit": USD}, "action": "CREDIT",
               "amount": {"unit": USD, "amount": 100}, "reason": "goodwill",
               "expected_count": 3, "idempotency_key": "credit-1"}
-    first = call(served, BUDGETS, credit)
+    first = call(served.url, BUDGETS, credit)
     ids = ["tenant:acme/workspace:a|USD_MICROCENTS", "tenant:acme/workspace:b|USD_MICROCENTS",
            "tenant:acme|USD_MICROCENTS"]
     assert first.body == {"action": "CREDIT", "total_matched": 3,
@@ -187,10 +190,10 @@ def test_one_tenants_budgets_are_funded_in_bulk(served: Any) -> None:
     funded = [r for r in guard.audit("acme") if r.type == al.AuditType.BUDGET_FUNDED]
     assert [(r.actor, r.reason) for r in funded] == [("admin-key", "goodwill")] * 3
     before = state(guard)
-    assert call(served, BUDGETS, credit).body == first.body  # replayed, not funded again
+    assert call(served.url, BUDGETS, credit).body == first.body  # replayed, not funded again
     assert state(guard) == before
 
-    debit = call(served, BUDGETS, {
+    debit = call(served.url, BUDGETS, {
         "filter": {"tenant_id": "acme", "scope_prefix": "tenant:acme"}, "action": "DEBIT",
         "amount": {"unit": USD, "amount": 200_000_000}, "idempotency_key": "debit-1"}).body
     assert debit["succeeded"] == [{"id": "tenant:acme|USD_MICROCENTS"}]
@@ -198,12 +201,12 @@ def test_one_tenants_budgets_are_funded_in_bulk(served: Any) -> None:
         (ids[0], "BUDGET_EXCEEDED"), (ids[1], "BUDGET_EXCEEDED"),
         ("tenant:acme|TOKENS", "INVALID_TRANSITION")}
     assert remaining(guard)["tenant:acme|USD_MICROCENTS"] == 800_000_100
-    repay = call(served, BUDGETS, {
+    repay = call(served.url, BUDGETS, {
         "filter": {"tenant_id": "acme", "scope_prefix": "tenant:acme/workspace:a"},
         "action": "REPAY_DEBT", "amount": {"unit": USD, "amount": 1},
         "idempotency_key": "repay-1"}).body
     assert repay["skipped"] == [{"id": ids[0], "reason": "ALREADY_IN_TARGET_STATE"}]
-    reset = call(served, BUDGETS, {
+    reset = call(served.url, BUDGETS, {
         "filter": {"tenant_id": "acme", "unit": "TOKENS"}, "action": "RESET_SPENT",
         "amount": {"unit": "TOKENS", "amount": 50}, "spent": {"unit": "TOKENS", "amount": 5},
         "idempotency_key": "reset-1"}).body
@@ -211,8 +214,14 @@ def test_one_tenants_budgets_are_funded_in_bulk(served: Any) -> None:
     assert remaining(guard)["tenant:acme|TOKENS"] == 45
     assert state(guard)["beta"] == beta  # another tenant's budgets: never matched
 
+    guard.freeze("tenant:acme/workspace:b")
+    unchecked = {k: v for k, v in credit.items() if k != "expected_count"}
+    frozen = call(served.url, BUDGETS, {**unchecked, "idempotency_key": "credit-3"}).body
+    assert [(row["id"], row["error_code"]) for row in frozen["failed"]] == [
+        (ids[1], "INVALID_TRANSITION")]
+    assert "FROZEN" in frozen["failed"][0]["message"]
     guard.close_tenant("acme")
-    closed = call(served, BUDGETS, {**credit, "idempotency_key": "credit-2"}).body
+    closed = call(served.url, BUDGETS, {**credit, "idempotency_key": "credit-2"}).body
     assert {row["error_code"] for row in closed["failed"]} == {"TENANT_CLOSED"}
 
 
@@ -239,9 +248,12 @@ def test_a_bad_budget_bulk_request_changes_nothing(served: Any, change: dict[str
     before = state(guard)
     request = {"filter": {"tenant_id": "acme"}, "action": "CREDIT",
                "amount": {"unit": USD, "amount": 100}, "idempotency_key": "k-1", **change}
-    refused(call(served, BUDGETS, {k: v for k, v in request.items() if v is not None}), 400,
+    refused(call(served.url, BUDGETS, {k: v for k, v in request.items() if v is not None}), 400,
             code, *words)
     assert state(guard) == before
+    valid = {"filter": {"tenant_id": "acme"}, "action": "RESET",
+             "amount": {"unit": "TOKENS", "amount": 10}, "idempotency_key": "k-1"}
+    assert call(served.url, BUDGETS, valid).status == 200  # checked before k-1 was claimed
 
 
 def test_concurrent_retries_run_the_action_once(served: Any) -> None:
@@ -253,7 +265,7 @@ def test_concurrent_retries_run_the_action_once(served: Any) -> None:
     credit = {"filter": {"tenant_id": "acme"}, "action": "CREDIT",
               "amount": {"unit": USD, "amount": 7}, "idempotency_key": "together"}
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: call(served, BUDGETS, credit), range(8)))
+        answers = list(pool.map(lambda _: call(served.url, BUDGETS, credit), range(8)))
     assert {answer.status for answer in answers} == {200}
     assert all(answer.body == answers[0].body for answer in answers)
     assert len(answers[0].body["succeeded"]) == 30
@@ -272,9 +284,35 @@ def test_a_retry_while_the_first_run_holds_the_key_is_503(served: Any) -> None:
     claim = guard.claim_once("tenants-bulk", "held", parsed)
     assert claim.owner is not None
     before = state(guard)
-    answer = call(served, TENANTS, request)
+    answer = call(served.url, TENANTS, request)
     refused(answer, 503, "INTERNAL_ERROR", "still running")
     assert answer.headers["retry-after"] == "1"
     assert state(guard) == before
     guard.finish_once(claim, '{"kept": true}')
-    assert call(served, TENANTS, request).body == {"kept": True}
+    assert call(served.url, TENANTS, request).body == {"kept": True}
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_a_run_repeated_after_its_claim_lapsed_never_funds_twice(kind: str) -> None:
+    """Past the 15 minutes the key is free: the same request runs again and each ledger's
+    fund replays (its key is derived from the request), so nothing is funded twice; another
+    request under the bulk key then funds afresh."""
+    clock = al.ManualClock(START_MS)
+    store = make_store(kind, clock)
+    guard = al.Guard(store)
+    budgets(guard)
+    credit = {"filter": {"tenant_id": "acme", "unit": USD}, "action": "CREDIT",
+              "amount": {"unit": USD, "amount": 100}, "idempotency_key": "credit-1"}
+    with serving(guard) as url:
+        first = call(url, BUDGETS, credit)
+        after_first = remaining(guard)
+        clock.advance(15 * 60 * 1000)  # the claim and its answer lapse
+        again = call(url, BUDGETS, credit)
+        assert again.status == 200 and again.body["succeeded"] == first.body["succeeded"]
+        assert remaining(guard) == after_first  # each fund replayed, none applied again
+        clock.advance(15 * 60 * 1000)
+        other = call(url, BUDGETS, {**credit, "amount": {"unit": USD, "amount": 5}})
+        assert other.status == 200 and len(other.body["succeeded"]) == 3
+    assert remaining(guard)["tenant:acme|USD_MICROCENTS"] == after_first[
+        "tenant:acme|USD_MICROCENTS"] + 5
+    store.close()
