@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/redis_floor.py
 	$(BIN)/python bench/redis_sweep.py --tenants 1000,10000
 	$(BIN)/python bench/server.py --quick
+	$(BIN)/python bench/bulk.py
 
 clean:
 	rm -rf $(VENV) $(LI_VENV) $(LOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck

@@ -3,6 +3,7 @@
     .venv/bin/python bench/server.py             # full run (5 to 15 minutes, with the load)
     .venv/bin/python bench/server.py --quick     # fewer rounds, shorter phases
     .venv/bin/python bench/server.py --layers [--profile]   # a reserve's layers, in process
+                                         # (and both routes after other work cooled the caches)
     .venv/bin/python bench/server.py --instructions pairs|trivial N   # for callgrind
 
 Two configurations, measured in one run: the memory store behind one worker, and Redis (a
@@ -764,6 +765,18 @@ def report_throughput(figures: dict[str, list[LoadFigures]], settings: Settings,
 # -- where a reserve's time goes (in process, no network) ------------------------------------
 
 
+EVICTED_KIB = (1024, 4096)
+"""Other work between two requests, in KiB of memory it touches: over HTTP the kernel, the
+event loop and the clients (on the same two cores) run between a server's requests and
+evict what the last one left in the CPU caches; a hot loop in process sees none of that."""
+
+
+def _touch(memory: bytearray) -> None:
+    """Write one byte per 64-byte cache line of `memory`: what other work leaves behind."""
+    for at in range(0, len(memory), 64):
+        memory[at] ^= 1
+
+
 async def asgi_call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],
                     body: bytes) -> tuple[int, bytes]:
     """One request through the ASGI interface, as uvicorn makes it, without a socket."""
@@ -812,9 +825,13 @@ class Layers:
                         (b"content-type", b"application/json"), (b"host", b"127.0.0.1")]
         self.serial = 0
         self.actual = al.Amount(al.Unit.USD_MICROCENTS, ACTUAL)
+        self.plain = in_process_guard(store)  # no metrics: as the sequential phase's
+        self.plain_subject = al.Subject(tenant="inproc", workspace="production",
+                                        app="assistant")
 
     def close(self) -> None:
         self.guard.close()
+        self.plain.close()
 
     def raw(self) -> bytes:
         self.serial += 1
@@ -883,16 +900,26 @@ class Layers:
             timed("5 answer (wire body, orjson, headers)", start)
             assert response.status_code == 200
             await held.acommit(self.actual)
-        for _ in range(calls):
-            start = time.perf_counter_ns()
-            status, _answer = await asgi_call(self.app, "POST", TRIVIAL_PATH, self.headers,
-                                              self.raw())
-            timed("trivial route through ASGI", start)
-            assert status == 200
-            start = time.perf_counter_ns()
-            rid = await self._reserve_asgi()
-            timed("reserve route through ASGI", start)
-            await self._commit_asgi(rid)
+        for evicted in (0, *EVICTED_KIB):
+            other_work = bytearray(evicted * 1024)
+            suffix = f", after {evicted:,} KiB of other work" if evicted else ""
+            for _ in range(calls):
+                _touch(other_work)
+                start = time.perf_counter_ns()
+                status, _answer = await asgi_call(self.app, "POST", TRIVIAL_PATH,
+                                                  self.headers, self.raw())
+                timed("trivial route through ASGI" + suffix, start)
+                assert status == 200
+                _touch(other_work)
+                start = time.perf_counter_ns()
+                rid = await self._reserve_asgi()
+                timed("reserve route through ASGI" + suffix, start)
+                await self._commit_asgi(rid)
+                _touch(other_work)
+                start = time.perf_counter_ns()
+                held = await self.plain.areserve(self.plain_subject, what, estimate)
+                timed("in-process areserve (the target's baseline)" + suffix, start)
+                await held.acommit(self.actual)
         return {name: percentile(values, 50) for name, values in times.items()}
 
     async def profile(self, calls: int) -> str:
@@ -953,10 +980,10 @@ def layers(store: str, name: str, calls: int, profile: bool) -> None:
         print(f"\n== {name}: a reserve's layers in process, p50 µs over {calls:,} calls")
         layers_sum = 0.0
         for layer, value in figures.items():
-            print(f"    {layer:<42}{value:>8.1f}")
+            print(f"    {layer:<78}{value:>8.1f}")
             if layer[0].isdigit():
                 layers_sum += value
-        print(f"    {'sum of layers 1-5':<42}{layers_sum:>8.1f}")
+        print(f"    {'sum of layers 1-5':<78}{layers_sum:>8.1f}")
         if profile:
             print(loop.run_until_complete(bench.profile(calls)))
         loop.close()
