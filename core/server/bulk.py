@@ -7,8 +7,8 @@ is matched after the idempotency key is claimed, so a retry replays the first an
 when that answer changed what the filter matches; more than 500 matches is 400
 `LIMIT_EXCEEDED` and an `expected_count` that differs is 409 `COUNT_MISMATCH`, both with
 nothing changed. Then every row is tried (one guard call each, signed `admin-key`), and the
-answer splits them into succeeded, failed (with the code a single call would have got) and
-skipped (already in the target state): 200 even when rows failed. The answer is kept for 15
+answer splits them into succeeded, failed (with the spec's row code for what refused it)
+and skipped (already in the target state): 200 even when rows failed. The answer is kept for 15
 minutes (`Guard.claim_once`): the same request under the same key gets it again, another
 request under it 409 `IDEMPOTENCY_MISMATCH`, a retry while the first still runs 503 with
 `Retry-After`. A request refused by a gate lets the key go. Each budget row's fund carries an
@@ -16,7 +16,6 @@ idempotency key derived from the whole request and the ledger (keyed with the ad
 no tenant can take it first): the same request run again after its claim lapsed never funds
 a ledger twice, and another request under the bulk key funds afresh.
 """
-
 
 from __future__ import annotations
 
