@@ -97,6 +97,9 @@ class PlatformCalls(Runner):
         request raises `IdempotencyMismatch`. While another run holds the key this waits
         up to `wait_s` seconds for its answer, then answers with neither set. A claim
         never finished lapses after `ttl_s` seconds."""
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not (
+                0 <= wait_s <= 60):
+            raise InvalidRequest(f"wait_s: expected seconds between 0 and 60, got {wait_s!r}")
         try:
             text = json.dumps(request, sort_keys=True, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as error:
@@ -105,8 +108,6 @@ class PlatformCalls(Runner):
             tenant="", key=f"{check_name(call, 'call')}:{check_idempotency_key(idempotency_key)}",
             fingerprint=hashlib.sha256(text.encode()).hexdigest(), owner=uuid.uuid4().hex,
             ttl_ms=check_int(ttl_s, "ttl_s", 1, 86_400) * 1000)
-        if not isinstance(wait_s, int | float) or not 0 <= wait_s <= 60:
-            raise InvalidRequest(f"wait_s: expected seconds between 0 and 60, got {wait_s!r}")
         return _claiming(op, wait_s)
 
     set_mode, aset_mode = twins(set_mode_op)

@@ -67,6 +67,7 @@ def test_claims_and_answers_lapse_after_their_ttl(guard: al.Guard,
     (("tenants-bulk", "k-1", {"x": float("nan")}), {}, "request"),
     (("tenants-bulk", "k-1", REQUEST), {"ttl_s": 0}, "ttl_s"),
     (("tenants-bulk", "k-1", REQUEST), {"wait_s": -1}, "wait_s"),
+    (("tenants-bulk", "k-1", REQUEST), {"wait_s": True}, "wait_s"),
 ])
 def test_bad_claims_are_refused_and_hold_nothing(guard: al.Guard, args: tuple[object, ...],
                                                  kwargs: dict[str, object], wrong: str) -> None:
