@@ -83,7 +83,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
                "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
                "transfer"}
     reads = {"balances", "audit", "report", "usage", "plan_of"}
-    platform = {"set_mode", "assign_plan", "close_tenant", "sweep", "tenants"}
+    platform = {"set_mode", "assign_plan", "close_tenant", "sweep", "tenants", "claim_once",
+                "finish_once"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
     for calls in (enforcement, budgets, reads):
