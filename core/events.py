@@ -38,6 +38,8 @@ class AuditType:
     ACCESS_SET = "access.set"
     MODE_SET = "tenant.mode_set"
     TENANT_CLOSED = "tenant.closed"
+    TENANT_SUSPENDED = "tenant.suspended"
+    TENANT_REACTIVATED = "tenant.reactivated"
     PLAN_ASSIGNED = "plan.assigned"
 
 
@@ -91,6 +93,12 @@ class NotificationType:
     TENANT_CLOSED = "tenant.closed"
     """The tenant was closed for good (`Guard.close_tenant`); `reason` is the one given
     ("" when none)."""
+    TENANT_SUSPENDED = "tenant.suspended"
+    """Every open budget of the tenant was frozen in one step (`Guard.suspend_tenant`);
+    `reason` is the one given ("" when none)."""
+    TENANT_REACTIVATED = "tenant.reactivated"
+    """Every open budget of a suspended tenant was unfrozen in one step
+    (`Guard.resume_tenant`); `reason` is the one given ("" when none)."""
     BURN_RATE_FORECAST = "budget.burn_rate_forecast"
     """At the spend rate so far this period, the ledger runs out before the period ends;
     `detail` has `exhausts_on` (the UTC day) and `exhausts_at_ms`. Once per ledger and

@@ -1,5 +1,6 @@
-"""The platform operator's calls: a tenant's mode and plan, closing a tenant, the list of
-tenants, the sweep across tenants, and the claims that make a bulk action idempotent.
+"""The platform operator's calls: a tenant's mode and plan, suspending, resuming and closing a
+tenant, the list of tenants, the sweep across tenants, and the claims that make a bulk action
+idempotent.
 They are for the unrestricted guard only; a tenant handle never offers them (a tenant must
 not switch itself to shadow mode or onto another tier)."""
 
@@ -55,6 +56,25 @@ def close_tenant_op(tenant: str, *, actor: str | None = None, reason: str | None
     reserve is denied (`TENANT_CLOSED`) and every other change refused (`TenantClosed`).
     There is no reopening. Returns what it did (`TenantClosure`)."""
     return ops.CloseTenant(tenant=tenant_name(tenant), **arg.signed(actor, reason))
+
+
+def suspend_tenant_op(tenant: str, *, actor: str | None = None, reason: str | None = None
+                      ) -> ops.SuspendTenant:
+    """Suspend `tenant`: every budget of it that is not closed frozen in one atomic step
+    (each reserve is then denied, BUDGET_FROZEN; settling what is held still works), with
+    one `tenant.suspended` record and notification. Returns how many budgets changed (0:
+    suspended already). A tenant without an open budget raises NotFound."""
+    return ops.SuspendTenant(tenant=tenant_name(tenant), suspended=True,
+                             **arg.signed(actor, reason))
+
+
+def resume_tenant_op(tenant: str, *, actor: str | None = None, reason: str | None = None
+                     ) -> ops.SuspendTenant:
+    """Undo `suspend_tenant`: every frozen budget of `tenant` that is not closed active
+    again, in one step, with one `tenant.reactivated` record and notification. Returns how
+    many budgets changed."""
+    return ops.SuspendTenant(tenant=tenant_name(tenant), suspended=False,
+                             **arg.signed(actor, reason))
 
 
 def tenants_op() -> ops.Tenants:
@@ -113,6 +133,8 @@ class PlatformCalls(Runner):
     set_mode, aset_mode = twins(set_mode_op)
     assign_plan, aassign_plan = followed_twins(assign_plan_op, checked_hierarchy)
     close_tenant, aclose_tenant = twins(close_tenant_op)
+    suspend_tenant, asuspend_tenant = twins(suspend_tenant_op)
+    resume_tenant, aresume_tenant = twins(resume_tenant_op)
     tenants, atenants = twins(tenants_op)
     sweep, asweep = twins(sweep_op)
     claim_once, aclaim_once = flow_twins(_claim_once)

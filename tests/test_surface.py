@@ -83,8 +83,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
                "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
                "transfer"}
     reads = {"balances", "audit", "report", "usage", "plan_of"}
-    platform = {"set_mode", "assign_plan", "close_tenant", "sweep", "tenants", "claim_once",
-                "finish_once"}
+    platform = {"set_mode", "assign_plan", "close_tenant", "suspend_tenant", "resume_tenant",
+                "sweep", "tenants", "claim_once", "finish_once"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
     for calls in (enforcement, budgets, reads):
@@ -97,7 +97,8 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
 
 ADMIN_CALLS = ["set_budget", "remove_budget", "set_quota", "remove_quota", "set_access",
                "clear_access", "freeze", "unfreeze", "close_budget", "set_budget_terms", "fund",
-               "transfer", "set_mode", "assign_plan", "close_tenant"]
+               "transfer", "set_mode", "assign_plan", "close_tenant", "suspend_tenant",
+               "resume_tenant"]
 
 
 @pytest.mark.parametrize("name", ADMIN_CALLS)

@@ -360,6 +360,8 @@ def test_both_stores_append_the_same_events(clock: al.ManualClock) -> None:
         guard.record(al.Subject(tenant="acme"), LLM, al.usd(2))
         guard.set_mode("acme", "shadow")
         guard.set_mode("acme", None)
+        guard.suspend_tenant("acme", reason="invoice unpaid")
+        guard.resume_tenant("acme")
         guard.close_tenant("acme", reason="churned")
         with pytest.raises(al.Denied):
             guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(1))
@@ -377,7 +379,8 @@ def test_both_stores_append_the_same_events(clock: al.ManualClock) -> None:
     assert {kind for _, kind, _, _ in seen[0]} >= {
         "reservation.expired", "reservation.commit_overage", "budget.threshold_crossed",
         "budget.exhausted", "budget.over_limit_entered", "tenant.mode_changed",
-        "budget.burn_rate_forecast", "tenant.closed", "reservation.denied"}
+        "budget.burn_rate_forecast", "tenant.suspended", "tenant.reactivated",
+        "tenant.closed", "reservation.denied"}
 
 
 def test_both_stores_tell_debt_incurred_and_over_limit_exited_alike(

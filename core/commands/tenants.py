@@ -1,9 +1,10 @@
 """`allotment tenants create|list|suspend|resume|close`: tenant records, the tenants a store
 holds, suspension and closing.
 
-Suspending a tenant freezes every budget it has (each reservation is then refused
-BUDGET_FROZEN, at once, on every process sharing the store) and `resume` unfreezes them; a
-tenant without budgets cannot be suspended this way. `close` is for good
+Suspending a tenant freezes every open budget it has (each reservation is then refused
+BUDGET_FROZEN, at once, on every process sharing the store; on a store in one step,
+`Guard.suspend_tenant`) and `resume` unfreezes them; budgets closed one by one stay closed,
+and a tenant without an open budget cannot be suspended this way. `close` is for good
 (`Guard.close_tenant`): it asks for `--yes`.
 """
 
@@ -101,10 +102,11 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
 
 
 def _budgets(target: Target, tenant: str) -> list[tuple[str, Unit]]:
-    """Each budget definition of the tenant as (standard scope, unit), once."""
+    """Each open budget definition of the tenant as (standard scope, unit), once."""
     seen: dict[tuple[str, str], None] = {}
     for row in ledgers(target, tenant):
-        seen[(parse_scope(row["scope"]).base, row["unit"])] = None
+        if row["status"] != "CLOSED":
+            seen[(parse_scope(row["scope"]).base, row["unit"])] = None
     if not seen:
         raise Failure(f"tenant {tenant_name(tenant, 'TENANT')} has no budgets to freeze "
                       "(suspending freezes its budgets: give it a plan or a budget first)",
@@ -113,19 +115,20 @@ def _budgets(target: Target, tenant: str) -> list[tuple[str, Unit]]:
 
 
 def _set_frozen(target: Target, tenant: str, frozen: bool, reason: str | None) -> list[str]:
-    done = []
-    for scope, unit in _budgets(target, tenant):
-        if target.guard is not None:
-            call = target.guard.freeze if frozen else target.guard.unfreeze
-            call(scope, unit, actor="allotment tenants", reason=reason)
-        else:
-            assert target.server is not None
+    """Freeze (or unfreeze) the tenant's open budgets: on a store in one step
+    (`Guard.suspend_tenant` / `resume_tenant`), over a server one budget at a time."""
+    budgets = _budgets(target, tenant)
+    if target.guard is not None:
+        call = target.guard.suspend_tenant if frozen else target.guard.resume_tenant
+        call(tenant_name(tenant, "TENANT"), actor="allotment tenants", reason=reason)
+    else:
+        assert target.server is not None
+        for scope, unit in budgets:
             target.server.call("POST", "/v1/admin/budgets/" + (
                 "freeze" if frozen else "unfreeze"), params={
                 "tenant_id": tenant_name(tenant, "TENANT"), "scope": scope,
                 "unit": unit.value})
-        done.append(f"{scope} {unit.value}")
-    return done
+    return [f"{scope} {unit.value}" for scope, unit in budgets]
 
 
 def _status_command(frozen: bool) -> Any:

@@ -133,15 +133,17 @@ def search_text(query: Mapping[str, str]) -> str | None:
 
 async def tenant_status(guard: Guard, tenant: str, info: TenantInfo | None) -> str:
     """CLOSED when its record says so (`Guard.close_tenant`); SUSPENDED when the tenant has
-    budgets and every one is frozen (suspending a tenant freezes its budgets), else ACTIVE.
-    Read from the budgets at the tenant's root when it has some (one small read however
-    many run or user ledgers lie below), else from all of them."""
+    open budgets and every one is frozen (`Guard.suspend_tenant`; closed budgets do not
+    count), else ACTIVE. Read from the budgets at the tenant's root when it has open ones
+    (one small read however many run or user ledgers lie below), else from all of them."""
     if info is not None and info.closed_at_ms is not None:
         return "CLOSED"
     root = f"tenant:{tenant}"
-    rows = await guard.abalances(root, include_children=False)
+    rows = [row for row in await guard.abalances(root, include_children=False)
+            if row.status is not BudgetStatus.CLOSED]
     if not rows:
-        rows = await guard.abalances(root)
+        rows = [row for row in await guard.abalances(root)
+                if row.status is not BudgetStatus.CLOSED]
     frozen = bool(rows) and all(row.status is BudgetStatus.FROZEN for row in rows)
     return "SUSPENDED" if frozen else "ACTIVE"
 

@@ -1,6 +1,7 @@
 """The tenants of the reference admin plane beyond creation: the list, and `PATCH` of a
-tenant's status (admin key). SUSPENDED is every budget of the tenant frozen (as `allotment
-tenants suspend` does) and ACTIVE is them unfrozen; CLOSED is `Guard.close_tenant`, for good,
+tenant's status (admin key). SUSPENDED is every open budget of the tenant frozen, in one
+store step (`Guard.suspend_tenant`) and ACTIVE is them unfrozen (`Guard.resume_tenant`);
+budgets closed one by one stay closed. CLOSED is `Guard.close_tenant`, for good,
 with its cascade in one store step (reservations released, budgets closed, keys revoked,
 webhooks disabled). What the guard cannot change (a new name, the tenant's reservation
 defaults) is refused, never silently dropped."""
@@ -14,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..amounts import Unit
+from ..errors import NotFound
 from ..guard import Guard
 from ..models import TenantInfo
-from ..scopes import parse_scope, tenant_name
+from ..scopes import tenant_name
 from . import paging, wire
 from .admin import require_admin, search_text, tenant_status, tenant_view
 from .context import body, json_response
@@ -112,16 +113,12 @@ async def tenant_rows(guard: Guard, search: str | None
 
 async def set_frozen(guard: Guard, tenant: str, frozen: bool, reason: str | None = None
                      ) -> None:
-    """Suspend a tenant (freeze each of its budgets: one guard call per scope) or resume
-    it (unfreeze them); 409 when it has no budgets."""
-    scopes: dict[tuple[str, Unit], None] = {}
-    for row in await guard.abalances(f"tenant:{tenant}"):
-        scopes[(parse_scope(row.scope).base, row.unit)] = None
-    if not scopes:
-        raise ApiError(409, "INVALID_REQUEST", f"tenant {tenant} has no budgets to freeze "
-                       "(suspending freezes its budgets: give it a plan or a budget "
-                       "first)")
-    call = guard.afreeze if frozen else guard.aunfreeze
-    reason = reason or ("tenant suspended" if frozen else "tenant resumed")
-    for scope, unit in scopes:
-        await call(scope, unit, actor="admin-key", reason=reason)
+    """Suspend a tenant (`Guard.suspend_tenant`: every open budget frozen in one step) or
+    resume it; 409 when it has no open budget."""
+    call = guard.asuspend_tenant if frozen else guard.aresume_tenant
+    try:
+        await call(tenant, actor="admin-key",
+                   reason=reason or ("tenant suspended" if frozen else "tenant resumed"))
+    except NotFound as error:
+        raise ApiError(409, "INVALID_REQUEST", f"{error} (suspending freezes its budgets: "
+                       "give it a plan or a budget first)") from None

@@ -422,6 +422,17 @@ class CloseTenant(Op[TenantClosure]):
 
 
 @dataclass
+class SuspendTenant(Op[int]):
+    """Freeze (`suspended`) or unfreeze every budget of the tenant that is not closed, in
+    one step; answers how many changed (0: already so, and nothing is recorded). A tenant
+    without an open budget: NotFound. Closed budgets stay closed either way."""
+
+    suspended: bool
+    actor: str | None = None
+    reason: str | None = None
+
+
+@dataclass
 class ClaimOnce(Op[OnceClaim]):
     """Claim `key` (named by its call, e.g. `tenants-bulk:<key>`) for one run, or read
     where its run stands: kept `ttl_ms` from the claim, then from the answer. The same key

@@ -67,14 +67,15 @@ def test_tenants_are_suspended_reactivated_and_closed_in_bulk(served: Any) -> No
         "failed": [{"id": "empty", "error_code": "INVALID_TRANSITION",
                     "message": first.body["failed"][0]["message"]}],
         "skipped": [], "idempotency_key": "suspend-1"}
-    assert "no budgets" in first.body["failed"][0]["message"]
+    assert "no open budgets" in first.body["failed"][0]["message"]
     assert [status_of(served, name) for name in ("acme", "beta", "gone")] == [
         "SUSPENDED", "SUSPENDED", "CLOSED"]
     with pytest.raises(al.BudgetExceeded):
         guard.reserve(al.Subject(tenant="acme"), al.Action("llm.completion", "m"),
                       al.usd("0.01"))
-    frozen = [r for r in guard.audit("acme") if r.type == al.AuditType.BUDGET_STATUS]
-    assert {r.reason for r in frozen} == {"bulk action suspend-1"}
+    frozen = [r for r in guard.audit("acme") if r.type == al.AuditType.TENANT_SUSPENDED]
+    assert [(r.actor, r.reason, r.detail) for r in frozen] == [
+        ("admin-key", "bulk action suspend-1", {"budgets": 2})]  # one step for the tenant
     before = state(guard)
     again = call(served.url, TENANTS, {**suspend})  # a retry: the first answer, nothing redone
     assert (again.status, again.body) == (200, first.body)

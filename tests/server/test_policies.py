@@ -334,7 +334,7 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     assert call(api, "GET", "/v1/admin/tenants/beta").body["status"] == "SUSPENDED"
     call(api, "POST", "/v1/admin/tenants", {"tenant_id": "empty", "name": "Empty"})
     envelope(call(api, "PATCH", "/v1/admin/tenants/empty", {"status": "SUSPENDED"}), 409,
-             "no budgets")
+             "no open budgets")
     assert call(api, "GET", "/v1/admin/tenants?status=CLOSED").body["tenants"] == []
     envelope(call(api, "GET", "/v1/admin/tenants?status=GONE"), 400, "status")
 

@@ -80,6 +80,12 @@ class Lockstep(RuleBasedStateMachine):
             g.close_tenant("acme", reason=reason)))
         self.closed = True
 
+    @rule(suspended=st.booleans(), reason=st.sampled_from([None, "unpaid"]))
+    def suspend_tenant(self, suspended: bool, reason: str | None) -> None:
+        """Every open budget frozen or unfrozen in one step, alike (or refused alike)."""
+        self.both(lambda g: (g.suspend_tenant if suspended else g.resume_tenant)(
+            "acme", reason=reason))
+
     @rule(scope=st.sampled_from(SCOPES), tokens=st.integers(0, 300), per=st.booleans(),
           period=st.sampled_from([None, "minute", "day"]), policy=POLICIES,
           overdraft=st.integers(0, 50))

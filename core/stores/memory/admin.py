@@ -30,6 +30,7 @@ from ..operations import (
     SetBudgetTerms,
     SetMode,
     SetStatus,
+    SuspendTenant,
     Transfer,
 )
 from .state import (
@@ -73,6 +74,29 @@ def set_status(t: Tenant, op: SetStatus, now: int) -> int:
         detail={"status": op.status.value, "budgets": len(matched)}, actor=op.actor,
         reason=op.reason)
     return len(matched)
+
+
+def suspend_tenant(t: Tenant, op: SuspendTenant, now: int) -> int:
+    """Freeze or unfreeze every open budget of the tenant at once (as admin.lua's
+    `suspend_tenant`); closed ones stay closed."""
+    want = BudgetStatus.FROZEN if op.suspended else BudgetStatus.ACTIVE
+    open_ = [d for by_key in t.definitions.values() for d in by_key.values()
+             if d.status is not BudgetStatus.CLOSED]
+    if not open_:
+        raise NotFound(f"tenant {t.name} has no open budgets to "
+                       f"{'freeze' if op.suspended else 'unfreeze'}")
+    changed = [d for d in open_ if d.status is not want]
+    for d in changed:
+        d.status = want
+    if changed:
+        relinked(t)
+        audit, note = ((AuditType.TENANT_SUSPENDED, NotificationType.TENANT_SUSPENDED)
+                       if op.suspended else
+                       (AuditType.TENANT_REACTIVATED, NotificationType.TENANT_REACTIVATED))
+        log(t, now, audit, scopes=(f"tenant:{t.name}",), detail={"budgets": len(changed)},
+            actor=op.actor, reason=op.reason)
+        t.cx.notes.append(Notification(note, t.name, now, reason=op.reason or ""))
+    return len(changed)
 
 
 def set_budget_terms(t: Tenant, op: SetBudgetTerms, now: int) -> int:

@@ -46,13 +46,22 @@ from ..operations import (
     SetMode,
     SetQuota,
     SetStatus,
+    SuspendTenant,
     Sweep,
     Tenants,
     Transfer,
     UpdateKey,
     Usage,
 )
-from .admin import close_tenant, fund, set_budget_terms, set_mode, set_status, transfer
+from .admin import (
+    close_tenant,
+    fund,
+    set_budget_terms,
+    set_mode,
+    set_status,
+    suspend_tenant,
+    transfer,
+)
 from .definitions import apply_plan, remove_budget, set_access, set_budget, set_quota
 from .keys import (
     check_key,
@@ -78,7 +87,7 @@ R = TypeVar("R")
 _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     SetBudget: set_budget, RemoveBudget: remove_budget, SetQuota: set_quota,
     SetAccess: set_access, ApplyPlan: apply_plan, SetMode: set_mode, SetStatus: set_status,
-    SetBudgetTerms: set_budget_terms,
+    SetBudgetTerms: set_budget_terms, SuspendTenant: suspend_tenant,
     Fund: fund, Transfer: transfer, Reserve: reserve, Commit: commit, Release: release,
     Extend: extend, Record: record, Get: get, Balances: balances, Audit: audit, Report: report,
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
@@ -89,7 +98,8 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
 """The operations on one tenant's state, by type (and `CloseTenant`, see `_close`)."""
 _CLOSED_REFUSES = frozenset({
     SetBudget, RemoveBudget, SetQuota, SetAccess, ApplyPlan, SetMode, SetStatus,
-    SetBudgetTerms, Fund, Transfer, CreateKey, UpdateKey, SubscribeWebhook, EnableWebhook})
+    SetBudgetTerms, SuspendTenant, Fund, Transfer, CreateKey, UpdateKey, SubscribeWebhook,
+    EnableWebhook})
 """The changes a closed tenant refuses outright; its reserve, commit, release, extend and
 record answer a replay first, then refuse (see `admin.close_tenant`)."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {

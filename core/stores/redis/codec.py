@@ -332,6 +332,9 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
                               lambda op, b, w: int(b["changed"]), registers=True),
     ops.RemoveBudget: Codec("admin", _document(out.definition),
                             lambda op, b, w: int(b["removed"]), registers=True),
+    ops.SuspendTenant: Codec("admin", _document(lambda op: out.signed(op, {
+        "op": "suspend_tenant", "suspended": op.suspended})),
+        lambda op, b, w: int(b["changed"]), registers=True),
     ops.CloseTenant: Codec("admin", _document(lambda op: out.signed(op, {"op": "close_tenant"})),
                            _closure, registers=True),
     ops.SetQuota: _DEFINITION, ops.SetAccess: _DEFINITION, ops.SetMode: _DEFINITION,

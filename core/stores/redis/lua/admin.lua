@@ -150,6 +150,31 @@ elseif op == 'set_mode' then
   NOTES[#NOTES + 1] = {'tenant.mode_changed', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
     nz(P.mode) or ''}
   return reply({})
+elseif op == 'suspend_tenant' then
+  -- as suspend_tenant in admin.py: every open budget frozen (or unfrozen) in this step
+  local want, open, changed = P.suspended and 'FROZEN' or 'ACTIVE', 0, 0
+  for _, scope in ipairs(redis.call('HKEYS', K_DEFS)) do
+    local list, dirty = defs_of(scope), false
+    for _, d in ipairs(list) do
+      local status = d.status or 'ACTIVE'
+      if status ~= 'CLOSED' then
+        open = open + 1
+        if status ~= want then d.status, dirty, changed = want, true, changed + 1 end
+      end
+    end
+    if dirty then save_defs(scope, list) end
+  end
+  if open == 0 then
+    return fail('NOT_FOUND', 'tenant ' .. P.tenant .. ' has no open budgets to ' ..
+      (P.suspended and 'freeze' or 'unfreeze'))
+  end
+  if changed > 0 then
+    local kind = P.suspended and 'tenant.suspended' or 'tenant.reactivated'
+    audit(kind, {scopes = {'tenant:' .. P.tenant}, detail = {budgets = changed},
+      actor = nz(P.actor), reason = nz(P.reason)})
+    NOTES[#NOTES + 1] = {kind, NULL, NULL, NULL, NULL, NULL, NULL, NULL, nz(P.reason) or ''}
+  end
+  return reply({changed = changed})
 elseif op == 'set_status' then
   local list, matched = defs_of(P.scope), 0
   for _, d in ipairs(list) do

@@ -1,0 +1,77 @@
+"""`suspend_tenant` / `resume_tenant`: every open budget of a tenant frozen (or unfrozen) in
+one store step, with one `tenant.suspended` (`tenant.reactivated`) record and notification;
+budgets closed one by one stay closed (both stores, sync and async)."""
+
+from __future__ import annotations
+
+import pytest
+
+import allotment as al
+from allotment.errors import TenantClosed
+
+LLM = al.Action("llm.completion", "openai:gpt-4o")
+WHO = al.Subject(tenant="acme", workspace="w")
+
+
+def statuses(guard: al.Guard) -> list[tuple[str, str]]:
+    return [(row.scope, row.status.value) for row in guard.balances("tenant:acme")]
+
+
+def test_suspending_freezes_every_open_budget_at_once(guard: al.Guard) -> None:
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:acme/workspace:w", usd=5)
+    guard.set_budget("tenant:acme/workspace:old", usd=1)
+    guard.close_budget("tenant:acme/workspace:old")
+    guard.set_budget("tenant:beta", usd=1)
+    held = guard.reserve(WHO, LLM, al.usd(1))
+    seen: list[al.Notification] = []
+    guard.on(al.NotificationType.TENANT_SUSPENDED, seen.append)
+    guard.on(al.NotificationType.TENANT_REACTIVATED, seen.append)
+
+    assert guard.suspend_tenant("acme", actor="ops", reason="invoice unpaid") == 2
+    assert statuses(guard) == [("tenant:acme", "FROZEN"), ("tenant:acme/workspace:old", "CLOSED"),
+                               ("tenant:acme/workspace:w", "FROZEN")]
+    with pytest.raises(al.BudgetExceeded) as denied:
+        guard.reserve(WHO, LLM, al.usd(1))
+    assert denied.value.decision.reason == "BUDGET_FROZEN"
+    held.commit(al.usd("0.5"))  # what was held settles
+    guard.reserve(al.Subject(tenant="beta"), LLM, al.usd("0.1")).release()  # beta untouched
+    assert guard.suspend_tenant("acme") == 0  # suspended already: nothing recorded
+
+    assert guard.resume_tenant("acme", reason="paid") == 2
+    assert statuses(guard) == [("tenant:acme", "ACTIVE"), ("tenant:acme/workspace:old", "CLOSED"),
+                               ("tenant:acme/workspace:w", "ACTIVE")]
+    guard.reserve(WHO, LLM, al.usd(1)).release()
+    assert guard.resume_tenant("acme") == 0
+    records = [(r.type, r.actor, r.reason, r.detail, r.scopes) for r in guard.audit("acme")
+               if r.type in (al.AuditType.TENANT_SUSPENDED, al.AuditType.TENANT_REACTIVATED)]
+    assert records == [
+        (al.AuditType.TENANT_SUSPENDED, "ops", "invoice unpaid", {"budgets": 2},
+         ("tenant:acme",)),
+        (al.AuditType.TENANT_REACTIVATED, None, "paid", {"budgets": 2}, ("tenant:acme",))]
+    assert [(n.type, n.tenant, n.reason) for n in seen] == [
+        (al.NotificationType.TENANT_SUSPENDED, "acme", "invoice unpaid"),
+        (al.NotificationType.TENANT_REACTIVATED, "acme", "paid")]
+
+
+def test_a_tenant_without_an_open_budget_cannot_be_suspended(guard: al.Guard) -> None:
+    with pytest.raises(al.NotFound, match="no open budgets to freeze"):
+        guard.suspend_tenant("nobody")
+    guard.set_budget("tenant:acme", usd=1)
+    guard.close_budget("tenant:acme")
+    before = guard.audit("acme")
+    with pytest.raises(al.NotFound, match="no open budgets to unfreeze"):
+        guard.resume_tenant("acme")
+    assert guard.audit("acme") == before
+    with pytest.raises(al.InvalidRequest, match="tenant"):
+        guard.suspend_tenant("Not A Tenant")
+    with pytest.raises(al.InvalidRequest, match="reason"):
+        guard.suspend_tenant("acme", reason="")
+
+
+def test_a_closed_tenant_is_neither_suspended_nor_resumed(guard: al.Guard) -> None:
+    guard.set_budget("tenant:acme", usd=1)
+    guard.close_tenant("acme")
+    for call in (guard.suspend_tenant, guard.resume_tenant):
+        with pytest.raises(TenantClosed):
+            call("acme")
