@@ -152,10 +152,11 @@ def _status_command(frozen: bool) -> Any:
     return click.argument("tenant")(command)
 
 
-tenants.command("suspend", help="Freeze every budget of TENANT: each reservation is refused "
-                                "(BUDGET_FROZEN) until `tenants resume`.")(
+tenants.command("suspend", help="Freeze every open budget of TENANT: each reservation is "
+                                "refused (BUDGET_FROZEN) until `tenants resume`.")(
     _status_command(True))
-tenants.command("resume", help="Unfreeze every budget of TENANT.")(_status_command(False))
+tenants.command("resume", help="Unfreeze every open budget of TENANT (closed ones stay "
+                               "closed).")(_status_command(False))
 
 
 @tenants.command("close", help="Close TENANT for good, in one step: its open reservations "
