@@ -70,9 +70,9 @@ def suspend_tenant_op(tenant: str, *, actor: str | None = None, reason: str | No
 
 def resume_tenant_op(tenant: str, *, actor: str | None = None, reason: str | None = None
                      ) -> ops.SuspendTenant:
-    """Undo `suspend_tenant`: every frozen budget of `tenant` that is not closed active
-    again, in one step, with one `tenant.reactivated` record and notification. Returns how
-    many budgets changed."""
+    """Make every frozen budget of `tenant` active again (those frozen one by one before the
+    suspension too; closed ones stay closed), in one step, with one `tenant.reactivated`
+    record and notification. Returns how many budgets changed."""
     return ops.SuspendTenant(tenant=tenant_name(tenant), suspended=False,
                              **arg.signed(actor, reason))
 

@@ -75,3 +75,20 @@ def test_a_closed_tenant_is_neither_suspended_nor_resumed(guard: al.Guard) -> No
     for call in (guard.suspend_tenant, guard.resume_tenant):
         with pytest.raises(TenantClosed):
             call("acme")
+
+
+def test_templates_and_budgets_frozen_by_hand_count_alike(guard: al.Guard) -> None:
+    """A per-run template is frozen with the rest (its runs are refused); a budget frozen by
+    hand before is not counted by the suspension, and the resumption makes it active too."""
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:acme", usd=1, per="run")
+    guard.set_budget("tenant:acme/workspace:w", usd=5)
+    guard.freeze("tenant:acme/workspace:w")
+    assert guard.suspend_tenant("acme") == 2  # the root budget and the template
+    run = al.Subject(tenant="acme", dimensions={"run": "r-1"})
+    with pytest.raises(al.BudgetExceeded) as denied:
+        guard.reserve(run, LLM, al.usd("0.1"))
+    assert denied.value.decision.reason == "BUDGET_FROZEN"
+    assert guard.resume_tenant("acme") == 3
+    guard.reserve(run, LLM, al.usd("0.1")).release()
+    assert {row.status for row in guard.balances("tenant:acme")} == {al.BudgetStatus.ACTIVE}

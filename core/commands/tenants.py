@@ -1,11 +1,11 @@
 """`allotment tenants create|list|suspend|resume|close`: tenant records, the tenants a store
 holds, suspension and closing.
 
-Suspending a tenant freezes every open budget it has (each reservation is then refused
-BUDGET_FROZEN, at once, on every process sharing the store; on a store in one step,
-`Guard.suspend_tenant`) and `resume` unfreezes them; budgets closed one by one stay closed,
-and a tenant without an open budget cannot be suspended this way. `close` is for good
-(`Guard.close_tenant`): it asks for `--yes`.
+Suspending a tenant freezes every open budget it has, in one step (`Guard.suspend_tenant`,
+or `PATCH /v1/admin/tenants/{id}` over a server): each reservation is then refused
+BUDGET_FROZEN, at once, on every process sharing the store. `resume` unfreezes them; budgets
+closed one by one stay closed, and a tenant without an open budget cannot be suspended.
+`close` is for good (`Guard.close_tenant`): it asks for `--yes`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from typing import Any
 
 import click
 
-from ..amounts import Unit
-from ..scopes import parse_scope, tenant_name
+from ..errors import NotFound
+from ..scopes import tenant_name
 from ._output import emit_json, table
 from ._target import REFUSED, Failure, Target, handled, opened, target_options
-from .balances import ledgers
 
 _UNKNOWN = "1970-01-01T00:00:00Z"
 """The created_at the server answers for a tenant it has no record of."""
@@ -101,34 +100,22 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
             click.echo("no tenants")
 
 
-def _budgets(target: Target, tenant: str) -> list[tuple[str, Unit]]:
-    """Each open budget definition of the tenant as (standard scope, unit), once."""
-    seen: dict[tuple[str, str], None] = {}
-    for row in ledgers(target, tenant):
-        if row["status"] != "CLOSED":
-            seen[(parse_scope(row["scope"]).base, row["unit"])] = None
-    if not seen:
-        raise Failure(f"tenant {tenant_name(tenant, 'TENANT')} has no budgets to freeze "
-                      "(suspending freezes its budgets: give it a plan or a budget first)",
-                      REFUSED)
-    return [(scope, Unit(unit)) for scope, unit in seen]
-
-
-def _set_frozen(target: Target, tenant: str, frozen: bool, reason: str | None) -> list[str]:
-    """Freeze (or unfreeze) the tenant's open budgets: on a store in one step
-    (`Guard.suspend_tenant` / `resume_tenant`), over a server one budget at a time."""
-    budgets = _budgets(target, tenant)
+def _set_frozen(target: Target, tenant: str, frozen: bool, reason: str | None) -> int | None:
+    """Suspend (or resume) the tenant in one step: on a store `Guard.suspend_tenant` /
+    `resume_tenant` (how many budgets changed), over a server `PATCH
+    /v1/admin/tenants/{id}`, which makes that call there (None: it does not say how many)."""
+    name = tenant_name(tenant, "TENANT")
     if target.guard is not None:
         call = target.guard.suspend_tenant if frozen else target.guard.resume_tenant
-        call(tenant_name(tenant, "TENANT"), actor="allotment tenants", reason=reason)
-    else:
-        assert target.server is not None
-        for scope, unit in budgets:
-            target.server.call("POST", "/v1/admin/budgets/" + (
-                "freeze" if frozen else "unfreeze"), params={
-                "tenant_id": tenant_name(tenant, "TENANT"), "scope": scope,
-                "unit": unit.value})
-    return [f"{scope} {unit.value}" for scope, unit in budgets]
+        try:
+            return call(name, actor="allotment tenants", reason=reason)
+        except NotFound as error:
+            raise Failure(f"{error} (suspending freezes its budgets: give it a plan or a "
+                          "budget first)", REFUSED) from None
+    assert target.server is not None
+    target.server.call("PATCH", f"/v1/admin/tenants/{name}",
+                       body={"status": "SUSPENDED" if frozen else "ACTIVE"})
+    return None
 
 
 def _status_command(frozen: bool) -> Any:
@@ -139,15 +126,16 @@ def _status_command(frozen: bool) -> Any:
     def command(tenant: str, reason: str | None, store: str | None, server: str | None,
                 key: str | None, as_json: bool) -> None:
         with opened(store, server, key, as_json) as target:
-            done = _set_frozen(target, tenant, frozen, reason)
+            changed = _set_frozen(target, tenant, frozen, reason)
             name = tenant_name(tenant, "TENANT")
             if as_json:
-                emit_json({"tenant_id": name, "suspended": frozen, "budgets": done})
+                emit_json({"tenant_id": name, "suspended": frozen,
+                           **({} if changed is None else {"changed": changed})})
+            elif changed is None:
+                click.echo(f"tenant {name}: {'suspended' if frozen else 'active again'}")
             else:
                 state = "frozen" if frozen else "active again"
-                click.echo(f"tenant {name}: {len(done)} budget(s) {state}")
-                for line in done:
-                    click.echo(f"  {line}")
+                click.echo(f"tenant {name}: {changed} budget(s) {state}")
 
     return click.argument("tenant")(command)
 

@@ -75,22 +75,23 @@ class Tenancy:
         tenant = tenant_name(request.path_params["tenant_id"], "tenant_id")
         req = wire.parse(TenantPatch, await body(request, self.s.max_body))
         info = await self.s.guard.atenant_info(tenant)
-        if info is None:
-            raise not_found(f"no tenant {tenant!r}")
+        if info is None and tenant not in await self.s.guard.atenants():
+            raise not_found(f"no tenant {tenant!r}")  # as GET: a record, or state held
         given = req.model_dump(exclude_none=True)
         refused = [field for field in _UNCHANGEABLE if field in given]
         if refused:
             raise bad_request(f"{', '.join(refused)}: cannot be changed here (the guard's "
                               "own reservation settings apply to every tenant); send name "
                               "and status only")
-        if req.name is not None and req.name != info.name:
+        named = tenant if info is None else info.name
+        if req.name is not None and req.name != named:
             raise bad_request(f"name: a tenant keeps the name it was registered with "
-                              f"({info.name!r})")
+                              f"({named!r})")
         if req.status == "CLOSED":  # for good; closed already: answered as it is
             info = (await self.s.guard.aclose_tenant(tenant, actor="admin-key",
                                                      reason="tenant closed")).info
         elif req.status is not None:
-            if info.closed_at_ms is not None:
+            if info is not None and info.closed_at_ms is not None:
                 raise ApiError(409, "TENANT_CLOSED", f"tenant {tenant} is closed for good: "
                                "it cannot be made ACTIVE or SUSPENDED again")
             await set_frozen(self.s.guard, tenant, req.status == "SUSPENDED")

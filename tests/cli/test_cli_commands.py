@@ -189,7 +189,8 @@ def test_keys_and_tenants(cli: Cli) -> None:
     cli.run("tenants", "resume", "acme")
     cli.guard.reserve(al.Subject(tenant="acme"), MINI, al.usd("0.01")).release()
     empty = cli.run("tenants", "suspend", "nobody", code=1)
-    assert "has no budgets to freeze" in empty.output
+    assert "has no open budgets to freeze" in empty.output
+    assert "tenant acme: 0 budget(s) active again" in cli.run("tenants", "resume", "acme").stdout
 
     unsure = cli.run("tenants", "close", "acme", code=2)
     assert "cannot be undone: add --yes" in unsure.output

@@ -327,6 +327,10 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     assert resumed.body == made
     guard.reserve(al.Subject(tenant="acme", workspace="w"), MINI, al.usd("0.01")).release()
     envelope(call(api, "PATCH", "/v1/admin/tenants/nobody", {"status": "ACTIVE"}), 404)
+    lib = call(api, "PATCH", "/v1/admin/tenants/lib", {"status": "SUSPENDED"})  # no record
+    assert (lib.status, lib.body["status"]) == (200, "SUSPENDED")
+    assert call(api, "PATCH", "/v1/admin/tenants/lib", {"status": "ACTIVE"}
+                ).body["status"] == "ACTIVE"
     call(api, "POST", "/v1/admin/tenants", {"tenant_id": "beta", "name": "Beta"})
     guard.set_budget("tenant:beta/workspace:w", usd=1)  # no budget at the tenant's root
     assert call(api, "PATCH", "/v1/admin/tenants/beta", {"status": "SUSPENDED"}

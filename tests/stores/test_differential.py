@@ -80,6 +80,13 @@ class Lockstep(RuleBasedStateMachine):
             g.close_tenant("acme", reason=reason)))
         self.closed = True
 
+    @rule(scope=st.sampled_from(SCOPES), change=st.sampled_from(["freeze", "unfreeze",
+                                                                  "close_budget"]))
+    def budget_status(self, scope: str, change: str) -> None:
+        """One scope's budgets frozen, unfrozen or closed by hand: a suspension after it
+        counts and skips them alike."""
+        self.both(lambda g: getattr(g, change)(scope))
+
     @rule(suspended=st.booleans(), reason=st.sampled_from([None, "unpaid"]))
     def suspend_tenant(self, suspended: bool, reason: str | None) -> None:
         """Every open budget frozen or unfrozen in one step, alike (or refused alike)."""
