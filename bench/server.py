@@ -828,6 +828,8 @@ class Layers:
         self.plain = in_process_guard(store)  # no metrics: as the sequential phase's
         self.plain_subject = al.Subject(tenant="inproc", workspace="production",
                                         app="assistant")
+        self.action = al.Action(ACTION["kind"], ACTION["name"])
+        self.estimate = al.Amount(al.Unit.USD_MICROCENTS, ESTIMATE)
 
     def close(self) -> None:
         self.guard.close()
@@ -917,7 +919,8 @@ class Layers:
                 await self._commit_asgi(rid)
                 _touch(other_work)
                 start = time.perf_counter_ns()
-                held = await self.plain.areserve(self.plain_subject, what, estimate)
+                held = await self.plain.areserve(self.plain_subject, self.action,
+                                                 self.estimate)
                 timed("in-process areserve (the target's baseline)" + suffix, start)
                 await held.acommit(self.actual)
         return {name: percentile(values, 50) for name, values in times.items()}

@@ -110,8 +110,7 @@ def _set_frozen(target: Target, tenant: str, frozen: bool, reason: str | None) -
         try:
             return call(name, actor="allotment tenants", reason=reason)
         except NotFound as error:
-            raise Failure(f"{error} (suspending freezes its budgets: give it a plan or a "
-                          "budget first)", REFUSED) from None
+            raise Failure(str(error), REFUSED) from None
     assert target.server is not None
     target.server.call("PATCH", f"/v1/admin/tenants/{name}",
                        body={"status": "SUSPENDED" if frozen else "ACTIVE"})

@@ -121,5 +121,4 @@ async def set_frozen(guard: Guard, tenant: str, frozen: bool, reason: str | None
         await call(tenant, actor="admin-key",
                    reason=reason or ("tenant suspended" if frozen else "tenant resumed"))
     except NotFound as error:
-        raise ApiError(409, "INVALID_REQUEST", f"{error} (suspending freezes its budgets: "
-                       "give it a plan or a budget first)") from None
+        raise ApiError(409, "INVALID_REQUEST", str(error)) from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from ..amounts import Unit, Units
-from ..errors import InvalidRequest, KeyRefused
+from ..errors import IdempotencyMismatch, InvalidRequest, KeyRefused
 from ..events import AuditRecord, Notification, NotificationType, log
 from ..models import (
     Action,
@@ -458,6 +458,12 @@ class FinishOnce(Op[bool]):
 
 
 ONCE_OPS = (ClaimOnce, FinishOnce)
+
+
+def once_mismatch(op: ClaimOnce) -> IdempotencyMismatch:
+    """The refusal of a claim whose key was first claimed for another request."""
+    return IdempotencyMismatch(f"idempotency key {op.key.partition(':')[2]!r} was used with "
+                               "a different request")
 
 
 def grants(permissions: tuple[str, ...], permission: str) -> bool:

@@ -84,7 +84,8 @@ def suspend_tenant(t: Tenant, op: SuspendTenant, now: int) -> int:
              if d.status is not BudgetStatus.CLOSED]
     if not open_:
         raise NotFound(f"tenant {t.name} has no open budgets to "
-                       f"{'freeze' if op.suspended else 'unfreeze'}")
+                       f"{'freeze' if op.suspended else 'unfreeze'} (suspending freezes its "
+                       "budgets: give it a plan or a budget first)")
     changed = [d for d in open_ if d.status is not want]
     for d in changed:
         d.status = want

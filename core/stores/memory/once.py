@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import IdempotencyMismatch
 from ...models import OnceClaim
-from ..operations import ClaimOnce, FinishOnce
+from ..operations import ClaimOnce, FinishOnce, once_mismatch
 
 
 @dataclass(slots=True)
@@ -37,8 +36,7 @@ class Claims:
             self._held[op.key] = _Held(op.fingerprint, op.owner, None, now + op.ttl_ms)
             return OnceClaim(op.key, op.owner, None)
         if held.fingerprint != op.fingerprint:
-            raise IdempotencyMismatch(f"idempotency key {op.key.partition(':')[2]!r} was "
-                                      "used with a different request")
+            raise once_mismatch(op)
         return OnceClaim(op.key, None, held.answer)
 
     def _finish(self, op: FinishOnce, now: int) -> bool:

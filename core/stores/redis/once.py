@@ -8,7 +8,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from ...errors import IdempotencyMismatch
 from ...models import OnceClaim
 from .. import operations as ops
 from . import replies
@@ -34,8 +33,7 @@ def once_result(op: ops.ClaimOnce | ops.FinishOnce, reply: Any) -> OnceClaim | b
         return bool(reply)
     state = replies.text(reply[0])
     if state == "mismatch":
-        raise IdempotencyMismatch(f"idempotency key {op.key.partition(':')[2]!r} was used "
-                                  "with a different request")
+        raise ops.once_mismatch(op)
     if state == "claimed":
         return OnceClaim(op.key, op.owner, None)
     return OnceClaim(op.key, None, replies.text(reply[1]) if state == "done" else None)

@@ -166,7 +166,8 @@ elseif op == 'suspend_tenant' then
   end
   if open == 0 then
     return fail('NOT_FOUND', 'tenant ' .. P.tenant .. ' has no open budgets to ' ..
-      (P.suspended and 'freeze' or 'unfreeze'))
+      (P.suspended and 'freeze' or 'unfreeze') ..
+      ' (suspending freezes its budgets: give it a plan or a budget first)')
   end
   if changed > 0 then
     local kind = P.suspended and 'tenant.suspended' or 'tenant.reactivated'
