@@ -59,6 +59,7 @@ from .models import (
     ReleaseResult,
     ReservationInfo,
     ReservationStatus,
+    TenantStatus,
     TransferResult,
 )
 from .observation import Observation, Observer
@@ -132,6 +133,7 @@ __all__ = [
     "Subject",
     "TenantClosed",
     "TenantGuard",
+    "TenantStatus",
     "TokenUsage",
     "TransferResult",
     "Unit",

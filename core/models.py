@@ -111,6 +111,16 @@ class BudgetStatus(str, Enum):
     CLOSED = "CLOSED"
 
 
+class TenantStatus(str, Enum):
+    """Where a tenant stands, as the Cycles admin plane names it: CLOSED for good
+    (`close_tenant`), SUSPENDED while it has open budgets and every one is frozen
+    (`suspend_tenant`, or each frozen by hand), else ACTIVE."""
+
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    CLOSED = "CLOSED"
+
+
 class ReservationStatus(str, Enum):
     ACTIVE = "ACTIVE"
     COMMITTED = "COMMITTED"

@@ -94,6 +94,13 @@ def plan_of_op(tenant: str) -> ops.PlanOf:
     return ops.PlanOf(tenant=tenant_name(tenant))
 
 
+def tenant_status_op(tenant: str) -> ops.StatusOf:
+    """Where `tenant` stands: CLOSED for good, SUSPENDED while it has open budgets and every
+    one is frozen (templates count before any run made a ledger of them), else ACTIVE; read
+    in one store step from its record and its budgets' definitions."""
+    return ops.StatusOf(tenant=tenant_name(tenant))
+
+
 def usage_stream(period: str | None, tenants: tuple[str, ...] | None) -> Stream:
     """Usage rows of `tenants` (None: every tenant of the store, by name), one tenant at a
     time: its counters are read a page of whole days at a time and added up, then its rows
@@ -118,6 +125,7 @@ class ReadCalls(Runner):
     """Balances, audit and report of any tenant (the unrestricted guard's reads)."""
 
     plan_of, aplan_of = twins(plan_of_op)
+    tenant_status, atenant_status = twins(tenant_status_op)
 
     balances, abalances = twins(balances_op)
     audit, aaudit = twins(audit_op)

@@ -84,7 +84,7 @@ def test_the_surfaces_offer_the_documented_calls() -> None:
                "transfer"}
     reads = {"balances", "audit", "report", "usage", "plan_of"}
     platform = {"set_mode", "assign_plan", "close_tenant", "suspend_tenant", "resume_tenant",
-                "sweep", "tenants", "claim_once", "finish_once"}
+                "sweep", "tenants", "tenant_status", "claim_once", "finish_once"}
     for calls in (enforcement, budgets, reads, platform):
         assert calls | {"a" + c for c in calls} <= guard_calls
     for calls in (enforcement, budgets, reads):
@@ -180,7 +180,7 @@ EXPORTS = [
     "QuotaSpec", "Reason", "RecordResult", "ReleaseResult", "ReportRow", "Reservation",
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantClosed", "TenantGuard",
-    "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "Webhook",
+    "TenantStatus", "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "Webhook",
     "WebhookDelivery", "WebhookEvent", "credits", "current_subject", "format_amount",
     "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",
     "write_usage",

@@ -92,3 +92,34 @@ def test_templates_and_budgets_frozen_by_hand_count_alike(guard: al.Guard) -> No
     assert guard.resume_tenant("acme") == 3
     guard.reserve(run, LLM, al.usd("0.1")).release()
     assert {row.status for row in guard.balances("tenant:acme")} == {al.BudgetStatus.ACTIVE}
+
+
+def test_the_status_follows_the_definitions_templates_included(guard: al.Guard) -> None:
+    """`tenant_status` reads the budgets' definitions in one step: a tenant whose only
+    budget is a per-run template (no run has made a ledger of it) reads SUSPENDED once
+    suspended; closed budgets do not count; freezing every open budget by hand suspends it
+    too; a closed tenant is CLOSED; one without budgets is ACTIVE (the fixture runs it
+    through the async twins too)."""
+    assert guard.tenant_status("acme") is al.TenantStatus.ACTIVE  # nothing held yet
+    guard.set_budget("tenant:acme/workspace:w", usd=1, per="run")
+    assert guard.balances("tenant:acme") == ()  # no ledger for the status to read
+    guard.suspend_tenant("acme")
+    assert guard.tenant_status("acme") is al.TenantStatus.SUSPENDED
+    guard.resume_tenant("acme")
+    assert guard.tenant_status("acme") is al.TenantStatus.ACTIVE
+
+    guard.set_budget("tenant:acme", usd=10)
+    guard.set_budget("tenant:acme/workspace:old", usd=1)
+    guard.close_budget("tenant:acme/workspace:old")
+    guard.freeze("tenant:acme")
+    assert guard.tenant_status("acme") is al.TenantStatus.ACTIVE  # the template is open
+    guard.freeze("tenant:acme/workspace:w")
+    assert guard.tenant_status("acme") is al.TenantStatus.SUSPENDED  # by hand, alike
+    guard.set_budget("tenant:acme/workspace:new", usd=1)  # a new budget starts active
+    assert guard.tenant_status("acme") is al.TenantStatus.ACTIVE
+    guard.close_tenant("acme")
+    assert guard.tenant_status("acme") is al.TenantStatus.CLOSED
+    assert guard.tenant_status("beta") is al.TenantStatus.ACTIVE
+    with pytest.raises(al.InvalidRequest, match="tenant"):
+        guard.tenant_status("Not A Tenant")
+

@@ -60,8 +60,9 @@ def create(tenant: str, name: str, store: str | None, server: str | None, key: s
                        f"{view['created_at']}")
 
 
-@tenants.command("list", help="Every tenant the store holds, with its name and plan, and "
-                              "when it was closed if it was.")
+@tenants.command("list", help="Every tenant the store holds, with its name, plan and status "
+                              "(ACTIVE, SUSPENDED or CLOSED), and when it was closed if it "
+                              "was.")
 @target_options
 @handled
 def list_tenants(store: str | None, server: str | None, key: str | None,
@@ -73,7 +74,7 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
             for name in guard.tenants():
                 info = guard.tenant_info(name)
                 view = {"tenant_id": name, "name": info.name if info else None,
-                        "plan": guard.plan_of(name)}
+                        "plan": guard.plan_of(name), "status": guard.tenant_status(name).value}
                 if info is not None and info.closed_at_ms is not None:
                     view["closed_at"] = _iso(info.closed_at_ms)
                 views.append(view)
@@ -86,16 +87,16 @@ def list_tenants(store: str | None, server: str | None, key: str | None,
                 # (the server's stand-in for a time it does not know)
                 recorded = row.get("created_at", _UNKNOWN) != _UNKNOWN
                 view = {"tenant_id": name, "name": row["name"] if recorded else None,
-                        "plan": plan.get("plan")}
+                        "plan": plan.get("plan"), "status": row["status"]}
                 if "closed_at" in row:
                     view["closed_at"] = row["closed_at"]
                 views.append(view)
         if as_json:
             emit_json({"tenants": views})
         elif views:
-            click.echo(table(["tenant", "name", "plan", "closed"],
+            click.echo(table(["tenant", "name", "plan", "status", "closed"],
                              [[str(v["tenant_id"]), v["name"] or "-", v["plan"] or "-",
-                               v.get("closed_at") or "-"] for v in views]))
+                               str(v["status"]), v.get("closed_at") or "-"] for v in views]))
         else:
             click.echo("no tenants")
 

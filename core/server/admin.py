@@ -23,7 +23,7 @@ from ..errors import NotFound
 from ..guard import Guard
 from ..ids import id_tenant
 from ..keys import PERMISSIONS, RUNTIME
-from ..models import ApiKey, Balance, BudgetStatus, TenantInfo
+from ..models import ApiKey, Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
 from . import paging, shapes, wire
@@ -131,23 +131,6 @@ def search_text(query: Mapping[str, str]) -> str | None:
     return None if text is None else text.lower()
 
 
-async def tenant_status(guard: Guard, tenant: str, info: TenantInfo | None) -> str:
-    """CLOSED when its record says so (`Guard.close_tenant`); SUSPENDED when the tenant has
-    open budgets and every one is frozen (`Guard.suspend_tenant`; closed budgets do not
-    count), else ACTIVE. Read from the budgets at the tenant's root when it has open ones
-    (one small read however many run or user ledgers lie below), else from all of them."""
-    if info is not None and info.closed_at_ms is not None:
-        return "CLOSED"
-    root = f"tenant:{tenant}"
-    rows = [row for row in await guard.abalances(root, include_children=False)
-            if row.status is not BudgetStatus.CLOSED]
-    if not rows:
-        rows = [row for row in await guard.abalances(root)
-                if row.status is not BudgetStatus.CLOSED]
-    frozen = bool(rows) and all(row.status is BudgetStatus.FROZEN for row in rows)
-    return "SUSPENDED" if frozen else "ACTIVE"
-
-
 async def ledgers(guard: Guard, tenant: str, rows: Iterable[Balance]) -> list[dict[str, Any]]:
     """BudgetLedgers of one tenant's rows, each dated by its budget's definition."""
     picked = list(rows)
@@ -239,7 +222,7 @@ class Admin:
         if info is None and tenant not in await self.s.guard.atenants():
             raise ApiError(404, "TENANT_NOT_FOUND", f"no tenant {tenant!r}")
         return json_response(request, tenant_view(
-            info, tenant, await tenant_status(self.s.guard, tenant, info)))
+            info, tenant, await self.s.guard.atenant_status(tenant)))
 
     async def create_key(self, request: Request) -> Response:
         self._admin(request)

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from ..amounts import Amount, Unit
 from ..errors import AllotmentError
-from ..models import Balance, BudgetStatus, TenantInfo
+from ..models import Balance, BudgetStatus
 from ..platform import ONCE_TTL_S
 from ..scopes import parse_scope, tenant_name
 from . import wire
@@ -41,7 +41,7 @@ from .context import body, json_response
 from .errors import ApiError, bad_request, from_allotment
 from .runtime import Settings
 from .shapes import ledger_id
-from .tenancy import set_frozen, tenant_rows
+from .tenancy import TenantRow, set_frozen, tenant_rows
 
 log = logging.getLogger("allotment.server")
 LIMIT = 500
@@ -159,13 +159,13 @@ class Bulk:
         req = req.model_copy(update={"filter": req.filter.model_copy(update={
             "search": search, "parent_tenant_id": parent, "observe_mode": None})})
 
-        async def match() -> list[tuple[str, TenantInfo | None, str]]:
+        async def match() -> list[TenantRow]:
             if parent is not None:  # no tenant here has a parent
                 return []
             return [row for row in await tenant_rows(self.s.guard, search)
                     if req.filter.status is None or row[2] == req.filter.status]
 
-        async def run(rows: list[tuple[str, TenantInfo | None, str]], answer: _Answer) -> None:
+        async def run(rows: list[TenantRow], answer: _Answer) -> None:
             why = f"bulk action {req.idempotency_key}"
             target = {"SUSPEND": "SUSPENDED", "REACTIVATE": "ACTIVE",
                       "CLOSE": "CLOSED"}[req.action]

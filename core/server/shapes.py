@@ -16,7 +16,7 @@ from typing import Any
 from ..events import AuditRecord, AuditType
 from ..guard import Guard
 from ..keys import PREFIX
-from ..models import ApiKey, Balance, TenantInfo
+from ..models import ApiKey, Balance, TenantInfo, TenantStatus
 from ..periods import Period, bucket_end_ms, bucket_start_ms
 from ..scopes import parse_scope
 
@@ -38,15 +38,15 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def tenant_view(info: TenantInfo | None, name: str, status: str = "ACTIVE"
-                ) -> dict[str, Any]:
+def tenant_view(info: TenantInfo | None, name: str,
+                status: TenantStatus = TenantStatus.ACTIVE) -> dict[str, Any]:
     """A Tenant (with `closed_at` once closed). One the library made without a record (no
     `POST /v1/admin/tenants`) has no display name and no registration time: its id and
     `UNKNOWN_TIME` stand in."""
     if info is None:
-        return {"tenant_id": name, "name": name, "status": status,
+        return {"tenant_id": name, "name": name, "status": status.value,
                 "created_at": UNKNOWN_TIME}
-    view = {"tenant_id": info.tenant, "name": info.name, "status": status,
+    view = {"tenant_id": info.tenant, "name": info.name, "status": status.value,
             "created_at": iso(info.created_at_ms)}
     if info.closed_at_ms is not None:
         view["closed_at"] = iso(info.closed_at_ms)

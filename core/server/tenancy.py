@@ -17,10 +17,10 @@ from starlette.routing import Route
 
 from ..errors import NotFound
 from ..guard import Guard
-from ..models import TenantInfo
+from ..models import TenantInfo, TenantStatus
 from ..scopes import tenant_name
 from . import paging, wire
-from .admin import require_admin, search_text, tenant_status, tenant_view
+from .admin import require_admin, search_text, tenant_view
 from .context import body, json_response
 from .errors import ApiError, bad_request, not_found
 from .runtime import Settings
@@ -95,20 +95,22 @@ class Tenancy:
                 raise ApiError(409, "TENANT_CLOSED", f"tenant {tenant} is closed for good: "
                                "it cannot be made ACTIVE or SUSPENDED again")
             await set_frozen(self.s.guard, tenant, req.status == "SUSPENDED")
-        state = await tenant_status(self.s.guard, tenant, info)
+        state = await self.s.guard.atenant_status(tenant)
         return json_response(request, tenant_view(info, tenant, state))
 
 
-async def tenant_rows(guard: Guard, search: str | None
-                      ) -> list[tuple[str, TenantInfo | None, str]]:
+TenantRow = tuple[str, TenantInfo | None, TenantStatus]
+"""A tenant's name, its record (None: made by the library without one) and its status."""
+
+
+async def tenant_rows(guard: Guard, search: str | None) -> list[TenantRow]:
     """The tenants the store holds, by name, whose id or name holds `search` (lower case;
-    None: all): each with its record (None: made by the library without one) and its
-    status (`tenant_status`, read only for those)."""
+    None: all), with their status (`Guard.tenant_status`, read only for those)."""
     rows = []
     for name in await guard.atenants():
         info = await guard.atenant_info(name)
         if search is None or search in f"{name}\n{info.name if info else ''}".lower():
-            rows.append((name, info, await tenant_status(guard, name, info)))
+            rows.append((name, info, await guard.atenant_status(name)))
     return rows
 
 

@@ -34,6 +34,7 @@ from ..models import (
     ReservationStatus,
     TenantClosure,
     TenantInfo,
+    TenantStatus,
     TransferResult,
 )
 from ..periods import Period
@@ -308,6 +309,13 @@ class Usage(Op[UsagePage]):
 @dataclass
 class PlanOf(Op["str | None"]):
     """The name of the plan a tenant is on (None: none assigned)."""
+
+
+@dataclass
+class StatusOf(Op[TenantStatus]):
+    """Where the tenant stands (`TenantStatus`), from its record and the status of its
+    budgets' definitions (templates included, whether or not a ledger was made yet).
+    Writes nothing."""
 
 
 @dataclass

@@ -179,10 +179,13 @@ def test_keys_and_tenants(cli: Cli) -> None:
 
     cli.run("plans", "apply", PLANS, "--tenant", "acme", "--plan", "free")
     tenants = as_json(cli, "tenants", "list")["tenants"]
-    assert {"tenant_id": "acme", "name": "Acme Corp", "plan": "free"} in tenants
+    assert {"tenant_id": "acme", "name": "Acme Corp", "plan": "free",
+            "status": "ACTIVE"} in tenants
 
     suspended = cli.run("tenants", "suspend", "acme", "--reason", "invoice unpaid").stdout
     assert "tenant acme: 1 budget(s) frozen" in suspended
+    assert [t["status"] for t in as_json(cli, "tenants", "list")["tenants"]
+            if t["tenant_id"] == "acme"] == ["SUSPENDED"]
     with pytest.raises(al.BudgetExceeded) as denied:
         cli.guard.reserve(al.Subject(tenant="acme"), MINI, al.usd("0.01"))
     assert denied.value.decision.reason == "BUDGET_FROZEN"
@@ -204,10 +207,10 @@ def test_keys_and_tenants(cli: Cli) -> None:
     again = as_json(cli, "tenants", "close", "acme", "--yes")
     assert (again["status"], again["budgets_closed"], again["keys_revoked"]) == ("CLOSED", 0, 0)
     (listed,) = [t for t in as_json(cli, "tenants", "list")["tenants"] if t["tenant_id"] == "acme"]
-    assert listed["closed_at"] == again["closed_at"]
+    assert (listed["closed_at"], listed["status"]) == (again["closed_at"], "CLOSED")
     row = [line for line in cli.run("tenants", "list").stdout.splitlines()
            if line.startswith("acme ")]
-    assert row and row[0].rstrip().endswith(again["closed_at"])
+    assert row and row[0].split()[-2:] == ["CLOSED", again["closed_at"]]
 
 
 def test_sweep_reports_what_it_expired(cli: Cli) -> None:

@@ -60,6 +60,8 @@ def test_provisioning_and_balances_over_the_server(remote: Cli) -> None:
     assert "403" in other.output
 
     remote.run("tenants", "suspend", "acme")
+    assert [t["status"] for t in json.loads(remote.run("tenants", "list", "--json").stdout)[
+        "tenants"] if t["tenant_id"] == "acme"] == ["SUSPENDED"]
     with pytest.raises(al.BudgetExceeded) as denied:
         remote.guard.reserve(al.Subject(tenant="acme"), MINI, al.usd("0.01"))
     assert denied.value.decision.reason == "BUDGET_FROZEN"
@@ -136,8 +138,9 @@ def test_plans_apply_over_the_server_prints_what_changed_and_twice_changes_nothi
     assert "globex: plan free re-installed" in out and "allocated $10.00 -> $15.00" in out
     assert "acme: unchanged (plan pro" in out and "[2/2]" in out
     listed = json.loads(remote.run("tenants", "list", "--json").stdout)["tenants"]
-    assert listed == [{"tenant_id": "acme", "name": None, "plan": "pro"},
-                      {"tenant_id": "globex", "name": None, "plan": "free"}]
+    assert listed == [{"tenant_id": "acme", "name": None, "plan": "pro", "status": "ACTIVE"},
+                      {"tenant_id": "globex", "name": None, "plan": "free",
+                       "status": "ACTIVE"}]
 
 
 def test_plans_apply_needs_the_admin_key_on_a_server(remote: Cli) -> None:

@@ -336,6 +336,11 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     assert call(api, "PATCH", "/v1/admin/tenants/beta", {"status": "SUSPENDED"}
                 ).body["status"] == "SUSPENDED"
     assert call(api, "GET", "/v1/admin/tenants/beta").body["status"] == "SUSPENDED"
+    guard.set_budget("tenant:runs", usd=1, per="run")  # a template: no ledger to read yet
+    call(api, "PATCH", "/v1/admin/tenants/runs", {"status": "SUSPENDED"})
+    assert call(api, "GET", "/v1/admin/tenants/runs").body["status"] == "SUSPENDED"
+    assert [t["tenant_id"] for t in call(api, "GET", "/v1/admin/tenants?status=SUSPENDED"
+                                         ).body["tenants"]] == ["beta", "runs"]
     call(api, "POST", "/v1/admin/tenants", {"tenant_id": "empty", "name": "Empty"})
     envelope(call(api, "PATCH", "/v1/admin/tenants/empty", {"status": "SUSPENDED"}), 409,
              "no open budgets")

@@ -249,6 +249,11 @@ class Lockstep(RuleBasedStateMachine):
         assert listed[0] == listed[1]
 
     @invariant()
+    def statuses_agree(self) -> None:
+        """The tenant's status, read from its definitions (templates included), alike."""
+        assert len({g.tenant_status("acme") for g in self.guards}) == 1
+
+    @invariant()
     def balances_agree(self) -> None:
         memory, redis = (g.balances("tenant:acme") for g in self.guards)
         assert memory == redis

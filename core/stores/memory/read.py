@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from ...errors import InvalidRequest
 from ...events import AuditRecord
-from ...models import Balance, ReservationInfo
+from ...models import Balance, BudgetStatus, ReservationInfo, TenantStatus
 from ...periods import Period, bucket
 from ...reports import DAY_MS, ReportRow, report_days, report_rows
 from ...scopes import parse_scope
@@ -20,6 +20,7 @@ from ..operations import (
     ListReservations,
     PlanOf,
     Report,
+    StatusOf,
     Tenants,
     Usage,
 )
@@ -100,6 +101,17 @@ def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
 def plan_of(t: Tenant, op: PlanOf, now: int) -> str | None:
     """The name of the plan the tenant is on."""
     return t.plan
+
+
+def status_of(t: Tenant, op: StatusOf, now: int) -> TenantStatus:
+    """Where the tenant stands (as read.lua's `status`): closed for good, suspended while
+    every open budget is frozen, else active."""
+    if t.closed_at_ms is not None:
+        return TenantStatus.CLOSED
+    open_ = [d.status for by_key in t.definitions.values() for d in by_key.values()
+             if d.status is not BudgetStatus.CLOSED]
+    frozen = bool(open_) and all(status is BudgetStatus.FROZEN for status in open_)
+    return TenantStatus.SUSPENDED if frozen else TenantStatus.ACTIVE
 
 
 def tenants(every: Iterable[Tenant], op: Tenants, now: int) -> tuple[str, ...]:

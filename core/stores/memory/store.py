@@ -46,6 +46,7 @@ from ..operations import (
     SetMode,
     SetQuota,
     SetStatus,
+    StatusOf,
     SuspendTenant,
     Sweep,
     Tenants,
@@ -75,7 +76,17 @@ from .keys import (
 )
 from .once import Claims
 from .outbox import Outbox
-from .read import audit, balances, get, list_reservations, plan_of, report, tenants, usage
+from .read import (
+    audit,
+    balances,
+    get,
+    list_reservations,
+    plan_of,
+    report,
+    status_of,
+    tenants,
+    usage,
+)
 from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
@@ -93,7 +104,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
     CreateKey: create_key, ListKeys: list_keys, RevokeKey: revoke_key, FindKey: find_key,
     RegisterTenant: register_tenant, GetTenant: get_tenant, UpdateKey: update_key,
     ListReservations: list_reservations,
-    PlanOf: plan_of, Usage: usage,
+    PlanOf: plan_of, StatusOf: status_of, Usage: usage,
 }
 """The operations on one tenant's state, by type (and `CloseTenant`, see `_close`)."""
 _CLOSED_REFUSES = frozenset({

@@ -29,6 +29,7 @@ from ...models import (
     ReservationStatus,
     TenantClosure,
     TenantInfo,
+    TenantStatus,
     TransferResult,
 )
 from ...reports import report_rows
@@ -318,6 +319,8 @@ CODECS: dict[type[ops.Op[Any]], Codec] = {
         "op": "usage", "period": op.period, "index": op.index, "limit": op.limit}), _usage),
     ops.PlanOf: Codec("read", _document(lambda op: {"op": "plan"}),
                       lambda op, b, w: b.get("plan")),
+    ops.StatusOf: Codec("read", _document(lambda op: {"op": "status"}),
+                        lambda op, b, w: TenantStatus(b["status"])),
     ops.Fund: Codec("admin", _document(_fund, "fund"),
                     lambda op, b, w: FundResult(back.balance(b["before"]),
                                                 back.balance(b["after"])), registers=True),

@@ -135,6 +135,21 @@ elseif op == 'list' then
 elseif op == 'plan' then
   return cjson.encode({plan = redis.call('HGET', K_META, 'plan') or NULL})
 
+elseif op == 'status' then
+  -- as status_of in read.py: closed for good, suspended while every open budget is frozen
+  if redis.call('HEXISTS', K_META, 'closed') == 1 then return cjson.encode({status = 'CLOSED'}) end
+  local open, frozen = 0, 0
+  for _, scope in ipairs(redis.call('HKEYS', K_DEFS)) do
+    for _, d in ipairs(defs_of(scope)) do
+      local status = d.status or 'ACTIVE'
+      if status ~= 'CLOSED' then
+        open = open + 1
+        if status == 'FROZEN' then frozen = frozen + 1 end
+      end
+    end
+  end
+  return cjson.encode({status = (open > 0 and frozen == open) and 'SUSPENDED' or 'ACTIVE'})
+
 elseif op == 'report' then
   -- the counters of the kept days of the period asked for, of the rows asked for: scope
   -- rows take fields without a trailing dimension, rows `by` a key the fields ending in it
