@@ -299,6 +299,30 @@ def test_strict_durability_waits_once_after_a_batch(aof_url: str) -> None:
     assert balance(guard, "acme").spent == 15 and balance(guard, "acme").reserved == 0
 
 
+def test_a_bulk_actions_claim_is_durable_and_joins_a_batch(aof_url: str) -> None:
+    """A claim and its finish are calls of the library like any other: under strict
+    durability each is confirmed by a wait, and a claim that queues up behind a call in
+    flight goes in the same batch as its neighbours and gets its own answer."""
+    guard = funded_guard(aof_url, "acme", durability="strict")
+    store: RedisStore = guard.store  # type: ignore[assignment]
+    admin = redis.Redis.from_url(aof_url)
+    admin.config_resetstat()
+    claim = guard.claim_once("tenants-bulk", "k-1", {"action": "SUSPEND"})
+    assert guard.finish_once(claim, '{"total_matched":0}') is True
+    assert waits(admin) == 2  # one per write; the store's clock is read without one
+    outcomes, sent = held_batch(aof_url, store, lambda: guard.reserve(
+        subject("acme"), LLM, al.tokens(1)), [
+        lambda: guard.claim_once("tenants-bulk", "k-1", {"action": "SUSPEND"}),
+        lambda: guard.claim_once("budgets-bulk", "k-2", {"action": "CREDIT"}),
+        lambda: guard.reserve(subject("acme"), LLM, al.tokens(2))])
+    assert sent == 2  # the first call, then the three that queued behind it in one
+    assert outcomes[1].answer == '{"total_matched":0}' and outcomes[1].owner is None
+    assert outcomes[2].owner is not None and outcomes[2].answer is None
+    assert [tokens_of(r.estimate) for r in (outcomes[0], outcomes[3])] == [1, 2]
+    with pytest.raises(al.IdempotencyMismatch):
+        guard.claim_once("budgets-bulk", "k-2", {"action": "DEBIT"})
+
+
 def test_the_switch_turns_batching_off(url: str) -> None:
     guard = funded_guard(url, "acme", batching=False)
     admin = redis.Redis.from_url(url)

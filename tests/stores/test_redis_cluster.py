@@ -630,6 +630,30 @@ def test_strict_durability_commits_on_a_cluster(fresh: Cluster,
         guard.close()
 
 
+def test_a_bulk_actions_claims_live_in_slots_of_their_own(fresh: Cluster,
+                                                          clock: al.ManualClock) -> None:
+    """Each claim's key hashes to a slot of its own, wherever it falls; claims are made,
+    replayed and refused there, sync and async, and confirmed by a wait under strict
+    durability."""
+    guard = al.Guard.from_url(fresh.url, clock=clock, durability="strict")
+    try:
+        keys = [f"k-{i}" for i in range(12)]
+        owners = slot_owners(fresh)
+        assert {owners[int(key_slot(f"al:once:tenants-bulk:{key}".encode()))]
+                for key in keys} == set(fresh.ports)  # every master holds some
+        for key in keys:
+            claim = guard.claim_once("tenants-bulk", key, {"action": "SUSPEND"})
+            assert guard.finish_once(claim, f'"{key}"') is True
+        assert [guard.claim_once("tenants-bulk", key, {"action": "SUSPEND"}).answer
+                for key in keys] == [f'"{key}"' for key in keys]
+        again = asyncio.run(guard.aclaim_once("tenants-bulk", keys[0], {"action": "SUSPEND"}))
+        assert again.answer == f'"{keys[0]}"'
+        with pytest.raises(al.IdempotencyMismatch):
+            guard.claim_once("tenants-bulk", keys[-1], {"action": "CLOSE"})
+    finally:
+        guard.close()
+
+
 # -- routing: no key lookups on the hot path, and a slot that moves ----------------------------
 
 

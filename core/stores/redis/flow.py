@@ -30,10 +30,10 @@ from .codec import (
     sweep_reads,
     swept,
 )
-from .functions import KEYED, OPERATIONS, missing
+from .functions import KEYED, ONCE, OPERATIONS, missing
 from .hooks import HookFlows
 from .keys import TENANTS_KEY, api_keys_key, tenant_keys
-from .once import once_command, once_result
+from .once import once_arguments, once_result
 
 log = logging.getLogger("allotment")
 
@@ -41,7 +41,7 @@ log = logging.getLogger("allotment")
 @dataclass(frozen=True, slots=True)
 class Call:
     """FCALL of one library function; a cluster driver sends it to the master of the slot
-    of `keys[0]` (every key of a call is in the tenant's slot)."""
+    of `keys[0]` (every key of a call is in one slot: the tenant's, or a claim's own)."""
 
     function: str
     keys: list[str]
@@ -95,7 +95,7 @@ class Flows:
     def __init__(self, prefix: str, source: str, wire: Wire,
                  notify: Callable[[str, list[Any]], None], *, strict: bool, replicas: int,
                  wait_timeout_ms: int) -> None:
-        self.names = {name: f"{prefix}_{name}" for name in (*OPERATIONS, KEYED)}
+        self.names = {name: f"{prefix}_{name}" for name in (*OPERATIONS, KEYED, ONCE)}
         self.load = Load(source)
         self.wire, self.notify = wire, notify
         self.strict, self.replicas, self.wait_timeout_ms = strict, replicas, wait_timeout_ms
@@ -120,9 +120,11 @@ class Flows:
         if codec is None:  # keyed, a webhook operation (hooks.py) or a bulk action's claim
             if type(op) is ops.Gated:
                 return (yield from self._gated(op))
-            if isinstance(op, ops.ClaimOnce | ops.FinishOnce):  # a script of its own
+            if isinstance(op, ops.ClaimOnce | ops.FinishOnce):  # a function of its own
                 now = yield from self.now()
-                return once_result(op, (yield Command(once_command(op, now))))
+                once = Call(self.names[ONCE], *once_arguments(op, now))
+                reply = yield from (self._durably(once) if self.strict else self._loading(once))
+                return once_result(op, reply)
             return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing

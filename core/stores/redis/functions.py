@@ -22,6 +22,9 @@ BATCH = "batch"
 KEYED = "keyed"
 """The function that runs one operation's call only if its API key lets it through
 (`lua/keyed.lua`); a batch runs it as one more entry."""
+ONCE = "once"
+"""The function that claims (or finishes) the idempotency key of a call of several steps, on
+a key of its own outside any tenant (`lua/once.lua`, `once.py`); it takes no prelude."""
 
 
 def source(*parts: str) -> str:
@@ -51,11 +54,13 @@ def library() -> tuple[str, str]:
              f"  local reply = op_{name}()\n  outbox_append()\n  return reply\nend"
              for name in OPERATIONS]
     body.append(source(KEYED))  # ENTRIES.keyed: the key's check, then an entry above
+    body.append(f"ENTRIES.{ONCE} = function(keys, args)\n{source(ONCE)}\nend")
     text = "\n".join(body)
     prefix = "allotment_" + hashlib.sha1(text.encode()).hexdigest()[:12]
     register = [f"redis.register_function('{prefix}_{name}', ENTRIES.{name})"
                 for name in OPERATIONS]
-    register.append(f"redis.register_function('{prefix}_{KEYED}', ENTRIES.{KEYED})")
+    register += [f"redis.register_function('{prefix}_{name}', ENTRIES.{name})"
+                 for name in (KEYED, ONCE)]
     register.append(f"redis.register_function('{prefix}_{BATCH}', run_batch)")
     return f"#!lua name={prefix}\n{text}\n" + "\n".join(register) + "\n", prefix
 

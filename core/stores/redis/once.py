@@ -1,30 +1,23 @@
-"""Claims on the idempotency keys of calls of several steps (bulk actions): once.lua, one
-script call per claim or finish, on a key of its own (`al:once:<key>`, outside any tenant's
-slot: a bulk action spans tenants). Sent as EVAL: a bulk action is rare, and the script is
-short. As the memory store's once.py."""
+"""Claims on the idempotency keys of calls of several steps (bulk actions): the library's
+`once` function (lua/once.lua), one call per claim or finish, on a key of its own
+(`al:once:<key>`, outside any tenant's slot: a bulk action spans tenants). As the memory
+store's once.py."""
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from ...models import OnceClaim
 from .. import operations as ops
 from . import replies
-from .functions import source
 
 
-@cache
-def _script() -> str:
-    return source("once")
-
-
-def once_command(op: ops.ClaimOnce | ops.FinishOnce, now: int) -> tuple[Any, ...]:
-    """The script call of a claim or a finish, at the store's time `now`."""
-    head = ("EVAL", _script(), 1, f"al:once:{op.key}")
+def once_arguments(op: ops.ClaimOnce | ops.FinishOnce, now: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of a claim's or a finish's call, at the store's time `now`."""
+    keys = [f"al:once:{op.key}"]
     if isinstance(op, ops.FinishOnce):
-        return (*head, "finish", now, op.ttl_ms, op.owner, op.answer or "")
-    return (*head, "claim", now, op.ttl_ms, op.fingerprint, op.owner)
+        return keys, ["finish", now, op.ttl_ms, op.owner, op.answer or ""]
+    return keys, ["claim", now, op.ttl_ms, op.fingerprint, op.owner]
 
 
 def once_result(op: ops.ClaimOnce | ops.FinishOnce, reply: Any) -> OnceClaim | bool:
@@ -39,4 +32,4 @@ def once_result(op: ops.ClaimOnce | ops.FinishOnce, reply: Any) -> OnceClaim | b
     return OnceClaim(op.key, None, replies.text(reply[1]) if state == "done" else None)
 
 
-__all__ = ["once_command", "once_result"]
+__all__ = ["once_arguments", "once_result"]
