@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/redis_ops.py --quick
 	$(BIN)/python bench/redis_floor.py
 	$(BIN)/python bench/redis_sweep.py --tenants 1000,10000
+	$(BIN)/python bench/memory_sweep.py --tenants 1000,10000
 	$(BIN)/python bench/server.py --quick
 	$(BIN)/python bench/bulk.py
 

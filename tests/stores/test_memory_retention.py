@@ -182,3 +182,49 @@ def test_a_sweep_takes_a_few_hundred_tenants_per_step(clock: al.ManualClock) -> 
     assert guard.sweep(limit=count - 5) == count - 5
     assert steps == [memory_sweep.TENANTS_PER_STEP] * 2 + [5]
     assert guard.sweep(limit=10) == 5
+
+
+
+def test_a_sweep_finds_work_on_tenants_nothing_touched_and_skips_idle_ones(
+        clock: al.ManualClock) -> None:
+    """The sweep looks at the tenants an operation touched since the last sweep began and at
+    those whose next work is due (`next_due`). Each kind of deferred work, on a tenant of its
+    own that nothing touches in between, is still done on time: an overdue reservation, a
+    finished one past its retention, a lapsed keyed answer, an idle run ledger, a closed
+    quota window. A tenant with nothing due is not on the schedule at all."""
+    store = al.MemoryStore(clock, dimension_idle_ttl_ms=2 * HOUR_MS,  # looked: each 10 s
+                           idempotency_ttl_ms=2 * HOUR_MS)  # before the finished ones leave
+    guard = al.Guard(store)
+    for name in ("late", "done", "keyed", "runs", "windows"):
+        guard.set_budget(f"tenant:{name}", usd=100)
+    late = guard.reserve(al.Subject(tenant="late"), LLM, al.usd(1), ttl_ms=60_000, grace_ms=0)
+    done = guard.reserve(al.Subject(tenant="done"), LLM, al.usd(1))
+    done.commit(al.usd(1))
+    guard.record(al.Subject(tenant="keyed"), LLM, al.usd(1), idempotency_key="k1")
+    guard.set_budget("tenant:runs", usd=1, per="run")
+    guard.record(al.Subject(tenant="runs", dimensions={"run": "r1"}), LLM, al.usd(1))
+    guard.set_quota("tenant:windows", calls=1_000, window="minute")
+    guard.decide(al.Subject(tenant="windows"), LLM, al.usd(1))
+    guard.reserve(al.Subject(tenant="windows"), LLM, al.usd(1), ttl_ms=DAY_MS)
+    guard.register_tenant("idle", "Idle Corp")  # nothing held: never due
+    tenants = store._tenants
+    assert guard.sweep() == 0  # looks at every one (touched), then schedules what is due
+    assert {name for _, name in store._schedule} == {"late", "done", "keyed", "runs",
+                                                     "windows"}
+    assert tenants["idle"].sweep_at is None and tenants["windows"].calls
+
+    clock.advance(60_001)  # nothing touches a tenant from here on
+    assert guard.sweep() == 1  # late's reservation, found by the schedule
+    assert not tenants["windows"].calls  # the minute's window closed
+    assert tenants["keyed"].idempotency and tenants["done"].finished
+    clock.advance(2 * HOUR_MS)
+    guard.sweep()
+    assert not tenants["keyed"].idempotency  # lapsed after two hours
+    assert tenants["done"].finished  # kept a day
+    clock.advance(DAY_MS)
+    guard.sweep()
+    assert not tenants["done"].finished and not tenants["done"].reservations
+    assert [b.scope for b in guard.balances("tenant:runs")] == ["tenant:runs"]  # r1 idle
+    for gone in (done, late):
+        with pytest.raises(al.NotFound):
+            guard.get(gone.id)  # past its retention

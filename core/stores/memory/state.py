@@ -254,7 +254,7 @@ class LeanCommit(Kept):
                             partial(held_balances, self.ledgers, self.figures, self.terms))
 
 
-@dataclass
+@dataclass(slots=True)
 class Tenant:
     """All of one tenant's state: what one hash tag holds in Redis."""
 
@@ -296,6 +296,12 @@ class Tenant:
     api_keys: dict[str, tuple[Any, str]] = field(default_factory=dict)  # id -> (key, hash)
     profile: Any = None  # the tenant's record (TenantInfo), once registered: see `record_of`
     closed_at_ms: int | None = None  # closed for good (see `admin.close_tenant`)
+    touched: bool = False
+    """An operation ran on it since the store's last sweep began (it is on the store's list
+    of touched tenants, which that sweep looks at)."""
+    sweep_at: int | None = None
+    """When the store's sweep schedule next names the tenant (None: it does not; see
+    `sweep.next_due`)."""
 
     def __post_init__(self) -> None:
         self.audit = deque(self.audit, maxlen=max(0, self.cx.audit_retention))  # oldest out

@@ -5,6 +5,7 @@ first write, and the audit record of a change is written in the same step as the
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -91,7 +92,7 @@ from .record import record
 from .reserve import reserve
 from .settle import commit, extend, release
 from .state import DAY_MS, Context, Tenant, refuse_closed
-from .sweep import TENANTS_PER_STEP, SweepPart, reap, sweep, sweep_part
+from .sweep import TENANTS_PER_STEP, SweepPart, next_due, reap, sweep, sweep_part
 
 R = TypeVar("R")
 
@@ -141,6 +142,11 @@ class MemoryStore:
         self._outbox = Outbox(self._cx)
         self._claims = Claims()
         self._now = 0  # the time of the step under way
+        self._touched: list[Tenant] = []
+        """Tenants an operation ran on since the last sweep began (`Tenant.touched`)."""
+        self._schedule: list[tuple[int, str]] = []
+        """A heap of (when, tenant): when a sweep next has work on a tenant no operation
+        touched (`next_due`); an entry whose time is not its tenant's `sweep_at` is stale."""
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """One process holds all of this store: its sweeper never competes."""
@@ -167,6 +173,9 @@ class MemoryStore:
                 tenant = None if run is None else self._tenants.get(op.tenant)
                 if (run is not None and tenant is not None and tenant.closed_at_ms is None
                         and not (tenant.expiry and tenant.expiry[0][0] < now)):
+                    if not tenant.touched:
+                        tenant.touched = True
+                        self._touched.append(tenant)
                     result: R = run(tenant, op, now)  # the usual step: a tenant, none due
                 else:
                     result = self._step(op, cx, now)
@@ -207,6 +216,9 @@ class MemoryStore:
                 return self._claims.execute(op, now)  # type: ignore[arg-type,return-value]
             return _ACROSS_TENANTS[kind](self._tenants.values(), op, now)  # type: ignore[no-any-return]
         if tenant is not None:
+            if not tenant.touched:
+                tenant.touched = True
+                self._touched.append(tenant)
             expiry = tenant.expiry
             if expiry and expiry[0][0] < now and not _writes_nothing(op):
                 reap(tenant, now, cx.reap_batch)
@@ -214,6 +226,8 @@ class MemoryStore:
         tenant = Tenant(op.tenant, cx)
         if not _writes_nothing(op):
             self._tenants[op.tenant] = tenant
+            tenant.touched = True
+            self._touched.append(tenant)
         return run(tenant, op, now)  # type: ignore[no-any-return]
 
     def _close(self, tenant: Tenant, op: CloseTenant, now: int) -> TenantClosure:
@@ -224,16 +238,44 @@ class MemoryStore:
         return closure
 
     def _sweep(self, op: Sweep) -> int:
-        """The tenants there now, `TENANTS_PER_STEP` per step, until `op.limit` reservations
-        have expired (each tenant is pruned either way)."""
-        with self._lock:  # the tenants there now (no other thread adds one meanwhile)
-            every = tuple(self._tenants.values())
+        """The tenants an operation touched since the last sweep began and those whose
+        scheduled work is due, `TENANTS_PER_STEP` per step, until `op.limit` reservations
+        have expired (each tenant is pruned either way); then each is scheduled again for
+        its next work (`next_due`). A tenant nothing touched and nothing is due on is not
+        looked at, so idle tenants cost a sweep nothing."""
+        with self._lock:
+            now, touched, self._touched = self.clock(), self._touched, []
+            for t in touched:
+                t.touched = False
+            due, schedule = [], self._schedule
+            while schedule and schedule[0][0] <= now:
+                when, name = heapq.heappop(schedule)
+                t = self._tenants[name]
+                if t.sweep_at == when:  # else a stale entry: the tenant moved
+                    t.sweep_at = None
+                    due.append(t)
+            every = tuple({id(t): t for t in (*touched, *due)}.values())
         expired = 0
         for at in range(0, len(every), TENANTS_PER_STEP):
-            expired += self.execute(SweepPart(op.tenant, op.limit - expired,
-                                              every[at:at + TENANTS_PER_STEP]))
+            part = every[at:at + TENANTS_PER_STEP]
+            expired += self.execute(SweepPart(op.tenant, op.limit - expired, part))
+            with self._lock:
+                now = self.clock()
+                for t in part:
+                    self._schedule_next(t, now)
             time.sleep(0)  # let a thread waiting for the lock have it before the next step
         return expired
+
+    def _schedule_next(self, t: Tenant, now: int) -> None:
+        """Put `t` on the sweep's schedule for its next work, unless it is there earlier;
+        a tenant whose state cannot say is looked at again by the next sweep."""
+        try:
+            due = next_due(t, now)
+        except Exception:  # its sweep reported it (`sweep.tenant_failed`)
+            due = now
+        if due is not None and (t.sweep_at is None or due < t.sweep_at):
+            t.sweep_at = due
+            heapq.heappush(self._schedule, (due, t.name))
 
     async def aexecute(self, op: Op[R]) -> R:
         """The same step: the lock is held for microseconds and never across an await, so

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ...events import Notification
 from ...models import ReservationStatus
-from ...periods import bucket
+from ...periods import bucket, bucket_end_ms
 from ..operations import TENANT_FAILED, Sweep, skipped
 from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire, relinked
 
@@ -44,6 +44,27 @@ def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
             t.cx.notes.append(Notification(TENANT_FAILED, t.name, now,
                                            reason=skipped(t.name, error)))
     return expired
+
+
+def next_due(t: Tenant, now: int) -> int | None:
+    """When a sweep next has work on `t`, if no operation touches it first (None: not
+    before one does): a reservation past its deadline, a finished one past its retention, a
+    keyed answer lapsed, the next look for idle dimension ledgers, a quota window closed.
+    The store's sweep looks only at the tenants due and those touched since its last pass,
+    so idle tenants cost it nothing (as each condition in `reap` and `_prune` reads)."""
+    times = []
+    if t.expiry:
+        times.append(t.expiry[0][0] + 1)
+    if t.finished:
+        times.append(t.finished[0][0] + t.cx.finished_retention_ms + 1)
+    if t.idempotency:
+        times.append(next(iter(t.idempotency.values())).expires_at_ms + 1)
+    if t.ledgers and any(d.per is not None for by_key in t.definitions.values()
+                         for d in by_key.values()):  # a template's ledgers may go idle
+        times.append(t.idle_walk_ms)
+    times += [bucket_end_ms(window[0][2], now) for window in (*t.calls, *t.runs)
+              if window[0][2] is not None]
+    return min(times, default=None)
 
 
 def reap(t: Tenant, now: int, limit: int) -> int:
