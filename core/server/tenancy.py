@@ -8,6 +8,7 @@ defaults) is refused, never silently dropped."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field
@@ -64,11 +65,16 @@ class Tenancy:
         status, search = query.get("status"), search_text(query)
         if status is not None and status not in ("ACTIVE", "SUSPENDED", "CLOSED"):
             raise bad_request(f"status: {status!r} is not ACTIVE, SUSPENDED or CLOSED")
-        views = [tenant_view(info, name, state)
-                 for name, info, state in await tenant_rows(self.s.guard, search)
-                 if status is None or state == status]
-        page, more = paging.paged(views, lambda view: [view["tenant_id"]], asked)
-        return json_response(request, {"tenants": page, **more})
+        guard = self.s.guard
+        if status is None and search is None:  # a page of names first: read only its rows
+            names, more = paging.paged(await guard.atenants(), lambda name: [name], asked)
+            rows = await tenant_rows(guard, None, names)
+        else:
+            rows, more = paging.paged(
+                [row for row in await tenant_rows(guard, search) if status in (None, row[2])],
+                lambda row: [row[0]], asked)
+        return json_response(request, {"tenants": [tenant_view(info, name, state)
+                                                   for name, info, state in rows], **more})
 
     async def patch(self, request: Request) -> Response:
         require_admin(self.s, request)
@@ -103,11 +109,13 @@ TenantRow = tuple[str, TenantInfo | None, TenantStatus]
 """A tenant's name, its record (None: made by the library without one) and its status."""
 
 
-async def tenant_rows(guard: Guard, search: str | None) -> list[TenantRow]:
-    """The tenants the store holds, by name, whose id or name holds `search` (lower case;
-    None: all), with their status (`Guard.tenant_status`, read only for those)."""
+async def tenant_rows(guard: Guard, search: str | None,
+                      names: Sequence[str] | None = None) -> list[TenantRow]:
+    """The tenants the store holds (or those of `names`), by name, whose id or name holds
+    `search` (lower case; None: all), with their status (`Guard.tenant_status`, read only
+    for those)."""
     rows = []
-    for name in await guard.atenants():
+    for name in await guard.atenants() if names is None else names:
         info = await guard.atenant_info(name)
         if search is None or search in f"{name}\n{info.name if info else ''}".lower():
             rows.append((name, info, await guard.atenant_status(name)))
