@@ -211,7 +211,9 @@ class Admin:
         if not made and info.name != req.name:
             raise ApiError(409, "DUPLICATE_RESOURCE", f"tenant {info.tenant} exists with "
                            f"another name ({info.name!r})")
-        return json_response(request, tenant_view(info, info.tenant), 201 if made else 200)
+        state = await self.s.guard.atenant_status(info.tenant)  # suspended, closed: so
+        return json_response(request, tenant_view(info, info.tenant, state),
+                             201 if made else 200)
 
     async def get_tenant(self, request: Request) -> Response:
         """A registered tenant, or one the library made without a record (as the list

@@ -313,6 +313,8 @@ def test_tenants_are_listed_suspended_and_resumed(served: Any) -> None:
     with pytest.raises(al.BudgetExceeded):
         guard.reserve(al.Subject(tenant="acme", workspace="w"), MINI, al.usd("0.01"))
     assert call(api, "GET", "/v1/admin/tenants/acme").body["status"] == "SUSPENDED"
+    again = call(api, "POST", "/v1/admin/tenants", {"tenant_id": "acme", "name": "Acme"})
+    assert (again.status, again.body["status"]) == (200, "SUSPENDED")  # as it stands
     assert [t["tenant_id"] for t in call(api, "GET", "/v1/admin/tenants?status=SUSPENDED"
                                          ).body["tenants"]] == ["acme"]
     for body, status, words in (
@@ -366,6 +368,8 @@ def test_closing_a_tenant_cascades_and_leaves_it_readable_only(served: Any) -> N
     assert closed.status == 200, closed.body
     assert closed.body == {**made, "status": "CLOSED", "closed_at": closed.body["closed_at"]}
     assert call(api, "GET", "/v1/admin/tenants/acme").body == closed.body
+    again = call(api, "POST", "/v1/admin/tenants", {"tenant_id": "acme", "name": "Acme"})
+    assert (again.status, again.body) == (200, closed.body)  # closed, and when
     assert [t["tenant_id"] for t in call(api, "GET", "/v1/admin/tenants?status=CLOSED"
                                          ).body["tenants"]] == ["acme"]
     assert guard.get(held.body["reservation_id"]).status is al.ReservationStatus.RELEASED

@@ -209,8 +209,7 @@ def test_a_sweep_finds_work_on_tenants_nothing_touched_and_skips_idle_ones(
     guard.register_tenant("idle", "Idle Corp")  # nothing held: never due
     tenants = store._tenants
     assert guard.sweep() == 0  # looks at every one (touched), then schedules what is due
-    assert {name for _, name in store._schedule} == {"late", "done", "keyed", "runs",
-                                                     "windows"}
+    assert store._schedule.names() == {"late", "done", "keyed", "runs", "windows"}
     assert tenants["idle"].sweep_at is None and tenants["windows"].calls
 
     clock.advance(60_001)  # nothing touches a tenant from here on
@@ -228,3 +227,53 @@ def test_a_sweep_finds_work_on_tenants_nothing_touched_and_skips_idle_ones(
     for gone in (done, late):
         with pytest.raises(al.NotFound):
             guard.get(gone.id)  # past its retention
+
+
+def test_a_sweep_cut_short_leaves_what_it_did_not_reach_to_the_next(
+        clock: al.ManualClock) -> None:
+    """A listener that raises after a sweep's first step cuts the sweep short; the tenants it
+    took and did not get to are looked at by the next sweep, not lost until something
+    touches them."""
+    store = al.MemoryStore(clock)
+    guard = al.Guard(store)
+    count = memory_sweep.TENANTS_PER_STEP + 44
+    for i in range(count):
+        guard.set_budget(f"tenant:t{i}", usd=10)
+        guard.reserve(al.Subject(tenant=f"t{i}"), LLM, al.usd(1), ttl_ms=1_000, grace_ms=0)
+    failing = [True]
+
+    def listener(notes: list[al.Notification]) -> None:
+        if failing and notes:
+            failing.clear()
+            raise RuntimeError("listener failed")
+
+    store.subscribe(listener)
+    clock.advance(5_000)
+    with pytest.raises(RuntimeError, match="listener failed"):
+        guard.sweep()  # the first step's expiries, then the listener raises
+    clock.advance(60_000)
+    assert guard.sweep() == 44  # the second step's, by the next sweep
+    assert sum(b.reserved for i in range(count)
+               for b in guard.balances(f"tenant:t{i}")) == 0
+
+
+def test_the_schedule_stays_small_while_tenants_come_and_go(clock: al.ManualClock) -> None:
+    """A tenant whose reservation is due soon and whose finished ones are due a day later is
+    pushed again each time it is busy; the entries that go stale are dropped as they pile
+    up, so the schedule stays within twice its tenants (and a little)."""
+    store = al.MemoryStore(clock)
+    guard = al.Guard(store)
+    tenants = [f"t{i}" for i in range(10)]
+    for name in tenants:
+        guard.set_budget(f"tenant:{name}", usd=10**6)
+    for _ in range(300):  # ten hours: a call per tenant every two minutes
+        held = [guard.reserve(al.Subject(tenant=name), LLM, al.usd(1), ttl_ms=60_000)
+                for name in tenants]
+        guard.sweep()
+        for r in held:
+            r.commit(al.usd(1))
+        for _ in range(4):
+            clock.advance(30_000)
+            guard.sweep()
+        assert len(store._schedule) <= 2 * len(tenants) + 1_024
+    assert store._schedule.names() == set(tenants)

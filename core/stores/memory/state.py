@@ -297,11 +297,10 @@ class Tenant:
     profile: Any = None  # the tenant's record (TenantInfo), once registered: see `record_of`
     closed_at_ms: int | None = None  # closed for good (see `admin.close_tenant`)
     touched: bool = False
-    """An operation ran on it since the store's last sweep began (it is on the store's list
-    of touched tenants, which that sweep looks at)."""
+    """An operation ran on it since the store's last sweep began (see `schedule.Schedule`)."""
     sweep_at: int | None = None
-    """When the store's sweep schedule next names the tenant (None: it does not; see
-    `sweep.next_due`)."""
+    """When the store's sweep schedule next has work on it (None: none until an operation
+    touches it; see `schedule.next_due`)."""
 
     def __post_init__(self) -> None:
         self.audit = deque(self.audit, maxlen=max(0, self.cx.audit_retention))  # oldest out

@@ -5,7 +5,6 @@ first write, and the audit record of a change is written in the same step as the
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -90,9 +89,10 @@ from .read import (
 )
 from .record import record
 from .reserve import reserve
+from .schedule import Schedule
 from .settle import commit, extend, release
 from .state import DAY_MS, Context, Tenant, refuse_closed
-from .sweep import TENANTS_PER_STEP, SweepPart, next_due, reap, sweep, sweep_part
+from .sweep import TENANTS_PER_STEP, SweepPart, reap, sweep, sweep_part
 
 R = TypeVar("R")
 
@@ -142,11 +142,8 @@ class MemoryStore:
         self._outbox = Outbox(self._cx)
         self._claims = Claims()
         self._now = 0  # the time of the step under way
-        self._touched: list[Tenant] = []
-        """Tenants an operation ran on since the last sweep began (`Tenant.touched`)."""
-        self._schedule: list[tuple[int, str]] = []
-        """A heap of (when, tenant): when a sweep next has work on a tenant no operation
-        touched (`next_due`); an entry whose time is not its tenant's `sweep_at` is stale."""
+        self._schedule = Schedule(self._tenants)
+        """The tenants the next sweep looks at: touched since the last, or due."""
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """One process holds all of this store: its sweeper never competes."""
@@ -174,8 +171,7 @@ class MemoryStore:
                 if (run is not None and tenant is not None and tenant.closed_at_ms is None
                         and not (tenant.expiry and tenant.expiry[0][0] < now)):
                     if not tenant.touched:
-                        tenant.touched = True
-                        self._touched.append(tenant)
+                        self._schedule.touch(tenant)
                     result: R = run(tenant, op, now)  # the usual step: a tenant, none due
                 else:
                     result = self._step(op, cx, now)
@@ -217,8 +213,7 @@ class MemoryStore:
             return _ACROSS_TENANTS[kind](self._tenants.values(), op, now)  # type: ignore[no-any-return]
         if tenant is not None:
             if not tenant.touched:
-                tenant.touched = True
-                self._touched.append(tenant)
+                self._schedule.touch(tenant)
             expiry = tenant.expiry
             if expiry and expiry[0][0] < now and not _writes_nothing(op):
                 reap(tenant, now, cx.reap_batch)
@@ -226,8 +221,7 @@ class MemoryStore:
         tenant = Tenant(op.tenant, cx)
         if not _writes_nothing(op):
             self._tenants[op.tenant] = tenant
-            tenant.touched = True
-            self._touched.append(tenant)
+            self._schedule.touch(tenant)
         return run(tenant, op, now)  # type: ignore[no-any-return]
 
     def _close(self, tenant: Tenant, op: CloseTenant, now: int) -> TenantClosure:
@@ -238,44 +232,25 @@ class MemoryStore:
         return closure
 
     def _sweep(self, op: Sweep) -> int:
-        """The tenants an operation touched since the last sweep began and those whose
-        scheduled work is due, `TENANTS_PER_STEP` per step, until `op.limit` reservations
-        have expired (each tenant is pruned either way); then each is scheduled again for
-        its next work (`next_due`). A tenant nothing touched and nothing is due on is not
-        looked at, so idle tenants cost a sweep nothing."""
+        """The tenants an operation touched since the last sweep began and those whose next
+        work is due (`Schedule`), `TENANTS_PER_STEP` per step, until `op.limit` reservations
+        have expired (each tenant is pruned either way, and put back on the schedule in its
+        step). A sweep cut short leaves the tenants it did not get to to the next one."""
         with self._lock:
-            now, touched, self._touched = self.clock(), self._touched, []
-            for t in touched:
-                t.touched = False
-            due, schedule = [], self._schedule
-            while schedule and schedule[0][0] <= now:
-                when, name = heapq.heappop(schedule)
-                t = self._tenants[name]
-                if t.sweep_at == when:  # else a stale entry: the tenant moved
-                    t.sweep_at = None
-                    due.append(t)
-            every = tuple({id(t): t for t in (*touched, *due)}.values())
-        expired = 0
-        for at in range(0, len(every), TENANTS_PER_STEP):
-            part = every[at:at + TENANTS_PER_STEP]
-            expired += self.execute(SweepPart(op.tenant, op.limit - expired, part))
-            with self._lock:
-                now = self.clock()
-                for t in part:
-                    self._schedule_next(t, now)
-            time.sleep(0)  # let a thread waiting for the lock have it before the next step
-        return expired
-
-    def _schedule_next(self, t: Tenant, now: int) -> None:
-        """Put `t` on the sweep's schedule for its next work, unless it is there earlier;
-        a tenant whose state cannot say is looked at again by the next sweep."""
+            every = self._schedule.take(self.clock())
+        expired, done = 0, 0
         try:
-            due = next_due(t, now)
-        except Exception:  # its sweep reported it (`sweep.tenant_failed`)
-            due = now
-        if due is not None and (t.sweep_at is None or due < t.sweep_at):
-            t.sweep_at = due
-            heapq.heappush(self._schedule, (due, t.name))
+            for at in range(0, len(every), TENANTS_PER_STEP):
+                part = every[at:at + TENANTS_PER_STEP]
+                expired += self.execute(SweepPart(op.tenant, op.limit - expired, part,
+                                                  self._schedule))
+                done = at + len(part)
+                time.sleep(0)  # let a thread waiting for the lock have it before the next step
+        finally:
+            if done < len(every):
+                with self._lock:
+                    self._schedule.give_back(every[done:])
+        return expired
 
     async def aexecute(self, op: Op[R]) -> R:
         """The same step: the lock is held for microseconds and never across an await, so

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from ...events import Notification
 from ...models import ReservationStatus
-from ...periods import bucket, bucket_end_ms
+from ...periods import bucket
 from ..operations import TENANT_FAILED, Sweep, skipped
+from .schedule import Schedule
 from .state import LedgerKey, QuotaKey, Reservation, Tenant, expire, relinked
 
 TENANTS_PER_STEP = 256
@@ -22,14 +23,20 @@ Redis."""
 
 @dataclass
 class SweepPart(Sweep):
-    """One step of a sweep: these tenants."""
+    """One step of a sweep: these tenants, each put back on `schedule` for its next work in
+    the same step."""
 
     tenants: tuple[Tenant, ...] = ()
+    schedule: Schedule | None = None
 
 
 def sweep_part(every: Iterable[Tenant], op: SweepPart, now: int) -> int:
-    """`sweep` over the part's tenants only."""
-    return sweep(op.tenants, op, now)
+    """`sweep` over the part's tenants only, then each on the schedule."""
+    expired = sweep(op.tenants, op, now)
+    if op.schedule is not None:
+        for t in op.tenants:
+            op.schedule.plan(t, now)
+    return expired
 
 
 def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
@@ -44,27 +51,6 @@ def sweep(tenants: Iterable[Tenant], op: Sweep, now: int) -> int:
             t.cx.notes.append(Notification(TENANT_FAILED, t.name, now,
                                            reason=skipped(t.name, error)))
     return expired
-
-
-def next_due(t: Tenant, now: int) -> int | None:
-    """When a sweep next has work on `t`, if no operation touches it first (None: not
-    before one does): a reservation past its deadline, a finished one past its retention, a
-    keyed answer lapsed, the next look for idle dimension ledgers, a quota window closed.
-    The store's sweep looks only at the tenants due and those touched since its last pass,
-    so idle tenants cost it nothing (as each condition in `reap` and `_prune` reads)."""
-    times = []
-    if t.expiry:
-        times.append(t.expiry[0][0] + 1)
-    if t.finished:
-        times.append(t.finished[0][0] + t.cx.finished_retention_ms + 1)
-    if t.idempotency:
-        times.append(next(iter(t.idempotency.values())).expires_at_ms + 1)
-    if t.ledgers and any(d.per is not None for by_key in t.definitions.values()
-                         for d in by_key.values()):  # a template's ledgers may go idle
-        times.append(t.idle_walk_ms)
-    times += [bucket_end_ms(window[0][2], now) for window in (*t.calls, *t.runs)
-              if window[0][2] is not None]
-    return min(times, default=None)
 
 
 def reap(t: Tenant, now: int, limit: int) -> int:
