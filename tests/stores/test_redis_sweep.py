@@ -5,13 +5,14 @@ per sweep until through. Real redis-server only."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 import allotment as al
-from allotment.stores.redis import RedisStore
+from allotment.stores.redis import RedisStore, tenant_keys
 
 from support import LLM
 from support.redis_server import redis_server
@@ -95,3 +96,31 @@ def test_a_pruning_pass_goes_on_a_page_per_sweep_and_the_next_starts_later(
     while len(guard.balances("tenant:acme")) > 1:  # due again, and "late" is idle now
         guard.sweep()
     assert counted(url)[0] >= 1
+
+
+def test_an_error_reply_in_a_page_of_reads_leaves_the_connection_in_step(url: str) -> None:
+    """A page's reads go out together in one write; an error reply among them fails the
+    sweep with the server's word, and the calls after it get their own answers (never a
+    reply left over from the page)."""
+    clock = al.ManualClock(START_MS)
+    guard = al.Guard(RedisStore(url=url, clock=clock))
+    for name in ("a", "b", "c"):
+        guard.set_budget(f"tenant:{name}", tokens=100)
+    guard.sweep()
+    server = redis.Redis.from_url(url)
+    server.set(tenant_keys("b")[7], "not a sorted set")  # b's deadline index, broken
+    with pytest.raises(al.StoreUnavailable, match="WRONGTYPE"):
+        guard.sweep()
+    for name in ("a", "c"):  # each answer its own, on the connection the page used
+        held = guard.reserve(al.Subject(tenant=name), LLM, al.tokens(10))
+        assert held.balances[0].reserved == 10 and held.id.startswith(f"{name}:")
+        assert guard.balances(f"tenant:{name}")[0].reserved == 10
+
+    async def from_async_code() -> None:  # the asyncio side's own connection, alike
+        with pytest.raises(al.StoreUnavailable, match="WRONGTYPE"):
+            await guard.asweep()
+        held = await guard.areserve(al.Subject(tenant="a"), LLM, al.tokens(5))
+        assert held.balances[0].reserved == 15
+        assert (await guard.abalances("tenant:c"))[0].reserved == 10
+
+    asyncio.run(from_async_code())

@@ -5,10 +5,14 @@ a reserve's forty arguments that took more client CPU than everything else the s
 per call (BENCHMARKS.md, "Client CPU per pair"). A call is packed here in one step (hiredis,
 or the plain loop below without it) and sent on a connection of the client's own pool with
 the connection's health check, retry policy and disconnect-on-failure, as `execute_command`
-would, the reply read by the connection's own parser. A sync store keeps a few connections
-between calls instead of checking one out of the pool per call (`Sender`), and so does an
-asyncio store on each event loop (`ASender`). Clients this path does not fit (a cluster
-client, a single-connection client) go through `execute_command` as before.
+would, the reply read by the connection's own parser. Commands that go together (a page of
+the sweep's reads, a call under strict durability and its wait) are packed the same way and
+sent in one write (`Sender.many`); redis-py's pipeline wrote each and encoded every
+argument in Python, about two thirds of a sweep's CPU per idle tenant. A sync store keeps
+a few connections between calls instead of checking one out of the pool per call
+(`Sender`), and so does an asyncio store on each event loop (`ASender`). Clients this path
+does not fit (a cluster client, a single-connection client) go through `execute_command` as
+before.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -89,6 +93,16 @@ class Sender:
         self._pid = os.getpid()
 
     def __call__(self, data: bytes) -> Any:
+        """The reply to one packed command."""
+        return self._on_connection(lambda conn: _round_trip(conn, data))
+
+    def many(self, data: Sequence[bytes]) -> list[Any]:
+        """The replies to packed commands sent together (a pipeline, not a transaction), as
+        redis-py's pipeline answers them: the first error reply is raised, once every reply
+        has been read so the connection stays in step."""
+        return _first_error_raised(self._on_connection(lambda conn: _round_trips(conn, data)))
+
+    def _on_connection(self, exchange: Callable[[Any], Any]) -> Any:
         idle = self._idle
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle = idle = []
@@ -98,8 +112,8 @@ class Sender:
         except IndexError:
             conn = self._pool.get_connection(*self._args)
         try:
-            return conn.retry.call_with_retry(
-                lambda: _round_trip(conn, data), lambda error: conn.disconnect())
+            return conn.retry.call_with_retry(lambda: exchange(conn),
+                                              lambda error: conn.disconnect())
         finally:
             if len(idle) < KEEP:
                 idle.append(conn)
@@ -144,6 +158,25 @@ def _round_trip(conn: Any, data: bytes) -> Any:
     return conn.read_response()
 
 
+def _round_trips(conn: Any, data: Sequence[bytes]) -> list[Any]:
+    conn.send_packed_command((b"".join(data),))  # one write: redis-py writes each part
+    replies: list[Any] = []
+    for _ in data:
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as error:  # the other replies are still read
+            replies.append(error)
+    return replies
+
+
+def _first_error_raised(replies: list[Any]) -> list[Any]:
+    """The replies of a pipeline, or its first error reply raised (as redis-py's pipeline)."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
 def asender(client: Any) -> ASender | None:
     """A sender of packed commands on an asyncio client's pool, or None for a client this
     path does not fit (a cluster client, a single-connection client)."""
@@ -165,14 +198,23 @@ class ASender:
         self._idle: list[Any] = []
 
     async def __call__(self, data: bytes) -> Any:
+        """The reply to one packed command."""
+        return await self._on_connection(lambda conn: _around_trip(conn, data))
+
+    async def many(self, data: Sequence[bytes]) -> list[Any]:
+        """As `Sender.many`."""
+        return _first_error_raised(
+            await self._on_connection(lambda conn: _around_trips(conn, data)))
+
+    async def _on_connection(self, exchange: Callable[[Any], Awaitable[Any]]) -> Any:
         idle = self._idle
         kept = bool(idle)
         conn = idle.pop() if kept else await self._pool.get_connection(*self._args)
         try:
             if kept:
                 await _aready(conn)
-            return await conn.retry.call_with_retry(
-                lambda: _around_trip(conn, data), lambda error: conn.disconnect())
+            return await conn.retry.call_with_retry(lambda: exchange(conn),
+                                                    lambda error: conn.disconnect())
         finally:
             if len(idle) < KEEP:
                 idle.append(conn)
@@ -204,11 +246,29 @@ def _can_read(conn: Any) -> Any:
 
 
 async def _around_trip(conn: Any, data: bytes) -> Any:
-    """A packed command and its reply on an asyncio connection. The command is written as
-    `send_packed_command` writes it, but without its timer: on Python before 3.12 its
-    `wait_for` runs the write as a task of its own, one more turn of the loop per call. A
-    call's few hundred bytes leave at once; only if some stay buffered is the drain awaited,
-    within the socket timeout. The reply is read by the connection, under its timeout."""
+    """A packed command and its reply on an asyncio connection, the reply read by the
+    connection under its timeout."""
+    await _awrite(conn, data)
+    return await conn.read_response()
+
+
+async def _around_trips(conn: Any, data: Sequence[bytes]) -> list[Any]:
+    """Packed commands in one write, then their replies, an error reply kept in its place."""
+    await _awrite(conn, b"".join(data))
+    replies: list[Any] = []
+    for _ in data:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as error:  # the other replies are still read
+            replies.append(error)
+    return replies
+
+
+async def _awrite(conn: Any, data: bytes) -> None:
+    """Packed bytes written as `send_packed_command` writes them, but without its timer: on
+    Python before 3.12 its `wait_for` runs the write as a task of its own, one more turn of
+    the loop per call. A call's few hundred bytes leave at once; only if some stay buffered
+    is the drain awaited, within the socket timeout."""
     if not conn.is_connected:
         await conn.connect()
     if conn.health_check_interval:
@@ -227,7 +287,6 @@ async def _around_trip(conn: Any, data: bytes) -> Any:
         if isinstance(error, OSError):
             raise RedisConnectionError(f"Error while writing to socket: {error}") from error
         raise
-    return await conn.read_response()
 
 
 __all__ = ["KEEP", "ASender", "Sender", "asender", "pack", "sender"]

@@ -224,11 +224,15 @@ class RedisStore:
                 return client.execute_command(*step.args, target_nodes=client.get_default_node())
             return client.execute_command(*step.args)
         if isinstance(step, Batch):
+            if self._packed is not None:
+                return self._packed.many([resp.pack(args) for args in step.commands])
             pipe = client.pipeline(transaction=False)
             for args in step.commands:
                 pipe.execute_command(*args)
             return pipe.execute()
         if isinstance(step, Durable):
+            if self._packed is not None:
+                return self._packed.many([resp.pack(step.call.command), resp.pack(step.wait)])
             if self._routed:  # the tenant's own master, on one of its connections
                 client = client.get_redis_connection(client.get_node_from_key(step.call.keys[0]))
             pipe = client.pipeline(transaction=False)
@@ -263,11 +267,16 @@ class RedisStore:
                                                     target_nodes=client.get_default_node())
             return await client.execute_command(*step.args)
         if isinstance(step, Batch):
+            if on.packed is not None:
+                return await on.packed.many([resp.pack(args) for args in step.commands])
             pipe = client.pipeline(transaction=False)
             for args in step.commands:
                 pipe.execute_command(*args)
             return await pipe.execute()
         if isinstance(step, Durable):
+            if on.packed is not None:
+                return await on.packed.many([resp.pack(step.call.command),
+                                             resp.pack(step.wait)])
             if routed(client):  # the tenant's own master, on one of its connections
                 await client.initialize()
                 node = client.get_node_from_key(step.call.keys[0])
