@@ -19,6 +19,7 @@ from .admin import Admin
 from .bulk import Bulk
 from .context import error_response, json_response
 from .errors import ApiError, from_allotment
+from .governance import Governance
 from .hooks_routes import Hooks
 from .operators import Operators
 from .plane import App
@@ -90,7 +91,8 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     settings = Settings(guard, admin_key or None, max_body, extensions)
     routes = [*Admin(settings).routes(), *Bulk(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
-              *Operators(settings).routes(), *Hooks(settings).routes(),
+              *Operators(settings).routes(), *Governance(settings).routes(),
+              *Hooks(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics

@@ -18,13 +18,13 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
 
-def limit(query: Mapping[str, str]) -> int:
-    """`limit`: 1..200, 50 when absent or blank."""
+def limit(query: Mapping[str, str], most: int = MAX_LIMIT) -> int:
+    """`limit`: 1..`most` (200 unless the list says less), 50 when absent or blank."""
     text = query.get("limit") or ""
     if not text:
         return DEFAULT_LIMIT
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
-        raise bad_request(f"limit: {text!r} is not a whole number in 1..{MAX_LIMIT}")
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= most):
+        raise bad_request(f"limit: {text!r} is not a whole number in 1..{most}")
     return int(text)
 
 
@@ -42,20 +42,22 @@ def cursor(query: Mapping[str, str]) -> list[str] | None:
     return key
 
 
-def window(query: Mapping[str, str]) -> tuple[int, list[str] | None]:
+def window(query: Mapping[str, str], most: int = MAX_LIMIT) -> tuple[int, list[str] | None]:
     """The page a query asks for (its limit and the key it starts after), checked before
     anything is read."""
-    return limit(query), cursor(query)
+    return limit(query, most), cursor(query)
 
 
 def paged(rows: Sequence[T], key: Callable[[T], list[str]],
-          asked: tuple[int, list[str] | None]) -> tuple[list[T], dict[str, Any]]:
-    """The page of `rows` (ordered by `key`) `asked` for, and the answer's paging fields:
-    `has_more`, and `next_cursor` when it is true."""
+          asked: tuple[int, list[str] | None], *, descending: bool = False
+          ) -> tuple[list[T], dict[str, Any]]:
+    """The page of `rows` (ordered by `key`, largest first when `descending`) `asked` for,
+    and the answer's paging fields: `has_more`, and `next_cursor` when it is true."""
     size, after = asked
-    ordered = sorted(rows, key=key)
+    ordered = sorted(rows, key=key, reverse=descending)
     if after is not None:
-        ordered = [row for row in ordered if key(row) > after]
+        ordered = [row for row in ordered
+                   if (key(row) < after if descending else key(row) > after)]
     page = ordered[:size]
     if len(ordered) <= size:
         return page, {"has_more": False}

@@ -148,7 +148,7 @@ def test_bad_parameters_get_the_envelope_and_say_what_is_wrong(
 
 ROUTES = [("GET", "/v1/audit?tenant=acme", None), ("GET", "/v1/reports?tenant=acme", None),
           ("GET", "/v1/usage?tenant=acme", None), ("GET", "/v1/webhooks", None),
-          ("GET", "/v1/webhooks/deliveries", None),
+          ("GET", "/v1/webhooks/deliveries", None), ("GET", "/v1/events", None),
           ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/a", "events": ["*"]}),
           ("POST", "/v1/webhooks/replay", {"event_id": "acme/evt_0123456789ab01234567"}),
           ("PATCH", "/v1/webhooks/acme/whk_0123456789abcdef01234567", {"enabled": False}),

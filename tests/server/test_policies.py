@@ -434,6 +434,8 @@ ADMIN_ONLY = [
     ("POST", "/v1/admin/budgets/bulk-action", {
         "filter": {"tenant_id": "acme"}, "action": "DEBIT",
         "amount": {"unit": "USD_MICROCENTS", "amount": 1}, "idempotency_key": "k"}),
+    ("GET", "/v1/admin/events", None), ("GET", "/v1/admin/events/acme:1", None),
+    ("GET", "/v1/admin/audit/logs", None), ("GET", "/v1/admin/overview", None),
 ]
 
 

@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 import allotment as al
 from allotment.clock import system_ms
+from allotment.server.governance import CATEGORIES, CYCLES_EVENT_TYPES
 
 from support.openapi import spec
 from support.served import serving
@@ -61,6 +62,41 @@ def _retarget(node: Any, names: dict[str, str]) -> Any:
     return node
 
 
+def _tenant_events() -> dict[str, Any]:
+    """The governance spec's listTenantEvents (v0.1.25): its parameters, and its answers
+    with the Event schema (closed) written out."""
+    text, moment = {"type": "string"}, {"type": "string", "format": "date-time"}
+    event = {"type": "object", "additionalProperties": False,
+             "required": ["event_id", "event_type", "category", "timestamp", "tenant_id",
+                          "source"],
+             "properties": {
+                 "event_id": text, "event_type": {"enum": sorted(CYCLES_EVENT_TYPES)},
+                 "category": {"enum": sorted(CATEGORIES)}, "timestamp": moment,
+                 "tenant_id": text, "scope": text, "source": text,
+                 "actor": {"type": "object", "additionalProperties": False, "properties": {
+                     "type": {"enum": ["admin", "api_key", "admin_on_behalf_of", "system",
+                                       "scheduler"]},
+                     "key_id": text, "source_ip": text}},
+                 "data": {"type": "object"}, "correlation_id": text, "request_id": text,
+                 "trace_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}}
+    listed = {"type": "object", "required": ["events", "has_more"], "properties": {
+        "events": {"type": "array", "items": event}, "next_cursor": text,
+        "has_more": {"type": "boolean"}}}
+    error = {"content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ErrorResponse"}}}}
+    query = [("event_type", {"enum": sorted(CYCLES_EVENT_TYPES)}),
+             ("category", {"enum": sorted(CATEGORIES)}), ("scope", text),
+             ("correlation_id", text), ("from", moment), ("to", moment), ("cursor", text),
+             ("limit", {"type": "integer", "minimum": 1, "maximum": 100})]
+    return {"operationId": "listTenantEvents", "security": [{"ApiKeyAuth": []}],
+            "parameters": [{"name": name, "in": "query", "schema": schema}
+                           for name, schema in query],
+            "responses": {"200": {"description": "events", "content": {
+                "application/json": {"schema": listed}}},
+                **{code: {"description": code, **error} for code in ("400", "401", "403",
+                                                                     "500")}}}
+
+
 def _as_served() -> dict[str, Any]:
     """The spec with what its text says beyond its schemas, and, on the request side only
     (responses are checked against the spec as it is), the rules where the server is
@@ -72,8 +108,11 @@ def _as_served() -> dict[str, Any]:
       "MAY reject" others), dimension keys `[a-z0-9_.-]`, dimension values printable ASCII;
     - action kinds are allotment's `<category>.<operation>` (or one word), names and tags
       1-256 and 1-64 printable characters;
-    - idempotency keys are 1-256 of `A-Z a-z 0-9 _ . : @ -`; amounts at most 2^53-1."""
+    - idempotency keys are 1-256 of `A-Z a-z 0-9 _ . : @ -`; amounts at most 2^53-1.
+    And the governance spec's `GET /v1/events` (listTenantEvents) on the runtime file's
+    `/v1/events`, whose only operation there is the POST: the server serves both."""
     amended = copy.deepcopy(spec())
+    amended["paths"]["/v1/events"]["get"] = _tenant_events()
     for parameter in [*amended["paths"]["/v1/reservations"]["get"]["parameters"],
                       amended["components"]["parameters"]["Limit"]]:
         if "schema" in parameter and parameter.get("in") == "query":
@@ -157,7 +196,7 @@ class Live:
             self.guard.set_budget(f"tenant:{tenant}", amount=2**53 - 1, unit=al.Unit[unit])
         key = self.guard.create_key(tenant, permissions=[
             "reservations:create", "reservations:commit", "reservations:release",
-            "reservations:extend", "reservations:list", "balances:read"])
+            "reservations:extend", "reservations:list", "balances:read", "events:read"])
         return tenant, key.secret
 
     def reservation(self, secret: str) -> str:
