@@ -14,18 +14,21 @@ path."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..clock import moment_ms
-from ..events import AuditRecord, AuditType
+from ..events import AUDIT_TYPES, AuditRecord, AuditType
 from ..guard import Guard
 from ..models import Balance, BudgetStatus
 from ..scopes import tenant_name
@@ -49,6 +52,8 @@ _READ_ALL = 100_000
 _MOST = 100
 """The most rows of a page of events or audit entries (the spec's maximum)."""
 _TENANT_CATEGORIES = ("budget", "reservation", "tenant")
+_SENTINELS = ("__admin__", "__unauth__")
+"""The spec's tenant ids of admin and unauthenticated calls in the audit log."""
 """What a tenant key may see of its own events (the spec's tenant-accessible types)."""
 
 CYCLES_EVENT_TYPES = frozenset(f"{category}.{name}" for category, names in {
@@ -78,10 +83,10 @@ _SAME = {AuditType.DENIED: "reservation.denied", AuditType.EXPIRED: "reservation
          AuditType.TENANT_CLOSED: "tenant.closed",
          AuditType.MODE_SET: "tenant.settings_changed"}
 EVENT_RECORDS = frozenset({*_SAME, AuditType.BUDGET_STATUS, AuditType.BUDGET_FUNDED,
-                           AuditType.BUDGET_SET, AuditType.COMMITTED})
-"""The record kinds an event may come from (a commit only when it went over)."""
+                           AuditType.BUDGET_SET})
+"""The record kinds an event comes from."""
 EVENT_TYPES = frozenset({*_SAME.values(), *_STATUS_EVENTS.values(), *_FUND_EVENTS.values(),
-                         "budget.created", "reservation.commit_overage"})
+                         "budget.created"})
 """The Cycles event types these records give."""
 _ID = re.compile(r"^([a-z0-9_.@-]{1,128}):([0-9]{1,15})$")
 _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
@@ -91,7 +96,7 @@ _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2
 def event_type(r: AuditRecord) -> str | None:
     """The Cycles event type of a record, None when it has none. A budget set shows as
     budget.created (the record does not say whether the budget was there before; a removal
-    has no event type), a commit only when it charged more than its estimate in a unit."""
+    has no event type)."""
     if r.type in _SAME:
         return _SAME[r.type]
     if r.type == AuditType.BUDGET_STATUS:
@@ -100,14 +105,7 @@ def event_type(r: AuditRecord) -> str | None:
         return _FUND_EVENTS.get(str(r.detail.get("operation")))
     if r.type == AuditType.BUDGET_SET:
         return None if r.detail.get("removed") else "budget.created"
-    if r.type == AuditType.COMMITTED and _over(r):
-        return "reservation.commit_overage"
     return None
-
-
-def _over(r: AuditRecord) -> bool:
-    estimated = {a.unit: a.amount for a in r.estimate}
-    return any(a.amount > estimated.get(a.unit, 0) for a in r.actual)
 
 
 def _amounts(values: Iterable[Any]) -> list[dict[str, Any]]:
@@ -131,18 +129,18 @@ def _what(r: AuditRecord) -> dict[str, Any]:
              "action": _action(r.action), "estimate": _amounts(r.estimate),
              "actual": _amounts(r.actual), "charged": _amounts(r.charged),
              "reason": r.reason, "actor": r.actor,
+             "scopes": list(r.scopes) if len(r.scopes) > 1 else None,
              "detail": {name: value for name, value in r.detail.items() if value is not None}}
     return {name: value for name, value in found.items() if value not in (None, [], {})}
 
 
 def event_of(r: AuditRecord, kind: str) -> dict[str, Any]:
     """The spec's Event of a record with event type `kind`."""
-    actor = ("system" if kind == "reservation.expired" else
-             "api_key" if kind.startswith("reservation.") else "admin")
     event = {"event_id": f"{r.tenant}:{r.seq}", "event_type": kind,
              "category": kind.partition(".")[0], "timestamp": iso_ms(r.at_ms),
-             "tenant_id": r.tenant, "source": SOURCE, "actor": {"type": actor},
-             "data": _what(r)}
+             "tenant_id": r.tenant, "source": SOURCE, "data": _what(r)}
+    if kind == "reservation.expired":  # the only cause a record is sure of: who called
+        event["actor"] = {"type": "system"}  # the others is not on record
     if r.scopes:
         event["scope"] = r.scopes[-1]  # the deepest a charge reached
     return event
@@ -194,10 +192,25 @@ def _moment(request: Request, name: str) -> int | None:
     if text is None:
         return None
     at = moment_ms(text.upper()) if _RFC3339.match(text) else None
-    if at is None:
-        raise bad_request(f"{name}: {text!r} is not an RFC 3339 time with its zone (e.g. "
-                          "2026-12-01T00:00:00Z)")
+    if at is None or at < 0:
+        raise bad_request(f"{name}: {text!r} is not an RFC 3339 time with its zone, from "
+                          "1970 on (e.g. 2026-12-01T00:00:00Z)")
     return at
+
+
+def _statuses(request: Request) -> tuple[int | None, int | None, int | None]:
+    """`status`, or the range `status_min`..`status_max`: HTTP codes 100-599; both forms
+    at once, or a minimum above the maximum, is 400."""
+    found = [query_int(request, name) for name in ("status", "status_min", "status_max")]
+    for name, value in zip(("status", "status_min", "status_max"), found, strict=True):
+        if value is not None and not 100 <= value <= 599:
+            raise bad_request(f"{name}: {value} is not an HTTP status (100-599)")
+    status, low, high = found
+    if status is not None and (low is not None or high is not None):
+        raise bad_request("status: give it alone, or a range with status_min and status_max")
+    if low is not None and high is not None and low > high:
+        raise bad_request(f"status_min: {low} is above status_max {high}")
+    return status, low, high
 
 
 def _one_of(request: Request, name: str, known: Iterable[str],
@@ -215,39 +228,69 @@ async def _records(guard: Guard, tenants: Iterable[str], since: int | None,
     found: list[AuditRecord] = []
     for tenant in tenants:
         found += await guard.aaudit(tenant, since=since, types=kinds, limit=_READ_ALL)
+        await asyncio.sleep(0)  # the embedded store answers at once: let others in between
     return found
 
 
-def _sort(request: Request, keys: dict[str, Callable[[dict[str, Any]], str]]
-          ) -> tuple[Callable[[dict[str, Any]], list[str]], bool]:
-    """The sort a list asks for (`sort_by` among `keys`, `sort_dir`; newest first by
-    default), as a key of strings that ends in the row's id, so ties never reorder."""
+Row = dict[str, Any]
+"""A record as a list sorts and filters it (the few fields those read, and the record
+under `_r`); its answer is built only if it lands on the page."""
+
+
+@dataclass(frozen=True)
+class _Order:
+    """The sort and page a list asks for, checked before anything is read. A cursor names
+    its list and sort, so one from another list or sort is refused, never misread."""
+
+    head: list[str]
+    field: Callable[[Row], str]
+    descending: bool
+    asked: tuple[int, list[str] | None]
+
+    def key(self, row: Row) -> list[str]:
+        return [*self.head, self.field(row), row["_at"], row["_id"]]
+
+
+def _order(request: Request, name: str, keys: dict[str, Callable[[Row], str]],
+           most: int) -> _Order:
+    """`sort_by` among `keys` and `sort_dir` (newest first by default), `limit` and
+    `cursor`; ties are broken by the time and the record's id, so rows never reorder."""
     by = _one_of(request, "sort_by", keys) or "timestamp"
     direction = _one_of(request, "sort_dir", ("asc", "desc")) or "desc"
-    field = keys[by]
-    return (lambda row: [field(row), row["_at"], row["_id"]]), direction == "desc"
+    size, after = paging.window(request.query_params, most)
+    head = [name, by, direction]
+    if after is not None and after[:3] != head:
+        raise bad_request("cursor: it was given for another list or sort; send the same "
+                          "sort_by and sort_dir, or start again without a cursor")
+    return _Order(head, keys[by], direction == "desc", (size, after))
 
 
-def _page(request: Request, rows: list[dict[str, Any]],
-          keys: dict[str, Callable[[dict[str, Any]], str]], field: str
-          ) -> dict[str, Any]:
-    key, descending = _sort(request, keys)
-    page, more = paging.paged(rows, key, paging.window(request.query_params, _MOST),
-                              descending=descending)
-    return {field: [{k: v for k, v in row.items() if not k.startswith("_")} for row in page],
-            **more}
+def _row(r: AuditRecord, **fields: Any) -> Row:
+    """A row with its hidden fields: time and id as strings that sort as numbers."""
+    return {**fields, "tenant_id": r.tenant, "_at": f"{r.at_ms:015d}",
+            "_id": f"{r.tenant}:{r.seq:015d}", "_r": r}
 
 
-def _keyed(row: dict[str, Any], at_ms: int, tenant: str, seq: int) -> dict[str, Any]:
-    """A row with its hidden sort fields: the time and id as strings that sort as numbers."""
-    return {**row, "_at": f"{at_ms:015d}", "_id": f"{tenant}:{seq:015d}"}
+def _paged(rows: list[Row], order: _Order, build: Callable[[Row], dict[str, Any]],
+           field: str) -> dict[str, Any]:
+    page, more = paging.paged(rows, order.key, order.asked, descending=order.descending)
+    return {field: [build(row) for row in page], **more}
 
 
-_EVENT_SORTS: dict[str, Callable[[dict[str, Any]], str]] = {
+def _listed(request: Request, name: str) -> set[str]:
+    """A list filter: repeated, or comma-separated (the spec's form), at most 25 values."""
+    values = {value.strip() for given in request.query_params.getlist(name)
+              for value in given.split(",") if value.strip()}
+    if len(values) > 25:
+        raise bad_request(f"{name}: at most 25 values, got {len(values)}")
+    return values
+
+
+_EVENT_SORTS: dict[str, Callable[[Row], str]] = {
     "timestamp": lambda row: "", "event_type": lambda row: row["event_type"],
-    "category": lambda row: row["category"], "scope": lambda row: row.get("scope", ""),
+    "category": lambda row: row["category"], "scope": lambda row: row["scope"],
     "tenant_id": lambda row: row["tenant_id"]}
-_LOG_SORTS: dict[str, Callable[[dict[str, Any]], str]] = {
+_LOG_SORTS: dict[str, Callable[[Row], str]] = {
     "timestamp": lambda row: "", "operation": lambda row: row["operation"],
     "resource_type": lambda row: row["resource_type"],
     "tenant_id": lambda row: row["tenant_id"], "key_id": lambda row: "",
@@ -255,10 +298,14 @@ _LOG_SORTS: dict[str, Callable[[dict[str, Any]], str]] = {
 _EVENT_QUERY = ("event_type", "category", "scope", "correlation_id", "trace_id",
                 "request_id", "from", "to", "search", "sort_by", "sort_dir", "cursor",
                 "limit")
+_LOGS_MOST = 1_000
+"""The most entries of a page of the audit log (the spec sets none)."""
 
 
 class Governance:
-    """The event stream, the audit log and the overview over one guard."""
+    """The event stream, the audit log and the overview over one guard. The records are
+    read on the event loop (one store call per tenant); filtering, sorting and building the
+    page run in a worker thread, so a large log does not hold up the runtime routes."""
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -276,6 +323,7 @@ class Governance:
         """Every tenant's events (or `tenant_id`'s), filtered and paged."""
         require_admin(self.s, request)
         only(request, "tenant_id", *_EVENT_QUERY)
+        _given(request, "tenant_id")
         named = request.query_params.get("tenant_id")
         tenants = ([tenant_name(named, "tenant_id")] if named is not None
                    else await self.s.guard.atenants())
@@ -291,7 +339,7 @@ class Governance:
     async def _events(self, request: Request, tenants: Iterable[str],
                       allowed: Iterable[str]) -> Response:
         query = request.query_params
-        _given(request, "tenant_id", "from", "to", "limit")
+        _given(request, "from", "to", "limit")
         kind = _one_of(request, "event_type", CYCLES_EVENT_TYPES,
                        "a Cycles event type (e.g. reservation.denied, budget.funded)")
         category = _one_of(request, "category", CATEGORIES)
@@ -299,23 +347,29 @@ class Governance:
         scope, search = query.get("scope") or None, search_text(query)
         unmatched = any(query.get(name) for name in ("correlation_id", "trace_id",
                                                      "request_id"))  # events carry none
-        paging.window(query, _MOST)  # a bad limit or cursor: 400 before anything is read
-        rows = []
-        for r in await _records(self.s.guard, tenants, start, EVENT_RECORDS):
-            found = event_type(r)
-            if (found is None or found not in allowed or unmatched
-                    or (kind is not None and found != kind)
-                    or (category is not None and not found.startswith(category + "."))
-                    or (end is not None and r.at_ms > end)):
-                continue
-            event = event_of(r, found)
-            where = event.get("scope", "")
-            if scope is not None and not where.startswith(scope):
-                continue
-            if search is not None and search not in where.lower():
-                continue
-            rows.append(_keyed(event, r.at_ms, r.tenant, r.seq))
-        return json_response(request, _page(request, rows, _EVENT_SORTS, "events"))
+        order = _order(request, "events", _EVENT_SORTS, _MOST)
+        records = [] if unmatched else await _records(self.s.guard, tenants, start,
+                                                      EVENT_RECORDS)
+        kept = set(allowed)
+
+        def answer() -> dict[str, Any]:
+            rows = []
+            for r in records:
+                found = event_type(r)
+                where = r.scopes[-1] if r.scopes else ""
+                if (found is None or found not in kept
+                        or (kind is not None and found != kind)
+                        or (category is not None and not found.startswith(category + "."))
+                        or (end is not None and r.at_ms > end)
+                        or (scope is not None and not where.startswith(scope))
+                        or (search is not None and search not in where.lower())):
+                    continue
+                rows.append(_row(r, event_type=found, category=found.partition(".")[0],
+                                 scope=where))
+            return _paged(rows, order, lambda row: event_of(row["_r"], row["event_type"]),
+                          "events")
+
+        return json_response(request, await run_in_threadpool(answer))
 
     async def admin_event(self, request: Request) -> Response:
         """One event by its id (`<tenant>:<sequence number>`)."""
@@ -344,38 +398,46 @@ class Governance:
                "limit")
         named = query.get("tenant_id")
         start, end = _moment(request, "from"), _moment(request, "to")
-        status, low, high = (query_int(request, name)
-                             for name in ("status", "status_min", "status_max"))
-        operations, resources = set(query.getlist("operation")), set(
-            query.getlist("resource_type"))
-        codes, excluded = set(query.getlist("error_code")), set(
-            query.getlist("error_code_exclude"))
+        status, low, high = _statuses(request)
+        operations, resources = _listed(request, "operation"), _listed(request,
+                                                                       "resource_type")
+        codes, excluded = _listed(request, "error_code"), _listed(request,
+                                                                  "error_code_exclude")
         resource_id, search = query.get("resource_id") or None, search_text(query)
         unmatched = any(query.get(name) for name in ("key_id", "trace_id", "request_id"))
-        paging.window(query, _MOST)
-        if named is not None and named.startswith("__"):  # `__admin__`, `__unauth__`: none
+        order = _order(request, "logs", _LOG_SORTS, _LOGS_MOST)
+        if unmatched or named in _SENTINELS:  # admin calls are on record under their tenant
             tenants: list[str] = []
         else:
             tenants = ([tenant_name(named, "tenant_id")] if named is not None
                        else list(await self.s.guard.atenants()))
-        rows = []
-        for r in await _records(self.s.guard, tenants, start, None):
-            entry = log_entry(r)
-            code = entry.get("error_code")
-            if (unmatched or (end is not None and r.at_ms > end)
-                    or (operations and entry["operation"] not in operations)
-                    or (resources and entry["resource_type"] not in resources)
-                    or (resource_id is not None and entry["resource_id"] != resource_id)
-                    or (status is not None and entry["status"] != status)
-                    or (low is not None and entry["status"] < low)
-                    or (high is not None and entry["status"] > high)
-                    or (codes and code not in codes) or (code is not None and code in excluded)
-                    or (search is not None and search not in " ".join(
-                        [entry["resource_id"], entry["log_id"], code or "",
-                         entry["operation"]]).lower())):
-                continue
-            rows.append(_keyed(entry, r.at_ms, r.tenant, r.seq))
-        return json_response(request, _page(request, rows, _LOG_SORTS, "logs"))
+        kinds = None if not operations else operations & AUDIT_TYPES  # read only those
+        records = [] if kinds == set() else await _records(self.s.guard, tenants, start,
+                                                             kinds)
+
+        def answer() -> dict[str, Any]:
+            rows = []
+            for r in records:
+                denied = r.type == AuditType.DENIED
+                code = r.reason if denied else None
+                resource_type, where = _resource(r)
+                row_status = 409 if denied else 200
+                if ((end is not None and r.at_ms > end)
+                        or (operations and r.type not in operations)
+                        or (resources and resource_type not in resources)
+                        or (resource_id is not None and where != resource_id)
+                        or (status is not None and row_status != status)
+                        or (low is not None and row_status < low)
+                        or (high is not None and row_status > high)
+                        or (codes and code not in codes) or (code in excluded)
+                        or (search is not None and search not in " ".join(
+                            [where, f"{r.tenant}:{r.seq}", code or "", r.type]).lower())):
+                    continue
+                rows.append(_row(r, operation=r.type, resource_type=resource_type,
+                                 status=row_status))
+            return _paged(rows, order, lambda row: log_entry(row["_r"]), "logs")
+
+        return json_response(request, await run_in_threadpool(answer))
 
     async def overview(self, request: Request) -> Response:
         """Counts of tenants, budgets and webhooks, the budgets most over their limit and
@@ -423,15 +485,18 @@ class Governance:
 
     async def _webhooks(self, tenants: list[str]) -> dict[str, Any]:
         """Webhook counts and the failing ones: a subscription is failing while its newest
-        deliveries failed (how many in a row, and when the last did)."""
+        deliveries (across the tenants a global one serves) failed: how many in a row, and
+        when the last did. Each tenant's delivery log is read once."""
         guard = self.s.guard
         hooks = list(await guard.awebhooks())
+        sent: defaultdict[str, list[Any]] = defaultdict(list)
         for tenant in tenants:
             hooks += await guard.awebhooks(tenant)
+            for delivery in await guard.awebhook_deliveries(tenant=tenant, limit=_READ_ALL):
+                sent[delivery.webhook_id].append(delivery)
         failing: list[dict[str, Any]] = []
         for hook in hooks:
-            deliveries = sorted(await guard.awebhook_deliveries(webhook_id=hook.id),
-                                key=lambda d: d.updated_at_ms, reverse=True)
+            deliveries = sorted(sent[hook.id], key=lambda d: d.updated_at_ms, reverse=True)
             streak = 0
             for delivery in deliveries:
                 if delivery.status != FAILED:

@@ -6,6 +6,7 @@ every page, so a cursor stays valid whatever the next call filters."""
 from __future__ import annotations
 
 import base64
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -54,10 +55,10 @@ def paged(rows: Sequence[T], key: Callable[[T], list[str]],
     """The page of `rows` (ordered by `key`, largest first when `descending`) `asked` for,
     and the answer's paging fields: `has_more`, and `next_cursor` when it is true."""
     size, after = asked
-    ordered = sorted(rows, key=key, reverse=descending)
     if after is not None:
-        ordered = [row for row in ordered
-                   if (key(row) < after if descending else key(row) > after)]
+        rows = [row for row in rows if (key(row) < after if descending else key(row) > after)]
+    pick = heapq.nlargest if descending else heapq.nsmallest  # not a sort of every row
+    ordered = pick(size + 1, rows, key=key)
     page = ordered[:size]
     if len(ordered) <= size:
         return page, {"has_more": False}

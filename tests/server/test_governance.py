@@ -120,13 +120,12 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
         assert event["category"] == event["event_type"].split(".")[0]
         assert event["source"] == "allotment"
     assert [(e["tenant_id"], e["event_type"]) for e in events] == [
-        ("beta", "budget.frozen"), ("acme", "reservation.commit_overage"),
-        ("acme", "budget.created"), ("acme", "budget.funded"),
+        ("beta", "budget.frozen"), ("acme", "budget.created"), ("acme", "budget.funded"),
         ("acme", "reservation.expired"), ("acme", "reservation.denied"),
         ("owing", "budget.created"), ("beta", "budget.created"),
-        ("acme", "budget.created")]  # owing's debt is a notification: no record, no event
-    denial, expired, funded = events[5], events[4], events[3]
-    assert denial["scope"] == "tenant:acme" and denial["actor"] == {"type": "api_key"}
+        ("acme", "budget.created")]  # debt and an overage are notifications: no event
+    denial, expired, funded = events[4], events[3], events[2]
+    assert denial["scope"] == "tenant:acme" and "actor" not in denial  # not on record
     assert denial["data"]["reason"] == "BUDGET_EXCEEDED"
     assert denial["data"]["estimate"] == [{"unit": USD, "amount": al.usd(50).amount}]
     assert denial["data"]["action"] == {"kind": "llm.completion", "name": "openai:gpt-4o"}
@@ -150,11 +149,9 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
 @pytest.mark.parametrize(("query", "expected"), [
     ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "budget.created")]),
     ("event_type=reservation.denied", [("acme", "reservation.denied")]),
-    ("category=reservation&tenant_id=acme", [("acme", "reservation.commit_overage"),
-                                             ("acme", "reservation.expired"),
+    ("category=reservation&tenant_id=acme", [("acme", "reservation.expired"),
                                              ("acme", "reservation.denied")]),
-    ("scope=tenant:acme/workspace:", [("acme", "reservation.commit_overage"),
-                                      ("acme", "budget.created")]),
+    ("scope=tenant:acme/workspace:", [("acme", "budget.created")]),
     ("search=WORKSPACE:W&event_type=budget.created", [("acme", "budget.created")]),
     ("correlation_id=anything", []), ("trace_id=" + "0" * 32, []),
     ("event_type=api_key.created", []),  # a Cycles type this server never produces
@@ -171,10 +168,10 @@ def test_events_are_filtered_and_sorted(world: World, query: str,
 
 def test_events_between_two_moments(world: World) -> None:
     events = get(world, "/v1/admin/events?tenant_id=acme").body["events"]
-    start, end = events[2]["timestamp"], events[0]["timestamp"]  # funded .. overage
+    start, end = events[2]["timestamp"], events[1]["timestamp"]  # expired .. funded
     window = get(world, f"/v1/admin/events?tenant_id=acme&from={start}&to={end}").body
     assert [e["event_type"] for e in window["events"]] == [
-        "reservation.commit_overage", "budget.created", "budget.funded"]
+        "budget.funded", "reservation.expired"]
 
 
 def test_a_tenant_key_reads_its_own_tenants_events_only(world: World) -> None:
@@ -216,6 +213,9 @@ def test_the_audit_log_shows_every_record_with_its_outcome(world: World) -> None
     assert (funded["status"], funded["resource_type"], funded["resource_id"]) == (
         200, "budget", "tenant:acme")
     assert funded["metadata"]["actor"] == "ops"
+    (over,) = [e for e in logs if e["operation"] == "reservation.committed"
+               and e["metadata"].get("scopes")]
+    assert over["metadata"]["scopes"] == ["tenant:acme", "tenant:acme/workspace:w"]
 
     def operations(query: str) -> list[str]:
         answer = get(world, f"/v1/admin/audit/logs?{query}")
@@ -227,6 +227,9 @@ def test_the_audit_log_shows_every_record_with_its_outcome(world: World) -> None
     assert operations("error_code=BUDGET_EXCEEDED&tenant_id=acme") == ["reservation.denied"]
     assert operations("operation=budget.funded&operation=budget.status_changed") == [
         "budget.status_changed", "budget.funded"]
+    assert operations("operation=budget.funded,budget.status_changed") == [
+        "budget.status_changed", "budget.funded"]  # the spec's comma form
+    assert operations("operation=no.such") == []
     assert set(operations("resource_type=reservation")) >= {"reservation.expired"}
     assert operations("tenant_id=__admin__") == [] and operations("key_id=k") == []
     assert operations("search=FUNDED") == ["budget.funded"]
@@ -254,9 +257,9 @@ def test_the_overview_counts_and_names_what_needs_attention(world: World) -> Non
     assert view["failing_webhooks"] == []
     events = get(world, "/v1/admin/events").body["events"]
     assert view["event_counts"] == {"total_recent": len(events), "by_category": {
-        "budget": 6, "reservation": 3}}
+        "budget": 6, "reservation": 2}}
     assert [e["event_type"] for e in view["recent_denials"]] == ["reservation.denied"]
-    assert view["recent_denials"][0] == events[5]
+    assert view["recent_denials"][0] == events[4]
     assert [e["event_type"] for e in view["recent_expiries"]] == ["reservation.expired"]
     assert view["recent_denials_by_reason"] == {"BUDGET_EXCEEDED": 1}
     for event in (*view["recent_denials"], *view["recent_expiries"]):
@@ -278,6 +281,13 @@ def test_the_overview_counts_and_names_what_needs_attention(world: World) -> Non
     ("/v1/admin/audit/logs?status=ok", ["status"]),
     ("/v1/admin/audit/logs?to=tomorrow", ["to"]),
     ("/v1/admin/audit/logs?limit=0", ["limit"]),
+    ("/v1/admin/audit/logs?limit=1001", ["limit", "1..1000"]),
+    ("/v1/admin/audit/logs?status=200&status_min=100", ["status", "status_min"]),
+    ("/v1/admin/audit/logs?status_min=500&status_max=100", ["status_min", "above"]),
+    ("/v1/admin/audit/logs?status_max=9999", ["status_max", "100-599"]),
+    ("/v1/admin/audit/logs?error_code=" + ",".join(f"E{i}" for i in range(26)),
+     ["error_code", "25"]),
+    ("/v1/admin/events?from=0001-01-01T00:00:00%2B01:00", ["from", "1970"]),
     ("/v1/admin/overview?window=60", ["unknown query parameters"]),
     ("/v1/admin/events/acme:1?x=1", ["unknown query parameters"]),
 ])
@@ -287,3 +297,19 @@ def test_bad_queries_are_refused_naming_the_parameter(world: World, path: str,
     assert (answer.status, answer.body["error"]) == (400, "INVALID_REQUEST"), answer.body
     for word in words:
         assert word in answer.body["message"], (word, answer.body["message"])
+
+
+def test_a_cursor_belongs_to_its_list_and_sort(world: World) -> None:
+    """A cursor names the list and sort that gave it: used with another it is refused,
+    never read as a place in a different order."""
+    first = get(world, "/v1/admin/events?sort_by=event_type&sort_dir=asc&limit=2").body
+    cursor = first["next_cursor"]
+    for path in (f"/v1/admin/events?limit=2&cursor={cursor}",
+                 f"/v1/admin/events?sort_by=event_type&limit=2&cursor={cursor}",
+                 f"/v1/admin/audit/logs?limit=2&cursor={cursor}"):
+        refused = get(world, path)
+        assert (refused.status, refused.body["error"]) == (400, "INVALID_REQUEST"), path
+        assert "cursor" in refused.body["message"]
+    following = get(world, f"/v1/admin/events?sort_by=event_type&sort_dir=asc&limit=2"
+                           f"&cursor={cursor}")
+    assert following.status == 200 and following.body["events"][0] not in first["events"]
