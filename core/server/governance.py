@@ -6,9 +6,9 @@ event stream (`GET /v1/admin/events`, `GET /v1/admin/events/{event_id}`, and a t
 Every change and denial is on record in its tenant's audit log (both stores). These routes
 read those records and show each in the spec's shape; they keep nothing of their own. An
 event is a record whose kind has a Cycles event type (`event_type`): denials, expiries,
-commits over their estimate, funding, freezes and closes, budget changes, suspensions and
-closes of tenants. Notifications that leave no record (a threshold crossed, a budget
-exhausted) go out as webhooks only and are not listed. A read looks at every tenant's kept
+funding, freezes and closes, budget changes, suspensions and closes of tenants.
+Notifications that leave no record (a threshold crossed, a budget exhausted, debt, a commit
+over its estimate) go out as webhooks only and are not listed. A read looks at every tenant's kept
 records (up to the store's audit retention): it serves an operator's dashboard, not a hot
 path."""
 
@@ -50,11 +50,11 @@ WINDOW_S = 3_600
 _READ_ALL = 100_000
 """Records read per tenant: more than any store keeps (its audit retention)."""
 _MOST = 100
-"""The most rows of a page of events or audit entries (the spec's maximum)."""
+"""The most events on a page (the spec's maximum)."""
 _TENANT_CATEGORIES = ("budget", "reservation", "tenant")
+"""What a tenant key may see of its own events (the spec's tenant-accessible types)."""
 _SENTINELS = ("__admin__", "__unauth__")
 """The spec's tenant ids of admin and unauthenticated calls in the audit log."""
-"""What a tenant key may see of its own events (the spec's tenant-accessible types)."""
 
 CYCLES_EVENT_TYPES = frozenset(f"{category}.{name}" for category, names in {
     "budget": "created updated funded debited reset reset_spent debt_repaid frozen unfrozen "
