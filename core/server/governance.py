@@ -41,7 +41,6 @@ from .errors import bad_request, not_found
 from .queries import only, query_int
 from .records import iso_ms
 from .runtime import Settings
-from .tenancy import tenant_rows
 
 SOURCE = "allotment"
 """The `source` of every event: the server that read it from the store."""
@@ -446,22 +445,22 @@ class Governance:
         require_admin(self.s, request)
         only(request)
         guard, now = self.s.guard, int(time.time() * 1000)
-        tenants = await tenant_rows(guard, None)
+        tenants = list(await guard.atenants())
+        states: Counter[str] = Counter()
         balances: list[Balance] = []
-        for name, _, _ in tenants:
+        for name in tenants:  # its status and balances only: its record is not shown
+            states[(await guard.atenant_status(name)).value] += 1
             balances += await guard.abalances(f"tenant:{name}")
         recent = []
-        for r in await _records(guard, [name for name, _, _ in tenants],
-                                now - WINDOW_S * 1000, EVENT_RECORDS):
+        for r in await _records(guard, tenants, now - WINDOW_S * 1000, EVENT_RECORDS):
             if (found := event_type(r)) is not None:
                 recent.append((r, found))
         recent.sort(key=lambda pair: (pair[0].at_ms, pair[0].tenant, pair[0].seq),
                     reverse=True)
-        states = Counter(state.value for _, _, state in tenants)
         over = sorted((b for b in balances if b.is_over_limit),
                       key=lambda b: (b.remaining, b.scope))
         owing = sorted((b for b in balances if b.debt > 0), key=lambda b: (-b.debt, b.scope))
-        hooks = await self._webhooks([name for name, _, _ in tenants])
+        hooks = await self._webhooks(tenants)
         return json_response(request, {
             "as_of": iso_ms(now), "event_window_seconds": WINDOW_S,
             "tenant_counts": {"total": len(tenants), "active": states["ACTIVE"],

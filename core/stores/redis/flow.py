@@ -123,17 +123,13 @@ class Flows:
             if isinstance(op, ops.ClaimOnce | ops.FinishOnce):  # a function of its own
                 now = yield from self.now()
                 once = Call(self.names[ONCE], *once_arguments(op, now))
-                reply = yield from (self._durably(once) if self.strict else self._loading(once))
+                reply = yield from self._sent(once, durable=True)
                 return once_result(op, reply)
             return (yield from self.hooks.run(op))
         if (codec.registers and op.tenant not in self.known
                 and not getattr(op, "dry_run", False)):  # decide writes nothing
             yield from self._register(op.tenant)
-        call = self.call(op, codec)
-        if codec.durable and self.strict:
-            reply = yield from self._durably(call)
-        else:
-            reply = yield from self._loading(call)
+        reply = yield from self._sent(self.call(op, codec), durable=codec.durable)
         return self.result(op, reply)
 
     def _register(self, tenant: str) -> Flow:
@@ -147,10 +143,7 @@ class Flows:
                 proof: ops.KeyProof) -> Flow:
         """`op`'s result from its keyed call (with a wait for durability where strict mode
         asks for one); a refusal of the key raised."""
-        if codec.durable and self.strict:
-            reply = yield from self._durably(call)
-        else:
-            reply = yield from self._loading(call)
+        reply = yield from self._sent(call, durable=codec.durable)
         refused = _key_refused(reply)
         if refused is not None:
             raise ops.refused(refused, proof)
@@ -199,6 +192,11 @@ class Flows:
         if notes:
             self.notify(op.tenant, notes)
         return result
+
+    def _sent(self, call: Call, *, durable: bool) -> Flow:
+        """The flow of the call's reply: with a wait for durability when it writes
+        (`durable`) and strict mode asks for one (the flow itself, no frame of its own)."""
+        return self._durably(call) if durable and self.strict else self._loading(call)
 
     def _loading(self, step: Call | Durable) -> Flow:
         """The step's reply; a server without the library gets it, and the step once more."""

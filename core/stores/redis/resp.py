@@ -80,6 +80,30 @@ KEEP = 4
 a time, so one is enough; without, up to this many threads skip the pool's checkout."""
 
 
+def _round_trip(conn: Any, data: bytes) -> Any:
+    conn.send_packed_command((data,))
+    return conn.read_response()
+
+
+def _round_trips(conn: Any, data: Sequence[bytes]) -> list[Any]:
+    conn.send_packed_command((b"".join(data),))  # one write: redis-py writes each part
+    replies: list[Any] = []
+    for _ in data:
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as error:  # the other replies are still read
+            replies.append(error)
+    return replies
+
+
+def _first_error_raised(replies: list[Any]) -> list[Any]:
+    """The replies of a pipeline, or its first error reply raised (as redis-py's pipeline)."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
 class Sender:
     """Sends packed commands on connections of a sync client's pool, keeping a few between
     calls: checking one out of redis-py's pool and back costs about as much CPU as the round
@@ -92,17 +116,15 @@ class Sender:
         self._idle: list[Any] = []
         self._pid = os.getpid()
 
-    def __call__(self, data: bytes) -> Any:
-        """The reply to one packed command."""
-        return self._on_connection(lambda conn: _round_trip(conn, data))
-
     def many(self, data: Sequence[bytes]) -> list[Any]:
         """The replies to packed commands sent together (a pipeline, not a transaction), as
         redis-py's pipeline answers them: the first error reply is raised, once every reply
         has been read so the connection stays in step."""
-        return _first_error_raised(self._on_connection(lambda conn: _round_trips(conn, data)))
+        return _first_error_raised(self(data, _round_trips))
 
-    def _on_connection(self, exchange: Callable[[Any], Any]) -> Any:
+    def __call__(self, data: Any, exchange: Callable[[Any, Any], Any] = _round_trip) -> Any:
+        """The reply to one packed command (or what `exchange` makes of `data` on a kept
+        connection: `many`)."""
         idle = self._idle
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._idle = idle = []
@@ -112,7 +134,7 @@ class Sender:
         except IndexError:
             conn = self._pool.get_connection(*self._args)
         try:
-            return conn.retry.call_with_retry(lambda: exchange(conn),
+            return conn.retry.call_with_retry(lambda: exchange(conn, data),
                                               lambda error: conn.disconnect())
         finally:
             if len(idle) < KEEP:
@@ -153,30 +175,6 @@ def _ready(conn: Any) -> Any:
     return conn
 
 
-def _round_trip(conn: Any, data: bytes) -> Any:
-    conn.send_packed_command((data,))
-    return conn.read_response()
-
-
-def _round_trips(conn: Any, data: Sequence[bytes]) -> list[Any]:
-    conn.send_packed_command((b"".join(data),))  # one write: redis-py writes each part
-    replies: list[Any] = []
-    for _ in data:
-        try:
-            replies.append(conn.read_response())
-        except ResponseError as error:  # the other replies are still read
-            replies.append(error)
-    return replies
-
-
-def _first_error_raised(replies: list[Any]) -> list[Any]:
-    """The replies of a pipeline, or its first error reply raised (as redis-py's pipeline)."""
-    for reply in replies:
-        if isinstance(reply, ResponseError):
-            raise reply
-    return replies
-
-
 def asender(client: Any) -> ASender | None:
     """A sender of packed commands on an asyncio client's pool, or None for a client this
     path does not fit (a cluster client, a single-connection client)."""
@@ -184,65 +182,6 @@ def asender(client: Any) -> ASender | None:
             and getattr(client, "connection", None) is None
             and not getattr(client, "single_connection_client", False))
     return ASender(client) if fits else None
-
-
-class ASender:
-    """As `Sender`, for an asyncio client on its own event loop: checking a connection out of
-    redis-py's asyncio pool and back (a condition, a lock, a timeout and the pool's metrics
-    each way) cost more CPU than the round trip. A caller cancelled mid-call leaves its
-    connection disconnected by redis-py, and it reconnects on its next use."""
-
-    def __init__(self, client: Any) -> None:
-        self._pool = client.connection_pool
-        self._args = _pool_args(self._pool)
-        self._idle: list[Any] = []
-
-    async def __call__(self, data: bytes) -> Any:
-        """The reply to one packed command."""
-        return await self._on_connection(lambda conn: _around_trip(conn, data))
-
-    async def many(self, data: Sequence[bytes]) -> list[Any]:
-        """As `Sender.many`."""
-        return _first_error_raised(
-            await self._on_connection(lambda conn: _around_trips(conn, data)))
-
-    async def _on_connection(self, exchange: Callable[[Any], Awaitable[Any]]) -> Any:
-        idle = self._idle
-        kept = bool(idle)
-        conn = idle.pop() if kept else await self._pool.get_connection(*self._args)
-        try:
-            if kept:
-                await _aready(conn)
-            return await conn.retry.call_with_retry(lambda: exchange(conn),
-                                                    lambda error: conn.disconnect())
-        finally:
-            if len(idle) < KEEP:
-                idle.append(conn)
-            else:
-                released = self._pool.release(conn)
-                if inspect.isawaitable(released):
-                    await released
-
-
-async def _aready(conn: Any) -> None:
-    """`_ready` for an asyncio connection, as the asyncio pool checks one it hands out."""
-    try:
-        if not conn.is_connected:
-            await conn.connect()
-        if await _can_read(conn):
-            raise RedisConnectionError("connection has data")
-    except (RedisConnectionError, RedisTimeoutError, OSError):
-        await conn.disconnect()
-        await conn.connect()
-        if await _can_read(conn):
-            raise RedisConnectionError("connection not ready") from None
-
-
-def _can_read(conn: Any) -> Any:
-    """Whether data waits on the connection: `can_read`, or before redis-py 8
-    `can_read_destructive` (which 8 deprecates)."""
-    check = getattr(conn, "can_read", None) or conn.can_read_destructive
-    return check()
 
 
 async def _around_trip(conn: Any, data: bytes) -> Any:
@@ -287,6 +226,62 @@ async def _awrite(conn: Any, data: bytes) -> None:
         if isinstance(error, OSError):
             raise RedisConnectionError(f"Error while writing to socket: {error}") from error
         raise
+
+
+class ASender:
+    """As `Sender`, for an asyncio client on its own event loop: checking a connection out of
+    redis-py's asyncio pool and back (a condition, a lock, a timeout and the pool's metrics
+    each way) cost more CPU than the round trip. A caller cancelled mid-call leaves its
+    connection disconnected by redis-py, and it reconnects on its next use."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._args = _pool_args(self._pool)
+        self._idle: list[Any] = []
+
+    async def many(self, data: Sequence[bytes]) -> list[Any]:
+        """As `Sender.many`."""
+        return _first_error_raised(await self(data, _around_trips))
+
+    async def __call__(self, data: Any,
+                       exchange: Callable[[Any, Any], Awaitable[Any]] = _around_trip) -> Any:
+        """As `Sender.__call__`."""
+        idle = self._idle
+        kept = bool(idle)
+        conn = idle.pop() if kept else await self._pool.get_connection(*self._args)
+        try:
+            if kept:
+                await _aready(conn)
+            return await conn.retry.call_with_retry(lambda: exchange(conn, data),
+                                                    lambda error: conn.disconnect())
+        finally:
+            if len(idle) < KEEP:
+                idle.append(conn)
+            else:
+                released = self._pool.release(conn)
+                if inspect.isawaitable(released):
+                    await released
+
+
+async def _aready(conn: Any) -> None:
+    """`_ready` for an asyncio connection, as the asyncio pool checks one it hands out."""
+    try:
+        if not conn.is_connected:
+            await conn.connect()
+        if await _can_read(conn):
+            raise RedisConnectionError("connection has data")
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        await conn.disconnect()
+        await conn.connect()
+        if await _can_read(conn):
+            raise RedisConnectionError("connection not ready") from None
+
+
+def _can_read(conn: Any) -> Any:
+    """Whether data waits on the connection: `can_read`, or before redis-py 8
+    `can_read_destructive` (which 8 deprecates)."""
+    check = getattr(conn, "can_read", None) or conn.can_read_destructive
+    return check()
 
 
 __all__ = ["KEEP", "ASender", "Sender", "asender", "pack", "sender"]
