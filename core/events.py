@@ -41,6 +41,16 @@ class AuditType:
     TENANT_SUSPENDED = "tenant.suspended"
     TENANT_REACTIVATED = "tenant.reactivated"
     PLAN_ASSIGNED = "plan.assigned"
+    # Notifications about a budget (or a commit) that are also on record, in the step that
+    # makes them: the event stream lists them (`detail` has the ledger's figures).
+    THRESHOLD_CROSSED = "budget.threshold_crossed"
+    EXHAUSTED = "budget.exhausted"
+    OVER_LIMIT_ENTERED = "budget.over_limit_entered"
+    OVER_LIMIT_EXITED = "budget.over_limit_exited"
+    DEBT_INCURRED = "budget.debt_incurred"
+    COMMIT_OVERAGE = "reservation.commit_overage"
+    """A commit charged beyond its estimate: the record carries the estimate and the
+    actual."""
 
 
 @dataclass(slots=True)

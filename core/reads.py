@@ -36,22 +36,27 @@ def balances_op(scope: str, *, include_children: bool = True) -> ops.Balances:
 
 
 def audit_op(tenant: str, *, since: int | datetime | None = None, types: Any = None,
-             limit: int = 100) -> ops.Audit:
-    """The tenant's audit records, newest last: at most `limit`, from `since` (epoch ms
-    or an aware datetime), of `types` (e.g. ["reservation.denied"]; the values of `AuditType`)."""
-    if isinstance(since, datetime):
-        if since.tzinfo is None:
-            raise InvalidRequest("since: give an aware datetime (with tzinfo) or epoch ms")
-        since = int(since.timestamp() * 1000)
-    elif since is not None:
-        since = check_int(since, "since")
+             limit: int = 100, until: int | datetime | None = None) -> ops.Audit:
+    """The tenant's audit records, newest last: the newest `limit` from `since` until
+    `until` (both included; epoch ms or aware datetimes), of `types` (e.g.
+    ["reservation.denied"]; the values of `AuditType`)."""
+    since, until = _moment(since, "since"), _moment(until, "until")
     if isinstance(types, (str, set, frozenset)):
         types = [types] if isinstance(types, str) else list(types)
     kinds = None if types is None else frozenset(check_list(
         types, "types", MAX_LIST, lambda kind, field: check_type(kind, field, AUDIT_TYPES),
         '["reservation.denied"]'))
     return ops.Audit(tenant=tenant_name(tenant), since_ms=since, types=kinds,
-                     limit=check_int(limit, "limit", 1, 100_000))
+                     limit=check_int(limit, "limit", 1, 100_000), until_ms=until)
+
+
+def _moment(value: int | datetime | None, field: str) -> int | None:
+    """A time as epoch ms: an aware datetime or an integer."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidRequest(f"{field}: give an aware datetime (with tzinfo) or epoch ms")
+        return int(value.timestamp() * 1000)
+    return None if value is None else check_int(value, field)
 
 
 def report_op(tenant: str, *, period: Period | str = "month",

@@ -109,10 +109,11 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
     balances, abalances = flow_twins(_balances)
 
     def _audit(self, *, since: int | datetime | None = None, types: Any = None,
-               limit: int = 100) -> Flow[tuple[AuditRecord, ...]]:
+               limit: int = 100, until: int | datetime | None = None
+               ) -> Flow[tuple[AuditRecord, ...]]:
         """The tenant's audit records, newest last (see `Guard.audit`)."""
         records: tuple[AuditRecord, ...] = yield audit_op(self.name, since=since, types=types,
-                                                          limit=limit)
+                                                          limit=limit, until=until)
         return records
 
     audit, aaudit = flow_twins(_audit)

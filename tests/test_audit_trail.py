@@ -274,3 +274,64 @@ def test_a_tenant_handle_reads_its_own_plan_and_never_lists_tenants(guard: al.Gu
     guard.assign_plan("acme", PRO)
     assert acme.plan_of() == "pro"
     assert not hasattr(acme, "tenants") and not hasattr(acme, "atenants")
+
+
+# -- reading the log between two moments, and the notifications on record ---------------------
+
+
+def test_the_newest_records_between_two_moments(guard: al.Guard,
+                                                clock: al.ManualClock) -> None:
+    from datetime import datetime, timezone
+
+    guard.set_budget(ACME, usd=1)
+    start = clock()
+    for _ in range(5):
+        clock.advance(10)
+        guard.fund(ACME, "CREDIT", al.usd(1))
+    funded = [r.at_ms for r in guard.audit("acme", types=["budget.funded"])]
+    assert funded == [start + 10 * n for n in range(1, 6)]
+    assert [r.at_ms for r in guard.audit("acme", until=start + 30, limit=2)] == funded[1:3]
+    assert [r.at_ms for r in guard.audit("acme", since=start + 20, until=start + 40)] == (
+        funded[1:4])
+    moment = datetime.fromtimestamp((start + 20) / 1000, timezone.utc)
+    assert [r.at_ms for r in guard.tenant("acme").audit(until=moment)] == [start, funded[0],
+                                                                          funded[1]]
+    assert guard.audit("acme", until=start - 1) == ()
+    with pytest.raises(al.InvalidRequest, match="until: give an aware datetime"):
+        guard.audit("acme", until=datetime(2026, 1, 1))
+    with pytest.raises(al.InvalidRequest, match="until"):
+        guard.audit("acme", until="yesterday")  # type: ignore[arg-type]
+
+
+def test_a_budgets_notifications_are_on_record_with_its_figures(guard: al.Guard) -> None:
+    guard.set_budget(ACME, usd=10, alerts=[0.5])
+    guard.set_budget(f"{ACME}/workspace:w", usd=1, overdraft_limit=1,
+                     overage_policy="ALLOW_WITH_OVERDRAFT")
+    r = guard.reserve(al.Subject(tenant="acme", workspace="w"), LLM, al.usd("0.5"))
+    r.commit(al.usd("1.5"))  # over its estimate; the workspace runs out and owes $0.50
+    kinds = [rec.type for rec in guard.audit("acme")]
+    assert kinds[kinds.index("reservation.committed"):] == [
+        "reservation.committed", "budget.threshold_crossed", "budget.threshold_crossed",
+        "budget.threshold_crossed", "budget.exhausted", "budget.debt_incurred",
+        "reservation.commit_overage"]
+    crossed = guard.audit("acme", types=["budget.threshold_crossed"])
+    assert [(rec.scopes, rec.detail["threshold"]) for rec in crossed] == [
+        ((f"{ACME}/workspace:w",), 0.5), ((f"{ACME}/workspace:w",), 0.8),
+        ((f"{ACME}/workspace:w",), 1.0)]  # the tenant's 15 % is below its 50 %
+    (debt,) = guard.audit("acme", types=["budget.debt_incurred"])
+    assert debt.reservation_id == r.id and debt.detail == {
+        "unit": "USD_MICROCENTS", "remaining": -al.usd("0.5").amount,
+        "allocated": al.usd(1).amount, "debt_incurred": al.usd("0.5").amount}
+    (over,) = guard.audit("acme", types=["reservation.commit_overage"])
+    assert (over.estimate, over.actual) == ((al.usd("0.5"),), (al.usd("1.5"),))
+    # over the limit and back: a shadow-mode tenant's debt, then repaid
+    guard.set_budget("tenant:trial", usd=1)
+    guard.set_mode("trial", "shadow")
+    guard.reserve(al.Subject(tenant="trial"), LLM, al.usd(5)).commit(al.usd(5))
+    guard.fund("tenant:trial", "REPAY_DEBT", al.usd(4), actor="ops")
+    kinds = [rec.type for rec in guard.audit("trial")]
+    assert kinds[-2:] == ["budget.over_limit_exited", "budget.funded"]  # one step
+    assert kinds.index("budget.over_limit_entered") < len(kinds) - 2
+    exited = guard.audit("trial", types=["budget.over_limit_exited"])[0]
+    assert (exited.scopes, exited.reservation_id, exited.detail["remaining"]) == (
+        ("tenant:trial",), None, 0)

@@ -24,8 +24,9 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DENIALS = (AuditType.DENIED, AuditType.OBSERVED_DENIED)
 
 
-def since_ms(text: str | None, now_s: float) -> int | None:
-    """`--since`: an age (`30m`, `2h`, `7d`), an ISO-8601 time with its zone, or epoch ms."""
+def since_ms(text: str | None, now_s: float, option: str = "--since") -> int | None:
+    """`--since`, `--until`: an age (`30m`, `2h`, `7d` ago), an ISO-8601 time with its zone,
+    or epoch ms."""
     if text is None:
         return None
     ago = _AGO.match(text)
@@ -33,7 +34,7 @@ def since_ms(text: str | None, now_s: float) -> int | None:
         return int((now_s - int(ago.group(1)) * _SECONDS[ago.group(2)]) * 1000)
     at = moment_ms(text)
     if at is None:
-        raise Failure(f"--since {text!r}: give an age (30m, 2h, 7d), an ISO-8601 time with "
+        raise Failure(f"{option} {text!r}: give an age (30m, 2h, 7d), an ISO-8601 time with "
                       "its zone (2026-12-01T00:00:00Z) or epoch milliseconds", USAGE)
     return at
 
@@ -95,6 +96,11 @@ def _line(r: AuditRecord) -> str:
         extra.append(f"by {r.actor}")
     if r.charged:
         extra.append("charged " + ", ".join(amount(a.unit, a.amount) for a in r.charged))
+    d = r.detail
+    if "threshold" in d:  # a budget notification on record
+        extra.append(f"{d['threshold']:.0%} of {amount(Unit(d['unit']), d['allocated'])}")
+    if "debt_incurred" in d:
+        extra.append(f"debt +{amount(Unit(d['unit']), d['debt_incurred'])}")
     return head + (f"  ({'; '.join(extra)})" if extra else "")
 
 
@@ -112,6 +118,8 @@ def _matches(r: AuditRecord, run: str | None) -> bool:
 @click.option("--run", default=None, help="Only records of this run id.")
 @click.option("--since", default=None, help="From: an age (30m, 2h, 7d), an ISO-8601 time or "
                                              "epoch ms.")
+@click.option("--until", default=None, help="Until (included): an age, an ISO-8601 time or "
+                                             "epoch ms; not with --follow.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000),
               help="The newest this many records.")
 @click.option("--follow", is_flag=True, help="Keep printing new records as they come.")
@@ -122,15 +130,19 @@ def _matches(r: AuditRecord, run: str | None) -> bool:
 @target_options
 @handled
 def audit(tenant: str, types: tuple[str, ...], denials: bool, run: str | None,
-          since: str | None, limit: int, follow: bool, interval: float,
+          since: str | None, until: str | None, limit: int, follow: bool, interval: float,
           follow_for: float | None, store: str | None, server: str | None, key: str | None,
           as_json: bool) -> None:
     name = tenant_name(tenant, "TENANT")
     kinds = list(types) + (list(DENIALS) if denials else [])
-    start = since_ms(since, time.time())
+    now = time.time()
+    start, end = since_ms(since, now), since_ms(until, now, "--until")
+    if follow and end is not None:
+        raise Failure("--until: a log followed has no end; leave out --until or --follow",
+                      USAGE)
     with opened(store, server, key, as_json) as target:
         read = reader(target, name, kinds or None)
-        records = [r for r in read(start, limit) if _matches(r, run)]
+        records = [r for r in read(start, limit, end) if _matches(r, run)]
         if not follow:
             if as_json:
                 emit_json({"tenant": name, "records": [record_json(r) for r in records]})
@@ -143,22 +155,23 @@ def audit(tenant: str, types: tuple[str, ...], denials: bool, run: str | None,
         _follow(read, records, run, interval, follow_for, as_json)
 
 
-Reader = Callable[[int | None, int], list[AuditRecord]]
-"""(since, limit) -> the records: from the store, or from the server's audit route."""
+Reader = Callable[[int | None, int, int | None], list[AuditRecord]]
+"""(since, limit, until) -> the records: from the store, or from the server's audit route."""
 
 
 def reader(target: Target, name: str, kinds: list[str] | None) -> Reader:
     """How this target reads the tenant's records."""
     guard, server = target.guard, target.server
     if guard is not None:
-        return lambda since, limit: list(guard.audit(name, since=since, types=kinds,
-                                                     limit=limit))
+        return lambda since, limit, until: list(guard.audit(
+            name, since=since, until=until, types=kinds, limit=limit))
     assert server is not None
 
-    def over_http(since: int | None, limit: int) -> list[AuditRecord]:
+    def over_http(since: int | None, limit: int, until: int | None) -> list[AuditRecord]:
         params: dict[str, Any] = {"tenant": name, "limit": limit, "type": kinds or []}
-        if since is not None:
-            params["since"] = since
+        for field, value in (("since", since), ("until", until)):
+            if value is not None:
+                params[field] = value
         answer = server.call("GET", "/v1/audit", params=params)
         return [audit_from_json(r) for r in answer["records"]]
 
@@ -182,7 +195,7 @@ def _follow(read: Reader, first: list[AuditRecord], run: str | None, interval: f
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(interval)
-            batch = read(last_ms, 10_000)
+            batch = read(last_ms, 10_000, None)
     except KeyboardInterrupt:
         return
 

@@ -6,11 +6,12 @@ event stream (`GET /v1/admin/events`, `GET /v1/admin/events/{event_id}`, and a t
 Every change and denial is on record in its tenant's audit log (both stores). These routes
 read those records and show each in the spec's shape; they keep nothing of their own. An
 event is a record whose kind has a Cycles event type (`event_type`): denials, expiries,
-funding, freezes and closes, budget changes, suspensions and closes of tenants.
-Notifications that leave no record (a threshold crossed, a budget exhausted, debt, a commit
-over its estimate) go out as webhooks only and are not listed. A read looks at every tenant's kept
-records (up to the store's audit retention): it serves an operator's dashboard, not a hot
-path."""
+funding, freezes and closes, budget changes, suspensions and closes of tenants, and the
+notifications the stores put on record with the step that made them (a threshold crossed, a
+budget exhausted, over its limit or back under it, debt incurred, a commit over its
+estimate). A page newest first (the default) reads each tenant's log back from its cursor
+only as far as the page needs (`_rows`); any other order reads every record kept (up to the
+store's audit retention): they serve an operator's dashboard, not a hot path."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ WINDOW_S = 3_600
 """The overview's window for recent events, as the spec's reference."""
 _READ_ALL = 100_000
 """Records read per tenant: more than any store keeps (its audit retention)."""
+_INLINE = 2_000
+"""Records matched on the event loop; more go to a worker thread."""
 _MOST = 100
 """The most events on a page (the spec's maximum)."""
 _TENANT_CATEGORIES = ("budget", "reservation", "tenant")
@@ -80,9 +83,16 @@ _SAME = {AuditType.DENIED: "reservation.denied", AuditType.EXPIRED: "reservation
          AuditType.TENANT_SUSPENDED: "tenant.suspended",
          AuditType.TENANT_REACTIVATED: "tenant.reactivated",
          AuditType.TENANT_CLOSED: "tenant.closed",
-         AuditType.MODE_SET: "tenant.settings_changed"}
-EVENT_RECORDS = frozenset({*_SAME, AuditType.BUDGET_STATUS, AuditType.BUDGET_FUNDED,
-                           AuditType.BUDGET_SET})
+         AuditType.MODE_SET: "tenant.settings_changed",
+         **{kind: kind for kind in (AuditType.THRESHOLD_CROSSED, AuditType.EXHAUSTED,
+                                    AuditType.OVER_LIMIT_ENTERED, AuditType.OVER_LIMIT_EXITED,
+                                    AuditType.DEBT_INCURRED, AuditType.COMMIT_OVERAGE)}}
+_RECORD_OF = {**{kind: record for record, kind in _SAME.items()},
+              **dict.fromkeys(_STATUS_EVENTS.values(), AuditType.BUDGET_STATUS),
+              **dict.fromkeys(_FUND_EVENTS.values(), AuditType.BUDGET_FUNDED),
+              "budget.created": AuditType.BUDGET_SET}
+"""The record kind each event type comes from."""
+EVENT_RECORDS = frozenset(_RECORD_OF.values())
 """The record kinds an event comes from."""
 EVENT_TYPES = frozenset({*_SAME.values(), *_STATUS_EVENTS.values(), *_FUND_EVENTS.values(),
                          "budget.created"})
@@ -231,6 +241,44 @@ async def _records(guard: Guard, tenants: Iterable[str], since: int | None,
     return found
 
 
+async def _matched(records: tuple[AuditRecord, ...], match: Callable[[AuditRecord], Row | None]
+                   ) -> list[Row]:
+    """The rows `match` makes of `records`; many are matched in a worker thread, so a large
+    log does not hold up the runtime routes."""
+    def run() -> list[Row]:
+        return [row for r in records if (row := match(r)) is not None]
+    return run() if len(records) <= _INLINE else await run_in_threadpool(run)
+
+
+async def _rows(guard: Guard, tenants: Iterable[str], since: int | None,
+                until: int | None, types: Iterable[str] | None,
+                match: Callable[[AuditRecord], Row | None], order: _Order) -> list[Row]:
+    """The rows of the tenants' records of `types` (None: all) from `since` until `until`
+    that `match` keeps. Newest first (the default order), a tenant's log is read back from
+    the cursor's moment only as far as its part of the page: `limit + 1` matching rows past
+    the cursor, in reads that grow eightfold while short (the store reads newest first, and
+    a tenant's records are in time order). Any other order reads every record kept."""
+    kinds = None if types is None else sorted(types)
+    size, after = order.asked
+    newest = order.descending and order.head[1] == "timestamp"
+    if newest and after is not None:  # the cursor's moment: [..., time, id]
+        until = int(after[-2]) if until is None else min(until, int(after[-2]))
+    found: list[Row] = []
+    for tenant in tenants:
+        limit = size + 1 if newest else _READ_ALL
+        while True:
+            records = await guard.aaudit(tenant, since=since, until=until, types=kinds,
+                                         limit=limit)
+            rows = await _matched(records, match)
+            if not newest or len(records) < limit or limit >= _READ_ALL or sum(
+                    1 for row in rows if after is None or order.key(row) < after) > size:
+                break
+            limit = min(limit * 8, _READ_ALL)
+        found += rows
+        await asyncio.sleep(0)  # the embedded store answers at once: let others in between
+    return found
+
+
 Row = dict[str, Any]
 """A record as a list sorts and filters it (the few fields those read, and the record
 under `_r`); its answer is built only if it lands on the page."""
@@ -303,8 +351,9 @@ _LOGS_MOST = 1_000
 
 class Governance:
     """The event stream, the audit log and the overview over one guard. The records are
-    read on the event loop (one store call per tenant); filtering, sorting and building the
-    page run in a worker thread, so a large log does not hold up the runtime routes."""
+    read on the event loop (store calls per tenant, see `_rows`); matching many of them,
+    sorting and building the page run in a worker thread, so a large log does not hold up
+    the runtime routes."""
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -347,28 +396,25 @@ class Governance:
         unmatched = any(query.get(name) for name in ("correlation_id", "trace_id",
                                                      "request_id"))  # events carry none
         order = _order(request, "events", _EVENT_SORTS, _MOST)
-        records = [] if unmatched else await _records(self.s.guard, tenants, start,
-                                                      EVENT_RECORDS)
-        kept = set(allowed)
+        kept = {found for found in allowed if (kind is None or found == kind) and (
+            category is None or found.startswith(category + "."))}
 
-        def answer() -> dict[str, Any]:
-            rows = []
-            for r in records:
-                found = event_type(r)
-                where = r.scopes[-1] if r.scopes else ""
-                if (found is None or found not in kept
-                        or (kind is not None and found != kind)
-                        or (category is not None and not found.startswith(category + "."))
-                        or (end is not None and r.at_ms > end)
-                        or (scope is not None and not where.startswith(scope))
-                        or (search is not None and search not in where.lower())):
-                    continue
-                rows.append(_row(r, event_type=found, category=found.partition(".")[0],
-                                 scope=where))
-            return _paged(rows, order, lambda row: event_of(row["_r"], row["event_type"]),
-                          "events")
+        def match(r: AuditRecord) -> Row | None:
+            found = event_type(r)
+            where = r.scopes[-1] if r.scopes else ""
+            if (found is None or found not in kept
+                    or (end is not None and r.at_ms > end)
+                    or (scope is not None and not where.startswith(scope))
+                    or (search is not None and search not in where.lower())):
+                return None
+            return _row(r, event_type=found, category=found.partition(".")[0], scope=where)
 
-        return json_response(request, await run_in_threadpool(answer))
+        records = {_RECORD_OF[found] for found in kept}  # the kinds that give those events
+        rows = [] if unmatched or not records else await _rows(
+            self.s.guard, tenants, start, end, records, match, order)
+        return json_response(request, await run_in_threadpool(
+            _paged, rows, order, lambda row: event_of(row["_r"], row["event_type"]),
+            "events"))
 
     async def admin_event(self, request: Request) -> Response:
         """One event by its id (`<tenant>:<sequence number>`)."""
@@ -411,32 +457,28 @@ class Governance:
             tenants = ([tenant_name(named, "tenant_id")] if named is not None
                        else list(await self.s.guard.atenants()))
         kinds = None if not operations else operations & AUDIT_TYPES  # read only those
-        records = [] if kinds == set() else await _records(self.s.guard, tenants, start,
-                                                             kinds)
 
-        def answer() -> dict[str, Any]:
-            rows = []
-            for r in records:
-                denied = r.type == AuditType.DENIED
-                code = r.reason if denied else None
-                resource_type, where = _resource(r)
-                row_status = 409 if denied else 200
-                if ((end is not None and r.at_ms > end)
-                        or (operations and r.type not in operations)
-                        or (resources and resource_type not in resources)
-                        or (resource_id is not None and where != resource_id)
-                        or (status is not None and row_status != status)
-                        or (low is not None and row_status < low)
-                        or (high is not None and row_status > high)
-                        or (codes and code not in codes) or (code in excluded)
-                        or (search is not None and search not in " ".join(
-                            [where, f"{r.tenant}:{r.seq}", code or "", r.type]).lower())):
-                    continue
-                rows.append(_row(r, operation=r.type, resource_type=resource_type,
-                                 status=row_status))
-            return _paged(rows, order, lambda row: log_entry(row["_r"]), "logs")
+        def match(r: AuditRecord) -> Row | None:
+            denied = r.type == AuditType.DENIED
+            code = r.reason if denied else None
+            resource_type, where = _resource(r)
+            row_status = 409 if denied else 200
+            if ((end is not None and r.at_ms > end)
+                    or (resources and resource_type not in resources)
+                    or (resource_id is not None and where != resource_id)
+                    or (status is not None and row_status != status)
+                    or (low is not None and row_status < low)
+                    or (high is not None and row_status > high)
+                    or (codes and code not in codes) or (code in excluded)
+                    or (search is not None and search not in " ".join(
+                        [where, f"{r.tenant}:{r.seq}", code or "", r.type]).lower())):
+                return None
+            return _row(r, operation=r.type, resource_type=resource_type, status=row_status)
 
-        return json_response(request, await run_in_threadpool(answer))
+        rows = [] if kinds == set() else await _rows(self.s.guard, tenants, start, end,
+                                                     kinds, match, order)
+        return json_response(request, await run_in_threadpool(
+            _paged, rows, order, lambda row: log_entry(row["_r"]), "logs"))
 
     async def overview(self, request: Request) -> Response:
         """Counts of tenants, budgets and webhooks, the budgets most over their limit and

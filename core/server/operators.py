@@ -70,15 +70,15 @@ class Operators:
         ]
 
     async def audit(self, request: Request) -> Response:
-        """`?tenant=&since=&type=&limit=`: the newest `limit` records (default 100) from
-        `since`, of the `type`s given (repeat it), oldest first."""
+        """`?tenant=&since=&until=&type=&limit=`: the newest `limit` records (default 100)
+        from `since` until `until`, of the `type`s given (repeat it), oldest first."""
         handle, tenant = await reader(self.s, request, READ)
-        only(request, "tenant", "since", "type", "limit")
+        only(request, "tenant", "since", "until", "type", "limit")
         query = request.query_params
         types = query.getlist("type") or None
-        since = since_ms(query.get("since"))
+        since, until = since_ms(query.get("since")), since_ms(query.get("until"), "until")
         limit = query_int(request, "limit")
-        options: dict[str, Any] = {"since": since, "types": types,
+        options: dict[str, Any] = {"since": since, "until": until, "types": types,
                                    "limit": 100 if limit is None else limit}
         if isinstance(handle, TenantGuard):
             records = await handle.aaudit(**options)

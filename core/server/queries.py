@@ -27,12 +27,12 @@ def only(request: Request, *known: str) -> None:
                           + ", ".join(known))
 
 
-def since_ms(text: str | None) -> int | None:
-    """`since`: epoch milliseconds, or an ISO-8601 time with its zone."""
+def since_ms(text: str | None, name: str = "since") -> int | None:
+    """A moment (`since`, `until`): epoch milliseconds, or an ISO-8601 time with its zone."""
     if text is None:
         return None
     at = moment_ms(text)
     if at is None:
-        raise bad_request(f"since: {text!r} is not epoch milliseconds or an ISO-8601 time "
+        raise bad_request(f"{name}: {text!r} is not epoch milliseconds or an ISO-8601 time "
                           "with its zone (e.g. 2026-12-01T00:00:00Z)")
     return at

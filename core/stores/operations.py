@@ -286,6 +286,7 @@ class Audit(Op[tuple[AuditRecord, ...]]):
     since_ms: int | None
     types: frozenset[str] | None
     limit: int
+    until_ms: int | None = None  # records of that moment and before only
 
 
 @dataclass

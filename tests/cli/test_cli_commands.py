@@ -99,6 +99,13 @@ def test_audit_says_why_the_run_was_stopped(cli: Cli) -> None:
     assert denial["detail"]["remaining"] == al.usd("0.01").amount
     assert denial["estimate"] == [{"unit": "USD_MICROCENTS", "amount": al.usd("0.03").amount}]
     assert as_json(cli, "audit", "acme", "--run", "other")["records"] == []
+    # the run's budget crossed 50 % and 80 % on the commit before: on record with it
+    crossed = cli.run("audit", "acme", "--type", "budget.threshold_crossed").stdout
+    assert [line.split()[1:] for line in crossed.splitlines() if "run-7a3f" in line] == [
+        ["budget.threshold_crossed", "tenant:acme/workflow:docs/agent:analyzer/run:run-7a3f",
+         "(50%", "of", "$0.05)"],
+        ["budget.threshold_crossed", "tenant:acme/workflow:docs/agent:analyzer/run:run-7a3f",
+         "(80%", "of", "$0.05)"]]
     # --follow prints what is there and, told to stop, stops
     followed = cli.run("audit", "acme", "--denials", "--follow", "--follow-for", "0").stdout
     assert "BUDGET_EXCEEDED" in followed

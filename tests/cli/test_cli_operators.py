@@ -73,6 +73,13 @@ def test_audit_over_the_server_prints_what_the_store_gives(both: Both) -> None:
         assert over_http == both.local.run(*args).stdout, args
     why = both.remote.run("audit", "acme", "--denials").stdout
     assert "why: run r1 stopped by tenant:acme (BUDGET_EXCEEDED)" in why
+    kept = both.guard.audit("acme")  # up to a moment: the records until then, both ways
+    until = ["audit", "acme", "--json", "--until", str(kept[1].at_ms)]
+    shown = json.loads(both.remote.run(*until).stdout)["records"]
+    assert shown == json.loads(both.local.run(*until).stdout)["records"]
+    assert [r["seq"] for r in shown] == [r.seq for r in kept if r.at_ms <= kept[1].at_ms]
+    refused = both.remote.run("audit", "acme", "--until", "1h", "--follow", code=2)
+    assert "--until: a log followed has no end" in refused.output
     records = json.loads(both.remote.run("audit", "acme", "--json").stdout)["records"]
     denial = next(r for r in records if r["type"] == "reservation.denied")
     assert denial["estimate"] == [{"unit": "USD_MICROCENTS", "amount": al.usd(3).amount}]

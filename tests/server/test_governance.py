@@ -119,12 +119,16 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
         assert EVENT_REQUIRED <= set(event) <= EVENT_ALLOWED, event
         assert event["category"] == event["event_type"].split(".")[0]
         assert event["source"] == "allotment"
+    crossed = [("owing", "budget.threshold_crossed")] * 3  # 50 %, 80 %, 100 %: newest first
     assert [(e["tenant_id"], e["event_type"]) for e in events] == [
-        ("beta", "budget.frozen"), ("acme", "budget.created"), ("acme", "budget.funded"),
-        ("acme", "reservation.expired"), ("acme", "reservation.denied"),
-        ("owing", "budget.created"), ("beta", "budget.created"),
-        ("acme", "budget.created")]  # debt and an overage are notifications: no event
-    denial, expired, funded = events[4], events[3], events[2]
+        ("owing", "budget.debt_incurred"), ("owing", "budget.exhausted"), *crossed,
+        ("beta", "budget.frozen"), ("acme", "reservation.commit_overage"),
+        ("acme", "budget.over_limit_entered"), ("acme", "budget.exhausted"),
+        *[("acme", kind) for _, kind in crossed], ("acme", "budget.created"),
+        ("acme", "budget.funded"), ("acme", "reservation.expired"),
+        ("acme", "reservation.denied"), ("owing", "budget.created"),
+        ("beta", "budget.created"), ("acme", "budget.created")]
+    denial, expired, funded = events[15], events[14], events[13]
     assert denial["scope"] == "tenant:acme" and "actor" not in denial  # not on record
     assert denial["data"]["reason"] == "BUDGET_EXCEEDED"
     assert denial["data"]["estimate"] == [{"unit": USD, "amount": al.usd(50).amount}]
@@ -133,6 +137,17 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
     assert (funded["data"]["actor"], funded["data"]["reason"]) == ("ops", "goodwill")
     assert expired["actor"] == {"type": "system"}
     assert events[0]["timestamp"] >= events[-1]["timestamp"]
+    # the notifications on record: the ledger's figures, the reservation that caused them
+    debt, exhausted, overage = events[0], events[1], events[6]
+    assert (debt["scope"], debt["data"]["detail"]) == ("tenant:owing", {
+        "unit": USD, "remaining": -al.usd(1).amount, "allocated": al.usd(1).amount,
+        "debt_incurred": al.usd(1).amount})
+    assert exhausted["data"]["detail"]["remaining"] == -al.usd(1).amount
+    assert [e["data"]["detail"]["threshold"] for e in events[2:5]] == [1.0, 0.8, 0.5]
+    assert (overage["scope"], overage["data"]["estimate"], overage["data"]["actual"]) == (
+        "tenant:acme/workspace:w", [{"unit": USD, "amount": al.usd("0.5").amount}],
+        [{"unit": USD, "amount": al.usd(3).amount}])
+    assert overage["data"]["reservation_id"] == events[7]["data"]["reservation_id"]
 
     one = get(world, f"/v1/admin/events/{denial['event_id']}")
     assert (one.status, one.body) == (200, denial)
@@ -149,15 +164,24 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
 @pytest.mark.parametrize(("query", "expected"), [
     ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "budget.created")]),
     ("event_type=reservation.denied", [("acme", "reservation.denied")]),
-    ("category=reservation&tenant_id=acme", [("acme", "reservation.expired"),
+    ("category=reservation&tenant_id=acme", [("acme", "reservation.commit_overage"),
+                                             ("acme", "reservation.expired"),
                                              ("acme", "reservation.denied")]),
-    ("scope=tenant:acme/workspace:", [("acme", "budget.created")]),
+    ("scope=tenant:acme/workspace:", [
+        ("acme", "reservation.commit_overage"), ("acme", "budget.over_limit_entered"),
+        ("acme", "budget.exhausted"), *[("acme", "budget.threshold_crossed")] * 3,
+        ("acme", "budget.created")]),
+    ("event_type=budget.debt_incurred", [("owing", "budget.debt_incurred")]),
     ("search=WORKSPACE:W&event_type=budget.created", [("acme", "budget.created")]),
     ("correlation_id=anything", []), ("trace_id=" + "0" * 32, []),
     ("event_type=api_key.created", []),  # a Cycles type this server never produces
     ("sort_by=tenant_id&sort_dir=asc&category=budget", [
         ("acme", "budget.created"), ("acme", "budget.funded"), ("acme", "budget.created"),
-        ("beta", "budget.created"), ("beta", "budget.frozen"), ("owing", "budget.created")]),
+        *[("acme", "budget.threshold_crossed")] * 3, ("acme", "budget.exhausted"),
+        ("acme", "budget.over_limit_entered"), ("beta", "budget.created"),
+        ("beta", "budget.frozen"), ("owing", "budget.created"),
+        *[("owing", "budget.threshold_crossed")] * 3, ("owing", "budget.exhausted"),
+        ("owing", "budget.debt_incurred")]),
 ])
 def test_events_are_filtered_and_sorted(world: World, query: str,
                                         expected: list[tuple[str, str]]) -> None:
@@ -168,7 +192,7 @@ def test_events_are_filtered_and_sorted(world: World, query: str,
 
 def test_events_between_two_moments(world: World) -> None:
     events = get(world, "/v1/admin/events?tenant_id=acme").body["events"]
-    start, end = events[2]["timestamp"], events[1]["timestamp"]  # expired .. funded
+    start, end = events[8]["timestamp"], events[7]["timestamp"]  # expired .. funded
     window = get(world, f"/v1/admin/events?tenant_id=acme&from={start}&to={end}").body
     assert [e["event_type"] for e in window["events"]] == [
         "budget.funded", "reservation.expired"]
@@ -257,9 +281,9 @@ def test_the_overview_counts_and_names_what_needs_attention(world: World) -> Non
     assert view["failing_webhooks"] == []
     events = get(world, "/v1/admin/events").body["events"]
     assert view["event_counts"] == {"total_recent": len(events), "by_category": {
-        "budget": 6, "reservation": 2}}
+        "budget": 16, "reservation": 3}}
     assert [e["event_type"] for e in view["recent_denials"]] == ["reservation.denied"]
-    assert view["recent_denials"][0] == events[4]
+    assert view["recent_denials"][0] == events[15]
     assert [e["event_type"] for e in view["recent_expiries"]] == ["reservation.expired"]
     assert view["recent_denials_by_reason"] == {"BUDGET_EXCEEDED": 1}
     for event in (*view["recent_denials"], *view["recent_expiries"]):
@@ -313,3 +337,55 @@ def test_a_cursor_belongs_to_its_list_and_sort(world: World) -> None:
     following = get(world, f"/v1/admin/events?sort_by=event_type&sort_dir=asc&limit=2"
                            f"&cursor={cursor}")
     assert following.status == 200 and following.body["events"][0] not in first["events"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def long_logs(request: pytest.FixtureRequest) -> Iterator[World]:
+    """Two tenants with long logs (150 credits each, interleaved in time) and, before them,
+    one workspace budget each: matches only far back in every log."""
+    clock = al.ManualClock(system_ms())
+    store = make_store(request.param, clock)
+    guard = al.Guard(store)
+    for tenant in ("acme", "beta"):
+        guard.set_budget(f"tenant:{tenant}", usd=10)
+        guard.set_budget(f"tenant:{tenant}/workspace:w", usd=1)
+    for n in range(150):
+        clock.advance(1)
+        guard.fund("tenant:acme" if n % 2 else "tenant:beta", "CREDIT", al.usd(1))
+        guard.fund("tenant:beta" if n % 2 else "tenant:acme", "CREDIT", al.usd(1))
+    with serving(guard) as url:
+        yield World(guard, clock, url, "", "")
+    store.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/admin/events", "/v1/admin/events?sort_dir=asc", "/v1/admin/audit/logs",
+    "/v1/admin/events?scope=tenant:acme/workspace:w", "/v1/admin/events?search=workspace",
+    "/v1/admin/audit/logs?resource_id=tenant:beta/workspace:w",
+    "/v1/admin/events?event_type=budget.created", "/v1/admin/events?tenant_id=beta",
+])
+def test_pages_of_a_long_log_in_any_order_are_the_whole_answer_in_pieces(
+        long_logs: World, path: str) -> None:
+    """Newest first, a tenant's log is read only as far back as the page needs (reads that
+    grow while matches are sparse); every page of every filter still adds up to the one
+    answer a page large enough gives, in the same order."""
+    field = "logs" if "audit" in path else "events"
+    whole = get(long_logs, f"{path}{'&' if '?' in path else '?'}limit=100").body
+    if whole["has_more"]:  # the audit log: 604 records; its first 100 here
+        assert every_page(long_logs, path, field, limit=7)[:100] == whole[field]
+    else:
+        assert every_page(long_logs, path, field, limit=7) == whole[field]
+    assert whole[field], path
+    first = get(long_logs, f"{path}{'&' if '?' in path else '?'}limit=3").body
+    assert first[field] == whole[field][:3] and first["has_more"] is (len(whole[field]) > 3)
+
+
+def test_the_newest_events_come_first_across_tenants(long_logs: World) -> None:
+    events = get(long_logs, "/v1/admin/events?limit=4").body["events"]
+    assert [(e["tenant_id"], e["event_type"]) for e in events] == [
+        ("beta", "budget.funded"), ("acme", "budget.funded"),  # the last moment: both,
+        ("beta", "budget.funded"), ("acme", "budget.funded")]  # the larger id first
+    assert events[0]["timestamp"] == events[1]["timestamp"] > events[2]["timestamp"]
+    old = get(long_logs, "/v1/admin/events?scope=tenant:acme/workspace:w&limit=1").body
+    assert [e["event_type"] for e in old["events"]] == ["budget.created"]
+    assert old["has_more"] is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice, takewhile
 
 from ...errors import InvalidRequest
 from ...events import AuditRecord
@@ -91,11 +92,15 @@ def balances(t: Tenant, op: Balances, now: int) -> tuple[Balance, ...]:
 
 
 def audit(t: Tenant, op: Audit, now: int) -> tuple[AuditRecord, ...]:
-    """The newest `op.limit` audit records of the types asked for, oldest first."""
-    found = [_audit_record(r) for r in reversed(t.audit)
-             if (op.since_ms is None or r[1] >= op.since_ms)
-             and (op.types is None or r[2] in op.types)]
-    return tuple(reversed(found[: op.limit]))
+    """The newest `op.limit` audit records of the types asked for, oldest first (only
+    those are built: a read of the newest few is cheap whatever the log holds)."""
+    since, until, types = op.since_ms, op.until_ms, op.types
+    newest: Iterable[AuditEntry] = reversed(t.audit)
+    if since is not None:  # up to the first older one, as read.lua
+        newest = takewhile(lambda r: r[1] >= since, newest)
+    found = islice((r for r in newest if (until is None or r[1] <= until)
+                    and (types is None or r[2] in types)), op.limit)
+    return tuple(reversed([_audit_record(r) for r in found]))
 
 
 def plan_of(t: Tenant, op: PlanOf, now: int) -> str | None:

@@ -179,9 +179,11 @@ def _commit(t: Tenant, op: Commit, res: Reservation, now: int) -> CommitResult:
     alerts(t, changed, now, res.id)
     debts_added(t, changed, debts, now, res.id)
     over = {u: a - estimate[u] for u, a in actual.items() if a > estimate[u]}
-    if over:
+    if over:  # on record too, with the estimate and the actual (as settle.lua)
         t.cx.notes.append(Notification(NotificationType.COMMIT_OVERAGE, t.name, now,
                                        reservation_id=res.id, amounts=amounts(ordered(over))))
+        log(t, now, AuditType.COMMIT_OVERAGE, scopes=res.scopes, reservation_id=res.id,
+            estimate=res.estimate_amounts, actual=amounts(ordered(actual)))
     if t.cx.forecast is not None:
         t.cx.forecast(t, changed, now)
     return result

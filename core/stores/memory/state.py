@@ -744,7 +744,7 @@ def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: 
     remaining = state.remaining
 
     def note(kind: str, threshold: float | None = None) -> None:
-        t.cx.notes.append(Notification(
+        alerted(t, Notification(
             kind, t.name, now, scope=key[0], unit=key[1], bucket=key[3],
             threshold=threshold, remaining=remaining, allocated=allocated,
             reservation_id=rid))
@@ -760,6 +760,25 @@ def _alert(t: Tenant, key: LedgerKey, d: Definition, state: ledger.Ledger, now: 
         note(NotificationType.OVER_LIMIT_ENTERED)
 
 
+def alerted(t: Tenant, note: Notification) -> None:
+    """Send a ledger's notification and put it on record in the same step (as `alerted` in
+    common.lua): the record names the ledger's scope and has the notification's figures in
+    its `detail` (unit, bucket, threshold, remaining, allocated, and the debt a commit
+    added)."""
+    t.cx.notes.append(note)
+    assert note.unit is not None and note.scope is not None
+    detail: dict[str, Any] = {"unit": note.unit.value, "remaining": note.remaining,
+                              "allocated": note.allocated}
+    if note.bucket:
+        detail["bucket"] = note.bucket
+    if note.threshold is not None:
+        detail["threshold"] = note.threshold
+    if note.amounts:  # the debt a commit or record added
+        detail["debt_incurred"] = note.amounts[0].amount
+    log(t, note.at_ms, note.type, scopes=(note.scope,), reservation_id=note.reservation_id,
+        detail=detail)
+
+
 def recompute_over(t: Tenant, key: LedgerKey, state: ledger.Ledger, overdraft_limit: int,
                    now: int) -> None:
     """Re-derive a ledger's over-limit flag after its figures or limit changed by hand (as
@@ -770,7 +789,7 @@ def recompute_over(t: Tenant, key: LedgerKey, state: ledger.Ledger, overdraft_li
 
 def over_limit_exited(t: Tenant, key: LedgerKey, state: ledger.Ledger, now: int) -> None:
     """Notify that a ledger's over-limit flag cleared."""
-    t.cx.notes.append(Notification(
+    alerted(t, Notification(
         NotificationType.OVER_LIMIT_EXITED, t.name, now, scope=key[0], unit=key[1],
         bucket=key[3], remaining=state.remaining, allocated=state.allocated))
 
@@ -786,7 +805,7 @@ def debts_added(t: Tenant, changed: Held, before: list[int], now: int,
     common.lua)."""
     for (key, _, state), debt in zip(changed, before, strict=True):
         if state.debt > debt:
-            t.cx.notes.append(Notification(
+            alerted(t, Notification(
                 NotificationType.DEBT_INCURRED, t.name, now, scope=key[0], unit=key[1],
                 bucket=key[3], remaining=state.remaining, allocated=state.allocated,
                 reservation_id=rid, amounts=(Amount(key[1], state.debt - debt),)))

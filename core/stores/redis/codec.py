@@ -169,7 +169,7 @@ def _balances(op: ops.Balances) -> dict[str, Any]:
 
 
 def _audit(op: ops.Audit) -> dict[str, Any]:
-    return {"op": "audit", "since": op.since_ms, "limit": op.limit,
+    return {"op": "audit", "since": op.since_ms, "until": op.until_ms, "limit": op.limit,
             "types": sorted(op.types) if op.types is not None else None}
 
 

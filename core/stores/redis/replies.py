@@ -184,8 +184,10 @@ def record(tenant: str, flat: list[str]) -> AuditRecord:
 
 
 INTEGER_DETAILS = frozenset({"limit", "remaining", "requested", "retry_after_ms",
-                             "max_tokens", "by_ms", "expires_at_ms", "overdraft_limit"})
-"""Detail values the scripts send as strings: integers past cjson's 14 digits stay exact."""
+                             "max_tokens", "by_ms", "expires_at_ms", "overdraft_limit",
+                             "allocated", "debt_incurred"})
+"""Detail values the scripts send as strings: integers past cjson's 14 digits stay exact
+(and a threshold, a double, as "%.17g")."""
 
 
 _USAGE_UNITS = tuple(Unit)
@@ -222,8 +224,8 @@ def _detail(raw: str | None) -> dict[str, Any]:
     detail = json.loads(raw)
     if not isinstance(detail, dict):
         return {}
-    return {k: int(v) if k in INTEGER_DETAILS and isinstance(v, str) else v
-            for k, v in detail.items()}
+    return {k: (int(v) if k in INTEGER_DETAILS else float(v) if k == "threshold" else v)
+            if isinstance(v, str) else v for k, v in detail.items()}
 
 
 __all__ = ["USAGE_WIDTH", "amounts", "balance", "balances", "decision", "error", "flat_rows",

@@ -425,44 +425,7 @@ local function remaining(L) return L.a - L.r - L.sp - L.debt end
 local function field_parts(field)
   return string.match(field, '^(.*)|([%u_]+)|(%l*)|([^|]*)$')
 end
-local function recompute_over(L, od)
-  -- as recompute_over in memory/state.py, after a change by hand (set_budget, its terms,
-  -- fund, transfer): a flag that clears is notified, and notifies again when next raised
-  local was = L.over
-  L.over = L.debt > od and 1 or 0
-  if L.over == 0 then L.on = 0 end
-  if was == 1 and L.over == 0 then
-    local path, unit, _, b = field_parts(L.field)
-    NOTES[#NOTES + 1] = {'budget.over_limit_exited', path, unit, b, NULL, s(remaining(L)),
-      s(L.a), NULL}
-  end
-end
-local function debts_added(rows, before, rid)
-  -- as debts_added in memory/state.py: each ledger a commit or record put (more) in debt
-  for i, row in ipairs(rows) do
-    local L = row.L
-    if L.debt > before[i] then
-      local path, unit, _, b = field_parts(L.field)
-      NOTES[#NOTES + 1] = {'budget.debt_incurred', path, unit, b, NULL, s(remaining(L)),
-        s(L.a), rid or NULL, NULL, {amounts = unit .. '=' .. s(L.debt - before[i])}}
-    end
-  end
-end
-local function balance(L, d)
-  local path, unit, period, b = field_parts(L.field)
-  return {path, unit, period, b, s(L.a), s(L.r), s(L.sp), s(L.debt), s(d.od), L.over,
-    d.status}
-end
-local function add_row(rows, L, d)
-  -- the same as a row of a compact reply, appended flat to rows (8 items a ledger, no table
-  -- of its own): the ledger field ("path|unit|period|bucket"), then allocated, reserved,
-  -- spent, debt, overdraft limit, over-limit flag as integers (exact to 2^53), and status
-  local n = #rows
-  rows[n + 1], rows[n + 2], rows[n + 3], rows[n + 4] = L.field, L.a, L.r, L.sp
-  rows[n + 5], rows[n + 6], rows[n + 7], rows[n + 8] = L.debt, d.od, L.over, d.status
-end
-
--- records: audit, report counters, notifications -------------------------------------------
+-- records: audit and the notifications on record ---------------------------------------
 local function audit_fields(kind, fields)
   -- fields: name, text, ... with nothing empty in it
   redis.call('XADD', K_AUDIT, 'MAXLEN', '~', CFG.audit_retention, '*', 'seq',
@@ -495,6 +458,53 @@ local function audit(kind, f)
   end
   audit_fields(kind, fields)
 end
+local function alerted(kind, L, threshold, rid, debt)
+  -- as alerted in memory/state.py: a ledger's notification, sent and on record in one step
+  -- (the record's detail: unit, bucket, threshold, remaining, allocated, debt added)
+  local path, unit, _, b = field_parts(L.field)
+  local rem, a = s(remaining(L)), s(L.a)
+  rid = nz(rid)
+  -- a threshold as text: cjson would print 14 significant digits, not the double
+  local t = threshold and string.format('%.17g', threshold)
+  local row = {kind, path, unit, b, t or NULL, rem, a, rid or NULL}
+  local detail = {unit = unit, remaining = rem, allocated = a, threshold = t or nil}
+  if b ~= '' then detail.bucket = b end
+  if debt then
+    row[9], row[10] = NULL, {amounts = unit .. '=' .. s(debt)}
+    detail.debt_incurred = s(debt)
+  end
+  NOTES[#NOTES + 1] = row
+  audit(kind, {scopes = {path}, reservation_id = rid or '', detail = detail})
+end
+local function recompute_over(L, od)
+  -- as recompute_over in memory/state.py, after a change by hand (set_budget, its terms,
+  -- fund, transfer): a flag that clears is notified, and notifies again when next raised
+  local was = L.over
+  L.over = L.debt > od and 1 or 0
+  if L.over == 0 then L.on = 0 end
+  if was == 1 and L.over == 0 then alerted('budget.over_limit_exited', L) end
+end
+local function debts_added(rows, before, rid)
+  -- as debts_added in memory/state.py: each ledger a commit or record put (more) in debt
+  for i, row in ipairs(rows) do
+    local L = row.L
+    if L.debt > before[i] then alerted('budget.debt_incurred', L, nil, rid, L.debt - before[i]) end
+  end
+end
+local function balance(L, d)
+  local path, unit, period, b = field_parts(L.field)
+  return {path, unit, period, b, s(L.a), s(L.r), s(L.sp), s(L.debt), s(d.od), L.over,
+    d.status}
+end
+local function add_row(rows, L, d)
+  -- the same as a row of a compact reply, appended flat to rows (8 items a ledger, no table
+  -- of its own): the ledger field ("path|unit|period|bucket"), then allocated, reserved,
+  -- spent, debt, overdraft limit, over-limit flag as integers (exact to 2^53), and status
+  local n = #rows
+  rows[n + 1], rows[n + 2], rows[n + 3], rows[n + 4] = L.field, L.a, L.r, L.sp
+  rows[n + 5], rows[n + 6], rows[n + 7], rows[n + 8] = L.debt, d.od, L.over, d.status
+end
+
 local function day_of(ms) return bucket('day', ms) end
 local LEVELS = {tenant = true, workspace = true, app = true, workflow = true, agent = true,
   toolset = true}
@@ -695,21 +705,14 @@ local function alert(L, d, rid)
   local over = L.over == 1 and L.on == 0
   L.on = L.over
   if crossed == L.al and not exhausted and not over then return end
-  local path, unit, _, b = field_parts(L.field)
-  local function note(kind, threshold)
-    -- a threshold as text: cjson would print 14 significant digits, not the double
-    NOTES[#NOTES + 1] = {kind, path, unit, b,
-      threshold and string.format('%.17g', threshold) or NULL, s(remaining(L)), s(L.a),
-      rid or NULL}
-  end
-  for i = L.al + 1, crossed do note('budget.threshold_crossed', alert_at(d, i)) end
+  for i = L.al + 1, crossed do alerted('budget.threshold_crossed', L, alert_at(d, i), rid) end
   L.al = crossed
   if exhausted then
     L.ex = 1
-    note('budget.exhausted')
-    count(path, 'exhaustions')  -- the ledger that ran out, a run ledger too, and no other
+    alerted('budget.exhausted', L, nil, rid)
+    count(field_parts(L.field), 'exhaustions')  -- the ledger that ran out, a run ledger too
   end
-  if over then note('budget.over_limit_entered') end
+  if over then alerted('budget.over_limit_entered', L, nil, rid) end
 end
 
 -- ledger arithmetic (as core/ledger.py) ----------------------------------------------------

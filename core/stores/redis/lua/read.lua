@@ -100,7 +100,10 @@ elseif op == 'audit' then
       local f = {}
       for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
       if nz(P.since) and tonumber(f.at) < P.since then page = {} break end
-      if (wanted == nil or wanted[f.type]) and #found < P.limit then found[#found + 1] = entry[2] end
+      if (wanted == nil or wanted[f.type]) and #found < P.limit
+          and not (nz(P['until']) and tonumber(f.at) > P['until']) then
+        found[#found + 1] = entry[2]
+      end
     end
     if #page < 200 then break end
     last = '(' .. page[#page][1]

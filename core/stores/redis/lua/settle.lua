@@ -233,9 +233,12 @@ local over = {}
 for unit, amount in pairs(actual) do
   if amount > estimate[unit] then over[unit] = amount - estimate[unit] end
 end
-if next(over) then
+if next(over) then  -- on record too, with the estimate and the actual (as settle.py)
   NOTES[#NOTES + 1] = {'reservation.commit_overage', NULL, NULL, NULL, NULL, NULL, NULL, R.id,
     NULL, {amounts = pack_units(over)}}
+  audit_fields('reservation.commit_overage', with_optional({'reservation_id', R.id},
+    'scopes', #scopes > 0 and cjson.encode(scopes), 'estimate', R.estimate,
+    'actual', pack_units(actual)))
 end
 forecasts(rows)
 lsave_all(ledgers)
