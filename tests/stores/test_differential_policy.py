@@ -190,6 +190,12 @@ class PolicyLockstep(RuleBasedStateMachine):
         assert outboxes[0] == outboxes[1]
         audits = [[audit_row(r) for r in g.audit("acme", limit=1_000)] for g in self.guards]
         assert audits[0] == audits[1]
+        if audits[0]:  # the newest few up to a moment in the middle, of some kinds
+            middle = self.guards[0].audit("acme", limit=1_000)[len(audits[0]) // 2].at_ms
+            kinds = ["reservation.committed", "budget.threshold_crossed", "budget.exhausted"]
+            reads = [[audit_row(r) for r in g.audit("acme", until=middle, types=kinds,
+                                                    limit=3)] for g in self.guards]
+            assert reads[0] == reads[1]
         assert memory.report("acme", period="day") == redis.report("acme", period="day")
 
 
