@@ -41,6 +41,14 @@ class AuditType:
     TENANT_SUSPENDED = "tenant.suspended"
     TENANT_REACTIVATED = "tenant.reactivated"
     PLAN_ASSIGNED = "plan.assigned"
+    TENANT_CREATED = "tenant.created"
+    """A tenant's record made (`register_tenant`); `detail["name"]` is its display name."""
+    KEY_CREATED = "api_key.created"
+    """An API key made; `detail` has its `key_id`, `name`, `permissions` and
+    `expires_at_ms` (when it expires). Never its secret or the secret's hash."""
+    KEY_REVOKED = "api_key.revoked"
+    KEY_UPDATED = "api_key.updated"
+    """A live key renamed or given other permissions; `detail` has what was given."""
     # Notifications about a budget (or a commit) that are also on record, in the step that
     # makes them: the event stream lists them (`detail` has the ledger's figures).
     THRESHOLD_CROSSED = "budget.threshold_crossed"

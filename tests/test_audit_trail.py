@@ -335,3 +335,30 @@ def test_a_budgets_notifications_are_on_record_with_its_figures(guard: al.Guard)
     exited = guard.audit("trial", types=["budget.over_limit_exited"])[0]
     assert (exited.scopes, exited.reservation_id, exited.detail["remaining"]) == (
         ("tenant:trial",), None, 0)
+
+
+def test_keys_and_tenants_made_and_changed_are_on_record_never_a_secret(
+        guard: al.Guard, clock: al.ManualClock) -> None:
+    from allotment.keys import secret_hash
+
+    assert guard.register_tenant("acme", "Acme Corp")[1] is True
+    guard.register_tenant("acme", "Acme Corp")  # there already: nothing new on record
+    made = guard.create_key("acme", name="worker", expires=clock() + 60_000)
+    guard.update_key(made.key.key_id, name="batch")  # renamed
+    guard.update_key(made.key.key_id, permissions=["reservations:create", "balances:read"])
+    guard.revoke_key(made.key.key_id)
+    guard.revoke_key(made.key.key_id)  # revoked already: on record once
+    guard.update_key(made.key.key_id, name="late")  # a revoked key changes no more
+    records = guard.audit("acme")
+    assert [(r.type, r.detail) for r in records] == [
+        ("tenant.created", {"name": "Acme Corp"}),
+        ("api_key.created", {"key_id": made.key.key_id, "name": "worker",
+                             "permissions": list(made.key.permissions),
+                             "expires_at_ms": clock() + 60_000}),
+        ("api_key.updated", {"key_id": made.key.key_id, "name": "batch"}),
+        ("api_key.updated", {"key_id": made.key.key_id,  # in their canonical order
+                             "permissions": ["balances:read", "reservations:create"]}),
+        ("api_key.revoked", {"key_id": made.key.key_id})]
+    assert records[0].scopes == ("tenant:acme",)
+    kept = repr(records)
+    assert made.secret not in kept and secret_hash(made.secret) not in kept

@@ -6,12 +6,13 @@ event stream (`GET /v1/admin/events`, `GET /v1/admin/events/{event_id}`, and a t
 Every change and denial is on record in its tenant's audit log (both stores). These routes
 read those records and show each in the spec's shape; they keep nothing of their own. An
 event is a record whose kind has a Cycles event type (`event_type`): denials, expiries,
-funding, freezes and closes, budget changes, suspensions and closes of tenants, and the
-notifications the stores put on record with the step that made them (a threshold crossed, a
-budget exhausted, over its limit or back under it, debt incurred, a commit over its
-estimate). A page newest first (the default) reads each tenant's log back from its cursor
-only as far as the page needs (`_rows`); any other order reads every record kept (up to the
-store's audit retention): they serve an operator's dashboard, not a hot path."""
+funding, freezes and closes, budget changes, tenants registered, suspended, reactivated
+and closed, API keys made, revoked or given other permissions, and the notifications the
+stores put on record with the step that made them (a threshold crossed, a budget
+exhausted, over its limit or back under it, debt incurred, a commit over its estimate).
+A page newest first (the default) reads each tenant's log back from its cursor only as far
+as the page needs (`_rows`); any other order reads every record kept (up to the store's
+audit retention): they serve an operator's dashboard, not a hot path."""
 
 from __future__ import annotations
 
@@ -84,18 +85,20 @@ _SAME = {AuditType.DENIED: "reservation.denied", AuditType.EXPIRED: "reservation
          AuditType.TENANT_REACTIVATED: "tenant.reactivated",
          AuditType.TENANT_CLOSED: "tenant.closed",
          AuditType.MODE_SET: "tenant.settings_changed",
+         AuditType.TENANT_CREATED: "tenant.created",
+         AuditType.KEY_CREATED: "api_key.created", AuditType.KEY_REVOKED: "api_key.revoked",
          **{kind: kind for kind in (AuditType.THRESHOLD_CROSSED, AuditType.EXHAUSTED,
                                     AuditType.OVER_LIMIT_ENTERED, AuditType.OVER_LIMIT_EXITED,
                                     AuditType.DEBT_INCURRED, AuditType.COMMIT_OVERAGE)}}
 _RECORD_OF = {**{kind: record for record, kind in _SAME.items()},
               **dict.fromkeys(_STATUS_EVENTS.values(), AuditType.BUDGET_STATUS),
               **dict.fromkeys(_FUND_EVENTS.values(), AuditType.BUDGET_FUNDED),
-              "budget.created": AuditType.BUDGET_SET}
+              "budget.created": AuditType.BUDGET_SET,
+              "api_key.permissions_changed": AuditType.KEY_UPDATED}
 """The record kind each event type comes from."""
 EVENT_RECORDS = frozenset(_RECORD_OF.values())
 """The record kinds an event comes from."""
-EVENT_TYPES = frozenset({*_SAME.values(), *_STATUS_EVENTS.values(), *_FUND_EVENTS.values(),
-                         "budget.created"})
+EVENT_TYPES = frozenset(_RECORD_OF)
 """The Cycles event types these records give."""
 _ID = re.compile(r"^([a-z0-9_.@-]{1,128}):([0-9]{1,15})$")
 _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}"
@@ -114,6 +117,8 @@ def event_type(r: AuditRecord) -> str | None:
         return _FUND_EVENTS.get(str(r.detail.get("operation")))
     if r.type == AuditType.BUDGET_SET:
         return None if r.detail.get("removed") else "budget.created"
+    if r.type == AuditType.KEY_UPDATED:  # a key renamed only has no event type
+        return "api_key.permissions_changed" if "permissions" in r.detail else None
     return None
 
 
@@ -161,6 +166,8 @@ def _resource(r: AuditRecord) -> tuple[str, str]:
         return "reservation", r.reservation_id
     if family in ("budget", "quota", "access", "event") and r.scopes:
         return ("policy" if family in ("quota", "access") else family), r.scopes[0]
+    if family == "api_key" and "key_id" in r.detail:
+        return "api_key", str(r.detail["key_id"])
     return "tenant", r.tenant
 
 

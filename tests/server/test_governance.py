@@ -14,7 +14,7 @@ import pytest
 
 import allotment as al
 from allotment.clock import system_ms
-from allotment.server.governance import CYCLES_EVENT_TYPES, EVENT_TYPES
+from allotment.server.governance import CYCLES_EVENT_TYPES, EVENT_TYPES, event_type, log_entry
 
 from support.served import ADMIN_KEY, Answer, Api, serving
 from support.stores import STORE_KINDS, make_store
@@ -127,7 +127,8 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
         *[("acme", kind) for _, kind in crossed], ("acme", "budget.created"),
         ("acme", "budget.funded"), ("acme", "reservation.expired"),
         ("acme", "reservation.denied"), ("owing", "budget.created"),
-        ("beta", "budget.created"), ("acme", "budget.created")]
+        ("beta", "api_key.created"), ("beta", "budget.created"), ("acme", "api_key.created"),
+        ("acme", "budget.created"), ("acme", "tenant.created")]  # same moment: id order
     denial, expired, funded = events[15], events[14], events[13]
     assert denial["scope"] == "tenant:acme" and "actor" not in denial  # not on record
     assert denial["data"]["reason"] == "BUDGET_EXCEEDED"
@@ -162,7 +163,10 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
 
 
 @pytest.mark.parametrize(("query", "expected"), [
-    ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "budget.created")]),
+    ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "api_key.created"),
+                        ("beta", "budget.created")]),
+    ("category=api_key", [("beta", "api_key.created"), ("acme", "api_key.created")]),
+    ("category=tenant", [("acme", "tenant.created")]),
     ("event_type=reservation.denied", [("acme", "reservation.denied")]),
     ("category=reservation&tenant_id=acme", [("acme", "reservation.commit_overage"),
                                              ("acme", "reservation.expired"),
@@ -174,7 +178,7 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
     ("event_type=budget.debt_incurred", [("owing", "budget.debt_incurred")]),
     ("search=WORKSPACE:W&event_type=budget.created", [("acme", "budget.created")]),
     ("correlation_id=anything", []), ("trace_id=" + "0" * 32, []),
-    ("event_type=api_key.created", []),  # a Cycles type this server never produces
+    ("event_type=api_key.auth_failed", []),  # a Cycles type this server never produces
     ("sort_by=tenant_id&sort_dir=asc&category=budget", [
         ("acme", "budget.created"), ("acme", "budget.funded"), ("acme", "budget.created"),
         *[("acme", "budget.threshold_crossed")] * 3, ("acme", "budget.exhausted"),
@@ -202,7 +206,9 @@ def test_a_tenant_key_reads_its_own_tenants_events_only(world: World) -> None:
     own = get(world, "/v1/events", key=world.acme_key)
     assert own.status == 200, own.body
     assert {e["tenant_id"] for e in own.body["events"]} == {"acme"}
-    assert own.body["events"] == get(world, "/v1/admin/events?tenant_id=acme").body["events"]
+    assert own.body["events"] == [  # of the tenant-accessible categories: no key's events
+        e for e in get(world, "/v1/admin/events?tenant_id=acme").body["events"]
+        if e["category"] != "api_key"]
     beta = get(world, "/v1/events", key=world.beta_key).body["events"]
     assert [e["event_type"] for e in beta] == ["budget.frozen", "budget.created"]
     assert every_page(world, "/v1/events", "events", key=world.acme_key) == own.body["events"]
@@ -281,7 +287,7 @@ def test_the_overview_counts_and_names_what_needs_attention(world: World) -> Non
     assert view["failing_webhooks"] == []
     events = get(world, "/v1/admin/events").body["events"]
     assert view["event_counts"] == {"total_recent": len(events), "by_category": {
-        "budget": 16, "reservation": 3}}
+        "budget": 16, "reservation": 3, "tenant": 1, "api_key": 2}}
     assert [e["event_type"] for e in view["recent_denials"]] == ["reservation.denied"]
     assert view["recent_denials"][0] == events[15]
     assert [e["event_type"] for e in view["recent_expiries"]] == ["reservation.expired"]
@@ -389,3 +395,16 @@ def test_the_newest_events_come_first_across_tenants(long_logs: World) -> None:
     old = get(long_logs, "/v1/admin/events?scope=tenant:acme/workspace:w&limit=1").body
     assert [e["event_type"] for e in old["events"]] == ["budget.created"]
     assert old["has_more"] is False
+
+
+def test_a_keys_records_give_its_events_and_entries() -> None:
+    guard = al.Guard()
+    made = guard.create_key("acme", name="worker")
+    guard.update_key(made.key.key_id, name="batch")  # a rename: on record, no event type
+    guard.update_key(made.key.key_id, permissions=["balances:read"])
+    guard.revoke_key(made.key.key_id)
+    records = guard.audit("acme")
+    assert [event_type(r) for r in records] == [
+        "api_key.created", None, "api_key.permissions_changed", "api_key.revoked"]
+    assert {(log_entry(r)["resource_type"], log_entry(r)["resource_id"]) for r in records} == {
+        ("api_key", made.key.key_id)}

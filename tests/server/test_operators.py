@@ -209,7 +209,8 @@ def test_another_tenants_key_is_refused_and_learns_nothing(served: Any,
             assert ghost.body["message"] == answer.body["message"].replace(hook_id, ghost_id)
     assert state() == before
     # what the rival's key does see is its own: its budget, no subscription, no usage
-    assert [r["type"] for r in get(rival, "/v1/audit").body["records"]] == ["budget.set"]
+    assert [r["type"] for r in get(rival, "/v1/audit").body["records"]] == [
+        "budget.set", "api_key.created"]
     assert get(rival, "/v1/webhooks").body["webhooks"] == []
     assert get(rival, "/v1/webhooks/deliveries").body["deliveries"] == []
     export = httpx.get(served.url + "/v1/usage", headers={"X-Cycles-API-Key": rival.key or ""})

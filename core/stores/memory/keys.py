@@ -5,8 +5,10 @@ for a keyed operation's proof, checked in the operation's own step (`check_key`)
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from ...errors import InvalidRequest, NotFound
+from ...events import AuditType
 from ...models import ApiKey, TenantInfo
 from ..operations import (
     CreateKey,
@@ -20,7 +22,7 @@ from ..operations import (
     UpdateKey,
     key_refusal,
 )
-from .state import Tenant, record_of
+from .state import Tenant, log, record_of
 
 
 def create_key(t: Tenant, op: CreateKey, now: int) -> ApiKey:
@@ -29,6 +31,11 @@ def create_key(t: Tenant, op: CreateKey, now: int) -> ApiKey:
         raise InvalidRequest(f"key {op.key_id} exists already")
     key = ApiKey(op.key_id, t.name, op.name, op.permissions, now, op.expires_at_ms, False)
     t.api_keys[op.key_id] = (key, op.secret_hash)
+    detail: dict[str, Any] = {"key_id": op.key_id, "name": op.name,
+                              "permissions": list(op.permissions)}
+    if op.expires_at_ms is not None:
+        detail["expires_at_ms"] = op.expires_at_ms
+    log(t, now, AuditType.KEY_CREATED, detail=detail)  # as keys.lua: never the hash
     return replace(key)
 
 
@@ -46,6 +53,8 @@ def revoke_key(t: Tenant, op: RevokeKey, now: int) -> ApiKey:
         raise NotFound(f"no key {op.key_id}")
     key: ApiKey = replace(found[0], revoked=True)
     t.api_keys[op.key_id] = (key, found[1])
+    if not found[0].revoked:  # on record once
+        log(t, now, AuditType.KEY_REVOKED, detail={"key_id": op.key_id})
     return replace(key)
 
 
@@ -60,6 +69,12 @@ def update_key(t: Tenant, op: UpdateKey, now: int) -> tuple[ApiKey, bool]:
     key = replace(key, name=key.name if op.name is None else op.name,
                   permissions=key.permissions if op.permissions is None else op.permissions)
     t.api_keys[op.key_id] = (key, found[1])
+    detail: dict[str, Any] = {"key_id": op.key_id}
+    if op.name is not None:
+        detail["name"] = op.name
+    if op.permissions is not None:
+        detail["permissions"] = list(op.permissions)
+    log(t, now, AuditType.KEY_UPDATED, detail=detail)
     return replace(key), True
 
 
@@ -84,6 +99,8 @@ def register_tenant(t: Tenant, op: RegisterTenant, now: int) -> tuple[TenantInfo
     if t.profile is not None:
         return record_of(t), False
     t.profile = TenantInfo(t.name, op.name, now)
+    log(t, now, AuditType.TENANT_CREATED, scopes=(f"tenant:{t.name}",),
+        detail={"name": op.name})
     return record_of(t), True
 
 

@@ -21,6 +21,9 @@ if op == 'create_key' then
   local k = {key_id = P.key_id, name = P.name, permissions = P.permissions,
     created = s(NOW), expires = P.expires, revoked = false, hash = P.hash}
   redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
+  local detail = {key_id = P.key_id, name = P.name, permissions = P.permissions}
+  if P.expires ~= '' then detail.expires_at_ms = P.expires end
+  audit('api_key.created', {detail = detail})  -- as memory/keys.py: never the hash
   return reply({key = key_view(k)})
 elseif op == 'list_keys' then
   local raw = redis.call('HVALS', K_KEYS)
@@ -36,6 +39,7 @@ elseif op == 'revoke_key' then
   local text = redis.call('HGET', K_KEYS, P.key_id)
   if not text then return fail('NOT_FOUND', 'no key ' .. P.key_id) end
   local k = cjson.decode(text)
+  if not k.revoked then audit('api_key.revoked', {detail = {key_id = P.key_id}}) end
   k.revoked = true
   redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
   return reply({key = key_view(k)})
@@ -49,6 +53,8 @@ elseif op == 'update_key' then
   if P.name then k.name = P.name end
   if P.permissions then k.permissions = P.permissions end
   redis.call('HSET', K_KEYS, P.key_id, cjson.encode(k))
+  audit('api_key.updated', {detail = {key_id = P.key_id, name = P.name or nil,
+    permissions = P.permissions or nil}})
   return reply({key = key_view(k), changed = true})
 elseif op == 'find_key' then
   local text = redis.call('HGET', K_KEYS, P.key_id)
@@ -57,7 +63,10 @@ elseif op == 'find_key' then
   return reply({key = key_view(k), hash = k.hash, now = s(NOW)})
 elseif op == 'register_tenant' then
   local made = redis.call('HSETNX', K_META, 'tenant_name', P.name)
-  if made == 1 then redis.call('HSET', K_META, 'tenant_created', s(NOW)) end
+  if made == 1 then
+    redis.call('HSET', K_META, 'tenant_created', s(NOW))
+    audit('tenant.created', {scopes = {'tenant:' .. P.tenant}, detail = {name = P.name}})
+  end
   local stored = redis.call('HMGET', K_META, 'tenant_name', 'tenant_created', 'closed')
   return reply({name = stored[1], created = stored[2], closed = stored[3], made = made == 1})
 elseif op == 'get_tenant' then
