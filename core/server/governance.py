@@ -409,16 +409,15 @@ class Governance:
         def match(r: AuditRecord) -> Row | None:
             found = event_type(r)
             where = r.scopes[-1] if r.scopes else ""
-            if (found is None or found not in kept
-                    or (end is not None and r.at_ms > end)
+            if (found is None or found not in kept  # `to` is the read's `until`
                     or (scope is not None and not where.startswith(scope))
                     or (search is not None and search not in where.lower())):
                 return None
             return _row(r, event_type=found, category=found.partition(".")[0], scope=where)
 
-        records = {_RECORD_OF[found] for found in kept}  # the kinds that give those events
-        rows = [] if unmatched or not records else await _rows(
-            self.s.guard, tenants, start, end, records, match, order)
+        giving = {_RECORD_OF[found] for found in kept}  # the record kinds that give them
+        rows = [] if unmatched or not giving else await _rows(
+            self.s.guard, tenants, start, end, giving, match, order)
         return json_response(request, await run_in_threadpool(
             _paged, rows, order, lambda row: event_of(row["_r"], row["event_type"]),
             "events"))
@@ -470,8 +469,7 @@ class Governance:
             code = r.reason if denied else None
             resource_type, where = _resource(r)
             row_status = 409 if denied else 200
-            if ((end is not None and r.at_ms > end)
-                    or (resources and resource_type not in resources)
+            if ((resources and resource_type not in resources)  # `to` is the read's `until`
                     or (resource_id is not None and where != resource_id)
                     or (status is not None and row_status != status)
                     or (low is not None and row_status < low)

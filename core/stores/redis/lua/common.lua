@@ -488,7 +488,9 @@ local function debts_added(rows, before, rid)
   -- as debts_added in memory/state.py: each ledger a commit or record put (more) in debt
   for i, row in ipairs(rows) do
     local L = row.L
-    if L.debt > before[i] then alerted('budget.debt_incurred', L, nil, rid, L.debt - before[i]) end
+    if L.debt > before[i] then
+      alerted('budget.debt_incurred', L, nil, rid, L.debt - before[i])
+    end
   end
 end
 local function balance(L, d)
