@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory_sweep.py --tenants 1000,10000
 	$(BIN)/python bench/server.py --quick
 	$(BIN)/python bench/bulk.py
+	$(BIN)/python bench/governance.py --tenants 20 --records 1000
 
 clean:
 	rm -rf $(VENV) $(LI_VENV) $(LOW_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .typecheck
