@@ -130,6 +130,22 @@ def _names(kinds: type) -> frozenset[str]:
 AUDIT_TYPES = _names(AuditType)
 NOTIFICATION_TYPES = _names(NotificationType)
 
+CYCLES_EVENT_TYPES = frozenset(f"{category}.{name}" for category, names in {
+    "budget": "created updated funded debited reset reset_spent debt_repaid frozen unfrozen "
+              "closed closed_via_tenant_cascade threshold_crossed exhausted "
+              "over_limit_entered over_limit_exited debt_incurred burn_rate_anomaly",
+    "reservation": "denied denial_rate_spike expired expiry_rate_spike commit_overage "
+                   "released_via_tenant_cascade",
+    "tenant": "created updated suspended reactivated closed settings_changed",
+    "webhook": "created updated paused resumed disabled deleted disabled_via_tenant_cascade",
+    "api_key": "created revoked revoked_via_tenant_cascade expired permissions_changed "
+               "auth_failed auth_failure_rate_spike",
+    "policy": "created updated deleted",
+    "system": "store_connection_lost store_connection_restored high_latency "
+              "webhook_delivery_failed webhook_test"}.items() for name in names.split())
+"""The Cycles governance spec's event types (v0.1.25): what its wire may name (an event
+list's filter, a delivery's `event_type`)."""
+
 
 def check_type(value: object, field: str, known: frozenset[str]) -> str:
     """One of `known`: a misspelt type would otherwise be accepted and match nothing."""

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..clock import moment_ms
-from ..events import AUDIT_TYPES, AuditRecord, AuditType
+from ..events import AUDIT_TYPES, CYCLES_EVENT_TYPES, AuditRecord, AuditType
 from ..guard import Guard
 from ..models import Balance, BudgetStatus
 from ..scopes import tenant_name
@@ -59,21 +59,6 @@ _TENANT_CATEGORIES = ("budget", "reservation", "tenant")
 _SENTINELS = ("__admin__", "__unauth__")
 """The spec's tenant ids of admin and unauthenticated calls in the audit log."""
 
-CYCLES_EVENT_TYPES = frozenset(f"{category}.{name}" for category, names in {
-    "budget": "created updated funded debited reset reset_spent debt_repaid frozen unfrozen "
-              "closed closed_via_tenant_cascade threshold_crossed exhausted "
-              "over_limit_entered over_limit_exited debt_incurred burn_rate_anomaly",
-    "reservation": "denied denial_rate_spike expired expiry_rate_spike commit_overage "
-                   "released_via_tenant_cascade",
-    "tenant": "created updated suspended reactivated closed settings_changed",
-    "webhook": "created updated paused resumed disabled deleted disabled_via_tenant_cascade",
-    "api_key": "created revoked revoked_via_tenant_cascade expired permissions_changed "
-               "auth_failed auth_failure_rate_spike",
-    "policy": "created updated deleted",
-    "system": "store_connection_lost store_connection_restored high_latency "
-              "webhook_delivery_failed webhook_test"}.items() for name in names.split())
-"""The governance spec's event types (v0.1.25): a filter may name any of them (one this
-server never produces matches nothing); another is 400."""
 CATEGORIES = frozenset(kind.partition(".")[0] for kind in CYCLES_EVENT_TYPES)
 _STATUS_EVENTS = {"FROZEN": "budget.frozen", "ACTIVE": "budget.unfrozen",
                   "CLOSED": "budget.closed"}

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..amounts import Amount, Unit
-from ..events import AuditRecord
+from ..events import CYCLES_EVENT_TYPES, AuditRecord
 from ..reports import ReportRow
 from ..scopes import Subject
 from ..stores.hooks import Webhook, WebhookDelivery
@@ -99,4 +99,39 @@ def delivery_json(row: WebhookDelivery) -> dict[str, Any]:
         value = getattr(row, name)
         if value is not None:
             view[name] = value
+    return view
+
+
+ATTEMPT_STATUSES = ("PENDING", "RETRYING", "SUCCESS", "FAILED")
+"""A delivery's status in the governance spec's WebhookDelivery."""
+
+
+def attempt_status(row: WebhookDelivery) -> str:
+    """Delivered: SUCCESS; given up: FAILED; pending: RETRYING once tried, else PENDING."""
+    if row.status == "delivered":
+        return "SUCCESS"
+    if row.status == "failed":
+        return "FAILED"
+    return "RETRYING" if row.attempts else "PENDING"
+
+
+def attempt_json(row: WebhookDelivery) -> dict[str, Any]:
+    """One event's delivery to one subscription in the governance spec's WebhookDelivery
+    shape: its id is `<subscription>:<event>`; `attempted_at` is when it last changed
+    (queued, tried or finished); `event_type` only when it is one of the spec's."""
+    status = attempt_status(row)
+    view: dict[str, Any] = {"delivery_id": f"{row.webhook_id}:{row.event_id}",
+                            "subscription_id": row.webhook_id, "event_id": row.event_id,
+                            "status": status, "attempted_at": iso_ms(row.updated_at_ms),
+                            "attempts": row.attempts}
+    if row.event_type in CYCLES_EVENT_TYPES:
+        view["event_type"] = row.event_type
+    if status in ("SUCCESS", "FAILED"):
+        view["completed_at"] = iso_ms(row.updated_at_ms)
+    if row.last_status is not None:
+        view["response_status"] = row.last_status
+    if row.last_error is not None:
+        view["error_message"] = row.last_error
+    if status == "RETRYING" and row.next_at_ms is not None:
+        view["next_retry_at"] = iso_ms(row.next_at_ms)
     return view

@@ -336,6 +336,88 @@ def test_global_and_tenant_subscriptions_with_the_log_and_replay(served: Any,
     assert removed.status == 200 and served.guard.webhooks() == ()
 
 
+DELIVERY_REQUIRED = {"delivery_id", "subscription_id", "event_id", "status", "attempted_at"}
+DELIVERY_ALLOWED = DELIVERY_REQUIRED | {  # WebhookDelivery of the governance spec (closed)
+    "event_type", "completed_at", "attempts", "response_status", "response_time_ms",
+    "error_message", "next_retry_at", "trace_id", "trace_flags", "traceparent_inbound_valid"}
+
+
+def test_a_subscriptions_deliveries_in_the_governance_specs_shape(served: Any,
+                                                                  receiver: Receiver) -> None:
+    acme = served.tenant("acme", usd=10, permissions=READER)
+    root = admin(served)
+    made = root.post("/v1/webhooks", {"url": receiver.url, "events": ["budget.exhausted"]},
+                     headers=ADMIN, check=False).body
+    own = acme.post("/v1/webhooks", {"url": receiver.url, "events": ["*"]}, check=False).body
+    receiver.secrets += [made["secret"], own["secret"]]
+    served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(10)).commit(al.usd(10))
+    Dispatcher(served.guard, allow=["127.0.0.1/32"]).run_once()
+    with pytest.raises(al.BudgetExceeded):  # a denial: its event not sent yet
+        served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(1))
+    hook, mine = made["webhook_id"], own["webhook_id"]
+
+    listed = get(acme, f"/v1/webhooks/{mine}/deliveries")
+    assert listed.status == 200, listed.body
+    rows = listed.body["deliveries"]
+    assert listed.body["has_more"] is False and "next_cursor" not in listed.body
+    assert "None" not in repr(rows)  # never a null
+    for row in rows:
+        assert DELIVERY_REQUIRED <= set(row) <= DELIVERY_ALLOWED, row
+        assert row["subscription_id"] == mine
+        assert row["delivery_id"] == f"{mine}:{row['event_id']}"
+        assert row["attempted_at"].endswith("Z")
+    log = served.guard.tenant("acme").webhook_deliveries(webhook_id=mine)
+    assert sorted(r["event_id"] for r in rows) == sorted(d.event_id for d in log)
+    assert [r["attempted_at"] for r in rows] == sorted(
+        (r["attempted_at"] for r in rows), reverse=True)  # newest first
+    statuses = {(r["event_type"], r["status"]) for r in rows}
+    assert ("budget.exhausted", "SUCCESS") in statuses
+    assert ("reservation.denied", "PENDING") in statuses
+    sent = next(r for r in rows if r["status"] == "SUCCESS")
+    assert (sent["attempts"], sent["response_status"]) == (1, 204)
+    assert sent["completed_at"] == sent["attempted_at"]
+    assert all("completed_at" not in r for r in rows if r["status"] == "PENDING")
+
+    assert get(root, f"/v1/admin/webhooks/{mine}/deliveries").body["deliveries"] == rows
+    pending = get(acme, f"/v1/webhooks/{mine}/deliveries", status="PENDING").body
+    assert [r["event_type"] for r in pending["deliveries"]] == ["reservation.denied"]
+    paged, cursor = [], {}
+    while True:
+        page = get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1, **cursor).body
+        paged += page["deliveries"]
+        if not page["has_more"]:
+            break
+        cursor = {"cursor": page["next_cursor"]}
+    assert paged == rows
+    late = get(acme, f"/v1/webhooks/{mine}/deliveries", **{"from": "2999-01-01T00:00:00Z"})
+    assert late.body == {"deliveries": [], "has_more": False}
+    global_rows = get(root, f"/v1/admin/webhooks/{hook}/deliveries").body["deliveries"]
+    assert [(r["event_type"], r["status"]) for r in global_rows] == [
+        ("budget.exhausted", "SUCCESS")]
+
+    # walls and bad requests: another tenant's subscription is 403 whether it exists or
+    # not, the admin route is the admin key's, a subscription not there is 404
+    globex = served.tenant("globex", permissions=READER)
+    for other in (mine, "acme/whk_" + "0" * 24):
+        refused(get(globex, f"/v1/webhooks/{other}/deliveries"), 403, "FORBIDDEN")
+    refused(get(acme, f"/v1/admin/webhooks/{mine}/deliveries"), 401, "UNAUTHORIZED")
+    refused(get(acme, "/v1/webhooks/acme/whk_" + "0" * 24 + "/deliveries"), 404, "NOT_FOUND")
+    refused(get(root, "/v1/admin/webhooks/whk_" + "0" * 24 + "/deliveries"), 404,
+            "NOT_FOUND")
+    for query, words in (({"status": "DONE"}, ["status", "RETRYING"]),
+                         ({"limit": 101}, ["limit", "1..100"]),
+                         ({"colour": "red"}, ["unknown query parameters"]),
+                         ({"cursor": "e30"}, ["cursor"]),
+                         ({"to": "soon"}, ["to"])):
+        refused(get(acme, f"/v1/webhooks/{mine}/deliveries", **query), 400,
+                "INVALID_REQUEST", *words)
+    refused(get(acme, "/v1/webhooks/not-an-id/deliveries"), 400, "INVALID_REQUEST",
+            "webhook_id")
+    first = get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1).body["next_cursor"]
+    refused(get(root, f"/v1/admin/webhooks/{hook}/deliveries", cursor=first), 400,
+            "INVALID_REQUEST", "another list")
+
+
 def test_a_tenant_key_can_only_subscribe_its_own_tenant(served: Any) -> None:
     acme = served.tenant("acme", permissions=["webhooks:write"])
     body = {"url": "https://hooks.example.com/a", "events": ["budget.exhausted"]}

@@ -436,6 +436,7 @@ ADMIN_ONLY = [
         "amount": {"unit": "USD_MICROCENTS", "amount": 1}, "idempotency_key": "k"}),
     ("GET", "/v1/admin/events", None), ("GET", "/v1/admin/events/acme:1", None),
     ("GET", "/v1/admin/audit/logs", None), ("GET", "/v1/admin/overview", None),
+    ("GET", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/deliveries", None),
 ]
 
 

@@ -184,6 +184,7 @@ def _operator_routes(hook: str, event: str) -> list[tuple[str, str, Any]]:
         ("POST", "/v1/webhooks/replay", {"event_id": event, "webhook_id": hook}),
         ("PATCH", f"/v1/webhooks/{hook}", {"enabled": False}),
         ("DELETE", f"/v1/webhooks/{hook}", None),
+        ("GET", f"/v1/webhooks/{hook}/deliveries", None),
     ]
 
 
