@@ -25,6 +25,7 @@ from .operators import Operators
 from .plane import App
 from .policies import Policies
 from .runtime import Runtime, Settings
+from .subscriptions import Subscriptions
 
 log = logging.getLogger("allotment.server")
 MAX_BODY = 64 * 1024
@@ -92,7 +93,7 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     routes = [*Admin(settings).routes(), *Bulk(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
               *Operators(settings).routes(), *Governance(settings).routes(),
-              *Hooks(settings).routes(),
+              *Hooks(settings).routes(), *Subscriptions(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
     serve_metrics = _metrics.available() if metrics is None else metrics

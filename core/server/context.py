@@ -113,6 +113,11 @@ def json_response(request: Request, body: Any, status: int = 200) -> Response:
     return _JsonResponse(orjson.dumps(body), status, request_id, trace, _tenant(request))
 
 
+def empty_response(request: Request) -> Response:
+    """204, with the request's id and trace headers like every answer."""
+    return Response(status_code=204, headers=_headers(request))
+
+
 def error_response(request: Request, error: ApiError) -> Response:
     request_id, trace = ids(request)
     body = error_body(error.code, error.message, request_id, trace, error.details)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +34,6 @@ from ..events import AUDIT_TYPES, CYCLES_EVENT_TYPES, AuditRecord, AuditType
 from ..guard import Guard
 from ..models import Balance, BudgetStatus
 from ..scopes import tenant_name
-from ..stores.hooks import FAILED
 from . import paging
 from .admin import require_admin, search_text
 from .auth import tenant_key
@@ -43,6 +42,7 @@ from .errors import bad_request, not_found
 from .queries import only, query_int
 from .records import iso_ms
 from .runtime import Settings
+from .subscriptions import delivery_logs, failures
 
 SOURCE = "allotment"
 """The `source` of every event: the server that read it from the store."""
@@ -520,19 +520,13 @@ class Governance:
         when the last did. Each tenant's delivery log is read once."""
         guard = self.s.guard
         hooks = list(await guard.awebhooks())
-        sent: defaultdict[str, list[Any]] = defaultdict(list)
         for tenant in tenants:
             hooks += await guard.awebhooks(tenant)
-            for delivery in await guard.awebhook_deliveries(tenant=tenant, limit=_READ_ALL):
-                sent[delivery.webhook_id].append(delivery)
+        sent = await delivery_logs(guard, tenants)
         failing: list[dict[str, Any]] = []
         for hook in hooks:
-            deliveries = sorted(sent[hook.id], key=lambda d: d.updated_at_ms, reverse=True)
-            streak = 0
-            for delivery in deliveries:
-                if delivery.status != FAILED:
-                    break
-                streak += 1
+            deliveries = sent[hook.id]
+            streak = failures(deliveries)
             if streak:
                 failing.append({"subscription_id": hook.id, "url": hook.url,
                                 "consecutive_failures": streak,

@@ -16,22 +16,15 @@ from starlette.routing import Route
 
 from ..guard import Guard
 from ..scopes import tenant_name
-from ..stores.hooks import Webhook, owner_of
 from ..tenant import TenantGuard
-from . import paging, wire
-from .admin import require_admin
+from . import wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
-from .errors import bad_request, not_found
-from .queries import only, query_int, since_ms
-from .records import (
-    ATTEMPT_STATUSES,
-    attempt_json,
-    attempt_status,
-    delivery_json,
-    webhook_json,
-)
+from .errors import not_found
+from .queries import only, query_int
+from .records import delivery_json, webhook_json
 from .runtime import Settings
+from .subscriptions import attempts
 
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -67,8 +60,6 @@ class Hooks:
             Route("/v1/webhooks/deliveries", self.deliveries, methods=["GET"]),
             Route("/v1/webhooks/replay", self.replay, methods=["POST"]),
             Route("/v1/webhooks/{webhook_id:path}/deliveries", self.tenant_attempts,
-                  methods=["GET"]),
-            Route("/v1/admin/webhooks/{webhook_id:path}/deliveries", self.admin_attempts,
                   methods=["GET"]),
             Route("/v1/webhooks/{webhook_id:path}", self.enable, methods=["PATCH"]),
             Route("/v1/webhooks/{webhook_id:path}", self.remove, methods=["DELETE"]),
@@ -150,42 +141,8 @@ class Hooks:
         """The governance spec's delivery list of one of the key's own subscriptions
         (`webhooks:read`); another tenant's is 403, whether it exists or not."""
         caller = await tenant_key(self.s.guard, request, "webhooks:read")
-        return await self._attempts(request, caller.tenant, request.path_params["webhook_id"],
-                                    await caller.tenant.awebhooks())
-
-    async def admin_attempts(self, request: Request) -> Response:
-        """The same list of any subscription, for the admin key."""
-        require_admin(self.s, request)
-        webhook_id = request.path_params["webhook_id"]
-        owner = owner_of(webhook_id, "webhook_id")
-        return await self._attempts(request, self.s.guard, webhook_id,
-                                    await self.s.guard.awebhooks(owner or None))
-
-    async def _attempts(self, request: Request, handle: Guard | TenantGuard, webhook_id: str,
-                        hooks: tuple[Webhook, ...]) -> Response:
-        """`?status=&from=&to=&cursor=&limit=` (1-100, 50): newest first, in the spec's
-        WebhookDelivery shape (see `records.attempt_json`)."""
-        only(request, "status", "from", "to", "cursor", "limit")
-        query = request.query_params
-        status = query.get("status")
-        if status is not None and status not in ATTEMPT_STATUSES:
-            raise bad_request(f"status: {status!r} is not one of "
-                              + ", ".join(ATTEMPT_STATUSES))
-        start, end = (since_ms(query.get(name), name) for name in ("from", "to"))
-        size, after = paging.window(query, 100)
-        if after is not None and after[:2] != ["deliveries", webhook_id]:
-            raise bad_request("cursor: it was given for another list; start again without one")
-        logged = await handle.awebhook_deliveries(webhook_id=webhook_id, limit=100_000)
-        if all(hook.id != webhook_id for hook in hooks):  # (another tenant's: 403 above)
-            raise not_found(f"no webhook {webhook_id}")
-        rows = [row for row in logged if (status is None or attempt_status(row) == status)
-                and (start is None or row.updated_at_ms >= start)
-                and (end is None or row.updated_at_ms <= end)]
-        page, more = paging.paged(
-            rows, lambda row: ["deliveries", webhook_id, f"{row.updated_at_ms:015d}",
-                               row.event_id], (size, after), descending=True)
-        return json_response(request, {"deliveries": [attempt_json(row) for row in page],
-                                       **more})
+        return await attempts(request, caller.tenant, request.path_params["webhook_id"],
+                              await caller.tenant.awebhooks())
 
     async def replay(self, request: Request) -> Response:
         """Body `{"event_id", "webhook_id"}`: send the event again now (a tenant key names

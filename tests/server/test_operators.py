@@ -418,6 +418,102 @@ def test_a_subscriptions_deliveries_in_the_governance_specs_shape(served: Any,
             "INVALID_REQUEST", "another list")
 
 
+SUBSCRIPTION_REQUIRED = {"subscription_id", "tenant_id", "url", "event_types", "status",
+                         "created_at"}
+SUBSCRIPTION_ALLOWED = SUBSCRIPTION_REQUIRED | {  # WebhookSubscription (closed), no secret
+    "name", "description", "event_categories", "scope_filter", "thresholds", "headers",
+    "retry_policy", "disable_after_failures", "consecutive_failures", "updated_at",
+    "last_triggered_at", "last_success_at", "last_failure_at", "metadata"}
+
+
+def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
+        served: Any) -> None:
+    failing, working = Receiver(fail=100), Receiver()
+    try:
+        root = admin(served)
+        served.tenant("acme", usd=10)
+        served.guard.set_budget("tenant:beta", usd=10)
+        everyone = served.guard.subscribe_webhook(working.url, events=["budget.exhausted"])
+        acme = served.guard.subscribe_webhook(failing.url, events="*", tenant="acme")
+        beta = served.guard.subscribe_webhook(
+            working.url, events=["reservation.denied", "tenant.mode_changed"], tenant="beta")
+        failing.secrets.append(acme.secret or "")
+        working.secrets += [everyone.secret or "", beta.secret or ""]
+        served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(10)).commit(al.usd(10))
+        Dispatcher(served.guard, allow=["127.0.0.1/32"], max_attempts=1).run_once()
+
+        listed = get(root, "/v1/admin/webhooks")
+        assert listed.status == 200, listed.body
+        views = listed.body["subscriptions"]
+        assert listed.body["has_more"] is False and "None" not in repr(views)
+        for view in views:
+            assert SUBSCRIPTION_REQUIRED <= set(view) <= SUBSCRIPTION_ALLOWED, view
+        assert views[0]["subscription_id"] == acme.id  # most failures first
+        by_id = {v["subscription_id"]: v for v in views}
+        assert set(by_id) == {everyone.id, acme.id, beta.id}
+        mine = by_id[acme.id]
+        assert (mine["tenant_id"], mine["status"], mine["url"]) == ("acme", "ACTIVE",
+                                                                   failing.url)
+        assert mine["consecutive_failures"] >= 2  # every event sent to it was given up
+        assert "last_failure_at" in mine and "last_success_at" not in mine
+        assert {"budget.exhausted", "reservation.denied", "tenant.closed"} <= set(
+            mine["event_types"]) and "spend.unrecorded" not in mine["event_types"]
+        assert by_id[everyone.id]["tenant_id"] == "__system__"
+        assert by_id[everyone.id]["consecutive_failures"] == 0
+        assert "last_success_at" in by_id[everyone.id]
+        assert by_id[beta.id]["event_types"] == ["reservation.denied"]
+
+        def ids(**query: Any) -> list[str]:
+            answer = get(root, "/v1/admin/webhooks", **query)
+            assert answer.status == 200, answer.body
+            return [v["subscription_id"] for v in answer.body["subscriptions"]]
+
+        assert ids(tenant_id="acme") == [acme.id]
+        assert ids(tenant_id="__system__") == [everyone.id]
+        assert ids(event_type="reservation.denied") == sorted(
+            [acme.id, beta.id], key=lambda i: (by_id[i]["consecutive_failures"], i),
+            reverse=True)
+        assert ids(search=str(failing.url).split("//")[1]) == [acme.id]
+        assert ids(sort_by="tenant_id", sort_dir="asc") == [everyone.id, acme.id, beta.id]
+        paged, cursor = [], {}
+        while True:
+            page = get(root, "/v1/admin/webhooks", limit=1, **cursor).body
+            paged += page["subscriptions"]
+            if not page["has_more"]:
+                break
+            cursor = {"cursor": page["next_cursor"]}
+        assert paged == views
+        assert get(root, "/v1/admin/webhooks", limit=200).status == 200  # the dashboard's
+
+        one = get(root, f"/v1/admin/webhooks/{acme.id}")
+        assert (one.status, one.body) == (200, mine)
+        paused = root.call("PATCH", f"/v1/admin/webhooks/{acme.id}", {"status": "PAUSED"},
+                           headers=ADMIN, check=False)
+        assert (paused.status, paused.body["status"]) == (200, "PAUSED"), paused.body
+        assert served.guard.webhooks("acme")[0].enabled is False
+        assert ids(status="PAUSED") == [acme.id]
+        for bad, words in (({"url": "https://elsewhere.example.com"}, ["url"]),
+                           ({"status": "DISABLED"}, ["status"]), ({}, ["status"])):
+            answer = root.call("PATCH", f"/v1/admin/webhooks/{acme.id}", bad, headers=ADMIN,
+                               check=False)
+            refused(answer, 400, "INVALID_REQUEST", *words)
+        assert served.guard.webhooks("acme")[0].enabled is False  # nothing changed
+        gone = root.call("DELETE", f"/v1/admin/webhooks/{beta.id}", headers=ADMIN,
+                         check=False)
+        assert gone.status == 204 and served.guard.webhooks("beta") == ()
+        for method in ("GET", "DELETE"):
+            refused(root.call(method, f"/v1/admin/webhooks/{beta.id}", headers=ADMIN,
+                              check=False), 404, "NOT_FOUND")
+        for query, words in (({"status": "ON"}, ["status"]), ({"limit": 201}, ["limit"]),
+                             ({"sort_by": "colour"}, ["sort_by"]),
+                             ({"event_type": "budget.melted"}, ["event_type"]),
+                             ({"tenant_id": "Not A Tenant"}, ["tenant_id"])):
+            refused(get(root, "/v1/admin/webhooks", **query), 400, "INVALID_REQUEST", *words)
+    finally:
+        failing.close()
+        working.close()
+
+
 def test_a_tenant_key_can_only_subscribe_its_own_tenant(served: Any) -> None:
     acme = served.tenant("acme", permissions=["webhooks:write"])
     body = {"url": "https://hooks.example.com/a", "events": ["budget.exhausted"]}

@@ -437,6 +437,10 @@ ADMIN_ONLY = [
     ("GET", "/v1/admin/events", None), ("GET", "/v1/admin/events/acme:1", None),
     ("GET", "/v1/admin/audit/logs", None), ("GET", "/v1/admin/overview", None),
     ("GET", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/deliveries", None),
+    ("GET", "/v1/admin/webhooks", None), ("GET", "/v1/admin/webhooks/acme/whk_" + "0" * 24,
+                                          None),
+    ("PATCH", "/v1/admin/webhooks/acme/whk_" + "0" * 24, {"status": "PAUSED"}),
+    ("DELETE", "/v1/admin/webhooks/acme/whk_" + "0" * 24, None),
 ]
 
 

@@ -1,0 +1,225 @@
+"""The Cycles governance spec's admin webhook routes over allotment's subscriptions: list,
+read, pause or resume, and remove (`/v1/admin/webhooks...`), and one subscription's
+deliveries (admin and tenant), in the spec's WebhookSubscription and WebhookDelivery shapes.
+
+Subscriptions are made under `/v1/webhooks`, in allotment's own shape: they sign with
+Standard Webhooks headers and send allotment's payload, which a receiver written for the
+Cycles dispatcher does not expect; so making, testing, replaying and bulk actions are not
+served here. What the spec shows of a subscription beyond its record (consecutive
+failures, the last success, failure and attempt) is read from its delivery log."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..events import CYCLES_EVENT_TYPES, NOTIFICATION_TYPES
+from ..guard import Guard
+from ..scopes import tenant_name
+from ..stores.hooks import FAILED, Webhook, WebhookDelivery, owner_of
+from ..tenant import TenantGuard
+from . import paging, wire
+from .admin import require_admin, search_text
+from .context import body, empty_response, json_response
+from .errors import bad_request, not_found
+from .queries import only, since_ms
+from .records import ATTEMPT_STATUSES, attempt_json, attempt_status, iso_ms
+from .runtime import Settings
+
+SYSTEM = "__system__"
+"""The spec's tenant id of a global subscription (every tenant's events)."""
+SENT_TYPES = sorted(NOTIFICATION_TYPES & CYCLES_EVENT_TYPES)
+"""The spec's event types a subscription to every notification (`*`) receives."""
+Log = dict[str, list[WebhookDelivery]]
+"""Deliveries by subscription id, newest first."""
+
+
+async def delivery_logs(guard: Guard, tenants: Iterable[str]) -> Log:
+    """Each subscription's deliveries (a global one's across the tenants it served), newest
+    first; each tenant's delivery log is read once."""
+    found: defaultdict[str, list[WebhookDelivery]] = defaultdict(list)
+    for tenant in tenants:
+        for row in await guard.awebhook_deliveries(tenant=tenant, limit=100_000):
+            found[row.webhook_id].append(row)
+    for rows in found.values():
+        rows.sort(key=lambda row: row.updated_at_ms, reverse=True)
+    return found
+
+
+def failures(newest_first: list[WebhookDelivery]) -> int:
+    """How many of a subscription's newest deliveries in a row were given up."""
+    streak = 0
+    for row in newest_first:
+        if row.status != FAILED:
+            break
+        streak += 1
+    return streak
+
+
+def subscription_json(hook: Webhook, newest_first: list[WebhookDelivery]) -> dict[str, Any]:
+    """A subscription in the spec's WebhookSubscription shape: paused (`enabled` false) is
+    PAUSED; `event_types` the spec's types among those it receives (all that allotment
+    sends, for `*`); the times from its delivery log."""
+    kinds = SENT_TYPES if "*" in hook.events else sorted(
+        set(hook.events) & CYCLES_EVENT_TYPES)
+    view: dict[str, Any] = {
+        "subscription_id": hook.id, "tenant_id": hook.tenant or SYSTEM, "url": hook.url,
+        "event_types": kinds, "status": "ACTIVE" if hook.enabled else "PAUSED",
+        "created_at": iso_ms(hook.created_at_ms),
+        "consecutive_failures": failures(newest_first)}
+    for field, kept in (("last_triggered_at", lambda row: row.attempts > 0),
+                        ("last_success_at", lambda row: attempt_status(row) == "SUCCESS"),
+                        ("last_failure_at", lambda row: attempt_status(row) in (
+                            "FAILED", "RETRYING"))):
+        moment = next((row.updated_at_ms for row in newest_first if kept(row)), None)
+        if moment is not None:
+            view[field] = iso_ms(moment)
+    return view
+
+
+async def attempts(request: Request, handle: Guard | TenantGuard, webhook_id: str,
+                   hooks: tuple[Webhook, ...]) -> Response:
+    """One subscription's deliveries, `?status=&from=&to=&cursor=&limit=` (1-100, 50),
+    newest first, in the spec's WebhookDelivery shape (see `records.attempt_json`). `hooks`
+    are the caller's subscriptions of its owner; a tenant handle refuses another tenant's
+    subscription (403) before its list is looked at."""
+    only(request, "status", "from", "to", "cursor", "limit")
+    query = request.query_params
+    status = query.get("status")
+    if status is not None and status not in ATTEMPT_STATUSES:
+        raise bad_request(f"status: {status!r} is not one of " + ", ".join(ATTEMPT_STATUSES))
+    start, end = (since_ms(query.get(name), name) for name in ("from", "to"))
+    size, after = paging.window(query, 100)
+    if after is not None and after[:2] != ["deliveries", webhook_id]:
+        raise bad_request("cursor: it was given for another list; start again without one")
+    logged = await handle.awebhook_deliveries(webhook_id=webhook_id, limit=100_000)
+    if all(hook.id != webhook_id for hook in hooks):
+        raise not_found(f"no webhook {webhook_id}")
+    rows = [row for row in logged if (status is None or attempt_status(row) == status)
+            and (start is None or row.updated_at_ms >= start)
+            and (end is None or row.updated_at_ms <= end)]
+    page, more = paging.paged(
+        rows, lambda row: ["deliveries", webhook_id, f"{row.updated_at_ms:015d}",
+                           row.event_id], (size, after), descending=True)
+    return json_response(request, {"deliveries": [attempt_json(row) for row in page], **more})
+
+
+class StatusBody(wire._Strict):
+    """The part of the spec's WebhookUpdateRequest served here: pause or resume. The rest
+    (url, event types, secret, ...) is changed under `/v1/webhooks` or not kept."""
+
+    status: Literal["ACTIVE", "PAUSED"]
+
+
+_SORTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "consecutive_failures": lambda view: f"{view['consecutive_failures']:09d}",
+    "url": lambda view: str(view["url"]), "tenant_id": lambda view: str(view["tenant_id"]),
+    "status": lambda view: str(view["status"])}
+_LIST_QUERY = ("tenant_id", "status", "event_type", "search", "sort_by", "sort_dir", "cursor",
+               "limit")
+
+
+class Subscriptions:
+    """The spec's admin webhook routes over one guard (the admin key's only)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    def routes(self) -> list[Route]:
+        one = "/v1/admin/webhooks/{webhook_id:path}"
+        return [  # the deliveries first: an id may hold a `/`, and `path` takes the rest
+            Route("/v1/admin/webhooks", self.listed, methods=["GET"]),
+            Route(one + "/deliveries", self.deliveries, methods=["GET"]),
+            Route(one, self.one, methods=["GET"]),
+            Route(one, self.paused, methods=["PATCH"]),
+            Route(one, self.removed, methods=["DELETE"]),
+        ]
+
+    async def _hooks(self, owner: str) -> tuple[Webhook, ...]:
+        return await self.s.guard.awebhooks(owner or None)
+
+    async def _viewed(self, hook: Webhook) -> dict[str, Any]:
+        tenants = [hook.tenant] if hook.tenant else list(await self.s.guard.atenants())
+        return subscription_json(hook, (await delivery_logs(self.s.guard, tenants))[hook.id])
+
+    async def _found(self, request: Request) -> Webhook:
+        webhook_id = request.path_params["webhook_id"]
+        for hook in await self._hooks(owner_of(webhook_id, "webhook_id")):
+            if hook.id == webhook_id:
+                return hook
+        raise not_found(f"no webhook {webhook_id}")
+
+    async def listed(self, request: Request) -> Response:
+        """`?tenant_id=` (`__system__`: the global ones) `&status=&event_type=&search=`
+        (in the id or url) `&sort_by=&sort_dir=&cursor=&limit=` (1-200, 50): most
+        consecutive failures first unless sorted otherwise."""
+        require_admin(self.s, request)
+        only(request, *_LIST_QUERY)
+        query = request.query_params
+        named, status, kind = (query.get(name) or None
+                               for name in ("tenant_id", "status", "event_type"))
+        if status is not None and status not in ("ACTIVE", "PAUSED", "DISABLED"):
+            raise bad_request(f"status: {status!r} is not one of ACTIVE, PAUSED, DISABLED")
+        if kind is not None and kind not in CYCLES_EVENT_TYPES:
+            raise bad_request(f"event_type: {kind!r} is not a Cycles event type (e.g. "
+                              "budget.exhausted)")
+        by = query.get("sort_by") or "consecutive_failures"
+        if by not in _SORTS:
+            raise bad_request(f"sort_by: {by!r} is not one of " + ", ".join(sorted(_SORTS)))
+        direction = query.get("sort_dir") or "desc"
+        if direction not in ("asc", "desc"):
+            raise bad_request(f"sort_dir: {direction!r} is not asc or desc")
+        search = search_text(query)
+        size, after = paging.window(query)  # up to 200: the dashboard's overview asks that
+        head = ["webhooks", by, direction]
+        if after is not None and after[:3] != head:
+            raise bad_request("cursor: it was given for another list or sort; send the same "
+                              "sort_by and sort_dir, or start again without a cursor")
+        guard = self.s.guard
+        if named is not None and named != SYSTEM:  # one tenant's own
+            owners = served = [tenant_name(named, "tenant_id")]
+        else:  # the global ones (and every tenant's), whose deliveries span the tenants
+            served = list(await guard.atenants())
+            owners = [""] if named == SYSTEM else ["", *served]
+        hooks = [hook for owner in owners for hook in await self._hooks(owner)]
+        logs = await delivery_logs(guard, served)
+        views = [view for view in (subscription_json(hook, logs[hook.id]) for hook in hooks)
+                 if (status is None or view["status"] == status)
+                 and (kind is None or kind in view["event_types"])
+                 and (search is None or search in f"{view['subscription_id']} "
+                                                  f"{view['url']}".lower())]
+        page, more = paging.paged(
+            views, lambda view: [*head, _SORTS[by](view), str(view["subscription_id"])],
+            (size, after), descending=direction == "desc")
+        return json_response(request, {"subscriptions": page, **more})
+
+    async def one(self, request: Request) -> Response:
+        require_admin(self.s, request)
+        only(request)
+        return json_response(request, await self._viewed(await self._found(request)))
+
+    async def paused(self, request: Request) -> Response:
+        """Body `{"status": "PAUSED"}` pauses, `"ACTIVE"` resumes; other fields are 400."""
+        require_admin(self.s, request)
+        req = wire.parse(StatusBody, await body(request, self.s.max_body))
+        hook = await self._found(request)
+        changed = await self.s.guard.aenable_webhook(hook.id, req.status == "ACTIVE")
+        return json_response(request, await self._viewed(changed))
+
+    async def removed(self, request: Request) -> Response:
+        require_admin(self.s, request)
+        hook = await self._found(request)
+        await self.s.guard.aremove_webhook(hook.id)
+        return empty_response(request)
+
+    async def deliveries(self, request: Request) -> Response:
+        """Any subscription's deliveries (see `attempts`)."""
+        require_admin(self.s, request)
+        webhook_id = request.path_params["webhook_id"]
+        return await attempts(request, self.s.guard, webhook_id,
+                              await self._hooks(owner_of(webhook_id, "webhook_id")))
