@@ -16,6 +16,7 @@ import allotment as al
 from allotment.clock import system_ms
 from allotment.server.governance import CYCLES_EVENT_TYPES, EVENT_TYPES, event_type, log_entry
 
+from support.openapi import GOVERNANCE, validate
 from support.served import ADMIN_KEY, Answer, Api, serving
 from support.stores import STORE_KINDS, make_store
 
@@ -86,8 +87,11 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
 
 
 def get(world: World, path: str, *, key: str | None = None) -> Answer:
+    """A GET whose answer, whatever its status, is checked against the governance spec."""
     headers = {} if key is not None else ADMIN
-    return Api(world.url, key).call("GET", path, headers=headers, check=False)
+    answer = Api(world.url, key).call("GET", path, headers=headers, check=False)
+    validate("GET", path, answer.status, answer.body, GOVERNANCE)
+    return answer
 
 
 def every_page(world: World, path: str, field: str, *, key: str | None = None,

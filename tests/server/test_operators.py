@@ -18,6 +18,7 @@ from allotment.server.records import audit_json, delivery_json, report_json
 from allotment.usage import read_usage, write_usage
 from allotment.webhooks import Dispatcher
 
+from support.openapi import GOVERNANCE, validate
 from support.served import ADMIN_KEY, Api
 from support.webhooks import Receiver
 
@@ -52,6 +53,13 @@ def get(api: Api, path: str, **params: Any) -> Any:
     query = httpx.QueryParams(params)
     return api.call("GET", f"{path}?{query}" if params else path, check=False,
                     headers=api_headers(api))
+
+
+def spec_get(api: Api, path: str, **params: Any) -> Any:
+    """A GET of a governance spec route, its answer (any status) checked against that spec."""
+    answer = get(api, path, **params)
+    validate("GET", path, answer.status, answer.body, GOVERNANCE)
+    return answer
 
 
 def api_headers(api: Api) -> dict[str, str]:
@@ -356,7 +364,7 @@ def test_a_subscriptions_deliveries_in_the_governance_specs_shape(served: Any,
         served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(1))
     hook, mine = made["webhook_id"], own["webhook_id"]
 
-    listed = get(acme, f"/v1/webhooks/{mine}/deliveries")
+    listed = spec_get(acme, f"/v1/webhooks/{mine}/deliveries")
     assert listed.status == 200, listed.body
     rows = listed.body["deliveries"]
     assert listed.body["has_more"] is False and "next_cursor" not in listed.body
@@ -378,20 +386,20 @@ def test_a_subscriptions_deliveries_in_the_governance_specs_shape(served: Any,
     assert sent["completed_at"] == sent["attempted_at"]
     assert all("completed_at" not in r for r in rows if r["status"] == "PENDING")
 
-    assert get(root, f"/v1/admin/webhooks/{mine}/deliveries").body["deliveries"] == rows
-    pending = get(acme, f"/v1/webhooks/{mine}/deliveries", status="PENDING").body
+    assert spec_get(root, f"/v1/admin/webhooks/{mine}/deliveries").body["deliveries"] == rows
+    pending = spec_get(acme, f"/v1/webhooks/{mine}/deliveries", status="PENDING").body
     assert [r["event_type"] for r in pending["deliveries"]] == ["reservation.denied"]
     paged, cursor = [], {}
     while True:
-        page = get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1, **cursor).body
+        page = spec_get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1, **cursor).body
         paged += page["deliveries"]
         if not page["has_more"]:
             break
         cursor = {"cursor": page["next_cursor"]}
     assert paged == rows
-    late = get(acme, f"/v1/webhooks/{mine}/deliveries", **{"from": "2999-01-01T00:00:00Z"})
+    late = spec_get(acme, f"/v1/webhooks/{mine}/deliveries", **{"from": "2999-01-01T00:00:00Z"})
     assert late.body == {"deliveries": [], "has_more": False}
-    global_rows = get(root, f"/v1/admin/webhooks/{hook}/deliveries").body["deliveries"]
+    global_rows = spec_get(root, f"/v1/admin/webhooks/{hook}/deliveries").body["deliveries"]
     assert [(r["event_type"], r["status"]) for r in global_rows] == [
         ("budget.exhausted", "SUCCESS")]
 
@@ -399,22 +407,22 @@ def test_a_subscriptions_deliveries_in_the_governance_specs_shape(served: Any,
     # not, the admin route is the admin key's, a subscription not there is 404
     globex = served.tenant("globex", permissions=READER)
     for other in (mine, "acme/whk_" + "0" * 24):
-        refused(get(globex, f"/v1/webhooks/{other}/deliveries"), 403, "FORBIDDEN")
-    refused(get(acme, f"/v1/admin/webhooks/{mine}/deliveries"), 401, "UNAUTHORIZED")
-    refused(get(acme, "/v1/webhooks/acme/whk_" + "0" * 24 + "/deliveries"), 404, "NOT_FOUND")
-    refused(get(root, "/v1/admin/webhooks/whk_" + "0" * 24 + "/deliveries"), 404,
+        refused(spec_get(globex, f"/v1/webhooks/{other}/deliveries"), 403, "FORBIDDEN")
+    refused(spec_get(acme, f"/v1/admin/webhooks/{mine}/deliveries"), 401, "UNAUTHORIZED")
+    refused(spec_get(acme, "/v1/webhooks/acme/whk_" + "0" * 24 + "/deliveries"), 404, "NOT_FOUND")
+    refused(spec_get(root, "/v1/admin/webhooks/whk_" + "0" * 24 + "/deliveries"), 404,
             "NOT_FOUND")
     for query, words in (({"status": "DONE"}, ["status", "RETRYING"]),
                          ({"limit": 101}, ["limit", "1..100"]),
                          ({"colour": "red"}, ["unknown query parameters"]),
                          ({"cursor": "e30"}, ["cursor"]),
                          ({"to": "soon"}, ["to"])):
-        refused(get(acme, f"/v1/webhooks/{mine}/deliveries", **query), 400,
+        refused(spec_get(acme, f"/v1/webhooks/{mine}/deliveries", **query), 400,
                 "INVALID_REQUEST", *words)
-    refused(get(acme, "/v1/webhooks/not-an-id/deliveries"), 400, "INVALID_REQUEST",
+    refused(spec_get(acme, "/v1/webhooks/not-an-id/deliveries"), 400, "INVALID_REQUEST",
             "webhook_id")
-    first = get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1).body["next_cursor"]
-    refused(get(root, f"/v1/admin/webhooks/{hook}/deliveries", cursor=first), 400,
+    first = spec_get(acme, f"/v1/webhooks/{mine}/deliveries", limit=1).body["next_cursor"]
+    refused(spec_get(root, f"/v1/admin/webhooks/{hook}/deliveries", cursor=first), 400,
             "INVALID_REQUEST", "another list")
 
 
@@ -442,7 +450,7 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
         served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(10)).commit(al.usd(10))
         Dispatcher(served.guard, allow=["127.0.0.1/32"], max_attempts=1).run_once()
 
-        listed = get(root, "/v1/admin/webhooks")
+        listed = spec_get(root, "/v1/admin/webhooks")
         assert listed.status == 200, listed.body
         views = listed.body["subscriptions"]
         assert listed.body["has_more"] is False and "None" not in repr(views)
@@ -464,7 +472,7 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
         assert by_id[beta.id]["event_types"] == ["reservation.denied"]
 
         def ids(**query: Any) -> list[str]:
-            answer = get(root, "/v1/admin/webhooks", **query)
+            answer = spec_get(root, "/v1/admin/webhooks", **query)
             assert answer.status == 200, answer.body
             return [v["subscription_id"] for v in answer.body["subscriptions"]]
 
@@ -477,19 +485,20 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
         assert ids(sort_by="tenant_id", sort_dir="asc") == [everyone.id, acme.id, beta.id]
         paged, cursor = [], {}
         while True:
-            page = get(root, "/v1/admin/webhooks", limit=1, **cursor).body
+            page = spec_get(root, "/v1/admin/webhooks", limit=1, **cursor).body
             paged += page["subscriptions"]
             if not page["has_more"]:
                 break
             cursor = {"cursor": page["next_cursor"]}
         assert paged == views
-        assert get(root, "/v1/admin/webhooks", limit=200).status == 200  # the dashboard's
+        assert spec_get(root, "/v1/admin/webhooks", limit=200).status == 200  # the dashboard's
 
-        one = get(root, f"/v1/admin/webhooks/{acme.id}")
+        one = spec_get(root, f"/v1/admin/webhooks/{acme.id}")
         assert (one.status, one.body) == (200, mine)
         paused = root.call("PATCH", f"/v1/admin/webhooks/{acme.id}", {"status": "PAUSED"},
                            headers=ADMIN, check=False)
         assert (paused.status, paused.body["status"]) == (200, "PAUSED"), paused.body
+        validate("PATCH", f"/v1/admin/webhooks/{acme.id}", 200, paused.body, GOVERNANCE)
         assert served.guard.webhooks("acme")[0].enabled is False
         assert ids(status="PAUSED") == [acme.id]
         for bad, words in (({"url": "https://elsewhere.example.com"}, ["url"]),
@@ -497,6 +506,7 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
             answer = root.call("PATCH", f"/v1/admin/webhooks/{acme.id}", bad, headers=ADMIN,
                                check=False)
             refused(answer, 400, "INVALID_REQUEST", *words)
+            validate("PATCH", f"/v1/admin/webhooks/{acme.id}", 400, answer.body, GOVERNANCE)
         assert served.guard.webhooks("acme")[0].enabled is False  # nothing changed
         gone = root.call("DELETE", f"/v1/admin/webhooks/{beta.id}", headers=ADMIN,
                          check=False)
@@ -508,7 +518,7 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
                              ({"sort_by": "colour"}, ["sort_by"]),
                              ({"event_type": "budget.melted"}, ["event_type"]),
                              ({"tenant_id": "Not A Tenant"}, ["tenant_id"])):
-            refused(get(root, "/v1/admin/webhooks", **query), 400, "INVALID_REQUEST", *words)
+            refused(spec_get(root, "/v1/admin/webhooks", **query), 400, "INVALID_REQUEST", *words)
     finally:
         failing.close()
         working.close()
