@@ -163,10 +163,12 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return webhook_id
 
     def _subscribe_webhook(self, url: str, *, events: Any, secret: str | None = None,
-                           enabled: bool = True) -> Flow[hooks.Webhook]:
+                           enabled: bool = True, format: str = hooks.STANDARD
+                           ) -> Flow[hooks.Webhook]:
         """Send this tenant's `events` to `url` (see `Guard.subscribe_webhook`)."""
-        made: hooks.Webhook = yield subscribe_webhook_op(url, events=events, tenant=self.name,
-                                                         secret=secret, enabled=enabled)
+        made: hooks.Webhook = yield subscribe_webhook_op(
+            url, events=events, tenant=self.name, secret=secret, enabled=enabled,
+            format=format)
         return made
 
     subscribe_webhook, asubscribe_webhook = flow_twins(_subscribe_webhook)

@@ -16,7 +16,7 @@ from .errors import InvalidRequest
 from .events import check_type
 from .scopes import tenant_name
 from .stores import hooks
-from .validation import MAX_LIST, check_int, check_list, shown
+from .validation import MAX_LIST, check_int, check_list, check_text, shown
 
 MAX_URL = 2_048
 
@@ -53,8 +53,14 @@ def check_events(events: Any) -> tuple[str, ...]:
     return tuple(sorted(set(kinds)))
 
 
-def check_secret(secret: object) -> str:
-    """A supplied secret: `whsec_` and base64 of 24 to 64 bytes (Standard Webhooks)."""
+def check_secret(secret: object, format: str = hooks.STANDARD) -> str:
+    """A supplied secret: `whsec_` and base64 of 24 to 64 bytes (Standard Webhooks); for
+    the Cycles format any text of 16 to 256 characters (its bytes are the key)."""
+    if format == hooks.CYCLES:
+        if not isinstance(secret, str) or not 16 <= len(secret) <= 256:
+            raise InvalidRequest("secret: give 16 to 256 characters (or leave it out to "
+                                 "have one generated)")
+        return check_text(secret, "secret", 256, printable=True)
     if not isinstance(secret, str) or not secret.startswith("whsec_"):
         raise InvalidRequest("secret: expected 'whsec_' followed by base64 (or leave it out "
                              "to have one generated)")
@@ -78,17 +84,25 @@ def _enabled(value: object) -> bool:
 
 
 def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
-                         secret: str | None = None, enabled: bool = True
-                         ) -> hooks.SubscribeWebhook:
-    """Send `events` (types of `NotificationType`, or "*") to `url`, signed per Standard
-    Webhooks: for every tenant (`tenant=None`) or one. The answer carries the signing secret
-    (generated unless given); it is shown this once."""
+                         secret: str | None = None, enabled: bool = True,
+                         format: str = hooks.STANDARD) -> hooks.SubscribeWebhook:
+    """Send `events` (types of `NotificationType`, or "*") to `url`: for every tenant
+    (`tenant=None`) or one; signed per Standard Webhooks, or with `format="cycles"` as the
+    Cycles dispatcher signs (see `hooks.CYCLES`; then only the Cycles event types). The
+    answer carries the signing secret (generated unless given); it is shown this once."""
+    if format not in (hooks.STANDARD, hooks.CYCLES):
+        raise InvalidRequest(f"format: {shown(format)} is not 'standard' or 'cycles'")
+    kinds = check_events(events)
+    if format == hooks.CYCLES and not set(kinds) <= hooks.CYCLES_TYPES | {"*"}:
+        raise InvalidRequest("events: " + ", ".join(sorted(set(kinds) - hooks.CYCLES_TYPES))
+                             + " have no Cycles event type; the Cycles format sends only "
+                             + ", ".join(sorted(hooks.CYCLES_TYPES)))
     return hooks.SubscribeWebhook(
         tenant=_owner(tenant), webhook_id=hooks.new_webhook_id(
             None if tenant is None else tenant_name(tenant)),
-        url=check_url(url), events=check_events(events),
-        secret=hooks.new_secret() if secret is None else check_secret(secret),
-        enabled=_enabled(enabled))
+        url=check_url(url), events=kinds,
+        secret=hooks.new_secret() if secret is None else check_secret(secret, format),
+        enabled=_enabled(enabled), format=format)
 
 
 def webhooks_op(tenant: str | None = None) -> hooks.ListWebhooks:

@@ -1,12 +1,12 @@
-"""The Cycles governance spec's admin webhook routes over allotment's subscriptions: list,
-read, pause or resume, and remove (`/v1/admin/webhooks...`), and one subscription's
+"""The Cycles governance spec's admin webhook routes over allotment's subscriptions: make,
+list, read, pause or resume, and remove (`/v1/admin/webhooks...`), and one subscription's
 deliveries (admin and tenant), in the spec's WebhookSubscription and WebhookDelivery shapes.
 
-Subscriptions are made under `/v1/webhooks`, in allotment's own shape: they sign with
-Standard Webhooks headers and send allotment's payload, which a receiver written for the
-Cycles dispatcher does not expect; so making, testing, replaying and bulk actions are not
-served here. What the spec shows of a subscription beyond its record (consecutive
-failures, the last success, failure and attempt) is read from its delivery log."""
+A subscription made here delivers as the Cycles dispatcher does (`hooks.CYCLES`: the spec's
+Event, `X-Cycles-Signature`); those made under `/v1/webhooks` keep allotment's Standard
+Webhooks format, and both are listed here alike. Testing, replaying and bulk actions are not
+served. What the spec shows of a subscription beyond its record (consecutive failures, the
+last success, failure and attempt) is read from its delivery log."""
 
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..events import CYCLES_EVENT_TYPES, NOTIFICATION_TYPES
+from ..events import CYCLES_EVENT_TYPES
 from ..guard import Guard
 from ..scopes import tenant_name
-from ..stores.hooks import FAILED, Webhook, WebhookDelivery, owner_of
+from ..stores.hooks import CYCLES, CYCLES_TYPES, FAILED, Webhook, WebhookDelivery, owner_of
 from ..tenant import TenantGuard
 from . import paging, wire
 from .admin import require_admin, search_text
@@ -33,7 +34,7 @@ from .runtime import Settings
 
 SYSTEM = "__system__"
 """The spec's tenant id of a global subscription (every tenant's events)."""
-SENT_TYPES = sorted(NOTIFICATION_TYPES & CYCLES_EVENT_TYPES)
+SENT_TYPES = sorted(CYCLES_TYPES)
 """The spec's event types a subscription to every notification (`*`) receives."""
 Log = dict[str, list[WebhookDelivery]]
 """Deliveries by subscription id, newest first."""
@@ -109,6 +110,16 @@ async def attempts(request: Request, handle: Guard | TenantGuard, webhook_id: st
     return json_response(request, {"deliveries": [attempt_json(row) for row in page], **more})
 
 
+class CreateBody(wire._Strict):
+    """The part of the spec's WebhookCreateRequest kept here; name, description, headers,
+    thresholds, retry policy, scope filter and metadata are not (400 names the field)."""
+
+    url: str = Field(min_length=1, max_length=2_048)
+    event_types: list[str] = Field(min_length=1, max_length=64)
+    event_categories: list[str] = Field(default_factory=list, max_length=16)
+    signing_secret: str | None = Field(None, max_length=256)
+
+
 class StatusBody(wire._Strict):
     """The part of the spec's WebhookUpdateRequest served here: pause or resume. The rest
     (url, event types, secret, ...) is changed under `/v1/webhooks` or not kept."""
@@ -134,6 +145,7 @@ class Subscriptions:
         one = "/v1/admin/webhooks/{webhook_id:path}"
         return [  # the deliveries first: an id may hold a `/`, and `path` takes the rest
             Route("/v1/admin/webhooks", self.listed, methods=["GET"]),
+            Route("/v1/admin/webhooks", self.made, methods=["POST"]),
             Route(one + "/deliveries", self.deliveries, methods=["GET"]),
             Route(one, self.one, methods=["GET"]),
             Route(one, self.paused, methods=["PATCH"]),
@@ -197,6 +209,31 @@ class Subscriptions:
             views, lambda view: [*head, _SORTS[by](view), str(view["subscription_id"])],
             (size, after), descending=direction == "desc")
         return json_response(request, {"subscriptions": page, **more})
+
+    async def made(self, request: Request) -> Response:
+        """`?tenant_id=` (none or `__system__`: a global subscription): a subscription in
+        the Cycles format (`hooks.CYCLES`) to `event_types` and every type of
+        `event_categories` that allotment sends; 201 with the signing secret, shown once."""
+        require_admin(self.s, request)
+        only(request, "tenant_id")
+        named = request.query_params.get("tenant_id") or None
+        tenant = None if named in (None, SYSTEM) else tenant_name(named, "tenant_id")
+        req = wire.parse(CreateBody, await body(request, self.s.max_body))
+        for kind in req.event_types:
+            if kind not in CYCLES_TYPES:
+                raise bad_request(f"event_types: {kind!r} is not one this server sends; it "
+                                  "sends " + ", ".join(SENT_TYPES))
+        for category in req.event_categories:
+            if not any(kind.startswith(category + ".") for kind in CYCLES_TYPES):
+                raise bad_request(f"event_categories: {category!r}: this server sends no "
+                                  "event of it; it sends budget, reservation and tenant ones")
+        kinds = {*req.event_types, *(kind for kind in CYCLES_TYPES
+                                     if kind.partition(".")[0] in req.event_categories)}
+        hook = await self.s.guard.asubscribe_webhook(
+            req.url, events=sorted(kinds), tenant=tenant, secret=req.signing_secret,
+            format=CYCLES)
+        return json_response(request, {"subscription": subscription_json(hook, []),
+                                       "signing_secret": hook.secret}, 201)
 
     async def one(self, request: Request) -> Response:
         require_admin(self.s, request)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..amounts import Amount
 from ..errors import InvalidRequest
-from ..events import NOTIFICATION_TYPES, Notification, NotificationType
+from ..events import CYCLES_EVENT_TYPES, NOTIFICATION_TYPES, Notification, NotificationType
 from ..periods import Period, bucket_end_ms, bucket_start_ms
 from ..validation import check_name, shown
 from .operations import Op
@@ -28,16 +28,25 @@ WEBHOOK_TYPES = NOTIFICATION_TYPES - {NotificationType.SPEND_UNRECORDED,
                                       NotificationType.SWEEP_TENANT_FAILED}
 """What a subscription may ask for: what a store produces inside an operation's step (a
 commit the store never received, or a tenant the sweep skipped, has no step to ride on)."""
+CYCLES_TYPES = WEBHOOK_TYPES & CYCLES_EVENT_TYPES
+"""What a subscription in the Cycles format may ask for: the types the Cycles spec names."""
 FORECAST = NotificationType.BURN_RATE_FORECAST
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 PRUNE_BATCH = 100
 
 
+STANDARD, CYCLES = "standard", "cycles"
+"""How a subscription's deliveries are signed and shaped: Standard Webhooks (headers
+`webhook-id`, `-timestamp`, `-signature`; body `{type, timestamp, data}`), or as the Cycles
+dispatcher sends (`X-Cycles-Signature: sha256=<hex HMAC of the body>`, the secret's own
+bytes the key; body the spec's Event)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
     """A subscription: `tenant` None for a global one (every tenant's events). `secret`
-    (`whsec_...`) is shown once, in the answer of `subscribe_webhook`; listings leave it
-    out."""
+    (`whsec_...` for the standard format) is shown once, in the answer of
+    `subscribe_webhook`; listings leave it out."""
 
     id: str
     url: str
@@ -46,6 +55,7 @@ class Webhook:
     enabled: bool
     created_at_ms: int
     secret: str | None = None
+    format: str = STANDARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class SubscribeWebhook(Op[Webhook]):
     events: tuple[str, ...]
     secret: str
     enabled: bool = True
+    format: str = STANDARD
 
 
 @dataclass

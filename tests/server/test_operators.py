@@ -18,7 +18,7 @@ from allotment.server.records import audit_json, delivery_json, report_json
 from allotment.usage import read_usage, write_usage
 from allotment.webhooks import Dispatcher
 
-from support.openapi import GOVERNANCE, validate
+from support.openapi import GOVERNANCE, conforms, validate
 from support.served import ADMIN_KEY, Api
 from support.webhooks import Receiver
 
@@ -522,6 +522,63 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
     finally:
         failing.close()
         working.close()
+
+
+def test_the_admin_makes_subscriptions_that_deliver_as_the_cycles_dispatcher_does(
+        served: Any) -> None:
+    """A subscription made on the admin plane is signed and shaped as the Cycles
+    dispatcher's: `X-Cycles-Signature` over the spec's Event body."""
+    receiver = Receiver()
+    try:
+        root = admin(served)
+        served.tenant("acme", usd=10)
+        made = root.call("POST", "/v1/admin/webhooks?tenant_id=acme", {
+            "url": receiver.url, "event_types": ["budget.exhausted"],
+            "event_categories": ["reservation"]}, headers=ADMIN, check=False)
+        assert made.status == 201, made.body
+        validate("POST", "/v1/admin/webhooks", 201, made.body, GOVERNANCE)
+        sub = made.body["subscription"]
+        assert (sub["tenant_id"], sub["status"]) == ("acme", "ACTIVE")
+        assert sub["event_types"] == ["budget.exhausted", "reservation.commit_overage",
+                                      "reservation.denied", "reservation.expired"]
+        own_secret = "a-shared-secret-of-the-receiver"
+        everyone = root.call("POST", "/v1/admin/webhooks", {
+            "url": receiver.url, "event_types": ["reservation.denied"],
+            "signing_secret": own_secret}, headers=ADMIN, check=False)
+        assert everyone.status == 201 and everyone.body["signing_secret"] == own_secret
+        assert everyone.body["subscription"]["tenant_id"] == "__system__"
+        receiver.secrets += [made.body["signing_secret"], own_secret]
+        assert served.guard.webhooks("acme")[0].format == "cycles"
+
+        served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(10)).commit(al.usd(10))
+        with pytest.raises(al.BudgetExceeded):
+            served.guard.reserve(al.Subject(tenant="acme"), GPT, al.usd(1))
+        Dispatcher(served.guard, allow=["127.0.0.1/32"]).run_once()
+        assert receiver.bad_signatures == 0 and receiver.accepted
+        for event_id, event in receiver.accepted:
+            conforms("Event", event, GOVERNANCE)
+            assert event["event_id"] == event_id and event["tenant_id"] == "acme"
+            assert event["source"] == "allotment"
+        kinds = sorted(event["event_type"] for _, event in receiver.accepted)
+        assert kinds == ["budget.exhausted", "reservation.denied", "reservation.denied"]
+        exhausted = next(e for _, e in receiver.accepted
+                         if e["event_type"] == "budget.exhausted")
+        assert (exhausted["scope"], exhausted["data"]["remaining"]) == ("tenant:acme", 0)
+
+        for bad, words in (({"url": receiver.url, "event_types": ["api_key.created"]},
+                            ["api_key.created", "budget.exhausted"]),
+                           ({"url": receiver.url, "event_types": ["budget.exhausted"],
+                             "event_categories": ["system"]}, ["system"]),
+                           ({"url": receiver.url, "event_types": ["budget.exhausted"],
+                             "name": "ops"}, ["name"]),
+                           ({"url": receiver.url}, ["event_types"]),
+                           ({"url": receiver.url, "event_types": ["budget.exhausted"],
+                             "signing_secret": "short"}, ["secret", "16"])):
+            answer = root.call("POST", "/v1/admin/webhooks", bad, headers=ADMIN, check=False)
+            refused(answer, 400, "INVALID_REQUEST", *words)
+        assert len(served.guard.webhooks()) == 1 and len(served.guard.webhooks("acme")) == 1
+    finally:
+        receiver.close()
 
 
 def test_a_tenant_key_can_only_subscribe_its_own_tenant(served: Any) -> None:

@@ -441,6 +441,8 @@ ADMIN_ONLY = [
                                           None),
     ("PATCH", "/v1/admin/webhooks/acme/whk_" + "0" * 24, {"status": "PAUSED"}),
     ("DELETE", "/v1/admin/webhooks/acme/whk_" + "0" * 24, None),
+    ("POST", "/v1/admin/webhooks?tenant_id=acme", {"url": "https://hooks.example.com/a",
+                                                   "event_types": ["budget.exhausted"]}),
 ]
 
 

@@ -67,6 +67,13 @@ def validate(method: str, path: str, status: int, body: Any, source: Path = SPEC
     assert "null" not in _nulls(body), f"{method} {path} {status}: a null in {body}"
 
 
+def conforms(schema: str, body: Any, source: Path = SPEC) -> None:
+    """Raise if `body` is not an instance of the spec's `components/schemas/<schema>`."""
+    jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{schema}", "components": spec(source)["components"]},
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(body)
+
+
 def _nulls(value: Any) -> str:
     if value is None:
         return "null"

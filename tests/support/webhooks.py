@@ -1,9 +1,11 @@
 """A webhook receiver for the tests: a real HTTP server on loopback that checks every
-Standard Webhooks signature with its own implementation of the spec."""
+signature with its own implementation of the spec: Standard Webhooks, or the Cycles
+dispatcher's `X-Cycles-Signature`."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import http.server
@@ -30,6 +32,14 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> None:
         if version == "v1" and hmac.compare_digest(value, expected):
             return
     raise ValueError("no signature matches")
+
+
+def verify_cycles(secret: str, headers: dict[str, str], body: bytes) -> None:
+    """The Cycles receiver's check: `sha256=` and the hex HMAC-SHA256 of the raw body,
+    keyed with the secret's UTF-8 bytes."""
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(headers["x-cycles-signature"], expected):
+        raise ValueError("no signature matches")
 
 
 class Receiver:
@@ -65,11 +75,12 @@ class Receiver:
     def handle(self, headers: dict[str, str], body: bytes) -> int:
         with self.lock:
             self.requests += 1
+            cycles = "x-cycles-signature" in headers
             for secret in self.secrets:
                 try:
-                    verify(secret, headers, body)
+                    (verify_cycles if cycles else verify)(secret, headers, body)
                     break
-                except ValueError:
+                except (ValueError, IndexError, binascii.Error):
                     continue
             else:
                 self.bad_signatures += 1
@@ -77,7 +88,8 @@ class Receiver:
             if self.fail > 0:
                 self.fail -= 1
                 return 500
-            self.accepted.append((headers["webhook-id"], json.loads(body)))
+            msg_id = headers["x-cycles-event-id" if cycles else "webhook-id"]
+            self.accepted.append((msg_id, json.loads(body)))
             return 204
 
     @property

@@ -112,7 +112,7 @@ class Outbox:
         """Run one webhook operation (the store holds its lock)."""
         if isinstance(op, SubscribeWebhook):
             sub = Webhook(op.webhook_id, op.url, op.events, op.tenant or None, op.enabled, now,
-                          op.secret)
+                          op.secret, op.format)
             self._subs(op.tenant)[sub.id] = sub
             self._rewire(op.tenant)
             return sub

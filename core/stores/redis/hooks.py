@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 from ...events import Notification
@@ -28,13 +29,15 @@ Flow = Generator[Step, Any, Any]
 
 def _encode(sub: h.Webhook) -> dict[str, Any]:
     return {"id": sub.id, "url": sub.url, "events": list(sub.events), "tenant": sub.tenant,
-            "enabled": sub.enabled, "created": str(sub.created_at_ms), "secret": sub.secret}
+            "enabled": sub.enabled, "created": str(sub.created_at_ms), "secret": sub.secret,
+            "format": sub.format}
 
 
 def _webhook(raw: str | dict[str, Any], secret: bool = False) -> h.Webhook:
     d = json.loads(raw) if isinstance(raw, str) else raw
     return h.Webhook(d["id"], d["url"], tuple(d["events"]), d.get("tenant") or None,
-                     bool(d["enabled"]), int(d["created"]), d.get("secret") if secret else None)
+                     bool(d["enabled"]), int(d["created"]), d.get("secret") if secret else None,
+                     d.get("format") or h.STANDARD)  # none: kept before there was a choice
 
 
 def _globals(reply: Any) -> tuple[int, list[h.Webhook]]:
@@ -103,7 +106,7 @@ class HookFlows:
         wiring = {"globals": _wiring(subs), "version": version}
         if isinstance(op, h.SubscribeWebhook):
             made = h.Webhook(op.webhook_id, op.url, op.events, op.tenant, op.enabled,
-                             (yield from self._flows.now()), op.secret)
+                             (yield from self._flows.now()), op.secret, op.format)
             yield from self._call(op.tenant, {"op": "subscribe", "sub": _encode(made),
                                               **wiring})
             yield Command(("SADD", TENANTS_KEY, op.tenant))
@@ -145,7 +148,7 @@ class HookFlows:
         result: Any
         if isinstance(op, h.SubscribeWebhook):
             result = h.Webhook(op.webhook_id, op.url, op.events, None, op.enabled,
-                               (yield from self._flows.now()), op.secret)
+                               (yield from self._flows.now()), op.secret, op.format)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
         elif isinstance(op, h.EnableWebhook):
             if op.webhook_id not in by_id:
@@ -205,9 +208,8 @@ class HookFlows:
 
 
 def _strip(sub: h.Webhook) -> h.Webhook:
-    return h.Webhook(sub.id, sub.url, sub.events, sub.tenant, sub.enabled, sub.created_at_ms)
+    return replace(sub, secret=None)
 
 
 def _replace(sub: h.Webhook, enabled: bool) -> h.Webhook:
-    return h.Webhook(sub.id, sub.url, sub.events, sub.tenant, enabled, sub.created_at_ms,
-                     sub.secret)
+    return replace(sub, enabled=enabled)
