@@ -38,15 +38,17 @@ def check_url(url: object) -> str:
     return url
 
 
-def check_events(events: Any) -> tuple[str, ...]:
-    """Event types to send (sorted, once each); "*" is every type a webhook can carry."""
+def check_events(events: Any, every: frozenset[str] = hooks.WEBHOOK_TYPES
+                 ) -> tuple[str, ...]:
+    """Event types to send (sorted, once each); "*" is `every` type (that a webhook can
+    carry, or its format)."""
     if isinstance(events, str):
         events = [events]
     if events is None or not isinstance(events, (list, tuple, set, frozenset)) or not events:
         raise InvalidRequest("events: give at least one event type, e.g. "
                              "['budget.exhausted'] (or '*' for all)")
     if "*" in events:
-        return tuple(sorted(hooks.WEBHOOK_TYPES))
+        return tuple(sorted(every))
     kinds = check_list(list(events), "events", MAX_LIST,
                        lambda kind, field: check_type(kind, field, hooks.WEBHOOK_TYPES),
                        "['budget.exhausted']")
@@ -92,8 +94,9 @@ def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
     answer carries the signing secret (generated unless given); it is shown this once."""
     if format not in (hooks.STANDARD, hooks.CYCLES):
         raise InvalidRequest(f"format: {shown(format)} is not 'standard' or 'cycles'")
-    kinds = check_events(events)
-    if format == hooks.CYCLES and not set(kinds) <= hooks.CYCLES_TYPES | {"*"}:
+    kinds = check_events(events, hooks.CYCLES_TYPES if format == hooks.CYCLES
+                         else hooks.WEBHOOK_TYPES)
+    if format == hooks.CYCLES and not set(kinds) <= hooks.CYCLES_TYPES:
         raise InvalidRequest("events: " + ", ".join(sorted(set(kinds) - hooks.CYCLES_TYPES))
                              + " have no Cycles event type; the Cycles format sends only "
                              + ", ".join(sorted(hooks.CYCLES_TYPES)))

@@ -321,9 +321,23 @@ def test_bad_subscriptions_are_refused_with_what_would_be_right(guard: Any) -> N
     with pytest.raises(al.InvalidRequest, match="webhook id"):
         guard.remove_webhook("acme")
     assert guard.webhooks() == ()
+    with pytest.raises(al.InvalidRequest, match="'standard' or 'cycles'"):
+        guard.subscribe_webhook("https://example.com/h", events="*", format="json")
+    with pytest.raises(al.InvalidRequest, match=r"tenant\.mode_changed have no Cycles"):
+        guard.subscribe_webhook("https://example.com/h", events=["tenant.mode_changed"],
+                                format="cycles")
+    with pytest.raises(al.InvalidRequest, match="16 to 256 characters") as refused:
+        guard.subscribe_webhook("https://example.com/h", events="*", format="cycles",
+                                secret="hunter2")
+    assert "hunter2" not in str(refused.value)  # a secret is never repeated back
+    assert guard.webhooks() == ()
     secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
     made = guard.subscribe_webhook("https://example.com/h", events="*", secret=secret)
-    assert made.secret == secret
+    assert (made.secret, made.format) == (secret, "standard")
+    cycles = guard.subscribe_webhook("https://example.com/c", events="*", format="cycles",
+                                     secret="a receiver's own secret")
+    assert (cycles.secret, cycles.format) == ("a receiver's own secret", "cycles")
+    assert {w.format for w in guard.webhooks()} == {"standard", "cycles"}
 
 
 def test_a_claimed_delivery_is_not_claimed_again_until_its_lease_runs_out(

@@ -35,7 +35,7 @@ from .runtime import Settings
 SYSTEM = "__system__"
 """The spec's tenant id of a global subscription (every tenant's events)."""
 SENT_TYPES = sorted(CYCLES_TYPES)
-"""The spec's event types a subscription to every notification (`*`) receives."""
+"""The spec's event types allotment sends."""
 Log = dict[str, list[WebhookDelivery]]
 """Deliveries by subscription id, newest first."""
 
@@ -64,10 +64,9 @@ def failures(newest_first: list[WebhookDelivery]) -> int:
 
 def subscription_json(hook: Webhook, newest_first: list[WebhookDelivery]) -> dict[str, Any]:
     """A subscription in the spec's WebhookSubscription shape: paused (`enabled` false) is
-    PAUSED; `event_types` the spec's types among those it receives (all that allotment
-    sends, for `*`); the times from its delivery log."""
-    kinds = SENT_TYPES if "*" in hook.events else sorted(
-        set(hook.events) & CYCLES_EVENT_TYPES)
+    PAUSED; `event_types` the spec's types among those it receives; the times from its
+    delivery log."""
+    kinds = sorted(set(hook.events) & CYCLES_EVENT_TYPES)
     view: dict[str, Any] = {
         "subscription_id": hook.id, "tenant_id": hook.tenant or SYSTEM, "url": hook.url,
         "event_types": kinds, "status": "ACTIVE" if hook.enabled else "PAUSED",
