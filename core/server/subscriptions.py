@@ -4,12 +4,13 @@ deliveries (admin and tenant), in the spec's WebhookSubscription and WebhookDeli
 
 A subscription made here delivers as the Cycles dispatcher does (`hooks.CYCLES`: the spec's
 Event, `X-Cycles-Signature`); those made under `/v1/webhooks` keep allotment's Standard
-Webhooks format, and both are listed here alike. Testing, replaying and bulk actions are not
-served. What the spec shows of a subscription beyond its record (consecutive failures, the
+Webhooks format, and both are listed here alike; replay sends a window of the events that
+went to a subscription again. Testing and bulk actions are not served. What the spec shows of a subscription beyond its record (consecutive failures, the
 last success, failure and attempt) is read from its delivery log."""
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -22,7 +23,15 @@ from starlette.routing import Route
 from ..events import CYCLES_EVENT_TYPES
 from ..guard import Guard
 from ..scopes import tenant_name
-from ..stores.hooks import CYCLES, CYCLES_TYPES, FAILED, Webhook, WebhookDelivery, owner_of
+from ..stores.hooks import (
+    CYCLES,
+    CYCLES_TYPES,
+    FAILED,
+    Webhook,
+    WebhookDelivery,
+    event_time,
+    owner_of,
+)
 from ..tenant import TenantGuard
 from . import paging, wire
 from .admin import require_admin, search_text
@@ -119,6 +128,16 @@ class CreateBody(wire._Strict):
     signing_secret: str | None = Field(None, max_length=256)
 
 
+class ReplayBody(wire._Strict):
+    """The spec's replay request: a window of event times (both ends included), types, and
+    the most events it may select (1-1000, 100)."""
+
+    from_: str | None = Field(None, alias="from", max_length=64)
+    to: str | None = Field(None, max_length=64)
+    event_types: list[str] = Field(default_factory=list, max_length=64)
+    max_events: int = Field(100, ge=1, le=1_000)
+
+
 class StatusBody(wire._Strict):
     """The part of the spec's WebhookUpdateRequest served here: pause or resume. The rest
     (url, event types, secret, ...) is changed under `/v1/webhooks` or not kept."""
@@ -146,6 +165,7 @@ class Subscriptions:
             Route("/v1/admin/webhooks", self.listed, methods=["GET"]),
             Route("/v1/admin/webhooks", self.made, methods=["POST"]),
             Route(one + "/deliveries", self.deliveries, methods=["GET"]),
+            Route(one + "/replay", self.replayed, methods=["POST"]),
             Route(one, self.one, methods=["GET"]),
             Route(one, self.paused, methods=["PATCH"]),
             Route(one, self.removed, methods=["DELETE"]),
@@ -252,6 +272,35 @@ class Subscriptions:
         hook = await self._found(request)
         await self.s.guard.aremove_webhook(hook.id)
         return empty_response(request)
+
+    async def replayed(self, request: Request) -> Response:
+        """Send again every event in the window that went to this subscription and is still
+        kept (the outbox's retention; events from before it existed never went to it), in
+        the order they happened: all of them, or 400 when more than `max_events` are
+        selected. 202 with how many deliveries were queued."""
+        require_admin(self.s, request)
+        only(request)
+        req = wire.parse(ReplayBody, await body(request, self.s.max_body))
+        start, end = since_ms(req.from_, "from"), since_ms(req.to, "to")
+        for kind in req.event_types:
+            if kind not in CYCLES_EVENT_TYPES:
+                raise bad_request(f"event_types: {kind!r} is not a Cycles event type")
+        hook = await self._found(request)
+        rows = await self.s.guard.awebhook_deliveries(webhook_id=hook.id, limit=100_000)
+        chosen = sorted({row.event_id for row in rows
+                         if (not req.event_types or row.event_type in req.event_types)
+                         and (start is None or event_time(row.event_id) >= start)
+                         and (end is None or event_time(row.event_id) <= end)},
+                        key=lambda some: (event_time(some), some))
+        if len(chosen) > req.max_events:
+            raise bad_request(f"max_events: the window holds {len(chosen)} events, more than "
+                              f"{req.max_events}; narrow from/to or raise max_events (at "
+                              "most 1000)")
+        queued = 0
+        for some in chosen:
+            queued += await self.s.guard.areplay_webhook_event(some, hook.id)
+        return json_response(request, {"replay_id": f"rpl_{secrets.token_hex(12)}",
+                                       "events_queued": queued}, 202)
 
     async def deliveries(self, request: Request) -> Response:
         """Any subscription's deliveries (see `attempts`)."""

@@ -197,6 +197,11 @@ def event_id(tenant: str, now: int, seq: int) -> str:
     return f"{tenant}/evt_{now:012x}{seq:08x}"
 
 
+def event_time(some_id: str) -> int:
+    """When an event happened (epoch ms), read back from its id (see `event_id`)."""
+    return int(some_id.rpartition("/evt_")[2][:12], 16)
+
+
 def wanted(subscriptions: list[Webhook]) -> dict[str, list[str]]:
     """Event type → the enabled subscriptions that want it (what an append looks up)."""
     found: dict[str, list[str]] = {}

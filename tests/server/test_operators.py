@@ -565,6 +565,33 @@ def test_the_admin_makes_subscriptions_that_deliver_as_the_cycles_dispatcher_doe
                          if e["event_type"] == "budget.exhausted")
         assert (exhausted["scope"], exhausted["data"]["remaining"]) == ("tenant:acme", 0)
 
+        # replay: every event of a window that went to the subscription, oldest first
+        hook_id = sub["subscription_id"]
+        replay = f"/v1/admin/webhooks/{hook_id}/replay"
+        sent_to_acme = sorted({event_id for event_id, e in receiver.accepted
+                               if e["event_type"] in sub["event_types"]})  # 2 events
+        again = root.call("POST", replay, {"from": "2020-01-01T00:00:00Z",
+                                           "max_events": 10}, headers=ADMIN, check=False)
+        assert (again.status, again.body["events_queued"]) == (202, 2), again.body
+        validate("POST", replay, 202, again.body, GOVERNANCE)
+        count = len(receiver.accepted)
+        Dispatcher(served.guard, allow=["127.0.0.1/32"]).run_once()
+        assert sorted(receiver.ids[count:]) == sent_to_acme  # the same events, again
+        only_denied = root.call("POST", replay, {"event_types": ["reservation.denied"]},
+                                headers=ADMIN, check=False)
+        assert only_denied.body["events_queued"] == 1
+        later = root.call("POST", replay, {"from": "2999-01-01T00:00:00Z"}, headers=ADMIN,
+                          check=False)
+        assert (later.status, later.body["events_queued"]) == (202, 0)
+        for bad, words in (({"max_events": 1}, ["max_events", "2 events"]),
+                           ({"max_events": 1001}, ["max_events"]),
+                           ({"from": "yesterday"}, ["from"]),
+                           ({"event_types": ["budget.melted"]}, ["budget.melted"])):
+            refused(root.call("POST", replay, bad, headers=ADMIN, check=False), 400,
+                    "INVALID_REQUEST", *words)
+        refused(root.call("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/replay", {},
+                          headers=ADMIN, check=False), 404, "NOT_FOUND")
+
         for bad, words in (({"url": receiver.url, "event_types": ["api_key.created"]},
                             ["api_key.created", "budget.exhausted"]),
                            ({"url": receiver.url, "event_types": ["budget.exhausted"],

@@ -443,6 +443,7 @@ ADMIN_ONLY = [
     ("DELETE", "/v1/admin/webhooks/acme/whk_" + "0" * 24, None),
     ("POST", "/v1/admin/webhooks?tenant_id=acme", {"url": "https://hooks.example.com/a",
                                                    "event_types": ["budget.exhausted"]}),
+    ("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/replay", {}),
 ]
 
 
