@@ -5,8 +5,9 @@ deliveries (admin and tenant), in the spec's WebhookSubscription and WebhookDeli
 A subscription made here delivers as the Cycles dispatcher does (`hooks.CYCLES`: the spec's
 Event, `X-Cycles-Signature`); those made under `/v1/webhooks` keep allotment's Standard
 Webhooks format, and both are listed here alike; replay sends a window of the events that
-went to a subscription again. Testing and bulk actions are not served. What the spec shows of a subscription beyond its record (consecutive failures, the
-last success, failure and attempt) is read from its delivery log."""
+went to a subscription again. Testing and bulk actions are not served. What the spec shows
+of a subscription beyond its record (consecutive failures, the last success, failure and
+attempt) is read from its delivery log."""
 
 from __future__ import annotations
 
