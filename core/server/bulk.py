@@ -1,6 +1,7 @@
 """The reference's bulk actions (admin key only): one lifecycle action over the tenants a
 filter matches (`POST /v1/admin/tenants/bulk-action`), one fund operation over the budgets
-of one tenant a filter matches (`POST /v1/admin/budgets/bulk-action`).
+of one tenant a filter matches (`POST /v1/admin/budgets/bulk-action`), pause, resume or
+remove the webhook subscriptions a filter matches (`POST /v1/admin/webhooks/bulk-action`).
 
 As the reference: the request is checked whole before anything is read (400); the filter
 is matched after the idempotency key is claimed, so a retry replays the first answer even
@@ -41,6 +42,7 @@ from .context import body, json_response
 from .errors import ApiError, bad_request, from_allotment
 from .runtime import Settings
 from .shapes import ledger_id
+from .subscriptions import matching
 from .tenancy import TenantRow, set_frozen, tenant_rows
 
 log = logging.getLogger("allotment.server")
@@ -97,6 +99,23 @@ class BudgetBulkBody(wire._Strict):
     idempotency_key: str = BulkKey
 
 
+class WebhookFilter(wire._Strict):
+    """Which subscriptions: AND of the fields given, at least one (as their list reads
+    them)."""
+
+    tenant_id: str | None = Field(None, min_length=1, max_length=128)
+    status: Literal["ACTIVE", "PAUSED", "DISABLED"] | None = None
+    event_type: str | None = Field(None, max_length=64)
+    search: str | None = Field(None, max_length=128)
+
+
+class WebhookBulkBody(wire._Strict):
+    filter: WebhookFilter
+    action: Literal["PAUSE", "RESUME", "DELETE"]
+    expected_count: int | None = Field(None, ge=0)
+    idempotency_key: str = BulkKey
+
+
 class _Answer:
     """A bulk action's rows as they end."""
 
@@ -144,7 +163,8 @@ class Bulk:
 
     def routes(self) -> list[Route]:
         return [Route("/v1/admin/tenants/bulk-action", self.tenants, methods=["POST"]),
-                Route("/v1/admin/budgets/bulk-action", self.budgets, methods=["POST"])]
+                Route("/v1/admin/budgets/bulk-action", self.budgets, methods=["POST"]),
+                Route("/v1/admin/webhooks/bulk-action", self.webhooks, methods=["POST"])]
 
     async def tenants(self, request: Request) -> Response:
         require_admin(self.s, request)
@@ -239,7 +259,38 @@ class Bulk:
 
         return await self._once(request, "budgets-bulk", req, match, run)
 
-    async def _once(self, request: Request, call: str, req: TenantBulkBody | BudgetBulkBody,
+    async def webhooks(self, request: Request) -> Response:
+        require_admin(self.s, request)
+        req = wire.parse(WebhookBulkBody, await body(request, self.s.max_body))
+        given = req.filter
+        search = (given.search or "").strip().lower() or None  # blank: not given
+        if given.tenant_id is None and given.status is None and given.event_type is None \
+                and search is None:
+            raise bad_request("filter: give at least one of tenant_id, status, event_type or "
+                              "search (an empty filter would act on every subscription)")
+        req = req.model_copy(update={"filter": given.model_copy(update={"search": search})})
+
+        async def match() -> list[dict[str, Any]]:
+            return sorted(await matching(self.s.guard, given.tenant_id, given.status,
+                                         given.event_type, search),
+                          key=lambda view: str(view["subscription_id"]))
+
+        async def run(rows: list[dict[str, Any]], answer: _Answer) -> None:
+            target = {"PAUSE": "PAUSED", "RESUME": "ACTIVE"}.get(req.action)
+            for view in rows:
+                hook = str(view["subscription_id"])
+                if target is None:
+                    await answer.attempt(hook, self.s.guard.aremove_webhook(hook))
+                elif view["status"] == target:
+                    answer.skip(hook)
+                else:
+                    await answer.attempt(hook, self.s.guard.aenable_webhook(
+                        hook, req.action == "RESUME"))
+
+        return await self._once(request, "webhooks-bulk", req, match, run)
+
+    async def _once(self, request: Request, call: str,
+                    req: TenantBulkBody | BudgetBulkBody | WebhookBulkBody,
                     match: Callable[[], Awaitable[list[Any]]],
                     run: Callable[[list[Any], _Answer], Awaitable[None]]) -> Response:
         """Claim the key, then match, gate and run the rows, keeping the answer; or replay

@@ -119,6 +119,30 @@ async def attempts(request: Request, handle: Guard | TenantGuard, webhook_id: st
     return json_response(request, {"deliveries": [attempt_json(row) for row in page], **more})
 
 
+async def matching(guard: Guard, named: str | None, status: str | None, kind: str | None,
+                   search: str | None) -> list[dict[str, Any]]:
+    """The subscriptions a list (or a bulk action) filter selects, as the spec shows them:
+    of tenant `named` (`__system__`: the global ones; None: all), in `status`, receiving
+    `kind`, with `search` (lower case) in the id or url."""
+    if status is not None and status not in ("ACTIVE", "PAUSED", "DISABLED"):
+        raise bad_request(f"status: {status!r} is not one of ACTIVE, PAUSED, DISABLED")
+    if kind is not None and kind not in CYCLES_EVENT_TYPES:
+        raise bad_request(f"event_type: {kind!r} is not a Cycles event type (e.g. "
+                          "budget.exhausted)")
+    if named is not None and named != SYSTEM:  # one tenant's own
+        owners = served = [tenant_name(named, "tenant_id")]
+    else:  # the global ones (and every tenant's), whose deliveries span the tenants
+        served = list(await guard.atenants())
+        owners = [""] if named == SYSTEM else ["", *served]
+    hooks = [hook for owner in owners for hook in await guard.awebhooks(owner or None)]
+    logs = await delivery_logs(guard, served)
+    return [view for view in (subscription_json(hook, logs[hook.id]) for hook in hooks)
+            if (status is None or view["status"] == status)
+            and (kind is None or kind in view["event_types"])
+            and (search is None or search in f"{view['subscription_id']} "
+                                             f"{view['url']}".lower())]
+
+
 class CreateBody(wire._Strict):
     """The part of the spec's WebhookCreateRequest kept here; name, description, headers,
     thresholds, retry policy, scope filter and metadata are not (400 names the field)."""
@@ -195,11 +219,6 @@ class Subscriptions:
         query = request.query_params
         named, status, kind = (query.get(name) or None
                                for name in ("tenant_id", "status", "event_type"))
-        if status is not None and status not in ("ACTIVE", "PAUSED", "DISABLED"):
-            raise bad_request(f"status: {status!r} is not one of ACTIVE, PAUSED, DISABLED")
-        if kind is not None and kind not in CYCLES_EVENT_TYPES:
-            raise bad_request(f"event_type: {kind!r} is not a Cycles event type (e.g. "
-                              "budget.exhausted)")
         by = query.get("sort_by") or "consecutive_failures"
         if by not in _SORTS:
             raise bad_request(f"sort_by: {by!r} is not one of " + ", ".join(sorted(_SORTS)))
@@ -212,19 +231,7 @@ class Subscriptions:
         if after is not None and after[:3] != head:
             raise bad_request("cursor: it was given for another list or sort; send the same "
                               "sort_by and sort_dir, or start again without a cursor")
-        guard = self.s.guard
-        if named is not None and named != SYSTEM:  # one tenant's own
-            owners = served = [tenant_name(named, "tenant_id")]
-        else:  # the global ones (and every tenant's), whose deliveries span the tenants
-            served = list(await guard.atenants())
-            owners = [""] if named == SYSTEM else ["", *served]
-        hooks = [hook for owner in owners for hook in await self._hooks(owner)]
-        logs = await delivery_logs(guard, served)
-        views = [view for view in (subscription_json(hook, logs[hook.id]) for hook in hooks)
-                 if (status is None or view["status"] == status)
-                 and (kind is None or kind in view["event_types"])
-                 and (search is None or search in f"{view['subscription_id']} "
-                                                  f"{view['url']}".lower())]
+        views = await matching(self.s.guard, named, status, kind, search)
         page, more = paging.paged(
             views, lambda view: [*head, _SORTS[by](view), str(view["subscription_id"])],
             (size, after), descending=direction == "desc")

@@ -13,6 +13,7 @@ import pytest
 import allotment as al
 from allotment.server.bulk import TenantBulkBody
 
+from support.openapi import GOVERNANCE, validate
 from support.served import ADMIN_KEY, Answer, Api, serving
 from support.stores import START_MS, STORE_KINDS, make_store
 
@@ -317,3 +318,46 @@ def test_a_run_repeated_after_its_claim_lapsed_never_funds_twice(kind: str) -> N
     assert remaining(guard)["tenant:acme|USD_MICROCENTS"] == after_first[
         "tenant:acme|USD_MICROCENTS"] + 5
     store.close()
+
+
+def test_webhook_subscriptions_are_paused_resumed_and_removed_in_bulk(served: Any) -> None:
+    guard = served.guard
+    tenants(guard)
+    url = "/v1/admin/webhooks/bulk-action"
+    a1 = guard.subscribe_webhook("https://hooks.example.com/a1", events="*", tenant="acme")
+    a2 = guard.subscribe_webhook("https://hooks.example.com/a2",
+                                 events=["budget.exhausted"], tenant="acme")
+    b1 = guard.subscribe_webhook("https://other.example.com/b1", events="*", tenant="beta")
+    pause = {"filter": {"tenant_id": "acme"}, "action": "PAUSE", "expected_count": 2,
+             "idempotency_key": "pause-acme"}
+    done = call(served.url, url, pause)
+    assert done.status == 200, done.body
+    validate("POST", url, 200, done.body, GOVERNANCE)
+    assert (done.body["total_matched"], {r["id"] for r in done.body["succeeded"]}) == (
+        2, {a1.id, a2.id})
+    assert [w.enabled for w in guard.webhooks("acme")] == [False, False]
+    assert guard.webhooks("beta")[0].enabled is True
+    assert call(served.url, url, pause).body == done.body  # the same key: the same answer
+    again = call(served.url, url, {**pause, "idempotency_key": "pause-again"})
+    assert {r["id"] for r in again.body["skipped"]} == {a1.id, a2.id}
+    resume = call(served.url, url, {"filter": {"search": "HOOKS.example.com/a1"},
+                                    "action": "RESUME", "idempotency_key": "resume-a1"})
+    assert [r["id"] for r in resume.body["succeeded"]] == [a1.id]
+    removed = call(served.url, url, {"filter": {"event_type": "budget.exhausted",
+                                                "status": "PAUSED"},
+                                     "action": "DELETE", "idempotency_key": "drop"})
+    assert [r["id"] for r in removed.body["succeeded"]] == [a2.id]
+    assert {w.id for w in guard.webhooks("acme")} == {a1.id}
+    before = (guard.webhooks("acme"), guard.webhooks("beta"))
+    refused(call(served.url, url, {"filter": {}, "action": "PAUSE", "idempotency_key": "k"}),
+            400, "INVALID_REQUEST", "filter")
+    refused(call(served.url, url, {"filter": {"tenant_id": "beta"}, "action": "PAUSE",
+                                   "expected_count": 5, "idempotency_key": "k2"}),
+            409, "COUNT_MISMATCH")
+    refused(call(served.url, url, {"filter": {"event_type": "budget.melted"},
+                                   "action": "PAUSE", "idempotency_key": "k3"}),
+            400, "INVALID_REQUEST", "event_type")
+    refused(call(served.url, url, {"filter": {"tenant_id": "beta"}, "action": "MUTE",
+                                   "idempotency_key": "k4"}), 400, "INVALID_REQUEST", "action")
+    assert (guard.webhooks("acme"), guard.webhooks("beta")) == before
+    assert b1.id in {w.id for w in guard.webhooks("beta")}
