@@ -58,6 +58,13 @@ BulkKey = Field(min_length=1, max_length=128)
 Row = dict[str, str]
 
 
+class _Bulk(wire._Strict):
+    """What every bulk request carries besides its filter and action."""
+
+    expected_count: int | None = Field(None, ge=0)
+    idempotency_key: str = BulkKey
+
+
 class TenantFilter(wire._Strict):
     """Which tenants: AND of the fields given, at least one (as the tenant list reads them)."""
 
@@ -68,11 +75,9 @@ class TenantFilter(wire._Strict):
     search: str | None = Field(None, max_length=128)
 
 
-class TenantBulkBody(wire._Strict):
+class TenantBulkBody(_Bulk):
     filter: TenantFilter
     action: Literal["SUSPEND", "REACTIVATE", "CLOSE"]
-    expected_count: int | None = Field(None, ge=0)
-    idempotency_key: str = BulkKey
 
 
 class BudgetFilter(wire._Strict):
@@ -89,14 +94,12 @@ class BudgetFilter(wire._Strict):
     search: str | None = Field(None, max_length=128)
 
 
-class BudgetBulkBody(wire._Strict):
+class BudgetBulkBody(_Bulk):
     filter: BudgetFilter
     action: FundName
     amount: wire.WireAmount | None = None
     spent: wire.WireAmount | None = None
     reason: str | None = Field(None, min_length=1, max_length=512)
-    expected_count: int | None = Field(None, ge=0)
-    idempotency_key: str = BulkKey
 
 
 class WebhookFilter(wire._Strict):
@@ -109,11 +112,9 @@ class WebhookFilter(wire._Strict):
     search: str | None = Field(None, max_length=128)
 
 
-class WebhookBulkBody(wire._Strict):
+class WebhookBulkBody(_Bulk):
     filter: WebhookFilter
     action: Literal["PAUSE", "RESUME", "DELETE"]
-    expected_count: int | None = Field(None, ge=0)
-    idempotency_key: str = BulkKey
 
 
 class _Answer:
@@ -289,8 +290,8 @@ class Bulk:
 
         return await self._once(request, "webhooks-bulk", req, match, run)
 
-    async def _once(self, request: Request, call: str,
-                    req: TenantBulkBody | BudgetBulkBody | WebhookBulkBody,
+    async def _once(self, request: Request, call: str, req: TenantBulkBody | BudgetBulkBody
+                    | WebhookBulkBody,
                     match: Callable[[], Awaitable[list[Any]]],
                     run: Callable[[list[Any], _Answer], Awaitable[None]]) -> Response:
         """Claim the key, then match, gate and run the rows, keeping the answer; or replay
