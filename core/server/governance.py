@@ -11,12 +11,13 @@ and closed, API keys made, revoked or given other permissions, and the notificat
 stores put on record with the step that made them (a threshold crossed, a budget
 exhausted, over its limit or back under it, debt incurred, a commit over its estimate).
 A page newest first (the default) reads each tenant's log back from its cursor only as far
-as the page needs (`_rows`); any other order reads every record kept (up to the store's
+as the page needs (`_newest`); any other order reads every record kept (up to the store's
 audit retention): they serve an operator's dashboard, not a hot path."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import re
 import time
 from collections import Counter
@@ -246,29 +247,55 @@ async def _rows(guard: Guard, tenants: Iterable[str], since: int | None,
                 until: int | None, types: Iterable[str] | None,
                 match: Callable[[AuditRecord], Row | None], order: _Order) -> list[Row]:
     """The rows of the tenants' records of `types` (None: all) from `since` until `until`
-    that `match` keeps. Newest first (the default order), a tenant's log is read back from
-    the cursor's moment only as far as its part of the page: `limit + 1` matching rows past
-    the cursor, in reads that grow eightfold while short (the store reads newest first, and
-    a tenant's records are in time order). Any other order reads every record kept."""
+    that `match` keeps. Newest first (the default order) the page is merged from the
+    tenants' logs read back from the cursor's moment, each only as far as it may still
+    reach the page (`_newest`); any other order reads every record kept."""
     kinds = None if types is None else sorted(types)
-    size, after = order.asked
-    newest = order.descending and order.head[1] == "timestamp"
-    if newest and after is not None:  # the cursor's moment: [..., time, id]
+    after = order.asked[1]
+    if not (order.descending and order.head[1] == "timestamp"):
+        found: list[Row] = []
+        for tenant in tenants:
+            found += await _matched(await guard.aaudit(
+                tenant, since=since, until=until, types=kinds, limit=_READ_ALL), match)
+            await asyncio.sleep(0)  # the embedded store answers at once: let others in
+        return found
+    if after is not None:  # the cursor's moment: [..., time, id]
         until = int(after[-2]) if until is None else min(until, int(after[-2]))
-    found: list[Row] = []
-    for tenant in tenants:
-        limit = size + 1 if newest else _READ_ALL
-        while True:
+    return await _newest(guard, list(tenants), since, until, kinds, match, order)
+
+
+async def _newest(guard: Guard, tenants: list[str], since: int | None, until: int | None,
+                  kinds: list[str] | None, match: Callable[[AuditRecord], Row | None],
+                  order: _Order) -> list[Row]:
+    """A newest-first page's candidate rows. Each tenant's newest few records are read
+    (twice its share of the page, at least 2); the page's last row so far bounds it, and a
+    tenant is read further back (fourfold) only while its oldest record read is newer than
+    that bound and it may have more: a record older than its oldest read cannot beat it (a
+    tenant's records are in time order, and the store reads newest first)."""
+    size, after = order.asked
+    share = max(2, -(-2 * (size + 1) // max(1, len(tenants))))
+    limits = dict.fromkeys(tenants, share)
+    rows: dict[str, list[Row]] = {}
+    oldest: dict[str, list[str]] = {}  # the sort key of each tenant's oldest record read
+    pending = list(tenants)
+    while pending:
+        for tenant in pending:
             records = await guard.aaudit(tenant, since=since, until=until, types=kinds,
-                                         limit=limit)
-            rows = await _matched(records, match)
-            if not newest or len(records) < limit or limit >= _READ_ALL or sum(
-                    1 for row in rows if after is None or order.key(row) < after) > size:
-                break
-            limit = min(limit * 8, _READ_ALL)
-        found += rows
-        await asyncio.sleep(0)  # the embedded store answers at once: let others in between
-    return found
+                                         limit=limits[tenant])
+            rows[tenant] = [row for row in await _matched(records, match)
+                            if after is None or order.key(row) < after]
+            if len(records) < limits[tenant] or limits[tenant] >= _READ_ALL:
+                oldest.pop(tenant, None)  # all of it read
+            else:
+                oldest[tenant] = order.key(_row(records[0]))
+            await asyncio.sleep(0)  # the embedded store answers at once: let others in
+        best = heapq.nlargest(size + 1, (order.key(row) for found in rows.values()
+                                         for row in found))
+        bound = best[-1] if len(best) > size else None
+        pending = [tenant for tenant, key in oldest.items() if bound is None or key > bound]
+        for tenant in pending:
+            limits[tenant] = min(limits[tenant] * 4, _READ_ALL)
+    return [row for found in rows.values() for row in found]
 
 
 Row = dict[str, Any]
