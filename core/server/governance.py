@@ -51,6 +51,8 @@ WINDOW_S = 3_600
 """The overview's window for recent events, as the spec's reference."""
 _READ_ALL = 100_000
 """Records read per tenant: more than any store keeps (its audit retention)."""
+_TOGETHER = 32
+"""Tenants' reads a newest-first page has in flight at once."""
 _INLINE = 2_000
 """Records matched on the event loop; more go to a worker thread."""
 _MOST = 100
@@ -271,24 +273,28 @@ async def _newest(guard: Guard, tenants: list[str], since: int | None, until: in
     (twice its share of the page, at least 2); the page's last row so far bounds it, and a
     tenant is read further back (fourfold) only while its oldest record read is newer than
     that bound and it may have more: a record older than its oldest read cannot beat it (a
-    tenant's records are in time order, and the store reads newest first)."""
+    tenant's records are in time order, and the store reads newest first). Up to
+    `_TOGETHER` tenants are read at once, so a Redis store batches their calls."""
     size, after = order.asked
     share = max(2, -(-2 * (size + 1) // max(1, len(tenants))))
     limits = dict.fromkeys(tenants, share)
     rows: dict[str, list[Row]] = {}
     oldest: dict[str, list[str]] = {}  # the sort key of each tenant's oldest record read
     pending = list(tenants)
+    async def read(tenant: str) -> None:
+        records = await guard.aaudit(tenant, since=since, until=until, types=kinds,
+                                     limit=limits[tenant])
+        rows[tenant] = [row for row in await _matched(records, match)
+                        if after is None or order.key(row) < after]
+        if len(records) < limits[tenant] or limits[tenant] >= _READ_ALL:
+            oldest.pop(tenant, None)  # all of it read
+        else:
+            oldest[tenant] = order.key(_row(records[0]))
+        await asyncio.sleep(0)  # the embedded store answers at once: let others in
+
     while pending:
-        for tenant in pending:
-            records = await guard.aaudit(tenant, since=since, until=until, types=kinds,
-                                         limit=limits[tenant])
-            rows[tenant] = [row for row in await _matched(records, match)
-                            if after is None or order.key(row) < after]
-            if len(records) < limits[tenant] or limits[tenant] >= _READ_ALL:
-                oldest.pop(tenant, None)  # all of it read
-            else:
-                oldest[tenant] = order.key(_row(records[0]))
-            await asyncio.sleep(0)  # the embedded store answers at once: let others in
+        for at in range(0, len(pending), _TOGETHER):  # in flight together: Redis batches
+            await asyncio.gather(*(read(tenant) for tenant in pending[at:at + _TOGETHER]))
         best = heapq.nlargest(size + 1, (order.key(row) for found in rows.values()
                                          for row in found))
         bound = best[-1] if len(best) > size else None
