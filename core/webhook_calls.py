@@ -16,7 +16,7 @@ from .errors import InvalidRequest
 from .events import check_type
 from .scopes import tenant_name
 from .stores import hooks
-from .validation import MAX_LIST, check_int, check_list, check_text, shown
+from .validation import MAX_LIST, check_int, check_list, shown
 
 MAX_URL = 2_048
 
@@ -58,11 +58,13 @@ def check_events(events: Any, every: frozenset[str] = hooks.WEBHOOK_TYPES
 def check_secret(secret: object, format: str = hooks.STANDARD) -> str:
     """A supplied secret: `whsec_` and base64 of 24 to 64 bytes (Standard Webhooks); for
     the Cycles format any text of 16 to 256 characters (its bytes are the key)."""
-    if format == hooks.CYCLES:
-        if not isinstance(secret, str) or not 16 <= len(secret) <= 256:
-            raise InvalidRequest("secret: give 16 to 256 characters (or leave it out to "
-                                 "have one generated)")
-        return check_text(secret, "secret", 256, printable=True)
+    if format == hooks.CYCLES:  # never repeated in the error: it is a secret
+        # (a lone surrogate, which Redis could not store, is not printable either)
+        if not isinstance(secret, str) or not 16 <= len(secret) <= 256 \
+                or not secret.isprintable():
+            raise InvalidRequest("secret: give 16 to 256 characters, all printable (or leave it "
+                                 "out to have one generated)")
+        return secret
     if not isinstance(secret, str) or not secret.startswith("whsec_"):
         raise InvalidRequest("secret: expected 'whsec_' followed by base64 (or leave it out "
                              "to have one generated)")

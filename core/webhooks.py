@@ -56,11 +56,14 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+_SENT = {"content-type": "application/json", "user-agent": "allotment-webhooks"}
+"""The headers of every delivery, whatever its format."""
+
+
 def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The headers of one signed delivery."""
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body),
-            "content-type": "application/json", "user-agent": "allotment-webhooks"}
+            "webhook-signature": sign(secret, msg_id, timestamp, body), **_SENT}
 
 
 def cycles_headers(secret: str, event_id: str, event_type: str, body: bytes
@@ -69,8 +72,7 @@ def cycles_headers(secret: str, event_id: str, event_type: str, body: bytes
     and the hex HMAC-SHA256 of the body, keyed with the secret's own bytes."""
     signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return {"X-Cycles-Signature": f"sha256={signature}", "X-Cycles-Event-Id": event_id,
-            "X-Cycles-Event-Type": event_type, "content-type": "application/json",
-            "user-agent": "allotment-webhooks"}
+            "X-Cycles-Event-Type": event_type, **_SENT}
 
 
 def cycles_body(claimed: Claimed) -> bytes:

@@ -330,6 +330,10 @@ def test_bad_subscriptions_are_refused_with_what_would_be_right(guard: Any) -> N
         guard.subscribe_webhook("https://example.com/h", events="*", format="cycles",
                                 secret="hunter2")
     assert "hunter2" not in str(refused.value)  # a secret is never repeated back
+    with pytest.raises(al.InvalidRequest, match="printable") as refused:
+        guard.subscribe_webhook("https://example.com/h", events="*", format="cycles",
+                                secret="a secret with a\nnewline")
+    assert "newline" not in str(refused.value)
     assert guard.webhooks() == ()
     secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
     made = guard.subscribe_webhook("https://example.com/h", events="*", secret=secret)

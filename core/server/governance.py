@@ -21,7 +21,7 @@ import heapq
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,16 +227,20 @@ def _one_of(request: Request, name: str, known: Iterable[str],
 
 
 async def _records(guard: Guard, tenants: Iterable[str], since: int | None,
-                   types: Iterable[str] | None) -> list[AuditRecord]:
+                   types: Iterable[str] | None, until: int | None = None
+                   ) -> list[AuditRecord]:
+    """Every kept record of the tenants, of `types` (None: all), from `since` until
+    `until`."""
     kinds = None if types is None else sorted(types)
     found: list[AuditRecord] = []
     for tenant in tenants:
-        found += await guard.aaudit(tenant, since=since, types=kinds, limit=_READ_ALL)
+        found += await guard.aaudit(tenant, since=since, until=until, types=kinds,
+                                    limit=_READ_ALL)
         await asyncio.sleep(0)  # the embedded store answers at once: let others in between
     return found
 
 
-async def _matched(records: tuple[AuditRecord, ...], match: Callable[[AuditRecord], Row | None]
+async def _matched(records: Sequence[AuditRecord], match: Callable[[AuditRecord], Row | None]
                    ) -> list[Row]:
     """The rows `match` makes of `records`; many are matched in a worker thread, so a large
     log does not hold up the runtime routes."""
@@ -252,15 +256,10 @@ async def _rows(guard: Guard, tenants: Iterable[str], since: int | None,
     that `match` keeps. Newest first (the default order) the page is merged from the
     tenants' logs read back from the cursor's moment, each only as far as it may still
     reach the page (`_newest`); any other order reads every record kept."""
-    kinds = None if types is None else sorted(types)
-    after = order.asked[1]
     if not (order.descending and order.head[1] == "timestamp"):
-        found: list[Row] = []
-        for tenant in tenants:
-            found += await _matched(await guard.aaudit(
-                tenant, since=since, until=until, types=kinds, limit=_READ_ALL), match)
-            await asyncio.sleep(0)  # the embedded store answers at once: let others in
-        return found
+        return await _matched(await _records(guard, tenants, since, types, until), match)
+    after = order.asked[1]
+    kinds = None if types is None else sorted(types)
     if after is not None:  # the cursor's moment: [..., time, id]
         until = int(after[-2]) if until is None else min(until, int(after[-2]))
     return await _newest(guard, list(tenants), since, until, kinds, match, order)
@@ -281,6 +280,7 @@ async def _newest(guard: Guard, tenants: list[str], since: int | None, until: in
     rows: dict[str, list[Row]] = {}
     oldest: dict[str, list[str]] = {}  # the sort key of each tenant's oldest record read
     pending = list(tenants)
+
     async def read(tenant: str) -> None:
         records = await guard.aaudit(tenant, since=since, until=until, types=kinds,
                                      limit=limits[tenant])
@@ -327,14 +327,8 @@ def _order(request: Request, name: str, keys: dict[str, Callable[[Row], str]],
            most: int) -> _Order:
     """`sort_by` among `keys` and `sort_dir` (newest first by default), `limit` and
     `cursor`; ties are broken by the time and the record's id, so rows never reorder."""
-    by = _one_of(request, "sort_by", keys) or "timestamp"
-    direction = _one_of(request, "sort_dir", ("asc", "desc")) or "desc"
-    size, after = paging.window(request.query_params, most)
-    head = [name, by, direction]
-    if after is not None and after[:3] != head:
-        raise bad_request("cursor: it was given for another list or sort; send the same "
-                          "sort_by and sort_dir, or start again without a cursor")
-    return _Order(head, keys[by], direction == "desc", (size, after))
+    head, size, after = paging.sorting(request.query_params, name, keys, "timestamp", most)
+    return _Order(head, keys[head[1]], head[2] == "desc", (size, after))
 
 
 def _row(r: AuditRecord, **fields: Any) -> Row:

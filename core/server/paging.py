@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -47,6 +47,26 @@ def window(query: Mapping[str, str], most: int = MAX_LIMIT) -> tuple[int, list[s
     """The page a query asks for (its limit and the key it starts after), checked before
     anything is read."""
     return limit(query, most), cursor(query)
+
+
+def sorting(query: Mapping[str, str], name: str, sorts: Iterable[str], default: str,
+            most: int = MAX_LIMIT) -> tuple[list[str], int, list[str] | None]:
+    """`sort_by` among `sorts` (`default` when absent), `sort_dir` (desc when absent),
+    `limit` and `cursor` of the list `name`, checked before anything is read: the head its
+    rows' keys start with (`[name, sort_by, sort_dir]`), the page size, and the key a cursor
+    names. A cursor given for another list or sort is 400, never misread."""
+    choices = {"sort_by": (default, sorted(sorts)), "sort_dir": ("desc", ["asc", "desc"])}
+    head = [name]
+    for field, (absent, known) in choices.items():
+        value = query.get(field)
+        if value is not None and value not in known:
+            raise bad_request(f"{field}: {value!r} is not one of " + ", ".join(known))
+        head.append(absent if value is None else value)
+    size, after = window(query, most)
+    if after is not None and after[:3] != head:
+        raise bad_request("cursor: it was given for another list or sort; send the same "
+                          "sort_by and sort_dir, or start again without a cursor")
+    return head, size, after
 
 
 def paged(rows: Sequence[T], key: Callable[[T], list[str]],

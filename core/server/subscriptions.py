@@ -219,22 +219,13 @@ class Subscriptions:
         query = request.query_params
         named, status, kind = (query.get(name) or None
                                for name in ("tenant_id", "status", "event_type"))
-        by = query.get("sort_by") or "consecutive_failures"
-        if by not in _SORTS:
-            raise bad_request(f"sort_by: {by!r} is not one of " + ", ".join(sorted(_SORTS)))
-        direction = query.get("sort_dir") or "desc"
-        if direction not in ("asc", "desc"):
-            raise bad_request(f"sort_dir: {direction!r} is not asc or desc")
-        search = search_text(query)
-        size, after = paging.window(query)  # up to 200: the dashboard's overview asks that
-        head = ["webhooks", by, direction]
-        if after is not None and after[:3] != head:
-            raise bad_request("cursor: it was given for another list or sort; send the same "
-                              "sort_by and sort_dir, or start again without a cursor")
-        views = await matching(self.s.guard, named, status, kind, search)
+        # up to 200 a page: the dashboard's overview asks that
+        head, size, after = paging.sorting(query, "webhooks", _SORTS, "consecutive_failures")
+        field = _SORTS[head[1]]
+        views = await matching(self.s.guard, named, status, kind, search_text(query))
         page, more = paging.paged(
-            views, lambda view: [*head, _SORTS[by](view), str(view["subscription_id"])],
-            (size, after), descending=direction == "desc")
+            views, lambda view: [*head, field(view), str(view["subscription_id"])],
+            (size, after), descending=head[2] == "desc")
         return json_response(request, {"subscriptions": page, **more})
 
     async def made(self, request: Request) -> Response:
