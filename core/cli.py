@@ -47,10 +47,12 @@ def app_from_env() -> Any:
     allow = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()]
     # one worker at a time sends what the outbox holds (see server/sending.py); what a
     # stopped server left there is sent once another runs
-    Sender(guard, Dispatcher(guard, allow=allow)).start()
+    dispatcher = Dispatcher(guard, allow=allow)
+    Sender(guard, dispatcher).start()
     # each worker holds its own catalog: with several, plans come from the file only
     app = create_app(guard, admin_key=os.environ.get(ADMIN_ENV) or None, plans=plans,
-                     define_plans=os.environ.get(WORKERS_ENV, "1") == "1")
+                     define_plans=os.environ.get(WORKERS_ENV, "1") == "1",
+                     dispatcher=dispatcher)
     return app
 
 

@@ -37,6 +37,7 @@ from .webhook_calls import (
     remove_webhook_op,
     replay_webhook_event_op,
     subscribe_webhook_op,
+    update_webhook_flow,
     webhook_deliveries_op,
     webhooks_op,
 )
@@ -194,6 +195,15 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return changed
 
     enable_webhook, aenable_webhook = flow_twins(_enable_webhook)
+
+    def _update_webhook(self, webhook_id: str, *, url: str | None = None, events: Any = None,
+                        secret: str | None = None, enabled: bool | None = None
+                        ) -> Flow[hooks.Webhook]:
+        """Change one of this tenant's subscriptions (see `Guard.update_webhook`)."""
+        return update_webhook_flow(self._own_webhook(webhook_id), url=url, events=events,
+                                   secret=secret, enabled=enabled)
+
+    update_webhook, aupdate_webhook = flow_twins(_update_webhook)
 
     def _webhook_deliveries(self, *, event_id: str | None = None,
                             webhook_id: str | None = None, limit: int = 100

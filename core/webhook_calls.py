@@ -11,7 +11,7 @@ import binascii
 from typing import Any
 from urllib.parse import urlsplit
 
-from .calls import Runner, twins
+from .calls import Flow, Runner, flow_twins, twins
 from .errors import InvalidRequest
 from .events import check_type
 from .scopes import tenant_name
@@ -77,6 +77,17 @@ def check_secret(secret: object, format: str = hooks.STANDARD) -> str:
     return secret
 
 
+def _kinds(events: Any, format: str) -> tuple[str, ...]:
+    """The event types a subscription in `format` may be sent ("*": every one it can)."""
+    kinds = check_events(events, hooks.CYCLES_TYPES if format == hooks.CYCLES
+                         else hooks.WEBHOOK_TYPES)
+    if format == hooks.CYCLES and not set(kinds) <= hooks.CYCLES_TYPES:
+        raise InvalidRequest("events: " + ", ".join(sorted(set(kinds) - hooks.CYCLES_TYPES))
+                             + " have no Cycles event type; the Cycles format sends only "
+                             + ", ".join(sorted(hooks.CYCLES_TYPES)))
+    return kinds
+
+
 def _owner(tenant: str | None) -> str:
     return hooks.GLOBAL if tenant is None else tenant_name(tenant)
 
@@ -96,16 +107,10 @@ def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
     answer carries the signing secret (generated unless given); it is shown this once."""
     if format not in (hooks.STANDARD, hooks.CYCLES):
         raise InvalidRequest(f"format: {shown(format)} is not 'standard' or 'cycles'")
-    kinds = check_events(events, hooks.CYCLES_TYPES if format == hooks.CYCLES
-                         else hooks.WEBHOOK_TYPES)
-    if format == hooks.CYCLES and not set(kinds) <= hooks.CYCLES_TYPES:
-        raise InvalidRequest("events: " + ", ".join(sorted(set(kinds) - hooks.CYCLES_TYPES))
-                             + " have no Cycles event type; the Cycles format sends only "
-                             + ", ".join(sorted(hooks.CYCLES_TYPES)))
     return hooks.SubscribeWebhook(
         tenant=_owner(tenant), webhook_id=hooks.new_webhook_id(
             None if tenant is None else tenant_name(tenant)),
-        url=check_url(url), events=kinds,
+        url=check_url(url), events=_kinds(events, format),
         secret=hooks.new_secret() if secret is None else check_secret(secret, format),
         enabled=_enabled(enabled), format=format)
 
@@ -122,11 +127,48 @@ def remove_webhook_op(webhook_id: str) -> hooks.RemoveWebhook:
                                webhook_id=webhook_id)
 
 
-def enable_webhook_op(webhook_id: str, enabled: bool = True) -> hooks.EnableWebhook:
+def enable_webhook_op(webhook_id: str, enabled: bool = True) -> hooks.UpdateWebhook:
     """Pause (`enabled=False`) or resume a subscription: while paused no new events are
     kept for it and its pending deliveries wait."""
-    return hooks.EnableWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
+    return hooks.UpdateWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
                                webhook_id=webhook_id, enabled=_enabled(enabled))
+
+
+def update_webhook_flow(webhook_id: str, *, url: str | None = None, events: Any = None,
+                        secret: str | None = None, enabled: bool | None = None
+                        ) -> Flow[hooks.Webhook]:
+    """Change a subscription in place: its `url`, its `events` (replacing them), its
+    signing `secret` (a rotation: deliveries from now on are signed with the new one, a
+    retry of an older event too), or `enabled`; what is left None stays. Its id, format,
+    delivery log and pending deliveries are kept. Answers the subscription without its
+    secret."""
+    owner = hooks.owner_of(webhook_id, "webhook_id")
+    if url is None and events is None and secret is None and enabled is None:
+        raise InvalidRequest("give at least one of url, events, secret or enabled to change")
+    if url is not None:
+        check_url(url)
+    if events is not None:
+        check_events(events)  # an unknown type is refused before the store is asked
+    if secret is not None and not isinstance(secret, str):
+        raise InvalidRequest("secret: expected a string")
+    if enabled is not None:
+        _enabled(enabled)
+    return _updating(hooks.UpdateWebhook(tenant=owner, webhook_id=webhook_id, url=url,
+                                         secret=secret, enabled=enabled), events)
+
+
+def _updating(op: hooks.UpdateWebhook, events: Any) -> Flow[hooks.Webhook]:
+    """What depends on the subscription's format (which never changes) is checked against
+    it first: the event types it can carry, how its secret is spelt."""
+    if events is not None or op.secret is not None:
+        found: hooks.Webhook = yield hooks.GetWebhook(tenant=op.tenant,
+                                                      webhook_id=op.webhook_id)
+        if events is not None:
+            op.events = _kinds(events, found.format)
+        if op.secret is not None:
+            op.secret = check_secret(op.secret, found.format)
+    changed: hooks.Webhook = yield op
+    return changed
 
 
 def webhook_deliveries_op(*, event_id: str | None = None, webhook_id: str | None = None,
@@ -167,5 +209,14 @@ class WebhookCalls(Runner):
     webhooks, awebhooks = twins(webhooks_op)
     remove_webhook, aremove_webhook = twins(remove_webhook_op)
     enable_webhook, aenable_webhook = twins(enable_webhook_op)
+
+    def _update_webhook(self, webhook_id: str, *, url: str | None = None, events: Any = None,
+                        secret: str | None = None, enabled: bool | None = None
+                        ) -> Flow[hooks.Webhook]:
+        return update_webhook_flow(webhook_id, url=url, events=events, secret=secret,
+                                   enabled=enabled)
+
+    _update_webhook.__doc__ = update_webhook_flow.__doc__
+    update_webhook, aupdate_webhook = flow_twins(_update_webhook)
     webhook_deliveries, awebhook_deliveries = twins(webhook_deliveries_op)
     replay_webhook_event, areplay_webhook_event = twins(replay_webhook_event_op)

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -27,13 +28,20 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import InvalidRequest
+from .events import Notification
 from .stores.hooks import (
     CYCLES,
     GLOBAL,
+    SYSTEM,
     ClaimDeliveries,
     Claimed,
     FinishDelivery,
+    GetWebhook,
+    Webhook,
+    WebhookEvent,
+    event_id,
     notification_data,
+    owner_of,
 )
 from .validation import check_int
 
@@ -161,6 +169,22 @@ def _pinned(url: str, ip: str) -> tuple[str, dict[str, str], dict[str, Any]]:
 
 # -- the dispatcher ----------------------------------------------------------------------------
 
+TEST_TYPE = "system.webhook_test"
+"""The type of a test send's event (the Cycles spec's name for it, in either format)."""
+
+
+@dataclass(frozen=True)
+class WebhookTest:
+    """What a test send gave: the probe event's id, whether the receiver took it (a 2xx),
+    its status or why nothing was sent, and how long it took."""
+
+    event_id: str
+    delivered: bool
+    status: int | None
+    error: str | None
+    elapsed_ms: int
+
+
 @dataclass(frozen=True)
 class Attempt:
     """What one try gave: delivered (a 2xx), or the status / error to log."""
@@ -238,7 +262,36 @@ class Dispatcher:
             return Attempt(True, status, None)
         return Attempt(False, status, f"HTTP {status}")
 
+    @staticmethod
+    def _get(webhook_id: str) -> GetWebhook:
+        return GetWebhook(tenant=owner_of(webhook_id, "webhook_id"), webhook_id=webhook_id)
+
+    @staticmethod
+    def _probe(webhook: Webhook) -> Claimed:
+        """A `system.webhook_test` event for one subscription, kept nowhere: its deliveries'
+        log, failure count and status stay as they were."""
+        now, tenant = int(time.time() * 1000), webhook.tenant or SYSTEM
+        note = Notification(TEST_TYPE, tenant, now, detail={"webhook_id": webhook.id})
+        event = WebhookEvent(event_id(tenant, now, int.from_bytes(os.urandom(4), "big")),
+                             TEST_TYPE, tenant, now, note)
+        return Claimed(event, webhook, 0, now)
+
+    @staticmethod
+    def _tested(probe: Claimed, attempt: Attempt, started: float) -> WebhookTest:
+        return WebhookTest(probe.event.id, attempt.delivered, attempt.status, attempt.error,
+                        int((time.perf_counter() - started) * 1000))
+
     # -- sync ----------------------------------------------------------------------------------
+
+    def test(self, webhook_id: str) -> WebhookTest:
+        """Send a test event to one subscription now, signed as its deliveries are, by the
+        same rules (where it may go, the timeout); nothing is logged or retried."""
+        import httpx
+
+        probe = self._probe(self._store.execute(self._get(webhook_id)))
+        started = time.perf_counter()
+        with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
+            return self._tested(probe, self._send(client, probe), started)
 
     def run_once(self) -> int:
         """Send every delivery due now (up to `batch`); returns how many were tried."""
@@ -308,6 +361,15 @@ class Dispatcher:
                 await self._store.aexecute(self._finish(one, await self._asend(client, one)))
         return len(claimed)
 
+    async def atest(self, webhook_id: str) -> WebhookTest:
+        """`test` on the event loop."""
+        import httpx
+
+        probe = self._probe(await self._store.aexecute(self._get(webhook_id)))
+        started = time.perf_counter()
+        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+            return self._tested(probe, await self._asend(client, probe), started)
+
     async def _asend(self, client: Any, claimed: Claimed) -> Attempt:
         try:
             host, port = _target(claimed.webhook.url)
@@ -336,6 +398,5 @@ class Dispatcher:
             await asyncio.sleep(self.interval_s)
 
 
-__all__ = ["DestinationRefused", "Dispatcher", "allowed_networks", "body_of", "cycles_body",
-           "cycles_headers", "headers",
-           "sign"]
+__all__ = ["DestinationRefused", "Dispatcher", "WebhookTest", "allowed_networks", "body_of",
+           "cycles_body", "cycles_headers", "headers", "sign"]

@@ -245,6 +245,7 @@ HANDLE_CALLS_ON_ANOTHER_TENANT = {
     "get": lambda h: h.get(f"rival:{'0' * 32}"),
     "remove_webhook": lambda h: h.remove_webhook(f"rival/whk_{'0' * 24}"),
     "enable_webhook": lambda h: h.enable_webhook(f"rival/whk_{'0' * 24}", False),
+    "update_webhook": lambda h: h.update_webhook(f"rival/whk_{'0' * 24}", events="*"),
     "webhook_deliveries": lambda h: h.webhook_deliveries(event_id=f"rival/evt_{'0' * 20}"),
     "replay_webhook_event": lambda h: h.replay_webhook_event(f"rival/evt_{'0' * 20}",
                                                              f"acme/whk_{'0' * 24}"),

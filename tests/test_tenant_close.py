@@ -105,6 +105,8 @@ def test_a_closed_tenant_denies_reservations_and_refuses_every_change(
         "subscribe_webhook": lambda: guard.subscribe_webhook(
             "https://hooks.example/again", tenant="acme", events=["budget.exhausted"]),
         "enable_webhook": lambda: guard.enable_webhook(made["hook"].id),
+        "update_webhook": lambda: guard.update_webhook(
+            made["hook"].id, url="https://hooks.example/moved", events=["budget.exhausted"]),
     }
     before = (guard.balances(ACME), len(guard.audit("acme")))
     for name, change in changes.items():

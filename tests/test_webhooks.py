@@ -16,7 +16,8 @@ import pytest
 
 import allotment as al
 from allotment.periods import Period, bucket_start_ms
-from allotment.webhooks import Dispatcher, body_of
+from allotment.stores.hooks import CYCLES_TYPES
+from allotment.webhooks import Dispatcher, WebhookTest, body_of
 
 from support import LLM
 from support.drivers import AsyncDriven
@@ -469,3 +470,107 @@ def test_events_in_the_outbox_survive_the_process_that_made_them(receiver: Recei
         assert [doc["data"]["threshold"] for _, doc in receiver.accepted] == [0.5, 0.8]
     finally:
         guard.close()
+
+
+def probe(guard: Any, dispatcher: Dispatcher, webhook_id: str) -> WebhookTest:
+    """A test send, the way this guard is called (sync, or on its loop)."""
+    if isinstance(guard, AsyncDriven):
+        return guard._loop.run_until_complete(dispatcher.atest(webhook_id))
+    return dispatcher.test(webhook_id)
+
+
+def test_a_subscription_changes_in_place(guard: Any, receiver: Receiver) -> None:
+    moved = Receiver()
+    try:
+        everyone = subscribe(guard, receiver, events=["budget.exhausted"])
+        own = guard.subscribe_webhook(receiver.url, tenant="acme", events=["budget.exhausted"],
+                                      format="cycles", secret="the first cycles secret")
+        for made in (everyone, own):  # a global subscription, and a tenant's
+            changed = guard.update_webhook(made.id, events=["reservation.denied",
+                                                            "budget.exhausted"])
+            assert (changed.id, changed.format, changed.created_at_ms, changed.secret) == (
+                made.id, made.format, made.created_at_ms, None)
+            assert changed.events == ("budget.exhausted", "reservation.denied")
+        rotated = "whsec_" + base64.b64encode(b"n" * 32).decode()
+        assert guard.update_webhook(everyone.id, secret=rotated, url=moved.url).url == moved.url
+        guard.update_webhook(own.id, secret="the second cycles secret")
+        receiver.secrets[:] = ["the second cycles secret"]  # the old ones no longer verify
+        moved.secrets.append(rotated)
+        guard.set_budget("tenant:acme", usd=1)
+        with pytest.raises(al.BudgetExceeded):
+            guard.reserve(al.Subject(tenant="acme"), LLM, al.usd(5))
+        drain(guard, Dispatcher(guard, allow=LOOPBACK))
+        assert receiver.bad_signatures == moved.bad_signatures == 0
+        assert [doc["event_type"] for _, doc in receiver.accepted] == ["reservation.denied"]
+        assert moved.types() == ["reservation.denied"]
+        paused = guard.update_webhook(own.id, enabled=False)
+        assert (paused.enabled, paused.url, paused.events) == (
+            False, receiver.url, ("budget.exhausted", "reservation.denied"))
+        assert [hook.enabled for hook in guard.webhooks("acme")] == [False]
+        assert guard.update_webhook(own.id, events="*").events == tuple(sorted(CYCLES_TYPES))
+    finally:
+        moved.close()
+
+
+def test_a_bad_change_is_refused_and_changes_nothing(guard: Any) -> None:
+    made = guard.subscribe_webhook("https://example.com/h", events=["budget.exhausted"])
+    cycles = guard.subscribe_webhook("https://example.com/c", tenant="acme", format="cycles",
+                                     events=["budget.exhausted"])
+    rival = guard.subscribe_webhook("https://example.com/r", tenant="rival", events="*")
+    before = (guard.webhooks(), guard.webhooks("acme"))
+    for call, refused, says in (
+            (lambda: guard.update_webhook(made.id), al.InvalidRequest, "at least one of"),
+            (lambda: guard.update_webhook(made.id, url="ftp://x", enabled=False),
+             al.InvalidRequest, "not an absolute http"),
+            (lambda: guard.update_webhook(made.id, events=["budget.exhausteed"]),
+             al.InvalidRequest, r"did you mean 'budget\.exhausted'"),
+            (lambda: guard.update_webhook(made.id, secret="hunter2", enabled=False),
+             al.InvalidRequest, "whsec_"),
+            (lambda: guard.update_webhook(cycles.id, events=["tenant.mode_changed"]),
+             al.InvalidRequest, r"tenant\.mode_changed have no Cycles"),
+            (lambda: guard.update_webhook(cycles.id, secret="short", url="https://a.b/"),
+             al.InvalidRequest, "16 to 256 characters"),
+            (lambda: guard.update_webhook(cycles.id, enabled="no"), al.InvalidRequest,
+             "True or False"),
+            (lambda: guard.update_webhook(f"acme/whk_{'0' * 24}", enabled=False), al.NotFound,
+             "no webhook"),
+            (lambda: guard.update_webhook(f"whk_{'0' * 24}", secret="x" * 20), al.NotFound,
+             "no webhook"),
+            (lambda: guard.tenant("acme").update_webhook(rival.id, enabled=False),
+             al.Forbidden, "not one of tenant 'acme'"),
+            (lambda: guard.tenant("acme").update_webhook(made.id, url="https://a.b/"),
+             al.Forbidden, "not one of tenant 'acme'")):
+        with pytest.raises(refused, match=says):
+            call()
+    assert (guard.webhooks(), guard.webhooks("acme")) == before
+    assert guard.tenant("acme").update_webhook(cycles.id, url="https://a.b/").url == \
+        "https://a.b/"
+
+
+def test_a_test_send_is_signed_as_deliveries_are_and_logged_nowhere(
+        guard: Any, receiver: Receiver) -> None:
+    standard = subscribe(guard, receiver, events=["budget.exhausted"])
+    cycles = guard.subscribe_webhook(receiver.url, tenant="acme", events=["budget.exhausted"],
+                                     format="cycles", secret="a receiver's own secret")
+    receiver.secrets.append("a receiver's own secret")
+    dispatcher = Dispatcher(guard, allow=LOOPBACK)
+    for hook, tenant in ((standard, "__system__"), (cycles, "acme")):
+        sent = probe(guard, dispatcher, hook.id)
+        assert (sent.delivered, sent.status, sent.error) == (True, 204, None)
+        assert sent.elapsed_ms >= 0 and sent.event_id.startswith(tenant + "/evt_")
+    assert receiver.bad_signatures == 0 and len(receiver.accepted) == 2
+    (_, plain), (_, spec) = receiver.accepted
+    assert (plain["type"], plain["data"]["webhook_id"]) == ("system.webhook_test", standard.id)
+    assert (spec["event_type"], spec["tenant_id"], spec["data"]["webhook_id"]) == (
+        "system.webhook_test", "acme", cycles.id)
+    receiver.fail = 1
+    failed = probe(guard, dispatcher, cycles.id)
+    assert (failed.delivered, failed.status, failed.error) == (False, 500, "HTTP 500")
+    refused = probe(guard, Dispatcher(guard), standard.id)  # loopback is not public
+    assert (refused.delivered, refused.status) == (False, None)
+    assert "not public" in (refused.error or "")
+    assert guard.webhook_deliveries() == () and guard.webhook_deliveries(tenant="acme") == ()
+    with pytest.raises(al.NotFound, match="no webhook"):
+        probe(guard, dispatcher, f"acme/whk_{'0' * 24}")
+    with pytest.raises(al.InvalidRequest, match="webhook id"):
+        probe(guard, dispatcher, "acme")

@@ -14,6 +14,7 @@ from starlette.routing import Match, Route
 from ..errors import AllotmentError
 from ..guard import Guard
 from ..plans import Plan
+from ..webhooks import Dispatcher
 from . import metrics as _metrics
 from .admin import Admin
 from .bulk import Bulk
@@ -79,17 +80,20 @@ async def _ready(request: Request) -> Response:
 
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
                metrics: bool | None = None, plans: Mapping[str, Plan] | None = None,
-               define_plans: bool = True, extensions: bool = True) -> App:
+               define_plans: bool = True, extensions: bool = True,
+               dispatcher: Dispatcher | None = None) -> App:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
     `GET /metrics` (by default when prometheus-client is installed). `plans` are the
     tiers `PUT /v1/admin/tenants/{id}/plan` assigns by name; `define_plans=False` refuses
     defining more over HTTP (several workers: each holds its own catalog).
     `extensions=False` serves the plain Cycles wire: no `allotment` fields, no
-    `GET /v1/allotment`."""
+    `GET /v1/allotment`. `dispatcher`: whose rules a subscription's test send follows
+    (`allow`, the timeout; by default a `Dispatcher(guard)`: public addresses only)."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
-    settings = Settings(guard, admin_key or None, max_body, extensions)
+    settings = Settings(guard, admin_key or None, max_body, dispatcher or Dispatcher(guard),
+                        extensions)
     routes = [*Admin(settings).routes(), *Bulk(settings).routes(),
               *Policies(settings, plans, define_plans).routes(),
               *Operators(settings).routes(), *Governance(settings).routes(),

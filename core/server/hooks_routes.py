@@ -1,9 +1,10 @@
-"""Webhook subscriptions over HTTP: subscribe, list, pause/resume, remove, the delivery log
-and replay. The admin key manages the global subscriptions (and any tenant's, named with
-`tenant_id`); a tenant key manages its own tenant's only: `webhooks:read` to list and read
-the log, `webhooks:write` to change or replay. The signing secret is in the answer that makes
-the subscription, and never again. Where a destination may resolve is checked when sending
-(private and loopback addresses are refused unless the dispatcher allows them)."""
+"""Webhook subscriptions over HTTP: subscribe, list, read, change (pause/resume, url, events,
+secret rotation), test, remove, the delivery log and replay. The admin key manages the
+global subscriptions (and any tenant's, named with `tenant_id`); a tenant key manages its
+own tenant's only: `webhooks:read` to list and read the log, `webhooks:write` to change or
+replay. The signing secret is in the answer that makes the subscription, and never again.
+Where a destination may resolve is checked when sending (private and loopback addresses are
+refused unless the dispatcher allows them)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ from starlette.routing import Route
 
 from ..guard import Guard
 from ..scopes import tenant_name
+from ..stores.hooks import owner_of
 from ..tenant import TenantGuard
 from . import wire
 from .auth import admin_key, own_tenant, tenant_key
 from .context import body, json_response
-from .errors import not_found
+from .errors import forbidden, not_found
 from .queries import only, query_int
 from .records import delivery_json, webhook_json
 from .runtime import Settings
-from .subscriptions import attempts
+from .subscriptions import attempts, test_json
 
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -38,8 +40,14 @@ class SubscribeBody(wire._Strict):
     """With the admin key: the tenant whose subscription this is (none: a global one)."""
 
 
-class EnableBody(wire._Strict):
-    enabled: bool
+class UpdateBody(wire._Strict):
+    """What to change (at least one): paused or not, where to, which events, a new
+    signing secret (not shown again)."""
+
+    enabled: bool | None = None
+    url: str | None = Field(None, min_length=1, max_length=2_048)
+    events: list[EventName] | None = Field(None, min_length=1, max_length=64)
+    secret: str | None = Field(None, max_length=256)
 
 
 class ReplayBody(wire._Strict):
@@ -61,7 +69,9 @@ class Hooks:
             Route("/v1/webhooks/replay", self.replay, methods=["POST"]),
             Route("/v1/webhooks/{webhook_id:path}/deliveries", self.tenant_attempts,
                   methods=["GET"]),
-            Route("/v1/webhooks/{webhook_id:path}", self.enable, methods=["PATCH"]),
+            Route("/v1/webhooks/{webhook_id:path}/test", self.test, methods=["POST"]),
+            Route("/v1/webhooks/{webhook_id:path}", self.one, methods=["GET"]),
+            Route("/v1/webhooks/{webhook_id:path}", self.change, methods=["PATCH"]),
             Route("/v1/webhooks/{webhook_id:path}", self.remove, methods=["DELETE"]),
         ]
 
@@ -106,12 +116,40 @@ class Hooks:
             found = await handle.awebhooks(tenant)
         return json_response(request, {"webhooks": [webhook_json(h) for h in found]})
 
-    async def enable(self, request: Request) -> Response:
-        """Body `{"enabled": false}` pauses a subscription, `true` resumes it."""
+    async def _own(self, request: Request, permission: str) -> str:
+        """The path's subscription id, after the caller's right to it: any for the admin
+        key, its own tenant's for a tenant key (another's is 403, existing or not)."""
+        caller = await self._caller(request, permission)
+        webhook_id = request.path_params["webhook_id"]
+        if caller is not None and owner_of(webhook_id, "webhook_id") != caller.name:
+            raise forbidden("webhook_id is not a subscription of this API key's tenant")
+        return str(webhook_id)
+
+    async def one(self, request: Request) -> Response:
+        """One subscription (its secret left out)."""
+        webhook_id = await self._own(request, "webhooks:read")
+        only(request)
+        for hook in await self.s.guard.awebhooks(owner_of(webhook_id, "webhook_id") or None):
+            if hook.id == webhook_id:
+                return json_response(request, webhook_json(hook))
+        raise not_found(f"no webhook {webhook_id}")
+
+    async def change(self, request: Request) -> Response:
+        """Body with any of `enabled` (false pauses, true resumes), `url`, `events`
+        (replacing them) and `secret` (a rotation): all of it changes, or nothing."""
         handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
-        req = wire.parse(EnableBody, await body(request, self.s.max_body))
-        changed = await handle.aenable_webhook(request.path_params["webhook_id"], req.enabled)
+        req = wire.parse(UpdateBody, await body(request, self.s.max_body))
+        changed = await handle.aupdate_webhook(
+            request.path_params["webhook_id"], url=req.url, events=req.events,
+            secret=req.secret, enabled=req.enabled)
         return json_response(request, webhook_json(changed))
+
+    async def test(self, request: Request) -> Response:
+        """Send a test event to the subscription now (`webhooks:write`), as
+        `POST /v1/admin/webhooks/{id}/test` does."""
+        webhook_id = await self._own(request, "webhooks:write")
+        only(request)
+        return json_response(request, test_json(await self.s.dispatcher.atest(webhook_id)))
 
     async def remove(self, request: Request) -> Response:
         handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)

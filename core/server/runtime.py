@@ -22,6 +22,7 @@ from ..ids import id_tenant
 from ..models import Action, Balance, Outcome, ReservationStatus
 from ..scopes import LEVELS, Subject
 from ..tenant import TenantGuard
+from ..webhooks import Dispatcher
 from . import extended, paging, wire
 from .auth import ADMIN_HEADER, Caller, admin_key, keyed_caller, tenant_key
 from .context import body, forget_tenant, json_response
@@ -37,6 +38,8 @@ class Settings:
     guard: Guard
     admin_key: str | None
     max_body: int
+    dispatcher: Dispatcher
+    """Whose rules (where a destination may resolve, the timeout) a test send follows."""
     extensions: bool = True
     """Serve allotment's wire extensions and announce them (`allotment.extensions`); off,
     the server speaks the plain Cycles wire only."""

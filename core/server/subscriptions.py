@@ -1,11 +1,12 @@
 """The Cycles governance spec's admin webhook routes over allotment's subscriptions: make,
-list, read, pause or resume, and remove (`/v1/admin/webhooks...`), and one subscription's
-deliveries (admin and tenant), in the spec's WebhookSubscription and WebhookDelivery shapes.
+list, read, change (pause, resume, url, event types, secret rotation), test and remove
+(`/v1/admin/webhooks...`), and one subscription's deliveries (admin and tenant), in the
+spec's WebhookSubscription and WebhookDelivery shapes.
 
 A subscription made here delivers as the Cycles dispatcher does (`hooks.CYCLES`: the spec's
 Event, `X-Cycles-Signature`); those made under `/v1/webhooks` keep allotment's Standard
 Webhooks format, and both are listed here alike; replay sends a window of the events that
-went to a subscription again. Testing and bulk actions are not served. What the spec shows
+went to a subscription again (bulk actions are in `bulk`). What the spec shows
 of a subscription beyond its record (consecutive failures, the last success, failure and
 attempt) is read from its delivery log."""
 
@@ -28,12 +29,14 @@ from ..stores.hooks import (
     CYCLES,
     CYCLES_TYPES,
     FAILED,
+    SYSTEM,
     Webhook,
     WebhookDelivery,
     event_time,
     owner_of,
 )
 from ..tenant import TenantGuard
+from ..webhooks import WebhookTest
 from . import paging, wire
 from .admin import require_admin, search_text
 from .context import body, empty_response, json_response
@@ -42,8 +45,6 @@ from .queries import only, since_ms
 from .records import ATTEMPT_STATUSES, attempt_json, attempt_status, iso_ms
 from .runtime import Settings
 
-SYSTEM = "__system__"
-"""The spec's tenant id of a global subscription (every tenant's events)."""
 SENT_TYPES = sorted(CYCLES_TYPES)
 """The spec's event types allotment sends."""
 Log = dict[str, list[WebhookDelivery]]
@@ -153,6 +154,43 @@ class CreateBody(wire._Strict):
     signing_secret: str | None = Field(None, max_length=256)
 
 
+class UpdateBody(wire._Strict):
+    """The part of the spec's WebhookUpdateRequest kept here (the rest is refused, as on
+    create): pause or resume, a new url, new event selectors (replacing the types it
+    receives), a new signing secret."""
+
+    status: Literal["ACTIVE", "PAUSED"] | None = None
+    url: str | None = Field(None, min_length=1, max_length=2_048)
+    event_types: list[str] | None = Field(None, max_length=64)
+    event_categories: list[str] | None = Field(None, max_length=16)
+    signing_secret: str | None = Field(None, max_length=256)
+
+
+def selected(event_types: list[str], event_categories: list[str]) -> list[str]:
+    """The types a subscription's selectors name, each one this server sends (else 400)."""
+    for kind in event_types:
+        if kind not in CYCLES_TYPES:
+            raise bad_request(f"event_types: {kind!r} is not one this server sends; it "
+                              "sends " + ", ".join(SENT_TYPES))
+    for category in event_categories:
+        if not any(kind.startswith(category + ".") for kind in CYCLES_TYPES):
+            raise bad_request(f"event_categories: {category!r}: this server sends no "
+                              "event of it; it sends budget, reservation and tenant ones")
+    return sorted({*event_types, *(kind for kind in CYCLES_TYPES
+                                   if kind.partition(".")[0] in event_categories)})
+
+
+def test_json(sent: WebhookTest) -> dict[str, Any]:
+    """A test send in the spec's WebhookTestResponse shape."""
+    view: dict[str, Any] = {"success": sent.delivered, "response_time_ms": sent.elapsed_ms,
+                            "event_id": sent.event_id}
+    if sent.status is not None:
+        view["response_status"] = sent.status
+    if sent.error is not None:
+        view["error_message"] = sent.error
+    return view
+
+
 class ReplayBody(wire._Strict):
     """The spec's replay request: a window of event times (both ends included), types, and
     the most events it may select (1-1000, 100)."""
@@ -161,13 +199,6 @@ class ReplayBody(wire._Strict):
     to: str | None = Field(None, max_length=64)
     event_types: list[str] = Field(default_factory=list, max_length=64)
     max_events: int = Field(100, ge=1, le=1_000)
-
-
-class StatusBody(wire._Strict):
-    """The part of the spec's WebhookUpdateRequest served here: pause or resume. The rest
-    (url, event types, secret, ...) is changed under `/v1/webhooks` or not kept."""
-
-    status: Literal["ACTIVE", "PAUSED"]
 
 
 _SORTS: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -191,8 +222,9 @@ class Subscriptions:
             Route("/v1/admin/webhooks", self.made, methods=["POST"]),
             Route(one + "/deliveries", self.deliveries, methods=["GET"]),
             Route(one + "/replay", self.replayed, methods=["POST"]),
+            Route(one + "/test", self.tested, methods=["POST"]),
             Route(one, self.one, methods=["GET"]),
-            Route(one, self.paused, methods=["PATCH"]),
+            Route(one, self.changed, methods=["PATCH"]),
             Route(one, self.removed, methods=["DELETE"]),
         ]
 
@@ -237,19 +269,9 @@ class Subscriptions:
         named = request.query_params.get("tenant_id") or None
         tenant = None if named in (None, SYSTEM) else tenant_name(named, "tenant_id")
         req = wire.parse(CreateBody, await body(request, self.s.max_body))
-        for kind in req.event_types:
-            if kind not in CYCLES_TYPES:
-                raise bad_request(f"event_types: {kind!r} is not one this server sends; it "
-                                  "sends " + ", ".join(SENT_TYPES))
-        for category in req.event_categories:
-            if not any(kind.startswith(category + ".") for kind in CYCLES_TYPES):
-                raise bad_request(f"event_categories: {category!r}: this server sends no "
-                                  "event of it; it sends budget, reservation and tenant ones")
-        kinds = {*req.event_types, *(kind for kind in CYCLES_TYPES
-                                     if kind.partition(".")[0] in req.event_categories)}
         hook = await self.s.guard.asubscribe_webhook(
-            req.url, events=sorted(kinds), tenant=tenant, secret=req.signing_secret,
-            format=CYCLES)
+            req.url, events=selected(req.event_types, req.event_categories), tenant=tenant,
+            secret=req.signing_secret, format=CYCLES)
         return json_response(request, {"subscription": subscription_json(hook, []),
                                        "signing_secret": hook.secret}, 201)
 
@@ -258,13 +280,34 @@ class Subscriptions:
         only(request)
         return json_response(request, await self._viewed(await self._found(request)))
 
-    async def paused(self, request: Request) -> Response:
-        """Body `{"status": "PAUSED"}` pauses, `"ACTIVE"` resumes; other fields are 400."""
+    async def changed(self, request: Request) -> Response:
+        """`status` PAUSED pauses, ACTIVE resumes; `url`; `event_types` and
+        `event_categories` (either or both given: the types they name replace those it
+        receives; naming none is 400); `signing_secret` rotates the secret (not shown
+        again). All in one change, or none of it."""
         require_admin(self.s, request)
-        req = wire.parse(StatusBody, await body(request, self.s.max_body))
+        only(request)
+        req = wire.parse(UpdateBody, await body(request, self.s.max_body))
+        kinds = None
+        if req.event_types is not None or req.event_categories is not None:
+            kinds = selected(req.event_types or [], req.event_categories or [])
+            if not kinds:
+                raise bad_request("event_types: with event_categories, they would select no "
+                                  "event; name at least one type or category")
         hook = await self._found(request)
-        changed = await self.s.guard.aenable_webhook(hook.id, req.status == "ACTIVE")
+        changed = await self.s.guard.aupdate_webhook(
+            hook.id, url=req.url, events=kinds, secret=req.signing_secret,
+            enabled=None if req.status is None else req.status == "ACTIVE")
         return json_response(request, await self._viewed(changed))
+
+    async def tested(self, request: Request) -> Response:
+        """Send a `system.webhook_test` event to the subscription now, signed as its
+        deliveries are; 200 with what the receiver answered (see `test_json`). It is not
+        logged and does not count as a delivery."""
+        require_admin(self.s, request)
+        only(request)
+        hook = await self._found(request)
+        return json_response(request, test_json(await self.s.dispatcher.atest(hook.id)))
 
     async def removed(self, request: Request) -> Response:
         require_admin(self.s, request)

@@ -24,6 +24,9 @@ from .operations import Op
 
 GLOBAL = ""
 """The `tenant` of an operation on global subscriptions or across tenants."""
+SYSTEM = "__system__"
+"""The tenant id a global subscription's events show where one tenant's would (the Cycles
+spec's name for system events' tenant)."""
 WEBHOOK_TYPES = NOTIFICATION_TYPES - {NotificationType.SPEND_UNRECORDED,
                                       NotificationType.SWEEP_TENANT_FAILED}
 """What a subscription may ask for: what a store produces inside an operation's step (a
@@ -107,9 +110,23 @@ class SubscribeWebhook(Op[Webhook]):
 
 
 @dataclass
-class EnableWebhook(Op[Webhook]):
+class UpdateWebhook(Op[Webhook]):
+    """Change what is given (None: keep): the destination, the event types, the signing
+    secret (a rotation), paused or not. Answers the subscription without its secret."""
+
     webhook_id: str
-    enabled: bool
+    url: str | None = None
+    events: tuple[str, ...] | None = None
+    secret: str | None = None
+    enabled: bool | None = None
+
+
+@dataclass
+class GetWebhook(Op[Webhook]):
+    """One subscription with its signing secret, for a test send (`Dispatcher.test`);
+    NotFound when there is none. No call of the guard answers it."""
+
+    webhook_id: str
 
 
 @dataclass
@@ -160,8 +177,8 @@ class ReplayEvent(Op[int]):
     webhook_id: str | None
 
 
-HOOK_OPS = frozenset({SubscribeWebhook, EnableWebhook, RemoveWebhook, ListWebhooks,
-                      ClaimDeliveries, FinishDelivery, Deliveries, ReplayEvent})
+HOOK_OPS = frozenset({SubscribeWebhook, UpdateWebhook, RemoveWebhook, ListWebhooks,
+                      GetWebhook, ClaimDeliveries, FinishDelivery, Deliveries, ReplayEvent})
 
 
 # -- what both stores share ---------------------------------------------------------------------

@@ -160,7 +160,9 @@ ROUTES = [("GET", "/v1/audit?tenant=acme", None), ("GET", "/v1/reports?tenant=ac
           ("POST", "/v1/webhooks", {"url": "https://hooks.example.com/a", "events": ["*"]}),
           ("POST", "/v1/webhooks/replay", {"event_id": "acme/evt_0123456789ab01234567"}),
           ("PATCH", "/v1/webhooks/acme/whk_0123456789abcdef01234567", {"enabled": False}),
-          ("DELETE", "/v1/webhooks/acme/whk_0123456789abcdef01234567", None)]
+          ("DELETE", "/v1/webhooks/acme/whk_0123456789abcdef01234567", None),
+          ("GET", "/v1/webhooks/acme/whk_0123456789abcdef01234567", None),
+          ("POST", "/v1/webhooks/acme/whk_0123456789abcdef01234567/test", None)]
 
 
 def test_no_key_a_wrong_key_or_a_missing_permission_is_refused(served: Any) -> None:
@@ -207,7 +209,10 @@ def test_another_tenants_key_is_refused_and_learns_nothing(served: Any,
                                       "tenant_id": "acme"}),
             ("POST", "/v1/webhooks/replay", {"event_id": event, "webhook_id": hook_id}),
             ("PATCH", f"/v1/webhooks/{hook_id}", {"enabled": False}),
-            ("DELETE", f"/v1/webhooks/{hook_id}", None)]:
+            ("PATCH", f"/v1/webhooks/{hook_id}", {"secret": "whsec_" + "A" * 32}),
+            ("DELETE", f"/v1/webhooks/{hook_id}", None),
+            ("GET", f"/v1/webhooks/{hook_id}", None),
+            ("POST", f"/v1/webhooks/{hook_id}/test", None)]:
         answer = rival.call(method, path, body, check=False)
         refused(answer, 403, "FORBIDDEN")
         assert "receiver" not in str(answer.body) and receiver.url not in str(answer.body)
@@ -501,8 +506,8 @@ def test_the_admin_reads_pauses_and_removes_subscriptions_in_the_specs_shape(
         validate("PATCH", f"/v1/admin/webhooks/{acme.id}", 200, paused.body, GOVERNANCE)
         assert served.guard.webhooks("acme")[0].enabled is False
         assert ids(status="PAUSED") == [acme.id]
-        for bad, words in (({"url": "https://elsewhere.example.com"}, ["url"]),
-                           ({"status": "DISABLED"}, ["status"]), ({}, ["status"])):
+        for bad, words in (({"status": "DISABLED"}, ["status"]),
+                           ({}, ["at least one of"])):
             answer = root.call("PATCH", f"/v1/admin/webhooks/{acme.id}", bad, headers=ADMIN,
                                check=False)
             refused(answer, 400, "INVALID_REQUEST", *words)

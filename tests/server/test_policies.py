@@ -444,6 +444,8 @@ ADMIN_ONLY = [
     ("POST", "/v1/admin/webhooks?tenant_id=acme", {"url": "https://hooks.example.com/a",
                                                    "event_types": ["budget.exhausted"]}),
     ("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/replay", {}),
+    ("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/test", None),
+    ("PATCH", "/v1/admin/webhooks/acme/whk_" + "0" * 24, {"url": "https://a.example.com/"}),
     ("POST", "/v1/admin/webhooks/bulk-action", {"filter": {"tenant_id": "acme"},
                                                 "action": "PAUSE", "idempotency_key": "k"}),
 ]

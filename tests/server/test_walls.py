@@ -183,8 +183,12 @@ def _operator_routes(hook: str, event: str) -> list[tuple[str, str, Any]]:
                                   "events": ["*"]}),
         ("POST", "/v1/webhooks/replay", {"event_id": event, "webhook_id": hook}),
         ("PATCH", f"/v1/webhooks/{hook}", {"enabled": False}),
+        ("PATCH", f"/v1/webhooks/{hook}", {"url": "https://hooks.example.com/moved",
+                                           "events": ["*"]}),
         ("DELETE", f"/v1/webhooks/{hook}", None),
         ("GET", f"/v1/webhooks/{hook}/deliveries", None),
+        ("GET", f"/v1/webhooks/{hook}", None),
+        ("POST", f"/v1/webhooks/{hook}/test", None),
     ]
 
 

@@ -20,12 +20,13 @@ from ..hooks import (
     ClaimDeliveries,
     Claimed,
     Deliveries,
-    EnableWebhook,
     FinishDelivery,
+    GetWebhook,
     ListWebhooks,
     RemoveWebhook,
     ReplayEvent,
     SubscribeWebhook,
+    UpdateWebhook,
     Webhook,
     WebhookDelivery,
     WebhookEvent,
@@ -116,16 +117,20 @@ class Outbox:
             self._subs(op.tenant)[sub.id] = sub
             self._rewire(op.tenant)
             return sub
-        if isinstance(op, EnableWebhook):
+        if isinstance(op, UpdateWebhook):
             subs = self._subs(op.tenant)
             sub = self._found(subs, op.webhook_id)
-            subs[sub.id] = replace(sub, enabled=op.enabled)
+            changed = {name: value for name in ("url", "events", "secret", "enabled")
+                       if (value := getattr(op, name)) is not None}
+            subs[sub.id] = sub = replace(sub, **changed)
             self._rewire(op.tenant)
-            return replace(sub, enabled=op.enabled, secret=None)
+            return replace(sub, secret=None)
         if isinstance(op, RemoveWebhook):
             gone = self._subs(op.tenant).pop(op.webhook_id, None) is not None
             self._rewire(op.tenant)
             return gone
+        if isinstance(op, GetWebhook):
+            return self._found(self._subs(op.tenant), op.webhook_id)
         if isinstance(op, ListWebhooks):
             return tuple(replace(s, secret=None) for s in self._subs(op.tenant).values())
         if isinstance(op, ClaimDeliveries):

@@ -14,7 +14,7 @@ from ...clock import system_ms
 from ...events import Notification
 from ...models import TenantClosure
 from ...reports import REPORT_RETENTION_DAYS, check_retention
-from ..hooks import HOOK_OPS, EnableWebhook, SubscribeWebhook
+from ..hooks import HOOK_OPS, SubscribeWebhook, UpdateWebhook
 from ..operations import (
     ONCE_OPS,
     ApplyPlan,
@@ -111,7 +111,7 @@ _ON_TENANT: dict[type[Any], Callable[[Tenant, Any, int], Any]] = {
 _CLOSED_REFUSES = frozenset({
     SetBudget, RemoveBudget, SetQuota, SetAccess, ApplyPlan, SetMode, SetStatus,
     SetBudgetTerms, SuspendTenant, Fund, Transfer, CreateKey, UpdateKey, SubscribeWebhook,
-    EnableWebhook})
+    UpdateWebhook})
 """The changes a closed tenant refuses outright; its reserve, commit, release, extend and
 record answer a replay first, then refuse (see `admin.close_tenant`)."""
 _ACROSS_TENANTS: dict[type[Any], Callable[[Iterable[Tenant], Any, int], Any]] = {

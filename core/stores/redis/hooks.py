@@ -96,9 +96,12 @@ class HookFlows:
         """The flow of one webhook operation."""
         from .flow import Command
 
-        if op.tenant == h.GLOBAL and isinstance(op, (h.SubscribeWebhook, h.EnableWebhook,
+        if op.tenant == h.GLOBAL and isinstance(op, (h.SubscribeWebhook, h.UpdateWebhook,
                                                      h.RemoveWebhook)):
             return (yield from self._global_change(op))
+        if op.tenant == h.GLOBAL and isinstance(op, h.GetWebhook):
+            _, subs = yield from self._read_globals()
+            return _one(subs, op.webhook_id)
         if isinstance(op, h.ListWebhooks) and op.tenant == h.GLOBAL:
             _, subs = yield from self._read_globals()
             return tuple(sorted((_strip(s) for s in subs), key=lambda s: s.created_at_ms))
@@ -111,10 +114,13 @@ class HookFlows:
                                               **wiring})
             yield Command(("SADD", TENANTS_KEY, op.tenant))
             return made
-        if isinstance(op, h.EnableWebhook):
-            body = yield from self._call(op.tenant, {"op": "enable", "id": op.webhook_id,
-                                                     "enabled": op.enabled, **wiring})
+        if isinstance(op, h.UpdateWebhook):
+            body = yield from self._call(op.tenant, {"op": "update", "id": op.webhook_id,
+                                                     "set": _changes(op), **wiring})
             return _webhook(body["webhook"])
+        if isinstance(op, h.GetWebhook):
+            body = yield from self._call(op.tenant, {"op": "get", "id": op.webhook_id})
+            return _webhook(body["webhook"], secret=True)
         if isinstance(op, h.RemoveWebhook):
             body = yield from self._call(op.tenant, {"op": "remove", "id": op.webhook_id,
                                                      **wiring})
@@ -144,18 +150,14 @@ class HookFlows:
         from .flow import Command
 
         version, subs = yield from self._read_globals()
-        by_id = {s.id: s for s in subs}
         result: Any
         if isinstance(op, h.SubscribeWebhook):
             result = h.Webhook(op.webhook_id, op.url, op.events, None, op.enabled,
                                (yield from self._flows.now()), op.secret, op.format)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
-        elif isinstance(op, h.EnableWebhook):
-            if op.webhook_id not in by_id:
-                from ...errors import NotFound
-
-                raise NotFound(f"no webhook {op.webhook_id}")
-            result = _replace(by_id[op.webhook_id], op.enabled)
+        elif isinstance(op, h.UpdateWebhook):
+            result = _webhook({**_encode(_one(subs, op.webhook_id)), **_changes(op)},
+                              secret=True)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
             result = _strip(result)
         else:
@@ -211,5 +213,17 @@ def _strip(sub: h.Webhook) -> h.Webhook:
     return replace(sub, secret=None)
 
 
-def _replace(sub: h.Webhook, enabled: bool) -> h.Webhook:
-    return replace(sub, enabled=enabled)
+def _changes(op: h.UpdateWebhook) -> dict[str, Any]:
+    """The fields an update gives, as a subscription's JSON spells them."""
+    given = {"url": op.url, "events": None if op.events is None else list(op.events),
+             "secret": op.secret, "enabled": op.enabled}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _one(subs: list[h.Webhook], webhook_id: str) -> h.Webhook:
+    for sub in subs:
+        if sub.id == webhook_id:
+            return sub
+    from ...errors import NotFound
+
+    raise NotFound(f"no webhook {webhook_id}")

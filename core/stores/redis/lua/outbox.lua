@@ -35,21 +35,27 @@ local function save_log(member, row)
   redis.call('HSET', hook_key('log'), member, cjson.encode(row))
 end
 
-if (op == 'subscribe' or op == 'enable') and redis.call('HEXISTS', K_META, 'closed') == 1 then
+if (op == 'subscribe' or op == 'update') and redis.call('HEXISTS', K_META, 'closed') == 1 then
   return closed_refusal()
 end
 if op == 'subscribe' then
   redis.call('HSET', hook_key('subs'), P.sub.id, cjson.encode(P.sub))
   wire()
   return cjson.encode({webhook = P.sub})
-elseif op == 'enable' then
+elseif op == 'update' then
+  -- P.set: the fields to change (url, events, secret, enabled), only those given
   local raw = redis.call('HGET', hook_key('subs'), P.id)
   if not raw then return fail('NOT_FOUND', 'no webhook ' .. P.id) end
   local sub = cjson.decode(raw)
-  sub.enabled = P.enabled
+  for name, value in pairs(P.set) do sub[name] = value end
   redis.call('HSET', hook_key('subs'), P.id, cjson.encode(sub))
   wire()
+  sub.secret = nil
   return cjson.encode({webhook = sub})
+elseif op == 'get' then
+  local raw = redis.call('HGET', hook_key('subs'), P.id)
+  if not raw then return fail('NOT_FOUND', 'no webhook ' .. P.id) end
+  return cjson.encode({webhook = cjson.decode(raw)})
 elseif op == 'remove' then
   local gone = redis.call('HDEL', hook_key('subs'), P.id)
   wire()
