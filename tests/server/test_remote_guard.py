@@ -156,6 +156,37 @@ def test_denials_are_decisions_and_errors_are_the_librarys(remote: Any,
     assert throttled.value.decision.reason == al.Reason.CONCURRENCY_EXCEEDED
 
 
+def test_a_closed_tenant_refuses_a_reservation_and_fails_the_rest_as_in_process() -> None:
+    """A Cycles server that answers 409 TENANT_CLOSED (one that, unlike allotment's, keeps
+    a closed tenant's keys): a reservation is a denial, while a commit, release, extension
+    or recorded spend is the TenantClosed error, as an embedded guard answers them."""
+    async def closed(request: Request) -> Response:
+        return JSONResponse({"error": "TENANT_CLOSED", "message": "tenant acme is closed",
+                             "request_id": "req-1"}, 409)
+
+    async def absent(request: Request) -> Response:
+        return JSONResponse({"error": "NOT_FOUND", "message": "no route"}, 404)
+
+    app = Starlette(routes=[Route("/v1/allotment", absent),
+                            Route("/v1/{path:path}", closed, methods=["POST"])])
+    embedded = al.Guard()
+    embedded.set_budget("tenant:acme", usd=10)
+    held = embedded.reserve(ACME, ACTION, al.usd(1))
+    embedded.close_tenant("acme")
+    with serving_app(app) as url:
+        remote = al.Guard.from_url(url, api_key="k")
+        for guard in (embedded, remote):
+            with pytest.raises(al.Denied) as refused:
+                guard.reserve(ACME, ACTION, al.usd(1))
+            assert refused.value.decision.reason == al.Reason.TENANT_CLOSED
+            for settle in (lambda g=guard: g.commit(held.id, al.usd(1)),
+                           lambda g=guard: g.release(held.id),
+                           lambda g=guard: g.extend(held.id, 1_000),
+                           lambda g=guard: g.record(ACME, ACTION, al.usd(1))):
+                with pytest.raises(al.TenantClosed, match="acme is closed"):
+                    settle()
+
+
 def test_an_elastic_estimate_is_reserved_smaller_through_the_server(remote: Any,
                                                                     central: Central) -> None:
     central.guard.set_budget("tenant:acme", usd="0.5")

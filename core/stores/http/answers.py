@@ -30,7 +30,7 @@ _DENIAL_CODES = Reason.BUDGET | {Reason.TENANT_CLOSED}
 """Error codes that are a budget's refusal (409 on the Cycles wire)."""
 _PASSED = frozenset({"NOT_FOUND", "INVALID_REQUEST", "IDEMPOTENCY_MISMATCH", "UNIT_MISMATCH",
                      "RESERVATION_EXPIRED", "RESERVATION_FINALIZED", "MAX_EXTENSIONS_EXCEEDED",
-                     "FORBIDDEN"})
+                     "FORBIDDEN", "TENANT_CLOSED"})
 """Error codes that are the library's errors of the same code."""
 
 
@@ -92,10 +92,14 @@ def reservation(body: dict[str, Any], rid: str, tenant: str) -> ReservationInfo:
         body.get("finalized_at_ms"))
 
 
-def denial(status: int, body: dict[str, Any], headers: Any) -> Decision | None:
+def denial(status: int, body: dict[str, Any], headers: Any, settling: bool = False
+           ) -> Decision | None:
     """The decision an error envelope carries, when it is a refusal of the call (a budget,
-    a quota, an access rule, a missing budget or dimension); None for any other error."""
+    a quota, an access rule, a missing budget or dimension); None for any other error, and
+    for a closed tenant when `settling` (an error there, not a decision)."""
     code = body.get("error")
+    if settling and code == Reason.TENANT_CLOSED:
+        return None
     given = body.get("details")
     details: dict[str, Any] = given if isinstance(given, dict) else {}
     reason = details.get("reason_code")

@@ -115,11 +115,13 @@ class Flows:
                 "not announce allotment's wire extensions (GET /v1/allotment), and its wire "
                 "has no room for it; nothing was sent")
 
-    def _checked(self, reply: Reply) -> Any:
-        """The body of a successful answer, or the library's error for a failed one."""
+    def _checked(self, reply: Reply, settling: bool = False) -> Any:
+        """The body of a successful answer, or the library's error for a failed one. A
+        closed tenant refuses a reservation (a denial) but fails a commit, release,
+        extension or recorded spend (`settling`: the TenantClosed error), as in process."""
         if reply.status >= 400:
-            found = answers.denial(reply.status, reply.body, reply.headers) if isinstance(
-                reply.body, dict) else None
+            found = answers.denial(reply.status, reply.body, reply.headers,
+                                   settling) if isinstance(reply.body, dict) else None
             if found is not None:
                 raise denied(found)
             raise answers.error(reply.status, reply.body, self.url)
@@ -246,7 +248,7 @@ class Flows:
     def _commit(self, op: ops.Commit) -> Flow:
         body = {"idempotency_key": _key(op), **self._actual(op.actual, op.usage, "a commit")}
         path = f"/v1/reservations/{self._wire_id(op.reservation_id)}/commit"
-        answer = self._checked((yield Call("POST", path, body)))
+        answer = self._checked((yield Call("POST", path, body)), settling=True)
         if self.allotment:
             whole = self._whole(answer)
             return CommitResult(op.reservation_id, ReservationStatus.COMMITTED,
@@ -263,7 +265,7 @@ class Flows:
         if self.allotment:
             body[x.FIELD] = {}
         path = f"/v1/reservations/{self._wire_id(op.reservation_id)}/release"
-        answer = self._checked((yield Call("POST", path, body)))
+        answer = self._checked((yield Call("POST", path, body)), settling=True)
         if self.allotment:
             whole = self._whole(answer)
             return ReleaseResult(op.reservation_id, ReservationStatus.RELEASED,
@@ -278,7 +280,7 @@ class Flows:
         if self.allotment:
             body[x.FIELD] = {}
         path = f"/v1/reservations/{self._wire_id(op.reservation_id)}/extend"
-        answer = self._checked((yield Call("POST", path, body)))
+        answer = self._checked((yield Call("POST", path, body)), settling=True)
         if self.allotment:
             whole = self._whole(answer)
             return ExtendResult(op.reservation_id, int(whole["expires_at_ms"]),
@@ -294,7 +296,7 @@ class Flows:
             "action": x.action(op.action), **self._actual(op.actual, op.usage, "an event")}
         if op.overage_policy is not None:
             body["overage_policy"] = op.overage_policy.value
-        answer = self._checked((yield Call("POST", "/v1/events", body)))
+        answer = self._checked((yield Call("POST", "/v1/events", body)), settling=True)
         if self.allotment:
             whole = self._whole(answer)
             return RecordResult(str(answer["event_id"]), x.amounts_of(whole["charged"]),
