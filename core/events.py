@@ -49,6 +49,14 @@ class AuditType:
     KEY_REVOKED = "api_key.revoked"
     KEY_UPDATED = "api_key.updated"
     """A live key renamed or given other permissions; `detail` has what was given."""
+    WEBHOOK_CREATED = "webhook.created"
+    """One of the tenant's own webhook subscriptions made; `detail` has its `webhook_id`,
+    `url`, `events`, `format` and `enabled`. Never its secret. (A global subscription
+    belongs to no tenant's log.)"""
+    WEBHOOK_UPDATED = "webhook.updated"
+    """One changed; `detail` has its `webhook_id` and what was given (`url`, `events`,
+    `enabled`), and `secret_rotated` when a new secret was."""
+    WEBHOOK_DELETED = "webhook.deleted"
     # Notifications about a budget (or a commit) that are also on record, in the step that
     # makes them: the event stream lists them (`detail` has the ledger's figures).
     THRESHOLD_CROSSED = "budget.threshold_crossed"

@@ -337,6 +337,32 @@ def test_a_budgets_notifications_are_on_record_with_its_figures(guard: al.Guard)
         ("tenant:trial",), None, 0)
 
 
+def test_a_tenants_own_webhooks_made_changed_and_removed_are_on_record_never_a_secret(
+        guard: al.Guard) -> None:
+    made = guard.subscribe_webhook("https://hooks.example.com/a", tenant="acme",
+                                   events=["budget.exhausted"])
+    rotated = "whsec_" + "QUJD" * 8
+    guard.update_webhook(made.id, url="https://hooks.example.com/b", secret=rotated)
+    guard.enable_webhook(made.id, False)
+    guard.tenant("acme").update_webhook(made.id, events=["reservation.denied"], enabled=True)
+    everyone = guard.subscribe_webhook("https://hooks.example.com/all", events="*")
+    guard.update_webhook(everyone.id, enabled=False)  # a global one: on no tenant's log
+    assert guard.remove_webhook(made.id) is True
+    assert guard.remove_webhook(made.id) is False  # gone already: nothing on record
+    assert [(r.type, r.detail) for r in guard.audit("acme")] == [
+        ("webhook.created", {"webhook_id": made.id, "url": "https://hooks.example.com/a",
+                             "events": ["budget.exhausted"], "format": "standard",
+                             "enabled": True}),
+        ("webhook.updated", {"webhook_id": made.id, "url": "https://hooks.example.com/b",
+                             "secret_rotated": True}),
+        ("webhook.updated", {"webhook_id": made.id, "enabled": False}),
+        ("webhook.updated", {"webhook_id": made.id, "events": ["reservation.denied"],
+                             "enabled": True}),
+        ("webhook.deleted", {"webhook_id": made.id})]
+    kept = repr(guard.audit("acme"))
+    assert rotated not in kept and (made.secret or "?") not in kept
+
+
 def test_keys_and_tenants_made_and_changed_are_on_record_never_a_secret(
         guard: al.Guard, clock: al.ManualClock) -> None:
     from allotment.keys import secret_hash

@@ -75,6 +75,8 @@ _SAME = {AuditType.DENIED: "reservation.denied", AuditType.EXPIRED: "reservation
          AuditType.MODE_SET: "tenant.settings_changed",
          AuditType.TENANT_CREATED: "tenant.created",
          AuditType.KEY_CREATED: "api_key.created", AuditType.KEY_REVOKED: "api_key.revoked",
+         AuditType.WEBHOOK_CREATED: "webhook.created",
+         AuditType.WEBHOOK_DELETED: "webhook.deleted",
          **{kind: kind for kind in (AuditType.THRESHOLD_CROSSED, AuditType.EXHAUSTED,
                                     AuditType.OVER_LIMIT_ENTERED, AuditType.OVER_LIMIT_EXITED,
                                     AuditType.DEBT_INCURRED, AuditType.COMMIT_OVERAGE)}}
@@ -82,7 +84,9 @@ _RECORD_OF = {**{kind: record for record, kind in _SAME.items()},
               **dict.fromkeys(_STATUS_EVENTS.values(), AuditType.BUDGET_STATUS),
               **dict.fromkeys(_FUND_EVENTS.values(), AuditType.BUDGET_FUNDED),
               "budget.created": AuditType.BUDGET_SET,
-              "api_key.permissions_changed": AuditType.KEY_UPDATED}
+              "api_key.permissions_changed": AuditType.KEY_UPDATED,
+              **dict.fromkeys(("webhook.updated", "webhook.paused", "webhook.resumed"),
+                              AuditType.WEBHOOK_UPDATED)}
 """The record kind each event type comes from."""
 EVENT_RECORDS = frozenset(_RECORD_OF.values())
 """The record kinds an event comes from."""
@@ -107,6 +111,10 @@ def event_type(r: AuditRecord) -> str | None:
         return None if r.detail.get("removed") else "budget.created"
     if r.type == AuditType.KEY_UPDATED:  # a key renamed only has no event type
         return "api_key.permissions_changed" if "permissions" in r.detail else None
+    if r.type == AuditType.WEBHOOK_UPDATED:  # paused or resumed, and nothing else changed
+        if set(r.detail) == {"webhook_id", "enabled"}:
+            return "webhook.resumed" if r.detail["enabled"] else "webhook.paused"
+        return "webhook.updated"
     return None
 
 
@@ -156,6 +164,8 @@ def _resource(r: AuditRecord) -> tuple[str, str]:
         return ("policy" if family in ("quota", "access") else family), r.scopes[0]
     if family == "api_key" and "key_id" in r.detail:
         return "api_key", str(r.detail["key_id"])
+    if family == "webhook" and "webhook_id" in r.detail:
+        return "webhook", str(r.detail["webhook_id"])
     return "tenant", r.tenant
 
 

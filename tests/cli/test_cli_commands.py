@@ -111,6 +111,21 @@ def test_audit_says_why_the_run_was_stopped(cli: Cli) -> None:
     assert "BUDGET_EXCEEDED" in followed
 
 
+def test_audit_shows_a_tenants_webhook_changes(cli: Cli) -> None:
+    made = cli.guard.subscribe_webhook("https://hooks.example.com/a", tenant="acme",
+                                       events=["budget.exhausted"])
+    cli.guard.update_webhook(made.id, url="https://hooks.example.com/b",
+                             secret="whsec_" + "QUJD" * 8)
+    cli.guard.enable_webhook(made.id, False)
+    lines = cli.run("audit", "acme").stdout.splitlines()
+    assert [line.split(None, 1)[1] for line in lines] == [
+        f"webhook.created              -  (webhook {made.id}; to https://hooks.example.com/a; "
+        "active)",
+        f"webhook.updated              -  (webhook {made.id}; to https://hooks.example.com/b; "
+        "secret rotated)",
+        f"webhook.updated              -  (webhook {made.id}; paused)"]
+
+
 def test_balances_show_the_scope_tree_with_a_bar_per_budget(cli: Cli) -> None:
     cli.run("budgets", "set", "acme", "--usd", "100", "--period", "month")
     cli.run("budgets", "set", "tenant:acme/workspace:prod", "--usd", "40")

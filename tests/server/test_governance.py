@@ -14,9 +14,15 @@ import pytest
 
 import allotment as al
 from allotment.clock import system_ms
-from allotment.server.governance import CYCLES_EVENT_TYPES, EVENT_TYPES, event_type, log_entry
+from allotment.server.governance import (
+    CYCLES_EVENT_TYPES,
+    EVENT_TYPES,
+    event_of,
+    event_type,
+    log_entry,
+)
 
-from support.openapi import GOVERNANCE, validate
+from support.openapi import GOVERNANCE, conforms, validate
 from support.served import ADMIN_KEY, Answer, Api, serving
 from support.stores import STORE_KINDS, make_store
 
@@ -131,6 +137,7 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
         *[("acme", kind) for _, kind in crossed], ("acme", "budget.created"),
         ("acme", "budget.funded"), ("acme", "reservation.expired"),
         ("acme", "reservation.denied"), ("owing", "budget.created"),
+        ("beta", "webhook.paused"), ("beta", "webhook.created"),
         ("beta", "api_key.created"), ("beta", "budget.created"), ("acme", "api_key.created"),
         ("acme", "budget.created"), ("acme", "tenant.created")]  # same moment: id order
     denial, expired, funded = events[15], events[14], events[13]
@@ -167,8 +174,10 @@ def test_the_event_stream_shows_each_recorded_change_newest_first(world: World) 
 
 
 @pytest.mark.parametrize(("query", "expected"), [
-    ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "api_key.created"),
+    ("tenant_id=beta", [("beta", "budget.frozen"), ("beta", "webhook.paused"),
+                        ("beta", "webhook.created"), ("beta", "api_key.created"),
                         ("beta", "budget.created")]),
+    ("category=webhook", [("beta", "webhook.paused"), ("beta", "webhook.created")]),
     ("category=api_key", [("beta", "api_key.created"), ("acme", "api_key.created")]),
     ("category=tenant", [("acme", "tenant.created")]),
     ("event_type=reservation.denied", [("acme", "reservation.denied")]),
@@ -291,7 +300,7 @@ def test_the_overview_counts_and_names_what_needs_attention(world: World) -> Non
     assert view["failing_webhooks"] == []
     events = get(world, "/v1/admin/events").body["events"]
     assert view["event_counts"] == {"total_recent": len(events), "by_category": {
-        "budget": 16, "reservation": 3, "tenant": 1, "api_key": 2}}
+        "budget": 16, "reservation": 3, "tenant": 1, "api_key": 2, "webhook": 2}}
     assert [e["event_type"] for e in view["recent_denials"]] == ["reservation.denied"]
     assert view["recent_denials"][0] == events[15]
     assert [e["event_type"] for e in view["recent_expiries"]] == ["reservation.expired"]
@@ -425,6 +434,24 @@ def test_a_keys_records_give_its_events_and_entries() -> None:
         "api_key.created", None, "api_key.permissions_changed", "api_key.revoked"]
     assert {(log_entry(r)["resource_type"], log_entry(r)["resource_id"]) for r in records} == {
         ("api_key", made.key.key_id)}
+
+
+def test_a_webhooks_records_give_its_events_and_entries() -> None:
+    guard = al.Guard()
+    made = guard.subscribe_webhook("https://hooks.example.com/a", tenant="acme",
+                                   events=["budget.exhausted"])
+    guard.enable_webhook(made.id, False)
+    guard.enable_webhook(made.id, True)
+    guard.update_webhook(made.id, url="https://hooks.example.com/b", enabled=False)
+    guard.remove_webhook(made.id)
+    records = guard.audit("acme")
+    assert [event_type(r) for r in records] == [
+        "webhook.created", "webhook.paused", "webhook.resumed", "webhook.updated",
+        "webhook.deleted"]
+    assert {(log_entry(r)["resource_type"], log_entry(r)["resource_id"]) for r in records} == {
+        ("webhook", made.id)}
+    for r in records:
+        conforms("Event", event_of(r, str(event_type(r))), GOVERNANCE)
 
 
 @pytest.fixture(params=STORE_KINDS)

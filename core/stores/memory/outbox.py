@@ -4,12 +4,12 @@ produced them; nothing here runs unless a subscription exists."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...errors import NotFound
-from ...events import Notification
+from ...events import AuditType, Notification
 from ..hooks import (
     DELIVERED,
     FAILED,
@@ -36,7 +36,7 @@ from ..hooks import (
     owner_of,
     wanted,
 )
-from .state import Context, Held, Tenant
+from .state import Context, Held, Tenant, log
 
 Member = tuple[str, str]  # (event id, webhook id)
 
@@ -59,8 +59,9 @@ class _Box:
 class Outbox:
     """All webhook state of one memory store; every method runs under the store's lock."""
 
-    def __init__(self, cx: Context) -> None:
+    def __init__(self, cx: Context, owned: Callable[[str], Tenant]) -> None:
         self._cx = cx
+        self._owned = owned  # a tenant's state, made if new: its own subscriptions' record
         self._global: dict[str, Webhook] = {}
         self._boxes: dict[str, _Box] = {}
         self.active = False
@@ -116,6 +117,9 @@ class Outbox:
                           op.secret, op.format)
             self._subs(op.tenant)[sub.id] = sub
             self._rewire(op.tenant)
+            self._log(op.tenant, now, AuditType.WEBHOOK_CREATED, {
+                "webhook_id": sub.id, "url": sub.url, "events": list(sub.events),
+                "format": sub.format, "enabled": sub.enabled})
             return sub
         if isinstance(op, UpdateWebhook):
             subs = self._subs(op.tenant)
@@ -124,10 +128,14 @@ class Outbox:
                        if (value := getattr(op, name)) is not None}
             subs[sub.id] = sub = replace(sub, **changed)
             self._rewire(op.tenant)
+            self._log(op.tenant, now, AuditType.WEBHOOK_UPDATED, changes(op))
             return replace(sub, secret=None)
         if isinstance(op, RemoveWebhook):
             gone = self._subs(op.tenant).pop(op.webhook_id, None) is not None
             self._rewire(op.tenant)
+            if gone:
+                self._log(op.tenant, now, AuditType.WEBHOOK_DELETED,
+                          {"webhook_id": op.webhook_id})
             return gone
         if isinstance(op, GetWebhook):
             return self._found(self._subs(op.tenant), op.webhook_id)
@@ -233,6 +241,11 @@ class Outbox:
 
     # -- subscriptions ----------------------------------------------------------------------
 
+    def _log(self, tenant: str, now: int, kind: str, detail: dict[str, Any]) -> None:
+        """A tenant's own subscription changed: on its record (as `audit` in outbox.lua)."""
+        if tenant != GLOBAL:
+            log(self._owned(tenant), now, kind, detail=detail)
+
     def _box(self, tenant: str) -> _Box:
         box = self._boxes.get(tenant)
         if box is None:
@@ -260,6 +273,20 @@ class Outbox:
         wants_forecast = any(FORECAST in s.events for s in glob) or any(
             FORECAST in box.wants for box in self._boxes.values())
         self._cx.forecast = self.forecast if self.active and wants_forecast else None
+
+
+def changes(op: UpdateWebhook) -> dict[str, Any]:
+    """What an update's record says: the subscription, what was given, never a secret."""
+    detail: dict[str, Any] = {"webhook_id": op.webhook_id}
+    if op.url is not None:
+        detail["url"] = op.url
+    if op.events is not None:
+        detail["events"] = list(op.events)
+    if op.enabled is not None:
+        detail["enabled"] = op.enabled
+    if op.secret is not None:
+        detail["secret_rotated"] = True
+    return detail
 
 
 def _prune(box: _Box, before: int) -> None:

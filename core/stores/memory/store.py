@@ -139,11 +139,19 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._tenants: dict[str, Tenant] = {}
         self._listeners: list[Callable[[list[Notification]], None]] = []
-        self._outbox = Outbox(self._cx)
+        self._outbox = Outbox(self._cx, self._owned)
         self._claims = Claims()
         self._now = 0  # the time of the step under way
         self._schedule = Schedule(self._tenants)
         """The tenants the next sweep looks at: touched since the last, or due."""
+
+    def _owned(self, name: str) -> Tenant:
+        """A tenant's state, made (and put on the sweep's schedule) by its first change."""
+        tenant = self._tenants.get(name)
+        if tenant is None:
+            tenant = self._tenants[name] = Tenant(name, self._cx)
+            self._schedule.touch(tenant)
+        return tenant
 
     def lease(self, name: str, owner: str, ttl_ms: int) -> bool:
         """One process holds all of this store: its sweeper never competes."""
@@ -218,10 +226,7 @@ class MemoryStore:
             if expiry and expiry[0][0] < now and not _writes_nothing(op):
                 reap(tenant, now, cx.reap_batch)
             return run(tenant, op, now)  # type: ignore[no-any-return]
-        tenant = Tenant(op.tenant, cx)
-        if not _writes_nothing(op):
-            self._tenants[op.tenant] = tenant
-            self._schedule.touch(tenant)
+        tenant = Tenant(op.tenant, cx) if _writes_nothing(op) else self._owned(op.tenant)
         return run(tenant, op, now)  # type: ignore[no-any-return]
 
     def _close(self, tenant: Tenant, op: CloseTenant, now: int) -> TenantClosure:

@@ -39,17 +39,25 @@ if (op == 'subscribe' or op == 'update') and redis.call('HEXISTS', K_META, 'clos
   return closed_refusal()
 end
 if op == 'subscribe' then
-  redis.call('HSET', hook_key('subs'), P.sub.id, cjson.encode(P.sub))
+  local sub = P.sub
+  redis.call('HSET', hook_key('subs'), sub.id, cjson.encode(sub))
   wire()
-  return cjson.encode({webhook = P.sub})
+  audit('webhook.created', {detail = {webhook_id = sub.id, url = sub.url,
+    events = sub.events, format = sub.format, enabled = sub.enabled}})  -- never the secret
+  return cjson.encode({webhook = sub})
 elseif op == 'update' then
   -- P.set: the fields to change (url, events, secret, enabled), only those given
   local raw = redis.call('HGET', hook_key('subs'), P.id)
   if not raw then return fail('NOT_FOUND', 'no webhook ' .. P.id) end
   local sub = cjson.decode(raw)
-  for name, value in pairs(P.set) do sub[name] = value end
+  local detail = {webhook_id = P.id}  -- as `changes` in memory/outbox.py
+  for name, value in pairs(P.set) do
+    sub[name] = value
+    if name == 'secret' then detail.secret_rotated = true else detail[name] = value end
+  end
   redis.call('HSET', hook_key('subs'), P.id, cjson.encode(sub))
   wire()
+  audit('webhook.updated', {detail = detail})
   sub.secret = nil
   return cjson.encode({webhook = sub})
 elseif op == 'get' then
@@ -59,6 +67,7 @@ elseif op == 'get' then
 elseif op == 'remove' then
   local gone = redis.call('HDEL', hook_key('subs'), P.id)
   wire()
+  if gone == 1 then audit('webhook.deleted', {detail = {webhook_id = P.id}}) end
   return cjson.encode({removed = gone == 1})
 elseif op == 'list' then
   return cjson.encode({webhooks = redis.call('HVALS', hook_key('subs'))})
