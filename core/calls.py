@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S", bound="Runner")
+B = TypeVar("B", bound="Op[Any]")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +175,14 @@ def twins(build: Callable[P, Op[R]]) -> tuple[Sync[Runner, P, R], Async[Runner, 
             _method(build, "a" + name, "_arun", bound=False))
 
 
-def followed_twins(build: Callable[P, Op[R]], follow: Callable[[Op[R]], Flow[R]]
-                   ) -> tuple[Sync[Runner, P, R], Async[Runner, P, R]]:
+def followed_twins(build: Callable[P, B], follow: Callable[[B], Flow[T]]
+                   ) -> tuple[Sync[Runner, P, T], Async[Runner, P, T]]:
     """As `twins`, for a call whose operation a flow runs with more steps around it (a
-    check after it, say): the builder still checks the arguments when the call is made,
-    and `follow(op)` is the flow that runs the operation and returns the call's result."""
+    check before or after it, say): the builder still checks the arguments when the call is
+    made, and `follow(op)` is the flow that runs the operation and returns the call's
+    result."""
     @functools.wraps(build)
-    def flow(*args: Any, **kwargs: Any) -> Flow[R]:
+    def flow(*args: Any, **kwargs: Any) -> Flow[T]:
         return follow(build(*args, **kwargs))
 
     name = build.__name__.removesuffix("_op")

@@ -40,9 +40,12 @@ from .webhook_calls import (
     update_webhook_flow,
     webhook_deliveries_op,
     webhooks_op,
+    within_security,
 )
 
 R = TypeVar("R")
+_SHARED = frozenset({hooks.GetWebhookSecurity})
+"""Store-wide reads a tenant's own calls follow (nothing of another tenant's)."""
 
 
 class TenantGuard(EnforcementCalls, BudgetCalls):
@@ -73,6 +76,8 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return await self._engine.store.aexecute(self._own(op))
 
     def _own(self, op: Op[R]) -> Op[R]:
+        if type(op) in _SHARED:
+            return op
         if op.tenant != self.name:
             raise Forbidden(f"{type(op).__name__.lower()} for tenant {op.tenant!r} refused by "
                             f"the handle of tenant {self.name!r}")
@@ -167,10 +172,9 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
                            enabled: bool = True, format: str = hooks.STANDARD
                            ) -> Flow[hooks.Webhook]:
         """Send this tenant's `events` to `url` (see `Guard.subscribe_webhook`)."""
-        made: hooks.Webhook = yield subscribe_webhook_op(
+        return within_security(subscribe_webhook_op(
             url, events=events, tenant=self.name, secret=secret, enabled=enabled,
-            format=format)
-        return made
+            format=format))
 
     subscribe_webhook, asubscribe_webhook = flow_twins(_subscribe_webhook)
 

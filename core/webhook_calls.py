@@ -11,12 +11,13 @@ import binascii
 from typing import Any
 from urllib.parse import urlsplit
 
-from .calls import Flow, Runner, flow_twins, twins
+from .calls import Flow, Runner, flow_twins, followed_twins, twins
 from .errors import InvalidRequest
 from .events import check_type
 from .scopes import tenant_name
 from .stores import hooks
 from .validation import MAX_LIST, check_int, check_list, shown
+from .webhook_security import DEFAULT_BLOCKED, check_destination, check_security, security_of
 
 MAX_URL = 2_048
 
@@ -115,6 +116,13 @@ def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
         enabled=_enabled(enabled), format=format)
 
 
+def within_security(op: hooks.SubscribeWebhook) -> Flow[hooks.Webhook]:
+    """Make a subscription whose URL the webhook security configuration allows."""
+    check_destination(op.url, security_of((yield hooks.GetWebhookSecurity(hooks.GLOBAL))))
+    made: hooks.Webhook = yield op
+    return made
+
+
 def webhooks_op(tenant: str | None = None) -> hooks.ListWebhooks:
     """The global subscriptions (`tenant=None`) or one tenant's own, secrets left out."""
     return hooks.ListWebhooks(tenant=_owner(tenant))
@@ -159,7 +167,10 @@ def update_webhook_flow(webhook_id: str, *, url: str | None = None, events: Any 
 
 def _updating(op: hooks.UpdateWebhook, events: Any) -> Flow[hooks.Webhook]:
     """What depends on the subscription's format (which never changes) is checked against
-    it first: the event types it can carry, how its secret is spelt."""
+    it first: the event types it can carry, how its secret is spelt; a new URL is checked
+    against the webhook security configuration."""
+    if op.url is not None:  # a new destination: as the configuration allows it now
+        check_destination(op.url, security_of((yield hooks.GetWebhookSecurity(hooks.GLOBAL))))
     if events is not None or op.secret is not None:
         found: hooks.Webhook = yield hooks.GetWebhook(tenant=op.tenant,
                                                       webhook_id=op.webhook_id)
@@ -201,11 +212,36 @@ def replay_webhook_event_op(event_id: str, webhook_id: str | None = None
     return hooks.ReplayEvent(tenant=tenant, event_id=event_id, webhook_id=webhook_id)
 
 
+def webhook_security_op() -> hooks.GetWebhookSecurity:
+    """Where webhooks may go (see `WebhookSecurity`): the configuration set, or the
+    defaults (every range that is not public blocked, no URL patterns, http:// allowed)."""
+    return hooks.GetWebhookSecurity(hooks.GLOBAL)
+
+
+def _in_force(op: hooks.GetWebhookSecurity) -> Flow[hooks.WebhookSecurity]:
+    found: hooks.WebhookSecurity | None = yield op
+    return security_of(found)
+
+
+def set_webhook_security_op(*, blocked_cidr_ranges: Any = DEFAULT_BLOCKED,
+                            allowed_url_patterns: Any = (), allow_http: bool = True
+                            ) -> hooks.SetWebhookSecurity:
+    """Replace where webhooks may go, for every tenant and every process on the store: a
+    destination resolving into a blocked range is refused on each send (unless the
+    dispatcher's `allow` names it); subscriptions made or changed from now on must match
+    one of the URL patterns (globs, when any are given) and be https:// unless
+    `allow_http`. What is left out takes its default; existing subscriptions are not
+    checked again."""
+    return hooks.SetWebhookSecurity(hooks.GLOBAL, check_security(
+        blocked_cidr_ranges, allowed_url_patterns, allow_http))
+
+
 class WebhookCalls(Runner):
     """Webhook subscriptions, the delivery log and replay (see `allotment.webhooks` for the
     dispatcher that sends)."""
 
-    subscribe_webhook, asubscribe_webhook = twins(subscribe_webhook_op)
+    subscribe_webhook, asubscribe_webhook = followed_twins(subscribe_webhook_op,
+                                                           within_security)
     webhooks, awebhooks = twins(webhooks_op)
     remove_webhook, aremove_webhook = twins(remove_webhook_op)
     enable_webhook, aenable_webhook = twins(enable_webhook_op)
@@ -218,5 +254,7 @@ class WebhookCalls(Runner):
 
     _update_webhook.__doc__ = update_webhook_flow.__doc__
     update_webhook, aupdate_webhook = flow_twins(_update_webhook)
+    webhook_security, awebhook_security = followed_twins(webhook_security_op, _in_force)
+    set_webhook_security, aset_webhook_security = twins(set_webhook_security_op)
     webhook_deliveries, awebhook_deliveries = twins(webhook_deliveries_op)
     replay_webhook_event, areplay_webhook_event = twins(replay_webhook_event_op)

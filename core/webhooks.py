@@ -37,17 +37,18 @@ from .stores.hooks import (
     Claimed,
     FinishDelivery,
     GetWebhook,
+    GetWebhookSecurity,
     Webhook,
     WebhookEvent,
+    WebhookSecurity,
     event_id,
     notification_data,
     owner_of,
 )
 from .validation import check_int
+from .webhook_security import IPNetwork, blocked_networks, blocking, security_of
 
 log = logging.getLogger("allotment.webhooks")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DestinationRefused(Exception):
@@ -126,26 +127,31 @@ def allowed_networks(allow: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(found)
 
 
-def _public_or_allowed(ip: str, allow: tuple[IPNetwork, ...]) -> bool:
+def _blocked_by(ip: str, blocked: tuple[IPNetwork, ...], allow: tuple[IPNetwork, ...]
+                ) -> IPNetwork | None:
+    """The blocked range an address is in, unless an allowed network holds it."""
     address = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    if any(address in network for network in allow):
-        return True
-    return address.is_global and not address.is_multicast
+    if blocking(address, allow) is not None:
+        return None
+    return blocking(address, blocked)
 
 
-def _pick(url: str, infos: list[Any], allow: tuple[IPNetwork, ...]) -> str:
-    """The address to connect to: every address the host resolves to must be public or
-    allowed (a host with one private address among public ones is refused)."""
+def _pick(url: str, infos: list[Any], blocked: tuple[IPNetwork, ...],
+          allow: tuple[IPNetwork, ...]) -> str:
+    """The address to connect to: no address the host resolves to may be in a blocked
+    range, unless allowed (a host with one private address among public ones is refused)."""
     ips = list(dict.fromkeys(info[4][0] for info in infos))
     if not ips:
         raise DestinationRefused(f"{url}: the host does not resolve")
     for ip in ips:
-        if not _public_or_allowed(ip, allow):
+        found = _blocked_by(ip, blocked, allow)
+        if found is not None:
             raise DestinationRefused(
-                f"{url}: resolves to {ip}, which is private, loopback, link-local or "
-                "otherwise not public; allow its network explicitly (Dispatcher(allow=...))")
+                f"{url}: resolves to {ip}, in the blocked range {found} (by default every "
+                "range that is not public); allow its network explicitly "
+                "(Dispatcher(allow=...)) or change the webhook security configuration")
     return str(ips[0])
 
 
@@ -200,8 +206,9 @@ class Dispatcher:
     what is due; `start()` does so in a background thread every `interval_s`, and
     `await run_forever()` in an asyncio task.
 
-    `allow`: networks a destination may resolve into besides public addresses (none by
-    default: private, loopback, link-local and reserved addresses are refused).
+    `allow`: networks a destination may resolve into even inside a blocked range of the
+    store's webhook security configuration (`Guard.set_webhook_security`; by default every
+    range that is not public is blocked: private, loopback, link-local, reserved).
     `retention_s`: how long a finished delivery (and its event) stays in the log for
     `webhook_deliveries` and replay (7 days); each round drops what is older.
     """
@@ -227,6 +234,13 @@ class Dispatcher:
     def retry_in_ms(self, attempts: int) -> int:
         """The wait after the `attempts`-th failed try: doubling from `backoff_s`, capped."""
         return int(min(self.backoff_cap_s, self.backoff_s * 2 ** (attempts - 1)) * 1000)
+
+    def _security(self) -> GetWebhookSecurity:
+        return GetWebhookSecurity(tenant=GLOBAL)
+
+    @staticmethod
+    def _blocked(found: WebhookSecurity | None) -> tuple[IPNetwork, ...]:
+        return blocked_networks(security_of(found).blocked_cidr_ranges)
 
     def _claim(self) -> ClaimDeliveries:
         return ClaimDeliveries(tenant=GLOBAL, limit=self.batch, lease_ms=self.lease_ms,
@@ -289,9 +303,10 @@ class Dispatcher:
         import httpx
 
         probe = self._probe(self._store.execute(self._get(webhook_id)))
+        blocked = self._blocked(self._store.execute(self._security()))
         started = time.perf_counter()
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
-            return self._tested(probe, self._send(client, probe), started)
+            return self._tested(probe, self._send(client, probe, blocked), started)
 
     def run_once(self) -> int:
         """Send every delivery due now (up to `batch`); returns how many were tried."""
@@ -300,16 +315,19 @@ class Dispatcher:
         claimed = self._store.execute(self._claim())
         if not claimed:
             return 0
+        blocked = self._blocked(self._store.execute(self._security()))
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             for one in claimed:
-                self._store.execute(self._finish(one, self._send(client, one)))
+                self._store.execute(self._finish(one, self._send(client, one, blocked)))
         return len(claimed)
 
-    def _send(self, client: Any, claimed: Claimed) -> Attempt:
+    def _send(self, client: Any, claimed: Claimed, blocked: tuple[IPNetwork, ...]
+              ) -> Attempt:
         try:
             host, port = _target(claimed.webhook.url)
             ip = _pick(claimed.webhook.url,
-                       socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.allow)
+                       socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), blocked,
+                       self.allow)
         except DestinationRefused as refused:
             return Attempt(False, None, str(refused), permanent=True)
         except OSError as error:
@@ -356,9 +374,11 @@ class Dispatcher:
         claimed = await self._store.aexecute(self._claim())
         if not claimed:
             return 0
+        blocked = self._blocked(await self._store.aexecute(self._security()))
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
             for one in claimed:
-                await self._store.aexecute(self._finish(one, await self._asend(client, one)))
+                await self._store.aexecute(self._finish(
+                    one, await self._asend(client, one, blocked)))
         return len(claimed)
 
     async def atest(self, webhook_id: str) -> WebhookTest:
@@ -366,16 +386,18 @@ class Dispatcher:
         import httpx
 
         probe = self._probe(await self._store.aexecute(self._get(webhook_id)))
+        blocked = self._blocked(await self._store.aexecute(self._security()))
         started = time.perf_counter()
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
-            return self._tested(probe, await self._asend(client, probe), started)
+            return self._tested(probe, await self._asend(client, probe, blocked), started)
 
-    async def _asend(self, client: Any, claimed: Claimed) -> Attempt:
+    async def _asend(self, client: Any, claimed: Claimed, blocked: tuple[IPNetwork, ...]
+                     ) -> Attempt:
         try:
             host, port = _target(claimed.webhook.url)
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_STREAM)
-            ip = _pick(claimed.webhook.url, infos, self.allow)
+            ip = _pick(claimed.webhook.url, infos, blocked, self.allow)
         except DestinationRefused as refused:
             return Attempt(False, None, str(refused), permanent=True)
         except OSError as error:

@@ -17,6 +17,7 @@ import pytest
 import allotment as al
 from allotment.periods import Period, bucket_start_ms
 from allotment.stores.hooks import CYCLES_TYPES
+from allotment.webhook_security import DEFAULT, DEFAULT_BLOCKED
 from allotment.webhooks import Dispatcher, WebhookTest, body_of
 
 from support import LLM
@@ -574,3 +575,44 @@ def test_a_test_send_is_signed_as_deliveries_are_and_logged_nowhere(
         probe(guard, dispatcher, f"acme/whk_{'0' * 24}")
     with pytest.raises(al.InvalidRequest, match="webhook id"):
         probe(guard, dispatcher, "acme")
+
+
+def test_the_security_configuration_decides_where_webhooks_may_go(guard: Any,
+                                                                 receiver: Receiver) -> None:
+    assert guard.webhook_security() == DEFAULT and "127.0.0.0/8" in DEFAULT_BLOCKED
+    made = subscribe(guard, receiver, events=["budget.exhausted"])
+    guard.set_budget("tenant:acme", usd=1, period="month")
+    spend(guard, 1)
+    opened = guard.set_webhook_security(
+        blocked_cidr_ranges=[r for r in DEFAULT_BLOCKED if r != "127.0.0.0/8"])
+    assert opened.allow_http is True and "127.0.0.0/8" not in opened.blocked_cidr_ranges
+    assert guard.webhook_security() == opened
+    assert drain(guard, Dispatcher(guard)) == 1  # loopback is no longer blocked
+    assert receiver.types() == ["budget.exhausted"] and receiver.bad_signatures == 0
+    closed = guard.set_webhook_security(blocked_cidr_ranges=["0.0.0.0/0", "::/0"],
+                                        allowed_url_patterns=["https://*.example.com/*"],
+                                        allow_http=False)
+    sent = probe(guard, Dispatcher(guard), made.id)  # every address blocked now
+    assert not sent.delivered and "blocked range 0.0.0.0/0" in (sent.error or "")
+    assert probe(guard, Dispatcher(guard, allow=LOOPBACK), made.id).delivered  # carved out
+    acme = guard.tenant("acme")
+    for call, says in ((lambda: guard.subscribe_webhook("http://hooks.example.com/a",
+                                                        events="*"), "https:// only"),
+                       (lambda: acme.subscribe_webhook("https://hooks.example.org/a",
+                                                       events="*"), "allowed URL patterns"),
+                       (lambda: guard.update_webhook(made.id, url="https://elsewhere.test/"),
+                        "allowed URL patterns")):
+        with pytest.raises(al.InvalidRequest, match=says):
+            call()
+    assert [hook.url for hook in guard.webhooks()] == [receiver.url]  # kept, not checked again
+    assert guard.webhooks("acme") == ()
+    assert acme.subscribe_webhook("https://hooks.example.com/a", events="*").url == \
+        "https://hooks.example.com/a"
+    for bad, says in (({"blocked_cidr_ranges": ["10.0.0.0/33"]}, r"blocked_cidr_ranges\[0\]"),
+                      ({"blocked_cidr_ranges": "10.0.0.0/8"}, "a list of strings"),
+                      ({"allowed_url_patterns": [""]}, "1 to 2048 printable"),
+                      ({"allow_http": "yes"}, "True or False")):
+        with pytest.raises(al.InvalidRequest, match=says):
+            guard.set_webhook_security(**bad)
+    assert guard.webhook_security() == closed
+    assert guard.set_webhook_security() == DEFAULT  # everything left out: the defaults

@@ -1,7 +1,7 @@
 """The Cycles governance spec's admin webhook routes over allotment's subscriptions: make,
 list, read, change (pause, resume, url, event types, secret rotation), test and remove
-(`/v1/admin/webhooks...`), and one subscription's deliveries (admin and tenant), in the
-spec's WebhookSubscription and WebhookDelivery shapes.
+(`/v1/admin/webhooks...`), one subscription's deliveries (admin and tenant), and where
+webhooks may go (`/v1/admin/config/webhook-security`), in the spec's shapes.
 
 A subscription made here delivers as the Cycles dispatcher does (`hooks.CYCLES`: the spec's
 Event, `X-Cycles-Signature`); those made under `/v1/webhooks` keep allotment's Standard
@@ -32,10 +32,12 @@ from ..stores.hooks import (
     SYSTEM,
     Webhook,
     WebhookDelivery,
+    WebhookSecurity,
     event_time,
     owner_of,
 )
 from ..tenant import TenantGuard
+from ..webhook_security import DEFAULT_BLOCKED
 from ..webhooks import WebhookTest
 from . import paging, wire
 from .admin import require_admin, search_text
@@ -180,6 +182,22 @@ def selected(event_types: list[str], event_categories: list[str]) -> list[str]:
                                    if kind.partition(".")[0] in event_categories)})
 
 
+class SecurityBody(wire._Strict):
+    """The spec's WebhookSecurityConfig; a part left out takes allotment's default (see
+    `webhook_security.DEFAULT`)."""
+
+    blocked_cidr_ranges: list[str] = Field(default_factory=lambda: list(DEFAULT_BLOCKED),
+                                           max_length=256)
+    allowed_url_patterns: list[str] = Field(default_factory=list, max_length=100)
+    allow_http: bool = True
+
+
+def security_json(security: WebhookSecurity) -> dict[str, Any]:
+    return {"blocked_cidr_ranges": list(security.blocked_cidr_ranges),
+            "allowed_url_patterns": list(security.allowed_url_patterns),
+            "allow_http": security.allow_http}
+
+
 def test_json(sent: WebhookTest) -> dict[str, Any]:
     """A test send in the spec's WebhookTestResponse shape."""
     view: dict[str, Any] = {"success": sent.delivered, "response_time_ms": sent.elapsed_ms,
@@ -226,6 +244,8 @@ class Subscriptions:
             Route(one, self.one, methods=["GET"]),
             Route(one, self.changed, methods=["PATCH"]),
             Route(one, self.removed, methods=["DELETE"]),
+            Route("/v1/admin/config/webhook-security", self.security, methods=["GET"]),
+            Route("/v1/admin/config/webhook-security", self.secured, methods=["PUT"]),
         ]
 
     async def _hooks(self, owner: str) -> tuple[Webhook, ...]:
@@ -343,6 +363,23 @@ class Subscriptions:
             queued += await self.s.guard.areplay_webhook_event(some, hook.id)
         return json_response(request, {"replay_id": f"rpl_{secrets.token_hex(12)}",
                                        "events_queued": queued}, 202)
+
+    async def security(self, request: Request) -> Response:
+        """Where webhooks may go: the configuration set, or the defaults."""
+        require_admin(self.s, request)
+        only(request)
+        return json_response(request, security_json(await self.s.guard.awebhook_security()))
+
+    async def secured(self, request: Request) -> Response:
+        """Replace the configuration (what is left out takes its default): subscriptions
+        made or changed from now on are checked against it, and every send against its
+        blocked ranges; existing subscriptions are not checked again."""
+        require_admin(self.s, request)
+        only(request)
+        req = wire.parse(SecurityBody, await body(request, self.s.max_body))
+        return json_response(request, security_json(await self.s.guard.aset_webhook_security(
+            blocked_cidr_ranges=req.blocked_cidr_ranges,
+            allowed_url_patterns=req.allowed_url_patterns, allow_http=req.allow_http)))
 
     async def deliveries(self, request: Request) -> Response:
         """Any subscription's deliveries (see `attempts`)."""

@@ -62,6 +62,19 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSecurity:
+    """Where webhooks may go (the Cycles spec's WebhookSecurityConfig): a destination that
+    resolves into one of `blocked_cidr_ranges` is refused when sending (unless the
+    dispatcher's `allow` names its network); a subscription made or changed must have a URL
+    matching one of `allowed_url_patterns` (shell-style globs), when there are any, and an
+    https:// one unless `allow_http`. See `webhook_security.py` for the defaults."""
+
+    blocked_cidr_ranges: tuple[str, ...]
+    allowed_url_patterns: tuple[str, ...] = ()
+    allow_http: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """One event of the outbox: a notification with a stable id (`<tenant>/evt_<hex>`)."""
 
@@ -177,8 +190,21 @@ class ReplayEvent(Op[int]):
     webhook_id: str | None
 
 
+@dataclass
+class GetWebhookSecurity(Op["WebhookSecurity | None"]):
+    """The webhook security configuration set last; None when none ever was."""
+
+
+@dataclass
+class SetWebhookSecurity(Op[WebhookSecurity]):
+    """Replace the webhook security configuration (for every tenant and process)."""
+
+    security: WebhookSecurity
+
+
 HOOK_OPS = frozenset({SubscribeWebhook, UpdateWebhook, RemoveWebhook, ListWebhooks,
-                      GetWebhook, ClaimDeliveries, FinishDelivery, Deliveries, ReplayEvent})
+                      GetWebhook, ClaimDeliveries, FinishDelivery, Deliveries, ReplayEvent,
+                      GetWebhookSecurity, SetWebhookSecurity})
 
 
 # -- what both stores share ---------------------------------------------------------------------

@@ -445,6 +445,8 @@ ADMIN_ONLY = [
                                                    "event_types": ["budget.exhausted"]}),
     ("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/replay", {}),
     ("POST", "/v1/admin/webhooks/acme/whk_" + "0" * 24 + "/test", None),
+    ("GET", "/v1/admin/config/webhook-security", None),
+    ("PUT", "/v1/admin/config/webhook-security", {"allow_http": True}),
     ("PATCH", "/v1/admin/webhooks/acme/whk_" + "0" * 24, {"url": "https://a.example.com/"}),
     ("POST", "/v1/admin/webhooks/bulk-action", {"filter": {"tenant_id": "acme"},
                                                 "action": "PAUSE", "idempotency_key": "k"}),

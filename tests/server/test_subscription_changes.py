@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import allotment as al
+from allotment.webhook_security import DEFAULT_BLOCKED
 from allotment.webhooks import Dispatcher
 
 from support.openapi import GOVERNANCE, conforms, validate
@@ -210,3 +211,43 @@ def test_a_tenant_reads_changes_and_tests_its_own_subscriptions_only(
                 "NOT_FOUND")
     assert (guard.webhooks(), guard.webhooks("acme")) == before
     assert len(receiver.accepted) == 1
+
+
+def test_the_admin_reads_and_replaces_where_webhooks_may_go(served: Served) -> None:
+    path = "/v1/admin/config/webhook-security"
+    first = served.admin("GET", path)
+    assert first.status == 200, first.body
+    validate("GET", path, 200, first.body, GOVERNANCE)
+    assert first.body == {"blocked_cidr_ranges": list(DEFAULT_BLOCKED),
+                          "allowed_url_patterns": [], "allow_http": True}
+    strict = {"blocked_cidr_ranges": ["10.0.0.0/8", "fc00::/7", "127.0.0.1/8"],
+              "allowed_url_patterns": ["https://*.example.com/*"], "allow_http": False}
+    replaced = served.admin("PUT", path, strict)
+    assert replaced.status == 200, replaced.body
+    validate("PUT", path, 200, replaced.body, GOVERNANCE)
+    assert replaced.body == {**strict, "blocked_cidr_ranges": [  # each in canonical form
+        "10.0.0.0/8", "fc00::/7", "127.0.0.0/8"]}
+    assert served.admin("GET", path).body == replaced.body
+    served.guard.set_budget("tenant:acme", usd=1)
+    acme = Api(served.url, served.guard.create_key("acme", permissions=[
+        "webhooks:write"]).secret)
+    for answer, words in (
+            (served.admin("POST", "/v1/admin/webhooks", {
+                "url": "http://hooks.example.com/a", "event_types": ["budget.exhausted"]}),
+             ["https:// only"]),
+            (acme.post("/v1/webhooks", {"url": "https://hooks.example.org/a",
+                                        "events": ["budget.exhausted"]}, check=False),
+             ["allowed URL patterns", "https://*.example.com/*"])):
+        refused(answer, 400, "INVALID_REQUEST", *words)
+    assert served.guard.webhooks() == () and served.guard.webhooks("acme") == ()
+    assert acme.post("/v1/webhooks", {"url": "https://hooks.example.com/a",
+                                      "events": ["budget.exhausted"]}, check=False).status == 201
+    for bad, words in (({"blocked_cidr_ranges": ["nope"]}, ["blocked_cidr_ranges[0]"]),
+                       ({"allow_http": "no"}, ["allow_http"]),
+                       ({"blocked_cidr_ranges": ["10.0.0.0/8"], "colour": "red"}, ["colour"])):
+        answer = served.admin("PUT", path, bad)
+        refused(answer, 400, "INVALID_REQUEST", *words)
+        validate("PUT", path, 400, answer.body, GOVERNANCE)
+    assert served.admin("GET", path).body == replaced.body
+    defaults = served.admin("PUT", path, {})
+    assert defaults.body == first.body  # what is left out takes its default

@@ -22,14 +22,17 @@ from ..hooks import (
     Deliveries,
     FinishDelivery,
     GetWebhook,
+    GetWebhookSecurity,
     ListWebhooks,
     RemoveWebhook,
     ReplayEvent,
+    SetWebhookSecurity,
     SubscribeWebhook,
     UpdateWebhook,
     Webhook,
     WebhookDelivery,
     WebhookEvent,
+    WebhookSecurity,
     day_of,
     event_id,
     forecast_at,
@@ -66,6 +69,8 @@ class Outbox:
         self._boxes: dict[str, _Box] = {}
         self.active = False
         """Whether any subscription exists: the store skips `append` otherwise."""
+        self.security: WebhookSecurity | None = None
+        """The webhook security configuration, once one is set."""
 
     # -- the hooks in other operations' steps --------------------------------------------------
 
@@ -137,6 +142,11 @@ class Outbox:
                 self._log(op.tenant, now, AuditType.WEBHOOK_DELETED,
                           {"webhook_id": op.webhook_id})
             return gone
+        if isinstance(op, GetWebhookSecurity):
+            return self.security
+        if isinstance(op, SetWebhookSecurity):
+            self.security = op.security
+            return op.security
         if isinstance(op, GetWebhook):
             return self._found(self._subs(op.tenant), op.webhook_id)
         if isinstance(op, ListWebhooks):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from ...events import Notification
@@ -21,6 +21,8 @@ from .keys import TENANTS_KEY, none_key, tenant_keys
 
 GLOBAL_HOOKS = "al:hooks"
 """HASH webhook id -> global subscription JSON, and VERSION -> its version."""
+SECURITY = "al:hooks:security"
+"""STRING: the webhook security configuration as JSON (absent: the defaults apply)."""
 VERSION = "~v"
 
 Step = Any
@@ -99,6 +101,12 @@ class HookFlows:
         if op.tenant == h.GLOBAL and isinstance(op, (h.SubscribeWebhook, h.UpdateWebhook,
                                                      h.RemoveWebhook)):
             return (yield from self._global_change(op))
+        if isinstance(op, h.GetWebhookSecurity):
+            raw = yield Command(("GET", SECURITY))
+            return None if raw is None else _security(raw)
+        if isinstance(op, h.SetWebhookSecurity):
+            yield Command(("SET", SECURITY, json.dumps(asdict(op.security))))
+            return op.security
         if op.tenant == h.GLOBAL and isinstance(op, h.GetWebhook):
             _, subs = yield from self._read_globals()
             return _one(subs, op.webhook_id)
@@ -211,6 +219,12 @@ class HookFlows:
 
 def _strip(sub: h.Webhook) -> h.Webhook:
     return replace(sub, secret=None)
+
+
+def _security(raw: str | bytes) -> h.WebhookSecurity:
+    d = json.loads(raw)
+    return h.WebhookSecurity(tuple(d["blocked_cidr_ranges"]), tuple(d["allowed_url_patterns"]),
+                             bool(d["allow_http"]))
 
 
 def _changes(op: h.UpdateWebhook) -> dict[str, Any]:
