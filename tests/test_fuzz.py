@@ -422,6 +422,10 @@ GUARD_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                              limit=st.sampled_from([1, 100])),
     "replay_webhook_event": kw(event_id=st.just(EVENT_ID),
                                webhook_id=st.sampled_from([None, HOOK_ID])),
+    "set_webhook_security": kw(
+        blocked_cidr_ranges=st.sampled_from([["10.0.0.0/8", "fc00::/7"], ["0.0.0.0/0"]]),
+        allowed_url_patterns=st.sampled_from([[], ["https://*.example.com/*"]]),
+        allow_http=st.booleans()),
 }
 HANDLE_ONLY: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "balances": kw(scope=st.one_of(st.none(), LEDGER_SCOPES), include_children=st.booleans()),
