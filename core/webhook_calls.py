@@ -116,9 +116,14 @@ def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
         enabled=_enabled(enabled), format=format)
 
 
+def _destination(url: str) -> Flow[None]:
+    """A subscription's URL, as the webhook security configuration allows one now."""
+    check_destination(url, security_of((yield hooks.GetWebhookSecurity(hooks.GLOBAL))))
+
+
 def within_security(op: hooks.SubscribeWebhook) -> Flow[hooks.Webhook]:
     """Make a subscription whose URL the webhook security configuration allows."""
-    check_destination(op.url, security_of((yield hooks.GetWebhookSecurity(hooks.GLOBAL))))
+    yield from _destination(op.url)
     made: hooks.Webhook = yield op
     return made
 
@@ -169,8 +174,8 @@ def _updating(op: hooks.UpdateWebhook, events: Any) -> Flow[hooks.Webhook]:
     """What depends on the subscription's format (which never changes) is checked against
     it first: the event types it can carry, how its secret is spelt; a new URL is checked
     against the webhook security configuration."""
-    if op.url is not None:  # a new destination: as the configuration allows it now
-        check_destination(op.url, security_of((yield hooks.GetWebhookSecurity(hooks.GLOBAL))))
+    if op.url is not None:
+        yield from _destination(op.url)
     if events is not None or op.secret is not None:
         found: hooks.Webhook = yield hooks.GetWebhook(tenant=op.tenant,
                                                       webhook_id=op.webhook_id)
