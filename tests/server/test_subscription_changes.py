@@ -60,6 +60,16 @@ def refused(answer: Any, status: int, code: str, *words: str) -> None:
         assert word in answer.body["message"], answer.body
 
 
+def subscribed(served: Served, receiver: Receiver, owner: str = "?tenant_id=acme",
+               **body: Any) -> dict[str, Any]:
+    """A subscription made on the admin plane to `receiver`, which learns its secret."""
+    made = served.admin("POST", f"/v1/admin/webhooks{owner}", {
+        "url": receiver.url, "event_types": ["reservation.denied"], **body})
+    assert made.status == 201, made.body
+    receiver.secrets.append(made.body["signing_secret"])
+    return dict(made.body["subscription"])
+
+
 def deny(guard: al.Guard) -> None:
     """One `reservation.denied` event for acme."""
     with pytest.raises(al.BudgetExceeded):
@@ -70,11 +80,8 @@ def test_the_admin_changes_a_subscription_and_its_deliveries_follow(
         served: Served, receivers: tuple[Receiver, Receiver]) -> None:
     first, moved = receivers
     served.guard.set_budget("tenant:acme", usd=10)
-    made = served.admin("POST", "/v1/admin/webhooks?tenant_id=acme", {
-        "url": first.url, "event_types": ["budget.exhausted"]})
-    hook = made.body["subscription"]
+    hook = subscribed(served, first, event_types=["budget.exhausted"])
     path = f"/v1/admin/webhooks/{hook['subscription_id']}"
-    first.secrets.append(made.body["signing_secret"])
 
     changed = served.admin("PATCH", path, {
         "url": moved.url, "event_categories": ["reservation"],
@@ -117,13 +124,8 @@ def test_the_admin_sends_a_test_event_that_is_logged_nowhere(
         served: Served, receivers: tuple[Receiver, Receiver]) -> None:
     receiver, failing = receivers
     served.guard.set_budget("tenant:acme", usd=10)
-    made = served.admin("POST", "/v1/admin/webhooks?tenant_id=acme", {
-        "url": receiver.url, "event_types": ["reservation.denied"]})
-    everyone = served.admin("POST", "/v1/admin/webhooks", {
-        "url": receiver.url, "event_types": ["reservation.denied"]})
-    receiver.secrets += [made.body["signing_secret"], everyone.body["signing_secret"]]
-    ids = [made.body["subscription"]["subscription_id"],
-           everyone.body["subscription"]["subscription_id"]]
+    ids = [subscribed(served, receiver)["subscription_id"],
+           subscribed(served, receiver, owner="")["subscription_id"]]
     for hook_id, tenant in zip(ids, ["acme", "__system__"], strict=True):
         path = f"/v1/admin/webhooks/{hook_id}/test"
         sent = served.admin("POST", path)
@@ -143,11 +145,8 @@ def test_the_admin_sends_a_test_event_that_is_logged_nowhere(
     assert served.guard.webhook_deliveries() == ()
 
     failing.fail = 1
-    failing.secrets.append("a secret the failing receiver knows")
-    broken = served.admin("POST", "/v1/admin/webhooks?tenant_id=acme", {
-        "url": failing.url, "event_types": ["reservation.denied"],
-        "signing_secret": "a secret the failing receiver knows"})
-    path = f"/v1/admin/webhooks/{broken.body['subscription']['subscription_id']}/test"
+    broken = subscribed(served, failing, signing_secret="a secret the failing receiver knows")
+    path = f"/v1/admin/webhooks/{broken['subscription_id']}/test"
     answer = served.admin("POST", path)
     validate("POST", path, 200, answer.body, GOVERNANCE)
     assert (answer.body["success"], answer.body["response_status"],
