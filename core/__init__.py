@@ -70,7 +70,7 @@ from .pricing import TokenUsage
 from .reports import REPORT_RETENTION_DAYS, ReportRow
 from .reservation import Reservation
 from .scopes import Subject, quote_value, unquote_value
-from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent
+from .stores.hooks import Webhook, WebhookDelivery, WebhookEvent, WebhookSecurity
 from .stores.memory import MemoryStore
 from .tenant import TenantGuard
 from .usage import UsageRow, write_usage
@@ -142,6 +142,7 @@ __all__ = [
     "Webhook",
     "WebhookDelivery",
     "WebhookEvent",
+    "WebhookSecurity",
     "credits",
     "current_subject",
     "format_amount",

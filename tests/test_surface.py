@@ -181,7 +181,8 @@ EXPORTS = [
     "ReservationExpired", "ReservationFinalized", "ReservationInfo", "ReservationStateError",
     "ReservationStatus", "Sink", "StoreUnavailable", "Subject", "TenantClosed", "TenantGuard",
     "TenantStatus", "TokenUsage", "TransferResult", "Unit", "UnitMismatch", "UsageRow", "Webhook",
-    "WebhookDelivery", "WebhookEvent", "credits", "current_subject", "format_amount",
+    "WebhookDelivery", "WebhookEvent", "WebhookSecurity", "credits", "current_subject",
+    "format_amount",
     "microcents_to_usd", "quote_value", "scope", "tokens", "unquote_value", "usd",
     "write_usage",
 ]
