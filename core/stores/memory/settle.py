@@ -89,7 +89,9 @@ def commit(t: Tenant, op: Commit, now: int) -> CommitResult:
     loud = False  # some ledger may have a notification due (see `alerts`)
     charged_ledgers = res.ledgers
     figures = []  # the balances as the answer shows them, read in the loop that writes
-    for (_, d), state in zip(charged_ledgers, states, strict=True):
+    # `states` are `res.ledgers`' objects, one each by construction: no `strict=True`,
+    # whose keyword makes `zip` parse its arguments the slow way (about 1.5 k instructions)
+    for (_, d), state in zip(charged_ledgers, states):  # noqa: B905
         state.reserved -= held
         state.spent += amount
         state.touched_ms = now
