@@ -134,7 +134,8 @@ def format_amount(unit: Unit, amount: int) -> str:
     """Human text for a ledger amount: `$0.12`, `1,000 tokens`."""
     if unit is Unit.USD_MICROCENTS:
         dollars = microcents_to_usd(amount)
-        text = f"{dollars:,.2f}" if dollars == dollars.quantize(Decimal("0.01")) else f"{dollars:,}"
+        cents = dollars == dollars.quantize(Decimal("0.01"))
+        text = f"{dollars:,.2f}" if cents else f"{dollars:,f}"  # `f`: never an exponent
         return f"-${text[1:]}" if text.startswith("-") else f"${text}"
     return f"{amount:,} {unit.value.lower().replace('_', ' ')}"
 

@@ -16,6 +16,7 @@ from ..guard import Guard
 from ..plans import Plan
 from ..webhooks import Dispatcher
 from . import metrics as _metrics
+from . import ui as _ui
 from .admin import Admin
 from .bulk import Bulk
 from .context import error_response, json_response
@@ -81,7 +82,7 @@ async def _ready(request: Request) -> Response:
 def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MAX_BODY,
                metrics: bool | None = None, plans: Mapping[str, Plan] | None = None,
                define_plans: bool = True, extensions: bool = True,
-               dispatcher: Dispatcher | None = None) -> App:
+               dispatcher: Dispatcher | None = None, ui: bool = True) -> App:
     """The ASGI app serving `guard` on the Cycles wire. `admin_key` enables the admin key
     (`X-Admin-API-Key`); without it no request has admin rights. `metrics` serves
     `GET /metrics` (by default when prometheus-client is installed). `plans` are the
@@ -89,7 +90,8 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
     defining more over HTTP (several workers: each holds its own catalog).
     `extensions=False` serves the plain Cycles wire: no `allotment` fields, no
     `GET /v1/allotment`. `dispatcher`: whose rules a subscription's test send follows
-    (`allow`, the timeout; by default a `Dispatcher(guard)`: public addresses only)."""
+    (`allow`, the timeout; by default a `Dispatcher(guard)`: public addresses only).
+    `ui=False` leaves out the operator's dashboard at `/ui`."""
     if not isinstance(guard, Guard):
         raise TypeError(f"create_app: expected an allotment Guard, got {guard!r}")
     settings = Settings(guard, admin_key or None, max_body, dispatcher or Dispatcher(guard),
@@ -100,6 +102,8 @@ def create_app(guard: Guard, *, admin_key: str | None = None, max_body: int = MA
               *Hooks(settings).routes(), *Subscriptions(settings).routes(),
               Route("/actuator/health/readiness", _ready, methods=["GET"]),
               Route("/actuator/health/liveness", _ready, methods=["GET"])]
+    if ui:
+        routes += _ui.routes()
     serve_metrics = _metrics.available() if metrics is None else metrics
     if serve_metrics:
         routes.append(Route("/metrics", _metrics.endpoint(guard), methods=["GET"]))
