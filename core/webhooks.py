@@ -147,12 +147,24 @@ def _pick(url: str, infos: list[Any], blocked: tuple[IPNetwork, ...],
         raise DestinationRefused(f"{url}: the host does not resolve")
     for ip in ips:
         found = _blocked_by(ip, blocked, allow)
-        if found is not None:
+        if found is not None:  # the address and range go to the operator's log only: the
+            # delivery log and a test send's answer reach the subscription's tenant
+            log.warning("webhook destination %s resolves to %s, in the blocked range %s",
+                        url, ip, found)
             raise DestinationRefused(
-                f"{url}: resolves to {ip}, in the blocked range {found} (by default every "
-                "range that is not public); allow its network explicitly "
+                f"{url}: the host resolves to a {_kind(ip)} address in a blocked range (by "
+                "default, every range that is not public); allow its network explicitly "
                 "(Dispatcher(allow=...)) or change the webhook security configuration")
     return str(ips[0])
+
+
+def _kind(ip: str) -> str:
+    """What kind of address it is (for the message, which names no address)."""
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    for kind in ("loopback", "link_local", "private", "multicast", "reserved"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return "public"
 
 
 def _target(url: str) -> tuple[str, int]:

@@ -593,7 +593,8 @@ def test_the_security_configuration_decides_where_webhooks_may_go(guard: Any,
                                         allowed_url_patterns=["https://*.example.com/*"],
                                         allow_http=False)
     sent = probe(guard, Dispatcher(guard), made.id)  # every address blocked now
-    assert not sent.delivered and "blocked range 0.0.0.0/0" in (sent.error or "")
+    assert not sent.delivered and "loopback address in a blocked range" in (sent.error or "")
+    assert "127.0.0.1" not in (sent.error or "").partition(": ")[2]  # nor the address itself
     assert probe(guard, Dispatcher(guard, allow=LOOPBACK), made.id).delivered  # carved out
     acme = guard.tenant("acme")
     for call, says in ((lambda: guard.subscribe_webhook("http://hooks.example.com/a",
@@ -604,13 +605,20 @@ def test_the_security_configuration_decides_where_webhooks_may_go(guard: Any,
                         "allowed URL patterns")):
         with pytest.raises(al.InvalidRequest, match=says):
             call()
+    for elsewhere in ("https://evil.test/x.example.com/", "https://evil.test?.example.com/",
+                      "https://evil.test#.example.com/a", "https://hooks.example.com.evil.test/",
+                      "https://hooks.example.com@evil.test/", "https://example.com/a",
+                      "https://hooks.example.com:8443/a"):  # the pattern's host, and only it
+        with pytest.raises(al.InvalidRequest, match="allowed URL patterns"):
+            acme.subscribe_webhook(elsewhere, events="*")
     assert [hook.url for hook in guard.webhooks()] == [receiver.url]  # kept, not checked again
     assert guard.webhooks("acme") == ()
-    assert acme.subscribe_webhook("https://hooks.example.com/a", events="*").url == \
-        "https://hooks.example.com/a"
+    assert acme.subscribe_webhook("https://a.hooks.example.com/a?v=1", events="*").url == \
+        "https://a.hooks.example.com/a?v=1"
     for bad, says in (({"blocked_cidr_ranges": ["10.0.0.0/33"]}, r"blocked_cidr_ranges\[0\]"),
                       ({"blocked_cidr_ranges": "10.0.0.0/8"}, "a list of strings"),
-                      ({"allowed_url_patterns": [""]}, "1 to 2048 printable"),
+                      ({"allowed_url_patterns": [""]}, "an http.s. URL glob"),
+                      ({"allowed_url_patterns": ["*.example.com"]}, "with a host"),
                       ({"allow_http": "yes"}, "True or False")):
         with pytest.raises(al.InvalidRequest, match=says):
             guard.set_webhook_security(**bad)
