@@ -51,12 +51,14 @@ class AuditType:
     """A live key renamed or given other permissions; `detail` has what was given."""
     WEBHOOK_CREATED = "webhook.created"
     """One of the tenant's own webhook subscriptions made; `detail` has its `webhook_id`,
-    `url`, `events`, `format` and `enabled`. Never its secret. (A global subscription
+    `destination` (the URL's scheme, host and port: its path, query and user part may hold
+    a token), `events`, `format` and `enabled`. Never its secret. (A global subscription
     belongs to no tenant's log.)"""
     WEBHOOK_UPDATED = "webhook.updated"
-    """One changed; `detail` has its `webhook_id` and what was given (`url`, `events`,
-    `enabled`), and `secret_rotated` when a new secret was."""
+    """One changed; `detail` has its `webhook_id` and what was given (`destination`,
+    `events`, `enabled`), and `secret_rotated` when a new secret was."""
     WEBHOOK_DELETED = "webhook.deleted"
+    """One removed; `detail` has its `webhook_id`."""
     # Notifications about a budget (or a commit) that are also on record, in the step that
     # makes them: the event stream lists them (`detail` has the ledger's figures).
     THRESHOLD_CROSSED = "budget.threshold_crossed"

@@ -169,12 +169,13 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return webhook_id
 
     def _subscribe_webhook(self, url: str, *, events: Any, secret: str | None = None,
-                           enabled: bool = True, format: str = hooks.STANDARD
+                           enabled: bool = True, format: str = hooks.STANDARD,
+                           actor: str | None = None, reason: str | None = None
                            ) -> Flow[hooks.Webhook]:
         """Send this tenant's `events` to `url` (see `Guard.subscribe_webhook`)."""
         return within_security(subscribe_webhook_op(
             url, events=events, tenant=self.name, secret=secret, enabled=enabled,
-            format=format))
+            format=format, actor=actor, reason=reason))
 
     subscribe_webhook, asubscribe_webhook = flow_twins(_subscribe_webhook)
 
@@ -185,27 +186,33 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
 
     webhooks, awebhooks = flow_twins(_webhooks)
 
-    def _remove_webhook(self, webhook_id: str) -> Flow[bool]:
+    def _remove_webhook(self, webhook_id: str, *, actor: str | None = None,
+                        reason: str | None = None) -> Flow[bool]:
         """Remove one of this tenant's subscriptions."""
-        gone: bool = yield remove_webhook_op(self._own_webhook(webhook_id))
+        gone: bool = yield remove_webhook_op(self._own_webhook(webhook_id), actor=actor,
+                                             reason=reason)
         return gone
 
     remove_webhook, aremove_webhook = flow_twins(_remove_webhook)
 
-    def _enable_webhook(self, webhook_id: str, enabled: bool = True
+    def _enable_webhook(self, webhook_id: str, enabled: bool = True, *,
+                        actor: str | None = None, reason: str | None = None
                         ) -> Flow[hooks.Webhook]:
         """Pause or resume one of this tenant's subscriptions."""
-        changed: hooks.Webhook = yield enable_webhook_op(self._own_webhook(webhook_id), enabled)
+        changed: hooks.Webhook = yield enable_webhook_op(
+            self._own_webhook(webhook_id), enabled, actor=actor, reason=reason)
         return changed
 
     enable_webhook, aenable_webhook = flow_twins(_enable_webhook)
 
     def _update_webhook(self, webhook_id: str, *, url: str | None = None, events: Any = None,
-                        secret: str | None = None, enabled: bool | None = None
+                        secret: str | None = None, enabled: bool | None = None,
+                        actor: str | None = None, reason: str | None = None
                         ) -> Flow[hooks.Webhook]:
         """Change one of this tenant's subscriptions (see `Guard.update_webhook`)."""
         return update_webhook_flow(self._own_webhook(webhook_id), url=url, events=events,
-                                   secret=secret, enabled=enabled)
+                                   secret=secret, enabled=enabled, actor=actor,
+                                   reason=reason)
 
     update_webhook, aupdate_webhook = flow_twins(_update_webhook)
 

@@ -11,6 +11,7 @@ import binascii
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import arguments as arg
 from .calls import Flow, Runner, flow_twins, followed_twins, twins
 from .errors import InvalidRequest
 from .events import check_type
@@ -101,11 +102,13 @@ def _enabled(value: object) -> bool:
 
 def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
                          secret: str | None = None, enabled: bool = True,
-                         format: str = hooks.STANDARD) -> hooks.SubscribeWebhook:
+                         format: str = hooks.STANDARD, actor: str | None = None,
+                         reason: str | None = None) -> hooks.SubscribeWebhook:
     """Send `events` (types of `NotificationType`, or "*") to `url`: for every tenant
     (`tenant=None`) or one; signed per Standard Webhooks, or with `format="cycles"` as the
     Cycles dispatcher signs (see `hooks.CYCLES`; then only the Cycles event types). The
-    answer carries the signing secret (generated unless given); it is shown this once."""
+    answer carries the signing secret (generated unless given); it is shown this once.
+    `actor` and `reason` go on the record of a tenant's own subscription."""
     if format not in (hooks.STANDARD, hooks.CYCLES):
         raise InvalidRequest(f"format: {shown(format)} is not 'standard' or 'cycles'")
     return hooks.SubscribeWebhook(
@@ -113,7 +116,7 @@ def subscribe_webhook_op(url: str, *, events: Any, tenant: str | None = None,
             None if tenant is None else tenant_name(tenant)),
         url=check_url(url), events=_kinds(events, format),
         secret=hooks.new_secret() if secret is None else check_secret(secret, format),
-        enabled=_enabled(enabled), format=format)
+        enabled=_enabled(enabled), format=format, **arg.signed(actor, reason))
 
 
 def _destination(url: str) -> Flow[None]:
@@ -133,22 +136,27 @@ def webhooks_op(tenant: str | None = None) -> hooks.ListWebhooks:
     return hooks.ListWebhooks(tenant=_owner(tenant))
 
 
-def remove_webhook_op(webhook_id: str) -> hooks.RemoveWebhook:
+def remove_webhook_op(webhook_id: str, *, actor: str | None = None,
+                      reason: str | None = None) -> hooks.RemoveWebhook:
     """Stop sending to a subscription; True if it existed. Its pending deliveries are
     dropped (logged as failed) when next due."""
     return hooks.RemoveWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
-                               webhook_id=webhook_id)
+                               webhook_id=webhook_id, **arg.signed(actor, reason))
 
 
-def enable_webhook_op(webhook_id: str, enabled: bool = True) -> hooks.UpdateWebhook:
+def enable_webhook_op(webhook_id: str, enabled: bool = True, *, actor: str | None = None,
+                      reason: str | None = None) -> hooks.UpdateWebhook:
     """Pause (`enabled=False`) or resume a subscription: while paused no new events are
     kept for it and its pending deliveries wait."""
+    who = arg.signed(actor, reason)
     return hooks.UpdateWebhook(tenant=hooks.owner_of(webhook_id, "webhook_id"),
-                               webhook_id=webhook_id, enabled=_enabled(enabled))
+                               webhook_id=webhook_id, enabled=_enabled(enabled),
+                               actor=who["actor"], reason=who["reason"])
 
 
 def update_webhook_flow(webhook_id: str, *, url: str | None = None, events: Any = None,
-                        secret: str | None = None, enabled: bool | None = None
+                        secret: str | None = None, enabled: bool | None = None,
+                        actor: str | None = None, reason: str | None = None
                         ) -> Flow[hooks.Webhook]:
     """Change a subscription in place: its `url`, its `events` (replacing them), its
     signing `secret` (a rotation: deliveries from now on are signed with the new one, a
@@ -166,8 +174,10 @@ def update_webhook_flow(webhook_id: str, *, url: str | None = None, events: Any 
         raise InvalidRequest("secret: expected a string")
     if enabled is not None:
         _enabled(enabled)
+    who = arg.signed(actor, reason)
     return _updating(hooks.UpdateWebhook(tenant=owner, webhook_id=webhook_id, url=url,
-                                         secret=secret, enabled=enabled), events)
+                                         secret=secret, enabled=enabled, actor=who["actor"],
+                                         reason=who["reason"]), events)
 
 
 def _updating(op: hooks.UpdateWebhook, events: Any) -> Flow[hooks.Webhook]:
@@ -252,10 +262,11 @@ class WebhookCalls(Runner):
     enable_webhook, aenable_webhook = twins(enable_webhook_op)
 
     def _update_webhook(self, webhook_id: str, *, url: str | None = None, events: Any = None,
-                        secret: str | None = None, enabled: bool | None = None
+                        secret: str | None = None, enabled: bool | None = None,
+                        actor: str | None = None, reason: str | None = None
                         ) -> Flow[hooks.Webhook]:
         return update_webhook_flow(webhook_id, url=url, events=events, secret=secret,
-                                   enabled=enabled)
+                                   enabled=enabled, actor=actor, reason=reason)
 
     _update_webhook.__doc__ = update_webhook_flow.__doc__
     update_webhook, aupdate_webhook = flow_twins(_update_webhook)

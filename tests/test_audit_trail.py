@@ -339,28 +339,31 @@ def test_a_budgets_notifications_are_on_record_with_its_figures(guard: al.Guard)
 
 def test_a_tenants_own_webhooks_made_changed_and_removed_are_on_record_never_a_secret(
         guard: al.Guard) -> None:
-    made = guard.subscribe_webhook("https://hooks.example.com/a", tenant="acme",
-                                   events=["budget.exhausted"])
+    made = guard.subscribe_webhook("https://hooks.example.com/T0KEN?sig=s3cr3t", tenant="acme",
+                                   events=["budget.exhausted"], actor="ops", reason="alerts")
     rotated = "whsec_" + "QUJD" * 8
-    guard.update_webhook(made.id, url="https://hooks.example.com/b", secret=rotated)
-    guard.enable_webhook(made.id, False)
+    guard.update_webhook(made.id, url="https://user:pw@hooks.example.com:8443/b", secret=rotated)
+    guard.enable_webhook(made.id, False, actor="ops")
     guard.tenant("acme").update_webhook(made.id, events=["reservation.denied"], enabled=True)
     everyone = guard.subscribe_webhook("https://hooks.example.com/all", events="*")
     guard.update_webhook(everyone.id, enabled=False)  # a global one: on no tenant's log
-    assert guard.remove_webhook(made.id) is True
+    assert guard.remove_webhook(made.id, actor="ops", reason="moved") is True
     assert guard.remove_webhook(made.id) is False  # gone already: nothing on record
-    assert [(r.type, r.detail) for r in guard.audit("acme")] == [
-        ("webhook.created", {"webhook_id": made.id, "url": "https://hooks.example.com/a",
+    records = guard.audit("acme")
+    assert [(r.type, r.detail, r.actor, r.reason) for r in records] == [
+        ("webhook.created", {"webhook_id": made.id, "destination": "https://hooks.example.com",
                              "events": ["budget.exhausted"], "format": "standard",
-                             "enabled": True}),
-        ("webhook.updated", {"webhook_id": made.id, "url": "https://hooks.example.com/b",
-                             "secret_rotated": True}),
-        ("webhook.updated", {"webhook_id": made.id, "enabled": False}),
+                             "enabled": True}, "ops", "alerts"),
+        ("webhook.updated", {"webhook_id": made.id,  # never a URL's path, query or user
+                             "destination": "https://hooks.example.com:8443",
+                             "secret_rotated": True}, None, None),
+        ("webhook.updated", {"webhook_id": made.id, "enabled": False}, "ops", None),
         ("webhook.updated", {"webhook_id": made.id, "events": ["reservation.denied"],
-                             "enabled": True}),
-        ("webhook.deleted", {"webhook_id": made.id})]
-    kept = repr(guard.audit("acme"))
-    assert rotated not in kept and (made.secret or "?") not in kept
+                             "enabled": True}, None, None),
+        ("webhook.deleted", {"webhook_id": made.id}, "ops", "moved")]
+    kept = repr(records)
+    assert made.secret is not None and made.secret not in kept and rotated not in kept
+    assert "T0KEN" not in kept and "s3cr3t" not in kept and "pw" not in kept
 
 
 def test_keys_and_tenants_made_and_changed_are_on_record_never_a_secret(

@@ -102,7 +102,8 @@ def _line(r: AuditRecord) -> str:
     if "debt_incurred" in d:
         extra.append(f"debt +{amount(Unit(d['unit']), d['debt_incurred'])}")
     if "webhook_id" in d:  # a subscription made, changed or removed
-        extra += [f"webhook {d['webhook_id']}", *(["to " + d["url"]] if "url" in d else []),
+        extra += [f"webhook {d['webhook_id']}",
+                  *(["to " + d["destination"]] if "destination" in d else []),
                   *(["paused" if not d["enabled"] else "active"] if "enabled" in d else []),
                   *(["secret rotated"] if d.get("secret_rotated") else [])]
     return head + (f"  ({'; '.join(extra)})" if extra else "")

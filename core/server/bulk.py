@@ -281,12 +281,13 @@ class Bulk:
             for view in rows:
                 hook = str(view["subscription_id"])
                 if target is None:
-                    await answer.attempt(hook, self.s.guard.aremove_webhook(hook))
+                    await answer.attempt(hook, self.s.guard.aremove_webhook(
+                        hook, actor="admin-key"))
                 elif view["status"] == target:
                     answer.skip(hook)
                 else:
                     await answer.attempt(hook, self.s.guard.aenable_webhook(
-                        hook, req.action == "RESUME"))
+                        hook, req.action == "RESUME", actor="admin-key"))
 
         return await self._once(request, "webhooks-bulk", req, match, run)
 

@@ -79,8 +79,11 @@ class Hooks:
         """None for the admin key, else the handle of the tenant key (holding
         `permission`): who is asking is settled before the request is read further."""
         if admin_key(self.s.admin_key, request):
+            request.state.actor = "admin-key"
             return None
-        return (await tenant_key(self.s.guard, request, permission)).tenant
+        caller = await tenant_key(self.s.guard, request, permission)
+        request.state.actor = f"key:{caller.key_id}"  # on the record of what it changes
+        return caller.tenant
 
     def _acting(self, caller: TenantGuard | None, named: str | None
                 ) -> tuple[Guard | TenantGuard, str | None]:
@@ -97,7 +100,7 @@ class Hooks:
         req = wire.parse(SubscribeBody, await body(request, self.s.max_body))
         handle, tenant = self._acting(caller, req.tenant_id)
         options: dict[str, Any] = {"events": req.events, "secret": req.secret,
-                                   "enabled": req.enabled}
+                                   "enabled": req.enabled, "actor": request.state.actor}
         if isinstance(handle, TenantGuard):
             made = await handle.asubscribe_webhook(req.url, **options)
         else:
@@ -116,18 +119,22 @@ class Hooks:
             found = await handle.awebhooks(tenant)
         return json_response(request, {"webhooks": [webhook_json(h) for h in found]})
 
-    async def _own(self, request: Request, permission: str) -> str:
-        """The path's subscription id, after the caller's right to it: any for the admin
-        key, its own tenant's for a tenant key (another's is 403, existing or not)."""
+    async def _own(self, request: Request, permission: str
+                   ) -> tuple[Guard | TenantGuard, str]:
+        """The caller's handle and the path's subscription id, after the caller's right to
+        it, before the body is read: any for the admin key, its own tenant's for a tenant
+        key (another's is 403, existing or not)."""
         caller = await self._caller(request, permission)
-        webhook_id = request.path_params["webhook_id"]
-        if caller is not None and owner_of(webhook_id, "webhook_id") != caller.name:
+        webhook_id = str(request.path_params["webhook_id"])
+        if caller is None:
+            return self.s.guard, webhook_id
+        if owner_of(webhook_id, "webhook_id") != caller.name:
             raise forbidden("webhook_id is not a subscription of this API key's tenant")
-        return str(webhook_id)
+        return caller, webhook_id
 
     async def one(self, request: Request) -> Response:
         """One subscription (its secret left out)."""
-        webhook_id = await self._own(request, "webhooks:read")
+        _, webhook_id = await self._own(request, "webhooks:read")
         only(request)
         for hook in await self.s.guard.awebhooks(owner_of(webhook_id, "webhook_id") or None):
             if hook.id == webhook_id:
@@ -137,24 +144,23 @@ class Hooks:
     async def change(self, request: Request) -> Response:
         """Body with any of `enabled` (false pauses, true resumes), `url`, `events`
         (replacing them) and `secret` (a rotation): all of it changes, or nothing."""
-        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
+        handle, webhook_id = await self._own(request, "webhooks:write")
         req = wire.parse(UpdateBody, await body(request, self.s.max_body))
         changed = await handle.aupdate_webhook(
-            request.path_params["webhook_id"], url=req.url, events=req.events,
-            secret=req.secret, enabled=req.enabled)
+            webhook_id, url=req.url, events=req.events, secret=req.secret,
+            enabled=req.enabled, actor=request.state.actor)
         return json_response(request, webhook_json(changed))
 
     async def test(self, request: Request) -> Response:
         """Send a test event to the subscription now (`webhooks:write`), as
         `POST /v1/admin/webhooks/{id}/test` does."""
-        webhook_id = await self._own(request, "webhooks:write")
+        _, webhook_id = await self._own(request, "webhooks:write")
         only(request)
         return json_response(request, test_json(await self.s.dispatcher.atest(webhook_id)))
 
     async def remove(self, request: Request) -> Response:
-        handle, _ = self._acting(await self._caller(request, "webhooks:write"), None)
-        webhook_id = request.path_params["webhook_id"]
-        if not await handle.aremove_webhook(webhook_id):
+        handle, webhook_id = await self._own(request, "webhooks:write")
+        if not await handle.aremove_webhook(webhook_id, actor=request.state.actor):
             raise not_found(f"no webhook {webhook_id}")
         return json_response(request, {"webhook_id": webhook_id, "removed": True})
 

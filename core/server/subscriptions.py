@@ -47,6 +47,8 @@ from .queries import only, since_ms
 from .records import ATTEMPT_STATUSES, attempt_json, attempt_status, iso_ms
 from .runtime import Settings
 
+ADMIN = "admin-key"
+"""Who the records of the admin key's changes name."""
 SENT_TYPES = sorted(CYCLES_TYPES)
 """The spec's event types allotment sends."""
 Log = dict[str, list[WebhookDelivery]]
@@ -291,7 +293,7 @@ class Subscriptions:
         req = wire.parse(CreateBody, await body(request, self.s.max_body))
         hook = await self.s.guard.asubscribe_webhook(
             req.url, events=selected(req.event_types, req.event_categories), tenant=tenant,
-            secret=req.signing_secret, format=CYCLES)
+            secret=req.signing_secret, format=CYCLES, actor=ADMIN)
         return json_response(request, {"subscription": subscription_json(hook, []),
                                        "signing_secret": hook.secret}, 201)
 
@@ -317,7 +319,7 @@ class Subscriptions:
         hook = await self._found(request)
         changed = await self.s.guard.aupdate_webhook(
             hook.id, url=req.url, events=kinds, secret=req.signing_secret,
-            enabled=None if req.status is None else req.status == "ACTIVE")
+            enabled=None if req.status is None else req.status == "ACTIVE", actor=ADMIN)
         return json_response(request, await self._viewed(changed))
 
     async def tested(self, request: Request) -> Response:
@@ -332,7 +334,7 @@ class Subscriptions:
     async def removed(self, request: Request) -> Response:
         require_admin(self.s, request)
         hook = await self._found(request)
-        await self.s.guard.aremove_webhook(hook.id)
+        await self.s.guard.aremove_webhook(hook.id, actor=ADMIN)
         return empty_response(request)
 
     async def replayed(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..amounts import Amount
 from ..errors import InvalidRequest
@@ -120,6 +121,8 @@ class SubscribeWebhook(Op[Webhook]):
     secret: str
     enabled: bool = True
     format: str = STANDARD
+    actor: str | None = None  # who, and why: on the record of a tenant's own subscription
+    reason: str | None = None
 
 
 @dataclass
@@ -132,6 +135,8 @@ class UpdateWebhook(Op[Webhook]):
     events: tuple[str, ...] | None = None
     secret: str | None = None
     enabled: bool | None = None
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -145,6 +150,8 @@ class GetWebhook(Op[Webhook]):
 @dataclass
 class RemoveWebhook(Op[bool]):
     webhook_id: str
+    actor: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -222,6 +229,14 @@ def new_secret() -> str:
 
 
 _ID = re.compile(r"(?:([a-z0-9_.@-]{1,128})/)?(whk|evt)_[0-9a-f]{8,64}")
+
+
+def destination(url: str) -> str:
+    """What a record keeps of a webhook URL: its scheme, host and port. Its path, query and
+    user part may hold a receiver's token (a secret), so no record keeps them."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}"
 
 
 def owner_of(some_id: object, what: str) -> str:

@@ -119,9 +119,9 @@ def test_audit_shows_a_tenants_webhook_changes(cli: Cli) -> None:
     cli.guard.enable_webhook(made.id, False)
     lines = cli.run("audit", "acme").stdout.splitlines()
     assert [line.split(None, 1)[1] for line in lines] == [
-        f"webhook.created              -  (webhook {made.id}; to https://hooks.example.com/a; "
+        f"webhook.created              -  (webhook {made.id}; to https://hooks.example.com; "
         "active)",
-        f"webhook.updated              -  (webhook {made.id}; to https://hooks.example.com/b; "
+        f"webhook.updated              -  (webhook {made.id}; to https://hooks.example.com; "
         "secret rotated)",
         f"webhook.updated              -  (webhook {made.id}; paused)"]
 

@@ -95,6 +95,9 @@ def test_the_admin_changes_a_subscription_and_its_deliveries_follow(
     assert "signing_secret" not in changed.body
     resumed = served.admin("PATCH", path, {"status": "ACTIVE"})
     assert resumed.body["status"] == "ACTIVE" and resumed.body["url"] == moved.url
+    assert [(r.type, r.actor) for r in served.guard.audit("acme")][-3:] == [
+        ("webhook.created", "admin-key"), ("webhook.updated", "admin-key"),
+        ("webhook.updated", "admin-key")]  # who changed it is on the tenant's record
 
     moved.secrets.append("the rotated secret of the receiver")
     deny(served.guard)
@@ -182,6 +185,9 @@ def test_a_tenant_reads_changes_and_tests_its_own_subscriptions_only(
     assert (changed.body["url"], changed.body["events"]) == (receiver.url,
                                                             ["reservation.denied"])
     assert "secret" not in changed.body
+    (record,) = guard.audit("acme", types=["webhook.updated"])
+    assert (record.actor, record.detail["secret_rotated"]) == (
+        f"key:{acme.key.partition('.')[0].removeprefix('alk_')}", True)
     receiver.secrets.append(rotated)
     path = f"/v1/webhooks/{hook_id}/test"
     sent = acme.call("POST", path, check=False)

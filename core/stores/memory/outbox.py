@@ -34,6 +34,7 @@ from ..hooks import (
     WebhookEvent,
     WebhookSecurity,
     day_of,
+    destination,
     event_id,
     forecast_at,
     owner_of,
@@ -122,9 +123,9 @@ class Outbox:
                           op.secret, op.format)
             self._subs(op.tenant)[sub.id] = sub
             self._rewire(op.tenant)
-            self._log(op.tenant, now, AuditType.WEBHOOK_CREATED, {
-                "webhook_id": sub.id, "url": sub.url, "events": list(sub.events),
-                "format": sub.format, "enabled": sub.enabled})
+            self._log(op, now, AuditType.WEBHOOK_CREATED, {
+                "webhook_id": sub.id, "destination": destination(sub.url),
+                "events": list(sub.events), "format": sub.format, "enabled": sub.enabled})
             return sub
         if isinstance(op, UpdateWebhook):
             subs = self._subs(op.tenant)
@@ -133,14 +134,13 @@ class Outbox:
                        if (value := getattr(op, name)) is not None}
             subs[sub.id] = sub = replace(sub, **changed)
             self._rewire(op.tenant)
-            self._log(op.tenant, now, AuditType.WEBHOOK_UPDATED, changes(op))
+            self._log(op, now, AuditType.WEBHOOK_UPDATED, changes(op))
             return replace(sub, secret=None)
         if isinstance(op, RemoveWebhook):
             gone = self._subs(op.tenant).pop(op.webhook_id, None) is not None
             self._rewire(op.tenant)
             if gone:
-                self._log(op.tenant, now, AuditType.WEBHOOK_DELETED,
-                          {"webhook_id": op.webhook_id})
+                self._log(op, now, AuditType.WEBHOOK_DELETED, {"webhook_id": op.webhook_id})
             return gone
         if isinstance(op, GetWebhookSecurity):
             return self.security
@@ -251,10 +251,13 @@ class Outbox:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def _log(self, tenant: str, now: int, kind: str, detail: dict[str, Any]) -> None:
-        """A tenant's own subscription changed: on its record (as `audit` in outbox.lua)."""
-        if tenant != GLOBAL:
-            log(self._owned(tenant), now, kind, detail=detail)
+    def _log(self, op: SubscribeWebhook | UpdateWebhook | RemoveWebhook, now: int, kind: str,
+             detail: dict[str, Any]) -> None:
+        """A tenant's own subscription changed: on its record, with who and why (as `audit`
+        in outbox.lua)."""
+        if op.tenant != GLOBAL:
+            log(self._owned(op.tenant), now, kind, detail=detail, actor=op.actor,
+                reason=op.reason)
 
     def _box(self, tenant: str) -> _Box:
         box = self._boxes.get(tenant)
@@ -286,10 +289,11 @@ class Outbox:
 
 
 def changes(op: UpdateWebhook) -> dict[str, Any]:
-    """What an update's record says: the subscription, what was given, never a secret."""
+    """What an update's record says: the subscription and what was given (of a URL, its
+    destination), never a secret."""
     detail: dict[str, Any] = {"webhook_id": op.webhook_id}
     if op.url is not None:
-        detail["url"] = op.url
+        detail["destination"] = destination(op.url)
     if op.events is not None:
         detail["events"] = list(op.events)
     if op.enabled is not None:

@@ -119,19 +119,22 @@ class HookFlows:
             made = h.Webhook(op.webhook_id, op.url, op.events, op.tenant, op.enabled,
                              (yield from self._flows.now()), op.secret, op.format)
             yield from self._call(op.tenant, {"op": "subscribe", "sub": _encode(made),
-                                              **wiring})
+                                              "destination": h.destination(op.url),
+                                              **_signed(op), **wiring})
             yield Command(("SADD", TENANTS_KEY, op.tenant))
             return made
         if isinstance(op, h.UpdateWebhook):
-            body = yield from self._call(op.tenant, {"op": "update", "id": op.webhook_id,
-                                                     "set": _changes(op), **wiring})
+            body = yield from self._call(op.tenant, {
+                "op": "update", "id": op.webhook_id, "set": _changes(op), **_signed(op),
+                **({} if op.url is None else {"destination": h.destination(op.url)}),
+                **wiring})
             return _webhook(body["webhook"])
         if isinstance(op, h.GetWebhook):
             body = yield from self._call(op.tenant, {"op": "get", "id": op.webhook_id})
             return _webhook(body["webhook"], secret=True)
         if isinstance(op, h.RemoveWebhook):
             body = yield from self._call(op.tenant, {"op": "remove", "id": op.webhook_id,
-                                                     **wiring})
+                                                     **_signed(op), **wiring})
             return bool(body["removed"])
         if isinstance(op, h.ListWebhooks):
             body = yield from self._call(op.tenant, {"op": "list"})
@@ -225,6 +228,12 @@ def _security(raw: str | bytes) -> h.WebhookSecurity:
     d = json.loads(raw)
     return h.WebhookSecurity(tuple(d["blocked_cidr_ranges"]), tuple(d["allowed_url_patterns"]),
                              bool(d["allow_http"]))
+
+
+def _signed(op: h.SubscribeWebhook | h.UpdateWebhook | h.RemoveWebhook) -> dict[str, str]:
+    """Who made a change and why, as far as given (for the tenant's record)."""
+    return {name: value for name in ("actor", "reason")
+            if (value := getattr(op, name)) is not None}
 
 
 def _changes(op: h.UpdateWebhook) -> dict[str, Any]:

@@ -42,8 +42,9 @@ if op == 'subscribe' then
   local sub = P.sub
   redis.call('HSET', hook_key('subs'), sub.id, cjson.encode(sub))
   wire()
-  audit('webhook.created', {detail = {webhook_id = sub.id, url = sub.url,
-    events = sub.events, format = sub.format, enabled = sub.enabled}})  -- never the secret
+  audit('webhook.created', {detail = {webhook_id = sub.id, destination = P.destination,
+    events = sub.events, format = sub.format, enabled = sub.enabled},  -- never the secret
+    actor = P.actor or '', reason = P.reason or ''})
   return cjson.encode({webhook = sub})
 elseif op == 'update' then
   -- P.set: the fields to change (url, events, secret, enabled), only those given
@@ -53,11 +54,13 @@ elseif op == 'update' then
   local detail = {webhook_id = P.id}  -- as `changes` in memory/outbox.py
   for name, value in pairs(P.set) do
     sub[name] = value
-    if name == 'secret' then detail.secret_rotated = true else detail[name] = value end
+    if name == 'secret' then detail.secret_rotated = true
+    elseif name == 'url' then detail.destination = P.destination  -- never a URL's token
+    else detail[name] = value end
   end
   redis.call('HSET', hook_key('subs'), P.id, cjson.encode(sub))
   wire()
-  audit('webhook.updated', {detail = detail})
+  audit('webhook.updated', {detail = detail, actor = P.actor or '', reason = P.reason or ''})
   sub.secret = nil
   return cjson.encode({webhook = sub})
 elseif op == 'get' then
@@ -67,7 +70,10 @@ elseif op == 'get' then
 elseif op == 'remove' then
   local gone = redis.call('HDEL', hook_key('subs'), P.id)
   wire()
-  if gone == 1 then audit('webhook.deleted', {detail = {webhook_id = P.id}}) end
+  if gone == 1 then
+    audit('webhook.deleted', {detail = {webhook_id = P.id}, actor = P.actor or '',
+      reason = P.reason or ''})
+  end
   return cjson.encode({removed = gone == 1})
 elseif op == 'list' then
   return cjson.encode({webhooks = redis.call('HVALS', hook_key('subs'))})
