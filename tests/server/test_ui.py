@@ -118,6 +118,7 @@ def test_the_admin_sees_what_the_api_says_and_moves_budget(site: Site) -> None:
     site.sign_in(ADMIN_KEY)
     page.wait_for_selector("#overview:not([hidden])")
     assert site.text("#who") == "Admin key: every tenant"
+    assert page.input_value("#key") == ""  # the key is not left in the form
     assert site.text("[data-card=Tenants] b") == "2" and not page.is_visible("#sign-in")
     assert site.text("[data-card=Budgets] b") == str(len(WORKSPACES) + 2)
     ((_, tenant, scope, reason),) = site.rows("denials")
@@ -151,7 +152,8 @@ def test_the_admin_sees_what_the_api_says_and_moves_budget(site: Site) -> None:
     page.fill("#transfer-amount", "1.000000001")  # finer than a microcent: refused here
     page.click("#transfer button")
     page.wait_for_selector("#error:not(:empty)")
-    assert site.text("#error") == "Amount: dollars, e.g. 500 or 12.50."
+    assert site.text("#error") == ("Amount: dollars, e.g. 500 or 12.50 (at most "
+                                   "$90,071,992.54740991).")
     assert {b.scope: b.allocated for b in guard.balances("tenant:acme")} == allocated
 
     page.click("nav button[data-view=events]")
@@ -181,7 +183,7 @@ def test_a_tenant_key_sees_and_moves_its_own_tenants_budget_only(site: Site) -> 
     page.select_option("#transfer-from", "tenant:acme/workspace:engineering|USD_MICROCENTS")
     page.select_option("#transfer-to", "tenant:acme/workspace:marketing|USD_MICROCENTS")
     page.fill("#transfer-amount", "500")
-    page.click("#transfer button")
+    page.dblclick("#transfer button")  # twice: one key for the transfer as filled in
     page.wait_for_selector("#transfer-result:not(:empty)")
     spent = {b.scope: (b.allocated, b.spent) for b in guard.balances("tenant:acme")}
     assert spent["tenant:acme/workspace:marketing"] == (al.usd(3_500).amount,
@@ -206,9 +208,17 @@ def test_amounts_are_written_as_the_library_writes_them(site: Site) -> None:
         assert shown == usd(microcents), microcents
     for typed, unit, units in (("12.5", "USD_MICROCENTS", al.usd("12.5").amount),
                                ("$0.00000001", "USD_MICROCENTS", 1),
+                               ("1,250.50", "USD_MICROCENTS", al.usd("1250.5").amount),
+                               ("90071992.54740991", "USD_MICROCENTS", 2**53 - 1),
+                               ("90071992.54740992", "USD_MICROCENTS", None),  # not exact
                                ("1000", "TOKENS", 1_000), ("1.5", "TOKENS", None),
                                ("-3", "USD_MICROCENTS", None), ("1e3", "TOKENS", None)):
         assert site.page.evaluate(f"toUnits({typed!r}, {unit!r})") == units, typed
+    for unit in (al.Unit.TOKENS, al.Unit.CREDITS, al.Unit.USD_MICROCENTS):
+        shown = site.page.evaluate(f"amount({{unit: {unit.value!r}, amount: 1234567}})")
+        assert shown == al.format_amount(unit, 1_234_567)
+    for fraction in (0.5, 0.8, 0.125, 0.375, 0.9, 0.995, 1.0, 0.045):  # as the CLI writes
+        assert site.page.evaluate(f"percent({fraction})") == f"{fraction:.0%}", fraction
 
 
 def by_scope(site: Site) -> dict[str, list[str]]:

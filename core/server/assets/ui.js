@@ -5,7 +5,7 @@
 "use strict";
 
 const KEY = "allotment.key";
-const state = { key: null, who: null, tenant: null, budgets: [] };
+const state = { key: null, who: null, tenant: null, budgets: [], transferKey: null };
 const $ = (id) => document.getElementById(id);
 
 // -- the server ---------------------------------------------------------------------------
@@ -22,16 +22,20 @@ async function api(path, options = {}) {
   return body;
 }
 
+const MOST_PAGES = 50;
+
 async function every(path, field) {
-  // every page of a list (`has_more`, `next_cursor`), up to 20 pages
+  // every page of a list (`has_more`, `next_cursor`), up to MOST_PAGES of 100 rows; past
+  // that, the page says it shows only the first ones
   const rows = [];
   let cursor = "";
-  for (let page = 0; page < 20; page += 1) {
+  for (let page = 0; page < MOST_PAGES; page += 1) {
     const body = await api(path + (path.includes("?") ? "&" : "?") + "limit=100" + cursor);
     rows.push(...body[field]);
-    if (!body.has_more) break;
+    if (!body.has_more) return rows;
     cursor = "&cursor=" + encodeURIComponent(body.next_cursor);
   }
+  $("note").textContent = `Showing the first ${rows.length.toLocaleString("en-US")} rows.`;
   return rows;
 }
 
@@ -40,7 +44,8 @@ async function every(path, field) {
 function amount(value) {
   if (!value) return "";
   if (value.unit === "USD_MICROCENTS") return dollars(value.amount);
-  return `${value.amount.toLocaleString("en-US")} ${value.unit.toLowerCase().replace("_", " ")}`;
+  const name = value.unit.toLowerCase().replaceAll("_", " ");
+  return `${value.amount.toLocaleString("en-US")} ${name}`;
 }
 
 function dollars(microcents) {
@@ -53,11 +58,28 @@ function dollars(microcents) {
 }
 
 function toUnits(text, unit) {
-  // what the operator typed as an integer of `unit` (dollars for USD), exactly, or null
-  const match = /^(\d{1,13})(?:\.(\d{1,8}))?$/.exec(text.trim().replace(/^\$/, ""));
+  // what the operator typed ("1,250.50", "$12") as an integer of `unit` (dollars for USD),
+  // exactly, or null: never rounded, never past the largest exact integer (2^53 - 1)
+  const match = /^(\d{1,16})(?:\.(\d{1,8}))?$/.exec(text.trim().replace(/^\$/, "")
+    .replaceAll(",", ""));
   if (!match) return null;
-  if (unit !== "USD_MICROCENTS") return match[2] ? null : Number(match[1]);
-  return Number(match[1]) * 1e8 + Number((match[2] || "").padEnd(8, "0"));
+  const units = unit !== "USD_MICROCENTS" ? (match[2] ? NaN : Number(match[1]))
+    : Number(match[1]) * 1e8 + Number((match[2] || "").padEnd(8, "0"));
+  return Number.isSafeInteger(units) ? units : null;
+}
+
+function percent(fraction) {
+  // as Python's `{:.0%}` writes it: a half rounds to the even whole
+  const scaled = fraction * 100;
+  let whole = Math.round(scaled);
+  if (Math.abs(scaled % 1) === 0.5 && whole % 2 !== 0) whole -= 1;
+  return `${whole}%`;
+}
+
+function idempotencyKey() {
+  // crypto.randomUUID needs a secure origin; getRandomValues works on plain http too
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return "ui-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 // -- tables -------------------------------------------------------------------------------
@@ -188,8 +210,7 @@ function summary(record) {
   const d = record.detail;
   if (record.reason) parts.push(record.reason);
   if (d.threshold !== undefined) {  // a budget notification on record
-    parts.push(`${Math.round(d.threshold * 100)}% of ${amount({ unit: d.unit,
-      amount: d.allocated })}`);
+    parts.push(`${percent(d.threshold)} of ${amount({ unit: d.unit, amount: d.allocated })}`);
   }
   if (record.charged.length) parts.push(`charged ${record.charged.map(amount).join(", ")}`);
   else if (record.estimate.length) parts.push(`estimate ${record.estimate.map(amount).join(", ")}`);
@@ -208,6 +229,7 @@ function fillTransfer() {
   $("transfer-to").replaceChildren(...options);
   if (options.length > 1) $("transfer-to").selectedIndex = 1;
   $("transfer-result").textContent = "";
+  state.transferKey = null;
 }
 
 async function transfer(event) {
@@ -219,14 +241,24 @@ async function transfer(event) {
   const value = toUnits($("transfer-amount").value, unit);
   if (destination.unit !== unit) throw new Error("Both budgets must be in the same unit.");
   if (value === null || value <= 0) {
-    throw new Error(unit === "USD_MICROCENTS" ? "Amount: dollars, e.g. 500 or 12.50."
+    throw new Error(unit === "USD_MICROCENTS"
+      ? "Amount: dollars, e.g. 500 or 12.50 (at most $90,071,992.54740991)."
       : "Amount: a whole number.");
   }
+  // one key per transfer as filled in: sent again (a double click, a retry after a lost
+  // answer), the server answers the first result instead of moving the amount twice
+  state.transferKey = state.transferKey || idempotencyKey();
   const body = { source: source.scope, destination: destination.scope,
-    amount: { unit, amount: value }, idempotency_key: crypto.randomUUID() };
+    amount: { unit, amount: value }, idempotency_key: state.transferKey };
   if (state.who.auth_type === "admin") body.tenant_id = state.tenant;
-  await api("/v1/admin/transfers", { method: "POST", body: JSON.stringify(body),
-    headers: { "Content-Type": "application/json" } });
+  const submit = $("transfer").querySelector("button");
+  submit.disabled = true;
+  try {
+    await api("/v1/admin/transfers", { method: "POST", body: JSON.stringify(body),
+      headers: { "Content-Type": "application/json" } });
+  } finally {
+    submit.disabled = false;
+  }
   await tenant(state.tenant);
   $("transfer-result").textContent =
     `Moved ${amount({ unit, amount: value })} from ${source.scope} to ${destination.scope}.`;
@@ -253,6 +285,7 @@ function button(label, action) {
 async function run(step) {
   // one user action: its failure is said on the page, never thrown away
   $("error").textContent = "";
+  $("note").textContent = "";
   try {
     await step();
   } catch (error) {
@@ -269,6 +302,7 @@ async function signIn(key) {
     throw error;
   }
   sessionStorage.setItem(KEY, key);
+  $("key").value = "";
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
   const admin = state.who.auth_type === "admin";
@@ -280,7 +314,8 @@ async function signIn(key) {
 
 function signOut() {
   sessionStorage.removeItem(KEY);
-  Object.assign(state, { key: null, who: null, tenant: null, budgets: [] });
+  Object.assign(state, { key: null, who: null, tenant: null, budgets: [], transferKey: null });
+  $("key").value = "";
   $("sign-in").hidden = false;
   $("sign-out").hidden = true;
   $("tabs").hidden = true;
@@ -295,6 +330,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", signOut);
   $("transfer").addEventListener("submit", (event) => run(() => transfer(event)));
+  $("transfer").addEventListener("input", () => { state.transferKey = null; });
   const views = { overview, tenants, events };
   for (const tab of $("tabs").querySelectorAll("button")) {
     tab.addEventListener("click", () => run(views[tab.dataset.view]));
