@@ -52,7 +52,8 @@ log = logging.getLogger("allotment.webhooks")
 
 
 class DestinationRefused(Exception):
-    """The URL resolves to an address not on the public internet, and not allowed."""
+    """The URL resolves into a blocked range (see `webhook_security`), and no allowed
+    network holds the address."""
 
 
 # -- Standard Webhooks --------------------------------------------------------------------------
@@ -305,7 +306,7 @@ class Dispatcher:
     @staticmethod
     def _tested(probe: Claimed, attempt: Attempt, started: float) -> WebhookTest:
         return WebhookTest(probe.event.id, attempt.delivered, attempt.status, attempt.error,
-                        int((time.perf_counter() - started) * 1000))
+                           int((time.perf_counter() - started) * 1000))
 
     # -- sync ----------------------------------------------------------------------------------
 

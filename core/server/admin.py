@@ -27,7 +27,7 @@ from ..models import ApiKey, Balance, BudgetStatus
 from ..scopes import parse_scope, tenant_name
 from ..tenant import TenantGuard
 from . import paging, shapes, wire
-from .auth import admin_key, own_tenant, tenant_key
+from .auth import ADMIN_ACTOR, admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .introspect import ValidateBody, credential, introspection, validation
@@ -436,7 +436,7 @@ class Admin:
         try:
             await handle.aset_budget_terms(scope, unit, overdraft_limit=limit,
                                            overage_policy=req.commit_overage_policy,
-                                           actor="admin-key")
+                                           actor=ADMIN_ACTOR)
         except NotFound:
             raise ApiError(404, "BUDGET_NOT_FOUND", f"no {unit.value} budget at "
                            f"{scope}") from None
@@ -457,7 +457,7 @@ class Admin:
             raise ApiError(409, "BUDGET_CLOSED", f"the {unit.value} budget at {scope} is "
                            "closed")
         call = handle.afreeze if frozen else handle.aunfreeze
-        await call(scope, unit, actor="admin-key", reason=req.reason)
+        await call(scope, unit, actor=ADMIN_ACTOR, reason=req.reason)
         return json_response(request, await self._ledger(handle, tenant, scope, unit))
 
     async def freeze(self, request: Request) -> Response:

@@ -29,6 +29,8 @@ from .errors import forbidden, unauthorized
 
 TENANT_HEADER = "x-cycles-api-key"
 ADMIN_HEADER = "x-admin-api-key"
+ADMIN_ACTOR = "admin-key"
+"""Who the records of the admin key's changes name (a tenant key's: `key:<key id>`)."""
 MAX_HANDLES = 10_000
 """Tenant handles (and keyed handles) kept per guard (then the lot is dropped and rebuilt on
 demand)."""

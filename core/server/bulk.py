@@ -38,6 +38,7 @@ from ..platform import ONCE_TTL_S
 from ..scopes import parse_scope, tenant_name
 from . import wire
 from .admin import FundName, ledger_filter, require_admin
+from .auth import ADMIN_ACTOR
 from .context import body, json_response
 from .errors import ApiError, bad_request, from_allotment
 from .runtime import Settings
@@ -198,7 +199,7 @@ class Bulk:
                                 "good: it cannot be suspended or reactivated")
                 elif req.action == "CLOSE":
                     await answer.attempt(name, self.s.guard.aclose_tenant(
-                        name, actor="admin-key", reason=why))
+                        name, actor=ADMIN_ACTOR, reason=why))
                 else:
                     await answer.attempt(name, set_frozen(
                         self.s.guard, name, req.action == "SUSPEND", why))
@@ -255,7 +256,7 @@ class Bulk:
                     await answer.attempt(name, self.s.guard.afund(
                         row.scope, req.action, Amount(unit, amount), period=row.period,
                         spent=None if req.spent is None else req.spent.amount,
-                        idempotency_key=self._row_key(req, name), actor="admin-key",
+                        idempotency_key=self._row_key(req, name), actor=ADMIN_ACTOR,
                         reason=why))
 
         return await self._once(request, "budgets-bulk", req, match, run)
@@ -282,12 +283,12 @@ class Bulk:
                 hook = str(view["subscription_id"])
                 if target is None:
                     await answer.attempt(hook, self.s.guard.aremove_webhook(
-                        hook, actor="admin-key"))
+                        hook, actor=ADMIN_ACTOR))
                 elif view["status"] == target:
                     answer.skip(hook)
                 else:
                     await answer.attempt(hook, self.s.guard.aenable_webhook(
-                        hook, req.action == "RESUME", actor="admin-key"))
+                        hook, req.action == "RESUME", actor=ADMIN_ACTOR))
 
         return await self._once(request, "webhooks-bulk", req, match, run)
 

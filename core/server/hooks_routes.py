@@ -20,7 +20,7 @@ from ..scopes import tenant_name
 from ..stores.hooks import owner_of
 from ..tenant import TenantGuard
 from . import wire
-from .auth import admin_key, own_tenant, tenant_key
+from .auth import ADMIN_ACTOR, admin_key, own_tenant, tenant_key
 from .context import body, json_response
 from .errors import forbidden, not_found
 from .queries import only, query_int
@@ -79,7 +79,7 @@ class Hooks:
         """None for the admin key, else the handle of the tenant key (holding
         `permission`): who is asking is settled before the request is read further."""
         if admin_key(self.s.admin_key, request):
-            request.state.actor = "admin-key"
+            request.state.actor = ADMIN_ACTOR
             return None
         caller = await tenant_key(self.s.guard, request, permission)
         request.state.actor = f"key:{caller.key_id}"  # on the record of what it changes

@@ -23,6 +23,7 @@ from ..plans import Plan
 from ..scopes import parse_scope
 from . import wire
 from .admin import acting, ledgers, require_admin
+from .auth import ADMIN_ACTOR
 from .context import body, json_response
 from .errors import bad_request, forbidden
 from .runtime import Settings
@@ -102,7 +103,7 @@ class Policies:
         if path.tenant != tenant:
             raise forbidden(f"scope {path.path} is not in tenant {tenant}")
         key_id = getattr(request.state, "key_id", None)
-        return handle, tenant, path.path, "admin-key" if key_id is None else f"key:{key_id}"
+        return handle, tenant, path.path, ADMIN_ACTOR if key_id is None else f"key:{key_id}"
 
     async def set_quota(self, request: Request) -> Response:
         req = await self._read(request, QuotaBody)

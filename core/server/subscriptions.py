@@ -41,14 +41,13 @@ from ..webhook_security import DEFAULT_BLOCKED
 from ..webhooks import WebhookTest
 from . import paging, wire
 from .admin import require_admin, search_text
+from .auth import ADMIN_ACTOR
 from .context import body, empty_response, json_response
 from .errors import bad_request, not_found
 from .queries import only, since_ms
 from .records import ATTEMPT_STATUSES, attempt_json, attempt_status, iso_ms
 from .runtime import Settings
 
-ADMIN = "admin-key"
-"""Who the records of the admin key's changes name."""
 SENT_TYPES = sorted(CYCLES_TYPES)
 """The spec's event types allotment sends."""
 Log = dict[str, list[WebhookDelivery]]
@@ -293,7 +292,7 @@ class Subscriptions:
         req = wire.parse(CreateBody, await body(request, self.s.max_body))
         hook = await self.s.guard.asubscribe_webhook(
             req.url, events=selected(req.event_types, req.event_categories), tenant=tenant,
-            secret=req.signing_secret, format=CYCLES, actor=ADMIN)
+            secret=req.signing_secret, format=CYCLES, actor=ADMIN_ACTOR)
         return json_response(request, {"subscription": subscription_json(hook, []),
                                        "signing_secret": hook.secret}, 201)
 
@@ -319,7 +318,7 @@ class Subscriptions:
         hook = await self._found(request)
         changed = await self.s.guard.aupdate_webhook(
             hook.id, url=req.url, events=kinds, secret=req.signing_secret,
-            enabled=None if req.status is None else req.status == "ACTIVE", actor=ADMIN)
+            enabled=None if req.status is None else req.status == "ACTIVE", actor=ADMIN_ACTOR)
         return json_response(request, await self._viewed(changed))
 
     async def tested(self, request: Request) -> Response:
@@ -334,7 +333,7 @@ class Subscriptions:
     async def removed(self, request: Request) -> Response:
         require_admin(self.s, request)
         hook = await self._found(request)
-        await self.s.guard.aremove_webhook(hook.id, actor=ADMIN)
+        await self.s.guard.aremove_webhook(hook.id, actor=ADMIN_ACTOR)
         return empty_response(request)
 
     async def replayed(self, request: Request) -> Response:

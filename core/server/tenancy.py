@@ -22,6 +22,7 @@ from ..models import TenantInfo, TenantStatus
 from ..scopes import tenant_name
 from . import paging, wire
 from .admin import require_admin, search_text, tenant_view
+from .auth import ADMIN_ACTOR
 from .context import body, json_response
 from .errors import ApiError, bad_request, not_found
 from .runtime import Settings
@@ -94,7 +95,7 @@ class Tenancy:
             raise bad_request(f"name: a tenant keeps the name it was registered with "
                               f"({named!r})")
         if req.status == "CLOSED":  # for good; closed already: answered as it is
-            info = (await self.s.guard.aclose_tenant(tenant, actor="admin-key",
+            info = (await self.s.guard.aclose_tenant(tenant, actor=ADMIN_ACTOR,
                                                      reason="tenant closed")).info
         elif req.status is not None:
             if info is not None and info.closed_at_ms is not None:
@@ -128,7 +129,7 @@ async def set_frozen(guard: Guard, tenant: str, frozen: bool, reason: str | None
     resume it; 409 when it has no open budget."""
     call = guard.asuspend_tenant if frozen else guard.aresume_tenant
     try:
-        await call(tenant, actor="admin-key",
+        await call(tenant, actor=ADMIN_ACTOR,
                    reason=reason or ("tenant suspended" if frozen else "tenant resumed"))
     except NotFound as error:
         raise ApiError(409, "INVALID_REQUEST", str(error)) from None

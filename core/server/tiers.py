@@ -19,6 +19,7 @@ from ..scopes import tenant_name
 from ..validation import MAX_LIST, MAX_NAME, MAX_TEXT
 from . import wire
 from .admin import require_admin
+from .auth import ADMIN_ACTOR
 from .context import body, json_response
 from .errors import ApiError, bad_request, not_found
 from .runtime import Settings
@@ -167,7 +168,7 @@ class Tiers:
         req = await self._read(request, AssignBody)
         plan = self._plan(req.plan) if isinstance(req.plan, str) else to_plan(req.plan)
         previous = await self.s.guard.aplan_of(tenant)
-        await self.s.guard.aassign_plan(tenant, plan, **signed(req, "admin-key"))
+        await self.s.guard.aassign_plan(tenant, plan, **signed(req, ADMIN_ACTOR))
         answer: dict[str, Any] = {"tenant_id": tenant, "plan": plan.name}
         if previous is not None:
             answer["previous_plan"] = previous
@@ -177,7 +178,7 @@ class Tiers:
         require_admin(self.s, request)
         tenant = tenant_name(request.path_params["tenant_id"], "tenant_id")
         req = await self._read(request, ModeBody)
-        await self.s.guard.aset_mode(tenant, req.mode, **signed(req, "admin-key"))
+        await self.s.guard.aset_mode(tenant, req.mode, **signed(req, ADMIN_ACTOR))
         answer: dict[str, Any] = {"tenant_id": tenant}
         answer["mode"] = req.mode or self.s.guard.mode
         answer["follows_guard"] = req.mode is None
