@@ -8,6 +8,7 @@ refused unless the dispatcher allows them)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..clock import system_ms
 from ..guard import Guard
 from ..scopes import tenant_name
 from ..stores.hooks import owner_of
@@ -22,13 +24,35 @@ from ..tenant import TenantGuard
 from . import wire
 from .auth import ADMIN_ACTOR, admin_key, own_tenant, tenant_key
 from .context import body, json_response
-from .errors import forbidden, not_found
+from .errors import ApiError, forbidden, not_found
 from .queries import only, query_int
 from .records import delivery_json, webhook_json
 from .runtime import Settings
 from .subscriptions import attempts, test_json
 
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
+TESTS_PER_MINUTE = 10
+"""Test sends a tenant key may ask for per minute (each is a request from this server to a
+URL the tenant chose), counted per server process; the admin key's are not counted."""
+
+
+class _Probes:
+    """The tenants' test sends of the current minute, in this process."""
+
+    def __init__(self) -> None:
+        self._minute, self._counts = -1, Counter[str]()
+
+    def take(self, tenant: str, now_ms: int) -> None:
+        """Count one, or refuse it (429) when the tenant had its minute's share."""
+        minute = now_ms // 60_000
+        if minute != self._minute:
+            self._minute, self._counts = minute, Counter()
+        if self._counts[tenant] >= TESTS_PER_MINUTE:
+            wait = str(60 - now_ms // 1000 % 60)
+            raise ApiError(429, "LIMIT_EXCEEDED", f"at most {TESTS_PER_MINUTE} test sends a "
+                           f"minute per tenant; try again in {wait} s",
+                           headers={"Retry-After": wait})
+        self._counts[tenant] += 1
 
 
 class SubscribeBody(wire._Strict):
@@ -60,6 +84,7 @@ class Hooks:
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
+        self._probes = _Probes()
 
     def routes(self) -> list[Route]:
         return [
@@ -153,9 +178,12 @@ class Hooks:
 
     async def test(self, request: Request) -> Response:
         """Send a test event to the subscription now (`webhooks:write`), as
-        `POST /v1/admin/webhooks/{id}/test` does."""
-        _, webhook_id = await self._own(request, "webhooks:write")
+        `POST /v1/admin/webhooks/{id}/test` does; a tenant key at most `TESTS_PER_MINUTE`
+        times a minute."""
+        handle, webhook_id = await self._own(request, "webhooks:write")
         only(request)
+        if isinstance(handle, TenantGuard):
+            self._probes.take(handle.name, system_ms())
         return json_response(request, test_json(await self.s.dispatcher.atest(webhook_id)))
 
     async def remove(self, request: Request) -> Response:

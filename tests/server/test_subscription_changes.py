@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import allotment as al
+from allotment.server.hooks_routes import TESTS_PER_MINUTE
 from allotment.webhook_security import DEFAULT_BLOCKED
 from allotment.webhooks import Dispatcher
 
@@ -216,6 +217,15 @@ def test_a_tenant_reads_changes_and_tests_its_own_subscriptions_only(
                 "NOT_FOUND")
     assert (guard.webhooks(), guard.webhooks("acme")) == before
     assert len(receiver.accepted) == 1
+
+    # a tenant's test sends are limited (each is a request to a URL the tenant chose): of
+    # 2N + 1 more, at least one is refused whatever minute they fall in
+    statuses = [acme.call("POST", path, check=False) for _ in range(2 * TESTS_PER_MINUTE + 1)]
+    throttled = next(answer for answer in statuses if answer.status == 429)
+    refused(throttled, 429, "LIMIT_EXCEEDED", f"at most {TESTS_PER_MINUTE} test sends")
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+    assert all(answer.status in (200, 429) for answer in statuses)
+    assert served.admin("POST", f"/v1/admin/webhooks/{hook_id}/test").status == 200  # not counted
 
 
 def test_the_admin_reads_and_replaces_where_webhooks_may_go(served: Served) -> None:
