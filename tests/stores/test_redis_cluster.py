@@ -26,10 +26,13 @@ from redis.retry import Retry
 import allotment as al
 from allotment.stores import operations as ops
 from allotment.stores.redis import TENANTS_KEY, RedisStore, reservation_key, tenant_keys
+from allotment.webhook_security import DEFAULT_BLOCKED
+from allotment.webhooks import Dispatcher
 
 from support import LLM
 from support.operations import every_operation
 from support.redis_server import free_port
+from support.webhooks import Receiver
 
 STARTUP_S = 30.0
 """The whole cluster start (three servers, the join, cluster_state:ok) is bounded by this."""
@@ -423,6 +426,35 @@ def test_transfer_between_workspaces_of_each_tenant(cluster_guard: al.Guard) -> 
     for tenant in TENANTS:  # nobody else's transfer touched this tenant
         assert balance(guard, f"tenant:{tenant}/workspace:engineering").allocated == al.usd(
             400).amount
+
+
+def test_webhooks_and_their_security_on_every_master(cluster_guard: al.Guard) -> None:
+    """Subscriptions of tenants on every master, a global one, their changes on each
+    tenant's record, the store-wide security configuration (a key of its own), and a
+    dispatcher round that delivers every tenant's event to a receiver on loopback."""
+    guard, receiver = cluster_guard, Receiver()
+    try:
+        opened = guard.set_webhook_security(
+            blocked_cidr_ranges=[r for r in DEFAULT_BLOCKED if r != "127.0.0.0/8"])
+        assert guard.webhook_security() == opened
+        everyone = guard.subscribe_webhook(receiver.url, events=["reservation.denied"])
+        guard.update_webhook(everyone.id, events=["reservation.denied", "budget.exhausted"])
+        receiver.secrets.append(everyone.secret or "")
+        for tenant in TENANTS:
+            guard.set_budget(f"tenant:{tenant}", usd=1)
+            own = guard.subscribe_webhook(receiver.url, tenant=tenant, events=["*"])
+            assert guard.update_webhook(own.id, enabled=False).enabled is False
+            assert [r.type for r in guard.audit(tenant, types=[
+                "webhook.created", "webhook.updated"])] == ["webhook.created",
+                                                            "webhook.updated"]
+            with pytest.raises(al.BudgetExceeded):
+                guard.reserve(al.Subject(tenant=tenant), LLM, al.usd(5))
+        while Dispatcher(guard).run_once():
+            pass
+        assert receiver.bad_signatures == 0
+        assert sorted(doc["data"]["tenant"] for _, doc in receiver.accepted) == sorted(TENANTS)
+    finally:
+        receiver.close()
 
 
 def test_audit_and_report_per_tenant(cluster_guard: al.Guard, clock: al.ManualClock) -> None:
