@@ -76,9 +76,9 @@ class TenantGuard(EnforcementCalls, BudgetCalls):
         return await self._engine.store.aexecute(self._own(op))
 
     def _own(self, op: Op[R]) -> Op[R]:
-        if type(op) in _SHARED:
-            return op
         if op.tenant != self.name:
+            if type(op) in _SHARED:  # checked only off the tenant's own path
+                return op
             raise Forbidden(f"{type(op).__name__.lower()} for tenant {op.tenant!r} refused by "
                             f"the handle of tenant {self.name!r}")
         if self._proof is not None:  # checked by the store, in the operation's own step

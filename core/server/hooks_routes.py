@@ -28,7 +28,7 @@ from .errors import ApiError, forbidden, not_found
 from .queries import only, query_int
 from .records import delivery_json, webhook_json
 from .runtime import Settings
-from .subscriptions import attempts, test_json
+from .subscriptions import attempts, subscription, test_json
 
 EventName = Annotated[str, Field(min_length=1, max_length=64)]
 TESTS_PER_MINUTE = 10
@@ -161,10 +161,8 @@ class Hooks:
         """One subscription (its secret left out)."""
         _, webhook_id = await self._own(request, "webhooks:read")
         only(request)
-        for hook in await self.s.guard.awebhooks(owner_of(webhook_id, "webhook_id") or None):
-            if hook.id == webhook_id:
-                return json_response(request, webhook_json(hook))
-        raise not_found(f"no webhook {webhook_id}")
+        return json_response(request, webhook_json(await subscription(self.s.guard,
+                                                                       webhook_id)))
 
     async def change(self, request: Request) -> Response:
         """Body with any of `enabled` (false pauses, true resumes), `url`, `events`

@@ -96,6 +96,14 @@ def subscription_json(hook: Webhook, newest_first: list[WebhookDelivery]) -> dic
     return view
 
 
+async def subscription(guard: Guard, webhook_id: str) -> Webhook:
+    """One subscription (any tenant's, or a global one), without its secret; 404 if none."""
+    for hook in await guard.awebhooks(owner_of(webhook_id, "webhook_id") or None):
+        if hook.id == webhook_id:
+            return hook
+    raise not_found(f"no webhook {webhook_id}")
+
+
 async def attempts(request: Request, handle: Guard | TenantGuard, webhook_id: str,
                    hooks: tuple[Webhook, ...]) -> Response:
     """One subscription's deliveries, `?status=&from=&to=&cursor=&limit=` (1-100, 50),
@@ -257,11 +265,7 @@ class Subscriptions:
         return subscription_json(hook, (await delivery_logs(self.s.guard, tenants))[hook.id])
 
     async def _found(self, request: Request) -> Webhook:
-        webhook_id = request.path_params["webhook_id"]
-        for hook in await self._hooks(owner_of(webhook_id, "webhook_id")):
-            if hook.id == webhook_id:
-                return hook
-        raise not_found(f"no webhook {webhook_id}")
+        return await subscription(self.s.guard, request.path_params["webhook_id"])
 
     async def listed(self, request: Request) -> Response:
         """`?tenant_id=` (`__system__`: the global ones) `&status=&event_type=&search=`
@@ -327,8 +331,8 @@ class Subscriptions:
         logged and does not count as a delivery."""
         require_admin(self.s, request)
         only(request)
-        hook = await self._found(request)
-        return json_response(request, test_json(await self.s.dispatcher.atest(hook.id)))
+        webhook_id = request.path_params["webhook_id"]  # a missing one: NotFound, 404
+        return json_response(request, test_json(await self.s.dispatcher.atest(webhook_id)))
 
     async def removed(self, request: Request) -> Response:
         require_admin(self.s, request)

@@ -139,6 +139,12 @@ class UpdateWebhook(Op[Webhook]):
     reason: str | None = None
 
 
+def changed_fields(op: UpdateWebhook) -> dict[str, Any]:
+    """The fields of the subscription an update gives, by name (None: kept)."""
+    return {name: value for name in ("url", "events", "secret", "enabled")
+            if (value := getattr(op, name)) is not None}
+
+
 @dataclass
 class GetWebhook(Op[Webhook]):
     """One subscription with its signing secret, for a test send (`Dispatcher.test`);

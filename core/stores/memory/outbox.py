@@ -33,6 +33,7 @@ from ..hooks import (
     WebhookDelivery,
     WebhookEvent,
     WebhookSecurity,
+    changed_fields,
     day_of,
     destination,
     event_id,
@@ -130,9 +131,7 @@ class Outbox:
         if isinstance(op, UpdateWebhook):
             subs = self._subs(op.tenant)
             sub = self._found(subs, op.webhook_id)
-            changed = {name: value for name in ("url", "events", "secret", "enabled")
-                       if (value := getattr(op, name)) is not None}
-            subs[sub.id] = sub = replace(sub, **changed)
+            subs[sub.id] = sub = replace(sub, **changed_fields(op))
             self._rewire(op.tenant)
             self._log(op, now, AuditType.WEBHOOK_UPDATED, changes(op))
             return replace(sub, secret=None)

@@ -125,7 +125,7 @@ class HookFlows:
             return made
         if isinstance(op, h.UpdateWebhook):
             body = yield from self._call(op.tenant, {
-                "op": "update", "id": op.webhook_id, "set": _changes(op), **_signed(op),
+                "op": "update", "id": op.webhook_id, "set": h.changed_fields(op), **_signed(op),
                 **({} if op.url is None else {"destination": h.destination(op.url)}),
                 **wiring})
             return _webhook(body["webhook"])
@@ -167,7 +167,7 @@ class HookFlows:
                                (yield from self._flows.now()), op.secret, op.format)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
         elif isinstance(op, h.UpdateWebhook):
-            result = _webhook({**_encode(_one(subs, op.webhook_id)), **_changes(op)},
+            result = _webhook({**_encode(_one(subs, op.webhook_id)), **h.changed_fields(op)},
                               secret=True)
             yield Command(("HSET", GLOBAL_HOOKS, op.webhook_id, json.dumps(_encode(result))))
             result = _strip(result)
@@ -234,13 +234,6 @@ def _signed(op: h.SubscribeWebhook | h.UpdateWebhook | h.RemoveWebhook) -> dict[
     """Who made a change and why, as far as given (for the tenant's record)."""
     return {name: value for name in ("actor", "reason")
             if (value := getattr(op, name)) is not None}
-
-
-def _changes(op: h.UpdateWebhook) -> dict[str, Any]:
-    """The fields an update gives, as a subscription's JSON spells them."""
-    given = {"url": op.url, "events": None if op.events is None else list(op.events),
-             "secret": op.secret, "enabled": op.enabled}
-    return {name: value for name, value in given.items() if value is not None}
 
 
 def _one(subs: list[h.Webhook], webhook_id: str) -> h.Webhook:
